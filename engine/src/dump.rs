@@ -1,0 +1,1212 @@
+//! Dump: freeze a process tree with ptrace, read its state from outside, write CRIU images.
+//!
+//! The one rule that has no exception: whatever happens, a dump that does not end with the tree
+//! killed on purpose leaves every task running, with its registers, signal mask and memory map
+//! as they were, and detached. [`Tree`] enforces it in `Drop`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
+use crate::mem::{self, PageSelect, PAGE_SIZE};
+use crate::proc::{self, Mapping};
+use crate::ptrace::{self, Injector, PtraceError, Regs};
+use crate::{arch, files};
+
+/// What to dump and how; the names follow CRIU's options.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// Root of the tree (`-t`).
+    pub pid: u32,
+    /// Where images go (`-D`).
+    pub images_dir: PathBuf,
+    /// Where `stats-dump` goes (`-W`, default: the images dir).
+    pub work_dir: Option<PathBuf>,
+    /// Keep the tree running after the dump (`-R`).
+    pub leave_running: bool,
+    /// Allow a terminal and session that lead outside the tree (`-j`).
+    pub shell_job: bool,
+}
+
+/// Timings and counters of one dump, also written to `stats-dump` as CRIU does.
+#[derive(Debug, Clone, Default)]
+pub struct DumpStats {
+    pub freezing_time_us: u64,
+    pub frozen_time_us: u64,
+    pub memdump_time_us: u64,
+    pub memwrite_time_us: u64,
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub tasks: usize,
+    pub threads: usize,
+}
+
+/// Why a dump failed. Every variant means the tree was left running.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("process {pid} does not exist")]
+    NoProcess { pid: u32 },
+    #[error("cannot seize thread {tid} of process {pid}")]
+    Seize {
+        pid: u32,
+        tid: u32,
+        #[source]
+        source: PtraceError,
+    },
+    #[error("process {pid}")]
+    Ptrace {
+        pid: u32,
+        #[source]
+        source: PtraceError,
+    },
+    #[error(transparent)]
+    Proc(#[from] proc::ProcError),
+    #[error(transparent)]
+    Mem(#[from] mem::MemError),
+    #[error("cannot write image {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("images dir {path} is not usable")]
+    ImagesDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pid {pid} fd {fd}: {what} is not supported yet")]
+    UnsupportedFd { pid: u32, fd: i32, what: String },
+    #[error("pid {pid} mapping {start:#x}-{end:#x} ({path}): {what} is not supported yet")]
+    UnsupportedVma {
+        pid: u32,
+        start: u64,
+        end: u64,
+        path: String,
+        what: String,
+    },
+    #[error("pid {pid} fd {fd} is the terminal {path} outside the tree: dump with --shell-job")]
+    ShellJobNeeded { pid: u32, fd: i32, path: String },
+    #[error(
+        "process {pid} shares its {what} with another process (CLONE_{what_upper} without threads)"
+    )]
+    SharedKernelObject {
+        pid: u32,
+        what: &'static str,
+        what_upper: &'static str,
+    },
+    #[error(transparent)]
+    Files(#[from] files::FilesError),
+}
+
+fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> DumpError {
+    move |source| DumpError::Ptrace { pid, source }
+}
+
+/// A thread we seized, with what we must put back when we let it go.
+struct Seized {
+    tid: u32,
+    regs: Regs,
+    sigmask: u64,
+}
+
+struct Task {
+    pid: u32,
+    threads: Vec<Seized>,
+    stat: proc::Stat,
+    /// A page we mapped in the task for injected syscalls' out-parameters.
+    scratch: Option<(u64, u64)>,
+}
+
+/// The frozen tree. Dropping it without [`Tree::kill`] puts every task back as it was.
+struct Tree {
+    tasks: Vec<Task>,
+    /// Address of a `syscall` instruction per pid (in its vdso).
+    syscall_at: HashMap<u32, u64>,
+    done: bool,
+}
+
+impl Tree {
+    fn seize(root: u32) -> Result<Tree, DumpError> {
+        if !proc::exists(root) {
+            return Err(DumpError::NoProcess { pid: root });
+        }
+        let mut tree = Tree {
+            tasks: Vec::new(),
+            syscall_at: HashMap::new(),
+            done: false,
+        };
+        let mut queue = std::collections::VecDeque::from([root]);
+        // Stop every thread, then re-list threads and children until nothing new shows up:
+        // tasks may fork or spawn threads while we look.
+        loop {
+            while let Some(pid) = queue.pop_front() {
+                if tree.tasks.iter().any(|t| t.pid == pid) {
+                    continue;
+                }
+                let stat = proc::stat(pid)?;
+                tree.tasks.push(Task {
+                    pid,
+                    threads: Vec::new(),
+                    stat,
+                    scratch: None,
+                });
+                let idx = tree.tasks.len() - 1;
+                tree.seize_threads(idx)?;
+                // Re-read stat now that the task is stopped (state, sid, pgid are final).
+                tree.tasks[idx].stat = proc::stat(pid)?;
+            }
+            let mut changed = false;
+            for idx in 0..tree.tasks.len() {
+                changed |= tree.seize_threads(idx)?;
+                let pid = tree.tasks[idx].pid;
+                for child in proc::children(pid)? {
+                    if !tree.tasks.iter().any(|t| t.pid == child) {
+                        queue.push_back(child);
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        Ok(tree)
+    }
+
+    /// Seizes threads of task `idx` not seized yet; true if there were any.
+    fn seize_threads(&mut self, idx: usize) -> Result<bool, DumpError> {
+        let pid = self.tasks[idx].pid;
+        let mut any = false;
+        loop {
+            let tids = match proc::tids(pid) {
+                Ok(t) => t,
+                Err(_) if !proc::exists(pid) => return Err(DumpError::NoProcess { pid }),
+                Err(e) => return Err(e.into()),
+            };
+            let new: Vec<u32> = tids
+                .into_iter()
+                .filter(|t| !self.tasks[idx].threads.iter().any(|s| s.tid == *t))
+                .collect();
+            if new.is_empty() {
+                return Ok(any);
+            }
+            for tid in new {
+                let seize_err = |source| DumpError::Seize { pid, tid, source };
+                match ptrace::seize(tid, 0) {
+                    Ok(()) => {}
+                    // The thread exited between listing and seizing.
+                    Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => continue,
+                    Err(e) => return Err(seize_err(e)),
+                }
+                // Recorded before waiting, so a failure below still detaches it.
+                self.tasks[idx].threads.push(Seized {
+                    tid,
+                    // SAFETY: user_regs_struct is plain old data; zeroed is valid.
+                    regs: unsafe { std::mem::zeroed() },
+                    sigmask: 0,
+                });
+                let pos = self.tasks[idx].threads.len() - 1;
+                ptrace::interrupt_and_wait(tid).map_err(seize_err)?;
+                let regs = ptrace::get_regs(tid).map_err(seize_err)?;
+                let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
+                // Block every signal while we inject syscalls, so none is delivered (or lost)
+                // between our single steps; the real mask is put back on release.
+                ptrace::set_sigmask(tid, !0).map_err(seize_err)?;
+                let s = &mut self.tasks[idx].threads[pos];
+                s.regs = regs;
+                s.sigmask = sigmask;
+                any = true;
+            }
+        }
+    }
+
+    fn injector(&self, pid: u32, tid: u32) -> Result<Injector, DumpError> {
+        let at = self.syscall_at[&pid];
+        Injector::new(tid, at).map_err(ptr_err(pid))
+    }
+
+    /// Puts everything back and detaches: the tree runs on.
+    fn release(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        for task in &self.tasks {
+            if let (Some((addr, len)), Some(&at)) = (task.scratch, self.syscall_at.get(&task.pid)) {
+                if let Some(t) = task.threads.first() {
+                    if let Ok(inj) = Injector::new(t.tid, at) {
+                        let _ = inj.raw(libc::SYS_munmap, &[addr, len]);
+                    }
+                }
+            }
+            for t in &task.threads {
+                if t.regs.rip != 0 || t.regs.rsp != 0 {
+                    let _ = ptrace::set_regs(t.tid, &t.regs);
+                    let _ = ptrace::set_sigmask(t.tid, t.sigmask);
+                }
+                if let Err(e) = ptrace::detach(t.tid) {
+                    log::warn!("detach of {} failed: {e}", t.tid);
+                }
+            }
+        }
+    }
+
+    /// Kills the tree after a complete dump, and reaps the ptrace links so PIDs free up.
+    fn kill(&mut self) {
+        self.done = true;
+        for task in &self.tasks {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(task.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        for task in &self.tasks {
+            // Non-leader threads first: waiting on a leader with live threads hangs.
+            for t in task.threads.iter().rev() {
+                loop {
+                    match ptrace::wait(t.tid) {
+                        Ok(ptrace::Stop::Exited(_)) | Err(_) => break,
+                        Ok(_) => {
+                            let _ = ptrace::cont(t.tid, 0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Dumps the tree rooted at `opts.pid` into `opts.images_dir`.
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    let images_dir = &opts.images_dir;
+    check_dir_writable(images_dir)?;
+    let t0 = Instant::now();
+    let mut tree = Tree::seize(opts.pid)?;
+    let mut stats = DumpStats {
+        freezing_time_us: t0.elapsed().as_micros() as u64,
+        ..Default::default()
+    };
+    log::info!(
+        "seized {} tasks in {} us",
+        tree.tasks.len(),
+        stats.freezing_time_us
+    );
+    let frozen_at = Instant::now();
+    let result = dump_frozen(&mut tree, opts, &mut stats);
+    match result {
+        Ok(()) => {
+            if opts.leave_running {
+                tree.release();
+            } else {
+                tree.kill();
+            }
+        }
+        Err(e) => {
+            tree.release();
+            return Err(e);
+        }
+    }
+    stats.frozen_time_us = frozen_at.elapsed().as_micros() as u64;
+    let work = opts.work_dir.clone().unwrap_or_else(|| images_dir.clone());
+    write_stats(&work, &stats)?;
+    Ok(stats)
+}
+
+fn check_dir_writable(dir: &Path) -> Result<(), DumpError> {
+    let probe = dir.join(".stasis-probe");
+    let err = |source| DumpError::ImagesDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let md = std::fs::metadata(dir).map_err(err)?;
+    if !md.is_dir() {
+        return Err(err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+    }
+    File::create(&probe).map_err(err)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn write_stats(work: &Path, s: &DumpStats) -> Result<(), DumpError> {
+    let clamp = |v: u64| v.min(u32::MAX as u64) as u32;
+    let entry = pb::StatsEntry {
+        dump: Some(pb::DumpStatsEntry {
+            freezing_time: clamp(s.freezing_time_us),
+            frozen_time: clamp(s.frozen_time_us),
+            memdump_time: clamp(s.memdump_time_us),
+            memwrite_time: clamp(s.memwrite_time_us),
+            pages_scanned: s.pages_scanned,
+            pages_skipped_parent: 0,
+            pages_written: s.pages_written,
+            irmap_resolve: None,
+            pages_lazy: 0,
+            page_pipes: None,
+            page_pipe_bufs: None,
+            shpages_scanned: None,
+            shpages_skipped_parent: None,
+            shpages_written: None,
+        }),
+        restore: None,
+    };
+    let mut w = ImageWriter::new(ImageKind::Service, magic::STATS);
+    w.push(&entry);
+    write_file(&work.join(names::STATS_DUMP), &w.into_bytes())
+}
+
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DumpError> {
+    let err = |source| DumpError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = File::create(path).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    Ok(())
+}
+
+/// Everything collected for the images, written at the end.
+struct Images {
+    dir: PathBuf,
+    files: files::FileTable,
+    next_pages_id: u32,
+    dumped_shmem: std::collections::HashSet<u64>,
+}
+
+fn dump_frozen(
+    tree: &mut Tree,
+    opts: &DumpOptions,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    let mut img = Images {
+        dir: opts.images_dir.clone(),
+        files: files::FileTable::default(),
+        next_pages_id: 1,
+        dumped_shmem: Default::default(),
+    };
+    let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
+    let mut pstree = Vec::new();
+    for (n, pid) in pids.iter().enumerate() {
+        let task = &tree.tasks[n];
+        let st = &task.stat;
+        if st.state == 'Z' {
+            return Err(DumpError::UnsupportedFd {
+                pid: *pid,
+                fd: -1,
+                what: "a zombie task in the tree".into(),
+            });
+        }
+        let ppid = if n == 0 { 0 } else { st.ppid };
+        pstree.push(pb::PstreeEntry {
+            pid: *pid,
+            ppid,
+            pgid: st.pgid,
+            sid: st.sid,
+            threads: task.threads.iter().map(|t| t.tid).collect(),
+        });
+    }
+    for n in 0..pids.len() {
+        dump_task(tree, n, opts, &mut img, stats)?;
+        stats.tasks += 1;
+        stats.threads += tree.tasks[n].threads.len();
+    }
+    // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
+    img.files.write(&img.dir)?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::PSTREE);
+    for e in &pstree {
+        w.push(e);
+    }
+    write_file(&img.dir.join(names::PSTREE), &w.into_bytes())?;
+    let root_ids = ids_for(1);
+    let inv = pb::InventoryEntry {
+        img_version: images::CRTOOLS_IMAGES_V1_1,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(root_ids),
+        ns_per_id: Some(true),
+        root_cg_set: None,
+        lsmtype: Some(pb::Lsmtype::NoLsm as i32),
+        dump_uptime: Some(uptime_us()),
+        pre_dump_mode: None,
+        tcp_close: None,
+        network_lock_method: None,
+        plugins_entry: None,
+        dump_criu_run_id: None,
+        allow_uprobes: None,
+    };
+    let mut w = ImageWriter::new(ImageKind::Inventory, magic::INVENTORY);
+    w.push(&inv);
+    // inventory.img last: its presence marks a complete image set (podman checks for it).
+    write_file(&img.dir.join(names::INVENTORY), &w.into_bytes())?;
+    Ok(())
+}
+
+fn uptime_us() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|s| (s * 1e6) as u64)
+        .unwrap_or(0)
+}
+
+/// Kernel-object ids: stasis refuses shared fd tables, mms and fs structs between processes, so
+/// each process owns its own and the ids are its ordinal.
+fn ids_for(n: u32) -> pb::TaskKobjIdsEntry {
+    pb::TaskKobjIdsEntry {
+        vm_id: n,
+        files_id: n,
+        fs_id: n,
+        sighand_id: n,
+        pid_ns_id: None,
+        net_ns_id: None,
+        ipc_ns_id: None,
+        uts_ns_id: None,
+        mnt_ns_id: None,
+        user_ns_id: None,
+        cgroup_ns_id: None,
+        time_ns_id: None,
+    }
+}
+
+const SCRATCH_LEN: u64 = 2 * PAGE_SIZE;
+
+fn read_u64(pid: u32, addr: u64) -> Result<u64, DumpError> {
+    let mut b = [0u8; 8];
+    mem::read(pid, addr, &mut b)?;
+    Ok(u64::from_ne_bytes(b))
+}
+
+fn read_words<const N: usize>(pid: u32, addr: u64) -> Result<[u64; N], DumpError> {
+    let mut b = vec![0u8; N * 8];
+    mem::read(pid, addr, &mut b)?;
+    let mut out = [0u64; N];
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+        *o = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+    }
+    Ok(out)
+}
+
+fn cap_words(v: u64) -> Vec<u32> {
+    vec![v as u32, (v >> 32) as u32]
+}
+
+fn siginfos(list: Vec<[u8; 128]>) -> Option<pb::SignalQueueEntry> {
+    Some(pb::SignalQueueEntry {
+        signals: list
+            .into_iter()
+            .map(|s| pb::SiginfoEntry {
+                siginfo: s.to_vec(),
+            })
+            .collect(),
+    })
+}
+
+fn dump_task(
+    tree: &mut Tree,
+    n: usize,
+    opts: &DumpOptions,
+    img: &mut Images,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    let pid = tree.tasks[n].pid;
+    let ord = n as u32 + 1;
+    let maps = proc::smaps(pid)?;
+    // A syscall instruction to inject at: the task's own vdso has one.
+    let vdso =
+        maps.iter()
+            .find(|m| m.path == "[vdso]")
+            .ok_or_else(|| DumpError::UnsupportedVma {
+                pid,
+                start: 0,
+                end: 0,
+                path: "[vdso]".into(),
+                what: "a task without a vdso".into(),
+            })?;
+    let mut vdso_bytes = vec![0u8; vdso.len() as usize];
+    mem::read(pid, vdso.start, &mut vdso_bytes)?;
+    let at = ptrace::find_syscall_insn(&vdso_bytes, vdso.start).ok_or_else(|| {
+        DumpError::UnsupportedVma {
+            pid,
+            start: vdso.start,
+            end: vdso.end,
+            path: "[vdso]".into(),
+            what: "a vdso without a syscall instruction".into(),
+        }
+    })?;
+    tree.syscall_at.insert(pid, at);
+    let leader = tree.injector(pid, pid)?;
+    let scratch = leader
+        .call(
+            libc::SYS_mmap,
+            &[
+                0,
+                SCRATCH_LEN,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+        .map_err(ptr_err(pid))? as u64;
+    tree.tasks[n].scratch = Some((scratch, SCRATCH_LEN));
+
+    // Signal dispositions: one rt_sigaction per signal (no interface exposes them otherwise).
+    let mut sigactions = Vec::new();
+    for sig in 1..=64u64 {
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        leader
+            .call(libc::SYS_rt_sigaction, &[sig, 0, scratch, 8])
+            .map_err(ptr_err(pid))?;
+        let [handler, flags, restorer, mask] = read_words::<4>(pid, scratch)?;
+        sigactions.push(pb::SaEntry {
+            sigaction: handler,
+            flags,
+            restorer,
+            mask,
+            compat_sigaction: None,
+            mask_extended: None,
+        });
+    }
+    let brk = leader.call(libc::SYS_brk, &[0]).map_err(ptr_err(pid))? as u64;
+    let mut itimers = Vec::new();
+    for which in 0..3u64 {
+        leader
+            .call(libc::SYS_getitimer, &[which, scratch])
+            .map_err(ptr_err(pid))?;
+        let [isec, iusec, vsec, vusec] = read_words::<4>(pid, scratch)?;
+        itimers.push(pb::ItimerEntry {
+            isec,
+            iusec,
+            vsec,
+            vusec,
+        });
+    }
+    let posix = dump_posix_timers(pid, &leader, scratch)?;
+    let dumpable = leader
+        .call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .map_err(ptr_err(pid))?;
+    let thp_disabled = leader
+        .call(libc::SYS_prctl, &[libc::PR_GET_THP_DISABLE as u64])
+        .map_err(ptr_err(pid))?;
+    leader
+        .call(
+            libc::SYS_prctl,
+            &[libc::PR_GET_CHILD_SUBREAPER as u64, scratch],
+        )
+        .map_err(ptr_err(pid))?;
+    let subreaper = read_u64(pid, scratch)? as u32 != 0;
+
+    // Per-thread state.
+    let mut cores = Vec::new();
+    let tids: Vec<(u32, Regs, u64)> = tree.tasks[n]
+        .threads
+        .iter()
+        .map(|t| (t.tid, t.regs, t.sigmask))
+        .collect();
+    for (tid, regs, sigmask) in &tids {
+        let inj = tree.injector(pid, *tid)?;
+        inj.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch])
+            .map_err(ptr_err(pid))?;
+        let clear_tid = read_u64(pid, scratch)?;
+        inj.call(libc::SYS_sigaltstack, &[0, scratch])
+            .map_err(ptr_err(pid))?;
+        let [ss_sp, ss_flags, ss_size] = read_words::<3>(pid, scratch)?;
+        inj.call(libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, scratch])
+            .map_err(ptr_err(pid))?;
+        let pdeath = read_u64(pid, scratch)? as u32;
+        let secbits = inj
+            .call(libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64])
+            .map_err(ptr_err(pid))? as u32;
+        let (futex_rla, futex_rla_len) = robust_list(*tid);
+        let xstate = ptrace::get_xstate(*tid).map_err(ptr_err(pid))?;
+        let rseq = ptrace::get_rseq(*tid).map_err(ptr_err(pid))?;
+        let pending = ptrace::peek_siginfo(*tid, false).map_err(ptr_err(pid))?;
+        let tst = proc::thread_stat(pid, *tid)?;
+        let tstatus = proc::thread_status(pid, *tid)?;
+        let creds = pb::CredsEntry {
+            uid: tstatus.uids[0],
+            gid: tstatus.gids[0],
+            euid: tstatus.uids[1],
+            egid: tstatus.gids[1],
+            suid: tstatus.uids[2],
+            sgid: tstatus.gids[2],
+            fsuid: tstatus.uids[3],
+            fsgid: tstatus.gids[3],
+            cap_inh: cap_words(tstatus.cap_inh),
+            cap_prm: cap_words(tstatus.cap_prm),
+            cap_eff: cap_words(tstatus.cap_eff),
+            cap_bnd: cap_words(tstatus.cap_bnd),
+            secbits,
+            groups: tstatus.groups.clone(),
+            lsm_profile: None,
+            lsm_sockcreate: None,
+            apparmor_data: None,
+            no_new_privs: Some(tstatus.no_new_privs as u32),
+            cap_amb: cap_words(tstatus.cap_amb),
+        };
+        let thread_core = pb::ThreadCoreEntry {
+            futex_rla,
+            futex_rla_len,
+            sched_nice: Some(tst.nice as i32),
+            sched_policy: Some(tst.policy),
+            sched_prio: Some(tst.rt_priority),
+            blk_sigset: Some(*sigmask),
+            sas: Some(pb::ThreadSasEntry {
+                ss_sp,
+                ss_size,
+                ss_flags: ss_flags as u32,
+            }),
+            pdeath_sig: Some(pdeath),
+            signals_p: siginfos(pending),
+            creds: Some(creds),
+            seccomp_mode: None,
+            seccomp_filter: None,
+            comm: Some(tst.comm.clone()),
+            blk_sigset_extended: None,
+            rseq_entry: (rseq.rseq_abi_pointer != 0).then_some(pb::RseqEntry {
+                rseq_abi_pointer: rseq.rseq_abi_pointer,
+                rseq_abi_size: rseq.rseq_abi_size,
+                signature: rseq.signature,
+                rseq_cs_pointer: None,
+            }),
+            cg_set: None,
+        };
+        let core = pb::CoreEntry {
+            mtype: pb::core_entry::March::X8664 as i32,
+            thread_info: Some(pb::ThreadInfoX86 {
+                clear_tid_addr: clear_tid,
+                gpregs: arch::regs_to_pb(regs),
+                fpregs: arch::fpregs_from_xstate(&xstate),
+                tls: Vec::new(),
+            }),
+            ti_arm: None,
+            ti_aarch64: None,
+            ti_ppc64: None,
+            ti_s390: None,
+            ti_mips: None,
+            ti_loongarch64: None,
+            ti_riscv64: None,
+            tc: None,
+            ids: None,
+            thread_core: Some(thread_core),
+        };
+        cores.push((*tid, core, tstatus.seccomp));
+    }
+    if let Some(&(tid, _, seccomp)) = cores.iter().find(|c| c.2 != 0) {
+        return Err(DumpError::UnsupportedFd {
+            pid,
+            fd: -1,
+            what: format!("seccomp mode {seccomp} on thread {tid}"),
+        });
+    }
+
+    let st = tree.tasks[n].stat.clone();
+    let status = proc::status(pid)?;
+    let limits = proc::limits(pid)?;
+    let shared_pending = ptrace::peek_siginfo(pid, true).map_err(ptr_err(pid))?;
+    let personality =
+        u32::from_str_radix(&proc::read_trimmed(pid, "personality")?, 16).unwrap_or(0);
+    let oom: i32 = proc::read_trimmed(pid, "oom_score_adj")?
+        .parse()
+        .unwrap_or(0);
+    let loginuid: u32 = proc::read_trimmed(pid, "loginuid")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u32::MAX);
+    let tc = pb::TaskCoreEntry {
+        task_state: images::TASK_ALIVE,
+        exit_code: 0,
+        personality,
+        flags: st.flags,
+        blk_sigset: tids[0].2,
+        comm: st.comm.clone(),
+        timers: Some(pb::TaskTimersEntry {
+            real: itimers[0],
+            virt: itimers[1],
+            prof: itimers[2],
+            posix,
+        }),
+        rlimits: Some(pb::TaskRlimitsEntry {
+            rlimits: limits
+                .iter()
+                .map(|&(cur, max)| pb::RlimitEntry { cur, max })
+                .collect(),
+        }),
+        cg_set: None,
+        signals_s: siginfos(shared_pending),
+        old_seccomp_mode: None,
+        old_seccomp_filter: None,
+        loginuid: Some(loginuid),
+        oom_score_adj: Some(oom),
+        sigactions,
+        child_subreaper: Some(subreaper),
+        blk_sigset_extended: None,
+        stop_signo: None,
+        membarrier_registration_mask: None,
+    };
+
+    // Files and fs.
+    let fds = dump_fds(pid, opts, img)?;
+    let cwd = img
+        .files
+        .add_path(&proc::readlink(pid, "cwd")?, libc::O_DIRECTORY as u32)?;
+    let root = img
+        .files
+        .add_path(&proc::readlink(pid, "root")?, libc::O_DIRECTORY as u32)?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::FS);
+    w.push(&pb::FsEntry {
+        cwd_id: cwd,
+        root_id: root,
+        umask: Some(status.umask),
+    });
+    write_file(&img.dir.join(names::fs(pid)), &w.into_bytes())?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::FDINFO);
+    for fd in &fds {
+        w.push(fd);
+    }
+    write_file(&img.dir.join(names::fdinfo(ord)), &w.into_bytes())?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::IDS);
+    w.push(&ids_for(ord));
+    write_file(&img.dir.join(names::ids(pid)), &w.into_bytes())?;
+
+    // Memory.
+    let exe = proc::readlink(pid, "exe")?;
+    let exe_id = img.files.add_path(&exe, libc::O_RDONLY as u32)?;
+    let auxv = proc::auxv(pid)?;
+    let vmas = dump_memory(pid, &maps, img, stats)?;
+    let mm = pb::MmEntry {
+        mm_start_code: st.start_code,
+        mm_end_code: st.end_code,
+        mm_start_data: st.start_data,
+        mm_end_data: st.end_data,
+        mm_start_stack: st.start_stack,
+        mm_start_brk: st.start_brk,
+        mm_brk: brk,
+        mm_arg_start: st.arg_start,
+        mm_arg_end: st.arg_end,
+        mm_env_start: st.env_start,
+        mm_env_end: st.env_end,
+        exe_file_id: exe_id,
+        mm_saved_auxv: auxv,
+        vmas,
+        dumpable: Some(dumpable as i32),
+        aios: Vec::new(),
+        thp_disabled: Some(thp_disabled != 0),
+    };
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::MM);
+    w.push(&mm);
+    write_file(&img.dir.join(names::mm(pid)), &w.into_bytes())?;
+
+    for (i, (tid, mut core, _)) in cores.into_iter().enumerate() {
+        if i == 0 {
+            core.tc = Some(tc.clone());
+            core.ids = Some(ids_for(ord));
+        }
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
+        w.push(&core);
+        write_file(&img.dir.join(names::core(tid)), &w.into_bytes())?;
+    }
+    Ok(())
+}
+
+fn robust_list(tid: u32) -> (u64, u32) {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: get_robust_list writes a pointer and a length into our locals.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid as libc::c_long,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    if r != 0 {
+        return (0, 0);
+    }
+    (head, len as u32)
+}
+
+/// POSIX timers, from /proc/<pid>/timers plus an injected timer_gettime per timer.
+fn dump_posix_timers(
+    pid: u32,
+    inj: &Injector,
+    scratch: u64,
+) -> Result<Vec<pb::PosixTimerEntry>, DumpError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    let mut out = Vec::new();
+    for t in crate::proc::parse::parse_timers(&text) {
+        inj.call(libc::SYS_timer_gettime, &[t.id as u64, scratch])
+            .map_err(ptr_err(pid))?;
+        let [isec, insec, vsec, vnsec] = read_words::<4>(pid, scratch)?;
+        let overrun = inj
+            .call(libc::SYS_timer_getoverrun, &[t.id as u64])
+            .map_err(ptr_err(pid))? as u32;
+        out.push(pb::PosixTimerEntry {
+            it_id: t.id,
+            clock_id: t.clock_id,
+            si_signo: t.signo,
+            it_sigev_notify: t.notify,
+            sival_ptr: t.sival_ptr,
+            overrun,
+            isec,
+            insec,
+            vsec,
+            vnsec,
+            notify_thread_id: t.notify_tid.map(|x| x as i32),
+        });
+    }
+    Ok(out)
+}
+
+fn dump_fds(
+    pid: u32,
+    opts: &DumpOptions,
+    img: &mut Images,
+) -> Result<Vec<pb::FdinfoEntry>, DumpError> {
+    let mut out = Vec::new();
+    for fd in proc::fds(pid)? {
+        let link = proc::readlink(pid, &format!("fd/{fd}"))?;
+        let info = proc::fdinfo(pid, fd)?;
+        let kind = files::classify(pid, fd, &link)?;
+        let (ty, id) = match kind {
+            files::FdKind::Regular | files::FdKind::Directory | files::FdKind::CharDevice => {
+                (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
+            }
+            files::FdKind::Tty => {
+                if !opts.shell_job {
+                    return Err(DumpError::ShellJobNeeded {
+                        pid,
+                        fd,
+                        path: link,
+                    });
+                }
+                (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
+            }
+            files::FdKind::Pipe(ino) => {
+                (pb::FdTypes::Pipe, img.files.add_pipe(pid, fd, ino, &info)?)
+            }
+            files::FdKind::Unsupported(what) => {
+                return Err(DumpError::UnsupportedFd { pid, fd, what });
+            }
+        };
+        // fdinfo's flags carry O_CLOEXEC for close-on-exec descriptors.
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        out.push(pb::FdinfoEntry {
+            id,
+            flags: cloexec as u32,
+            r#type: ty as i32,
+            fd: fd as u32,
+            xattr_security_selinux: None,
+        });
+    }
+    Ok(out)
+}
+
+fn madv_bits(m: &Mapping) -> u64 {
+    let mut v = 0u64;
+    for (flag, adv) in [
+        ("sr", libc::MADV_SEQUENTIAL),
+        ("rr", libc::MADV_RANDOM),
+        ("dc", libc::MADV_DONTFORK),
+        ("dd", libc::MADV_DONTDUMP),
+        ("mg", libc::MADV_MERGEABLE),
+        ("hg", libc::MADV_HUGEPAGE),
+        ("nh", libc::MADV_NOHUGEPAGE),
+        ("wf", libc::MADV_WIPEONFORK),
+    ] {
+        if m.has_flag(flag) {
+            v |= 1 << adv;
+        }
+    }
+    v
+}
+
+fn dump_memory(
+    pid: u32,
+    maps: &[Mapping],
+    img: &mut Images,
+    stats: &mut DumpStats,
+) -> Result<Vec<pb::VmaEntry>, DumpError> {
+    use images::vma_status::*;
+    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(|source| {
+        DumpError::Proc(proc::ProcError::Read {
+            path: format!("/proc/{pid}/pagemap").into(),
+            source,
+        })
+    })?;
+    let pages_id = img.next_pages_id;
+    img.next_pages_id += 1;
+    let mut pages = PageWriter::create(&img.dir, pages_id)?;
+    let mut pm = ImageWriter::new(ImageKind::Normal, magic::PAGEMAP);
+    pm.push(&pb::PagemapHead { pages_id });
+    let mut vmas = Vec::new();
+    for m in maps {
+        let unsupported = |what: &str| DumpError::UnsupportedVma {
+            pid,
+            start: m.start,
+            end: m.end,
+            path: m.path.clone(),
+            what: what.to_string(),
+        };
+        let prot = (m.read as u32 * libc::PROT_READ as u32)
+            | (m.write as u32 * libc::PROT_WRITE as u32)
+            | (m.exec as u32 * libc::PROT_EXEC as u32);
+        let mut flags = if m.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        } as u32;
+        if m.has_flag("gd") {
+            flags |= libc::MAP_GROWSDOWN as u32;
+        }
+        let mut vma = pb::VmaEntry {
+            start: m.start,
+            end: m.end,
+            pgoff: m.offset,
+            shmid: 0,
+            prot,
+            flags,
+            status: VMA_AREA_REGULAR,
+            fd: -1,
+            madv: Some(madv_bits(m)),
+            fdflags: None,
+        };
+        let select;
+        match m.path.as_str() {
+            "[vsyscall]" => {
+                vma.status = VMA_AREA_VSYSCALL;
+                vmas.push(vma);
+                continue;
+            }
+            "[vdso]" => {
+                vma.status |= VMA_AREA_VDSO;
+                vma.flags |= libc::MAP_ANONYMOUS as u32;
+                vmas.push(vma);
+                continue;
+            }
+            "[vvar]" | "[vvar_vclock]" => {
+                vma.status |= VMA_AREA_VVAR;
+                vma.flags |= libc::MAP_ANONYMOUS as u32;
+                vmas.push(vma);
+                continue;
+            }
+            _ if m.inode == 0 => {
+                if m.shared {
+                    return Err(unsupported(
+                        "shared anonymous memory without a backing inode",
+                    ));
+                }
+                vma.flags |= libc::MAP_ANONYMOUS as u32;
+                vma.status |= VMA_ANON_PRIVATE;
+                if m.path == "[heap]" {
+                    vma.status |= VMA_AREA_HEAP;
+                } else if m.path == "[stack]" {
+                    vma.status |= VMA_AREA_STACK;
+                } else if !m.path.is_empty() && !m.path.starts_with("[anon:") {
+                    return Err(unsupported("a special mapping"));
+                }
+                select = PageSelect::Anon;
+            }
+            p if p.starts_with("/dev/zero") || p.starts_with("/SYSV") => {
+                if !m.shared {
+                    // A private mapping of /dev/zero is plain anonymous memory.
+                    vma.flags |= libc::MAP_ANONYMOUS as u32;
+                    vma.status |= VMA_ANON_PRIVATE;
+                    select = PageSelect::Anon;
+                } else if p.starts_with("/SYSV") {
+                    return Err(unsupported("System V shared memory"));
+                } else {
+                    vma.flags |= libc::MAP_ANONYMOUS as u32;
+                    vma.status |= VMA_ANON_SHARED;
+                    vma.shmid = m.inode;
+                    dump_shmem(pid, m, img, stats)?;
+                    vmas.push(vma);
+                    continue;
+                }
+            }
+            p if p.starts_with("/memfd:") => return Err(unsupported("memfd mappings")),
+            p if p.ends_with(" (deleted)") => return Err(unsupported("mappings of deleted files")),
+            p if p.starts_with('/') => {
+                let open_flags = if m.shared && m.write {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                vma.shmid = img.files.add_path(p, open_flags as u32)? as u64;
+                vma.fdflags = Some(open_flags as u32);
+                if m.shared {
+                    vma.status |= VMA_FILE_SHARED;
+                    vmas.push(vma);
+                    continue;
+                }
+                vma.status |= VMA_FILE_PRIVATE;
+                select = PageSelect::PrivateFile;
+            }
+            _ => return Err(unsupported("an unknown kind of mapping")),
+        }
+        let runs = mem::dirty_runs(&pagemap, pid, m.start, m.end, select)?;
+        stats.pages_scanned += m.len() / PAGE_SIZE;
+        for (addr, npages) in runs {
+            pages.copy(pid, addr, npages * PAGE_SIZE, stats)?;
+            pm.push(&pb::PagemapEntry {
+                vaddr: addr,
+                compat_nr_pages: u32::try_from(npages).unwrap_or(0),
+                in_parent: None,
+                flags: Some(images::PE_PRESENT),
+                nr_pages: Some(npages),
+            });
+        }
+        vmas.push(vma);
+    }
+    pages.finish()?;
+    write_file(&img.dir.join(names::pagemap(pid as u64)), &pm.into_bytes())?;
+    Ok(vmas)
+}
+
+/// Shared anonymous memory is dumped once per shmem inode, through /proc/<pid>/map_files.
+fn dump_shmem(
+    pid: u32,
+    m: &Mapping,
+    img: &mut Images,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    use std::os::unix::fs::FileExt;
+    if !img.dumped_shmem.insert(m.inode) {
+        return Ok(());
+    }
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let f = File::open(&path).map_err(|source| {
+        DumpError::Proc(proc::ProcError::Read {
+            path: path.clone().into(),
+            source,
+        })
+    })?;
+    let pages_id = img.next_pages_id;
+    img.next_pages_id += 1;
+    let mut pages = PageWriter::create(&img.dir, pages_id)?;
+    let mut pm = ImageWriter::new(ImageKind::Normal, magic::PAGEMAP);
+    pm.push(&pb::PagemapHead { pages_id });
+    // The object may be larger than this mapping's window; dump what this window shows, from
+    // offset 0 of the object (pgoff is kept in the vma).
+    let size = m.offset + m.len();
+    let mut buf = vec![0u8; (4 << 20).min(size as usize)];
+    let mut off = 0u64;
+    while off < size {
+        let n = buf.len().min((size - off) as usize);
+        f.read_exact_at(&mut buf[..n], off).map_err(|source| {
+            DumpError::Proc(proc::ProcError::Read {
+                path: path.clone().into(),
+                source,
+            })
+        })?;
+        // Keep only non-zero pages.
+        let mut p = 0;
+        while p < n {
+            let page = &buf[p..p + PAGE_SIZE as usize];
+            if page.iter().any(|&b| b != 0) {
+                let mut q = p + PAGE_SIZE as usize;
+                while q < n && buf[q..q + PAGE_SIZE as usize].iter().any(|&b| b != 0) {
+                    q += PAGE_SIZE as usize;
+                }
+                pages.write_bytes(&buf[p..q], stats)?;
+                let npages = ((q - p) as u64) / PAGE_SIZE;
+                pm.push(&pb::PagemapEntry {
+                    vaddr: off + p as u64,
+                    compat_nr_pages: npages as u32,
+                    in_parent: None,
+                    flags: Some(images::PE_PRESENT),
+                    nr_pages: Some(npages),
+                });
+                p = q;
+            } else {
+                p += PAGE_SIZE as usize;
+            }
+        }
+        off += n as u64;
+        stats.pages_scanned += n as u64 / PAGE_SIZE;
+    }
+    pages.finish()?;
+    write_file(
+        &img.dir.join(names::pagemap_shmem(m.inode)),
+        &pm.into_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Streams page contents into `pages-<id>.img` through one reused buffer, so the dumper's
+/// memory stays bounded whatever the image size.
+struct PageWriter {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+}
+
+const COPY_CHUNK: usize = 4 << 20;
+
+impl PageWriter {
+    fn create(dir: &Path, id: u32) -> Result<Self, DumpError> {
+        let path = dir.join(names::pages(id));
+        let file = File::create(&path).map_err(|source| DumpError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            file,
+            path,
+            buf: Vec::new(),
+        })
+    }
+
+    fn copy(
+        &mut self,
+        pid: u32,
+        addr: u64,
+        len: u64,
+        stats: &mut DumpStats,
+    ) -> Result<(), DumpError> {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; COPY_CHUNK];
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(COPY_CHUNK as u64) as usize;
+            let t = Instant::now();
+            mem::read(pid, addr + done, &mut self.buf[..n])?;
+            stats.memdump_time_us += t.elapsed().as_micros() as u64;
+            let t = Instant::now();
+            self.file
+                .write_all(&self.buf[..n])
+                .map_err(|source| DumpError::Write {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            stats.memwrite_time_us += t.elapsed().as_micros() as u64;
+            stats.pages_written += n as u64 / PAGE_SIZE;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn write_bytes(&mut self, data: &[u8], stats: &mut DumpStats) -> Result<(), DumpError> {
+        self.file
+            .write_all(data)
+            .map_err(|source| DumpError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        stats.pages_written += data.len() as u64 / PAGE_SIZE;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), DumpError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,343 @@
+//! Open files: classifying a task's fds, and the shared table of file objects (`files.img`).
+//!
+//! Two fds (in one task or in several) that share an open file description get one file id, as
+//! in CRIU; `kcmp(KCMP_FILE)` tells whether they do.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::images::{magic, names, pb, ImageKind, ImageWriter};
+use crate::proc::FdInfo;
+
+/// Reading an fd's object failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("cannot inspect fd {fd} of pid {pid}")]
+    Inspect {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the buffered data of pipe {ino} (fd {fd} of pid {pid})")]
+    PipeData {
+        pid: u32,
+        fd: i32,
+        ino: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write image {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What kind of object an fd refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdKind {
+    Regular,
+    Directory,
+    CharDevice,
+    Tty,
+    Pipe(u64),
+    Unsupported(String),
+}
+
+fn is_tty_major(major: u32) -> bool {
+    // 4: tty/ttyS, 5: /dev/tty, /dev/console, /dev/ptmx, 136-143: Unix98 pty slaves.
+    major == 4 || major == 5 || (136..=143).contains(&major)
+}
+
+/// Classifies fd `fd` of `pid` from its `/proc/<pid>/fd` link and the inode behind it.
+pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
+    if let Some(rest) = link.strip_prefix("pipe:[") {
+        let ino = rest.trim_end_matches(']').parse().unwrap_or(0);
+        return Ok(FdKind::Pipe(ino));
+    }
+    if link.starts_with("socket:[") {
+        return Ok(FdKind::Unsupported(format!("socket ({link})")));
+    }
+    if let Some(what) = link.strip_prefix("anon_inode:") {
+        return Ok(FdKind::Unsupported(
+            what.trim_matches(|c| c == '[' || c == ']').to_string(),
+        ));
+    }
+    if link.starts_with("/memfd:") {
+        return Ok(FdKind::Unsupported(format!("memfd ({link})")));
+    }
+    let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+        .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+    let fmt = md.mode() & libc::S_IFMT;
+    Ok(match fmt {
+        libc::S_IFREG | libc::S_IFDIR if link.ends_with(" (deleted)") => {
+            FdKind::Unsupported(format!("file deleted while open ({link})"))
+        }
+        libc::S_IFREG => FdKind::Regular,
+        libc::S_IFDIR => FdKind::Directory,
+        libc::S_IFCHR => {
+            let major = libc::major(md.rdev());
+            if is_tty_major(major) {
+                FdKind::Tty
+            } else {
+                FdKind::CharDevice
+            }
+        }
+        libc::S_IFIFO => FdKind::Unsupported(format!("FIFO ({link})")),
+        libc::S_IFBLK => FdKind::Unsupported(format!("block device ({link})")),
+        libc::S_IFSOCK => FdKind::Unsupported(format!("socket ({link})")),
+        _ => FdKind::Unsupported(link.to_string()),
+    })
+}
+
+/// True when `path` names a terminal device (used by `--shell-job` on restore).
+pub fn is_tty_path(path: &str) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.mode() & libc::S_IFMT == libc::S_IFCHR && is_tty_major(libc::major(m.rdev())))
+        .unwrap_or(false)
+        || path.starts_with("/dev/pts/")
+        || path == "/dev/tty"
+        || path == "/dev/console"
+}
+
+fn kcmp_file(pid1: u32, fd1: i32, pid2: u32, fd2: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp only compares kernel objects; no memory is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1 as libc::c_long,
+            pid2 as libc::c_long,
+            KCMP_FILE,
+            fd1 as libc::c_long,
+            fd2 as libc::c_long,
+        )
+    };
+    r == 0
+}
+
+fn zero_fown() -> pb::FownEntry {
+    pb::FownEntry {
+        uid: 0,
+        euid: 0,
+        signum: 0,
+        pid_type: 0,
+        pid: 0,
+    }
+}
+
+/// Every file object of the dumped tree.
+#[derive(Default)]
+pub struct FileTable {
+    entries: Vec<pb::FileEntry>,
+    /// (pid, fd, dev, ino, id) of fds seen so far, to find shared open file descriptions.
+    seen: Vec<(u32, i32, u64, u64, u32)>,
+    by_path: HashMap<(String, u32), u32>,
+    pipes_data: Vec<(u32, u32, Vec<u8>)>,
+}
+
+impl FileTable {
+    fn next_id(&self) -> u32 {
+        self.entries.len() as u32 + 1
+    }
+
+    fn shared_with(&self, pid: u32, fd: i32, dev: u64, ino: u64) -> Option<u32> {
+        self.seen
+            .iter()
+            .find(|s| s.2 == dev && s.3 == ino && kcmp_file(s.0, s.1, pid, fd))
+            .map(|s| s.4)
+    }
+
+    /// A regular file, directory or device open at `fd` of `pid`.
+    pub fn add_fd(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        link: &str,
+        info: &FdInfo,
+    ) -> Result<u32, FilesError> {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+            return Ok(id);
+        }
+        let id = self.next_id();
+        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id,
+            reg: Some(pb::RegFileEntry {
+                id,
+                flags: info.flags & !(libc::O_CLOEXEC as u32),
+                pos: info.pos,
+                fown: zero_fown(),
+                name: link.to_string(),
+                mnt_id: Some(info.mnt_id as i32),
+                size: Some(md.size()),
+                ext: None,
+                mode: Some(md.mode()),
+                build_id: Vec::new(),
+                checksum: None,
+                checksum_config: None,
+                checksum_parameter: None,
+            }),
+            ..Default::default()
+        });
+        Ok(id)
+    }
+
+    /// A file known by path only (cwd, root, exe, mapped files), opened with `flags`.
+    pub fn add_path(&mut self, path: &str, flags: u32) -> Result<u32, FilesError> {
+        if let Some(&id) = self.by_path.get(&(path.to_string(), flags)) {
+            return Ok(id);
+        }
+        let id = self.next_id();
+        let md = std::fs::metadata(path).ok();
+        self.by_path.insert((path.to_string(), flags), id);
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id,
+            reg: Some(pb::RegFileEntry {
+                id,
+                flags,
+                pos: 0,
+                fown: zero_fown(),
+                name: path.to_string(),
+                mnt_id: None,
+                size: md.as_ref().map(|m| m.size()),
+                ext: None,
+                mode: md.as_ref().map(|m| m.mode()),
+                build_id: Vec::new(),
+                checksum: None,
+                checksum_config: None,
+                checksum_parameter: None,
+            }),
+            ..Default::default()
+        });
+        Ok(id)
+    }
+
+    /// One end of a pipe; its buffered bytes are saved the first time the pipe is seen.
+    pub fn add_pipe(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        ino: u64,
+        info: &FdInfo,
+    ) -> Result<u32, FilesError> {
+        const PIPEFS_DEV: u64 = u64::MAX; // pipes live in one pseudo-fs; the inode is unique
+        if let Some(id) = self.shared_with(pid, fd, PIPEFS_DEV, ino) {
+            return Ok(id);
+        }
+        let pipe_id = ino as u32;
+        if !self.pipes_data.iter().any(|p| p.0 == pipe_id) {
+            let (size, data) = read_pipe_data(pid, fd).map_err(|source| FilesError::PipeData {
+                pid,
+                fd,
+                ino,
+                source,
+            })?;
+            self.pipes_data.push((pipe_id, size, data));
+        }
+        let id = self.next_id();
+        self.seen.push((pid, fd, PIPEFS_DEV, ino, id));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Pipe as i32,
+            id,
+            pipe: Some(pb::PipeEntry {
+                id,
+                pipe_id,
+                flags: info.flags & !(libc::O_CLOEXEC as u32),
+                fown: zero_fown(),
+            }),
+            ..Default::default()
+        });
+        Ok(id)
+    }
+
+    /// Writes `files.img` and `pipes-data.img`.
+    pub fn write(&self, dir: &Path) -> Result<(), FilesError> {
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::FILES);
+        for e in &self.entries {
+            w.push(e);
+        }
+        write(&dir.join(names::FILES), &w.into_bytes())?;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::PIPES_DATA);
+        for (pipe_id, size, data) in &self.pipes_data {
+            if data.is_empty() {
+                continue;
+            }
+            w.push(&pb::PipeDataEntry {
+                pipe_id: *pipe_id,
+                bytes: data.len() as u32,
+                size: Some(*size),
+            });
+            w.push_raw(data);
+        }
+        write(&dir.join(names::pipes_data()), &w.into_bytes())
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), FilesError> {
+    std::fs::write(path, bytes).map_err(|source| FilesError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Copies the bytes buffered in a pipe without consuming them: a fresh read end is opened
+/// through /proc, and tee(2) duplicates the buffer into a private pipe we drain.
+fn read_pipe_data(pid: u32, fd: i32) -> std::io::Result<(u32, Vec<u8>)> {
+    use std::io::Read;
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).expect("no NUL");
+    // SAFETY: open(2) of a NUL-terminated path; the result is owned below.
+    let src = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `src` was just returned by open and is owned by nobody else.
+    let src = unsafe { OwnedFd::from_raw_fd(src) };
+    // SAFETY: fcntl F_GETPIPE_SZ takes no pointer.
+    let size = cvt(unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) })?;
+    let mut p = [0; 2];
+    // SAFETY: pipe2 writes two fds into `p`.
+    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: both fds were just created by pipe2 and are owned here only.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    // SAFETY: F_SETPIPE_SZ takes an integer.
+    cvt(unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, size) })?;
+    // SAFETY: tee(2) between two pipe fds we hold.
+    let n = unsafe {
+        libc::tee(
+            src.as_raw_fd(),
+            wr.as_raw_fd(),
+            size as usize,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    let mut data = Vec::new();
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+        return Ok((size as u32, data));
+    }
+    drop(wr);
+    std::fs::File::from(rd).read_to_end(&mut data)?;
+    Ok((size as u32, data))
+}

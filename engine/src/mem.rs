@@ -1,0 +1,170 @@
+//! Copying memory out of and into another process.
+
+use std::io;
+
+/// A memory transfer with another process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    #[error("process_vm_readv from pid {pid} at {addr:#x} (+{len}) failed")]
+    Read {
+        pid: u32,
+        addr: u64,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing pid {pid} memory at {addr:#x} (+{len}) failed")]
+    Write {
+        pid: u32,
+        addr: u64,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading /proc/{pid}/pagemap failed")]
+    Pagemap {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads `buf.len()` bytes at `addr` of `pid`, in as few syscalls as the kernel allows.
+pub fn read(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let local = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr + done as u64) as *mut _,
+            iov_len: buf.len() - done,
+        };
+        // SAFETY: `local` points into `buf`, which we own and which is long enough; the remote
+        // iovec is only interpreted by the kernel in the other address space.
+        let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            let source = if n == 0 {
+                io::Error::from(io::ErrorKind::UnexpectedEof)
+            } else {
+                io::Error::last_os_error()
+            };
+            return Err(MemError::Read {
+                pid,
+                addr: addr + done as u64,
+                len: buf.len() - done,
+                source,
+            });
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Writes `data` at `addr` of `pid` with process_vm_writev (needs a writable mapping there).
+pub fn write(pid: u32, addr: u64, data: &[u8]) -> Result<(), MemError> {
+    let mut done = 0usize;
+    while done < data.len() {
+        let local = libc::iovec {
+            iov_base: data[done..].as_ptr() as *mut _,
+            iov_len: data.len() - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (addr + done as u64) as *mut _,
+            iov_len: data.len() - done,
+        };
+        // SAFETY: `local` points into `data`, which outlives the call; the kernel only reads it.
+        let n = unsafe { libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            let source = if n == 0 {
+                io::Error::from(io::ErrorKind::UnexpectedEof)
+            } else {
+                io::Error::last_os_error()
+            };
+            return Err(MemError::Write {
+                pid,
+                addr: addr + done as u64,
+                len: data.len() - done,
+                source,
+            });
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Writes through `/proc/<pid>/mem`, which also works on read-only mappings.
+pub fn write_via_proc(pid: u32, addr: u64, data: &[u8]) -> Result<(), MemError> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .map_err(|source| MemError::Write {
+            pid,
+            addr,
+            len: data.len(),
+            source,
+        })?;
+    f.write_all_at(data, addr)
+        .map_err(|source| MemError::Write {
+            pid,
+            addr,
+            len: data.len(),
+            source,
+        })
+}
+
+pub const PAGE_SIZE: u64 = 4096;
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Which pages of a range hold data that must go into the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageSelect {
+    /// Anonymous memory: every present or swapped page.
+    Anon,
+    /// Private file mappings: only pages that were copied on write (not page-cache pages).
+    PrivateFile,
+}
+
+/// Returns runs `(start, npages)` of pages to dump in `[start, end)`, from `/proc/<pid>/pagemap`.
+pub fn dirty_runs(
+    pagemap: &std::fs::File,
+    pid: u32,
+    start: u64,
+    end: u64,
+    select: PageSelect,
+) -> Result<Vec<(u64, u64)>, MemError> {
+    use std::os::unix::fs::FileExt;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut addr = start;
+    let chunk_pages = 64 * 1024u64; // 512 KiB of entries per pread
+    let mut buf = vec![0u8; (chunk_pages * 8) as usize];
+    while addr < end {
+        let n = ((end - addr) / PAGE_SIZE).min(chunk_pages);
+        let bytes = &mut buf[..(n * 8) as usize];
+        pagemap
+            .read_exact_at(bytes, addr / PAGE_SIZE * 8)
+            .map_err(|source| MemError::Pagemap { pid, source })?;
+        for (i, e) in bytes.chunks_exact(8).enumerate() {
+            let e = u64::from_ne_bytes(e.try_into().expect("chunks_exact(8)"));
+            let keep = match select {
+                PageSelect::Anon => e & (PM_PRESENT | PM_SWAP) != 0,
+                PageSelect::PrivateFile => {
+                    (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAP != 0
+                }
+            };
+            if keep {
+                let a = addr + i as u64 * PAGE_SIZE;
+                match runs.last_mut() {
+                    Some((s, c)) if *s + *c * PAGE_SIZE == a => *c += 1,
+                    _ => runs.push((a, 1)),
+                }
+            }
+        }
+        addr += n * PAGE_SIZE;
+    }
+    Ok(runs)
+}

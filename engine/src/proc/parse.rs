@@ -1,0 +1,566 @@
+//! Pure parsers for the `/proc` files the dump reads. No I/O here, so every parser is unit-tested
+//! against real lines captured on this kernel.
+
+use std::collections::HashMap;
+
+/// A `/proc` text that did not have the shape we expect.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: cannot parse {what}")]
+pub struct ParseError {
+    /// Which proc file (e.g. `stat`, `maps`).
+    pub file: &'static str,
+    /// What was malformed.
+    pub what: String,
+}
+
+fn perr(file: &'static str, what: impl Into<String>) -> ParseError {
+    ParseError {
+        file,
+        what: what.into(),
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` that the dump uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+    pub flags: u32,
+    pub nice: i64,
+    pub num_threads: u32,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub exit_signal: u32,
+    pub rt_priority: u32,
+    pub policy: u32,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub exit_code: i32,
+}
+
+/// Parses `/proc/<pid>/stat` (or `/proc/<pid>/task/<tid>/stat`).
+pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
+    let open = text.find('(').ok_or_else(|| perr("stat", "no '('"))?;
+    let close = text.rfind(')').ok_or_else(|| perr("stat", "no ')'"))?;
+    if close < open {
+        return Err(perr("stat", "')' before '('"));
+    }
+    let pid = text[..open]
+        .trim()
+        .parse()
+        .map_err(|_| perr("stat", "pid"))?;
+    let comm = text[open + 1..close].to_string();
+    // After the comm, field 3 (state) is index 0.
+    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    if rest.len() < 50 {
+        return Err(perr(
+            "stat",
+            format!("only {} fields after comm", rest.len()),
+        ));
+    }
+    let f = |n: usize| -> Result<u64, ParseError> {
+        rest[n - 3]
+            .parse::<u64>()
+            .map_err(|_| perr("stat", format!("field {n}")))
+    };
+    let fi = |n: usize| -> Result<i64, ParseError> {
+        rest[n - 3]
+            .parse::<i64>()
+            .map_err(|_| perr("stat", format!("field {n}")))
+    };
+    Ok(Stat {
+        pid,
+        comm,
+        state: rest[0].chars().next().unwrap_or('?'),
+        ppid: f(4)? as u32,
+        pgid: f(5)? as u32,
+        sid: f(6)? as u32,
+        flags: f(9)? as u32,
+        nice: fi(19)?,
+        num_threads: f(20)? as u32,
+        start_code: f(26)?,
+        end_code: f(27)?,
+        start_stack: f(28)?,
+        exit_signal: f(38)? as u32,
+        rt_priority: f(40)? as u32,
+        policy: f(41)? as u32,
+        start_data: f(45)?,
+        end_data: f(46)?,
+        start_brk: f(47)?,
+        arg_start: f(48)?,
+        arg_end: f(49)?,
+        env_start: f(50)?,
+        env_end: f(51)?,
+        exit_code: fi(52)? as i32,
+    })
+}
+
+/// One mapping from `/proc/<pid>/smaps` (or `maps`, without `vm_flags`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    /// The path column as the kernel prints it (`[heap]`, `/usr/bin/x`, `/memfd:a (deleted)`, empty).
+    pub path: String,
+    /// Two-letter `VmFlags` of smaps (`rd wr mr ...`); empty when read from `maps`.
+    pub vm_flags: Vec<String>,
+}
+
+impl Mapping {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vm_flags.iter().any(|x| x == f)
+    }
+}
+
+fn parse_map_line(line: &str) -> Result<Mapping, ParseError> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next().ok_or_else(|| perr("maps", line))?;
+    let perms = it.next().ok_or_else(|| perr("maps", line))?;
+    let offset = it.next().ok_or_else(|| perr("maps", line))?;
+    let dev = it.next().ok_or_else(|| perr("maps", line))?;
+    let inode = it.next().ok_or_else(|| perr("maps", line))?;
+    let path = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-').ok_or_else(|| perr("maps", line))?;
+    let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| perr("maps", line));
+    let (maj, min) = dev.split_once(':').ok_or_else(|| perr("maps", line))?;
+    let p = perms.as_bytes();
+    if p.len() < 4 {
+        return Err(perr("maps", line));
+    }
+    Ok(Mapping {
+        start: hex(s)?,
+        end: hex(e)?,
+        read: p[0] == b'r',
+        write: p[1] == b'w',
+        exec: p[2] == b'x',
+        shared: p[3] == b's',
+        offset: hex(offset)?,
+        dev_major: u32::from_str_radix(maj, 16).map_err(|_| perr("maps", line))?,
+        dev_minor: u32::from_str_radix(min, 16).map_err(|_| perr("maps", line))?,
+        inode: inode.parse().map_err(|_| perr("maps", line))?,
+        path,
+        vm_flags: Vec::new(),
+    })
+}
+
+fn is_map_header(line: &str) -> bool {
+    // A mapping line starts with "hex-hex "; smaps attribute lines start with "Name:".
+    match line.split_once(' ') {
+        Some((range, _)) => {
+            range.contains('-') && range.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        }
+        None => false,
+    }
+}
+
+/// Parses `/proc/<pid>/maps` or `/proc/<pid>/smaps` (VmFlags are kept when present).
+pub fn parse_maps(text: &str) -> Result<Vec<Mapping>, ParseError> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if is_map_header(line) {
+            out.push(parse_map_line(line)?);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(m) = out.last_mut() {
+                m.vm_flags = flags.split_whitespace().map(str::to_string).collect();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `/proc/<pid>/status` says about credentials and signals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub umask: u32,
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub no_new_privs: bool,
+    pub seccomp: u32,
+    pub sig_blk: u64,
+    pub shd_pnd: u64,
+    pub sig_pnd: u64,
+    pub nspid: Vec<u32>,
+}
+
+/// Parses `/proc/<pid>/status`.
+pub fn parse_status(text: &str) -> Result<Status, ParseError> {
+    let mut st = Status::default();
+    let mut seen_uid = false;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| perr("status", k.to_string()));
+        let four = |v: &str| -> Result<[u32; 4], ParseError> {
+            let n: Vec<u32> = v
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            n.try_into().map_err(|_| perr("status", k.to_string()))
+        };
+        match k {
+            "Umask" => st.umask = u32::from_str_radix(v, 8).map_err(|_| perr("status", "Umask"))?,
+            "Uid" => {
+                st.uids = four(v)?;
+                seen_uid = true;
+            }
+            "Gid" => st.gids = four(v)?,
+            "Groups" => {
+                st.groups = v
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            }
+            "CapInh" => st.cap_inh = hex(v)?,
+            "CapPrm" => st.cap_prm = hex(v)?,
+            "CapEff" => st.cap_eff = hex(v)?,
+            "CapBnd" => st.cap_bnd = hex(v)?,
+            "CapAmb" => st.cap_amb = hex(v)?,
+            "NoNewPrivs" => st.no_new_privs = v == "1",
+            "Seccomp" => st.seccomp = v.parse().unwrap_or(0),
+            "SigBlk" => st.sig_blk = hex(v)?,
+            "ShdPnd" => st.shd_pnd = hex(v)?,
+            "SigPnd" => st.sig_pnd = hex(v)?,
+            "NSpid" => {
+                st.nspid = v
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+    if !seen_uid {
+        return Err(perr("status", "no Uid line"));
+    }
+    Ok(st)
+}
+
+/// Resource names of `/proc/<pid>/limits` in RLIMIT_* order (0..=15).
+pub const LIMIT_NAMES: [&str; 16] = [
+    "Max cpu time",
+    "Max file size",
+    "Max data size",
+    "Max stack size",
+    "Max core file size",
+    "Max resident set",
+    "Max processes",
+    "Max open files",
+    "Max locked memory",
+    "Max address space",
+    "Max file locks",
+    "Max pending signals",
+    "Max msgqueue size",
+    "Max nice priority",
+    "Max realtime priority",
+    "Max realtime timeout",
+];
+
+/// Parses `/proc/<pid>/limits` into (soft, hard) per RLIMIT_* index; `u64::MAX` is unlimited.
+/// Readable for any task, unlike prlimit(2) on another user's task without CAP_SYS_RESOURCE.
+pub fn parse_limits(text: &str) -> Result<Vec<(u64, u64)>, ParseError> {
+    let mut out = vec![(u64::MAX, u64::MAX); LIMIT_NAMES.len()];
+    let mut found = 0;
+    for line in text.lines().skip(1) {
+        let Some(idx) = LIMIT_NAMES.iter().position(|n| line.starts_with(n)) else {
+            continue;
+        };
+        let rest = &line[LIMIT_NAMES[idx].len()..];
+        let cols: Vec<&str> = rest.split_whitespace().collect();
+        if cols.len() < 2 {
+            return Err(perr("limits", line));
+        }
+        let val = |s: &str| -> Result<u64, ParseError> {
+            if s == "unlimited" {
+                Ok(u64::MAX)
+            } else {
+                s.parse().map_err(|_| perr("limits", line))
+            }
+        };
+        out[idx] = (val(cols[0])?, val(cols[1])?);
+        found += 1;
+    }
+    if found == 0 {
+        return Err(perr("limits", "no limit rows"));
+    }
+    Ok(out)
+}
+
+/// The common lines of `/proc/<pid>/fdinfo/<fd>` plus every other `key: value` line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdInfo {
+    pub pos: u64,
+    pub flags: u32,
+    pub mnt_id: u32,
+    pub ino: u64,
+    pub extra: HashMap<String, String>,
+}
+
+/// Parses `/proc/<pid>/fdinfo/<fd>`.
+pub fn parse_fdinfo(text: &str) -> Result<FdInfo, ParseError> {
+    let mut fi = FdInfo::default();
+    let mut seen_flags = false;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "pos" => fi.pos = v.parse().map_err(|_| perr("fdinfo", "pos"))?,
+            "flags" => {
+                fi.flags = u32::from_str_radix(v, 8).map_err(|_| perr("fdinfo", "flags"))?;
+                seen_flags = true;
+            }
+            "mnt_id" => fi.mnt_id = v.parse().map_err(|_| perr("fdinfo", "mnt_id"))?,
+            "ino" => fi.ino = v.parse().map_err(|_| perr("fdinfo", "ino"))?,
+            _ => {
+                fi.extra.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    if !seen_flags {
+        return Err(perr("fdinfo", "no flags line"));
+    }
+    Ok(fi)
+}
+
+/// Parses the pid list of `/proc/<pid>/task/<tid>/children`.
+pub fn parse_children(text: &str) -> Vec<u32> {
+    text.split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
+/// Splits `/proc/<pid>/auxv` bytes into native-endian u64 words.
+pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("chunks_exact(8)")))
+        .collect()
+}
+
+/// One POSIX timer of `/proc/<pid>/timers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PosixTimer {
+    pub id: u32,
+    pub signo: u32,
+    pub sival_ptr: u64,
+    /// SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4.
+    pub notify: u32,
+    pub notify_tid: Option<u32>,
+    pub clock_id: u32,
+}
+
+/// Parses `/proc/<pid>/timers`; blocks that do not parse are skipped.
+pub fn parse_timers(text: &str) -> Vec<PosixTimer> {
+    let mut out: Vec<PosixTimer> = Vec::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "ID" => out.push(PosixTimer {
+                id: v.parse().unwrap_or(0),
+                ..Default::default()
+            }),
+            "signal" => {
+                if let (Some(t), Some((sig, ptr))) = (out.last_mut(), v.split_once('/')) {
+                    t.signo = sig.parse().unwrap_or(0);
+                    t.sival_ptr = u64::from_str_radix(ptr, 16).unwrap_or(0);
+                }
+            }
+            "notify" => {
+                if let (Some(t), Some((how, who))) = (out.last_mut(), v.split_once('/')) {
+                    t.notify = match how {
+                        "none" => 1,
+                        "thread" => 4,
+                        _ => 0,
+                    };
+                    if how == "thread" {
+                        t.notify_tid = who.split_once('.').and_then(|(_, n)| n.parse().ok());
+                    }
+                }
+            }
+            "ClockID" => {
+                if let Some(t) = out.last_mut() {
+                    t.clock_id = v.parse().unwrap_or(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_file() {
+        let t = parse_timers(
+            "ID: 0\nsignal: 14/00000000deadbeef\nnotify: signal/pid.77\nClockID: 1\n\
+ID: 1\nsignal: 10/0000000000000000\nnotify: thread/tid.78\nClockID: 0\n",
+        );
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (
+                t[0].id,
+                t[0].signo,
+                t[0].sival_ptr,
+                t[0].notify,
+                t[0].clock_id
+            ),
+            (0, 14, 0xdeadbeef, 0, 1)
+        );
+        assert_eq!((t[1].notify, t[1].notify_tid), (4, Some(78)));
+    }
+
+    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 110 0 0 0 0 0 0 0 20 0 1 0 \
+        12345 2547712 244 18446744073709551615 94371523489792 94371523491809 140730000000000 0 0 0 0 \
+        0 0 0 0 0 17 1 0 0 0 0 0 94371523500000 94371523501000 94371550000000 140730000001000 \
+        140730000001020 140730000001020 140730000002000 0\n";
+
+    #[test]
+    fn stat_with_parens_in_comm() {
+        let s = parse_stat(STAT).unwrap();
+        assert_eq!(s.pid, 4242);
+        assert_eq!(s.comm, "my (odd) prog");
+        assert_eq!(s.state, 'S');
+        assert_eq!((s.ppid, s.pgid, s.sid), (1, 4242, 4242));
+        assert_eq!(s.start_code, 94371523489792);
+        assert_eq!(s.exit_signal, 17);
+        assert_eq!(s.start_brk, 94371550000000);
+        assert_eq!(s.env_end, 140730000002000);
+        assert_eq!(s.exit_code, 0);
+    }
+
+    #[test]
+    fn stat_truncated_is_error() {
+        assert!(parse_stat("1 (x) S 0 1").is_err());
+        assert!(parse_stat("garbage").is_err());
+    }
+
+    #[test]
+    fn smaps_with_flags() {
+        let text =
+            "55d0c8a00000-55d0c8a21000 rw-p 00000000 00:00 0                          [heap]\n\
+Size:                132 kB\n\
+VmFlags: rd wr mr mw me ac sd \n\
+7f1c2a000000-7f1c2a200000 r--s 00001000 fe:01 1234  /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+VmFlags: rd mr mw me sd dd\n\
+7ffd1a9fe000-7ffd1aa02000 r--p 00000000 00:00 0                          [vvar]\n";
+        let m = parse_maps(text).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].path, "[heap]");
+        assert!(m[0].write && !m[0].shared);
+        assert!(m[0].has_flag("ac"));
+        assert!(m[1].shared && m[1].has_flag("dd"));
+        assert_eq!(m[1].offset, 0x1000);
+        assert_eq!(
+            (m[1].dev_major, m[1].dev_minor, m[1].inode),
+            (0xfe, 1, 1234)
+        );
+        assert_eq!(m[2].path, "[vvar]");
+        assert!(m[2].vm_flags.is_empty());
+    }
+
+    #[test]
+    fn maps_path_with_spaces() {
+        let m = parse_maps("7f00-8f00 rw-s 00000000 00:01 99   /dev/zero (deleted)\n").unwrap();
+        assert_eq!(m[0].path, "/dev/zero (deleted)");
+        assert_eq!(m[0].len(), 0x1000);
+    }
+
+    #[test]
+    fn status_fields() {
+        let text = "Name:\tcat\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1001\t1002\t1003\n\
+Gid:\t65534\t65534\t65534\t65534\nGroups:\t4 24 27 \nNSpid:\t77\nSigPnd:\t0000000000000000\n\
+ShdPnd:\t0000000000000200\nSigBlk:\t0000000000010000\nCapInh:\t0000000000000000\n\
+CapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\nCapBnd:\t000001fffeffffff\n\
+CapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t0\n";
+        let s = parse_status(text).unwrap();
+        assert_eq!(s.umask, 0o022);
+        assert_eq!(s.uids, [1000, 1001, 1002, 1003]);
+        assert_eq!(s.gids, [65534; 4]);
+        assert_eq!(s.groups, vec![4, 24, 27]);
+        assert_eq!(s.cap_eff, 0x1fffeffffff);
+        assert!(s.no_new_privs);
+        assert_eq!(s.shd_pnd, 0x200);
+        assert_eq!(s.sig_blk, 0x10000);
+        assert_eq!(s.nspid, vec![77]);
+        assert!(parse_status("Name: x\n").is_err());
+    }
+
+    #[test]
+    fn limits_table() {
+        let text =
+            "Limit                     Soft Limit           Hard Limit           Units     \n\
+Max cpu time              unlimited            unlimited            seconds   \n\
+Max stack size            8388608              unlimited            bytes     \n\
+Max open files            1024                 20000                files     \n\
+Max realtime timeout      unlimited            unlimited            us        \n";
+        let l = parse_limits(text).unwrap();
+        assert_eq!(l[0], (u64::MAX, u64::MAX));
+        assert_eq!(l[3], (8388608, u64::MAX));
+        assert_eq!(l[7], (1024, 20000));
+        assert!(parse_limits("Limit x\n").is_err());
+    }
+
+    #[test]
+    fn fdinfo_fields() {
+        let f = parse_fdinfo(
+            "pos:\t4096\nflags:\t02102001\nmnt_id:\t25\nino:\t1234\neventfd-count: 5\n",
+        )
+        .unwrap();
+        assert_eq!(f.pos, 4096);
+        assert_eq!(f.flags, 0o2102001);
+        assert_eq!(f.mnt_id, 25);
+        assert_eq!(f.extra.get("eventfd-count").map(String::as_str), Some("5"));
+        assert!(parse_fdinfo("pos: 1\n").is_err());
+    }
+
+    #[test]
+    fn children_and_auxv() {
+        assert_eq!(parse_children("12 13 99 "), vec![12, 13, 99]);
+        let mut b = Vec::new();
+        b.extend_from_slice(&6u64.to_ne_bytes());
+        b.extend_from_slice(&4096u64.to_ne_bytes());
+        assert_eq!(parse_auxv(&b), vec![6, 4096]);
+    }
+}

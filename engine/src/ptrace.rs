@@ -1,0 +1,438 @@
+//! ptrace: seizing threads, reading and writing registers, and running single syscalls inside a
+//! stopped thread ("injection"). Every request here is made by the thread that seized the
+//! tracee, so callers must stay on one thread.
+
+use std::io;
+
+use libc::{c_long, c_void, pid_t, user_regs_struct};
+
+const PTRACE_GETREGS: libc::c_uint = 12;
+const PTRACE_SETREGS: libc::c_uint = 13;
+const PTRACE_SINGLESTEP: libc::c_uint = 9;
+const PTRACE_CONT: libc::c_uint = 7;
+const PTRACE_DETACH: libc::c_uint = 17;
+const PTRACE_GETREGSET: libc::c_uint = 0x4204;
+const PTRACE_SETREGSET: libc::c_uint = 0x4205;
+const PTRACE_SEIZE: libc::c_uint = 0x4206;
+const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+/// Report clone events so that threads created by injected clone3 are traced at once.
+pub const PTRACE_O_TRACECLONE: libc::c_int = 8;
+pub const PTRACE_EVENT_CLONE: i32 = 3;
+pub const PTRACE_EVENT_STOP: i32 = 128;
+const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+
+pub type Regs = user_regs_struct;
+
+/// A ptrace request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PtraceError {
+    #[error("ptrace {op} on thread {tid} failed")]
+    Request {
+        op: &'static str,
+        tid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("thread {tid}: unexpected stop while waiting for {waiting_for} (status {status:#x})")]
+    UnexpectedStop {
+        tid: u32,
+        waiting_for: &'static str,
+        status: i32,
+    },
+    #[error("thread {tid} exited while traced (status {status:#x})")]
+    Exited { tid: u32, status: i32 },
+    #[error("injected syscall {nr} in thread {tid} returned error {}", -ret)]
+    Syscall { tid: u32, nr: i64, ret: i64 },
+}
+
+fn req(
+    op: &'static str,
+    request: libc::c_uint,
+    tid: u32,
+    addr: *mut c_void,
+    data: *mut c_void,
+) -> Result<c_long, PtraceError> {
+    // SAFETY: ptrace with the given request; the callers pass pointers to live buffers of the
+    // size the request needs (or null/integers where the request takes none).
+    let r = unsafe { libc::ptrace(request, tid as pid_t, addr, data) };
+    if r == -1 {
+        return Err(PtraceError::Request {
+            op,
+            tid,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(r)
+}
+
+/// How a waited-for thread changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stopped: the signal and the ptrace event (0 for a signal-delivery stop).
+    Stopped {
+        sig: i32,
+        event: i32,
+    },
+    Exited(i32),
+}
+
+/// waitpid(tid, __WALL), retried on EINTR.
+pub fn wait(tid: u32) -> Result<Stop, PtraceError> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into our local.
+        let r = unsafe { libc::waitpid(tid as pid_t, &mut status, libc::__WALL) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(PtraceError::Request {
+                op: "waitpid",
+                tid,
+                source: e,
+            });
+        }
+        break;
+    }
+    if libc::WIFSTOPPED(status) {
+        Ok(Stop::Stopped {
+            sig: libc::WSTOPSIG(status),
+            event: status >> 16,
+        })
+    } else {
+        Ok(Stop::Exited(status))
+    }
+}
+
+pub fn seize(tid: u32, options: libc::c_int) -> Result<(), PtraceError> {
+    req(
+        "SEIZE",
+        PTRACE_SEIZE,
+        tid,
+        std::ptr::null_mut(),
+        options as usize as *mut c_void,
+    )
+    .map(drop)
+}
+
+pub fn interrupt(tid: u32) -> Result<(), PtraceError> {
+    req(
+        "INTERRUPT",
+        PTRACE_INTERRUPT,
+        tid,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    )
+    .map(drop)
+}
+
+pub fn cont(tid: u32, sig: i32) -> Result<(), PtraceError> {
+    req(
+        "CONT",
+        PTRACE_CONT,
+        tid,
+        std::ptr::null_mut(),
+        sig as usize as *mut c_void,
+    )
+    .map(drop)
+}
+
+pub fn singlestep(tid: u32) -> Result<(), PtraceError> {
+    req(
+        "SINGLESTEP",
+        PTRACE_SINGLESTEP,
+        tid,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    )
+    .map(drop)
+}
+
+pub fn detach(tid: u32) -> Result<(), PtraceError> {
+    req(
+        "DETACH",
+        PTRACE_DETACH,
+        tid,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    )
+    .map(drop)
+}
+
+/// Interrupts a seized thread and waits for its PTRACE_EVENT_STOP. A signal that was about to be
+/// delivered is delivered first (passed on with PTRACE_CONT), so nothing is lost. Returns true if
+/// the thread was in a group stop (stopped by SIGSTOP and friends).
+pub fn interrupt_and_wait(tid: u32) -> Result<bool, PtraceError> {
+    interrupt(tid)?;
+    loop {
+        match wait(tid)? {
+            Stop::Stopped {
+                sig,
+                event: PTRACE_EVENT_STOP,
+            } => {
+                let group = matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                );
+                return Ok(group);
+            }
+            Stop::Stopped { sig, event: 0 } => {
+                // Signal-delivery stop: let the signal through; the interrupt is still pending.
+                cont(tid, sig)?;
+            }
+            Stop::Stopped { event, .. } => {
+                // Another event stop (exec, exit...) reported first: resume, keep waiting.
+                let _ = event;
+                cont(tid, 0)?;
+            }
+            Stop::Exited(status) => return Err(PtraceError::Exited { tid, status }),
+        }
+    }
+}
+
+pub fn get_regs(tid: u32) -> Result<Regs, PtraceError> {
+    // SAFETY: user_regs_struct is plain old data; zeroed is a valid value.
+    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    req(
+        "GETREGS",
+        PTRACE_GETREGS,
+        tid,
+        std::ptr::null_mut(),
+        (&mut regs as *mut Regs).cast(),
+    )?;
+    Ok(regs)
+}
+
+pub fn set_regs(tid: u32, regs: &Regs) -> Result<(), PtraceError> {
+    let mut r = *regs;
+    req(
+        "SETREGS",
+        PTRACE_SETREGS,
+        tid,
+        std::ptr::null_mut(),
+        (&mut r as *mut Regs).cast(),
+    )
+    .map(drop)
+}
+
+/// The thread's full XSAVE area (standard format), as PTRACE_GETREGSET NT_X86_XSTATE gives it.
+pub fn get_xstate(tid: u32) -> Result<Vec<u8>, PtraceError> {
+    let mut buf = vec![0u8; 16384];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    req(
+        "GETREGSET(NT_X86_XSTATE)",
+        PTRACE_GETREGSET,
+        tid,
+        NT_X86_XSTATE as usize as *mut c_void,
+        (&mut iov as *mut libc::iovec).cast(),
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_xstate(tid: u32, xstate: &[u8]) -> Result<(), PtraceError> {
+    let mut buf = xstate.to_vec();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    req(
+        "SETREGSET(NT_X86_XSTATE)",
+        PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE as usize as *mut c_void,
+        (&mut iov as *mut libc::iovec).cast(),
+    )
+    .map(drop)
+}
+
+pub fn get_sigmask(tid: u32) -> Result<u64, PtraceError> {
+    let mut mask: u64 = 0;
+    req(
+        "GETSIGMASK",
+        PTRACE_GETSIGMASK,
+        tid,
+        8usize as *mut c_void,
+        (&mut mask as *mut u64).cast(),
+    )?;
+    Ok(mask)
+}
+
+pub fn set_sigmask(tid: u32, mask: u64) -> Result<(), PtraceError> {
+    let mut m = mask;
+    req(
+        "SETSIGMASK",
+        PTRACE_SETSIGMASK,
+        tid,
+        8usize as *mut c_void,
+        (&mut m as *mut u64).cast(),
+    )
+    .map(drop)
+}
+
+/// The rseq area a thread registered (PTRACE_GET_RSEQ_CONFIGURATION).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RseqConfig {
+    pub rseq_abi_pointer: u64,
+    pub rseq_abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+pub fn get_rseq(tid: u32) -> Result<RseqConfig, PtraceError> {
+    let mut c = RseqConfig::default();
+    req(
+        "GET_RSEQ_CONFIGURATION",
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of::<RseqConfig>() as *mut c_void,
+        (&mut c as *mut RseqConfig).cast(),
+    )?;
+    Ok(c)
+}
+
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// Pending signals (raw 128-byte siginfo each), per thread or the shared queue, without
+/// dequeuing them.
+pub fn peek_siginfo(tid: u32, shared: bool) -> Result<Vec<[u8; 128]>, PtraceError> {
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [[0u8; 128]; 32];
+        let mut args = PeekSiginfoArgs {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: 32,
+        };
+        let n = req(
+            "PEEKSIGINFO",
+            PTRACE_PEEKSIGINFO,
+            tid,
+            (&mut args as *mut PeekSiginfoArgs).cast(),
+            buf.as_mut_ptr().cast(),
+        )?;
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+        if n < 32 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Runs syscalls inside a stopped thread by pointing its rip at a `syscall` instruction
+/// (`0f 05`) and single-stepping over it. Every injection ends in a signal-delivery stop
+/// (SIGTRAP), which is where registers may safely be rewritten afterwards.
+pub struct Injector {
+    pub tid: u32,
+    /// Address of a `syscall` instruction in the tracee.
+    pub syscall_at: u64,
+    /// Registers every injection starts from (the thread's own, so segment selectors are valid).
+    pub base: Regs,
+}
+
+impl Injector {
+    pub fn new(tid: u32, syscall_at: u64) -> Result<Self, PtraceError> {
+        Ok(Self {
+            tid,
+            syscall_at,
+            base: get_regs(tid)?,
+        })
+    }
+
+    /// Runs one syscall; returns the raw kernel result (negative errno on failure).
+    pub fn raw(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
+        let mut r = self.base;
+        r.rip = self.syscall_at;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        r.rdi = a(0);
+        r.rsi = a(1);
+        r.rdx = a(2);
+        r.r10 = a(3);
+        r.r8 = a(4);
+        r.r9 = a(5);
+        set_regs(self.tid, &r)?;
+        singlestep(self.tid)?;
+        loop {
+            match wait(self.tid)? {
+                Stop::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => break,
+                Stop::Stopped {
+                    event: PTRACE_EVENT_CLONE,
+                    ..
+                } => singlestep(self.tid)?,
+                Stop::Exited(status) => {
+                    return Err(PtraceError::Exited {
+                        tid: self.tid,
+                        status,
+                    })
+                }
+                Stop::Stopped { sig, event } => {
+                    return Err(PtraceError::UnexpectedStop {
+                        tid: self.tid,
+                        waiting_for: "SIGTRAP after injected syscall",
+                        status: (event << 16) | (sig << 8) | 0x7f,
+                    })
+                }
+            }
+        }
+        Ok(get_regs(self.tid)?.rax as i64)
+    }
+
+    /// Runs one syscall and turns a negative result into an error.
+    pub fn call(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
+        let ret = self.raw(nr, args)?;
+        if (-4095..0).contains(&ret) {
+            return Err(PtraceError::Syscall {
+                tid: self.tid,
+                nr,
+                ret,
+            });
+        }
+        Ok(ret)
+    }
+}
+
+/// Finds a `syscall` instruction (`0f 05`) in bytes mapped at `base`.
+pub fn find_syscall_insn(bytes: &[u8], base: u64) -> Option<u64> {
+    bytes
+        .windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|i| base + i as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_syscall_instruction() {
+        assert_eq!(
+            find_syscall_insn(&[0x90, 0x0f, 0x05, 0xc3], 0x1000),
+            Some(0x1001)
+        );
+        assert_eq!(find_syscall_insn(&[0x0f, 0x90, 0x05], 0), None);
+    }
+}

@@ -1,0 +1,296 @@
+//! Loading and checking a dump's images before anything is created: a corrupt, truncated or
+//! missing image fails here, with its file name, and no task is ever forked for it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::images::{self, magic, names, pb, ImageError, ImageKind, ImageReader};
+use crate::mem::PAGE_SIZE;
+
+/// The images do not describe something we can restore.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: missing from {dir}")]
+    Missing { dir: PathBuf, file: String },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{file}: {what}")]
+    Invalid { file: String, what: String },
+}
+
+fn invalid(file: &str, what: impl Into<String>) -> LoadError {
+    LoadError::Invalid {
+        file: file.to_string(),
+        what: what.into(),
+    }
+}
+
+/// One thread's images.
+pub struct ThreadImage {
+    pub tid: u32,
+    pub core: pb::CoreEntry,
+}
+
+/// One process's images.
+pub struct TaskImage {
+    pub pstree: pb::PstreeEntry,
+    pub threads: Vec<ThreadImage>,
+    pub mm: pb::MmEntry,
+    pub pagemap: Vec<pb::PagemapEntry>,
+    pub pages_file: String,
+    pub fds: Vec<pb::FdinfoEntry>,
+    pub fs: pb::FsEntry,
+}
+
+impl TaskImage {
+    pub fn pid(&self) -> u32 {
+        self.pstree.pid
+    }
+    pub fn tc(&self) -> &pb::TaskCoreEntry {
+        self.threads[0].core.tc.as_ref().expect("checked at load")
+    }
+}
+
+/// Everything a restore needs, read and checked.
+pub struct DumpImage {
+    pub dir: PathBuf,
+    pub tasks: Vec<TaskImage>,
+    pub files: HashMap<u32, pb::FileEntry>,
+    /// pipe_id → (pipe size, buffered bytes)
+    pub pipes_data: HashMap<u32, (u32, Vec<u8>)>,
+    /// shmid → (pagemap entries with offsets as vaddr, pages file name)
+    pub shmem: HashMap<u64, (Vec<pb::PagemapEntry>, String)>,
+}
+
+fn read(dir: &Path, file: &str) -> Result<Vec<u8>, LoadError> {
+    let path = dir.join(file);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LoadError::Missing {
+            dir: dir.to_path_buf(),
+            file: file.to_string(),
+        }),
+        Err(source) => Err(LoadError::Read { path, source }),
+    }
+}
+
+fn read_optional(dir: &Path, file: &str) -> Result<Option<Vec<u8>>, LoadError> {
+    match read(dir, file) {
+        Ok(b) => Ok(Some(b)),
+        Err(LoadError::Missing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn one<M: prost::Message + Default>(
+    dir: &Path,
+    file: &str,
+    kind: ImageKind,
+    m: u32,
+) -> Result<M, LoadError> {
+    let bytes = read(dir, file)?;
+    let mut r = ImageReader::new(file, &bytes, kind, m)?;
+    Ok(r.next_required()?)
+}
+
+fn all<M: prost::Message + Default>(dir: &Path, file: &str, m: u32) -> Result<Vec<M>, LoadError> {
+    let bytes = read(dir, file)?;
+    let mut r = ImageReader::new(file, &bytes, ImageKind::Normal, m)?;
+    Ok(r.all()?)
+}
+
+fn pagemap(dir: &Path, file: &str) -> Result<(Vec<pb::PagemapEntry>, String), LoadError> {
+    let bytes = read(dir, file)?;
+    let mut r = ImageReader::new(file, &bytes, ImageKind::Normal, magic::PAGEMAP)?;
+    let head: pb::PagemapHead = r.next_required()?;
+    let entries: Vec<pb::PagemapEntry> = r.all()?;
+    let pages_file = names::pages(head.pages_id);
+    let size = std::fs::metadata(dir.join(&pages_file))
+        .map_err(|_| LoadError::Missing {
+            dir: dir.to_path_buf(),
+            file: pages_file.clone(),
+        })?
+        .len();
+    let mut need = 0u64;
+    for e in &entries {
+        if e.flags.unwrap_or(images::PE_PRESENT) & images::PE_PRESENT != 0 {
+            need += nr_pages(e) * PAGE_SIZE;
+        }
+        if e.in_parent == Some(true) || e.flags.unwrap_or(0) & images::PE_PARENT != 0 {
+            return Err(invalid(
+                file,
+                "incremental images (pages in a parent) are not supported",
+            ));
+        }
+    }
+    if need > size {
+        return Err(invalid(
+            &pages_file,
+            format!("truncated: {file} needs {need} bytes of pages, the file has {size}"),
+        ));
+    }
+    Ok((entries, pages_file))
+}
+
+pub fn nr_pages(e: &pb::PagemapEntry) -> u64 {
+    e.nr_pages.unwrap_or(e.compat_nr_pages as u64)
+}
+
+/// Reads every image of a dump and checks that it is consistent.
+pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
+    let inv: pb::InventoryEntry = one(
+        dir,
+        names::INVENTORY,
+        ImageKind::Inventory,
+        magic::INVENTORY,
+    )?;
+    if inv.img_version != images::CRTOOLS_IMAGES_V1_1 || inv.fdinfo_per_id != Some(true) {
+        return Err(invalid(
+            names::INVENTORY,
+            format!("unsupported image version {}", inv.img_version),
+        ));
+    }
+    let pstree: Vec<pb::PstreeEntry> = all(dir, names::PSTREE, magic::PSTREE)?;
+    if pstree.is_empty() {
+        return Err(invalid(names::PSTREE, "no process"));
+    }
+    let mut seen = HashSet::new();
+    for p in &pstree {
+        if p.pid == 0 || p.threads.first() != Some(&p.pid) {
+            return Err(invalid(
+                names::PSTREE,
+                format!("process {} has a bad thread list", p.pid),
+            ));
+        }
+        for t in &p.threads {
+            if !seen.insert(*t) {
+                return Err(invalid(names::PSTREE, format!("id {t} appears twice")));
+            }
+        }
+    }
+    for p in pstree.iter().skip(1) {
+        if !pstree.iter().any(|q| q.pid == p.ppid) {
+            return Err(invalid(
+                names::PSTREE,
+                format!("parent {} of {} is not in the tree", p.ppid, p.pid),
+            ));
+        }
+    }
+    let mut tasks = Vec::new();
+    for p in pstree {
+        let mut threads = Vec::new();
+        for &tid in &p.threads {
+            let file = names::core(tid);
+            let core: pb::CoreEntry = one(dir, &file, ImageKind::Normal, magic::CORE)?;
+            if core.thread_info.is_none() || core.thread_core.is_none() {
+                return Err(invalid(&file, "no x86_64 thread state"));
+            }
+            if core.mtype != pb::core_entry::March::X8664 as i32 {
+                return Err(invalid(&file, "not an x86_64 image"));
+            }
+            if tid == p.pid && core.tc.is_none() {
+                return Err(invalid(&file, "no task state in the main thread"));
+            }
+            threads.push(ThreadImage { tid, core });
+        }
+        let pid = p.pid;
+        let mm_file = names::mm(pid);
+        let mm: pb::MmEntry = one(dir, &mm_file, ImageKind::Normal, magic::MM)?;
+        let mut last_end = 0;
+        for v in &mm.vmas {
+            if v.start % PAGE_SIZE != 0
+                || v.end % PAGE_SIZE != 0
+                || v.end <= v.start
+                || v.start < last_end
+            {
+                return Err(invalid(
+                    &mm_file,
+                    format!("bad mapping {:#x}-{:#x}", v.start, v.end),
+                ));
+            }
+            last_end = v.end;
+        }
+        let (pm, pages_file) = pagemap(dir, &names::pagemap(pid as u64))?;
+        for e in &pm {
+            let end = e.vaddr + nr_pages(e) * PAGE_SIZE;
+            if !mm.vmas.iter().any(|v| v.start <= e.vaddr && end <= v.end) {
+                return Err(invalid(
+                    &names::pagemap(pid as u64),
+                    format!("pages at {:#x}-{end:#x} lie outside every mapping", e.vaddr),
+                ));
+            }
+        }
+        let files_id = threads[0]
+            .core
+            .ids
+            .as_ref()
+            .map(|i| i.files_id)
+            .unwrap_or(pid);
+        let fds: Vec<pb::FdinfoEntry> = all(dir, &names::fdinfo(files_id), magic::FDINFO)?;
+        let fs: pb::FsEntry = one(dir, &names::fs(pid), ImageKind::Normal, magic::FS)?;
+        tasks.push(TaskImage {
+            pstree: p,
+            threads,
+            mm,
+            pagemap: pm,
+            pages_file,
+            fds,
+            fs,
+        });
+    }
+    let mut files = HashMap::new();
+    for f in all::<pb::FileEntry>(dir, names::FILES, magic::FILES)? {
+        files.insert(f.id, f);
+    }
+    let mut pipes_data = HashMap::new();
+    if let Some(bytes) = read_optional(dir, &names::pipes_data())? {
+        let file = names::pipes_data();
+        let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::PIPES_DATA)?;
+        while let Some(e) = r.next::<pb::PipeDataEntry>()? {
+            let data = r.raw(e.bytes as u64)?.to_vec();
+            pipes_data.insert(e.pipe_id, (e.size.unwrap_or(0), data));
+        }
+    }
+    let mut shmem = HashMap::new();
+    for t in &tasks {
+        // Every file a task refers to must exist in files.img.
+        let mut refs: Vec<(u32, String)> =
+            t.fds.iter().map(|f| (f.id, names::fdinfo(f.id))).collect();
+        refs.push((t.fs.cwd_id, names::fs(t.pid())));
+        refs.push((t.fs.root_id, names::fs(t.pid())));
+        refs.push((t.mm.exe_file_id, names::mm(t.pid())));
+        for v in &t.mm.vmas {
+            if v.status
+                & (images::vma_status::VMA_FILE_PRIVATE | images::vma_status::VMA_FILE_SHARED)
+                != 0
+            {
+                refs.push((v.shmid as u32, names::mm(t.pid())));
+            }
+            if v.status & images::vma_status::VMA_ANON_SHARED != 0 && !shmem.contains_key(&v.shmid)
+            {
+                shmem.insert(v.shmid, pagemap(dir, &names::pagemap_shmem(v.shmid))?);
+            }
+        }
+        for (id, file) in refs {
+            if !files.contains_key(&id) {
+                return Err(invalid(
+                    &file,
+                    format!("refers to file id {id}, which files.img lacks"),
+                ));
+            }
+        }
+    }
+    Ok(DumpImage {
+        dir: dir.to_path_buf(),
+        tasks,
+        files,
+        pipes_data,
+        shmem,
+    })
+}

@@ -1,0 +1,1 @@
+//! Examples of the stasis engine used as a library; see examples/.

@@ -1,0 +1,3 @@
+//! Network namespaces for stasis: veth pairs, addresses and routes over rtnetlink.
+//!
+//! Not implemented yet: the engine core comes first (see docs/ARCHITECTURE.md).

@@ -1,0 +1,272 @@
+//! `stasis`: checkpoint/restore with CRIU's command line, so tools that run `criu` can run us.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use stasis::dump::{self, DumpOptions};
+use stasis::restore::{self, InheritFd, RestoreOptions};
+
+/// The CRIU release whose command line, images and RPC stasis follows.
+const CRIU_COMPAT_VERSION: &str = "4.2";
+
+#[derive(Parser)]
+#[command(
+    name = "stasis",
+    about = "Checkpoint/restore of Linux process trees, compatible with CRIU",
+    disable_version_flag = true
+)]
+struct Cli {
+    /// Print the version (CRIU-compatible output) and exit.
+    #[arg(short = 'V', long = "version", global = true)]
+    version: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint a process tree into image files.
+    Dump(DumpArgs),
+    /// Restore a process tree from image files.
+    Restore(RestoreArgs),
+    /// Check that this kernel has what stasis needs.
+    Check(CommonArgs),
+    /// CRIU's RPC service mode (`criu swrk <fd>`), used by runc and podman.
+    Swrk { fd: i32 },
+}
+
+#[derive(Args, Clone)]
+struct CommonArgs {
+    /// Images directory.
+    #[arg(short = 'D', long = "images-dir", default_value = ".")]
+    images_dir: PathBuf,
+    /// Working directory for logs and stats (default: the images directory).
+    #[arg(short = 'W', long = "work-dir")]
+    work_dir: Option<PathBuf>,
+    /// Log file, relative to the work directory (default: standard error).
+    #[arg(short = 'o', long = "log-file")]
+    log_file: Option<PathBuf>,
+    /// Verbosity: -v[NUM] (0 none, 1 errors, 2 warnings, 3 info, 4 debug) or -vvv.
+    #[arg(short = 'v', long = "verbosity", num_args = 0..=1, default_missing_value = "v")]
+    verbosity: Vec<String>,
+    /// Allow a terminal and session that lead outside the tree.
+    #[arg(short = 'j', long = "shell-job")]
+    shell_job: bool,
+    /// Accepted for compatibility; stasis needs no file-lock handling yet.
+    #[arg(short = 'l', long = "file-locks")]
+    file_locks: bool,
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    /// PID of the root of the tree.
+    #[arg(short = 't', long = "tree")]
+    pid: u32,
+    /// Leave the tree running after the dump.
+    #[arg(short = 'R', long = "leave-running", action = clap::ArgAction::Count)]
+    leave_running: u8,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Detach after restore instead of waiting for the root task.
+    #[arg(short = 'd', long = "restore-detached")]
+    detach: bool,
+    /// Write the root task's PID to this file.
+    #[arg(long = "pidfile")]
+    pidfile: Option<PathBuf>,
+    /// Use our fd N for the file the images call KEY: fd[N]:KEY.
+    #[arg(long = "inherit-fd")]
+    inherit_fd: Vec<InheritFd>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn parse_level(v: &[String]) -> Result<u8> {
+    let mut level = 2u8;
+    for s in v {
+        if let Ok(n) = s.parse::<u8>() {
+            level = n;
+        } else if !s.is_empty() && s.chars().all(|c| c == 'v') {
+            level = level.max(2) + s.len() as u8;
+        } else {
+            bail!("bad verbosity '{s}': use -v[NUM] or -vvv");
+        }
+    }
+    Ok(level.min(4))
+}
+
+struct Logger {
+    out: Mutex<Box<dyn Write + Send>>,
+    level: log::LevelFilter,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            if let Ok(mut o) = self.out.lock() {
+                let _ = writeln!(o, "({}) {}: {}", std::process::id(), r.level(), r.args());
+            }
+        }
+    }
+    fn flush(&self) {
+        if let Ok(mut o) = self.out.lock() {
+            let _ = o.flush();
+        }
+    }
+}
+
+fn setup_log(c: &CommonArgs) -> Result<()> {
+    let level = match parse_level(&c.verbosity)? {
+        0 => log::LevelFilter::Off,
+        1 => log::LevelFilter::Error,
+        2 => log::LevelFilter::Warn,
+        3 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    let out: Box<dyn Write + Send> = match &c.log_file {
+        Some(f) if f.as_os_str() == "-" => Box::new(std::io::stderr()),
+        Some(f) => {
+            let work = c.work_dir.as_deref().unwrap_or(&c.images_dir);
+            let path = if f.is_absolute() {
+                f.clone()
+            } else {
+                work.join(f)
+            };
+            Box::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create log file {}", path.display()))?,
+            )
+        }
+        None => Box::new(std::io::stderr()),
+    };
+    let logger = Box::leak(Box::new(Logger {
+        out: Mutex::new(out),
+        level,
+    }));
+    log::set_logger(logger).map_err(|e| anyhow::anyhow!("{e}"))?;
+    log::set_max_level(level);
+    Ok(())
+}
+
+fn run_dump(a: DumpArgs) -> Result<ExitCode> {
+    setup_log(&a.common)?;
+    let opts = DumpOptions {
+        pid: a.pid,
+        images_dir: a.common.images_dir.clone(),
+        work_dir: a.common.work_dir.clone(),
+        leave_running: a.leave_running > 0,
+        shell_job: a.common.shell_job,
+    };
+    let stats = dump::dump(&opts).with_context(|| format!("dump of pid {} failed", a.pid))?;
+    log::info!(
+        "dumped {} tasks ({} threads): frozen {} us, {} pages",
+        stats.tasks,
+        stats.threads,
+        stats.frozen_time_us,
+        stats.pages_written
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_restore(a: RestoreArgs) -> Result<ExitCode> {
+    setup_log(&a.common)?;
+    let opts = RestoreOptions {
+        images_dir: a.common.images_dir.clone(),
+        work_dir: a.common.work_dir.clone(),
+        shell_job: a.common.shell_job,
+        inherit_fds: a.inherit_fd.clone(),
+    };
+    let r = restore::restore(&opts)
+        .with_context(|| format!("restore from {} failed", a.common.images_dir.display()))?;
+    if let Some(p) = &a.pidfile {
+        let path = if p.is_absolute() {
+            p.clone()
+        } else {
+            a.common
+                .work_dir
+                .as_deref()
+                .unwrap_or(Path::new("."))
+                .join(p)
+        };
+        std::fs::write(&path, format!("{}", r.root_pid))
+            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
+    }
+    log::info!(
+        "restored tree rooted at {} in {} us",
+        r.root_pid,
+        r.restore_time_us
+    );
+    if a.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Like CRIU without -d: stay the parent and exit as the root task does.
+    let mut status = 0;
+    // SAFETY: waitpid on our own child.
+    unsafe { libc::waitpid(r.root_pid as libc::pid_t, &mut status, 0) };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    Ok(ExitCode::from(code as u8))
+}
+
+fn run_check(c: CommonArgs) -> Result<ExitCode> {
+    setup_log(&c)?;
+    let mut problems = Vec::new();
+    if std::fs::File::open("/proc/self/pagemap").is_err() {
+        problems.push("/proc/self/pagemap is not readable");
+    }
+    // SAFETY: geteuid has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        problems.push("stasis needs root (CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE)");
+    }
+    if !Path::new("/proc/self/map_files").exists() {
+        problems.push("/proc/<pid>/map_files is missing (CONFIG_CHECKPOINT_RESTORE)");
+    }
+    if problems.is_empty() {
+        println!("Looks good.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in problems {
+            eprintln!("Error: {p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("Version: {CRIU_COMPAT_VERSION}");
+        println!("stasis {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let res = match cli.cmd {
+        Some(Cmd::Dump(a)) => run_dump(a),
+        Some(Cmd::Restore(a)) => run_restore(a),
+        Some(Cmd::Check(c)) => run_check(c),
+        Some(Cmd::Swrk { fd }) => Err(anyhow::anyhow!(
+            "swrk (RPC on fd {fd}) is not implemented yet; use the command line"
+        )),
+        None => Err(anyhow::anyhow!("no command given; try 'stasis --help'")),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("{e:#}");
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

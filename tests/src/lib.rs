@@ -1,0 +1,1 @@
+//! Workloads and helpers for the end-to-end tests.

@@ -49,6 +49,8 @@ pub struct DumpStats {
 pub enum DumpError {
     #[error("process {pid} does not exist")]
     NoProcess { pid: u32 },
+    #[error("process {pid} is a zombie: it has exited and its parent has not reaped it")]
+    Zombie { pid: u32 },
     #[error("cannot seize thread {tid} of process {pid}")]
     Seize {
         pid: u32,
@@ -148,6 +150,9 @@ impl Tree {
                     continue;
                 }
                 let stat = proc::stat(pid)?;
+                if stat.state == 'Z' && pid == root {
+                    return Err(DumpError::Zombie { pid });
+                }
                 tree.tasks.push(Task {
                     pid,
                     threads: Vec::new(),

@@ -1,1 +1,275 @@
-//! Workloads and helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: build the C workloads, run them as children of a
+//! subreaper (this test process), drive the `stasis` binary, and read what the programs print.
+//!
+//! Restoring at the same PID right after a kill needs the PID free at once; PID 1 on CI
+//! machines reaps late, so the test process makes itself a child subreaper and reaps every
+//! task it started or that was reparented to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// End-to-end tests share the PID space and the subreaper: run them one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Root is required to checkpoint; without it the test prints why and is skipped.
+pub fn skip_unless_root(test: &str) -> bool {
+    // SAFETY: geteuid has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP {test}: needs root (ptrace of any task, clone3 with set_tid)");
+        return true;
+    }
+    // SAFETY: prctl with integer arguments; makes orphaned restored tasks our children.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    false
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// The `stasis` binary: $STASIS_BIN, or the workspace's target dir (the README's test
+/// command builds it first).
+pub fn stasis_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("STASIS_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("stasis");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "stasis binary not found under {}: run `cargo build` first",
+        target.display()
+    );
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("stasis-test-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Compiles `tests/workloads/<name>.c` once per test run; returns the binary.
+pub fn workload(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| temp_dir("workloads"));
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let src = workspace_root()
+            .join("tests/workloads")
+            .join(format!("{name}.c"));
+        let out = Command::new("gcc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .output()
+            .expect("gcc runs");
+        assert!(
+            out.status.success(),
+            "gcc {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bin
+}
+
+/// A program under test, started in its own session with stdout/stderr to a file.
+pub struct Workload {
+    pub pid: u32,
+    pub out: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Workload {
+    pub fn start(name: &str, program: &Path, args: &[&str]) -> Workload {
+        use std::os::unix::process::CommandExt;
+        let dir = temp_dir(name);
+        let out = dir.join("out.txt");
+        let f = std::fs::File::create(&out).expect("out file");
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .current_dir(&dir);
+        // SAFETY: setsid in the child before exec is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn workload");
+        let pid = child.id();
+        std::mem::forget(child); // reaped by pid in kill_and_reap
+        Workload { pid, out, dir }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until the program has printed at least `n` lines.
+    pub fn wait_lines(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let l = self.lines();
+            if l.len() >= n || Instant::now() > end {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn images(&self) -> PathBuf {
+        let d = self.dir.join("images");
+        std::fs::create_dir_all(&d).expect("images dir");
+        d
+    }
+}
+
+/// Runs the stasis binary.
+pub fn stasis(args: &[&str]) -> Output {
+    Command::new(stasis_bin())
+        .args(args)
+        .output()
+        .expect("run stasis")
+}
+
+pub fn check_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reaps `pid` if it is our child (or was reparented to us).
+pub fn reap(pid: u32) {
+    let mut st = 0;
+    // SAFETY: waitpid for a specific pid with a local status.
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut st, libc::__WALL) };
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; look at its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Kills a whole restored or running tree (by session) and reaps what it can.
+pub fn kill_tree(pids: &[u32]) {
+    for &p in pids {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+    }
+    for &p in pids {
+        reap(p);
+    }
+    // Reap anything else reparented to us.
+    loop {
+        let mut st = 0;
+        // SAFETY: non-blocking waitpid for any child.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL) };
+        if r <= 0 {
+            break;
+        }
+    }
+}
+
+/// Pids of the session led by `sid` (the workload's tree).
+pub fn session_pids(sid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                let f: Vec<&str> = s
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                if f.get(3).and_then(|x| x.parse::<u32>().ok()) == Some(sid) {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Dumps `w` (killing it), checks every task is gone, restores detached and returns the pids.
+pub fn dump_kill_restore(w: &Workload) -> Vec<u32> {
+    let before = session_pids(w.pid);
+    let img = w.images();
+    let img_s = img.to_str().expect("utf8");
+    let pid = w.pid.to_string();
+    let out = stasis(&["dump", "-t", &pid, "-D", img_s, "-o", "dump.log", "-v4"]);
+    check_ok("dump", &out);
+    reap(w.pid);
+    for &p in &before {
+        reap(p);
+        let end = Instant::now() + Duration::from_secs(5);
+        while alive(p) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+            reap(p);
+        }
+        assert!(!alive(p), "task {p} still alive after dump");
+    }
+    let pidfile = w.dir.join("restored.pid");
+    let out = stasis(&[
+        "restore",
+        "-D",
+        img_s,
+        "-d",
+        "-o",
+        "restore.log",
+        "-v4",
+        "--pidfile",
+        pidfile.to_str().expect("utf8"),
+    ]);
+    check_ok("restore", &out);
+    let root: u32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(root, w.pid, "restored root has the dumped pid");
+    let after = session_pids(w.pid);
+    assert_eq!(before, after, "every task is back with its pid");
+    after
+}

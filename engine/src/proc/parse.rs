@@ -91,7 +91,7 @@ pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
         start_code: f(26)?,
         end_code: f(27)?,
         start_stack: f(28)?,
-        exit_signal: f(38)? as u32,
+        exit_signal: fi(38)?.max(0) as u32,
         rt_priority: f(40)? as u32,
         policy: f(41)? as u32,
         start_data: f(45)?,

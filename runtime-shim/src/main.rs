@@ -102,6 +102,9 @@ fn parse_level(v: &[String]) -> Result<u8> {
     Ok(level.min(4))
 }
 
+/// Set when the log goes to a file, so errors are written there and to stderr once each.
+static LOG_TO_FILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 struct Logger {
     out: Mutex<Box<dyn Write + Send>>,
     level: log::LevelFilter,
@@ -142,6 +145,7 @@ fn setup_log(c: &CommonArgs) -> Result<()> {
             } else {
                 work.join(f)
             };
+            LOG_TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
             Box::new(
                 std::fs::File::create(&path)
                     .with_context(|| format!("cannot create log file {}", path.display()))?,
@@ -264,7 +268,9 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => code,
         Err(e) => {
-            log::error!("{e:#}");
+            if LOG_TO_FILE.load(std::sync::atomic::Ordering::Relaxed) {
+                log::error!("{e:#}");
+            }
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }

@@ -1,0 +1,254 @@
+//! Failure rules: bad input gets a clear one-line error and a non-zero exit; a failed dump
+//! leaves the tree running, untraced; a failed restore leaves no task and no changed image.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use stasis_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn one_line_error(o: &std::process::Output, must_contain: &str) {
+    assert!(!o.status.success(), "expected failure");
+    let e = stderr(o);
+    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one-line error expected, got:\n{e}");
+    assert!(lines[0].starts_with("Error: "), "{e}");
+    assert!(
+        lines[0].contains(must_contain),
+        "error should mention {must_contain:?}: {e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+fn tracer_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("TracerPid:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+fn state_of(pid: u32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next()?.trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+fn assert_runs_on(w: &Workload) {
+    assert_eq!(tracer_of(w.pid), 0, "task left traced");
+    assert!(
+        matches!(state_of(w.pid), 'S' | 'R'),
+        "task state {}",
+        state_of(w.pid)
+    );
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    assert!(after.len() >= n + 5, "task did not keep running");
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("images dir")
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn unknown_pid_is_a_clear_error() {
+    let _g = serial();
+    if skip_unless_root("unknown_pid_is_a_clear_error") {
+        return;
+    }
+    let d = temp_dir("nopid");
+    let o = stasis(&["dump", "-t", "4194000", "-D", d.to_str().unwrap()]);
+    one_line_error(&o, "4194000 does not exist");
+}
+
+#[test]
+fn unknown_flag_is_rejected() {
+    let o = stasis(&["dump", "--no-such-flag"]);
+    assert!(!o.status.success());
+    assert!(!stderr(&o).contains("panicked"));
+}
+
+#[test]
+fn unwritable_images_dir_leaves_tree_running() {
+    let _g = serial();
+    if skip_unless_root("unwritable_images_dir_leaves_tree_running") {
+        return;
+    }
+    let w = Workload::start("ro", &workload("counter"), &[]);
+    w.wait_lines(3, T);
+    let o = stasis(&["dump", "-t", &w.pid.to_string(), "-D", "/proc/1"]);
+    one_line_error(&o, "images dir");
+    assert_runs_on(&w);
+    kill_tree(&[w.pid]);
+}
+
+#[test]
+fn disk_full_in_the_middle_of_a_dump_leaves_tree_running() {
+    let _g = serial();
+    if skip_unless_root("disk_full_in_the_middle_of_a_dump_leaves_tree_running") {
+        return;
+    }
+    let w = Workload::start("full", &workload("memhog"), &["32"]);
+    w.wait_lines(2, T);
+    let small = w.dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let m = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .output()
+        .expect("mount");
+    if !m.status.success() {
+        println!(
+            "SKIP disk_full...: cannot mount tmpfs: {}",
+            String::from_utf8_lossy(&m.stderr)
+        );
+        kill_tree(&[w.pid]);
+        return;
+    }
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        small.to_str().unwrap(),
+    ]);
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    one_line_error(&o, "No space left on device");
+    assert_runs_on(&w);
+    assert!(
+        w.lines().iter().all(|l| !l.contains("BAD")),
+        "memory intact"
+    );
+    kill_tree(&[w.pid]);
+}
+
+#[test]
+fn leave_running_then_restore_refuses_taken_pid() {
+    let _g = serial();
+    if skip_unless_root("leave_running_then_restore_refuses_taken_pid") {
+        return;
+    }
+    let w = Workload::start("leave", &workload("counter"), &[]);
+    w.wait_lines(3, T);
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "-R",
+    ]);
+    check_ok("dump -R", &o);
+    assert_runs_on(&w);
+    let before = snapshot(&img);
+    let o = stasis(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    one_line_error(&o, &format!("pid {} is already in use", w.pid));
+    assert_eq!(before, snapshot(&img), "images unchanged");
+    assert_runs_on(&w);
+    kill_tree(&[w.pid]);
+}
+
+#[test]
+fn corrupt_truncated_or_missing_images_fail_cleanly() {
+    let _g = serial();
+    if skip_unless_root("corrupt_truncated_or_missing_images_fail_cleanly") {
+        return;
+    }
+    let w = Workload::start("corrupt", &workload("counter"), &[]);
+    w.wait_lines(3, T);
+    let img = w.images();
+    check_ok(
+        "dump",
+        &stasis(&[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+        ]),
+    );
+    reap(w.pid);
+    let pid = w.pid;
+    type Damage = fn(&Path, u32);
+    let cases: Vec<(&str, Damage, String)> = vec![
+        (
+            "missing pstree",
+            |d, _| std::fs::remove_file(d.join("pstree.img")).unwrap(),
+            "pstree.img".into(),
+        ),
+        (
+            "truncated core",
+            |d, p| {
+                let f = d.join(format!("core-{p}.img"));
+                let b = std::fs::read(&f).unwrap();
+                std::fs::write(&f, &b[..b.len() / 2]).unwrap();
+            },
+            format!("core-{pid}.img"),
+        ),
+        (
+            "garbage mm",
+            |d, p| {
+                let f = d.join(format!("mm-{p}.img"));
+                let mut b = std::fs::read(&f).unwrap();
+                for x in b.iter_mut().skip(12) {
+                    *x = 0xff;
+                }
+                std::fs::write(&f, &b).unwrap();
+            },
+            format!("mm-{pid}.img"),
+        ),
+        (
+            "bad magic inventory",
+            |d, _| std::fs::write(d.join("inventory.img"), b"not an image").unwrap(),
+            "inventory.img".into(),
+        ),
+        (
+            "truncated pages",
+            |d, _| {
+                let f = d.join("pages-1.img");
+                let b = std::fs::read(&f).unwrap();
+                std::fs::write(&f, &b[..b.len() / 2]).unwrap();
+            },
+            "pages-1.img".into(),
+        ),
+    ];
+    for (name, damage, mention) in cases {
+        let d = w.dir.join(name.replace(' ', "-"));
+        std::fs::create_dir_all(&d).unwrap();
+        for (f, b) in snapshot(&img) {
+            std::fs::write(d.join(f), b).unwrap();
+        }
+        damage(&d, pid);
+        let before = snapshot(&d);
+        let o = stasis(&["restore", "-D", d.to_str().unwrap(), "-d"]);
+        one_line_error(&o, &mention);
+        assert!(!alive(pid), "{name}: a task was left behind");
+        assert_eq!(before, snapshot(&d), "{name}: images changed");
+    }
+    // The intact images still restore.
+    let o = stasis(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    check_ok("restore", &o);
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 3, T).len() >= n + 3);
+    kill_tree(&[pid]);
+}

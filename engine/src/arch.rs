@@ -51,7 +51,7 @@ const ZMM_HI256: u32 = 6;
 const HI16_ZMM: u32 = 7;
 const PKRU: u32 = 9;
 
-fn component<'a>(xs: &'a [u8], index: u32) -> Option<&'a [u8]> {
+fn component(xs: &[u8], index: u32) -> Option<&[u8]> {
     let (off, size) = xsave_component(index);
     (size > 0 && off + size <= xs.len()).then(|| &xs[off..off + size])
 }

@@ -462,8 +462,10 @@ impl Pool {
                     .find(|i| i.key.trim_start_matches('/') == reg.name.trim_start_matches('/'));
                 if let Some(i) = inherited {
                     dup_fd(i.fd)?
-                } else if opts.shell_job && files::is_tty_path(&reg.name) && terminal.is_some() {
-                    dup_fd(terminal.expect("checked"))?
+                } else if let Some(tty) =
+                    terminal.filter(|_| opts.shell_job && files::is_tty_path(&reg.name))
+                {
+                    dup_fd(tty)?
                 } else {
                     open_reg(id, reg)?
                 }

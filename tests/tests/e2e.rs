@@ -214,3 +214,67 @@ while True:
     }
     assert!(after.len() >= n + 10);
 }
+
+#[test]
+fn images_decode_with_crit() {
+    let _g = serial();
+    if skip_unless_root("images_decode_with_crit") {
+        return;
+    }
+    if std::process::Command::new("crit")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        println!("SKIP images_decode_with_crit: crit (Debian package criu) is not installed");
+        return;
+    }
+    let w = Workload::start("crit", &workload("pipetree"), &[]);
+    w.wait_lines(3, T);
+    let before = session_pids(w.pid);
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "-R",
+    ]);
+    check_ok("dump -R", &o);
+    kill_tree(&before);
+    let mut decoded = 0;
+    for e in std::fs::read_dir(&img).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("pages-") || !(name.ends_with(".img") || name.starts_with("stats-")) {
+            continue;
+        }
+        let o = std::process::Command::new("crit")
+            .args(["decode", "-i"])
+            .arg(e.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "crit decode {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        decoded += 1;
+    }
+    assert!(decoded >= 10, "only {decoded} images decoded");
+    let o = std::process::Command::new("crit")
+        .arg("x")
+        .arg(&img)
+        .arg("ps")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "crit x ps: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ps = String::from_utf8_lossy(&o.stdout);
+    for p in &before {
+        assert!(ps.contains(&p.to_string()), "crit x ps lists {p}:\n{ps}");
+    }
+}

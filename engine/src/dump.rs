@@ -150,7 +150,7 @@ impl Tree {
                     continue;
                 }
                 let stat = proc::stat(pid)?;
-                if stat.state == 'Z' && pid == root {
+                if stat.state == 'Z' {
                     return Err(DumpError::Zombie { pid });
                 }
                 tree.tasks.push(Task {

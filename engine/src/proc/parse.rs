@@ -379,7 +379,7 @@ pub struct PosixTimer {
     pub id: u32,
     pub signo: u32,
     pub sival_ptr: u64,
-    /// SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4.
+    /// SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD 2, ORed with SIGEV_THREAD_ID 4.
     pub notify: u32,
     pub notify_tid: Option<u32>,
     pub clock_id: u32,
@@ -405,13 +405,16 @@ pub fn parse_timers(text: &str) -> Vec<PosixTimer> {
                 }
             }
             "notify" => {
+                // "signal/pid.N", "none/pid.N", or "<how>/tid.N" for SIGEV_THREAD_ID.
                 if let (Some(t), Some((how, who))) = (out.last_mut(), v.split_once('/')) {
-                    t.notify = match how {
+                    let base = match how {
                         "none" => 1,
-                        "thread" => 4,
+                        "thread" => 2,
                         _ => 0,
                     };
-                    if how == "thread" {
+                    let to_thread = who.starts_with("tid");
+                    t.notify = base | if to_thread { 4 } else { 0 };
+                    if to_thread {
                         t.notify_tid = who.split_once('.').and_then(|(_, n)| n.parse().ok());
                     }
                 }
@@ -435,7 +438,7 @@ mod tests {
     fn timers_file() {
         let t = parse_timers(
             "ID: 0\nsignal: 14/00000000deadbeef\nnotify: signal/pid.77\nClockID: 1\n\
-ID: 1\nsignal: 10/0000000000000000\nnotify: thread/tid.78\nClockID: 0\n",
+ID: 1\nsignal: 10/0000000000000000\nnotify: signal/tid.78\nClockID: 0\n",
         );
         assert_eq!(t.len(), 2);
         assert_eq!(

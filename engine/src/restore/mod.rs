@@ -705,7 +705,7 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
             fds: t
                 .fds
                 .iter()
-                .map(|f| (f.fd as RawFd, pool.by_file[&f.id]))
+                .map(|f| (f.fd as RawFd, pool.by_file[&f.id], f.flags & 1 != 0))
                 .collect(),
             cwd: cstr(name(t.fs.cwd_id))?,
             root: if root == "/" || root.is_empty() {

@@ -11,8 +11,8 @@ pub struct StubPlan {
     pub pgid: u32,
     pub sid: u32,
     pub children: Vec<usize>,
-    /// (target fd, pool fd) pairs.
-    pub fds: Vec<(RawFd, RawFd)>,
+    /// (target fd, pool fd, close-on-exec) triples.
+    pub fds: Vec<(RawFd, RawFd, bool)>,
     pub cwd: std::ffi::CString,
     pub root: Option<std::ffi::CString>,
     pub umask: u32,
@@ -139,9 +139,12 @@ pub fn run(sh: &StubShared, idx: usize) -> ! {
             fail(sh, t.pid, STUB_CHDIR, errno());
         }
         libc::umask(t.umask as libc::mode_t);
-        for &(target, pool) in &t.fds {
+        for &(target, pool, cloexec) in &t.fds {
             if libc::dup2(pool, target) < 0 {
                 fail(sh, t.pid, STUB_DUP, errno());
+            }
+            if cloexec {
+                libc::fcntl(target, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
         // Close everything that is neither a target fd, nor the pool (closed later by

@@ -262,6 +262,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             created.traced.push(tid);
             threads.push((tid, Remote::new_for_thread(t.pid(), tid, trampoline)?));
         }
+        // POSIX timers after the threads: a timer may signal one thread (SIGEV_THREAD_ID).
+        if let Some(tm) = &t.tc().timers {
+            if !tm.posix.is_empty() {
+                restore_posix_timers(&threads[0].1, &tm.posix)?;
+            }
+        }
         for (th, (_, r)) in t.threads.iter().zip(&threads) {
             restore_thread(r, t, th)?;
         }
@@ -985,9 +991,6 @@ fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), RestoreError> {
                 let a = r.put_words(0, &[it.isec, it.iusec, it.vsec, it.vusec])?;
                 r.call(libc::SYS_setitimer, &[which, a, 0])?;
             }
-        }
-        if !tm.posix.is_empty() {
-            restore_posix_timers(r, &tm.posix)?;
         }
     }
     const PR_SET_THP_DISABLE: u64 = 41;

@@ -121,6 +121,8 @@ struct Task {
     stat: proc::Stat,
     /// A page we mapped in the task for injected syscalls' out-parameters.
     scratch: Option<(u64, u64)>,
+    /// Exited, not reaped by its parent (in the tree): dumped as CRIU does, state and exit code.
+    zombie: bool,
 }
 
 /// The frozen tree. Dropping it without [`Tree::kill`] puts every task back as it was.
@@ -150,22 +152,30 @@ impl Tree {
                     continue;
                 }
                 let stat = proc::stat(pid)?;
-                if stat.state == 'Z' {
+                if stat.state == 'Z' && pid == root {
                     return Err(DumpError::Zombie { pid });
                 }
+                let zombie = stat.state == 'Z';
                 tree.tasks.push(Task {
                     pid,
                     threads: Vec::new(),
                     stat,
                     scratch: None,
+                    zombie,
                 });
                 let idx = tree.tasks.len() - 1;
+                if zombie {
+                    continue;
+                }
                 tree.seize_threads(idx)?;
                 // Re-read stat now that the task is stopped (state, sid, pgid are final).
                 tree.tasks[idx].stat = proc::stat(pid)?;
             }
             let mut changed = false;
             for idx in 0..tree.tasks.len() {
+                if tree.tasks[idx].zombie {
+                    continue;
+                }
                 changed |= tree.seize_threads(idx)?;
                 let pid = tree.tasks[idx].pid;
                 for child in proc::children(pid)? {
@@ -203,6 +213,14 @@ impl Tree {
                 let seize_err = |source| DumpError::Seize { pid, tid, source };
                 match ptrace::seize(tid, 0) {
                     Ok(()) => {}
+                    // It exited between listing and seizing: dumped as a zombie.
+                    Err(_)
+                        if proc::stat(pid).map(|s| s.state == 'Z').unwrap_or(false) && idx > 0 =>
+                    {
+                        self.tasks[idx].zombie = true;
+                        self.tasks[idx].stat.state = 'Z';
+                        return Ok(any);
+                    }
                     // The thread exited between listing and seizing.
                     Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => continue,
                     Err(e) => return Err(seize_err(e)),
@@ -400,23 +418,25 @@ fn dump_frozen(
     for (n, pid) in pids.iter().enumerate() {
         let task = &tree.tasks[n];
         let st = &task.stat;
-        if st.state == 'Z' {
-            return Err(DumpError::UnsupportedFd {
-                pid: *pid,
-                fd: -1,
-                what: "a zombie task in the tree".into(),
-            });
-        }
         let ppid = if n == 0 { 0 } else { st.ppid };
         pstree.push(pb::PstreeEntry {
             pid: *pid,
             ppid,
             pgid: st.pgid,
             sid: st.sid,
-            threads: task.threads.iter().map(|t| t.tid).collect(),
+            threads: if task.zombie {
+                vec![*pid]
+            } else {
+                task.threads.iter().map(|t| t.tid).collect()
+            },
         });
     }
     for n in 0..pids.len() {
+        if tree.tasks[n].zombie {
+            dump_zombie(&tree.tasks[n], &img.dir)?;
+            stats.tasks += 1;
+            continue;
+        }
         dump_task(tree, n, opts, &mut img, stats)?;
         stats.tasks += 1;
         stats.threads += tree.tasks[n].threads.len();
@@ -449,6 +469,23 @@ fn dump_frozen(
     // inventory.img last: its presence marks a complete image set (podman checks for it).
     write_file(&img.dir.join(names::INVENTORY), &w.into_bytes())?;
     Ok(())
+}
+
+/// A zombie is only its exit code and name, as in CRIU (task_state TASK_DEAD).
+fn dump_zombie(task: &Task, dir: &Path) -> Result<(), DumpError> {
+    let core = pb::CoreEntry {
+        mtype: pb::core_entry::March::X8664 as i32,
+        tc: Some(pb::TaskCoreEntry {
+            task_state: images::TASK_DEAD,
+            exit_code: task.stat.exit_code as u32,
+            comm: task.stat.comm.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
+    w.push(&core);
+    write_file(&dir.join(names::core(task.pid)), &w.into_bytes())
 }
 
 fn uptime_us() -> u64 {

@@ -149,6 +149,15 @@ impl Workload {
     }
 }
 
+impl Drop for Workload {
+    /// A failed assertion must not leak the workload: kill its whole session.
+    fn drop(&mut self) {
+        let mut pids = session_pids(self.pid);
+        pids.push(self.pid);
+        kill_tree(&pids);
+    }
+}
+
 /// Runs the stasis binary.
 pub fn stasis(args: &[&str]) -> Output {
     Command::new(stasis_bin())

@@ -278,3 +278,43 @@ fn images_decode_with_crit() {
         assert!(ps.contains(&p.to_string()), "crit x ps lists {p}:\n{ps}");
     }
 }
+
+#[test]
+fn zombie_child_stays_a_zombie_with_its_exit_code() {
+    let _g = serial();
+    if skip_unless_root("zombie_child_stays_a_zombie_with_its_exit_code") {
+        return;
+    }
+    let w = Workload::start("zombie", &workload("zombie"), &[]);
+    let lines = w.wait_lines(5, T);
+    let child: u32 = lines[0]
+        .strip_prefix("child ")
+        .expect("child line")
+        .parse()
+        .unwrap();
+    let pids = dump_kill_restore(&w);
+    assert!(pids.contains(&child), "zombie restored with its pid");
+    let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
+    assert!(
+        state
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z'),
+        "{state}"
+    );
+    // SAFETY: kill(2): the parent reaps the zombie on SIGUSR1.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
+    let end = std::time::Instant::now() + T;
+    while !w.lines().iter().any(|l| l.starts_with("reaped")) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_tree(&pids);
+    let reaped = w
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("reaped"))
+        .expect("parent reaped it");
+    assert_eq!(reaped, format!("reaped {child} status 7"));
+}

@@ -46,6 +46,8 @@ pub struct TaskImage {
     pub pages_file: String,
     pub fds: Vec<pb::FdinfoEntry>,
     pub fs: pb::FsEntry,
+    /// A zombie: only its exit status (wait status as /proc/<pid>/stat gives it) is restored.
+    pub zombie_exit: Option<u32>,
 }
 
 impl TaskImage {
@@ -184,6 +186,29 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
     }
     let mut tasks = Vec::new();
     for p in pstree {
+        let zfile = names::core(p.pid);
+        let first: pb::CoreEntry = one(dir, &zfile, ImageKind::Normal, magic::CORE)?;
+        if let Some(tc) = first
+            .tc
+            .as_ref()
+            .filter(|tc| tc.task_state == images::TASK_DEAD)
+        {
+            let exit = tc.exit_code;
+            tasks.push(TaskImage {
+                threads: vec![ThreadImage {
+                    tid: p.pid,
+                    core: first,
+                }],
+                pstree: p,
+                mm: Default::default(),
+                pagemap: Vec::new(),
+                pages_file: String::new(),
+                fds: Vec::new(),
+                fs: Default::default(),
+                zombie_exit: Some(exit),
+            });
+            continue;
+        }
         let mut threads = Vec::new();
         for &tid in &p.threads {
             let file = names::core(tid);
@@ -242,6 +267,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             pages_file,
             fds,
             fs,
+            zombie_exit: None,
         });
     }
     let mut files = HashMap::new();
@@ -258,7 +284,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         }
     }
     let mut shmem = HashMap::new();
-    for t in &tasks {
+    for t in tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         // Every file a task refers to must exist in files.img.
         let mut refs: Vec<(u32, String)> =
             t.fds.iter().map(|f| (f.id, names::fdinfo(f.id))).collect();

@@ -227,18 +227,26 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let fd_of_shmem = pool.by_shmid.clone();
     drop(pool);
     wait_ready(&ready_r, &img, &mut created)?;
+    // Zombies die right after reporting; wait until they have, so the SIGCHLD they send their
+    // parent is pending before we drain the stubs' signals below.
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_some()) {
+        let end = Instant::now() + Duration::from_secs(2);
+        while proc::stat(t.pid()).map(|s| s.state != 'Z').unwrap_or(false) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     let forking_time_us = t0.elapsed().as_micros() as u64;
 
     let mut pages_restored = 0;
     let mut vdso_syscall = HashMap::new();
-    for t in &img.tasks {
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let pid = t.pid();
         ptrace::seize(pid, ptrace::PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)
             .map_err(ptr_err(pid))?;
         created.traced.push(pid);
         ptrace::interrupt_and_wait(pid).map_err(ptr_err(pid))?;
     }
-    for t in &img.tasks {
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let r = Remote::new(t.pid(), trampoline)?;
         vdso_syscall.insert(
             t.pid(),
@@ -254,7 +262,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         );
         restore_task_state(&r, t)?;
     }
-    for t in &img.tasks {
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let r = Remote::new(t.pid(), trampoline)?;
         let mut threads = vec![(t.pid(), r)];
         for th in t.threads.iter().skip(1) {
@@ -281,7 +289,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     // Everything is in place: let all tasks go together.
-    for t in &img.tasks {
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         for th in &t.threads {
             ptrace::detach(th.tid).map_err(ptr_err(t.pid()))?;
         }
@@ -448,7 +456,7 @@ impl Pool {
         });
         let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
         let mut ids: Vec<u32> = Vec::new();
-        for t in &img.tasks {
+        for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
             ids.extend(t.fds.iter().map(|f| f.id));
             ids.extend([t.fs.cwd_id, t.fs.root_id, t.mm.exe_file_id]);
             for v in &t.mm.vmas {
@@ -680,11 +688,11 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
     let mut plans = Vec::new();
     for t in &img.tasks {
         let name = |id: u32| {
-            img.files[&id]
-                .reg
-                .as_ref()
+            img.files
+                .get(&id)
+                .and_then(|f| f.reg.as_ref())
                 .map(|r| r.name.clone())
-                .unwrap_or_default()
+                .unwrap_or_else(|| "/".to_string())
         };
         let cstr = |s: String| {
             std::ffi::CString::new(s).map_err(|_| RestoreError::Task {
@@ -721,6 +729,7 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
             },
             umask: t.fs.umask.unwrap_or(0o022),
             comm: c,
+            zombie_exit: t.zombie_exit,
         });
     }
     Ok(plans)
@@ -979,6 +988,10 @@ fn mremap(r: &Remote, from: u64, len: u64, to: u64) -> Result<(), RestoreError> 
 /// Process-wide state: signal handlers, timers, limits, prctl flags.
 fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), RestoreError> {
     let tc = t.tc();
+    // Signals that reached the stub (SIGCHLD from a zombie child) are not the task's: drop them.
+    let all = r.put_words(0, &[u64::MAX])?;
+    let zero = r.put_words(8, &[0, 0])?;
+    while r.raw(libc::SYS_rt_sigtimedwait, &[all, 0, zero, 8])? > 0 {}
     let mut sigs = (1..=64u64).filter(|&s| s != libc::SIGKILL as u64 && s != libc::SIGSTOP as u64);
     for sa in &tc.sigactions {
         let Some(sig) = sigs.next() else { break };

@@ -17,6 +17,8 @@ pub struct StubPlan {
     pub root: Option<std::ffi::CString>,
     pub umask: u32,
     pub comm: [u8; 16],
+    /// Set for a zombie: the stub reports ready, then dies this way.
+    pub zombie_exit: Option<u32>,
 }
 
 pub struct StubShared {
@@ -124,11 +126,26 @@ pub fn run(sh: &StubShared, idx: usize) -> ! {
             }
         }
         if t.pgid != t.pid && libc::getpgid(0) as u32 != t.pgid {
+            // (zombies too: a zombie keeps its group)
             // The group leader is an ancestor (or its descendant created before us); a group
             // that cannot be joined is reported.
             if libc::setpgid(0, t.pgid as libc::pid_t) < 0 {
                 fail(sh, t.pid, STUB_SESSION, errno());
             }
+        }
+        if let Some(status) = t.zombie_exit {
+            libc::prctl(libc::PR_SET_NAME, t.comm.as_ptr());
+            report(sh.ready_fd, t.pid, 0, 0);
+            let sig = (status & 0x7f) as libc::c_int;
+            if sig != 0 {
+                libc::signal(sig, libc::SIG_DFL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, sig);
+                libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                libc::syscall(libc::SYS_tgkill, t.pid, t.pid, sig);
+            }
+            libc::_exit(((status >> 8) & 0xff) as libc::c_int);
         }
         if let Some(root) = &t.root {
             if libc::chroot(root.as_ptr()) < 0 {

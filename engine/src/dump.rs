@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
 use crate::mem::{self, PageSelect, PAGE_SIZE};
+use crate::pages::PageSink;
 use crate::proc::{self, Mapping};
 use crate::ptrace::{self, Injector, PtraceError, Regs};
 use crate::{arch, files};
@@ -102,6 +103,8 @@ pub enum DumpError {
     },
     #[error(transparent)]
     Files(#[from] files::FilesError),
+    #[error(transparent)]
+    Pages(#[from] crate::pages::PagesError),
 }
 
 fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> DumpError {
@@ -986,7 +989,7 @@ fn dump_memory(
     })?;
     let pages_id = img.next_pages_id;
     img.next_pages_id += 1;
-    let mut pages = PageWriter::create(&img.dir, pages_id)?;
+    let mut pages = PageSink::create(&img.dir.join(names::pages(pages_id)))?;
     let mut pm = ImageWriter::new(ImageKind::Normal, magic::PAGEMAP);
     pm.push(&pb::PagemapHead { pages_id });
     let mut vmas = Vec::new();
@@ -1097,7 +1100,7 @@ fn dump_memory(
         let runs = mem::dirty_runs(&pagemap, pid, m.start, m.end, select)?;
         stats.pages_scanned += m.len() / PAGE_SIZE;
         for (addr, npages) in runs {
-            pages.copy(pid, addr, npages * PAGE_SIZE, stats)?;
+            pages.copy_from(pid, addr, npages * PAGE_SIZE)?;
             pm.push(&pb::PagemapEntry {
                 vaddr: addr,
                 compat_nr_pages: u32::try_from(npages).unwrap_or(0),
@@ -1108,7 +1111,7 @@ fn dump_memory(
         }
         vmas.push(vma);
     }
-    pages.finish()?;
+    finish_pages(pages, stats)?;
     write_file(&img.dir.join(names::pagemap(pid as u64)), &pm.into_bytes())?;
     Ok(vmas)
 }
@@ -1133,7 +1136,7 @@ fn dump_shmem(
     })?;
     let pages_id = img.next_pages_id;
     img.next_pages_id += 1;
-    let mut pages = PageWriter::create(&img.dir, pages_id)?;
+    let mut pages = PageSink::create(&img.dir.join(names::pages(pages_id)))?;
     let mut pm = ImageWriter::new(ImageKind::Normal, magic::PAGEMAP);
     pm.push(&pb::PagemapHead { pages_id });
     // The object may be larger than this mapping's window; dump what this window shows, from
@@ -1158,7 +1161,7 @@ fn dump_shmem(
                 while q < n && buf[q..q + PAGE_SIZE as usize].iter().any(|&b| b != 0) {
                     q += PAGE_SIZE as usize;
                 }
-                pages.write_bytes(&buf[p..q], stats)?;
+                pages.write_bytes(&buf[p..q])?;
                 let npages = ((q - p) as u64) / PAGE_SIZE;
                 pm.push(&pb::PagemapEntry {
                     vaddr: off + p as u64,
@@ -1175,7 +1178,7 @@ fn dump_shmem(
         off += n as u64;
         stats.pages_scanned += n as u64 / PAGE_SIZE;
     }
-    pages.finish()?;
+    finish_pages(pages, stats)?;
     write_file(
         &img.dir.join(names::pagemap_shmem(m.inode)),
         &pm.into_bytes(),
@@ -1183,72 +1186,9 @@ fn dump_shmem(
     Ok(())
 }
 
-/// Streams page contents into `pages-<id>.img` through one reused buffer, so the dumper's
-/// memory stays bounded whatever the image size.
-struct PageWriter {
-    file: File,
-    path: PathBuf,
-    buf: Vec<u8>,
-}
-
-const COPY_CHUNK: usize = 4 << 20;
-
-impl PageWriter {
-    fn create(dir: &Path, id: u32) -> Result<Self, DumpError> {
-        let path = dir.join(names::pages(id));
-        let file = File::create(&path).map_err(|source| DumpError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Self {
-            file,
-            path,
-            buf: Vec::new(),
-        })
-    }
-
-    fn copy(
-        &mut self,
-        pid: u32,
-        addr: u64,
-        len: u64,
-        stats: &mut DumpStats,
-    ) -> Result<(), DumpError> {
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; COPY_CHUNK];
-        }
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(COPY_CHUNK as u64) as usize;
-            let t = Instant::now();
-            mem::read(pid, addr + done, &mut self.buf[..n])?;
-            stats.memdump_time_us += t.elapsed().as_micros() as u64;
-            let t = Instant::now();
-            self.file
-                .write_all(&self.buf[..n])
-                .map_err(|source| DumpError::Write {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            stats.memwrite_time_us += t.elapsed().as_micros() as u64;
-            stats.pages_written += n as u64 / PAGE_SIZE;
-            done += n as u64;
-        }
-        Ok(())
-    }
-
-    fn write_bytes(&mut self, data: &[u8], stats: &mut DumpStats) -> Result<(), DumpError> {
-        self.file
-            .write_all(data)
-            .map_err(|source| DumpError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
-        stats.pages_written += data.len() as u64 / PAGE_SIZE;
-        Ok(())
-    }
-
-    fn finish(self) -> Result<(), DumpError> {
-        Ok(())
-    }
+fn finish_pages(pages: PageSink, stats: &mut DumpStats) -> Result<(), DumpError> {
+    stats.memdump_time_us += pages.read_time.as_micros() as u64;
+    stats.pages_written += pages.bytes / PAGE_SIZE;
+    stats.memwrite_time_us += pages.finish()?.as_micros() as u64;
+    Ok(())
 }

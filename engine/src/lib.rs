@@ -11,6 +11,7 @@ pub mod dump;
 pub mod files;
 pub mod images;
 pub mod mem;
+pub mod pages;
 pub mod proc;
 pub mod ptrace;
 pub mod restore;

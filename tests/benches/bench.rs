@@ -461,6 +461,10 @@ fn cycle(bin: &Path, kind: Kind, w: &Workload) -> Result<Sample, String> {
     let images = w.images();
     let img = images.to_str().ok_or("non-UTF-8 temp dir")?;
     let pid = w.pid.to_string();
+    // Earlier runs' images are still being written back; let that finish so it does not
+    // throttle this dump's writes (the disk is shared by every run).
+    // SAFETY: sync(2) has no arguments.
+    unsafe { libc::sync() };
     let dump = run_stasis(
         bin,
         &["dump", "-t", &pid, "-D", img, "-o", "dump.log"],

@@ -14,8 +14,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::images::PE_PRESENT;
 use crate::images::{magic, names, pb, vma_status::*, ImageKind, ImageWriter};
 use crate::mem::{self, PAGE_SIZE};
+use crate::pages::PageSource;
 use crate::ptrace::{self, Injector, PtraceError};
 use crate::{arch, files, proc};
 use load::TaskImage;
@@ -101,6 +103,8 @@ pub enum RestoreError {
     },
     #[error(transparent)]
     Mem(#[from] mem::MemError),
+    #[error(transparent)]
+    Pages(#[from] crate::pages::PagesError),
     #[error("task {pid}: {what}")]
     Task { pid: u32, what: String },
     #[error("timed out waiting for the forked tasks to get ready")]
@@ -167,9 +171,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let img = load::load(&opts.images_dir)?;
     for t in &img.tasks {
         for th in &t.threads {
-            if Path::new(&format!("/proc/{}", th.tid)).exists() {
-                return Err(RestoreError::PidTaken { pid: th.tid });
-            }
+            wait_pid_free(th.tid)?;
         }
     }
     raise_nofile_limit();
@@ -312,6 +314,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 }
 
 const PTRACE_O_EXITKILL: libc::c_int = 0x100000;
+
+/// A dumped-and-killed task may still be a zombie waiting for its parent (or for an init that
+/// reaps late): give it a few seconds before calling its pid taken.
+fn wait_pid_free(pid: u32) -> Result<(), RestoreError> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match proc::stat(pid) {
+            Err(_) => return Ok(()),
+            Ok(s) if s.state == 'Z' && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(_) => return Err(RestoreError::PidTaken { pid }),
+        }
+    }
+}
 
 fn write_stats(work: &Path, r: &Restored) -> std::io::Result<()> {
     let clamp = |v: u64| v.min(u32::MAX as u64) as u32;
@@ -933,25 +950,17 @@ fn restore_mm(
             fixups.push(v);
         }
     }
-    // 6. Fill pages from the image through one bounded buffer.
-    let pages = File::open(img.dir.join(&t.pages_file))
-        .map_err(setup_err(format!("open {}", t.pages_file)))?;
-    let mut buf = vec![0u8; 4 << 20];
-    let mut off = 0u64;
+    // 6. Fill pages from the image, the file read overlapping the copy into the task.
+    let mut src = PageSource::open(&img.dir.join(&t.pages_file))?;
     for e in &t.pagemap {
-        let len = load::nr_pages(e) * PAGE_SIZE;
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            pages
-                .read_exact_at(&mut buf[..n], off)
-                .map_err(setup_err(format!("read {}", t.pages_file)))?;
-            mem::write(pid, e.vaddr + done, &buf[..n])?;
-            done += n as u64;
-            off += n as u64;
+        if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+            continue;
         }
+        let len = load::nr_pages(e) * PAGE_SIZE;
+        src.copy_to(pid, e.vaddr, len)?;
         *pages_restored += len / PAGE_SIZE;
     }
+    drop(src);
     // 7. Final protections and madvise state.
     for v in fixups {
         r.call(

@@ -1012,6 +1012,10 @@ fn dump_memory(
         if m.has_flag("gd") {
             flags |= libc::MAP_GROWSDOWN as u32;
         }
+        if !m.shared && m.write && !m.has_flag("ac") {
+            // A writable private mapping that is not accounted was made with MAP_NORESERVE.
+            flags |= libc::MAP_NORESERVE as u32;
+        }
         let mut vma = pb::VmaEntry {
             start: m.start,
             end: m.end,

@@ -308,8 +308,10 @@ impl PageSource {
         })
     }
 
-    /// Writes the next `len` bytes of the stream at `addr` in `pid`.
-    pub fn copy_to(&mut self, pid: u32, addr: u64, len: u64) -> Result<(), PagesError> {
+    /// Writes the next `len` bytes of the stream at `addr` of the task whose `/proc/<pid>/mem`
+    /// is `mem` (which also writes read-only private mappings, copying on write).
+    pub fn copy_to(&mut self, mem: &File, pid: u32, addr: u64, len: u64) -> Result<(), PagesError> {
+        use std::os::unix::fs::FileExt;
         let mut done = 0u64;
         while done < len {
             if self.cur.is_none() {
@@ -330,7 +332,13 @@ impl PageSource {
             }
             let (buf, n, off) = self.cur.as_mut().expect("set above");
             let take = ((*n - *off) as u64).min(len - done) as usize;
-            crate::mem::write(pid, addr + done, &buf[*off..*off + take])?;
+            mem.write_all_at(&buf[*off..*off + take], addr + done)
+                .map_err(|source| crate::mem::MemError::Write {
+                    pid,
+                    addr: addr + done,
+                    len: take,
+                    source,
+                })?;
             *off += take;
             done += take as u64;
             if *off == *n {

@@ -241,9 +241,81 @@ pub fn session_pids(sid: u32) -> Vec<u32> {
     out
 }
 
+/// What a task looks like from outside: its mappings (ranges, protections, offsets, paths and
+/// VmFlags), exe, cmdline, cwd, credentials, signal dispositions and mask, limits, umask,
+/// personality and oom_score_adj. A restore must give back the same.
+pub fn fingerprint(pid: u32) -> Vec<String> {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    let link = |f: &str| {
+        std::fs::read_link(format!("/proc/{pid}/{f}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for l in read("smaps").lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if l.starts_with("VmFlags:") {
+            out.push(l.to_string());
+        } else if f.first().is_some_and(|r| {
+            r.contains('-') && r.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        }) {
+            out.push(format!(
+                "{} {} {} {}",
+                f[0],
+                f[1],
+                f[2],
+                f.get(5..).map(|p| p.join(" ")).unwrap_or_default()
+            ));
+        }
+    }
+    out.push(format!("exe {}", link("exe")));
+    out.push(format!("cwd {}", link("cwd")));
+    out.push(format!("cmdline {:?}", read("cmdline")));
+    out.push(format!("comm {}", read("comm").trim()));
+    for l in read("status").lines() {
+        let keep = [
+            "Umask",
+            "Uid",
+            "Gid",
+            "Groups",
+            "SigBlk",
+            "SigIgn",
+            "SigCgt",
+            "CapInh",
+            "CapPrm",
+            "CapEff",
+            "CapBnd",
+            "CapAmb",
+            "NoNewPrivs",
+            "Threads",
+        ];
+        if keep.iter().any(|k| l.starts_with(&format!("{k}:"))) {
+            out.push(l.to_string());
+        }
+    }
+    out.push(format!("limits {}", read("limits")));
+    out.push(format!("personality {}", read("personality").trim()));
+    out.push(format!("oom_score_adj {}", read("oom_score_adj").trim()));
+    out
+}
+
+/// Asserts two fingerprints match, naming the first difference.
+pub fn assert_same_fingerprint(pid: u32, before: &[String], after: &[String]) {
+    for (b, a) in before.iter().zip(after) {
+        assert_eq!(b, a, "pid {pid}: differs after restore");
+    }
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "pid {pid}: number of mappings/lines differs"
+    );
+}
+
 /// Dumps `w` (killing it), checks every task is gone, restores detached and returns the pids.
+/// Every task must come back looking the same from outside (see [`fingerprint`]).
 pub fn dump_kill_restore(w: &Workload) -> Vec<u32> {
     let before = session_pids(w.pid);
+    let prints: Vec<(u32, Vec<String>)> = before.iter().map(|&p| (p, fingerprint(p))).collect();
     let img = w.images();
     let img_s = img.to_str().expect("utf8");
     let pid = w.pid.to_string();
@@ -280,5 +352,10 @@ pub fn dump_kill_restore(w: &Workload) -> Vec<u32> {
     assert_eq!(root, w.pid, "restored root has the dumped pid");
     let after = session_pids(w.pid);
     assert_eq!(before, after, "every task is back with its pid");
+    for (p, fp) in &prints {
+        if fp.iter().any(|l| l.starts_with("exe ") && l.len() > 4) {
+            assert_same_fingerprint(*p, fp, &fingerprint(*p));
+        }
+    }
     after
 }

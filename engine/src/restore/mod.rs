@@ -911,19 +911,30 @@ fn restore_mm(
         &[PR_SET_MM, PR_SET_MM_MAP, map_addr, 104, 0],
     )?;
 
-    // 5. Map every area, writable while we fill it.
+    // 5. Map every area with its own protection: pages are written through /proc/<pid>/mem,
+    // which may write read-only private mappings, so no VMA is ever made writable (and so
+    // accounted, `ac`) only to be filled. Inaccessible areas with data are the exception.
     let mut fixups = Vec::new();
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {
         let len = v.end - v.start;
         let private = v.flags & libc::MAP_SHARED as u32 == 0;
-        let map_prot = if private {
+        let has_pages = t
+            .pagemap
+            .iter()
+            .any(|e| e.vaddr >= v.start && e.vaddr < v.end);
+        // Copied-on-write pages in a read-only private area mean it was writable once (a RELRO
+        // segment): map it writable and mprotect it back, so it is accounted (`ac`) and stays
+        // a VMA of its own, as it was.
+        let map_prot = if private && has_pages && v.prot & libc::PROT_WRITE as u32 == 0 {
             v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32
         } else {
             v.prot
         };
-        let keep =
-            (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN)
-                as u32;
+        let keep = (libc::MAP_SHARED
+            | libc::MAP_PRIVATE
+            | libc::MAP_ANONYMOUS
+            | libc::MAP_GROWSDOWN
+            | libc::MAP_NORESERVE) as u32;
         let mut flags = (v.flags & keep) | libc::MAP_FIXED as u32;
         let (fd, off) = if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             (file_fd(v.shmid as u32)? as u64, v.pgoff)
@@ -952,12 +963,16 @@ fn restore_mm(
     }
     // 6. Fill pages from the image, the file read overlapping the copy into the task.
     let mut src = PageSource::open(&img.dir.join(&t.pages_file))?;
+    let mem_file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .map_err(setup_err(format!("open /proc/{pid}/mem")))?;
     for e in &t.pagemap {
         if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
             continue;
         }
         let len = load::nr_pages(e) * PAGE_SIZE;
-        src.copy_to(pid, e.vaddr, len)?;
+        src.copy_to(&mem_file, pid, e.vaddr, len)?;
         *pages_restored += len / PAGE_SIZE;
     }
     drop(src);

@@ -30,6 +30,23 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Allow a terminal and session that lead outside the tree (`-j`).
     pub shell_job: bool,
+    /// Largest file deleted while open whose content is saved (`--ghost-limit`).
+    pub ghost_limit: u64,
+}
+
+impl DumpOptions {
+    /// Options for dumping the tree at `pid` into `images_dir`, everything else as CRIU's
+    /// defaults (kill the tree after the dump, no shell job, 1 MiB ghost limit).
+    pub fn new(pid: u32, images_dir: impl Into<PathBuf>) -> Self {
+        DumpOptions {
+            pid,
+            images_dir: images_dir.into(),
+            work_dir: None,
+            leave_running: false,
+            shell_job: false,
+            ghost_limit: files::DEFAULT_GHOST_LIMIT,
+        }
+    }
 }
 
 /// Timings and counters of one dump, also written to `stats-dump` as CRIU does.
@@ -94,10 +111,11 @@ pub enum DumpError {
     #[error("pid {pid} fd {fd} is the terminal {path} outside the tree: dump with --shell-job")]
     ShellJobNeeded { pid: u32, fd: i32, path: String },
     #[error(
-        "process {pid} shares its {what} with another process (CLONE_{what_upper} without threads)"
+        "process {pid} shares its {what} with process {other} (CLONE_{what_upper} without CLONE_THREAD), which is not supported"
     )]
     SharedKernelObject {
         pid: u32,
+        other: u32,
         what: &'static str,
         what_upper: &'static str,
     },
@@ -126,6 +144,8 @@ struct Task {
     scratch: Option<(u64, u64)>,
     /// Exited, not reaped by its parent (in the tree): dumped as CRIU does, state and exit code.
     zombie: bool,
+    /// Stopped by a signal (job control) when we seized it.
+    stopped: bool,
 }
 
 /// The frozen tree. Dropping it without [`Tree::kill`] puts every task back as it was.
@@ -165,6 +185,7 @@ impl Tree {
                     stat,
                     scratch: None,
                     zombie,
+                    stopped: false,
                 });
                 let idx = tree.tasks.len() - 1;
                 if zombie {
@@ -236,7 +257,10 @@ impl Tree {
                     sigmask: 0,
                 });
                 let pos = self.tasks[idx].threads.len() - 1;
-                ptrace::interrupt_and_wait(tid).map_err(seize_err)?;
+                if ptrace::interrupt_and_wait(pid, tid).map_err(seize_err)? {
+                    // In a group stop (SIGSTOP): it is dumped as stopped and stays stopped.
+                    self.tasks[idx].stopped = true;
+                }
                 let regs = ptrace::get_regs(tid).map_err(seize_err)?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
                 // Block every signal while we inject syscalls, so none is delivered (or lost)
@@ -268,6 +292,12 @@ impl Tree {
                         let _ = inj.raw(libc::SYS_munmap, &[addr, len]);
                     }
                 }
+            }
+            if task.stopped {
+                // It was stopped before we came (we continued it to inject): stop it again
+                // before it runs a single instruction.
+                // SAFETY: kill(2) of a task we trace.
+                unsafe { libc::kill(task.pid as libc::pid_t, libc::SIGSTOP) };
             }
             for t in &task.threads {
                 if t.regs.rip != 0 || t.regs.rsp != 0 {
@@ -412,11 +442,12 @@ fn dump_frozen(
 ) -> Result<(), DumpError> {
     let mut img = Images {
         dir: opts.images_dir.clone(),
-        files: files::FileTable::default(),
+        files: files::FileTable::new(opts.ghost_limit),
         next_pages_id: 1,
         dumped_shmem: Default::default(),
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
+    refuse_shared_kernel_objects(tree)?;
     let mut pstree = Vec::new();
     for (n, pid) in pids.iter().enumerate() {
         let task = &tree.tasks[n];
@@ -471,6 +502,48 @@ fn dump_frozen(
     w.push(&inv);
     // inventory.img last: its presence marks a complete image set (podman checks for it).
     write_file(&img.dir.join(names::INVENTORY), &w.into_bytes())?;
+    Ok(())
+}
+
+/// Processes (not threads) that share an mm, fd table, fs struct or signal handlers
+/// (clone without CLONE_THREAD) cannot be restored as separate processes: refuse them.
+fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError> {
+    let live: Vec<u32> = tree
+        .tasks
+        .iter()
+        .filter(|t| !t.zombie)
+        .map(|t| t.pid)
+        .collect();
+    for (i, &a) in live.iter().enumerate() {
+        for &b in &live[i + 1..] {
+            for (kind, what, upper) in [
+                (1, "memory", "VM"),
+                (2, "file descriptor table", "FILES"),
+                (3, "fs information (cwd, root, umask)", "FS"),
+                (4, "signal handlers", "SIGHAND"),
+            ] {
+                // SAFETY: kcmp compares kernel objects of two tasks; no memory is passed.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_kcmp,
+                        a as libc::c_long,
+                        b as libc::c_long,
+                        kind as libc::c_long,
+                        0,
+                        0,
+                    )
+                };
+                if r == 0 {
+                    return Err(DumpError::SharedKernelObject {
+                        pid: b,
+                        other: a,
+                        what,
+                        what_upper: upper,
+                    });
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -766,7 +839,12 @@ fn dump_task(
         .and_then(|s| s.parse().ok())
         .unwrap_or(u32::MAX);
     let tc = pb::TaskCoreEntry {
-        task_state: images::TASK_ALIVE,
+        task_state: if tree.tasks[n].stopped {
+            images::TASK_STOPPED
+        } else {
+            images::TASK_ALIVE
+        },
+        stop_signo: tree.tasks[n].stopped.then_some(libc::SIGSTOP as u32),
         exit_code: 0,
         personality,
         flags: st.flags,
@@ -793,7 +871,6 @@ fn dump_task(
         sigactions,
         child_subreaper: Some(subreaper),
         blk_sigset_extended: None,
-        stop_signo: None,
         membarrier_registration_mask: None,
     };
 
@@ -1082,14 +1159,16 @@ fn dump_memory(
                 }
             }
             p if p.starts_with("/memfd:") => return Err(unsupported("memfd mappings")),
-            p if p.ends_with(" (deleted)") => return Err(unsupported("mappings of deleted files")),
             p if p.starts_with('/') => {
                 let open_flags = if m.shared && m.write {
                     libc::O_RDWR
                 } else {
                     libc::O_RDONLY
                 };
-                vma.shmid = img.files.add_path(p, open_flags as u32)? as u64;
+                vma.shmid = img
+                    .files
+                    .add_mapping(pid, m.start, m.end, p, open_flags as u32)?
+                    as u64;
                 vma.fdflags = Some(open_flags as u32);
                 if m.shared {
                     vma.status |= VMA_FILE_SHARED;

@@ -29,6 +29,14 @@ pub enum FilesError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} was deleted while open and is {size} bytes, over the ghost limit of {limit} bytes: raise it with --ghost-limit")]
+    GhostTooBig { path: String, size: u64, limit: u64 },
+    #[error("cannot save the content of deleted file {path}")]
+    Ghost {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write image {path}")]
     Write {
         path: PathBuf,
@@ -74,8 +82,8 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         .map_err(|source| FilesError::Inspect { pid, fd, source })?;
     let fmt = md.mode() & libc::S_IFMT;
     Ok(match fmt {
-        libc::S_IFREG | libc::S_IFDIR if link.ends_with(" (deleted)") => {
-            FdKind::Unsupported(format!("file deleted while open ({link})"))
+        libc::S_IFDIR if link.ends_with(" (deleted)") => {
+            FdKind::Unsupported(format!("directory deleted while open ({link})"))
         }
         libc::S_IFREG => FdKind::Regular,
         libc::S_IFDIR => FdKind::Directory,
@@ -130,9 +138,26 @@ fn zero_fown() -> pb::FownEntry {
     }
 }
 
+/// The default size limit for files deleted while open, whose content goes into the images
+/// (CRIU's `--ghost-limit` default).
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
+
+struct Ghost {
+    id: u32,
+    dev: u64,
+    ino: u64,
+    entry: pb::GhostFileEntry,
+    content: Vec<u8>,
+}
+
 /// Every file object of the dumped tree.
-#[derive(Default)]
 pub struct FileTable {
+    /// Largest deleted file whose content is saved.
+    pub ghost_limit: u64,
+    ghosts: Vec<Ghost>,
+    /// (file id, ghost id): the file is a deleted one, recreated from the ghost.
+    remaps: Vec<(u32, u32)>,
+    by_inode: HashMap<(u64, u64, u32), u32>,
     entries: Vec<pb::FileEntry>,
     /// (pid, fd, dev, ino, id) of fds seen so far, to find shared open file descriptions.
     seen: Vec<(u32, i32, u64, u64, u32)>,
@@ -141,6 +166,19 @@ pub struct FileTable {
 }
 
 impl FileTable {
+    pub fn new(ghost_limit: u64) -> Self {
+        FileTable {
+            ghost_limit,
+            ghosts: Vec::new(),
+            remaps: Vec::new(),
+            by_inode: HashMap::new(),
+            entries: Vec::new(),
+            seen: Vec::new(),
+            by_path: HashMap::new(),
+            pipes_data: Vec::new(),
+        }
+    }
+
     fn next_id(&self) -> u32 {
         self.entries.len() as u32 + 1
     }
@@ -165,28 +203,96 @@ impl FileTable {
         if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
             return Ok(id);
         }
-        let id = self.next_id();
+        let name = match link.strip_suffix(" (deleted)") {
+            Some(orig) if md.is_file() => orig,
+            _ => link,
+        };
+        let id = self.push_reg(
+            name,
+            info.flags & !(libc::O_CLOEXEC as u32),
+            info.pos,
+            Some(info.mnt_id as i32),
+            Some(&md),
+        );
         self.seen.push((pid, fd, md.dev(), md.ino(), id));
-        self.entries.push(pb::FileEntry {
-            r#type: pb::FdTypes::Reg as i32,
+        if name.len() != link.len() {
+            let ghost = self.ghost(&format!("/proc/{pid}/fd/{fd}"), name, &md)?;
+            self.remaps.push((id, ghost));
+        }
+        Ok(id)
+    }
+
+    /// Saves the content of a deleted file once per inode; returns its ghost id.
+    fn ghost(&mut self, open: &str, orig: &str, md: &std::fs::Metadata) -> Result<u32, FilesError> {
+        if let Some(g) = self
+            .ghosts
+            .iter()
+            .find(|g| g.dev == md.dev() && g.ino == md.ino())
+        {
+            return Ok(g.id);
+        }
+        if md.size() > self.ghost_limit {
+            return Err(FilesError::GhostTooBig {
+                path: orig.to_string(),
+                size: md.size(),
+                limit: self.ghost_limit,
+            });
+        }
+        let content = std::fs::read(open).map_err(|source| FilesError::Ghost {
+            path: orig.to_string(),
+            source,
+        })?;
+        let id = self.ghosts.len() as u32 + 1;
+        let tv = |sec: i64, nsec: i64| pb::Timeval {
+            tv_sec: sec as u64,
+            tv_usec: (nsec / 1000) as u64,
+        };
+        self.ghosts.push(Ghost {
             id,
-            reg: Some(pb::RegFileEntry {
-                id,
-                flags: info.flags & !(libc::O_CLOEXEC as u32),
-                pos: info.pos,
-                fown: zero_fown(),
-                name: link.to_string(),
-                mnt_id: Some(info.mnt_id as i32),
-                size: Some(md.size()),
-                ext: None,
-                mode: Some(md.mode()),
-                build_id: Vec::new(),
-                checksum: None,
-                checksum_config: None,
-                checksum_parameter: None,
-            }),
-            ..Default::default()
+            dev: md.dev(),
+            ino: md.ino(),
+            entry: pb::GhostFileEntry {
+                uid: md.uid(),
+                gid: md.gid(),
+                mode: md.mode(),
+                dev: None,
+                ino: None,
+                rdev: None,
+                atim: Some(tv(md.atime(), md.atime_nsec())),
+                mtim: Some(tv(md.mtime(), md.mtime_nsec())),
+                chunks: Some(false),
+                size: Some(content.len() as u64),
+                symlnk_target: None,
+            },
+            content,
         });
+        Ok(id)
+    }
+
+    /// A file mapped by `pid` at `start-end`; a deleted one is saved as a ghost.
+    pub fn add_mapping(
+        &mut self,
+        pid: u32,
+        start: u64,
+        end: u64,
+        path: &str,
+        flags: u32,
+    ) -> Result<u32, FilesError> {
+        let Some(orig) = path.strip_suffix(" (deleted)") else {
+            return self.add_path(path, flags);
+        };
+        let open = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let md = std::fs::metadata(&open).map_err(|source| FilesError::Ghost {
+            path: orig.to_string(),
+            source,
+        })?;
+        if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino(), flags)) {
+            return Ok(id);
+        }
+        let ghost = self.ghost(&open, orig, &md)?;
+        let id = self.push_reg(orig, flags, 0, None, Some(&md));
+        self.remaps.push((id, ghost));
+        self.by_inode.insert((md.dev(), md.ino(), flags), id);
         Ok(id)
     }
 
@@ -195,22 +301,34 @@ impl FileTable {
         if let Some(&id) = self.by_path.get(&(path.to_string(), flags)) {
             return Ok(id);
         }
-        let id = self.next_id();
         let md = std::fs::metadata(path).ok();
+        let id = self.push_reg(path, flags, 0, None, md.as_ref());
         self.by_path.insert((path.to_string(), flags), id);
+        Ok(id)
+    }
+
+    fn push_reg(
+        &mut self,
+        name: &str,
+        flags: u32,
+        pos: u64,
+        mnt_id: Option<i32>,
+        md: Option<&std::fs::Metadata>,
+    ) -> u32 {
+        let id = self.next_id();
         self.entries.push(pb::FileEntry {
             r#type: pb::FdTypes::Reg as i32,
             id,
             reg: Some(pb::RegFileEntry {
                 id,
                 flags,
-                pos: 0,
+                pos,
                 fown: zero_fown(),
-                name: path.to_string(),
-                mnt_id: None,
-                size: md.as_ref().map(|m| m.size()),
+                name: name.to_string(),
+                mnt_id,
+                size: md.map(|m| m.size()),
                 ext: None,
-                mode: md.as_ref().map(|m| m.mode()),
+                mode: md.map(|m| m.mode()),
                 build_id: Vec::new(),
                 checksum: None,
                 checksum_config: None,
@@ -218,7 +336,7 @@ impl FileTable {
             }),
             ..Default::default()
         });
-        Ok(id)
+        id
     }
 
     /// One end of a pipe; its buffered bytes are saved the first time the pipe is seen.
@@ -278,7 +396,25 @@ impl FileTable {
             });
             w.push_raw(data);
         }
-        write(&dir.join(names::pipes_data()), &w.into_bytes())
+        write(&dir.join(names::pipes_data()), &w.into_bytes())?;
+        if !self.remaps.is_empty() {
+            let mut w = ImageWriter::new(ImageKind::Normal, magic::REMAP_FPATH);
+            for &(orig_id, remap_id) in &self.remaps {
+                w.push(&pb::RemapFilePathEntry {
+                    orig_id,
+                    remap_id,
+                    remap_type: Some(pb::RemapType::Ghost as i32),
+                });
+            }
+            write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;
+        }
+        for g in &self.ghosts {
+            let mut w = ImageWriter::new(ImageKind::Normal, magic::GHOST_FILE);
+            w.push(&g.entry);
+            w.push_raw(&g.content);
+            write(&dir.join(names::ghost_file(g.id)), &w.into_bytes())?;
+        }
+        Ok(())
     }
 }
 

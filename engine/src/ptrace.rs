@@ -167,28 +167,50 @@ pub fn detach(tid: u32) -> Result<(), PtraceError> {
 
 /// Interrupts a seized thread and waits for its PTRACE_EVENT_STOP. A signal that was about to be
 /// delivered is delivered first (passed on with PTRACE_CONT), so nothing is lost. Returns true if
-/// the thread was in a group stop (stopped by SIGSTOP and friends).
-pub fn interrupt_and_wait(tid: u32) -> Result<bool, PtraceError> {
+/// the thread's process was in a group stop (stopped by SIGSTOP and friends).
+///
+/// A group-stopped thread only ever reports its group stop, and syscalls cannot be injected
+/// from there (every resume falls back into the stop). So the stop is ended with SIGCONT and
+/// the thread interrupted again; the caller must stop the process again when it lets go.
+pub fn interrupt_and_wait(tgid: u32, tid: u32) -> Result<bool, PtraceError> {
     interrupt(tid)?;
+    let mut group = false;
     loop {
-        match wait(tid)? {
+        let st = wait(tid)?;
+        match st {
+            Stop::Stopped {
+                sig: libc::SIGTRAP,
+                event: PTRACE_EVENT_STOP,
+            } => return Ok(group),
             Stop::Stopped {
                 sig,
                 event: PTRACE_EVENT_STOP,
             } => {
-                let group = matches!(
+                let stop = matches!(
                     sig,
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
                 );
-                return Ok(group);
+                if stop && !group {
+                    group = true;
+                    // SAFETY: tgkill(2) with integer arguments.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_tgkill,
+                            tgid as libc::c_long,
+                            tid as libc::c_long,
+                            libc::SIGCONT as libc::c_long,
+                        )
+                    };
+                }
+                cont(tid, 0)?;
+                interrupt(tid)?;
             }
             Stop::Stopped { sig, event: 0 } => {
                 // Signal-delivery stop: let the signal through; the interrupt is still pending.
                 cont(tid, sig)?;
             }
-            Stop::Stopped { event, .. } => {
+            Stop::Stopped { .. } => {
                 // Another event stop (exec, exit...) reported first: resume, keep waiting.
-                let _ = event;
                 cont(tid, 0)?;
             }
             Stop::Exited(status) => return Err(PtraceError::Exited { tid, status }),
@@ -373,6 +395,7 @@ impl Injector {
         r.r9 = a(5);
         set_regs(self.tid, &r)?;
         singlestep(self.tid)?;
+        let mut traps = 0;
         loop {
             match wait(self.tid)? {
                 Stop::Stopped {
@@ -383,6 +406,15 @@ impl Injector {
                     event: PTRACE_EVENT_CLONE,
                     ..
                 } => singlestep(self.tid)?,
+                // A leftover interrupt trap is reported before any instruction runs (and a
+                // pending single-step SIGTRAP before any further one): step again.
+                Stop::Stopped {
+                    event: PTRACE_EVENT_STOP,
+                    ..
+                } if traps < 3 => {
+                    traps += 1;
+                    singlestep(self.tid)?;
+                }
                 Stop::Exited(status) => {
                     return Err(PtraceError::Exited {
                         tid: self.tid,

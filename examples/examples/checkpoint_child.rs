@@ -35,13 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. Checkpoint it: the dump kills the tree once the images are complete.
     let images = dir.join("images");
     std::fs::create_dir_all(&images)?;
-    let stats = dump(&DumpOptions {
-        pid,
-        images_dir: images.clone(),
-        work_dir: None,
-        leave_running: false,
-        shell_job: false,
-    })?;
+    let stats = dump(&DumpOptions::new(pid, &images))?;
     // Frees the pid. When the caller is the parent, the dump (as tracer) may have reaped it.
     let _ = child.wait();
     println!(

@@ -69,6 +69,9 @@ struct DumpArgs {
     /// Leave the tree running after the dump.
     #[arg(short = 'R', long = "leave-running", action = clap::ArgAction::Count)]
     leave_running: u8,
+    /// Largest file deleted while open whose content is saved (SIZE[K|M|G]; default 1M).
+    #[arg(long = "ghost-limit", value_parser = parse_size)]
+    ghost_limit: Option<u64>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -86,6 +89,19 @@ struct RestoreArgs {
     inherit_fd: Vec<InheritFd>,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size '{s}': expected a number with an optional K, M or G"))
 }
 
 fn parse_level(v: &[String]) -> Result<u8> {
@@ -164,13 +180,13 @@ fn setup_log(c: &CommonArgs) -> Result<()> {
 
 fn run_dump(a: DumpArgs) -> Result<ExitCode> {
     setup_log(&a.common)?;
-    let opts = DumpOptions {
-        pid: a.pid,
-        images_dir: a.common.images_dir.clone(),
-        work_dir: a.common.work_dir.clone(),
-        leave_running: a.leave_running > 0,
-        shell_job: a.common.shell_job,
-    };
+    let mut opts = DumpOptions::new(a.pid, &a.common.images_dir);
+    opts.work_dir = a.common.work_dir.clone();
+    opts.leave_running = a.leave_running > 0;
+    opts.shell_job = a.common.shell_job;
+    if let Some(limit) = a.ghost_limit {
+        opts.ghost_limit = limit;
+    }
     let stats = dump::dump(&opts).with_context(|| format!("dump of pid {} failed", a.pid))?;
     log::info!(
         "dumped {} tasks ({} threads): frozen {} us, {} pages",

@@ -68,6 +68,10 @@ pub struct DumpImage {
     pub pipes_data: HashMap<u32, (u32, Vec<u8>)>,
     /// shmid → (pagemap entries with offsets as vaddr, pages file name)
     pub shmem: HashMap<u64, (Vec<pb::PagemapEntry>, String)>,
+    /// file id → ghost id, for files that were deleted while open.
+    pub remaps: HashMap<u32, u32>,
+    /// ghost id → (attributes, content)
+    pub ghosts: HashMap<u32, (pb::GhostFileEntry, Vec<u8>)>,
 }
 
 fn read(dir: &Path, file: &str) -> Result<Vec<u8>, LoadError> {
@@ -312,11 +316,49 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             }
         }
     }
+    let mut remaps = HashMap::new();
+    let mut ghosts = HashMap::new();
+    if let Some(bytes) = read_optional(dir, names::REMAP_FPATH)? {
+        let mut r = ImageReader::new(
+            names::REMAP_FPATH,
+            &bytes,
+            ImageKind::Normal,
+            magic::REMAP_FPATH,
+        )?;
+        for e in r.all::<pb::RemapFilePathEntry>()? {
+            if e.remap_type != Some(pb::RemapType::Ghost as i32) {
+                return Err(invalid(
+                    names::REMAP_FPATH,
+                    "only ghost remaps (deleted files) are supported",
+                ));
+            }
+            if !files.contains_key(&e.orig_id) {
+                return Err(invalid(
+                    names::REMAP_FPATH,
+                    format!("file id {} is not in files.img", e.orig_id),
+                ));
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = ghosts.entry(e.remap_id) {
+                let file = names::ghost_file(e.remap_id);
+                let bytes = read(dir, &file)?;
+                let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::GHOST_FILE)?;
+                let g: pb::GhostFileEntry = r.next_required()?;
+                if g.chunks == Some(true) {
+                    return Err(invalid(&file, "chunked ghost files are not supported"));
+                }
+                let content = r.raw(g.size.unwrap_or(0))?.to_vec();
+                slot.insert((g, content));
+            }
+            remaps.insert(e.orig_id, e.remap_id);
+        }
+    }
     Ok(DumpImage {
         dir: dir.to_path_buf(),
         tasks,
         files,
         pipes_data,
         shmem,
+        remaps,
+        ghosts,
     })
 }

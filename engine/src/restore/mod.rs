@@ -246,7 +246,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ptrace::seize(pid, ptrace::PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)
             .map_err(ptr_err(pid))?;
         created.traced.push(pid);
-        ptrace::interrupt_and_wait(pid).map_err(ptr_err(pid))?;
+        ptrace::interrupt_and_wait(pid, pid).map_err(ptr_err(pid))?;
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let r = Remote::new(t.pid(), trampoline)?;
@@ -292,6 +292,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     // Everything is in place: let all tasks go together.
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        if t.tc().task_state == crate::images::TASK_STOPPED {
+            // Stopped when dumped: the stop is pending before it runs a single instruction.
+            let sig = t.tc().stop_signo.unwrap_or(libc::SIGSTOP as u32) as libc::c_int;
+            // SAFETY: kill(2) of a task we created and still trace.
+            unsafe { libc::kill(t.pid() as libc::pid_t, sig) };
+        }
         for th in &t.threads {
             ptrace::detach(th.tid).map_err(ptr_err(t.pid()))?;
         }
@@ -472,6 +478,7 @@ impl Pool {
             unsafe { libc::isatty(fd) == 1 }
         });
         let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
+        let mut ghost_files = GhostFiles::default();
         let mut ids: Vec<u32> = Vec::new();
         for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
             ids.extend(t.fds.iter().map(|f| f.id));
@@ -497,6 +504,11 @@ impl Pool {
                     terminal.filter(|_| opts.shell_job && files::is_tty_path(&reg.name))
                 {
                     dup_fd(tty)?
+                } else if let Some(ghost) = img.remaps.get(&id) {
+                    let path = ghost_files.create(*ghost, &reg.name, img)?;
+                    let mut r = reg.clone();
+                    r.name = path;
+                    open_reg(id, &r)?
                 } else {
                     open_reg(id, reg)?
                 }
@@ -618,6 +630,60 @@ fn make_pipe(
             .map_err(setup_err(format!("refilling pipe {pipe_id}")))?;
     }
     Ok((r, w))
+}
+
+/// Files deleted while open, recreated for as long as the restorer opens them, then unlinked.
+#[derive(Default)]
+struct GhostFiles {
+    made: HashMap<u32, String>,
+}
+
+impl GhostFiles {
+    /// Creates ghost `id` at its old path (or beside it if that name is taken); returns the path.
+    fn create(&mut self, id: u32, orig: &str, img: &DumpImage) -> Result<String, RestoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if let Some(p) = self.made.get(&id) {
+            return Ok(p.clone());
+        }
+        let (entry, content) = &img.ghosts[&id];
+        let err = |path: &str| {
+            let path = path.to_string();
+            move |source| RestoreError::Open { id, path, source }
+        };
+        let mut path = orig.to_string();
+        let mut n = 0;
+        let mut f = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(f) => break f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
+                    n += 1;
+                    path = format!("{orig}.stasis-ghost-{id}-{n}");
+                }
+                Err(e) => return Err(err(&path)(e)),
+            }
+        };
+        use std::io::Write;
+        // Registered first, so a failure below still unlinks it.
+        self.made.insert(id, path.clone());
+        f.write_all(content).map_err(err(&path))?;
+        f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
+            .map_err(err(&path))?;
+        let _ = std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid));
+        Ok(path)
+    }
+}
+
+impl Drop for GhostFiles {
+    fn drop(&mut self) {
+        for p in self.made.values() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Shared anonymous memory: a shmem object made by mmap(MAP_SHARED|MAP_ANONYMOUS), filled, and

@@ -1,0 +1,413 @@
+//! End-to-end: credentials, deleted files, stopped tasks, terminals, inherited fds, refusals.
+
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn state_of(pid: u32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next()?.trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+fn tracer_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("TracerPid:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+fn nums(line: &str) -> Vec<u64> {
+    line.split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
+fn counter_is_continuous(lines: &[String]) {
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(nums(l)[0], i as u64, "line {i}: {l}");
+    }
+}
+
+#[test]
+fn unprivileged_task_keeps_its_credentials_and_limits() {
+    let _g = serial();
+    if skip_unless_root("unprivileged_task_keeps_its_credentials_and_limits") {
+        return;
+    }
+    let w = Workload::start("creds", &workload("creds"), &[]);
+    w.wait_lines(5, T);
+    // dump_kill_restore compares uids, gids, groups, capabilities, no_new_privs, umask,
+    // limits, personality and oom_score_adj before and after.
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    assert!(
+        after.iter().all(|l| l.ends_with(" 65534 65534")),
+        "still nobody"
+    );
+}
+
+#[test]
+fn deleted_file_and_its_mapping_come_back() {
+    let _g = serial();
+    if skip_unless_root("deleted_file_and_its_mapping_come_back") {
+        return;
+    }
+    let w = Workload::start("ghost", &workload("ghost"), &[]);
+    let first = w.wait_lines(3, T);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    let link = std::fs::read_link(format!("/proc/{}/fd/3", w.pid)).unwrap();
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    let want: Vec<&str> = first[0].split_whitespace().skip(1).collect();
+    for l in &after {
+        let got: Vec<&str> = l.split_whitespace().skip(1).collect();
+        assert_eq!(
+            got, want,
+            "content through fd and mapping, and offset, kept"
+        );
+    }
+    assert!(
+        link.to_string_lossy().ends_with("ghost.dat (deleted)"),
+        "{link:?}"
+    );
+    assert!(
+        !w.dir.join("ghost.dat").exists(),
+        "the ghost file is unlinked again"
+    );
+}
+
+#[test]
+fn stopped_task_stays_stopped_until_sigcont() {
+    let _g = serial();
+    if skip_unless_root("stopped_task_stays_stopped_until_sigcont") {
+        return;
+    }
+    let w = Workload::start("stopped", &workload("counter"), &[]);
+    w.wait_lines(3, T);
+    // SAFETY: kill(2) to our workload.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGSTOP) };
+    let end = Instant::now() + T;
+    while state_of(w.pid) != 'T' && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pids = dump_kill_restore(&w);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(state_of(w.pid), 'T', "restored stopped");
+    let n = w.lines().len();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(w.lines().len(), n, "a stopped task prints nothing");
+    // SAFETY: kill(2) to the restored task.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGCONT) };
+    let after = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+}
+
+#[test]
+fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
+    let _g = serial();
+    if skip_unless_root("shared_fd_table_between_processes_is_refused_and_tree_runs_on") {
+        return;
+    }
+    let w = Workload::start("clonefiles", &workload("clonefiles"), &[]);
+    w.wait_lines(3, T);
+    let pids = session_pids(w.pid);
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("file descriptor table"), "{e}");
+    for p in &pids {
+        assert_eq!(tracer_of(*p), 0, "{p} left traced");
+    }
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 5, T).len() >= n + 5, "tree runs on");
+}
+
+#[test]
+fn socket_is_refused_with_its_fd_and_tree_runs_on() {
+    let _g = serial();
+    if skip_unless_root("socket_is_refused_with_its_fd_and_tree_runs_on") {
+        return;
+    }
+    let script = r#"
+import socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+n = 0
+while True:
+    print(n, s.fileno(), flush=True)
+    n += 1
+    time.sleep(0.02)
+"#;
+    let w = Workload::start(
+        "socket",
+        std::path::Path::new("/usr/bin/python3"),
+        &["-c", script],
+    );
+    let first = w.wait_lines(3, T);
+    let fd = nums(&first[0])[1];
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains(&format!("pid {} fd {fd}", w.pid)) && e.contains("socket"),
+        "{e}"
+    );
+    assert_eq!(tracer_of(w.pid), 0);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    counter_is_continuous(&after);
+}
+
+#[test]
+fn inherit_fd_reconnects_a_pipe_to_the_outside() {
+    let _g = serial();
+    if skip_unless_root("inherit_fd_reconnects_a_pipe_to_the_outside") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("inherit");
+    let mut cmd = Command::new(workload("counter"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setsid in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let mut out = child.stdout.take().unwrap();
+    let key = std::fs::read_link(format!("/proc/{pid}/fd/1"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(key.starts_with("pipe:["), "{key}");
+    let mut buf = [0u8; 64];
+    let _ = out.read(&mut buf).unwrap();
+    let img = dir.join("images");
+    std::fs::create_dir_all(&img).unwrap();
+    check_ok(
+        "dump",
+        &stasis(&["dump", "-t", &pid.to_string(), "-D", img.to_str().unwrap()]),
+    );
+    let _ = child.wait();
+    let mut all = Vec::new();
+    out.read_to_end(&mut all).unwrap();
+    let last_before = String::from_utf8_lossy(&all)
+        .lines()
+        .last()
+        .map(|l| l.parse::<u64>().unwrap())
+        .unwrap_or(0);
+
+    let mut p = [0; 2];
+    // SAFETY: pipe2 writes two fds into p.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds owned here.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let o = Command::new(stasis_bin())
+        .args([
+            "restore",
+            "-D",
+            img.to_str().unwrap(),
+            "-d",
+            "--inherit-fd",
+            &format!("fd[1]:{key}"),
+        ])
+        .stdout(Stdio::from(w))
+        .output()
+        .unwrap();
+    check_ok("restore --inherit-fd", &o);
+    let mut rf = std::fs::File::from(r);
+    let mut got = Vec::new();
+    let end = Instant::now() + T;
+    while String::from_utf8_lossy(&got).lines().count() < 5 && Instant::now() < end {
+        let mut b = [0u8; 256];
+        let k = rf.read(&mut b).unwrap();
+        got.extend_from_slice(&b[..k]);
+    }
+    kill_tree(&[pid]);
+    let first_after: u64 = String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        first_after,
+        last_before + 1,
+        "counter continues on the new pipe"
+    );
+}
+
+#[test]
+fn shell_job_gets_the_restorers_terminal() {
+    let _g = serial();
+    if skip_unless_root("shell_job_gets_the_restorers_terminal") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fds; no name, termios or winsize requested.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: fresh fds owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let child = Command::new(workload("counter"))
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::mem::forget(child); // reaped by pid below: the dump kills it
+                             // SAFETY: F_SETFL on our fd: reads return at once when there is nothing to read.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::F_SETFL,
+            libc::O_NONBLOCK,
+        )
+    };
+    let mut m = std::fs::File::from(master);
+    // Everything the terminal shows, appended as it comes.
+    let mut seen = Vec::new();
+    let mut pump = |want_lines: usize, wait: Duration, seen: &mut Vec<u8>| {
+        let end = Instant::now() + wait;
+        while seen.iter().filter(|&&b| b == b'\n').count() < want_lines && Instant::now() < end {
+            let mut b = [0u8; 256];
+            match m.read(&mut b) {
+                Ok(k) => seen.extend_from_slice(&b[..k]),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    };
+    pump(3, T, &mut seen);
+    let dir = temp_dir("shelljob");
+    let img = dir.join("images");
+    std::fs::create_dir_all(&img).unwrap();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "-R",
+    ]);
+    assert!(
+        !o.status.success(),
+        "a terminal outside the tree needs --shell-job"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--shell-job"));
+    check_ok(
+        "dump -j",
+        &stasis(&[
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+            "-j",
+        ]),
+    );
+    reap(pid);
+    pump(usize::MAX, Duration::from_millis(200), &mut seen);
+    let before = seen.iter().filter(|&&b| b == b'\n').count();
+    let o = Command::new(stasis_bin())
+        .args(["restore", "-D", img.to_str().unwrap(), "-d", "-j"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .output()
+        .unwrap();
+    check_ok("restore -j", &o);
+    pump(before + 5, T, &mut seen);
+    kill_tree(&[pid]);
+    let text = String::from_utf8_lossy(&seen);
+    let numbers: Vec<u64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(
+        numbers.len() >= before + 5,
+        "output continues on the terminal: {text:?}"
+    );
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(
+            *n, i as u64,
+            "terminal output is one unbroken count: {text:?}"
+        );
+    }
+}
+
+#[test]
+fn restore_without_detach_exits_as_the_task_does() {
+    let _g = serial();
+    if skip_unless_root("restore_without_detach_exits_as_the_task_does") {
+        return;
+    }
+    let w = Workload::start("exits", &workload("exits"), &[]);
+    w.wait_lines(5, T);
+    let img = w.images();
+    check_ok(
+        "dump",
+        &stasis(&[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+        ]),
+    );
+    reap(w.pid);
+    let o = stasis(&["restore", "-D", img.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines = w.lines();
+    assert_eq!(lines.len(), 40);
+    counter_is_continuous(&lines);
+}

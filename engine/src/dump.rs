@@ -344,6 +344,9 @@ impl Drop for Tree {
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let images_dir = &opts.images_dir;
     check_dir_writable(images_dir)?;
+    // inventory.img marks a complete image set and is written last: a dump that fails halfway
+    // must not leave an older one that makes the directory look restorable.
+    let _ = std::fs::remove_file(images_dir.join(names::INVENTORY));
     let t0 = Instant::now();
     let mut tree = Tree::seize(opts.pid)?;
     let mut stats = DumpStats {

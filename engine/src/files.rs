@@ -397,17 +397,16 @@ impl FileTable {
             w.push_raw(data);
         }
         write(&dir.join(names::pipes_data()), &w.into_bytes())?;
-        if !self.remaps.is_empty() {
-            let mut w = ImageWriter::new(ImageKind::Normal, magic::REMAP_FPATH);
-            for &(orig_id, remap_id) in &self.remaps {
-                w.push(&pb::RemapFilePathEntry {
-                    orig_id,
-                    remap_id,
-                    remap_type: Some(pb::RemapType::Ghost as i32),
-                });
-            }
-            write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;
+        // Always written, even empty: a stale one from an older dump must not apply.
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::REMAP_FPATH);
+        for &(orig_id, remap_id) in &self.remaps {
+            w.push(&pb::RemapFilePathEntry {
+                orig_id,
+                remap_id,
+                remap_type: Some(pb::RemapType::Ghost as i32),
+            });
         }
+        write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;
         for g in &self.ghosts {
             let mut w = ImageWriter::new(ImageKind::Normal, magic::GHOST_FILE);
             w.push(&g.entry);

@@ -16,16 +16,33 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Root is required to checkpoint; without it the test prints why and is skipped.
+/// Root is required to checkpoint; without it the test prints why and is skipped. cargo
+/// counts a returning test as passed, so skips are also appended to $STASIS_SKIP_LOG, from
+/// which scripts/test.sh reports them as skipped.
 pub fn skip_unless_root(test: &str) -> bool {
     // SAFETY: geteuid has no arguments.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP {test}: needs root (ptrace of any task, clone3 with set_tid)");
+        skip(test, "needs root (ptrace of any task, clone3 with set_tid)");
         return true;
     }
     // SAFETY: prctl with integer arguments; makes orphaned restored tasks our children.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     false
+}
+
+/// Records a skipped test and why.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    println!("SKIP {test}: {why}");
+    if let Ok(log) = std::env::var("STASIS_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "SKIP {test}: {why}");
+        }
+    }
 }
 
 pub fn workspace_root() -> PathBuf {

@@ -226,7 +226,10 @@ fn images_decode_with_crit() {
         .output()
         .is_err()
     {
-        println!("SKIP images_decode_with_crit: crit (Debian package criu) is not installed");
+        skip(
+            "images_decode_with_crit",
+            "crit (Debian package criu) is not installed",
+        );
         return;
     }
     let w = Workload::start("crit", &workload("pipetree"), &[]);

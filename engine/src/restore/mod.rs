@@ -791,6 +791,7 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
         plans.push(stub::StubPlan {
             pid: t.pid(),
             pgid: t.pstree.pgid,
+            pgid_in_tree: img.tasks.iter().any(|o| o.pid() == t.pstree.pgid),
             sid: t.pstree.sid,
             children: img
                 .tasks

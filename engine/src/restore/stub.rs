@@ -9,6 +9,8 @@ use std::os::fd::RawFd;
 pub struct StubPlan {
     pub pid: u32,
     pub pgid: u32,
+    /// The group leader is a task of the tree (else the task keeps the restorer's group).
+    pub pgid_in_tree: bool,
     pub sid: u32,
     pub children: Vec<usize>,
     /// (target fd, pool fd, close-on-exec) triples.
@@ -125,10 +127,10 @@ pub fn run(sh: &StubShared, idx: usize) -> ! {
                 _ => {}
             }
         }
-        if t.pgid != t.pid && libc::getpgid(0) as u32 != t.pgid {
-            // (zombies too: a zombie keeps its group)
+        if t.pgid != t.pid && t.pgid_in_tree && libc::getpgid(0) as u32 != t.pgid {
             // The group leader is an ancestor (or its descendant created before us); a group
-            // that cannot be joined is reported.
+            // that cannot be joined is reported. A group led from outside the tree (a shell's)
+            // is not ours to join: the task stays in the restorer's group.
             if libc::setpgid(0, t.pgid as libc::pid_t) < 0 {
                 fail(sh, t.pid, STUB_SESSION, errno());
             }

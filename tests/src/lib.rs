@@ -85,6 +85,11 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// Compiles `tests/workloads/<name>.c` once per test run; returns the binary.
 pub fn workload(name: &str) -> PathBuf {
+    workload_with(name, &[])
+}
+
+/// Like [`workload`], with extra compiler flags (e.g. `-mavx512f`).
+pub fn workload_with(name: &str, flags: &[&str]) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| temp_dir("workloads"));
     let bin = dir.join(name);
@@ -93,7 +98,9 @@ pub fn workload(name: &str) -> PathBuf {
             .join("tests/workloads")
             .join(format!("{name}.c"));
         let out = Command::new("gcc")
-            .args(["-O2", "-pthread", "-o"])
+            .args(["-O2", "-pthread"])
+            .args(flags)
+            .arg("-o")
             .arg(&bin)
             .arg(&src)
             .output()

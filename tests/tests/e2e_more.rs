@@ -411,3 +411,100 @@ fn restore_without_detach_exits_as_the_task_does() {
     assert_eq!(lines.len(), 40);
     counter_is_continuous(&lines);
 }
+
+#[test]
+fn shared_file_mapping_and_madvise_state_survive() {
+    let _g = serial();
+    if skip_unless_root("shared_file_mapping_and_madvise_state_survive") {
+        return;
+    }
+    let w = Workload::start("filemap", &workload("filemap"), &[]);
+    w.wait_lines(5, T);
+    // The fingerprint check in dump_kill_restore compares VmFlags (dc, dd, hg, wf, rr).
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    let on_disk = std::fs::read(w.dir.join("counter.dat")).unwrap();
+    kill_tree(&pids);
+    let v: Vec<u64> = after.iter().map(|l| l.trim().parse().unwrap()).collect();
+    for (i, x) in v.iter().enumerate() {
+        assert_eq!(*x, i as u64 + 1, "counter in the shared mapping continues");
+    }
+    let file_value = u64::from_ne_bytes(on_disk[..8].try_into().unwrap());
+    assert!(
+        file_value >= v[n + 4],
+        "the file sees the restored task's writes: {file_value}"
+    );
+}
+
+#[test]
+fn pending_signals_are_still_pending_after_restore() {
+    let _g = serial();
+    if skip_unless_root("pending_signals_are_still_pending_after_restore") {
+        return;
+    }
+    let w = Workload::start("pending", &workload("pending"), &[]);
+    w.wait_lines(3, T);
+    // SAFETY: kill(2) and sigqueue(3) to our workload; both signals are blocked there.
+    unsafe {
+        libc::kill(w.pid as libc::pid_t, libc::SIGUSR1);
+        let v = libc::sigval {
+            sival_ptr: 42usize as *mut libc::c_void,
+        };
+        libc::sigqueue(w.pid as libc::pid_t, libc::SIGRTMIN() + 1, v);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let pids = dump_kill_restore(&w);
+    // SAFETY: kill(2): SIGUSR2 makes the task collect what is pending.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR2) };
+    let end = Instant::now() + T;
+    while !w.lines().iter().any(|l| l == "done") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_tree(&pids);
+    let got: Vec<String> = w
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("got "))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            format!("got {} 0", libc::SIGUSR1),
+            format!("got {} 42", libc::SIGRTMIN() + 1)
+        ],
+        "both signals, with the queued value"
+    );
+}
+
+#[test]
+fn avx512_registers_survive() {
+    let _g = serial();
+    if skip_unless_root("avx512_registers_survive") {
+        return;
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpu.split_whitespace().any(|f| f == "avx512f") {
+        skip("avx512_registers_survive", "this CPU has no AVX-512");
+        return;
+    }
+    let w = Workload::start("avx512", &workload_with("avx512", &["-mavx512f"]), &[]);
+    let dots = |w: &Workload| std::fs::read_to_string(&w.out).unwrap_or_default();
+    let end = Instant::now() + T;
+    while dots(&w).len() < 5 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = dump_kill_restore(&w);
+    let n = dots(&w).len();
+    let end = Instant::now() + T;
+    while dots(&w).len() < n + 10 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_tree(&pids);
+    let out = dots(&w);
+    assert!(
+        !out.contains('X'),
+        "a zmm or opmask register changed: {out}"
+    );
+    assert!(out.len() >= n + 10, "the loop stopped: {out}");
+}

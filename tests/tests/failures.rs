@@ -81,10 +81,11 @@ fn unknown_pid_is_a_clear_error() {
 }
 
 #[test]
-fn unknown_flag_is_rejected() {
-    let o = stasis(&["dump", "--no-such-flag"]);
-    assert!(!o.status.success());
-    assert!(!stderr(&o).contains("panicked"));
+fn unknown_flag_or_missing_pid_is_rejected_in_one_line() {
+    one_line_error(&stasis(&["dump", "--no-such-flag"]), "--no-such-flag");
+    one_line_error(&stasis(&["dump", "-D", "/tmp"]), "--tree");
+    one_line_error(&stasis(&["dump", "-t", "notapid", "-D", "/tmp"]), "notapid");
+    one_line_error(&stasis(&["restore", "--inherit-fd", "bogus"]), "fd[N]:KEY");
 }
 
 #[test]

@@ -318,6 +318,32 @@ pub fn fingerprint(pid: u32) -> Vec<String> {
         }
     }
     out.push(format!("limits {}", read("limits")));
+    // mm boundaries: start/end code, start stack, data, brk start, args, env.
+    let stat = read("stat");
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    for (name, field) in [
+        ("start_code", 26),
+        ("end_code", 27),
+        ("start_stack", 28),
+        ("start_data", 45),
+        ("end_data", 46),
+        ("start_brk", 47),
+        ("arg_start", 48),
+        ("arg_end", 49),
+        ("env_start", 50),
+        ("env_end", 51),
+    ] {
+        out.push(format!("{name} {}", f.get(field - 3).unwrap_or(&"?")));
+    }
+    out.push(format!(
+        "auxv {:?}",
+        std::fs::read(format!("/proc/{pid}/auxv")).unwrap_or_default()
+    ));
     out.push(format!("personality {}", read("personality").trim()));
     out.push(format!("oom_score_adj {}", read("oom_score_adj").trim()));
     out

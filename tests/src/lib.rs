@@ -361,6 +361,35 @@ pub fn assert_same_fingerprint(pid: u32, before: &[String], after: &[String]) {
     );
 }
 
+/// (pid, ppid, pgid, sid) of `root` and all its descendants, sorted by pid.
+pub fn tree_ids(root: u32) -> Vec<(u32, u32, u32, u32)> {
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let f: Vec<u32> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .take(3)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if f.len() == 3 {
+            out.push((p, f[0], f[1], f[2]));
+        }
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in rd.flatten() {
+                let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                todo.extend(c.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// Dumps `w` (killing it), checks every task is gone, restores detached and returns the pids.
 /// Every task must come back looking the same from outside (see [`fingerprint`]).
 pub fn dump_kill_restore(w: &Workload) -> Vec<u32> {

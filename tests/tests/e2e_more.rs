@@ -508,3 +508,44 @@ fn avx512_registers_survive() {
     );
     assert!(out.len() >= n + 10, "the loop stopped: {out}");
 }
+
+#[test]
+fn process_groups_and_sessions_inside_the_tree() {
+    let _g = serial();
+    if skip_unless_root("process_groups_and_sessions_inside_the_tree") {
+        return;
+    }
+    let w = Workload::start("groups", &workload("groups"), &[]);
+    w.wait_lines(5, T);
+    let before = tree_ids(w.pid);
+    assert_eq!(before.len(), 5, "{before:?}");
+    let img = w.images();
+    check_ok(
+        "dump",
+        &stasis(&[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+        ]),
+    );
+    for (p, ..) in &before {
+        reap(*p);
+    }
+    // Orphans of the killed tree are reparented to us (subreaper): reap them all.
+    kill_tree(&[]);
+    check_ok(
+        "restore",
+        &stasis(&["restore", "-D", img.to_str().unwrap(), "-d"]),
+    );
+    let mut after = tree_ids(w.pid);
+    // The root's parent is whoever reaps for us now; everything else must match.
+    after[0].1 = before[0].1;
+    let pids: Vec<u32> = after.iter().map(|t| t.0).collect();
+    let n = w.lines().len();
+    let lines = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    assert_eq!(before, after, "pids, parents, groups and sessions");
+    counter_is_continuous(&lines);
+}

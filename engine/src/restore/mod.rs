@@ -767,6 +767,25 @@ fn pick_trampoline(img: &DumpImage) -> Result<u64, RestoreError> {
     })
 }
 
+/// The children of `t`, group leaders first: a sibling that joins a group led by another
+/// (a shell pipeline: `a | b`, b in a's group) needs the leader to exist.
+fn children_in_fork_order(img: &DumpImage, t: &TaskImage) -> Vec<usize> {
+    let mut kids: Vec<usize> = img
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.pstree.ppid == t.pid() && c.pid() != img.tasks[0].pid())
+        .map(|(i, _)| i)
+        .collect();
+    let leads = |i: &usize| {
+        img.tasks
+            .iter()
+            .any(|o| o.pstree.pgid == img.tasks[*i].pid())
+    };
+    kids.sort_by_key(|i| !leads(i));
+    kids
+}
+
 fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, RestoreError> {
     let mut plans = Vec::new();
     for t in &img.tasks {
@@ -793,13 +812,7 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
             pgid: t.pstree.pgid,
             pgid_in_tree: img.tasks.iter().any(|o| o.pid() == t.pstree.pgid),
             sid: t.pstree.sid,
-            children: img
-                .tasks
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.pstree.ppid == t.pid() && c.pid() != img.tasks[0].pid())
-                .map(|(i, _)| i)
-                .collect(),
+            children: children_in_fork_order(img, t),
             fds: t
                 .fds
                 .iter()

@@ -253,3 +253,35 @@ fn corrupt_truncated_or_missing_images_fail_cleanly() {
     assert!(w.wait_lines(n + 3, T).len() >= n + 3);
     kill_tree(&[pid]);
 }
+
+#[test]
+fn program_replaced_since_the_dump_is_refused() {
+    let _g = serial();
+    if skip_unless_root("program_replaced_since_the_dump_is_refused") {
+        return;
+    }
+    let dir = temp_dir("replaced");
+    let exe = dir.join("counter-copy");
+    std::fs::copy(workload("counter"), &exe).unwrap();
+    let w = Workload::start("replaced", &exe, &[]);
+    w.wait_lines(3, T);
+    let img = w.images();
+    check_ok(
+        "dump",
+        &stasis(&[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+        ]),
+    );
+    reap(w.pid);
+    // An "upgrade": the file at the same path is now different. (Appending keeps the inode.)
+    let mut f = std::fs::OpenOptions::new().append(true).open(&exe).unwrap();
+    std::io::Write::write_all(&mut f, b"upgraded").unwrap();
+    drop(f);
+    let o = stasis(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    one_line_error(&o, "changed since the dump");
+    assert!(!alive(w.pid), "no task left behind");
+}

@@ -107,6 +107,13 @@ pub enum RestoreError {
     Pages(#[from] crate::pages::PagesError),
     #[error("task {pid}: {what}")]
     Task { pid: u32, what: String },
+    #[error("{path} (file id {id}) changed since the dump: {was} bytes then, {now} now")]
+    Changed {
+        id: u32,
+        path: String,
+        was: u64,
+        now: u64,
+    },
     #[error("timed out waiting for the forked tasks to get ready")]
     Timeout,
 }
@@ -480,12 +487,18 @@ impl Pool {
         let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
         let mut ghost_files = GhostFiles::default();
         let mut ids: Vec<u32> = Vec::new();
+        // Files whose content the tasks run from: the exe and mapped files.
+        let mut mapped: Vec<u32> = Vec::new();
         for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
             ids.extend(t.fds.iter().map(|f| f.id));
             ids.extend([t.fs.cwd_id, t.fs.root_id, t.mm.exe_file_id]);
+            mapped.push(t.mm.exe_file_id);
             for v in &t.mm.vmas {
                 if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
                     ids.push(v.shmid as u32);
+                    if v.status & VMA_FILE_PRIVATE != 0 {
+                        mapped.push(v.shmid as u32);
+                    }
                 }
             }
         }
@@ -537,6 +550,9 @@ impl Pool {
                     what: format!("file id {id} has a kind this version cannot restore"),
                 });
             };
+            if mapped.contains(&id) && !img.remaps.contains_key(&id) {
+                check_unchanged(id, f, &fd)?;
+            }
             let n = pool.place(fd)?;
             pool.by_file.insert(id, n);
         }
@@ -555,6 +571,25 @@ impl Pool {
         }
         Ok(pool)
     }
+}
+
+/// A program or library replaced since the dump (an upgrade) would run the old memory image
+/// against new code pages: refuse, as CRIU does, when the size differs.
+fn check_unchanged(id: u32, f: &pb::FileEntry, fd: &OwnedFd) -> Result<(), RestoreError> {
+    let Some(reg) = &f.reg else { return Ok(()) };
+    let Some(want) = reg.size else { return Ok(()) };
+    let md = std::fs::File::from(fd.try_clone().map_err(setup_err("dup"))?)
+        .metadata()
+        .map_err(setup_err(format!("stat {}", reg.name)))?;
+    if md.len() != want {
+        return Err(RestoreError::Changed {
+            id,
+            path: reg.name.clone(),
+            was: want,
+            now: md.len(),
+        });
+    }
+    Ok(())
 }
 
 fn dup_fd(fd: RawFd) -> Result<OwnedFd, RestoreError> {

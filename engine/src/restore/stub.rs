@@ -124,7 +124,13 @@ pub fn run(sh: &StubShared, idx: usize) -> ! {
             match fork_with_pid(child.pid) {
                 0 => run(sh, c),
                 r if r < 0 => fail(sh, child.pid, STUB_CLONE, (-r) as u32),
-                _ => {}
+                _ => {
+                    // Like a shell, make a group leader from both sides, so a sibling forked
+                    // next can join the group whichever of them runs first.
+                    if child.pgid == child.pid && child.sid != child.pid {
+                        libc::setpgid(child.pid as libc::pid_t, child.pid as libc::pid_t);
+                    }
+                }
             }
         }
         if t.pgid != t.pid && t.pgid_in_tree && libc::getpgid(0) as u32 != t.pgid {

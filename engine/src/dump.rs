@@ -69,6 +69,8 @@ pub enum DumpError {
     NoProcess { pid: u32 },
     #[error("process {pid} is a zombie: it has exited and its parent has not reaped it")]
     Zombie { pid: u32 },
+    #[error("the main thread of process {pid} has exited while its other threads run, which is not supported")]
+    LeaderExited { pid: u32 },
     #[error("cannot seize thread {tid} of process {pid}")]
     Seize {
         pid: u32,
@@ -145,7 +147,7 @@ struct Task {
     /// Exited, not reaped by its parent (in the tree): dumped as CRIU does, state and exit code.
     zombie: bool,
     /// Stopped by a signal (job control) when we seized it.
-    stopped: bool,
+    stopped: Option<i32>,
 }
 
 /// The frozen tree. Dropping it without [`Tree::kill`] puts every task back as it was.
@@ -175,6 +177,9 @@ impl Tree {
                     continue;
                 }
                 let stat = proc::stat(pid)?;
+                if stat.state == 'Z' && proc::tids(pid).map(|t| t.len() > 1).unwrap_or(false) {
+                    return Err(DumpError::LeaderExited { pid });
+                }
                 if stat.state == 'Z' && pid == root {
                     return Err(DumpError::Zombie { pid });
                 }
@@ -185,7 +190,7 @@ impl Tree {
                     stat,
                     scratch: None,
                     zombie,
-                    stopped: false,
+                    stopped: None,
                 });
                 let idx = tree.tasks.len() - 1;
                 if zombie {
@@ -257,9 +262,9 @@ impl Tree {
                     sigmask: 0,
                 });
                 let pos = self.tasks[idx].threads.len() - 1;
-                if ptrace::interrupt_and_wait(pid, tid).map_err(seize_err)? {
-                    // In a group stop (SIGSTOP): it is dumped as stopped and stays stopped.
-                    self.tasks[idx].stopped = true;
+                if let Some(sig) = ptrace::interrupt_and_wait(pid, tid).map_err(seize_err)? {
+                    // In a group stop: it is dumped as stopped and stays stopped.
+                    self.tasks[idx].stopped = Some(sig);
                 }
                 let regs = ptrace::get_regs(tid).map_err(seize_err)?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
@@ -293,11 +298,11 @@ impl Tree {
                     }
                 }
             }
-            if task.stopped {
+            if let Some(sig) = task.stopped {
                 // It was stopped before we came (we continued it to inject): stop it again
                 // before it runs a single instruction.
                 // SAFETY: kill(2) of a task we trace.
-                unsafe { libc::kill(task.pid as libc::pid_t, libc::SIGSTOP) };
+                unsafe { libc::kill(task.pid as libc::pid_t, sig) };
             }
             for t in &task.threads {
                 if t.regs.rip != 0 || t.regs.rsp != 0 {
@@ -842,12 +847,12 @@ fn dump_task(
         .and_then(|s| s.parse().ok())
         .unwrap_or(u32::MAX);
     let tc = pb::TaskCoreEntry {
-        task_state: if tree.tasks[n].stopped {
+        task_state: if tree.tasks[n].stopped.is_some() {
             images::TASK_STOPPED
         } else {
             images::TASK_ALIVE
         },
-        stop_signo: tree.tasks[n].stopped.then_some(libc::SIGSTOP as u32),
+        stop_signo: tree.tasks[n].stopped.map(|s| s as u32),
         exit_code: 0,
         personality,
         flags: st.flags,
@@ -903,7 +908,7 @@ fn dump_task(
 
     // Memory.
     let exe = proc::readlink(pid, "exe")?;
-    let exe_id = img.files.add_path(&exe, libc::O_RDONLY as u32)?;
+    let exe_id = img.files.add_exe(pid, &exe)?;
     let auxv = proc::auxv(pid)?;
     let vmas = dump_memory(pid, &maps, img, stats)?;
     let mm = pb::MmEntry {
@@ -1162,6 +1167,11 @@ fn dump_memory(
                 }
             }
             p if p.starts_with("/memfd:") => return Err(unsupported("memfd mappings")),
+            p if p.starts_with("/[aio]") => return Err(unsupported("an AIO ring")),
+            p if p.starts_with("/anon_hugepage") => return Err(unsupported("hugetlb memory")),
+            p if m.shared && p.ends_with(" (deleted)") && m.dev_major == 0 && m.dev_minor <= 1 => {
+                return Err(unsupported("shared memory of an unknown kind"))
+            }
             p if p.starts_with('/') => {
                 let open_flags = if m.shared && m.write {
                     libc::O_RDWR

@@ -278,18 +278,32 @@ impl FileTable {
         path: &str,
         flags: u32,
     ) -> Result<u32, FilesError> {
+        self.add_by_path(
+            &format!("/proc/{pid}/map_files/{start:x}-{end:x}"),
+            path,
+            flags,
+        )
+    }
+
+    /// The executable of `pid` (which may have been deleted or replaced since it started).
+    pub fn add_exe(&mut self, pid: u32, path: &str) -> Result<u32, FilesError> {
+        self.add_by_path(&format!("/proc/{pid}/exe"), path, libc::O_RDONLY as u32)
+    }
+
+    /// A file known by the path the kernel shows; `open` reaches the same inode even when that
+    /// path ends in " (deleted)", whose content is then saved as a ghost.
+    fn add_by_path(&mut self, open: &str, path: &str, flags: u32) -> Result<u32, FilesError> {
         let Some(orig) = path.strip_suffix(" (deleted)") else {
             return self.add_path(path, flags);
         };
-        let open = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
-        let md = std::fs::metadata(&open).map_err(|source| FilesError::Ghost {
+        let md = std::fs::metadata(open).map_err(|source| FilesError::Ghost {
             path: orig.to_string(),
             source,
         })?;
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino(), flags)) {
             return Ok(id);
         }
-        let ghost = self.ghost(&open, orig, &md)?;
+        let ghost = self.ghost(open, orig, &md)?;
         let id = self.push_reg(orig, flags, 0, None, Some(&md));
         self.remaps.push((id, ghost));
         self.by_inode.insert((md.dev(), md.ino(), flags), id);

@@ -166,15 +166,15 @@ pub fn detach(tid: u32) -> Result<(), PtraceError> {
 }
 
 /// Interrupts a seized thread and waits for its PTRACE_EVENT_STOP. A signal that was about to be
-/// delivered is delivered first (passed on with PTRACE_CONT), so nothing is lost. Returns true if
-/// the thread's process was in a group stop (stopped by SIGSTOP and friends).
+/// delivered is delivered first (passed on with PTRACE_CONT), so nothing is lost. Returns the
+/// stop signal if the thread's process was in a group stop (SIGSTOP, SIGTSTP, ...).
 ///
 /// A group-stopped thread only ever reports its group stop, and syscalls cannot be injected
 /// from there (every resume falls back into the stop). So the stop is ended with SIGCONT and
 /// the thread interrupted again; the caller must stop the process again when it lets go.
-pub fn interrupt_and_wait(tgid: u32, tid: u32) -> Result<bool, PtraceError> {
+pub fn interrupt_and_wait(tgid: u32, tid: u32) -> Result<Option<i32>, PtraceError> {
     interrupt(tid)?;
-    let mut group = false;
+    let mut group = None;
     loop {
         let st = wait(tid)?;
         match st {
@@ -190,8 +190,8 @@ pub fn interrupt_and_wait(tgid: u32, tid: u32) -> Result<bool, PtraceError> {
                     sig,
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
                 );
-                if stop && !group {
-                    group = true;
+                if stop && group.is_none() {
+                    group = Some(sig);
                     // SAFETY: tgkill(2) with integer arguments.
                     unsafe {
                         libc::syscall(

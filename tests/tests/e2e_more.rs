@@ -549,3 +549,48 @@ fn process_groups_and_sessions_inside_the_tree() {
     assert_eq!(before, after, "pids, parents, groups and sessions");
     counter_is_continuous(&lines);
 }
+
+#[test]
+fn deleted_executable_comes_back() {
+    let _g = serial();
+    if skip_unless_root("deleted_executable_comes_back") {
+        return;
+    }
+    let dir = temp_dir("deleted-exe");
+    let exe = dir.join("counter-gone");
+    std::fs::copy(workload("counter"), &exe).unwrap();
+    let w = Workload::start("deleted-exe", &exe, &[]);
+    w.wait_lines(3, T);
+    std::fs::remove_file(&exe).unwrap();
+    // The fingerprint compares /proc/<pid>/exe, which reads "... (deleted)" before and after.
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    assert!(!exe.exists(), "the recreated executable is unlinked again");
+}
+
+#[test]
+fn exited_main_thread_is_refused_and_threads_run_on() {
+    let _g = serial();
+    if skip_unless_root("exited_main_thread_is_refused_and_threads_run_on") {
+        return;
+    }
+    let w = Workload::start("leaderexit", &workload("leaderexit"), &[]);
+    w.wait_lines(3, T);
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("main thread"), "{e}");
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    counter_is_continuous(&after);
+}

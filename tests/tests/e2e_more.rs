@@ -594,3 +594,37 @@ fn exited_main_thread_is_refused_and_threads_run_on() {
     let after = w.wait_lines(n + 5, T);
     counter_is_continuous(&after);
 }
+
+#[test]
+fn bytes_buffered_in_a_pipe_survive() {
+    let _g = serial();
+    if skip_unless_root("bytes_buffered_in_a_pipe_survive") {
+        return;
+    }
+    let w = Workload::start("pipebuf", &workload("pipebuf"), &[]);
+    let lines = w.wait_lines(4, T);
+    let want = lines[0]
+        .strip_prefix("want ")
+        .expect("want line")
+        .to_string();
+    let child: i32 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("child-pid "))
+        .expect("child pid")
+        .parse()
+        .unwrap();
+    let pids = dump_kill_restore(&w);
+    // SAFETY: kill(2): the child now reads what the pipe held.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    let end = Instant::now() + T;
+    while !w.lines().iter().any(|l| l.starts_with("child ")) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_tree(&pids);
+    let got = w
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("child "))
+        .expect("child read");
+    assert_eq!(got, format!("child 30000 {want}"));
+}

@@ -285,3 +285,18 @@ fn program_replaced_since_the_dump_is_refused() {
     one_line_error(&o, "changed since the dump");
     assert!(!alive(w.pid), "no task left behind");
 }
+
+#[test]
+fn version_and_check_answer_like_criu() {
+    let o = stasis(&["--version"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("Version: 4.2\n"), "{out}");
+    assert!(out.contains("stasis"), "{out}");
+    if skip_unless_root("version_and_check_answer_like_criu (check)") {
+        return;
+    }
+    let o = stasis(&["check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Looks good.\n");
+}

@@ -9,7 +9,7 @@ skips=$(mktemp)
 out=$(mktemp)
 trap 'rm -f "$skips" "$out"' EXIT
 status=0
-STASIS_SKIP_LOG=$skips cargo test --workspace 2>&1 | tee "$out" || status=$?
+STASIS_SKIP_LOG=$skips cargo test --workspace --no-fail-fast 2>&1 | tee "$out" || status=$?
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$out" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
 skipped=$(grep -c '^SKIP' "$skips" || true)

@@ -883,7 +883,7 @@ fn dump_task(
     };
 
     // Files and fs.
-    let fds = dump_fds(pid, opts, img)?;
+    let fds = dump_fds(pid, opts, img, stats)?;
     let cwd = img
         .files
         .add_path(&proc::readlink(pid, "cwd")?, libc::O_DIRECTORY as u32)?;
@@ -1000,6 +1000,7 @@ fn dump_fds(
     pid: u32,
     opts: &DumpOptions,
     img: &mut Images,
+    stats: &mut DumpStats,
 ) -> Result<Vec<pb::FdinfoEntry>, DumpError> {
     let mut out = Vec::new();
     for fd in proc::fds(pid)? {
@@ -1022,6 +1023,34 @@ fn dump_fds(
             }
             files::FdKind::Pipe(ino) => {
                 (pb::FdTypes::Pipe, img.files.add_pipe(pid, fd, ino, &info)?)
+            }
+            files::FdKind::EventFd => (
+                pb::FdTypes::Eventfd,
+                img.files.add_anon(pid, fd, &kind, &info)?,
+            ),
+            files::FdKind::TimerFd => (
+                pb::FdTypes::Timerfd,
+                img.files.add_anon(pid, fd, &kind, &info)?,
+            ),
+            files::FdKind::SignalFd => (
+                pb::FdTypes::Signalfd,
+                img.files.add_anon(pid, fd, &kind, &info)?,
+            ),
+            files::FdKind::EventPoll => (
+                pb::FdTypes::Eventpoll,
+                img.files.add_anon(pid, fd, &kind, &info)?,
+            ),
+            files::FdKind::Memfd => {
+                let open = format!("/proc/{pid}/fd/{fd}");
+                let flags = info.flags & !(libc::O_CLOEXEC as u32);
+                let (id, fresh) =
+                    img.files
+                        .add_memfd(&open, &link, flags, info.pos, Some((pid, fd)))?;
+                if let Some(shmid) = fresh {
+                    let size = std::fs::metadata(&open).map(|m| m.len()).unwrap_or(0);
+                    dump_shmem_object(&open, shmid, size, img, stats)?;
+                }
+                (pb::FdTypes::Memfd, id)
             }
             files::FdKind::Unsupported(what) => {
                 return Err(DumpError::UnsupportedFd { pid, fd, what });
@@ -1166,7 +1195,29 @@ fn dump_memory(
                     continue;
                 }
             }
-            p if p.starts_with("/memfd:") => return Err(unsupported("memfd mappings")),
+            p if p.starts_with("/memfd:") => {
+                let open = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                let open_flags = if m.shared && m.write {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                } as u32;
+                let (id, fresh) = img.files.add_memfd(&open, p, open_flags, 0, None)?;
+                if let Some(shmid) = fresh {
+                    let size = std::fs::metadata(&open).map(|md| md.len()).unwrap_or(0);
+                    dump_shmem_object(&open, shmid, size, img, stats)?;
+                }
+                vma.shmid = id as u64;
+                vma.fdflags = Some(open_flags);
+                vma.status |= VMA_AREA_MEMFD;
+                if m.shared {
+                    vma.status |= VMA_FILE_SHARED;
+                    vmas.push(vma);
+                    continue;
+                }
+                vma.status |= VMA_FILE_PRIVATE;
+                select = PageSelect::PrivateFile;
+            }
             p if p.starts_with("/[aio]") => return Err(unsupported("an AIO ring")),
             p if p.starts_with("/anon_hugepage") => return Err(unsupported("hugetlb memory")),
             p if m.shared && p.ends_with(" (deleted)") && m.dev_major == 0 && m.dev_minor <= 1 => {
@@ -1219,46 +1270,64 @@ fn dump_shmem(
     img: &mut Images,
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
+    // The object may be larger than this mapping's window; dump what this window shows, from
+    // offset 0 of the object (pgoff is kept in the vma).
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    dump_shmem_object(&path, m.inode, m.offset + m.len(), img, stats)
+}
+
+/// Dumps the first `size` bytes of a shmem object (shared anonymous memory, memfd) opened
+/// through `path`, as CRIU does: `pagemap-shmem-<shmid>.img` (offsets as addresses) and a pages
+/// image. Zero pages are left out; a size that ends inside a page is padded with zeros.
+fn dump_shmem_object(
+    path: &str,
+    shmid: u64,
+    size: u64,
+    img: &mut Images,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
     use std::os::unix::fs::FileExt;
-    if !img.dumped_shmem.insert(m.inode) {
+    if !img.dumped_shmem.insert(shmid) {
         return Ok(());
     }
-    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-    let f = File::open(&path).map_err(|source| {
+    let read_err = |source| {
         DumpError::Proc(proc::ProcError::Read {
-            path: path.clone().into(),
+            path: path.into(),
             source,
         })
-    })?;
+    };
+    let f = File::open(path).map_err(read_err)?;
     let pages_id = img.next_pages_id;
     img.next_pages_id += 1;
     let mut pages = PageSink::create(&img.dir.join(names::pages(pages_id)))?;
     let mut pm = ImageWriter::new(ImageKind::Normal, magic::PAGEMAP);
     pm.push(&pb::PagemapHead { pages_id });
-    // The object may be larger than this mapping's window; dump what this window shows, from
-    // offset 0 of the object (pgoff is kept in the vma).
-    let size = m.offset + m.len();
+    let size = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
     let mut buf = vec![0u8; (4 << 20).min(size as usize)];
     let mut off = 0u64;
+    let page = PAGE_SIZE as usize;
     while off < size {
         let n = buf.len().min((size - off) as usize);
-        f.read_exact_at(&mut buf[..n], off).map_err(|source| {
-            DumpError::Proc(proc::ProcError::Read {
-                path: path.clone().into(),
-                source,
-            })
-        })?;
+        let mut got = 0;
+        while got < n {
+            match f.read_at(&mut buf[got..n], off + got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(read_err(e)),
+            }
+        }
+        buf[got..n].fill(0);
         // Keep only non-zero pages.
         let mut p = 0;
         while p < n {
-            let page = &buf[p..p + PAGE_SIZE as usize];
-            if page.iter().any(|&b| b != 0) {
-                let mut q = p + PAGE_SIZE as usize;
-                while q < n && buf[q..q + PAGE_SIZE as usize].iter().any(|&b| b != 0) {
-                    q += PAGE_SIZE as usize;
+            if buf[p..p + page].iter().any(|&b| b != 0) {
+                let mut q = p + page;
+                while q < n && buf[q..q + page].iter().any(|&b| b != 0) {
+                    q += page;
                 }
                 pages.write_bytes(&buf[p..q])?;
-                let npages = ((q - p) as u64) / PAGE_SIZE;
+                let npages = ((q - p) / page) as u64;
                 pm.push(&pb::PagemapEntry {
                     vaddr: off + p as u64,
                     compat_nr_pages: npages as u32,
@@ -1268,18 +1337,14 @@ fn dump_shmem(
                 });
                 p = q;
             } else {
-                p += PAGE_SIZE as usize;
+                p += page;
             }
         }
         off += n as u64;
         stats.pages_scanned += n as u64 / PAGE_SIZE;
     }
     finish_pages(pages, stats)?;
-    write_file(
-        &img.dir.join(names::pagemap_shmem(m.inode)),
-        &pm.into_bytes(),
-    )?;
-    Ok(())
+    write_file(&img.dir.join(names::pagemap_shmem(shmid)), &pm.into_bytes())
 }
 
 fn finish_pages(pages: PageSink, stats: &mut DumpStats) -> Result<(), DumpError> {

@@ -37,6 +37,15 @@ pub enum FilesError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the state of fd {fd} of pid {pid}")]
+    Anon {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: crate::anonfd::AnonFdError,
+    },
+    #[error("pid {pid} fd {fd}: epoll target {tfd} was closed or replaced after it was added, which is not supported")]
+    EpollStale { pid: u32, fd: i32, tfd: u32 },
     #[error("cannot write image {path}")]
     Write {
         path: PathBuf,
@@ -53,6 +62,11 @@ pub enum FdKind {
     CharDevice,
     Tty,
     Pipe(u64),
+    EventFd,
+    TimerFd,
+    SignalFd,
+    EventPoll,
+    Memfd,
     Unsupported(String),
 }
 
@@ -71,12 +85,16 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         return Ok(FdKind::Unsupported(format!("socket ({link})")));
     }
     if let Some(what) = link.strip_prefix("anon_inode:") {
-        return Ok(FdKind::Unsupported(
-            what.trim_matches(|c| c == '[' || c == ']').to_string(),
-        ));
+        return Ok(match what {
+            "[eventfd]" => FdKind::EventFd,
+            "[timerfd]" => FdKind::TimerFd,
+            "[signalfd]" => FdKind::SignalFd,
+            "[eventpoll]" => FdKind::EventPoll,
+            _ => FdKind::Unsupported(what.trim_matches(|c| c == '[' || c == ']').to_string()),
+        });
     }
     if link.starts_with("/memfd:") {
-        return Ok(FdKind::Unsupported(format!("memfd ({link})")));
+        return Ok(FdKind::Memfd);
     }
     let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
         .map_err(|source| FilesError::Inspect { pid, fd, source })?;
@@ -128,6 +146,35 @@ fn kcmp_file(pid1: u32, fd1: i32, pid2: u32, fd2: i32) -> bool {
     r == 0
 }
 
+/// True if target `tfd` registered in epoll `epfd` is the file now open at `tfd` (an epoll keeps a
+/// target whose fd number was closed and reused; restoring by number would then be wrong).
+fn kcmp_epoll_target(pid: u32, epfd: i32, tfd: u32) -> bool {
+    const KCMP_EPOLL_TFD: libc::c_long = 7;
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot {
+        efd: epfd as u32,
+        tfd,
+        toff: 0,
+    };
+    // SAFETY: kcmp reads the slot struct from our memory; no other memory is touched.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid as libc::c_long,
+            pid as libc::c_long,
+            KCMP_EPOLL_TFD,
+            tfd as libc::c_long,
+            &slot as *const Slot,
+        )
+    };
+    r == 0
+}
+
 fn zero_fown() -> pb::FownEntry {
     pb::FownEntry {
         uid: 0,
@@ -158,6 +205,8 @@ pub struct FileTable {
     /// (file id, ghost id): the file is a deleted one, recreated from the ghost.
     remaps: Vec<(u32, u32)>,
     by_inode: HashMap<(u64, u64, u32), u32>,
+    /// memfd inodes: (dev, ino) → entry.
+    memfd_inodes: Vec<((u64, u64), pb::MemfdInodeEntry)>,
     entries: Vec<pb::FileEntry>,
     /// (pid, fd, dev, ino, id) of fds seen so far, to find shared open file descriptions.
     seen: Vec<(u32, i32, u64, u64, u32)>,
@@ -172,6 +221,7 @@ impl FileTable {
             ghosts: Vec::new(),
             remaps: Vec::new(),
             by_inode: HashMap::new(),
+            memfd_inodes: Vec::new(),
             entries: Vec::new(),
             seen: Vec::new(),
             by_path: HashMap::new(),
@@ -220,6 +270,136 @@ impl FileTable {
             self.remaps.push((id, ghost));
         }
         Ok(id)
+    }
+
+    /// eventfd, timerfd, signalfd or epoll at `fd` of `pid`, from its fdinfo.
+    pub fn add_anon(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        kind: &FdKind,
+        info: &FdInfo,
+    ) -> Result<u32, FilesError> {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+            return Ok(id);
+        }
+        let id = self.next_id();
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let bad = |source| FilesError::Anon { pid, fd, source };
+        let mut e = pb::FileEntry {
+            id,
+            ..Default::default()
+        };
+        match kind {
+            FdKind::EventFd => {
+                e.r#type = pb::FdTypes::Eventfd as i32;
+                e.efd = Some(crate::anonfd::eventfd_entry(id, flags, &info.extra).map_err(bad)?);
+            }
+            FdKind::TimerFd => {
+                e.r#type = pb::FdTypes::Timerfd as i32;
+                e.tfd = Some(crate::anonfd::timerfd_entry(id, flags, &info.extra).map_err(bad)?);
+            }
+            FdKind::SignalFd => {
+                e.r#type = pb::FdTypes::Signalfd as i32;
+                e.sgfd = Some(crate::anonfd::signalfd_entry(id, flags, &info.extra).map_err(bad)?);
+            }
+            FdKind::EventPoll => {
+                let tfd = crate::anonfd::epoll_targets(&info.raw, id);
+                for t in &tfd {
+                    if !kcmp_epoll_target(pid, fd, t.tfd) {
+                        return Err(FilesError::EpollStale {
+                            pid,
+                            fd,
+                            tfd: t.tfd,
+                        });
+                    }
+                }
+                e.r#type = pb::FdTypes::Eventpoll as i32;
+                e.epfd = Some(pb::EventpollFileEntry {
+                    id,
+                    flags,
+                    fown: zero_fown(),
+                    tfd,
+                });
+            }
+            _ => unreachable!("add_anon is called for anon-inode kinds only"),
+        }
+        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.entries.push(e);
+        Ok(id)
+    }
+
+    /// A memfd, through `open` (a /proc path to it) as the task sees it at `link`. Returns the
+    /// file id, and the inode's shmid when its content still has to be dumped.
+    pub fn add_memfd(
+        &mut self,
+        open: &str,
+        link: &str,
+        flags: u32,
+        pos: u64,
+        shared_fd: Option<(u32, i32)>,
+    ) -> Result<(u32, Option<u64>), FilesError> {
+        let md = std::fs::metadata(open).map_err(|source| FilesError::Ghost {
+            path: link.to_string(),
+            source,
+        })?;
+        if let Some((pid, fd)) = shared_fd {
+            if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+                return Ok((id, None));
+            }
+        } else if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino(), flags)) {
+            return Ok((id, None));
+        }
+        let key = (md.dev(), md.ino());
+        let fresh = !self.memfd_inodes.iter().any(|(k, _)| *k == key);
+        if fresh {
+            let seals = std::fs::File::open(open)
+                .map(|f| {
+                    // SAFETY: F_GET_SEALS on an fd we own.
+                    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) }
+                })
+                .unwrap_or(0)
+                .max(0) as u32;
+            let name = link
+                .trim_start_matches("/memfd:")
+                .trim_end_matches(" (deleted)")
+                .to_string();
+            self.memfd_inodes.push((
+                key,
+                pb::MemfdInodeEntry {
+                    name,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    size: md.size(),
+                    shmid: md.ino() as u32,
+                    seals,
+                    inode_id: md.ino(),
+                    hugetlb_flag: None,
+                    mode: Some(md.mode()),
+                },
+            ));
+        }
+        let id = self.next_id();
+        if let Some((pid, fd)) = shared_fd {
+            self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        } else {
+            self.by_inode.insert((md.dev(), md.ino(), flags), id);
+        }
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Memfd as i32,
+            id,
+            memfd: Some(pb::MemfdFileEntry {
+                id,
+                flags,
+                pos,
+                fown: zero_fown(),
+                inode_id: md.ino() as u32,
+            }),
+            ..Default::default()
+        });
+        Ok((id, fresh.then_some(md.ino())))
     }
 
     /// Saves the content of a deleted file once per inode; returns its ghost id.
@@ -421,6 +601,11 @@ impl FileTable {
             });
         }
         write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::MEMFD_INODE);
+        for (_, m) in &self.memfd_inodes {
+            w.push(m);
+        }
+        write(&dir.join(names::MEMFD_INODE), &w.into_bytes())?;
         for g in &self.ghosts {
             let mut w = ImageWriter::new(ImageKind::Normal, magic::GHOST_FILE);
             w.push(&g.entry);

@@ -6,6 +6,7 @@
 //! single syscalls. Restore forks the tree with `clone3(set_tid)` and rebuilds every task by
 //! syscalls injected through ptrace.
 
+pub mod anonfd;
 pub mod arch;
 pub mod dump;
 pub mod files;

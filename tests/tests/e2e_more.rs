@@ -628,3 +628,52 @@ fn bytes_buffered_in_a_pipe_survive() {
         .expect("child read");
     assert_eq!(got, format!("child 30000 {want}"));
 }
+
+#[test]
+fn eventfd_timerfd_signalfd_epoll_and_memfd_keep_working() {
+    let _g = serial();
+    if skip_unless_root("eventfd_timerfd_signalfd_epoll_and_memfd_keep_working") {
+        return;
+    }
+    let w = Workload::start("fdkinds", &workload("fdkinds"), &[]);
+    let lines = w.wait_lines(5, T);
+    let expect = lines[0]
+        .strip_prefix("expect ")
+        .expect("expect line")
+        .to_string();
+    let ticks = |w: &Workload| -> u64 {
+        w.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let pids = dump_kill_restore(&w);
+    let before = ticks(&w);
+    let end = Instant::now() + T;
+    while ticks(&w) < before + 10 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = ticks(&w);
+    // SAFETY: kill(2): read through the signalfd, it makes the task check every object.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
+    let end = Instant::now() + T;
+    while !w.lines().iter().any(|l| l.starts_with("check ")) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_tree(&pids);
+    assert!(
+        after >= before + 10,
+        "the timerfd keeps firing through epoll: {before} -> {after}"
+    );
+    let check = w
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("check "))
+        .expect("signalfd delivered");
+    assert_eq!(
+        check.strip_prefix("check ").unwrap(),
+        expect,
+        "eventfd count, memfd content, mappings, seals, offset"
+    );
+}

@@ -328,11 +328,16 @@ pub struct FdInfo {
     pub mnt_id: u32,
     pub ino: u64,
     pub extra: HashMap<String, String>,
+    /// The whole text, for kinds with repeated keys (epoll's `tfd:` lines).
+    pub raw: String,
 }
 
 /// Parses `/proc/<pid>/fdinfo/<fd>`.
 pub fn parse_fdinfo(text: &str) -> Result<FdInfo, ParseError> {
-    let mut fi = FdInfo::default();
+    let mut fi = FdInfo {
+        raw: text.to_string(),
+        ..Default::default()
+    };
     let mut seen_flags = false;
     for line in text.lines() {
         let Some((k, v)) = line.split_once(':') else {

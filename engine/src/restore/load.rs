@@ -68,6 +68,8 @@ pub struct DumpImage {
     pub pipes_data: HashMap<u32, (u32, Vec<u8>)>,
     /// shmid → (pagemap entries with offsets as vaddr, pages file name)
     pub shmem: HashMap<u64, (Vec<pb::PagemapEntry>, String)>,
+    /// memfd inode id → (inode, its pages as a shmem pagemap, pages file)
+    pub memfds: HashMap<u64, (pb::MemfdInodeEntry, Vec<pb::PagemapEntry>, String)>,
     /// file id → ghost id, for files that were deleted while open.
     pub remaps: HashMap<u32, u32>,
     /// ghost id → (attributes, content)
@@ -352,12 +354,36 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             remaps.insert(e.orig_id, e.remap_id);
         }
     }
+    let mut memfds = HashMap::new();
+    if let Some(bytes) = read_optional(dir, names::MEMFD_INODE)? {
+        let mut r = ImageReader::new(
+            names::MEMFD_INODE,
+            &bytes,
+            ImageKind::Normal,
+            magic::MEMFD_INODE,
+        )?;
+        for m in r.all::<pb::MemfdInodeEntry>()? {
+            let (pm, pages) = pagemap(dir, &names::pagemap_shmem(m.shmid as u64))?;
+            memfds.insert(m.inode_id, (m, pm, pages));
+        }
+    }
+    for f in files.values() {
+        if let Some(m) = &f.memfd {
+            if !memfds.contains_key(&(m.inode_id as u64)) {
+                return Err(invalid(
+                    names::FILES,
+                    format!("memfd file {} has no inode in memfd.img", f.id),
+                ));
+            }
+        }
+    }
     Ok(DumpImage {
         dir: dir.to_path_buf(),
         tasks,
         files,
         pipes_data,
         shmem,
+        memfds,
         remaps,
         ghosts,
     })

@@ -19,7 +19,7 @@ use crate::images::{magic, names, pb, vma_status::*, ImageKind, ImageWriter};
 use crate::mem::{self, PAGE_SIZE};
 use crate::pages::PageSource;
 use crate::ptrace::{self, Injector, PtraceError};
-use crate::{arch, files, proc};
+use crate::{anonfd, arch, files, proc};
 use load::TaskImage;
 pub use load::{DumpImage, LoadError};
 
@@ -248,6 +248,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     let mut pages_restored = 0;
     let mut vdso_syscall = HashMap::new();
+    let mut epolls_done = std::collections::HashSet::new();
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let pid = t.pid();
         ptrace::seize(pid, ptrace::PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)
@@ -269,6 +270,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &mut pages_restored,
             )?,
         );
+        restore_epoll_targets(&r, t, &img, &mut epolls_done)?;
         restore_task_state(&r, t)?;
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
@@ -486,6 +488,7 @@ impl Pool {
         });
         let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
         let mut ghost_files = GhostFiles::default();
+        let mut memfds: HashMap<u64, OwnedFd> = HashMap::new();
         let mut ids: Vec<u32> = Vec::new();
         // Files whose content the tasks run from: the exe and mapped files.
         let mut mapped: Vec<u32> = Vec::new();
@@ -525,6 +528,37 @@ impl Pool {
                 } else {
                     open_reg(id, reg)?
                 }
+            } else if let Some(e) = &f.efd {
+                anonfd::create_eventfd(e).map_err(anon_err(id))?
+            } else if let Some(e) = &f.tfd {
+                anonfd::create_timerfd(e).map_err(anon_err(id))?
+            } else if let Some(e) = &f.sgfd {
+                anonfd::create_signalfd(e).map_err(anon_err(id))?
+            } else if let Some(e) = &f.epfd {
+                anonfd::create_epoll(e).map_err(anon_err(id))?
+            } else if let Some(m) = &f.memfd {
+                let inode = m.inode_id as u64;
+                let fd = match memfds.get(&inode) {
+                    Some(first) => reopen(first, m.flags, id)?,
+                    None => {
+                        let (entry, pagemap, pages) = &img.memfds[&inode];
+                        let content =
+                            read_shmem_content(entry.size, pagemap, &img.dir.join(pages))?;
+                        let fd = anonfd::create_memfd(entry, &content).map_err(anon_err(id))?;
+                        let keep = dup_fd(fd.as_raw_fd())?;
+                        memfds.insert(inode, keep);
+                        if m.flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32 {
+                            fd
+                        } else {
+                            reopen(memfds.get(&inode).expect("just inserted"), m.flags, id)?
+                        }
+                    }
+                };
+                if m.pos != 0 {
+                    // SAFETY: lseek on our fd.
+                    unsafe { libc::lseek(fd.as_raw_fd(), m.pos as libc::off_t, libc::SEEK_SET) };
+                }
+                fd
             } else if let Some(pe) = &f.pipe {
                 let key = format!("pipe:[{}]", pe.pipe_id);
                 if let Some(i) = opts.inherit_fds.iter().find(|i| i.key == key) {
@@ -590,6 +624,57 @@ fn check_unchanged(id: u32, f: &pb::FileEntry, fd: &OwnedFd) -> Result<(), Resto
         });
     }
     Ok(())
+}
+
+fn anon_err(id: u32) -> impl FnOnce(anonfd::AnonFdError) -> RestoreError {
+    move |e| RestoreError::Task {
+        pid: 0,
+        what: format!("file id {id}: {e}"),
+    }
+}
+
+/// Another open file description of the same inode, with its own access mode and flags.
+fn reopen(first: &OwnedFd, flags: u32, id: u32) -> Result<OwnedFd, RestoreError> {
+    let path = format!("/proc/self/fd/{}", first.as_raw_fd());
+    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK;
+    let c = std::ffi::CString::new(path.clone()).expect("no NUL");
+    // SAFETY: open(2) of a NUL-terminated path; the result is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), (flags as libc::c_int & keep) | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(RestoreError::Open {
+            id,
+            path,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: fresh fd owned only here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The first `size` bytes of a shmem object from its pagemap (offsets as addresses).
+fn read_shmem_content(
+    size: u64,
+    entries: &[pb::PagemapEntry],
+    pages: &Path,
+) -> Result<Vec<u8>, RestoreError> {
+    let mut content = vec![0u8; size.div_ceil(PAGE_SIZE) as usize * PAGE_SIZE as usize];
+    let f = File::open(pages).map_err(setup_err(format!("open {}", pages.display())))?;
+    let mut off = 0u64;
+    for e in entries {
+        let len = load::nr_pages(e) * PAGE_SIZE;
+        let end = e.vaddr + len;
+        if end > content.len() as u64 {
+            return Err(RestoreError::Task {
+                pid: 0,
+                what: format!("{}: pages beyond the object", pages.display()),
+            });
+        }
+        f.read_exact_at(&mut content[e.vaddr as usize..end as usize], off)
+            .map_err(setup_err(format!("read {}", pages.display())))?;
+        off += len;
+    }
+    content.truncate(size as usize);
+    Ok(content)
 }
 
 fn dup_fd(fd: RawFd) -> Result<OwnedFd, RestoreError> {
@@ -1125,6 +1210,37 @@ fn mremap(r: &Remote, from: u64, len: u64, to: u64) -> Result<(), RestoreError> 
 }
 
 /// Process-wide state: signal handlers, timers, limits, prctl flags.
+/// Adds every epoll target from inside the task, where the target fd numbers are its own. An
+/// epoll shared by several tasks is filled once, by the first.
+fn restore_epoll_targets(
+    r: &Remote,
+    t: &TaskImage,
+    img: &DumpImage,
+    done: &mut std::collections::HashSet<u32>,
+) -> Result<(), RestoreError> {
+    for fd in &t.fds {
+        let Some(ep) = img.files.get(&fd.id).and_then(|f| f.epfd.as_ref()) else {
+            continue;
+        };
+        if !done.insert(fd.id) {
+            continue;
+        }
+        for tfd in &ep.tfd {
+            // struct epoll_event is packed on x86_64: u32 events, then u64 data.
+            let mut ev = [0u8; 12];
+            ev[..4].copy_from_slice(&tfd.events.to_ne_bytes());
+            ev[4..].copy_from_slice(&tfd.data.to_ne_bytes());
+            let a = r.put(0, &ev)?;
+            const EPOLL_CTL_ADD: u64 = 1;
+            r.call(
+                libc::SYS_epoll_ctl,
+                &[fd.fd as u64, EPOLL_CTL_ADD, tfd.tfd as u64, a],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), RestoreError> {
     let tc = t.tc();
     // Signals that reached the stub (SIGCHLD from a zombie child) are not the task's: drop them.

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -32,6 +33,8 @@ pub struct DumpOptions {
     pub shell_job: bool,
     /// Largest file deleted while open whose content is saved (`--ghost-limit`).
     pub ghost_limit: u64,
+    /// Dump established TCP connections through TCP_REPAIR (`--tcp-established`).
+    pub tcp_established: bool,
 }
 
 impl DumpOptions {
@@ -45,6 +48,7 @@ impl DumpOptions {
             leave_running: false,
             shell_job: false,
             ghost_limit: files::DEFAULT_GHOST_LIMIT,
+            tcp_established: false,
         }
     }
 }
@@ -125,6 +129,15 @@ pub enum DumpError {
     Files(#[from] files::FilesError),
     #[error(transparent)]
     Pages(#[from] crate::pages::PagesError),
+    #[error("cannot lock the network for the dumped TCP connections")]
+    NetLock(#[source] stasis_netns::nftlock::LockError),
+    #[error("pid {pid} fd {fd}")]
+    Socket {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: crate::inet::InetError,
+    },
 }
 
 fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> DumpError {
@@ -155,6 +168,11 @@ struct Tree {
     tasks: Vec<Task>,
     /// Address of a `syscall` instruction per pid (in its vdso).
     syscall_at: HashMap<u32, u64>,
+    /// Established TCP connections, locked while we dump them: released if the tree runs on,
+    /// closed silently (repair mode) once it is killed.
+    tcp_locks: Vec<crate::inet::TcpLock>,
+    /// The nftables table that keeps the peers of dumped connections away (see netns::nftlock).
+    nft_lock: Option<String>,
     done: bool,
 }
 
@@ -166,6 +184,8 @@ impl Tree {
         let mut tree = Tree {
             tasks: Vec::new(),
             syscall_at: HashMap::new(),
+            tcp_locks: Vec::new(),
+            nft_lock: None,
             done: false,
         };
         let mut queue = std::collections::VecDeque::from([root]);
@@ -290,6 +310,14 @@ impl Tree {
             return;
         }
         self.done = true;
+        for lock in self.tcp_locks.drain(..) {
+            lock.release();
+        }
+        if let Some(table) = self.nft_lock.take() {
+            if let Err(e) = stasis_netns::nftlock::unlock(&table) {
+                log::warn!("cannot remove network lock {table}: {e}");
+            }
+        }
         for task in &self.tasks {
             if let (Some((addr, len)), Some(&at)) = (task.scratch, self.syscall_at.get(&task.pid)) {
                 if let Some(t) = task.threads.first() {
@@ -336,6 +364,9 @@ impl Tree {
                 }
             }
         }
+        // Now that no task holds them, closing our copies of locked connections (still in
+        // repair mode) sends neither FIN nor RST.
+        self.tcp_locks.clear();
     }
 }
 
@@ -441,6 +472,8 @@ struct Images {
     files: files::FileTable,
     next_pages_id: u32,
     dumped_shmem: std::collections::HashSet<u64>,
+    /// Established TCP connections dumped, to lock until restore.
+    conns: Vec<stasis_netns::nftlock::Conn>,
 }
 
 fn dump_frozen(
@@ -453,6 +486,7 @@ fn dump_frozen(
         files: files::FileTable::new(opts.ghost_limit),
         next_pages_id: 1,
         dumped_shmem: Default::default(),
+        conns: Vec::new(),
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
     refuse_shared_kernel_objects(tree)?;
@@ -485,6 +519,14 @@ fn dump_frozen(
     }
     // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
     img.files.write(&img.dir)?;
+    let mut run_id = None;
+    if !img.conns.is_empty() {
+        let id = format!("{}-{}", opts.pid, uptime_us());
+        let table = format!("stasis-{id}");
+        stasis_netns::nftlock::lock(&table, &img.conns).map_err(DumpError::NetLock)?;
+        tree.nft_lock = Some(table);
+        run_id = Some(id);
+    }
     let mut w = ImageWriter::new(ImageKind::Normal, magic::PSTREE);
     for e in &pstree {
         w.push(e);
@@ -501,9 +543,9 @@ fn dump_frozen(
         dump_uptime: Some(uptime_us()),
         pre_dump_mode: None,
         tcp_close: None,
-        network_lock_method: None,
+        network_lock_method: run_id.as_ref().map(|_| NETWORK_LOCK_NFTABLES),
         plugins_entry: None,
-        dump_criu_run_id: None,
+        dump_criu_run_id: run_id,
         allow_uprobes: None,
     };
     let mut w = ImageWriter::new(ImageKind::Inventory, magic::INVENTORY);
@@ -571,6 +613,9 @@ fn dump_zombie(task: &Task, dir: &Path) -> Result<(), DumpError> {
     w.push(&core);
     write_file(&dir.join(names::core(task.pid)), &w.into_bytes())
 }
+
+/// CRIU's `network_lock_method` value for nftables (the table is `stasis-<dump_criu_run_id>`).
+pub const NETWORK_LOCK_NFTABLES: u32 = 2;
 
 fn uptime_us() -> u64 {
     std::fs::read_to_string("/proc/uptime")
@@ -883,7 +928,8 @@ fn dump_task(
     };
 
     // Files and fs.
-    let fds = dump_fds(pid, opts, img, stats)?;
+    let (fds, locks) = dump_fds(pid, opts, img, stats)?;
+    tree.tcp_locks.extend(locks);
     let cwd = img
         .files
         .add_path(&proc::readlink(pid, "cwd")?, libc::O_DIRECTORY as u32)?;
@@ -1001,8 +1047,10 @@ fn dump_fds(
     opts: &DumpOptions,
     img: &mut Images,
     stats: &mut DumpStats,
-) -> Result<Vec<pb::FdinfoEntry>, DumpError> {
+) -> Result<(Vec<pb::FdinfoEntry>, Vec<crate::inet::TcpLock>), DumpError> {
     let mut out = Vec::new();
+    let mut locks = Vec::new();
+    let mut pidfd = None;
     for fd in proc::fds(pid)? {
         let link = proc::readlink(pid, &format!("fd/{fd}"))?;
         let info = proc::fdinfo(pid, fd)?;
@@ -1040,6 +1088,71 @@ fn dump_fds(
                 pb::FdTypes::Eventpoll,
                 img.files.add_anon(pid, fd, &kind, &info)?,
             ),
+            files::FdKind::Socket(ino) => {
+                if img.files.known(pid, fd) {
+                    let (id, _) = img
+                        .files
+                        .add_inet(pid, fd, |_| unreachable!("known socket"))?;
+                    (pb::FdTypes::Inetsk, id)
+                } else {
+                    if pidfd.is_none() {
+                        pidfd = Some(crate::inet::pidfd_open(pid).map_err(|source| {
+                            DumpError::Socket {
+                                pid,
+                                fd,
+                                source: crate::inet::InetError::Sys {
+                                    what: "pidfd_open".into(),
+                                    source,
+                                },
+                            }
+                        })?);
+                    }
+                    let pfd = pidfd.as_ref().expect("opened above").as_raw_fd();
+                    let sock_err = |source| DumpError::Socket { pid, fd, source };
+                    let sock = crate::inet::pidfd_getfd(pfd, fd).map_err(|source| {
+                        sock_err(crate::inet::InetError::Sys {
+                            what: "pidfd_getfd".into(),
+                            source,
+                        })
+                    })?;
+                    if !crate::inet::is_inet(sock.as_raw_fd()) {
+                        return Err(DumpError::UnsupportedFd {
+                            pid,
+                            fd,
+                            what: format!(
+                                "{} socket (socket:[{ino}])",
+                                socket_family(sock.as_raw_fd())
+                            ),
+                        });
+                    }
+                    let flags = info.flags & !(libc::O_CLOEXEC as u32);
+                    let dumped = crate::inet::dump(sock, 0, ino, flags, opts.tcp_established)
+                        .map_err(sock_err)?;
+                    let dumped_ports = (dumped.entry.src_port as u16, dumped.entry.dst_port as u16);
+                    let mut entry = Some(dumped.entry);
+                    let (id, _) = img.files.add_inet(pid, fd, |id| {
+                        let mut e = entry.take().expect("called once");
+                        e.id = id;
+                        Ok(e)
+                    })?;
+                    if let Some((stream, inq, outq, lock)) = dumped.stream {
+                        img.conns.push(stasis_netns::nftlock::Conn {
+                            local_port: dumped_ports.0,
+                            remote_port: dumped_ports.1,
+                        });
+                        locks.push(lock);
+                        let mut w = ImageWriter::new(ImageKind::Normal, magic::TCP_STREAM);
+                        w.push(&stream);
+                        w.push_raw(&inq);
+                        w.push_raw(&outq);
+                        write_file(
+                            &img.dir.join(names::tcp_stream(ino as u32)),
+                            &w.into_bytes(),
+                        )?;
+                    }
+                    (pb::FdTypes::Inetsk, id)
+                }
+            }
             files::FdKind::Memfd => {
                 let open = format!("/proc/{pid}/fd/{fd}");
                 let flags = info.flags & !(libc::O_CLOEXEC as u32);
@@ -1066,7 +1179,28 @@ fn dump_fds(
             xattr_security_selinux: None,
         });
     }
-    Ok(out)
+    Ok((out, locks))
+}
+
+fn socket_family(fd: i32) -> &'static str {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(SO_DOMAIN) into our int.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    match v {
+        libc::AF_UNIX => "unix",
+        libc::AF_NETLINK => "netlink",
+        libc::AF_PACKET => "packet",
+        _ => "other",
+    }
 }
 
 fn madv_bits(m: &Mapping) -> u64 {

@@ -67,6 +67,7 @@ pub enum FdKind {
     SignalFd,
     EventPoll,
     Memfd,
+    Socket(u64),
     Unsupported(String),
 }
 
@@ -81,8 +82,10 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         let ino = rest.trim_end_matches(']').parse().unwrap_or(0);
         return Ok(FdKind::Pipe(ino));
     }
-    if link.starts_with("socket:[") {
-        return Ok(FdKind::Unsupported(format!("socket ({link})")));
+    if let Some(rest) = link.strip_prefix("socket:[") {
+        return Ok(FdKind::Socket(
+            rest.trim_end_matches(']').parse().unwrap_or(0),
+        ));
     }
     if let Some(what) = link.strip_prefix("anon_inode:") {
         return Ok(match what {
@@ -329,6 +332,37 @@ impl FileTable {
         self.seen.push((pid, fd, md.dev(), md.ino(), id));
         self.entries.push(e);
         Ok(id)
+    }
+
+    /// An inet socket (its entry already read), shared by kcmp like any open file.
+    pub fn add_inet(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        make: impl FnOnce(u32) -> Result<pb::InetSkEntry, FilesError>,
+    ) -> Result<(u32, bool), FilesError> {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+            return Ok((id, false));
+        }
+        let id = self.next_id();
+        let entry = make(id)?;
+        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Inetsk as i32,
+            id,
+            isk: Some(entry),
+            ..Default::default()
+        });
+        Ok((id, true))
+    }
+
+    /// True if `fd` of `pid` shares its open file description with one already recorded.
+    pub fn known(&self, pid: u32, fd: i32) -> bool {
+        std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map(|md| self.shared_with(pid, fd, md.dev(), md.ino()).is_some())
+            .unwrap_or(false)
     }
 
     /// A memfd, through `open` (a /proc path to it) as the task sees it at `link`. Returns the

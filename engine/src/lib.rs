@@ -11,6 +11,7 @@ pub mod arch;
 pub mod dump;
 pub mod files;
 pub mod images;
+pub mod inet;
 pub mod mem;
 pub mod pages;
 pub mod proc;

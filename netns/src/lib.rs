@@ -1,3 +1,4 @@
-//! Network namespaces for stasis: veth pairs, addresses and routes over rtnetlink.
-//!
-//! Not implemented yet: the engine core comes first (see docs/ARCHITECTURE.md).
+//! Network namespaces and network state for stasis. Today: the TCP network lock, as nftables
+//! rules set over netlink (no `nft` or `iptables` binary is run).
+
+pub mod nftlock;

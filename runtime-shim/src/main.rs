@@ -59,6 +59,12 @@ struct CommonArgs {
     /// Accepted for compatibility; stasis needs no file-lock handling yet.
     #[arg(short = 'l', long = "file-locks")]
     file_locks: bool,
+    /// Checkpoint/restore established TCP connections (TCP_REPAIR).
+    #[arg(long = "tcp-established")]
+    tcp_established: bool,
+    /// Accepted for compatibility (unix sockets with a peer outside the tree).
+    #[arg(long = "ext-unix-sk")]
+    ext_unix_sk: bool,
 }
 
 #[derive(Args)]
@@ -87,6 +93,9 @@ struct RestoreArgs {
     /// Use our fd N for the file the images call KEY: fd[N]:KEY.
     #[arg(long = "inherit-fd")]
     inherit_fd: Vec<InheritFd>,
+    /// Restore established TCP connections as closed sockets.
+    #[arg(long = "tcp-close")]
+    tcp_close: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -184,6 +193,7 @@ fn run_dump(a: DumpArgs) -> Result<ExitCode> {
     opts.work_dir = a.common.work_dir.clone();
     opts.leave_running = a.leave_running > 0;
     opts.shell_job = a.common.shell_job;
+    opts.tcp_established = a.common.tcp_established;
     if let Some(limit) = a.ghost_limit {
         opts.ghost_limit = limit;
     }
@@ -205,6 +215,8 @@ fn run_restore(a: RestoreArgs) -> Result<ExitCode> {
         work_dir: a.common.work_dir.clone(),
         shell_job: a.common.shell_job,
         inherit_fds: a.inherit_fd.clone(),
+        tcp_established: a.common.tcp_established,
+        tcp_close: a.tcp_close,
     };
     let r = restore::restore(&opts)
         .with_context(|| format!("restore from {} failed", a.common.images_dir.display()))?;

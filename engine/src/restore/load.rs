@@ -70,6 +70,10 @@ pub struct DumpImage {
     pub shmem: HashMap<u64, (Vec<pb::PagemapEntry>, String)>,
     /// memfd inode id → (inode, its pages as a shmem pagemap, pages file)
     pub memfds: HashMap<u64, (pb::MemfdInodeEntry, Vec<pb::PagemapEntry>, String)>,
+    /// socket inode → established TCP connection state, receive queue, send queue
+    pub tcp_streams: HashMap<u32, (pb::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
+    /// The nftables table that locks the dumped connections, to remove once they are back.
+    pub net_lock: Option<String>,
     /// file id → ghost id, for files that were deleted while open.
     pub remaps: HashMap<u32, u32>,
     /// ghost id → (attributes, content)
@@ -354,6 +358,20 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             remaps.insert(e.orig_id, e.remap_id);
         }
     }
+    let mut tcp_streams = HashMap::new();
+    for f in files.values() {
+        let Some(isk) = &f.isk else { continue };
+        if isk.proto != libc::IPPROTO_TCP as u32 || isk.state != 1 {
+            continue;
+        }
+        let file = names::tcp_stream(isk.ino);
+        let bytes = read(dir, &file)?;
+        let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::TCP_STREAM)?;
+        let e: pb::TcpStreamEntry = r.next_required()?;
+        let inq = r.raw(e.inq_len as u64)?.to_vec();
+        let outq = r.raw(e.outq_len as u64)?.to_vec();
+        tcp_streams.insert(isk.ino, (e, inq, outq));
+    }
     let mut memfds = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::MEMFD_INODE)? {
         let mut r = ImageReader::new(
@@ -384,6 +402,11 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         pipes_data,
         shmem,
         memfds,
+        tcp_streams,
+        net_lock: inv
+            .dump_criu_run_id
+            .filter(|_| inv.network_lock_method == Some(crate::dump::NETWORK_LOCK_NFTABLES))
+            .map(|id| format!("stasis-{id}")),
         remaps,
         ghosts,
     })

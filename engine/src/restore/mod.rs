@@ -19,7 +19,7 @@ use crate::images::{magic, names, pb, vma_status::*, ImageKind, ImageWriter};
 use crate::mem::{self, PAGE_SIZE};
 use crate::pages::PageSource;
 use crate::ptrace::{self, Injector, PtraceError};
-use crate::{anonfd, arch, files, proc};
+use crate::{anonfd, arch, files, inet, proc};
 use load::TaskImage;
 pub use load::{DumpImage, LoadError};
 
@@ -56,6 +56,10 @@ pub struct RestoreOptions {
     /// Give terminals of the dumped tree the restorer's terminal (`-j`).
     pub shell_job: bool,
     pub inherit_fds: Vec<InheritFd>,
+    /// Restore established TCP connections (`--tcp-established`).
+    pub tcp_established: bool,
+    /// Restore established TCP connections as closed sockets (`--tcp-close`).
+    pub tcp_close: bool,
 }
 
 /// A restored tree: its tasks run.
@@ -113,6 +117,12 @@ pub enum RestoreError {
         path: String,
         was: u64,
         now: u64,
+    },
+    #[error("socket (file id {id})")]
+    Socket {
+        id: u32,
+        #[source]
+        source: inet::InetError,
     },
     #[error("timed out waiting for the forked tasks to get ready")]
     Timeout,
@@ -297,6 +307,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .map_err(ptr_err(t.pid()))?;
         for (th, (tid, _)) in t.threads.iter().zip(&threads) {
             set_final_regs(*tid, th)?;
+        }
+    }
+    // The connections exist again: let their peers' packets through (network-unlock).
+    if let Some(table) = &img.net_lock {
+        if let Err(e) = stasis_netns::nftlock::unlock(table) {
+            log::warn!("cannot remove network lock {table}: {e}");
         }
     }
     // Everything is in place: let all tasks go together.
@@ -528,6 +544,29 @@ impl Pool {
                 } else {
                     open_reg(id, reg)?
                 }
+            } else if let Some(e) = &f.isk {
+                let stream = img.tcp_streams.get(&e.ino);
+                if stream.is_some() && !opts.tcp_established && !opts.tcp_close {
+                    return Err(RestoreError::Task {
+                        pid: img.tasks[0].pid(),
+                        what: "the images hold established TCP connections: restore with --tcp-established (or --tcp-close)".into(),
+                    });
+                }
+                if stream.is_some() && opts.tcp_close {
+                    // --tcp-close: the connection is gone; the task gets a closed socket.
+                    let closed = pb::InetSkEntry {
+                        state: 7,
+                        src_port: 0,
+                        dst_port: 0,
+                        src_addr: Vec::new(),
+                        dst_addr: Vec::new(),
+                        ..e.clone()
+                    };
+                    inet::restore(&closed, None).map_err(inet_err(id))?
+                } else {
+                    let s = stream.map(|(s, i, o)| (s, i.as_slice(), o.as_slice()));
+                    inet::restore(e, s).map_err(inet_err(id))?
+                }
             } else if let Some(e) = &f.efd {
                 anonfd::create_eventfd(e).map_err(anon_err(id))?
             } else if let Some(e) = &f.tfd {
@@ -624,6 +663,10 @@ fn check_unchanged(id: u32, f: &pb::FileEntry, fd: &OwnedFd) -> Result<(), Resto
         });
     }
     Ok(())
+}
+
+fn inet_err(id: u32) -> impl FnOnce(inet::InetError) -> RestoreError {
+    move |e| RestoreError::Socket { id, source: e }
 }
 
 fn anon_err(id: u32) -> impl FnOnce(anonfd::AnonFdError) -> RestoreError {

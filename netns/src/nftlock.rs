@@ -1,0 +1,337 @@
+//! The network lock for dumped TCP connections: an nftables table that drops the peer's packets
+//! to each connection while its socket does not exist (between the kill after a dump and the
+//! restore). Without it the peer's retransmissions reach a closed port, the kernel answers with
+//! RST and the connection is lost. Built as raw nf_tables netlink messages in one batch.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Setting or removing the lock failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("nftables netlink {what} failed")]
+    Netlink {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One TCP connection to lock, ports in host order (local = the dumped socket's side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+const NETLINK_NETFILTER: i32 = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFPROTO_INET: u8 = 1;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLMSG_ERROR: u16 = 2;
+const NF_INET_LOCAL_IN: u32 = 1;
+const NF_DROP: u32 = 0;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFT_REG_1: u32 = 1;
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_CMP_EQ: u32 = 0;
+
+/// A growing netlink message (pure encoding, unit-tested without privileges).
+#[derive(Default)]
+struct Msg {
+    buf: Vec<u8>,
+    nests: Vec<usize>,
+}
+
+impl Msg {
+    fn new(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
+        let mut m = Msg::default();
+        m.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, fixed in finish
+        m.buf.extend_from_slice(&ty.to_ne_bytes());
+        m.buf.extend_from_slice(&flags.to_ne_bytes());
+        m.buf.extend_from_slice(&seq.to_ne_bytes());
+        m.buf.extend_from_slice(&0u32.to_ne_bytes());
+        m.buf.push(family);
+        m.buf.push(0); // NFNETLINK_V0
+        m.buf.extend_from_slice(&res_id.to_be_bytes());
+        m
+    }
+    fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Self {
+        let len = 4 + data.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+        self
+    }
+    fn str(&mut self, ty: u16, s: &str) -> &mut Self {
+        let mut d = s.as_bytes().to_vec();
+        d.push(0);
+        self.attr(ty, &d)
+    }
+    fn u32be(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.attr(ty, &v.to_be_bytes())
+    }
+    fn begin(&mut self, ty: u16) -> &mut Self {
+        self.nests.push(self.buf.len());
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self
+    }
+    fn end(&mut self) -> &mut Self {
+        let at = self.nests.pop().expect("balanced nests");
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+        self
+    }
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+fn nft(msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg
+}
+
+/// One expression of a rule: its name and its (nested) data, built by `data`.
+fn expr(m: &mut Msg, name: &str, data: impl FnOnce(&mut Msg)) {
+    m.begin(1); // NFTA_LIST_ELEM
+    m.str(1, name); // NFTA_EXPR_NAME
+    m.begin(2); // NFTA_EXPR_DATA
+    data(m);
+    m.end();
+    m.end();
+}
+
+fn cmp_eq(m: &mut Msg, value: &[u8]) {
+    expr(m, "cmp", |m| {
+        m.u32be(1, NFT_REG_1); // NFTA_CMP_SREG
+        m.u32be(2, NFT_CMP_EQ); // NFTA_CMP_OP
+        m.begin(3); // NFTA_CMP_DATA
+        m.attr(1, value); // NFTA_DATA_VALUE
+        m.end();
+    });
+}
+
+/// The batch that creates table `table` (family inet) with an input chain dropping the peer's
+/// packets of every connection in `conns`.
+fn lock_batch(table: &str, conns: &[Conn]) -> Vec<u8> {
+    let mut seq = 1;
+    let mut out = Msg::new(
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    )
+    .finish();
+    seq += 1;
+    let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
+    let mut m = Msg::new(nft(NFT_MSG_NEWTABLE), flags, seq, NFPROTO_INET, 0);
+    m.str(1, table); // NFTA_TABLE_NAME
+    out.extend(m.finish());
+    seq += 1;
+    let mut m = Msg::new(nft(NFT_MSG_NEWCHAIN), flags, seq, NFPROTO_INET, 0);
+    m.str(1, table).str(3, "input"); // NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME
+    m.begin(4); // NFTA_CHAIN_HOOK
+    m.u32be(1, NF_INET_LOCAL_IN); // NFTA_HOOK_HOOKNUM
+    m.u32be(2, (-300i32) as u32); // NFTA_HOOK_PRIORITY: before conntrack and filter
+    m.end();
+    m.str(7, "filter"); // NFTA_CHAIN_TYPE
+    out.extend(m.finish());
+    for c in conns {
+        seq += 1;
+        let mut m = Msg::new(nft(NFT_MSG_NEWRULE), flags, seq, NFPROTO_INET, 0);
+        m.str(1, table).str(2, "input"); // NFTA_RULE_TABLE, NFTA_RULE_CHAIN
+        m.begin(4); // NFTA_RULE_EXPRESSIONS
+        expr(&mut m, "meta", |m| {
+            m.u32be(2, NFT_META_L4PROTO); // NFTA_META_KEY
+            m.u32be(1, NFT_REG_1); // NFTA_META_DREG
+        });
+        cmp_eq(&mut m, &[libc::IPPROTO_TCP as u8]);
+        // Source port (the peer's), then destination port (ours): 4 bytes at offset 0.
+        expr(&mut m, "payload", |m| {
+            m.u32be(1, NFT_REG_1); // NFTA_PAYLOAD_DREG
+            m.u32be(2, NFT_PAYLOAD_TRANSPORT_HEADER); // NFTA_PAYLOAD_BASE
+            m.u32be(3, 0); // NFTA_PAYLOAD_OFFSET
+            m.u32be(4, 4); // NFTA_PAYLOAD_LEN
+        });
+        let mut ports = c.remote_port.to_be_bytes().to_vec();
+        ports.extend_from_slice(&c.local_port.to_be_bytes());
+        cmp_eq(&mut m, &ports);
+        expr(&mut m, "immediate", |m| {
+            m.u32be(1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
+            m.begin(2); // NFTA_IMMEDIATE_DATA
+            m.begin(2); // NFTA_DATA_VERDICT
+            m.u32be(1, NF_DROP); // NFTA_VERDICT_CODE
+            m.end();
+            m.end();
+        });
+        m.end();
+        out.extend(m.finish());
+    }
+    seq += 1;
+    out.extend(
+        Msg::new(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .finish(),
+    );
+    out
+}
+
+fn unlock_batch(table: &str) -> Vec<u8> {
+    let mut out = Msg::new(
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        1,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    )
+    .finish();
+    let mut m = Msg::new(
+        nft(NFT_MSG_DELTABLE),
+        NLM_F_REQUEST | NLM_F_ACK,
+        2,
+        NFPROTO_INET,
+        0,
+    );
+    m.str(1, table);
+    out.extend(m.finish());
+    out.extend(
+        Msg::new(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            3,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .finish(),
+    );
+    out
+}
+
+/// Sends a batch and reads one ack per acked message; the first error wins.
+fn send(batch: &[u8], acks: usize, what: &'static str) -> Result<(), LockError> {
+    let err = |source| LockError::Netlink { what, source };
+    // SAFETY: socket(2) with integers; owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_nl is plain data; the kernel address is all zeros.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: sendto with our buffer and a sockaddr_nl.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            batch.as_ptr().cast(),
+            batch.len(),
+            0,
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    let mut seen = 0;
+    let mut buf = vec![0u8; 65536];
+    while seen < acks {
+        // SAFETY: recv into our buffer.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        let mut off = 0usize;
+        while off + 16 <= n as usize {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
+            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2"));
+            if len < 16 {
+                break;
+            }
+            if ty == NLMSG_ERROR && off + 20 <= n as usize {
+                let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
+                if code != 0 {
+                    return Err(err(io::Error::from_raw_os_error(-code)));
+                }
+                seen += 1;
+            }
+            off += (len + 3) & !3;
+        }
+    }
+    Ok(())
+}
+
+/// Locks `conns` under table `table` (created; it must not exist yet).
+pub fn lock(table: &str, conns: &[Conn]) -> Result<(), LockError> {
+    send(&lock_batch(table, conns), 2 + conns.len(), "lock")
+}
+
+/// Removes the lock table `table`.
+pub fn unlock(table: &str) -> Result<(), LockError> {
+    send(&unlock_batch(table), 1, "unlock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_well_formed() {
+        let b = lock_batch(
+            "t",
+            &[Conn {
+                local_port: 80,
+                remote_port: 5555,
+            }],
+        );
+        // Walk the messages: lengths add up, every one is 4-aligned, begin and end frame it.
+        let mut off = 0;
+        let mut types = Vec::new();
+        while off < b.len() {
+            let len = u32::from_ne_bytes(b[off..off + 4].try_into().unwrap()) as usize;
+            assert!(len >= 20 && len.is_multiple_of(4), "message length {len}");
+            types.push(u16::from_ne_bytes(b[off + 4..off + 6].try_into().unwrap()));
+            off += len;
+        }
+        assert_eq!(off, b.len());
+        assert_eq!(types, vec![0x10, 0x0a00, 0x0a03, 0x0a06, 0x11]);
+        // The rule carries the ports, peer's first, in network order.
+        let needle = [0x15, 0xb3, 0x00, 0x50];
+        assert!(b.windows(4).any(|w| w == needle));
+        let u = unlock_batch("t");
+        assert_eq!(
+            u16::from_ne_bytes(u[20 + 4..20 + 6].try_into().unwrap()),
+            0x0a02
+        );
+    }
+}

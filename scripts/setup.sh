@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what stasis needs on a fresh Debian 12 machine (as root): a C compiler for the test
-# workloads, python3 for the interpreter test, and Debian's criu package for `crit`, which the
-# tests use to decode our images. The Rust toolchain itself comes from rustup.
+# workloads, python3 for the interpreter test, Debian's criu package for `crit` (the tests
+# decode our images with it), and redis-server and nginx, real servers the socket tests
+# checkpoint. The Rust toolchain itself comes from rustup.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -9,9 +10,15 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v python3 >/dev/null || need+=(python3)
 command -v crit >/dev/null || need+=(criu)
 command -v mount >/dev/null || need+=(mount)
+# Real servers for the socket tests (started by the tests themselves on loopback ports).
+command -v redis-server >/dev/null || need+=(redis-server)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts the packaged services on install; the tests run their own instances.
+  service redis-server stop >/dev/null 2>&1 || true
+  service nginx stop >/dev/null 2>&1 || true
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2

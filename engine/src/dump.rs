@@ -35,6 +35,8 @@ pub struct DumpOptions {
     pub ghost_limit: u64,
     /// Dump established TCP connections through TCP_REPAIR (`--tcp-established`).
     pub tcp_established: bool,
+    /// Allow unix datagram sockets connected to a named peer outside the tree (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
 }
 
 impl DumpOptions {
@@ -49,6 +51,7 @@ impl DumpOptions {
             shell_job: false,
             ghost_limit: files::DEFAULT_GHOST_LIMIT,
             tcp_established: false,
+            ext_unix_sk: false,
         }
     }
 }
@@ -129,6 +132,13 @@ pub enum DumpError {
     Files(#[from] files::FilesError),
     #[error(transparent)]
     Pages(#[from] crate::pages::PagesError),
+    #[error("pid {pid} fd {fd}")]
+    Unix {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: crate::unix::UnixError,
+    },
     #[error("cannot lock the network for the dumped TCP connections")]
     NetLock(#[source] stasis_netns::nftlock::LockError),
     #[error("pid {pid} fd {fd}")]
@@ -474,6 +484,8 @@ struct Images {
     dumped_shmem: std::collections::HashSet<u64>,
     /// Established TCP connections dumped, to lock until restore.
     conns: Vec<stasis_netns::nftlock::Conn>,
+    /// Inodes of every socket open in the tree: a unix peer among them is inside.
+    tree_sockets: std::collections::HashSet<u32>,
 }
 
 fn dump_frozen(
@@ -487,6 +499,7 @@ fn dump_frozen(
         next_pages_id: 1,
         dumped_shmem: Default::default(),
         conns: Vec::new(),
+        tree_sockets: tree_socket_inodes(tree),
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
     refuse_shared_kernel_objects(tree)?;
@@ -553,6 +566,23 @@ fn dump_frozen(
     // inventory.img last: its presence marks a complete image set (podman checks for it).
     write_file(&img.dir.join(names::INVENTORY), &w.into_bytes())?;
     Ok(())
+}
+
+fn tree_socket_inodes(tree: &Tree) -> std::collections::HashSet<u32> {
+    let mut set = std::collections::HashSet::new();
+    for t in tree.tasks.iter().filter(|t| !t.zombie) {
+        for fd in proc::fds(t.pid).unwrap_or_default() {
+            if let Ok(l) = proc::readlink(t.pid, &format!("fd/{fd}")) {
+                if let Some(ino) = l
+                    .strip_prefix("socket:[")
+                    .and_then(|r| r.trim_end_matches(']').parse().ok())
+                {
+                    set.insert(ino);
+                }
+            }
+        }
+    }
+    set
 }
 
 /// Processes (not threads) that share an mm, fd table, fs struct or signal handlers
@@ -1115,6 +1145,32 @@ fn dump_fds(
                             source,
                         })
                     })?;
+                    if socket_family(sock.as_raw_fd()) == "unix" {
+                        let in_flight = info
+                            .extra
+                            .get("scm_fds")
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+                        let cwd = proc::readlink(pid, "cwd").unwrap_or_default();
+                        let cx = crate::unix::Context {
+                            cwd: &cwd,
+                            in_flight,
+                            ext_unix_sk: opts.ext_unix_sk,
+                            tree_sockets: &img.tree_sockets,
+                        };
+                        let dumped = crate::unix::dump(&sock, ino as u32, flags, &cx)
+                            .map_err(|source| DumpError::Unix { pid, fd, source })?;
+                        let id = img.files.add_unix(pid, fd, dumped)?;
+                        out.push(pb::FdinfoEntry {
+                            id,
+                            flags: (info.flags & libc::O_CLOEXEC as u32 != 0) as u32,
+                            r#type: pb::FdTypes::Unixsk as i32,
+                            fd: fd as u32,
+                            xattr_security_selinux: None,
+                        });
+                        continue;
+                    }
                     if !crate::inet::is_inet(sock.as_raw_fd()) {
                         return Err(DumpError::UnsupportedFd {
                             pid,

@@ -208,6 +208,8 @@ pub struct FileTable {
     /// (file id, ghost id): the file is a deleted one, recreated from the ghost.
     remaps: Vec<(u32, u32)>,
     by_inode: HashMap<(u64, u64, u32), u32>,
+    /// Messages queued on unix sockets: (socket file id, bytes).
+    sk_queues: Vec<(u32, Vec<u8>)>,
     /// memfd inodes: (dev, ino) → entry.
     memfd_inodes: Vec<((u64, u64), pb::MemfdInodeEntry)>,
     entries: Vec<pb::FileEntry>,
@@ -225,6 +227,7 @@ impl FileTable {
             remaps: Vec::new(),
             by_inode: HashMap::new(),
             memfd_inodes: Vec::new(),
+            sk_queues: Vec::new(),
             entries: Vec::new(),
             seen: Vec::new(),
             by_path: HashMap::new(),
@@ -356,6 +359,58 @@ impl FileTable {
             ..Default::default()
         });
         Ok((id, true))
+    }
+
+    /// A unix socket (its state already read), shared by kcmp like any open file. Its queued
+    /// messages go to sk-queues.img; an external peer gets an entry of its own, as in CRIU.
+    pub fn add_unix(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        dumped: crate::unix::Dumped,
+    ) -> Result<u32, FilesError> {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+            return Ok(id);
+        }
+        let id = self.next_id();
+        let mut entry = dumped.entry;
+        entry.id = id;
+        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        for m in dumped.queued {
+            self.sk_queues.push((id, m));
+        }
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Unixsk as i32,
+            id,
+            usk: Some(entry.clone()),
+            ..Default::default()
+        });
+        if let Some(peer) = dumped.external_peer {
+            if !self
+                .entries
+                .iter()
+                .any(|e| e.usk.as_ref().is_some_and(|u| u.ino == peer.ino))
+            {
+                let pid_ = self.next_id();
+                self.entries.push(pb::FileEntry {
+                    r#type: pb::FdTypes::Unixsk as i32,
+                    id: pid_,
+                    usk: Some(pb::UnixSkEntry {
+                        id: pid_,
+                        ino: peer.ino,
+                        r#type: peer.ty as u32,
+                        state: peer.state as u32,
+                        name: peer.name,
+                        peer: 0,
+                        ..entry
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(id)
     }
 
     /// True if `fd` of `pid` shares its open file description with one already recorded.
@@ -635,6 +690,16 @@ impl FileTable {
             });
         }
         write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::SK_QUEUES);
+        for (id, data) in &self.sk_queues {
+            w.push(&pb::SkPacketEntry {
+                id_for: *id,
+                length: data.len() as u32,
+                scm: Vec::new(),
+            });
+            w.push_raw(data);
+        }
+        write(&dir.join(names::SK_QUEUES), &w.into_bytes())?;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::MEMFD_INODE);
         for (_, m) in &self.memfd_inodes {
             w.push(m);

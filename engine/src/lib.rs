@@ -17,3 +17,4 @@ pub mod pages;
 pub mod proc;
 pub mod ptrace;
 pub mod restore;
+pub mod unix;

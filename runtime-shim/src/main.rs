@@ -194,6 +194,7 @@ fn run_dump(a: DumpArgs) -> Result<ExitCode> {
     opts.leave_running = a.leave_running > 0;
     opts.shell_job = a.common.shell_job;
     opts.tcp_established = a.common.tcp_established;
+    opts.ext_unix_sk = a.common.ext_unix_sk;
     if let Some(limit) = a.ghost_limit {
         opts.ghost_limit = limit;
     }

@@ -393,12 +393,23 @@ pub fn tree_ids(root: u32) -> Vec<(u32, u32, u32, u32)> {
 /// Dumps `w` (killing it), checks every task is gone, restores detached and returns the pids.
 /// Every task must come back looking the same from outside (see [`fingerprint`]).
 pub fn dump_kill_restore(w: &Workload) -> Vec<u32> {
+    dump_kill_restore_with(w, &[], &[])
+}
+
+/// [`dump_kill_restore`] with extra flags for the dump and for the restore.
+pub fn dump_kill_restore_with(
+    w: &Workload,
+    dump_flags: &[&str],
+    restore_flags: &[&str],
+) -> Vec<u32> {
     let before = session_pids(w.pid);
     let prints: Vec<(u32, Vec<String>)> = before.iter().map(|&p| (p, fingerprint(p))).collect();
     let img = w.images();
     let img_s = img.to_str().expect("utf8");
     let pid = w.pid.to_string();
-    let out = stasis(&["dump", "-t", &pid, "-D", img_s, "-o", "dump.log", "-v4"]);
+    let mut args = vec!["dump", "-t", &pid, "-D", img_s, "-o", "dump.log", "-v4"];
+    args.extend_from_slice(dump_flags);
+    let out = stasis(&args);
     check_ok("dump", &out);
     reap(w.pid);
     for &p in &before {
@@ -411,7 +422,7 @@ pub fn dump_kill_restore(w: &Workload) -> Vec<u32> {
         assert!(!alive(p), "task {p} still alive after dump");
     }
     let pidfile = w.dir.join("restored.pid");
-    let out = stasis(&[
+    let mut args = vec![
         "restore",
         "-D",
         img_s,
@@ -421,7 +432,9 @@ pub fn dump_kill_restore(w: &Workload) -> Vec<u32> {
         "-v4",
         "--pidfile",
         pidfile.to_str().expect("utf8"),
-    ]);
+    ];
+    args.extend_from_slice(restore_flags);
+    let out = stasis(&args);
     check_ok("restore", &out);
     let root: u32 = std::fs::read_to_string(&pidfile)
         .expect("pidfile")

@@ -72,6 +72,8 @@ pub struct DumpImage {
     pub memfds: HashMap<u64, (pb::MemfdInodeEntry, Vec<pb::PagemapEntry>, String)>,
     /// socket inode → established TCP connection state, receive queue, send queue
     pub tcp_streams: HashMap<u32, (pb::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
+    /// unix socket file id → messages queued for it to read
+    pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
     /// The nftables table that locks the dumped connections, to remove once they are back.
     pub net_lock: Option<String>,
     /// file id → ghost id, for files that were deleted while open.
@@ -372,6 +374,19 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         let outq = r.raw(e.outq_len as u64)?.to_vec();
         tcp_streams.insert(isk.ino, (e, inq, outq));
     }
+    let mut sk_queues: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    if let Some(bytes) = read_optional(dir, names::SK_QUEUES)? {
+        let mut r = ImageReader::new(
+            names::SK_QUEUES,
+            &bytes,
+            ImageKind::Normal,
+            magic::SK_QUEUES,
+        )?;
+        while let Some(e) = r.next::<pb::SkPacketEntry>()? {
+            let data = r.raw(e.length as u64)?.to_vec();
+            sk_queues.entry(e.id_for).or_default().push(data);
+        }
+    }
     let mut memfds = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::MEMFD_INODE)? {
         let mut r = ImageReader::new(
@@ -403,6 +418,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         shmem,
         memfds,
         tcp_streams,
+        sk_queues,
         net_lock: inv
             .dump_criu_run_id
             .filter(|_| inv.network_lock_method == Some(crate::dump::NETWORK_LOCK_NFTABLES))

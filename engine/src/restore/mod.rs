@@ -19,7 +19,7 @@ use crate::images::{magic, names, pb, vma_status::*, ImageKind, ImageWriter};
 use crate::mem::{self, PAGE_SIZE};
 use crate::pages::PageSource;
 use crate::ptrace::{self, Injector, PtraceError};
-use crate::{anonfd, arch, files, inet, proc};
+use crate::{anonfd, arch, files, inet, proc, unix};
 use load::TaskImage;
 pub use load::{DumpImage, LoadError};
 
@@ -505,6 +505,8 @@ impl Pool {
         let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
         let mut ghost_files = GhostFiles::default();
         let mut memfds: HashMap<u64, OwnedFd> = HashMap::new();
+        // The second end of a unix pair, made with the first, waiting for its turn.
+        let mut unix_pending: HashMap<u32, OwnedFd> = HashMap::new();
         let mut ids: Vec<u32> = Vec::new();
         // Files whose content the tasks run from: the exe and mapped files.
         let mut mapped: Vec<u32> = Vec::new();
@@ -523,6 +525,7 @@ impl Pool {
         }
         ids.sort_unstable();
         ids.dedup();
+        let used_ids: std::collections::HashSet<u32> = ids.iter().copied().collect();
         for id in ids {
             let f = &img.files[&id];
             let fd = if let Some(reg) = &f.reg {
@@ -543,6 +546,36 @@ impl Pool {
                     open_reg(id, &r)?
                 } else {
                     open_reg(id, reg)?
+                }
+            } else if let Some(e) = &f.usk {
+                if let Some(fd) = unix_pending.remove(&id) {
+                    fd
+                } else {
+                    let peer = (e.peer != 0)
+                        .then(|| {
+                            img.files
+                                .values()
+                                .find(|o| o.usk.as_ref().is_some_and(|u| u.ino == e.peer))
+                        })
+                        .flatten();
+                    let queue =
+                        |fid: u32| img.sk_queues.get(&fid).map(Vec::as_slice).unwrap_or(&[]);
+                    match peer {
+                        // The peer is a socket of the tree: both ends are made now, as one pair.
+                        Some(pf) if used_ids.contains(&pf.id) => {
+                            let pe = pf.usk.as_ref().expect("matched a unix entry");
+                            let (a, b) = unix::restore_pair(e, pe, queue(id), queue(pf.id))
+                                .map_err(unix_err(id))?;
+                            unix_pending.insert(pf.id, b);
+                            a
+                        }
+                        // A named peer outside the tree (kept as an entry of its own).
+                        Some(pf) => {
+                            let name = pf.usk.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+                            unix::restore_single(e, Some(&name)).map_err(unix_err(id))?
+                        }
+                        None => unix::restore_single(e, None).map_err(unix_err(id))?,
+                    }
                 }
             } else if let Some(e) = &f.isk {
                 let stream = img.tcp_streams.get(&e.ino);
@@ -663,6 +696,13 @@ fn check_unchanged(id: u32, f: &pb::FileEntry, fd: &OwnedFd) -> Result<(), Resto
         });
     }
     Ok(())
+}
+
+fn unix_err(id: u32) -> impl FnOnce(unix::UnixError) -> RestoreError {
+    move |e| RestoreError::Task {
+        pid: 0,
+        what: format!("unix socket (file id {id}): {e}"),
+    }
 }
 
 fn inet_err(id: u32) -> impl FnOnce(inet::InetError) -> RestoreError {

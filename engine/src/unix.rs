@@ -1,0 +1,533 @@
+//! Unix sockets: stream, datagram and seqpacket; socketpairs and connections inside the tree,
+//! bound and listening sockets (path and abstract names), queued data in both directions.
+//! Peers and names come from sock_diag (NETLINK_SOCK_DIAG, UNIX_DIAG); queued bytes are peeked
+//! from a pidfd_getfd copy of the socket without consuming them.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::images::pb;
+
+/// A unix socket could not be read or re-created.
+#[derive(Debug, thiserror::Error)]
+pub enum UnixError {
+    #[error("{what}")]
+    Sys {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unix socket {ino}: its peer {peer} is outside the tree (only datagram sockets connected to a named peer can be, with --ext-unix-sk)")]
+    ExternalPeer { ino: u32, peer: u32 },
+    #[error(
+        "unix socket {ino}: {count} file descriptors in flight (SCM_RIGHTS) are not supported yet"
+    )]
+    FdsInFlight { ino: u32, count: u32 },
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> UnixError {
+    let what = what.into();
+    move |source| UnixError::Sys { what, source }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// What UNIX_DIAG says about one socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diag {
+    pub ino: u32,
+    pub ty: u8,
+    pub state: u8,
+    pub peer: u32,
+    pub name: Vec<u8>,
+    pub backlog: u32,
+}
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_RQLEN: u32 = 16;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_RQLEN: u16 = 4;
+
+/// Parses UNIX_DIAG replies (pure; unit-tested).
+pub fn parse_diag(buf: &[u8]) -> Vec<Diag> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
+        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2"));
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        if ty == SOCK_DIAG_BY_FAMILY && len >= 16 + 16 {
+            let m = &buf[off + 16..off + len];
+            let mut d = Diag {
+                ty: m[1],
+                state: m[2],
+                ino: u32::from_ne_bytes(m[4..8].try_into().expect("4")),
+                ..Default::default()
+            };
+            let mut a = 16;
+            while a + 4 <= m.len() {
+                let alen = u16::from_ne_bytes(m[a..a + 2].try_into().expect("2")) as usize;
+                let aty = u16::from_ne_bytes(m[a + 2..a + 4].try_into().expect("2"));
+                if alen < 4 || a + alen > m.len() {
+                    break;
+                }
+                let data = &m[a + 4..a + alen];
+                match aty {
+                    UNIX_DIAG_NAME => d.name = data.to_vec(),
+                    UNIX_DIAG_PEER if data.len() >= 4 => {
+                        d.peer = u32::from_ne_bytes(data[..4].try_into().expect("4"))
+                    }
+                    // For a listener, the write-queue field is its backlog.
+                    UNIX_DIAG_RQLEN if data.len() >= 8 => {
+                        d.backlog = u32::from_ne_bytes(data[4..8].try_into().expect("4"))
+                    }
+                    _ => {}
+                }
+                a += (alen + 3) & !3;
+            }
+            out.push(d);
+        }
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// Asks the kernel about the unix socket with inode `ino`.
+pub fn diag(ino: u32) -> Result<Diag, UnixError> {
+    // SAFETY: socket(2) with integers; owned below.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    })
+    .map_err(sys("sock_diag socket"))?;
+    // SAFETY: a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    // struct unix_diag_req: family, protocol, pad, states, ino, show, cookie[2]
+    req.push(libc::AF_UNIX as u8);
+    req.push(0);
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // SAFETY: send our request buffer.
+    cvt(unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } as libc::c_int)
+        .map_err(sys("sock_diag request"))?;
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: recv into our buffer.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(sys("sock_diag reply")(io::Error::last_os_error()));
+    }
+    parse_diag(&buf[..n as usize])
+        .into_iter()
+        .find(|d| d.ino == ino)
+        .ok_or_else(|| {
+            sys(format!("sock_diag has no unix socket {ino}"))(io::Error::from_raw_os_error(
+                libc::ENOENT,
+            ))
+        })
+}
+
+/// Everything queued for reading on `fd`, without consuming it: one entry per message (a
+/// single entry holding all bytes for a stream socket).
+fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Vec<u8>>> {
+    // SO_PEEK_OFF belongs to the socket (shared with the task): put it back afterwards.
+    let old: libc::c_int = -1;
+    let zero: libc::c_int = 0;
+    let set = |v: &libc::c_int| {
+        // SAFETY: setsockopt reads one int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEEK_OFF,
+                (v as *const libc::c_int).cast(),
+                4,
+            )
+        }
+    };
+    cvt(set(&zero))?;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let res = loop {
+        // SAFETY: recv into our buffer.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                break Ok(());
+            }
+            break Err(e);
+        }
+        if n == 0 {
+            break Ok(());
+        }
+        if stream && !out.is_empty() {
+            out[0].extend_from_slice(&buf[..n as usize]);
+        } else {
+            out.push(buf[..n as usize].to_vec());
+        }
+    };
+    set(&old);
+    res.map(|_| out)
+}
+
+fn opts_of(fd: RawFd) -> pb::SkOptsEntry {
+    let g = |opt| {
+        let mut v: libc::c_int = 0;
+        let mut len = 4;
+        // SAFETY: getsockopt into our int.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        v
+    };
+    pb::SkOptsEntry {
+        so_sndbuf: g(libc::SO_SNDBUF) as u32,
+        so_rcvbuf: g(libc::SO_RCVBUF) as u32,
+        so_snd_tmo_sec: 0,
+        so_snd_tmo_usec: 0,
+        so_rcv_tmo_sec: 0,
+        so_rcv_tmo_usec: 0,
+        so_passcred: Some(g(libc::SO_PASSCRED) != 0),
+        ..Default::default()
+    }
+}
+
+/// A dumped unix socket: its entry and the messages queued for it to read.
+pub struct Dumped {
+    pub entry: pb::UnixSkEntry,
+    pub queued: Vec<Vec<u8>>,
+    /// The peer, when it is outside the tree (a named datagram socket, with --ext-unix-sk).
+    pub external_peer: Option<Diag>,
+}
+
+/// What the dump knows around one unix socket.
+pub struct Context<'a> {
+    /// The owning task's cwd (relative socket names were bound from there).
+    pub cwd: &'a str,
+    /// fdinfo's `scm_fds`: file descriptors in flight on the socket.
+    pub in_flight: u32,
+    /// `--ext-unix-sk`
+    pub ext_unix_sk: bool,
+    /// Inodes of every socket open in the tree.
+    pub tree_sockets: &'a std::collections::HashSet<u32>,
+}
+
+/// Reads the unix socket `sock` (a copy of the task's fd with inode `ino`).
+pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped, UnixError> {
+    let in_flight = cx.in_flight;
+    let ext_unix_sk = cx.ext_unix_sk;
+    let cwd = cx.cwd;
+    let peer_in_tree = |p: u32| cx.tree_sockets.contains(&p);
+    if in_flight > 0 {
+        return Err(UnixError::FdsInFlight {
+            ino,
+            count: in_flight,
+        });
+    }
+    let d = diag(ino)?;
+    let mut external_peer = None;
+    if d.peer != 0 && !peer_in_tree(d.peer) {
+        let p = diag(d.peer).ok().filter(|p| !p.name.is_empty());
+        match p {
+            Some(p) if ext_unix_sk && d.ty as i32 == libc::SOCK_DGRAM => external_peer = Some(p),
+            _ => return Err(UnixError::ExternalPeer { ino, peer: d.peer }),
+        }
+    }
+    let fd = sock.as_raw_fd();
+    let stream = d.ty as i32 == libc::SOCK_STREAM;
+    // A listener's queue holds connections, not bytes.
+    let queued = if d.state == 10 {
+        Vec::new()
+    } else {
+        peek_all(fd, stream).map_err(sys(format!("peeking unix socket {ino}")))?
+    };
+    let entry = pb::UnixSkEntry {
+        id: 0,
+        ino,
+        r#type: d.ty as u32,
+        state: d.state as u32,
+        flags,
+        uflags: 0,
+        backlog: d.backlog,
+        peer: d.peer,
+        fown: pb::FownEntry {
+            uid: 0,
+            euid: 0,
+            signum: 0,
+            pid_type: 0,
+            pid: 0,
+        },
+        opts: opts_of(fd),
+        // A relative path was bound from the task's directory, which we take to be its cwd.
+        name_dir: (!d.name.is_empty() && d.name[0] != 0 && d.name[0] != b'/')
+            .then(|| cwd.to_string()),
+        name: d.name.clone(),
+        shutdown: None,
+        file_perms: None,
+        deleted: None,
+        ns_id: None,
+        mnt_id: None,
+    };
+    Ok(Dumped {
+        entry,
+        queued,
+        external_peer,
+    })
+}
+
+fn sockaddr_un(name: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: sockaddr_un is plain data.
+    let mut a: libc::sockaddr_un = unsafe { zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let n = name.len().min(a.sun_path.len());
+    for (d, s) in a.sun_path.iter_mut().zip(&name[..n]) {
+        *d = *s as libc::c_char;
+    }
+    (a, (size_of::<libc::sa_family_t>() + n) as libc::socklen_t)
+}
+
+fn path_name(name: &[u8]) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    (!name.is_empty() && name[0] != 0).then(|| {
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&name[..end]))
+    })
+}
+
+fn bind_name(fd: RawFd, name: &[u8]) -> Result<(), UnixError> {
+    let (a, len) = sockaddr_un(name);
+    let bind = || {
+        // SAFETY: bind with a sockaddr_un of the given length.
+        cvt(unsafe { libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) })
+    };
+    match bind() {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            // The killed owner leaves its socket file behind: replace it, as a restarted server
+            // would (only if it is a socket).
+            use std::os::unix::fs::FileTypeExt;
+            if let Some(p) = path_name(name) {
+                if std::fs::symlink_metadata(&p)
+                    .map(|m| m.file_type().is_socket())
+                    .unwrap_or(false)
+                {
+                    let _ = std::fs::remove_file(&p);
+                    return bind()
+                        .map(drop)
+                        .map_err(sys(format!("bind {}", p.display())));
+                }
+            }
+            Err(sys("bind (address in use)")(e))
+        }
+        r => r.map(drop).map_err(sys("bind")),
+    }
+}
+
+fn new_socket(ty: u32) -> Result<OwnedFd, UnixError> {
+    // SAFETY: socket(2) with integers.
+    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, ty as i32 | libc::SOCK_CLOEXEC, 0) })
+        .map_err(sys("socket"))?;
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A socket with no peer in the tree: bound, listening, or connected to an external peer.
+pub fn restore_single(
+    e: &pb::UnixSkEntry,
+    external_peer_name: Option<&[u8]>,
+) -> Result<OwnedFd, UnixError> {
+    let sock = new_socket(e.r#type)?;
+    let fd = sock.as_raw_fd();
+    if !e.name.is_empty() {
+        match &e.name_dir {
+            // A relative name is bound from its directory, so the socket keeps that name.
+            Some(dir) => {
+                let back = std::env::current_dir().map_err(sys("getcwd"))?;
+                std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
+                let r = bind_name(fd, &e.name);
+                let _ = std::env::set_current_dir(back);
+                r?;
+            }
+            None => bind_name(fd, &e.name)?,
+        }
+    }
+    if e.state == 10 {
+        // SAFETY: listen(2) with integers.
+        cvt(unsafe { libc::listen(fd, e.backlog.max(1) as i32) }).map_err(sys("listen"))?;
+    }
+    if let Some(peer) = external_peer_name {
+        let (a, len) = sockaddr_un(peer);
+        // SAFETY: connect with a sockaddr_un of the given length.
+        cvt(unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) })
+            .map_err(sys("connect to the external peer"))?;
+    }
+    finish(sock, e)
+}
+
+/// Two connected ends; `a_queue` is what `a` had to read (sent again from `b`), and the other
+/// way round.
+pub fn restore_pair(
+    a: &pb::UnixSkEntry,
+    b: &pb::UnixSkEntry,
+    a_queue: &[Vec<u8>],
+    b_queue: &[Vec<u8>],
+) -> Result<(OwnedFd, OwnedFd), UnixError> {
+    let mut p = [0; 2];
+    // SAFETY: socketpair writes two fds into p.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            a.r#type as i32 | libc::SOCK_CLOEXEC,
+            0,
+            p.as_mut_ptr(),
+        )
+    })
+    .map_err(sys("socketpair"))?;
+    // SAFETY: fresh fds owned only here.
+    let (sa, sb) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    requeue(sb.as_raw_fd(), a_queue)?;
+    requeue(sa.as_raw_fd(), b_queue)?;
+    Ok((finish(sa, a)?, finish(sb, b)?))
+}
+
+fn requeue(from: RawFd, msgs: &[Vec<u8>]) -> Result<(), UnixError> {
+    let total: usize = msgs.iter().map(Vec::len).sum();
+    if total > 0 {
+        let room = (total * 2 + (64 << 10)) as libc::c_int;
+        // SAFETY: setsockopt reads one int; room for the queued bytes whatever the limits.
+        unsafe {
+            libc::setsockopt(
+                from,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                (&room as *const libc::c_int).cast(),
+                4,
+            )
+        };
+    }
+    for m in msgs {
+        let mut off = 0;
+        while off < m.len() {
+            // SAFETY: send from our buffer.
+            let n = unsafe {
+                libc::send(
+                    from,
+                    m[off..].as_ptr().cast(),
+                    m.len() - off,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                return Err(sys("re-queueing unix socket data")(
+                    io::Error::last_os_error(),
+                ));
+            }
+            off += n as usize;
+        }
+    }
+    Ok(())
+}
+
+fn finish(sock: OwnedFd, e: &pb::UnixSkEntry) -> Result<OwnedFd, UnixError> {
+    let fd = sock.as_raw_fd();
+    if e.opts.so_passcred == Some(true) {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&one as *const libc::c_int).cast(),
+                4,
+            )
+        };
+    }
+    if e.flags & libc::O_NONBLOCK as u32 != 0 {
+        // SAFETY: F_SETFL with an integer.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) })
+            .map_err(sys("O_NONBLOCK"))?;
+    }
+    Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_diag_reply() {
+        let mut m = Vec::new();
+        m.extend_from_slice(&[libc::AF_UNIX as u8, 1, 10, 0]);
+        m.extend_from_slice(&777u32.to_ne_bytes());
+        m.extend_from_slice(&[0xff; 8]);
+        // UNIX_DIAG_NAME "\0abc" (abstract), UNIX_DIAG_PEER 778, UNIX_DIAG_RQLEN {0, 128}
+        let mut attr = |ty: u16, d: &[u8]| {
+            m.extend_from_slice(&((4 + d.len()) as u16).to_ne_bytes());
+            m.extend_from_slice(&ty.to_ne_bytes());
+            m.extend_from_slice(d);
+            while m.len() % 4 != 0 {
+                m.push(0);
+            }
+        };
+        attr(UNIX_DIAG_NAME, b"\0abc");
+        attr(UNIX_DIAG_PEER, &778u32.to_ne_bytes());
+        attr(UNIX_DIAG_RQLEN, &[0, 0, 0, 0, 128, 0, 0, 0]);
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&((16 + m.len()) as u32).to_ne_bytes());
+        buf.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        buf.extend_from_slice(&m);
+        let d = parse_diag(&buf);
+        assert_eq!(
+            d,
+            vec![Diag {
+                ino: 777,
+                ty: 1,
+                state: 10,
+                peer: 778,
+                name: b"\0abc".to_vec(),
+                backlog: 128
+            }]
+        );
+        assert!(parse_diag(&buf[..10]).is_empty());
+    }
+}

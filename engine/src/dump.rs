@@ -1099,6 +1099,10 @@ fn dump_fds(
                 }
                 (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
             }
+            files::FdKind::Fifo(ino) => (
+                pb::FdTypes::Fifo,
+                img.files.add_fifo(pid, fd, &link, ino, &info)?,
+            ),
             files::FdKind::Pipe(ino) => {
                 (pb::FdTypes::Pipe, img.files.add_pipe(pid, fd, ino, &info)?)
             }

@@ -68,6 +68,7 @@ pub enum FdKind {
     EventPoll,
     Memfd,
     Socket(u64),
+    Fifo(u64),
     Unsupported(String),
 }
 
@@ -116,7 +117,7 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
                 FdKind::CharDevice
             }
         }
-        libc::S_IFIFO => FdKind::Unsupported(format!("FIFO ({link})")),
+        libc::S_IFIFO => FdKind::Fifo(md.ino()),
         libc::S_IFBLK => FdKind::Unsupported(format!("block device ({link})")),
         libc::S_IFSOCK => FdKind::Unsupported(format!("socket ({link})")),
         _ => FdKind::Unsupported(link.to_string()),
@@ -217,6 +218,7 @@ pub struct FileTable {
     seen: Vec<(u32, i32, u64, u64, u32)>,
     by_path: HashMap<(String, u32), u32>,
     pipes_data: Vec<(u32, u32, Vec<u8>)>,
+    fifo_data: Vec<(u32, u32, Vec<u8>)>,
 }
 
 impl FileTable {
@@ -232,6 +234,7 @@ impl FileTable {
             seen: Vec::new(),
             by_path: HashMap::new(),
             pipes_data: Vec::new(),
+            fifo_data: Vec::new(),
         }
     }
 
@@ -660,6 +663,48 @@ impl FileTable {
         Ok(id)
     }
 
+    /// A named pipe: a regular-file entry for its path and a FIFO entry; its buffered bytes go
+    /// to fifo-data.img the first time the FIFO is seen.
+    pub fn add_fifo(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        link: &str,
+        ino: u64,
+        info: &FdInfo,
+    ) -> Result<u32, FilesError> {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+            return Ok(id);
+        }
+        let pipe_id = ino as u32;
+        if !self.fifo_data.iter().any(|p| p.0 == pipe_id) {
+            let (size, data) = read_pipe_data(pid, fd).map_err(|source| FilesError::PipeData {
+                pid,
+                fd,
+                ino,
+                source,
+            })?;
+            self.fifo_data.push((pipe_id, size, data));
+        }
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let regf_id = self.push_reg(link, flags, 0, Some(info.mnt_id as i32), Some(&md));
+        let id = self.next_id();
+        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Fifo as i32,
+            id,
+            fifo: Some(pb::FifoEntry {
+                id,
+                pipe_id,
+                regf_id: Some(regf_id),
+            }),
+            ..Default::default()
+        });
+        Ok(id)
+    }
+
     /// Writes `files.img` and `pipes-data.img`.
     pub fn write(&self, dir: &Path) -> Result<(), FilesError> {
         let mut w = ImageWriter::new(ImageKind::Normal, magic::FILES);
@@ -690,6 +735,16 @@ impl FileTable {
             });
         }
         write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::FIFO_DATA);
+        for (pipe_id, size, data) in self.fifo_data.iter().filter(|f| !f.2.is_empty()) {
+            w.push(&pb::PipeDataEntry {
+                pipe_id: *pipe_id,
+                bytes: data.len() as u32,
+                size: Some(*size),
+            });
+            w.push_raw(data);
+        }
+        write(&dir.join(names::FIFO_DATA), &w.into_bytes())?;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::SK_QUEUES);
         for (id, data) in &self.sk_queues {
             w.push(&pb::SkPacketEntry {

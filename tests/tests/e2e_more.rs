@@ -1166,3 +1166,39 @@ error_log {d}/logs/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  a
     kill_tree(&pids);
     assert!(quit, "nginx quits gracefully");
 }
+
+#[test]
+fn fifo_with_buffered_data_survives() {
+    let _g = serial();
+    if skip_unless_root("fifo_with_buffered_data_survives") {
+        return;
+    }
+    let script = r#"
+import os, time
+os.mkfifo("f")
+r = os.open("f", os.O_RDONLY | os.O_NONBLOCK)
+w = os.open("f", os.O_WRONLY)
+os.write(w, b"fifo data " * 100)
+print("ready", r, w, flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("read", os.read(r, 5000) == b"fifo data " * 100, flush=True)
+os.write(w, b"more")
+print("again", os.read(r, 10), flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::start(
+        "fifo",
+        std::path::Path::new("/usr/bin/python3"),
+        &["-c", script],
+    );
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let lines = w.wait_lines(3, T);
+    kill_tree(&pids);
+    assert_eq!(
+        &lines[1..3],
+        &["read True".to_string(), "again b'more'".to_string()]
+    );
+}

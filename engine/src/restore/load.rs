@@ -66,6 +66,8 @@ pub struct DumpImage {
     pub files: HashMap<u32, pb::FileEntry>,
     /// pipe_id → (pipe size, buffered bytes)
     pub pipes_data: HashMap<u32, (u32, Vec<u8>)>,
+    /// FIFO pipe_id (inode) → (pipe size, buffered bytes)
+    pub fifo_data: HashMap<u32, (u32, Vec<u8>)>,
     /// shmid → (pagemap entries with offsets as vaddr, pages file name)
     pub shmem: HashMap<u64, (Vec<pb::PagemapEntry>, String)>,
     /// memfd inode id → (inode, its pages as a shmem pagemap, pages file)
@@ -295,6 +297,19 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             pipes_data.insert(e.pipe_id, (e.size.unwrap_or(0), data));
         }
     }
+    let mut fifo_data = HashMap::new();
+    if let Some(bytes) = read_optional(dir, names::FIFO_DATA)? {
+        let mut r = ImageReader::new(
+            names::FIFO_DATA,
+            &bytes,
+            ImageKind::Normal,
+            magic::FIFO_DATA,
+        )?;
+        while let Some(e) = r.next::<pb::PipeDataEntry>()? {
+            let data = r.raw(e.bytes as u64)?.to_vec();
+            fifo_data.insert(e.pipe_id, (e.size.unwrap_or(0), data));
+        }
+    }
     let mut shmem = HashMap::new();
     for t in tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         // Every file a task refers to must exist in files.img.
@@ -415,6 +430,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         tasks,
         files,
         pipes_data,
+        fifo_data,
         shmem,
         memfds,
         tcp_streams,

@@ -507,6 +507,7 @@ impl Pool {
         let mut memfds: HashMap<u64, OwnedFd> = HashMap::new();
         // The second end of a unix pair, made with the first, waiting for its turn.
         let mut unix_pending: HashMap<u32, OwnedFd> = HashMap::new();
+        let mut fifo_keepers: HashMap<u32, OwnedFd> = HashMap::new();
         let mut ids: Vec<u32> = Vec::new();
         // Files whose content the tasks run from: the exe and mapped files.
         let mut mapped: Vec<u32> = Vec::new();
@@ -547,6 +548,43 @@ impl Pool {
                 } else {
                     open_reg(id, reg)?
                 }
+            } else if let Some(fe) = &f.fifo {
+                let reg = fe
+                    .regf_id
+                    .and_then(|r| img.files.get(&r))
+                    .and_then(|r| r.reg.as_ref())
+                    .ok_or_else(|| RestoreError::Task {
+                        pid: 0,
+                        what: format!("FIFO file id {id} has no path"),
+                    })?;
+                if !fifo_keepers.contains_key(&fe.pipe_id) {
+                    // Opened read-write, a FIFO opens at once whatever the other end does; it
+                    // is refilled through this keeper, and every end is reopened from it.
+                    let mut keep = reg.clone();
+                    keep.flags = (libc::O_RDWR | libc::O_NONBLOCK) as u32;
+                    keep.pos = 0;
+                    let k = open_reg(id, &keep)?;
+                    if let Some((size, data)) = img.fifo_data.get(&fe.pipe_id) {
+                        if *size > 0 {
+                            // SAFETY: F_SETPIPE_SZ with an integer.
+                            unsafe {
+                                libc::fcntl(k.as_raw_fd(), libc::F_SETPIPE_SZ, *size as libc::c_int)
+                            };
+                        }
+                        use std::io::Write;
+                        File::from(k.try_clone().map_err(setup_err("dup"))?)
+                            .write_all(data)
+                            .map_err(setup_err(format!("refilling FIFO {}", reg.name)))?;
+                    }
+                    fifo_keepers.insert(fe.pipe_id, k);
+                }
+                let end = reopen(
+                    &fifo_keepers[&fe.pipe_id],
+                    reg.flags | libc::O_NONBLOCK as u32,
+                    id,
+                )?;
+                set_status_flags(&end, reg.flags)?;
+                end
             } else if let Some(e) = &f.usk {
                 if let Some(fd) = unix_pending.remove(&id) {
                     fd

@@ -557,7 +557,7 @@ impl Pool {
                         pid: 0,
                         what: format!("FIFO file id {id} has no path"),
                     })?;
-                if !fifo_keepers.contains_key(&fe.pipe_id) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = fifo_keepers.entry(fe.pipe_id) {
                     // Opened read-write, a FIFO opens at once whatever the other end does; it
                     // is refilled through this keeper, and every end is reopened from it.
                     let mut keep = reg.clone();
@@ -576,7 +576,7 @@ impl Pool {
                             .write_all(data)
                             .map_err(setup_err(format!("refilling FIFO {}", reg.name)))?;
                     }
-                    fifo_keepers.insert(fe.pipe_id, k);
+                    slot.insert(k);
                 }
                 let end = reopen(
                     &fifo_keepers[&fe.pipe_id],

@@ -37,6 +37,8 @@ pub struct DumpOptions {
     pub tcp_established: bool,
     /// Allow unix datagram sockets connected to a named peer outside the tree (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
+    /// Dump file locks (`--file-locks`); without it a held lock fails the dump.
+    pub file_locks: bool,
 }
 
 impl DumpOptions {
@@ -52,6 +54,7 @@ impl DumpOptions {
             ghost_limit: files::DEFAULT_GHOST_LIMIT,
             tcp_established: false,
             ext_unix_sk: false,
+            file_locks: false,
         }
     }
 }
@@ -132,6 +135,8 @@ pub enum DumpError {
     Files(#[from] files::FilesError),
     #[error(transparent)]
     Pages(#[from] crate::pages::PagesError),
+    #[error("pid {pid} fd {fd} holds a lock on {path}: dump with --file-locks")]
+    LocksNeedFlag { pid: u32, fd: i32, path: String },
     #[error("pid {pid} fd {fd}")]
     Unix {
         pid: u32,
@@ -486,6 +491,8 @@ struct Images {
     conns: Vec<stasis_netns::nftlock::Conn>,
     /// Inodes of every socket open in the tree: a unix peer among them is inside.
     tree_sockets: std::collections::HashSet<u32>,
+    /// File locks held by the tree, with the inode they are on.
+    locks: Vec<(pb::FileLockEntry, u64)>,
 }
 
 fn dump_frozen(
@@ -500,6 +507,7 @@ fn dump_frozen(
         dumped_shmem: Default::default(),
         conns: Vec::new(),
         tree_sockets: tree_socket_inodes(tree),
+        locks: Vec::new(),
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
     refuse_shared_kernel_objects(tree)?;
@@ -532,6 +540,11 @@ fn dump_frozen(
     }
     // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
     img.files.write(&img.dir)?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::FILE_LOCKS);
+    for (l, _) in &img.locks {
+        w.push(l);
+    }
+    write_file(&img.dir.join(names::FILE_LOCKS), &w.into_bytes())?;
     let mut run_id = None;
     if !img.conns.is_empty() {
         let id = format!("{}-{}", opts.pid, uptime_us());
@@ -1229,6 +1242,39 @@ fn dump_fds(
                 return Err(DumpError::UnsupportedFd { pid, fd, what });
             }
         };
+        for lock in files::parse_locks(&info.raw) {
+            let (flag, ty, start, len) = lock.map_err(|kind| DumpError::UnsupportedFd {
+                pid,
+                fd,
+                what: format!("a file {} (lease)", kind.to_lowercase()),
+            })?;
+            if !opts.file_locks {
+                return Err(DumpError::LocksNeedFlag {
+                    pid,
+                    fd,
+                    path: link.clone(),
+                });
+            }
+            let e = pb::FileLockEntry {
+                flag,
+                r#type: ty,
+                pid: pid as i32,
+                fd,
+                start,
+                len,
+            };
+            // A lock shows on every fd of its file (and of its owner): keep one of each.
+            let same = |o: &pb::FileLockEntry| {
+                o.flag == e.flag
+                    && o.r#type == e.r#type
+                    && o.start == e.start
+                    && o.len == e.len
+                    && o.pid == e.pid
+            };
+            if !img.locks.iter().any(|(o, ino)| same(o) && *ino == info.ino) {
+                img.locks.push((e, info.ino));
+            }
+        }
         // fdinfo's flags carry O_CLOEXEC for close-on-exec descriptors.
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         out.push(pb::FdinfoEntry {

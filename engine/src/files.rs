@@ -189,6 +189,46 @@ fn zero_fown() -> pb::FownEntry {
     }
 }
 
+/// CRIU's lock kinds in file_lock_entry.flag.
+pub const FL_POSIX: u32 = 1;
+pub const FL_FLOCK: u32 = 2;
+pub const FL_OFDLCK: u32 = 1024;
+
+/// The locks an fd's fdinfo lists: (flag, type F_RDLCK/F_WRLCK, start, len with 0 = to EOF).
+/// Leases and other kinds are returned as `Err(kind)`.
+pub fn parse_locks(fdinfo: &str) -> Vec<Result<(u32, u32, i64, i64), String>> {
+    let mut out = Vec::new();
+    for line in fdinfo.lines().filter_map(|l| l.strip_prefix("lock:")) {
+        // "1: POSIX  ADVISORY  WRITE 6660 fe:00:10010757 5 14"
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() < 8 {
+            continue;
+        }
+        let flag = match w[1] {
+            "POSIX" => FL_POSIX,
+            "FLOCK" => FL_FLOCK,
+            "OFDLCK" => FL_OFDLCK,
+            other => {
+                out.push(Err(other.to_string()));
+                continue;
+            }
+        };
+        let ty = if w[3] == "WRITE" {
+            libc::F_WRLCK
+        } else {
+            libc::F_RDLCK
+        } as u32;
+        let start: i64 = w[6].parse().unwrap_or(0);
+        let len = if w[7] == "EOF" {
+            0
+        } else {
+            w[7].parse::<i64>().unwrap_or(start) - start + 1
+        };
+        out.push(Ok((flag, ty, start, len)));
+    }
+    out
+}
+
 /// The default size limit for files deleted while open, whose content goes into the images
 /// (CRIU's `--ghost-limit` default).
 pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;

@@ -56,7 +56,7 @@ struct CommonArgs {
     /// Allow a terminal and session that lead outside the tree.
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
-    /// Accepted for compatibility; stasis needs no file-lock handling yet.
+    /// Checkpoint/restore file locks (flock, POSIX, OFD).
     #[arg(short = 'l', long = "file-locks")]
     file_locks: bool,
     /// Checkpoint/restore established TCP connections (TCP_REPAIR).
@@ -195,6 +195,7 @@ fn run_dump(a: DumpArgs) -> Result<ExitCode> {
     opts.shell_job = a.common.shell_job;
     opts.tcp_established = a.common.tcp_established;
     opts.ext_unix_sk = a.common.ext_unix_sk;
+    opts.file_locks = a.common.file_locks;
     if let Some(limit) = a.ghost_limit {
         opts.ghost_limit = limit;
     }

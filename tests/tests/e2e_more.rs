@@ -1202,3 +1202,70 @@ while True: time.sleep(1)
         &["read True".to_string(), "again b'more'".to_string()]
     );
 }
+
+#[test]
+fn file_locks_are_held_again_after_restore() {
+    let _g = serial();
+    if skip_unless_root("file_locks_are_held_again_after_restore") {
+        return;
+    }
+    let script = r#"
+import fcntl, os, struct, time
+f = open("flock", "w"); fcntl.flock(f, fcntl.LOCK_EX)
+g = open("posix", "w"); fcntl.lockf(g, fcntl.LOCK_EX, 10, 5)
+h = os.open("ofd", os.O_RDWR | os.O_CREAT)
+fcntl.fcntl(h, 37, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 100, 0))  # F_OFD_SETLK
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::start(
+        "locks",
+        std::path::Path::new("/usr/bin/python3"),
+        &["-c", script],
+    );
+    w.wait_lines(3, T);
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--file-locks"));
+    let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
+    use std::os::fd::AsRawFd;
+    let open = |n: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(w.dir.join(n))
+            .unwrap()
+    };
+    let f = open("flock");
+    // SAFETY: flock(2) on our own fd.
+    let got_flock = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    let probe = |file: &std::fs::File, cmd: libc::c_int, start: i64, len: i64| -> (i16, i32) {
+        // SAFETY: struct flock is plain data; fcntl fills it.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as i16;
+        fl.l_start = start;
+        fl.l_len = len;
+        // SAFETY: F_GETLK / F_OFD_GETLK read and write our struct.
+        unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
+        (fl.l_type, fl.l_pid)
+    };
+    let posix = probe(&open("posix"), libc::F_GETLK, 12, 1);
+    let ofd = probe(&open("ofd"), libc::F_OFD_GETLK, 50, 1);
+    let outside = probe(&open("posix"), libc::F_GETLK, 0, 5);
+    kill_tree(&pids);
+    assert!(!got_flock, "flock is held by the restored task");
+    assert_eq!(
+        posix,
+        (libc::F_WRLCK as i16, w.pid as i32),
+        "POSIX lock held, by the restored pid"
+    );
+    assert_eq!(ofd.0, libc::F_WRLCK as i16, "OFD lock held");
+    assert_eq!(outside.0, libc::F_UNLCK as i16, "only the locked range");
+}

@@ -74,6 +74,8 @@ pub struct DumpImage {
     pub memfds: HashMap<u64, (pb::MemfdInodeEntry, Vec<pb::PagemapEntry>, String)>,
     /// socket inode → established TCP connection state, receive queue, send queue
     pub tcp_streams: HashMap<u32, (pb::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
+    /// File locks to take again.
+    pub locks: Vec<pb::FileLockEntry>,
     /// unix socket file id → messages queued for it to read
     pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
     /// The nftables table that locks the dumped connections, to remove once they are back.
@@ -389,6 +391,16 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         let outq = r.raw(e.outq_len as u64)?.to_vec();
         tcp_streams.insert(isk.ino, (e, inq, outq));
     }
+    let locks = match read_optional(dir, names::FILE_LOCKS)? {
+        Some(bytes) => ImageReader::new(
+            names::FILE_LOCKS,
+            &bytes,
+            ImageKind::Normal,
+            magic::FILE_LOCKS,
+        )?
+        .all()?,
+        None => Vec::new(),
+    };
     let mut sk_queues: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::SK_QUEUES)? {
         let mut r = ImageReader::new(
@@ -434,6 +446,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         shmem,
         memfds,
         tcp_streams,
+        locks,
         sk_queues,
         net_lock: inv
             .dump_criu_run_id

@@ -193,6 +193,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     raise_nofile_limit();
     let pool = Pool::build(&img, opts)?;
+    take_file_locks(&img, &pool)?;
     let trampoline = pick_trampoline(&img)?;
     let shared = stub::StubShared {
         tasks: stub_plans(&img, &pool)?,
@@ -281,6 +282,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             )?,
         );
         restore_epoll_targets(&r, t, &img, &mut epolls_done)?;
+        restore_posix_locks(&r, t, &img)?;
         restore_task_state(&r, t)?;
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
@@ -557,7 +559,9 @@ impl Pool {
                         pid: 0,
                         what: format!("FIFO file id {id} has no path"),
                     })?;
-                if let std::collections::hash_map::Entry::Vacant(slot) = fifo_keepers.entry(fe.pipe_id) {
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    fifo_keepers.entry(fe.pipe_id)
+                {
                     // Opened read-write, a FIFO opens at once whatever the other end does; it
                     // is refilled through this keeper, and every end is reopened from it.
                     let mut keep = reg.clone();
@@ -985,6 +989,79 @@ fn make_shmem(
     // SAFETY: unmapping the mapping made above; the fd keeps the object alive.
     unsafe { libc::munmap(addr, size as usize) };
     result
+}
+
+fn lock_file_id(img: &DumpImage, l: &pb::FileLockEntry) -> Option<u32> {
+    let t = img.tasks.iter().find(|t| t.pid() as i32 == l.pid)?;
+    t.fds.iter().find(|f| f.fd as i32 == l.fd).map(|f| f.id)
+}
+
+fn flock_struct(l: &pb::FileLockEntry) -> libc::flock {
+    // SAFETY: struct flock is plain data.
+    let mut f: libc::flock = unsafe { std::mem::zeroed() };
+    f.l_type = l.r#type as libc::c_short;
+    f.l_whence = libc::SEEK_SET as libc::c_short;
+    f.l_start = l.start;
+    f.l_len = l.len;
+    f
+}
+
+/// flock and OFD locks belong to an open file description: the restorer takes them on the
+/// pool's fd, and they go with it into the task. POSIX locks belong to the process: they are
+/// taken by the task itself (see `restore_posix_locks`).
+fn take_file_locks(img: &DumpImage, pool: &Pool) -> Result<(), RestoreError> {
+    for l in &img.locks {
+        if l.flag == files::FL_POSIX {
+            continue;
+        }
+        let fd = lock_file_id(img, l)
+            .and_then(|id| pool.by_file.get(&id))
+            .copied()
+            .ok_or_else(|| RestoreError::Task {
+                pid: l.pid as u32,
+                what: format!("lock on fd {} of a file not restored", l.fd),
+            })?;
+        let r = if l.flag == files::FL_FLOCK {
+            let op = if l.r#type == libc::F_WRLCK as u32 {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            // SAFETY: flock(2) on our fd.
+            unsafe { libc::flock(fd, op | libc::LOCK_NB) }
+        } else {
+            let f = flock_struct(l);
+            // SAFETY: F_OFD_SETLK reads our struct flock.
+            unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &f) }
+        };
+        if r < 0 {
+            return Err(setup_err(format!(
+                "taking back the lock of pid {} fd {}",
+                l.pid, l.fd
+            ))(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+fn restore_posix_locks(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
+    for l in img
+        .locks
+        .iter()
+        .filter(|l| l.flag == files::FL_POSIX && l.pid as u32 == t.pid())
+    {
+        let f = flock_struct(l);
+        // SAFETY: struct flock is plain data; viewed as bytes to copy into the task.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&f as *const libc::flock).cast::<u8>(),
+                std::mem::size_of::<libc::flock>(),
+            )
+        };
+        let a = r.put(0, bytes)?;
+        r.call(libc::SYS_fcntl, &[l.fd as u64, libc::F_SETLK as u64, a])?;
+    }
+    Ok(())
 }
 
 /// A free range for the trampoline: outside every dumped mapping of every task.

@@ -1131,6 +1131,10 @@ fn dump_fds(
                 pb::FdTypes::Signalfd,
                 img.files.add_anon(pid, fd, &kind, &info)?,
             ),
+            files::FdKind::Inotify => (
+                pb::FdTypes::Inotify,
+                img.files.add_anon(pid, fd, &kind, &info)?,
+            ),
             files::FdKind::EventPoll => (
                 pb::FdTypes::Eventpoll,
                 img.files.add_anon(pid, fd, &kind, &info)?,

@@ -44,6 +44,8 @@ pub enum FilesError {
         #[source]
         source: crate::anonfd::AnonFdError,
     },
+    #[error("pid {pid} fd {fd}: the file watched by inotify watch {wd} cannot be found again")]
+    InotifyPath { pid: u32, fd: i32, wd: u32 },
     #[error("pid {pid} fd {fd}: epoll target {tfd} was closed or replaced after it was added, which is not supported")]
     EpollStale { pid: u32, fd: i32, tfd: u32 },
     #[error("cannot write image {path}")]
@@ -66,6 +68,7 @@ pub enum FdKind {
     TimerFd,
     SignalFd,
     EventPoll,
+    Inotify,
     Memfd,
     Socket(u64),
     Fifo(u64),
@@ -94,6 +97,7 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
             "[timerfd]" => FdKind::TimerFd,
             "[signalfd]" => FdKind::SignalFd,
             "[eventpoll]" => FdKind::EventPoll,
+            "inotify" => FdKind::Inotify,
             _ => FdKind::Unsupported(what.trim_matches(|c| c == '[' || c == ']').to_string()),
         });
     }
@@ -371,6 +375,22 @@ impl FileTable {
                     flags,
                     fown: zero_fown(),
                     tfd,
+                });
+            }
+            FdKind::Inotify => {
+                let mut wd = crate::anonfd::inotify_watches(&info.raw, id);
+                for w in &mut wd {
+                    match crate::anonfd::path_of_handle(w.s_dev, &w.f_handle) {
+                        Some(p) => w.f_handle.path = Some(p),
+                        None => return Err(FilesError::InotifyPath { pid, fd, wd: w.wd }),
+                    }
+                }
+                e.r#type = pb::FdTypes::Inotify as i32;
+                e.ify = Some(pb::InotifyFileEntry {
+                    id,
+                    flags,
+                    fown: zero_fown(),
+                    wd,
                 });
             }
             _ => unreachable!("add_anon is called for anon-inode kinds only"),

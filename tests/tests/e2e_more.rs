@@ -1269,3 +1269,56 @@ while True:
     assert_eq!(ofd.0, libc::F_WRLCK as i16, "OFD lock held");
     assert_eq!(outside.0, libc::F_UNLCK as i16, "only the locked range");
 }
+
+#[test]
+fn inotify_watches_see_new_files_after_restore() {
+    let _g = serial();
+    if skip_unless_root("inotify_watches_see_new_files_after_restore") {
+        return;
+    }
+    // Three watches, the middle one removed (wd 1 and 3 remain): events must come with them.
+    let script = r#"
+import ctypes, os, struct, time, select
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+os.makedirs("a", exist_ok=True); os.makedirs("b", exist_ok=True); os.makedirs("c", exist_ok=True)
+IN_CREATE = 0x100
+wa = libc.inotify_add_watch(fd, b"a", IN_CREATE)
+wb = libc.inotify_add_watch(fd, b"b", IN_CREATE)
+wc = libc.inotify_add_watch(fd, b"c", IN_CREATE)
+libc.inotify_rm_watch(fd, wb)
+os.read(fd, 4096)  # the IN_IGNORED of b
+print("watches", wa, wc, flush=True)
+while True:
+    r, _, _ = select.select([fd], [], [], 0.05)
+    if r:
+        buf = os.read(fd, 4096)
+        off = 0
+        while off < len(buf):
+            wd, mask, cookie, n = struct.unpack_from("iIII", buf, off)
+            name = buf[off + 16: off + 16 + n].rstrip(b"\0").decode()
+            print("event", wd, hex(mask), name, flush=True)
+            off += 16 + n
+"#;
+    let w = Workload::start(
+        "inotify",
+        std::path::Path::new("/usr/bin/python3"),
+        &["-c", script],
+    );
+    let first = w.wait_lines(1, T);
+    assert_eq!(first[0], "watches 1 3");
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("a/new-in-a"), b"").unwrap();
+    std::fs::write(w.dir.join("c/new-in-c"), b"").unwrap();
+    std::fs::write(w.dir.join("b/not-watched"), b"").unwrap();
+    let lines = w.wait_lines(3, T);
+    kill_tree(&pids);
+    assert_eq!(
+        &lines[1..3],
+        &[
+            "event 1 0x100 new-in-a".to_string(),
+            "event 3 0x100 new-in-c".to_string()
+        ]
+    );
+    assert_eq!(lines.len(), 3, "no other event: {lines:?}");
+}

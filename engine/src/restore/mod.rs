@@ -648,6 +648,8 @@ impl Pool {
                 anonfd::create_timerfd(e).map_err(anon_err(id))?
             } else if let Some(e) = &f.sgfd {
                 anonfd::create_signalfd(e).map_err(anon_err(id))?
+            } else if let Some(e) = &f.ify {
+                anonfd::create_inotify(e).map_err(anon_err(id))?
             } else if let Some(e) = &f.epfd {
                 anonfd::create_epoll(e).map_err(anon_err(id))?
             } else if let Some(m) = &f.memfd {

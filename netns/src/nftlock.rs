@@ -128,75 +128,87 @@ fn cmp_eq(m: &mut Msg, value: &[u8]) {
     });
 }
 
-/// The batch that creates table `table` (family inet) with an input chain dropping the peer's
-/// packets of every connection in `conns`.
-fn lock_batch(table: &str, conns: &[Conn]) -> Vec<u8> {
-    let mut seq = 1;
-    let mut out = Msg::new(
+fn batch_begin() -> Vec<u8> {
+    Msg::new(
         NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        1,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    )
+    .finish()
+}
+
+fn batch_end(seq: u32) -> Vec<u8> {
+    Msg::new(
+        NFNL_MSG_BATCH_END,
         NLM_F_REQUEST,
         seq,
         0,
         NFNL_SUBSYS_NFTABLES,
     )
-    .finish();
-    seq += 1;
+    .finish()
+}
+
+/// A batch of lock rules, creating table `table` (family inet) with its input chain first when
+/// `with_table`; each rule drops the peer's packets of one connection in `conns`.
+fn lock_batch(table: &str, conns: &[Conn], with_table: bool) -> Vec<u8> {
     let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
-    let mut m = Msg::new(nft(NFT_MSG_NEWTABLE), flags, seq, NFPROTO_INET, 0);
-    m.str(1, table); // NFTA_TABLE_NAME
-    out.extend(m.finish());
-    seq += 1;
-    let mut m = Msg::new(nft(NFT_MSG_NEWCHAIN), flags, seq, NFPROTO_INET, 0);
-    m.str(1, table).str(3, "input"); // NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME
-    m.begin(4); // NFTA_CHAIN_HOOK
-    m.u32be(1, NF_INET_LOCAL_IN); // NFTA_HOOK_HOOKNUM
-    m.u32be(2, (-300i32) as u32); // NFTA_HOOK_PRIORITY: before conntrack and filter
-    m.end();
-    m.str(7, "filter"); // NFTA_CHAIN_TYPE
-    out.extend(m.finish());
-    for c in conns {
+    let mut seq = 1;
+    let mut out = batch_begin();
+    if with_table {
         seq += 1;
-        let mut m = Msg::new(nft(NFT_MSG_NEWRULE), flags, seq, NFPROTO_INET, 0);
-        m.str(1, table).str(2, "input"); // NFTA_RULE_TABLE, NFTA_RULE_CHAIN
-        m.begin(4); // NFTA_RULE_EXPRESSIONS
-        expr(&mut m, "meta", |m| {
-            m.u32be(2, NFT_META_L4PROTO); // NFTA_META_KEY
-            m.u32be(1, NFT_REG_1); // NFTA_META_DREG
-        });
-        cmp_eq(&mut m, &[libc::IPPROTO_TCP as u8]);
-        // Source port (the peer's), then destination port (ours): 4 bytes at offset 0.
-        expr(&mut m, "payload", |m| {
-            m.u32be(1, NFT_REG_1); // NFTA_PAYLOAD_DREG
-            m.u32be(2, NFT_PAYLOAD_TRANSPORT_HEADER); // NFTA_PAYLOAD_BASE
-            m.u32be(3, 0); // NFTA_PAYLOAD_OFFSET
-            m.u32be(4, 4); // NFTA_PAYLOAD_LEN
-        });
-        let mut ports = c.remote_port.to_be_bytes().to_vec();
-        ports.extend_from_slice(&c.local_port.to_be_bytes());
-        cmp_eq(&mut m, &ports);
-        expr(&mut m, "immediate", |m| {
-            m.u32be(1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
-            m.begin(2); // NFTA_IMMEDIATE_DATA
-            m.begin(2); // NFTA_DATA_VERDICT
-            m.u32be(1, NF_DROP); // NFTA_VERDICT_CODE
-            m.end();
-            m.end();
-        });
+        let mut m = Msg::new(nft(NFT_MSG_NEWTABLE), flags, seq, NFPROTO_INET, 0);
+        m.str(1, table); // NFTA_TABLE_NAME
+        out.extend(m.finish());
+        seq += 1;
+        let mut m = Msg::new(nft(NFT_MSG_NEWCHAIN), flags, seq, NFPROTO_INET, 0);
+        m.str(1, table).str(3, "input"); // NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME
+        m.begin(4); // NFTA_CHAIN_HOOK
+        m.u32be(1, NF_INET_LOCAL_IN); // NFTA_HOOK_HOOKNUM
+        m.u32be(2, (-300i32) as u32); // NFTA_HOOK_PRIORITY: before conntrack and filter
         m.end();
+        m.str(7, "filter"); // NFTA_CHAIN_TYPE
         out.extend(m.finish());
     }
-    seq += 1;
-    out.extend(
-        Msg::new(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-        )
-        .finish(),
-    );
+    for c in conns {
+        seq += 1;
+        out.extend(rule(table, c, seq, flags));
+    }
+    out.extend(batch_end(seq + 1));
     out
+}
+
+/// A rule dropping the peer's packets of one connection.
+fn rule(table: &str, c: &Conn, seq: u32, flags: u16) -> Vec<u8> {
+    let mut m = Msg::new(nft(NFT_MSG_NEWRULE), flags, seq, NFPROTO_INET, 0);
+    m.str(1, table).str(2, "input"); // NFTA_RULE_TABLE, NFTA_RULE_CHAIN
+    m.begin(4); // NFTA_RULE_EXPRESSIONS
+    expr(&mut m, "meta", |m| {
+        m.u32be(2, NFT_META_L4PROTO); // NFTA_META_KEY
+        m.u32be(1, NFT_REG_1); // NFTA_META_DREG
+    });
+    cmp_eq(&mut m, &[libc::IPPROTO_TCP as u8]);
+    // Source port (the peer's), then destination port (ours): 4 bytes at offset 0.
+    expr(&mut m, "payload", |m| {
+        m.u32be(1, NFT_REG_1); // NFTA_PAYLOAD_DREG
+        m.u32be(2, NFT_PAYLOAD_TRANSPORT_HEADER); // NFTA_PAYLOAD_BASE
+        m.u32be(3, 0); // NFTA_PAYLOAD_OFFSET
+        m.u32be(4, 4); // NFTA_PAYLOAD_LEN
+    });
+    let mut ports = c.remote_port.to_be_bytes().to_vec();
+    ports.extend_from_slice(&c.local_port.to_be_bytes());
+    cmp_eq(&mut m, &ports);
+    expr(&mut m, "immediate", |m| {
+        m.u32be(1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
+        m.begin(2); // NFTA_IMMEDIATE_DATA
+        m.begin(2); // NFTA_DATA_VERDICT
+        m.u32be(1, NF_DROP); // NFTA_VERDICT_CODE
+        m.end();
+        m.end();
+    });
+    m.end();
+    m.finish()
 }
 
 fn unlock_batch(table: &str) -> Vec<u8> {
@@ -291,9 +303,23 @@ fn send(batch: &[u8], acks: usize, what: &'static str) -> Result<(), LockError> 
     Ok(())
 }
 
+/// Rules per batch: a netlink message must fit the socket's buffers.
+const RULES_PER_BATCH: usize = 200;
+
 /// Locks `conns` under table `table` (created; it must not exist yet).
 pub fn lock(table: &str, conns: &[Conn]) -> Result<(), LockError> {
-    send(&lock_batch(table, conns), 2 + conns.len(), "lock")
+    let mut first = true;
+    for chunk in conns.chunks(RULES_PER_BATCH) {
+        let acks = chunk.len() + if first { 2 } else { 0 };
+        if let Err(e) = send(&lock_batch(table, chunk, first), acks, "lock") {
+            if !first {
+                let _ = unlock(table);
+            }
+            return Err(e);
+        }
+        first = false;
+    }
+    Ok(())
 }
 
 /// Removes the lock table `table`.
@@ -313,6 +339,7 @@ mod tests {
                 local_port: 80,
                 remote_port: 5555,
             }],
+            true,
         );
         // Walk the messages: lengths add up, every one is 4-aligned, begin and end frame it.
         let mut off = 0;

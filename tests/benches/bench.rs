@@ -37,6 +37,8 @@ const MIB: f64 = (1u64 << 20) as f64;
 
 /// Targets from the performance issue.
 const BIG_MIB: u64 = 1024;
+mod servers;
+
 const MAX_RATIO_TO_TOUCH: f64 = 1.25;
 const SMALL_MAX: Duration = Duration::from_millis(20);
 const MAX_RSS_MIB: f64 = 64.0;
@@ -846,6 +848,8 @@ fn main() -> ExitCode {
     }
 
     print_report(&bin, &limits, &rows);
+    let servers = servers::bench(&mut errors);
+    servers::print(&servers);
     println!("\ntotal bench time: {:.1} s", start.elapsed().as_secs_f64());
     if errors.is_empty() {
         ExitCode::SUCCESS

@@ -16,7 +16,7 @@ use crate::mem::{self, PageSelect, PAGE_SIZE};
 use crate::pages::PageSink;
 use crate::proc::{self, Mapping};
 use crate::ptrace::{self, Injector, PtraceError, Regs};
-use crate::{arch, files};
+use crate::{arch, files, pty};
 
 /// What to dump and how; the names follow CRIU's options.
 #[derive(Debug, Clone)]
@@ -491,6 +491,8 @@ struct Images {
     conns: Vec<stasis_netns::nftlock::Conn>,
     /// Inodes of every socket open in the tree: a unix peer among them is inside.
     tree_sockets: std::collections::HashSet<u32>,
+    /// pts indices of the pty masters open in the tree.
+    tree_ptys: std::collections::HashSet<u32>,
     /// File locks held by the tree, with the inode they are on.
     locks: Vec<(pb::FileLockEntry, u64)>,
 }
@@ -507,6 +509,7 @@ fn dump_frozen(
         dumped_shmem: Default::default(),
         conns: Vec::new(),
         tree_sockets: tree_socket_inodes(tree),
+        tree_ptys: tree_pty_masters(tree),
         locks: Vec::new(),
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
@@ -579,6 +582,25 @@ fn dump_frozen(
     // inventory.img last: its presence marks a complete image set (podman checks for it).
     write_file(&img.dir.join(names::INVENTORY), &w.into_bytes())?;
     Ok(())
+}
+
+fn tree_pty_masters(tree: &Tree) -> std::collections::HashSet<u32> {
+    let mut set = std::collections::HashSet::new();
+    for t in tree.tasks.iter().filter(|t| !t.zombie) {
+        let Ok(pidfd) = crate::inet::pidfd_open(t.pid) else {
+            continue;
+        };
+        for fd in proc::fds(t.pid).unwrap_or_default() {
+            if proc::readlink(t.pid, &format!("fd/{fd}")).ok().as_deref() == Some("/dev/ptmx") {
+                if let Ok(copy) = crate::inet::pidfd_getfd(pidfd.as_raw_fd(), fd) {
+                    if let Ok(n) = pty::master_index(copy.as_raw_fd()) {
+                        set.insert(n);
+                    }
+                }
+            }
+        }
+    }
+    set
 }
 
 fn tree_socket_inodes(tree: &Tree) -> std::collections::HashSet<u32> {
@@ -1093,7 +1115,7 @@ fn dump_fds(
 ) -> Result<(Vec<pb::FdinfoEntry>, Vec<crate::inet::TcpLock>), DumpError> {
     let mut out = Vec::new();
     let mut locks = Vec::new();
-    let mut pidfd = None;
+    let mut pidfd: Option<Option<std::os::fd::OwnedFd>> = None;
     for fd in proc::fds(pid)? {
         let link = proc::readlink(pid, &format!("fd/{fd}"))?;
         let info = proc::fdinfo(pid, fd)?;
@@ -1101,6 +1123,45 @@ fn dump_fds(
         let (ty, id) = match kind {
             files::FdKind::Regular | files::FdKind::Directory | files::FdKind::CharDevice => {
                 (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
+            }
+            files::FdKind::Tty
+                if link == "/dev/ptmx"
+                    || pty::slave_index(&link).is_some_and(|n| img.tree_ptys.contains(&n)) =>
+            {
+                // A pty whose master is in the tree: saved whole, restored as a new pair.
+                let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(pid).ok());
+                let copy = p
+                    .as_ref()
+                    .and_then(|p| crate::inet::pidfd_getfd(p.as_raw_fd(), fd).ok())
+                    .ok_or(DumpError::UnsupportedFd {
+                        pid,
+                        fd,
+                        what: format!("terminal {link} (cannot copy it)"),
+                    })?;
+                let master = link == "/dev/ptmx";
+                let index = if master {
+                    pty::master_index(copy.as_raw_fd()).map_err(|source| {
+                        DumpError::Files(files::FilesError::Inspect { pid, fd, source })
+                    })?
+                } else {
+                    pty::slave_index(&link).unwrap_or(0)
+                };
+                let rdev = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+                    .map(|m| std::os::unix::fs::MetadataExt::rdev(&m) as u32)
+                    .unwrap_or(0);
+                let flags = info.flags & !(libc::O_CLOEXEC as u32);
+                let id = img.files.add_pty(
+                    pid,
+                    fd,
+                    &link,
+                    flags,
+                    |id| {
+                        pty::info(id, index, copy.as_raw_fd(), rdev)
+                            .map_err(|source| files::FilesError::Pty { pid, fd, source })
+                    },
+                    (index, master),
+                )?;
+                (pb::FdTypes::Tty, id)
             }
             files::FdKind::Tty => {
                 if !opts.shell_job {
@@ -1140,25 +1201,19 @@ fn dump_fds(
                 img.files.add_anon(pid, fd, &kind, &info)?,
             ),
             files::FdKind::Socket(ino) => {
-                if img.files.known(pid, fd) {
-                    let (id, _) = img
-                        .files
-                        .add_inet(pid, fd, |_| unreachable!("known socket"))?;
-                    (pb::FdTypes::Inetsk, id)
+                if let Some((id, ty)) = img.files.known(pid, fd) {
+                    // The same socket through another fd (dup, fork): one file, its own type.
+                    (ty, id)
                 } else {
-                    if pidfd.is_none() {
-                        pidfd = Some(crate::inet::pidfd_open(pid).map_err(|source| {
-                            DumpError::Socket {
-                                pid,
-                                fd,
-                                source: crate::inet::InetError::Sys {
-                                    what: "pidfd_open".into(),
-                                    source,
-                                },
-                            }
-                        })?);
-                    }
-                    let pfd = pidfd.as_ref().expect("opened above").as_raw_fd();
+                    let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(pid).ok());
+                    let pfd = p
+                        .as_ref()
+                        .ok_or(DumpError::UnsupportedFd {
+                            pid,
+                            fd,
+                            what: "a socket (pidfd_open failed)".into(),
+                        })?
+                        .as_raw_fd();
                     let sock_err = |source| DumpError::Socket { pid, fd, source };
                     let sock = crate::inet::pidfd_getfd(pfd, fd).map_err(|source| {
                         sock_err(crate::inet::InetError::Sys {

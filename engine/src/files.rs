@@ -48,6 +48,13 @@ pub enum FilesError {
     InotifyPath { pid: u32, fd: i32, wd: u32 },
     #[error("pid {pid} fd {fd}: epoll target {tfd} was closed or replaced after it was added, which is not supported")]
     EpollStale { pid: u32, fd: i32, tfd: u32 },
+    #[error("pty of fd {fd} of pid {pid}")]
+    Pty {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: crate::pty::PtyError,
+    },
     #[error("cannot write image {path}")]
     Write {
         path: PathBuf,
@@ -253,6 +260,8 @@ pub struct FileTable {
     /// (file id, ghost id): the file is a deleted one, recreated from the ghost.
     remaps: Vec<(u32, u32)>,
     by_inode: HashMap<(u64, u64, u32), u32>,
+    /// pty ends of the tree: ((index, is master), info).
+    tty_infos: Vec<((u32, bool), pb::TtyInfoEntry)>,
     /// Messages queued on unix sockets: (socket file id, bytes).
     sk_queues: Vec<(u32, Vec<u8>)>,
     /// memfd inodes: (dev, ino) → entry.
@@ -274,6 +283,7 @@ impl FileTable {
             by_inode: HashMap::new(),
             memfd_inodes: Vec::new(),
             sk_queues: Vec::new(),
+            tty_infos: Vec::new(),
             entries: Vec::new(),
             seen: Vec::new(),
             by_path: HashMap::new(),
@@ -476,11 +486,54 @@ impl FileTable {
         Ok(id)
     }
 
-    /// True if `fd` of `pid` shares its open file description with one already recorded.
-    pub fn known(&self, pid: u32, fd: i32) -> bool {
-        std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map(|md| self.shared_with(pid, fd, md.dev(), md.ino()).is_some())
-            .unwrap_or(false)
+    /// One end of a pty of the tree: a TTY entry pointing at its tty_info (saved once per end).
+    pub fn add_pty(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        link: &str,
+        flags: u32,
+        info: impl FnOnce(u32) -> Result<pb::TtyInfoEntry, FilesError>,
+        end_key: (u32, bool),
+    ) -> Result<u32, FilesError> {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+            return Ok(id);
+        }
+        let info_id = match self.tty_infos.iter().find(|(k, _)| *k == end_key) {
+            Some((_, i)) => i.id,
+            None => {
+                let i = info(self.tty_infos.len() as u32 + 1)?;
+                let id = i.id;
+                self.tty_infos.push((end_key, i));
+                id
+            }
+        };
+        let regf_id = self.push_reg(link, flags, 0, None, Some(&md));
+        let id = self.next_id();
+        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Tty as i32,
+            id,
+            tty: Some(pb::TtyFileEntry {
+                id,
+                tty_info_id: info_id,
+                flags,
+                fown: zero_fown(),
+                regf_id: Some(regf_id),
+            }),
+            ..Default::default()
+        });
+        Ok(id)
+    }
+
+    /// The id and fd type of the file already recorded that `fd` of `pid` shares, if any.
+    pub fn known(&self, pid: u32, fd: i32) -> Option<(u32, pb::FdTypes)> {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let id = self.shared_with(pid, fd, md.dev(), md.ino())?;
+        let e = self.entries.iter().find(|e| e.id == id)?;
+        Some((id, pb::FdTypes::try_from(e.r#type).unwrap_or(pb::FdTypes::Und)))
     }
 
     /// A memfd, through `open` (a /proc path to it) as the task sees it at `link`. Returns the
@@ -795,6 +848,11 @@ impl FileTable {
             });
         }
         write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::TTY_INFO);
+        for (_, i) in &self.tty_infos {
+            w.push(i);
+        }
+        write(&dir.join(names::TTY_INFO), &w.into_bytes())?;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::FIFO_DATA);
         for (pipe_id, size, data) in self.fifo_data.iter().filter(|f| !f.2.is_empty()) {
             w.push(&pb::PipeDataEntry {

@@ -2,10 +2,11 @@
 //! pidfd_getfd (the same socket, so getsockopt and TCP_REPAIR work on it), and re-created by
 //! the restorer. Established TCP connections go through TCP_REPAIR.
 //!
-//! The "network lock" needs no netfilter: in repair mode we set the receive window to zero,
-//! so a segment the peer sends while the tree is frozen is dropped by the stack (and later
-//! retransmitted to the restored socket), never acknowledged and lost. The window is put back
-//! on the restored socket, or on the original one when the tree runs on.
+//! While we read a connection it is locked without netfilter: in repair mode its receive window
+//! is set to zero, so a segment the peer sends meanwhile is dropped by the stack (and sent
+//! again later), never acknowledged and lost. The window is put back on the restored socket, or
+//! on the original one when the tree runs on. Between the kill and the restore the socket does
+//! not exist at all; then the nftables lock of `stasis_netns::nftlock` keeps the peer away.
 
 use std::io;
 use std::mem::{size_of, zeroed};

@@ -16,5 +16,6 @@ pub mod mem;
 pub mod pages;
 pub mod proc;
 pub mod ptrace;
+pub mod pty;
 pub mod restore;
 pub mod unix;

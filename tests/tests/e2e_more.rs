@@ -389,6 +389,18 @@ fn shell_job_gets_the_restorers_terminal() {
     assert_eq!(r, 0);
     // SAFETY: fresh fds owned here.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // openpty's fds are inheritable: without this the workload would hold the master too, and
+    // the pty would be inside the tree.
+    for fd in [&master, &slave] {
+        // SAFETY: F_SETFD on our own fd.
+        unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                libc::F_SETFD,
+                libc::FD_CLOEXEC,
+            )
+        };
+    }
     let child = Command::new(workload("counter"))
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
@@ -1321,4 +1333,45 @@ while True:
         ]
     );
     assert_eq!(lines.len(), 3, "no other event: {lines:?}");
+}
+
+#[test]
+fn pty_pair_inside_the_tree_echoes_after_restore() {
+    let _g = serial();
+    if skip_unless_root("pty_pair_inside_the_tree_echoes_after_restore") {
+        return;
+    }
+    // Both ends of a pty in one process, with a window size and raw-ish settings on the slave.
+    let script = r#"
+import os, pty, termios, struct, fcntl, time
+m, s = pty.openpty()
+fcntl.ioctl(m, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 99, 0, 0))
+attrs = termios.tcgetattr(s); attrs[3] &= ~termios.ICANON; termios.tcsetattr(s, termios.TCSANOW, attrs)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.write(m, b"ping\n")
+time.sleep(0.1)
+got = os.read(s, 100)
+echo = os.read(m, 100)
+ws = struct.unpack("HHHH", fcntl.ioctl(s, termios.TIOCGWINSZ, b"\0" * 8))
+canon = bool(termios.tcgetattr(s)[3] & termios.ICANON)
+print("slave", got, "echo", echo, "ws", ws[0], ws[1], "canon", canon, flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::start(
+        "pty",
+        std::path::Path::new("/usr/bin/python3"),
+        &["-c", script],
+    );
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let lines = w.wait_lines(2, T);
+    kill_tree(&pids);
+    // Non-canonical with ECHOCTL: the newline echoes as ^J, as it did before the dump.
+    assert_eq!(
+        lines[1],
+        "slave b'ping\\n' echo b'ping^J' ws 33 99 canon False"
+    );
 }

@@ -74,6 +74,8 @@ pub struct DumpImage {
     pub memfds: HashMap<u64, (pb::MemfdInodeEntry, Vec<pb::PagemapEntry>, String)>,
     /// socket inode → established TCP connection state, receive queue, send queue
     pub tcp_streams: HashMap<u32, (pb::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
+    /// tty_info id → the state of one end of a pty.
+    pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// File locks to take again.
     pub locks: Vec<pb::FileLockEntry>,
     /// unix socket file id → messages queued for it to read
@@ -391,6 +393,23 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         let outq = r.raw(e.outq_len as u64)?.to_vec();
         tcp_streams.insert(isk.ino, (e, inq, outq));
     }
+    let mut tty_infos = HashMap::new();
+    if let Some(bytes) = read_optional(dir, names::TTY_INFO)? {
+        let mut r = ImageReader::new(names::TTY_INFO, &bytes, ImageKind::Normal, magic::TTY_INFO)?;
+        for i in r.all::<pb::TtyInfoEntry>()? {
+            tty_infos.insert(i.id, i);
+        }
+    }
+    for f in files.values() {
+        if let Some(t) = &f.tty {
+            if !tty_infos.contains_key(&t.tty_info_id) {
+                return Err(invalid(
+                    names::TTY_INFO,
+                    format!("tty file {} has no tty_info {}", f.id, t.tty_info_id),
+                ));
+            }
+        }
+    }
     let locks = match read_optional(dir, names::FILE_LOCKS)? {
         Some(bytes) => ImageReader::new(
             names::FILE_LOCKS,
@@ -446,6 +465,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         shmem,
         memfds,
         tcp_streams,
+        tty_infos,
         locks,
         sk_queues,
         net_lock: inv

@@ -19,7 +19,7 @@ use crate::images::{magic, names, pb, vma_status::*, ImageKind, ImageWriter};
 use crate::mem::{self, PAGE_SIZE};
 use crate::pages::PageSource;
 use crate::ptrace::{self, Injector, PtraceError};
-use crate::{anonfd, arch, files, inet, proc, unix};
+use crate::{anonfd, arch, files, inet, proc, pty, unix};
 use load::TaskImage;
 pub use load::{DumpImage, LoadError};
 
@@ -510,6 +510,8 @@ impl Pool {
         // The second end of a unix pair, made with the first, waiting for its turn.
         let mut unix_pending: HashMap<u32, OwnedFd> = HashMap::new();
         let mut fifo_keepers: HashMap<u32, OwnedFd> = HashMap::new();
+        // Dumped pts index → the new master and its slave's path.
+        let mut ptys: HashMap<u32, (OwnedFd, String)> = HashMap::new();
         let mut ids: Vec<u32> = Vec::new();
         // Files whose content the tasks run from: the exe and mapped files.
         let mut mapped: Vec<u32> = Vec::new();
@@ -550,6 +552,25 @@ impl Pool {
                 } else {
                     open_reg(id, reg)?
                 }
+            } else if let Some(t) = &f.tty {
+                let info = &img.tty_infos[&t.tty_info_id];
+                let index = info.pty.as_ref().map(|p| p.index).unwrap_or(0);
+                if let std::collections::hash_map::Entry::Vacant(slot) = ptys.entry(index) {
+                    slot.insert(pty::create(info).map_err(pty_err(id))?);
+                }
+                let (master, path) = &ptys[&index];
+                let is_master = img
+                    .files
+                    .get(&t.regf_id.unwrap_or(0))
+                    .and_then(|r| r.reg.as_ref())
+                    .is_some_and(|r| r.name == "/dev/ptmx");
+                let fd = if is_master {
+                    dup_fd(master.as_raw_fd())?
+                } else {
+                    pty::open_slave(path, t.flags).map_err(pty_err(id))?
+                };
+                set_status_flags(&fd, t.flags)?;
+                fd
             } else if let Some(fe) = &f.fifo {
                 let reg = fe
                     .regf_id
@@ -740,6 +761,13 @@ fn check_unchanged(id: u32, f: &pb::FileEntry, fd: &OwnedFd) -> Result<(), Resto
         });
     }
     Ok(())
+}
+
+fn pty_err(id: u32) -> impl FnOnce(pty::PtyError) -> RestoreError {
+    move |e| RestoreError::Task {
+        pid: 0,
+        what: format!("pty (file id {id}): {e}"),
+    }
 }
 
 fn unix_err(id: u32) -> impl FnOnce(unix::UnixError) -> RestoreError {

@@ -495,6 +495,12 @@ struct Images {
     tree_ptys: std::collections::HashSet<u32>,
     /// File locks held by the tree, with the inode they are on.
     locks: Vec<(pb::FileLockEntry, u64)>,
+    /// /proc/sysvipc/shm, read once.
+    sysv_segments: Vec<proc::parse::ShmSegment>,
+    /// shmid → attachments (VMAs) in the tree.
+    sysv_attached: HashMap<u32, u64>,
+    /// Segments dumped so far.
+    sysv_dumped: Vec<pb::IpcShmEntry>,
 }
 
 fn dump_frozen(
@@ -511,6 +517,11 @@ fn dump_frozen(
         tree_sockets: tree_socket_inodes(tree),
         tree_ptys: tree_pty_masters(tree),
         locks: Vec::new(),
+        sysv_segments: proc::parse::parse_sysvipc_shm(
+            &std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default(),
+        ),
+        sysv_attached: tree_sysv_attachments(tree),
+        sysv_dumped: Vec::new(),
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
     refuse_shared_kernel_objects(tree)?;
@@ -543,6 +554,12 @@ fn dump_frozen(
     }
     // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
     img.files.write(&img.dir)?;
+    // Always written, even empty, so a stale one from an older dump cannot apply.
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::IPCNS_SHM);
+    for e in &img.sysv_dumped {
+        w.push(e);
+    }
+    write_file(&img.dir.join(names::ipcns_shm(1)), &w.into_bytes())?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::FILE_LOCKS);
     for (l, _) in &img.locks {
         w.push(l);
@@ -582,6 +599,19 @@ fn dump_frozen(
     // inventory.img last: its presence marks a complete image set (podman checks for it).
     write_file(&img.dir.join(names::INVENTORY), &w.into_bytes())?;
     Ok(())
+}
+
+/// How many mappings of each System V segment the tree has (the kernel's nattch counts them).
+fn tree_sysv_attachments(tree: &Tree) -> HashMap<u32, u64> {
+    let mut out = HashMap::new();
+    for t in tree.tasks.iter().filter(|t| !t.zombie) {
+        for m in proc::maps(t.pid).unwrap_or_default() {
+            if m.path.starts_with("/SYSV") && m.shared {
+                *out.entry(m.inode as u32).or_insert(0) += 1;
+            }
+        }
+    }
+    out
 }
 
 fn tree_pty_masters(tree: &Tree) -> std::collections::HashSet<u32> {
@@ -1484,7 +1514,51 @@ fn dump_memory(
                     vma.status |= VMA_ANON_PRIVATE;
                     select = PageSelect::Anon;
                 } else if p.starts_with("/SYSV") {
-                    return Err(unsupported("System V shared memory"));
+                    let shmid = m.inode as u32;
+                    let seg = img
+                        .sysv_segments
+                        .iter()
+                        .find(|s| s.shmid == shmid)
+                        .cloned()
+                        .ok_or_else(|| {
+                            unsupported(
+                                "System V shared memory that /proc/sysvipc/shm does not list",
+                            )
+                        })?;
+                    let in_tree = img.sysv_attached.get(&shmid).copied().unwrap_or(0);
+                    if seg.nattch > in_tree {
+                        return Err(unsupported(&format!(
+                            "System V shared memory segment {shmid} (key {:#x}), also attached outside the tree ({} attachments, {in_tree} in the tree),",
+                            seg.key, seg.nattch
+                        )));
+                    }
+                    if m.offset != 0 || m.len() < seg.size.div_ceil(PAGE_SIZE) * PAGE_SIZE {
+                        return Err(unsupported(
+                            "a partly mapped System V shared memory segment",
+                        ));
+                    }
+                    vma.status |= VMA_AREA_SYSVIPC;
+                    vma.shmid = shmid as u64;
+                    if !img.sysv_dumped.iter().any(|e| e.desc.id == shmid) {
+                        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                        dump_shmem_object(&path, shmid as u64, seg.size, img, stats)?;
+                        img.sysv_dumped.push(pb::IpcShmEntry {
+                            desc: pb::IpcDescEntry {
+                                key: seg.key as u32,
+                                uid: seg.uid,
+                                gid: seg.gid,
+                                cuid: seg.cuid,
+                                cgid: seg.cgid,
+                                mode: seg.perms,
+                                id: shmid,
+                            },
+                            size: seg.size,
+                            in_pagemaps: Some(true),
+                            hugetlb_flag: None,
+                        });
+                    }
+                    vmas.push(vma);
+                    continue;
                 } else {
                     vma.flags |= libc::MAP_ANONYMOUS as u32;
                     vma.status |= VMA_ANON_SHARED;

@@ -533,7 +533,10 @@ impl FileTable {
         let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
         let id = self.shared_with(pid, fd, md.dev(), md.ino())?;
         let e = self.entries.iter().find(|e| e.id == id)?;
-        Some((id, pb::FdTypes::try_from(e.r#type).unwrap_or(pb::FdTypes::Und)))
+        Some((
+            id,
+            pb::FdTypes::try_from(e.r#type).unwrap_or(pb::FdTypes::Und),
+        ))
     }
 
     /// A memfd, through `open` (a /proc path to it) as the task sees it at `link`. Returns the

@@ -1375,3 +1375,98 @@ while True: time.sleep(1)
         "slave b'ping\\n' echo b'ping^J' ws 33 99 canon False"
     );
 }
+
+#[test]
+fn sysv_shared_memory_used_only_by_the_tree_survives() {
+    let _g = serial();
+    if skip_unless_root("sysv_shared_memory_used_only_by_the_tree_survives") {
+        return;
+    }
+    // Parent and child share a SysV segment in the host's IPC namespace: the child counts in
+    // it, the parent prints what it sees, and the pattern written at the start must hold.
+    let key = 0x5a5a_0000u32 + (std::process::id() & 0xffff);
+    let script = format!(
+        r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shmid = libc.shmget({key}, 65536, 0o1000 | 0o600)
+base = libc.shmat(shmid, None, 0)
+buf = (ctypes.c_ubyte * 65536).from_address(base)
+for i in range(1000, 65536): buf[i] = (i * 7) & 0xff
+cnt = ctypes.c_uint64.from_address(base)
+if os.fork() == 0:
+    while True:
+        cnt.value += 1; time.sleep(0.005)
+print("shmid", shmid, flush=True)
+while True:
+    ok = all(buf[i] == (i * 7) & 0xff for i in range(1000, 65536, 97))
+    print(cnt.value, ok, flush=True); time.sleep(0.05)
+"#
+    );
+    let w = Workload::start(
+        "sysvshm",
+        std::path::Path::new("/usr/bin/python3"),
+        &["-c", &script],
+    );
+    let first = w.wait_lines(3, T);
+    let shmid: i32 = first[0].strip_prefix("shmid ").unwrap().parse().unwrap();
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let before: u64 = w.lines()[n - 1]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let after = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    // SAFETY: shmctl(IPC_RMID): clean up the host segment.
+    unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+    let last: Vec<&str> = after.last().unwrap().split_whitespace().collect();
+    assert!(
+        last[0].parse::<u64>().unwrap() > before,
+        "the child's increments are seen after restore"
+    );
+    assert!(
+        after.iter().skip(1).all(|l| l.ends_with(" True")),
+        "content intact: {after:?}"
+    );
+
+    // A segment also attached outside the tree is refused by name.
+    let key2 = key + 0x10000;
+    // SAFETY: shmget/shmat on a new segment of ours.
+    let (id2, addr) = unsafe {
+        let id = libc::shmget(key2 as libc::key_t, 4096, libc::IPC_CREAT | 0o600);
+        (id, libc::shmat(id, std::ptr::null(), 0))
+    };
+    let script2 = format!(
+        "import ctypes, time\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\nlibc.shmat(libc.shmget({key2}, 4096, 0), None, 0)\nprint('up', flush=True)\nwhile True: time.sleep(1)\n"
+    );
+    let w2 = Workload::start(
+        "sysvshm2",
+        std::path::Path::new("/usr/bin/python3"),
+        &["-c", &script2],
+    );
+    w2.wait_lines(1, T);
+    let img = w2.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w2.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+    ]);
+    // SAFETY: detach and remove our segment.
+    unsafe {
+        libc::shmdt(addr);
+        libc::shmctl(id2, libc::IPC_RMID, std::ptr::null_mut());
+    }
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains(&format!("segment {id2}")) && e.contains("outside the tree"),
+        "{e}"
+    );
+    assert!(alive(w2.pid));
+}

@@ -378,6 +378,45 @@ pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// One System V shared memory segment of `/proc/sysvipc/shm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShmSegment {
+    pub key: i32,
+    pub shmid: u32,
+    /// Permission bits and SHM_DEST (01000) / SHM_LOCKED flags, as printed (octal).
+    pub perms: u32,
+    pub size: u64,
+    pub nattch: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+}
+
+/// Parses `/proc/sysvipc/shm` (the header line is skipped; bad lines too).
+pub fn parse_sysvipc_shm(text: &str) -> Vec<ShmSegment> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 11 {
+                return None;
+            }
+            Some(ShmSegment {
+                key: f[0].parse().ok()?,
+                shmid: f[1].parse().ok()?,
+                perms: u32::from_str_radix(f[2], 8).ok()?,
+                size: f[3].parse().ok()?,
+                nattch: f[6].parse().ok()?,
+                uid: f[7].parse().ok()?,
+                gid: f[8].parse().ok()?,
+                cuid: f[9].parse().ok()?,
+                cgid: f[10].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// One POSIX timer of `/proc/<pid>/timers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PosixTimer {
@@ -438,6 +477,18 @@ pub fn parse_timers(text: &str) -> Vec<PosixTimer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysvipc_shm_table() {
+        let t = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n\
+ 305441741          3  1600                 65536 32020 32020      2     0     0     0     0 1795796638          0 1795796638                     0                     0\n";
+        let s = parse_sysvipc_shm(t);
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (s[0].key, s[0].shmid, s[0].perms, s[0].size, s[0].nattch),
+            (305441741, 3, 0o1600, 65536, 2)
+        );
+    }
 
     #[test]
     fn timers_file() {

@@ -74,6 +74,8 @@ pub struct DumpImage {
     pub memfds: HashMap<u64, (pb::MemfdInodeEntry, Vec<pb::PagemapEntry>, String)>,
     /// socket inode → established TCP connection state, receive queue, send queue
     pub tcp_streams: HashMap<u32, (pb::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
+    /// System V shared memory segments: (entry, content pagemap, pages file).
+    pub sysv_shm: Vec<(pb::IpcShmEntry, Vec<pb::PagemapEntry>, String)>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// File locks to take again.
@@ -393,6 +395,15 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         let outq = r.raw(e.outq_len as u64)?.to_vec();
         tcp_streams.insert(isk.ino, (e, inq, outq));
     }
+    let mut sysv_shm = Vec::new();
+    if let Some(bytes) = read_optional(dir, &names::ipcns_shm(1))? {
+        let file = names::ipcns_shm(1);
+        let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::IPCNS_SHM)?;
+        for e in r.all::<pb::IpcShmEntry>()? {
+            let (pm, pages) = pagemap(dir, &names::pagemap_shmem(e.desc.id as u64))?;
+            sysv_shm.push((e, pm, pages));
+        }
+    }
     let mut tty_infos = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::TTY_INFO)? {
         let mut r = ImageReader::new(names::TTY_INFO, &bytes, ImageKind::Normal, magic::TTY_INFO)?;
@@ -465,6 +476,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         shmem,
         memfds,
         tcp_streams,
+        sysv_shm,
         tty_infos,
         locks,
         sk_queues,

@@ -194,6 +194,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     raise_nofile_limit();
     let pool = Pool::build(&img, opts)?;
     take_file_locks(&img, &pool)?;
+    let sysv_to_remove = prepare_sysv_shm(&img)?;
     let trampoline = pick_trampoline(&img)?;
     let shared = stub::StubShared {
         tasks: stub_plans(&img, &pool)?,
@@ -284,6 +285,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         restore_epoll_targets(&r, t, &img, &mut epolls_done)?;
         restore_posix_locks(&r, t, &img)?;
         restore_task_state(&r, t)?;
+    }
+    // Segments that were already marked for removal are marked again, now that they are attached.
+    for id in &sysv_to_remove {
+        // SAFETY: shmctl(IPC_RMID) with no buffer.
+        unsafe { libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()) };
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let r = Remote::new(t.pid(), trampoline)?;
@@ -1094,6 +1100,74 @@ fn restore_posix_locks(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(),
     Ok(())
 }
 
+/// Makes sure every dumped System V segment exists with its id, key, size and mode, and holds
+/// the dumped content. On this host the segment usually outlived the killed tree and is reused;
+/// elsewhere it is created with the same id (kernel.shm_next_id). Returns the ids to mark for
+/// removal again once attached.
+fn prepare_sysv_shm(img: &DumpImage) -> Result<Vec<i32>, RestoreError> {
+    let mut to_remove = Vec::new();
+    for (e, pagemap, pages) in &img.sysv_shm {
+        let d = &e.desc;
+        let current = proc::parse::parse_sysvipc_shm(
+            &std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default(),
+        );
+        let id = match current.iter().find(|s| s.shmid == d.id) {
+            Some(s) if s.key as u32 == d.key && s.size == e.size => d.id as i32,
+            Some(s) => {
+                return Err(RestoreError::Task {
+                    pid: 0,
+                    what: format!(
+                        "System V shared memory id {} is in use by another segment (key {:#x})",
+                        d.id, s.key
+                    ),
+                })
+            }
+            None => {
+                std::fs::write("/proc/sys/kernel/shm_next_id", d.id.to_string())
+                    .map_err(setup_err("setting kernel.shm_next_id"))?;
+                // SAFETY: shmget(2) with integers.
+                let got = unsafe {
+                    libc::shmget(
+                        d.key as libc::key_t,
+                        e.size as usize,
+                        libc::IPC_CREAT | libc::IPC_EXCL | (d.mode & 0o777) as i32,
+                    )
+                };
+                let _ = std::fs::write("/proc/sys/kernel/shm_next_id", "-1");
+                if got < 0 || got as u32 != d.id {
+                    return Err(setup_err(format!(
+                        "creating System V shared memory {} (key {:#x})",
+                        d.id, d.key
+                    ))(std::io::Error::last_os_error()));
+                }
+                got
+            }
+        };
+        let content = read_shmem_content(e.size, pagemap, &img.dir.join(pages))?;
+        // SAFETY: shmat of a segment we just checked; detached right after the copy.
+        let addr = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+        if addr as isize == -1 {
+            return Err(setup_err(format!("attaching System V shared memory {id}"))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: the segment is at least `e.size` bytes long and attached read-write at addr.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                content.as_ptr(),
+                addr.cast::<u8>(),
+                content.len().min(e.size as usize),
+            );
+            libc::shmdt(addr);
+        }
+        const SHM_DEST: u32 = 0o1000;
+        if d.mode & SHM_DEST != 0 {
+            to_remove.push(id);
+        }
+    }
+    Ok(to_remove)
+}
+
 /// A free range for the trampoline: outside every dumped mapping of every task.
 fn pick_trampoline(img: &DumpImage) -> Result<u64, RestoreError> {
     let need = 64 << 20; // room for the trampoline and a vdso parking place
@@ -1375,6 +1449,25 @@ fn restore_mm(
         } else {
             (u64::MAX, 0)
         };
+        if v.status & VMA_AREA_SYSVIPC != 0 {
+            // The task attaches the segment itself, at its address.
+            const SHM_EXEC: u64 = 0o100000;
+            let mut shmflg = 0u64;
+            if v.prot & libc::PROT_WRITE as u32 == 0 {
+                shmflg |= libc::SHM_RDONLY as u64;
+            }
+            if v.prot & libc::PROT_EXEC as u32 != 0 {
+                shmflg |= SHM_EXEC;
+            }
+            let got = r.call(libc::SYS_shmat, &[v.shmid, v.start, shmflg])? as u64;
+            if got != v.start {
+                return Err(task_err(format!(
+                    "shmat at {:#x} landed at {got:#x}",
+                    v.start
+                )));
+            }
+            continue;
+        }
         let got = r.call(
             libc::SYS_mmap,
             &[v.start, len, map_prot as u64, flags as u64, fd, off],

@@ -1210,26 +1210,14 @@ fn dump_fds(
             files::FdKind::Pipe(ino) => {
                 (pb::FdTypes::Pipe, img.files.add_pipe(pid, fd, ino, &info)?)
             }
-            files::FdKind::EventFd => (
-                pb::FdTypes::Eventfd,
-                img.files.add_anon(pid, fd, &kind, &info)?,
-            ),
-            files::FdKind::TimerFd => (
-                pb::FdTypes::Timerfd,
-                img.files.add_anon(pid, fd, &kind, &info)?,
-            ),
-            files::FdKind::SignalFd => (
-                pb::FdTypes::Signalfd,
-                img.files.add_anon(pid, fd, &kind, &info)?,
-            ),
-            files::FdKind::Inotify => (
-                pb::FdTypes::Inotify,
-                img.files.add_anon(pid, fd, &kind, &info)?,
-            ),
-            files::FdKind::EventPoll => (
-                pb::FdTypes::Eventpoll,
-                img.files.add_anon(pid, fd, &kind, &info)?,
-            ),
+            files::FdKind::EventFd
+            | files::FdKind::TimerFd
+            | files::FdKind::SignalFd
+            | files::FdKind::Inotify
+            | files::FdKind::EventPoll => {
+                let ty = kind.anon_fd_type().expect("an anon-inode kind");
+                (ty, img.files.add_anon(pid, fd, &kind, &info)?)
+            }
             files::FdKind::Socket(ino) => {
                 if let Some((id, ty)) = img.files.known(pid, fd) {
                     // The same socket through another fd (dup, fork): one file, its own type.

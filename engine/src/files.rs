@@ -3,6 +3,7 @@
 //! Two fds (in one task or in several) that share an open file description get one file id, as
 //! in CRIU; `kcmp(KCMP_FILE)` tells whether they do.
 
+use crate::sys::cvt;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -272,6 +273,20 @@ pub struct FileTable {
     by_path: HashMap<(String, u32), u32>,
     pipes_data: Vec<(u32, u32, Vec<u8>)>,
     fifo_data: Vec<(u32, u32, Vec<u8>)>,
+}
+
+impl FdKind {
+    /// The fdinfo type of the anon-inode kinds that [`FileTable::add_anon`] handles.
+    pub fn anon_fd_type(&self) -> Option<pb::FdTypes> {
+        Some(match self {
+            FdKind::EventFd => pb::FdTypes::Eventfd,
+            FdKind::TimerFd => pb::FdTypes::Timerfd,
+            FdKind::SignalFd => pb::FdTypes::Signalfd,
+            FdKind::Inotify => pb::FdTypes::Inotify,
+            FdKind::EventPoll => pb::FdTypes::Eventpoll,
+            _ => return None,
+        })
+    }
 }
 
 impl FileTable {
@@ -754,15 +769,7 @@ impl FileTable {
             return Ok(id);
         }
         let pipe_id = ino as u32;
-        if !self.pipes_data.iter().any(|p| p.0 == pipe_id) {
-            let (size, data) = read_pipe_data(pid, fd).map_err(|source| FilesError::PipeData {
-                pid,
-                fd,
-                ino,
-                source,
-            })?;
-            self.pipes_data.push((pipe_id, size, data));
-        }
+        save_pipe_data(&mut self.pipes_data, pid, fd, ino)?;
         let id = self.next_id();
         self.seen.push((pid, fd, PIPEFS_DEV, ino, id));
         self.entries.push(pb::FileEntry {
@@ -795,15 +802,7 @@ impl FileTable {
             return Ok(id);
         }
         let pipe_id = ino as u32;
-        if !self.fifo_data.iter().any(|p| p.0 == pipe_id) {
-            let (size, data) = read_pipe_data(pid, fd).map_err(|source| FilesError::PipeData {
-                pid,
-                fd,
-                ino,
-                source,
-            })?;
-            self.fifo_data.push((pipe_id, size, data));
-        }
+        save_pipe_data(&mut self.fifo_data, pid, fd, ino)?;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let regf_id = self.push_reg(link, flags, 0, Some(info.mnt_id as i32), Some(&md));
         let id = self.next_id();
@@ -898,12 +897,24 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), FilesError> {
     })
 }
 
-fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
+/// Saves the bytes buffered in pipe (or FIFO) `ino` the first time it is seen.
+fn save_pipe_data(
+    saved: &mut Vec<(u32, u32, Vec<u8>)>,
+    pid: u32,
+    fd: i32,
+    ino: u64,
+) -> Result<(), FilesError> {
+    if saved.iter().any(|p| p.0 == ino as u32) {
+        return Ok(());
     }
+    let (size, data) = read_pipe_data(pid, fd).map_err(|source| FilesError::PipeData {
+        pid,
+        fd,
+        ino,
+        source,
+    })?;
+    saved.push((ino as u32, size, data));
+    Ok(())
 }
 
 /// Copies the bytes buffered in a pipe without consuming them: a fresh read end is opened

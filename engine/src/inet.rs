@@ -8,6 +8,7 @@
 //! on the original one when the tree runs on. Between the kill and the restore the socket does
 //! not exist at all; then the nftables lock of `stasis_netns::nftlock` keeps the peer away.
 
+use crate::sys::cvt;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -36,14 +37,6 @@ pub enum InetError {
 fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> InetError {
     let what = what.into();
     move |source| InetError::Sys { what, source }
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
 }
 
 fn get_raw<T: Copy>(fd: RawFd, level: i32, name: i32) -> io::Result<T> {
@@ -695,8 +688,11 @@ fn restore_stream(
         set_raw(fd, t, libc::TCP_REPAIR_WINDOW, &w).map_err(sys(ctx("TCP_REPAIR_WINDOW")))?;
     }
     apply_opts(fd, e)?;
-    // Leave repair mode without a window probe; queued data goes out on its timers.
-    const TCP_REPAIR_OFF_NO_WP: i32 = -1;
-    set_int(fd, t, libc::TCP_REPAIR, TCP_REPAIR_OFF_NO_WP).map_err(sys(ctx("TCP_REPAIR off")))?;
+    // Leave repair mode with a window probe: it tells the peer our window is open again, so a
+    // peer that saw it at zero (the dump's lock) leaves persist mode at once. Segments the lock
+    // dropped come back on the peer's retransmission timer, which backs off with the downtime
+    // (as with CRIU).
+    const TCP_REPAIR_OFF: i32 = 0;
+    set_int(fd, t, libc::TCP_REPAIR, TCP_REPAIR_OFF).map_err(sys(ctx("TCP_REPAIR off")))?;
     Ok(sock)
 }

@@ -18,4 +18,5 @@ pub mod proc;
 pub mod ptrace;
 pub mod pty;
 pub mod restore;
+pub mod sys;
 pub mod unix;

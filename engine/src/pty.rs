@@ -5,6 +5,7 @@
 //! Not kept: bytes buffered in the pty, the controlling-terminal link of a session, and the
 //! index (a new pair gets whatever /dev/pts/N is free).
 
+use crate::sys::cvt;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
@@ -22,14 +23,6 @@ pub struct PtyError {
 fn err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PtyError {
     let what = what.into();
     move |source| PtyError { what, source }
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
 }
 
 /// The pts index of a master (a copy of /dev/ptmx).

@@ -3,6 +3,7 @@
 //! Peers and names come from sock_diag (NETLINK_SOCK_DIAG, UNIX_DIAG); queued bytes are peeked
 //! from a pidfd_getfd copy of the socket without consuming them.
 
+use crate::sys::cvt;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -29,14 +30,6 @@ pub enum UnixError {
 fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> UnixError {
     let what = what.into();
     move |source| UnixError::Sys { what, source }
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
 }
 
 /// What UNIX_DIAG says about one socket.

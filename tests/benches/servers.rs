@@ -2,58 +2,12 @@
 //! restored with their clients connected; and how frozen time grows with the number of
 //! established connections (1, 100, 1000 idle redis clients).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use stasis_tests::*;
-
-struct Redis {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Redis {
-    fn connect(port: u16) -> Option<Redis> {
-        let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        Some(Redis {
-            r: BufReader::new(s.try_clone().ok()?),
-            w: s,
-        })
-    }
-    fn send(&mut self, args: &[&str]) -> Result<(), String> {
-        let mut m = format!("*{}\r\n", args.len());
-        for a in args {
-            m.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        self.w
-            .write_all(m.as_bytes())
-            .map_err(|e| format!("redis send: {e}"))
-    }
-    fn reply(&mut self) -> Result<String, String> {
-        let mut line = String::new();
-        self.r
-            .read_line(&mut line)
-            .map_err(|e| format!("redis reply: {e}"))?;
-        if let Some(n) = line.strip_prefix('$') {
-            if n.trim().starts_with('-') {
-                return Ok("(nil)".into());
-            }
-            let mut v = String::new();
-            self.r
-                .read_line(&mut v)
-                .map_err(|e| format!("redis reply: {e}"))?;
-            return Ok(v.trim_end().into());
-        }
-        Ok(line.trim_end().into())
-    }
-    fn cmd(&mut self, args: &[&str]) -> Result<String, String> {
-        self.send(args)?;
-        self.reply()
-    }
-}
 
 /// One dump + restore of a running server: wall times and frozen time.
 pub struct ServerSample {

@@ -451,3 +451,82 @@ pub fn dump_kill_restore_with(
     }
     after
 }
+
+/// The state letter of `/proc/<pid>/stat` ('?' if gone).
+pub fn state_of(pid: u32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next()?.trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+/// The pid tracing `pid` (0: none).
+pub fn tracer_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("TracerPid:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+/// The numbers of a line, in order.
+pub fn nums(line: &str) -> Vec<u64> {
+    line.split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
+/// A minimal RESP (redis) client over one TCP connection.
+pub struct Redis {
+    w: std::net::TcpStream,
+    r: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Redis {
+    pub fn connect(port: u16) -> Option<Redis> {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        Some(Redis {
+            r: std::io::BufReader::new(s.try_clone().ok()?),
+            w: s,
+        })
+    }
+
+    pub fn send(&mut self, args: &[&str]) -> Result<(), String> {
+        use std::io::Write;
+        let mut m = format!("*{}\r\n", args.len());
+        for a in args {
+            m.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.w
+            .write_all(m.as_bytes())
+            .map_err(|e| format!("redis send: {e}"))
+    }
+
+    pub fn reply(&mut self) -> Result<String, String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.r
+            .read_line(&mut line)
+            .map_err(|e| format!("redis reply: {e}"))?;
+        if let Some(n) = line.strip_prefix('$') {
+            if n.trim().starts_with('-') {
+                return Ok("(nil)".into());
+            }
+            let mut v = String::new();
+            self.r
+                .read_line(&mut v)
+                .map_err(|e| format!("redis reply: {e}"))?;
+            return Ok(v.trim_end().into());
+        }
+        Ok(line.trim_end().into())
+    }
+
+    pub fn cmd(&mut self, args: &[&str]) -> Result<String, String> {
+        self.send(args)?;
+        self.reply()
+    }
+}

@@ -7,12 +7,6 @@ use stasis_tests::*;
 
 const T: Duration = Duration::from_secs(10);
 
-fn nums(line: &str) -> Vec<u64> {
-    line.split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect()
-}
-
 #[test]
 fn counter_continues_with_same_pid() {
     let _g = serial();

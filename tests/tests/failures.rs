@@ -26,24 +26,6 @@ fn one_line_error(o: &std::process::Output, must_contain: &str) {
     assert!(!e.contains("panicked"), "{e}");
 }
 
-fn tracer_of(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("TracerPid:")
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0)
-}
-
-fn state_of(pid: u32) -> char {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next()?.trim_start().chars().next())
-        .unwrap_or('?')
-}
-
 fn assert_runs_on(w: &Workload) {
     assert_eq!(tracer_of(w.pid), 0, "task left traced");
     assert!(

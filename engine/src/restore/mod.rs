@@ -7,6 +7,7 @@
 pub mod load;
 mod stub;
 
+use crate::sys::cvt;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -135,14 +136,6 @@ fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> RestoreError {
 fn setup_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
     let what = what.into();
     move |source| RestoreError::Setup { what, source }
-}
-
-fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
 }
 
 /// Tasks this restore created; killed on drop unless disarmed.
@@ -323,6 +316,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             log::warn!("cannot remove network lock {table}: {e}");
         }
     }
+
     // Everything is in place: let all tasks go together.
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         if t.tc().task_state == crate::images::TASK_STOPPED {

@@ -311,6 +311,15 @@ impl FileTable {
         self.entries.len() as u32 + 1
     }
 
+    /// The inode behind `fd` of `pid`, and the id of a file already recorded that shares its
+    /// open file description, if any.
+    fn existing(&self, pid: u32, fd: i32) -> Result<(std::fs::Metadata, Option<u32>), FilesError> {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+        let shared = self.shared_with(pid, fd, md.dev(), md.ino());
+        Ok((md, shared))
+    }
+
     fn shared_with(&self, pid: u32, fd: i32, dev: u64, ino: u64) -> Option<u32> {
         self.seen
             .iter()
@@ -326,9 +335,8 @@ impl FileTable {
         link: &str,
         info: &FdInfo,
     ) -> Result<u32, FilesError> {
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
-        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
             return Ok(id);
         }
         let name = match link.strip_suffix(" (deleted)") {
@@ -358,9 +366,8 @@ impl FileTable {
         kind: &FdKind,
         info: &FdInfo,
     ) -> Result<u32, FilesError> {
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
-        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
             return Ok(id);
         }
         let id = self.next_id();
@@ -432,9 +439,8 @@ impl FileTable {
         fd: i32,
         make: impl FnOnce(u32) -> Result<pb::InetSkEntry, FilesError>,
     ) -> Result<(u32, bool), FilesError> {
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
-        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
             return Ok((id, false));
         }
         let id = self.next_id();
@@ -457,9 +463,8 @@ impl FileTable {
         fd: i32,
         dumped: crate::unix::Dumped,
     ) -> Result<u32, FilesError> {
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
-        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
             return Ok(id);
         }
         let id = self.next_id();
@@ -511,9 +516,8 @@ impl FileTable {
         info: impl FnOnce(u32) -> Result<pb::TtyInfoEntry, FilesError>,
         end_key: (u32, bool),
     ) -> Result<u32, FilesError> {
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
-        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
             return Ok(id);
         }
         let info_id = match self.tty_infos.iter().find(|(k, _)| *k == end_key) {
@@ -796,9 +800,8 @@ impl FileTable {
         ino: u64,
         info: &FdInfo,
     ) -> Result<u32, FilesError> {
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|source| FilesError::Inspect { pid, fd, source })?;
-        if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
             return Ok(id);
         }
         let pipe_id = ino as u32;

@@ -146,6 +146,11 @@ impl Workload {
         Workload { pid, out, dir }
     }
 
+    /// A python3 program given as source.
+    pub fn python(name: &str, script: &str) -> Workload {
+        Workload::start(name, Path::new("/usr/bin/python3"), &["-c", script])
+    }
+
     pub fn lines(&self) -> Vec<String> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()

@@ -191,11 +191,7 @@ while True:
     print(state['n'], len(state['log']), h, flush=True)
     time.sleep(0.02)
 "#;
-    let w = Workload::start(
-        "python",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", script],
-    );
+    let w = Workload::python("python", script);
     w.wait_lines(10, T);
     let pids = dump_kill_restore(&w);
     let n = w.lines().len();

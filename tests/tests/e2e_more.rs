@@ -150,11 +150,7 @@ while True:
         c.sendall(b"hello %d %d\n" % (n, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))); c.close()
     print("tick", flush=True)
 "#;
-    let w = Workload::start(
-        "listen",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", script],
-    );
+    let w = Workload::python("listen", script);
     let first = w.wait_lines(2, T);
     let ports: Vec<u16> = first[0]
         .split_whitespace()
@@ -216,11 +212,7 @@ for s in (l, ab):
 print("served", flush=True)
 while True: time.sleep(1)
 "#;
-    let w = Workload::start(
-        "unixsk",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", script],
-    );
+    let w = Workload::python("unixsk", script);
     w.wait_lines(1, T);
     let pids = dump_kill_restore(&w);
     std::fs::write(w.dir.join("go"), b"").unwrap();
@@ -1136,11 +1128,7 @@ os.write(w, b"more")
 print("again", os.read(r, 10), flush=True)
 while True: time.sleep(1)
 "#;
-    let w = Workload::start(
-        "fifo",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", script],
-    );
+    let w = Workload::python("fifo", script);
     w.wait_lines(1, T);
     let pids = dump_kill_restore(&w);
     std::fs::write(w.dir.join("go"), b"").unwrap();
@@ -1168,11 +1156,7 @@ n = 0
 while True:
     print(n, flush=True); n += 1; time.sleep(0.02)
 "#;
-    let w = Workload::start(
-        "locks",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", script],
-    );
+    let w = Workload::python("locks", script);
     w.wait_lines(3, T);
     let img = w.images();
     let o = stasis(&[
@@ -1249,11 +1233,7 @@ while True:
             print("event", wd, hex(mask), name, flush=True)
             off += 16 + n
 "#;
-    let w = Workload::start(
-        "inotify",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", script],
-    );
+    let w = Workload::python("inotify", script);
     let first = w.wait_lines(1, T);
     assert_eq!(first[0], "watches 1 3");
     let pids = dump_kill_restore(&w);
@@ -1296,11 +1276,7 @@ canon = bool(termios.tcgetattr(s)[3] & termios.ICANON)
 print("slave", got, "echo", echo, "ws", ws[0], ws[1], "canon", canon, flush=True)
 while True: time.sleep(1)
 "#;
-    let w = Workload::start(
-        "pty",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", script],
-    );
+    let w = Workload::python("pty", script);
     w.wait_lines(1, T);
     let pids = dump_kill_restore(&w);
     std::fs::write(w.dir.join("go"), b"").unwrap();
@@ -1341,11 +1317,7 @@ while True:
     print(cnt.value, ok, flush=True); time.sleep(0.05)
 "#
     );
-    let w = Workload::start(
-        "sysvshm",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", &script],
-    );
+    let w = Workload::python("sysvshm", &script);
     let first = w.wait_lines(3, T);
     let shmid: i32 = first[0].strip_prefix("shmid ").unwrap().parse().unwrap();
     let pids = dump_kill_restore(&w);
@@ -1380,11 +1352,7 @@ while True:
     let script2 = format!(
         "import ctypes, time\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\nlibc.shmat(libc.shmget({key2}, 4096, 0), None, 0)\nprint('up', flush=True)\nwhile True: time.sleep(1)\n"
     );
-    let w2 = Workload::start(
-        "sysvshm2",
-        std::path::Path::new("/usr/bin/python3"),
-        &["-c", &script2],
-    );
+    let w2 = Workload::python("sysvshm2", &script2);
     w2.wait_lines(1, T);
     let img = w2.images();
     let o = stasis(&[

@@ -487,8 +487,6 @@ struct Images {
     files: files::FileTable,
     next_pages_id: u32,
     dumped_shmem: std::collections::HashSet<u64>,
-    /// Established TCP connections dumped, to lock until restore.
-    conns: Vec<stasis_netns::nftlock::Conn>,
     /// Inodes of every socket open in the tree: a unix peer among them is inside.
     tree_sockets: std::collections::HashSet<u32>,
     /// pts indices of the pty masters open in the tree.
@@ -513,7 +511,6 @@ fn dump_frozen(
         files: files::FileTable::new(opts.ghost_limit),
         next_pages_id: 1,
         dumped_shmem: Default::default(),
-        conns: Vec::new(),
         tree_sockets: tree_socket_inodes(tree),
         tree_ptys: tree_pty_masters(tree),
         locks: Vec::new(),
@@ -565,14 +562,11 @@ fn dump_frozen(
         w.push(l);
     }
     write_file(&img.dir.join(names::FILE_LOCKS), &w.into_bytes())?;
-    let mut run_id = None;
-    if !img.conns.is_empty() {
-        let id = format!("{}-{}", opts.pid, uptime_us());
-        let table = format!("stasis-{id}");
-        stasis_netns::nftlock::lock(&table, &img.conns).map_err(DumpError::NetLock)?;
-        tree.nft_lock = Some(table);
-        run_id = Some(id);
-    }
+    let run_id = tree
+        .nft_lock
+        .as_ref()
+        .and_then(|t| t.strip_prefix("stasis-"))
+        .map(str::to_string);
     let mut w = ImageWriter::new(ImageKind::Normal, magic::PSTREE);
     for e in &pstree {
         w.push(e);
@@ -1023,7 +1017,7 @@ fn dump_task(
     };
 
     // Files and fs.
-    let (fds, locks) = dump_fds(pid, opts, img, stats)?;
+    let (fds, locks) = dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
     tree.tcp_locks.extend(locks);
     let cwd = img
         .files
@@ -1142,6 +1136,7 @@ fn dump_fds(
     opts: &DumpOptions,
     img: &mut Images,
     stats: &mut DumpStats,
+    nft_lock: &mut Option<String>,
 ) -> Result<(Vec<pb::FdinfoEntry>, Vec<crate::inet::TcpLock>), DumpError> {
     let mut out = Vec::new();
     let mut locks = Vec::new();
@@ -1276,9 +1271,32 @@ fn dump_fds(
                         });
                     }
                     let flags = info.flags & !(libc::O_CLOEXEC as u32);
-                    let dumped = crate::inet::dump(sock, 0, ino, flags, opts.tcp_established)
-                        .map_err(sock_err)?;
-                    let dumped_ports = (dumped.entry.src_port as u16, dumped.entry.dst_port as u16);
+                    // The network lock goes up before the connection is read: from then on no
+                    // segment of the peer reaches it (nor, after the kill, a closed port).
+                    let mut lock_conn =
+                        |local_port: u16, remote_port: u16| -> std::io::Result<()> {
+                            let conn = [stasis_netns::nftlock::Conn {
+                                local_port,
+                                remote_port,
+                            }];
+                            let (table, create) = match nft_lock.as_ref() {
+                                Some(t) => (t.clone(), false),
+                                None => (format!("stasis-{}-{}", opts.pid, uptime_us()), true),
+                            };
+                            stasis_netns::nftlock::add(&table, &conn, create)
+                                .map_err(std::io::Error::other)?;
+                            *nft_lock = Some(table);
+                            Ok(())
+                        };
+                    let dumped = crate::inet::dump(
+                        sock,
+                        0,
+                        ino,
+                        flags,
+                        opts.tcp_established,
+                        &mut lock_conn,
+                    )
+                    .map_err(sock_err)?;
                     let mut entry = Some(dumped.entry);
                     let (id, _) = img.files.add_inet(pid, fd, |id| {
                         let mut e = entry.take().expect("called once");
@@ -1286,10 +1304,6 @@ fn dump_fds(
                         Ok(e)
                     })?;
                     if let Some((stream, inq, outq, lock)) = dumped.stream {
-                        img.conns.push(stasis_netns::nftlock::Conn {
-                            local_port: dumped_ports.0,
-                            remote_port: dumped_ports.1,
-                        });
                         locks.push(lock);
                         let mut w = ImageWriter::new(ImageKind::Normal, magic::TCP_STREAM);
                         w.push(&stream);

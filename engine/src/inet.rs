@@ -2,11 +2,9 @@
 //! pidfd_getfd (the same socket, so getsockopt and TCP_REPAIR work on it), and re-created by
 //! the restorer. Established TCP connections go through TCP_REPAIR.
 //!
-//! While we read a connection it is locked without netfilter: in repair mode its receive window
-//! is set to zero, so a segment the peer sends meanwhile is dropped by the stack (and sent
-//! again later), never acknowledged and lost. The window is put back on the restored socket, or
-//! on the original one when the tree runs on. Between the kill and the restore the socket does
-//! not exist at all; then the nftables lock of `stasis_netns::nftlock` keeps the peer away.
+//! Before a connection is read, the caller locks it (an nftables rule, `stasis_netns::nftlock`,
+//! dropping the peer's segments until the restore). Repair mode with a zero receive window is a
+//! second guard only: an ACK the socket sends recomputes and reopens its window.
 
 use crate::sys::cvt;
 use std::io;
@@ -217,12 +215,15 @@ pub struct Dumped {
 }
 
 /// Reads an inet socket through `sock`, a copy of the task's fd.
+/// `lock(local_port, remote_port)` is called for an established connection before anything of
+/// it is read, so that nothing reaches it from then on (the network lock).
 pub fn dump(
     sock: OwnedFd,
     id: u32,
     ino: u64,
     flags: u32,
     tcp_established: bool,
+    lock: &mut dyn FnMut(u16, u16) -> io::Result<()>,
 ) -> Result<Dumped, InetError> {
     let fd = sock.as_raw_fd();
     let family = get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(sys("SO_DOMAIN"))? as u32;
@@ -346,6 +347,8 @@ pub fn dump(
         tcp_opts,
     };
     let stream = if tcp && state == TCP_ESTABLISHED {
+        lock(sport as u16, dport as u16)
+            .map_err(sys(format!("locking the network for {local} -> {remote}")))?;
         Some(dump_stream(sock)?)
     } else {
         None
@@ -406,6 +409,9 @@ fn dump_stream(
         return Err(sys("locking the connection (zero window)")(e));
     }
     let result = (|| {
+        // Read again now that nothing more is accepted: a segment that arrived between the read
+        // above and the lock moved rcv_nxt, and its bytes are in the queue we peek below.
+        let rcv_nxt = queue_seq(fd, TCP_RECV_QUEUE).map_err(sys("TCP_QUEUE_SEQ (receive)"))?;
         let mut inq: libc::c_int = 0;
         // SAFETY: FIONREAD writes an int.
         cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut inq) }).map_err(sys("SIOCINQ"))?;

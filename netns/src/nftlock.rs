@@ -308,11 +308,17 @@ const RULES_PER_BATCH: usize = 200;
 
 /// Locks `conns` under table `table` (created; it must not exist yet).
 pub fn lock(table: &str, conns: &[Conn]) -> Result<(), LockError> {
-    let mut first = true;
+    add(table, conns, true)
+}
+
+/// Adds rules for `conns` to lock table `table`, creating the table (and its chain) first when
+/// `create`. On failure a table this call created is removed again.
+pub fn add(table: &str, conns: &[Conn], create: bool) -> Result<(), LockError> {
+    let mut first = create;
     for chunk in conns.chunks(RULES_PER_BATCH) {
         let acks = chunk.len() + if first { 2 } else { 0 };
         if let Err(e) = send(&lock_batch(table, chunk, first), acks, "lock") {
-            if !first {
+            if create && !first {
                 let _ = unlock(table);
             }
             return Err(e);

@@ -776,6 +776,23 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
     // A stalled connection must fail the test, not hang it.
     conn.set_write_timeout(Some(Duration::from_secs(70)))
         .unwrap();
+    // Bytes the network lock drops come back on this (the peer's) retransmission timer, which
+    // doubles through the downtime; on a loaded machine it can reach minutes. Cap it at 1 s
+    // (TCP_RTO_MAX_MS, Linux 6.15+), as a latency-sensitive peer would; older kernels ignore it.
+    {
+        use std::os::fd::AsRawFd;
+        let cap_ms: libc::c_int = 1000;
+        // SAFETY: setsockopt reads one int from our local.
+        unsafe {
+            libc::setsockopt(
+                conn.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                44,
+                (&cap_ms as *const libc::c_int).cast(),
+                4,
+            );
+        }
+    }
     let mut wr = conn.try_clone().unwrap();
     let (s2, st2) = (sent.clone(), stop.clone());
     let writer = std::thread::spawn(move || {

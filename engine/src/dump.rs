@@ -144,6 +144,8 @@ pub enum DumpError {
         #[source]
         source: crate::unix::UnixError,
     },
+    #[error(transparent)]
+    Ipc(crate::sysvipc::IpcError),
     #[error("cannot lock the network for the dumped TCP connections")]
     NetLock(#[source] stasis_netns::nftlock::LockError),
     #[error("pid {pid} fd {fd}")]
@@ -551,6 +553,22 @@ fn dump_frozen(
     }
     // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
     img.files.write(&img.dir)?;
+    // SysV semaphores and message queues the tree uses (always written, even empty).
+    let tree_pids: std::collections::HashSet<u32> = tree
+        .tasks
+        .iter()
+        .flat_map(|t| std::iter::once(t.pid).chain(t.threads.iter().map(|th| th.tid)))
+        .collect();
+    let queues = crate::sysvipc::dump_msg(&tree_pids).map_err(DumpError::Ipc)?;
+    write_file(
+        &img.dir.join(names::ipcns_msg(1)),
+        &crate::sysvipc::write_msg(&queues),
+    )?;
+    let sems = crate::sysvipc::dump_sem(&tree_pids).map_err(DumpError::Ipc)?;
+    write_file(
+        &img.dir.join(names::ipcns_sem(1)),
+        &crate::sysvipc::write_sem(&sems),
+    )?;
     // Always written, even empty, so a stale one from an older dump cannot apply.
     let mut w = ImageWriter::new(ImageKind::Normal, magic::IPCNS_SHM);
     for e in &img.sysv_dumped {

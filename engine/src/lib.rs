@@ -19,4 +19,5 @@ pub mod ptrace;
 pub mod pty;
 pub mod restore;
 pub mod sys;
+pub mod sysvipc;
 pub mod unix;

@@ -1392,3 +1392,48 @@ while True:
     );
     assert!(alive(w2.pid));
 }
+
+#[test]
+fn sysv_message_queue_and_semaphores_used_by_the_tree_survive() {
+    let _g = serial();
+    if skip_unless_root("sysv_message_queue_and_semaphores_used_by_the_tree_survive") {
+        return;
+    }
+    let key = 0x6b6b_0000u32 + (std::process::id() & 0xffff);
+    let script = format!(
+        r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+class Msg(ctypes.Structure): _fields_ = [("mtype", ctypes.c_long), ("text", ctypes.c_char * 64)]
+class Sembuf(ctypes.Structure): _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short)]
+q = libc.msgget({key}, 0o1000 | 0o600)
+for t, s in ((3, b"first"), (5, b"second")):
+    m = Msg(t, s); libc.msgsnd(q, ctypes.byref(m), len(s), 0)
+sem = libc.semget({key}, 3, 0o1000 | 0o600)
+ops = (Sembuf * 2)(Sembuf(0, 5, 0), Sembuf(2, 2, 0))
+libc.semop(sem, ops, 2)
+print("ids", q, sem, flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+got = []
+for _ in range(2):
+    m = Msg(); n = libc.msgrcv(q, ctypes.byref(m), 64, 0, 0o4000); got.append((m.mtype, m.text[:n].decode()))
+vals = [libc.semctl(sem, i, 12) for i in range(3)]  # GETVAL
+print("got", got, vals, flush=True)
+while True: time.sleep(1)
+"#
+    );
+    let w = Workload::python("sysvmsg", &script);
+    let first = w.wait_lines(1, T);
+    let ids = nums(&first[0]);
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let lines = w.wait_lines(2, T);
+    kill_tree(&pids);
+    // SAFETY: remove the host objects the test made.
+    unsafe {
+        libc::msgctl(ids[0] as i32, libc::IPC_RMID, std::ptr::null_mut());
+        libc::semctl(ids[1] as i32, 0, libc::IPC_RMID);
+    }
+    assert_eq!(lines[1], "got [(3, 'first'), (5, 'second')] [5, 0, 2]");
+}

@@ -76,6 +76,9 @@ pub struct DumpImage {
     pub tcp_streams: HashMap<u32, (pb::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
     /// System V shared memory segments: (entry, content pagemap, pages file).
     pub sysv_shm: Vec<(pb::IpcShmEntry, Vec<pb::PagemapEntry>, String)>,
+    /// SysV message queues and semaphore sets the tree used.
+    pub sysv_msg: Vec<crate::sysvipc::Queue>,
+    pub sysv_sem: Vec<(pb::IpcSemEntry, Vec<u16>)>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// File locks to take again.
@@ -404,6 +407,14 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             sysv_shm.push((e, pm, pages));
         }
     }
+    let sysv_msg = match read_optional(dir, &names::ipcns_msg(1))? {
+        Some(b) => crate::sysvipc::read_msg(&names::ipcns_msg(1), &b)?,
+        None => Vec::new(),
+    };
+    let sysv_sem = match read_optional(dir, &names::ipcns_sem(1))? {
+        Some(b) => crate::sysvipc::read_sem(&names::ipcns_sem(1), &b)?,
+        None => Vec::new(),
+    };
     let mut tty_infos = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::TTY_INFO)? {
         let mut r = ImageReader::new(names::TTY_INFO, &bytes, ImageKind::Normal, magic::TTY_INFO)?;
@@ -477,6 +488,8 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         memfds,
         tcp_streams,
         sysv_shm,
+        sysv_msg,
+        sysv_sem,
         tty_infos,
         locks,
         sk_queues,

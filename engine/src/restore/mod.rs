@@ -188,6 +188,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let pool = Pool::build(&img, opts)?;
     take_file_locks(&img, &pool)?;
     let sysv_to_remove = prepare_sysv_shm(&img)?;
+    crate::sysvipc::restore_msg(&img.sysv_msg).map_err(|e| RestoreError::Task {
+        pid: 0,
+        what: e.to_string(),
+    })?;
+    crate::sysvipc::restore_sem(&img.sysv_sem).map_err(|e| RestoreError::Task {
+        pid: 0,
+        what: e.to_string(),
+    })?;
     let trampoline = pick_trampoline(&img)?;
     let shared = stub::StubShared {
         tasks: stub_plans(&img, &pool)?,

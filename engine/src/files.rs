@@ -114,6 +114,11 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
     }
     let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
         .map_err(|source| FilesError::Inspect { pid, fd, source })?;
+    // Files of these filesystems look regular but cannot be opened again by their path: a POSIX
+    // message queue's link is "/name", a namespace file's is "net:[ino]".
+    if let Some(kind) = special_fs_kind(pid, fd) {
+        return Ok(FdKind::Unsupported(format!("{kind} ({link})")));
+    }
     let fmt = md.mode() & libc::S_IFMT;
     Ok(match fmt {
         libc::S_IFDIR if link.ends_with(" (deleted)") => {
@@ -134,6 +139,27 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         libc::S_IFSOCK => FdKind::Unsupported(format!("socket ({link})")),
         _ => FdKind::Unsupported(link.to_string()),
     })
+}
+
+/// The kind of object behind `fd` when it lives on a filesystem whose files are not reopened by
+/// path, from `statfs(2)` through the fd link (which it follows).
+fn special_fs_kind(pid: u32, fd: i32) -> Option<&'static str> {
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    // SAFETY: statfs writes one struct statfs into our zeroed buffer; path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    match st.f_type as i64 {
+        MQUEUE_MAGIC => Some("POSIX message queue"),
+        NSFS_MAGIC => Some("namespace file"),
+        BPF_FS_MAGIC => Some("bpf filesystem object"),
+        _ => None,
+    }
 }
 
 /// True when `path` names a terminal device (used by `--shell-job` on restore).

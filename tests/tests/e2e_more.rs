@@ -123,6 +123,70 @@ fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
 }
 
 #[test]
+fn posix_message_queue_and_namespace_fds_are_refused_by_name_and_tree_runs_on() {
+    let _g = serial();
+    if skip_unless_root(
+        "posix_message_queue_and_namespace_fds_are_refused_by_name_and_tree_runs_on",
+    ) {
+        return;
+    }
+    // Both look like regular files to stat(2), but reopening them by their link ("/name",
+    // "net:[ino]") would open something else, or nothing: the dump must refuse them.
+    for (what, open) in [
+        (
+            "POSIX message queue",
+            format!(
+                "libc.mq_open(b'/stasis-test-{}', os.O_RDWR | os.O_CREAT, 0o600, None)",
+                std::process::id()
+            ),
+        ),
+        (
+            "namespace file",
+            "os.open('/proc/self/ns/net', os.O_RDONLY)".to_string(),
+        ),
+    ] {
+        let script = format!(
+            r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = {open}
+assert fd >= 0, ctypes.get_errno()
+i = 0
+while True:
+    print(i, fd, flush=True); i += 1; time.sleep(0.01)
+"#
+        );
+        let w = Workload::python("special", &script);
+        let first = w.wait_lines(3, T);
+        let fd = first[0].split(' ').nth(1).unwrap().to_string();
+        let img = w.images();
+        let o = stasis(&[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success(), "{what}: the dump must fail");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains(what) && e.contains(&format!("fd {fd}")),
+            "{what}: {e}"
+        );
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert_eq!(tracer_of(w.pid), 0, "left traced");
+        let n = w.lines().len();
+        assert!(
+            w.wait_lines(n + 5, T).len() >= n + 5,
+            "{what}: tree runs on"
+        );
+    }
+    let name = std::ffi::CString::new(format!("/stasis-test-{}", std::process::id())).unwrap();
+    // SAFETY: mq_unlink(3) reads one NUL-terminated name.
+    unsafe { libc::mq_unlink(name.as_ptr()) };
+}
+
+#[test]
 fn listening_sockets_answer_after_restore() {
     let _g = serial();
     if skip_unless_root("listening_sockets_answer_after_restore") {

@@ -146,6 +146,8 @@ pub enum DumpError {
     },
     #[error(transparent)]
     Ipc(crate::sysvipc::IpcError),
+    #[error(transparent)]
+    Mqueue(crate::mqueue::MqError),
     #[error("cannot lock the network for the dumped TCP connections")]
     NetLock(#[source] stasis_netns::nftlock::LockError),
     #[error("pid {pid} fd {fd}")]
@@ -501,6 +503,8 @@ struct Images {
     sysv_attached: HashMap<u32, u64>,
     /// Segments dumped so far.
     sysv_dumped: Vec<pb::IpcShmEntry>,
+    /// POSIX message queues to save: (pid, fd, "/name", file id), one per queue.
+    mqueues: Vec<(u32, i32, String, u32)>,
 }
 
 fn dump_frozen(
@@ -521,6 +525,7 @@ fn dump_frozen(
         ),
         sysv_attached: tree_sysv_attachments(tree),
         sysv_dumped: Vec::new(),
+        mqueues: Vec::new(),
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
     refuse_shared_kernel_objects(tree)?;
@@ -563,6 +568,16 @@ fn dump_frozen(
     write_file(
         &img.dir.join(names::ipcns_msg(1)),
         &crate::sysvipc::write_msg(&queues),
+    )?;
+    let mut mqueues = Vec::new();
+    for (pid, fd, name, id) in &img.mqueues {
+        mqueues.push(
+            crate::mqueue::dump(*pid, *fd, name, *id, &tree_pids).map_err(DumpError::Mqueue)?,
+        );
+    }
+    write_file(
+        &img.dir.join(names::POSIX_MQUEUE),
+        &crate::sysvipc::write_msg(&mqueues),
     )?;
     let sems = crate::sysvipc::dump_sem(&tree_pids).map_err(DumpError::Ipc)?;
     write_file(
@@ -1346,6 +1361,14 @@ fn dump_fds(
                     dump_shmem_object(&open, shmid, size, img, stats)?;
                 }
                 (pb::FdTypes::Memfd, id)
+            }
+            files::FdKind::Mqueue => {
+                let (id, first) = img.files.add_mqueue(pid, fd, &link, &info)?;
+                if first {
+                    let name = format!("/{}", link.rsplit('/').next().unwrap_or(&link));
+                    img.mqueues.push((pid, fd, name, id));
+                }
+                (pb::FdTypes::Reg, id)
             }
             files::FdKind::Unsupported(what) => {
                 return Err(DumpError::UnsupportedFd { pid, fd, what });

@@ -80,6 +80,8 @@ pub enum FdKind {
     Memfd,
     Socket(u64),
     Fifo(u64),
+    /// A POSIX message queue.
+    Mqueue,
     Unsupported(String),
 }
 
@@ -116,8 +118,15 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         .map_err(|source| FilesError::Inspect { pid, fd, source })?;
     // Files of these filesystems look regular but cannot be opened again by their path: a POSIX
     // message queue's link is "/name", a namespace file's is "net:[ino]".
-    if let Some(kind) = special_fs_kind(pid, fd) {
-        return Ok(FdKind::Unsupported(format!("{kind} ({link})")));
+    match special_fs_kind(pid, fd) {
+        Some(MQUEUE) if !link.ends_with(" (deleted)") => return Ok(FdKind::Mqueue),
+        Some(MQUEUE) => {
+            return Ok(FdKind::Unsupported(format!(
+                "POSIX message queue unlinked while open ({link})"
+            )))
+        }
+        Some(kind) => return Ok(FdKind::Unsupported(format!("{kind} ({link})"))),
+        None => {}
     }
     let fmt = md.mode() & libc::S_IFMT;
     Ok(match fmt {
@@ -141,6 +150,8 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
     })
 }
 
+const MQUEUE: &str = "POSIX message queue";
+
 /// The kind of object behind `fd` when it lives on a filesystem whose files are not reopened by
 /// path, from `statfs(2)` through the fd link (which it follows).
 fn special_fs_kind(pid: u32, fd: i32) -> Option<&'static str> {
@@ -155,7 +166,7 @@ fn special_fs_kind(pid: u32, fd: i32) -> Option<&'static str> {
         return None;
     }
     match st.f_type as i64 {
-        MQUEUE_MAGIC => Some("POSIX message queue"),
+        MQUEUE_MAGIC => Some(MQUEUE),
         NSFS_MAGIC => Some("namespace file"),
         BPF_FS_MAGIC => Some("bpf filesystem object"),
         _ => None,
@@ -382,6 +393,33 @@ impl FileTable {
             self.remaps.push((id, ghost));
         }
         Ok(id)
+    }
+
+    /// A POSIX message queue open at `fd` of `pid` (link "/name", or its path where the mqueue
+    /// filesystem is mounted): a regular-file entry named `/dev/mqueue/<name>`. Returns the id
+    /// and whether this is the first fd seen on the queue (its content is then to be saved).
+    pub fn add_mqueue(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        link: &str,
+        info: &FdInfo,
+    ) -> Result<(u32, bool), FilesError> {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
+            return Ok((id, false));
+        }
+        let first = !self.seen.iter().any(|s| s.2 == md.dev() && s.3 == md.ino());
+        let name = link.rsplit('/').next().unwrap_or(link);
+        let id = self.push_reg(
+            &format!("{}/{name}", crate::mqueue::PATH_PREFIX),
+            info.flags & !(libc::O_CLOEXEC as u32),
+            0,
+            None,
+            Some(&md),
+        );
+        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        Ok((id, first))
     }
 
     /// eventfd, timerfd, signalfd or epoll at `fd` of `pid`, from its fdinfo.

@@ -13,6 +13,7 @@ pub mod files;
 pub mod images;
 pub mod inet;
 pub mod mem;
+pub mod mqueue;
 pub mod pages;
 pub mod proc;
 pub mod ptrace;

@@ -407,6 +407,17 @@ pub fn dump_kill_restore_with(
     dump_flags: &[&str],
     restore_flags: &[&str],
 ) -> Vec<u32> {
+    dump_kill_then_restore(w, dump_flags, restore_flags, || {})
+}
+
+/// [`dump_kill_restore_with`], running `between` once the tree is gone and before the restore
+/// (to change the host as moving to another would).
+pub fn dump_kill_then_restore(
+    w: &Workload,
+    dump_flags: &[&str],
+    restore_flags: &[&str],
+    between: impl FnOnce(),
+) -> Vec<u32> {
     let before = session_pids(w.pid);
     let prints: Vec<(u32, Vec<String>)> = before.iter().map(|&p| (p, fingerprint(p))).collect();
     let img = w.images();
@@ -426,6 +437,7 @@ pub fn dump_kill_restore_with(
         }
         assert!(!alive(p), "task {p} still alive after dump");
     }
+    between();
     let pidfile = w.dir.join("restored.pid");
     let mut args = vec![
         "restore",

@@ -123,67 +123,122 @@ fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
 }
 
 #[test]
-fn posix_message_queue_and_namespace_fds_are_refused_by_name_and_tree_runs_on() {
+fn namespace_fds_are_refused_by_name_and_tree_runs_on() {
     let _g = serial();
-    if skip_unless_root(
-        "posix_message_queue_and_namespace_fds_are_refused_by_name_and_tree_runs_on",
-    ) {
+    if skip_unless_root("namespace_fds_are_refused_by_name_and_tree_runs_on") {
         return;
     }
-    // Both look like regular files to stat(2), but reopening them by their link ("/name",
-    // "net:[ino]") would open something else, or nothing: the dump must refuse them.
-    for (what, open) in [
-        (
-            "POSIX message queue",
-            format!(
-                "libc.mq_open(b'/stasis-test-{}', os.O_RDWR | os.O_CREAT, 0o600, None)",
-                std::process::id()
-            ),
-        ),
-        (
-            "namespace file",
-            "os.open('/proc/self/ns/net', os.O_RDONLY)".to_string(),
-        ),
-    ] {
-        let script = format!(
-            r#"
-import ctypes, os, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-fd = {open}
-assert fd >= 0, ctypes.get_errno()
+    // A namespace file looks like a regular file to stat(2), but reopening its link
+    // ("net:[ino]") would open nothing: the dump must refuse it.
+    let script = r#"
+import os, time
+fd = os.open('/proc/self/ns/net', os.O_RDONLY)
 i = 0
 while True:
     print(i, fd, flush=True); i += 1; time.sleep(0.01)
-"#
-        );
-        let w = Workload::python("special", &script);
-        let first = w.wait_lines(3, T);
-        let fd = first[0].split(' ').nth(1).unwrap().to_string();
-        let img = w.images();
-        let o = stasis(&[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-D",
-            img.to_str().unwrap(),
-        ]);
-        assert!(!o.status.success(), "{what}: the dump must fail");
-        let e = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            e.contains(what) && e.contains(&format!("fd {fd}")),
-            "{what}: {e}"
-        );
-        assert_eq!(e.trim().lines().count(), 1, "{e}");
-        assert_eq!(tracer_of(w.pid), 0, "left traced");
-        let n = w.lines().len();
-        assert!(
-            w.wait_lines(n + 5, T).len() >= n + 5,
-            "{what}: tree runs on"
-        );
+"#;
+    let w = Workload::python("nsfd", script);
+    let first = w.wait_lines(3, T);
+    let fd = first[0].split(' ').nth(1).unwrap().to_string();
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "the dump must fail");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("namespace file") && e.contains(&format!("fd {fd}")),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert_eq!(tracer_of(w.pid), 0, "left traced");
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 5, T).len() >= n + 5, "tree runs on");
+}
+
+#[test]
+fn posix_message_queue_keeps_its_messages_and_attributes() {
+    let _g = serial();
+    if skip_unless_root("posix_message_queue_keeps_its_messages_and_attributes") {
+        return;
     }
-    let name = std::ffi::CString::new(format!("/stasis-test-{}", std::process::id())).unwrap();
+    let name = format!("/stasis-test-{}", std::process::id());
+    let cname = std::ffi::CString::new(name.clone()).unwrap();
     // SAFETY: mq_unlink(3) reads one NUL-terminated name.
-    unsafe { libc::mq_unlink(name.as_ptr()) };
+    unsafe { libc::mq_unlink(cname.as_ptr()) };
+    // Three messages, two of them with the same priority, so both the priority order and the
+    // FIFO order within a priority must come back.
+    let script = format!(
+        r#"
+import ctypes, os, time, fcntl
+libc = ctypes.CDLL(None, use_errno=True)
+class Attr(ctypes.Structure): _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long), ("cur", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+os.umask(0)
+q = libc.mq_open(b"{name}", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o640, ctypes.byref(Attr(0, 7, 100, 0)))
+assert q >= 0, ctypes.get_errno()
+for text, prio in ((b"a1", 1), (b"b5", 5), (b"c1", 1)):
+    assert libc.mq_send(q, text, len(text), prio) == 0
+print("fd", q, flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+a = Attr(); libc.mq_getattr(q, ctypes.byref(a))
+got = []
+buf = ctypes.create_string_buffer(100); prio = ctypes.c_uint()
+while True:
+    n = libc.mq_receive(q, buf, 100, ctypes.byref(prio))
+    if n < 0: break
+    got.append((buf.raw[:n].decode(), prio.value))
+nb = bool(fcntl.fcntl(q, fcntl.F_GETFL) & os.O_NONBLOCK)
+print("got", got, a.maxmsg, a.msgsize, a.cur, nb, oct(os.fstat(q).st_mode & 0o777), flush=True)
+while True: time.sleep(1)
+"#
+    );
+    let w = Workload::python("mqueue", &script);
+    w.wait_lines(1, T);
+
+    // Open outside the tree (here, by the test): refused by name, and the tree runs on.
+    // SAFETY: mq_open(3) without O_CREAT.
+    let outside = unsafe { libc::mq_open(cname.as_ptr(), libc::O_RDONLY) };
+    assert!(outside >= 0);
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+    ]);
+    // SAFETY: our own descriptor.
+    unsafe { libc::mq_close(outside) };
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains(&format!(
+            "POSIX message queue {name} is also open in pid {}",
+            std::process::id()
+        )),
+        "{e}"
+    );
+    assert_eq!(tracer_of(w.pid), 0, "left traced");
+
+    // The queue is removed between dump and restore, as on another host: it is made again.
+    let pids = dump_kill_then_restore(&w, &[], &[], || {
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::mq_unlink(cname.as_ptr()) }, 0);
+    });
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let lines = w.wait_lines(2, T);
+    kill_tree(&pids);
+    // SAFETY: as above.
+    unsafe { libc::mq_unlink(cname.as_ptr()) };
+    assert_eq!(
+        lines[1],
+        "got [('b5', 5), ('a1', 1), ('c1', 1)] 7 100 3 True 0o640"
+    );
 }
 
 #[test]

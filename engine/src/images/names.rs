@@ -10,6 +10,8 @@ pub const PSTREE: &str = "pstree.img";
 /// All file descriptions (`file_entry`) of the dump. Modern CRIU keeps regular
 /// files, pipes, sockets, ... in here rather than in per-type images.
 pub const FILES: &str = "files.img";
+/// stasis's own: POSIX message queues, in the format of `ipcns-msg` (see `mqueue`).
+pub const POSIX_MQUEUE: &str = "posix-mqueue.img";
 /// Legacy per-type image for regular files (CRIU now uses [`FILES`]).
 pub const REG_FILES: &str = "reg-files.img";
 pub const EXT_FILES: &str = "ext-files.img";

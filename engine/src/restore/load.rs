@@ -79,6 +79,8 @@ pub struct DumpImage {
     /// SysV message queues and semaphore sets the tree used.
     pub sysv_msg: Vec<crate::sysvipc::Queue>,
     pub sysv_sem: Vec<(pb::IpcSemEntry, Vec<u16>)>,
+    /// POSIX message queues (see `mqueue`).
+    pub posix_mqueues: Vec<crate::mqueue::Queue>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// File locks to take again.
@@ -411,6 +413,10 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         Some(b) => crate::sysvipc::read_msg(&names::ipcns_msg(1), &b)?,
         None => Vec::new(),
     };
+    let posix_mqueues = match read_optional(dir, names::POSIX_MQUEUE)? {
+        Some(b) => crate::sysvipc::read_msg(names::POSIX_MQUEUE, &b)?,
+        None => Vec::new(),
+    };
     let sysv_sem = match read_optional(dir, &names::ipcns_sem(1))? {
         Some(b) => crate::sysvipc::read_sem(&names::ipcns_sem(1), &b)?,
         None => Vec::new(),
@@ -490,6 +496,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         sysv_shm,
         sysv_msg,
         sysv_sem,
+        posix_mqueues,
         tty_infos,
         locks,
         sk_queues,

@@ -185,6 +185,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     raise_nofile_limit();
+    // Queues must exist before the pool opens their fds.
+    crate::mqueue::restore(&img.posix_mqueues, |id| {
+        let reg = img.files.get(&id)?.reg.as_ref()?;
+        let name = reg.name.strip_prefix(crate::mqueue::PATH_PREFIX)?;
+        Some(name.to_string())
+    })
+    .map_err(|e| RestoreError::Task {
+        pid: 0,
+        what: e.to_string(),
+    })?;
     let pool = Pool::build(&img, opts)?;
     take_file_locks(&img, &pool)?;
     let sysv_to_remove = prepare_sysv_shm(&img)?;
@@ -864,6 +874,26 @@ fn open_reg(id: u32, reg: &pb::RegFileEntry) -> Result<OwnedFd, RestoreError> {
         path: reg.name.clone(),
         source: std::io::Error::from_raw_os_error(libc::EINVAL),
     })?;
+    if let Some(name) = reg
+        .name
+        .strip_prefix(crate::mqueue::PATH_PREFIX)
+        .filter(|n| n.starts_with('/'))
+    {
+        // A POSIX message queue, opened by its name: the mqueue filesystem need not be mounted.
+        let cname = std::ffi::CString::new(name).expect("no NUL: checked above");
+        let flags = reg.flags as libc::c_int & (libc::O_ACCMODE | libc::O_NONBLOCK);
+        // SAFETY: mq_open(3) without O_CREAT; on Linux the descriptor is a file descriptor.
+        let fd = unsafe { libc::mq_open(cname.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(RestoreError::Open {
+                id,
+                path: reg.name.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: fresh fd owned only here.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
     let flags = (reg.flags as libc::c_int)
         & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY)
         | libc::O_CLOEXEC

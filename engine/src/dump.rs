@@ -556,6 +556,20 @@ fn dump_frozen(
         stats.tasks += 1;
         stats.threads += tree.tasks[n].threads.len();
     }
+    // A session leader's controlling terminal, when it is a pty of the tree: recorded in the
+    // slave's tty_info (sid, foreground group) as CRIU does, and made again at restore.
+    for t in tree
+        .tasks
+        .iter()
+        .filter(|t| !t.zombie && t.stat.sid == t.pid)
+    {
+        let (major, minor) = proc::parse::tty_nr_major_minor(t.stat.tty_nr);
+        if (136..=143).contains(&major) {
+            let fg = u32::try_from(t.stat.tpgid).unwrap_or(0);
+            img.files
+                .set_pty_session((major - 136) * 256 + minor, t.pid, fg);
+        }
+    }
     // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
     img.files.write(&img.dir)?;
     // SysV semaphores and message queues the tree uses (always written, even empty).

@@ -395,6 +395,19 @@ impl FileTable {
         Ok(id)
     }
 
+    /// Marks pty `index` as the controlling terminal of session `sid` with foreground group
+    /// `pgrp`, when the tree holds its slave.
+    pub fn set_pty_session(&mut self, index: u32, sid: u32, pgrp: u32) {
+        for (_, info) in self
+            .tty_infos
+            .iter_mut()
+            .filter(|(k, _)| *k == (index, false))
+        {
+            info.sid = sid;
+            info.pgrp = pgrp;
+        }
+    }
+
     /// A POSIX message queue open at `fd` of `pid` (link "/name", or its path where the mqueue
     /// filesystem is mounted): a regular-file entry named `/dev/mqueue/<name>`. Returns the id
     /// and whether this is the first fd seen on the queue (its content is then to be saved).

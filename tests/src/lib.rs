@@ -366,6 +366,16 @@ pub fn assert_same_fingerprint(pid: u32, before: &[String], after: &[String]) {
     );
 }
 
+/// The pids of `root`'s session and of all its descendants (some may lead sessions of their
+/// own), sorted.
+pub fn tree_and_session(root: u32) -> Vec<u32> {
+    let mut pids = session_pids(root);
+    pids.extend(tree_ids(root).iter().map(|t| t.0));
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// (pid, ppid, pgid, sid) of `root` and all its descendants, sorted by pid.
 pub fn tree_ids(root: u32) -> Vec<(u32, u32, u32, u32)> {
     let mut out = Vec::new();
@@ -418,7 +428,7 @@ pub fn dump_kill_then_restore(
     restore_flags: &[&str],
     between: impl FnOnce(),
 ) -> Vec<u32> {
-    let before = session_pids(w.pid);
+    let before = tree_and_session(w.pid);
     let prints: Vec<(u32, Vec<String>)> = before.iter().map(|&p| (p, fingerprint(p))).collect();
     let img = w.images();
     let img_s = img.to_str().expect("utf8");
@@ -459,7 +469,7 @@ pub fn dump_kill_then_restore(
         .parse()
         .expect("pid");
     assert_eq!(root, w.pid, "restored root has the dumped pid");
-    let after = session_pids(w.pid);
+    let after = tree_and_session(w.pid);
     assert_eq!(before, after, "every task is back with its pid");
     for (p, fp) in &prints {
         if fp.iter().any(|l| l.starts_with("exe ") && l.len() > 4) {

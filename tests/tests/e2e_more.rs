@@ -1426,6 +1426,98 @@ while True: time.sleep(1)
 }
 
 #[test]
+fn python_signal_handler_runs_after_restore() {
+    let _g = serial();
+    if skip_unless_root("python_signal_handler_runs_after_restore") {
+        return;
+    }
+    // Python installs its handlers with SA_ONSTACK and has no alternate stack. A restored task
+    // once kept the restorer's alternate stack, and died with SIGSEGV at the first signal.
+    let script = r#"
+import signal, time
+got = []
+signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+print("ready", flush=True)
+while not got:
+    time.sleep(0.01)
+print("handled", flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("pysig", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    // SAFETY: kill(2) to the restored task.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
+    let lines = w.wait_lines(2, T);
+    let alive = alive(w.pid);
+    kill_tree(&pids);
+    assert!(alive, "the task died from the signal");
+    assert_eq!(lines.get(1).map(String::as_str), Some("handled"));
+}
+
+#[test]
+fn pty_session_keeps_its_controlling_terminal_and_foreground_group() {
+    let _g = serial();
+    if skip_unless_root("pty_session_keeps_its_controlling_terminal_and_foreground_group") {
+        return;
+    }
+    // pty.fork(): the child leads a session whose controlling terminal is the slave. It puts a
+    // child of its own in the foreground; after restore, ^C typed on the master must reach that
+    // foreground group only, and /dev/tty must open.
+    let script = r#"
+import os, pty, signal, sys, time
+pid, m = pty.fork()
+if pid == 0:
+    fg = os.fork()
+    if fg == 0:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, lambda *a: (os.write(1, b"fg got SIGINT\r\n"), os._exit(0)))
+        while True: time.sleep(0.05)
+    os.setpgid(fg, fg)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    os.tcsetpgrp(0, fg)
+    signal.signal(signal.SIGINT, lambda *a: os.write(1, b"leader got SIGINT\r\n"))
+    while not os.path.exists("go"):
+        time.sleep(0.02)
+    ok = os.tcgetpgrp(0) == fg
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR)); tty = "tty ok"
+    except OSError as e:
+        tty = "tty " + e.strerror
+    os.write(1, ("leader fg %s %s\r\n" % (ok, tty)).encode())
+    os.waitpid(fg, 0)
+    os.write(1, b"leader done\r\n")
+    while True: time.sleep(1)
+print("ready", flush=True)
+buf = b""
+while not os.path.exists("go"):
+    time.sleep(0.02)
+time.sleep(0.3)
+os.write(m, b"\x03")
+end = time.time() + 5
+while b"leader done" not in buf and time.time() < end:
+    try: buf += os.read(m, 1000)
+    except OSError: break
+for line in buf.decode().splitlines():
+    line = line.replace("^C", "").strip()
+    if line: print(line, flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("ctty", script);
+    w.wait_lines(1, T);
+    std::thread::sleep(Duration::from_millis(200));
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let lines = w.wait_lines(4, T);
+    kill_tree(&pids);
+    assert!(lines.len() >= 4, "{lines:?}");
+    assert_eq!(
+        lines[1..4],
+        ["leader fg True tty ok", "fg got SIGINT", "leader done"]
+    );
+}
+
+#[test]
 fn sysv_shared_memory_used_only_by_the_tree_survives() {
     let _g = serial();
     if skip_unless_root("sysv_shared_memory_used_only_by_the_tree_survives") {

@@ -29,6 +29,11 @@ pub struct Stat {
     pub ppid: u32,
     pub pgid: u32,
     pub sid: u32,
+    /// The controlling terminal's device (kernel encoding: major in bits 8-15, minor in bits
+    /// 0-7 and 20-31), 0 if none.
+    pub tty_nr: u32,
+    /// The foreground process group of the controlling terminal, -1 if none.
+    pub tpgid: i64,
     pub flags: u32,
     pub nice: i64,
     pub num_threads: u32,
@@ -85,6 +90,8 @@ pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
         ppid: f(4)? as u32,
         pgid: f(5)? as u32,
         sid: f(6)? as u32,
+        tty_nr: fi(7)? as u32,
+        tpgid: fi(8)?,
         flags: f(9)? as u32,
         nice: fi(19)?,
         num_threads: f(20)? as u32,
@@ -103,6 +110,14 @@ pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
         env_end: f(51)?,
         exit_code: fi(52)? as i32,
     })
+}
+
+/// (major, minor) of a device number in the kernel's `tty_nr` encoding.
+pub fn tty_nr_major_minor(tty_nr: u32) -> (u32, u32) {
+    (
+        (tty_nr >> 8) & 0xfff,
+        (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00),
+    )
 }
 
 /// One mapping from `/proc/<pid>/smaps` (or `maps`, without `vm_flags`).
@@ -527,6 +542,15 @@ ID: 1\nsignal: 10/0000000000000000\nnotify: signal/tid.78\nClockID: 0\n",
         assert_eq!(s.start_brk, 94371550000000);
         assert_eq!(s.env_end, 140730000002000);
         assert_eq!(s.exit_code, 0);
+        assert_eq!((s.tty_nr, s.tpgid), (0, -1));
+    }
+
+    #[test]
+    fn tty_nr_decodes_large_minors() {
+        assert_eq!(tty_nr_major_minor(136 << 8 | 3), (136, 3));
+        // pts/300: the minor's high bits sit above the major.
+        let nr = (300 & 0xff) | (136 << 8) | ((300 & !0xff) << 12);
+        assert_eq!(tty_nr_major_minor(nr), (136, 300));
     }
 
     #[test]

@@ -294,6 +294,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             )?,
         );
         restore_epoll_targets(&r, t, &img, &mut epolls_done)?;
+        restore_controlling_tty(&r, t, &img)?;
         restore_posix_locks(&r, t, &img)?;
         restore_task_state(&r, t)?;
     }
@@ -1272,6 +1273,15 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
                 .iter()
                 .map(|f| (f.fd as RawFd, pool.by_file[&f.id], f.flags & 1 != 0))
                 .collect(),
+            ctty: controlling_slave(t, img).map(|(fd, _)| {
+                let id = t
+                    .fds
+                    .iter()
+                    .find(|f| f.fd as RawFd == fd)
+                    .expect("from t.fds")
+                    .id;
+                pool.by_file[&id]
+            }),
             cwd: cstr(name(t.fs.cwd_id))?,
             root: if root == "/" || root.is_empty() {
                 None
@@ -1594,6 +1604,40 @@ fn restore_epoll_targets(
     Ok(())
 }
 
+/// For a session leader whose controlling terminal was a pty slave of the tree: its fd of the
+/// slave, and the foreground group. The leader must hold the slave open.
+fn controlling_slave(t: &TaskImage, img: &DumpImage) -> Option<(RawFd, u32)> {
+    if t.pstree.sid != t.pid() || t.zombie_exit.is_some() {
+        return None;
+    }
+    t.fds.iter().find_map(|fd| {
+        let tty = img.files.get(&fd.id)?.tty.as_ref()?;
+        let info = img.tty_infos.get(&tty.tty_info_id)?;
+        (info.sid == t.pid()).then_some((fd.fd as RawFd, info.pgrp))
+    })
+}
+
+/// The stub made the slave the session's controlling terminal before forking the session
+/// (a controlling terminal is inherited at fork, and only a leader can acquire one); now that
+/// every group exists, the leader puts the dumped foreground group back.
+fn restore_controlling_tty(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
+    let Some((fd, pgrp)) = controlling_slave(t, img) else {
+        return Ok(());
+    };
+    // The group must be one of the session's. After TIOCSCTTY the leader's group is in the
+    // foreground, so the leader may hand it over without SIGTTOU.
+    if pgrp != 0
+        && img
+            .tasks
+            .iter()
+            .any(|o| o.pstree.pgid == pgrp && o.pstree.sid == t.pid())
+    {
+        let a = r.put(0, &(pgrp as i32).to_ne_bytes())?;
+        r.call(libc::SYS_ioctl, &[fd as u64, libc::TIOCSPGRP, a])?;
+    }
+    Ok(())
+}
+
 fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), RestoreError> {
     let tc = t.tc();
     // Signals that reached the stub (SIGCHLD from a zombie child) are not the task's: drop them.
@@ -1739,21 +1783,21 @@ fn restore_thread(r: &Remote, t: &TaskImage, th: &load::ThreadImage) -> Result<(
         )?;
     }
     r.call(libc::SYS_set_tid_address, &[ti.clear_tid_addr])?;
-    if let Some(sas) = &tcore.sas {
-        const SS_DISABLE: u32 = 2;
-        const SS_AUTODISARM: u32 = 1 << 31;
-        if sas.ss_flags & SS_DISABLE == 0 && sas.ss_size != 0 {
-            let a = r.put_words(
-                0,
-                &[
-                    sas.ss_sp,
-                    (sas.ss_flags & SS_AUTODISARM) as u64,
-                    sas.ss_size,
-                ],
-            )?;
-            r.call(libc::SYS_sigaltstack, &[a, 0])?;
-        }
-    }
+    const SS_DISABLE: u32 = 2;
+    const SS_AUTODISARM: u32 = 1 << 31;
+    // Always set, disabled included: the stub inherited the restorer's alternate stack (Rust's
+    // runtime installs one), which points into memory the task no longer has; an SA_ONSTACK
+    // handler would then die with SIGSEGV at delivery.
+    let words = match &tcore.sas {
+        Some(sas) if sas.ss_flags & SS_DISABLE == 0 && sas.ss_size != 0 => [
+            sas.ss_sp,
+            (sas.ss_flags & SS_AUTODISARM) as u64,
+            sas.ss_size,
+        ],
+        _ => [0, SS_DISABLE as u64, 0],
+    };
+    let a = r.put_words(0, &words)?;
+    r.call(libc::SYS_sigaltstack, &[a, 0])?;
     if let Some(rs) = &tcore.rseq_entry {
         r.call(
             libc::SYS_rseq,

@@ -15,6 +15,8 @@ pub struct StubPlan {
     pub children: Vec<usize>,
     /// (target fd, pool fd, close-on-exec) triples.
     pub fds: Vec<(RawFd, RawFd, bool)>,
+    /// Pool fd of the pty slave to make the controlling terminal (session leaders only).
+    pub ctty: Option<RawFd>,
     pub cwd: std::ffi::CString,
     pub root: Option<std::ffi::CString>,
     pub umask: u32,
@@ -115,6 +117,12 @@ pub fn run(sh: &StubShared, idx: usize) -> ! {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
         if t.sid == t.pid && libc::setsid() < 0 {
             fail(sh, t.pid, STUB_SESSION, errno());
+        }
+        // Before forking: children inherit the controlling terminal, and cannot acquire it.
+        if let Some(fd) = t.ctty {
+            if libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
+                fail(sh, t.pid, STUB_SESSION, errno());
+            }
         }
         if t.pgid == t.pid && t.sid != t.pid && libc::setpgid(0, 0) < 0 {
             fail(sh, t.pid, STUB_SESSION, errno());

@@ -366,6 +366,7 @@ fn new_socket(ty: u32) -> Result<OwnedFd, UnixError> {
 pub fn restore_single(
     e: &pb::UnixSkEntry,
     external_peer_name: Option<&[u8]>,
+    queue: &[Vec<u8>],
 ) -> Result<OwnedFd, UnixError> {
     let sock = new_socket(e.r#type)?;
     let fd = sock.as_raw_fd();
@@ -392,7 +393,47 @@ pub fn restore_single(
         cvt(unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) })
             .map_err(sys("connect to the external peer"))?;
     }
+    // A connected datagram socket takes messages from its peer only: those are lost (see the
+    // support matrix); an unconnected bound one gets its queue back.
+    if !queue.is_empty()
+        && !e.name.is_empty()
+        && e.r#type == libc::SOCK_DGRAM as u32
+        && external_peer_name.is_none()
+        && e.peer == 0
+    {
+        requeue_by_name(e, queue)?;
+    }
     finish(sock, e)
+}
+
+/// Sends a bound datagram socket's queued messages again, to its name, from a new unnamed
+/// socket: the receiver gets the same messages in the same order, from an unnamed sender
+/// (the original senders' addresses are not in the image).
+fn requeue_by_name(e: &pb::UnixSkEntry, queue: &[Vec<u8>]) -> Result<(), UnixError> {
+    let sender = new_socket(libc::SOCK_DGRAM as u32)?;
+    let (a, len) = sockaddr_un(&e.name);
+    let connect = || {
+        // SAFETY: connect with a sockaddr_un of the given length.
+        cvt(unsafe {
+            libc::connect(
+                sender.as_raw_fd(),
+                (&a as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        })
+    };
+    let r = match &e.name_dir {
+        Some(dir) => {
+            let back = std::env::current_dir().map_err(sys("getcwd"))?;
+            std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
+            let r = connect();
+            let _ = std::env::set_current_dir(back);
+            r
+        }
+        None => connect(),
+    };
+    r.map_err(sys("connecting to re-queue datagrams"))?;
+    requeue(sender.as_raw_fd(), queue)
 }
 
 /// Two connected ends; `a_queue` is what `a` had to read (sent again from `b`), and the other

@@ -300,6 +300,49 @@ while True:
 }
 
 #[test]
+fn datagrams_queued_on_a_bound_unix_socket_survive() {
+    let _g = serial();
+    if skip_unless_root("datagrams_queued_on_a_bound_unix_socket_survive") {
+        return;
+    }
+    // A syslog-like receiver: bound by path, unconnected, with datagrams from unnamed senders
+    // (one inside the tree, the others from the test) waiting to be read.
+    let script = r#"
+import os, socket, time
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind("log.sock")
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+c.sendto(b"from-tree", "log.sock")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+srv.setblocking(False)
+got = []
+while True:
+    try: got.append(srv.recv(100).decode())
+    except BlockingIOError: break
+print("got", got, flush=True)
+c.sendto(b"after", "log.sock")
+print("then", srv.recv(100).decode(), flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("dgramq", script);
+    w.wait_lines(1, T);
+    let outside = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    for m in ["one", "two", "three"] {
+        outside
+            .send_to(m.as_bytes(), w.dir.join("log.sock"))
+            .unwrap();
+    }
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let lines = w.wait_lines(3, T);
+    kill_tree(&pids);
+    assert_eq!(lines[1], "got ['from-tree', 'one', 'two', 'three']");
+    assert_eq!(lines[2], "then after");
+}
+
+#[test]
 fn unix_sockets_with_queued_data_and_listeners_survive() {
     let _g = serial();
     if skip_unless_root("unix_sockets_with_queued_data_and_listeners_survive") {

@@ -654,9 +654,9 @@ impl Pool {
                         // A named peer outside the tree (kept as an entry of its own).
                         Some(pf) => {
                             let name = pf.usk.as_ref().map(|u| u.name.clone()).unwrap_or_default();
-                            unix::restore_single(e, Some(&name)).map_err(unix_err(id))?
+                            unix::restore_single(e, Some(&name), queue(id)).map_err(unix_err(id))?
                         }
-                        None => unix::restore_single(e, None).map_err(unix_err(id))?,
+                        None => unix::restore_single(e, None, queue(id)).map_err(unix_err(id))?,
                     }
                 }
             } else if let Some(e) = &f.isk {

@@ -295,7 +295,7 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
             .then(|| cwd.to_string()),
         name: d.name.clone(),
         shutdown: None,
-        file_perms: None,
+        file_perms: socket_file_perms(&d.name, cwd),
         deleted: None,
         ns_id: None,
         mnt_id: None,
@@ -362,6 +362,36 @@ fn new_socket(ty: u32) -> Result<OwnedFd, UnixError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The mode and owner of the socket file behind a path name (relative names from `cwd`).
+fn socket_file_perms(name: &[u8], cwd: &str) -> Option<pb::FilePermsEntry> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let p = path_name(name)?;
+    let md = std::fs::symlink_metadata(std::path::Path::new(cwd).join(p)).ok()?;
+    md.file_type().is_socket().then(|| pb::FilePermsEntry {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+    })
+}
+
+/// Gives the socket file just bound the dumped mode and owner (the restorer's umask and
+/// credentials made it); relative names are resolved from the current directory.
+fn apply_file_perms(name: &[u8], perms: &pb::FilePermsEntry) -> Result<(), UnixError> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(p) = path_name(name) else {
+        return Ok(());
+    };
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| sys("socket path")(io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: chmod/lchown of a NUL-terminated path.
+    cvt(unsafe { libc::chmod(c.as_ptr(), perms.mode as libc::mode_t) })
+        .map_err(sys(format!("chmod {}", p.display())))?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::lchown(c.as_ptr(), perms.uid, perms.gid) })
+        .map_err(sys(format!("chown {}", p.display())))?;
+    Ok(())
+}
+
 /// A socket with no peer in the tree: bound, listening, or connected to an external peer.
 pub fn restore_single(
     e: &pb::UnixSkEntry,
@@ -376,11 +406,19 @@ pub fn restore_single(
             Some(dir) => {
                 let back = std::env::current_dir().map_err(sys("getcwd"))?;
                 std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
-                let r = bind_name(fd, &e.name);
+                let r = bind_name(fd, &e.name).and_then(|()| match &e.file_perms {
+                    Some(perms) => apply_file_perms(&e.name, perms),
+                    None => Ok(()),
+                });
                 let _ = std::env::set_current_dir(back);
                 r?;
             }
-            None => bind_name(fd, &e.name)?,
+            None => {
+                bind_name(fd, &e.name)?;
+                if let Some(perms) = &e.file_perms {
+                    apply_file_perms(&e.name, perms)?;
+                }
+            }
         }
     }
     if e.state == 10 {

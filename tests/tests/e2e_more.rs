@@ -300,9 +300,9 @@ while True:
 }
 
 #[test]
-fn datagrams_queued_on_a_bound_unix_socket_survive() {
+fn datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive() {
     let _g = serial();
-    if skip_unless_root("datagrams_queued_on_a_bound_unix_socket_survive") {
+    if skip_unless_root("datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive") {
         return;
     }
     // A syslog-like receiver: bound by path, unconnected, with datagrams from unnamed senders
@@ -311,6 +311,7 @@ fn datagrams_queued_on_a_bound_unix_socket_survive() {
 import os, socket, time
 srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 srv.bind("log.sock")
+os.chmod("log.sock", 0o620); os.chown("log.sock", 65534, 65534)
 c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 c.sendto(b"from-tree", "log.sock")
 print("ready", flush=True)
@@ -340,6 +341,13 @@ while True: time.sleep(1)
     kill_tree(&pids);
     assert_eq!(lines[1], "got ['from-tree', 'one', 'two', 'three']");
     assert_eq!(lines[2], "then after");
+    // The socket file keeps its mode and owner, not the restorer's umask and uid.
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(w.dir.join("log.sock")).unwrap();
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o620, 65534, 65534)
+    );
 }
 
 #[test]

@@ -583,11 +583,11 @@ fn dump_frozen(
         &img.dir.join(names::ipcns_msg(1)),
         &crate::sysvipc::write_msg(&queues),
     )?;
+    // One pass over every process's fds for all the queues.
+    crate::mqueue::refuse_outside_users(&img.mqueues, &tree_pids).map_err(DumpError::Mqueue)?;
     let mut mqueues = Vec::new();
     for (pid, fd, name, id) in &img.mqueues {
-        mqueues.push(
-            crate::mqueue::dump(*pid, *fd, name, *id, &tree_pids).map_err(DumpError::Mqueue)?,
-        );
+        mqueues.push(crate::mqueue::dump(*pid, *fd, name, *id).map_err(DumpError::Mqueue)?);
     }
     write_file(
         &img.dir.join(names::POSIX_MQUEUE),
@@ -1379,8 +1379,8 @@ fn dump_fds(
             files::FdKind::Mqueue => {
                 let (id, first) = img.files.add_mqueue(pid, fd, &link, &info)?;
                 if first {
-                    let name = format!("/{}", link.rsplit('/').next().unwrap_or(&link));
-                    img.mqueues.push((pid, fd, name, id));
+                    img.mqueues
+                        .push((pid, fd, crate::mqueue::queue_name(&link), id));
                 }
                 (pb::FdTypes::Reg, id)
             }

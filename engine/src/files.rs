@@ -116,24 +116,21 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
     }
     let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
         .map_err(|source| FilesError::Inspect { pid, fd, source })?;
-    // Files of these filesystems look regular but cannot be opened again by their path: a POSIX
-    // message queue's link is "/name", a namespace file's is "net:[ino]".
-    match special_fs_kind(pid, fd) {
-        Some(MQUEUE) if !link.ends_with(" (deleted)") => return Ok(FdKind::Mqueue),
-        Some(MQUEUE) => {
-            return Ok(FdKind::Unsupported(format!(
-                "POSIX message queue unlinked while open ({link})"
-            )))
-        }
-        Some(kind) => return Ok(FdKind::Unsupported(format!("{kind} ({link})"))),
-        None => {}
-    }
     let fmt = md.mode() & libc::S_IFMT;
     Ok(match fmt {
         libc::S_IFDIR if link.ends_with(" (deleted)") => {
             FdKind::Unsupported(format!("directory deleted while open ({link})"))
         }
-        libc::S_IFREG => FdKind::Regular,
+        // Files of these filesystems look regular but cannot be opened again by their path: a
+        // POSIX message queue's link is "/name", a namespace file's is "net:[ino]".
+        libc::S_IFREG => match special_fs_kind(pid, fd) {
+            Some(MQUEUE) if !link.ends_with(" (deleted)") => FdKind::Mqueue,
+            Some(MQUEUE) => {
+                FdKind::Unsupported(format!("POSIX message queue unlinked while open ({link})"))
+            }
+            Some(kind) => FdKind::Unsupported(format!("{kind} ({link})")),
+            None => FdKind::Regular,
+        },
         libc::S_IFDIR => FdKind::Directory,
         libc::S_IFCHR => {
             let major = libc::major(md.rdev());
@@ -423,9 +420,12 @@ impl FileTable {
             return Ok((id, false));
         }
         let first = !self.seen.iter().any(|s| s.2 == md.dev() && s.3 == md.ino());
-        let name = link.rsplit('/').next().unwrap_or(link);
         let id = self.push_reg(
-            &format!("{}/{name}", crate::mqueue::PATH_PREFIX),
+            &format!(
+                "{}{}",
+                crate::mqueue::PATH_PREFIX,
+                crate::mqueue::queue_name(link)
+            ),
             info.flags & !(libc::O_CLOEXEC as u32),
             0,
             None,

@@ -53,14 +53,15 @@ pub fn notify_pid(status: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// Saves queue `name` ("/name", as the fd link shows it), open at `fd` of `pid` as file `file_id`.
-pub fn dump(
-    pid: u32,
-    fd: i32,
-    name: &str,
-    file_id: u32,
-    tree: &HashSet<u32>,
-) -> Result<Queue, MqError> {
+/// The queue's name ("/name") from an fd link: "/name" when opened with `mq_open`, or its path
+/// where the mqueue filesystem is mounted (queues are flat, so the last component).
+pub fn queue_name(link: &str) -> String {
+    format!("/{}", link.rsplit('/').next().unwrap_or(link))
+}
+
+/// Saves queue `name` ("/name"), open at `fd` of `pid` as file `file_id`. Outside users must
+/// have been refused first ([`refuse_outside_users`]).
+pub fn dump(pid: u32, fd: i32, name: &str, file_id: u32) -> Result<Queue, MqError> {
     let fd_path = format!("/proc/{pid}/fd/{fd}");
     let md = std::fs::metadata(&fd_path).map_err(sys(format!("inspecting queue {name}")))?;
     let status = std::fs::read_to_string(&fd_path)
@@ -72,7 +73,6 @@ pub fn dump(
             pid: notifier,
         });
     }
-    refuse_outside_users(name, md.dev(), md.ino(), tree)?;
 
     let cname = CString::new(name).map_err(|_| MqError::Sys {
         what: format!("queue name {name}"),
@@ -150,13 +150,22 @@ fn put_back(mqd: libc::mqd_t, msgs: &[(u64, Vec<u8>)]) -> Option<std::io::Error>
     None
 }
 
-/// Fails if a live process outside the tree has the queue (same device and inode) open.
-fn refuse_outside_users(
-    name: &str,
-    dev: u64,
-    ino: u64,
+/// Fails if a live process outside the tree has one of `queues` ((pid, fd, name, file id), an
+/// fd of the tree on each) open: one pass over every process's fds, stat'ing only links whose
+/// last component is a queue's name.
+pub fn refuse_outside_users(
+    queues: &[(u32, i32, String, u32)],
     tree: &HashSet<u32>,
 ) -> Result<(), MqError> {
+    if queues.is_empty() {
+        return Ok(());
+    }
+    let mut wanted = Vec::new();
+    for (pid, fd, name, _) in queues {
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(sys(format!("inspecting queue {name}")))?;
+        wanted.push((name.as_str(), md.dev(), md.ino()));
+    }
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Ok(());
     };
@@ -171,14 +180,17 @@ fn refuse_outside_users(
             continue;
         };
         for f in fds.flatten() {
-            // The link is "/name" for a queue; only those are stat'ed.
-            if std::fs::read_link(f.path()).ok().as_deref() != Some(std::path::Path::new(name)) {
+            let Ok(link) = std::fs::read_link(f.path()) else {
                 continue;
-            }
+            };
+            let name = queue_name(&link.to_string_lossy());
+            let Some((qname, dev, ino)) = wanted.iter().find(|w| w.0 == name) else {
+                continue;
+            };
             if let Ok(m) = std::fs::metadata(f.path()) {
-                if m.dev() == dev && m.ino() == ino {
+                if m.dev() == *dev && m.ino() == *ino {
                     return Err(MqError::Shared {
-                        name: name.into(),
+                        name: qname.to_string(),
                         pid,
                     });
                 }
@@ -251,6 +263,12 @@ pub fn restore(queues: &[Queue], name_of: impl Fn(u32) -> Option<String>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_names_from_links() {
+        assert_eq!(queue_name("/jobs"), "/jobs");
+        assert_eq!(queue_name("/dev/mqueue/jobs"), "/jobs");
+    }
 
     #[test]
     fn status_line() {

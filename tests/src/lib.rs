@@ -479,6 +479,27 @@ pub fn dump_kill_then_restore(
     after
 }
 
+/// Runs `stasis dump` of `w`, which must fail with a one-line error and leave no task of the
+/// tree traced. Returns the error text.
+pub fn dump_must_fail(w: &Workload) -> String {
+    let pids = tree_and_session(w.pid);
+    let img = w.images();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().expect("utf8"),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "the dump must fail");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    for p in &pids {
+        assert_eq!(tracer_of(*p), 0, "{p} left traced");
+    }
+    e
+}
+
 /// The state letter of `/proc/<pid>/stat` ('?' if gone).
 pub fn state_of(pid: u32) -> char {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -148,6 +148,8 @@ pub enum DumpError {
     Ipc(crate::sysvipc::IpcError),
     #[error(transparent)]
     Mqueue(crate::mqueue::MqError),
+    #[error(transparent)]
+    IpcNs(#[from] crate::ipcns::IpcNsError),
     #[error("cannot lock the network for the dumped TCP connections")]
     NetLock(#[source] stasis_netns::nftlock::LockError),
     #[error("pid {pid} fd {fd}")]
@@ -505,6 +507,8 @@ struct Images {
     sysv_dumped: Vec<pb::IpcShmEntry>,
     /// POSIX message queues to save: (pid, fd, "/name", file id), one per queue.
     mqueues: Vec<(u32, i32, String, u32)>,
+    /// Image id of the tree's IPC namespace (see `ipcns`).
+    ipc_ns_id: u32,
 }
 
 fn dump_frozen(
@@ -512,6 +516,18 @@ fn dump_frozen(
     opts: &DumpOptions,
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
+    let live: Vec<u32> = tree
+        .tasks
+        .iter()
+        .filter(|t| !t.zombie)
+        .map(|t| t.pid)
+        .collect();
+    let own_ipc = crate::ipcns::tree_ns(tree.tasks[0].pid, &live)?;
+    let read_shm = || std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+    let shm_table = match &own_ipc {
+        Some(ns) => crate::ipcns::in_ns(ns, read_shm)?,
+        None => read_shm(),
+    };
     let mut img = Images {
         dir: opts.images_dir.clone(),
         files: files::FileTable::new(opts.ghost_limit),
@@ -520,12 +536,15 @@ fn dump_frozen(
         tree_sockets: tree_socket_inodes(tree),
         tree_ptys: tree_pty_masters(tree),
         locks: Vec::new(),
-        sysv_segments: proc::parse::parse_sysvipc_shm(
-            &std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default(),
-        ),
+        sysv_segments: proc::parse::parse_sysvipc_shm(&shm_table),
         sysv_attached: tree_sysv_attachments(tree),
         sysv_dumped: Vec::new(),
         mqueues: Vec::new(),
+        ipc_ns_id: if own_ipc.is_some() {
+            crate::ipcns::TREE_NS_ID
+        } else {
+            crate::ipcns::HOST_NS_ID
+        },
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
     refuse_shared_kernel_objects(tree)?;
@@ -570,40 +589,17 @@ fn dump_frozen(
                 .set_pty_session((major - 136) * 256 + minor, t.pid, fg);
         }
     }
-    // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
-    img.files.write(&img.dir)?;
-    // SysV semaphores and message queues the tree uses (always written, even empty).
     let tree_pids: std::collections::HashSet<u32> = tree
         .tasks
         .iter()
         .flat_map(|t| std::iter::once(t.pid).chain(t.threads.iter().map(|th| th.tid)))
         .collect();
-    let queues = crate::sysvipc::dump_msg(&tree_pids).map_err(DumpError::Ipc)?;
-    write_file(
-        &img.dir.join(names::ipcns_msg(1)),
-        &crate::sysvipc::write_msg(&queues),
-    )?;
-    // One pass over every process's fds for all the queues.
-    crate::mqueue::refuse_outside_users(&img.mqueues, &tree_pids).map_err(DumpError::Mqueue)?;
-    let mut mqueues = Vec::new();
-    for (pid, fd, name, id) in &img.mqueues {
-        mqueues.push(crate::mqueue::dump(*pid, *fd, name, *id).map_err(DumpError::Mqueue)?);
+    match &own_ipc {
+        Some(ns) => crate::ipcns::in_ns(ns, || dump_ipc(&mut img, stats, &tree_pids, true))??,
+        None => dump_ipc(&mut img, stats, &tree_pids, false)?,
     }
-    write_file(
-        &img.dir.join(names::POSIX_MQUEUE),
-        &crate::sysvipc::write_msg(&mqueues),
-    )?;
-    let sems = crate::sysvipc::dump_sem(&tree_pids).map_err(DumpError::Ipc)?;
-    write_file(
-        &img.dir.join(names::ipcns_sem(1)),
-        &crate::sysvipc::write_sem(&sems),
-    )?;
-    // Always written, even empty, so a stale one from an older dump cannot apply.
-    let mut w = ImageWriter::new(ImageKind::Normal, magic::IPCNS_SHM);
-    for e in &img.sysv_dumped {
-        w.push(e);
-    }
-    write_file(&img.dir.join(names::ipcns_shm(1)), &w.into_bytes())?;
+    // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
+    img.files.write(&img.dir)?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::FILE_LOCKS);
     for (l, _) in &img.locks {
         w.push(l);
@@ -619,7 +615,8 @@ fn dump_frozen(
         w.push(e);
     }
     write_file(&img.dir.join(names::PSTREE), &w.into_bytes())?;
-    let root_ids = ids_for(1);
+    // CRIU's root_ids are the dumper's own: a task whose namespace ids differ owns that one.
+    let root_ids = ids_for(1, crate::ipcns::HOST_NS_ID);
     let inv = pb::InventoryEntry {
         img_version: images::CRTOOLS_IMAGES_V1_1,
         fdinfo_per_id: Some(true),
@@ -733,6 +730,135 @@ fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError> {
     Ok(())
 }
 
+/// System V objects and POSIX message queues, on the calling thread's IPC namespace: those the
+/// tree uses of the host's, or every one of a namespace the tree owns (`whole_ns`), with its
+/// sysctls. The images are always written, even empty, so stale ones cannot apply.
+fn dump_ipc(
+    img: &mut Images,
+    stats: &mut DumpStats,
+    tree_pids: &std::collections::HashSet<u32>,
+    whole_ns: bool,
+) -> Result<(), DumpError> {
+    let ns_id = img.ipc_ns_id;
+    let users = (!whole_ns).then_some(tree_pids);
+    let queues = crate::sysvipc::dump_msg(users).map_err(DumpError::Ipc)?;
+    write_file(
+        &img.dir.join(names::ipcns_msg(ns_id)),
+        &crate::sysvipc::write_msg(&queues),
+    )?;
+    let sems = crate::sysvipc::dump_sem(users).map_err(DumpError::Ipc)?;
+    write_file(
+        &img.dir.join(names::ipcns_sem(ns_id)),
+        &crate::sysvipc::write_sem(&sems),
+    )?;
+
+    // POSIX queues: (path reaching the queue's file, "/name", file id).
+    let mut mq: Vec<(String, String, u32)> = img
+        .mqueues
+        .iter()
+        .map(|(pid, fd, name, id)| (format!("/proc/{pid}/fd/{fd}"), name.clone(), *id))
+        .collect();
+    let _mq_root = if whole_ns {
+        // Every queue of the namespace, held open or not.
+        let (root, names) = crate::ipcns::mqueue_root()?;
+        mq.clear();
+        for n in names {
+            let path = format!("/proc/self/fd/{}/{n}", root.as_raw_fd());
+            let name = format!("/{n}");
+            let md = std::fs::metadata(&path).map_err(|source| {
+                DumpError::Mqueue(crate::mqueue::MqError::Sys {
+                    what: format!("inspecting queue {name}"),
+                    source,
+                })
+            })?;
+            let id = img.files.mqueue_file(&name, &md);
+            mq.push((path, name, id));
+        }
+        Some(root)
+    } else {
+        None
+    };
+    let wanted = mq
+        .iter()
+        .map(|(path, name, _)| crate::mqueue::identity(path, name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(DumpError::Mqueue)?;
+    // One pass over every process's fds for all the queues.
+    crate::mqueue::refuse_outside_users(&wanted, tree_pids).map_err(DumpError::Mqueue)?;
+    let mut mqueues = Vec::new();
+    for (path, name, id) in &mq {
+        mqueues.push(crate::mqueue::dump(path, name, *id).map_err(DumpError::Mqueue)?);
+    }
+    write_file(
+        &img.dir.join(names::POSIX_MQUEUE),
+        &crate::sysvipc::write_msg(&mqueues),
+    )?;
+
+    if whole_ns {
+        // Segments nobody attaches: their content through a read-only attachment of our own.
+        let idle: Vec<proc::parse::ShmSegment> = img
+            .sysv_segments
+            .iter()
+            .filter(|s| !img.sysv_dumped.iter().any(|e| e.desc.id == s.shmid))
+            .cloned()
+            .collect();
+        for seg in idle {
+            dump_idle_segment(&seg, img, stats)?;
+        }
+        let vars = crate::ipcns::read_vars()?;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::IPC_VAR);
+        w.push(&vars);
+        write_file(&img.dir.join(names::ipcns_var(ns_id)), &w.into_bytes())?;
+    }
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::IPCNS_SHM);
+    for e in &img.sysv_dumped {
+        w.push(e);
+    }
+    write_file(&img.dir.join(names::ipcns_shm(ns_id)), &w.into_bytes())
+}
+
+fn shm_entry(seg: &proc::parse::ShmSegment) -> pb::IpcShmEntry {
+    pb::IpcShmEntry {
+        desc: pb::IpcDescEntry {
+            key: seg.key as u32,
+            uid: seg.uid,
+            gid: seg.gid,
+            cuid: seg.cuid,
+            cgid: seg.cgid,
+            mode: seg.perms,
+            id: seg.shmid,
+        },
+        size: seg.size,
+        in_pagemaps: Some(true),
+        hugetlb_flag: None,
+    }
+}
+
+/// A segment of the tree's own namespace that no task attaches right now.
+fn dump_idle_segment(
+    seg: &proc::parse::ShmSegment,
+    img: &mut Images,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    // SAFETY: shmat(2) read-only at an address the kernel picks; detached below.
+    let addr = unsafe { libc::shmat(seg.shmid as i32, std::ptr::null(), libc::SHM_RDONLY) };
+    if addr as isize == -1 {
+        return Err(DumpError::Ipc(crate::sysvipc::IpcError::Sys {
+            what: format!("attaching System V shared memory {}", seg.shmid),
+            source: std::io::Error::last_os_error(),
+        }));
+    }
+    let start = addr as u64;
+    let end = start + seg.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let path = format!("/proc/self/map_files/{start:x}-{end:x}");
+    let r = dump_shmem_object(&path, seg.shmid as u64, seg.size, img, stats);
+    // SAFETY: detaches the attachment made above.
+    unsafe { libc::shmdt(addr) };
+    r?;
+    img.sysv_dumped.push(shm_entry(seg));
+    Ok(())
+}
+
 /// A zombie is only its exit code and name, as in CRIU (task_state TASK_DEAD).
 fn dump_zombie(task: &Task, dir: &Path) -> Result<(), DumpError> {
     let core = pb::CoreEntry {
@@ -763,7 +889,7 @@ fn uptime_us() -> u64 {
 
 /// Kernel-object ids: stasis refuses shared fd tables, mms and fs structs between processes, so
 /// each process owns its own and the ids are its ordinal.
-fn ids_for(n: u32) -> pb::TaskKobjIdsEntry {
+fn ids_for(n: u32, ipc_ns_id: u32) -> pb::TaskKobjIdsEntry {
     pb::TaskKobjIdsEntry {
         vm_id: n,
         files_id: n,
@@ -771,7 +897,7 @@ fn ids_for(n: u32) -> pb::TaskKobjIdsEntry {
         sighand_id: n,
         pid_ns_id: None,
         net_ns_id: None,
-        ipc_ns_id: None,
+        ipc_ns_id: Some(ipc_ns_id),
         uts_ns_id: None,
         mnt_ns_id: None,
         user_ns_id: None,
@@ -1085,7 +1211,7 @@ fn dump_task(
     }
     write_file(&img.dir.join(names::fdinfo(ord)), &w.into_bytes())?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::IDS);
-    w.push(&ids_for(ord));
+    w.push(&ids_for(ord, img.ipc_ns_id));
     write_file(&img.dir.join(names::ids(pid)), &w.into_bytes())?;
 
     // Memory.
@@ -1119,7 +1245,7 @@ fn dump_task(
     for (i, (tid, mut core, _)) in cores.into_iter().enumerate() {
         if i == 0 {
             core.tc = Some(tc.clone());
-            core.ids = Some(ids_for(ord));
+            core.ids = Some(ids_for(ord, img.ipc_ns_id));
         }
         let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
         w.push(&core);
@@ -1547,7 +1673,8 @@ fn dump_memory(
                 vmas.push(vma);
                 continue;
             }
-            _ if m.inode == 0 => {
+            // A System V segment's inode is its id, and id 0 is the first in a namespace.
+            _ if m.inode == 0 && !m.path.starts_with("/SYSV") => {
                 if m.shared {
                     return Err(unsupported(
                         "shared anonymous memory without a backing inode",
@@ -1599,20 +1726,7 @@ fn dump_memory(
                     if !img.sysv_dumped.iter().any(|e| e.desc.id == shmid) {
                         let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
                         dump_shmem_object(&path, shmid as u64, seg.size, img, stats)?;
-                        img.sysv_dumped.push(pb::IpcShmEntry {
-                            desc: pb::IpcDescEntry {
-                                key: seg.key as u32,
-                                uid: seg.uid,
-                                gid: seg.gid,
-                                cuid: seg.cuid,
-                                cgid: seg.cgid,
-                                mode: seg.perms,
-                                id: shmid,
-                            },
-                            size: seg.size,
-                            in_pagemaps: Some(true),
-                            hugetlb_flag: None,
-                        });
+                        img.sysv_dumped.push(shm_entry(&seg));
                     }
                     vmas.push(vma);
                     continue;

@@ -435,6 +435,25 @@ impl FileTable {
         Ok((id, first))
     }
 
+    /// The file entry of queue `name` ("/name") of a namespace the tree owns: the entry of an
+    /// fd the tree holds on it, else a new one that no fd uses (it carries the queue's name).
+    pub fn mqueue_file(&mut self, name: &str, md: &std::fs::Metadata) -> u32 {
+        if let Some(s) = self
+            .seen
+            .iter()
+            .find(|s| s.2 == md.dev() && s.3 == md.ino())
+        {
+            return s.4;
+        }
+        self.push_reg(
+            &format!("{}{name}", crate::mqueue::PATH_PREFIX),
+            libc::O_RDWR as u32,
+            0,
+            None,
+            Some(md),
+        )
+    }
+
     /// eventfd, timerfd, signalfd or epoll at `fd` of `pid`, from its fdinfo.
     pub fn add_anon(
         &mut self,

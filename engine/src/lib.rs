@@ -12,6 +12,7 @@ pub mod dump;
 pub mod files;
 pub mod images;
 pub mod inet;
+pub mod ipcns;
 pub mod mem;
 pub mod mqueue;
 pub mod pages;

@@ -59,12 +59,12 @@ pub fn queue_name(link: &str) -> String {
     format!("/{}", link.rsplit('/').next().unwrap_or(link))
 }
 
-/// Saves queue `name` ("/name"), open at `fd` of `pid` as file `file_id`. Outside users must
-/// have been refused first ([`refuse_outside_users`]).
-pub fn dump(pid: u32, fd: i32, name: &str, file_id: u32) -> Result<Queue, MqError> {
-    let fd_path = format!("/proc/{pid}/fd/{fd}");
-    let md = std::fs::metadata(&fd_path).map_err(sys(format!("inspecting queue {name}")))?;
-    let status = std::fs::read_to_string(&fd_path)
+/// Saves queue `name` ("/name") as file `file_id`; `fd_path` reaches the queue's file (an fd
+/// link in /proc, or a path in the mqueue filesystem). Outside users must have been refused
+/// first ([`refuse_outside_users`]).
+pub fn dump(fd_path: &str, name: &str, file_id: u32) -> Result<Queue, MqError> {
+    let md = std::fs::metadata(fd_path).map_err(sys(format!("inspecting queue {name}")))?;
+    let status = std::fs::read_to_string(fd_path)
         .map_err(sys(format!("reading the status of queue {name}")))?;
     let notifier = notify_pid(&status);
     if notifier != 0 {
@@ -150,21 +150,21 @@ fn put_back(mqd: libc::mqd_t, msgs: &[(u64, Vec<u8>)]) -> Option<std::io::Error>
     None
 }
 
-/// Fails if a live process outside the tree has one of `queues` ((pid, fd, name, file id), an
-/// fd of the tree on each) open: one pass over every process's fds, stat'ing only links whose
-/// last component is a queue's name.
+/// The identity of queue `name` whose file `path` reaches, for [`refuse_outside_users`].
+pub fn identity(path: &str, name: &str) -> Result<(String, u64, u64), MqError> {
+    let md = std::fs::metadata(path).map_err(sys(format!("inspecting queue {name}")))?;
+    Ok((name.to_string(), md.dev(), md.ino()))
+}
+
+/// Fails if a live process outside the tree has one of `wanted` ((name, dev, inode), see
+/// [`identity`]) open: one pass over every process's fds, stat'ing only links whose last
+/// component is a queue's name.
 pub fn refuse_outside_users(
-    queues: &[(u32, i32, String, u32)],
+    wanted: &[(String, u64, u64)],
     tree: &HashSet<u32>,
 ) -> Result<(), MqError> {
-    if queues.is_empty() {
+    if wanted.is_empty() {
         return Ok(());
-    }
-    let mut wanted = Vec::new();
-    for (pid, fd, name, _) in queues {
-        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(sys(format!("inspecting queue {name}")))?;
-        wanted.push((name.as_str(), md.dev(), md.ino()));
     }
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Ok(());

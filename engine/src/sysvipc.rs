@@ -119,12 +119,16 @@ fn pad8(v: &mut Vec<u8>) {
 /// The message queues the tree uses: (entry, messages as (type, text)).
 pub type Queue = (pb::IpcMsgEntry, Vec<(u64, Vec<u8>)>);
 
-pub fn dump_msg(tree: &HashSet<u32>) -> Result<Vec<Queue>, IpcError> {
+/// The message queues the tree uses, or with `tree` None (a namespace the tree owns) all the
+/// calling thread's namespace has.
+pub fn dump_msg(tree: Option<&HashSet<u32>>) -> Result<Vec<Queue>, IpcError> {
     let text = std::fs::read_to_string("/proc/sysvipc/msg").unwrap_or_default();
     let mut out = Vec::new();
     for r in parse(&text, true) {
-        if !used_by_tree("message queue", &r, &r.pids, tree)? {
-            continue;
+        if let Some(tree) = tree {
+            if !used_by_tree("message queue", &r, &r.pids, tree)? {
+                continue;
+            }
         }
         let mut ds: libc::msqid_ds = unsafe_zeroed();
         // SAFETY: IPC_STAT fills our struct.
@@ -165,8 +169,8 @@ pub fn dump_msg(tree: &HashSet<u32>) -> Result<Vec<Queue>, IpcError> {
     Ok(out)
 }
 
-/// The semaphore sets the tree uses, with their values.
-pub fn dump_sem(tree: &HashSet<u32>) -> Result<Vec<(pb::IpcSemEntry, Vec<u16>)>, IpcError> {
+/// The semaphore sets the tree uses (all of them with `tree` None), with their values.
+pub fn dump_sem(tree: Option<&HashSet<u32>>) -> Result<Vec<(pb::IpcSemEntry, Vec<u16>)>, IpcError> {
     let text = std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default();
     let mut out = Vec::new();
     for r in parse(&text, false) {
@@ -175,8 +179,10 @@ pub fn dump_sem(tree: &HashSet<u32>) -> Result<Vec<(pb::IpcSemEntry, Vec<u16>)>,
         let pids: Vec<u32> = (0..n)
             .map(|i| unsafe { libc::semctl(r.id, i as i32, libc::GETPID) }.max(0) as u32)
             .collect();
-        if !used_by_tree("semaphore set", &r, &pids, tree)? {
-            continue;
+        if let Some(tree) = tree {
+            if !used_by_tree("semaphore set", &r, &pids, tree)? {
+                continue;
+            }
         }
         let mut vals = vec![0u16; n];
         // SAFETY: GETALL writes nsems unsigned shorts into our vector.

@@ -578,3 +578,35 @@ impl Redis {
         self.reply()
     }
 }
+
+/// Whether Debian's `crit` (package criu) is installed.
+pub fn have_crit() -> bool {
+    Command::new("crit")
+        .arg("--help")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Decodes every image of `dir` with crit, failing on the first it rejects; returns how many.
+pub fn crit_decode_all(dir: &Path) -> usize {
+    let mut decoded = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("pages-") || !(name.ends_with(".img") || name.starts_with("stats-")) {
+            continue;
+        }
+        let o = Command::new("crit")
+            .args(["decode", "-i"])
+            .arg(e.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "crit decode {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        decoded += 1;
+    }
+    decoded
+}

@@ -211,11 +211,7 @@ fn images_decode_with_crit() {
     if skip_unless_root("images_decode_with_crit") {
         return;
     }
-    if std::process::Command::new("crit")
-        .arg("--help")
-        .output()
-        .is_err()
-    {
+    if !have_crit() {
         skip(
             "images_decode_with_crit",
             "crit (Debian package criu) is not installed",
@@ -236,24 +232,7 @@ fn images_decode_with_crit() {
     ]);
     check_ok("dump -R", &o);
     kill_tree(&before);
-    let mut decoded = 0;
-    for e in std::fs::read_dir(&img).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("pages-") || !(name.ends_with(".img") || name.starts_with("stats-")) {
-            continue;
-        }
-        let o = std::process::Command::new("crit")
-            .args(["decode", "-i"])
-            .arg(e.path())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "crit decode {name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        decoded += 1;
-    }
+    let decoded = crit_decode_all(&img);
     assert!(decoded >= 10, "only {decoded} images decoded");
     let o = std::process::Command::new("crit")
         .arg("x")

@@ -207,6 +207,115 @@ while True: time.sleep(1)
     );
 }
 
+/// A tree that owns its IPC namespace (as in a container) gets a new one at restore, holding
+/// every object the old one had, used or not: an attached and an idle System V segment, a
+/// message queue, a semaphore set, a POSIX queue held open and one nobody holds, and the
+/// namespace's sysctls.
+#[test]
+fn ipc_namespace_of_the_tree_comes_back_with_all_its_objects() {
+    let _g = serial();
+    if skip_unless_root("ipc_namespace_of_the_tree_comes_back_with_all_its_objects") {
+        return;
+    }
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+class Attr(ctypes.Structure): _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long), ("cur", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+class Msg(ctypes.Structure): _fields_ = [("mtype", ctypes.c_long), ("text", ctypes.c_char * 64)]
+class Sembuf(ctypes.Structure): _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short)]
+assert libc.unshare(0x08000000) == 0, ctypes.get_errno()
+ns = os.readlink("/proc/self/ns/ipc")
+open("/proc/sys/kernel/msgmnb", "w").write("32768")
+open("/proc/sys/fs/mqueue/msg_max", "w").write("20")
+shm = libc.shmget(0x5151, 8192, 0o1000 | 0o600)
+a = libc.shmat(shm, None, 0); ctypes.memmove(a + 5000, b"attached", 8)
+idle = libc.shmget(0x5152, 4096, 0o1000 | 0o640)
+b = libc.shmat(idle, None, 0); ctypes.memmove(b, b"idle", 4); libc.shmdt(b)
+q = libc.msgget(0x5153, 0o1000 | 0o600)
+m = Msg(4, b"queued"); assert libc.msgsnd(q, ctypes.byref(m), 6, 0) == 0
+sem = libc.semget(0x5154, 2, 0o1000 | 0o600)
+assert libc.semop(sem, (Sembuf * 1)(Sembuf(1, 9, 0)), 1) == 0
+held = libc.mq_open(b"/held", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600, ctypes.byref(Attr(0, 15, 64, 0)))
+assert held >= 0, ctypes.get_errno()
+assert libc.mq_send(held, b"h1", 2, 3) == 0
+loose = libc.mq_open(b"/loose", os.O_RDWR | os.O_CREAT, 0o640, None)
+assert libc.mq_send(loose, b"kept", 4, 1) == 0
+libc.mq_close(loose)
+print("ids", shm, idle, q, sem, flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+out = [os.readlink("/proc/self/ns/ipc") != ns]
+out.append(open("/proc/sys/kernel/msgmnb").read().strip())
+out.append(open("/proc/sys/fs/mqueue/msg_max").read().strip())
+out.append(ctypes.string_at(a + 5000, 8).decode())
+out.append(libc.shmget(0x5152, 0, 0) == idle)
+b = libc.shmat(idle, None, 0); out.append(ctypes.string_at(b, 4).decode())
+m = Msg(); n = libc.msgrcv(q, ctypes.byref(m), 64, 0, 0o4000); out.append((m.mtype, m.text[:n].decode()))
+out.append(libc.semctl(sem, 1, 12))
+buf = ctypes.create_string_buffer(8192); prio = ctypes.c_uint()
+n = libc.mq_receive(held, buf, 64, ctypes.byref(prio)); out.append((buf.raw[:n].decode(), prio.value))
+at = Attr(); libc.mq_getattr(held, ctypes.byref(at)); out.append(at.maxmsg)
+l = libc.mq_open(b"/loose", os.O_RDWR | os.O_NONBLOCK)
+n = libc.mq_receive(l, buf, 8192, ctypes.byref(prio)); out.append((buf.raw[:n].decode(), prio.value))
+out.append(oct(os.fstat(l).st_mode & 0o777))
+print("got", out, flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("ipcns", script);
+    w.wait_lines(1, T);
+    let ns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/ipc")).unwrap();
+    assert_ne!(ns_of(w.pid), ns_of(std::process::id()));
+
+    // Another process in the namespace, outside the tree: refused, and the tree runs on.
+    let mut intruder = Command::new("nsenter")
+        .arg(format!("--ipc=/proc/{}/ns/ipc", w.pid))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("nsenter");
+    let end = Instant::now() + T;
+    while std::fs::read_link(format!("/proc/{}/ns/ipc", intruder.id())).ok() != Some(ns_of(w.pid))
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = dump_must_fail(&w);
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+    assert!(
+        e.contains(&format!(
+            "is also used by pid {}, outside the tree",
+            intruder.id()
+        )),
+        "{e}"
+    );
+
+    let pids = dump_kill_restore(&w);
+    assert!(w.images().join("ipcns-var-2.img").exists());
+    if have_crit() {
+        crit_decode_all(&w.images());
+    } else {
+        println!("crit is not installed: the images of this test are not decoded");
+    }
+    assert_ne!(
+        ns_of(w.pid),
+        ns_of(std::process::id()),
+        "restored in its own namespace"
+    );
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let lines = w.wait_lines(2, T);
+    kill_tree(&pids);
+    assert_eq!(
+        lines[1],
+        "got [True, '32768', '20', 'attached', True, 'idle', (4, 'queued'), 9, ('h1', 3), 15, ('kept', 1), '0o640']"
+    );
+    // Nothing leaked into the host's namespace.
+    let host = std::fs::read_to_string("/proc/sysvipc/msg").unwrap();
+    assert!(!host.contains(&format!(" {} ", 0x5153)), "{host}");
+}
+
 #[test]
 fn listening_sockets_answer_after_restore() {
     let _g = serial();

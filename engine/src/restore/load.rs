@@ -81,6 +81,8 @@ pub struct DumpImage {
     pub sysv_sem: Vec<(pb::IpcSemEntry, Vec<u16>)>,
     /// POSIX message queues (see `mqueue`).
     pub posix_mqueues: Vec<crate::mqueue::Queue>,
+    /// The IPC sysctls of the namespace the tree owned; None when it used the host's.
+    pub ipc_vars: Option<pb::IpcVarEntry>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// File locks to take again.
@@ -400,25 +402,52 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         let outq = r.raw(e.outq_len as u64)?.to_vec();
         tcp_streams.insert(isk.ino, (e, inq, outq));
     }
+    // CRIU's root_ids are the dumper's namespaces: a root whose IPC namespace id differs owned
+    // its namespace, and the IPC images carry that id.
+    let ipc_of = |t: &TaskImage| t.threads[0].core.ids.as_ref().and_then(|i| i.ipc_ns_id);
+    let root_ipc = ipc_of(&tasks[0]);
+    if let Some(t) = tasks
+        .iter()
+        .find(|t| t.zombie_exit.is_none() && ipc_of(t) != root_ipc)
+    {
+        return Err(invalid(
+            &names::core(t.pid()),
+            "the process is in another IPC namespace than the root",
+        ));
+    }
+    let host_ipc = inv.root_ids.as_ref().and_then(|i| i.ipc_ns_id);
+    let own_ipc_ns = matches!((root_ipc, host_ipc), (Some(a), Some(b)) if a != b);
+    let ipc_ns_id = root_ipc.unwrap_or(crate::ipcns::HOST_NS_ID);
+    let ipc_vars = if own_ipc_ns {
+        let file = names::ipcns_var(ipc_ns_id);
+        Some(one::<pb::IpcVarEntry>(
+            dir,
+            &file,
+            ImageKind::Normal,
+            magic::IPC_VAR,
+        )?)
+    } else {
+        None
+    };
     let mut sysv_shm = Vec::new();
-    if let Some(bytes) = read_optional(dir, &names::ipcns_shm(1))? {
-        let file = names::ipcns_shm(1);
+    if let Some(bytes) = read_optional(dir, &names::ipcns_shm(ipc_ns_id))? {
+        let file = names::ipcns_shm(ipc_ns_id);
         let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::IPCNS_SHM)?;
         for e in r.all::<pb::IpcShmEntry>()? {
             let (pm, pages) = pagemap(dir, &names::pagemap_shmem(e.desc.id as u64))?;
             sysv_shm.push((e, pm, pages));
         }
     }
-    let sysv_msg = match read_optional(dir, &names::ipcns_msg(1))? {
-        Some(b) => crate::sysvipc::read_msg(&names::ipcns_msg(1), &b)?,
+    let sysv_msg = match read_optional(dir, &names::ipcns_msg(ipc_ns_id))? {
+        Some(b) => crate::sysvipc::read_msg(&names::ipcns_msg(ipc_ns_id), &b)?,
         None => Vec::new(),
     };
     let posix_mqueues = match read_optional(dir, names::POSIX_MQUEUE)? {
         Some(b) => crate::sysvipc::read_msg(names::POSIX_MQUEUE, &b)?,
         None => Vec::new(),
     };
-    let sysv_sem = match read_optional(dir, &names::ipcns_sem(1))? {
-        Some(b) => crate::sysvipc::read_sem(&names::ipcns_sem(1), &b)?,
+    let sysv_sem = match read_optional(dir, &names::ipcns_sem(ipc_ns_id))? {
+        Some(b) => crate::sysvipc::read_sem(&names::ipcns_sem(ipc_ns_id), &b)?,
         None => Vec::new(),
     };
     let mut tty_infos = HashMap::new();
@@ -497,6 +526,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         sysv_msg,
         sysv_sem,
         posix_mqueues,
+        ipc_vars,
         tty_infos,
         locks,
         sk_queues,

@@ -185,6 +185,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     raise_nofile_limit();
+    // A tree that owned its IPC namespace gets a new one: this thread moves into it until the
+    // restore ends, so the objects below and the root task (forked from here) are made there.
+    let _ipc_ns = match &img.ipc_vars {
+        Some(vars) => {
+            let ns = crate::ipcns::Unshared::new().map_err(ipcns_err)?;
+            crate::ipcns::write_limits(vars).map_err(ipcns_err)?;
+            Some(ns)
+        }
+        None => None,
+    };
     // Queues must exist before the pool opens their fds.
     crate::mqueue::restore(&img.posix_mqueues, |id| {
         let reg = img.files.get(&id)?.reg.as_ref()?;
@@ -206,6 +216,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         pid: 0,
         what: e.to_string(),
     })?;
+    if let Some(vars) = &img.ipc_vars {
+        crate::ipcns::write_next_ids(vars).map_err(ipcns_err)?;
+    }
     let trampoline = pick_trampoline(&img)?;
     let shared = stub::StubShared {
         tasks: stub_plans(&img, &pool)?,
@@ -1131,6 +1144,13 @@ fn restore_posix_locks(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(),
         r.call(libc::SYS_fcntl, &[l.fd as u64, libc::F_SETLK as u64, a])?;
     }
     Ok(())
+}
+
+fn ipcns_err(e: crate::ipcns::IpcNsError) -> RestoreError {
+    RestoreError::Task {
+        pid: 0,
+        what: e.to_string(),
+    }
 }
 
 /// Makes sure every dumped System V segment exists with its id, key, size and mode, and holds

@@ -1,0 +1,299 @@
+//! A tree that owns its IPC namespace (`unshare --ipc`, every container): all its System V
+//! objects, POSIX message queues and IPC sysctls belong to it and are dumped, used or not.
+//!
+//! The kernel picks the namespace of `/proc/sysvipc/*`, `/proc/sys/kernel/{msg,sem,shm}*`,
+//! `/proc/sys/fs/mqueue/*`, `msgget`/`shmat`/`mq_open` from the calling *thread*. So the dump
+//! does its IPC work in a scoped thread that has `setns`'d into the tree's namespace, and the
+//! restore `unshare`s the restoring thread before it builds anything: objects, sysctls and the
+//! root task (which `clone3` puts in the new namespace) all land there, and the thread goes
+//! back to its own namespace when the restore ends. POSIX queues nobody holds open are listed
+//! through a detached mount of the namespace's mqueue filesystem (`fsopen`/`fsmount`), which
+//! changes no mount table.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use crate::images::pb;
+
+/// The IPC namespace could not be inspected, entered, or made again.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcNsError {
+    #[error("process {pid} is in another IPC namespace than the root of the tree ({pid_ns} vs {root_ns}), which is not supported")]
+    Mixed {
+        pid: u32,
+        pid_ns: String,
+        root_ns: String,
+    },
+    #[error("the tree's IPC namespace {ns} is also used by pid {pid}, outside the tree")]
+    Shared { ns: String, pid: u32 },
+    #[error("{what}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> IpcNsError {
+    let what = what.into();
+    move |source| IpcNsError::Sys { what, source }
+}
+
+fn last_os(what: &str) -> IpcNsError {
+    sys(what)(std::io::Error::last_os_error())
+}
+
+/// The image id of the dumper's own IPC namespace, and of a namespace the tree owns (CRIU
+/// numbers namespaces in the order it meets them; its own come first).
+pub const HOST_NS_ID: u32 = 1;
+pub const TREE_NS_ID: u32 = 2;
+
+fn ns_ino(path: &str) -> Result<(u64, u64), IpcNsError> {
+    let md = std::fs::metadata(path).map_err(sys(format!("reading {path}")))?;
+    Ok((md.dev(), md.ino()))
+}
+
+/// The tree's IPC namespace when it is not ours: open, ready for [`in_ns`]. Every live task must
+/// be in it, and no process outside the tree (the namespace dies with the tree).
+pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, IpcNsError> {
+    let root_path = format!("/proc/{root}/ns/ipc");
+    let root_ns = ns_ino(&root_path)?;
+    if root_ns == ns_ino("/proc/thread-self/ns/ipc")? {
+        return Ok(None);
+    }
+    let name = |pid: u32| {
+        std::fs::read_link(format!("/proc/{pid}/ns/ipc"))
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    for &pid in tasks {
+        if ns_ino(&format!("/proc/{pid}/ns/ipc"))? != root_ns {
+            return Err(IpcNsError::Mixed {
+                pid,
+                pid_ns: name(pid),
+                root_ns: name(root),
+            });
+        }
+    }
+    let me = std::process::id();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me || tasks.contains(&pid) {
+                continue;
+            }
+            // Zombies have no namespaces left; gone processes fail to stat: both are fine.
+            if ns_ino(&format!("/proc/{pid}/ns/ipc")).ok() == Some(root_ns) {
+                return Err(IpcNsError::Shared {
+                    ns: name(root),
+                    pid,
+                });
+            }
+        }
+    }
+    let fd = std::fs::File::open(&root_path).map_err(sys(format!("opening {root_path}")))?;
+    Ok(Some(fd.into()))
+}
+
+/// Runs `f` on a thread that has joined the IPC namespace `ns`.
+pub fn in_ns<T: Send>(ns: &OwnedFd, f: impl FnOnce() -> T + Send) -> Result<T, IpcNsError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns(2) on an fd we hold; it changes only this thread's IPC namespace.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWIPC) } < 0 {
+                return Err(last_os("joining the tree's IPC namespace"));
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// The calling thread in a new IPC namespace until dropped, when it goes back to its own.
+pub struct Unshared {
+    own: OwnedFd,
+}
+
+impl Unshared {
+    pub fn new() -> Result<Unshared, IpcNsError> {
+        let own: OwnedFd = std::fs::File::open("/proc/thread-self/ns/ipc")
+            .map_err(sys("opening our own IPC namespace"))?
+            .into();
+        // SAFETY: unshare(2) with a namespace flag only; it affects this thread.
+        if unsafe { libc::unshare(libc::CLONE_NEWIPC) } < 0 {
+            return Err(last_os("creating an IPC namespace"));
+        }
+        Ok(Unshared { own })
+    }
+}
+
+impl Drop for Unshared {
+    fn drop(&mut self) {
+        // SAFETY: setns(2) back into the namespace we came from, through our own fd.
+        unsafe { libc::setns(self.own.as_raw_fd(), libc::CLONE_NEWIPC) };
+    }
+}
+
+fn read_knob(path: &str) -> Result<String, IpcNsError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(sys(format!("reading {path}")))
+}
+
+fn knob<T: std::str::FromStr>(path: &str) -> Result<T, IpcNsError> {
+    let s = read_knob(path)?;
+    s.parse().map_err(|_| IpcNsError::Sys {
+        what: format!("{path}: unexpected value {s:?}"),
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}
+
+/// A next-id knob: -1 (the kernel picks) is left out.
+fn next_id(path: &str) -> Result<Option<u32>, IpcNsError> {
+    let v: i64 = knob(path)?;
+    Ok(u32::try_from(v).ok())
+}
+
+const K: &str = "/proc/sys/kernel/";
+const MQ: &str = "/proc/sys/fs/mqueue/";
+
+/// The calling thread's IPC sysctls, as CRIU's `ipc_var_entry`.
+pub fn read_vars() -> Result<pb::IpcVarEntry, IpcNsError> {
+    let sem = read_knob(&format!("{K}sem"))?;
+    let sem_ctls = sem
+        .split_whitespace()
+        .map(|v| v.parse::<u32>().unwrap_or(0))
+        .collect();
+    Ok(pb::IpcVarEntry {
+        sem_ctls,
+        msg_ctlmax: knob(&format!("{K}msgmax"))?,
+        msg_ctlmnb: knob(&format!("{K}msgmnb"))?,
+        msg_ctlmni: knob(&format!("{K}msgmni"))?,
+        auto_msgmni: knob(&format!("{K}auto_msgmni"))?,
+        shm_ctlmax: knob(&format!("{K}shmmax"))?,
+        shm_ctlall: knob(&format!("{K}shmall"))?,
+        shm_ctlmni: knob(&format!("{K}shmmni"))?,
+        shm_rmid_forced: knob(&format!("{K}shm_rmid_forced"))?,
+        mq_queues_max: knob(&format!("{MQ}queues_max"))?,
+        mq_msg_max: knob(&format!("{MQ}msg_max"))?,
+        mq_msgsize_max: knob(&format!("{MQ}msgsize_max"))?,
+        mq_msg_default: Some(knob(&format!("{MQ}msg_default"))?),
+        mq_msgsize_default: Some(knob(&format!("{MQ}msgsize_default"))?),
+        msg_next_id: next_id(&format!("{K}msg_next_id"))?,
+        sem_next_id: next_id(&format!("{K}sem_next_id"))?,
+        shm_next_id: next_id(&format!("{K}shm_next_id"))?,
+    })
+}
+
+fn write_knob(path: &str, value: &str) -> Result<(), IpcNsError> {
+    std::fs::write(path, value).map_err(sys(format!("setting {path} to {value}")))
+}
+
+/// Sets the limits of `v` in the calling thread's (new) namespace, before objects are made.
+/// `auto_msgmni` is left alone: the kernel ignores it since Linux 3.19.
+pub fn write_limits(v: &pb::IpcVarEntry) -> Result<(), IpcNsError> {
+    if v.sem_ctls.len() == 4 {
+        let sem: Vec<String> = v.sem_ctls.iter().map(u32::to_string).collect();
+        write_knob(&format!("{K}sem"), &sem.join(" "))?;
+    }
+    for (name, val) in [
+        ("msgmax", v.msg_ctlmax as u64),
+        ("msgmnb", v.msg_ctlmnb as u64),
+        ("msgmni", v.msg_ctlmni as u64),
+        ("shmmax", v.shm_ctlmax),
+        ("shmall", v.shm_ctlall),
+        ("shmmni", v.shm_ctlmni as u64),
+        ("shm_rmid_forced", v.shm_rmid_forced as u64),
+    ] {
+        write_knob(&format!("{K}{name}"), &val.to_string())?;
+    }
+    // The maxima before the defaults, which must not exceed them.
+    for (name, val) in [
+        ("queues_max", Some(v.mq_queues_max)),
+        ("msg_max", Some(v.mq_msg_max)),
+        ("msgsize_max", Some(v.mq_msgsize_max)),
+        ("msg_default", v.mq_msg_default),
+        ("msgsize_default", v.mq_msgsize_default),
+    ] {
+        if let Some(val) = val {
+            write_knob(&format!("{MQ}{name}"), &val.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the next-id knobs of `v`, once every object has been made with its own id.
+pub fn write_next_ids(v: &pb::IpcVarEntry) -> Result<(), IpcNsError> {
+    for (name, val) in [
+        ("msg_next_id", v.msg_next_id),
+        ("sem_next_id", v.sem_next_id),
+        ("shm_next_id", v.shm_next_id),
+    ] {
+        if let Some(val) = val {
+            write_knob(&format!("{K}{name}"), &val.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The calling thread's mqueue filesystem, mounted nowhere: (its root, the queue names without
+/// the leading '/'). Paths under `/proc/self/fd/<root>/` reach the queues.
+pub fn mqueue_root() -> Result<(OwnedFd, Vec<String>), IpcNsError> {
+    const FSOPEN_CLOEXEC: libc::c_long = 1;
+    let fstype = CString::new("mqueue").expect("no NUL");
+    // SAFETY: fsopen(2) of a NUL-terminated filesystem name; returns a new fd.
+    let fsfd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+    if fsfd < 0 {
+        return Err(last_os("opening the mqueue filesystem"));
+    }
+    // SAFETY: a fresh fd owned only here.
+    let fsfd = unsafe { OwnedFd::from_raw_fd(fsfd as i32) };
+    const FSCONFIG_CMD_CREATE: libc::c_long = 6;
+    const FSMOUNT_CLOEXEC: libc::c_long = 1;
+    // SAFETY: fsconfig(2) CREATE takes no key or value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fsfd.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(last_os("creating the mqueue filesystem"));
+    }
+    // SAFETY: fsmount(2) returns a new fd for a detached mount.
+    let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fsfd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    if mfd < 0 {
+        return Err(last_os("mounting the mqueue filesystem"));
+    }
+    // SAFETY: a fresh fd owned only here.
+    let mfd = unsafe { OwnedFd::from_raw_fd(mfd as i32) };
+    let dir = format!("/proc/self/fd/{}", mfd.as_raw_fd());
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(sys("listing the POSIX message queues"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok((mfd, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vars_of_this_namespace_read_back() {
+        // Every knob exists on the kernels we run on; values are whatever this host has.
+        let v = read_vars().expect("ipc sysctls readable");
+        assert_eq!(v.sem_ctls.len(), 4);
+        assert!(v.mq_msg_max >= 1);
+    }
+}

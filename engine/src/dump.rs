@@ -509,6 +509,8 @@ struct Images {
     mqueues: Vec<(u32, i32, String, u32)>,
     /// Image id of the tree's IPC namespace (see `ipcns`).
     ipc_ns_id: u32,
+    /// Files in flight on the tree's unix sockets, which peeking put in our table.
+    in_flight: Vec<std::os::fd::OwnedFd>,
 }
 
 fn dump_frozen(
@@ -540,6 +542,7 @@ fn dump_frozen(
         sysv_attached: tree_sysv_attachments(tree),
         sysv_dumped: Vec::new(),
         mqueues: Vec::new(),
+        in_flight: Vec::new(),
         ipc_ns_id: if own_ipc.is_some() {
             crate::ipcns::TREE_NS_ID
         } else {
@@ -671,17 +674,36 @@ fn tree_pty_masters(tree: &Tree) -> std::collections::HashSet<u32> {
     set
 }
 
+/// Inodes of every socket of the tree: open in a task, or in flight on a unix socket of the
+/// tree (its peer is then inside too).
 fn tree_socket_inodes(tree: &Tree) -> std::collections::HashSet<u32> {
     let mut set = std::collections::HashSet::new();
     for t in tree.tasks.iter().filter(|t| !t.zombie) {
+        let mut pidfd = None;
         for fd in proc::fds(t.pid).unwrap_or_default() {
-            if let Ok(l) = proc::readlink(t.pid, &format!("fd/{fd}")) {
-                if let Some(ino) = l
-                    .strip_prefix("socket:[")
-                    .and_then(|r| r.trim_end_matches(']').parse().ok())
-                {
-                    set.insert(ino);
-                }
+            let Ok(l) = proc::readlink(t.pid, &format!("fd/{fd}")) else {
+                continue;
+            };
+            let Some(ino) = l
+                .strip_prefix("socket:[")
+                .and_then(|r| r.trim_end_matches(']').parse().ok())
+            else {
+                continue;
+            };
+            set.insert(ino);
+            let carries = proc::fdinfo(t.pid, fd)
+                .ok()
+                .and_then(|i| i.extra.get("scm_fds")?.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            if carries == 0 {
+                continue;
+            }
+            let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(t.pid).ok());
+            if let Some(copy) = p
+                .as_ref()
+                .and_then(|p| crate::inet::pidfd_getfd(p.as_raw_fd(), fd).ok())
+            {
+                set.extend(crate::unix::sockets_in_flight(&copy));
             }
         }
     }
@@ -1315,249 +1337,290 @@ fn dump_fds(
     let mut locks = Vec::new();
     let mut pidfd: Option<Option<std::os::fd::OwnedFd>> = None;
     for fd in proc::fds(pid)? {
-        let link = proc::readlink(pid, &format!("fd/{fd}"))?;
-        let info = proc::fdinfo(pid, fd)?;
-        let kind = files::classify(pid, fd, &link)?;
-        let (ty, id) = match kind {
-            files::FdKind::Regular | files::FdKind::Directory | files::FdKind::CharDevice => {
-                (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
+        out.push(dump_one_fd(
+            pid, fd, opts, img, stats, nft_lock, &mut locks, &mut pidfd,
+        )?);
+    }
+    Ok((out, locks))
+}
+
+/// One fd of `pid` (or, with `pid` our own, a file in flight on a socket of the tree).
+#[allow(clippy::too_many_arguments)]
+fn dump_one_fd(
+    pid: u32,
+    fd: i32,
+    opts: &DumpOptions,
+    img: &mut Images,
+    stats: &mut DumpStats,
+    nft_lock: &mut Option<String>,
+    locks: &mut Vec<crate::inet::TcpLock>,
+    pidfd: &mut Option<Option<std::os::fd::OwnedFd>>,
+) -> Result<pb::FdinfoEntry, DumpError> {
+    let link = proc::readlink(pid, &format!("fd/{fd}"))?;
+    let info = proc::fdinfo(pid, fd)?;
+    let kind = files::classify(pid, fd, &link)?;
+    let (ty, id) = match kind {
+        files::FdKind::Regular | files::FdKind::Directory | files::FdKind::CharDevice => {
+            (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
+        }
+        files::FdKind::Tty
+            if link == "/dev/ptmx"
+                || pty::slave_index(&link).is_some_and(|n| img.tree_ptys.contains(&n)) =>
+        {
+            // A pty whose master is in the tree: saved whole, restored as a new pair.
+            let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(pid).ok());
+            let copy = p
+                .as_ref()
+                .and_then(|p| crate::inet::pidfd_getfd(p.as_raw_fd(), fd).ok())
+                .ok_or(DumpError::UnsupportedFd {
+                    pid,
+                    fd,
+                    what: format!("terminal {link} (cannot copy it)"),
+                })?;
+            let master = link == "/dev/ptmx";
+            let index = if master {
+                pty::master_index(copy.as_raw_fd()).map_err(|source| {
+                    DumpError::Files(files::FilesError::Inspect { pid, fd, source })
+                })?
+            } else {
+                pty::slave_index(&link).unwrap_or(0)
+            };
+            let rdev = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+                .map(|m| std::os::unix::fs::MetadataExt::rdev(&m) as u32)
+                .unwrap_or(0);
+            let flags = info.flags & !(libc::O_CLOEXEC as u32);
+            let id = img.files.add_pty(
+                pid,
+                fd,
+                &link,
+                flags,
+                |id| {
+                    pty::info(id, index, copy.as_raw_fd(), rdev)
+                        .map_err(|source| files::FilesError::Pty { pid, fd, source })
+                },
+                (index, master),
+            )?;
+            (pb::FdTypes::Tty, id)
+        }
+        files::FdKind::Tty => {
+            if !opts.shell_job {
+                return Err(DumpError::ShellJobNeeded {
+                    pid,
+                    fd,
+                    path: link,
+                });
             }
-            files::FdKind::Tty
-                if link == "/dev/ptmx"
-                    || pty::slave_index(&link).is_some_and(|n| img.tree_ptys.contains(&n)) =>
-            {
-                // A pty whose master is in the tree: saved whole, restored as a new pair.
+            (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
+        }
+        files::FdKind::Fifo(ino) => (
+            pb::FdTypes::Fifo,
+            img.files.add_fifo(pid, fd, &link, ino, &info)?,
+        ),
+        files::FdKind::Pipe(ino) => (pb::FdTypes::Pipe, img.files.add_pipe(pid, fd, ino, &info)?),
+        files::FdKind::EventFd
+        | files::FdKind::TimerFd
+        | files::FdKind::SignalFd
+        | files::FdKind::Inotify
+        | files::FdKind::EventPoll => {
+            let ty = kind.anon_fd_type().expect("an anon-inode kind");
+            (ty, img.files.add_anon(pid, fd, &kind, &info)?)
+        }
+        files::FdKind::Socket(ino) => {
+            if let Some((id, ty)) = img.files.known(pid, fd) {
+                // The same socket through another fd (dup, fork): one file, its own type.
+                (ty, id)
+            } else {
                 let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(pid).ok());
-                let copy = p
+                let pfd = p
                     .as_ref()
-                    .and_then(|p| crate::inet::pidfd_getfd(p.as_raw_fd(), fd).ok())
                     .ok_or(DumpError::UnsupportedFd {
                         pid,
                         fd,
-                        what: format!("terminal {link} (cannot copy it)"),
-                    })?;
-                let master = link == "/dev/ptmx";
-                let index = if master {
-                    pty::master_index(copy.as_raw_fd()).map_err(|source| {
-                        DumpError::Files(files::FilesError::Inspect { pid, fd, source })
+                        what: "a socket (pidfd_open failed)".into(),
                     })?
-                } else {
-                    pty::slave_index(&link).unwrap_or(0)
-                };
-                let rdev = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-                    .map(|m| std::os::unix::fs::MetadataExt::rdev(&m) as u32)
-                    .unwrap_or(0);
-                let flags = info.flags & !(libc::O_CLOEXEC as u32);
-                let id = img.files.add_pty(
-                    pid,
-                    fd,
-                    &link,
-                    flags,
-                    |id| {
-                        pty::info(id, index, copy.as_raw_fd(), rdev)
-                            .map_err(|source| files::FilesError::Pty { pid, fd, source })
-                    },
-                    (index, master),
-                )?;
-                (pb::FdTypes::Tty, id)
-            }
-            files::FdKind::Tty => {
-                if !opts.shell_job {
-                    return Err(DumpError::ShellJobNeeded {
-                        pid,
-                        fd,
-                        path: link,
+                    .as_raw_fd();
+                let sock_err = |source| DumpError::Socket { pid, fd, source };
+                let sock = crate::inet::pidfd_getfd(pfd, fd).map_err(|source| {
+                    sock_err(crate::inet::InetError::Sys {
+                        what: "pidfd_getfd".into(),
+                        source,
+                    })
+                })?;
+                if socket_family(sock.as_raw_fd()) == "unix" {
+                    let in_flight = info
+                        .extra
+                        .get("scm_fds")
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let flags = info.flags & !(libc::O_CLOEXEC as u32);
+                    let cwd = proc::readlink(pid, "cwd").unwrap_or_default();
+                    let me = std::process::id();
+                    let cx = crate::unix::Context {
+                        cwd: &cwd,
+                        in_flight,
+                        nested: pid == me,
+                        ext_unix_sk: opts.ext_unix_sk,
+                        tree_sockets: &img.tree_sockets,
+                    };
+                    let unix_err = |source| DumpError::Unix { pid, fd, source };
+                    let mut dumped =
+                        crate::unix::dump(&sock, ino as u32, flags, &cx).map_err(unix_err)?;
+                    // Files in flight: the peek put them in our own table, where they are
+                    // dumped like any fd (and kept open until the dump ends, for kcmp).
+                    let mut queued = Vec::new();
+                    for p in std::mem::take(&mut dumped.queued) {
+                        let mut files = Vec::new();
+                        for f in p.fds {
+                            crate::unix::check_in_flight(f.as_raw_fd(), ino as u32)
+                                .map_err(unix_err)?;
+                            let e = dump_one_fd(
+                                me,
+                                f.as_raw_fd(),
+                                opts,
+                                img,
+                                stats,
+                                nft_lock,
+                                locks,
+                                &mut None,
+                            )?;
+                            files.push(e.id);
+                            img.in_flight.push(f);
+                        }
+                        queued.push(crate::unix::Queued {
+                            data: p.data,
+                            files,
+                        });
+                    }
+                    let id = img.files.add_unix(pid, fd, dumped, queued)?;
+                    return Ok(pb::FdinfoEntry {
+                        id,
+                        flags: (info.flags & libc::O_CLOEXEC as u32 != 0) as u32,
+                        r#type: pb::FdTypes::Unixsk as i32,
+                        fd: fd as u32,
+                        xattr_security_selinux: None,
                     });
                 }
-                (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
-            }
-            files::FdKind::Fifo(ino) => (
-                pb::FdTypes::Fifo,
-                img.files.add_fifo(pid, fd, &link, ino, &info)?,
-            ),
-            files::FdKind::Pipe(ino) => {
-                (pb::FdTypes::Pipe, img.files.add_pipe(pid, fd, ino, &info)?)
-            }
-            files::FdKind::EventFd
-            | files::FdKind::TimerFd
-            | files::FdKind::SignalFd
-            | files::FdKind::Inotify
-            | files::FdKind::EventPoll => {
-                let ty = kind.anon_fd_type().expect("an anon-inode kind");
-                (ty, img.files.add_anon(pid, fd, &kind, &info)?)
-            }
-            files::FdKind::Socket(ino) => {
-                if let Some((id, ty)) = img.files.known(pid, fd) {
-                    // The same socket through another fd (dup, fork): one file, its own type.
-                    (ty, id)
-                } else {
-                    let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(pid).ok());
-                    let pfd = p
-                        .as_ref()
-                        .ok_or(DumpError::UnsupportedFd {
-                            pid,
-                            fd,
-                            what: "a socket (pidfd_open failed)".into(),
-                        })?
-                        .as_raw_fd();
-                    let sock_err = |source| DumpError::Socket { pid, fd, source };
-                    let sock = crate::inet::pidfd_getfd(pfd, fd).map_err(|source| {
-                        sock_err(crate::inet::InetError::Sys {
-                            what: "pidfd_getfd".into(),
-                            source,
-                        })
-                    })?;
-                    if socket_family(sock.as_raw_fd()) == "unix" {
-                        let in_flight = info
-                            .extra
-                            .get("scm_fds")
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        let flags = info.flags & !(libc::O_CLOEXEC as u32);
-                        let cwd = proc::readlink(pid, "cwd").unwrap_or_default();
-                        let cx = crate::unix::Context {
-                            cwd: &cwd,
-                            in_flight,
-                            ext_unix_sk: opts.ext_unix_sk,
-                            tree_sockets: &img.tree_sockets,
-                        };
-                        let dumped = crate::unix::dump(&sock, ino as u32, flags, &cx)
-                            .map_err(|source| DumpError::Unix { pid, fd, source })?;
-                        let id = img.files.add_unix(pid, fd, dumped)?;
-                        out.push(pb::FdinfoEntry {
-                            id,
-                            flags: (info.flags & libc::O_CLOEXEC as u32 != 0) as u32,
-                            r#type: pb::FdTypes::Unixsk as i32,
-                            fd: fd as u32,
-                            xattr_security_selinux: None,
-                        });
-                        continue;
-                    }
-                    if !crate::inet::is_inet(sock.as_raw_fd()) {
-                        return Err(DumpError::UnsupportedFd {
-                            pid,
-                            fd,
-                            what: format!(
-                                "{} socket (socket:[{ino}])",
-                                socket_family(sock.as_raw_fd())
-                            ),
-                        });
-                    }
-                    let flags = info.flags & !(libc::O_CLOEXEC as u32);
-                    // The network lock goes up before the connection is read: from then on no
-                    // segment of the peer reaches it (nor, after the kill, a closed port).
-                    let mut lock_conn =
-                        |local_port: u16, remote_port: u16| -> std::io::Result<()> {
-                            let conn = [stasis_netns::nftlock::Conn {
-                                local_port,
-                                remote_port,
-                            }];
-                            let (table, create) = match nft_lock.as_ref() {
-                                Some(t) => (t.clone(), false),
-                                None => (format!("stasis-{}-{}", opts.pid, uptime_us()), true),
-                            };
-                            stasis_netns::nftlock::add(&table, &conn, create)
-                                .map_err(std::io::Error::other)?;
-                            *nft_lock = Some(table);
-                            Ok(())
-                        };
-                    let dumped = crate::inet::dump(
-                        sock,
-                        0,
-                        ino,
-                        flags,
-                        opts.tcp_established,
-                        &mut lock_conn,
-                    )
-                    .map_err(sock_err)?;
-                    let mut entry = Some(dumped.entry);
-                    let (id, _) = img.files.add_inet(pid, fd, |id| {
-                        let mut e = entry.take().expect("called once");
-                        e.id = id;
-                        Ok(e)
-                    })?;
-                    if let Some((stream, inq, outq, lock)) = dumped.stream {
-                        locks.push(lock);
-                        let mut w = ImageWriter::new(ImageKind::Normal, magic::TCP_STREAM);
-                        w.push(&stream);
-                        w.push_raw(&inq);
-                        w.push_raw(&outq);
-                        write_file(
-                            &img.dir.join(names::tcp_stream(ino as u32)),
-                            &w.into_bytes(),
-                        )?;
-                    }
-                    (pb::FdTypes::Inetsk, id)
+                if !crate::inet::is_inet(sock.as_raw_fd()) {
+                    return Err(DumpError::UnsupportedFd {
+                        pid,
+                        fd,
+                        what: format!(
+                            "{} socket (socket:[{ino}])",
+                            socket_family(sock.as_raw_fd())
+                        ),
+                    });
                 }
-            }
-            files::FdKind::Memfd => {
-                let open = format!("/proc/{pid}/fd/{fd}");
                 let flags = info.flags & !(libc::O_CLOEXEC as u32);
-                let (id, fresh) =
-                    img.files
-                        .add_memfd(&open, &link, flags, info.pos, Some((pid, fd)))?;
-                if let Some(shmid) = fresh {
-                    let size = std::fs::metadata(&open).map(|m| m.len()).unwrap_or(0);
-                    dump_shmem_object(&open, shmid, size, img, stats)?;
+                // The network lock goes up before the connection is read: from then on no
+                // segment of the peer reaches it (nor, after the kill, a closed port).
+                let mut lock_conn = |local_port: u16, remote_port: u16| -> std::io::Result<()> {
+                    let conn = [stasis_netns::nftlock::Conn {
+                        local_port,
+                        remote_port,
+                    }];
+                    let (table, create) = match nft_lock.as_ref() {
+                        Some(t) => (t.clone(), false),
+                        None => (format!("stasis-{}-{}", opts.pid, uptime_us()), true),
+                    };
+                    stasis_netns::nftlock::add(&table, &conn, create)
+                        .map_err(std::io::Error::other)?;
+                    *nft_lock = Some(table);
+                    Ok(())
+                };
+                let dumped =
+                    crate::inet::dump(sock, 0, ino, flags, opts.tcp_established, &mut lock_conn)
+                        .map_err(sock_err)?;
+                let mut entry = Some(dumped.entry);
+                let (id, _) = img.files.add_inet(pid, fd, |id| {
+                    let mut e = entry.take().expect("called once");
+                    e.id = id;
+                    Ok(e)
+                })?;
+                if let Some((stream, inq, outq, lock)) = dumped.stream {
+                    locks.push(lock);
+                    let mut w = ImageWriter::new(ImageKind::Normal, magic::TCP_STREAM);
+                    w.push(&stream);
+                    w.push_raw(&inq);
+                    w.push_raw(&outq);
+                    write_file(
+                        &img.dir.join(names::tcp_stream(ino as u32)),
+                        &w.into_bytes(),
+                    )?;
                 }
-                (pb::FdTypes::Memfd, id)
-            }
-            files::FdKind::Mqueue => {
-                let (id, first) = img.files.add_mqueue(pid, fd, &link, &info)?;
-                if first {
-                    img.mqueues
-                        .push((pid, fd, crate::mqueue::queue_name(&link), id));
-                }
-                (pb::FdTypes::Reg, id)
-            }
-            files::FdKind::Unsupported(what) => {
-                return Err(DumpError::UnsupportedFd { pid, fd, what });
-            }
-        };
-        for lock in files::parse_locks(&info.raw) {
-            let (flag, ty, start, len) = lock.map_err(|kind| DumpError::UnsupportedFd {
-                pid,
-                fd,
-                what: format!("a file {} (lease)", kind.to_lowercase()),
-            })?;
-            if !opts.file_locks {
-                return Err(DumpError::LocksNeedFlag {
-                    pid,
-                    fd,
-                    path: link.clone(),
-                });
-            }
-            let e = pb::FileLockEntry {
-                flag,
-                r#type: ty,
-                pid: pid as i32,
-                fd,
-                start,
-                len,
-            };
-            // A lock shows on every fd of its file (and of its owner): keep one of each.
-            let same = |o: &pb::FileLockEntry| {
-                o.flag == e.flag
-                    && o.r#type == e.r#type
-                    && o.start == e.start
-                    && o.len == e.len
-                    && o.pid == e.pid
-            };
-            if !img.locks.iter().any(|(o, ino)| same(o) && *ino == info.ino) {
-                img.locks.push((e, info.ino));
+                (pb::FdTypes::Inetsk, id)
             }
         }
-        // fdinfo's flags carry O_CLOEXEC for close-on-exec descriptors.
-        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        out.push(pb::FdinfoEntry {
-            id,
-            flags: cloexec as u32,
-            r#type: ty as i32,
-            fd: fd as u32,
-            xattr_security_selinux: None,
-        });
+        files::FdKind::Memfd => {
+            let open = format!("/proc/{pid}/fd/{fd}");
+            let flags = info.flags & !(libc::O_CLOEXEC as u32);
+            let (id, fresh) =
+                img.files
+                    .add_memfd(&open, &link, flags, info.pos, Some((pid, fd)))?;
+            if let Some(shmid) = fresh {
+                let size = std::fs::metadata(&open).map(|m| m.len()).unwrap_or(0);
+                dump_shmem_object(&open, shmid, size, img, stats)?;
+            }
+            (pb::FdTypes::Memfd, id)
+        }
+        files::FdKind::Mqueue => {
+            let (id, first) = img.files.add_mqueue(pid, fd, &link, &info)?;
+            if first {
+                img.mqueues
+                    .push((pid, fd, crate::mqueue::queue_name(&link), id));
+            }
+            (pb::FdTypes::Reg, id)
+        }
+        files::FdKind::Unsupported(what) => {
+            return Err(DumpError::UnsupportedFd { pid, fd, what });
+        }
+    };
+    // A file in flight shows its file's locks too; they belong to the tasks holding it.
+    let in_flight = pid == std::process::id();
+    for lock in files::parse_locks(&info.raw)
+        .into_iter()
+        .filter(|_| !in_flight)
+    {
+        let (flag, ty, start, len) = lock.map_err(|kind| DumpError::UnsupportedFd {
+            pid,
+            fd,
+            what: format!("a file {} (lease)", kind.to_lowercase()),
+        })?;
+        if !opts.file_locks {
+            return Err(DumpError::LocksNeedFlag {
+                pid,
+                fd,
+                path: link.clone(),
+            });
+        }
+        let e = pb::FileLockEntry {
+            flag,
+            r#type: ty,
+            pid: pid as i32,
+            fd,
+            start,
+            len,
+        };
+        // A lock shows on every fd of its file (and of its owner): keep one of each.
+        let same = |o: &pb::FileLockEntry| {
+            o.flag == e.flag
+                && o.r#type == e.r#type
+                && o.start == e.start
+                && o.len == e.len
+                && o.pid == e.pid
+        };
+        if !img.locks.iter().any(|(o, ino)| same(o) && *ino == info.ino) {
+            img.locks.push((e, info.ino));
+        }
     }
-    Ok((out, locks))
+    // fdinfo's flags carry O_CLOEXEC for close-on-exec descriptors.
+    let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+    Ok(pb::FdinfoEntry {
+        id,
+        flags: cloexec as u32,
+        r#type: ty as i32,
+        fd: fd as u32,
+        xattr_security_selinux: None,
+    })
 }
 
 fn socket_family(fd: i32) -> &'static str {

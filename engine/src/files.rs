@@ -297,8 +297,8 @@ pub struct FileTable {
     by_inode: HashMap<(u64, u64, u32), u32>,
     /// pty ends of the tree: ((index, is master), info).
     tty_infos: Vec<((u32, bool), pb::TtyInfoEntry)>,
-    /// Messages queued on unix sockets: (socket file id, bytes).
-    sk_queues: Vec<(u32, Vec<u8>)>,
+    /// Messages queued on unix sockets: (socket file id, bytes and files in flight).
+    sk_queues: Vec<(u32, crate::unix::Queued)>,
     /// memfd inodes: (dev, ino) → entry.
     memfd_inodes: Vec<((u64, u64), pb::MemfdInodeEntry)>,
     entries: Vec<pb::FileEntry>,
@@ -558,6 +558,7 @@ impl FileTable {
         pid: u32,
         fd: i32,
         dumped: crate::unix::Dumped,
+        queued: Vec<crate::unix::Queued>,
     ) -> Result<u32, FilesError> {
         let (md, shared) = self.existing(pid, fd)?;
         if let Some(id) = shared {
@@ -567,7 +568,7 @@ impl FileTable {
         let mut entry = dumped.entry;
         entry.id = id;
         self.seen.push((pid, fd, md.dev(), md.ino(), id));
-        for m in dumped.queued {
+        for m in queued {
             self.sk_queues.push((id, m));
         }
         self.entries.push(pb::FileEntry {
@@ -965,13 +966,20 @@ impl FileTable {
         }
         write(&dir.join(names::FIFO_DATA), &w.into_bytes())?;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::SK_QUEUES);
-        for (id, data) in &self.sk_queues {
+        for (id, m) in &self.sk_queues {
+            let scm = (!m.files.is_empty())
+                .then(|| pb::ScmEntry {
+                    r#type: libc::SCM_RIGHTS as u32,
+                    rights: m.files.clone(),
+                })
+                .into_iter()
+                .collect();
             w.push(&pb::SkPacketEntry {
                 id_for: *id,
-                length: data.len() as u32,
-                scm: Vec::new(),
+                length: m.data.len() as u32,
+                scm,
             });
-            w.push_raw(data);
+            w.push_raw(&m.data);
         }
         write(&dir.join(names::SK_QUEUES), &w.into_bytes())?;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::MEMFD_INODE);

@@ -21,10 +21,12 @@ pub enum UnixError {
     },
     #[error("unix socket {ino}: its peer {peer} is outside the tree (only datagram sockets connected to a named peer can be, with --ext-unix-sk)")]
     ExternalPeer { ino: u32, peer: u32 },
-    #[error(
-        "unix socket {ino}: {count} file descriptors in flight (SCM_RIGHTS) are not supported yet"
-    )]
-    FdsInFlight { ino: u32, count: u32 },
+    #[error("unix socket {ino} is itself in flight (SCM_RIGHTS) and has {count} file descriptors in flight, which is not supported")]
+    NestedInFlight { ino: u32, count: u32 },
+    #[error("unix socket {ino} is in flight (SCM_RIGHTS) on its own connection (socket {on}), which is not supported")]
+    InFlightOnItself { ino: u32, on: u32 },
+    #[error("file id {id} in flight on a unix socket was not made before its queue")]
+    InFlightMissing { id: u32 },
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> UnixError {
@@ -145,9 +147,47 @@ pub fn diag(ino: u32) -> Result<Diag, UnixError> {
         })
 }
 
-/// Everything queued for reading on `fd`, without consuming it: one entry per message (a
-/// single entry holding all bytes for a stream socket).
-fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Vec<u8>>> {
+/// One message queued on a socket, as peeked: its bytes and the file descriptors in flight
+/// with it (SCM_RIGHTS), which the peek installed in our own table.
+pub struct Peeked {
+    pub data: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// One queued message as the image keeps it: its bytes and the file ids in flight with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Queued {
+    pub data: Vec<u8>,
+    pub files: Vec<u32>,
+}
+
+/// The kernel's limit of descriptors in one SCM_RIGHTS message (SCM_MAX_FD).
+const SCM_MAX_FD: usize = 253;
+
+/// The fds of every SCM_RIGHTS control message in `msg`, owned from here on.
+fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    // SAFETY: walks the control buffer the kernel filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<i32>();
+                for i in 0..n {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    fds
+}
+
+/// Everything queued for reading on `fd`, without consuming it: one entry per message. On a
+/// stream socket, bytes are glued into one entry, except that bytes carrying descriptors
+/// start an entry of their own (the kernel ends a read at such a segment).
+pub fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Peeked>> {
     // SO_PEEK_OFF belongs to the socket (shared with the task): put it back afterwards.
     let old: libc::c_int = -1;
     let zero: libc::c_int = 0;
@@ -164,16 +204,30 @@ fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Vec<u8>>> {
         }
     };
     cvt(set(&zero))?;
-    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut out: Vec<Peeked> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let cspace = unsafe { libc::CMSG_SPACE((SCM_MAX_FD * size_of::<i32>()) as u32) } as usize;
+    let mut cbuf = vec![0u64; cspace.div_ceil(8)];
+    // The last entry of a stream may take more bytes (it carries no descriptors).
+    let mut glue = false;
     let res = loop {
-        // SAFETY: recv into our buffer.
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = cspace;
+        // SAFETY: recvmsg into our buffers, described by msg.
         let n = unsafe {
-            libc::recv(
+            libc::recvmsg(
                 fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                &mut msg,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
             )
         };
         if n < 0 {
@@ -183,17 +237,78 @@ fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Vec<u8>>> {
             }
             break Err(e);
         }
-        if n == 0 {
+        let fds = take_rights(&msg);
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            break Err(io::Error::other("control data truncated while peeking"));
+        }
+        if n == 0 && fds.is_empty() {
+            // The end of a stream, or of a seqpacket whose peer is gone (which would read 0
+            // forever). An empty datagram carrying nothing is dropped too.
             break Ok(());
         }
-        if stream && !out.is_empty() {
-            out[0].extend_from_slice(&buf[..n as usize]);
+        let data = buf[..n as usize].to_vec();
+        if stream && glue && fds.is_empty() {
+            out.last_mut()
+                .expect("glue implies an entry")
+                .data
+                .extend_from_slice(&data);
         } else {
-            out.push(buf[..n as usize].to_vec());
+            glue = stream && fds.is_empty();
+            out.push(Peeked { data, fds });
         }
     };
     set(&old);
     res.map(|_| out)
+}
+
+fn socket_type(fd: RawFd) -> libc::c_int {
+    let mut v: libc::c_int = 0;
+    let mut len = 4;
+    // SAFETY: getsockopt into our int.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    v
+}
+
+fn socket_inode(fd: RawFd) -> Option<u32> {
+    // SAFETY: fstat into a zeroed struct of plain integers.
+    let mut st: libc::stat = unsafe { zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return None;
+    }
+    Some(st.st_ino as u32)
+}
+
+/// Inodes of the sockets in flight on unix socket `sock` (peeked, then closed again).
+pub fn sockets_in_flight(sock: &OwnedFd) -> Vec<u32> {
+    let stream = socket_type(sock.as_raw_fd()) == libc::SOCK_STREAM;
+    peek_all(sock.as_raw_fd(), stream)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|p| p.fds.iter())
+        .filter_map(|f| socket_inode(f.as_raw_fd()))
+        .collect()
+}
+
+/// Refuses a socket in flight on its own connection (`f` is `receiver`, or its peer): it
+/// would have to exist before the queue that carries it.
+pub fn check_in_flight(f: RawFd, receiver: u32) -> Result<(), UnixError> {
+    let Some(ino) = socket_inode(f) else {
+        return Ok(());
+    };
+    let peer = diag(ino).map(|d| d.peer).unwrap_or(0);
+    if ino == receiver || peer == receiver {
+        return Err(UnixError::InFlightOnItself { ino, on: receiver });
+    }
+    Ok(())
 }
 
 fn opts_of(fd: RawFd) -> pb::SkOptsEntry {
@@ -227,7 +342,7 @@ fn opts_of(fd: RawFd) -> pb::SkOptsEntry {
 /// A dumped unix socket: its entry and the messages queued for it to read.
 pub struct Dumped {
     pub entry: pb::UnixSkEntry,
-    pub queued: Vec<Vec<u8>>,
+    pub queued: Vec<Peeked>,
     /// The peer, when it is outside the tree (a named datagram socket, with --ext-unix-sk).
     pub external_peer: Option<Diag>,
 }
@@ -238,6 +353,8 @@ pub struct Context<'a> {
     pub cwd: &'a str,
     /// fdinfo's `scm_fds`: file descriptors in flight on the socket.
     pub in_flight: u32,
+    /// The socket is itself in flight on another (our copy came from peeking that one's queue).
+    pub nested: bool,
     /// `--ext-unix-sk`
     pub ext_unix_sk: bool,
     /// Inodes of every socket open in the tree.
@@ -250,8 +367,8 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
     let ext_unix_sk = cx.ext_unix_sk;
     let cwd = cx.cwd;
     let peer_in_tree = |p: u32| cx.tree_sockets.contains(&p);
-    if in_flight > 0 {
-        return Err(UnixError::FdsInFlight {
+    if in_flight > 0 && cx.nested {
+        return Err(UnixError::NestedInFlight {
             ino,
             count: in_flight,
         });
@@ -393,10 +510,15 @@ fn apply_file_perms(name: &[u8], perms: &pb::FilePermsEntry) -> Result<(), UnixE
 }
 
 /// A socket with no peer in the tree: bound, listening, or connected to an external peer.
+/// Gives the fd (in our table) made for a file id: files in flight are made before the
+/// queues that carry them.
+pub type FdOf<'a> = &'a dyn Fn(u32) -> Option<RawFd>;
+
 pub fn restore_single(
     e: &pb::UnixSkEntry,
     external_peer_name: Option<&[u8]>,
-    queue: &[Vec<u8>],
+    queue: &[Queued],
+    fd_of: FdOf,
 ) -> Result<OwnedFd, UnixError> {
     let sock = new_socket(e.r#type)?;
     let fd = sock.as_raw_fd();
@@ -439,7 +561,7 @@ pub fn restore_single(
         && external_peer_name.is_none()
         && e.peer == 0
     {
-        requeue_by_name(e, queue)?;
+        requeue_by_name(e, queue, fd_of)?;
     }
     finish(sock, e)
 }
@@ -447,7 +569,7 @@ pub fn restore_single(
 /// Sends a bound datagram socket's queued messages again, to its name, from a new unnamed
 /// socket: the receiver gets the same messages in the same order, from an unnamed sender
 /// (the original senders' addresses are not in the image).
-fn requeue_by_name(e: &pb::UnixSkEntry, queue: &[Vec<u8>]) -> Result<(), UnixError> {
+fn requeue_by_name(e: &pb::UnixSkEntry, queue: &[Queued], fd_of: FdOf) -> Result<(), UnixError> {
     let sender = new_socket(libc::SOCK_DGRAM as u32)?;
     let (a, len) = sockaddr_un(&e.name);
     let connect = || {
@@ -471,7 +593,7 @@ fn requeue_by_name(e: &pb::UnixSkEntry, queue: &[Vec<u8>]) -> Result<(), UnixErr
         None => connect(),
     };
     r.map_err(sys("connecting to re-queue datagrams"))?;
-    requeue(sender.as_raw_fd(), queue)
+    requeue(sender.as_raw_fd(), queue, fd_of)
 }
 
 /// Two connected ends; `a_queue` is what `a` had to read (sent again from `b`), and the other
@@ -479,8 +601,9 @@ fn requeue_by_name(e: &pb::UnixSkEntry, queue: &[Vec<u8>]) -> Result<(), UnixErr
 pub fn restore_pair(
     a: &pb::UnixSkEntry,
     b: &pb::UnixSkEntry,
-    a_queue: &[Vec<u8>],
-    b_queue: &[Vec<u8>],
+    a_queue: &[Queued],
+    b_queue: &[Queued],
+    fd_of: FdOf,
 ) -> Result<(OwnedFd, OwnedFd), UnixError> {
     let mut p = [0; 2];
     // SAFETY: socketpair writes two fds into p.
@@ -495,13 +618,13 @@ pub fn restore_pair(
     .map_err(sys("socketpair"))?;
     // SAFETY: fresh fds owned only here.
     let (sa, sb) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-    requeue(sb.as_raw_fd(), a_queue)?;
-    requeue(sa.as_raw_fd(), b_queue)?;
+    requeue(sb.as_raw_fd(), a_queue, fd_of)?;
+    requeue(sa.as_raw_fd(), b_queue, fd_of)?;
     Ok((finish(sa, a)?, finish(sb, b)?))
 }
 
-fn requeue(from: RawFd, msgs: &[Vec<u8>]) -> Result<(), UnixError> {
-    let total: usize = msgs.iter().map(Vec::len).sum();
+fn requeue(from: RawFd, msgs: &[Queued], fd_of: FdOf) -> Result<(), UnixError> {
+    let total: usize = msgs.iter().map(|m| m.data.len()).sum();
     if total > 0 {
         let room = (total * 2 + (64 << 10)) as libc::c_int;
         // SAFETY: setsockopt reads one int; room for the queued bytes whatever the limits.
@@ -517,13 +640,22 @@ fn requeue(from: RawFd, msgs: &[Vec<u8>]) -> Result<(), UnixError> {
     }
     for m in msgs {
         let mut off = 0;
-        while off < m.len() {
+        if !m.files.is_empty() {
+            let fds = m
+                .files
+                .iter()
+                .map(|&id| fd_of(id).ok_or(UnixError::InFlightMissing { id }))
+                .collect::<Result<Vec<RawFd>, _>>()?;
+            off = send_with_rights(from, &m.data, &fds)
+                .map_err(sys("re-queueing file descriptors in flight"))?;
+        }
+        while off < m.data.len() {
             // SAFETY: send from our buffer.
             let n = unsafe {
                 libc::send(
                     from,
-                    m[off..].as_ptr().cast(),
-                    m.len() - off,
+                    m.data[off..].as_ptr().cast(),
+                    m.data.len() - off,
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -536,6 +668,38 @@ fn requeue(from: RawFd, msgs: &[Vec<u8>]) -> Result<(), UnixError> {
         }
     }
     Ok(())
+}
+
+/// sendmsg of `data` with `fds` as SCM_RIGHTS; how many bytes went.
+fn send_with_rights(from: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    let bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: fills the one control message inside cbuf, which has room for it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+    }
+    // SAFETY: sendmsg reads the buffers msg describes.
+    let n = unsafe { libc::sendmsg(from, &msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 fn finish(sock: OwnedFd, e: &pb::UnixSkEntry) -> Result<OwnedFd, UnixError> {

@@ -207,6 +207,108 @@ while True: time.sleep(1)
     );
 }
 
+/// Files sent with SCM_RIGHTS and not yet received are dumped with the message that carries
+/// them, and the receiver gets working descriptors after restore: a regular file at its
+/// offset, a pipe with its bytes, one end of a socketpair (the other held by the task), an
+/// eventfd on a datagram socket. A socket sent over its own connection is refused by name.
+#[test]
+fn file_descriptors_in_flight_on_unix_sockets_arrive_after_restore() {
+    let _g = serial();
+    if skip_unless_root("file_descriptors_in_flight_on_unix_sockets_arrive_after_restore") {
+        return;
+    }
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+c, d = socket.socketpair()
+e, g = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+with open("data.txt", "w") as f:
+    f.write("0123456789")
+f = os.open("data.txt", os.O_RDWR)
+os.lseek(f, 3, os.SEEK_SET)
+r, w = os.pipe()
+os.write(w, b"piped")
+efd = os.eventfd(5)
+socket.send_fds(a, [b"hdr"], [f, r, c.fileno()])
+a.send(b"tail")
+socket.send_fds(e, [b"dg1"], [efd])
+e.send(b"dg2")
+os.close(f); os.close(r); c.close(); os.close(efd)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+out = []
+msg, fds, _, _ = socket.recv_fds(b, 100, 10)
+out.append((msg.decode(), len(fds)))
+f, r, cfd = fds
+out.append(os.read(f, 100).decode())
+out.append(os.read(r, 100).decode())
+c = socket.socket(fileno=cfd)
+d.send(b"ping"); out.append(c.recv(10).decode())
+c.send(b"pong"); out.append(d.recv(10).decode())
+out.append(b.recv(100).decode())
+msg, fds, _, _ = socket.recv_fds(g, 100, 10)
+out.append((msg.decode(), len(fds)))
+out.append(int.from_bytes(os.read(fds[0], 8), "little"))
+out.append(g.recv(100).decode())
+print("got", out, flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("inflight", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let lines = w.wait_lines(2, T);
+    kill_tree(&pids);
+    assert_eq!(
+        lines[1],
+        "got [('hdr', 3), '3456789', 'piped', 'ping', 'pong', 'tail', ('dg1', 1), 5, 'dg2']"
+    );
+    if have_crit() {
+        let o = Command::new("crit")
+            .args(["decode", "-i"])
+            .arg(w.images().join("sk-queues.img"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("\"rights\""), "{text}");
+    }
+
+    // One end of a socketpair sent over that same connection: refused, and the tree runs on.
+    let script = r#"
+import socket, time
+a, b = socket.socketpair()
+socket.send_fds(a, [b"x"], [a.fileno()])
+print("ready", flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("inflight-self", script);
+    w.wait_lines(1, T);
+    let e = dump_must_fail(&w);
+    assert!(
+        e.contains("in flight (SCM_RIGHTS) on its own connection"),
+        "{e}"
+    );
+    kill_tree(&[w.pid]);
+
+    // A socket in flight that itself has a file in flight: refused.
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+c, d = socket.socketpair()
+socket.send_fds(d, [b"x"], [0])
+socket.send_fds(a, [b"y"], [c.fileno()])
+c.close()
+print("ready", flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("inflight-nested", script);
+    w.wait_lines(1, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("is itself in flight"), "{e}");
+    kill_tree(&[w.pid]);
+}
+
 /// A tree that owns its IPC namespace (as in a container) gets a new one at restore, holding
 /// every object the old one had, used or not: an attached and an idle System V segment, a
 /// message queue, a semaphore set, a POSIX queue held open and one nobody holds, and the

@@ -88,7 +88,9 @@ pub struct DumpImage {
     /// File locks to take again.
     pub locks: Vec<pb::FileLockEntry>,
     /// unix socket file id → messages queued for it to read
-    pub sk_queues: HashMap<u32, Vec<Vec<u8>>>,
+    pub sk_queues: HashMap<u32, Vec<crate::unix::Queued>>,
+    /// Files in flight on unix sockets (SCM_RIGHTS), in the order their messages come.
+    pub in_flight: Vec<u32>,
     /// The nftables table that locks the dumped connections, to remove once they are back.
     pub net_lock: Option<String>,
     /// file id → ghost id, for files that were deleted while open.
@@ -477,7 +479,8 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         .all()?,
         None => Vec::new(),
     };
-    let mut sk_queues: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    let mut sk_queues: HashMap<u32, Vec<crate::unix::Queued>> = HashMap::new();
+    let mut in_flight: Vec<u32> = Vec::new();
     if let Some(bytes) = read_optional(dir, names::SK_QUEUES)? {
         let mut r = ImageReader::new(
             names::SK_QUEUES,
@@ -487,7 +490,33 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         )?;
         while let Some(e) = r.next::<pb::SkPacketEntry>()? {
             let data = r.raw(e.length as u64)?.to_vec();
-            sk_queues.entry(e.id_for).or_default().push(data);
+            let rights: Vec<u32> = e
+                .scm
+                .iter()
+                .filter(|c| c.r#type == libc::SCM_RIGHTS as u32)
+                .flat_map(|c| c.rights.iter().copied())
+                .collect();
+            for id in &rights {
+                if !files.contains_key(id) {
+                    return Err(invalid(
+                        names::SK_QUEUES,
+                        format!(
+                            "a message for socket {} carries file id {id}, which files.img lacks",
+                            e.id_for
+                        ),
+                    ));
+                }
+                if !in_flight.contains(id) {
+                    in_flight.push(*id);
+                }
+            }
+            sk_queues
+                .entry(e.id_for)
+                .or_default()
+                .push(crate::unix::Queued {
+                    data,
+                    files: rights,
+                });
         }
     }
     let mut memfds = HashMap::new();
@@ -513,6 +542,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             }
         }
     }
+    let in_flight = in_flight_order(in_flight, &files, &sk_queues);
     Ok(DumpImage {
         dir: dir.to_path_buf(),
         tasks,
@@ -530,6 +560,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         tty_infos,
         locks,
         sk_queues,
+        in_flight,
         net_lock: inv
             .dump_criu_run_id
             .filter(|_| inv.network_lock_method == Some(crate::dump::NETWORK_LOCK_NFTABLES))
@@ -537,4 +568,95 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         remaps,
         ghosts,
     })
+}
+
+/// Files in flight, each after those its making needs: a unix socket in flight whose peer is
+/// a socket of the tree is made as a pair with it, which fills the peer's queue, so the files
+/// in flight on that queue come first. Anything circular keeps its order (and fails cleanly
+/// when its queue is filled).
+fn in_flight_order(
+    mut pending: Vec<u32>,
+    files: &HashMap<u32, pb::FileEntry>,
+    sk_queues: &HashMap<u32, Vec<crate::unix::Queued>>,
+) -> Vec<u32> {
+    let needs = |id: u32| -> Vec<u32> {
+        let Some(peer) = files.get(&id).and_then(|f| f.usk.as_ref()).map(|u| u.peer) else {
+            return Vec::new();
+        };
+        let peer_id = files
+            .values()
+            .find(|f| peer != 0 && f.usk.as_ref().is_some_and(|u| u.ino == peer))
+            .map(|f| f.id);
+        peer_id
+            .and_then(|p| sk_queues.get(&p))
+            .map(|q| q.iter().flat_map(|m| m.files.iter().copied()).collect())
+            .unwrap_or_default()
+    };
+    let mut out: Vec<u32> = Vec::new();
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut i = 0;
+        while i < pending.len() {
+            let id = pending[i];
+            if needs(id)
+                .iter()
+                .all(|n| *n == id || out.contains(n) || !pending.contains(n))
+            {
+                out.push(id);
+                pending.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if pending.len() == before {
+            out.append(&mut pending);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unix(id: u32, ino: u32, peer: u32) -> pb::FileEntry {
+        pb::FileEntry {
+            id,
+            usk: Some(pb::UnixSkEntry {
+                id,
+                ino,
+                peer,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_socket_in_flight_comes_after_what_its_peer_carries() {
+        // 1 is in flight, paired with 2 (held by a task); 2's queue carries 3.
+        let files: HashMap<u32, pb::FileEntry> = [
+            (1, unix(1, 100, 200)),
+            (2, unix(2, 200, 100)),
+            (
+                3,
+                pb::FileEntry {
+                    id: 3,
+                    ..Default::default()
+                },
+            ),
+        ]
+        .into();
+        let q = |files: Vec<u32>| crate::unix::Queued {
+            data: b"x".to_vec(),
+            files,
+        };
+        let queues: HashMap<u32, Vec<crate::unix::Queued>> =
+            [(2, vec![q(vec![3])]), (5, vec![q(vec![1])])].into();
+        assert_eq!(in_flight_order(vec![1, 3], &files, &queues), vec![3, 1]);
+        // Circular needs keep their order instead of looping.
+        let queues: HashMap<u32, Vec<crate::unix::Queued>> =
+            [(2, vec![q(vec![1])]), (1, vec![q(vec![2])])].into();
+        assert_eq!(in_flight_order(vec![1, 2], &files, &queues), vec![1, 2]);
+    }
 }

@@ -562,8 +562,12 @@ impl Pool {
         }
         ids.sort_unstable();
         ids.dedup();
-        let used_ids: std::collections::HashSet<u32> = ids.iter().copied().collect();
-        for id in ids {
+        // Files in flight first: the queues that carry them are filled when their socket is
+        // made, and a file in flight may be used by no task at all.
+        let mut order = img.in_flight.clone();
+        order.extend(ids.into_iter().filter(|i| !img.in_flight.contains(i)));
+        let used_ids: std::collections::HashSet<u32> = order.iter().copied().collect();
+        for id in order {
             let f = &img.files[&id];
             let fd = if let Some(reg) = &f.reg {
                 let inherited = opts
@@ -655,11 +659,12 @@ impl Pool {
                         .flatten();
                     let queue =
                         |fid: u32| img.sk_queues.get(&fid).map(Vec::as_slice).unwrap_or(&[]);
+                    let fd_of = |fid: u32| pool.by_file.get(&fid).copied();
                     match peer {
                         // The peer is a socket of the tree: both ends are made now, as one pair.
                         Some(pf) if used_ids.contains(&pf.id) => {
                             let pe = pf.usk.as_ref().expect("matched a unix entry");
-                            let (a, b) = unix::restore_pair(e, pe, queue(id), queue(pf.id))
+                            let (a, b) = unix::restore_pair(e, pe, queue(id), queue(pf.id), &fd_of)
                                 .map_err(unix_err(id))?;
                             unix_pending.insert(pf.id, b);
                             a
@@ -667,9 +672,11 @@ impl Pool {
                         // A named peer outside the tree (kept as an entry of its own).
                         Some(pf) => {
                             let name = pf.usk.as_ref().map(|u| u.name.clone()).unwrap_or_default();
-                            unix::restore_single(e, Some(&name), queue(id)).map_err(unix_err(id))?
+                            unix::restore_single(e, Some(&name), queue(id), &fd_of)
+                                .map_err(unix_err(id))?
                         }
-                        None => unix::restore_single(e, None, queue(id)).map_err(unix_err(id))?,
+                        None => unix::restore_single(e, None, queue(id), &fd_of)
+                            .map_err(unix_err(id))?,
                     }
                 }
             } else if let Some(e) = &f.isk {

@@ -1042,9 +1042,9 @@ fn bytes_buffered_in_a_pipe_survive() {
 }
 
 #[test]
-fn eventfd_timerfd_signalfd_epoll_and_memfd_keep_working() {
+fn every_fd_kind_keeps_working_in_one_program() {
     let _g = serial();
-    if skip_unless_root("eventfd_timerfd_signalfd_epoll_and_memfd_keep_working") {
+    if skip_unless_root("every_fd_kind_keeps_working_in_one_program") {
         return;
     }
     let w = Workload::start("fdkinds", &workload("fdkinds"), &[]);
@@ -1060,33 +1060,69 @@ fn eventfd_timerfd_signalfd_epoll_and_memfd_keep_working() {
             .max()
             .unwrap_or(0)
     };
-    let pids = dump_kill_restore(&w);
+    let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
     let before = ticks(&w);
     let end = Instant::now() + T;
     while ticks(&w) < before + 10 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(10));
     }
     let after = ticks(&w);
+    // inotify: a file created now is seen by the restored watch.
+    std::fs::write(w.dir.join("created-after-restore"), b"").unwrap();
     // SAFETY: kill(2): read through the signalfd, it makes the task check every object.
     unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
     let end = Instant::now() + T;
-    while !w.lines().iter().any(|l| l.starts_with("check ")) && Instant::now() < end {
+    while !(w.lines().iter().any(|l| l.starts_with("check "))
+        && w.lines()
+            .iter()
+            .any(|l| l == "inotify created-after-restore"))
+        && Instant::now() < end
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Locks: still held by the restored task.
+    use std::os::fd::AsRawFd;
+    let open = |n: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(w.dir.join(n))
+            .unwrap()
+    };
+    let f = open("flock");
+    // SAFETY: flock(2) on our own fd.
+    let got_flock = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    // SAFETY: struct flock is plain data; F_GETLK fills it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_start = 12;
+    fl.l_len = 1;
+    // SAFETY: F_GETLK reads and writes our struct.
+    unsafe { libc::fcntl(open("posix").as_raw_fd(), libc::F_GETLK, &mut fl) };
+    let lines = w.lines();
     kill_tree(&pids);
     assert!(
         after >= before + 10,
         "the timerfd keeps firing through epoll: {before} -> {after}"
     );
-    let check = w
-        .lines()
-        .into_iter()
+    let check = lines
+        .iter()
         .find(|l| l.starts_with("check "))
         .expect("signalfd delivered");
     assert_eq!(
         check.strip_prefix("check ").unwrap(),
         expect,
-        "eventfd count, memfd content, mappings, seals, offset"
+        "eventfd count, memfd content, mappings, seals, offset, pty echo, fifo, pipe, unix"
+    );
+    assert!(
+        lines.iter().any(|l| l == "inotify created-after-restore"),
+        "inotify sees new files"
+    );
+    assert!(!got_flock, "flock is held by the restored task");
+    assert_eq!(
+        (fl.l_type, fl.l_pid),
+        (libc::F_WRLCK as i16, w.pid as i32),
+        "POSIX lock held by the restored pid"
     );
 }
 

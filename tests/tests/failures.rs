@@ -282,3 +282,59 @@ fn version_and_check_answer_like_criu() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "Looks good.\n");
 }
+
+/// io_uring, bpf maps and perf events are refused by pid, fd and kind; the task runs on,
+/// neither stopped nor traced.
+#[test]
+fn io_uring_bpf_map_and_perf_event_are_refused_by_name() {
+    let _g = serial();
+    if skip_unless_root("io_uring_bpf_map_and_perf_event_are_refused_by_name") {
+        return;
+    }
+    // (kind as the error names it, the syscall that makes one, as Python ctypes code)
+    let kinds = [
+        ("io_uring", "libc.syscall(425, 4, ctypes.byref(ctypes.create_string_buffer(120)))"),
+        (
+            "bpf-map",
+            // BPF_MAP_CREATE of an array: map_type 2, key 4 bytes, value 4 bytes, 1 entry.
+            "libc.syscall(321, 0, ctypes.byref(ctypes.create_string_buffer(struct.pack('IIII', 2, 4, 4, 1), 128)), 128)",
+        ),
+        (
+            "perf_event",
+            // PERF_TYPE_SOFTWARE, attr size 128, PERF_COUNT_SW_CPU_CLOCK, this task, any cpu.
+            "libc.syscall(298, ctypes.byref(ctypes.create_string_buffer(struct.pack('II', 1, 128), 128)), 0, -1, -1, 0)",
+        ),
+    ];
+    for (kind, make) in kinds {
+        let script = format!(
+            r#"
+import ctypes, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fd = {make}
+print("fd", fd, ctypes.get_errno(), flush=True)
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#
+        );
+        let w = Workload::python(&format!("refuse-{kind}"), &script);
+        let first = w.wait_lines(1, T);
+        let fd: i64 = first[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+        if fd < 0 {
+            skip(
+                "io_uring_bpf_map_and_perf_event_are_refused_by_name",
+                &format!("this kernel would not make a {kind} fd ({})", first[0]),
+            );
+            kill_tree(&[w.pid]);
+            continue;
+        }
+        let e = dump_must_fail(&w);
+        assert!(
+            e.contains(&format!("pid {} fd {fd}: {kind}", w.pid)),
+            "{kind}: {e}"
+        );
+        assert_runs_on(&w);
+        kill_tree(&[w.pid]);
+    }
+}

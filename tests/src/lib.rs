@@ -280,22 +280,42 @@ pub fn fingerprint(pid: u32) -> Vec<String> {
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     };
-    let mut out = Vec::new();
+    // (start, end, perms, offset, path, VmFlags) per mapping.
+    let mut vmas: Vec<(u64, u64, String, String, String, String)> = Vec::new();
     for l in read("smaps").lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
         if l.starts_with("VmFlags:") {
-            out.push(l.to_string());
+            if let Some(v) = vmas.last_mut() {
+                v.5 = l.to_string();
+            }
         } else if f.first().is_some_and(|r| {
             r.contains('-') && r.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
         }) {
-            out.push(format!(
-                "{} {} {} {}",
-                f[0],
-                f[1],
-                f[2],
-                f.get(5..).map(|p| p.join(" ")).unwrap_or_default()
+            let (a, b) = f[0].split_once('-').unwrap();
+            vmas.push((
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+                f[1].to_string(),
+                f[2].to_string(),
+                f.get(5..).map(|p| p.join(" ")).unwrap_or_default(),
+                String::new(),
             ));
         }
+    }
+    // Adjacent anonymous mappings alike in all but their anon_vma (a heap grown after fork()
+    // shows as two) are one mapping to a new mm: compare them merged.
+    let mut merged: Vec<(u64, u64, String, String, String, String)> = Vec::new();
+    for v in vmas {
+        let anon = v.4.is_empty() || v.4.starts_with('[');
+        match merged.last_mut() {
+            Some(m) if anon && m.1 == v.0 && m.2 == v.2 && m.4 == v.4 && m.5 == v.5 => m.1 = v.1,
+            _ => merged.push(v),
+        }
+    }
+    let mut out = Vec::new();
+    for (start, end, perms, offset, path, flags) in merged {
+        out.push(format!("{start:08x}-{end:08x} {perms} {offset} {path}"));
+        out.push(flags);
     }
     out.push(format!("exe {}", link("exe")));
     out.push(format!("cwd {}", link("cwd")));

@@ -1308,6 +1308,67 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
     );
 }
 
+/// Both ends of a TCP connection inside the tree (a parent serving its child), each with
+/// lines sent ahead and not yet read: the stream goes on in order in both directions.
+#[test]
+fn tcp_connection_with_both_ends_in_the_tree_goes_on() {
+    let _g = serial();
+    if skip_unless_root("tcp_connection_with_both_ends_in_the_tree_goes_on") {
+        return;
+    }
+    let script = r#"
+import os, socket, time
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+port = ls.getsockname()[1]
+if os.fork() == 0:
+    role, s = "client", socket.create_connection(("127.0.0.1", port))
+else:
+    role, s = "server", ls.accept()[0]
+sent, expect, buf = 0, 0, b""
+for _ in range(3):  # always three lines ahead, unread by the other side
+    s.sendall(b"%d\n" % sent); sent += 1
+while True:
+    s.sendall(b"%d\n" % sent); sent += 1
+    while b"\n" not in buf:
+        buf += s.recv(4096)
+    line, buf = buf.split(b"\n", 1)
+    if int(line) != expect:
+        print(role, "BAD", line, expect, flush=True)
+    expect += 1
+    if expect % 20 == 0:
+        print(role, expect, flush=True)
+    time.sleep(0.005)
+"#;
+    let w = Workload::python("tcp-both-ends", script);
+    let count = |w: &Workload, role: &str| -> u64 {
+        w.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix(role)?.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let end = Instant::now() + T;
+    // Past warm-up, so the heap no longer grows between the fingerprint and the freeze.
+    while (count(&w, "server") < 200 || count(&w, "client") < 200) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = dump_kill_restore_with(&w, &["--tcp-established"], &["--tcp-established"]);
+    let (s0, c0) = (count(&w, "server"), count(&w, "client"));
+    let end = Instant::now() + T;
+    while (count(&w, "server") < s0 + 100 || count(&w, "client") < c0 + 100) && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lines = w.lines();
+    kill_tree(&pids);
+    assert_eq!(pids.len(), 2, "server and client");
+    assert!(!lines.iter().any(|l| l.contains("BAD")), "{lines:?}");
+    assert!(
+        count(&w, "server") >= s0 + 100 && count(&w, "client") >= c0 + 100,
+        "both ends go on: {lines:?}"
+    );
+}
+
 #[test]
 fn redis_with_100k_keys_keeps_its_client_connection() {
     let _g = serial();

@@ -198,6 +198,15 @@ struct Tree {
 }
 
 impl Tree {
+    /// Pids of the tasks that run (not zombies).
+    fn live_pids(&self) -> Vec<u32> {
+        self.tasks
+            .iter()
+            .filter(|t| !t.zombie)
+            .map(|t| t.pid)
+            .collect()
+    }
+
     fn seize(root: u32) -> Result<Tree, DumpError> {
         if !proc::exists(root) {
             return Err(DumpError::NoProcess { pid: root });
@@ -518,12 +527,7 @@ fn dump_frozen(
     opts: &DumpOptions,
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
-    let live: Vec<u32> = tree
-        .tasks
-        .iter()
-        .filter(|t| !t.zombie)
-        .map(|t| t.pid)
-        .collect();
+    let live = tree.live_pids();
     let own_ipc = crate::ipcns::tree_ns(tree.tasks[0].pid, &live)?;
     let read_shm = || std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
     let shm_table = match &own_ipc {
@@ -713,12 +717,7 @@ fn tree_socket_inodes(tree: &Tree) -> std::collections::HashSet<u32> {
 /// Processes (not threads) that share an mm, fd table, fs struct or signal handlers
 /// (clone without CLONE_THREAD) cannot be restored as separate processes: refuse them.
 fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError> {
-    let live: Vec<u32> = tree
-        .tasks
-        .iter()
-        .filter(|t| !t.zombie)
-        .map(|t| t.pid)
-        .collect();
+    let live = tree.live_pids();
     for (i, &a) in live.iter().enumerate() {
         for &b in &live[i + 1..] {
             for (kind, what, upper) in [

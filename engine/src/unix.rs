@@ -164,6 +164,18 @@ pub struct Queued {
 /// The kernel's limit of descriptors in one SCM_RIGHTS message (SCM_MAX_FD).
 const SCM_MAX_FD: usize = 253;
 
+/// A msghdr for one buffer and `len` bytes of control buffer; the caller keeps both alive
+/// while the kernel uses it.
+fn msghdr(iov: &mut libc::iovec, control: &mut [u64], len: usize) -> libc::msghdr {
+    // SAFETY: msghdr is plain data, for which all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = len;
+    msg
+}
+
 /// The fds of every SCM_RIGHTS control message in `msg`, owned from here on.
 fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
     let mut fds = Vec::new();
@@ -216,12 +228,7 @@ pub fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Peeked>> {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        // SAFETY: msghdr is plain data; the pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = cspace;
+        let mut msg = msghdr(&mut iov, &mut cbuf, cspace);
         // SAFETY: recvmsg into our buffers, described by msg.
         let n = unsafe {
             libc::recvmsg(
@@ -680,12 +687,7 @@ fn send_with_rights(from: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let msg = msghdr(&mut iov, &mut cbuf, space);
     // SAFETY: fills the one control message inside cbuf, which has room for it.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);

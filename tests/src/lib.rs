@@ -171,6 +171,15 @@ impl Workload {
         }
     }
 
+    /// Creates the file `go` the program waits for after the restore, waits for its first `n`
+    /// lines, kills the restored tree (`pids`) and returns the lines.
+    pub fn go_and_collect(&self, pids: &[u32], n: usize) -> Vec<String> {
+        std::fs::write(self.dir.join("go"), b"").expect("write go");
+        let lines = self.wait_lines(n, Duration::from_secs(10));
+        kill_tree(pids);
+        lines
+    }
+
     pub fn images(&self) -> PathBuf {
         let d = self.dir.join("images");
         std::fs::create_dir_all(&d).expect("images dir");

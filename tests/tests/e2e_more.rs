@@ -196,9 +196,7 @@ while True: time.sleep(1)
         // SAFETY: as above.
         assert_eq!(unsafe { libc::mq_unlink(cname.as_ptr()) }, 0);
     });
-    std::fs::write(w.dir.join("go"), b"").unwrap();
-    let lines = w.wait_lines(2, T);
-    kill_tree(&pids);
+    let lines = w.go_and_collect(&pids, 2);
     // SAFETY: as above.
     unsafe { libc::mq_unlink(cname.as_ptr()) };
     assert_eq!(
@@ -257,9 +255,7 @@ while True: time.sleep(1)
     let w = Workload::python("inflight", script);
     w.wait_lines(1, T);
     let pids = dump_kill_restore(&w);
-    std::fs::write(w.dir.join("go"), b"").unwrap();
-    let lines = w.wait_lines(2, T);
-    kill_tree(&pids);
+    let lines = w.go_and_collect(&pids, 2);
     assert_eq!(
         lines[1],
         "got [('hdr', 3), '3456789', 'piped', 'ping', 'pong', 'tail', ('dg1', 1), 5, 'dg2']"
@@ -406,9 +402,7 @@ while True: time.sleep(1)
         ns_of(std::process::id()),
         "restored in its own namespace"
     );
-    std::fs::write(w.dir.join("go"), b"").unwrap();
-    let lines = w.wait_lines(2, T);
-    kill_tree(&pids);
+    let lines = w.go_and_collect(&pids, 2);
     assert_eq!(
         lines[1],
         "got [True, '32768', '20', 'attached', True, 'idle', (4, 'queued'), 9, ('h1', 3), 15, ('kept', 1), '0o640']"
@@ -513,9 +507,7 @@ while True: time.sleep(1)
             .unwrap();
     }
     let pids = dump_kill_restore(&w);
-    std::fs::write(w.dir.join("go"), b"").unwrap();
-    let lines = w.wait_lines(3, T);
-    kill_tree(&pids);
+    let lines = w.go_and_collect(&pids, 3);
     assert_eq!(lines[1], "got ['from-tree', 'one', 'two', 'three']");
     assert_eq!(lines[2], "then after");
     // The socket file keeps its mode and owner, not the restorer's umask and uid.
@@ -1583,9 +1575,7 @@ while True: time.sleep(1)
     let w = Workload::python("fifo", script);
     w.wait_lines(1, T);
     let pids = dump_kill_restore(&w);
-    std::fs::write(w.dir.join("go"), b"").unwrap();
-    let lines = w.wait_lines(3, T);
-    kill_tree(&pids);
+    let lines = w.go_and_collect(&pids, 3);
     assert_eq!(
         &lines[1..3],
         &["read True".to_string(), "again b'more'".to_string()]
@@ -1731,9 +1721,7 @@ while True: time.sleep(1)
     let w = Workload::python("pty", script);
     w.wait_lines(1, T);
     let pids = dump_kill_restore(&w);
-    std::fs::write(w.dir.join("go"), b"").unwrap();
-    let lines = w.wait_lines(2, T);
-    kill_tree(&pids);
+    let lines = w.go_and_collect(&pids, 2);
     // Non-canonical with ECHOCTL: the newline echoes as ^J, as it did before the dump.
     assert_eq!(
         lines[1],
@@ -1823,9 +1811,7 @@ while True: time.sleep(1)
     w.wait_lines(1, T);
     std::thread::sleep(Duration::from_millis(200));
     let pids = dump_kill_restore(&w);
-    std::fs::write(w.dir.join("go"), b"").unwrap();
-    let lines = w.wait_lines(4, T);
-    kill_tree(&pids);
+    let lines = w.go_and_collect(&pids, 4);
     assert!(lines.len() >= 4, "{lines:?}");
     assert_eq!(
         lines[1..4],
@@ -1954,9 +1940,7 @@ while True: time.sleep(1)
     let first = w.wait_lines(1, T);
     let ids = nums(&first[0]);
     let pids = dump_kill_restore(&w);
-    std::fs::write(w.dir.join("go"), b"").unwrap();
-    let lines = w.wait_lines(2, T);
-    kill_tree(&pids);
+    let lines = w.go_and_collect(&pids, 2);
     // SAFETY: remove the host objects the test made.
     unsafe {
         libc::msgctl(ids[0] as i32, libc::IPC_RMID, std::ptr::null_mut());

@@ -268,7 +268,8 @@ pub fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Peeked>> {
     res.map(|_| out)
 }
 
-fn socket_type(fd: RawFd) -> libc::c_int {
+/// An int socket option at SOL_SOCKET level (0 if it cannot be read).
+fn sol_socket_int(fd: RawFd, opt: libc::c_int) -> libc::c_int {
     let mut v: libc::c_int = 0;
     let mut len = 4;
     // SAFETY: getsockopt into our int.
@@ -276,7 +277,7 @@ fn socket_type(fd: RawFd) -> libc::c_int {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_TYPE,
+            opt,
             (&mut v as *mut libc::c_int).cast(),
             &mut len,
         )
@@ -296,7 +297,7 @@ fn socket_inode(fd: RawFd) -> Option<u32> {
 
 /// Inodes of the sockets in flight on unix socket `sock` (peeked, then closed again).
 pub fn sockets_in_flight(sock: &OwnedFd) -> Vec<u32> {
-    let stream = socket_type(sock.as_raw_fd()) == libc::SOCK_STREAM;
+    let stream = sol_socket_int(sock.as_raw_fd(), libc::SO_TYPE) == libc::SOCK_STREAM;
     peek_all(sock.as_raw_fd(), stream)
         .unwrap_or_default()
         .iter()
@@ -319,21 +320,7 @@ pub fn check_in_flight(f: RawFd, receiver: u32) -> Result<(), UnixError> {
 }
 
 fn opts_of(fd: RawFd) -> pb::SkOptsEntry {
-    let g = |opt| {
-        let mut v: libc::c_int = 0;
-        let mut len = 4;
-        // SAFETY: getsockopt into our int.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        v
-    };
+    let g = |opt| sol_socket_int(fd, opt);
     pb::SkOptsEntry {
         so_sndbuf: g(libc::SO_SNDBUF) as u32,
         so_rcvbuf: g(libc::SO_RCVBUF) as u32,

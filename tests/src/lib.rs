@@ -639,3 +639,34 @@ pub fn crit_decode_all(dir: &Path) -> usize {
     }
     decoded
 }
+
+/// Whether someone else holds a flock on `path` (ours cannot be taken).
+pub fn flock_taken(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: flock(2) on our own fd.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+/// Who blocks a write lock on `len` bytes at `start` of `path`: (lock type, owner pid) from
+/// `cmd` (`F_GETLK` for POSIX locks, `F_OFD_GETLK` for OFD ones). `F_UNLCK` if nobody.
+pub fn lock_probe(path: &Path, cmd: libc::c_int, start: i64, len: i64) -> (i16, i32) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: struct flock is plain data; fcntl fills it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: F_GETLK / F_OFD_GETLK read and write our struct.
+    unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) };
+    (fl.l_type, fl.l_pid)
+}

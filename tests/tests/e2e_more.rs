@@ -1073,24 +1073,8 @@ fn every_fd_kind_keeps_working_in_one_program() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Locks: still held by the restored task.
-    use std::os::fd::AsRawFd;
-    let open = |n: &str| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(w.dir.join(n))
-            .unwrap()
-    };
-    let f = open("flock");
-    // SAFETY: flock(2) on our own fd.
-    let got_flock = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    // SAFETY: struct flock is plain data; F_GETLK fills it.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as i16;
-    fl.l_start = 12;
-    fl.l_len = 1;
-    // SAFETY: F_GETLK reads and writes our struct.
-    unsafe { libc::fcntl(open("posix").as_raw_fd(), libc::F_GETLK, &mut fl) };
+    let got_flock = !flock_taken(&w.dir.join("flock"));
+    let posix = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 12, 1);
     let lines = w.lines();
     kill_tree(&pids);
     assert!(
@@ -1112,7 +1096,7 @@ fn every_fd_kind_keeps_working_in_one_program() {
     );
     assert!(!got_flock, "flock is held by the restored task");
     assert_eq!(
-        (fl.l_type, fl.l_pid),
+        posix,
         (libc::F_WRLCK as i16, w.pid as i32),
         "POSIX lock held by the restored pid"
     );
@@ -1610,30 +1594,10 @@ while True:
     ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--file-locks"));
     let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
-    use std::os::fd::AsRawFd;
-    let open = |n: &str| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(w.dir.join(n))
-            .unwrap()
-    };
-    let f = open("flock");
-    // SAFETY: flock(2) on our own fd.
-    let got_flock = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    let probe = |file: &std::fs::File, cmd: libc::c_int, start: i64, len: i64| -> (i16, i32) {
-        // SAFETY: struct flock is plain data; fcntl fills it.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as i16;
-        fl.l_start = start;
-        fl.l_len = len;
-        // SAFETY: F_GETLK / F_OFD_GETLK read and write our struct.
-        unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
-        (fl.l_type, fl.l_pid)
-    };
-    let posix = probe(&open("posix"), libc::F_GETLK, 12, 1);
-    let ofd = probe(&open("ofd"), libc::F_OFD_GETLK, 50, 1);
-    let outside = probe(&open("posix"), libc::F_GETLK, 0, 5);
+    let got_flock = !flock_taken(&w.dir.join("flock"));
+    let posix = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 12, 1);
+    let ofd = lock_probe(&w.dir.join("ofd"), libc::F_OFD_GETLK, 50, 1);
+    let outside = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 0, 5);
     kill_tree(&pids);
     assert!(!got_flock, "flock is held by the restored task");
     assert_eq!(

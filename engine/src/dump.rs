@@ -131,6 +131,12 @@ pub enum DumpError {
         what: &'static str,
         what_upper: &'static str,
     },
+    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (only IPC namespaces are)")]
+    Namespace {
+        pid: u32,
+        kind: &'static str,
+        ns: String,
+    },
     #[error(transparent)]
     Files(#[from] files::FilesError),
     #[error(transparent)]
@@ -528,6 +534,7 @@ fn dump_frozen(
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
     let live = tree.live_pids();
+    refuse_foreign_namespaces(&live)?;
     let own_ipc = crate::ipcns::tree_ns(tree.tasks[0].pid, &live)?;
     let read_shm = || std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
     let shm_table = match &own_ipc {
@@ -712,6 +719,26 @@ fn tree_socket_inodes(tree: &Tree) -> std::collections::HashSet<u32> {
         }
     }
     set
+}
+
+/// A task in a namespace other than the dumper's would come back in the restorer's, silently
+/// changed (its pids, network, files, hostname...): refuse it, IPC namespaces excepted.
+fn refuse_foreign_namespaces(live: &[u32]) -> Result<(), DumpError> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    for kind in ["pid", "net", "mnt", "user", "uts", "cgroup", "time"] {
+        let ours = id(format!("/proc/thread-self/ns/{kind}"));
+        for &pid in live {
+            let theirs = id(format!("/proc/{pid}/ns/{kind}"));
+            if ours.is_some() && theirs.is_some() && theirs != ours {
+                let ns = std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                return Err(DumpError::Namespace { pid, kind, ns });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Processes (not threads) that share an mm, fd table, fs struct or signal handlers

@@ -305,6 +305,38 @@ while True: time.sleep(1)
     kill_tree(&[w.pid]);
 }
 
+/// A task in a namespace of its own other than IPC (here UTS: its hostname) is refused by
+/// name instead of coming back silently in the restorer's; the tree runs on.
+#[test]
+fn other_namespaces_are_refused_by_name_and_tree_runs_on() {
+    let _g = serial();
+    if skip_unless_root("other_namespaces_are_refused_by_name_and_tree_runs_on") {
+        return;
+    }
+    let script = r#"
+import ctypes, socket, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x04000000) == 0, ctypes.get_errno()  # CLONE_NEWUTS
+socket.sethostname("stasis-uts")
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("uts", script);
+    w.wait_lines(2, T);
+    let e = dump_must_fail(&w);
+    assert!(
+        e.contains(&format!(
+            "process {} is in a uts namespace of its own",
+            w.pid
+        )),
+        "{e}"
+    );
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 3, T).len() >= n + 3, "the task runs on");
+    kill_tree(&[w.pid]);
+}
+
 /// A tree that owns its IPC namespace (as in a container) gets a new one at restore, holding
 /// every object the old one had, used or not: an attached and an idle System V segment, a
 /// message queue, a semaphore set, a POSIX queue held open and one nobody holds, and the

@@ -526,6 +526,9 @@ struct Images {
     ipc_ns_id: u32,
     /// Files in flight on the tree's unix sockets, which peeking put in our table.
     in_flight: Vec<std::os::fd::OwnedFd>,
+    /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
+    live_pids: Vec<u32>,
+    in_flight_sockets_known: bool,
 }
 
 fn dump_frozen(
@@ -554,6 +557,8 @@ fn dump_frozen(
         sysv_dumped: Vec::new(),
         mqueues: Vec::new(),
         in_flight: Vec::new(),
+        live_pids: live.clone(),
+        in_flight_sockets_known: false,
         ipc_ns_id: if own_ipc.is_some() {
             crate::ipcns::TREE_NS_ID
         } else {
@@ -685,40 +690,52 @@ fn tree_pty_masters(tree: &Tree) -> std::collections::HashSet<u32> {
     set
 }
 
-/// Inodes of every socket of the tree: open in a task, or in flight on a unix socket of the
-/// tree (its peer is then inside too).
-fn tree_socket_inodes(tree: &Tree) -> std::collections::HashSet<u32> {
-    let mut set = std::collections::HashSet::new();
-    for t in tree.tasks.iter().filter(|t| !t.zombie) {
-        let mut pidfd = None;
-        for fd in proc::fds(t.pid).unwrap_or_default() {
-            let Ok(l) = proc::readlink(t.pid, &format!("fd/{fd}")) else {
+/// Socket fds of the tree's tasks: (pid, fd, inode).
+fn tree_socket_fds(pids: &[u32]) -> Vec<(u32, i32, u32)> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        for fd in proc::fds(pid).unwrap_or_default() {
+            let Ok(l) = proc::readlink(pid, &format!("fd/{fd}")) else {
                 continue;
             };
-            let Some(ino) = l
+            if let Some(ino) = l
                 .strip_prefix("socket:[")
                 .and_then(|r| r.trim_end_matches(']').parse().ok())
-            else {
-                continue;
-            };
-            set.insert(ino);
-            let carries = proc::fdinfo(t.pid, fd)
-                .ok()
-                .and_then(|i| i.extra.get("scm_fds")?.trim().parse::<u32>().ok())
-                .unwrap_or(0);
-            if carries == 0 {
-                continue;
-            }
-            let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(t.pid).ok());
-            if let Some(copy) = p
-                .as_ref()
-                .and_then(|p| crate::inet::pidfd_getfd(p.as_raw_fd(), fd).ok())
             {
-                set.extend(crate::unix::sockets_in_flight(&copy));
+                out.push((pid, fd, ino));
             }
         }
     }
-    set
+    out
+}
+
+fn tree_socket_inodes(tree: &Tree) -> std::collections::HashSet<u32> {
+    tree_socket_fds(&tree.live_pids())
+        .into_iter()
+        .map(|(_, _, ino)| ino)
+        .collect()
+}
+
+/// Inodes of the sockets in flight on the tree's unix sockets (their peers are inside the
+/// tree too). Only looked for when a peer seems to be outside: it reads every socket's fdinfo.
+fn sockets_in_flight_in_tree(pids: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for (pid, fd, _) in tree_socket_fds(pids) {
+        let carries = proc::fdinfo(pid, fd)
+            .ok()
+            .and_then(|i| i.extra.get("scm_fds")?.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if carries == 0 {
+            continue;
+        }
+        let copy = crate::inet::pidfd_open(pid)
+            .ok()
+            .and_then(|p| crate::inet::pidfd_getfd(p.as_raw_fd(), fd).ok());
+        if let Some(copy) = copy {
+            out.extend(crate::unix::sockets_in_flight(&copy));
+        }
+    }
+    out
 }
 
 /// A task in a namespace other than the dumper's would come back in the restorer's, silently
@@ -1481,16 +1498,30 @@ fn dump_one_fd(
                     let flags = info.flags & !(libc::O_CLOEXEC as u32);
                     let cwd = proc::readlink(pid, "cwd").unwrap_or_default();
                     let me = std::process::id();
-                    let cx = crate::unix::Context {
-                        cwd: &cwd,
-                        in_flight,
-                        nested: pid == me,
-                        ext_unix_sk: opts.ext_unix_sk,
-                        tree_sockets: &img.tree_sockets,
+                    let dump_unix = |tree_sockets: &std::collections::HashSet<u32>| {
+                        let cx = crate::unix::Context {
+                            cwd: &cwd,
+                            in_flight,
+                            nested: pid == me,
+                            ext_unix_sk: opts.ext_unix_sk,
+                            tree_sockets,
+                        };
+                        crate::unix::dump(&sock, ino as u32, flags, &cx)
                     };
                     let unix_err = |source| DumpError::Unix { pid, fd, source };
-                    let mut dumped =
-                        crate::unix::dump(&sock, ino as u32, flags, &cx).map_err(unix_err)?;
+                    let mut dumped = match dump_unix(&img.tree_sockets) {
+                        // The peer may be in flight on a socket of the tree: look once, retry.
+                        Err(crate::unix::UnixError::ExternalPeer { .. })
+                            if !img.in_flight_sockets_known =>
+                        {
+                            img.in_flight_sockets_known = true;
+                            let found = sockets_in_flight_in_tree(&img.live_pids);
+                            img.tree_sockets.extend(found);
+                            dump_unix(&img.tree_sockets)
+                        }
+                        r => r,
+                    }
+                    .map_err(unix_err)?;
                     // Files in flight: the peek put them in our own table, where they are
                     // dumped like any fd (and kept open until the dump ends, for kcmp).
                     let mut queued = Vec::new();

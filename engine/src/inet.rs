@@ -258,6 +258,23 @@ pub fn dump(
         )
     };
     let local = show(family, &src, sport);
+    // What CRIU does not keep either, said in the log so that a lost client can be explained.
+    if tcp && state == TCP_LISTEN {
+        let info: libc::tcp_info =
+            get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO).map_err(sys("TCP_INFO"))?;
+        if info.tcpi_unacked > 0 {
+            log::warn!(
+                "listening socket {local} has {} connections waiting to be accepted: they are not kept, and their clients will see a reset",
+                info.tcpi_unacked
+            );
+        }
+    } else if !tcp {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int: the size of the next queued datagram.
+        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) } == 0 && queued > 0 {
+            log::warn!("UDP socket {local} has datagrams queued: they are not kept");
+        }
+    }
     let remote = show(family, &dst, dport);
     if tcp && !matches!(state, TCP_LISTEN | TCP_CLOSE | TCP_ESTABLISHED) {
         return Err(InetError::TcpState {

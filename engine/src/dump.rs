@@ -37,6 +37,9 @@ pub struct DumpOptions {
     pub tcp_established: bool,
     /// Allow unix datagram sockets connected to a named peer outside the tree (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
+    /// Unix sockets of any type whose peer is outside, dumped as external: the restore needs a
+    /// replacement for each through `--inherit-fd fd[N]:socket:[INODE]` (`--ext-unix-sk=INODE`).
+    pub ext_unix_sk_inodes: Vec<u32>,
     /// Dump file locks (`--file-locks`); without it a held lock fails the dump.
     pub file_locks: bool,
 }
@@ -54,6 +57,7 @@ impl DumpOptions {
             ghost_limit: files::DEFAULT_GHOST_LIMIT,
             tcp_established: false,
             ext_unix_sk: false,
+            ext_unix_sk_inodes: Vec::new(),
             file_locks: false,
         }
     }
@@ -1504,6 +1508,7 @@ fn dump_one_fd(
                             in_flight,
                             nested: pid == me,
                             ext_unix_sk: opts.ext_unix_sk,
+                            ext_inodes: &opts.ext_unix_sk_inodes,
                             tree_sockets,
                         };
                         crate::unix::dump(&sock, ino as u32, flags, &cx)

@@ -19,8 +19,10 @@ pub enum UnixError {
         #[source]
         source: io::Error,
     },
-    #[error("unix socket {ino}: its peer {peer} is outside the tree (only datagram sockets connected to a named peer can be, with --ext-unix-sk)")]
+    #[error("unix socket {ino}: its peer {peer} is outside the tree (allowed with --ext-unix-sk for datagram sockets connected to a named peer, or with --ext-unix-sk={ino} and a replacement at restore)")]
     ExternalPeer { ino: u32, peer: u32 },
+    #[error("unix socket {ino} was connected outside the tree: give its replacement with --inherit-fd fd[N]:socket:[{ino}]")]
+    NeedsInheritFd { ino: u32 },
     #[error("unix socket {ino} is itself in flight (SCM_RIGHTS) and has {count} file descriptors in flight, which is not supported")]
     NestedInFlight { ino: u32, count: u32 },
     #[error("unix socket {ino} is in flight (SCM_RIGHTS) on its own connection (socket {on}), which is not supported")]
@@ -146,6 +148,11 @@ pub fn diag(ino: u32) -> Result<Diag, UnixError> {
             ))
         })
 }
+
+/// `uflags` of an entry whose peer is outside the tree (CRIU's values).
+pub const USK_EXTERN: u32 = 1;
+/// `uflags` of an external socket that the restore takes from `--inherit-fd`.
+pub const USK_INHERIT: u32 = 1 << 3;
 
 /// One message queued on a socket, as peeked: its bytes and the file descriptors in flight
 /// with it (SCM_RIGHTS), which the peek installed in our own table.
@@ -351,6 +358,8 @@ pub struct Context<'a> {
     pub nested: bool,
     /// `--ext-unix-sk`
     pub ext_unix_sk: bool,
+    /// `--ext-unix-sk=INODE,...`: sockets to dump as external whatever their type.
+    pub ext_inodes: &'a [u32],
     /// Inodes of every socket open in the tree.
     pub tree_sockets: &'a std::collections::HashSet<u32>,
 }
@@ -369,17 +378,22 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
     }
     let d = diag(ino)?;
     let mut external_peer = None;
+    let mut uflags = 0;
     if d.peer != 0 && !peer_in_tree(d.peer) {
         let p = diag(d.peer).ok().filter(|p| !p.name.is_empty());
         match p {
             Some(p) if ext_unix_sk && d.ty as i32 == libc::SOCK_DGRAM => external_peer = Some(p),
+            // One end of a connection to the outside: the restore takes a replacement
+            // (--inherit-fd), as CRIU does.
+            _ if cx.ext_inodes.contains(&ino) => uflags = USK_EXTERN | USK_INHERIT,
             _ => return Err(UnixError::ExternalPeer { ino, peer: d.peer }),
         }
     }
     let fd = sock.as_raw_fd();
     let stream = d.ty as i32 == libc::SOCK_STREAM;
-    // A listener's queue holds connections, not bytes.
-    let queued = if d.state == 10 {
+    // A listener's queue holds connections, not bytes. What an outside peer sent to an
+    // inherited socket cannot be given to its replacement.
+    let queued = if d.state == 10 || uflags & USK_INHERIT != 0 {
         Vec::new()
     } else {
         peek_all(fd, stream).map_err(sys(format!("peeking unix socket {ino}")))?
@@ -390,7 +404,7 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         r#type: d.ty as u32,
         state: d.state as u32,
         flags,
-        uflags: 0,
+        uflags,
         backlog: d.backlog,
         peer: d.peer,
         fown: pb::FownEntry {

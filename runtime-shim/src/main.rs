@@ -62,9 +62,17 @@ struct CommonArgs {
     /// Checkpoint/restore established TCP connections (TCP_REPAIR).
     #[arg(long = "tcp-established")]
     tcp_established: bool,
-    /// Accepted for compatibility (unix sockets with a peer outside the tree).
-    #[arg(long = "ext-unix-sk")]
-    ext_unix_sk: bool,
+    /// Unix sockets with a peer outside the tree: datagram sockets connected to a named peer;
+    /// with =INODE[,INODE...], also those sockets whatever their type (restore them with
+    /// --inherit-fd fd[N]:socket:[INODE]).
+    #[arg(
+        long = "ext-unix-sk",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "",
+        value_parser = parse_inodes
+    )]
+    ext_unix_sk: Option<SocketInodes>,
 }
 
 #[derive(Args)]
@@ -98,6 +106,22 @@ struct RestoreArgs {
     tcp_close: bool,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+/// Socket inodes given to `--ext-unix-sk=` (a newtype: clap would take a Vec as many values).
+#[derive(Clone, Debug, Default)]
+struct SocketInodes(Vec<u32>);
+
+/// "" or "INODE[,INODE...]" (socket inodes, as `ls -l /proc/PID/fd` shows them).
+fn parse_inodes(s: &str) -> Result<SocketInodes, String> {
+    s.split(',')
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("bad socket inode '{v}': expected a number"))
+        })
+        .collect::<Result<Vec<u32>, String>>()
+        .map(SocketInodes)
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -194,7 +218,8 @@ fn run_dump(a: DumpArgs) -> Result<ExitCode> {
     opts.leave_running = a.leave_running > 0;
     opts.shell_job = a.common.shell_job;
     opts.tcp_established = a.common.tcp_established;
-    opts.ext_unix_sk = a.common.ext_unix_sk;
+    opts.ext_unix_sk = a.common.ext_unix_sk.is_some();
+    opts.ext_unix_sk_inodes = a.common.ext_unix_sk.clone().unwrap_or_default().0;
     opts.file_locks = a.common.file_locks;
     if let Some(limit) = a.ghost_limit {
         opts.ghost_limit = limit;
@@ -330,5 +355,31 @@ fn main() -> ExitCode {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(args: &[&str]) -> Result<Option<Vec<u32>>, String> {
+        let mut argv = vec!["stasis", "dump", "-t", "1"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.cmd {
+            Some(Cmd::Dump(d)) => Ok(d.common.ext_unix_sk.map(|s| s.0)),
+            _ => Err("not a dump".into()),
+        }
+    }
+
+    #[test]
+    fn ext_unix_sk_takes_an_optional_list_of_inodes() {
+        assert_eq!(ext(&[]), Ok(None));
+        assert_eq!(ext(&["--ext-unix-sk"]), Ok(Some(vec![])));
+        assert_eq!(ext(&["--ext-unix-sk=12,34"]), Ok(Some(vec![12, 34])));
+        assert!(ext(&["--ext-unix-sk=x"])
+            .unwrap_err()
+            .contains("bad socket inode 'x'"));
+        // Without '=', the next word is not taken as inodes.
+        assert!(ext(&["--ext-unix-sk", "12"]).is_err());
     }
 }

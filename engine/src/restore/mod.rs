@@ -649,6 +649,17 @@ impl Pool {
             } else if let Some(e) = &f.usk {
                 if let Some(fd) = unix_pending.remove(&id) {
                     fd
+                } else if e.uflags & unix::USK_INHERIT != 0 {
+                    // Connected outside the tree: the caller hands over the replacement.
+                    let key = format!("socket:[{}]", e.ino);
+                    match opts.inherit_fds.iter().find(|i| i.key == key) {
+                        Some(i) => dup_fd(i.fd)?,
+                        None => {
+                            return Err(unix_err(id)(unix::UnixError::NeedsInheritFd {
+                                ino: e.ino,
+                            }))
+                        }
+                    }
                 } else {
                     let peer = (e.peer != 0)
                         .then(|| {

@@ -123,6 +123,16 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(name: &str, program: &Path, args: &[&str]) -> Workload {
+        Workload::start_as(name, program, args, None)
+    }
+
+    /// [`Workload::start`], running as `user` (uid, gid) when given.
+    pub fn start_as(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        user: Option<(u32, u32)>,
+    ) -> Workload {
         use std::os::unix::process::CommandExt;
         let dir = temp_dir(name);
         let out = dir.join("out.txt");
@@ -133,6 +143,10 @@ impl Workload {
             .stdout(f.try_clone().expect("dup"))
             .stderr(f)
             .current_dir(&dir);
+        if let Some((uid, gid)) = user {
+            // std also drops root's supplementary groups (setgroups(0)).
+            cmd.uid(uid).gid(gid);
+        }
         // SAFETY: setsid in the child before exec is async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
@@ -605,6 +619,83 @@ impl Redis {
     pub fn cmd(&mut self, args: &[&str]) -> Result<String, String> {
         self.send(args)?;
         self.reply()
+    }
+}
+
+/// A minimal PostgreSQL client (protocol 3.0, trust authentication, simple queries), so that
+/// the test process itself is the client outside the dumped tree.
+pub struct Postgres {
+    s: std::net::TcpStream,
+}
+
+impl Postgres {
+    pub fn connect(port: u16, user: &str) -> Result<Postgres, String> {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut body = 196608u32.to_be_bytes().to_vec(); // protocol 3.0
+        for (k, v) in [("user", user), ("database", "postgres")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        m.extend_from_slice(&body);
+        s.write_all(&m).map_err(|e| e.to_string())?;
+        let mut pg = Postgres { s };
+        pg.until_ready()?;
+        Ok(pg)
+    }
+
+    fn message(&mut self) -> Result<(u8, Vec<u8>), String> {
+        use std::io::Read;
+        let mut head = [0u8; 5];
+        self.s
+            .read_exact(&mut head)
+            .map_err(|e| format!("postgres: {e}"))?;
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        self.s
+            .read_exact(&mut body)
+            .map_err(|e| format!("postgres: {e}"))?;
+        Ok((head[0], body))
+    }
+
+    /// Reads up to ReadyForQuery; the first column of every row, or the error.
+    fn until_ready(&mut self) -> Result<Vec<String>, String> {
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let (kind, body) = self.message()?;
+            match kind {
+                b'D' if body.len() >= 6 => {
+                    let n = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                    let v = if n < 0 {
+                        "NULL".to_string()
+                    } else {
+                        String::from_utf8_lossy(&body[6..6 + n as usize]).into_owned()
+                    };
+                    rows.push(v);
+                }
+                b'E' => error = Some(String::from_utf8_lossy(&body).replace('\0', " ")),
+                b'Z' => return error.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs `sql` (one or more statements); the first column of every row returned.
+    pub fn query(&mut self, sql: &str) -> Result<Vec<String>, String> {
+        use std::io::Write;
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        self.s.write_all(&m).map_err(|e| format!("postgres: {e}"))?;
+        self.until_ready()
     }
 }
 

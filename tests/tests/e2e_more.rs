@@ -1551,6 +1551,137 @@ fn children(pid: u32) -> Vec<u32> {
     v
 }
 
+/// The newest installed PostgreSQL server binary (Debian's postgresql-NN), if any.
+fn postgres_bin() -> Option<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin/postgres"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// PostgreSQL (postmaster, its background processes and a backend, all as `postgres`; SysV
+/// and shared anonymous memory, signalfd, epoll, pipes, a TCP and a unix listener) with a
+/// client outside the tree in the middle of a transaction: after dump and restore with
+/// --tcp-established, the same session commits it, and new clients are served.
+#[test]
+fn postgres_keeps_its_client_in_the_middle_of_a_transaction() {
+    let _g = serial();
+    let name = "postgres_keeps_its_client_in_the_middle_of_a_transaction";
+    if skip_unless_root(name) {
+        return;
+    }
+    let Some(bin) = postgres_bin() else {
+        skip(
+            name,
+            "PostgreSQL (Debian package postgresql) is not installed",
+        );
+        return;
+    };
+    let pw = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: getpwnam returns a pointer to static storage or null; read at once.
+    let (uid, gid) = unsafe {
+        let p = libc::getpwnam(pw.as_ptr());
+        if p.is_null() {
+            skip(name, "there is no postgres user");
+            return;
+        }
+        ((*p).pw_uid, (*p).pw_gid)
+    };
+    let dir = temp_dir("postgres-data");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(&data, Some(uid), Some(gid)).unwrap();
+    use std::os::unix::process::CommandExt;
+    let o = Command::new(bin.with_file_name("initdb"))
+        .args([
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ])
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let port = 50000 + (std::process::id() % 10000) as u16;
+    let w = Workload::start_as(
+        "postgres",
+        &bin,
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-p",
+            &port.to_string(),
+            "-k",
+            dir.to_str().unwrap(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ],
+        Some((uid, gid)),
+    );
+    let end = Instant::now() + T;
+    let mut client = loop {
+        match Postgres::connect(port, "postgres") {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > end => {
+                panic!("postgres does not answer: {e} {:?}", w.lines())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    client
+        .query("create table t (x int); insert into t select generate_series(1, 1000)")
+        .unwrap();
+    client
+        .query("begin; insert into t select generate_series(1001, 1500)")
+        .unwrap();
+    // Inside the transaction its rows are seen; from another session they are not.
+    assert_eq!(client.query("select count(*) from t").unwrap(), ["1500"]);
+    let pids = dump_kill_restore_with(&w, &["--tcp-established"], &["--tcp-established"]);
+    assert!(
+        pids.len() >= 6,
+        "postmaster, background processes and a backend: {pids:?}"
+    );
+    let mut other = Postgres::connect(port, "postgres").expect("new clients are served");
+    assert_eq!(other.query("select count(*) from t").unwrap(), ["1000"]);
+    let inside = client.query("select count(*) from t");
+    let commit = client.query("insert into t values (1501); commit");
+    let after = other.query("select count(*) from t");
+    drop((client, other));
+    // A fast shutdown (SIGINT), so that postgres removes its System V segment itself.
+    // SAFETY: kill(2) of the restored postmaster.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGINT) };
+    let end = Instant::now() + T;
+    while alive(w.pid) && Instant::now() < end {
+        reap(w.pid);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_tree(&pids);
+    assert_eq!(
+        inside.unwrap(),
+        ["1500"],
+        "the session keeps its transaction"
+    );
+    commit.unwrap();
+    assert_eq!(
+        after.unwrap(),
+        ["1501"],
+        "the transaction commits after restore"
+    );
+}
+
 #[test]
 fn nginx_master_and_workers_as_nobody_serve_before_and_after() {
     let _g = serial();

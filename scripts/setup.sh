@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what stasis needs on a fresh Debian 12 machine (as root): a C compiler for the test
 # workloads, python3 for the interpreter test, Debian's criu package for `crit` (the tests
-# decode our images with it), and redis-server, nginx and PostgreSQL, real servers the socket
-# tests checkpoint. The Rust toolchain itself comes from rustup.
+# decode our images with it), and redis-server, nginx, PostgreSQL and memcached, real servers
+# the socket tests checkpoint. The Rust toolchain itself comes from rustup.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -20,13 +20,17 @@ if [ ${#need[@]} -gt 0 ]; then
   service redis-server stop >/dev/null 2>&1 || true
   service nginx stop >/dev/null 2>&1 || true
 fi
-# PostgreSQL on its own: should it fail to install, only its test is skipped (and says so).
-if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+# PostgreSQL and memcached on their own: should one fail to install, only its test is skipped
+# (and says so).
+extra=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || extra+=(postgresql)
+command -v memcached >/dev/null || extra+=(memcached)
+for p in "${extra[@]}"; do
   apt-get update -qq
-  apt-get install -y -qq postgresql >/dev/null ||
-    echo "setup: postgresql did not install; its test will be skipped" >&2
-  service postgresql stop >/dev/null 2>&1 || true
-fi
+  apt-get install -y -qq "$p" >/dev/null ||
+    echo "setup: $p did not install; its test will be skipped" >&2
+  service "$p" stop >/dev/null 2>&1 || true
+done
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1

@@ -1763,8 +1763,9 @@ fn dump_memory(
         if m.has_flag("gd") {
             flags |= libc::MAP_GROWSDOWN as u32;
         }
-        if !m.shared && m.write && !m.has_flag("ac") {
-            // A writable private mapping that is not accounted was made with MAP_NORESERVE.
+        // `nr` is VM_NORESERVE itself: glibc's thread arenas reserve PROT_NONE space that way.
+        // A writable private mapping that is not accounted was made with MAP_NORESERVE too.
+        if m.has_flag("nr") || (!m.shared && m.write && !m.has_flag("ac")) {
             flags |= libc::MAP_NORESERVE as u32;
         }
         let mut vma = pb::VmaEntry {

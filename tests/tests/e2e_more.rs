@@ -1551,6 +1551,87 @@ fn children(pid: u32) -> Vec<u32> {
     v
 }
 
+/// memcached with four worker threads (each with its own epoll, eventfd and notification
+/// pipe) running as nobody, its client outside the tree: the same connection reads the value
+/// stored before the checkpoint, and new clients are served.
+#[test]
+fn memcached_with_worker_threads_keeps_its_client() {
+    let _g = serial();
+    let name = "memcached_with_worker_threads_keeps_its_client";
+    if skip_unless_root(name) {
+        return;
+    }
+    let bin = std::path::Path::new("/usr/bin/memcached");
+    if !bin.exists() {
+        skip(
+            name,
+            "memcached (Debian package memcached) is not installed",
+        );
+        return;
+    }
+    let port = (30000 + std::process::id() % 10000) as u16;
+    let w = Workload::start(
+        "memcached",
+        bin,
+        &[
+            "-u",
+            "nobody",
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "4",
+        ],
+    );
+    let end = Instant::now() + T;
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", port));
+    let mut c = loop {
+        match connect() {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > end => panic!("memcached does not answer: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    c.set_read_timeout(Some(T)).unwrap();
+    let cmd = |c: &mut std::net::TcpStream, req: &str, until: &str| -> String {
+        use std::io::Write;
+        c.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).ends_with(until) {
+            let mut b = [0u8; 512];
+            match c.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    assert_eq!(
+        cmd(&mut c, "set k 0 0 5\r\nhello\r\n", "\r\n"),
+        "STORED\r\n"
+    );
+    assert_eq!(cmd(&mut c, "set n 0 0 1\r\n5\r\n", "\r\n"), "STORED\r\n");
+    let threads = std::fs::read_dir(format!("/proc/{}/task", w.pid))
+        .unwrap()
+        .count();
+    let pids = dump_kill_restore_with(&w, &["--tcp-established"], &["--tcp-established"]);
+    let get = cmd(&mut c, "get k\r\n", "END\r\n");
+    let incr = cmd(&mut c, "incr n 1\r\n", "\r\n");
+    let mut c2 = connect().expect("new clients are served");
+    c2.set_read_timeout(Some(T)).unwrap();
+    let get2 = cmd(&mut c2, "get k\r\n", "END\r\n");
+    let threads_after = std::fs::read_dir(format!("/proc/{}/task", w.pid))
+        .unwrap()
+        .count();
+    kill_tree(&pids);
+    assert!(threads >= 5, "memcached runs worker threads: {threads}");
+    assert_eq!(threads_after, threads, "every thread is back");
+    assert_eq!(get, "VALUE k 0 5\r\nhello\r\nEND\r\n");
+    assert_eq!(incr, "6\r\n");
+    assert_eq!(get2, "VALUE k 0 5\r\nhello\r\nEND\r\n");
+}
+
 /// The newest installed PostgreSQL server binary (Debian's postgresql-NN), if any.
 fn postgres_bin() -> Option<std::path::PathBuf> {
     let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")

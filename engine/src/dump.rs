@@ -141,6 +141,12 @@ pub enum DumpError {
         kind: &'static str,
         ns: String,
     },
+    #[error("pty {index}")]
+    Pty {
+        index: u32,
+        #[source]
+        source: pty::PtyError,
+    },
     #[error(transparent)]
     Files(#[from] files::FilesError),
     #[error(transparent)]
@@ -516,6 +522,8 @@ struct Images {
     tree_sockets: std::collections::HashSet<u32>,
     /// pts indices of the pty masters open in the tree.
     tree_ptys: std::collections::HashSet<u32>,
+    /// A copy of each of those masters.
+    pty_masters: HashMap<u32, std::os::fd::OwnedFd>,
     /// File locks held by the tree, with the inode they are on.
     locks: Vec<(pb::FileLockEntry, u64)>,
     /// /proc/sysvipc/shm, read once.
@@ -548,13 +556,15 @@ fn dump_frozen(
         Some(ns) => crate::ipcns::in_ns(ns, read_shm)?,
         None => read_shm(),
     };
+    let pty_masters = tree_pty_masters(tree);
     let mut img = Images {
         dir: opts.images_dir.clone(),
         files: files::FileTable::new(opts.ghost_limit),
         next_pages_id: 1,
         dumped_shmem: Default::default(),
         tree_sockets: tree_socket_inodes(tree),
-        tree_ptys: tree_pty_masters(tree),
+        tree_ptys: pty_masters.keys().copied().collect(),
+        pty_masters,
         locks: Vec::new(),
         sysv_segments: proc::parse::parse_sysvipc_shm(&shm_table),
         sysv_attached: tree_sysv_attachments(tree),
@@ -617,6 +627,7 @@ fn dump_frozen(
         .iter()
         .flat_map(|t| std::iter::once(t.pid).chain(t.threads.iter().map(|th| th.tid)))
         .collect();
+    dump_pty_queues(&mut img)?;
     match &own_ipc {
         Some(ns) => crate::ipcns::in_ns(ns, || dump_ipc(&mut img, stats, &tree_pids, true))??,
         None => dump_ipc(&mut img, stats, &tree_pids, false)?,
@@ -675,8 +686,9 @@ fn tree_sysv_attachments(tree: &Tree) -> HashMap<u32, u64> {
     out
 }
 
-fn tree_pty_masters(tree: &Tree) -> std::collections::HashSet<u32> {
-    let mut set = std::collections::HashSet::new();
+/// Copies of the pty masters open in the tree, by pts index.
+fn tree_pty_masters(tree: &Tree) -> HashMap<u32, std::os::fd::OwnedFd> {
+    let mut out = HashMap::new();
     for t in tree.tasks.iter().filter(|t| !t.zombie) {
         let Ok(pidfd) = crate::inet::pidfd_open(t.pid) else {
             continue;
@@ -685,13 +697,33 @@ fn tree_pty_masters(tree: &Tree) -> std::collections::HashSet<u32> {
             if proc::readlink(t.pid, &format!("fd/{fd}")).ok().as_deref() == Some("/dev/ptmx") {
                 if let Ok(copy) = crate::inet::pidfd_getfd(pidfd.as_raw_fd(), fd) {
                     if let Ok(n) = pty::master_index(copy.as_raw_fd()) {
-                        set.insert(n);
+                        out.entry(n).or_insert(copy);
                     }
                 }
             }
         }
     }
-    set
+    out
+}
+
+/// Bytes buffered in the tree's ptys, read and put straight back (see `pty::take_queues`).
+fn dump_pty_queues(img: &mut Images) -> Result<(), DumpError> {
+    for (index, master) in &img.pty_masters {
+        let path = format!("/dev/pts/{index}");
+        // Our own open of the slave: its flags are ours to set. A slave never unlocked has
+        // nothing buffered.
+        let Ok(slave) = pty::open_slave(&path, (libc::O_RDWR | libc::O_NONBLOCK) as u32) else {
+            continue;
+        };
+        let q = pty::take_queues(master.as_raw_fd(), slave.as_raw_fd()).map_err(|source| {
+            DumpError::Pty {
+                index: *index,
+                source,
+            }
+        })?;
+        img.files.set_pty_queues(*index, &q);
+    }
+    Ok(())
 }
 
 /// Socket fds of the tree's tasks: (pid, fd, inode).

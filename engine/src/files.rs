@@ -297,6 +297,8 @@ pub struct FileTable {
     by_inode: HashMap<(u64, u64, u32), u32>,
     /// pty ends of the tree: ((index, is master), info).
     tty_infos: Vec<((u32, bool), pb::TtyInfoEntry)>,
+    /// Bytes buffered in ptys: (tty_info id of the end they wait on, bytes).
+    tty_data: Vec<(u32, Vec<u8>)>,
     /// Messages queued on unix sockets: (socket file id, bytes and files in flight).
     sk_queues: Vec<(u32, crate::unix::Queued)>,
     /// memfd inodes: (dev, ino) → entry.
@@ -333,6 +335,7 @@ impl FileTable {
             memfd_inodes: Vec::new(),
             sk_queues: Vec::new(),
             tty_infos: Vec::new(),
+            tty_data: Vec::new(),
             entries: Vec::new(),
             seen: Vec::new(),
             by_path: HashMap::new(),
@@ -402,6 +405,19 @@ impl FileTable {
         {
             info.sid = sid;
             info.pgrp = pgrp;
+        }
+    }
+
+    /// Records the bytes buffered in pty `index`, on the ends the tree holds (CRIU's tty_data:
+    /// keyed by the tty_info of the end they wait to be read on).
+    pub fn set_pty_queues(&mut self, index: u32, q: &crate::pty::Queues) {
+        for (master, data) in [(true, &q.master), (false, &q.slave)] {
+            if data.is_empty() {
+                continue;
+            }
+            if let Some((_, info)) = self.tty_infos.iter().find(|(k, _)| *k == (index, master)) {
+                self.tty_data.push((info.id, data.clone()));
+            }
         }
     }
 
@@ -955,6 +971,14 @@ impl FileTable {
             w.push(i);
         }
         write(&dir.join(names::TTY_INFO), &w.into_bytes())?;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::TTY_DATA);
+        for (tty_id, data) in &self.tty_data {
+            w.push(&pb::TtyDataEntry {
+                tty_id: *tty_id,
+                data: data.clone(),
+            });
+        }
+        write(&dir.join(names::TTY_DATA), &w.into_bytes())?;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::FIFO_DATA);
         for (pipe_id, size, data) in self.fifo_data.iter().filter(|f| !f.2.is_empty()) {
             w.push(&pb::PipeDataEntry {

@@ -2,7 +2,7 @@
 //! (/dev/pts/N). Saved as CRIU's tty_info entries (termios, window size, lock, packet mode)
 //! and recreated as a new pair; the restorer's own terminal (--shell-job) is handled apart.
 //!
-//! Not kept: bytes buffered in the pty, the controlling-terminal link of a session, and the
+//! Bytes buffered in the pair are kept in both directions (see [`take_queues`]). Not kept: the
 //! index (a new pair gets whatever /dev/pts/N is free).
 
 use crate::sys::cvt;
@@ -143,6 +143,146 @@ pub fn create(info: &pb::TtyInfoEntry) -> Result<(OwnedFd, String), PtyError> {
         unsafe { libc::ioctl(fd, libc::TIOCPKT, &one) };
     }
     Ok((master, format!("/dev/pts/{index}")))
+}
+
+/// Bytes buffered in a pty pair: waiting to be read on the master (written on the slave
+/// side, after output processing) and on the slave (typed into the master, after input
+/// processing, a partial line included).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Queues {
+    pub master: Vec<u8>,
+    pub slave: Vec<u8>,
+}
+
+fn get_termios(fd: RawFd) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    cvt(unsafe { libc::tcgetattr(fd, &mut t) })?;
+    Ok(t)
+}
+
+fn set_termios(fd: RawFd, t: &libc::termios) -> io::Result<()> {
+    // SAFETY: tcsetattr reads our struct.
+    cvt(unsafe { libc::tcsetattr(fd, libc::TCSANOW, t) }).map(|_| ())
+}
+
+fn queued(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes an int.
+    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) })?;
+    Ok(n.max(0) as usize)
+}
+
+fn read_n(fd: RawFd, n: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        // SAFETY: read into the rest of our buffer.
+        let k = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), n - got) };
+        if k <= 0 {
+            let e = io::Error::last_os_error();
+            if k == 0 || e.raw_os_error() == Some(libc::EAGAIN) {
+                break;
+            }
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += k as usize;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Reads what is buffered in the pair (`master`: a master fd, `slave`: our own fd on its
+/// slave) and puts it straight back, so the pty is left as it was. The master's own line
+/// discipline is raw, so its queue is read as it is; the slave's is read with ICANON off for
+/// a moment, so that a partial line comes too. A master in packet mode is left alone (its
+/// reads carry a status byte).
+pub fn take_queues(master: RawFd, slave: RawFd) -> Result<Queues, PtyError> {
+    let mut packet: libc::c_int = 0;
+    // SAFETY: TIOCGPKT writes an int.
+    let _ = unsafe { libc::ioctl(master, libc::TIOCGPKT, &mut packet) };
+    if packet != 0 {
+        return Ok(Queues::default());
+    }
+    let n = queued(master).map_err(err("FIONREAD on the pty master"))?;
+    let master_q = read_n(master, n).map_err(err("reading the pty master's queue"))?;
+    let t0 = get_termios(slave).map_err(err("termios of the pty slave"))?;
+    let mut raw = t0;
+    raw.c_lflag &= !libc::ICANON;
+    raw.c_cc[libc::VMIN] = 0;
+    raw.c_cc[libc::VTIME] = 0;
+    set_termios(slave, &raw).map_err(err("termios of the pty slave"))?;
+    let slave_q = queued(slave).and_then(|n| read_n(slave, n));
+    set_termios(slave, &t0).map_err(err("termios of the pty slave"))?;
+    let q = Queues {
+        master: master_q,
+        slave: slave_q.map_err(err("reading the pty slave's queue"))?,
+    };
+    put_queues(slave, &q)?;
+    Ok(q)
+}
+
+/// Puts `q` in the pair of `slave` (our own fd on it) as it was read: the slave's bytes through its line discipline with
+/// every processing off (TIOCSTI, which is synchronous, so the real termios can come back at
+/// once), the master's bytes written on the slave with output processing off.
+pub fn put_queues(slave: RawFd, q: &Queues) -> Result<(), PtyError> {
+    if q.slave.is_empty() && q.master.is_empty() {
+        return Ok(());
+    }
+    let t0 = get_termios(slave).map_err(err("termios of the pty slave"))?;
+    if !q.slave.is_empty() {
+        let mut quiet = t0;
+        quiet.c_iflag = 0;
+        quiet.c_lflag &= !(libc::ECHO
+            | libc::ECHOE
+            | libc::ECHOK
+            | libc::ECHONL
+            | libc::ECHOCTL
+            | libc::ECHOKE
+            | libc::ISIG
+            | libc::IEXTEN);
+        for (i, c) in quiet.c_cc.iter_mut().enumerate() {
+            if i != libc::VMIN && i != libc::VTIME {
+                *c = 0; // disabled: only '\n' ends a line
+            }
+        }
+        set_termios(slave, &quiet).map_err(err("termios of the pty slave"))?;
+        let mut r = Ok(());
+        for b in &q.slave {
+            // SAFETY: TIOCSTI reads one byte from our buffer.
+            if unsafe { libc::ioctl(slave, libc::TIOCSTI, b as *const u8) } < 0 {
+                r = Err(io::Error::last_os_error());
+                break;
+            }
+        }
+        set_termios(slave, &t0).map_err(err("termios of the pty slave"))?;
+        r.map_err(err("putting bytes back in the pty slave's queue"))?;
+    }
+    if !q.master.is_empty() {
+        let mut plain = t0;
+        plain.c_oflag &= !libc::OPOST;
+        set_termios(slave, &plain).map_err(err("termios of the pty slave"))?;
+        let mut off = 0;
+        let mut r = Ok(());
+        while off < q.master.len() {
+            // SAFETY: write from our buffer.
+            let k = unsafe {
+                libc::write(slave, q.master[off..].as_ptr().cast(), q.master.len() - off)
+            };
+            if k < 0 {
+                r = Err(io::Error::last_os_error());
+                break;
+            }
+            off += k as usize;
+        }
+        set_termios(slave, &t0).map_err(err("termios of the pty slave"))?;
+        r.map_err(err("putting bytes back in the pty master's queue"))?;
+    }
+    Ok(())
 }
 
 /// Opens the slave `path` with the dumped flags.

@@ -2024,6 +2024,44 @@ while True: time.sleep(1)
     );
 }
 
+/// Bytes buffered in a pty pair survive in both directions: a complete line and a partial
+/// one typed into the master and not yet read on the slave (canonical mode), and output the
+/// slave wrote (with NL turned into CR NL) not yet read on the master, neither lost nor
+/// processed twice.
+#[test]
+fn pty_keeps_bytes_buffered_in_both_directions() {
+    let _g = serial();
+    if skip_unless_root("pty_keeps_bytes_buffered_in_both_directions") {
+        return;
+    }
+    let script = r#"
+import os, pty, termios, time
+m, s = pty.openpty()
+t = termios.tcgetattr(s)
+t[3] &= ~termios.ECHO
+termios.tcsetattr(s, termios.TCSANOW, t)
+os.write(m, b"line1\npart")
+os.write(s, b"out\nbytes")
+time.sleep(0.2)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.set_blocking(m, False)
+first = os.read(s, 100)
+os.write(m, b"ial\n")
+second = os.read(s, 100)
+time.sleep(0.1)
+master = os.read(m, 100)
+print("got", first, second, master, flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("ptyq", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], r"got b'line1\n' b'partial\n' b'out\r\nbytes'");
+}
+
 #[test]
 fn python_signal_handler_runs_after_restore() {
     let _g = serial();

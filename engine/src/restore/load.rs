@@ -85,6 +85,8 @@ pub struct DumpImage {
     pub ipc_vars: Option<pb::IpcVarEntry>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
+    /// tty_info id → bytes waiting to be read on that end of its pty.
+    pub tty_data: HashMap<u32, Vec<u8>>,
     /// File locks to take again.
     pub locks: Vec<pb::FileLockEntry>,
     /// unix socket file id → messages queued for it to read
@@ -459,6 +461,23 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             tty_infos.insert(i.id, i);
         }
     }
+    // Bytes buffered in ptys, keyed by the tty_info of the end they wait on.
+    let mut tty_data: HashMap<u32, Vec<u8>> = HashMap::new();
+    if let Some(bytes) = read_optional(dir, names::TTY_DATA)? {
+        let mut r = ImageReader::new(names::TTY_DATA, &bytes, ImageKind::Normal, magic::TTY_DATA)?;
+        for d in r.all::<pb::TtyDataEntry>()? {
+            if !tty_infos.contains_key(&d.tty_id) {
+                return Err(invalid(
+                    names::TTY_DATA,
+                    format!("data for tty {} that tty-info.img lacks", d.tty_id),
+                ));
+            }
+            tty_data
+                .entry(d.tty_id)
+                .or_default()
+                .extend_from_slice(&d.data);
+        }
+    }
     for f in files.values() {
         if let Some(t) = &f.tty {
             if !tty_infos.contains_key(&t.tty_info_id) {
@@ -558,6 +577,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         posix_mqueues,
         ipc_vars,
         tty_infos,
+        tty_data,
         locks,
         sk_queues,
         in_flight,

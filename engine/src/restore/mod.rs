@@ -592,7 +592,9 @@ impl Pool {
                 let info = &img.tty_infos[&t.tty_info_id];
                 let index = info.pty.as_ref().map(|p| p.index).unwrap_or(0);
                 if let std::collections::hash_map::Entry::Vacant(slot) = ptys.entry(index) {
-                    slot.insert(pty::create(info).map_err(pty_err(id))?);
+                    let (master, path) = pty::create(info).map_err(pty_err(id))?;
+                    refill_pty(img, index, &path).map_err(pty_err(id))?;
+                    slot.insert((master, path));
                 }
                 let (master, path) = &ptys[&index];
                 let is_master = img
@@ -811,6 +813,31 @@ fn check_unchanged(id: u32, f: &pb::FileEntry, fd: &OwnedFd) -> Result<(), Resto
         });
     }
     Ok(())
+}
+
+/// Puts back the bytes that were buffered in pty `index`, through our own fd on its new slave.
+fn refill_pty(img: &DumpImage, index: u32, slave_path: &str) -> Result<(), pty::PtyError> {
+    let mut q = pty::Queues::default();
+    for info in img
+        .tty_infos
+        .values()
+        .filter(|i| i.pty.as_ref().is_some_and(|p| p.index == index))
+    {
+        let Some(data) = img.tty_data.get(&info.id) else {
+            continue;
+        };
+        // The master is /dev/ptmx (major 5); a slave is /dev/pts/N (majors 136 and up).
+        if libc::major(info.rdev as libc::dev_t) == 5 {
+            q.master = data.clone();
+        } else {
+            q.slave = data.clone();
+        }
+    }
+    if q.master.is_empty() && q.slave.is_empty() {
+        return Ok(());
+    }
+    let slave = pty::open_slave(slave_path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
+    pty::put_queues(slave.as_raw_fd(), &q)
 }
 
 fn pty_err(id: u32) -> impl FnOnce(pty::PtyError) -> RestoreError {

@@ -761,3 +761,19 @@ pub fn lock_probe(path: &Path, cmd: libc::c_int, start: i64, len: i64) -> (i16, 
     unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) };
     (fl.l_type, fl.l_pid)
 }
+
+/// A TCP port on 127.0.0.1 that nothing uses right now, for a server a test starts. Fixed
+/// formulas collided between tests; the ports come from below the kernel's ephemeral range
+/// (32768 and up), so no client connection can take one before the server binds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    for _ in 0..12_000 {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((std::process::id() * 7 + k) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999");
+}

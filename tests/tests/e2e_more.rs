@@ -1234,7 +1234,7 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
     if skip_unless_root("tcp_stream_survives_with_data_in_flight_both_ways") {
         return;
     }
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    let port = free_port();
     let w = Workload::start("tcpserver", &workload("tcpserver"), &[&port.to_string()]);
     w.wait_lines(1, T);
     let conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -1480,7 +1480,7 @@ fn redis_with_100k_keys_keeps_its_client_connection() {
         );
         return;
     };
-    let port = 30000 + (std::process::id() % 20000) as u16;
+    let port = free_port();
     let w = Workload::start(
         "redis",
         std::path::Path::new(redis),
@@ -1569,7 +1569,7 @@ fn memcached_with_worker_threads_keeps_its_client() {
         );
         return;
     }
-    let port = (30000 + std::process::id() % 10000) as u16;
+    let port = free_port();
     let w = Workload::start(
         "memcached",
         bin,
@@ -1696,7 +1696,7 @@ fn postgres_keeps_its_client_in_the_middle_of_a_transaction() {
         "initdb: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let port = 50000 + (std::process::id() % 10000) as u16;
+    let port = free_port();
     let w = Workload::start_as(
         "postgres",
         &bin,
@@ -1779,7 +1779,7 @@ fn nginx_master_and_workers_as_nobody_serve_before_and_after() {
     let dir = temp_dir("nginx-conf");
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    let port = 40000 + (std::process::id() % 20000) as u16;
+    let port = free_port();
     let d = dir.display();
     let conf = format!(
         "daemon off;\nmaster_process on;\nworker_processes 2;\nuser nobody nogroup;\npid {d}/nginx.pid;\n\

@@ -306,7 +306,13 @@ impl Tree {
             }
             for tid in new {
                 let seize_err = |source| DumpError::Seize { pid, tid, source };
-                match ptrace::seize(tid, 0) {
+                // A filtered thread would filter our injected syscalls too: suspend it.
+                let options = if thread_seccomp_mode(pid, tid) != 0 {
+                    ptrace::PTRACE_O_SUSPEND_SECCOMP
+                } else {
+                    0
+                };
+                match ptrace::seize(tid, options) {
                     Ok(()) => {}
                     // It exited between listing and seizing: dumped as a zombie.
                     Err(_)
@@ -538,6 +544,8 @@ struct Images {
     ipc_ns_id: u32,
     /// Files in flight on the tree's unix sockets, which peeking put in our table.
     in_flight: Vec<std::os::fd::OwnedFd>,
+    /// Seccomp filters of every thread, each once.
+    seccomp: crate::seccomp::Filters,
     /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
     live_pids: Vec<u32>,
     in_flight_sockets_known: bool,
@@ -571,6 +579,7 @@ fn dump_frozen(
         sysv_dumped: Vec::new(),
         mqueues: Vec::new(),
         in_flight: Vec::new(),
+        seccomp: Default::default(),
         live_pids: live.clone(),
         in_flight_sockets_known: false,
         ipc_ns_id: if own_ipc.is_some() {
@@ -634,6 +643,12 @@ fn dump_frozen(
     }
     // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
     img.files.write(&img.dir)?;
+    // Always written, even empty, so a stale one from an older dump cannot apply.
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::SECCOMP);
+    w.push(&pb::SeccompEntry {
+        seccomp_filters: std::mem::take(&mut img.seccomp.entries),
+    });
+    write_file(&img.dir.join(names::SECCOMP), &w.into_bytes())?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::FILE_LOCKS);
     for (l, _) in &img.locks {
         w.push(l);
@@ -772,6 +787,18 @@ fn sockets_in_flight_in_tree(pids: &[u32]) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The `Seccomp:` mode of a thread from its status (0 if unreadable).
+fn thread_seccomp_mode(pid: u32, tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A task in a namespace other than the dumper's would come back in the restorer's, silently
@@ -958,6 +985,27 @@ fn dump_idle_segment(
     r?;
     img.sysv_dumped.push(shm_entry(seg));
     Ok(())
+}
+
+/// The seccomp filters of thread `tid`, oldest first, added to `filters`; the index of its
+/// last one.
+fn dump_seccomp_chain(
+    pid: u32,
+    tid: u32,
+    filters: &mut crate::seccomp::Filters,
+) -> Result<Option<u32>, DumpError> {
+    let mut chain = Vec::new();
+    while let Some(f) = ptrace::seccomp_filter(tid, chain.len() as u64).map_err(ptr_err(pid))? {
+        chain.push(f);
+    }
+    chain.reverse();
+    filters
+        .add_chain(&chain)
+        .map_err(|e| DumpError::UnsupportedFd {
+            pid,
+            fd: -1,
+            what: format!("thread {tid}: {e}"),
+        })
 }
 
 /// A zombie is only its exit code and name, as in CRIU (task_state TASK_DEAD).
@@ -1233,12 +1281,24 @@ fn dump_task(
         };
         cores.push((*tid, core, tstatus.seccomp));
     }
-    if let Some(&(tid, _, seccomp)) = cores.iter().find(|c| c.2 != 0) {
-        return Err(DumpError::UnsupportedFd {
-            pid,
-            fd: -1,
-            what: format!("seccomp mode {seccomp} on thread {tid}"),
-        });
+    for (tid, core, mode) in cores.iter_mut() {
+        match *mode {
+            0 => {}
+            crate::seccomp::MODE_FILTER => {
+                let last = dump_seccomp_chain(pid, *tid, &mut img.seccomp)?;
+                if let Some(tc) = core.thread_core.as_mut() {
+                    tc.seccomp_mode = Some(pb::SeccompMode::Filter as i32);
+                    tc.seccomp_filter = last;
+                }
+            }
+            other => {
+                return Err(DumpError::UnsupportedFd {
+                    pid,
+                    fd: -1,
+                    what: format!("seccomp mode {other} (strict) on thread {tid}"),
+                })
+            }
+        }
     }
 
     let st = tree.tasks[n].stat.clone();

@@ -20,6 +20,7 @@ pub mod proc;
 pub mod ptrace;
 pub mod pty;
 pub mod restore;
+pub mod seccomp;
 pub mod sys;
 pub mod sysvipc;
 pub mod unix;

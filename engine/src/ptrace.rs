@@ -19,7 +19,11 @@ const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
 const NT_X86_XSTATE: libc::c_int = 0x202;
+/// Seccomp filters of the tracee are not applied while it is traced (injected syscalls pass).
+pub const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
 /// Report clone events so that threads created by injected clone3 are traced at once.
 pub const PTRACE_O_TRACECLONE: libc::c_int = 8;
 pub const PTRACE_EVENT_CLONE: i32 = 3;
@@ -119,6 +123,42 @@ pub fn seize(tid: u32, options: libc::c_int) -> Result<(), PtraceError> {
         options as usize as *mut c_void,
     )
     .map(drop)
+}
+
+/// The seccomp filter `index` of `tid` (0 is the one installed last), as raw `sock_filter`
+/// instructions with its flags; None past the oldest.
+pub fn seccomp_filter(tid: u32, index: u64) -> Result<Option<(Vec<u8>, u64)>, PtraceError> {
+    let count = match req(
+        "SECCOMP_GET_FILTER",
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        index as usize as *mut c_void,
+        std::ptr::null_mut(),
+    ) {
+        Ok(n) => n as usize,
+        Err(PtraceError::Request { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; count * 8];
+    req(
+        "SECCOMP_GET_FILTER",
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        index as usize as *mut c_void,
+        buf.as_mut_ptr().cast(),
+    )?;
+    // struct seccomp_metadata { __u64 filter_off; __u64 flags; }
+    let mut md = [index, 0u64];
+    req(
+        "SECCOMP_GET_METADATA",
+        PTRACE_SECCOMP_GET_METADATA,
+        tid,
+        std::mem::size_of_val(&md) as *mut c_void,
+        md.as_mut_ptr().cast(),
+    )?;
+    Ok(Some((buf, md[1])))
 }
 
 pub fn interrupt(tid: u32) -> Result<(), PtraceError> {

@@ -337,6 +337,66 @@ while True:
     kill_tree(&[w.pid]);
 }
 
+/// Seccomp filters (as every container and many services have): a process with a thread
+/// shares a filter (TSYNC), and its child stacks one more. After restore the same syscalls
+/// are refused with the same errors in every task, and the filter counts are the same.
+#[test]
+fn seccomp_filters_still_apply_after_restore() {
+    let _g = serial();
+    if skip_unless_root("seccomp_filters_still_apply_after_restore") {
+        return;
+    }
+    let script = r#"
+import ctypes, os, struct, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+def install(nr, err, flags):
+    ins = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | err), (0x06, 0, 0, 0x7fff0000)]
+    raw = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in ins))
+    fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", len(ins), ctypes.addressof(raw)))
+    assert libc.syscall(317, 1, flags, fprog) == 0, ctypes.get_errno()
+libc.prctl(38, 1, 0, 0, 0)      # no_new_privs
+threading.Thread(target=lambda: time.sleep(1e6), daemon=True).start()
+install(63, 1, 1)               # uname -> EPERM, for every thread (TSYNC)
+def probe(who):
+    out = [who]
+    for f in (os.uname, os.getcwd):
+        try:
+            f(); out.append("ok")
+        except OSError as e:
+            out.append(e.errno)
+    n = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp_filters")]
+    return " ".join(map(str, out + n))
+if os.fork() == 0:
+    install(79, 13, 0)          # and getcwd -> EACCES in the child
+    print("before", probe("child"), flush=True)
+    while not os.path.exists("go"): time.sleep(0.02)
+    print("after", probe("child"), flush=True)
+    time.sleep(1e6)
+time.sleep(0.2)
+print("before", probe("parent"), flush=True)
+while not os.path.exists("go"): time.sleep(0.02)
+time.sleep(0.2)
+print("after", probe("parent"), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("seccomp", script);
+    w.wait_lines(2, T);
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 4);
+    let mut after: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("after "))
+        .collect();
+    after.sort();
+    let mut before: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("before "))
+        .collect();
+    before.sort();
+    assert_eq!(before, ["child 1 13 2", "parent 1 ok 1"], "{lines:?}");
+    assert_eq!(after, before, "{lines:?}");
+}
+
 /// A tree that owns its IPC namespace (as in a container) gets a new one at restore, holding
 /// every object the old one had, used or not: an attached and an idle System V segment, a
 /// message queue, a semaphore set, a POSIX queue held open and one nobody holds, and the

@@ -93,6 +93,8 @@ pub struct DumpImage {
     pub sk_queues: HashMap<u32, Vec<crate::unix::Queued>>,
     /// Files in flight on unix sockets (SCM_RIGHTS), in the order their messages come.
     pub in_flight: Vec<u32>,
+    /// Seccomp filters (`seccomp.img`); thread cores name the last of their chain.
+    pub seccomp: Vec<pb::SeccompFilter>,
     /// The nftables table that locks the dumped connections, to remove once they are back.
     pub net_lock: Option<String>,
     /// file id → ghost id, for files that were deleted while open.
@@ -562,6 +564,40 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         }
     }
     let in_flight = in_flight_order(in_flight, &files, &sk_queues);
+    let seccomp: Vec<pb::SeccompFilter> = match read_optional(dir, names::SECCOMP)? {
+        Some(bytes) => {
+            let mut r =
+                ImageReader::new(names::SECCOMP, &bytes, ImageKind::Normal, magic::SECCOMP)?;
+            r.all::<pb::SeccompEntry>()?
+                .into_iter()
+                .flat_map(|e| e.seccomp_filters)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    for t in &tasks {
+        for th in &t.threads {
+            let Some(tc) = th.core.thread_core.as_ref() else {
+                continue;
+            };
+            match tc.seccomp_mode.unwrap_or(0) as u32 {
+                0 => {}
+                crate::seccomp::MODE_FILTER => {
+                    let last = tc.seccomp_filter.ok_or_else(|| {
+                        invalid(&names::core(th.tid), "seccomp filter mode without a filter")
+                    })?;
+                    crate::seccomp::chain(&seccomp, last)
+                        .map_err(|e| invalid(names::SECCOMP, e.to_string()))?;
+                }
+                m => {
+                    return Err(invalid(
+                        &names::core(th.tid),
+                        format!("seccomp mode {m} is not supported"),
+                    ))
+                }
+            }
+        }
+    }
     Ok(DumpImage {
         dir: dir.to_path_buf(),
         tasks,
@@ -581,6 +617,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         locks,
         sk_queues,
         in_flight,
+        seccomp,
         net_lock: inv
             .dump_criu_run_id
             .filter(|_| inv.network_lock_method == Some(crate::dump::NETWORK_LOCK_NFTABLES))

@@ -284,11 +284,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     let mut pages_restored = 0;
     let mut vdso_syscall = HashMap::new();
+    // Filters are installed before the credentials drop (installing needs CAP_SYS_ADMIN or
+    // no_new_privs); suspended while traced, they filter none of the syscalls injected after.
+    let mut seize_options = ptrace::PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL;
+    if !img.seccomp.is_empty() {
+        seize_options |= ptrace::PTRACE_O_SUSPEND_SECCOMP;
+    }
     let mut epolls_done = std::collections::HashSet::new();
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let pid = t.pid();
-        ptrace::seize(pid, ptrace::PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)
-            .map_err(ptr_err(pid))?;
+        ptrace::seize(pid, seize_options).map_err(ptr_err(pid))?;
         created.traced.push(pid);
         ptrace::interrupt_and_wait(pid, pid).map_err(ptr_err(pid))?;
     }
@@ -331,7 +336,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             }
         }
         for (th, (_, r)) in t.threads.iter().zip(&threads) {
-            restore_thread(r, t, th)?;
+            restore_thread(r, t, th, &img.seccomp)?;
         }
         // The trampoline goes last, through the syscall instruction of the (moved) vdso.
         let leader = Injector::new(t.pid(), vdso_syscall[&t.pid()]).map_err(ptr_err(t.pid()))?;
@@ -1838,7 +1843,12 @@ fn caps(words: &[u32]) -> u64 {
 }
 
 /// Per-thread state, credentials last.
-fn restore_thread(r: &Remote, t: &TaskImage, th: &load::ThreadImage) -> Result<(), RestoreError> {
+fn restore_thread(
+    r: &Remote,
+    t: &TaskImage,
+    th: &load::ThreadImage,
+    seccomp: &[pb::SeccompFilter],
+) -> Result<(), RestoreError> {
     let ti = th.core.thread_info.as_ref().expect("checked at load");
     let tcore = th.core.thread_core.as_ref().expect("checked at load");
     if tcore.futex_rla_len != 0 {
@@ -1904,8 +1914,51 @@ fn restore_thread(r: &Remote, t: &TaskImage, th: &load::ThreadImage) -> Result<(
             )?;
         }
     }
+    if let Some(last) = tcore.seccomp_filter {
+        restore_seccomp(r, seccomp, last)?;
+    }
     if let Some(c) = &tcore.creds {
         restore_creds(r, c)?;
+    }
+    Ok(())
+}
+
+/// Installs the thread's seccomp chain, oldest filter first, through a scratch mapping of its
+/// own (a filter can be larger than the trampoline's scratch page).
+fn restore_seccomp(
+    r: &Remote,
+    filters: &[pb::SeccompFilter],
+    last: u32,
+) -> Result<(), RestoreError> {
+    let chain = crate::seccomp::chain(filters, last).map_err(|e| RestoreError::Task {
+        pid: r.pid,
+        what: e.to_string(),
+    })?;
+    const SECCOMP_SET_MODE_FILTER: u64 = 1;
+    for (prog, flags) in chain {
+        let len = (16 + prog.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let at = r.call(
+            libc::SYS_mmap,
+            &[
+                0,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )? as u64;
+        // struct sock_fprog { unsigned short len; struct sock_filter *filter; }, then the program.
+        let mut buf = ((prog.len() / 8) as u64).to_ne_bytes().to_vec();
+        buf.extend_from_slice(&(at + 16).to_ne_bytes());
+        buf.extend_from_slice(prog);
+        mem::write(r.pid, at, &buf)?;
+        let installed = r.call(
+            libc::SYS_seccomp,
+            &[SECCOMP_SET_MODE_FILTER, flags as u64, at],
+        );
+        r.call(libc::SYS_munmap, &[at, len])?;
+        installed?;
     }
     Ok(())
 }

@@ -135,7 +135,7 @@ pub enum DumpError {
         what: &'static str,
         what_upper: &'static str,
     },
-    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (only IPC namespaces are)")]
+    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (only IPC and UTS namespaces are)")]
     Namespace {
         pid: u32,
         kind: &'static str,
@@ -166,6 +166,8 @@ pub enum DumpError {
     Mqueue(crate::mqueue::MqError),
     #[error(transparent)]
     IpcNs(#[from] crate::ipcns::IpcNsError),
+    #[error(transparent)]
+    Uts(#[from] crate::utsns::UtsError),
     #[error("cannot lock the network for the dumped TCP connections")]
     NetLock(#[source] stasis_netns::nftlock::LockError),
     #[error("pid {pid} fd {fd}")]
@@ -542,6 +544,8 @@ struct Images {
     mqueues: Vec<(u32, i32, String, u32)>,
     /// Image id of the tree's IPC namespace (see `ipcns`).
     ipc_ns_id: u32,
+    /// Image id of the tree's UTS namespace (see `utsns`).
+    uts_ns_id: u32,
     /// Files in flight on the tree's unix sockets, which peeking put in our table.
     in_flight: Vec<std::os::fd::OwnedFd>,
     /// Seccomp filters of every thread, each once.
@@ -559,6 +563,7 @@ fn dump_frozen(
     let live = tree.live_pids();
     refuse_foreign_namespaces(&live)?;
     let own_ipc = crate::ipcns::tree_ns(tree.tasks[0].pid, &live)?;
+    let own_uts = crate::utsns::tree_ns(tree.tasks[0].pid, &live)?;
     let read_shm = || std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
     let shm_table = match &own_ipc {
         Some(ns) => crate::ipcns::in_ns(ns, read_shm)?,
@@ -582,6 +587,11 @@ fn dump_frozen(
         seccomp: Default::default(),
         live_pids: live.clone(),
         in_flight_sockets_known: false,
+        uts_ns_id: if own_uts.is_some() {
+            crate::utsns::TREE_NS_ID
+        } else {
+            crate::utsns::HOST_NS_ID
+        },
         ipc_ns_id: if own_ipc.is_some() {
             crate::ipcns::TREE_NS_ID
         } else {
@@ -637,6 +647,12 @@ fn dump_frozen(
         .flat_map(|t| std::iter::once(t.pid).chain(t.threads.iter().map(|th| th.tid)))
         .collect();
     dump_pty_queues(&mut img)?;
+    if let Some(ns) = &own_uts {
+        let uts = crate::ipcns::in_ns_of(ns, libc::CLONE_NEWUTS, crate::utsns::names)??;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::UTSNS);
+        w.push(&uts);
+        write_file(&img.dir.join(names::utsns(img.uts_ns_id)), &w.into_bytes())?;
+    }
     match &own_ipc {
         Some(ns) => crate::ipcns::in_ns(ns, || dump_ipc(&mut img, stats, &tree_pids, true))??,
         None => dump_ipc(&mut img, stats, &tree_pids, false)?,
@@ -665,7 +681,7 @@ fn dump_frozen(
     }
     write_file(&img.dir.join(names::PSTREE), &w.into_bytes())?;
     // CRIU's root_ids are the dumper's own: a task whose namespace ids differ owns that one.
-    let root_ids = ids_for(1, crate::ipcns::HOST_NS_ID);
+    let root_ids = ids_for(1, crate::ipcns::HOST_NS_ID, crate::utsns::HOST_NS_ID);
     let inv = pb::InventoryEntry {
         img_version: images::CRTOOLS_IMAGES_V1_1,
         fdinfo_per_id: Some(true),
@@ -802,11 +818,11 @@ fn thread_seccomp_mode(pid: u32, tid: u32) -> u32 {
 }
 
 /// A task in a namespace other than the dumper's would come back in the restorer's, silently
-/// changed (its pids, network, files, hostname...): refuse it, IPC namespaces excepted.
+/// changed (its pids, network, files...): refuse it, IPC and UTS namespaces excepted.
 fn refuse_foreign_namespaces(live: &[u32]) -> Result<(), DumpError> {
     use std::os::unix::fs::MetadataExt;
     let id = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-    for kind in ["pid", "net", "mnt", "user", "uts", "cgroup", "time"] {
+    for kind in ["pid", "net", "mnt", "user", "cgroup", "time"] {
         let ours = id(format!("/proc/thread-self/ns/{kind}"));
         for &pid in live {
             let theirs = id(format!("/proc/{pid}/ns/{kind}"));
@@ -1038,7 +1054,7 @@ fn uptime_us() -> u64 {
 
 /// Kernel-object ids: stasis refuses shared fd tables, mms and fs structs between processes, so
 /// each process owns its own and the ids are its ordinal.
-fn ids_for(n: u32, ipc_ns_id: u32) -> pb::TaskKobjIdsEntry {
+fn ids_for(n: u32, ipc_ns_id: u32, uts_ns_id: u32) -> pb::TaskKobjIdsEntry {
     pb::TaskKobjIdsEntry {
         vm_id: n,
         files_id: n,
@@ -1047,7 +1063,7 @@ fn ids_for(n: u32, ipc_ns_id: u32) -> pb::TaskKobjIdsEntry {
         pid_ns_id: None,
         net_ns_id: None,
         ipc_ns_id: Some(ipc_ns_id),
-        uts_ns_id: None,
+        uts_ns_id: Some(uts_ns_id),
         mnt_ns_id: None,
         user_ns_id: None,
         cgroup_ns_id: None,
@@ -1372,7 +1388,7 @@ fn dump_task(
     }
     write_file(&img.dir.join(names::fdinfo(ord)), &w.into_bytes())?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::IDS);
-    w.push(&ids_for(ord, img.ipc_ns_id));
+    w.push(&ids_for(ord, img.ipc_ns_id, img.uts_ns_id));
     write_file(&img.dir.join(names::ids(pid)), &w.into_bytes())?;
 
     // Memory.
@@ -1406,7 +1422,7 @@ fn dump_task(
     for (i, (tid, mut core, _)) in cores.into_iter().enumerate() {
         if i == 0 {
             core.tc = Some(tc.clone());
-            core.ids = Some(ids_for(ord, img.ipc_ns_id));
+            core.ids = Some(ids_for(ord, img.ipc_ns_id, img.uts_ns_id));
         }
         let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
         w.push(&core);

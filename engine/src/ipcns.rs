@@ -100,11 +100,21 @@ pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, IpcNsError> 
 
 /// Runs `f` on a thread that has joined the IPC namespace `ns`.
 pub fn in_ns<T: Send>(ns: &OwnedFd, f: impl FnOnce() -> T + Send) -> Result<T, IpcNsError> {
+    in_ns_of(ns, libc::CLONE_NEWIPC, f)
+}
+
+/// Runs `f` on a thread that has joined namespace `ns` of kind `flag` (IPC or UTS: kinds a
+/// thread may join alone).
+pub fn in_ns_of<T: Send>(
+    ns: &OwnedFd,
+    flag: libc::c_int,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, IpcNsError> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns(2) on an fd we hold; it changes only this thread's IPC namespace.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWIPC) } < 0 {
-                return Err(last_os("joining the tree's IPC namespace"));
+            // SAFETY: setns(2) on an fd we hold; it changes only this thread's namespace.
+            if unsafe { libc::setns(ns.as_raw_fd(), flag) } < 0 {
+                return Err(last_os("joining the tree's namespace"));
             }
             Ok(f())
         })
@@ -113,28 +123,35 @@ pub fn in_ns<T: Send>(ns: &OwnedFd, f: impl FnOnce() -> T + Send) -> Result<T, I
     })
 }
 
-/// The calling thread in a new IPC namespace until dropped, when it goes back to its own.
+/// The calling thread in a new namespace until dropped, when it goes back to its own.
 pub struct Unshared {
     own: OwnedFd,
+    flag: libc::c_int,
 }
 
 impl Unshared {
+    /// A new IPC namespace.
     pub fn new() -> Result<Unshared, IpcNsError> {
-        let own: OwnedFd = std::fs::File::open("/proc/thread-self/ns/ipc")
-            .map_err(sys("opening our own IPC namespace"))?
+        Unshared::new_of(libc::CLONE_NEWIPC, "ipc")
+    }
+
+    /// A new namespace of kind `flag`, named `kind` as in /proc/<pid>/ns.
+    pub fn new_of(flag: libc::c_int, kind: &str) -> Result<Unshared, IpcNsError> {
+        let own: OwnedFd = std::fs::File::open(format!("/proc/thread-self/ns/{kind}"))
+            .map_err(sys(format!("opening our own {kind} namespace")))?
             .into();
         // SAFETY: unshare(2) with a namespace flag only; it affects this thread.
-        if unsafe { libc::unshare(libc::CLONE_NEWIPC) } < 0 {
-            return Err(last_os("creating an IPC namespace"));
+        if unsafe { libc::unshare(flag) } < 0 {
+            return Err(last_os(&format!("creating a {kind} namespace")));
         }
-        Ok(Unshared { own })
+        Ok(Unshared { own, flag })
     }
 }
 
 impl Drop for Unshared {
     fn drop(&mut self) {
         // SAFETY: setns(2) back into the namespace we came from, through our own fd.
-        unsafe { libc::setns(self.own.as_raw_fd(), libc::CLONE_NEWIPC) };
+        unsafe { libc::setns(self.own.as_raw_fd(), self.flag) };
     }
 }
 

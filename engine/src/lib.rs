@@ -24,3 +24,4 @@ pub mod seccomp;
 pub mod sys;
 pub mod sysvipc;
 pub mod unix;
+pub mod utsns;

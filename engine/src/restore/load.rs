@@ -83,6 +83,8 @@ pub struct DumpImage {
     pub posix_mqueues: Vec<crate::mqueue::Queue>,
     /// The IPC sysctls of the namespace the tree owned; None when it used the host's.
     pub ipc_vars: Option<pb::IpcVarEntry>,
+    /// The names of the UTS namespace the tree owned; None when it used the host's.
+    pub uts: Option<pb::UtsnsEntry>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// tty_info id → bytes waiting to be read on that end of its pty.
@@ -408,21 +410,9 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         let outq = r.raw(e.outq_len as u64)?.to_vec();
         tcp_streams.insert(isk.ino, (e, inq, outq));
     }
-    // CRIU's root_ids are the dumper's namespaces: a root whose IPC namespace id differs owned
-    // its namespace, and the IPC images carry that id.
-    let ipc_of = |t: &TaskImage| t.threads[0].core.ids.as_ref().and_then(|i| i.ipc_ns_id);
-    let root_ipc = ipc_of(&tasks[0]);
-    if let Some(t) = tasks
-        .iter()
-        .find(|t| t.zombie_exit.is_none() && ipc_of(t) != root_ipc)
-    {
-        return Err(invalid(
-            &names::core(t.pid()),
-            "the process is in another IPC namespace than the root",
-        ));
-    }
-    let host_ipc = inv.root_ids.as_ref().and_then(|i| i.ipc_ns_id);
-    let own_ipc_ns = matches!((root_ipc, host_ipc), (Some(a), Some(b)) if a != b);
+    // CRIU's root_ids are the dumper's namespaces: a root whose namespace id differs owned
+    // its namespace, and that namespace's images carry the id.
+    let (root_ipc, own_ipc_ns) = tree_ns_id(&tasks, &inv, "IPC", |i| i.ipc_ns_id)?;
     let ipc_ns_id = root_ipc.unwrap_or(crate::ipcns::HOST_NS_ID);
     let ipc_vars = if own_ipc_ns {
         let file = names::ipcns_var(ipc_ns_id);
@@ -434,6 +424,15 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         )?)
     } else {
         None
+    };
+    let uts = match tree_ns_id(&tasks, &inv, "UTS", |i| i.uts_ns_id)? {
+        (Some(id), true) => Some(one::<pb::UtsnsEntry>(
+            dir,
+            &names::utsns(id),
+            ImageKind::Normal,
+            magic::UTSNS,
+        )?),
+        _ => None,
     };
     let mut sysv_shm = Vec::new();
     if let Some(bytes) = read_optional(dir, &names::ipcns_shm(ipc_ns_id))? {
@@ -612,6 +611,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         sysv_sem,
         posix_mqueues,
         ipc_vars,
+        uts,
         tty_infos,
         tty_data,
         locks,
@@ -670,6 +670,30 @@ fn in_flight_order(
         }
     }
     out
+}
+
+/// The root's namespace id of one kind (`get` picks it from the ids), and whether the tree
+/// owned that namespace (its id differs from the dumper's in `root_ids`). Every live process
+/// must share the root's.
+fn tree_ns_id(
+    tasks: &[TaskImage],
+    inv: &pb::InventoryEntry,
+    kind: &str,
+    get: fn(&pb::TaskKobjIdsEntry) -> Option<u32>,
+) -> Result<(Option<u32>, bool), LoadError> {
+    let of = |t: &TaskImage| t.threads[0].core.ids.as_ref().and_then(get);
+    let root = of(&tasks[0]);
+    if let Some(t) = tasks
+        .iter()
+        .find(|t| t.zombie_exit.is_none() && of(t) != root)
+    {
+        return Err(invalid(
+            &names::core(t.pid()),
+            format!("the process is in another {kind} namespace than the root"),
+        ));
+    }
+    let host = inv.root_ids.as_ref().and_then(get);
+    Ok((root, matches!((root, host), (Some(a), Some(b)) if a != b)))
 }
 
 #[cfg(test)]

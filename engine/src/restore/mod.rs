@@ -195,6 +195,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
         None => None,
     };
+    // Likewise for a UTS namespace: the root is forked into one holding the saved names.
+    let _uts_ns = match &img.uts {
+        Some(names) => {
+            let ns =
+                crate::ipcns::Unshared::new_of(libc::CLONE_NEWUTS, "uts").map_err(ipcns_err)?;
+            crate::utsns::set_names(names).map_err(|e| RestoreError::Task {
+                pid: 0,
+                what: e.to_string(),
+            })?;
+            Some(ns)
+        }
+        None => None,
+    };
     // Queues must exist before the pool opens their fds.
     crate::mqueue::restore(&img.posix_mqueues, |id| {
         let reg = img.files.get(&id)?.reg.as_ref()?;

@@ -210,6 +210,18 @@ pub fn take_queues(master: RawFd, slave: RawFd) -> Result<Queues, PtyError> {
     }
     let n = queued(master).map_err(err("FIONREAD on the pty master"))?;
     let master_q = read_n(master, n).map_err(err("reading the pty master's queue"))?;
+    if !can_push_input() {
+        // The slave's bytes could not go back (TIOCSTI needs CAP_SYS_ADMIN): leave them.
+        log::warn!(
+            "bytes waiting on a pty slave are not kept: putting them back needs CAP_SYS_ADMIN"
+        );
+        let q = Queues {
+            master: master_q,
+            slave: Vec::new(),
+        };
+        put_queues(slave, &q)?;
+        return Ok(q);
+    }
     let t0 = get_termios(slave).map_err(err("termios of the pty slave"))?;
     let mut raw = t0;
     raw.c_lflag &= !libc::ICANON;
@@ -224,6 +236,23 @@ pub fn take_queues(master: RawFd, slave: RawFd) -> Result<Queues, PtyError> {
     };
     put_queues(slave, &q)?;
     Ok(q)
+}
+
+/// Whether we may push bytes into a tty's input (TIOCSTI on a tty that is not our controlling
+/// terminal needs CAP_SYS_ADMIN).
+fn can_push_input() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            let v = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&v, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 /// Puts `q` in the pair of `slave` (our own fd on it) as it was read: the slave's bytes through its line discipline with

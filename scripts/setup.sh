@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what stasis needs on a fresh Debian 12 machine (as root): a C compiler for the test
 # workloads, python3 for the interpreter test, Debian's criu package for `crit` (the tests
-# decode our images with it), and redis-server, nginx, PostgreSQL and memcached, real servers
-# the socket tests checkpoint. The Rust toolchain itself comes from rustup.
+# decode our images with it), and redis-server, nginx, PostgreSQL, memcached and tmux, real
+# programs the tests checkpoint. The Rust toolchain itself comes from rustup.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -20,11 +20,12 @@ if [ ${#need[@]} -gt 0 ]; then
   service redis-server stop >/dev/null 2>&1 || true
   service nginx stop >/dev/null 2>&1 || true
 fi
-# PostgreSQL and memcached on their own: should one fail to install, only its test is skipped
-# (and says so).
+# PostgreSQL, memcached and tmux on their own: should one fail to install, only its test is
+# skipped (and says so).
 extra=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || extra+=(postgresql)
 command -v memcached >/dev/null || extra+=(memcached)
+command -v tmux >/dev/null || extra+=(tmux)
 for p in "${extra[@]}"; do
   apt-get update -qq
   apt-get install -y -qq "$p" >/dev/null ||

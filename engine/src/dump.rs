@@ -200,6 +200,9 @@ struct Task {
     zombie: bool,
     /// Stopped by a signal (job control) when we seized it.
     stopped: Option<i32>,
+    /// SIGTRAP was ignored before we injected anything (our single steps reset it to SIG_DFL;
+    /// see `Injector::ignore_sigtrap_quietly`).
+    sigtrap_ignored: bool,
 }
 
 /// The frozen tree. Dropping it without [`Tree::kill`] puts every task back as it was.
@@ -252,6 +255,10 @@ impl Tree {
                     return Err(DumpError::Zombie { pid });
                 }
                 let zombie = stat.state == 'Z';
+                let sigtrap_ignored = !zombie
+                    && proc::status(pid)
+                        .map(|st| st.sig_ign & (1 << (libc::SIGTRAP - 1)) != 0)
+                        .unwrap_or(false);
                 tree.tasks.push(Task {
                     pid,
                     threads: Vec::new(),
@@ -259,6 +266,7 @@ impl Tree {
                     scratch: None,
                     zombie,
                     stopped: None,
+                    sigtrap_ignored,
                 });
                 let idx = tree.tasks.len() - 1;
                 if zombie {
@@ -342,9 +350,9 @@ impl Tree {
                 }
                 let regs = ptrace::get_regs(tid).map_err(seize_err)?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
-                // Block every signal while we inject syscalls, so none is delivered (or lost)
-                // between our single steps; the real mask is put back on release.
-                ptrace::set_sigmask(tid, !0).map_err(seize_err)?;
+                // Block every signal but SIGTRAP while we inject syscalls, so none is delivered
+                // (or lost) between our single steps; the real mask is put back on release.
+                ptrace::set_sigmask(tid, ptrace::INJECTION_SIGMASK).map_err(seize_err)?;
                 let s = &mut self.tasks[idx].threads[pos];
                 s.regs = regs;
                 s.sigmask = sigmask;
@@ -377,6 +385,16 @@ impl Tree {
                 if let Some(t) = task.threads.first() {
                     if let Ok(inj) = Injector::new(t.tid, at) {
                         let _ = inj.raw(libc::SYS_munmap, &[addr, len]);
+                    }
+                }
+            }
+            if task.sigtrap_ignored {
+                if let (Some(t), Some(&at)) = (task.threads.first(), self.syscall_at.get(&task.pid))
+                {
+                    if let Ok(inj) = Injector::new(t.tid, at) {
+                        if let Err(e) = inj.ignore_sigtrap_quietly(task.pid, t.regs.rsp) {
+                            log::warn!("pid {}: SIGTRAP could not be ignored again: {e}", task.pid);
+                        }
                     }
                 }
             }
@@ -1162,7 +1180,10 @@ fn dump_task(
         leader
             .call(libc::SYS_rt_sigaction, &[sig, 0, scratch, 8])
             .map_err(ptr_err(pid))?;
-        let [handler, flags, restorer, mask] = read_words::<4>(pid, scratch)?;
+        let [mut handler, flags, restorer, mask] = read_words::<4>(pid, scratch)?;
+        if sig == libc::SIGTRAP as u64 && tree.tasks[n].sigtrap_ignored {
+            handler = 1; // SIG_IGN, as it was before our first single step reset it
+        }
         sigactions.push(pb::SaEntry {
             sigaction: handler,
             flags,

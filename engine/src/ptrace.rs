@@ -9,6 +9,7 @@ use libc::{c_long, c_void, pid_t, user_regs_struct};
 const PTRACE_GETREGS: libc::c_uint = 12;
 const PTRACE_SETREGS: libc::c_uint = 13;
 const PTRACE_SINGLESTEP: libc::c_uint = 9;
+const PTRACE_SYSCALL: libc::c_uint = 24;
 const PTRACE_CONT: libc::c_uint = 7;
 const PTRACE_DETACH: libc::c_uint = 17;
 const PTRACE_GETREGSET: libc::c_uint = 0x4204;
@@ -22,6 +23,11 @@ const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
 const NT_X86_XSTATE: libc::c_int = 0x202;
+/// The signal mask a thread gets while syscalls are injected into it: everything blocked but
+/// SIGTRAP. The single step that ends an injection forces a SIGTRAP, and the kernel resets a
+/// forced signal's handler to SIG_DFL when the signal is blocked: bash's and python's SIGTRAP
+/// handlers were lost that way.
+pub const INJECTION_SIGMASK: u64 = !(1u64 << (libc::SIGTRAP - 1));
 /// Seccomp filters of the tracee are not applied while it is traced (injected syscalls pass).
 pub const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
 /// Report clone events so that threads created by injected clone3 are traced at once.
@@ -471,6 +477,87 @@ impl Injector {
             }
         }
         Ok(get_regs(self.tid)?.rax as i64)
+    }
+
+    /// Runs one syscall without the single step: the thread stops at syscall entry and exit
+    /// (ptrace stops, no signal), then is interrupted so that it ends, as after `raw`, in a stop
+    /// inside the signal code (final registers and syscall restarts then behave the same). No
+    /// SIGTRAP is forced, so a SIGTRAP disposition the syscall sets is kept.
+    pub fn raw_quiet(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
+        let mut r = self.base;
+        r.rip = self.syscall_at;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        r.rdi = a(0);
+        r.rsi = a(1);
+        r.rdx = a(2);
+        r.r10 = a(3);
+        r.r8 = a(4);
+        r.r9 = a(5);
+        set_regs(self.tid, &r)?;
+        for what in ["syscall entry", "syscall exit"] {
+            req(
+                "SYSCALL",
+                PTRACE_SYSCALL,
+                self.tid,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )?;
+            self.expect(what, |sig, event| sig & 0x7f == libc::SIGTRAP && event == 0)?;
+        }
+        let ret = get_regs(self.tid)?.rax as i64;
+        interrupt(self.tid)?;
+        cont(self.tid, 0)?;
+        self.expect("the interrupt after a quiet syscall", |_, event| {
+            event == PTRACE_EVENT_STOP
+        })?;
+        Ok(ret)
+    }
+
+    fn expect(
+        &self,
+        waiting_for: &'static str,
+        ok: impl Fn(i32, i32) -> bool,
+    ) -> Result<(), PtraceError> {
+        match wait(self.tid)? {
+            Stop::Stopped { sig, event } if ok(sig, event) => Ok(()),
+            Stop::Exited(status) => Err(PtraceError::Exited {
+                tid: self.tid,
+                status,
+            }),
+            Stop::Stopped { sig, event } => Err(PtraceError::UnexpectedStop {
+                tid: self.tid,
+                waiting_for,
+                status: (event << 16) | (sig << 8) | 0x7f,
+            }),
+        }
+    }
+
+    /// Makes SIGTRAP ignored again in this thread's process. Every injection ends in a forced
+    /// SIGTRAP, and the kernel resets a forced signal that is ignored to SIG_DFL, so this must
+    /// be the last injection, and quiet. The sigaction goes on the thread's stack below `rsp`'s
+    /// red zone (whatever lay there is put back).
+    pub fn ignore_sigtrap_quietly(&self, pid: u32, rsp: u64) -> Result<(), PtraceError> {
+        let at = (rsp - 128 - 64) & !15;
+        let mut saved = [0u8; 32];
+        let mem_err = |e: crate::mem::MemError| PtraceError::Request {
+            op: "stack access for SIGTRAP",
+            tid: self.tid,
+            source: std::io::Error::other(e.to_string()),
+        };
+        crate::mem::read(pid, at, &mut saved).map_err(mem_err)?;
+        let sig = libc::SIGTRAP as u64;
+        let got = self.raw(libc::SYS_rt_sigaction, &[sig, 0, at, 8]);
+        let mut act = [0u8; 32];
+        let set = got.and_then(|_| {
+            crate::mem::read(pid, at, &mut act).map_err(mem_err)?;
+            act[..8].copy_from_slice(&1u64.to_ne_bytes()); // SIG_IGN
+            crate::mem::write(pid, at, &act).map_err(mem_err)?;
+            self.raw_quiet(libc::SYS_rt_sigaction, &[sig, at, 0, 8])
+        });
+        crate::mem::write(pid, at, &saved).map_err(mem_err)?;
+        set.map(drop)
     }
 
     /// Runs one syscall and turns a negative result into an error.

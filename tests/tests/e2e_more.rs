@@ -1739,6 +1739,72 @@ fn memcached_with_worker_threads_keeps_its_client() {
     assert_eq!(get2, "VALUE k 0 5\r\nhello\r\nEND\r\n");
 }
 
+/// tmux: its server (ptys it holds the masters of, a bash session leader on each slave, a unix
+/// listener its clients connect to from outside) is dumped and restored; the same bash then
+/// takes keys sent by a new client and still has its shell variable.
+#[test]
+fn tmux_session_keeps_its_shell_and_answers_new_clients() {
+    let _g = serial();
+    let name = "tmux_session_keeps_its_shell_and_answers_new_clients";
+    if skip_unless_root(name) {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/tmux").exists() {
+        skip(name, "tmux (Debian package tmux) is not installed");
+        return;
+    }
+    let dir = temp_dir("tmux");
+    let sock = dir.join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .env("TERM", "xterm")
+            .output()
+            .unwrap()
+    };
+    let pane_has = |text: &str| {
+        let end = Instant::now() + T;
+        loop {
+            let o = tmux(&["capture-pane", "-p", "-t", "s1"]);
+            let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+            if screen.contains(text) || Instant::now() > end {
+                return screen;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    check_ok(
+        "tmux new-session",
+        &tmux(&["new-session", "-d", "-s", "s1", "bash --norc --noprofile"]),
+    );
+    check_ok(
+        "send-keys",
+        &tmux(&["send-keys", "-t", "s1", "X=41; echo before$X", "Enter"]),
+    );
+    assert!(pane_has("before41").contains("before41"));
+    let pid: u32 = String::from_utf8_lossy(&tmux(&["display", "-p", "#{pid}"]).stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let w = Workload {
+        pid,
+        out: dir.join("none"),
+        dir: dir.clone(),
+    };
+    let pids = dump_kill_restore(&w);
+    assert!(pids.len() >= 2, "the server and its shell: {pids:?}");
+    check_ok(
+        "send-keys after restore",
+        &tmux(&["send-keys", "-t", "s1", "echo after$((X+1))", "Enter"]),
+    );
+    let screen = pane_has("after42");
+    let _ = tmux(&["kill-server"]);
+    kill_tree(&pids);
+    assert!(screen.contains("after42"), "{screen}");
+}
+
 /// The newest installed PostgreSQL server binary (Debian's postgresql-NN), if any.
 fn postgres_bin() -> Option<std::path::PathBuf> {
     let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -2167,6 +2233,78 @@ while True: time.sleep(1)
     let pids = dump_kill_restore(&w);
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(lines[1], r"got b'line1\n' b'partial\n' b'out\r\nbytes'");
+}
+
+/// SIGTRAP dispositions survive our single steps, which force a SIGTRAP after every injected
+/// syscall (the kernel resets a forced signal that is blocked or ignored to SIG_DFL): a
+/// handler (bash and python install one) and an ignored SIGTRAP both come back, after a dump
+/// that leaves the tree running and after a restore.
+#[test]
+fn sigtrap_handler_and_ignored_sigtrap_survive() {
+    let _g = serial();
+    if skip_unless_root("sigtrap_handler_and_ignored_sigtrap_survive") {
+        return;
+    }
+    let script = r#"
+import os, signal, time
+if os.fork() == 0:
+    signal.signal(signal.SIGTRAP, signal.SIG_IGN)
+    who = "ignoring"
+else:
+    signal.signal(signal.SIGTRAP, lambda *a: os.write(1, b"handled\n"))
+    who = "handling"
+time.sleep(0.2)
+os.write(1, f"ready {who}\n".encode())  # one write: two processes share the file
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.kill(os.getpid(), signal.SIGTRAP)
+time.sleep(0.2)
+os.write(1, f"alive {who}\n".encode())
+time.sleep(1e6)
+"#;
+    let w = Workload::python("sigtrap", script);
+    w.wait_lines(2, T);
+    let dispositions = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("SigIgn") || l.starts_with("SigCgt"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let pids = tree_and_session(w.pid);
+    let before: Vec<_> = pids.iter().map(|&p| dispositions(p)).collect();
+    let img = w.images();
+    check_ok(
+        "dump -R",
+        &stasis(&[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+            "-R",
+        ]),
+    );
+    let after_r: Vec<_> = pids.iter().map(|&p| dispositions(p)).collect();
+    assert_eq!(
+        after_r, before,
+        "a dump that leaves the tree running changes nothing"
+    );
+    // dump_kill_restore compares SigIgn and SigCgt of every task before and after.
+    let pids = dump_kill_restore(&w);
+    let mut lines = w.go_and_collect(&pids, 5);
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "alive handling",
+            "alive ignoring",
+            "handled",
+            "ready handling",
+            "ready ignoring"
+        ]
+    );
 }
 
 #[test]

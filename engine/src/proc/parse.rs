@@ -225,6 +225,7 @@ pub struct Status {
     pub no_new_privs: bool,
     pub seccomp: u32,
     pub sig_blk: u64,
+    pub sig_ign: u64,
     pub shd_pnd: u64,
     pub sig_pnd: u64,
     pub nspid: Vec<u32>,
@@ -268,6 +269,7 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
             "NoNewPrivs" => st.no_new_privs = v == "1",
             "Seccomp" => st.seccomp = v.parse().unwrap_or(0),
             "SigBlk" => st.sig_blk = hex(v)?,
+            "SigIgn" => st.sig_ign = hex(v)?,
             "ShdPnd" => st.shd_pnd = hex(v)?,
             "SigPnd" => st.sig_pnd = hex(v)?,
             "NSpid" => {

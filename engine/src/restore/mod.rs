@@ -356,6 +356,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         leader
             .call(libc::SYS_munmap, &[trampoline, stub::TRAMPOLINE_LEN])
             .map_err(ptr_err(t.pid()))?;
+        // An ignored SIGTRAP was reset to SIG_DFL by the forced trap of every single step:
+        // ignore it again with a last, quiet injection (on the task's own stack).
+        let sigtrap = t.tc().sigactions.get(libc::SIGTRAP as usize - 1);
+        if sigtrap.is_some_and(|sa| sa.sigaction == 1) {
+            let rsp = t.threads[0]
+                .core
+                .thread_info
+                .as_ref()
+                .map(|ti| ti.gpregs.sp)
+                .unwrap_or(0);
+            leader
+                .ignore_sigtrap_quietly(t.pid(), rsp)
+                .map_err(ptr_err(t.pid()))?;
+        }
         for (th, (tid, _)) in t.threads.iter().zip(&threads) {
             set_final_regs(*tid, th)?;
         }

@@ -219,6 +219,9 @@ pub fn run(sh: &StubShared, idx: usize) -> ! {
         );
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
+        // All but SIGTRAP: the single steps of injection force SIGTRAPs, and a forced signal
+        // that is blocked has its (restored) handler reset to SIG_DFL.
+        libc::sigdelset(&mut all, libc::SIGTRAP);
         libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
         report(sh.ready_fd, t.pid, 0, 0);
         libc::close(sh.ready_fd);

@@ -426,8 +426,8 @@ impl Injector {
         })
     }
 
-    /// Runs one syscall; returns the raw kernel result (negative errno on failure).
-    pub fn raw(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
+    /// Points the thread at the syscall instruction with syscall `nr` and `args` loaded.
+    fn load(&self, nr: i64, args: &[u64]) -> Result<(), PtraceError> {
         let mut r = self.base;
         r.rip = self.syscall_at;
         r.rax = nr as u64;
@@ -439,7 +439,12 @@ impl Injector {
         r.r10 = a(3);
         r.r8 = a(4);
         r.r9 = a(5);
-        set_regs(self.tid, &r)?;
+        set_regs(self.tid, &r)
+    }
+
+    /// Runs one syscall; returns the raw kernel result (negative errno on failure).
+    pub fn raw(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
+        self.load(nr, args)?;
         singlestep(self.tid)?;
         let mut traps = 0;
         loop {
@@ -484,18 +489,7 @@ impl Injector {
     /// inside the signal code (final registers and syscall restarts then behave the same). No
     /// SIGTRAP is forced, so a SIGTRAP disposition the syscall sets is kept.
     pub fn raw_quiet(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
-        let mut r = self.base;
-        r.rip = self.syscall_at;
-        r.rax = nr as u64;
-        r.orig_rax = u64::MAX;
-        let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        r.rdi = a(0);
-        r.rsi = a(1);
-        r.rdx = a(2);
-        r.r10 = a(3);
-        r.r8 = a(4);
-        r.r9 = a(5);
-        set_regs(self.tid, &r)?;
+        self.load(nr, args)?;
         for what in ["syscall entry", "syscall exit"] {
             req(
                 "SYSCALL",

@@ -522,6 +522,15 @@ pub fn dump_kill_then_restore(
     after
 }
 
+/// Runs `stasis dump -t <w> -D <w's images>` with `extra` flags.
+pub fn dump_workload(w: &Workload, extra: &[&str]) -> Output {
+    let img = w.images();
+    let pid = w.pid.to_string();
+    let mut args = vec!["dump", "-t", &pid, "-D", img.to_str().expect("utf8")];
+    args.extend_from_slice(extra);
+    stasis(&args)
+}
+
 /// Runs `stasis dump` of `w`, which must fail with a one-line error and leave no task of the
 /// tree traced. Returns the error text.
 pub fn dump_must_fail(w: &Workload) -> String {

@@ -2274,18 +2274,7 @@ time.sleep(1e6)
     };
     let pids = tree_and_session(w.pid);
     let before: Vec<_> = pids.iter().map(|&p| dispositions(p)).collect();
-    let img = w.images();
-    check_ok(
-        "dump -R",
-        &stasis(&[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-D",
-            img.to_str().unwrap(),
-            "-R",
-        ]),
-    );
+    check_ok("dump -R", &dump_workload(&w, &["-R"]));
     let after_r: Vec<_> = pids.iter().map(|&p| dispositions(p)).collect();
     assert_eq!(
         after_r, before,

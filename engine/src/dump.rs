@@ -1270,6 +1270,15 @@ fn dump_task(
             no_new_privs: Some(tstatus.no_new_privs as u32),
             cap_amb: cap_words(tstatus.cap_amb),
         };
+        const SCHED_DEADLINE: u32 = 6;
+        if tst.policy == SCHED_DEADLINE {
+            // Its runtime, deadline and period need sched_getattr, which we do not keep.
+            return Err(DumpError::UnsupportedFd {
+                pid,
+                fd: -1,
+                what: format!("SCHED_DEADLINE scheduling on thread {tid}"),
+            });
+        }
         let thread_core = pb::ThreadCoreEntry {
             futex_rla,
             futex_rla_len,

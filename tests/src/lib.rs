@@ -366,7 +366,8 @@ pub fn fingerprint(pid: u32) -> Vec<String> {
         }
     }
     out.push(format!("limits {}", read("limits")));
-    // mm boundaries: start/end code, start stack, data, brk start, args, env.
+    // mm boundaries: start/end code, start stack, data, brk start, args, env; and the
+    // scheduling policy with its real-time priority.
     let stat = read("stat");
     let f: Vec<&str> = stat
         .rsplit(')')
@@ -381,6 +382,8 @@ pub fn fingerprint(pid: u32) -> Vec<String> {
         ("start_data", 45),
         ("end_data", 46),
         ("start_brk", 47),
+        ("rt_priority", 40),
+        ("policy", 41),
         ("arg_start", 48),
         ("arg_end", 49),
         ("env_start", 50),

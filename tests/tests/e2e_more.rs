@@ -2296,6 +2296,40 @@ time.sleep(1e6)
     );
 }
 
+/// Scheduling policies come back: a real-time (SCHED_RR, priority 10) parent and a
+/// SCHED_BATCH child with nice 5 (the fingerprint compares policy, priority and nice).
+#[test]
+fn scheduling_policy_and_priority_survive() {
+    let _g = serial();
+    if skip_unless_root("scheduling_policy_and_priority_survive") {
+        return;
+    }
+    let script = r#"
+import os, time
+if os.fork() == 0:
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    os.nice(5)
+else:
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+time.sleep(0.2)
+os.write(1, f"ready {os.sched_getscheduler(0)} {os.sched_getparam(0).sched_priority}\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.write(1, f"after {os.sched_getscheduler(0)} {os.sched_getparam(0).sched_priority} {os.nice(0)}\n".encode())
+time.sleep(1e6)
+"#;
+    let w = Workload::python("sched", script);
+    w.wait_lines(2, T);
+    // dump_kill_restore compares the policy, priority and nice of both tasks.
+    let pids = dump_kill_restore(&w);
+    let mut lines = w.go_and_collect(&pids, 4);
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["after 2 10 0", "after 3 0 5", "ready 2 10", "ready 3 0"]
+    );
+}
+
 #[test]
 fn python_signal_handler_runs_after_restore() {
     let _g = serial();

@@ -1925,6 +1925,25 @@ fn restore_thread(
             tcore.pdeath_sig.unwrap_or(0) as u64,
         ],
     )?;
+    // The scheduling policy before the nice value (which only normal policies use).
+    let policy = tcore.sched_policy.unwrap_or(0) as libc::c_int;
+    if policy != libc::SCHED_OTHER {
+        let param = libc::sched_param {
+            sched_priority: tcore.sched_prio.unwrap_or(0) as libc::c_int,
+        };
+        // SAFETY: sched_setscheduler on a thread id with our param struct.
+        if unsafe { libc::sched_setscheduler(r.inj.tid as libc::pid_t, policy, &param) } < 0 {
+            return Err(RestoreError::Task {
+                pid: t.pid(),
+                what: format!(
+                    "thread {}: scheduling policy {policy} priority {}: {}",
+                    r.inj.tid,
+                    param.sched_priority,
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+    }
     if let Some(nice) = tcore.sched_nice {
         if nice != 0 {
             // SAFETY: setpriority on a thread id, no pointers.

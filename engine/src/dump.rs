@@ -1901,6 +1901,10 @@ fn dump_memory(
         if m.has_flag("gd") {
             flags |= libc::MAP_GROWSDOWN as u32;
         }
+        // mlock()ed memory (VM_LOCKED); lock-on-fault (`lf`) areas are left unlocked.
+        if m.has_flag("lo") && !m.has_flag("lf") {
+            flags |= libc::MAP_LOCKED as u32;
+        }
         // `nr` is VM_NORESERVE itself: glibc's thread arenas reserve PROT_NONE space that way.
         // A writable private mapping that is not accounted was made with MAP_NORESERVE too.
         if m.has_flag("nr") || (!m.shared && m.write && !m.has_flag("ac")) {

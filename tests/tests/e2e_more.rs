@@ -2330,6 +2330,36 @@ time.sleep(1e6)
     );
 }
 
+/// mlock()ed memory stays locked (VmFlags `lo`, VmLck), with its content.
+#[test]
+fn locked_memory_stays_locked() {
+    let _g = serial();
+    if skip_unless_root("locked_memory_stays_locked") {
+        return;
+    }
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+a = libc.mmap(None, 1 << 20, 3, 0x22, -1, 0)
+ctypes.memmove(a + 12345, b"locked bytes", 12)
+assert libc.mlock(ctypes.c_void_p(a), 1 << 20) == 0, ctypes.get_errno()
+lck = lambda: [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmLck")][0]
+print("ready", lck(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", lck(), ctypes.string_at(a + 12345, 12).decode(), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("mlock", script);
+    w.wait_lines(1, T);
+    // The fingerprint compares VmFlags, `lo` included.
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines, ["ready 1024", "after 1024 locked bytes"]);
+}
+
 #[test]
 fn python_signal_handler_runs_after_restore() {
     let _g = serial();

@@ -1575,7 +1575,8 @@ fn restore_mm(
             | libc::MAP_PRIVATE
             | libc::MAP_ANONYMOUS
             | libc::MAP_GROWSDOWN
-            | libc::MAP_NORESERVE) as u32;
+            | libc::MAP_NORESERVE
+            | libc::MAP_LOCKED) as u32;
         let mut flags = (v.flags & keep) | libc::MAP_FIXED as u32;
         let (fd, off) = if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
             (file_fd(v.shmid as u32)? as u64, v.pgoff)

@@ -200,9 +200,9 @@ struct Task {
     zombie: bool,
     /// Stopped by a signal (job control) when we seized it.
     stopped: Option<i32>,
-    /// SIGTRAP was ignored before we injected anything (our single steps reset it to SIG_DFL;
-    /// see `Injector::ignore_sigtrap_quietly`).
-    sigtrap_ignored: bool,
+    /// SIGTRAP is ignored, or pending behind the mask: the SIGTRAP our single steps force
+    /// would reset its handler and let the pending one in, so injections are quiet.
+    sigtrap_at_risk: bool,
 }
 
 /// The frozen tree. Dropping it without [`Tree::kill`] puts every task back as it was.
@@ -255,9 +255,10 @@ impl Tree {
                     return Err(DumpError::Zombie { pid });
                 }
                 let zombie = stat.state == 'Z';
-                let sigtrap_ignored = !zombie
+                let trap = 1u64 << (libc::SIGTRAP - 1);
+                let sigtrap_at_risk = !zombie
                     && proc::status(pid)
-                        .map(|st| st.sig_ign & (1 << (libc::SIGTRAP - 1)) != 0)
+                        .map(|st| (st.sig_ign | st.shd_pnd) & trap != 0)
                         .unwrap_or(false);
                 tree.tasks.push(Task {
                     pid,
@@ -266,7 +267,7 @@ impl Tree {
                     scratch: None,
                     zombie,
                     stopped: None,
-                    sigtrap_ignored,
+                    sigtrap_at_risk,
                 });
                 let idx = tree.tasks.len() - 1;
                 if zombie {
@@ -351,8 +352,15 @@ impl Tree {
                 let regs = ptrace::get_regs(tid).map_err(seize_err)?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
                 // Block every signal but SIGTRAP while we inject syscalls, so none is delivered
-                // (or lost) between our single steps; the real mask is put back on release.
-                ptrace::set_sigmask(tid, ptrace::INJECTION_SIGMASK).map_err(seize_err)?;
+                // (or lost) between our single steps; the real mask is put back on release. A
+                // SIGTRAP already pending stays blocked too, or our first step would take it.
+                let mask = if sigtrap_pending(pid, tid) {
+                    self.tasks[idx].sigtrap_at_risk = true;
+                    !0
+                } else {
+                    ptrace::INJECTION_SIGMASK
+                };
+                ptrace::set_sigmask(tid, mask).map_err(seize_err)?;
                 let s = &mut self.tasks[idx].threads[pos];
                 s.regs = regs;
                 s.sigmask = sigmask;
@@ -363,7 +371,10 @@ impl Tree {
 
     fn injector(&self, pid: u32, tid: u32) -> Result<Injector, DumpError> {
         let at = self.syscall_at[&pid];
-        Injector::new(tid, at).map_err(ptr_err(pid))
+        let quiet = self.tasks.iter().any(|t| t.pid == pid && t.sigtrap_at_risk);
+        Ok(Injector::new(tid, at)
+            .map_err(ptr_err(pid))?
+            .with_quiet(quiet))
     }
 
     /// Puts everything back and detaches: the tree runs on.
@@ -384,17 +395,8 @@ impl Tree {
             if let (Some((addr, len)), Some(&at)) = (task.scratch, self.syscall_at.get(&task.pid)) {
                 if let Some(t) = task.threads.first() {
                     if let Ok(inj) = Injector::new(t.tid, at) {
+                        let inj = inj.with_quiet(task.sigtrap_at_risk);
                         let _ = inj.raw(libc::SYS_munmap, &[addr, len]);
-                    }
-                }
-            }
-            if task.sigtrap_ignored {
-                if let (Some(t), Some(&at)) = (task.threads.first(), self.syscall_at.get(&task.pid))
-                {
-                    if let Ok(inj) = Injector::new(t.tid, at) {
-                        if let Err(e) = inj.ignore_sigtrap_quietly(task.pid, t.regs.rsp) {
-                            log::warn!("pid {}: SIGTRAP could not be ignored again: {e}", task.pid);
-                        }
                     }
                 }
             }
@@ -823,6 +825,15 @@ fn sockets_in_flight_in_tree(pids: &[u32]) -> Vec<u32> {
     out
 }
 
+/// Whether a SIGTRAP is pending for thread `tid` or its whole process.
+fn sigtrap_pending(pid: u32, tid: u32) -> bool {
+    let bit = 1u64 << (libc::SIGTRAP - 1);
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|s| proc::parse::parse_status(&s).ok())
+        .is_some_and(|st| (st.sig_pnd | st.shd_pnd) & bit != 0)
+}
+
 /// The `Seccomp:` mode of a thread from its status (0 if unreadable).
 fn thread_seccomp_mode(pid: u32, tid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
@@ -1180,10 +1191,7 @@ fn dump_task(
         leader
             .call(libc::SYS_rt_sigaction, &[sig, 0, scratch, 8])
             .map_err(ptr_err(pid))?;
-        let [mut handler, flags, restorer, mask] = read_words::<4>(pid, scratch)?;
-        if sig == libc::SIGTRAP as u64 && tree.tasks[n].sigtrap_ignored {
-            handler = 1; // SIG_IGN, as it was before our first single step reset it
-        }
+        let [handler, flags, restorer, mask] = read_words::<4>(pid, scratch)?;
         sigactions.push(pb::SaEntry {
             sigaction: handler,
             flags,

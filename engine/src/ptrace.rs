@@ -415,6 +415,9 @@ pub struct Injector {
     pub syscall_at: u64,
     /// Registers every injection starts from (the thread's own, so segment selectors are valid).
     pub base: Regs,
+    /// Inject without single steps (see `raw_quiet`): for a task that ignores SIGTRAP or holds
+    /// one pending, which the SIGTRAP a step forces would disturb.
+    pub quiet: bool,
 }
 
 impl Injector {
@@ -423,7 +426,14 @@ impl Injector {
             tid,
             syscall_at,
             base: get_regs(tid)?,
+            quiet: false,
         })
+    }
+
+    /// The same injector, quiet or not (see `raw_quiet`).
+    pub fn with_quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
     }
 
     /// Points the thread at the syscall instruction with syscall `nr` and `args` loaded.
@@ -444,6 +454,9 @@ impl Injector {
 
     /// Runs one syscall; returns the raw kernel result (negative errno on failure).
     pub fn raw(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
+        if self.quiet {
+            return self.raw_quiet(nr, args);
+        }
         self.load(nr, args)?;
         singlestep(self.tid)?;
         let mut traps = 0;
@@ -466,39 +479,43 @@ impl Injector {
                     traps += 1;
                     singlestep(self.tid)?;
                 }
-                Stop::Exited(status) => {
-                    return Err(PtraceError::Exited {
-                        tid: self.tid,
-                        status,
-                    })
-                }
-                Stop::Stopped { sig, event } => {
-                    return Err(PtraceError::UnexpectedStop {
-                        tid: self.tid,
-                        waiting_for: "SIGTRAP after injected syscall",
-                        status: (event << 16) | (sig << 8) | 0x7f,
-                    })
-                }
+                other => return Err(self.unexpected(other, "SIGTRAP after injected syscall")),
             }
         }
         Ok(get_regs(self.tid)?.rax as i64)
     }
 
     /// Runs one syscall without the single step: the thread stops at syscall entry and exit
-    /// (ptrace stops, no signal), then is interrupted so that it ends, as after `raw`, in a stop
-    /// inside the signal code (final registers and syscall restarts then behave the same). No
-    /// SIGTRAP is forced, so a SIGTRAP disposition the syscall sets is kept.
+    /// (ptrace stops, no signal), then is interrupted so that it ends, as after a step, in a
+    /// stop inside the signal code (final registers and syscall restarts then behave the
+    /// same). No SIGTRAP is forced: a step's forced SIGTRAP resets an ignored or blocked
+    /// SIGTRAP's handler to SIG_DFL and unblocks it, which would also let a pending one in.
     pub fn raw_quiet(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
         self.load(nr, args)?;
-        for what in ["syscall entry", "syscall exit"] {
+        let resume = || {
             req(
                 "SYSCALL",
                 PTRACE_SYSCALL,
                 self.tid,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
-            )?;
-            self.expect(what, |sig, event| sig & 0x7f == libc::SIGTRAP && event == 0)?;
+            )
+        };
+        resume()?;
+        self.expect("syscall entry", |sig, event| {
+            sig & 0x7f == libc::SIGTRAP && event == 0
+        })?;
+        loop {
+            resume()?;
+            // A clone3 reports its new thread first (PTRACE_O_TRACECLONE).
+            match wait(self.tid)? {
+                Stop::Stopped { sig, event: 0 } if sig & 0x7f == libc::SIGTRAP => break,
+                Stop::Stopped {
+                    event: PTRACE_EVENT_CLONE,
+                    ..
+                } => continue,
+                other => return Err(self.unexpected(other, "syscall exit")),
+            }
         }
         let ret = get_regs(self.tid)?.rax as i64;
         interrupt(self.tid)?;
@@ -516,42 +533,23 @@ impl Injector {
     ) -> Result<(), PtraceError> {
         match wait(self.tid)? {
             Stop::Stopped { sig, event } if ok(sig, event) => Ok(()),
-            Stop::Exited(status) => Err(PtraceError::Exited {
-                tid: self.tid,
-                status,
-            }),
-            Stop::Stopped { sig, event } => Err(PtraceError::UnexpectedStop {
-                tid: self.tid,
-                waiting_for,
-                status: (event << 16) | (sig << 8) | 0x7f,
-            }),
+            other => Err(self.unexpected(other, waiting_for)),
         }
     }
 
-    /// Makes SIGTRAP ignored again in this thread's process. Every injection ends in a forced
-    /// SIGTRAP, and the kernel resets a forced signal that is ignored to SIG_DFL, so this must
-    /// be the last injection, and quiet. The sigaction goes on the thread's stack below `rsp`'s
-    /// red zone (whatever lay there is put back).
-    pub fn ignore_sigtrap_quietly(&self, pid: u32, rsp: u64) -> Result<(), PtraceError> {
-        let at = (rsp - 128 - 64) & !15;
-        let mut saved = [0u8; 32];
-        let mem_err = |e: crate::mem::MemError| PtraceError::Request {
-            op: "stack access for SIGTRAP",
-            tid: self.tid,
-            source: std::io::Error::other(e.to_string()),
-        };
-        crate::mem::read(pid, at, &mut saved).map_err(mem_err)?;
-        let sig = libc::SIGTRAP as u64;
-        let got = self.raw(libc::SYS_rt_sigaction, &[sig, 0, at, 8]);
-        let mut act = [0u8; 32];
-        let set = got.and_then(|_| {
-            crate::mem::read(pid, at, &mut act).map_err(mem_err)?;
-            act[..8].copy_from_slice(&1u64.to_ne_bytes()); // SIG_IGN
-            crate::mem::write(pid, at, &act).map_err(mem_err)?;
-            self.raw_quiet(libc::SYS_rt_sigaction, &[sig, at, 0, 8])
-        });
-        crate::mem::write(pid, at, &saved).map_err(mem_err)?;
-        set.map(drop)
+    /// The error for a stop other than the one awaited.
+    fn unexpected(&self, stop: Stop, waiting_for: &'static str) -> PtraceError {
+        match stop {
+            Stop::Exited(status) => PtraceError::Exited {
+                tid: self.tid,
+                status,
+            },
+            Stop::Stopped { sig, event } => PtraceError::UnexpectedStop {
+                tid: self.tid,
+                waiting_for,
+                status: (event << 16) | (sig << 8) | 0x7f,
+            },
+        }
     }
 
     /// Runs one syscall and turns a negative result into an error.

@@ -2237,8 +2237,8 @@ while True: time.sleep(1)
 
 /// SIGTRAP dispositions survive our single steps, which force a SIGTRAP after every injected
 /// syscall (the kernel resets a forced signal that is blocked or ignored to SIG_DFL): a
-/// handler (bash and python install one) and an ignored SIGTRAP both come back, after a dump
-/// that leaves the tree running and after a restore.
+/// handler (bash and python install one), an ignored SIGTRAP, and a blocked SIGTRAP that is
+/// pending all come back, after a dump that leaves the tree running and after a restore.
 #[test]
 fn sigtrap_handler_and_ignored_sigtrap_survive() {
     let _g = serial();
@@ -2250,20 +2250,29 @@ import os, signal, time
 if os.fork() == 0:
     signal.signal(signal.SIGTRAP, signal.SIG_IGN)
     who = "ignoring"
+elif os.fork() == 0:
+    # Blocked, with one pending: it must still be pending after the dump and the restore.
+    signal.signal(signal.SIGTRAP, lambda *a: os.write(1, b"pending delivered\n"))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP})
+    os.kill(os.getpid(), signal.SIGTRAP)
+    who = "blocking"
 else:
     signal.signal(signal.SIGTRAP, lambda *a: os.write(1, b"handled\n"))
     who = "handling"
 time.sleep(0.2)
-os.write(1, f"ready {who}\n".encode())  # one write: two processes share the file
+os.write(1, f"ready {who}\n".encode())  # one write: three processes share the file
 while not os.path.exists("go"):
     time.sleep(0.02)
-os.kill(os.getpid(), signal.SIGTRAP)
+if who == "blocking":
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTRAP})
+else:
+    os.kill(os.getpid(), signal.SIGTRAP)
 time.sleep(0.2)
 os.write(1, f"alive {who}\n".encode())
 time.sleep(1e6)
 "#;
     let w = Workload::python("sigtrap", script);
-    w.wait_lines(2, T);
+    w.wait_lines(3, T);
     let dispositions = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap()
@@ -2282,14 +2291,17 @@ time.sleep(1e6)
     );
     // dump_kill_restore compares SigIgn and SigCgt of every task before and after.
     let pids = dump_kill_restore(&w);
-    let mut lines = w.go_and_collect(&pids, 5);
+    let mut lines = w.go_and_collect(&pids, 8);
     lines.sort();
     assert_eq!(
         lines,
         [
+            "alive blocking",
             "alive handling",
             "alive ignoring",
             "handled",
+            "pending delivered",
+            "ready blocking",
             "ready handling",
             "ready ignoring"
         ]

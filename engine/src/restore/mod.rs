@@ -309,9 +309,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ptrace::seize(pid, seize_options).map_err(ptr_err(pid))?;
         created.traced.push(pid);
         ptrace::interrupt_and_wait(pid, pid).map_err(ptr_err(pid))?;
+        // A pending SIGTRAP is queued before more injections: keep it blocked, or the next
+        // single step would take it (threads cloned later inherit the mask).
+        if has_pending_sigtrap(t) {
+            ptrace::set_sigmask(pid, !0).map_err(ptr_err(pid))?;
+        }
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-        let r = Remote::new(t.pid(), trampoline)?;
+        let r = Remote::new(t.pid(), trampoline, sigtrap_at_risk(t))?;
         vdso_syscall.insert(
             t.pid(),
             restore_mm(
@@ -335,12 +340,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         unsafe { libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()) };
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-        let r = Remote::new(t.pid(), trampoline)?;
+        let quiet = sigtrap_at_risk(t);
+        let r = Remote::new(t.pid(), trampoline, quiet)?;
         let mut threads = vec![(t.pid(), r)];
         for th in t.threads.iter().skip(1) {
             let tid = clone_thread(&threads[0].1, th.tid)?;
             created.traced.push(tid);
-            threads.push((tid, Remote::new_for_thread(t.pid(), tid, trampoline)?));
+            threads.push((
+                tid,
+                Remote::new_for_thread(t.pid(), tid, trampoline, quiet)?,
+            ));
         }
         // POSIX timers after the threads: a timer may signal one thread (SIGEV_THREAD_ID).
         if let Some(tm) = &t.tc().timers {
@@ -352,24 +361,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             restore_thread(r, t, th, &img.seccomp)?;
         }
         // The trampoline goes last, through the syscall instruction of the (moved) vdso.
-        let leader = Injector::new(t.pid(), vdso_syscall[&t.pid()]).map_err(ptr_err(t.pid()))?;
+        let leader = Injector::new(t.pid(), vdso_syscall[&t.pid()])
+            .map_err(ptr_err(t.pid()))?
+            .with_quiet(quiet);
         leader
             .call(libc::SYS_munmap, &[trampoline, stub::TRAMPOLINE_LEN])
             .map_err(ptr_err(t.pid()))?;
-        // An ignored SIGTRAP was reset to SIG_DFL by the forced trap of every single step:
-        // ignore it again with a last, quiet injection (on the task's own stack).
-        let sigtrap = t.tc().sigactions.get(libc::SIGTRAP as usize - 1);
-        if sigtrap.is_some_and(|sa| sa.sigaction == 1) {
-            let rsp = t.threads[0]
-                .core
-                .thread_info
-                .as_ref()
-                .map(|ti| ti.gpregs.sp)
-                .unwrap_or(0);
-            leader
-                .ignore_sigtrap_quietly(t.pid(), rsp)
-                .map_err(ptr_err(t.pid()))?;
-        }
         for (th, (tid, _)) in t.threads.iter().zip(&threads) {
             set_final_regs(*tid, th)?;
         }
@@ -1401,11 +1398,18 @@ struct Remote {
 }
 
 impl Remote {
-    fn new(pid: u32, trampoline: u64) -> Result<Self, RestoreError> {
-        Self::new_for_thread(pid, pid, trampoline)
+    fn new(pid: u32, trampoline: u64, quiet: bool) -> Result<Self, RestoreError> {
+        Self::new_for_thread(pid, pid, trampoline, quiet)
     }
-    fn new_for_thread(pid: u32, tid: u32, trampoline: u64) -> Result<Self, RestoreError> {
-        let inj = Injector::new(tid, trampoline).map_err(ptr_err(pid))?;
+    fn new_for_thread(
+        pid: u32,
+        tid: u32,
+        trampoline: u64,
+        quiet: bool,
+    ) -> Result<Self, RestoreError> {
+        let inj = Injector::new(tid, trampoline)
+            .map_err(ptr_err(pid))?
+            .with_quiet(quiet);
         Ok(Remote {
             pid,
             inj,
@@ -1968,6 +1972,29 @@ fn restore_thread(
         restore_creds(r, c)?;
     }
     Ok(())
+}
+
+/// A task that ignores SIGTRAP or holds one pending: the SIGTRAP a single step forces would
+/// reset the handler and let the pending one in, so its injections are quiet.
+fn sigtrap_at_risk(t: &TaskImage) -> bool {
+    let ignored = t
+        .tc()
+        .sigactions
+        .get(libc::SIGTRAP as usize - 1)
+        .is_some_and(|sa| sa.sigaction == 1);
+    ignored || has_pending_sigtrap(t)
+}
+
+fn has_pending_sigtrap(t: &TaskImage) -> bool {
+    let signo =
+        |s: &pb::SiginfoEntry| i32::from_ne_bytes(s.siginfo[..4].try_into().unwrap_or([0; 4]));
+    let shared = t.tc().signals_s.iter().flat_map(|q| q.signals.iter());
+    let per_thread = t
+        .threads
+        .iter()
+        .filter_map(|th| th.core.thread_core.as_ref()?.signals_p.as_ref())
+        .flat_map(|q| q.signals.iter());
+    shared.chain(per_thread).any(|s| signo(s) == libc::SIGTRAP)
 }
 
 /// Installs the thread's seccomp chain, oldest filter first, through a scratch mapping of its

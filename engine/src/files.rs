@@ -181,6 +181,12 @@ pub fn is_tty_path(path: &str) -> bool {
 }
 
 fn kcmp_file(pid1: u32, fd1: i32, pid2: u32, fd2: i32) -> bool {
+    kcmp_file_order(pid1, fd1, pid2, fd2) == Some(std::cmp::Ordering::Equal)
+}
+
+/// How the open file at `fd1` of `pid1` orders against `fd2` of `pid2` in kcmp's (stable,
+/// obfuscated) order; None if kcmp cannot tell.
+fn kcmp_file_order(pid1: u32, fd1: i32, pid2: u32, fd2: i32) -> Option<std::cmp::Ordering> {
     const KCMP_FILE: libc::c_long = 0;
     // SAFETY: kcmp only compares kernel objects; no memory is passed.
     let r = unsafe {
@@ -193,7 +199,12 @@ fn kcmp_file(pid1: u32, fd1: i32, pid2: u32, fd2: i32) -> bool {
             fd2 as libc::c_long,
         )
     };
-    r == 0
+    match r {
+        0 => Some(std::cmp::Ordering::Equal),
+        1 => Some(std::cmp::Ordering::Less),
+        2 => Some(std::cmp::Ordering::Greater),
+        _ => None,
+    }
 }
 
 /// True if target `tfd` registered in epoll `epfd` is the file now open at `tfd` (an epoll keeps a
@@ -306,6 +317,10 @@ pub struct FileTable {
     entries: Vec<pb::FileEntry>,
     /// (pid, fd, dev, ino, id) of fds seen so far, to find shared open file descriptions.
     seen: Vec<(u32, i32, u64, u64, u32)>,
+    /// Indexes into `seen` by (dev, inode), each list in kcmp order: finding whether an fd
+    /// shares an open file with one seen before takes a binary search, not a kcmp per fd (a
+    /// task with 5000 fds on /dev/null took 25 s).
+    seen_by_inode: HashMap<(u64, u64), Vec<usize>>,
     by_path: HashMap<(String, u32), u32>,
     pipes_data: Vec<(u32, u32, Vec<u8>)>,
     fifo_data: Vec<(u32, u32, Vec<u8>)>,
@@ -338,6 +353,7 @@ impl FileTable {
             tty_data: Vec::new(),
             entries: Vec::new(),
             seen: Vec::new(),
+            seen_by_inode: HashMap::new(),
             by_path: HashMap::new(),
             pipes_data: Vec::new(),
             fifo_data: Vec::new(),
@@ -358,10 +374,50 @@ impl FileTable {
     }
 
     fn shared_with(&self, pid: u32, fd: i32, dev: u64, ino: u64) -> Option<u32> {
-        self.seen
-            .iter()
-            .find(|s| s.2 == dev && s.3 == ino && kcmp_file(s.0, s.1, pid, fd))
-            .map(|s| s.4)
+        let group = self.seen_by_inode.get(&(dev, ino))?;
+        match self.search(group, pid, fd) {
+            Some(Ok(at)) => Some(self.seen[group[at]].4),
+            Some(Err(_)) => None,
+            // kcmp could not order them: compare one by one.
+            None => group
+                .iter()
+                .map(|&i| &self.seen[i])
+                .find(|s| kcmp_file(s.0, s.1, pid, fd))
+                .map(|s| s.4),
+        }
+    }
+
+    /// Binary search of `group` (kcmp order) for the open file at `fd` of `pid`: Ok(position)
+    /// if found, Err(insertion point) if not, None if kcmp failed.
+    fn search(&self, group: &[usize], pid: u32, fd: i32) -> Option<Result<usize, usize>> {
+        let mut failed = false;
+        let r = group.binary_search_by(|&i| {
+            let s = &self.seen[i];
+            kcmp_file_order(s.0, s.1, pid, fd).unwrap_or_else(|| {
+                failed = true;
+                std::cmp::Ordering::Less
+            })
+        });
+        (!failed).then_some(r)
+    }
+
+    /// Records that `fd` of `pid` (on `dev`/`ino`) is file `id`.
+    fn remember(&mut self, pid: u32, fd: i32, dev: u64, ino: u64, id: u32) {
+        let index = self.seen.len();
+        self.seen.push((pid, fd, dev, ino, id));
+        let group = self
+            .seen_by_inode
+            .get(&(dev, ino))
+            .cloned()
+            .unwrap_or_default();
+        let at = match self.search(&group, pid, fd) {
+            Some(Ok(at)) | Some(Err(at)) => at,
+            None => group.len(),
+        };
+        self.seen_by_inode
+            .entry((dev, ino))
+            .or_default()
+            .insert(at, index);
     }
 
     /// A regular file, directory or device open at `fd` of `pid`.
@@ -387,7 +443,7 @@ impl FileTable {
             Some(info.mnt_id as i32),
             Some(&md),
         );
-        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.remember(pid, fd, md.dev(), md.ino(), id);
         if name.len() != link.len() {
             let ghost = self.ghost(&format!("/proc/{pid}/fd/{fd}"), name, &md)?;
             self.remaps.push((id, ghost));
@@ -447,7 +503,7 @@ impl FileTable {
             None,
             Some(&md),
         );
-        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.remember(pid, fd, md.dev(), md.ino(), id);
         Ok((id, first))
     }
 
@@ -539,7 +595,7 @@ impl FileTable {
             }
             _ => unreachable!("add_anon is called for anon-inode kinds only"),
         }
-        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.remember(pid, fd, md.dev(), md.ino(), id);
         self.entries.push(e);
         Ok(id)
     }
@@ -557,7 +613,7 @@ impl FileTable {
         }
         let id = self.next_id();
         let entry = make(id)?;
-        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.remember(pid, fd, md.dev(), md.ino(), id);
         self.entries.push(pb::FileEntry {
             r#type: pb::FdTypes::Inetsk as i32,
             id,
@@ -583,7 +639,7 @@ impl FileTable {
         let id = self.next_id();
         let mut entry = dumped.entry;
         entry.id = id;
-        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.remember(pid, fd, md.dev(), md.ino(), id);
         for m in queued {
             self.sk_queues.push((id, m));
         }
@@ -644,7 +700,7 @@ impl FileTable {
         };
         let regf_id = self.push_reg(link, flags, 0, None, Some(&md));
         let id = self.next_id();
-        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.remember(pid, fd, md.dev(), md.ino(), id);
         self.entries.push(pb::FileEntry {
             r#type: pb::FdTypes::Tty as i32,
             id,
@@ -723,7 +779,7 @@ impl FileTable {
         }
         let id = self.next_id();
         if let Some((pid, fd)) = shared_fd {
-            self.seen.push((pid, fd, md.dev(), md.ino(), id));
+            self.remember(pid, fd, md.dev(), md.ino(), id);
         } else {
             self.by_inode.insert((md.dev(), md.ino(), flags), id);
         }
@@ -888,7 +944,7 @@ impl FileTable {
         let pipe_id = ino as u32;
         save_pipe_data(&mut self.pipes_data, pid, fd, ino)?;
         let id = self.next_id();
-        self.seen.push((pid, fd, PIPEFS_DEV, ino, id));
+        self.remember(pid, fd, PIPEFS_DEV, ino, id);
         self.entries.push(pb::FileEntry {
             r#type: pb::FdTypes::Pipe as i32,
             id,
@@ -922,7 +978,7 @@ impl FileTable {
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let regf_id = self.push_reg(link, flags, 0, Some(info.mnt_id as i32), Some(&md));
         let id = self.next_id();
-        self.seen.push((pid, fd, md.dev(), md.ino(), id));
+        self.remember(pid, fd, md.dev(), md.ino(), id);
         self.entries.push(pb::FileEntry {
             r#type: pb::FdTypes::Fifo as i32,
             id,

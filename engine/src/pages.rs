@@ -84,64 +84,75 @@ type Chunk = (AlignedBuf, usize, u64);
 /// Writes pages to a file on writer threads.
 pub struct PageSink {
     path: PathBuf,
+    file: std::sync::Arc<File>,
     to_writer: Option<mpsc::SyncSender<Chunk>>,
-    free: mpsc::Receiver<AlignedBuf>,
+    free: Option<mpsc::Receiver<AlignedBuf>>,
     writers: Vec<thread::JoinHandle<io::Result<Duration>>>,
     allocated: usize,
     offset: u64,
     /// Time spent in process_vm_readv.
     pub read_time: Duration,
+    /// Time spent writing small pieces on the caller's thread.
+    direct_write_time: Duration,
     pub bytes: u64,
 }
 
+/// Pieces up to this size, written before any writer thread exists, are written directly: a
+/// task with thousands of small shared mappings cost a thread and 4 MiB buffers each.
+const DIRECT_WRITE_MAX: usize = 256 << 10;
+
 impl PageSink {
     pub fn create(path: &Path) -> Result<Self, PagesError> {
-        let werr = |source| PagesError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
         // Buffered writes, as CRIU does: the page cache absorbs the burst while the tree is
         // frozen, and a restore on this host reads the images back from memory. (O_DIRECT was
         // tried: durable images, but restore then reads from disk, 2.6x slower here.)
-        let file = std::sync::Arc::new(File::create(path).map_err(werr)?);
-        let (to_writer, from_reader) = mpsc::sync_channel::<Chunk>(NBUF);
-        let from_reader = std::sync::Arc::new(std::sync::Mutex::new(from_reader));
-        let (free_tx, free) = mpsc::channel::<AlignedBuf>();
-        let nwriters = 1;
-        let mut writers = Vec::new();
-        for _ in 0..nwriters {
-            let rx = from_reader.clone();
-            let free_tx = free_tx.clone();
-            let file = file.clone();
-            let h = thread::Builder::new()
-                .name("stasis-pages-w".into())
-                .spawn(move || -> io::Result<Duration> {
-                    use std::os::unix::fs::FileExt;
-                    let mut busy = Duration::ZERO;
-                    loop {
-                        let next = rx.lock().map_err(|_| io::Error::other("poisoned"))?.recv();
-                        let Ok((buf, n, off)) = next else {
-                            return Ok(busy);
-                        };
-                        let t = Instant::now();
-                        file.write_all_at(&buf[..n], off)?;
-                        busy += t.elapsed();
-                        let _ = free_tx.send(buf);
-                    }
-                })
-                .map_err(werr)?;
-            writers.push(h);
-        }
+        let file = File::create(path).map_err(|source| PagesError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(PageSink {
             path: path.to_path_buf(),
-            to_writer: Some(to_writer),
-            free,
-            writers,
+            file: std::sync::Arc::new(file),
+            to_writer: None,
+            free: None,
+            writers: Vec::new(),
             allocated: 0,
             offset: 0,
             read_time: Duration::ZERO,
+            direct_write_time: Duration::ZERO,
             bytes: 0,
         })
+    }
+
+    /// Starts the writer thread, on the first large piece.
+    fn start_writers(&mut self) -> Result<(), PagesError> {
+        if self.to_writer.is_some() {
+            return Ok(());
+        }
+        let (to_writer, from_reader) = mpsc::sync_channel::<Chunk>(NBUF);
+        let (free_tx, free) = mpsc::channel::<AlignedBuf>();
+        let file = self.file.clone();
+        let h = thread::Builder::new()
+            .name("stasis-pages-w".into())
+            .spawn(move || -> io::Result<Duration> {
+                use std::os::unix::fs::FileExt;
+                let mut busy = Duration::ZERO;
+                for (buf, n, off) in from_reader {
+                    let t = Instant::now();
+                    file.write_all_at(&buf[..n], off)?;
+                    busy += t.elapsed();
+                    let _ = free_tx.send(buf);
+                }
+                Ok(busy)
+            })
+            .map_err(|source| PagesError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.writers.push(h);
+        self.to_writer = Some(to_writer);
+        self.free = Some(free);
+        Ok(())
     }
 
     fn join_writers(&mut self) -> io::Result<Duration> {
@@ -173,7 +184,9 @@ impl PageSink {
     }
 
     fn buffer(&mut self) -> Result<AlignedBuf, PagesError> {
-        if let Ok(b) = self.free.try_recv() {
+        self.start_writers()?;
+        let free = self.free.as_ref().expect("started above");
+        if let Ok(b) = free.try_recv() {
             return Ok(b);
         }
         if self.allocated < NBUF + self.writers.len() {
@@ -181,7 +194,8 @@ impl PageSink {
             return Ok(AlignedBuf::new(BUF));
         }
         loop {
-            match self.free.recv_timeout(Duration::from_millis(50)) {
+            let free = self.free.as_ref().expect("started above");
+            match free.recv_timeout(Duration::from_millis(50)) {
                 Ok(b) => return Ok(b),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if self.writers.iter().any(|h| h.is_finished()) {
@@ -225,6 +239,20 @@ impl PageSink {
 
     /// Appends bytes we already hold (whole pages).
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), PagesError> {
+        if self.to_writer.is_none() && data.len() <= DIRECT_WRITE_MAX {
+            use std::os::unix::fs::FileExt;
+            let t = Instant::now();
+            self.file
+                .write_all_at(data, self.offset)
+                .map_err(|source| PagesError::Write {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            self.direct_write_time += t.elapsed();
+            self.offset += data.len() as u64;
+            self.bytes += data.len() as u64;
+            return Ok(());
+        }
         for part in data.chunks(BUF) {
             let mut buf = self.buffer()?;
             buf[..part.len()].copy_from_slice(part);
@@ -235,10 +263,13 @@ impl PageSink {
 
     /// Waits for the writer; returns the time it spent writing.
     pub fn finish(mut self) -> Result<Duration, PagesError> {
-        self.join_writers().map_err(|source| PagesError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        let direct = self.direct_write_time;
+        self.join_writers()
+            .map(|threaded| threaded + direct)
+            .map_err(|source| PagesError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 

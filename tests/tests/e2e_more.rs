@@ -2372,6 +2372,42 @@ time.sleep(1e6)
     assert_eq!(lines, ["ready 1024", "after 1024 locked bytes"]);
 }
 
+/// Scale: 2000 fds on one file, 1000 small shared mappings and 50 threads all come back
+/// (these used to cost a kcmp per pair of fds and a writer thread per mapping).
+#[test]
+fn many_fds_threads_and_shared_mappings_come_back() {
+    let _g = serial();
+    if skip_unless_root("many_fds_threads_and_shared_mappings_come_back") {
+        return;
+    }
+    let script = r#"
+import mmap, os, threading, time
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(2000)]
+maps = []
+for i in range(1000):
+    m = mmap.mmap(-1, 4096); m[0] = i % 251; maps.append(m)
+ticks = [0] * 50
+def work(k):
+    while True:
+        ticks[k] += 1; time.sleep(0.02)
+for k in range(50):
+    threading.Thread(target=work, args=(k,), daemon=True).start()
+state = lambda: f"{len(os.listdir('/proc/self/fd'))} {sum(m[0] for m in maps)} {threading.active_count()}"
+print("ready", state(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+before = sum(ticks); time.sleep(0.3)
+print("after", state(), sum(ticks) > before, flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("many", script);
+    w.wait_lines(1, Duration::from_secs(30));
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    let ready = lines[0].strip_prefix("ready ").unwrap().to_string();
+    assert_eq!(lines[1], format!("after {ready} True"));
+}
+
 #[test]
 fn python_signal_handler_runs_after_restore() {
     let _g = serial();

@@ -1407,12 +1407,24 @@ fn dump_task(
     // Files and fs.
     let (fds, locks) = dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
     tree.tcp_locks.extend(locks);
+    let dir_of = |which: &str| -> Result<String, DumpError> {
+        let path = proc::readlink(pid, which)?;
+        // Deleted directories cannot be reopened by path (and are refused as fds too).
+        if path.ends_with(" (deleted)") {
+            return Err(DumpError::UnsupportedFd {
+                pid,
+                fd: -1,
+                what: format!("a {which} directory deleted while in use ({path})"),
+            });
+        }
+        Ok(path)
+    };
     let cwd = img
         .files
-        .add_path(&proc::readlink(pid, "cwd")?, libc::O_DIRECTORY as u32)?;
+        .add_path(&dir_of("cwd")?, libc::O_DIRECTORY as u32)?;
     let root = img
         .files
-        .add_path(&proc::readlink(pid, "root")?, libc::O_DIRECTORY as u32)?;
+        .add_path(&dir_of("root")?, libc::O_DIRECTORY as u32)?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::FS);
     w.push(&pb::FsEntry {
         cwd_id: cwd,

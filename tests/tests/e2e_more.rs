@@ -305,6 +305,30 @@ while True: time.sleep(1)
     kill_tree(&[w.pid]);
 }
 
+/// A working directory deleted while in use cannot be reopened at restore: the dump is
+/// refused by name, before the task is killed, and it runs on.
+#[test]
+fn deleted_working_directory_is_refused_and_task_runs_on() {
+    let _g = serial();
+    if skip_unless_root("deleted_working_directory_is_refused_and_task_runs_on") {
+        return;
+    }
+    let script = r#"
+import os, time
+os.mkdir("gone"); os.chdir("gone"); os.rmdir("../gone")
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("deleted-cwd", script);
+    w.wait_lines(2, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("a cwd directory deleted while in use"), "{e}");
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 3, T).len() >= n + 3, "the task runs on");
+    kill_tree(&[w.pid]);
+}
+
 /// A task in a namespace of its own that stasis does not handle yet (here a network
 /// namespace) is refused by name instead of coming back silently in the restorer's; the tree
 /// runs on.

@@ -525,6 +525,19 @@ pub fn dump_kill_then_restore(
     after
 }
 
+/// Asserts `w` runs on after a refused dump: not traced, not stopped, still printing.
+pub fn assert_runs_on(w: &Workload) {
+    assert_eq!(tracer_of(w.pid), 0, "task left traced");
+    assert!(
+        matches!(state_of(w.pid), 'S' | 'R'),
+        "task state {}",
+        state_of(w.pid)
+    );
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, Duration::from_secs(10));
+    assert!(after.len() >= n + 5, "task did not keep running");
+}
+
 /// Runs `stasis dump -t <w> -D <w's images>` with `extra` flags.
 pub fn dump_workload(w: &Workload, extra: &[&str]) -> Output {
     let img = w.images();

@@ -324,8 +324,7 @@ while True:
     w.wait_lines(2, T);
     let e = dump_must_fail(&w);
     assert!(e.contains("a cwd directory deleted while in use"), "{e}");
-    let n = w.lines().len();
-    assert!(w.wait_lines(n + 3, T).len() >= n + 3, "the task runs on");
+    assert_runs_on(&w);
     kill_tree(&[w.pid]);
 }
 
@@ -356,8 +355,7 @@ while True:
         )),
         "{e}"
     );
-    let n = w.lines().len();
-    assert!(w.wait_lines(n + 3, T).len() >= n + 3, "the task runs on");
+    assert_runs_on(&w);
     kill_tree(&[w.pid]);
 }
 

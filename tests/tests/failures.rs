@@ -26,18 +26,6 @@ fn one_line_error(o: &std::process::Output, must_contain: &str) {
     assert!(!e.contains("panicked"), "{e}");
 }
 
-fn assert_runs_on(w: &Workload) {
-    assert_eq!(tracer_of(w.pid), 0, "task left traced");
-    assert!(
-        matches!(state_of(w.pid), 'S' | 'R'),
-        "task state {}",
-        state_of(w.pid)
-    );
-    let n = w.lines().len();
-    let after = w.wait_lines(n + 5, T);
-    assert!(after.len() >= n + 5, "task did not keep running");
-}
-
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .expect("images dir")

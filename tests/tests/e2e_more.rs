@@ -305,6 +305,41 @@ while True: time.sleep(1)
     kill_tree(&[w.pid]);
 }
 
+/// Files of /proc/<pid>/ of the tree held open (a program watching its own stat): they cannot
+/// be opened before the tasks exist, so each task reopens its own, at the same fd, offset and
+/// close-on-exec flag; a /proc file of no task (uptime) is opened as usual.
+#[test]
+fn proc_files_of_the_tree_are_reopened_by_their_task() {
+    let _g = serial();
+    if skip_unless_root("proc_files_of_the_tree_are_reopened_by_their_task") {
+        return;
+    }
+    let script = r#"
+import os, threading, time
+f = open("/proc/self/stat")
+f.read(3)
+h = os.open(f"/proc/self/task/{threading.get_native_id()}/comm", os.O_RDONLY)
+os.set_inheritable(h, True)
+u = open("/proc/uptime")
+def state():
+    pos = f.tell(); f.seek(0); pid = f.read().split()[0]; f.seek(pos)
+    os.lseek(h, 0, 0); u.seek(0)
+    return f"{pid} {pos} {os.read(h, 50).decode().strip()} {os.get_inheritable(h)} {os.get_inheritable(f.fileno())} {float(u.read().split()[0]) > 0}"
+print("ready", state(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", state(), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("procfiles", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    let ready = lines[0].strip_prefix("ready ").unwrap().to_string();
+    assert_eq!(ready, format!("{} 3 python3 True False True", w.pid));
+    assert_eq!(lines[1], format!("after {ready}"));
+}
+
 /// A working directory deleted while in use cannot be reopened at restore: the dump is
 /// refused by name, before the task is killed, and it runs on.
 #[test]

@@ -329,6 +329,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &mut pages_restored,
             )?,
         );
+        open_proc_files(&r, t, &img)?;
         restore_epoll_targets(&r, t, &img, &mut epolls_done)?;
         restore_controlling_tty(&r, t, &img)?;
         restore_posix_locks(&r, t, &img)?;
@@ -598,6 +599,11 @@ impl Pool {
         let used_ids: std::collections::HashSet<u32> = order.iter().copied().collect();
         for id in order {
             let f = &img.files[&id];
+            if f.reg.as_ref().is_some_and(|r| tree_proc_path(img, &r.name)) {
+                // /proc/<pid>/... of a task of the tree: it exists once the task does, and the
+                // task opens it itself (see open_proc_files).
+                continue;
+            }
             let fd = if let Some(reg) = &f.reg {
                 let inherited = opts
                     .inherit_fds
@@ -823,6 +829,53 @@ impl Pool {
         }
         Ok(pool)
     }
+}
+
+/// Whether `path` is a file of /proc/<pid>/ for a process or thread of the tree.
+fn tree_proc_path(img: &DumpImage, path: &str) -> bool {
+    let Some(n) = path
+        .strip_prefix("/proc/")
+        .and_then(|r| r.split('/').next())
+        .and_then(|n| n.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    img.tasks
+        .iter()
+        .any(|t| t.pid() == n || t.threads.iter().any(|th| th.tid == n))
+}
+
+/// Opens, inside the task, its fds on /proc/<pid>/ files of the tree (the pool could not: the
+/// pids did not exist yet), at their numbers, flags and offsets.
+fn open_proc_files(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
+    for f in &t.fds {
+        let Some(reg) = img.files.get(&f.id).and_then(|e| e.reg.as_ref()) else {
+            continue;
+        };
+        if !tree_proc_path(img, &reg.name) {
+            continue;
+        }
+        let mut path = reg.name.clone().into_bytes();
+        path.push(0);
+        let at = r.put(0, &path)?;
+        let keep = (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND) as u32;
+        let flags = (reg.flags & keep) as u64 | libc::O_CLOEXEC as u64;
+        let got = r.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0])? as u64;
+        let cloexec = if f.flags & 1 != 0 { libc::O_CLOEXEC } else { 0 } as u64;
+        if got != f.fd as u64 {
+            r.call(libc::SYS_dup3, &[got, f.fd as u64, cloexec])?;
+            r.call(libc::SYS_close, &[got])?;
+        } else if cloexec == 0 {
+            r.call(libc::SYS_fcntl, &[got, libc::F_SETFD as u64, 0])?;
+        }
+        if reg.pos != 0 {
+            r.call(
+                libc::SYS_lseek,
+                &[f.fd as u64, reg.pos, libc::SEEK_SET as u64],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A program or library replaced since the dump (an upgrade) would run the old memory image
@@ -1365,7 +1418,7 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
             fds: t
                 .fds
                 .iter()
-                .map(|f| (f.fd as RawFd, pool.by_file[&f.id], f.flags & 1 != 0))
+                .filter_map(|f| Some((f.fd as RawFd, *pool.by_file.get(&f.id)?, f.flags & 1 != 0)))
                 .collect(),
             ctty: controlling_slave(t, img).map(|(fd, _)| {
                 let id = t

@@ -133,11 +133,17 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         },
         libc::S_IFDIR => FdKind::Directory,
         libc::S_IFCHR => {
-            let major = libc::major(md.rdev());
+            let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
             if is_tty_major(major) {
                 FdKind::Tty
-            } else {
+            } else if is_stateless_char_device(major, minor) {
                 FdKind::CharDevice
+            } else {
+                // A reopen would be a new, blank session of the device: a fuse connection or
+                // a tun interface would be silently lost.
+                FdKind::Unsupported(format!(
+                    "character device {link} (major {major}, minor {minor}), whose state a reopen would lose,"
+                ))
             }
         }
         libc::S_IFIFO => FdKind::Fifo(md.ino()),
@@ -145,6 +151,12 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         libc::S_IFSOCK => FdKind::Unsupported(format!("socket ({link})")),
         _ => FdKind::Unsupported(link.to_string()),
     })
+}
+
+/// /dev/null, /dev/zero, /dev/full, /dev/random and /dev/urandom: a reopen is as good as the
+/// original.
+fn is_stateless_char_device(major: u32, minor: u32) -> bool {
+    major == 1 && matches!(minor, 3 | 5 | 7 | 8 | 9)
 }
 
 const MQUEUE: &str = "POSIX message queue";

@@ -271,8 +271,8 @@ fn version_and_check_answer_like_criu() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "Looks good.\n");
 }
 
-/// io_uring, bpf maps and perf events are refused by pid, fd and kind; the task runs on,
-/// neither stopped nor traced.
+/// io_uring, bpf maps, perf events and stateful character devices are refused by pid, fd and
+/// kind; the task runs on, neither stopped nor traced.
 #[test]
 fn io_uring_bpf_map_and_perf_event_are_refused_by_name() {
     let _g = serial();
@@ -288,6 +288,11 @@ fn io_uring_bpf_map_and_perf_event_are_refused_by_name() {
             "libc.syscall(321, 0, ctypes.byref(ctypes.create_string_buffer(struct.pack('IIII', 2, 4, 4, 1), 128)), 128)",
         ),
         (
+            // A device whose state a reopen would lose (the messages already read).
+            "character device /dev/kmsg (major 1, minor 11)",
+            "os.open('/dev/kmsg', os.O_RDONLY)",
+        ),
+        (
             "perf_event",
             // PERF_TYPE_SOFTWARE, attr size 128, PERF_COUNT_SW_CPU_CLOCK, this task, any cpu.
             "libc.syscall(298, ctypes.byref(ctypes.create_string_buffer(struct.pack('II', 1, 128), 128)), 0, -1, -1, 0)",
@@ -296,7 +301,7 @@ fn io_uring_bpf_map_and_perf_event_are_refused_by_name() {
     for (kind, make) in kinds {
         let script = format!(
             r#"
-import ctypes, struct, time
+import ctypes, os, struct, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 fd = {make}

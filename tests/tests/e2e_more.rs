@@ -340,6 +340,37 @@ time.sleep(1e6)
     assert_eq!(lines[1], format!("after {ready}"));
 }
 
+/// A file deleted while open, in a directory deleted too: the ghost is made in a directory
+/// made for it, and both are gone again once the task holds the file.
+#[test]
+fn file_deleted_with_its_directory_comes_back() {
+    let _g = serial();
+    if skip_unless_root("file_deleted_with_its_directory_comes_back") {
+        return;
+    }
+    let script = r#"
+import os, time
+os.makedirs("a/b")
+f = open("a/b/file", "w+"); f.write("kept content"); f.flush()
+os.unlink("a/b/file"); os.rmdir("a/b"); os.rmdir("a")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+f.seek(0)
+print("after", f.read(), os.readlink(f"/proc/self/fd/{f.fileno()}").endswith("a/b/file (deleted)"), os.path.exists("a"), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("ghostdir", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    assert!(
+        !w.dir.join("a").exists(),
+        "the directory made for the ghost is removed"
+    );
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "after kept content True False");
+}
+
 /// A working directory deleted while in use cannot be reopened at restore: the dump is
 /// refused by name, before the task is killed, and it runs on.
 #[test]

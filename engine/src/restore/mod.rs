@@ -1090,6 +1090,8 @@ fn make_pipe(
 #[derive(Default)]
 struct GhostFiles {
     made: HashMap<u32, String>,
+    /// Directories made for ghosts whose directory was deleted too, deepest last.
+    dirs: Vec<PathBuf>,
 }
 
 impl GhostFiles {
@@ -1118,6 +1120,11 @@ impl GhostFiles {
                     n += 1;
                     path = format!("{orig}.stasis-ghost-{id}-{n}");
                 }
+                // Its directory was deleted too: make it for as long as the ghost lives.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && n < 100 => {
+                    n += 1;
+                    self.make_parents(Path::new(&path)).map_err(err(&path))?;
+                }
                 Err(e) => return Err(err(&path)(e)),
             }
         };
@@ -1132,10 +1139,30 @@ impl GhostFiles {
     }
 }
 
+impl GhostFiles {
+    /// Makes the missing directories above `path`, remembering them to remove them later.
+    fn make_parents(&mut self, path: &Path) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            missing.push(d.to_path_buf());
+            dir = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            std::fs::create_dir(&d)?;
+            self.dirs.push(d);
+        }
+        Ok(())
+    }
+}
+
 impl Drop for GhostFiles {
     fn drop(&mut self) {
         for p in self.made.values() {
             let _ = std::fs::remove_file(p);
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
         }
     }
 }

@@ -421,7 +421,11 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         name: d.name.clone(),
         shutdown: None,
         file_perms: socket_file_perms(&d.name, cwd),
-        deleted: None,
+        // Its file was unlinked: the restore binds the name, then unlinks it again.
+        deleted: path_name(&d.name)
+            .map(|p| std::path::Path::new(cwd).join(p))
+            .map(|p| std::fs::symlink_metadata(p).is_err())
+            .filter(|&gone| gone),
         ns_id: None,
         mnt_id: None,
     };
@@ -479,6 +483,48 @@ fn bind_name(fd: RawFd, name: &[u8]) -> Result<(), UnixError> {
     }
 }
 
+/// Binds the socket's name, with its file's owner and mode, then runs `while_named`; a name
+/// whose file had been unlinked is bound (in directories made for the moment if they are
+/// gone too) and unlinked again after `while_named`.
+fn bind_as_dumped(
+    fd: RawFd,
+    e: &pb::UnixSkEntry,
+    while_named: &mut dyn FnMut() -> Result<(), UnixError>,
+) -> Result<(), UnixError> {
+    let Some(path) = path_name(&e.name).filter(|_| e.deleted == Some(true)) else {
+        bind_name(fd, &e.name)?;
+        if let Some(perms) = &e.file_perms {
+            apply_file_perms(&e.name, perms)?;
+        }
+        return while_named();
+    };
+    let mut made = Vec::new();
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        made.push(d.to_path_buf());
+        dir = d.parent();
+    }
+    let r = made
+        .iter()
+        .rev()
+        .try_for_each(std::fs::create_dir)
+        .map_err(sys(format!("making the directory of {}", path.display())))
+        .and_then(|()| {
+            let (a, len) = sockaddr_un(&e.name);
+            // SAFETY: bind with a sockaddr_un of the given length. No stale-file removal
+            // here: a file at that path now belongs to someone else.
+            cvt(unsafe { libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) })
+                .map(drop)
+                .map_err(sys(format!("bind {}", path.display())))
+        })
+        .and_then(|()| while_named());
+    let _ = std::fs::remove_file(&path);
+    for d in &made {
+        let _ = std::fs::remove_dir(d);
+    }
+    r
+}
+
 fn new_socket(ty: u32) -> Result<OwnedFd, UnixError> {
     // SAFETY: socket(2) with integers.
     let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, ty as i32 | libc::SOCK_CLOEXEC, 0) })
@@ -530,25 +576,32 @@ pub fn restore_single(
 ) -> Result<OwnedFd, UnixError> {
     let sock = new_socket(e.r#type)?;
     let fd = sock.as_raw_fd();
+    // A connected datagram socket takes messages from its peer only: those are lost (see the
+    // support matrix); an unconnected bound one gets its queue back, sent to its name while
+    // the name exists (a deleted one is unlinked right after).
+    let requeue = !queue.is_empty()
+        && !e.name.is_empty()
+        && e.r#type == libc::SOCK_DGRAM as u32
+        && external_peer_name.is_none()
+        && e.peer == 0;
+    let mut while_named = || {
+        if requeue {
+            requeue_by_name(e, queue, fd_of)
+        } else {
+            Ok(())
+        }
+    };
     if !e.name.is_empty() {
         match &e.name_dir {
             // A relative name is bound from its directory, so the socket keeps that name.
             Some(dir) => {
                 let back = std::env::current_dir().map_err(sys("getcwd"))?;
                 std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
-                let r = bind_name(fd, &e.name).and_then(|()| match &e.file_perms {
-                    Some(perms) => apply_file_perms(&e.name, perms),
-                    None => Ok(()),
-                });
+                let r = bind_as_dumped(fd, e, &mut while_named);
                 let _ = std::env::set_current_dir(back);
                 r?;
             }
-            None => {
-                bind_name(fd, &e.name)?;
-                if let Some(perms) = &e.file_perms {
-                    apply_file_perms(&e.name, perms)?;
-                }
-            }
+            None => bind_as_dumped(fd, e, &mut while_named)?,
         }
     }
     if e.state == 10 {
@@ -560,16 +613,6 @@ pub fn restore_single(
         // SAFETY: connect with a sockaddr_un of the given length.
         cvt(unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) })
             .map_err(sys("connect to the external peer"))?;
-    }
-    // A connected datagram socket takes messages from its peer only: those are lost (see the
-    // support matrix); an unconnected bound one gets its queue back.
-    if !queue.is_empty()
-        && !e.name.is_empty()
-        && e.r#type == libc::SOCK_DGRAM as u32
-        && external_peer_name.is_none()
-        && e.peer == 0
-    {
-        requeue_by_name(e, queue, fd_of)?;
     }
     finish(sock, e)
 }

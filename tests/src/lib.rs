@@ -525,6 +525,17 @@ pub fn dump_kill_then_restore(
     after
 }
 
+/// Starts python `script`, waits for its first line, dumps, kills and restores it (see
+/// [`dump_kill_restore`]), then lets it go (see [`Workload::go_and_collect`]) and returns it
+/// with its first `n` lines.
+pub fn python_across_restore(name: &str, script: &str, n: usize) -> (Workload, Vec<String>) {
+    let w = Workload::python(name, script);
+    w.wait_lines(1, Duration::from_secs(10));
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, n);
+    (w, lines)
+}
+
 /// Asserts `w` runs on after a refused dump: not traced, not stopped, still printing.
 pub fn assert_runs_on(w: &Workload) {
     assert_eq!(tracer_of(w.pid), 0, "task left traced");

@@ -252,10 +252,7 @@ out.append(g.recv(100).decode())
 print("got", out, flush=True)
 while True: time.sleep(1)
 "#;
-    let w = Workload::python("inflight", script);
-    w.wait_lines(1, T);
-    let pids = dump_kill_restore(&w);
-    let lines = w.go_and_collect(&pids, 2);
+    let (w, lines) = python_across_restore("inflight", script, 2);
     assert_eq!(
         lines[1],
         "got [('hdr', 3), '3456789', 'piped', 'ping', 'pong', 'tail', ('dg1', 1), 5, 'dg2']"
@@ -331,10 +328,7 @@ while not os.path.exists("go"):
 print("after", state(), flush=True)
 time.sleep(1e6)
 "#;
-    let w = Workload::python("procfiles", script);
-    w.wait_lines(1, T);
-    let pids = dump_kill_restore(&w);
-    let lines = w.go_and_collect(&pids, 2);
+    let (w, lines) = python_across_restore("procfiles", script, 2);
     let ready = lines[0].strip_prefix("ready ").unwrap().to_string();
     assert_eq!(ready, format!("{} 3 python3 True False True", w.pid));
     assert_eq!(lines[1], format!("after {ready}"));
@@ -369,6 +363,31 @@ time.sleep(1e6)
     );
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(lines[1], "after kept content True False");
+}
+
+/// Unix sockets whose files were unlinked (one in a directory deleted too) keep their names
+/// and stay unlinked; a datagram queued on one of them still arrives.
+#[test]
+fn unix_sockets_with_unlinked_files_keep_their_names() {
+    let _g = serial();
+    if skip_unless_root("unix_sockets_with_unlinked_files_keep_their_names") {
+        return;
+    }
+    let script = r#"
+import os, socket, time
+os.mkdir("d")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("d/listen"); s.listen(1)
+t = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); t.bind("dgram")
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"queued", "dgram")
+os.unlink("d/listen"); os.rmdir("d"); os.unlink("dgram")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", s.getsockname(), t.getsockname(), os.path.exists("dgram"), os.path.exists("d"), t.recv(100), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("unlinked-sockets", script, 2);
+    assert_eq!(lines[1], "after d/listen dgram False False b'queued'");
 }
 
 /// A working directory deleted while in use cannot be reopened at restore: the dump is
@@ -2148,10 +2167,7 @@ os.write(w, b"more")
 print("again", os.read(r, 10), flush=True)
 while True: time.sleep(1)
 "#;
-    let w = Workload::python("fifo", script);
-    w.wait_lines(1, T);
-    let pids = dump_kill_restore(&w);
-    let lines = w.go_and_collect(&pids, 3);
+    let (_w, lines) = python_across_restore("fifo", script, 3);
     assert_eq!(
         &lines[1..3],
         &["read True".to_string(), "again b'more'".to_string()]
@@ -2274,10 +2290,7 @@ canon = bool(termios.tcgetattr(s)[3] & termios.ICANON)
 print("slave", got, "echo", echo, "ws", ws[0], ws[1], "canon", canon, flush=True)
 while True: time.sleep(1)
 "#;
-    let w = Workload::python("pty", script);
-    w.wait_lines(1, T);
-    let pids = dump_kill_restore(&w);
-    let lines = w.go_and_collect(&pids, 2);
+    let (_w, lines) = python_across_restore("pty", script, 2);
     // Non-canonical with ECHOCTL: the newline echoes as ^J, as it did before the dump.
     assert_eq!(
         lines[1],
@@ -2316,10 +2329,7 @@ master = os.read(m, 100)
 print("got", first, second, master, flush=True)
 while True: time.sleep(1)
 "#;
-    let w = Workload::python("ptyq", script);
-    w.wait_lines(1, T);
-    let pids = dump_kill_restore(&w);
-    let lines = w.go_and_collect(&pids, 2);
+    let (_w, lines) = python_across_restore("ptyq", script, 2);
     assert_eq!(lines[1], r"got b'line1\n' b'partial\n' b'out\r\nbytes'");
 }
 

@@ -365,6 +365,31 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after kept content True False");
 }
 
+/// An O_TMPFILE file (never named) and a FIFO unlinked while open come back with their bytes,
+/// and leave no name behind.
+#[test]
+fn tmpfile_and_unlinked_fifo_come_back() {
+    let _g = serial();
+    if skip_unless_root("tmpfile_and_unlinked_fifo_come_back") {
+        return;
+    }
+    let script = r#"
+import os, time
+t = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600); os.write(t, b"tmpfile data")
+os.mkfifo("fifo"); r = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK); w = os.open("fifo", os.O_WRONLY)
+os.write(w, b"fifo data"); os.unlink("fifo")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.lseek(t, 0, 0)
+names = sorted(n for n in os.listdir(".") if n not in ("go", "out.txt", "images", "restored.pid"))
+print("after", os.read(t, 100), os.read(r, 100), os.readlink(f"/proc/self/fd/{r}").endswith("fifo (deleted)"), names, flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("tmpfile-fifo", script, 2);
+    assert_eq!(lines[1], "after b'tmpfile data' b'fifo data' True []");
+}
+
 /// Unix sockets whose files were unlinked (one in a directory deleted too) keep their names
 /// and stay unlinked; a datagram queued on one of them still arrives.
 #[test]

@@ -661,6 +661,11 @@ impl Pool {
                     let mut keep = reg.clone();
                     keep.flags = (libc::O_RDWR | libc::O_NONBLOCK) as u32;
                     keep.pos = 0;
+                    if let Some(orig) = reg.name.strip_suffix(" (deleted)") {
+                        // Unlinked while open: a FIFO made for the moment (the keeper holds
+                        // the pipe; the name goes with the other ghosts).
+                        keep.name = ghost_files.fifo(id, orig, reg.mode.unwrap_or(0o600))?;
+                    }
                     let k = open_reg(id, &keep)?;
                     if let Some((size, data)) = img.fifo_data.get(&fe.pipe_id) {
                         if *size > 0 {
@@ -1035,8 +1040,13 @@ fn open_reg(id: u32, reg: &pb::RegFileEntry) -> Result<OwnedFd, RestoreError> {
         // SAFETY: fresh fd owned only here.
         return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
     }
-    let flags = (reg.flags as libc::c_int)
-        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY)
+    // An O_TMPFILE file comes back as a ghost: opened by name, so without O_TMPFILE (whose
+    // bits include O_DIRECTORY).
+    let mut flags = reg.flags as libc::c_int;
+    if flags & libc::O_TMPFILE == libc::O_TMPFILE {
+        flags &= !libc::O_TMPFILE;
+    }
+    let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY)
         | libc::O_CLOEXEC
         | libc::O_NOCTTY;
     // SAFETY: open(2) of a NUL-terminated path.
@@ -1140,6 +1150,50 @@ impl GhostFiles {
 }
 
 impl GhostFiles {
+    /// Makes a FIFO for FIFO `id`, unlinked while open, at its old path (or beside it if that
+    /// name is taken); returns the path, unlinked again with the ghosts.
+    fn fifo(&mut self, id: u32, orig: &str, mode: u32) -> Result<String, RestoreError> {
+        let mut path = orig.to_string();
+        for n in 1..=100 {
+            let c = std::ffi::CString::new(path.as_bytes()).map_err(|_| RestoreError::Open {
+                id,
+                path: path.clone(),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            })?;
+            // SAFETY: mkfifo(3) of a NUL-terminated path.
+            if unsafe { libc::mkfifo(c.as_ptr(), (mode & 0o7777) as libc::mode_t) } == 0 {
+                self.made.insert(id, path.clone());
+                return Ok(path);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    path = format!("{orig}.stasis-ghost-{id}-{n}");
+                }
+                std::io::ErrorKind::NotFound => {
+                    self.make_parents(Path::new(&path))
+                        .map_err(|source| RestoreError::Open {
+                            id,
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
+                _ => {
+                    return Err(RestoreError::Open {
+                        id,
+                        path,
+                        source: e,
+                    })
+                }
+            }
+        }
+        Err(RestoreError::Open {
+            id,
+            path,
+            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+        })
+    }
+
     /// Makes the missing directories above `path`, remembering them to remove them later.
     fn make_parents(&mut self, path: &Path) -> std::io::Result<()> {
         let mut missing = Vec::new();

@@ -331,3 +331,69 @@ while True:
         kill_tree(&[w.pid]);
     }
 }
+
+/// Every image file of a dump, truncated to half or filled with garbage after its magic: the
+/// restore either fails with one clear line and leaves no task, or works; it never panics.
+#[test]
+fn every_image_damaged_in_turn_never_panics() {
+    let _g = serial();
+    if skip_unless_root("every_image_damaged_in_turn_never_panics") {
+        return;
+    }
+    // Sockets, pipes, a pty and a timer: many kinds of images.
+    let script = r#"
+import os, pty, signal, socket, time
+a, b = socket.socketpair(); a.send(b"queued")
+r, w = os.pipe(); os.write(w, b"piped")
+m, s = pty.openpty(); os.write(m, b"typed")
+signal.setitimer(signal.ITIMER_REAL, 100, 100)
+signal.signal(signal.SIGALRM, lambda *x: None)
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.05)
+"#;
+    let w = Workload::python("damage", script);
+    w.wait_lines(2, T);
+    check_ok("dump", &dump_workload(&w, &[]));
+    reap(w.pid);
+    let img = w.images();
+    let mut names: Vec<String> = std::fs::read_dir(&img)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".img"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 15, "{names:?}");
+    let copy = w.dir.join("damaged");
+    for name in &names {
+        for garbage in [false, true] {
+            let _ = std::fs::remove_dir_all(&copy);
+            std::fs::create_dir_all(&copy).unwrap();
+            for n in &names {
+                std::fs::copy(img.join(n), copy.join(n)).unwrap();
+            }
+            let f = copy.join(name);
+            let mut bytes = std::fs::read(&f).unwrap();
+            if garbage {
+                for x in bytes.iter_mut().skip(8) {
+                    *x = 0xff;
+                }
+            } else {
+                bytes.truncate(bytes.len() / 2);
+            }
+            std::fs::write(&f, &bytes).unwrap();
+            let o = stasis(&["restore", "-D", copy.to_str().unwrap(), "-d"]);
+            let e = stderr(&o);
+            let what = format!("{name} ({})", if garbage { "garbage" } else { "truncated" });
+            assert!(!e.contains("panicked"), "{what}: {e}");
+            if o.status.success() {
+                kill_tree(&[w.pid]);
+            } else {
+                assert_eq!(e.trim().lines().count(), 1, "{what}: one line: {e}");
+                reap(w.pid);
+                assert!(!alive(w.pid), "{what}: a failed restore leaves no task");
+            }
+        }
+    }
+}

@@ -45,6 +45,8 @@ pub struct Diag {
     pub peer: u32,
     pub name: Vec<u8>,
     pub backlog: u32,
+    /// sk_shutdown: 1 receive side shut, 2 send side shut.
+    pub shutdown: u8,
 }
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -55,6 +57,7 @@ const UDIAG_SHOW_RQLEN: u32 = 16;
 const UNIX_DIAG_NAME: u16 = 0;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
 
 /// Parses UNIX_DIAG replies (pure; unit-tested).
 pub fn parse_diag(buf: &[u8]) -> Vec<Diag> {
@@ -91,6 +94,7 @@ pub fn parse_diag(buf: &[u8]) -> Vec<Diag> {
                     UNIX_DIAG_RQLEN if data.len() >= 8 => {
                         d.backlog = u32::from_ne_bytes(data[4..8].try_into().expect("4"))
                     }
+                    UNIX_DIAG_SHUTDOWN if !data.is_empty() => d.shutdown = data[0] & 3,
                     _ => {}
                 }
                 a += (alen + 3) & !3;
@@ -419,7 +423,8 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         name_dir: (!d.name.is_empty() && d.name[0] != 0 && d.name[0] != b'/')
             .then(|| cwd.to_string()),
         name: d.name.clone(),
-        shutdown: None,
+        // As CRIU's sk_shutdown: READ 1, WRITE 2, BOTH 3 (the kernel's bits, in the same order).
+        shutdown: (d.shutdown != 0).then_some(d.shutdown as i32),
         file_perms: socket_file_perms(&d.name, cwd),
         // Its file was unlinked: the restore binds the name, then unlinks it again.
         deleted: path_name(&d.name)
@@ -750,6 +755,18 @@ fn send_with_rights(from: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize
 
 fn finish(sock: OwnedFd, e: &pb::UnixSkEntry) -> Result<OwnedFd, UnixError> {
     let fd = sock.as_raw_fd();
+    // After the queues are refilled: a shut send side takes no more data. For a pair this
+    // also shuts the peer's matching side, as the original shutdown did.
+    let how = match e.shutdown.unwrap_or(0) {
+        1 => Some(libc::SHUT_RD),
+        2 => Some(libc::SHUT_WR),
+        3 => Some(libc::SHUT_RDWR),
+        _ => None,
+    };
+    if let Some(how) = how {
+        // SAFETY: shutdown(2) with integers.
+        cvt(unsafe { libc::shutdown(fd, how) }).map_err(sys("shutdown"))?;
+    }
     if e.opts.so_passcred == Some(true) {
         let one: libc::c_int = 1;
         // SAFETY: setsockopt reads one int.
@@ -781,7 +798,8 @@ mod tests {
         m.extend_from_slice(&[libc::AF_UNIX as u8, 1, 10, 0]);
         m.extend_from_slice(&777u32.to_ne_bytes());
         m.extend_from_slice(&[0xff; 8]);
-        // UNIX_DIAG_NAME "\0abc" (abstract), UNIX_DIAG_PEER 778, UNIX_DIAG_RQLEN {0, 128}
+        // UNIX_DIAG_NAME "\0abc" (abstract), UNIX_DIAG_PEER 778, UNIX_DIAG_RQLEN {0, 128},
+        // UNIX_DIAG_SHUTDOWN send side
         let mut attr = |ty: u16, d: &[u8]| {
             m.extend_from_slice(&((4 + d.len()) as u16).to_ne_bytes());
             m.extend_from_slice(&ty.to_ne_bytes());
@@ -793,6 +811,7 @@ mod tests {
         attr(UNIX_DIAG_NAME, b"\0abc");
         attr(UNIX_DIAG_PEER, &778u32.to_ne_bytes());
         attr(UNIX_DIAG_RQLEN, &[0, 0, 0, 0, 128, 0, 0, 0]);
+        attr(UNIX_DIAG_SHUTDOWN, &[2]);
         let mut buf = Vec::new();
         buf.extend_from_slice(&((16 + m.len()) as u32).to_ne_bytes());
         buf.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -807,7 +826,8 @@ mod tests {
                 state: 10,
                 peer: 778,
                 name: b"\0abc".to_vec(),
-                backlog: 128
+                backlog: 128,
+                shutdown: 2,
             }]
         );
         assert!(parse_diag(&buf[..10]).is_empty());

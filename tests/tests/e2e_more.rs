@@ -390,6 +390,34 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after b'tmpfile data' b'fifo data' True []");
 }
 
+/// A socketpair end shut for writing, with bytes still queued: after restore the reader gets
+/// the bytes, then EOF, and the writer gets EPIPE.
+#[test]
+fn unix_shutdown_still_gives_eof_after_restore() {
+    let _g = serial();
+    if skip_unless_root("unix_shutdown_still_gives_eof_after_restore") {
+        return;
+    }
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+a.send(b"last words"); a.shutdown(socket.SHUT_WR)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+b.settimeout(5)
+got = [b.recv(100), b.recv(100)]
+try:
+    a.send(b"x"); sent = "sent"
+except BrokenPipeError:
+    sent = "EPIPE"
+print("after", got, sent, flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("shutdown", script, 2);
+    assert_eq!(lines[1], "after [b'last words', b''] EPIPE");
+}
+
 /// Unix sockets whose files were unlinked (one in a directory deleted too) keep their names
 /// and stay unlinked; a datagram queued on one of them still arrives.
 #[test]

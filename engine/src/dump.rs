@@ -85,6 +85,8 @@ pub enum DumpError {
     Zombie { pid: u32 },
     #[error("the main thread of process {pid} has exited while its other threads run, which is not supported")]
     LeaderExited { pid: u32 },
+    #[error("thread {tid} of process {pid} is already traced by pid {tracer} (a debugger or strace), which is not supported")]
+    AlreadyTraced { pid: u32, tid: u32, tracer: u32 },
     #[error("cannot seize thread {tid} of process {pid}")]
     Seize {
         pid: u32,
@@ -335,6 +337,14 @@ impl Tree {
                     }
                     // The thread exited between listing and seizing.
                     Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => continue,
+                    // Someone traces it already (a debugger, strace): say who.
+                    Err(_) if tracer_pid(pid, tid) != 0 => {
+                        return Err(DumpError::AlreadyTraced {
+                            pid,
+                            tid,
+                            tracer: tracer_pid(pid, tid),
+                        })
+                    }
                     Err(e) => return Err(seize_err(e)),
                 }
                 // Recorded before waiting, so a failure below still detaches it.
@@ -834,16 +844,24 @@ fn sigtrap_pending(pid: u32, tid: u32) -> bool {
         .is_some_and(|st| (st.sig_pnd | st.shd_pnd) & bit != 0)
 }
 
-/// The `Seccomp:` mode of a thread from its status (0 if unreadable).
-fn thread_seccomp_mode(pid: u32, tid: u32) -> u32 {
+/// A numeric field (`TracerPid`, `Seccomp`) of a thread's status; 0 if absent or unreadable.
+fn thread_status_number(pid: u32, tid: u32, field: &str) -> u32 {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+fn tracer_pid(pid: u32, tid: u32) -> u32 {
+    thread_status_number(pid, tid, "TracerPid")
+}
+
+fn thread_seccomp_mode(pid: u32, tid: u32) -> u32 {
+    thread_status_number(pid, tid, "Seccomp")
 }
 
 /// A task in a namespace other than the dumper's would come back in the restorer's, silently

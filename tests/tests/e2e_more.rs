@@ -443,6 +443,43 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after d/listen dgram False False b'queued'");
 }
 
+/// A task that a debugger of the tree already traces is refused naming the tracer, and both
+/// run on.
+#[test]
+fn task_traced_by_a_debugger_is_refused_by_name() {
+    let _g = serial();
+    if skip_unless_root("task_traced_by_a_debugger_is_refused_by_name") {
+        return;
+    }
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+child = os.fork()
+if child == 0:
+    while True: time.sleep(1)
+assert libc.ptrace(0x4206, child, None, None) == 0, ctypes.get_errno()  # PTRACE_SEIZE
+print("child", child, flush=True)
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("traced", script);
+    let first = w.wait_lines(2, T);
+    let child: u32 = first[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Not dump_must_fail: the child keeps its own tracer, the parent.
+    let o = dump_workload(&w, &[]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.trim().lines().count() == 1, "{e}");
+    assert!(
+        e.contains(&format!("is already traced by pid {}", w.pid)),
+        "{e}"
+    );
+    assert_runs_on(&w);
+    assert_eq!(tracer_of(child), w.pid, "the child keeps its tracer");
+    kill_tree(&[w.pid, child]);
+}
+
 /// A working directory deleted while in use cannot be reopened at restore: the dump is
 /// refused by name, before the task is killed, and it runs on.
 #[test]

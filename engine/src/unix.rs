@@ -211,8 +211,9 @@ fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
 /// stream socket, bytes are glued into one entry, except that bytes carrying descriptors
 /// start an entry of their own (the kernel ends a read at such a segment).
 pub fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Peeked>> {
-    // SO_PEEK_OFF belongs to the socket (shared with the task): put it back afterwards.
-    let old: libc::c_int = -1;
+    // SO_PEEK_OFF belongs to the socket (shared with the task): put it back afterwards, as
+    // the task had it (-1, off, unless it uses peek offsets itself).
+    let old: libc::c_int = sol_socket_get(fd, libc::SO_PEEK_OFF).unwrap_or(-1);
     let zero: libc::c_int = 0;
     let set = |v: &libc::c_int| {
         // SAFETY: setsockopt reads one int.
@@ -281,10 +282,15 @@ pub fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Peeked>> {
 
 /// An int socket option at SOL_SOCKET level (0 if it cannot be read).
 fn sol_socket_int(fd: RawFd, opt: libc::c_int) -> libc::c_int {
+    sol_socket_get(fd, opt).unwrap_or(0)
+}
+
+/// An int socket option at SOL_SOCKET level, if it can be read.
+fn sol_socket_get(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = 4;
     // SAFETY: getsockopt into our int.
-    unsafe {
+    let r = unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
@@ -293,7 +299,7 @@ fn sol_socket_int(fd: RawFd, opt: libc::c_int) -> libc::c_int {
             &mut len,
         )
     };
-    v
+    (r == 0).then_some(v)
 }
 
 fn socket_inode(fd: RawFd) -> Option<u32> {

@@ -418,6 +418,31 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after [b'last words', b''] EPIPE");
 }
 
+/// Peeking a unix queue during the dump leaves the task's own SO_PEEK_OFF as it was.
+#[test]
+fn task_peek_offset_survives_a_dump() {
+    let _g = serial();
+    if skip_unless_root("task_peek_offset_survives_a_dump") {
+        return;
+    }
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+a.send(b"0123456789")
+b.setsockopt(socket.SOL_SOCKET, 42, 3)  # SO_PEEK_OFF
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", b.getsockopt(socket.SOL_SOCKET, 42), b.recv(4, socket.MSG_PEEK), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("peekoff", script);
+    w.wait_lines(1, T);
+    check_ok("dump -R", &dump_workload(&w, &["-R"]));
+    let lines = w.go_and_collect(&[w.pid], 2);
+    assert_eq!(lines[1], "after 3 b'3456'");
+}
+
 /// Unix sockets whose files were unlinked (one in a directory deleted too) keep their names
 /// and stay unlinked; a datagram queued on one of them still arrives.
 #[test]

@@ -33,16 +33,6 @@ fn field<'a>(
         .ok_or(AnonFdError::Field { kind, field: name })
 }
 
-fn fown() -> pb::FownEntry {
-    pb::FownEntry {
-        uid: 0,
-        euid: 0,
-        signum: 0,
-        pid_type: 0,
-        pid: 0,
-    }
-}
-
 /// eventfd: the counter (printed in hex) and semaphore mode. CRIU's entry has no field for
 /// EFD_SEMAPHORE; it is kept in bit 0 of `flags`, which is free for an O_RDWR file.
 pub fn eventfd_entry(
@@ -64,7 +54,7 @@ pub fn eventfd_entry(
     Ok(pb::EventfdFileEntry {
         id,
         flags: flags | sem as u32,
-        fown: fown(),
+        fown: pb::FownEntry::default(),
         counter: count,
     })
 }
@@ -98,7 +88,7 @@ pub fn timerfd_entry(
     Ok(pb::TimerfdEntry {
         id,
         flags,
-        fown: fown(),
+        fown: pb::FownEntry::default(),
         clockid,
         ticks,
         settime_flags,
@@ -124,7 +114,7 @@ pub fn signalfd_entry(
     Ok(pb::SignalfdEntry {
         id,
         flags,
-        fown: fown(),
+        fown: pb::FownEntry::default(),
         sigmask: mask,
     })
 }

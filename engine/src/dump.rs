@@ -257,11 +257,6 @@ impl Tree {
                     return Err(DumpError::Zombie { pid });
                 }
                 let zombie = stat.state == 'Z';
-                let trap = 1u64 << (libc::SIGTRAP - 1);
-                let sigtrap_at_risk = !zombie
-                    && proc::status(pid)
-                        .map(|st| (st.sig_ign | st.shd_pnd) & trap != 0)
-                        .unwrap_or(false);
                 tree.tasks.push(Task {
                     pid,
                     threads: Vec::new(),
@@ -269,7 +264,7 @@ impl Tree {
                     scratch: None,
                     zombie,
                     stopped: None,
-                    sigtrap_at_risk,
+                    sigtrap_at_risk: false,
                 });
                 let idx = tree.tasks.len() - 1;
                 if zombie {
@@ -319,13 +314,7 @@ impl Tree {
             }
             for tid in new {
                 let seize_err = |source| DumpError::Seize { pid, tid, source };
-                // A filtered thread would filter our injected syscalls too: suspend it.
-                let options = if thread_seccomp_mode(pid, tid) != 0 {
-                    ptrace::PTRACE_O_SUSPEND_SECCOMP
-                } else {
-                    0
-                };
-                match ptrace::seize(tid, options) {
+                match ptrace::seize(tid, 0) {
                     Ok(()) => {}
                     // It exited between listing and seizing: dumped as a zombie.
                     Err(_)
@@ -361,11 +350,26 @@ impl Tree {
                 }
                 let regs = ptrace::get_regs(tid).map_err(seize_err)?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
+                // Read once the thread is stopped, so nothing changes behind it.
+                let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                    .ok()
+                    .and_then(|s| proc::parse::parse_status(&s).ok())
+                    .unwrap_or_default();
+                // A filtered thread would filter our injected syscalls too: suspend it.
+                if status.seccomp != 0 {
+                    ptrace::set_options(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP)
+                        .map_err(seize_err)?;
+                }
                 // Block every signal but SIGTRAP while we inject syscalls, so none is delivered
                 // (or lost) between our single steps; the real mask is put back on release. A
-                // SIGTRAP already pending stays blocked too, or our first step would take it.
-                let mask = if sigtrap_pending(pid, tid) {
+                // SIGTRAP already pending stays blocked too, or our first step would take it,
+                // and a task ignoring or holding one gets quiet injections (see Task).
+                let trap = 1u64 << (libc::SIGTRAP - 1);
+                let pending = (status.sig_pnd | status.shd_pnd) & trap != 0;
+                if pending || status.sig_ign & trap != 0 {
                     self.tasks[idx].sigtrap_at_risk = true;
+                }
+                let mask = if pending {
                     !0
                 } else {
                     ptrace::INJECTION_SIGMASK
@@ -835,33 +839,16 @@ fn sockets_in_flight_in_tree(pids: &[u32]) -> Vec<u32> {
     out
 }
 
-/// Whether a SIGTRAP is pending for thread `tid` or its whole process.
-fn sigtrap_pending(pid: u32, tid: u32) -> bool {
-    let bit = 1u64 << (libc::SIGTRAP - 1);
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-        .ok()
-        .and_then(|s| proc::parse::parse_status(&s).ok())
-        .is_some_and(|st| (st.sig_pnd | st.shd_pnd) & bit != 0)
-}
-
-/// A numeric field (`TracerPid`, `Seccomp`) of a thread's status; 0 if absent or unreadable.
-fn thread_status_number(pid: u32, tid: u32, field: &str) -> u32 {
+/// The `TracerPid:` of a thread (0 if none or unreadable).
+fn tracer_pid(pid: u32, tid: u32) -> u32 {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .find_map(|l| l.strip_prefix("TracerPid:"))
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn tracer_pid(pid: u32, tid: u32) -> u32 {
-    thread_status_number(pid, tid, "TracerPid")
-}
-
-fn thread_seccomp_mode(pid: u32, tid: u32) -> u32 {
-    thread_status_number(pid, tid, "Seccomp")
 }
 
 /// A task in a namespace other than the dumper's would come back in the restorer's, silently

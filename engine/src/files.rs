@@ -248,16 +248,6 @@ fn kcmp_epoll_target(pid: u32, epfd: i32, tfd: u32) -> bool {
     r == 0
 }
 
-fn zero_fown() -> pb::FownEntry {
-    pb::FownEntry {
-        uid: 0,
-        euid: 0,
-        signum: 0,
-        pid_type: 0,
-        pid: 0,
-    }
-}
-
 /// CRIU's lock kinds in file_lock_entry.flag.
 pub const FL_POSIX: u32 = 1;
 pub const FL_FLOCK: u32 = 2;
@@ -417,19 +407,14 @@ impl FileTable {
     fn remember(&mut self, pid: u32, fd: i32, dev: u64, ino: u64, id: u32) {
         let index = self.seen.len();
         self.seen.push((pid, fd, dev, ino, id));
-        let group = self
-            .seen_by_inode
-            .get(&(dev, ino))
-            .cloned()
-            .unwrap_or_default();
+        // Taken out while searched (the search reads `seen`), not copied.
+        let mut group = self.seen_by_inode.remove(&(dev, ino)).unwrap_or_default();
         let at = match self.search(&group, pid, fd) {
             Some(Ok(at)) | Some(Err(at)) => at,
             None => group.len(),
         };
-        self.seen_by_inode
-            .entry((dev, ino))
-            .or_default()
-            .insert(at, index);
+        group.insert(at, index);
+        self.seen_by_inode.insert((dev, ino), group);
     }
 
     /// A regular file, directory or device open at `fd` of `pid`.
@@ -585,7 +570,7 @@ impl FileTable {
                 e.epfd = Some(pb::EventpollFileEntry {
                     id,
                     flags,
-                    fown: zero_fown(),
+                    fown: pb::FownEntry::default(),
                     tfd,
                 });
             }
@@ -601,7 +586,7 @@ impl FileTable {
                 e.ify = Some(pb::InotifyFileEntry {
                     id,
                     flags,
-                    fown: zero_fown(),
+                    fown: pb::FownEntry::default(),
                     wd,
                 });
             }
@@ -720,7 +705,7 @@ impl FileTable {
                 id,
                 tty_info_id: info_id,
                 flags,
-                fown: zero_fown(),
+                fown: pb::FownEntry::default(),
                 regf_id: Some(regf_id),
             }),
             ..Default::default()
@@ -802,7 +787,7 @@ impl FileTable {
                 id,
                 flags,
                 pos,
-                fown: zero_fown(),
+                fown: pb::FownEntry::default(),
                 inode_id: md.ino() as u32,
             }),
             ..Default::default()
@@ -925,7 +910,7 @@ impl FileTable {
                 id,
                 flags,
                 pos,
-                fown: zero_fown(),
+                fown: pb::FownEntry::default(),
                 name: name.to_string(),
                 mnt_id,
                 size: md.map(|m| m.size()),
@@ -964,7 +949,7 @@ impl FileTable {
                 id,
                 pipe_id,
                 flags: info.flags & !(libc::O_CLOEXEC as u32),
-                fown: zero_fown(),
+                fown: pb::FownEntry::default(),
             }),
             ..Default::default()
         });

@@ -348,13 +348,7 @@ pub fn dump(
         backlog,
         src_addr: src,
         dst_addr: dst,
-        fown: pb::FownEntry {
-            uid: 0,
-            euid: 0,
-            signum: 0,
-            pid_type: 0,
-            pid: 0,
-        },
+        fown: pb::FownEntry::default(),
         opts,
         v6only,
         ip_opts: None,
@@ -610,22 +604,14 @@ fn restore_stream(
     let ctx = |what: &str| format!("{what} for {local} -> {remote}");
     set_int(fd, t, libc::TCP_REPAIR, 1).map_err(sys(ctx("TCP_REPAIR on")))?;
     // Queue sequences are set to where the queued bytes start, then the bytes are re-queued.
-    set_int(fd, t, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE).map_err(sys(ctx("TCP_REPAIR_QUEUE")))?;
-    set_int(
-        fd,
-        t,
-        libc::TCP_QUEUE_SEQ,
-        s.inq_seq.wrapping_sub(s.inq_len) as i32,
-    )
-    .map_err(sys(ctx("TCP_QUEUE_SEQ")))?;
-    set_int(fd, t, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE).map_err(sys(ctx("TCP_REPAIR_QUEUE")))?;
-    set_int(
-        fd,
-        t,
-        libc::TCP_QUEUE_SEQ,
-        s.outq_seq.wrapping_sub(s.outq_len) as i32,
-    )
-    .map_err(sys(ctx("TCP_QUEUE_SEQ")))?;
+    for (queue, seq, len) in [
+        (TCP_RECV_QUEUE, s.inq_seq, s.inq_len),
+        (TCP_SEND_QUEUE, s.outq_seq, s.outq_len),
+    ] {
+        set_int(fd, t, libc::TCP_REPAIR_QUEUE, queue).map_err(sys(ctx("TCP_REPAIR_QUEUE")))?;
+        set_int(fd, t, libc::TCP_QUEUE_SEQ, seq.wrapping_sub(len) as i32)
+            .map_err(sys(ctx("TCP_QUEUE_SEQ")))?;
+    }
     let (src, slen) = sockaddr(e.family, &e.src_addr, e.src_port);
     // SAFETY: bind with a sockaddr of the given length (repair mode forces address reuse).
     cvt(unsafe { libc::bind(fd, (&src as *const libc::sockaddr_storage).cast(), slen) })

@@ -15,6 +15,7 @@ const PTRACE_DETACH: libc::c_uint = 17;
 const PTRACE_GETREGSET: libc::c_uint = 0x4204;
 const PTRACE_SETREGSET: libc::c_uint = 0x4205;
 const PTRACE_SEIZE: libc::c_uint = 0x4206;
+const PTRACE_SETOPTIONS: libc::c_uint = 0x4200;
 const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
 const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
 const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
@@ -118,6 +119,18 @@ pub fn wait(tid: u32) -> Result<Stop, PtraceError> {
     } else {
         Ok(Stop::Exited(status))
     }
+}
+
+/// Replaces the ptrace options of a stopped tracee.
+pub fn set_options(tid: u32, options: libc::c_int) -> Result<(), PtraceError> {
+    req(
+        "SETOPTIONS",
+        PTRACE_SETOPTIONS,
+        tid,
+        std::ptr::null_mut(),
+        options as usize as *mut c_void,
+    )
+    .map(drop)
 }
 
 pub fn seize(tid: u32, options: libc::c_int) -> Result<(), PtraceError> {

@@ -417,13 +417,7 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         uflags,
         backlog: d.backlog,
         peer: d.peer,
-        fown: pb::FownEntry {
-            uid: 0,
-            euid: 0,
-            signum: 0,
-            pid_type: 0,
-            pid: 0,
-        },
+        fown: pb::FownEntry::default(),
         opts: opts_of(fd),
         // A relative path was bound from the task's directory, which we take to be its cwd.
         name_dir: (!d.name.is_empty() && d.name[0] != 0 && d.name[0] != b'/')

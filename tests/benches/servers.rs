@@ -61,36 +61,8 @@ fn cycle(bin: &Path, w: &Workload, name: &str, flags: &[&str]) -> Result<ServerS
 }
 
 fn start_redis(port: u16) -> Result<(Workload, Redis), String> {
-    let bin = ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or("redis-server is not installed")?;
-    let w = Workload::start(
-        "bench-redis",
-        Path::new(bin),
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxclients",
-            "4000",
-        ],
-    );
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(c) = Redis::connect(port) {
-            return Ok((w, c));
-        }
-        if Instant::now() > end {
-            return Err("redis did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let bin = redis_server().ok_or("redis-server is not installed")?;
+    stasis_tests::start_redis("bench-redis", bin, port, &["--maxclients", "4000"])
 }
 
 fn redis_keys(port: u16) -> Result<ServerSample, String> {

@@ -30,6 +30,13 @@ pub fn skip_unless_root(test: &str) -> bool {
     false
 }
 
+/// The start of every end-to-end test: one at a time, and as root (else skipped, with why).
+/// None means skip.
+pub fn serial_root(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let g = serial();
+    (!skip_unless_root(test)).then_some(g)
+}
+
 /// Records a skipped test and why.
 pub fn skip(test: &str, why: &str) {
     use std::io::Write;
@@ -562,14 +569,7 @@ pub fn dump_workload(w: &Workload, extra: &[&str]) -> Output {
 /// tree traced. Returns the error text.
 pub fn dump_must_fail(w: &Workload) -> String {
     let pids = tree_and_session(w.pid);
-    let img = w.images();
-    let o = stasis(&[
-        "dump",
-        "-t",
-        &w.pid.to_string(),
-        "-D",
-        img.to_str().expect("utf8"),
-    ]);
+    let o = dump_workload(w, &[]);
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "the dump must fail");
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
@@ -655,6 +655,46 @@ impl Redis {
     pub fn cmd(&mut self, args: &[&str]) -> Result<String, String> {
         self.send(args)?;
         self.reply()
+    }
+}
+
+/// Debian's redis-server binary, if installed.
+pub fn redis_server() -> Option<&'static str> {
+    ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+/// Starts redis-server `bin` on 127.0.0.1:`port` (no persistence, `extra` flags) and
+/// connects to it (10 s at most).
+pub fn start_redis(
+    name: &str,
+    bin: &str,
+    port: u16,
+    extra: &[&str],
+) -> Result<(Workload, Redis), String> {
+    let port_s = port.to_string();
+    let mut args = vec![
+        "--port",
+        &port_s,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    args.extend_from_slice(extra);
+    let w = Workload::start(name, Path::new(bin), &args);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(c) = Redis::connect(port) {
+            return Ok((w, c));
+        }
+        if Instant::now() > end {
+            return Err(format!("redis did not start: {:?}", w.lines()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -9,10 +9,9 @@ const T: Duration = Duration::from_secs(10);
 
 #[test]
 fn counter_continues_with_same_pid() {
-    let _g = serial();
-    if skip_unless_root("counter_continues_with_same_pid") {
+    let Some(_g) = serial_root("counter_continues_with_same_pid") else {
         return;
-    }
+    };
     let w = Workload::start("counter", &workload("counter"), &[]);
     w.wait_lines(5, T);
     let pids = dump_kill_restore(&w);
@@ -36,10 +35,9 @@ fn counter_continues_with_same_pid() {
 
 #[test]
 fn memory_checksum_holds() {
-    let _g = serial();
-    if skip_unless_root("memory_checksum_holds") {
+    let Some(_g) = serial_root("memory_checksum_holds") else {
         return;
-    }
+    };
     let w = Workload::start("memhog", &workload("memhog"), &["64"]);
     w.wait_lines(3, T);
     let pids = dump_kill_restore(&w);
@@ -61,10 +59,9 @@ fn memory_checksum_holds() {
 
 #[test]
 fn threads_keep_running_with_their_tids() {
-    let _g = serial();
-    if skip_unless_root("threads_keep_running_with_their_tids") {
+    let Some(_g) = serial_root("threads_keep_running_with_their_tids") else {
         return;
-    }
+    };
     let w = Workload::start("threads", &workload("threads"), &[]);
     w.wait_lines(5, T);
     let tids = |pid: u32| -> Vec<String> {
@@ -105,10 +102,9 @@ fn threads_keep_running_with_their_tids() {
 
 #[test]
 fn pipe_ring_tree_keeps_passing_tokens() {
-    let _g = serial();
-    if skip_unless_root("pipe_ring_tree_keeps_passing_tokens") {
+    let Some(_g) = serial_root("pipe_ring_tree_keeps_passing_tokens") else {
         return;
-    }
+    };
     let w = Workload::start("pipetree", &workload("pipetree"), &[]);
     w.wait_lines(5, T);
     let pids = dump_kill_restore(&w);
@@ -129,10 +125,9 @@ fn pipe_ring_tree_keeps_passing_tokens() {
 
 #[test]
 fn shared_memory_between_parent_and_child() {
-    let _g = serial();
-    if skip_unless_root("shared_memory_between_parent_and_child") {
+    let Some(_g) = serial_root("shared_memory_between_parent_and_child") else {
         return;
-    }
+    };
     let w = Workload::start("shmem", &workload("shmem"), &[]);
     w.wait_lines(5, T);
     let pids = dump_kill_restore(&w);
@@ -154,10 +149,9 @@ fn shared_memory_between_parent_and_child() {
 
 #[test]
 fn signal_handlers_and_timers_fire_after_restore() {
-    let _g = serial();
-    if skip_unless_root("signal_handlers_and_timers_fire_after_restore") {
+    let Some(_g) = serial_root("signal_handlers_and_timers_fire_after_restore") else {
         return;
-    }
+    };
     let w = Workload::start("signals", &workload("signals"), &[]);
     w.wait_lines(5, T);
     let pids = dump_kill_restore(&w);
@@ -177,10 +171,9 @@ fn signal_handlers_and_timers_fire_after_restore() {
 
 #[test]
 fn python_interpreter_keeps_its_state() {
-    let _g = serial();
-    if skip_unless_root("python_interpreter_keeps_its_state") {
+    let Some(_g) = serial_root("python_interpreter_keeps_its_state") else {
         return;
-    }
+    };
     let script = r#"
 import time, hashlib
 state = {'n': 0, 'log': []}
@@ -207,10 +200,9 @@ while True:
 
 #[test]
 fn images_decode_with_crit() {
-    let _g = serial();
-    if skip_unless_root("images_decode_with_crit") {
+    let Some(_g) = serial_root("images_decode_with_crit") else {
         return;
-    }
+    };
     if !have_crit() {
         skip(
             "images_decode_with_crit",
@@ -222,14 +214,7 @@ fn images_decode_with_crit() {
     w.wait_lines(3, T);
     let before = session_pids(w.pid);
     let img = w.images();
-    let o = stasis(&[
-        "dump",
-        "-t",
-        &w.pid.to_string(),
-        "-D",
-        img.to_str().unwrap(),
-        "-R",
-    ]);
+    let o = dump_workload(&w, &["-R"]);
     check_ok("dump -R", &o);
     kill_tree(&before);
     let decoded = crit_decode_all(&img);
@@ -253,10 +238,9 @@ fn images_decode_with_crit() {
 
 #[test]
 fn zombie_child_stays_a_zombie_with_its_exit_code() {
-    let _g = serial();
-    if skip_unless_root("zombie_child_stays_a_zombie_with_its_exit_code") {
+    let Some(_g) = serial_root("zombie_child_stays_a_zombie_with_its_exit_code") else {
         return;
-    }
+    };
     let w = Workload::start("zombie", &workload("zombie"), &[]);
     let lines = w.wait_lines(5, T);
     let child: u32 = lines[0]

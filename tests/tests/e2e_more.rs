@@ -17,10 +17,9 @@ fn counter_is_continuous(lines: &[String]) {
 
 #[test]
 fn unprivileged_task_keeps_its_credentials_and_limits() {
-    let _g = serial();
-    if skip_unless_root("unprivileged_task_keeps_its_credentials_and_limits") {
+    let Some(_g) = serial_root("unprivileged_task_keeps_its_credentials_and_limits") else {
         return;
-    }
+    };
     let w = Workload::start("creds", &workload("creds"), &[]);
     w.wait_lines(5, T);
     // dump_kill_restore compares uids, gids, groups, capabilities, no_new_privs, umask,
@@ -38,10 +37,9 @@ fn unprivileged_task_keeps_its_credentials_and_limits() {
 
 #[test]
 fn deleted_file_and_its_mapping_come_back() {
-    let _g = serial();
-    if skip_unless_root("deleted_file_and_its_mapping_come_back") {
+    let Some(_g) = serial_root("deleted_file_and_its_mapping_come_back") else {
         return;
-    }
+    };
     let w = Workload::start("ghost", &workload("ghost"), &[]);
     let first = w.wait_lines(3, T);
     let pids = dump_kill_restore(&w);
@@ -70,10 +68,9 @@ fn deleted_file_and_its_mapping_come_back() {
 
 #[test]
 fn stopped_task_stays_stopped_until_sigcont() {
-    let _g = serial();
-    if skip_unless_root("stopped_task_stays_stopped_until_sigcont") {
+    let Some(_g) = serial_root("stopped_task_stays_stopped_until_sigcont") else {
         return;
-    }
+    };
     let w = Workload::start("stopped", &workload("counter"), &[]);
     w.wait_lines(3, T);
     // SAFETY: kill(2) to our workload.
@@ -97,10 +94,10 @@ fn stopped_task_stays_stopped_until_sigcont() {
 
 #[test]
 fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
-    let _g = serial();
-    if skip_unless_root("shared_fd_table_between_processes_is_refused_and_tree_runs_on") {
+    let Some(_g) = serial_root("shared_fd_table_between_processes_is_refused_and_tree_runs_on")
+    else {
         return;
-    }
+    };
     let w = Workload::start("clonefiles", &workload("clonefiles"), &[]);
     w.wait_lines(3, T);
     let e = dump_must_fail(&w);
@@ -111,10 +108,9 @@ fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
 
 #[test]
 fn namespace_fds_are_refused_by_name_and_tree_runs_on() {
-    let _g = serial();
-    if skip_unless_root("namespace_fds_are_refused_by_name_and_tree_runs_on") {
+    let Some(_g) = serial_root("namespace_fds_are_refused_by_name_and_tree_runs_on") else {
         return;
-    }
+    };
     // A namespace file looks like a regular file to stat(2), but reopening its link
     // ("net:[ino]") would open nothing: the dump must refuse it.
     let script = r#"
@@ -138,10 +134,9 @@ while True:
 
 #[test]
 fn posix_message_queue_keeps_its_messages_and_attributes() {
-    let _g = serial();
-    if skip_unless_root("posix_message_queue_keeps_its_messages_and_attributes") {
+    let Some(_g) = serial_root("posix_message_queue_keeps_its_messages_and_attributes") else {
         return;
-    }
+    };
     let name = format!("/stasis-test-{}", std::process::id());
     let cname = std::ffi::CString::new(name.clone()).unwrap();
     // SAFETY: mq_unlink(3) reads one NUL-terminated name.
@@ -211,10 +206,10 @@ while True: time.sleep(1)
 /// eventfd on a datagram socket. A socket sent over its own connection is refused by name.
 #[test]
 fn file_descriptors_in_flight_on_unix_sockets_arrive_after_restore() {
-    let _g = serial();
-    if skip_unless_root("file_descriptors_in_flight_on_unix_sockets_arrive_after_restore") {
+    let Some(_g) = serial_root("file_descriptors_in_flight_on_unix_sockets_arrive_after_restore")
+    else {
         return;
-    }
+    };
     let script = r#"
 import os, socket, time
 a, b = socket.socketpair()
@@ -307,10 +302,9 @@ while True: time.sleep(1)
 /// close-on-exec flag; a /proc file of no task (uptime) is opened as usual.
 #[test]
 fn proc_files_of_the_tree_are_reopened_by_their_task() {
-    let _g = serial();
-    if skip_unless_root("proc_files_of_the_tree_are_reopened_by_their_task") {
+    let Some(_g) = serial_root("proc_files_of_the_tree_are_reopened_by_their_task") else {
         return;
-    }
+    };
     let script = r#"
 import os, threading, time
 f = open("/proc/self/stat")
@@ -338,10 +332,9 @@ time.sleep(1e6)
 /// made for it, and both are gone again once the task holds the file.
 #[test]
 fn file_deleted_with_its_directory_comes_back() {
-    let _g = serial();
-    if skip_unless_root("file_deleted_with_its_directory_comes_back") {
+    let Some(_g) = serial_root("file_deleted_with_its_directory_comes_back") else {
         return;
-    }
+    };
     let script = r#"
 import os, time
 os.makedirs("a/b")
@@ -369,10 +362,9 @@ time.sleep(1e6)
 /// and leave no name behind.
 #[test]
 fn tmpfile_and_unlinked_fifo_come_back() {
-    let _g = serial();
-    if skip_unless_root("tmpfile_and_unlinked_fifo_come_back") {
+    let Some(_g) = serial_root("tmpfile_and_unlinked_fifo_come_back") else {
         return;
-    }
+    };
     let script = r#"
 import os, time
 t = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600); os.write(t, b"tmpfile data")
@@ -394,10 +386,9 @@ time.sleep(1e6)
 /// the bytes, then EOF, and the writer gets EPIPE.
 #[test]
 fn unix_shutdown_still_gives_eof_after_restore() {
-    let _g = serial();
-    if skip_unless_root("unix_shutdown_still_gives_eof_after_restore") {
+    let Some(_g) = serial_root("unix_shutdown_still_gives_eof_after_restore") else {
         return;
-    }
+    };
     let script = r#"
 import os, socket, time
 a, b = socket.socketpair()
@@ -421,10 +412,9 @@ time.sleep(1e6)
 /// Peeking a unix queue during the dump leaves the task's own SO_PEEK_OFF as it was.
 #[test]
 fn task_peek_offset_survives_a_dump() {
-    let _g = serial();
-    if skip_unless_root("task_peek_offset_survives_a_dump") {
+    let Some(_g) = serial_root("task_peek_offset_survives_a_dump") else {
         return;
-    }
+    };
     let script = r#"
 import os, socket, time
 a, b = socket.socketpair()
@@ -447,10 +437,9 @@ time.sleep(1e6)
 /// and stay unlinked; a datagram queued on one of them still arrives.
 #[test]
 fn unix_sockets_with_unlinked_files_keep_their_names() {
-    let _g = serial();
-    if skip_unless_root("unix_sockets_with_unlinked_files_keep_their_names") {
+    let Some(_g) = serial_root("unix_sockets_with_unlinked_files_keep_their_names") else {
         return;
-    }
+    };
     let script = r#"
 import os, socket, time
 os.mkdir("d")
@@ -472,10 +461,9 @@ time.sleep(1e6)
 /// run on.
 #[test]
 fn task_traced_by_a_debugger_is_refused_by_name() {
-    let _g = serial();
-    if skip_unless_root("task_traced_by_a_debugger_is_refused_by_name") {
+    let Some(_g) = serial_root("task_traced_by_a_debugger_is_refused_by_name") else {
         return;
-    }
+    };
     let script = r#"
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -509,10 +497,9 @@ while True:
 /// refused by name, before the task is killed, and it runs on.
 #[test]
 fn deleted_working_directory_is_refused_and_task_runs_on() {
-    let _g = serial();
-    if skip_unless_root("deleted_working_directory_is_refused_and_task_runs_on") {
+    let Some(_g) = serial_root("deleted_working_directory_is_refused_and_task_runs_on") else {
         return;
-    }
+    };
     let script = r#"
 import os, time
 os.mkdir("gone"); os.chdir("gone"); os.rmdir("../gone")
@@ -533,10 +520,9 @@ while True:
 /// runs on.
 #[test]
 fn other_namespaces_are_refused_by_name_and_tree_runs_on() {
-    let _g = serial();
-    if skip_unless_root("other_namespaces_are_refused_by_name_and_tree_runs_on") {
+    let Some(_g) = serial_root("other_namespaces_are_refused_by_name_and_tree_runs_on") else {
         return;
-    }
+    };
     let script = r#"
 import ctypes, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -563,10 +549,9 @@ while True:
 /// one with its host and domain names, and the host's names are untouched.
 #[test]
 fn uts_namespace_of_the_tree_keeps_its_names() {
-    let _g = serial();
-    if skip_unless_root("uts_namespace_of_the_tree_keeps_its_names") {
+    let Some(_g) = serial_root("uts_namespace_of_the_tree_keeps_its_names") else {
         return;
-    }
+    };
     let script = r#"
 import ctypes, os, socket, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -611,10 +596,9 @@ time.sleep(1e6)
 /// are refused with the same errors in every task, and the filter counts are the same.
 #[test]
 fn seccomp_filters_still_apply_after_restore() {
-    let _g = serial();
-    if skip_unless_root("seccomp_filters_still_apply_after_restore") {
+    let Some(_g) = serial_root("seccomp_filters_still_apply_after_restore") else {
         return;
-    }
+    };
     let script = r#"
 import ctypes, os, struct, threading, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -672,10 +656,9 @@ time.sleep(1e6)
 /// namespace's sysctls.
 #[test]
 fn ipc_namespace_of_the_tree_comes_back_with_all_its_objects() {
-    let _g = serial();
-    if skip_unless_root("ipc_namespace_of_the_tree_comes_back_with_all_its_objects") {
+    let Some(_g) = serial_root("ipc_namespace_of_the_tree_comes_back_with_all_its_objects") else {
         return;
-    }
+    };
     let script = r#"
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -773,10 +756,9 @@ while True: time.sleep(1)
 
 #[test]
 fn listening_sockets_answer_after_restore() {
-    let _g = serial();
-    if skip_unless_root("listening_sockets_answer_after_restore") {
+    let Some(_g) = serial_root("listening_sockets_answer_after_restore") else {
         return;
-    }
+    };
     // A server on IPv4 and IPv6 (v6only), options set, answering "hello <n>" on each connection.
     let script = r#"
 import socket, sys, time, select
@@ -831,10 +813,10 @@ while True:
 
 #[test]
 fn datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive() {
-    let _g = serial();
-    if skip_unless_root("datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive") {
+    let Some(_g) = serial_root("datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive")
+    else {
         return;
-    }
+    };
     // A syslog-like receiver: bound by path, unconnected, with datagrams from unnamed senders
     // (one inside the tree, the others from the test) waiting to be read.
     let script = r#"
@@ -880,10 +862,9 @@ while True: time.sleep(1)
 
 #[test]
 fn unix_sockets_with_queued_data_and_listeners_survive() {
-    let _g = serial();
-    if skip_unless_root("unix_sockets_with_queued_data_and_listeners_survive") {
+    let Some(_g) = serial_root("unix_sockets_with_queued_data_and_listeners_survive") else {
         return;
-    }
+    };
     // Stream and datagram socketpairs with bytes queued both ways, a listener on a path and one
     // on an abstract name. On "go" (a file appearing) it reads everything and answers clients.
     let script = r#"
@@ -1022,10 +1003,9 @@ fn first_count(out: &mut impl Read) -> u64 {
 
 #[test]
 fn inherit_fd_reconnects_a_pipe_to_the_outside() {
-    let _g = serial();
-    if skip_unless_root("inherit_fd_reconnects_a_pipe_to_the_outside") {
+    let Some(_g) = serial_root("inherit_fd_reconnects_a_pipe_to_the_outside") else {
         return;
-    }
+    };
     let dir = temp_dir("inherit");
     let (mut child, pid, key) = spawn_counter(Stdio::piped());
     let mut out = child.stdout.take().unwrap();
@@ -1062,10 +1042,10 @@ fn inherit_fd_reconnects_a_pipe_to_the_outside() {
 /// fd[1]:socket:[INODE] the counter carries on writing to the new socket.
 #[test]
 fn unix_stream_connected_outside_is_replaced_through_inherit_fd() {
-    let _g = serial();
-    if skip_unless_root("unix_stream_connected_outside_is_replaced_through_inherit_fd") {
+    let Some(_g) = serial_root("unix_stream_connected_outside_is_replaced_through_inherit_fd")
+    else {
         return;
-    }
+    };
     use std::os::unix::net::UnixStream;
     let dir = temp_dir("ext-unix-stream");
     let (mut ours, theirs) = UnixStream::pair().unwrap();
@@ -1125,10 +1105,9 @@ fn unix_stream_connected_outside_is_replaced_through_inherit_fd() {
 
 #[test]
 fn shell_job_gets_the_restorers_terminal() {
-    let _g = serial();
-    if skip_unless_root("shell_job_gets_the_restorers_terminal") {
+    let Some(_g) = serial_root("shell_job_gets_the_restorers_terminal") else {
         return;
-    }
+    };
     use std::os::unix::process::CommandExt;
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two fds; no name, termios or winsize requested.
@@ -1243,23 +1222,13 @@ fn shell_job_gets_the_restorers_terminal() {
 
 #[test]
 fn restore_without_detach_exits_as_the_task_does() {
-    let _g = serial();
-    if skip_unless_root("restore_without_detach_exits_as_the_task_does") {
+    let Some(_g) = serial_root("restore_without_detach_exits_as_the_task_does") else {
         return;
-    }
+    };
     let w = Workload::start("exits", &workload("exits"), &[]);
     w.wait_lines(5, T);
     let img = w.images();
-    check_ok(
-        "dump",
-        &stasis(&[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-D",
-            img.to_str().unwrap(),
-        ]),
-    );
+    check_ok("dump", &dump_workload(&w, &[]));
     reap(w.pid);
     let o = stasis(&["restore", "-D", img.to_str().unwrap()]);
     assert_eq!(
@@ -1275,10 +1244,9 @@ fn restore_without_detach_exits_as_the_task_does() {
 
 #[test]
 fn shared_file_mapping_and_madvise_state_survive() {
-    let _g = serial();
-    if skip_unless_root("shared_file_mapping_and_madvise_state_survive") {
+    let Some(_g) = serial_root("shared_file_mapping_and_madvise_state_survive") else {
         return;
-    }
+    };
     let w = Workload::start("filemap", &workload("filemap"), &[]);
     w.wait_lines(5, T);
     // The fingerprint check in dump_kill_restore compares VmFlags (dc, dd, hg, wf, rr).
@@ -1300,10 +1268,9 @@ fn shared_file_mapping_and_madvise_state_survive() {
 
 #[test]
 fn pending_signals_are_still_pending_after_restore() {
-    let _g = serial();
-    if skip_unless_root("pending_signals_are_still_pending_after_restore") {
+    let Some(_g) = serial_root("pending_signals_are_still_pending_after_restore") else {
         return;
-    }
+    };
     let w = Workload::start("pending", &workload("pending"), &[]);
     w.wait_lines(3, T);
     // SAFETY: kill(2) and sigqueue(3) to our workload; both signals are blocked there.
@@ -1340,10 +1307,9 @@ fn pending_signals_are_still_pending_after_restore() {
 
 #[test]
 fn avx512_registers_survive() {
-    let _g = serial();
-    if skip_unless_root("avx512_registers_survive") {
+    let Some(_g) = serial_root("avx512_registers_survive") else {
         return;
-    }
+    };
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     if !cpu.split_whitespace().any(|f| f == "avx512f") {
         skip("avx512_registers_survive", "this CPU has no AVX-512");
@@ -1372,25 +1338,15 @@ fn avx512_registers_survive() {
 
 #[test]
 fn process_groups_and_sessions_inside_the_tree() {
-    let _g = serial();
-    if skip_unless_root("process_groups_and_sessions_inside_the_tree") {
+    let Some(_g) = serial_root("process_groups_and_sessions_inside_the_tree") else {
         return;
-    }
+    };
     let w = Workload::start("groups", &workload("groups"), &[]);
     w.wait_lines(5, T);
     let before = tree_ids(w.pid);
     assert_eq!(before.len(), 5, "{before:?}");
     let img = w.images();
-    check_ok(
-        "dump",
-        &stasis(&[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-D",
-            img.to_str().unwrap(),
-        ]),
-    );
+    check_ok("dump", &dump_workload(&w, &[]));
     for (p, ..) in &before {
         reap(*p);
     }
@@ -1413,10 +1369,9 @@ fn process_groups_and_sessions_inside_the_tree() {
 
 #[test]
 fn deleted_executable_comes_back() {
-    let _g = serial();
-    if skip_unless_root("deleted_executable_comes_back") {
+    let Some(_g) = serial_root("deleted_executable_comes_back") else {
         return;
-    }
+    };
     let dir = temp_dir("deleted-exe");
     let exe = dir.join("counter-gone");
     std::fs::copy(workload("counter"), &exe).unwrap();
@@ -1434,10 +1389,9 @@ fn deleted_executable_comes_back() {
 
 #[test]
 fn exited_main_thread_is_refused_and_threads_run_on() {
-    let _g = serial();
-    if skip_unless_root("exited_main_thread_is_refused_and_threads_run_on") {
+    let Some(_g) = serial_root("exited_main_thread_is_refused_and_threads_run_on") else {
         return;
-    }
+    };
     let w = Workload::start("leaderexit", &workload("leaderexit"), &[]);
     w.wait_lines(3, T);
     let e = dump_must_fail(&w);
@@ -1449,10 +1403,9 @@ fn exited_main_thread_is_refused_and_threads_run_on() {
 
 #[test]
 fn bytes_buffered_in_a_pipe_survive() {
-    let _g = serial();
-    if skip_unless_root("bytes_buffered_in_a_pipe_survive") {
+    let Some(_g) = serial_root("bytes_buffered_in_a_pipe_survive") else {
         return;
-    }
+    };
     let w = Workload::start("pipebuf", &workload("pipebuf"), &[]);
     let lines = w.wait_lines(4, T);
     let want = lines[0]
@@ -1483,10 +1436,9 @@ fn bytes_buffered_in_a_pipe_survive() {
 
 #[test]
 fn every_fd_kind_keeps_working_in_one_program() {
-    let _g = serial();
-    if skip_unless_root("every_fd_kind_keeps_working_in_one_program") {
+    let Some(_g) = serial_root("every_fd_kind_keeps_working_in_one_program") else {
         return;
-    }
+    };
     let w = Workload::start("fdkinds", &workload("fdkinds"), &[]);
     let lines = w.wait_lines(5, T);
     let expect = lines[0]
@@ -1559,10 +1511,9 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
-    let _g = serial();
-    if skip_unless_root("tcp_stream_survives_with_data_in_flight_both_ways") {
+    let Some(_g) = serial_root("tcp_stream_survives_with_data_in_flight_both_ways") else {
         return;
-    }
+    };
     let port = free_port();
     let w = Workload::start("tcpserver", &workload("tcpserver"), &[&port.to_string()]);
     w.wait_lines(1, T);
@@ -1736,10 +1687,9 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
 /// lines sent ahead and not yet read: the stream goes on in order in both directions.
 #[test]
 fn tcp_connection_with_both_ends_in_the_tree_goes_on() {
-    let _g = serial();
-    if skip_unless_root("tcp_connection_with_both_ends_in_the_tree_goes_on") {
+    let Some(_g) = serial_root("tcp_connection_with_both_ends_in_the_tree_goes_on") else {
         return;
-    }
+    };
     let script = r#"
 import os, socket, time
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
@@ -1795,14 +1745,10 @@ while True:
 
 #[test]
 fn redis_with_100k_keys_keeps_its_client_connection() {
-    let _g = serial();
-    if skip_unless_root("redis_with_100k_keys_keeps_its_client_connection") {
+    let Some(_g) = serial_root("redis_with_100k_keys_keeps_its_client_connection") else {
         return;
-    }
-    let Some(redis) = ["/usr/bin/redis-server", "/usr/sbin/redis-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
+    };
+    let Some(redis) = redis_server() else {
         skip(
             "redis_with_100k_keys_keeps_its_client_connection",
             "redis-server is not installed",
@@ -1810,28 +1756,7 @@ fn redis_with_100k_keys_keeps_its_client_connection() {
         return;
     };
     let port = free_port();
-    let w = Workload::start(
-        "redis",
-        std::path::Path::new(redis),
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-    );
-    let end = Instant::now() + T;
-    let mut loader = loop {
-        if let Some(c) = Redis::connect(port) {
-            break c;
-        }
-        assert!(Instant::now() < end, "redis did not start: {:?}", w.lines());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (w, mut loader) = start_redis("redis", redis, port, &[]).unwrap();
     for i in 0..100_000 {
         loader
             .send(&["SET", &format!("key:{i}"), &format!("value-{i}")])
@@ -1885,11 +1810,10 @@ fn children(pid: u32) -> Vec<u32> {
 /// stored before the checkpoint, and new clients are served.
 #[test]
 fn memcached_with_worker_threads_keeps_its_client() {
-    let _g = serial();
     let name = "memcached_with_worker_threads_keeps_its_client";
-    if skip_unless_root(name) {
+    let Some(_g) = serial_root(name) else {
         return;
-    }
+    };
     let bin = std::path::Path::new("/usr/bin/memcached");
     if !bin.exists() {
         skip(
@@ -1966,11 +1890,10 @@ fn memcached_with_worker_threads_keeps_its_client() {
 /// takes keys sent by a new client and still has its shell variable.
 #[test]
 fn tmux_session_keeps_its_shell_and_answers_new_clients() {
-    let _g = serial();
     let name = "tmux_session_keeps_its_shell_and_answers_new_clients";
-    if skip_unless_root(name) {
+    let Some(_g) = serial_root(name) else {
         return;
-    }
+    };
     if !std::path::Path::new("/usr/bin/tmux").exists() {
         skip(name, "tmux (Debian package tmux) is not installed");
         return;
@@ -2045,11 +1968,10 @@ fn postgres_bin() -> Option<std::path::PathBuf> {
 /// --tcp-established, the same session commits it, and new clients are served.
 #[test]
 fn postgres_keeps_its_client_in_the_middle_of_a_transaction() {
-    let _g = serial();
     let name = "postgres_keeps_its_client_in_the_middle_of_a_transaction";
-    if skip_unless_root(name) {
+    let Some(_g) = serial_root(name) else {
         return;
-    }
+    };
     let Some(bin) = postgres_bin() else {
         skip(
             name,
@@ -2160,10 +2082,9 @@ fn postgres_keeps_its_client_in_the_middle_of_a_transaction() {
 
 #[test]
 fn nginx_master_and_workers_as_nobody_serve_before_and_after() {
-    let _g = serial();
-    if skip_unless_root("nginx_master_and_workers_as_nobody_serve_before_and_after") {
+    let Some(_g) = serial_root("nginx_master_and_workers_as_nobody_serve_before_and_after") else {
         return;
-    }
+    };
     if !std::path::Path::new("/usr/sbin/nginx").exists() {
         skip(
             "nginx_master_and_workers_as_nobody_serve_before_and_after",
@@ -2264,10 +2185,9 @@ error_log {d}/logs/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n  a
 
 #[test]
 fn fifo_with_buffered_data_survives() {
-    let _g = serial();
-    if skip_unless_root("fifo_with_buffered_data_survives") {
+    let Some(_g) = serial_root("fifo_with_buffered_data_survives") else {
         return;
-    }
+    };
     let script = r#"
 import os, time
 os.mkfifo("f")
@@ -2291,10 +2211,9 @@ while True: time.sleep(1)
 
 #[test]
 fn file_locks_are_held_again_after_restore() {
-    let _g = serial();
-    if skip_unless_root("file_locks_are_held_again_after_restore") {
+    let Some(_g) = serial_root("file_locks_are_held_again_after_restore") else {
         return;
-    }
+    };
     let script = r#"
 import fcntl, os, struct, time
 f = open("flock", "w"); fcntl.flock(f, fcntl.LOCK_EX)
@@ -2307,14 +2226,7 @@ while True:
 "#;
     let w = Workload::python("locks", script);
     w.wait_lines(3, T);
-    let img = w.images();
-    let o = stasis(&[
-        "dump",
-        "-t",
-        &w.pid.to_string(),
-        "-D",
-        img.to_str().unwrap(),
-    ]);
+    let o = dump_workload(&w, &[]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--file-locks"));
     let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
     let got_flock = !flock_taken(&w.dir.join("flock"));
@@ -2334,10 +2246,9 @@ while True:
 
 #[test]
 fn inotify_watches_see_new_files_after_restore() {
-    let _g = serial();
-    if skip_unless_root("inotify_watches_see_new_files_after_restore") {
+    let Some(_g) = serial_root("inotify_watches_see_new_files_after_restore") else {
         return;
-    }
+    };
     // Three watches, the middle one removed (wd 1 and 3 remain): events must come with them.
     let script = r#"
 import ctypes, os, struct, time, select
@@ -2383,10 +2294,9 @@ while True:
 
 #[test]
 fn pty_pair_inside_the_tree_echoes_after_restore() {
-    let _g = serial();
-    if skip_unless_root("pty_pair_inside_the_tree_echoes_after_restore") {
+    let Some(_g) = serial_root("pty_pair_inside_the_tree_echoes_after_restore") else {
         return;
-    }
+    };
     // Both ends of a pty in one process, with a window size and raw-ish settings on the slave.
     let script = r#"
 import os, pty, termios, struct, fcntl, time
@@ -2419,10 +2329,9 @@ while True: time.sleep(1)
 /// processed twice.
 #[test]
 fn pty_keeps_bytes_buffered_in_both_directions() {
-    let _g = serial();
-    if skip_unless_root("pty_keeps_bytes_buffered_in_both_directions") {
+    let Some(_g) = serial_root("pty_keeps_bytes_buffered_in_both_directions") else {
         return;
-    }
+    };
     let script = r#"
 import os, pty, termios, time
 m, s = pty.openpty()
@@ -2454,10 +2363,9 @@ while True: time.sleep(1)
 /// pending all come back, after a dump that leaves the tree running and after a restore.
 #[test]
 fn sigtrap_handler_and_ignored_sigtrap_survive() {
-    let _g = serial();
-    if skip_unless_root("sigtrap_handler_and_ignored_sigtrap_survive") {
+    let Some(_g) = serial_root("sigtrap_handler_and_ignored_sigtrap_survive") else {
         return;
-    }
+    };
     let script = r#"
 import os, signal, time
 if os.fork() == 0:
@@ -2525,10 +2433,9 @@ time.sleep(1e6)
 /// SCHED_BATCH child with nice 5 (the fingerprint compares policy, priority and nice).
 #[test]
 fn scheduling_policy_and_priority_survive() {
-    let _g = serial();
-    if skip_unless_root("scheduling_policy_and_priority_survive") {
+    let Some(_g) = serial_root("scheduling_policy_and_priority_survive") else {
         return;
-    }
+    };
     let script = r#"
 import os, time
 if os.fork() == 0:
@@ -2558,10 +2465,9 @@ time.sleep(1e6)
 /// mlock()ed memory stays locked (VmFlags `lo`, VmLck), with its content.
 #[test]
 fn locked_memory_stays_locked() {
-    let _g = serial();
-    if skip_unless_root("locked_memory_stays_locked") {
+    let Some(_g) = serial_root("locked_memory_stays_locked") else {
         return;
-    }
+    };
     let script = r#"
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -2589,10 +2495,9 @@ time.sleep(1e6)
 /// (these used to cost a kcmp per pair of fds and a writer thread per mapping).
 #[test]
 fn many_fds_threads_and_shared_mappings_come_back() {
-    let _g = serial();
-    if skip_unless_root("many_fds_threads_and_shared_mappings_come_back") {
+    let Some(_g) = serial_root("many_fds_threads_and_shared_mappings_come_back") else {
         return;
-    }
+    };
     let script = r#"
 import mmap, os, threading, time
 fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(2000)]
@@ -2623,10 +2528,9 @@ time.sleep(1e6)
 
 #[test]
 fn python_signal_handler_runs_after_restore() {
-    let _g = serial();
-    if skip_unless_root("python_signal_handler_runs_after_restore") {
+    let Some(_g) = serial_root("python_signal_handler_runs_after_restore") else {
         return;
-    }
+    };
     // Python installs its handlers with SA_ONSTACK and has no alternate stack. A restored task
     // once kept the restorer's alternate stack, and died with SIGSEGV at the first signal.
     let script = r#"
@@ -2653,10 +2557,10 @@ while True: time.sleep(1)
 
 #[test]
 fn pty_session_keeps_its_controlling_terminal_and_foreground_group() {
-    let _g = serial();
-    if skip_unless_root("pty_session_keeps_its_controlling_terminal_and_foreground_group") {
+    let Some(_g) = serial_root("pty_session_keeps_its_controlling_terminal_and_foreground_group")
+    else {
         return;
-    }
+    };
     // pty.fork(): the child leads a session whose controlling terminal is the slave. It puts a
     // child of its own in the foreground; after restore, ^C typed on the master must reach that
     // foreground group only, and /dev/tty must open.
@@ -2713,10 +2617,9 @@ while True: time.sleep(1)
 
 #[test]
 fn sysv_shared_memory_used_only_by_the_tree_survives() {
-    let _g = serial();
-    if skip_unless_root("sysv_shared_memory_used_only_by_the_tree_survives") {
+    let Some(_g) = serial_root("sysv_shared_memory_used_only_by_the_tree_survives") else {
         return;
-    }
+    };
     // Parent and child share a SysV segment in the host's IPC namespace: the child counts in
     // it, the parent prints what it sees, and the pattern written at the start must hold.
     let key = 0x5a5a_0000u32 + (std::process::id() & 0xffff);
@@ -2800,10 +2703,9 @@ while True:
 
 #[test]
 fn sysv_message_queue_and_semaphores_used_by_the_tree_survive() {
-    let _g = serial();
-    if skip_unless_root("sysv_message_queue_and_semaphores_used_by_the_tree_survive") {
+    let Some(_g) = serial_root("sysv_message_queue_and_semaphores_used_by_the_tree_survive") else {
         return;
-    }
+    };
     let key = 0x6b6b_0000u32 + (std::process::id() & 0xffff);
     let script = format!(
         r#"

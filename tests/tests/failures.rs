@@ -41,10 +41,9 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn unknown_pid_is_a_clear_error() {
-    let _g = serial();
-    if skip_unless_root("unknown_pid_is_a_clear_error") {
+    let Some(_g) = serial_root("unknown_pid_is_a_clear_error") else {
         return;
-    }
+    };
     let d = temp_dir("nopid");
     let o = stasis(&["dump", "-t", "4194000", "-D", d.to_str().unwrap()]);
     one_line_error(&o, "4194000 does not exist");
@@ -60,10 +59,9 @@ fn unknown_flag_or_missing_pid_is_rejected_in_one_line() {
 
 #[test]
 fn unwritable_images_dir_leaves_tree_running() {
-    let _g = serial();
-    if skip_unless_root("unwritable_images_dir_leaves_tree_running") {
+    let Some(_g) = serial_root("unwritable_images_dir_leaves_tree_running") else {
         return;
-    }
+    };
     let w = Workload::start("ro", &workload("counter"), &[]);
     w.wait_lines(3, T);
     let o = stasis(&["dump", "-t", &w.pid.to_string(), "-D", "/proc/1"]);
@@ -74,10 +72,9 @@ fn unwritable_images_dir_leaves_tree_running() {
 
 #[test]
 fn disk_full_in_the_middle_of_a_dump_leaves_tree_running() {
-    let _g = serial();
-    if skip_unless_root("disk_full_in_the_middle_of_a_dump_leaves_tree_running") {
+    let Some(_g) = serial_root("disk_full_in_the_middle_of_a_dump_leaves_tree_running") else {
         return;
-    }
+    };
     let w = Workload::start("full", &workload("memhog"), &["32"]);
     w.wait_lines(2, T);
     let small = w.dir.join("small");
@@ -114,21 +111,13 @@ fn disk_full_in_the_middle_of_a_dump_leaves_tree_running() {
 
 #[test]
 fn leave_running_then_restore_refuses_taken_pid() {
-    let _g = serial();
-    if skip_unless_root("leave_running_then_restore_refuses_taken_pid") {
+    let Some(_g) = serial_root("leave_running_then_restore_refuses_taken_pid") else {
         return;
-    }
+    };
     let w = Workload::start("leave", &workload("counter"), &[]);
     w.wait_lines(3, T);
     let img = w.images();
-    let o = stasis(&[
-        "dump",
-        "-t",
-        &w.pid.to_string(),
-        "-D",
-        img.to_str().unwrap(),
-        "-R",
-    ]);
+    let o = dump_workload(&w, &["-R"]);
     check_ok("dump -R", &o);
     assert_runs_on(&w);
     let before = snapshot(&img);
@@ -141,23 +130,13 @@ fn leave_running_then_restore_refuses_taken_pid() {
 
 #[test]
 fn corrupt_truncated_or_missing_images_fail_cleanly() {
-    let _g = serial();
-    if skip_unless_root("corrupt_truncated_or_missing_images_fail_cleanly") {
+    let Some(_g) = serial_root("corrupt_truncated_or_missing_images_fail_cleanly") else {
         return;
-    }
+    };
     let w = Workload::start("corrupt", &workload("counter"), &[]);
     w.wait_lines(3, T);
     let img = w.images();
-    check_ok(
-        "dump",
-        &stasis(&[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-D",
-            img.to_str().unwrap(),
-        ]),
-    );
+    check_ok("dump", &dump_workload(&w, &[]));
     reap(w.pid);
     let pid = w.pid;
     type Damage = fn(&Path, u32);
@@ -226,26 +205,16 @@ fn corrupt_truncated_or_missing_images_fail_cleanly() {
 
 #[test]
 fn program_replaced_since_the_dump_is_refused() {
-    let _g = serial();
-    if skip_unless_root("program_replaced_since_the_dump_is_refused") {
+    let Some(_g) = serial_root("program_replaced_since_the_dump_is_refused") else {
         return;
-    }
+    };
     let dir = temp_dir("replaced");
     let exe = dir.join("counter-copy");
     std::fs::copy(workload("counter"), &exe).unwrap();
     let w = Workload::start("replaced", &exe, &[]);
     w.wait_lines(3, T);
     let img = w.images();
-    check_ok(
-        "dump",
-        &stasis(&[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-D",
-            img.to_str().unwrap(),
-        ]),
-    );
+    check_ok("dump", &dump_workload(&w, &[]));
     reap(w.pid);
     // An "upgrade": the file at the same path is now different. (Appending keeps the inode.)
     let mut f = std::fs::OpenOptions::new().append(true).open(&exe).unwrap();
@@ -275,10 +244,9 @@ fn version_and_check_answer_like_criu() {
 /// kind; the task runs on, neither stopped nor traced.
 #[test]
 fn io_uring_bpf_map_and_perf_event_are_refused_by_name() {
-    let _g = serial();
-    if skip_unless_root("io_uring_bpf_map_and_perf_event_are_refused_by_name") {
+    let Some(_g) = serial_root("io_uring_bpf_map_and_perf_event_are_refused_by_name") else {
         return;
-    }
+    };
     // (kind as the error names it, the syscall that makes one, as Python ctypes code)
     let kinds = [
         ("io_uring", "libc.syscall(425, 4, ctypes.byref(ctypes.create_string_buffer(120)))"),
@@ -336,10 +304,9 @@ while True:
 /// restore either fails with one clear line and leaves no task, or works; it never panics.
 #[test]
 fn every_image_damaged_in_turn_never_panics() {
-    let _g = serial();
-    if skip_unless_root("every_image_damaged_in_turn_never_panics") {
+    let Some(_g) = serial_root("every_image_damaged_in_turn_never_panics") else {
         return;
-    }
+    };
     // Sockets, pipes, a pty and a timer: many kinds of images.
     let script = r#"
 import os, pty, signal, socket, time

@@ -5,23 +5,19 @@
 //! `process_vm_readv`, and asks the task itself only for what no interface exposes, by injecting
 //! single syscalls. Restore forks the tree with `clone3(set_tid)` and rebuilds every task by
 //! syscalls injected through ptrace.
+//!
+//! Layout: one module per kind of kernel object, each holding both its dump and its restore
+//! (`task`, `mm`, `files`, `net`, `ipc`, `ns`); `freeze` stops and releases the tree; `sys` is
+//! the syscall seam; `dump` and `restore` only order the steps.
 
-pub mod anonfd;
-pub mod arch;
 pub mod dump;
 pub mod files;
 pub mod images;
-pub mod inet;
-pub mod ipcns;
-pub mod mem;
-pub mod mqueue;
-pub mod pages;
+pub mod ipc;
+pub mod mm;
+pub mod net;
+pub mod ns;
 pub mod proc;
-pub mod ptrace;
-pub mod pty;
 pub mod restore;
-pub mod seccomp;
 pub mod sys;
-pub mod sysvipc;
-pub mod unix;
-pub mod utsns;
+pub mod task;

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::images::{self, magic, names, pb, ImageError, ImageKind, ImageReader};
-use crate::mem::PAGE_SIZE;
+use crate::sys::mem::PAGE_SIZE;
 
 /// The images do not describe something we can restore.
 #[derive(Debug, thiserror::Error)]
@@ -77,10 +77,10 @@ pub struct DumpImage {
     /// System V shared memory segments: (entry, content pagemap, pages file).
     pub sysv_shm: Vec<(pb::IpcShmEntry, Vec<pb::PagemapEntry>, String)>,
     /// SysV message queues and semaphore sets the tree used.
-    pub sysv_msg: Vec<crate::sysvipc::Queue>,
+    pub sysv_msg: Vec<crate::ipc::sysv::Queue>,
     pub sysv_sem: Vec<(pb::IpcSemEntry, Vec<u16>)>,
     /// POSIX message queues (see `mqueue`).
-    pub posix_mqueues: Vec<crate::mqueue::Queue>,
+    pub posix_mqueues: Vec<crate::ipc::mqueue::Queue>,
     /// The IPC sysctls of the namespace the tree owned; None when it used the host's.
     pub ipc_vars: Option<pb::IpcVarEntry>,
     /// The names of the UTS namespace the tree owned; None when it used the host's.
@@ -92,7 +92,7 @@ pub struct DumpImage {
     /// File locks to take again.
     pub locks: Vec<pb::FileLockEntry>,
     /// unix socket file id → messages queued for it to read
-    pub sk_queues: HashMap<u32, Vec<crate::unix::Queued>>,
+    pub sk_queues: HashMap<u32, Vec<crate::net::unix::Queued>>,
     /// Files in flight on unix sockets (SCM_RIGHTS), in the order their messages come.
     pub in_flight: Vec<u32>,
     /// Seccomp filters (`seccomp.img`); thread cores name the last of their chain.
@@ -413,7 +413,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
     // CRIU's root_ids are the dumper's namespaces: a root whose namespace id differs owned
     // its namespace, and that namespace's images carry the id.
     let (root_ipc, own_ipc_ns) = tree_ns_id(&tasks, &inv, "IPC", |i| i.ipc_ns_id)?;
-    let ipc_ns_id = root_ipc.unwrap_or(crate::ipcns::HOST_NS_ID);
+    let ipc_ns_id = root_ipc.unwrap_or(crate::ns::ipc::HOST_NS_ID);
     let ipc_vars = if own_ipc_ns {
         let file = names::ipcns_var(ipc_ns_id);
         Some(one::<pb::IpcVarEntry>(
@@ -444,15 +444,15 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         }
     }
     let sysv_msg = match read_optional(dir, &names::ipcns_msg(ipc_ns_id))? {
-        Some(b) => crate::sysvipc::read_msg(&names::ipcns_msg(ipc_ns_id), &b)?,
+        Some(b) => crate::ipc::sysv::read_msg(&names::ipcns_msg(ipc_ns_id), &b)?,
         None => Vec::new(),
     };
     let posix_mqueues = match read_optional(dir, names::POSIX_MQUEUE)? {
-        Some(b) => crate::sysvipc::read_msg(names::POSIX_MQUEUE, &b)?,
+        Some(b) => crate::ipc::sysv::read_msg(names::POSIX_MQUEUE, &b)?,
         None => Vec::new(),
     };
     let sysv_sem = match read_optional(dir, &names::ipcns_sem(ipc_ns_id))? {
-        Some(b) => crate::sysvipc::read_sem(&names::ipcns_sem(ipc_ns_id), &b)?,
+        Some(b) => crate::ipc::sysv::read_sem(&names::ipcns_sem(ipc_ns_id), &b)?,
         None => Vec::new(),
     };
     let mut tty_infos = HashMap::new();
@@ -499,7 +499,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         .all()?,
         None => Vec::new(),
     };
-    let mut sk_queues: HashMap<u32, Vec<crate::unix::Queued>> = HashMap::new();
+    let mut sk_queues: HashMap<u32, Vec<crate::net::unix::Queued>> = HashMap::new();
     let mut in_flight: Vec<u32> = Vec::new();
     if let Some(bytes) = read_optional(dir, names::SK_QUEUES)? {
         let mut r = ImageReader::new(
@@ -533,7 +533,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             sk_queues
                 .entry(e.id_for)
                 .or_default()
-                .push(crate::unix::Queued {
+                .push(crate::net::unix::Queued {
                     data,
                     files: rights,
                 });
@@ -581,11 +581,11 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             };
             match tc.seccomp_mode.unwrap_or(0) as u32 {
                 0 => {}
-                crate::seccomp::MODE_FILTER => {
+                crate::task::seccomp::MODE_FILTER => {
                     let last = tc.seccomp_filter.ok_or_else(|| {
                         invalid(&names::core(th.tid), "seccomp filter mode without a filter")
                     })?;
-                    crate::seccomp::chain(&seccomp, last)
+                    crate::task::seccomp::chain(&seccomp, last)
                         .map_err(|e| invalid(names::SECCOMP, e.to_string()))?;
                 }
                 m => {
@@ -634,7 +634,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
 fn in_flight_order(
     mut pending: Vec<u32>,
     files: &HashMap<u32, pb::FileEntry>,
-    sk_queues: &HashMap<u32, Vec<crate::unix::Queued>>,
+    sk_queues: &HashMap<u32, Vec<crate::net::unix::Queued>>,
 ) -> Vec<u32> {
     let needs = |id: u32| -> Vec<u32> {
         let Some(peer) = files.get(&id).and_then(|f| f.usk.as_ref()).map(|u| u.peer) else {
@@ -728,15 +728,15 @@ mod tests {
             ),
         ]
         .into();
-        let q = |files: Vec<u32>| crate::unix::Queued {
+        let q = |files: Vec<u32>| crate::net::unix::Queued {
             data: b"x".to_vec(),
             files,
         };
-        let queues: HashMap<u32, Vec<crate::unix::Queued>> =
+        let queues: HashMap<u32, Vec<crate::net::unix::Queued>> =
             [(2, vec![q(vec![3])]), (5, vec![q(vec![1])])].into();
         assert_eq!(in_flight_order(vec![1, 3], &files, &queues), vec![3, 1]);
         // Circular needs keep their order instead of looping.
-        let queues: HashMap<u32, Vec<crate::unix::Queued>> =
+        let queues: HashMap<u32, Vec<crate::net::unix::Queued>> =
             [(2, vec![q(vec![1])]), (1, vec![q(vec![2])])].into();
         assert_eq!(in_flight_order(vec![1, 2], &files, &queues), vec![1, 2]);
     }

@@ -15,12 +15,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::files::{self, anon as anonfd, tty as pty};
 use crate::images::PE_PRESENT;
 use crate::images::{magic, names, pb, vma_status::*, ImageKind, ImageWriter};
-use crate::mem::{self, PAGE_SIZE};
-use crate::pages::PageSource;
-use crate::ptrace::{self, Injector, PtraceError};
-use crate::{anonfd, arch, files, inet, proc, pty, unix};
+use crate::mm::pages::PageSource;
+use crate::net::{inet, unix};
+use crate::proc;
+use crate::sys::mem::{self, PAGE_SIZE};
+use crate::sys::ptrace::{self, Injector, PtraceError};
+use crate::task::arch;
 use load::TaskImage;
 pub use load::{DumpImage, LoadError};
 
@@ -109,7 +112,7 @@ pub enum RestoreError {
     #[error(transparent)]
     Mem(#[from] mem::MemError),
     #[error(transparent)]
-    Pages(#[from] crate::pages::PagesError),
+    Pages(#[from] crate::mm::pages::PagesError),
     #[error("task {pid}: {what}")]
     Task { pid: u32, what: String },
     #[error("{path} (file id {id}) changed since the dump: {was} bytes then, {now} now")]
@@ -189,8 +192,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // restore ends, so the objects below and the root task (forked from here) are made there.
     let _ipc_ns = match &img.ipc_vars {
         Some(vars) => {
-            let ns = crate::ipcns::Unshared::new().map_err(ipcns_err)?;
-            crate::ipcns::write_limits(vars).map_err(ipcns_err)?;
+            let ns = crate::ns::ipc::Unshared::new().map_err(ipcns_err)?;
+            crate::ns::ipc::write_limits(vars).map_err(ipcns_err)?;
             Some(ns)
         }
         None => None,
@@ -199,8 +202,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let _uts_ns = match &img.uts {
         Some(names) => {
             let ns =
-                crate::ipcns::Unshared::new_of(libc::CLONE_NEWUTS, "uts").map_err(ipcns_err)?;
-            crate::utsns::set_names(names).map_err(|e| RestoreError::Task {
+                crate::ns::ipc::Unshared::new_of(libc::CLONE_NEWUTS, "uts").map_err(ipcns_err)?;
+            crate::ns::uts::set_names(names).map_err(|e| RestoreError::Task {
                 pid: 0,
                 what: e.to_string(),
             })?;
@@ -209,9 +212,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         None => None,
     };
     // Queues must exist before the pool opens their fds.
-    crate::mqueue::restore(&img.posix_mqueues, |id| {
+    crate::ipc::mqueue::restore(&img.posix_mqueues, |id| {
         let reg = img.files.get(&id)?.reg.as_ref()?;
-        let name = reg.name.strip_prefix(crate::mqueue::PATH_PREFIX)?;
+        let name = reg.name.strip_prefix(crate::ipc::mqueue::PATH_PREFIX)?;
         Some(name.to_string())
     })
     .map_err(|e| RestoreError::Task {
@@ -221,16 +224,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let pool = Pool::build(&img, opts)?;
     take_file_locks(&img, &pool)?;
     let sysv_to_remove = prepare_sysv_shm(&img)?;
-    crate::sysvipc::restore_msg(&img.sysv_msg).map_err(|e| RestoreError::Task {
+    crate::ipc::sysv::restore_msg(&img.sysv_msg).map_err(|e| RestoreError::Task {
         pid: 0,
         what: e.to_string(),
     })?;
-    crate::sysvipc::restore_sem(&img.sysv_sem).map_err(|e| RestoreError::Task {
+    crate::ipc::sysv::restore_sem(&img.sysv_sem).map_err(|e| RestoreError::Task {
         pid: 0,
         what: e.to_string(),
     })?;
     if let Some(vars) = &img.ipc_vars {
-        crate::ipcns::write_next_ids(vars).map_err(ipcns_err)?;
+        crate::ns::ipc::write_next_ids(vars).map_err(ipcns_err)?;
     }
     let trampoline = pick_trampoline(&img)?;
     let shared = stub::StubShared {
@@ -1022,7 +1025,7 @@ fn open_reg(id: u32, reg: &pb::RegFileEntry) -> Result<OwnedFd, RestoreError> {
     })?;
     if let Some(name) = reg
         .name
-        .strip_prefix(crate::mqueue::PATH_PREFIX)
+        .strip_prefix(crate::ipc::mqueue::PATH_PREFIX)
         .filter(|n| n.starts_with('/'))
     {
         // A POSIX message queue, opened by its name: the mqueue filesystem need not be mounted.
@@ -1354,7 +1357,7 @@ fn restore_posix_locks(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(),
     Ok(())
 }
 
-fn ipcns_err(e: crate::ipcns::IpcNsError) -> RestoreError {
+fn ipcns_err(e: crate::ns::ipc::IpcNsError) -> RestoreError {
     RestoreError::Task {
         pid: 0,
         what: e.to_string(),
@@ -2138,7 +2141,7 @@ fn restore_seccomp(
     filters: &[pb::SeccompFilter],
     last: u32,
 ) -> Result<(), RestoreError> {
-    let chain = crate::seccomp::chain(filters, last).map_err(|e| RestoreError::Task {
+    let chain = crate::task::seccomp::chain(filters, last).map_err(|e| RestoreError::Task {
         pid: r.pid,
         what: e.to_string(),
     })?;

@@ -41,7 +41,7 @@ fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MqError {
 }
 
 /// A queue as saved: its entry (see the module comment) and messages as (priority, text).
-pub type Queue = crate::sysvipc::Queue;
+pub type Queue = crate::ipc::sysv::Queue;
 
 /// NOTIFY_PID from the status line that reading a queue's file gives
 /// ("QSIZE:... NOTIFY:... SIGNO:... NOTIFY_PID:...").

@@ -31,7 +31,7 @@ pub enum PagesError {
     #[error("{path}: ends before the pages its pagemap lists")]
     Short { path: PathBuf },
     #[error(transparent)]
-    Mem(#[from] crate::mem::MemError),
+    Mem(#[from] crate::sys::mem::MemError),
 }
 
 /// A page-aligned buffer (whole pages in, whole pages out).
@@ -229,7 +229,7 @@ impl PageSink {
             let n = (len - done).min(BUF as u64) as usize;
             let mut buf = self.buffer()?;
             let t = Instant::now();
-            crate::mem::read(pid, addr + done, &mut buf[..n])?;
+            crate::sys::mem::read(pid, addr + done, &mut buf[..n])?;
             self.read_time += t.elapsed();
             self.send(buf, n)?;
             done += n as u64;
@@ -364,7 +364,7 @@ impl PageSource {
             let (buf, n, off) = self.cur.as_mut().expect("set above");
             let take = ((*n - *off) as u64).min(len - done) as usize;
             mem.write_all_at(&buf[*off..*off + take], addr + done)
-                .map_err(|source| crate::mem::MemError::Write {
+                .map_err(|source| crate::sys::mem::MemError::Write {
                     pid,
                     addr: addr + done,
                     len: take,

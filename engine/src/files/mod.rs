@@ -3,6 +3,9 @@
 //! Two fds (in one task or in several) that share an open file description get one file id, as
 //! in CRIU; `kcmp(KCMP_FILE)` tells whether they do.
 
+pub mod anon;
+pub mod tty;
+
 use crate::sys::cvt;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,7 +46,7 @@ pub enum FilesError {
         pid: u32,
         fd: i32,
         #[source]
-        source: crate::anonfd::AnonFdError,
+        source: crate::files::anon::AnonFdError,
     },
     #[error("pid {pid} fd {fd}: the file watched by inotify watch {wd} cannot be found again")]
     InotifyPath { pid: u32, fd: i32, wd: u32 },
@@ -54,7 +57,7 @@ pub enum FilesError {
         pid: u32,
         fd: i32,
         #[source]
-        source: crate::pty::PtyError,
+        source: crate::files::tty::PtyError,
     },
     #[error("cannot write image {path}")]
     Write {
@@ -313,7 +316,7 @@ pub struct FileTable {
     /// Bytes buffered in ptys: (tty_info id of the end they wait on, bytes).
     tty_data: Vec<(u32, Vec<u8>)>,
     /// Messages queued on unix sockets: (socket file id, bytes and files in flight).
-    sk_queues: Vec<(u32, crate::unix::Queued)>,
+    sk_queues: Vec<(u32, crate::net::unix::Queued)>,
     /// memfd inodes: (dev, ino) → entry.
     memfd_inodes: Vec<((u64, u64), pb::MemfdInodeEntry)>,
     entries: Vec<pb::FileEntry>,
@@ -463,7 +466,7 @@ impl FileTable {
 
     /// Records the bytes buffered in pty `index`, on the ends the tree holds (CRIU's tty_data:
     /// keyed by the tty_info of the end they wait to be read on).
-    pub fn set_pty_queues(&mut self, index: u32, q: &crate::pty::Queues) {
+    pub fn set_pty_queues(&mut self, index: u32, q: &crate::files::tty::Queues) {
         for (master, data) in [(true, &q.master), (false, &q.slave)] {
             if data.is_empty() {
                 continue;
@@ -492,8 +495,8 @@ impl FileTable {
         let id = self.push_reg(
             &format!(
                 "{}{}",
-                crate::mqueue::PATH_PREFIX,
-                crate::mqueue::queue_name(link)
+                crate::ipc::mqueue::PATH_PREFIX,
+                crate::ipc::mqueue::queue_name(link)
             ),
             info.flags & !(libc::O_CLOEXEC as u32),
             0,
@@ -515,7 +518,7 @@ impl FileTable {
             return s.4;
         }
         self.push_reg(
-            &format!("{}{name}", crate::mqueue::PATH_PREFIX),
+            &format!("{}{name}", crate::ipc::mqueue::PATH_PREFIX),
             libc::O_RDWR as u32,
             0,
             None,
@@ -545,18 +548,21 @@ impl FileTable {
         match kind {
             FdKind::EventFd => {
                 e.r#type = pb::FdTypes::Eventfd as i32;
-                e.efd = Some(crate::anonfd::eventfd_entry(id, flags, &info.extra).map_err(bad)?);
+                e.efd =
+                    Some(crate::files::anon::eventfd_entry(id, flags, &info.extra).map_err(bad)?);
             }
             FdKind::TimerFd => {
                 e.r#type = pb::FdTypes::Timerfd as i32;
-                e.tfd = Some(crate::anonfd::timerfd_entry(id, flags, &info.extra).map_err(bad)?);
+                e.tfd =
+                    Some(crate::files::anon::timerfd_entry(id, flags, &info.extra).map_err(bad)?);
             }
             FdKind::SignalFd => {
                 e.r#type = pb::FdTypes::Signalfd as i32;
-                e.sgfd = Some(crate::anonfd::signalfd_entry(id, flags, &info.extra).map_err(bad)?);
+                e.sgfd =
+                    Some(crate::files::anon::signalfd_entry(id, flags, &info.extra).map_err(bad)?);
             }
             FdKind::EventPoll => {
-                let tfd = crate::anonfd::epoll_targets(&info.raw, id);
+                let tfd = crate::files::anon::epoll_targets(&info.raw, id);
                 for t in &tfd {
                     if !kcmp_epoll_target(pid, fd, t.tfd) {
                         return Err(FilesError::EpollStale {
@@ -575,9 +581,9 @@ impl FileTable {
                 });
             }
             FdKind::Inotify => {
-                let mut wd = crate::anonfd::inotify_watches(&info.raw, id);
+                let mut wd = crate::files::anon::inotify_watches(&info.raw, id);
                 for w in &mut wd {
-                    match crate::anonfd::path_of_handle(w.s_dev, &w.f_handle) {
+                    match crate::files::anon::path_of_handle(w.s_dev, &w.f_handle) {
                         Some(p) => w.f_handle.path = Some(p),
                         None => return Err(FilesError::InotifyPath { pid, fd, wd: w.wd }),
                     }
@@ -626,8 +632,8 @@ impl FileTable {
         &mut self,
         pid: u32,
         fd: i32,
-        dumped: crate::unix::Dumped,
-        queued: Vec<crate::unix::Queued>,
+        dumped: crate::net::unix::Dumped,
+        queued: Vec<crate::net::unix::Queued>,
     ) -> Result<u32, FilesError> {
         let (md, shared) = self.existing(pid, fd)?;
         if let Some(id) = shared {

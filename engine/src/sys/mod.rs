@@ -1,5 +1,8 @@
 //! Small helpers shared by the modules that make raw syscalls.
 
+pub mod mem;
+pub mod ptrace;
+
 use std::io;
 
 /// Turns a libc return value into a `Result`: negative means errno.

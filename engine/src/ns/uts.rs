@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 use crate::images::pb;
-use crate::ipcns::IpcNsError;
+use crate::ns::ipc::IpcNsError;
 
 /// Image ids: the dumper's UTS namespace and one the tree owns (after the IPC ones).
 pub const HOST_NS_ID: u32 = 3;

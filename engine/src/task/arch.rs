@@ -3,7 +3,7 @@
 //! `user_regs_struct` and `user_x86_regs_entry`.
 
 use crate::images::pb;
-use crate::ptrace::Regs;
+use crate::sys::ptrace::Regs;
 
 /// Offset and size of an XSAVE component in the standard (non-compacted) format.
 fn xsave_component(index: u32) -> (usize, usize) {

@@ -11,12 +11,13 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::files::{self, tty as pty};
 use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
-use crate::mem::{self, PageSelect, PAGE_SIZE};
-use crate::pages::PageSink;
+use crate::mm::pages::PageSink;
 use crate::proc::{self, Mapping};
-use crate::ptrace::{self, Injector, PtraceError, Regs};
-use crate::{arch, files, pty};
+use crate::sys::mem::{self, PageSelect, PAGE_SIZE};
+use crate::sys::ptrace::{self, Injector, PtraceError, Regs};
+use crate::task::arch;
 
 /// What to dump and how; the names follow CRIU's options.
 #[derive(Debug, Clone)]
@@ -152,7 +153,7 @@ pub enum DumpError {
     #[error(transparent)]
     Files(#[from] files::FilesError),
     #[error(transparent)]
-    Pages(#[from] crate::pages::PagesError),
+    Pages(#[from] crate::mm::pages::PagesError),
     #[error("pid {pid} fd {fd} holds a lock on {path}: dump with --file-locks")]
     LocksNeedFlag { pid: u32, fd: i32, path: String },
     #[error("pid {pid} fd {fd}")]
@@ -160,16 +161,16 @@ pub enum DumpError {
         pid: u32,
         fd: i32,
         #[source]
-        source: crate::unix::UnixError,
+        source: crate::net::unix::UnixError,
     },
     #[error(transparent)]
-    Ipc(crate::sysvipc::IpcError),
+    Ipc(crate::ipc::sysv::IpcError),
     #[error(transparent)]
-    Mqueue(crate::mqueue::MqError),
+    Mqueue(crate::ipc::mqueue::MqError),
     #[error(transparent)]
-    IpcNs(#[from] crate::ipcns::IpcNsError),
+    IpcNs(#[from] crate::ns::ipc::IpcNsError),
     #[error(transparent)]
-    Uts(#[from] crate::utsns::UtsError),
+    Uts(#[from] crate::ns::uts::UtsError),
     #[error("cannot lock the network for the dumped TCP connections")]
     NetLock(#[source] stasis_netns::nftlock::LockError),
     #[error("pid {pid} fd {fd}")]
@@ -177,7 +178,7 @@ pub enum DumpError {
         pid: u32,
         fd: i32,
         #[source]
-        source: crate::inet::InetError,
+        source: crate::net::inet::InetError,
     },
 }
 
@@ -214,7 +215,7 @@ struct Tree {
     syscall_at: HashMap<u32, u64>,
     /// Established TCP connections, locked while we dump them: released if the tree runs on,
     /// closed silently (repair mode) once it is killed.
-    tcp_locks: Vec<crate::inet::TcpLock>,
+    tcp_locks: Vec<crate::net::inet::TcpLock>,
     /// The nftables table that keeps the peers of dumped connections away (see netns::nftlock).
     nft_lock: Option<String>,
     done: bool,
@@ -583,7 +584,7 @@ struct Images {
     /// Files in flight on the tree's unix sockets, which peeking put in our table.
     in_flight: Vec<std::os::fd::OwnedFd>,
     /// Seccomp filters of every thread, each once.
-    seccomp: crate::seccomp::Filters,
+    seccomp: crate::task::seccomp::Filters,
     /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
     live_pids: Vec<u32>,
     in_flight_sockets_known: bool,
@@ -596,11 +597,11 @@ fn dump_frozen(
 ) -> Result<(), DumpError> {
     let live = tree.live_pids();
     refuse_foreign_namespaces(&live)?;
-    let own_ipc = crate::ipcns::tree_ns(tree.tasks[0].pid, &live)?;
-    let own_uts = crate::utsns::tree_ns(tree.tasks[0].pid, &live)?;
+    let own_ipc = crate::ns::ipc::tree_ns(tree.tasks[0].pid, &live)?;
+    let own_uts = crate::ns::uts::tree_ns(tree.tasks[0].pid, &live)?;
     let read_shm = || std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
     let shm_table = match &own_ipc {
-        Some(ns) => crate::ipcns::in_ns(ns, read_shm)?,
+        Some(ns) => crate::ns::ipc::in_ns(ns, read_shm)?,
         None => read_shm(),
     };
     let pty_masters = tree_pty_masters(tree);
@@ -622,14 +623,14 @@ fn dump_frozen(
         live_pids: live.clone(),
         in_flight_sockets_known: false,
         uts_ns_id: if own_uts.is_some() {
-            crate::utsns::TREE_NS_ID
+            crate::ns::uts::TREE_NS_ID
         } else {
-            crate::utsns::HOST_NS_ID
+            crate::ns::uts::HOST_NS_ID
         },
         ipc_ns_id: if own_ipc.is_some() {
-            crate::ipcns::TREE_NS_ID
+            crate::ns::ipc::TREE_NS_ID
         } else {
-            crate::ipcns::HOST_NS_ID
+            crate::ns::ipc::HOST_NS_ID
         },
     };
     let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
@@ -682,13 +683,13 @@ fn dump_frozen(
         .collect();
     dump_pty_queues(&mut img)?;
     if let Some(ns) = &own_uts {
-        let uts = crate::ipcns::in_ns_of(ns, libc::CLONE_NEWUTS, crate::utsns::names)??;
+        let uts = crate::ns::ipc::in_ns_of(ns, libc::CLONE_NEWUTS, crate::ns::uts::names)??;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::UTSNS);
         w.push(&uts);
         write_file(&img.dir.join(names::utsns(img.uts_ns_id)), &w.into_bytes())?;
     }
     match &own_ipc {
-        Some(ns) => crate::ipcns::in_ns(ns, || dump_ipc(&mut img, stats, &tree_pids, true))??,
+        Some(ns) => crate::ns::ipc::in_ns(ns, || dump_ipc(&mut img, stats, &tree_pids, true))??,
         None => dump_ipc(&mut img, stats, &tree_pids, false)?,
     }
     // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
@@ -715,7 +716,7 @@ fn dump_frozen(
     }
     write_file(&img.dir.join(names::PSTREE), &w.into_bytes())?;
     // CRIU's root_ids are the dumper's own: a task whose namespace ids differ owns that one.
-    let root_ids = ids_for(1, crate::ipcns::HOST_NS_ID, crate::utsns::HOST_NS_ID);
+    let root_ids = ids_for(1, crate::ns::ipc::HOST_NS_ID, crate::ns::uts::HOST_NS_ID);
     let inv = pb::InventoryEntry {
         img_version: images::CRTOOLS_IMAGES_V1_1,
         fdinfo_per_id: Some(true),
@@ -755,12 +756,12 @@ fn tree_sysv_attachments(tree: &Tree) -> HashMap<u32, u64> {
 fn tree_pty_masters(tree: &Tree) -> HashMap<u32, std::os::fd::OwnedFd> {
     let mut out = HashMap::new();
     for t in tree.tasks.iter().filter(|t| !t.zombie) {
-        let Ok(pidfd) = crate::inet::pidfd_open(t.pid) else {
+        let Ok(pidfd) = crate::net::inet::pidfd_open(t.pid) else {
             continue;
         };
         for fd in proc::fds(t.pid).unwrap_or_default() {
             if proc::readlink(t.pid, &format!("fd/{fd}")).ok().as_deref() == Some("/dev/ptmx") {
-                if let Ok(copy) = crate::inet::pidfd_getfd(pidfd.as_raw_fd(), fd) {
+                if let Ok(copy) = crate::net::inet::pidfd_getfd(pidfd.as_raw_fd(), fd) {
                     if let Ok(n) = pty::master_index(copy.as_raw_fd()) {
                         out.entry(n).or_insert(copy);
                     }
@@ -829,11 +830,11 @@ fn sockets_in_flight_in_tree(pids: &[u32]) -> Vec<u32> {
         if carries == 0 {
             continue;
         }
-        let copy = crate::inet::pidfd_open(pid)
+        let copy = crate::net::inet::pidfd_open(pid)
             .ok()
-            .and_then(|p| crate::inet::pidfd_getfd(p.as_raw_fd(), fd).ok());
+            .and_then(|p| crate::net::inet::pidfd_getfd(p.as_raw_fd(), fd).ok());
         if let Some(copy) = copy {
-            out.extend(crate::unix::sockets_in_flight(&copy));
+            out.extend(crate::net::unix::sockets_in_flight(&copy));
         }
     }
     out
@@ -919,15 +920,15 @@ fn dump_ipc(
 ) -> Result<(), DumpError> {
     let ns_id = img.ipc_ns_id;
     let users = (!whole_ns).then_some(tree_pids);
-    let queues = crate::sysvipc::dump_msg(users).map_err(DumpError::Ipc)?;
+    let queues = crate::ipc::sysv::dump_msg(users).map_err(DumpError::Ipc)?;
     write_file(
         &img.dir.join(names::ipcns_msg(ns_id)),
-        &crate::sysvipc::write_msg(&queues),
+        &crate::ipc::sysv::write_msg(&queues),
     )?;
-    let sems = crate::sysvipc::dump_sem(users).map_err(DumpError::Ipc)?;
+    let sems = crate::ipc::sysv::dump_sem(users).map_err(DumpError::Ipc)?;
     write_file(
         &img.dir.join(names::ipcns_sem(ns_id)),
-        &crate::sysvipc::write_sem(&sems),
+        &crate::ipc::sysv::write_sem(&sems),
     )?;
 
     // POSIX queues: (path reaching the queue's file, "/name", file id).
@@ -938,13 +939,13 @@ fn dump_ipc(
         .collect();
     let _mq_root = if whole_ns {
         // Every queue of the namespace, held open or not.
-        let (root, names) = crate::ipcns::mqueue_root()?;
+        let (root, names) = crate::ns::ipc::mqueue_root()?;
         mq.clear();
         for n in names {
             let path = format!("/proc/self/fd/{}/{n}", root.as_raw_fd());
             let name = format!("/{n}");
             let md = std::fs::metadata(&path).map_err(|source| {
-                DumpError::Mqueue(crate::mqueue::MqError::Sys {
+                DumpError::Mqueue(crate::ipc::mqueue::MqError::Sys {
                     what: format!("inspecting queue {name}"),
                     source,
                 })
@@ -958,18 +959,18 @@ fn dump_ipc(
     };
     let wanted = mq
         .iter()
-        .map(|(path, name, _)| crate::mqueue::identity(path, name))
+        .map(|(path, name, _)| crate::ipc::mqueue::identity(path, name))
         .collect::<Result<Vec<_>, _>>()
         .map_err(DumpError::Mqueue)?;
     // One pass over every process's fds for all the queues.
-    crate::mqueue::refuse_outside_users(&wanted, tree_pids).map_err(DumpError::Mqueue)?;
+    crate::ipc::mqueue::refuse_outside_users(&wanted, tree_pids).map_err(DumpError::Mqueue)?;
     let mut mqueues = Vec::new();
     for (path, name, id) in &mq {
-        mqueues.push(crate::mqueue::dump(path, name, *id).map_err(DumpError::Mqueue)?);
+        mqueues.push(crate::ipc::mqueue::dump(path, name, *id).map_err(DumpError::Mqueue)?);
     }
     write_file(
         &img.dir.join(names::POSIX_MQUEUE),
-        &crate::sysvipc::write_msg(&mqueues),
+        &crate::ipc::sysv::write_msg(&mqueues),
     )?;
 
     if whole_ns {
@@ -983,7 +984,7 @@ fn dump_ipc(
         for seg in idle {
             dump_idle_segment(&seg, img, stats)?;
         }
-        let vars = crate::ipcns::read_vars()?;
+        let vars = crate::ns::ipc::read_vars()?;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::IPC_VAR);
         w.push(&vars);
         write_file(&img.dir.join(names::ipcns_var(ns_id)), &w.into_bytes())?;
@@ -1021,7 +1022,7 @@ fn dump_idle_segment(
     // SAFETY: shmat(2) read-only at an address the kernel picks; detached below.
     let addr = unsafe { libc::shmat(seg.shmid as i32, std::ptr::null(), libc::SHM_RDONLY) };
     if addr as isize == -1 {
-        return Err(DumpError::Ipc(crate::sysvipc::IpcError::Sys {
+        return Err(DumpError::Ipc(crate::ipc::sysv::IpcError::Sys {
             what: format!("attaching System V shared memory {}", seg.shmid),
             source: std::io::Error::last_os_error(),
         }));
@@ -1042,7 +1043,7 @@ fn dump_idle_segment(
 fn dump_seccomp_chain(
     pid: u32,
     tid: u32,
-    filters: &mut crate::seccomp::Filters,
+    filters: &mut crate::task::seccomp::Filters,
 ) -> Result<Option<u32>, DumpError> {
     let mut chain = Vec::new();
     while let Some(f) = ptrace::seccomp_filter(tid, chain.len() as u64).map_err(ptr_err(pid))? {
@@ -1343,7 +1344,7 @@ fn dump_task(
     for (tid, core, mode) in cores.iter_mut() {
         match *mode {
             0 => {}
-            crate::seccomp::MODE_FILTER => {
+            crate::task::seccomp::MODE_FILTER => {
                 let last = dump_seccomp_chain(pid, *tid, &mut img.seccomp)?;
                 if let Some(tc) = core.thread_core.as_mut() {
                     tc.seccomp_mode = Some(pb::SeccompMode::Filter as i32);
@@ -1542,7 +1543,7 @@ fn dump_fds(
     img: &mut Images,
     stats: &mut DumpStats,
     nft_lock: &mut Option<String>,
-) -> Result<(Vec<pb::FdinfoEntry>, Vec<crate::inet::TcpLock>), DumpError> {
+) -> Result<(Vec<pb::FdinfoEntry>, Vec<crate::net::inet::TcpLock>), DumpError> {
     let mut out = Vec::new();
     let mut locks = Vec::new();
     let mut pidfd: Option<Option<std::os::fd::OwnedFd>> = None;
@@ -1563,7 +1564,7 @@ fn dump_one_fd(
     img: &mut Images,
     stats: &mut DumpStats,
     nft_lock: &mut Option<String>,
-    locks: &mut Vec<crate::inet::TcpLock>,
+    locks: &mut Vec<crate::net::inet::TcpLock>,
     pidfd: &mut Option<Option<std::os::fd::OwnedFd>>,
 ) -> Result<pb::FdinfoEntry, DumpError> {
     let link = proc::readlink(pid, &format!("fd/{fd}"))?;
@@ -1578,10 +1579,10 @@ fn dump_one_fd(
                 || pty::slave_index(&link).is_some_and(|n| img.tree_ptys.contains(&n)) =>
         {
             // A pty whose master is in the tree: saved whole, restored as a new pair.
-            let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(pid).ok());
+            let p = pidfd.get_or_insert_with(|| crate::net::inet::pidfd_open(pid).ok());
             let copy = p
                 .as_ref()
-                .and_then(|p| crate::inet::pidfd_getfd(p.as_raw_fd(), fd).ok())
+                .and_then(|p| crate::net::inet::pidfd_getfd(p.as_raw_fd(), fd).ok())
                 .ok_or(DumpError::UnsupportedFd {
                     pid,
                     fd,
@@ -1640,7 +1641,7 @@ fn dump_one_fd(
                 // The same socket through another fd (dup, fork): one file, its own type.
                 (ty, id)
             } else {
-                let p = pidfd.get_or_insert_with(|| crate::inet::pidfd_open(pid).ok());
+                let p = pidfd.get_or_insert_with(|| crate::net::inet::pidfd_open(pid).ok());
                 let pfd = p
                     .as_ref()
                     .ok_or(DumpError::UnsupportedFd {
@@ -1650,8 +1651,8 @@ fn dump_one_fd(
                     })?
                     .as_raw_fd();
                 let sock_err = |source| DumpError::Socket { pid, fd, source };
-                let sock = crate::inet::pidfd_getfd(pfd, fd).map_err(|source| {
-                    sock_err(crate::inet::InetError::Sys {
+                let sock = crate::net::inet::pidfd_getfd(pfd, fd).map_err(|source| {
+                    sock_err(crate::net::inet::InetError::Sys {
                         what: "pidfd_getfd".into(),
                         source,
                     })
@@ -1666,7 +1667,7 @@ fn dump_one_fd(
                     let cwd = proc::readlink(pid, "cwd").unwrap_or_default();
                     let me = std::process::id();
                     let dump_unix = |tree_sockets: &std::collections::HashSet<u32>| {
-                        let cx = crate::unix::Context {
+                        let cx = crate::net::unix::Context {
                             cwd: &cwd,
                             in_flight,
                             nested: pid == me,
@@ -1674,12 +1675,12 @@ fn dump_one_fd(
                             ext_inodes: &opts.ext_unix_sk_inodes,
                             tree_sockets,
                         };
-                        crate::unix::dump(&sock, ino as u32, flags, &cx)
+                        crate::net::unix::dump(&sock, ino as u32, flags, &cx)
                     };
                     let unix_err = |source| DumpError::Unix { pid, fd, source };
                     let mut dumped = match dump_unix(&img.tree_sockets) {
                         // The peer may be in flight on a socket of the tree: look once, retry.
-                        Err(crate::unix::UnixError::ExternalPeer { .. })
+                        Err(crate::net::unix::UnixError::ExternalPeer { .. })
                             if !img.in_flight_sockets_known =>
                         {
                             img.in_flight_sockets_known = true;
@@ -1696,7 +1697,7 @@ fn dump_one_fd(
                     for p in std::mem::take(&mut dumped.queued) {
                         let mut files = Vec::new();
                         for f in p.fds {
-                            crate::unix::check_in_flight(f.as_raw_fd(), ino as u32)
+                            crate::net::unix::check_in_flight(f.as_raw_fd(), ino as u32)
                                 .map_err(unix_err)?;
                             let e = dump_one_fd(
                                 me,
@@ -1711,7 +1712,7 @@ fn dump_one_fd(
                             files.push(e.id);
                             img.in_flight.push(f);
                         }
-                        queued.push(crate::unix::Queued {
+                        queued.push(crate::net::unix::Queued {
                             data: p.data,
                             files,
                         });
@@ -1725,7 +1726,7 @@ fn dump_one_fd(
                         xattr_security_selinux: None,
                     });
                 }
-                if !crate::inet::is_inet(sock.as_raw_fd()) {
+                if !crate::net::inet::is_inet(sock.as_raw_fd()) {
                     return Err(DumpError::UnsupportedFd {
                         pid,
                         fd,
@@ -1752,9 +1753,15 @@ fn dump_one_fd(
                     *nft_lock = Some(table);
                     Ok(())
                 };
-                let dumped =
-                    crate::inet::dump(sock, 0, ino, flags, opts.tcp_established, &mut lock_conn)
-                        .map_err(sock_err)?;
+                let dumped = crate::net::inet::dump(
+                    sock,
+                    0,
+                    ino,
+                    flags,
+                    opts.tcp_established,
+                    &mut lock_conn,
+                )
+                .map_err(sock_err)?;
                 let mut entry = Some(dumped.entry);
                 let (id, _) = img.files.add_inet(pid, fd, |id| {
                     let mut e = entry.take().expect("called once");
@@ -1791,7 +1798,7 @@ fn dump_one_fd(
             let (id, first) = img.files.add_mqueue(pid, fd, &link, &info)?;
             if first {
                 img.mqueues
-                    .push((pid, fd, crate::mqueue::queue_name(&link), id));
+                    .push((pid, fd, crate::ipc::mqueue::queue_name(&link), id));
             }
             (pb::FdTypes::Reg, id)
         }

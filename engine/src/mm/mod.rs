@@ -1,0 +1,3 @@
+//! Memory: VMAs, page images and shared memory objects.
+
+pub mod pages;

@@ -1,0 +1,4 @@
+//! Namespaces the tree owns (IPC, UTS).
+
+pub mod ipc;
+pub mod uts;

@@ -1,0 +1,4 @@
+//! Tasks: their core (registers, signals, credentials, timers) and seccomp filters.
+
+pub mod arch;
+pub mod seccomp;

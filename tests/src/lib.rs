@@ -606,6 +606,13 @@ pub fn nums(line: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Asserts the counter workload's lines count up from 0, none lost or repeated.
+pub fn counter_is_continuous(lines: &[String]) {
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(nums(l)[0], i as u64, "line {i}: {l}");
+    }
+}
+
 /// A minimal RESP (redis) client over one TCP connection.
 pub struct Redis {
     w: std::net::TcpStream,

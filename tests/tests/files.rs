@@ -1,0 +1,354 @@
+//! End-to-end: files a tree holds open: deleted files, directories and executables, O_TMPFILE,
+//! /proc files, pipes and FIFOs with bytes buffered, locks, inotify, and every fd kind at once.
+
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn deleted_file_and_its_mapping_come_back() {
+    let Some(_g) = serial_root("deleted_file_and_its_mapping_come_back") else {
+        return;
+    };
+    let w = Workload::start("ghost", &workload("ghost"), &[]);
+    let first = w.wait_lines(3, T);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    let link = std::fs::read_link(format!("/proc/{}/fd/3", w.pid)).unwrap();
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    let want: Vec<&str> = first[0].split_whitespace().skip(1).collect();
+    for l in &after {
+        let got: Vec<&str> = l.split_whitespace().skip(1).collect();
+        assert_eq!(
+            got, want,
+            "content through fd and mapping, and offset, kept"
+        );
+    }
+    assert!(
+        link.to_string_lossy().ends_with("ghost.dat (deleted)"),
+        "{link:?}"
+    );
+    assert!(
+        !w.dir.join("ghost.dat").exists(),
+        "the ghost file is unlinked again"
+    );
+}
+
+/// Files of /proc/<pid>/ of the tree held open (a program watching its own stat): they cannot
+/// be opened before the tasks exist, so each task reopens its own, at the same fd, offset and
+/// close-on-exec flag; a /proc file of no task (uptime) is opened as usual.
+#[test]
+fn proc_files_of_the_tree_are_reopened_by_their_task() {
+    let Some(_g) = serial_root("proc_files_of_the_tree_are_reopened_by_their_task") else {
+        return;
+    };
+    let script = r#"
+import os, threading, time
+f = open("/proc/self/stat")
+f.read(3)
+h = os.open(f"/proc/self/task/{threading.get_native_id()}/comm", os.O_RDONLY)
+os.set_inheritable(h, True)
+u = open("/proc/uptime")
+def state():
+    pos = f.tell(); f.seek(0); pid = f.read().split()[0]; f.seek(pos)
+    os.lseek(h, 0, 0); u.seek(0)
+    return f"{pid} {pos} {os.read(h, 50).decode().strip()} {os.get_inheritable(h)} {os.get_inheritable(f.fileno())} {float(u.read().split()[0]) > 0}"
+print("ready", state(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", state(), flush=True)
+time.sleep(1e6)
+"#;
+    let (w, lines) = python_across_restore("procfiles", script, 2);
+    let ready = lines[0].strip_prefix("ready ").unwrap().to_string();
+    assert_eq!(ready, format!("{} 3 python3 True False True", w.pid));
+    assert_eq!(lines[1], format!("after {ready}"));
+}
+
+/// A file deleted while open, in a directory deleted too: the ghost is made in a directory
+/// made for it, and both are gone again once the task holds the file.
+#[test]
+fn file_deleted_with_its_directory_comes_back() {
+    let Some(_g) = serial_root("file_deleted_with_its_directory_comes_back") else {
+        return;
+    };
+    let script = r#"
+import os, time
+os.makedirs("a/b")
+f = open("a/b/file", "w+"); f.write("kept content"); f.flush()
+os.unlink("a/b/file"); os.rmdir("a/b"); os.rmdir("a")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+f.seek(0)
+print("after", f.read(), os.readlink(f"/proc/self/fd/{f.fileno()}").endswith("a/b/file (deleted)"), os.path.exists("a"), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("ghostdir", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    assert!(
+        !w.dir.join("a").exists(),
+        "the directory made for the ghost is removed"
+    );
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "after kept content True False");
+}
+
+/// An O_TMPFILE file (never named) and a FIFO unlinked while open come back with their bytes,
+/// and leave no name behind.
+#[test]
+fn tmpfile_and_unlinked_fifo_come_back() {
+    let Some(_g) = serial_root("tmpfile_and_unlinked_fifo_come_back") else {
+        return;
+    };
+    let script = r#"
+import os, time
+t = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600); os.write(t, b"tmpfile data")
+os.mkfifo("fifo"); r = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK); w = os.open("fifo", os.O_WRONLY)
+os.write(w, b"fifo data"); os.unlink("fifo")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.lseek(t, 0, 0)
+names = sorted(n for n in os.listdir(".") if n not in ("go", "out.txt", "images", "restored.pid"))
+print("after", os.read(t, 100), os.read(r, 100), os.readlink(f"/proc/self/fd/{r}").endswith("fifo (deleted)"), names, flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("tmpfile-fifo", script, 2);
+    assert_eq!(lines[1], "after b'tmpfile data' b'fifo data' True []");
+}
+
+#[test]
+fn deleted_executable_comes_back() {
+    let Some(_g) = serial_root("deleted_executable_comes_back") else {
+        return;
+    };
+    let dir = temp_dir("deleted-exe");
+    let exe = dir.join("counter-gone");
+    std::fs::copy(workload("counter"), &exe).unwrap();
+    let w = Workload::start("deleted-exe", &exe, &[]);
+    w.wait_lines(3, T);
+    std::fs::remove_file(&exe).unwrap();
+    // The fingerprint compares /proc/<pid>/exe, which reads "... (deleted)" before and after.
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    assert!(!exe.exists(), "the recreated executable is unlinked again");
+}
+
+#[test]
+fn bytes_buffered_in_a_pipe_survive() {
+    let Some(_g) = serial_root("bytes_buffered_in_a_pipe_survive") else {
+        return;
+    };
+    let w = Workload::start("pipebuf", &workload("pipebuf"), &[]);
+    let lines = w.wait_lines(4, T);
+    let want = lines[0]
+        .strip_prefix("want ")
+        .expect("want line")
+        .to_string();
+    let child: i32 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("child-pid "))
+        .expect("child pid")
+        .parse()
+        .unwrap();
+    let pids = dump_kill_restore(&w);
+    // SAFETY: kill(2): the child now reads what the pipe held.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    let end = Instant::now() + T;
+    while !w.lines().iter().any(|l| l.starts_with("child ")) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_tree(&pids);
+    let got = w
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("child "))
+        .expect("child read");
+    assert_eq!(got, format!("child 30000 {want}"));
+}
+
+#[test]
+fn every_fd_kind_keeps_working_in_one_program() {
+    let Some(_g) = serial_root("every_fd_kind_keeps_working_in_one_program") else {
+        return;
+    };
+    let w = Workload::start("fdkinds", &workload("fdkinds"), &[]);
+    let lines = w.wait_lines(5, T);
+    let expect = lines[0]
+        .strip_prefix("expect ")
+        .expect("expect line")
+        .to_string();
+    let ticks = |w: &Workload| -> u64 {
+        w.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
+    let before = ticks(&w);
+    let end = Instant::now() + T;
+    while ticks(&w) < before + 10 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = ticks(&w);
+    // inotify: a file created now is seen by the restored watch.
+    std::fs::write(w.dir.join("created-after-restore"), b"").unwrap();
+    // SAFETY: kill(2): read through the signalfd, it makes the task check every object.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
+    let end = Instant::now() + T;
+    while !(w.lines().iter().any(|l| l.starts_with("check "))
+        && w.lines()
+            .iter()
+            .any(|l| l == "inotify created-after-restore"))
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Locks: still held by the restored task.
+    let got_flock = !flock_taken(&w.dir.join("flock"));
+    let posix = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 12, 1);
+    let lines = w.lines();
+    kill_tree(&pids);
+    assert!(
+        after >= before + 10,
+        "the timerfd keeps firing through epoll: {before} -> {after}"
+    );
+    let check = lines
+        .iter()
+        .find(|l| l.starts_with("check "))
+        .expect("signalfd delivered");
+    assert_eq!(
+        check.strip_prefix("check ").unwrap(),
+        expect,
+        "eventfd count, memfd content, mappings, seals, offset, pty echo, fifo, pipe, unix"
+    );
+    assert!(
+        lines.iter().any(|l| l == "inotify created-after-restore"),
+        "inotify sees new files"
+    );
+    assert!(!got_flock, "flock is held by the restored task");
+    assert_eq!(
+        posix,
+        (libc::F_WRLCK as i16, w.pid as i32),
+        "POSIX lock held by the restored pid"
+    );
+}
+
+#[test]
+fn fifo_with_buffered_data_survives() {
+    let Some(_g) = serial_root("fifo_with_buffered_data_survives") else {
+        return;
+    };
+    let script = r#"
+import os, time
+os.mkfifo("f")
+r = os.open("f", os.O_RDONLY | os.O_NONBLOCK)
+w = os.open("f", os.O_WRONLY)
+os.write(w, b"fifo data " * 100)
+print("ready", r, w, flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("read", os.read(r, 5000) == b"fifo data " * 100, flush=True)
+os.write(w, b"more")
+print("again", os.read(r, 10), flush=True)
+while True: time.sleep(1)
+"#;
+    let (_w, lines) = python_across_restore("fifo", script, 3);
+    assert_eq!(
+        &lines[1..3],
+        &["read True".to_string(), "again b'more'".to_string()]
+    );
+}
+
+#[test]
+fn file_locks_are_held_again_after_restore() {
+    let Some(_g) = serial_root("file_locks_are_held_again_after_restore") else {
+        return;
+    };
+    let script = r#"
+import fcntl, os, struct, time
+f = open("flock", "w"); fcntl.flock(f, fcntl.LOCK_EX)
+g = open("posix", "w"); fcntl.lockf(g, fcntl.LOCK_EX, 10, 5)
+h = os.open("ofd", os.O_RDWR | os.O_CREAT)
+fcntl.fcntl(h, 37, struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 100, 0))  # F_OFD_SETLK
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("locks", script);
+    w.wait_lines(3, T);
+    let o = dump_workload(&w, &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--file-locks"));
+    let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
+    let got_flock = !flock_taken(&w.dir.join("flock"));
+    let posix = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 12, 1);
+    let ofd = lock_probe(&w.dir.join("ofd"), libc::F_OFD_GETLK, 50, 1);
+    let outside = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 0, 5);
+    kill_tree(&pids);
+    assert!(!got_flock, "flock is held by the restored task");
+    assert_eq!(
+        posix,
+        (libc::F_WRLCK as i16, w.pid as i32),
+        "POSIX lock held, by the restored pid"
+    );
+    assert_eq!(ofd.0, libc::F_WRLCK as i16, "OFD lock held");
+    assert_eq!(outside.0, libc::F_UNLCK as i16, "only the locked range");
+}
+
+#[test]
+fn inotify_watches_see_new_files_after_restore() {
+    let Some(_g) = serial_root("inotify_watches_see_new_files_after_restore") else {
+        return;
+    };
+    // Three watches, the middle one removed (wd 1 and 3 remain): events must come with them.
+    let script = r#"
+import ctypes, os, struct, time, select
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+os.makedirs("a", exist_ok=True); os.makedirs("b", exist_ok=True); os.makedirs("c", exist_ok=True)
+IN_CREATE = 0x100
+wa = libc.inotify_add_watch(fd, b"a", IN_CREATE)
+wb = libc.inotify_add_watch(fd, b"b", IN_CREATE)
+wc = libc.inotify_add_watch(fd, b"c", IN_CREATE)
+libc.inotify_rm_watch(fd, wb)
+os.read(fd, 4096)  # the IN_IGNORED of b
+print("watches", wa, wc, flush=True)
+while True:
+    r, _, _ = select.select([fd], [], [], 0.05)
+    if r:
+        buf = os.read(fd, 4096)
+        off = 0
+        while off < len(buf):
+            wd, mask, cookie, n = struct.unpack_from("iIII", buf, off)
+            name = buf[off + 16: off + 16 + n].rstrip(b"\0").decode()
+            print("event", wd, hex(mask), name, flush=True)
+            off += 16 + n
+"#;
+    let w = Workload::python("inotify", script);
+    let first = w.wait_lines(1, T);
+    assert_eq!(first[0], "watches 1 3");
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("a/new-in-a"), b"").unwrap();
+    std::fs::write(w.dir.join("c/new-in-c"), b"").unwrap();
+    std::fs::write(w.dir.join("b/not-watched"), b"").unwrap();
+    let lines = w.wait_lines(3, T);
+    kill_tree(&pids);
+    assert_eq!(
+        &lines[1..3],
+        &[
+            "event 1 0x100 new-in-a".to_string(),
+            "event 3 0x100 new-in-c".to_string()
+        ]
+    );
+    assert_eq!(lines.len(), 3, "no other event: {lines:?}");
+}

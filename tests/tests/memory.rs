@@ -1,0 +1,127 @@
+//! End-to-end: memory and CPU state: shared file mappings with madvise state, locked memory,
+//! AVX-512 registers, and many fds, threads and shared mappings at once.
+
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn shared_file_mapping_and_madvise_state_survive() {
+    let Some(_g) = serial_root("shared_file_mapping_and_madvise_state_survive") else {
+        return;
+    };
+    let w = Workload::start("filemap", &workload("filemap"), &[]);
+    w.wait_lines(5, T);
+    // The fingerprint check in dump_kill_restore compares VmFlags (dc, dd, hg, wf, rr).
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    let on_disk = std::fs::read(w.dir.join("counter.dat")).unwrap();
+    kill_tree(&pids);
+    let v: Vec<u64> = after.iter().map(|l| l.trim().parse().unwrap()).collect();
+    for (i, x) in v.iter().enumerate() {
+        assert_eq!(*x, i as u64 + 1, "counter in the shared mapping continues");
+    }
+    let file_value = u64::from_ne_bytes(on_disk[..8].try_into().unwrap());
+    assert!(
+        file_value >= v[n + 4],
+        "the file sees the restored task's writes: {file_value}"
+    );
+}
+
+#[test]
+fn avx512_registers_survive() {
+    let Some(_g) = serial_root("avx512_registers_survive") else {
+        return;
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if !cpu.split_whitespace().any(|f| f == "avx512f") {
+        skip("avx512_registers_survive", "this CPU has no AVX-512");
+        return;
+    }
+    let w = Workload::start("avx512", &workload_with("avx512", &["-mavx512f"]), &[]);
+    let dots = |w: &Workload| std::fs::read_to_string(&w.out).unwrap_or_default();
+    let end = Instant::now() + T;
+    while dots(&w).len() < 5 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = dump_kill_restore(&w);
+    let n = dots(&w).len();
+    let end = Instant::now() + T;
+    while dots(&w).len() < n + 10 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_tree(&pids);
+    let out = dots(&w);
+    assert!(
+        !out.contains('X'),
+        "a zmm or opmask register changed: {out}"
+    );
+    assert!(out.len() >= n + 10, "the loop stopped: {out}");
+}
+
+/// mlock()ed memory stays locked (VmFlags `lo`, VmLck), with its content.
+#[test]
+fn locked_memory_stays_locked() {
+    let Some(_g) = serial_root("locked_memory_stays_locked") else {
+        return;
+    };
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+a = libc.mmap(None, 1 << 20, 3, 0x22, -1, 0)
+ctypes.memmove(a + 12345, b"locked bytes", 12)
+assert libc.mlock(ctypes.c_void_p(a), 1 << 20) == 0, ctypes.get_errno()
+lck = lambda: [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmLck")][0]
+print("ready", lck(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", lck(), ctypes.string_at(a + 12345, 12).decode(), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("mlock", script);
+    w.wait_lines(1, T);
+    // The fingerprint compares VmFlags, `lo` included.
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines, ["ready 1024", "after 1024 locked bytes"]);
+}
+
+/// Scale: 2000 fds on one file, 1000 small shared mappings and 50 threads all come back
+/// (these used to cost a kcmp per pair of fds and a writer thread per mapping).
+#[test]
+fn many_fds_threads_and_shared_mappings_come_back() {
+    let Some(_g) = serial_root("many_fds_threads_and_shared_mappings_come_back") else {
+        return;
+    };
+    let script = r#"
+import mmap, os, threading, time
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(2000)]
+maps = []
+for i in range(1000):
+    m = mmap.mmap(-1, 4096); m[0] = i % 251; maps.append(m)
+ticks = [0] * 50
+def work(k):
+    while True:
+        ticks[k] += 1; time.sleep(0.02)
+for k in range(50):
+    threading.Thread(target=work, args=(k,), daemon=True).start()
+state = lambda: f"{len(os.listdir('/proc/self/fd'))} {sum(m[0] for m in maps)} {threading.active_count()}"
+print("ready", state(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+before = sum(ticks); time.sleep(0.3)
+print("after", state(), sum(ticks) > before, flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("many", script);
+    w.wait_lines(1, Duration::from_secs(30));
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    let ready = lines[0].strip_prefix("ready ").unwrap().to_string();
+    assert_eq!(lines[1], format!("after {ready} True"));
+}

@@ -1,0 +1,150 @@
+//! End-to-end: what stasis cannot restore yet is refused by name, before any task is killed,
+//! and the tree runs on, neither stopped nor traced.
+
+use std::time::Duration;
+
+use stasis_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
+    let Some(_g) = serial_root("shared_fd_table_between_processes_is_refused_and_tree_runs_on")
+    else {
+        return;
+    };
+    let w = Workload::start("clonefiles", &workload("clonefiles"), &[]);
+    w.wait_lines(3, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("file descriptor table"), "{e}");
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 5, T).len() >= n + 5, "tree runs on");
+}
+
+#[test]
+fn namespace_fds_are_refused_by_name_and_tree_runs_on() {
+    let Some(_g) = serial_root("namespace_fds_are_refused_by_name_and_tree_runs_on") else {
+        return;
+    };
+    // A namespace file looks like a regular file to stat(2), but reopening its link
+    // ("net:[ino]") would open nothing: the dump must refuse it.
+    let script = r#"
+import os, time
+fd = os.open('/proc/self/ns/net', os.O_RDONLY)
+i = 0
+while True:
+    print(i, fd, flush=True); i += 1; time.sleep(0.01)
+"#;
+    let w = Workload::python("nsfd", script);
+    let first = w.wait_lines(3, T);
+    let fd = first[0].split(' ').nth(1).unwrap().to_string();
+    let e = dump_must_fail(&w);
+    assert!(
+        e.contains("namespace file") && e.contains(&format!("fd {fd}")),
+        "{e}"
+    );
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 5, T).len() >= n + 5, "tree runs on");
+}
+
+/// A task that a debugger of the tree already traces is refused naming the tracer, and both
+/// run on.
+#[test]
+fn task_traced_by_a_debugger_is_refused_by_name() {
+    let Some(_g) = serial_root("task_traced_by_a_debugger_is_refused_by_name") else {
+        return;
+    };
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+child = os.fork()
+if child == 0:
+    while True: time.sleep(1)
+assert libc.ptrace(0x4206, child, None, None) == 0, ctypes.get_errno()  # PTRACE_SEIZE
+print("child", child, flush=True)
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("traced", script);
+    let first = w.wait_lines(2, T);
+    let child: u32 = first[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Not dump_must_fail: the child keeps its own tracer, the parent.
+    let o = dump_workload(&w, &[]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.trim().lines().count() == 1, "{e}");
+    assert!(
+        e.contains(&format!("is already traced by pid {}", w.pid)),
+        "{e}"
+    );
+    assert_runs_on(&w);
+    assert_eq!(tracer_of(child), w.pid, "the child keeps its tracer");
+    kill_tree(&[w.pid, child]);
+}
+
+/// A working directory deleted while in use cannot be reopened at restore: the dump is
+/// refused by name, before the task is killed, and it runs on.
+#[test]
+fn deleted_working_directory_is_refused_and_task_runs_on() {
+    let Some(_g) = serial_root("deleted_working_directory_is_refused_and_task_runs_on") else {
+        return;
+    };
+    let script = r#"
+import os, time
+os.mkdir("gone"); os.chdir("gone"); os.rmdir("../gone")
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("deleted-cwd", script);
+    w.wait_lines(2, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("a cwd directory deleted while in use"), "{e}");
+    assert_runs_on(&w);
+    kill_tree(&[w.pid]);
+}
+
+/// A task in a namespace of its own that stasis does not handle yet (here a network
+/// namespace) is refused by name instead of coming back silently in the restorer's; the tree
+/// runs on.
+#[test]
+fn other_namespaces_are_refused_by_name_and_tree_runs_on() {
+    let Some(_g) = serial_root("other_namespaces_are_refused_by_name_and_tree_runs_on") else {
+        return;
+    };
+    let script = r#"
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x40000000) == 0, ctypes.get_errno()  # CLONE_NEWNET
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("netns", script);
+    w.wait_lines(2, T);
+    let e = dump_must_fail(&w);
+    assert!(
+        e.contains(&format!(
+            "process {} is in a net namespace of its own",
+            w.pid
+        )),
+        "{e}"
+    );
+    assert_runs_on(&w);
+    kill_tree(&[w.pid]);
+}
+
+#[test]
+fn exited_main_thread_is_refused_and_threads_run_on() {
+    let Some(_g) = serial_root("exited_main_thread_is_refused_and_threads_run_on") else {
+        return;
+    };
+    let w = Workload::start("leaderexit", &workload("leaderexit"), &[]);
+    w.wait_lines(3, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("main thread"), "{e}");
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    counter_is_continuous(&after);
+}

@@ -1,0 +1,340 @@
+//! End-to-end: what a task is besides its memory and files: credentials and limits, signals
+//! (pending, handled, ignored, stopped), seccomp filters, scheduling, process groups and
+//! sessions, and a restore that waits for the task to exit.
+
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn unprivileged_task_keeps_its_credentials_and_limits() {
+    let Some(_g) = serial_root("unprivileged_task_keeps_its_credentials_and_limits") else {
+        return;
+    };
+    let w = Workload::start("creds", &workload("creds"), &[]);
+    w.wait_lines(5, T);
+    // dump_kill_restore compares uids, gids, groups, capabilities, no_new_privs, umask,
+    // limits, personality and oom_score_adj before and after.
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    assert!(
+        after.iter().all(|l| l.ends_with(" 65534 65534")),
+        "still nobody"
+    );
+}
+
+#[test]
+fn stopped_task_stays_stopped_until_sigcont() {
+    let Some(_g) = serial_root("stopped_task_stays_stopped_until_sigcont") else {
+        return;
+    };
+    let w = Workload::start("stopped", &workload("counter"), &[]);
+    w.wait_lines(3, T);
+    // SAFETY: kill(2) to our workload.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGSTOP) };
+    let end = Instant::now() + T;
+    while state_of(w.pid) != 'T' && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pids = dump_kill_restore(&w);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(state_of(w.pid), 'T', "restored stopped");
+    let n = w.lines().len();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(w.lines().len(), n, "a stopped task prints nothing");
+    // SAFETY: kill(2) to the restored task.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGCONT) };
+    let after = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+}
+
+/// Seccomp filters (as every container and many services have): a process with a thread
+/// shares a filter (TSYNC), and its child stacks one more. After restore the same syscalls
+/// are refused with the same errors in every task, and the filter counts are the same.
+#[test]
+fn seccomp_filters_still_apply_after_restore() {
+    let Some(_g) = serial_root("seccomp_filters_still_apply_after_restore") else {
+        return;
+    };
+    let script = r#"
+import ctypes, os, struct, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+def install(nr, err, flags):
+    ins = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | err), (0x06, 0, 0, 0x7fff0000)]
+    raw = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in ins))
+    fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", len(ins), ctypes.addressof(raw)))
+    assert libc.syscall(317, 1, flags, fprog) == 0, ctypes.get_errno()
+libc.prctl(38, 1, 0, 0, 0)      # no_new_privs
+threading.Thread(target=lambda: time.sleep(1e6), daemon=True).start()
+install(63, 1, 1)               # uname -> EPERM, for every thread (TSYNC)
+def probe(who):
+    out = [who]
+    for f in (os.uname, os.getcwd):
+        try:
+            f(); out.append("ok")
+        except OSError as e:
+            out.append(e.errno)
+    n = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp_filters")]
+    return " ".join(map(str, out + n))
+if os.fork() == 0:
+    install(79, 13, 0)          # and getcwd -> EACCES in the child
+    print("before", probe("child"), flush=True)
+    while not os.path.exists("go"): time.sleep(0.02)
+    print("after", probe("child"), flush=True)
+    time.sleep(1e6)
+time.sleep(0.2)
+print("before", probe("parent"), flush=True)
+while not os.path.exists("go"): time.sleep(0.02)
+time.sleep(0.2)
+print("after", probe("parent"), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("seccomp", script);
+    w.wait_lines(2, T);
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 4);
+    let mut after: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("after "))
+        .collect();
+    after.sort();
+    let mut before: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("before "))
+        .collect();
+    before.sort();
+    assert_eq!(before, ["child 1 13 2", "parent 1 ok 1"], "{lines:?}");
+    assert_eq!(after, before, "{lines:?}");
+}
+
+#[test]
+fn restore_without_detach_exits_as_the_task_does() {
+    let Some(_g) = serial_root("restore_without_detach_exits_as_the_task_does") else {
+        return;
+    };
+    let w = Workload::start("exits", &workload("exits"), &[]);
+    w.wait_lines(5, T);
+    let img = w.images();
+    check_ok("dump", &dump_workload(&w, &[]));
+    reap(w.pid);
+    let o = stasis(&["restore", "-D", img.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines = w.lines();
+    assert_eq!(lines.len(), 40);
+    counter_is_continuous(&lines);
+}
+
+#[test]
+fn pending_signals_are_still_pending_after_restore() {
+    let Some(_g) = serial_root("pending_signals_are_still_pending_after_restore") else {
+        return;
+    };
+    let w = Workload::start("pending", &workload("pending"), &[]);
+    w.wait_lines(3, T);
+    // SAFETY: kill(2) and sigqueue(3) to our workload; both signals are blocked there.
+    unsafe {
+        libc::kill(w.pid as libc::pid_t, libc::SIGUSR1);
+        let v = libc::sigval {
+            sival_ptr: 42usize as *mut libc::c_void,
+        };
+        libc::sigqueue(w.pid as libc::pid_t, libc::SIGRTMIN() + 1, v);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let pids = dump_kill_restore(&w);
+    // SAFETY: kill(2): SIGUSR2 makes the task collect what is pending.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR2) };
+    let end = Instant::now() + T;
+    while !w.lines().iter().any(|l| l == "done") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_tree(&pids);
+    let got: Vec<String> = w
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("got "))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            format!("got {} 0", libc::SIGUSR1),
+            format!("got {} 42", libc::SIGRTMIN() + 1)
+        ],
+        "both signals, with the queued value"
+    );
+}
+
+#[test]
+fn process_groups_and_sessions_inside_the_tree() {
+    let Some(_g) = serial_root("process_groups_and_sessions_inside_the_tree") else {
+        return;
+    };
+    let w = Workload::start("groups", &workload("groups"), &[]);
+    w.wait_lines(5, T);
+    let before = tree_ids(w.pid);
+    assert_eq!(before.len(), 5, "{before:?}");
+    let img = w.images();
+    check_ok("dump", &dump_workload(&w, &[]));
+    for (p, ..) in &before {
+        reap(*p);
+    }
+    // Orphans of the killed tree are reparented to us (subreaper): reap them all.
+    kill_tree(&[]);
+    check_ok(
+        "restore",
+        &stasis(&["restore", "-D", img.to_str().unwrap(), "-d"]),
+    );
+    let mut after = tree_ids(w.pid);
+    // The root's parent is whoever reaps for us now; everything else must match.
+    after[0].1 = before[0].1;
+    let pids: Vec<u32> = after.iter().map(|t| t.0).collect();
+    let n = w.lines().len();
+    let lines = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    assert_eq!(before, after, "pids, parents, groups and sessions");
+    counter_is_continuous(&lines);
+}
+
+/// SIGTRAP dispositions survive our single steps, which force a SIGTRAP after every injected
+/// syscall (the kernel resets a forced signal that is blocked or ignored to SIG_DFL): a
+/// handler (bash and python install one), an ignored SIGTRAP, and a blocked SIGTRAP that is
+/// pending all come back, after a dump that leaves the tree running and after a restore.
+#[test]
+fn sigtrap_handler_and_ignored_sigtrap_survive() {
+    let Some(_g) = serial_root("sigtrap_handler_and_ignored_sigtrap_survive") else {
+        return;
+    };
+    let script = r#"
+import os, signal, time
+if os.fork() == 0:
+    signal.signal(signal.SIGTRAP, signal.SIG_IGN)
+    who = "ignoring"
+elif os.fork() == 0:
+    # Blocked, with one pending: it must still be pending after the dump and the restore.
+    signal.signal(signal.SIGTRAP, lambda *a: os.write(1, b"pending delivered\n"))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP})
+    os.kill(os.getpid(), signal.SIGTRAP)
+    who = "blocking"
+else:
+    signal.signal(signal.SIGTRAP, lambda *a: os.write(1, b"handled\n"))
+    who = "handling"
+time.sleep(0.2)
+os.write(1, f"ready {who}\n".encode())  # one write: three processes share the file
+while not os.path.exists("go"):
+    time.sleep(0.02)
+if who == "blocking":
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTRAP})
+else:
+    os.kill(os.getpid(), signal.SIGTRAP)
+time.sleep(0.2)
+os.write(1, f"alive {who}\n".encode())
+time.sleep(1e6)
+"#;
+    let w = Workload::python("sigtrap", script);
+    w.wait_lines(3, T);
+    let dispositions = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("SigIgn") || l.starts_with("SigCgt"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let pids = tree_and_session(w.pid);
+    let before: Vec<_> = pids.iter().map(|&p| dispositions(p)).collect();
+    check_ok("dump -R", &dump_workload(&w, &["-R"]));
+    let after_r: Vec<_> = pids.iter().map(|&p| dispositions(p)).collect();
+    assert_eq!(
+        after_r, before,
+        "a dump that leaves the tree running changes nothing"
+    );
+    // dump_kill_restore compares SigIgn and SigCgt of every task before and after.
+    let pids = dump_kill_restore(&w);
+    let mut lines = w.go_and_collect(&pids, 8);
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "alive blocking",
+            "alive handling",
+            "alive ignoring",
+            "handled",
+            "pending delivered",
+            "ready blocking",
+            "ready handling",
+            "ready ignoring"
+        ]
+    );
+}
+
+/// Scheduling policies come back: a real-time (SCHED_RR, priority 10) parent and a
+/// SCHED_BATCH child with nice 5 (the fingerprint compares policy, priority and nice).
+#[test]
+fn scheduling_policy_and_priority_survive() {
+    let Some(_g) = serial_root("scheduling_policy_and_priority_survive") else {
+        return;
+    };
+    let script = r#"
+import os, time
+if os.fork() == 0:
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    os.nice(5)
+else:
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+time.sleep(0.2)
+os.write(1, f"ready {os.sched_getscheduler(0)} {os.sched_getparam(0).sched_priority}\n".encode())
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.write(1, f"after {os.sched_getscheduler(0)} {os.sched_getparam(0).sched_priority} {os.nice(0)}\n".encode())
+time.sleep(1e6)
+"#;
+    let w = Workload::python("sched", script);
+    w.wait_lines(2, T);
+    // dump_kill_restore compares the policy, priority and nice of both tasks.
+    let pids = dump_kill_restore(&w);
+    let mut lines = w.go_and_collect(&pids, 4);
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["after 2 10 0", "after 3 0 5", "ready 2 10", "ready 3 0"]
+    );
+}
+
+#[test]
+fn python_signal_handler_runs_after_restore() {
+    let Some(_g) = serial_root("python_signal_handler_runs_after_restore") else {
+        return;
+    };
+    // Python installs its handlers with SA_ONSTACK and has no alternate stack. A restored task
+    // once kept the restorer's alternate stack, and died with SIGSEGV at the first signal.
+    let script = r#"
+import signal, time
+got = []
+signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+print("ready", flush=True)
+while not got:
+    time.sleep(0.01)
+print("handled", flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("pysig", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    // SAFETY: kill(2) to the restored task.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
+    let lines = w.wait_lines(2, T);
+    let alive = alive(w.pid);
+    kill_tree(&pids);
+    assert!(alive, "the task died from the signal");
+    assert_eq!(lines.get(1).map(String::as_str), Some("handled"));
+}

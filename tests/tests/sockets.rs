@@ -1,0 +1,600 @@
+//! End-to-end: sockets: unix streams and datagrams (queued bytes, fds in flight, unlinked
+//! names, shutdown, peek offsets), listeners, and TCP connections with data in flight.
+
+use std::io::Read;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// Files sent with SCM_RIGHTS and not yet received are dumped with the message that carries
+/// them, and the receiver gets working descriptors after restore: a regular file at its
+/// offset, a pipe with its bytes, one end of a socketpair (the other held by the task), an
+/// eventfd on a datagram socket. A socket sent over its own connection is refused by name.
+#[test]
+fn file_descriptors_in_flight_on_unix_sockets_arrive_after_restore() {
+    let Some(_g) = serial_root("file_descriptors_in_flight_on_unix_sockets_arrive_after_restore")
+    else {
+        return;
+    };
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+c, d = socket.socketpair()
+e, g = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+with open("data.txt", "w") as f:
+    f.write("0123456789")
+f = os.open("data.txt", os.O_RDWR)
+os.lseek(f, 3, os.SEEK_SET)
+r, w = os.pipe()
+os.write(w, b"piped")
+efd = os.eventfd(5)
+socket.send_fds(a, [b"hdr"], [f, r, c.fileno()])
+a.send(b"tail")
+socket.send_fds(e, [b"dg1"], [efd])
+e.send(b"dg2")
+os.close(f); os.close(r); c.close(); os.close(efd)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+out = []
+msg, fds, _, _ = socket.recv_fds(b, 100, 10)
+out.append((msg.decode(), len(fds)))
+f, r, cfd = fds
+out.append(os.read(f, 100).decode())
+out.append(os.read(r, 100).decode())
+c = socket.socket(fileno=cfd)
+d.send(b"ping"); out.append(c.recv(10).decode())
+c.send(b"pong"); out.append(d.recv(10).decode())
+out.append(b.recv(100).decode())
+msg, fds, _, _ = socket.recv_fds(g, 100, 10)
+out.append((msg.decode(), len(fds)))
+out.append(int.from_bytes(os.read(fds[0], 8), "little"))
+out.append(g.recv(100).decode())
+print("got", out, flush=True)
+while True: time.sleep(1)
+"#;
+    let (w, lines) = python_across_restore("inflight", script, 2);
+    assert_eq!(
+        lines[1],
+        "got [('hdr', 3), '3456789', 'piped', 'ping', 'pong', 'tail', ('dg1', 1), 5, 'dg2']"
+    );
+    if have_crit() {
+        let o = Command::new("crit")
+            .args(["decode", "-i"])
+            .arg(w.images().join("sk-queues.img"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("\"rights\""), "{text}");
+    }
+
+    // One end of a socketpair sent over that same connection: refused, and the tree runs on.
+    let script = r#"
+import socket, time
+a, b = socket.socketpair()
+socket.send_fds(a, [b"x"], [a.fileno()])
+print("ready", flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("inflight-self", script);
+    w.wait_lines(1, T);
+    let e = dump_must_fail(&w);
+    assert!(
+        e.contains("in flight (SCM_RIGHTS) on its own connection"),
+        "{e}"
+    );
+    kill_tree(&[w.pid]);
+
+    // A socket in flight that itself has a file in flight: refused.
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+c, d = socket.socketpair()
+socket.send_fds(d, [b"x"], [0])
+socket.send_fds(a, [b"y"], [c.fileno()])
+c.close()
+print("ready", flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("inflight-nested", script);
+    w.wait_lines(1, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("is itself in flight"), "{e}");
+    kill_tree(&[w.pid]);
+}
+
+/// A socketpair end shut for writing, with bytes still queued: after restore the reader gets
+/// the bytes, then EOF, and the writer gets EPIPE.
+#[test]
+fn unix_shutdown_still_gives_eof_after_restore() {
+    let Some(_g) = serial_root("unix_shutdown_still_gives_eof_after_restore") else {
+        return;
+    };
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+a.send(b"last words"); a.shutdown(socket.SHUT_WR)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+b.settimeout(5)
+got = [b.recv(100), b.recv(100)]
+try:
+    a.send(b"x"); sent = "sent"
+except BrokenPipeError:
+    sent = "EPIPE"
+print("after", got, sent, flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("shutdown", script, 2);
+    assert_eq!(lines[1], "after [b'last words', b''] EPIPE");
+}
+
+/// Peeking a unix queue during the dump leaves the task's own SO_PEEK_OFF as it was.
+#[test]
+fn task_peek_offset_survives_a_dump() {
+    let Some(_g) = serial_root("task_peek_offset_survives_a_dump") else {
+        return;
+    };
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+a.send(b"0123456789")
+b.setsockopt(socket.SOL_SOCKET, 42, 3)  # SO_PEEK_OFF
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", b.getsockopt(socket.SOL_SOCKET, 42), b.recv(4, socket.MSG_PEEK), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("peekoff", script);
+    w.wait_lines(1, T);
+    check_ok("dump -R", &dump_workload(&w, &["-R"]));
+    let lines = w.go_and_collect(&[w.pid], 2);
+    assert_eq!(lines[1], "after 3 b'3456'");
+}
+
+/// Unix sockets whose files were unlinked (one in a directory deleted too) keep their names
+/// and stay unlinked; a datagram queued on one of them still arrives.
+#[test]
+fn unix_sockets_with_unlinked_files_keep_their_names() {
+    let Some(_g) = serial_root("unix_sockets_with_unlinked_files_keep_their_names") else {
+        return;
+    };
+    let script = r#"
+import os, socket, time
+os.mkdir("d")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("d/listen"); s.listen(1)
+t = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); t.bind("dgram")
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"queued", "dgram")
+os.unlink("d/listen"); os.rmdir("d"); os.unlink("dgram")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", s.getsockname(), t.getsockname(), os.path.exists("dgram"), os.path.exists("d"), t.recv(100), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("unlinked-sockets", script, 2);
+    assert_eq!(lines[1], "after d/listen dgram False False b'queued'");
+}
+
+#[test]
+fn listening_sockets_answer_after_restore() {
+    let Some(_g) = serial_root("listening_sockets_answer_after_restore") else {
+        return;
+    };
+    // A server on IPv4 and IPv6 (v6only), options set, answering "hello <n>" on each connection.
+    let script = r#"
+import socket, sys, time, select
+s4 = socket.socket()
+s4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s4.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s4.bind(("127.0.0.1", 0)); s4.listen(16)
+s6 = socket.socket(socket.AF_INET6)
+s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s6.bind(("::1", 0)); s6.listen(16)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+print("ports", s4.getsockname()[1], s6.getsockname()[1], u.getsockname()[1], flush=True)
+n = 0
+while True:
+    r, _, _ = select.select([s4, s6, u], [], [], 0.05)
+    for s in r:
+        if s is u:
+            data, peer = u.recvfrom(100); u.sendto(b"udp " + data, peer); continue
+        c, _ = s.accept(); n += 1
+        c.sendall(b"hello %d %d\n" % (n, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))); c.close()
+    print("tick", flush=True)
+"#;
+    let w = Workload::python("listen", script);
+    let first = w.wait_lines(2, T);
+    let ports: Vec<u16> = first[0]
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let hello = |addr: &str, port: u16| -> String {
+        let mut c = std::net::TcpStream::connect((addr, port)).expect("connect");
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    };
+    assert_eq!(hello("127.0.0.1", ports[0]), "hello 1 1\n");
+    let pids = dump_kill_restore(&w);
+    assert_eq!(
+        hello("127.0.0.1", ports[0]),
+        "hello 2 1\n",
+        "IPv4 listener, state and SO_REUSEADDR kept"
+    );
+    assert_eq!(hello("::1", ports[1]), "hello 3 0\n", "IPv6 listener");
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(T)).unwrap();
+    u.send_to(b"ping", ("127.0.0.1", ports[2])).unwrap();
+    let mut b = [0u8; 64];
+    let (n, _) = u.recv_from(&mut b).expect("udp answer");
+    kill_tree(&pids);
+    assert_eq!(&b[..n], b"udp ping");
+}
+
+#[test]
+fn datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive() {
+    let Some(_g) = serial_root("datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive")
+    else {
+        return;
+    };
+    // A syslog-like receiver: bound by path, unconnected, with datagrams from unnamed senders
+    // (one inside the tree, the others from the test) waiting to be read.
+    let script = r#"
+import os, socket, time
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind("log.sock")
+os.chmod("log.sock", 0o620); os.chown("log.sock", 65534, 65534)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+c.sendto(b"from-tree", "log.sock")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+srv.setblocking(False)
+got = []
+while True:
+    try: got.append(srv.recv(100).decode())
+    except BlockingIOError: break
+print("got", got, flush=True)
+c.sendto(b"after", "log.sock")
+print("then", srv.recv(100).decode(), flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("dgramq", script);
+    w.wait_lines(1, T);
+    let outside = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    for m in ["one", "two", "three"] {
+        outside
+            .send_to(m.as_bytes(), w.dir.join("log.sock"))
+            .unwrap();
+    }
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 3);
+    assert_eq!(lines[1], "got ['from-tree', 'one', 'two', 'three']");
+    assert_eq!(lines[2], "then after");
+    // The socket file keeps its mode and owner, not the restorer's umask and uid.
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(w.dir.join("log.sock")).unwrap();
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o620, 65534, 65534)
+    );
+}
+
+#[test]
+fn unix_sockets_with_queued_data_and_listeners_survive() {
+    let Some(_g) = serial_root("unix_sockets_with_queued_data_and_listeners_survive") else {
+        return;
+    };
+    // Stream and datagram socketpairs with bytes queued both ways, a listener on a path and one
+    // on an abstract name. On "go" (a file appearing) it reads everything and answers clients.
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair()
+c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.sendall(b"to-b " * 1000); b.sendall(b"to-a " * 700)
+c.send(b"dgram one"); c.send(b"dgram two"); d.send(b"dgram back")
+l = socket.socket(socket.AF_UNIX); l.bind("sock"); l.listen(4)
+ab = socket.socket(socket.AF_UNIX); ab.bind("\0stasis-test-abstract-%d" % os.getpid()); ab.listen(4)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+def take(s, n):
+    got = b""
+    while len(got) < n: got += s.recv(n - len(got))
+    return got
+print("b got", take(b, 5000) == b"to-b " * 1000, flush=True)
+print("a got", take(a, 3500) == b"to-a " * 700, flush=True)
+print("d got", d.recv(100), d.recv(100), flush=True)
+print("c got", c.recv(100), flush=True)
+for s in (l, ab):
+    x, _ = s.accept(); x.sendall(b"hi"); x.close()
+print("served", flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("unixsk", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("go"), b"").unwrap();
+    let hi = |addr: std::os::unix::net::SocketAddr| {
+        let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap_or_else(|e| {
+            let ss = std::process::Command::new("ss")
+                .arg("-xlp")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            panic!("connect {addr:?}: {e}; listeners: {ss:?}")
+        });
+        let mut v = String::new();
+        s.read_to_string(&mut v).unwrap();
+        v
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let path = std::os::unix::net::SocketAddr::from_pathname(w.dir.join("sock")).unwrap();
+    assert_eq!(hi(path), "hi", "path listener");
+    use std::os::linux::net::SocketAddrExt;
+    let abs = std::os::unix::net::SocketAddr::from_abstract_name(format!(
+        "stasis-test-abstract-{}",
+        w.pid
+    ))
+    .unwrap();
+    assert_eq!(hi(abs), "hi", "abstract listener");
+    let lines = w.wait_lines(6, T);
+    kill_tree(&pids);
+    assert_eq!(
+        &lines[1..6],
+        &[
+            "b got True".to_string(),
+            "a got True".to_string(),
+            "d got b'dgram one' b'dgram two'".to_string(),
+            "c got b'dgram back'".to_string(),
+            "served".to_string(),
+        ]
+    );
+}
+
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(7).wrapping_add(i / 251)) as u8
+}
+
+#[test]
+fn tcp_stream_survives_with_data_in_flight_both_ways() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let Some(_g) = serial_root("tcp_stream_survives_with_data_in_flight_both_ways") else {
+        return;
+    };
+    let port = free_port();
+    let w = Workload::start("tcpserver", &workload("tcpserver"), &[&port.to_string()]);
+    w.wait_lines(1, T);
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_nodelay(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let paused = Arc::new(AtomicBool::new(false));
+    let (sent, got) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // A stalled connection must fail the test, not hang it.
+    conn.set_write_timeout(Some(Duration::from_secs(70)))
+        .unwrap();
+    // Bytes the network lock drops come back on this (the peer's) retransmission timer, which
+    // doubles through the downtime; on a loaded machine it can reach minutes. Cap it at 1 s
+    // (TCP_RTO_MAX_MS, Linux 6.15+), as a latency-sensitive peer would; older kernels ignore it.
+    {
+        use std::os::fd::AsRawFd;
+        let cap_ms: libc::c_int = 1000;
+        // SAFETY: setsockopt reads one int from our local.
+        unsafe {
+            libc::setsockopt(
+                conn.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                44,
+                (&cap_ms as *const libc::c_int).cast(),
+                4,
+            );
+        }
+    }
+    let mut wr = conn.try_clone().unwrap();
+    let (s2, st2) = (sent.clone(), stop.clone());
+    let writer = std::thread::spawn(move || {
+        let mut off = 0u64;
+        let mut buf = [0u8; 1000];
+        while !st2.load(Ordering::Relaxed) {
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = pattern(off + k as u64);
+            }
+            if wr.write_all(&buf).is_err() {
+                return Err(format!("write failed at {off}"));
+            }
+            off += buf.len() as u64;
+            s2.store(off, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    });
+    let mut rd = conn.try_clone().unwrap();
+    rd.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (g2, st3, p2) = (got.clone(), stop.clone(), paused.clone());
+    let reader = std::thread::spawn(move || {
+        let mut off = 0u64;
+        let mut buf = [0u8; 8192];
+        while !st3.load(Ordering::Relaxed) {
+            if p2.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            match rd.read(&mut buf) {
+                Ok(0) => return Err(format!("eof at {off}")),
+                Ok(n) => {
+                    for (k, b) in buf[..n].iter().enumerate() {
+                        if *b != pattern(off + k as u64) {
+                            return Err(format!("bad byte at {}", off + k as u64));
+                        }
+                    }
+                    off += n as u64;
+                    g2.store(off, Ordering::Relaxed);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(format!("read: {e} at {off}")),
+            }
+        }
+        Ok(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Stop reading for a while: the server's send queue fills, so bytes are in flight both ways.
+    paused.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(200));
+    let img = w.images();
+    let pid = w.pid.to_string();
+    let o = stasis(&["dump", "-t", &pid, "-D", img.to_str().unwrap()]);
+    assert!(
+        !o.status.success(),
+        "an established connection needs --tcp-established"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tcp-established"));
+    check_ok(
+        "dump",
+        &stasis(&[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            img.to_str().unwrap(),
+            "--tcp-established",
+            "-o",
+            "dump.log",
+            "-v4",
+        ]),
+    );
+    reap(w.pid);
+    let (s_at_dump, g_at_dump) = (sent.load(Ordering::Relaxed), got.load(Ordering::Relaxed));
+    std::thread::sleep(Duration::from_millis(300));
+    check_ok(
+        "restore",
+        &stasis(&[
+            "restore",
+            "-D",
+            img.to_str().unwrap(),
+            "-d",
+            "--tcp-established",
+            "-o",
+            "restore.log",
+            "-v4",
+        ]),
+    );
+    paused.store(false, Ordering::Relaxed);
+    let server_rx_now = |w: &Workload| {
+        w.lines()
+            .iter()
+            .rev()
+            .find_map(|l| {
+                l.strip_prefix("rx ")
+                    .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    // The peer's bytes dropped by the network lock come back by retransmission, on the peer's
+    // backed-off timer (it grows with the downtime): wait for them rather than a fixed time.
+    let end = Instant::now() + Duration::from_secs(60);
+    while (got.load(Ordering::Relaxed) < g_at_dump + 200_000
+        || server_rx_now(&w) < s_at_dump + 100_000)
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let wres = writer.join().unwrap();
+    let rres = reader.join().unwrap();
+    let server_rx = w
+        .lines()
+        .iter()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("rx ")
+                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let bad = w
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("BAD") || l.starts_with("write error") || l == "eof");
+    kill_tree(&[w.pid]);
+    assert_eq!(bad, None, "server side");
+    wres.expect("client writer");
+    rres.expect("client reader");
+    assert!(
+        got.load(Ordering::Relaxed) >= g_at_dump + 200_000,
+        "client kept receiving the server's stream"
+    );
+    assert!(
+        server_rx >= s_at_dump,
+        "server received everything sent before the dump: {server_rx} < {s_at_dump}"
+    );
+}
+
+/// Both ends of a TCP connection inside the tree (a parent serving its child), each with
+/// lines sent ahead and not yet read: the stream goes on in order in both directions.
+#[test]
+fn tcp_connection_with_both_ends_in_the_tree_goes_on() {
+    let Some(_g) = serial_root("tcp_connection_with_both_ends_in_the_tree_goes_on") else {
+        return;
+    };
+    let script = r#"
+import os, socket, time
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+port = ls.getsockname()[1]
+if os.fork() == 0:
+    role, s = "client", socket.create_connection(("127.0.0.1", port))
+else:
+    role, s = "server", ls.accept()[0]
+sent, expect, buf = 0, 0, b""
+for _ in range(3):  # always three lines ahead, unread by the other side
+    s.sendall(b"%d\n" % sent); sent += 1
+while True:
+    s.sendall(b"%d\n" % sent); sent += 1
+    while b"\n" not in buf:
+        buf += s.recv(4096)
+    line, buf = buf.split(b"\n", 1)
+    if int(line) != expect:
+        print(role, "BAD", line, expect, flush=True)
+    expect += 1
+    if expect % 20 == 0:
+        print(role, expect, flush=True)
+    time.sleep(0.005)
+"#;
+    let w = Workload::python("tcp-both-ends", script);
+    let count = |w: &Workload, role: &str| -> u64 {
+        w.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix(role)?.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let end = Instant::now() + T;
+    // Past warm-up, so the heap no longer grows between the fingerprint and the freeze.
+    while (count(&w, "server") < 200 || count(&w, "client") < 200) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = dump_kill_restore_with(&w, &["--tcp-established"], &["--tcp-established"]);
+    let (s0, c0) = (count(&w, "server"), count(&w, "client"));
+    let end = Instant::now() + T;
+    while (count(&w, "server") < s0 + 100 || count(&w, "client") < c0 + 100) && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lines = w.lines();
+    kill_tree(&pids);
+    assert_eq!(pids.len(), 2, "server and client");
+    assert!(!lines.iter().any(|l| l.contains("BAD")), "{lines:?}");
+    assert!(
+        count(&w, "server") >= s0 + 100 && count(&w, "client") >= c0 + 100,
+        "both ends go on: {lines:?}"
+    );
+}

@@ -1,0 +1,253 @@
+//! End-to-end: terminals: a shell job on the restorer's terminal, pty pairs with bytes
+//! buffered, and a session with its controlling terminal and foreground group.
+
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn shell_job_gets_the_restorers_terminal() {
+    let Some(_g) = serial_root("shell_job_gets_the_restorers_terminal") else {
+        return;
+    };
+    use std::os::unix::process::CommandExt;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fds; no name, termios or winsize requested.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: fresh fds owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // openpty's fds are inheritable: without this the workload would hold the master too, and
+    // the pty would be inside the tree.
+    for fd in [&master, &slave] {
+        // SAFETY: F_SETFD on our own fd.
+        unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                libc::F_SETFD,
+                libc::FD_CLOEXEC,
+            )
+        };
+    }
+    let child = Command::new(workload("counter"))
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::mem::forget(child); // reaped by pid below: the dump kills it
+                             // SAFETY: F_SETFL on our fd: reads return at once when there is nothing to read.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::F_SETFL,
+            libc::O_NONBLOCK,
+        )
+    };
+    let mut m = std::fs::File::from(master);
+    // Everything the terminal shows, appended as it comes.
+    let mut seen = Vec::new();
+    let mut pump = |want_lines: usize, wait: Duration, seen: &mut Vec<u8>| {
+        let end = Instant::now() + wait;
+        while seen.iter().filter(|&&b| b == b'\n').count() < want_lines && Instant::now() < end {
+            let mut b = [0u8; 256];
+            match m.read(&mut b) {
+                Ok(k) => seen.extend_from_slice(&b[..k]),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    };
+    pump(3, T, &mut seen);
+    let dir = temp_dir("shelljob");
+    let img = dir.join("images");
+    std::fs::create_dir_all(&img).unwrap();
+    let o = stasis(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "-R",
+    ]);
+    assert!(
+        !o.status.success(),
+        "a terminal outside the tree needs --shell-job"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--shell-job"));
+    check_ok(
+        "dump -j",
+        &stasis(&[
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+            "-j",
+        ]),
+    );
+    reap(pid);
+    pump(usize::MAX, Duration::from_millis(200), &mut seen);
+    let before = seen.iter().filter(|&&b| b == b'\n').count();
+    let o = Command::new(stasis_bin())
+        .args(["restore", "-D", img.to_str().unwrap(), "-d", "-j"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .output()
+        .unwrap();
+    check_ok("restore -j", &o);
+    pump(before + 5, T, &mut seen);
+    kill_tree(&[pid]);
+    let text = String::from_utf8_lossy(&seen);
+    let numbers: Vec<u64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(
+        numbers.len() >= before + 5,
+        "output continues on the terminal: {text:?}"
+    );
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(
+            *n, i as u64,
+            "terminal output is one unbroken count: {text:?}"
+        );
+    }
+}
+
+#[test]
+fn pty_pair_inside_the_tree_echoes_after_restore() {
+    let Some(_g) = serial_root("pty_pair_inside_the_tree_echoes_after_restore") else {
+        return;
+    };
+    // Both ends of a pty in one process, with a window size and raw-ish settings on the slave.
+    let script = r#"
+import os, pty, termios, struct, fcntl, time
+m, s = pty.openpty()
+fcntl.ioctl(m, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 99, 0, 0))
+attrs = termios.tcgetattr(s); attrs[3] &= ~termios.ICANON; termios.tcsetattr(s, termios.TCSANOW, attrs)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.write(m, b"ping\n")
+time.sleep(0.1)
+got = os.read(s, 100)
+echo = os.read(m, 100)
+ws = struct.unpack("HHHH", fcntl.ioctl(s, termios.TIOCGWINSZ, b"\0" * 8))
+canon = bool(termios.tcgetattr(s)[3] & termios.ICANON)
+print("slave", got, "echo", echo, "ws", ws[0], ws[1], "canon", canon, flush=True)
+while True: time.sleep(1)
+"#;
+    let (_w, lines) = python_across_restore("pty", script, 2);
+    // Non-canonical with ECHOCTL: the newline echoes as ^J, as it did before the dump.
+    assert_eq!(
+        lines[1],
+        "slave b'ping\\n' echo b'ping^J' ws 33 99 canon False"
+    );
+}
+
+/// Bytes buffered in a pty pair survive in both directions: a complete line and a partial
+/// one typed into the master and not yet read on the slave (canonical mode), and output the
+/// slave wrote (with NL turned into CR NL) not yet read on the master, neither lost nor
+/// processed twice.
+#[test]
+fn pty_keeps_bytes_buffered_in_both_directions() {
+    let Some(_g) = serial_root("pty_keeps_bytes_buffered_in_both_directions") else {
+        return;
+    };
+    let script = r#"
+import os, pty, termios, time
+m, s = pty.openpty()
+t = termios.tcgetattr(s)
+t[3] &= ~termios.ECHO
+termios.tcsetattr(s, termios.TCSANOW, t)
+os.write(m, b"line1\npart")
+os.write(s, b"out\nbytes")
+time.sleep(0.2)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.set_blocking(m, False)
+first = os.read(s, 100)
+os.write(m, b"ial\n")
+second = os.read(s, 100)
+time.sleep(0.1)
+master = os.read(m, 100)
+print("got", first, second, master, flush=True)
+while True: time.sleep(1)
+"#;
+    let (_w, lines) = python_across_restore("ptyq", script, 2);
+    assert_eq!(lines[1], r"got b'line1\n' b'partial\n' b'out\r\nbytes'");
+}
+
+#[test]
+fn pty_session_keeps_its_controlling_terminal_and_foreground_group() {
+    let Some(_g) = serial_root("pty_session_keeps_its_controlling_terminal_and_foreground_group")
+    else {
+        return;
+    };
+    // pty.fork(): the child leads a session whose controlling terminal is the slave. It puts a
+    // child of its own in the foreground; after restore, ^C typed on the master must reach that
+    // foreground group only, and /dev/tty must open.
+    let script = r#"
+import os, pty, signal, sys, time
+pid, m = pty.fork()
+if pid == 0:
+    fg = os.fork()
+    if fg == 0:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, lambda *a: (os.write(1, b"fg got SIGINT\r\n"), os._exit(0)))
+        while True: time.sleep(0.05)
+    os.setpgid(fg, fg)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    os.tcsetpgrp(0, fg)
+    signal.signal(signal.SIGINT, lambda *a: os.write(1, b"leader got SIGINT\r\n"))
+    while not os.path.exists("go"):
+        time.sleep(0.02)
+    ok = os.tcgetpgrp(0) == fg
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR)); tty = "tty ok"
+    except OSError as e:
+        tty = "tty " + e.strerror
+    os.write(1, ("leader fg %s %s\r\n" % (ok, tty)).encode())
+    os.waitpid(fg, 0)
+    os.write(1, b"leader done\r\n")
+    while True: time.sleep(1)
+print("ready", flush=True)
+buf = b""
+while not os.path.exists("go"):
+    time.sleep(0.02)
+time.sleep(0.3)
+os.write(m, b"\x03")
+end = time.time() + 5
+while b"leader done" not in buf and time.time() < end:
+    try: buf += os.read(m, 1000)
+    except OSError: break
+for line in buf.decode().splitlines():
+    line = line.replace("^C", "").strip()
+    if line: print(line, flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("ctty", script);
+    w.wait_lines(1, T);
+    std::thread::sleep(Duration::from_millis(200));
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 4);
+    assert!(lines.len() >= 4, "{lines:?}");
+    assert_eq!(
+        lines[1..4],
+        ["leader fg True tty ok", "fg got SIGINT", "leader done"]
+    );
+}

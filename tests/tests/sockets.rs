@@ -3,6 +3,9 @@
 
 use std::io::Read;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use stasis_tests::*;
@@ -358,15 +361,110 @@ while True: time.sleep(1)
     );
 }
 
+/// The byte at offset `i` of the stream each side sends.
 fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(7).wrapping_add(i / 251)) as u8
 }
 
+/// Bytes the network lock drops come back on this (the peer's) retransmission timer, which
+/// doubles through the downtime; on a loaded machine it can reach minutes. Cap it at 1 s
+/// (TCP_RTO_MAX_MS, Linux 6.15+), as a latency-sensitive peer would; older kernels ignore it.
+fn cap_retransmission_timeout(conn: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let cap_ms: libc::c_int = 1000;
+    // SAFETY: setsockopt reads one int from our local.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            44,
+            (&cap_ms as *const libc::c_int).cast(),
+            4,
+        );
+    }
+}
+
+/// A thread writing [`pattern`] to `conn` in 1000-byte steps until `stop`, counting in `sent`
+/// what it wrote.
+fn pattern_writer(
+    conn: &std::net::TcpStream,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Result<(), String>> {
+    use std::io::Write;
+    let mut wr = conn.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut off = 0u64;
+        let mut buf = [0u8; 1000];
+        while !stop.load(Ordering::Relaxed) {
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = pattern(off + k as u64);
+            }
+            if wr.write_all(&buf).is_err() {
+                return Err(format!("write failed at {off}"));
+            }
+            off += buf.len() as u64;
+            sent.store(off, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    })
+}
+
+/// A thread reading `conn` until `stop` (not while `paused`), checking every byte is the
+/// [`pattern`] and counting in `got` what it read.
+fn pattern_reader(
+    conn: &std::net::TcpStream,
+    got: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+) -> JoinHandle<Result<(), String>> {
+    let mut rd = conn.try_clone().unwrap();
+    rd.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut off = 0u64;
+        let mut buf = [0u8; 8192];
+        while !stop.load(Ordering::Relaxed) {
+            if paused.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            match rd.read(&mut buf) {
+                Ok(0) => return Err(format!("eof at {off}")),
+                Ok(n) => {
+                    for (k, b) in buf[..n].iter().enumerate() {
+                        if *b != pattern(off + k as u64) {
+                            return Err(format!("bad byte at {}", off + k as u64));
+                        }
+                    }
+                    off += n as u64;
+                    got.store(off, Ordering::Relaxed);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(format!("read: {e} at {off}")),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// How many bytes the tcpserver workload says it received (its last `rx N` line).
+fn server_rx(w: &Workload) -> u64 {
+    w.lines()
+        .iter()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("rx ")
+                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn tcp_stream_survives_with_data_in_flight_both_ways() {
-    use std::io::Write;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
     let Some(_g) = serial_root("tcp_stream_survives_with_data_in_flight_both_ways") else {
         return;
     };
@@ -381,72 +479,9 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
     // A stalled connection must fail the test, not hang it.
     conn.set_write_timeout(Some(Duration::from_secs(70)))
         .unwrap();
-    // Bytes the network lock drops come back on this (the peer's) retransmission timer, which
-    // doubles through the downtime; on a loaded machine it can reach minutes. Cap it at 1 s
-    // (TCP_RTO_MAX_MS, Linux 6.15+), as a latency-sensitive peer would; older kernels ignore it.
-    {
-        use std::os::fd::AsRawFd;
-        let cap_ms: libc::c_int = 1000;
-        // SAFETY: setsockopt reads one int from our local.
-        unsafe {
-            libc::setsockopt(
-                conn.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                44,
-                (&cap_ms as *const libc::c_int).cast(),
-                4,
-            );
-        }
-    }
-    let mut wr = conn.try_clone().unwrap();
-    let (s2, st2) = (sent.clone(), stop.clone());
-    let writer = std::thread::spawn(move || {
-        let mut off = 0u64;
-        let mut buf = [0u8; 1000];
-        while !st2.load(Ordering::Relaxed) {
-            for (k, b) in buf.iter_mut().enumerate() {
-                *b = pattern(off + k as u64);
-            }
-            if wr.write_all(&buf).is_err() {
-                return Err(format!("write failed at {off}"));
-            }
-            off += buf.len() as u64;
-            s2.store(off, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    });
-    let mut rd = conn.try_clone().unwrap();
-    rd.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let (g2, st3, p2) = (got.clone(), stop.clone(), paused.clone());
-    let reader = std::thread::spawn(move || {
-        let mut off = 0u64;
-        let mut buf = [0u8; 8192];
-        while !st3.load(Ordering::Relaxed) {
-            if p2.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-            match rd.read(&mut buf) {
-                Ok(0) => return Err(format!("eof at {off}")),
-                Ok(n) => {
-                    for (k, b) in buf[..n].iter().enumerate() {
-                        if *b != pattern(off + k as u64) {
-                            return Err(format!("bad byte at {}", off + k as u64));
-                        }
-                    }
-                    off += n as u64;
-                    g2.store(off, Ordering::Relaxed);
-                }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => return Err(format!("read: {e} at {off}")),
-            }
-        }
-        Ok(())
-    });
+    cap_retransmission_timeout(&conn);
+    let writer = pattern_writer(&conn, sent.clone(), stop.clone());
+    let reader = pattern_reader(&conn, got.clone(), stop.clone(), paused.clone());
     std::thread::sleep(Duration::from_millis(300));
     // Stop reading for a while: the server's send queue fills, so bytes are in flight both ways.
     paused.store(true, Ordering::Relaxed);
@@ -490,21 +525,10 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
         ]),
     );
     paused.store(false, Ordering::Relaxed);
-    let server_rx_now = |w: &Workload| {
-        w.lines()
-            .iter()
-            .rev()
-            .find_map(|l| {
-                l.strip_prefix("rx ")
-                    .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-    };
     // The peer's bytes dropped by the network lock come back by retransmission, on the peer's
     // backed-off timer (it grows with the downtime): wait for them rather than a fixed time.
     let end = Instant::now() + Duration::from_secs(60);
-    while (got.load(Ordering::Relaxed) < g_at_dump + 200_000
-        || server_rx_now(&w) < s_at_dump + 100_000)
+    while (got.load(Ordering::Relaxed) < g_at_dump + 200_000 || server_rx(&w) < s_at_dump + 100_000)
         && Instant::now() < end
     {
         std::thread::sleep(Duration::from_millis(20));
@@ -512,15 +536,7 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
     stop.store(true, Ordering::Relaxed);
     let wres = writer.join().unwrap();
     let rres = reader.join().unwrap();
-    let server_rx = w
-        .lines()
-        .iter()
-        .rev()
-        .find_map(|l| {
-            l.strip_prefix("rx ")
-                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let server_rx = server_rx(&w);
     let bad = w
         .lines()
         .into_iter()

@@ -30,12 +30,51 @@ pub fn skip_unless_root(test: &str) -> bool {
     false
 }
 
-/// The start of every end-to-end test: one at a time, and as root (else skipped, with why).
-/// None means skip.
+/// One at a time, and as root (else skipped, with why). None means skip. Tests start with
+/// [`serial_root!`], which calls this with their name.
 pub fn serial_root(test: &str) -> Option<MutexGuard<'static, ()>> {
     let g = serial();
     (!skip_unless_root(test)).then_some(g)
 }
+
+/// The start of every end-to-end test, `let _g = serial_root!();`: holds the lock that runs
+/// them one at a time until the test ends, or, when not root, records the test (by its
+/// function's name) as skipped and returns from it.
+#[macro_export]
+macro_rules! serial_root {
+    () => {
+        match $crate::serial_root($crate::test_name!()) {
+            Some(guard) => guard,
+            None => return,
+        }
+    };
+}
+
+/// The name of the function it is used in (the test's name, as cargo prints it), for
+/// [`skip`] and [`serial_root`].
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        fn path_of<F>(_: F) -> &'static str {
+            ::std::any::type_name::<F>()
+        }
+        $crate::fn_name(path_of(here))
+    }};
+}
+
+/// The function's name in the path `type_name` gives a function `here` defined in it
+/// (`crate::test::here`, or `crate::test::{{closure}}::here` in a closure).
+pub fn fn_name(path: &'static str) -> &'static str {
+    path.strip_suffix("::here")
+        .unwrap_or(path)
+        .rsplit("::")
+        .find(|s| !s.starts_with('{'))
+        .unwrap_or(path)
+}
+
+/// How long a test waits for the lines it expects of a program.
+pub const T: Duration = Duration::from_secs(10);
 
 /// Records a skipped test and why.
 pub fn skip(test: &str, why: &str) {

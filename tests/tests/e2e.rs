@@ -5,13 +5,9 @@ use std::time::Duration;
 
 use stasis_tests::*;
 
-const T: Duration = Duration::from_secs(10);
-
 #[test]
 fn counter_continues_with_same_pid() {
-    let Some(_g) = serial_root("counter_continues_with_same_pid") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("counter", &workload("counter"), &[]);
     w.wait_lines(5, T);
     let pids = dump_kill_restore(&w);
@@ -35,9 +31,7 @@ fn counter_continues_with_same_pid() {
 
 #[test]
 fn memory_checksum_holds() {
-    let Some(_g) = serial_root("memory_checksum_holds") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("memhog", &workload("memhog"), &["64"]);
     w.wait_lines(3, T);
     let pids = dump_kill_restore(&w);
@@ -59,9 +53,7 @@ fn memory_checksum_holds() {
 
 #[test]
 fn threads_keep_running_with_their_tids() {
-    let Some(_g) = serial_root("threads_keep_running_with_their_tids") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("threads", &workload("threads"), &[]);
     w.wait_lines(5, T);
     let tids = |pid: u32| -> Vec<String> {
@@ -102,9 +94,7 @@ fn threads_keep_running_with_their_tids() {
 
 #[test]
 fn pipe_ring_tree_keeps_passing_tokens() {
-    let Some(_g) = serial_root("pipe_ring_tree_keeps_passing_tokens") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("pipetree", &workload("pipetree"), &[]);
     w.wait_lines(5, T);
     let pids = dump_kill_restore(&w);
@@ -125,9 +115,7 @@ fn pipe_ring_tree_keeps_passing_tokens() {
 
 #[test]
 fn shared_memory_between_parent_and_child() {
-    let Some(_g) = serial_root("shared_memory_between_parent_and_child") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("shmem", &workload("shmem"), &[]);
     w.wait_lines(5, T);
     let pids = dump_kill_restore(&w);
@@ -149,9 +137,7 @@ fn shared_memory_between_parent_and_child() {
 
 #[test]
 fn signal_handlers_and_timers_fire_after_restore() {
-    let Some(_g) = serial_root("signal_handlers_and_timers_fire_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("signals", &workload("signals"), &[]);
     w.wait_lines(5, T);
     let pids = dump_kill_restore(&w);
@@ -171,9 +157,7 @@ fn signal_handlers_and_timers_fire_after_restore() {
 
 #[test]
 fn python_interpreter_keeps_its_state() {
-    let Some(_g) = serial_root("python_interpreter_keeps_its_state") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import time, hashlib
 state = {'n': 0, 'log': []}
@@ -200,14 +184,9 @@ while True:
 
 #[test]
 fn images_decode_with_crit() {
-    let Some(_g) = serial_root("images_decode_with_crit") else {
-        return;
-    };
+    let _g = serial_root!();
     if !have_crit() {
-        skip(
-            "images_decode_with_crit",
-            "crit (Debian package criu) is not installed",
-        );
+        skip(test_name!(), "crit (Debian package criu) is not installed");
         return;
     }
     let w = Workload::start("crit", &workload("pipetree"), &[]);
@@ -238,9 +217,7 @@ fn images_decode_with_crit() {
 
 #[test]
 fn zombie_child_stays_a_zombie_with_its_exit_code() {
-    let Some(_g) = serial_root("zombie_child_stays_a_zombie_with_its_exit_code") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("zombie", &workload("zombie"), &[]);
     let lines = w.wait_lines(5, T);
     let child: u32 = lines[0]

@@ -4,11 +4,9 @@
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use stasis_tests::*;
-
-const T: Duration = Duration::from_secs(10);
 
 /// Starts the counter in a session of its own with `stdout`; returns it, its pid and the link
 /// of its fd 1 (the --inherit-fd key).
@@ -82,9 +80,7 @@ fn first_count(out: &mut impl Read) -> u64 {
 
 #[test]
 fn inherit_fd_reconnects_a_pipe_to_the_outside() {
-    let Some(_g) = serial_root("inherit_fd_reconnects_a_pipe_to_the_outside") else {
-        return;
-    };
+    let _g = serial_root!();
     let dir = temp_dir("inherit");
     let (mut child, pid, key) = spawn_counter(Stdio::piped());
     let mut out = child.stdout.take().unwrap();
@@ -121,10 +117,7 @@ fn inherit_fd_reconnects_a_pipe_to_the_outside() {
 /// fd[1]:socket:[INODE] the counter carries on writing to the new socket.
 #[test]
 fn unix_stream_connected_outside_is_replaced_through_inherit_fd() {
-    let Some(_g) = serial_root("unix_stream_connected_outside_is_replaced_through_inherit_fd")
-    else {
-        return;
-    };
+    let _g = serial_root!();
     use std::os::unix::net::UnixStream;
     let dir = temp_dir("ext-unix-stream");
     let (mut ours, theirs) = UnixStream::pair().unwrap();

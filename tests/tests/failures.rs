@@ -3,11 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use stasis_tests::*;
-
-const T: Duration = Duration::from_secs(10);
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -41,9 +38,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn unknown_pid_is_a_clear_error() {
-    let Some(_g) = serial_root("unknown_pid_is_a_clear_error") else {
-        return;
-    };
+    let _g = serial_root!();
     let d = temp_dir("nopid");
     let o = stasis(&["dump", "-t", "4194000", "-D", d.to_str().unwrap()]);
     one_line_error(&o, "4194000 does not exist");
@@ -59,9 +54,7 @@ fn unknown_flag_or_missing_pid_is_rejected_in_one_line() {
 
 #[test]
 fn unwritable_images_dir_leaves_tree_running() {
-    let Some(_g) = serial_root("unwritable_images_dir_leaves_tree_running") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("ro", &workload("counter"), &[]);
     w.wait_lines(3, T);
     let o = stasis(&["dump", "-t", &w.pid.to_string(), "-D", "/proc/1"]);
@@ -72,9 +65,7 @@ fn unwritable_images_dir_leaves_tree_running() {
 
 #[test]
 fn disk_full_in_the_middle_of_a_dump_leaves_tree_running() {
-    let Some(_g) = serial_root("disk_full_in_the_middle_of_a_dump_leaves_tree_running") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("full", &workload("memhog"), &["32"]);
     w.wait_lines(2, T);
     let small = w.dir.join("small");
@@ -85,10 +76,8 @@ fn disk_full_in_the_middle_of_a_dump_leaves_tree_running() {
         .output()
         .expect("mount");
     if !m.status.success() {
-        println!(
-            "SKIP disk_full...: cannot mount tmpfs: {}",
-            String::from_utf8_lossy(&m.stderr)
-        );
+        let why = format!("cannot mount tmpfs: {}", String::from_utf8_lossy(&m.stderr));
+        skip(test_name!(), &why);
         kill_tree(&[w.pid]);
         return;
     }
@@ -111,9 +100,7 @@ fn disk_full_in_the_middle_of_a_dump_leaves_tree_running() {
 
 #[test]
 fn leave_running_then_restore_refuses_taken_pid() {
-    let Some(_g) = serial_root("leave_running_then_restore_refuses_taken_pid") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("leave", &workload("counter"), &[]);
     w.wait_lines(3, T);
     let img = w.images();
@@ -130,9 +117,7 @@ fn leave_running_then_restore_refuses_taken_pid() {
 
 #[test]
 fn corrupt_truncated_or_missing_images_fail_cleanly() {
-    let Some(_g) = serial_root("corrupt_truncated_or_missing_images_fail_cleanly") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("corrupt", &workload("counter"), &[]);
     w.wait_lines(3, T);
     let img = w.images();
@@ -205,9 +190,7 @@ fn corrupt_truncated_or_missing_images_fail_cleanly() {
 
 #[test]
 fn program_replaced_since_the_dump_is_refused() {
-    let Some(_g) = serial_root("program_replaced_since_the_dump_is_refused") else {
-        return;
-    };
+    let _g = serial_root!();
     let dir = temp_dir("replaced");
     let exe = dir.join("counter-copy");
     std::fs::copy(workload("counter"), &exe).unwrap();
@@ -244,9 +227,7 @@ fn version_and_check_answer_like_criu() {
 /// kind; the task runs on, neither stopped nor traced.
 #[test]
 fn io_uring_bpf_map_and_perf_event_are_refused_by_name() {
-    let Some(_g) = serial_root("io_uring_bpf_map_and_perf_event_are_refused_by_name") else {
-        return;
-    };
+    let _g = serial_root!();
     // (kind as the error names it, the syscall that makes one, as Python ctypes code)
     let kinds = [
         ("io_uring", "libc.syscall(425, 4, ctypes.byref(ctypes.create_string_buffer(120)))"),
@@ -284,7 +265,7 @@ while True:
         let fd: i64 = first[0].split_whitespace().nth(1).unwrap().parse().unwrap();
         if fd < 0 {
             skip(
-                "io_uring_bpf_map_and_perf_event_are_refused_by_name",
+                test_name!(),
                 &format!("this kernel would not make a {kind} fd ({})", first[0]),
             );
             kill_tree(&[w.pid]);
@@ -304,9 +285,7 @@ while True:
 /// restore either fails with one clear line and leaves no task, or works; it never panics.
 #[test]
 fn every_image_damaged_in_turn_never_panics() {
-    let Some(_g) = serial_root("every_image_damaged_in_turn_never_panics") else {
-        return;
-    };
+    let _g = serial_root!();
     // Sockets, pipes, a pty and a timer: many kinds of images.
     let script = r#"
 import os, pty, signal, socket, time

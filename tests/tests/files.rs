@@ -5,13 +5,9 @@ use std::time::{Duration, Instant};
 
 use stasis_tests::*;
 
-const T: Duration = Duration::from_secs(10);
-
 #[test]
 fn deleted_file_and_its_mapping_come_back() {
-    let Some(_g) = serial_root("deleted_file_and_its_mapping_come_back") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("ghost", &workload("ghost"), &[]);
     let first = w.wait_lines(3, T);
     let pids = dump_kill_restore(&w);
@@ -43,9 +39,7 @@ fn deleted_file_and_its_mapping_come_back() {
 /// close-on-exec flag; a /proc file of no task (uptime) is opened as usual.
 #[test]
 fn proc_files_of_the_tree_are_reopened_by_their_task() {
-    let Some(_g) = serial_root("proc_files_of_the_tree_are_reopened_by_their_task") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, threading, time
 f = open("/proc/self/stat")
@@ -73,9 +67,7 @@ time.sleep(1e6)
 /// made for it, and both are gone again once the task holds the file.
 #[test]
 fn file_deleted_with_its_directory_comes_back() {
-    let Some(_g) = serial_root("file_deleted_with_its_directory_comes_back") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, time
 os.makedirs("a/b")
@@ -103,9 +95,7 @@ time.sleep(1e6)
 /// and leave no name behind.
 #[test]
 fn tmpfile_and_unlinked_fifo_come_back() {
-    let Some(_g) = serial_root("tmpfile_and_unlinked_fifo_come_back") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, time
 t = os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600); os.write(t, b"tmpfile data")
@@ -125,9 +115,7 @@ time.sleep(1e6)
 
 #[test]
 fn deleted_executable_comes_back() {
-    let Some(_g) = serial_root("deleted_executable_comes_back") else {
-        return;
-    };
+    let _g = serial_root!();
     let dir = temp_dir("deleted-exe");
     let exe = dir.join("counter-gone");
     std::fs::copy(workload("counter"), &exe).unwrap();
@@ -145,9 +133,7 @@ fn deleted_executable_comes_back() {
 
 #[test]
 fn bytes_buffered_in_a_pipe_survive() {
-    let Some(_g) = serial_root("bytes_buffered_in_a_pipe_survive") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("pipebuf", &workload("pipebuf"), &[]);
     let lines = w.wait_lines(4, T);
     let want = lines[0]
@@ -178,9 +164,7 @@ fn bytes_buffered_in_a_pipe_survive() {
 
 #[test]
 fn every_fd_kind_keeps_working_in_one_program() {
-    let Some(_g) = serial_root("every_fd_kind_keeps_working_in_one_program") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("fdkinds", &workload("fdkinds"), &[]);
     let lines = w.wait_lines(5, T);
     let expect = lines[0]
@@ -246,9 +230,7 @@ fn every_fd_kind_keeps_working_in_one_program() {
 
 #[test]
 fn fifo_with_buffered_data_survives() {
-    let Some(_g) = serial_root("fifo_with_buffered_data_survives") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, time
 os.mkfifo("f")
@@ -272,9 +254,7 @@ while True: time.sleep(1)
 
 #[test]
 fn file_locks_are_held_again_after_restore() {
-    let Some(_g) = serial_root("file_locks_are_held_again_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import fcntl, os, struct, time
 f = open("flock", "w"); fcntl.flock(f, fcntl.LOCK_EX)
@@ -307,9 +287,7 @@ while True:
 
 #[test]
 fn inotify_watches_see_new_files_after_restore() {
-    let Some(_g) = serial_root("inotify_watches_see_new_files_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     // Three watches, the middle one removed (wd 1 and 3 remain): events must come with them.
     let script = r#"
 import ctypes, os, struct, time, select

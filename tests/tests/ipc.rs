@@ -6,13 +6,9 @@ use std::time::{Duration, Instant};
 
 use stasis_tests::*;
 
-const T: Duration = Duration::from_secs(10);
-
 #[test]
 fn posix_message_queue_keeps_its_messages_and_attributes() {
-    let Some(_g) = serial_root("posix_message_queue_keeps_its_messages_and_attributes") else {
-        return;
-    };
+    let _g = serial_root!();
     let name = format!("/stasis-test-{}", std::process::id());
     let cname = std::ffi::CString::new(name.clone()).unwrap();
     // SAFETY: mq_unlink(3) reads one NUL-terminated name.
@@ -80,9 +76,7 @@ while True: time.sleep(1)
 /// one with its host and domain names, and the host's names are untouched.
 #[test]
 fn uts_namespace_of_the_tree_keeps_its_names() {
-    let Some(_g) = serial_root("uts_namespace_of_the_tree_keeps_its_names") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import ctypes, os, socket, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -128,9 +122,7 @@ time.sleep(1e6)
 /// namespace's sysctls.
 #[test]
 fn ipc_namespace_of_the_tree_comes_back_with_all_its_objects() {
-    let Some(_g) = serial_root("ipc_namespace_of_the_tree_comes_back_with_all_its_objects") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -228,9 +220,7 @@ while True: time.sleep(1)
 
 #[test]
 fn sysv_shared_memory_used_only_by_the_tree_survives() {
-    let Some(_g) = serial_root("sysv_shared_memory_used_only_by_the_tree_survives") else {
-        return;
-    };
+    let _g = serial_root!();
     // Parent and child share a SysV segment in the host's IPC namespace: the child counts in
     // it, the parent prints what it sees, and the pattern written at the start must hold.
     let key = 0x5a5a_0000u32 + (std::process::id() & 0xffff);
@@ -314,9 +304,7 @@ while True:
 
 #[test]
 fn sysv_message_queue_and_semaphores_used_by_the_tree_survive() {
-    let Some(_g) = serial_root("sysv_message_queue_and_semaphores_used_by_the_tree_survive") else {
-        return;
-    };
+    let _g = serial_root!();
     let key = 0x6b6b_0000u32 + (std::process::id() & 0xffff);
     let script = format!(
         r#"

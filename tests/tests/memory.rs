@@ -5,13 +5,9 @@ use std::time::{Duration, Instant};
 
 use stasis_tests::*;
 
-const T: Duration = Duration::from_secs(10);
-
 #[test]
 fn shared_file_mapping_and_madvise_state_survive() {
-    let Some(_g) = serial_root("shared_file_mapping_and_madvise_state_survive") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("filemap", &workload("filemap"), &[]);
     w.wait_lines(5, T);
     // The fingerprint check in dump_kill_restore compares VmFlags (dc, dd, hg, wf, rr).
@@ -33,12 +29,10 @@ fn shared_file_mapping_and_madvise_state_survive() {
 
 #[test]
 fn avx512_registers_survive() {
-    let Some(_g) = serial_root("avx512_registers_survive") else {
-        return;
-    };
+    let _g = serial_root!();
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     if !cpu.split_whitespace().any(|f| f == "avx512f") {
-        skip("avx512_registers_survive", "this CPU has no AVX-512");
+        skip(test_name!(), "this CPU has no AVX-512");
         return;
     }
     let w = Workload::start("avx512", &workload_with("avx512", &["-mavx512f"]), &[]);
@@ -65,9 +59,7 @@ fn avx512_registers_survive() {
 /// mlock()ed memory stays locked (VmFlags `lo`, VmLck), with its content.
 #[test]
 fn locked_memory_stays_locked() {
-    let Some(_g) = serial_root("locked_memory_stays_locked") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -95,9 +87,7 @@ time.sleep(1e6)
 /// (these used to cost a kcmp per pair of fds and a writer thread per mapping).
 #[test]
 fn many_fds_threads_and_shared_mappings_come_back() {
-    let Some(_g) = serial_root("many_fds_threads_and_shared_mappings_come_back") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import mmap, os, threading, time
 fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(2000)]

@@ -1,18 +1,11 @@
 //! End-to-end: what stasis cannot restore yet is refused by name, before any task is killed,
 //! and the tree runs on, neither stopped nor traced.
 
-use std::time::Duration;
-
 use stasis_tests::*;
-
-const T: Duration = Duration::from_secs(10);
 
 #[test]
 fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
-    let Some(_g) = serial_root("shared_fd_table_between_processes_is_refused_and_tree_runs_on")
-    else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("clonefiles", &workload("clonefiles"), &[]);
     w.wait_lines(3, T);
     let e = dump_must_fail(&w);
@@ -23,9 +16,7 @@ fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
 
 #[test]
 fn namespace_fds_are_refused_by_name_and_tree_runs_on() {
-    let Some(_g) = serial_root("namespace_fds_are_refused_by_name_and_tree_runs_on") else {
-        return;
-    };
+    let _g = serial_root!();
     // A namespace file looks like a regular file to stat(2), but reopening its link
     // ("net:[ino]") would open nothing: the dump must refuse it.
     let script = r#"
@@ -51,9 +42,7 @@ while True:
 /// run on.
 #[test]
 fn task_traced_by_a_debugger_is_refused_by_name() {
-    let Some(_g) = serial_root("task_traced_by_a_debugger_is_refused_by_name") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -87,9 +76,7 @@ while True:
 /// refused by name, before the task is killed, and it runs on.
 #[test]
 fn deleted_working_directory_is_refused_and_task_runs_on() {
-    let Some(_g) = serial_root("deleted_working_directory_is_refused_and_task_runs_on") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, time
 os.mkdir("gone"); os.chdir("gone"); os.rmdir("../gone")
@@ -110,9 +97,7 @@ while True:
 /// runs on.
 #[test]
 fn other_namespaces_are_refused_by_name_and_tree_runs_on() {
-    let Some(_g) = serial_root("other_namespaces_are_refused_by_name_and_tree_runs_on") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import ctypes, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -137,9 +122,7 @@ while True:
 
 #[test]
 fn exited_main_thread_is_refused_and_threads_run_on() {
-    let Some(_g) = serial_root("exited_main_thread_is_refused_and_threads_run_on") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("leaderexit", &workload("leaderexit"), &[]);
     w.wait_lines(3, T);
     let e = dump_must_fail(&w);

@@ -7,18 +7,11 @@ use std::time::{Duration, Instant};
 
 use stasis_tests::*;
 
-const T: Duration = Duration::from_secs(10);
-
 #[test]
 fn redis_with_100k_keys_keeps_its_client_connection() {
-    let Some(_g) = serial_root("redis_with_100k_keys_keeps_its_client_connection") else {
-        return;
-    };
+    let _g = serial_root!();
     let Some(redis) = redis_server() else {
-        skip(
-            "redis_with_100k_keys_keeps_its_client_connection",
-            "redis-server is not installed",
-        );
+        skip(test_name!(), "redis-server is not installed");
         return;
     };
     let port = free_port();
@@ -76,10 +69,8 @@ fn children(pid: u32) -> Vec<u32> {
 /// stored before the checkpoint, and new clients are served.
 #[test]
 fn memcached_with_worker_threads_keeps_its_client() {
-    let name = "memcached_with_worker_threads_keeps_its_client";
-    let Some(_g) = serial_root(name) else {
-        return;
-    };
+    let name = test_name!();
+    let _g = serial_root!();
     let bin = std::path::Path::new("/usr/bin/memcached");
     if !bin.exists() {
         skip(
@@ -156,10 +147,8 @@ fn memcached_with_worker_threads_keeps_its_client() {
 /// takes keys sent by a new client and still has its shell variable.
 #[test]
 fn tmux_session_keeps_its_shell_and_answers_new_clients() {
-    let name = "tmux_session_keeps_its_shell_and_answers_new_clients";
-    let Some(_g) = serial_root(name) else {
-        return;
-    };
+    let name = test_name!();
+    let _g = serial_root!();
     if !std::path::Path::new("/usr/bin/tmux").exists() {
         skip(name, "tmux (Debian package tmux) is not installed");
         return;
@@ -234,10 +223,8 @@ fn postgres_bin() -> Option<std::path::PathBuf> {
 /// --tcp-established, the same session commits it, and new clients are served.
 #[test]
 fn postgres_keeps_its_client_in_the_middle_of_a_transaction() {
-    let name = "postgres_keeps_its_client_in_the_middle_of_a_transaction";
-    let Some(_g) = serial_root(name) else {
-        return;
-    };
+    let name = test_name!();
+    let _g = serial_root!();
     let Some(bin) = postgres_bin() else {
         skip(
             name,
@@ -348,14 +335,9 @@ fn postgres_keeps_its_client_in_the_middle_of_a_transaction() {
 
 #[test]
 fn nginx_master_and_workers_as_nobody_serve_before_and_after() {
-    let Some(_g) = serial_root("nginx_master_and_workers_as_nobody_serve_before_and_after") else {
-        return;
-    };
+    let _g = serial_root!();
     if !std::path::Path::new("/usr/sbin/nginx").exists() {
-        skip(
-            "nginx_master_and_workers_as_nobody_serve_before_and_after",
-            "nginx is not installed",
-        );
+        skip(test_name!(), "nginx is not installed");
         return;
     }
     let dir = temp_dir("nginx-conf");

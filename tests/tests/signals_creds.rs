@@ -6,13 +6,9 @@ use std::time::{Duration, Instant};
 
 use stasis_tests::*;
 
-const T: Duration = Duration::from_secs(10);
-
 #[test]
 fn unprivileged_task_keeps_its_credentials_and_limits() {
-    let Some(_g) = serial_root("unprivileged_task_keeps_its_credentials_and_limits") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("creds", &workload("creds"), &[]);
     w.wait_lines(5, T);
     // dump_kill_restore compares uids, gids, groups, capabilities, no_new_privs, umask,
@@ -30,9 +26,7 @@ fn unprivileged_task_keeps_its_credentials_and_limits() {
 
 #[test]
 fn stopped_task_stays_stopped_until_sigcont() {
-    let Some(_g) = serial_root("stopped_task_stays_stopped_until_sigcont") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("stopped", &workload("counter"), &[]);
     w.wait_lines(3, T);
     // SAFETY: kill(2) to our workload.
@@ -59,9 +53,7 @@ fn stopped_task_stays_stopped_until_sigcont() {
 /// are refused with the same errors in every task, and the filter counts are the same.
 #[test]
 fn seccomp_filters_still_apply_after_restore() {
-    let Some(_g) = serial_root("seccomp_filters_still_apply_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import ctypes, os, struct, threading, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -115,9 +107,7 @@ time.sleep(1e6)
 
 #[test]
 fn restore_without_detach_exits_as_the_task_does() {
-    let Some(_g) = serial_root("restore_without_detach_exits_as_the_task_does") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("exits", &workload("exits"), &[]);
     w.wait_lines(5, T);
     let img = w.images();
@@ -137,9 +127,7 @@ fn restore_without_detach_exits_as_the_task_does() {
 
 #[test]
 fn pending_signals_are_still_pending_after_restore() {
-    let Some(_g) = serial_root("pending_signals_are_still_pending_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("pending", &workload("pending"), &[]);
     w.wait_lines(3, T);
     // SAFETY: kill(2) and sigqueue(3) to our workload; both signals are blocked there.
@@ -176,9 +164,7 @@ fn pending_signals_are_still_pending_after_restore() {
 
 #[test]
 fn process_groups_and_sessions_inside_the_tree() {
-    let Some(_g) = serial_root("process_groups_and_sessions_inside_the_tree") else {
-        return;
-    };
+    let _g = serial_root!();
     let w = Workload::start("groups", &workload("groups"), &[]);
     w.wait_lines(5, T);
     let before = tree_ids(w.pid);
@@ -211,9 +197,7 @@ fn process_groups_and_sessions_inside_the_tree() {
 /// pending all come back, after a dump that leaves the tree running and after a restore.
 #[test]
 fn sigtrap_handler_and_ignored_sigtrap_survive() {
-    let Some(_g) = serial_root("sigtrap_handler_and_ignored_sigtrap_survive") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, signal, time
 if os.fork() == 0:
@@ -281,9 +265,7 @@ time.sleep(1e6)
 /// SCHED_BATCH child with nice 5 (the fingerprint compares policy, priority and nice).
 #[test]
 fn scheduling_policy_and_priority_survive() {
-    let Some(_g) = serial_root("scheduling_policy_and_priority_survive") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, time
 if os.fork() == 0:
@@ -312,9 +294,7 @@ time.sleep(1e6)
 
 #[test]
 fn python_signal_handler_runs_after_restore() {
-    let Some(_g) = serial_root("python_signal_handler_runs_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     // Python installs its handlers with SA_ONSTACK and has no alternate stack. A restored task
     // once kept the restorer's alternate stack, and died with SIGSEGV at the first signal.
     let script = r#"

@@ -10,18 +10,13 @@ use std::time::{Duration, Instant};
 
 use stasis_tests::*;
 
-const T: Duration = Duration::from_secs(10);
-
 /// Files sent with SCM_RIGHTS and not yet received are dumped with the message that carries
 /// them, and the receiver gets working descriptors after restore: a regular file at its
 /// offset, a pipe with its bytes, one end of a socketpair (the other held by the task), an
 /// eventfd on a datagram socket. A socket sent over its own connection is refused by name.
 #[test]
 fn file_descriptors_in_flight_on_unix_sockets_arrive_after_restore() {
-    let Some(_g) = serial_root("file_descriptors_in_flight_on_unix_sockets_arrive_after_restore")
-    else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, socket, time
 a, b = socket.socketpair()
@@ -113,9 +108,7 @@ while True: time.sleep(1)
 /// the bytes, then EOF, and the writer gets EPIPE.
 #[test]
 fn unix_shutdown_still_gives_eof_after_restore() {
-    let Some(_g) = serial_root("unix_shutdown_still_gives_eof_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, socket, time
 a, b = socket.socketpair()
@@ -139,9 +132,7 @@ time.sleep(1e6)
 /// Peeking a unix queue during the dump leaves the task's own SO_PEEK_OFF as it was.
 #[test]
 fn task_peek_offset_survives_a_dump() {
-    let Some(_g) = serial_root("task_peek_offset_survives_a_dump") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, socket, time
 a, b = socket.socketpair()
@@ -164,9 +155,7 @@ time.sleep(1e6)
 /// and stay unlinked; a datagram queued on one of them still arrives.
 #[test]
 fn unix_sockets_with_unlinked_files_keep_their_names() {
-    let Some(_g) = serial_root("unix_sockets_with_unlinked_files_keep_their_names") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, socket, time
 os.mkdir("d")
@@ -186,9 +175,7 @@ time.sleep(1e6)
 
 #[test]
 fn listening_sockets_answer_after_restore() {
-    let Some(_g) = serial_root("listening_sockets_answer_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     // A server on IPv4 and IPv6 (v6only), options set, answering "hello <n>" on each connection.
     let script = r#"
 import socket, sys, time, select
@@ -243,10 +230,7 @@ while True:
 
 #[test]
 fn datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive() {
-    let Some(_g) = serial_root("datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive")
-    else {
-        return;
-    };
+    let _g = serial_root!();
     // A syslog-like receiver: bound by path, unconnected, with datagrams from unnamed senders
     // (one inside the tree, the others from the test) waiting to be read.
     let script = r#"
@@ -292,9 +276,7 @@ while True: time.sleep(1)
 
 #[test]
 fn unix_sockets_with_queued_data_and_listeners_survive() {
-    let Some(_g) = serial_root("unix_sockets_with_queued_data_and_listeners_survive") else {
-        return;
-    };
+    let _g = serial_root!();
     // Stream and datagram socketpairs with bytes queued both ways, a listener on a path and one
     // on an abstract name. On "go" (a file appearing) it reads everything and answers clients.
     let script = r#"
@@ -465,9 +447,7 @@ fn server_rx(w: &Workload) -> u64 {
 
 #[test]
 fn tcp_stream_survives_with_data_in_flight_both_ways() {
-    let Some(_g) = serial_root("tcp_stream_survives_with_data_in_flight_both_ways") else {
-        return;
-    };
+    let _g = serial_root!();
     let port = free_port();
     let w = Workload::start("tcpserver", &workload("tcpserver"), &[&port.to_string()]);
     w.wait_lines(1, T);
@@ -559,9 +539,7 @@ fn tcp_stream_survives_with_data_in_flight_both_ways() {
 /// lines sent ahead and not yet read: the stream goes on in order in both directions.
 #[test]
 fn tcp_connection_with_both_ends_in_the_tree_goes_on() {
-    let Some(_g) = serial_root("tcp_connection_with_both_ends_in_the_tree_goes_on") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, socket, time
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)

@@ -8,13 +8,9 @@ use std::time::{Duration, Instant};
 
 use stasis_tests::*;
 
-const T: Duration = Duration::from_secs(10);
-
 #[test]
 fn shell_job_gets_the_restorers_terminal() {
-    let Some(_g) = serial_root("shell_job_gets_the_restorers_terminal") else {
-        return;
-    };
+    let _g = serial_root!();
     use std::os::unix::process::CommandExt;
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two fds; no name, termios or winsize requested.
@@ -129,9 +125,7 @@ fn shell_job_gets_the_restorers_terminal() {
 
 #[test]
 fn pty_pair_inside_the_tree_echoes_after_restore() {
-    let Some(_g) = serial_root("pty_pair_inside_the_tree_echoes_after_restore") else {
-        return;
-    };
+    let _g = serial_root!();
     // Both ends of a pty in one process, with a window size and raw-ish settings on the slave.
     let script = r#"
 import os, pty, termios, struct, fcntl, time
@@ -164,9 +158,7 @@ while True: time.sleep(1)
 /// processed twice.
 #[test]
 fn pty_keeps_bytes_buffered_in_both_directions() {
-    let Some(_g) = serial_root("pty_keeps_bytes_buffered_in_both_directions") else {
-        return;
-    };
+    let _g = serial_root!();
     let script = r#"
 import os, pty, termios, time
 m, s = pty.openpty()
@@ -194,10 +186,7 @@ while True: time.sleep(1)
 
 #[test]
 fn pty_session_keeps_its_controlling_terminal_and_foreground_group() {
-    let Some(_g) = serial_root("pty_session_keeps_its_controlling_terminal_and_foreground_group")
-    else {
-        return;
-    };
+    let _g = serial_root!();
     // pty.fork(): the child leads a session whose controlling terminal is the slave. It puts a
     // child of its own in the foreground; after restore, ^C typed on the master must reach that
     // foreground group only, and /dev/tty must open.

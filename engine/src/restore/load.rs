@@ -60,6 +60,7 @@ impl TaskImage {
 }
 
 /// Everything a restore needs, read and checked.
+#[derive(Default)]
 pub struct DumpImage {
     pub dir: PathBuf,
     pub tasks: Vec<TaskImage>,
@@ -193,6 +194,28 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             format!("unsupported image version {}", inv.img_version),
         ));
     }
+    let mut img = DumpImage {
+        dir: dir.to_path_buf(),
+        tasks: load_tasks(dir, load_pstree(dir)?)?,
+        net_lock: inv
+            .dump_criu_run_id
+            .clone()
+            .filter(|_| inv.network_lock_method == Some(crate::dump::NETWORK_LOCK_NFTABLES))
+            .map(|id| format!("stasis-{id}")),
+        ..Default::default()
+    };
+    load_files(dir, &mut img)?;
+    load_ghosts(dir, &mut img)?;
+    load_tcp(dir, &mut img)?;
+    load_ipc(dir, &mut img, &inv)?;
+    load_ttys_and_locks(dir, &mut img)?;
+    load_queues_and_memfds(dir, &mut img)?;
+    load_seccomp(dir, &mut img)?;
+    Ok(img)
+}
+
+/// pstree.img, checked: every pid once, every parent in the tree.
+fn load_pstree(dir: &Path) -> Result<Vec<pb::PstreeEntry>, LoadError> {
     let pstree: Vec<pb::PstreeEntry> = all(dir, names::PSTREE, magic::PSTREE)?;
     if pstree.is_empty() {
         return Err(invalid(names::PSTREE, "no process"));
@@ -219,6 +242,11 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             ));
         }
     }
+    Ok(pstree)
+}
+
+/// Every task's images: cores, memory map, pagemap, fds and fs, each checked.
+fn load_tasks(dir: &Path, pstree: Vec<pb::PstreeEntry>) -> Result<Vec<TaskImage>, LoadError> {
     let mut tasks = Vec::new();
     for p in pstree {
         let zfile = names::core(p.pid);
@@ -305,6 +333,12 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             zombie_exit: None,
         });
     }
+    Ok(tasks)
+}
+
+/// files.img, pipe and FIFO data, and the shared memory every task maps; every file a task
+/// refers to must exist.
+fn load_files(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let mut files = HashMap::new();
     for f in all::<pb::FileEntry>(dir, names::FILES, magic::FILES)? {
         files.insert(f.id, f);
@@ -332,7 +366,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         }
     }
     let mut shmem = HashMap::new();
-    for t in tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         // Every file a task refers to must exist in files.img.
         let mut refs: Vec<(u32, String)> =
             t.fds.iter().map(|f| (f.id, names::fdinfo(f.id))).collect();
@@ -360,6 +394,15 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             }
         }
     }
+    img.files = files;
+    img.pipes_data = pipes_data;
+    img.fifo_data = fifo_data;
+    img.shmem = shmem;
+    Ok(())
+}
+
+/// Files deleted while open: their remaps and ghost contents.
+fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let mut remaps = HashMap::new();
     let mut ghosts = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::REMAP_FPATH)? {
@@ -376,7 +419,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
                     "only ghost remaps (deleted files) are supported",
                 ));
             }
-            if !files.contains_key(&e.orig_id) {
+            if !img.files.contains_key(&e.orig_id) {
                 return Err(invalid(
                     names::REMAP_FPATH,
                     format!("file id {} is not in files.img", e.orig_id),
@@ -396,8 +439,15 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             remaps.insert(e.orig_id, e.remap_id);
         }
     }
+    img.remaps = remaps;
+    img.ghosts = ghosts;
+    Ok(())
+}
+
+/// The state and queues of every established TCP connection.
+fn load_tcp(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let mut tcp_streams = HashMap::new();
-    for f in files.values() {
+    for f in img.files.values() {
         let Some(isk) = &f.isk else { continue };
         if isk.proto != libc::IPPROTO_TCP as u32 || isk.state != 1 {
             continue;
@@ -410,9 +460,15 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         let outq = r.raw(e.outq_len as u64)?.to_vec();
         tcp_streams.insert(isk.ino, (e, inq, outq));
     }
+    img.tcp_streams = tcp_streams;
+    Ok(())
+}
+
+/// The IPC objects and the IPC and UTS namespaces the tree owned.
+fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result<(), LoadError> {
     // CRIU's root_ids are the dumper's namespaces: a root whose namespace id differs owned
     // its namespace, and that namespace's images carry the id.
-    let (root_ipc, own_ipc_ns) = tree_ns_id(&tasks, &inv, "IPC", |i| i.ipc_ns_id)?;
+    let (root_ipc, own_ipc_ns) = tree_ns_id(&img.tasks, inv, "IPC", |i| i.ipc_ns_id)?;
     let ipc_ns_id = root_ipc.unwrap_or(crate::ns::ipc::HOST_NS_ID);
     let ipc_vars = if own_ipc_ns {
         let file = names::ipcns_var(ipc_ns_id);
@@ -425,7 +481,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
     } else {
         None
     };
-    let uts = match tree_ns_id(&tasks, &inv, "UTS", |i| i.uts_ns_id)? {
+    let uts = match tree_ns_id(&img.tasks, inv, "UTS", |i| i.uts_ns_id)? {
         (Some(id), true) => Some(one::<pb::UtsnsEntry>(
             dir,
             &names::utsns(id),
@@ -455,6 +511,17 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         Some(b) => crate::ipc::sysv::read_sem(&names::ipcns_sem(ipc_ns_id), &b)?,
         None => Vec::new(),
     };
+    img.ipc_vars = ipc_vars;
+    img.uts = uts;
+    img.sysv_shm = sysv_shm;
+    img.sysv_msg = sysv_msg;
+    img.posix_mqueues = posix_mqueues;
+    img.sysv_sem = sysv_sem;
+    Ok(())
+}
+
+/// The ptys' states and the bytes buffered in them, and file locks.
+fn load_ttys_and_locks(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let mut tty_infos = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::TTY_INFO)? {
         let mut r = ImageReader::new(names::TTY_INFO, &bytes, ImageKind::Normal, magic::TTY_INFO)?;
@@ -479,7 +546,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
                 .extend_from_slice(&d.data);
         }
     }
-    for f in files.values() {
+    for f in img.files.values() {
         if let Some(t) = &f.tty {
             if !tty_infos.contains_key(&t.tty_info_id) {
                 return Err(invalid(
@@ -499,6 +566,14 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         .all()?,
         None => Vec::new(),
     };
+    img.tty_infos = tty_infos;
+    img.tty_data = tty_data;
+    img.locks = locks;
+    Ok(())
+}
+
+/// Messages queued on unix sockets with the files in flight on them, and memfd inodes.
+fn load_queues_and_memfds(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let mut sk_queues: HashMap<u32, Vec<crate::net::unix::Queued>> = HashMap::new();
     let mut in_flight: Vec<u32> = Vec::new();
     if let Some(bytes) = read_optional(dir, names::SK_QUEUES)? {
@@ -517,7 +592,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
                 .flat_map(|c| c.rights.iter().copied())
                 .collect();
             for id in &rights {
-                if !files.contains_key(id) {
+                if !img.files.contains_key(id) {
                     return Err(invalid(
                         names::SK_QUEUES,
                         format!(
@@ -552,7 +627,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             memfds.insert(m.inode_id, (m, pm, pages));
         }
     }
-    for f in files.values() {
+    for f in img.files.values() {
         if let Some(m) = &f.memfd {
             if !memfds.contains_key(&(m.inode_id as u64)) {
                 return Err(invalid(
@@ -562,7 +637,14 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             }
         }
     }
-    let in_flight = in_flight_order(in_flight, &files, &sk_queues);
+    img.in_flight = in_flight_order(in_flight, &img.files, &sk_queues);
+    img.sk_queues = sk_queues;
+    img.memfds = memfds;
+    Ok(())
+}
+
+/// seccomp.img, and every thread's filter chain checked against it.
+fn load_seccomp(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let seccomp: Vec<pb::SeccompFilter> = match read_optional(dir, names::SECCOMP)? {
         Some(bytes) => {
             let mut r =
@@ -574,7 +656,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         }
         None => Vec::new(),
     };
-    for t in &tasks {
+    for t in &img.tasks {
         for th in &t.threads {
             let Some(tc) = th.core.thread_core.as_ref() else {
                 continue;
@@ -597,34 +679,8 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
             }
         }
     }
-    Ok(DumpImage {
-        dir: dir.to_path_buf(),
-        tasks,
-        files,
-        pipes_data,
-        fifo_data,
-        shmem,
-        memfds,
-        tcp_streams,
-        sysv_shm,
-        sysv_msg,
-        sysv_sem,
-        posix_mqueues,
-        ipc_vars,
-        uts,
-        tty_infos,
-        tty_data,
-        locks,
-        sk_queues,
-        in_flight,
-        seccomp,
-        net_lock: inv
-            .dump_criu_run_id
-            .filter(|_| inv.network_lock_method == Some(crate::dump::NETWORK_LOCK_NFTABLES))
-            .map(|id| format!("stasis-{id}")),
-        remaps,
-        ghosts,
-    })
+    img.seccomp = seccomp;
+    Ok(())
 }
 
 /// Files in flight, each after those its making needs: a unix socket in flight whose peer is

@@ -11,6 +11,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub mod fds;
+
 use crate::files::{self, tty as pty};
 use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
 use crate::mm::pages::PageSink;
@@ -556,38 +558,38 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DumpError> {
 }
 
 /// Everything collected for the images, written at the end.
-struct Images {
-    dir: PathBuf,
-    files: files::FileTable,
-    next_pages_id: u32,
-    dumped_shmem: std::collections::HashSet<u64>,
+pub(crate) struct Images {
+    pub(crate) dir: PathBuf,
+    pub(crate) files: files::FileTable,
+    pub(crate) next_pages_id: u32,
+    pub(crate) dumped_shmem: std::collections::HashSet<u64>,
     /// Inodes of every socket open in the tree: a unix peer among them is inside.
-    tree_sockets: std::collections::HashSet<u32>,
+    pub(crate) tree_sockets: std::collections::HashSet<u32>,
     /// pts indices of the pty masters open in the tree.
-    tree_ptys: std::collections::HashSet<u32>,
+    pub(crate) tree_ptys: std::collections::HashSet<u32>,
     /// A copy of each of those masters.
-    pty_masters: HashMap<u32, std::os::fd::OwnedFd>,
+    pub(crate) pty_masters: HashMap<u32, std::os::fd::OwnedFd>,
     /// File locks held by the tree, with the inode they are on.
-    locks: Vec<(pb::FileLockEntry, u64)>,
+    pub(crate) locks: Vec<(pb::FileLockEntry, u64)>,
     /// /proc/sysvipc/shm, read once.
-    sysv_segments: Vec<proc::parse::ShmSegment>,
+    pub(crate) sysv_segments: Vec<proc::parse::ShmSegment>,
     /// shmid → attachments (VMAs) in the tree.
-    sysv_attached: HashMap<u32, u64>,
+    pub(crate) sysv_attached: HashMap<u32, u64>,
     /// Segments dumped so far.
-    sysv_dumped: Vec<pb::IpcShmEntry>,
+    pub(crate) sysv_dumped: Vec<pb::IpcShmEntry>,
     /// POSIX message queues to save: (pid, fd, "/name", file id), one per queue.
-    mqueues: Vec<(u32, i32, String, u32)>,
+    pub(crate) mqueues: Vec<(u32, i32, String, u32)>,
     /// Image id of the tree's IPC namespace (see `ipcns`).
-    ipc_ns_id: u32,
+    pub(crate) ipc_ns_id: u32,
     /// Image id of the tree's UTS namespace (see `utsns`).
-    uts_ns_id: u32,
+    pub(crate) uts_ns_id: u32,
     /// Files in flight on the tree's unix sockets, which peeking put in our table.
-    in_flight: Vec<std::os::fd::OwnedFd>,
+    pub(crate) in_flight: Vec<std::os::fd::OwnedFd>,
     /// Seccomp filters of every thread, each once.
-    seccomp: crate::task::seccomp::Filters,
+    pub(crate) seccomp: crate::task::seccomp::Filters,
     /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
-    live_pids: Vec<u32>,
-    in_flight_sockets_known: bool,
+    pub(crate) live_pids: Vec<u32>,
+    pub(crate) in_flight_sockets_known: bool,
 }
 
 fn dump_frozen(
@@ -604,13 +606,13 @@ fn dump_frozen(
         Some(ns) => crate::ns::ipc::in_ns(ns, read_shm)?,
         None => read_shm(),
     };
-    let pty_masters = tree_pty_masters(tree);
+    let pty_masters = pty::tree_pty_masters(&live)?;
     let mut img = Images {
         dir: opts.images_dir.clone(),
         files: files::FileTable::new(opts.ghost_limit),
         next_pages_id: 1,
         dumped_shmem: Default::default(),
-        tree_sockets: tree_socket_inodes(tree),
+        tree_sockets: crate::net::unix::file::tree_socket_inodes(&live)?,
         tree_ptys: pty_masters.keys().copied().collect(),
         pty_masters,
         locks: Vec::new(),
@@ -681,7 +683,7 @@ fn dump_frozen(
         .iter()
         .flat_map(|t| std::iter::once(t.pid).chain(t.threads.iter().map(|th| th.tid)))
         .collect();
-    dump_pty_queues(&mut img)?;
+    pty::dump_pty_queues(&mut img)?;
     if let Some(ns) = &own_uts {
         let uts = crate::ns::ipc::in_ns_of(ns, libc::CLONE_NEWUTS, crate::ns::uts::names)??;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::UTSNS);
@@ -747,94 +749,6 @@ fn tree_sysv_attachments(tree: &Tree) -> HashMap<u32, u64> {
             if m.path.starts_with("/SYSV") && m.shared {
                 *out.entry(m.inode as u32).or_insert(0) += 1;
             }
-        }
-    }
-    out
-}
-
-/// Copies of the pty masters open in the tree, by pts index.
-fn tree_pty_masters(tree: &Tree) -> HashMap<u32, std::os::fd::OwnedFd> {
-    let mut out = HashMap::new();
-    for t in tree.tasks.iter().filter(|t| !t.zombie) {
-        let Ok(pidfd) = crate::net::inet::pidfd_open(t.pid) else {
-            continue;
-        };
-        for fd in proc::fds(t.pid).unwrap_or_default() {
-            if proc::readlink(t.pid, &format!("fd/{fd}")).ok().as_deref() == Some("/dev/ptmx") {
-                if let Ok(copy) = crate::net::inet::pidfd_getfd(pidfd.as_raw_fd(), fd) {
-                    if let Ok(n) = pty::master_index(copy.as_raw_fd()) {
-                        out.entry(n).or_insert(copy);
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Bytes buffered in the tree's ptys, read and put straight back (see `pty::take_queues`).
-fn dump_pty_queues(img: &mut Images) -> Result<(), DumpError> {
-    for (index, master) in &img.pty_masters {
-        let path = format!("/dev/pts/{index}");
-        // Our own open of the slave: its flags are ours to set. A slave never unlocked has
-        // nothing buffered.
-        let Ok(slave) = pty::open_slave(&path, (libc::O_RDWR | libc::O_NONBLOCK) as u32) else {
-            continue;
-        };
-        let q = pty::take_queues(master.as_raw_fd(), slave.as_raw_fd()).map_err(|source| {
-            DumpError::Pty {
-                index: *index,
-                source,
-            }
-        })?;
-        img.files.set_pty_queues(*index, &q);
-    }
-    Ok(())
-}
-
-/// Socket fds of the tree's tasks: (pid, fd, inode).
-fn tree_socket_fds(pids: &[u32]) -> Vec<(u32, i32, u32)> {
-    let mut out = Vec::new();
-    for &pid in pids {
-        for fd in proc::fds(pid).unwrap_or_default() {
-            let Ok(l) = proc::readlink(pid, &format!("fd/{fd}")) else {
-                continue;
-            };
-            if let Some(ino) = l
-                .strip_prefix("socket:[")
-                .and_then(|r| r.trim_end_matches(']').parse().ok())
-            {
-                out.push((pid, fd, ino));
-            }
-        }
-    }
-    out
-}
-
-fn tree_socket_inodes(tree: &Tree) -> std::collections::HashSet<u32> {
-    tree_socket_fds(&tree.live_pids())
-        .into_iter()
-        .map(|(_, _, ino)| ino)
-        .collect()
-}
-
-/// Inodes of the sockets in flight on the tree's unix sockets (their peers are inside the
-/// tree too). Only looked for when a peer seems to be outside: it reads every socket's fdinfo.
-fn sockets_in_flight_in_tree(pids: &[u32]) -> Vec<u32> {
-    let mut out = Vec::new();
-    for (pid, fd, _) in tree_socket_fds(pids) {
-        let carries = proc::fdinfo(pid, fd)
-            .ok()
-            .and_then(|i| i.extra.get("scm_fds")?.trim().parse::<u32>().ok())
-            .unwrap_or(0);
-        if carries == 0 {
-            continue;
-        }
-        let copy = crate::net::inet::pidfd_open(pid)
-            .ok()
-            .and_then(|p| crate::net::inet::pidfd_getfd(p.as_raw_fd(), fd).ok());
-        if let Some(copy) = copy {
-            out.extend(crate::net::unix::sockets_in_flight(&copy));
         }
     }
     out
@@ -1079,7 +993,7 @@ fn dump_zombie(task: &Task, dir: &Path) -> Result<(), DumpError> {
 /// CRIU's `network_lock_method` value for nftables (the table is `stasis-<dump_criu_run_id>`).
 pub const NETWORK_LOCK_NFTABLES: u32 = 2;
 
-fn uptime_us() -> u64 {
+pub(crate) fn uptime_us() -> u64 {
     std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
@@ -1411,7 +1325,7 @@ fn dump_task(
     };
 
     // Files and fs.
-    let (fds, locks) = dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
+    let (fds, locks) = fds::dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
     tree.tcp_locks.extend(locks);
     let dir_of = |which: &str| -> Result<String, DumpError> {
         let path = proc::readlink(pid, which)?;
@@ -1535,345 +1449,6 @@ fn dump_posix_timers(
         });
     }
     Ok(out)
-}
-
-fn dump_fds(
-    pid: u32,
-    opts: &DumpOptions,
-    img: &mut Images,
-    stats: &mut DumpStats,
-    nft_lock: &mut Option<String>,
-) -> Result<(Vec<pb::FdinfoEntry>, Vec<crate::net::inet::TcpLock>), DumpError> {
-    let mut out = Vec::new();
-    let mut locks = Vec::new();
-    let mut pidfd: Option<Option<std::os::fd::OwnedFd>> = None;
-    for fd in proc::fds(pid)? {
-        out.push(dump_one_fd(
-            pid, fd, opts, img, stats, nft_lock, &mut locks, &mut pidfd,
-        )?);
-    }
-    Ok((out, locks))
-}
-
-/// One fd of `pid` (or, with `pid` our own, a file in flight on a socket of the tree).
-#[allow(clippy::too_many_arguments)]
-fn dump_one_fd(
-    pid: u32,
-    fd: i32,
-    opts: &DumpOptions,
-    img: &mut Images,
-    stats: &mut DumpStats,
-    nft_lock: &mut Option<String>,
-    locks: &mut Vec<crate::net::inet::TcpLock>,
-    pidfd: &mut Option<Option<std::os::fd::OwnedFd>>,
-) -> Result<pb::FdinfoEntry, DumpError> {
-    let link = proc::readlink(pid, &format!("fd/{fd}"))?;
-    let info = proc::fdinfo(pid, fd)?;
-    let kind = files::classify(pid, fd, &link)?;
-    let (ty, id) = match kind {
-        files::FdKind::Regular | files::FdKind::Directory | files::FdKind::CharDevice => {
-            (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
-        }
-        files::FdKind::Tty
-            if link == "/dev/ptmx"
-                || pty::slave_index(&link).is_some_and(|n| img.tree_ptys.contains(&n)) =>
-        {
-            // A pty whose master is in the tree: saved whole, restored as a new pair.
-            let p = pidfd.get_or_insert_with(|| crate::net::inet::pidfd_open(pid).ok());
-            let copy = p
-                .as_ref()
-                .and_then(|p| crate::net::inet::pidfd_getfd(p.as_raw_fd(), fd).ok())
-                .ok_or(DumpError::UnsupportedFd {
-                    pid,
-                    fd,
-                    what: format!("terminal {link} (cannot copy it)"),
-                })?;
-            let master = link == "/dev/ptmx";
-            let index = if master {
-                pty::master_index(copy.as_raw_fd()).map_err(|source| {
-                    DumpError::Files(files::FilesError::Inspect { pid, fd, source })
-                })?
-            } else {
-                pty::slave_index(&link).unwrap_or(0)
-            };
-            let rdev = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-                .map(|m| std::os::unix::fs::MetadataExt::rdev(&m) as u32)
-                .unwrap_or(0);
-            let flags = info.flags & !(libc::O_CLOEXEC as u32);
-            let id = img.files.add_pty(
-                pid,
-                fd,
-                &link,
-                flags,
-                |id| {
-                    pty::info(id, index, copy.as_raw_fd(), rdev)
-                        .map_err(|source| files::FilesError::Pty { pid, fd, source })
-                },
-                (index, master),
-            )?;
-            (pb::FdTypes::Tty, id)
-        }
-        files::FdKind::Tty => {
-            if !opts.shell_job {
-                return Err(DumpError::ShellJobNeeded {
-                    pid,
-                    fd,
-                    path: link,
-                });
-            }
-            (pb::FdTypes::Reg, img.files.add_fd(pid, fd, &link, &info)?)
-        }
-        files::FdKind::Fifo(ino) => (
-            pb::FdTypes::Fifo,
-            img.files.add_fifo(pid, fd, &link, ino, &info)?,
-        ),
-        files::FdKind::Pipe(ino) => (pb::FdTypes::Pipe, img.files.add_pipe(pid, fd, ino, &info)?),
-        files::FdKind::EventFd
-        | files::FdKind::TimerFd
-        | files::FdKind::SignalFd
-        | files::FdKind::Inotify
-        | files::FdKind::EventPoll => {
-            let ty = kind.anon_fd_type().expect("an anon-inode kind");
-            (ty, img.files.add_anon(pid, fd, &kind, &info)?)
-        }
-        files::FdKind::Socket(ino) => {
-            if let Some((id, ty)) = img.files.known(pid, fd) {
-                // The same socket through another fd (dup, fork): one file, its own type.
-                (ty, id)
-            } else {
-                let p = pidfd.get_or_insert_with(|| crate::net::inet::pidfd_open(pid).ok());
-                let pfd = p
-                    .as_ref()
-                    .ok_or(DumpError::UnsupportedFd {
-                        pid,
-                        fd,
-                        what: "a socket (pidfd_open failed)".into(),
-                    })?
-                    .as_raw_fd();
-                let sock_err = |source| DumpError::Socket { pid, fd, source };
-                let sock = crate::net::inet::pidfd_getfd(pfd, fd).map_err(|source| {
-                    sock_err(crate::net::inet::InetError::Sys {
-                        what: "pidfd_getfd".into(),
-                        source,
-                    })
-                })?;
-                if socket_family(sock.as_raw_fd()) == "unix" {
-                    let in_flight = info
-                        .extra
-                        .get("scm_fds")
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    let flags = info.flags & !(libc::O_CLOEXEC as u32);
-                    let cwd = proc::readlink(pid, "cwd").unwrap_or_default();
-                    let me = std::process::id();
-                    let dump_unix = |tree_sockets: &std::collections::HashSet<u32>| {
-                        let cx = crate::net::unix::Context {
-                            cwd: &cwd,
-                            in_flight,
-                            nested: pid == me,
-                            ext_unix_sk: opts.ext_unix_sk,
-                            ext_inodes: &opts.ext_unix_sk_inodes,
-                            tree_sockets,
-                        };
-                        crate::net::unix::dump(&sock, ino as u32, flags, &cx)
-                    };
-                    let unix_err = |source| DumpError::Unix { pid, fd, source };
-                    let mut dumped = match dump_unix(&img.tree_sockets) {
-                        // The peer may be in flight on a socket of the tree: look once, retry.
-                        Err(crate::net::unix::UnixError::ExternalPeer { .. })
-                            if !img.in_flight_sockets_known =>
-                        {
-                            img.in_flight_sockets_known = true;
-                            let found = sockets_in_flight_in_tree(&img.live_pids);
-                            img.tree_sockets.extend(found);
-                            dump_unix(&img.tree_sockets)
-                        }
-                        r => r,
-                    }
-                    .map_err(unix_err)?;
-                    // Files in flight: the peek put them in our own table, where they are
-                    // dumped like any fd (and kept open until the dump ends, for kcmp).
-                    let mut queued = Vec::new();
-                    for p in std::mem::take(&mut dumped.queued) {
-                        let mut files = Vec::new();
-                        for f in p.fds {
-                            crate::net::unix::check_in_flight(f.as_raw_fd(), ino as u32)
-                                .map_err(unix_err)?;
-                            let e = dump_one_fd(
-                                me,
-                                f.as_raw_fd(),
-                                opts,
-                                img,
-                                stats,
-                                nft_lock,
-                                locks,
-                                &mut None,
-                            )?;
-                            files.push(e.id);
-                            img.in_flight.push(f);
-                        }
-                        queued.push(crate::net::unix::Queued {
-                            data: p.data,
-                            files,
-                        });
-                    }
-                    let id = img.files.add_unix(pid, fd, dumped, queued)?;
-                    return Ok(pb::FdinfoEntry {
-                        id,
-                        flags: (info.flags & libc::O_CLOEXEC as u32 != 0) as u32,
-                        r#type: pb::FdTypes::Unixsk as i32,
-                        fd: fd as u32,
-                        xattr_security_selinux: None,
-                    });
-                }
-                if !crate::net::inet::is_inet(sock.as_raw_fd()) {
-                    return Err(DumpError::UnsupportedFd {
-                        pid,
-                        fd,
-                        what: format!(
-                            "{} socket (socket:[{ino}])",
-                            socket_family(sock.as_raw_fd())
-                        ),
-                    });
-                }
-                let flags = info.flags & !(libc::O_CLOEXEC as u32);
-                // The network lock goes up before the connection is read: from then on no
-                // segment of the peer reaches it (nor, after the kill, a closed port).
-                let mut lock_conn = |local_port: u16, remote_port: u16| -> std::io::Result<()> {
-                    let conn = [stasis_netns::nftlock::Conn {
-                        local_port,
-                        remote_port,
-                    }];
-                    let (table, create) = match nft_lock.as_ref() {
-                        Some(t) => (t.clone(), false),
-                        None => (format!("stasis-{}-{}", opts.pid, uptime_us()), true),
-                    };
-                    stasis_netns::nftlock::add(&table, &conn, create)
-                        .map_err(std::io::Error::other)?;
-                    *nft_lock = Some(table);
-                    Ok(())
-                };
-                let dumped = crate::net::inet::dump(
-                    sock,
-                    0,
-                    ino,
-                    flags,
-                    opts.tcp_established,
-                    &mut lock_conn,
-                )
-                .map_err(sock_err)?;
-                let mut entry = Some(dumped.entry);
-                let (id, _) = img.files.add_inet(pid, fd, |id| {
-                    let mut e = entry.take().expect("called once");
-                    e.id = id;
-                    Ok(e)
-                })?;
-                if let Some((stream, inq, outq, lock)) = dumped.stream {
-                    locks.push(lock);
-                    let mut w = ImageWriter::new(ImageKind::Normal, magic::TCP_STREAM);
-                    w.push(&stream);
-                    w.push_raw(&inq);
-                    w.push_raw(&outq);
-                    write_file(
-                        &img.dir.join(names::tcp_stream(ino as u32)),
-                        &w.into_bytes(),
-                    )?;
-                }
-                (pb::FdTypes::Inetsk, id)
-            }
-        }
-        files::FdKind::Memfd => {
-            let open = format!("/proc/{pid}/fd/{fd}");
-            let flags = info.flags & !(libc::O_CLOEXEC as u32);
-            let (id, fresh) =
-                img.files
-                    .add_memfd(&open, &link, flags, info.pos, Some((pid, fd)))?;
-            if let Some(shmid) = fresh {
-                let size = std::fs::metadata(&open).map(|m| m.len()).unwrap_or(0);
-                dump_shmem_object(&open, shmid, size, img, stats)?;
-            }
-            (pb::FdTypes::Memfd, id)
-        }
-        files::FdKind::Mqueue => {
-            let (id, first) = img.files.add_mqueue(pid, fd, &link, &info)?;
-            if first {
-                img.mqueues
-                    .push((pid, fd, crate::ipc::mqueue::queue_name(&link), id));
-            }
-            (pb::FdTypes::Reg, id)
-        }
-        files::FdKind::Unsupported(what) => {
-            return Err(DumpError::UnsupportedFd { pid, fd, what });
-        }
-    };
-    // A file in flight shows its file's locks too; they belong to the tasks holding it.
-    let in_flight = pid == std::process::id();
-    for lock in files::parse_locks(&info.raw)
-        .into_iter()
-        .filter(|_| !in_flight)
-    {
-        let (flag, ty, start, len) = lock.map_err(|kind| DumpError::UnsupportedFd {
-            pid,
-            fd,
-            what: format!("a file {} (lease)", kind.to_lowercase()),
-        })?;
-        if !opts.file_locks {
-            return Err(DumpError::LocksNeedFlag {
-                pid,
-                fd,
-                path: link.clone(),
-            });
-        }
-        let e = pb::FileLockEntry {
-            flag,
-            r#type: ty,
-            pid: pid as i32,
-            fd,
-            start,
-            len,
-        };
-        // A lock shows on every fd of its file (and of its owner): keep one of each.
-        let same = |o: &pb::FileLockEntry| {
-            o.flag == e.flag
-                && o.r#type == e.r#type
-                && o.start == e.start
-                && o.len == e.len
-                && o.pid == e.pid
-        };
-        if !img.locks.iter().any(|(o, ino)| same(o) && *ino == info.ino) {
-            img.locks.push((e, info.ino));
-        }
-    }
-    // fdinfo's flags carry O_CLOEXEC for close-on-exec descriptors.
-    let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-    Ok(pb::FdinfoEntry {
-        id,
-        flags: cloexec as u32,
-        r#type: ty as i32,
-        fd: fd as u32,
-        xattr_security_selinux: None,
-    })
-}
-
-fn socket_family(fd: i32) -> &'static str {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt(SO_DOMAIN) into our int.
-    unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    match v {
-        libc::AF_UNIX => "unix",
-        libc::AF_NETLINK => "netlink",
-        libc::AF_PACKET => "packet",
-        _ => "other",
-    }
 }
 
 fn madv_bits(m: &Mapping) -> u64 {
@@ -2123,7 +1698,7 @@ fn dump_shmem(
 /// Dumps the first `size` bytes of a shmem object (shared anonymous memory, memfd) opened
 /// through `path`, as CRIU does: `pagemap-shmem-<shmid>.img` (offsets as addresses) and a pages
 /// image. Zero pages are left out; a size that ends inside a page is padded with zeros.
-fn dump_shmem_object(
+pub(crate) fn dump_shmem_object(
     path: &str,
     shmid: u64,
     size: u64,

@@ -5,11 +5,19 @@
 //! Bytes buffered in the pair are kept in both directions (see [`take_queues`]). Not kept: the
 //! index (a new pair gets whatever /dev/pts/N is free).
 
-use crate::sys::cvt;
+use std::collections::HashMap;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 
-use crate::images::pb;
+use super::kind::{Fd, FileKind, OpenCx, TaskCx};
+use super::{FdKind, FileTable, FilesError};
+use crate::dump::fds::DumpCx;
+use crate::dump::DumpError;
+use crate::images::{magic, names, pb, ImageKind, ImageWriter};
+use crate::restore::load::TaskImage;
+use crate::restore::{DumpImage, Remote, RestoreError};
+use crate::sys::cvt;
 
 /// A pty could not be read or made.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +32,9 @@ fn err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PtyError {
     let what = what.into();
     move |source| PtyError { what, source }
 }
+
+/// /dev/ptmx's major: the master end of a pty.
+const PTMX_MAJOR: u32 = 5;
 
 /// The pts index of a master (a copy of /dev/ptmx).
 pub fn master_index(fd: RawFd) -> io::Result<u32> {
@@ -65,12 +76,18 @@ pub fn info(id: u32, index: u32, master: RawFd, rdev: u32) -> Result<pb::TtyInfo
     // SAFETY: as above.
     cvt(unsafe { libc::ioctl(master, libc::TIOCGWINSZ, &mut ws) })
         .map_err(err(format!("window size of pty {index}")))?;
+    // The lock and packet mode are the master's: a slave answers ENOTTY, and its entry
+    // keeps them off, as CRIU's does.
     let mut locked: libc::c_int = 0;
-    // SAFETY: TIOCGPTLCK writes an int.
-    let _ = unsafe { libc::ioctl(master, libc::TIOCGPTLCK, &mut locked) };
     let mut packet: libc::c_int = 0;
-    // SAFETY: TIOCGPKT writes an int.
-    let _ = unsafe { libc::ioctl(master, libc::TIOCGPKT, &mut packet) };
+    if libc::major(rdev as libc::dev_t) == PTMX_MAJOR {
+        // SAFETY: TIOCGPTLCK writes an int.
+        cvt(unsafe { libc::ioctl(master, libc::TIOCGPTLCK, &mut locked) })
+            .map_err(err(format!("lock state of pty {index}")))?;
+        // SAFETY: TIOCGPKT writes an int.
+        cvt(unsafe { libc::ioctl(master, libc::TIOCGPKT, &mut packet) })
+            .map_err(err(format!("packet mode of pty {index}")))?;
+    }
     Ok(pb::TtyInfoEntry {
         id,
         r#type: pb::TtyType::Pty as i32,
@@ -135,12 +152,14 @@ pub fn create(info: &pb::TtyInfoEntry) -> Result<(OwnedFd, String), PtyError> {
             ws_ypixel: w.ws_ypixel as u16,
         };
         // SAFETY: TIOCSWINSZ reads our struct.
-        unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+        cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) })
+            .map_err(err(format!("setting the window size of pty {index}")))?;
     }
     if info.packet_mode {
         let one: libc::c_int = 1;
         // SAFETY: TIOCPKT reads an int.
-        unsafe { libc::ioctl(fd, libc::TIOCPKT, &one) };
+        cvt(unsafe { libc::ioctl(fd, libc::TIOCPKT, &one) })
+            .map_err(err(format!("packet mode of pty {index}")))?;
     }
     Ok((master, format!("/dev/pts/{index}")))
 }
@@ -204,7 +223,8 @@ fn read_n(fd: RawFd, n: usize) -> io::Result<Vec<u8>> {
 pub fn take_queues(master: RawFd, slave: RawFd) -> Result<Queues, PtyError> {
     let mut packet: libc::c_int = 0;
     // SAFETY: TIOCGPKT writes an int.
-    let _ = unsafe { libc::ioctl(master, libc::TIOCGPKT, &mut packet) };
+    cvt(unsafe { libc::ioctl(master, libc::TIOCGPKT, &mut packet) })
+        .map_err(err("packet mode of the pty master"))?;
     if packet != 0 {
         return Ok(Queues::default());
     }
@@ -324,6 +344,318 @@ pub fn open_slave(path: &str, flags: u32) -> Result<OwnedFd, PtyError> {
     let fd = cvt(unsafe { libc::open(c.as_ptr(), f) }).map_err(err(format!("open {path}")))?;
     // SAFETY: a fresh fd we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The pty ends the dump saw: ((index, is master), info), and the bytes buffered in them
+/// (tty_info id of the end they wait on, bytes).
+#[derive(Default)]
+struct TtyInfos {
+    infos: Vec<((u32, bool), pb::TtyInfoEntry)>,
+    data: Vec<(u32, Vec<u8>)>,
+}
+
+impl FileTable {
+    /// Marks pty `index` as the controlling terminal of session `sid` with foreground group
+    /// `pgrp`, when the tree holds its slave.
+    pub fn set_pty_session(&mut self, index: u32, sid: u32, pgrp: u32) {
+        for (_, info) in self
+            .slots
+            .get::<TtyInfos>()
+            .infos
+            .iter_mut()
+            .filter(|(k, _)| *k == (index, false))
+        {
+            info.sid = sid;
+            info.pgrp = pgrp;
+        }
+    }
+
+    /// Records the bytes buffered in pty `index`, on the ends the tree holds (CRIU's tty_data:
+    /// keyed by the tty_info of the end they wait to be read on).
+    pub fn set_pty_queues(&mut self, index: u32, q: &Queues) {
+        for (master, data) in [(true, &q.master), (false, &q.slave)] {
+            if data.is_empty() {
+                continue;
+            }
+            let t = self.slots.get::<TtyInfos>();
+            if let Some((_, info)) = t.infos.iter().find(|(k, _)| *k == (index, master)) {
+                t.data.push((info.id, data.clone()));
+            }
+        }
+    }
+
+    /// One end of a pty of the tree: a TTY entry pointing at its tty_info (saved once per end).
+    pub fn add_pty(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        link: &str,
+        flags: u32,
+        info: impl FnOnce(u32) -> Result<pb::TtyInfoEntry, FilesError>,
+        end_key: (u32, bool),
+    ) -> Result<u32, FilesError> {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
+            return Ok(id);
+        }
+        let known = self
+            .slots
+            .get::<TtyInfos>()
+            .infos
+            .iter()
+            .find(|(k, _)| *k == end_key);
+        let info_id = match known.map(|(_, i)| i.id) {
+            Some(id) => id,
+            None => {
+                let i = info(self.slots.get::<TtyInfos>().infos.len() as u32 + 1)?;
+                let id = i.id;
+                self.slots.get::<TtyInfos>().infos.push((end_key, i));
+                id
+            }
+        };
+        let regf_id = self.push_reg(link, flags, 0, None, Some(&md));
+        let id = self.next_id();
+        self.remember(pid, fd, md.dev(), md.ino(), id);
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Tty as i32,
+            id,
+            tty: Some(pb::TtyFileEntry {
+                id,
+                tty_info_id: info_id,
+                flags,
+                fown: pb::FownEntry::default(),
+                regf_id: Some(regf_id),
+            }),
+            ..Default::default()
+        });
+        Ok(id)
+    }
+}
+
+/// The kind of ptys whose master is in the tree.
+pub struct Pty;
+
+/// Restore: each dumped pts index → the new master and its slave's path.
+#[derive(Default)]
+struct Made(HashMap<u32, (OwnedFd, String)>);
+
+impl FileKind for Pty {
+    fn name(&self) -> &'static str {
+        "pty"
+    }
+
+    fn claims(&self, fd: &Fd, cx: &DumpCx) -> bool {
+        *fd.class == FdKind::Tty
+            && (fd.link == "/dev/ptmx"
+                || slave_index(fd.link).is_some_and(|n| cx.img.tree_ptys.contains(&n)))
+    }
+
+    fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
+        let (pid, fd_no, link) = (fd.pid, fd.fd, fd.link);
+        let copy = cx
+            .copy_fd(pid, fd_no)
+            .map_err(|source| FilesError::Inspect {
+                pid,
+                fd: fd_no,
+                source,
+            })?;
+        let master = link == "/dev/ptmx";
+        let index = if master {
+            master_index(copy.as_raw_fd()).map_err(|source| FilesError::Inspect {
+                pid,
+                fd: fd_no,
+                source,
+            })?
+        } else {
+            slave_index(link).unwrap_or(0)
+        };
+        let rdev = std::fs::metadata(fd.proc_path())
+            .map_err(|source| FilesError::Inspect {
+                pid,
+                fd: fd_no,
+                source,
+            })?
+            .rdev() as u32;
+        let id = cx.img.files.add_pty(
+            pid,
+            fd_no,
+            link,
+            fd.flags(),
+            |id| {
+                info(id, index, copy.as_raw_fd(), rdev).map_err(|source| FilesError::Pty {
+                    pid,
+                    fd: fd_no,
+                    source,
+                })
+            },
+            (index, master),
+        )?;
+        Ok((pb::FdTypes::Tty, id))
+    }
+
+    fn write_images(&self, table: &FileTable, dir: &std::path::Path) -> Result<(), FilesError> {
+        let empty = TtyInfos::default();
+        let t = table.slots.peek::<TtyInfos>().unwrap_or(&empty);
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::TTY_INFO);
+        for (_, i) in &t.infos {
+            w.push(i);
+        }
+        super::write(&dir.join(names::TTY_INFO), &w.into_bytes())?;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::TTY_DATA);
+        for (tty_id, data) in &t.data {
+            w.push(&pb::TtyDataEntry {
+                tty_id: *tty_id,
+                data: data.clone(),
+            });
+        }
+        super::write(&dir.join(names::TTY_DATA), &w.into_bytes())
+    }
+
+    fn owns(&self, entry: &pb::FileEntry, _img: &DumpImage) -> bool {
+        entry.tty.is_some()
+    }
+
+    fn open(
+        &self,
+        cx: &mut OpenCx,
+        entry: &pb::FileEntry,
+    ) -> Result<Option<OwnedFd>, RestoreError> {
+        let t = entry.tty.as_ref().expect("owned: tty is set");
+        let id = entry.id;
+        let perr = |source| RestoreError::Pty { id, source };
+        let info = &cx.img.tty_infos[&t.tty_info_id];
+        let index = info.pty.as_ref().map(|p| p.index).unwrap_or(0);
+        let made = cx.slots.get::<Made>();
+        if let std::collections::hash_map::Entry::Vacant(slot) = made.0.entry(index) {
+            let (master, path) = create(info).map_err(perr)?;
+            refill_pty(cx.img, index, &path).map_err(perr)?;
+            slot.insert((master, path));
+        }
+        let (master, path) = &made.0[&index];
+        let is_master = cx
+            .img
+            .files
+            .get(&t.regf_id.unwrap_or(0))
+            .and_then(|r| r.reg.as_ref())
+            .is_some_and(|r| r.name == "/dev/ptmx");
+        let fd = if is_master {
+            super::reg::dup(master)?
+        } else {
+            open_slave(path, t.flags).map_err(perr)?
+        };
+        super::reg::set_status_flags(&fd, t.flags)?;
+        Ok(Some(fd))
+    }
+
+    fn in_task(&self, r: &Remote, t: &TaskImage, cx: &mut TaskCx) -> Result<(), RestoreError> {
+        restore_controlling_tty(r, t, cx.img)
+    }
+}
+
+/// Puts back the bytes that were buffered in pty `index`, through our own fd on its new slave.
+fn refill_pty(img: &DumpImage, index: u32, slave_path: &str) -> Result<(), PtyError> {
+    let mut q = Queues::default();
+    for info in img
+        .tty_infos
+        .values()
+        .filter(|i| i.pty.as_ref().is_some_and(|p| p.index == index))
+    {
+        let Some(data) = img.tty_data.get(&info.id) else {
+            continue;
+        };
+        // The master is /dev/ptmx (major 5); a slave is /dev/pts/N (majors 136 and up).
+        if libc::major(info.rdev as libc::dev_t) == PTMX_MAJOR {
+            q.master = data.clone();
+        } else {
+            q.slave = data.clone();
+        }
+    }
+    if q.master.is_empty() && q.slave.is_empty() {
+        return Ok(());
+    }
+    let slave = open_slave(slave_path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
+    put_queues(slave.as_raw_fd(), &q)
+}
+
+/// For a session leader whose controlling terminal was a pty slave of the tree: its fd of the
+/// slave, and the foreground group. The leader must hold the slave open.
+pub(crate) fn controlling_slave(t: &TaskImage, img: &DumpImage) -> Option<(RawFd, u32)> {
+    if t.pstree.sid != t.pid() || t.zombie_exit.is_some() {
+        return None;
+    }
+    t.fds.iter().find_map(|fd| {
+        let tty = img.files.get(&fd.id)?.tty.as_ref()?;
+        let info = img.tty_infos.get(&tty.tty_info_id)?;
+        (info.sid == t.pid()).then_some((fd.fd as RawFd, info.pgrp))
+    })
+}
+
+/// The stub made the slave the session's controlling terminal before forking the session
+/// (a controlling terminal is inherited at fork, and only a leader can acquire one); now that
+/// every group exists, the leader puts the dumped foreground group back.
+fn restore_controlling_tty(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
+    let Some((fd, pgrp)) = controlling_slave(t, img) else {
+        return Ok(());
+    };
+    // The group must be one of the session's. After TIOCSCTTY the leader's group is in the
+    // foreground, so the leader may hand it over without SIGTTOU.
+    if pgrp != 0
+        && img
+            .tasks
+            .iter()
+            .any(|o| o.pstree.pgid == pgrp && o.pstree.sid == t.pid())
+    {
+        let a = r.put(0, &(pgrp as i32).to_ne_bytes())?;
+        r.call(libc::SYS_ioctl, &[fd as u64, libc::TIOCSPGRP, a])?;
+    }
+    Ok(())
+}
+
+/// Copies of the pty masters open in the tree's live tasks, by pts index. A master that
+/// cannot be read fails the dump: its slave would otherwise pass for an outside terminal.
+pub(crate) fn tree_pty_masters(live: &[u32]) -> Result<HashMap<u32, OwnedFd>, DumpError> {
+    let mut out = HashMap::new();
+    for &pid in live {
+        let mut pidfd = None;
+        for fd in crate::proc::fds(pid)? {
+            // An fd closed since it was listed is no master.
+            let Ok(link) = crate::proc::readlink(pid, &format!("fd/{fd}")) else {
+                continue;
+            };
+            if link != "/dev/ptmx" {
+                continue;
+            }
+            let inspect = |source| FilesError::Inspect { pid, fd, source };
+            if pidfd.is_none() {
+                pidfd = Some(crate::net::inet::pidfd_open(pid).map_err(inspect)?);
+            }
+            let p = pidfd.as_ref().expect("opened above");
+            let copy = crate::net::inet::pidfd_getfd(p.as_raw_fd(), fd).map_err(inspect)?;
+            let n = master_index(copy.as_raw_fd()).map_err(inspect)?;
+            out.entry(n).or_insert(copy);
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes buffered in the tree's ptys, read and put straight back (see `pty::take_queues`).
+pub(crate) fn dump_pty_queues(img: &mut crate::dump::Images) -> Result<(), DumpError> {
+    for (index, master) in &img.pty_masters {
+        let path = format!("/dev/pts/{index}");
+        // Our own open of the slave: its flags are ours to set. A slave never unlocked has
+        // nothing buffered.
+        let Ok(slave) = open_slave(&path, (libc::O_RDWR | libc::O_NONBLOCK) as u32) else {
+            continue;
+        };
+        let q = take_queues(master.as_raw_fd(), slave.as_raw_fd()).map_err(|source| {
+            DumpError::Pty {
+                index: *index,
+                source,
+            }
+        })?;
+        img.files.set_pty_queues(*index, &q);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

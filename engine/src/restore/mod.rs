@@ -5,7 +5,10 @@
 //! `stats-restore` to the work dir, after success).
 
 pub mod load;
+mod pool;
 mod stub;
+
+use pool::Pool;
 
 use crate::sys::cvt;
 use std::collections::HashMap;
@@ -15,7 +18,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::files::{self, anon as anonfd, tty as pty};
 use crate::images::PE_PRESENT;
 use crate::images::{magic, names, pb, vma_status::*, ImageKind, ImageWriter};
 use crate::mm::pages::PageSource;
@@ -130,6 +132,32 @@ pub enum RestoreError {
     },
     #[error("timed out waiting for the forked tasks to get ready")]
     Timeout,
+    #[error("pty (file id {id})")]
+    Pty {
+        id: u32,
+        #[source]
+        source: crate::files::tty::PtyError,
+    },
+    #[error("unix socket (file id {id})")]
+    Unix {
+        id: u32,
+        #[source]
+        source: unix::UnixError,
+    },
+    #[error("file id {id}")]
+    AnonFd {
+        id: u32,
+        #[source]
+        source: crate::files::anon::AnonFdError,
+    },
+    #[error("task {pid}: the images hold established TCP connections: restore with --tcp-established (or --tcp-close)")]
+    TcpNeedsFlag { pid: u32 },
+    #[error("file id {id} has a kind this version cannot restore")]
+    UnknownFileKind { id: u32 },
+    #[error("FIFO file id {id} has no path")]
+    FifoWithoutPath { id: u32 },
+    #[error("task {pid}: lock on fd {fd} of a file not restored")]
+    LockWithoutFile { pid: u32, fd: i32 },
 }
 
 fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> RestoreError {
@@ -222,7 +250,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         what: e.to_string(),
     })?;
     let pool = Pool::build(&img, opts)?;
-    take_file_locks(&img, &pool)?;
+    crate::files::locks::take_file_locks(&img, &pool.by_file)?;
     let sysv_to_remove = prepare_sysv_shm(&img)?;
     crate::ipc::sysv::restore_msg(&img.sysv_msg).map_err(|e| RestoreError::Task {
         pid: 0,
@@ -306,7 +334,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if !img.seccomp.is_empty() {
         seize_options |= ptrace::PTRACE_O_SUSPEND_SECCOMP;
     }
-    let mut epolls_done = std::collections::HashSet::new();
+    let mut kind_slots = crate::files::kind::Slots::default();
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let pid = t.pid();
         ptrace::seize(pid, seize_options).map_err(ptr_err(pid))?;
@@ -332,10 +360,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &mut pages_restored,
             )?,
         );
-        open_proc_files(&r, t, &img)?;
-        restore_epoll_targets(&r, t, &img, &mut epolls_done)?;
-        restore_controlling_tty(&r, t, &img)?;
-        restore_posix_locks(&r, t, &img)?;
+        let mut tcx = crate::files::kind::TaskCx {
+            img: &img,
+            slots: &mut kind_slots,
+        };
+        for kind in crate::files::kind::KINDS {
+            kind.in_task(&r, t, &mut tcx)?;
+        }
+        crate::files::locks::restore_posix_locks(&r, t, &img)?;
         restore_task_state(&r, t)?;
     }
     // Segments that were already marked for removal are marked again, now that they are attached.
@@ -521,460 +553,8 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
     Ok(())
 }
 
-/// Files, pipes and shared memory, opened once by the restorer above every target fd number and
-/// inherited by all stubs, which keeps shared open file descriptions shared.
-struct Pool {
-    base: RawFd,
-    /// First number above the pool.
-    top: RawFd,
-    by_file: HashMap<u32, RawFd>,
-    by_shmid: HashMap<u64, RawFd>,
-    owned: Vec<OwnedFd>,
-}
-
-impl Pool {
-    fn place(&mut self, fd: OwnedFd) -> Result<RawFd, RestoreError> {
-        // SAFETY: F_DUPFD returns a new fd, owned below; no CLOEXEC, the stubs inherit it.
-        let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, self.top) })
-            .map_err(setup_err("placing a file above the target fds"))?;
-        // SAFETY: `n` is a fresh fd owned only here.
-        self.owned.push(unsafe { OwnedFd::from_raw_fd(n) });
-        self.top = n + 1;
-        Ok(n)
-    }
-
-    fn build(img: &DumpImage, opts: &RestoreOptions) -> Result<Pool, RestoreError> {
-        let max_target = img
-            .tasks
-            .iter()
-            .flat_map(|t| t.fds.iter().map(|f| f.fd as RawFd))
-            .max()
-            .unwrap_or(2);
-        let max_own = std::fs::read_dir("/proc/self/fd")
-            .map(|rd| {
-                rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-                    .max()
-                    .unwrap_or(2)
-            })
-            .unwrap_or(1023);
-        let base = (max_target.max(max_own) + 64) & !63;
-        let mut pool = Pool {
-            base,
-            top: base,
-            by_file: HashMap::new(),
-            by_shmid: HashMap::new(),
-            owned: Vec::new(),
-        };
-        let terminal = (0..3).find(|&fd| {
-            // SAFETY: isatty on our own std fds.
-            unsafe { libc::isatty(fd) == 1 }
-        });
-        let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
-        let mut ghost_files = GhostFiles::default();
-        let mut memfds: HashMap<u64, OwnedFd> = HashMap::new();
-        // The second end of a unix pair, made with the first, waiting for its turn.
-        let mut unix_pending: HashMap<u32, OwnedFd> = HashMap::new();
-        let mut fifo_keepers: HashMap<u32, OwnedFd> = HashMap::new();
-        // Dumped pts index → the new master and its slave's path.
-        let mut ptys: HashMap<u32, (OwnedFd, String)> = HashMap::new();
-        let mut ids: Vec<u32> = Vec::new();
-        // Files whose content the tasks run from: the exe and mapped files.
-        let mut mapped: Vec<u32> = Vec::new();
-        for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-            ids.extend(t.fds.iter().map(|f| f.id));
-            ids.extend([t.fs.cwd_id, t.fs.root_id, t.mm.exe_file_id]);
-            mapped.push(t.mm.exe_file_id);
-            for v in &t.mm.vmas {
-                if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
-                    ids.push(v.shmid as u32);
-                    if v.status & VMA_FILE_PRIVATE != 0 {
-                        mapped.push(v.shmid as u32);
-                    }
-                }
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        // Files in flight first: the queues that carry them are filled when their socket is
-        // made, and a file in flight may be used by no task at all.
-        let mut order = img.in_flight.clone();
-        order.extend(ids.into_iter().filter(|i| !img.in_flight.contains(i)));
-        let used_ids: std::collections::HashSet<u32> = order.iter().copied().collect();
-        for id in order {
-            let f = &img.files[&id];
-            if f.reg.as_ref().is_some_and(|r| tree_proc_path(img, &r.name)) {
-                // /proc/<pid>/... of a task of the tree: it exists once the task does, and the
-                // task opens it itself (see open_proc_files).
-                continue;
-            }
-            let fd = if let Some(reg) = &f.reg {
-                let inherited = opts
-                    .inherit_fds
-                    .iter()
-                    .find(|i| i.key.trim_start_matches('/') == reg.name.trim_start_matches('/'));
-                if let Some(i) = inherited {
-                    dup_fd(i.fd)?
-                } else if let Some(tty) =
-                    terminal.filter(|_| opts.shell_job && files::is_tty_path(&reg.name))
-                {
-                    dup_fd(tty)?
-                } else if let Some(ghost) = img.remaps.get(&id) {
-                    let path = ghost_files.create(*ghost, &reg.name, img)?;
-                    let mut r = reg.clone();
-                    r.name = path;
-                    open_reg(id, &r)?
-                } else {
-                    open_reg(id, reg)?
-                }
-            } else if let Some(t) = &f.tty {
-                let info = &img.tty_infos[&t.tty_info_id];
-                let index = info.pty.as_ref().map(|p| p.index).unwrap_or(0);
-                if let std::collections::hash_map::Entry::Vacant(slot) = ptys.entry(index) {
-                    let (master, path) = pty::create(info).map_err(pty_err(id))?;
-                    refill_pty(img, index, &path).map_err(pty_err(id))?;
-                    slot.insert((master, path));
-                }
-                let (master, path) = &ptys[&index];
-                let is_master = img
-                    .files
-                    .get(&t.regf_id.unwrap_or(0))
-                    .and_then(|r| r.reg.as_ref())
-                    .is_some_and(|r| r.name == "/dev/ptmx");
-                let fd = if is_master {
-                    dup_fd(master.as_raw_fd())?
-                } else {
-                    pty::open_slave(path, t.flags).map_err(pty_err(id))?
-                };
-                set_status_flags(&fd, t.flags)?;
-                fd
-            } else if let Some(fe) = &f.fifo {
-                let reg = fe
-                    .regf_id
-                    .and_then(|r| img.files.get(&r))
-                    .and_then(|r| r.reg.as_ref())
-                    .ok_or_else(|| RestoreError::Task {
-                        pid: 0,
-                        what: format!("FIFO file id {id} has no path"),
-                    })?;
-                if let std::collections::hash_map::Entry::Vacant(slot) =
-                    fifo_keepers.entry(fe.pipe_id)
-                {
-                    // Opened read-write, a FIFO opens at once whatever the other end does; it
-                    // is refilled through this keeper, and every end is reopened from it.
-                    let mut keep = reg.clone();
-                    keep.flags = (libc::O_RDWR | libc::O_NONBLOCK) as u32;
-                    keep.pos = 0;
-                    if let Some(orig) = reg.name.strip_suffix(" (deleted)") {
-                        // Unlinked while open: a FIFO made for the moment (the keeper holds
-                        // the pipe; the name goes with the other ghosts).
-                        keep.name = ghost_files.fifo(id, orig, reg.mode.unwrap_or(0o600))?;
-                    }
-                    let k = open_reg(id, &keep)?;
-                    if let Some((size, data)) = img.fifo_data.get(&fe.pipe_id) {
-                        if *size > 0 {
-                            // SAFETY: F_SETPIPE_SZ with an integer.
-                            unsafe {
-                                libc::fcntl(k.as_raw_fd(), libc::F_SETPIPE_SZ, *size as libc::c_int)
-                            };
-                        }
-                        use std::io::Write;
-                        File::from(k.try_clone().map_err(setup_err("dup"))?)
-                            .write_all(data)
-                            .map_err(setup_err(format!("refilling FIFO {}", reg.name)))?;
-                    }
-                    slot.insert(k);
-                }
-                let end = reopen(
-                    &fifo_keepers[&fe.pipe_id],
-                    reg.flags | libc::O_NONBLOCK as u32,
-                    id,
-                )?;
-                set_status_flags(&end, reg.flags)?;
-                end
-            } else if let Some(e) = &f.usk {
-                if let Some(fd) = unix_pending.remove(&id) {
-                    fd
-                } else if e.uflags & unix::USK_INHERIT != 0 {
-                    // Connected outside the tree: the caller hands over the replacement.
-                    let key = format!("socket:[{}]", e.ino);
-                    match opts.inherit_fds.iter().find(|i| i.key == key) {
-                        Some(i) => dup_fd(i.fd)?,
-                        None => {
-                            return Err(unix_err(id)(unix::UnixError::NeedsInheritFd {
-                                ino: e.ino,
-                            }))
-                        }
-                    }
-                } else {
-                    let peer = (e.peer != 0)
-                        .then(|| {
-                            img.files
-                                .values()
-                                .find(|o| o.usk.as_ref().is_some_and(|u| u.ino == e.peer))
-                        })
-                        .flatten();
-                    let queue =
-                        |fid: u32| img.sk_queues.get(&fid).map(Vec::as_slice).unwrap_or(&[]);
-                    let fd_of = |fid: u32| pool.by_file.get(&fid).copied();
-                    match peer {
-                        // The peer is a socket of the tree: both ends are made now, as one pair.
-                        Some(pf) if used_ids.contains(&pf.id) => {
-                            let pe = pf.usk.as_ref().expect("matched a unix entry");
-                            let (a, b) = unix::restore_pair(e, pe, queue(id), queue(pf.id), &fd_of)
-                                .map_err(unix_err(id))?;
-                            unix_pending.insert(pf.id, b);
-                            a
-                        }
-                        // A named peer outside the tree (kept as an entry of its own).
-                        Some(pf) => {
-                            let name = pf.usk.as_ref().map(|u| u.name.clone()).unwrap_or_default();
-                            unix::restore_single(e, Some(&name), queue(id), &fd_of)
-                                .map_err(unix_err(id))?
-                        }
-                        None => unix::restore_single(e, None, queue(id), &fd_of)
-                            .map_err(unix_err(id))?,
-                    }
-                }
-            } else if let Some(e) = &f.isk {
-                let stream = img.tcp_streams.get(&e.ino);
-                if stream.is_some() && !opts.tcp_established && !opts.tcp_close {
-                    return Err(RestoreError::Task {
-                        pid: img.tasks[0].pid(),
-                        what: "the images hold established TCP connections: restore with --tcp-established (or --tcp-close)".into(),
-                    });
-                }
-                if stream.is_some() && opts.tcp_close {
-                    // --tcp-close: the connection is gone; the task gets a closed socket.
-                    let closed = pb::InetSkEntry {
-                        state: 7,
-                        src_port: 0,
-                        dst_port: 0,
-                        src_addr: Vec::new(),
-                        dst_addr: Vec::new(),
-                        ..e.clone()
-                    };
-                    inet::restore(&closed, None).map_err(inet_err(id))?
-                } else {
-                    let s = stream.map(|(s, i, o)| (s, i.as_slice(), o.as_slice()));
-                    inet::restore(e, s).map_err(inet_err(id))?
-                }
-            } else if let Some(e) = &f.efd {
-                anonfd::create_eventfd(e).map_err(anon_err(id))?
-            } else if let Some(e) = &f.tfd {
-                anonfd::create_timerfd(e).map_err(anon_err(id))?
-            } else if let Some(e) = &f.sgfd {
-                anonfd::create_signalfd(e).map_err(anon_err(id))?
-            } else if let Some(e) = &f.ify {
-                anonfd::create_inotify(e).map_err(anon_err(id))?
-            } else if let Some(e) = &f.epfd {
-                anonfd::create_epoll(e).map_err(anon_err(id))?
-            } else if let Some(m) = &f.memfd {
-                let inode = m.inode_id as u64;
-                let fd = match memfds.get(&inode) {
-                    Some(first) => reopen(first, m.flags, id)?,
-                    None => {
-                        let (entry, pagemap, pages) = &img.memfds[&inode];
-                        let content =
-                            read_shmem_content(entry.size, pagemap, &img.dir.join(pages))?;
-                        let fd = anonfd::create_memfd(entry, &content).map_err(anon_err(id))?;
-                        let keep = dup_fd(fd.as_raw_fd())?;
-                        memfds.insert(inode, keep);
-                        if m.flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32 {
-                            fd
-                        } else {
-                            reopen(memfds.get(&inode).expect("just inserted"), m.flags, id)?
-                        }
-                    }
-                };
-                if m.pos != 0 {
-                    // SAFETY: lseek on our fd.
-                    unsafe { libc::lseek(fd.as_raw_fd(), m.pos as libc::off_t, libc::SEEK_SET) };
-                }
-                fd
-            } else if let Some(pe) = &f.pipe {
-                let key = format!("pipe:[{}]", pe.pipe_id);
-                if let Some(i) = opts.inherit_fds.iter().find(|i| i.key == key) {
-                    dup_fd(i.fd)?
-                } else {
-                    let (r, w) = match pipes.get(&pe.pipe_id) {
-                        Some((r, w)) => (dup_fd(r.as_raw_fd())?, dup_fd(w.as_raw_fd())?),
-                        None => {
-                            let (r, w) = make_pipe(pe.pipe_id, img.pipes_data.get(&pe.pipe_id))?;
-                            let copy = (dup_fd(r.as_raw_fd())?, dup_fd(w.as_raw_fd())?);
-                            pipes.insert(pe.pipe_id, (r, w));
-                            copy
-                        }
-                    };
-                    let acc = pe.flags & libc::O_ACCMODE as u32;
-                    let end = if acc == libc::O_WRONLY as u32 { w } else { r };
-                    set_status_flags(&end, pe.flags)?;
-                    end
-                }
-            } else {
-                return Err(RestoreError::Task {
-                    pid: img.tasks[0].pid(),
-                    what: format!("file id {id} has a kind this version cannot restore"),
-                });
-            };
-            if mapped.contains(&id) && !img.remaps.contains_key(&id) {
-                check_unchanged(id, f, &fd)?;
-            }
-            let n = pool.place(fd)?;
-            pool.by_file.insert(id, n);
-        }
-        for (shmid, (entries, pages_file)) in &img.shmem {
-            let size = img
-                .tasks
-                .iter()
-                .flat_map(|t| t.mm.vmas.iter())
-                .filter(|v| v.status & VMA_ANON_SHARED != 0 && v.shmid == *shmid)
-                .map(|v| v.pgoff + (v.end - v.start))
-                .max()
-                .unwrap_or(0);
-            let fd = make_shmem(size, entries, &img.dir.join(pages_file))?;
-            let n = pool.place(fd)?;
-            pool.by_shmid.insert(*shmid, n);
-        }
-        Ok(pool)
-    }
-}
-
-/// Whether `path` is a file of /proc/<pid>/ for a process or thread of the tree.
-fn tree_proc_path(img: &DumpImage, path: &str) -> bool {
-    let Some(n) = path
-        .strip_prefix("/proc/")
-        .and_then(|r| r.split('/').next())
-        .and_then(|n| n.parse::<u32>().ok())
-    else {
-        return false;
-    };
-    img.tasks
-        .iter()
-        .any(|t| t.pid() == n || t.threads.iter().any(|th| th.tid == n))
-}
-
-/// Opens, inside the task, its fds on /proc/<pid>/ files of the tree (the pool could not: the
-/// pids did not exist yet), at their numbers, flags and offsets.
-fn open_proc_files(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
-    for f in &t.fds {
-        let Some(reg) = img.files.get(&f.id).and_then(|e| e.reg.as_ref()) else {
-            continue;
-        };
-        if !tree_proc_path(img, &reg.name) {
-            continue;
-        }
-        let mut path = reg.name.clone().into_bytes();
-        path.push(0);
-        let at = r.put(0, &path)?;
-        let keep = (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND) as u32;
-        let flags = (reg.flags & keep) as u64 | libc::O_CLOEXEC as u64;
-        let got = r.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0])? as u64;
-        let cloexec = if f.flags & 1 != 0 { libc::O_CLOEXEC } else { 0 } as u64;
-        if got != f.fd as u64 {
-            r.call(libc::SYS_dup3, &[got, f.fd as u64, cloexec])?;
-            r.call(libc::SYS_close, &[got])?;
-        } else if cloexec == 0 {
-            r.call(libc::SYS_fcntl, &[got, libc::F_SETFD as u64, 0])?;
-        }
-        if reg.pos != 0 {
-            r.call(
-                libc::SYS_lseek,
-                &[f.fd as u64, reg.pos, libc::SEEK_SET as u64],
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// A program or library replaced since the dump (an upgrade) would run the old memory image
-/// against new code pages: refuse, as CRIU does, when the size differs.
-fn check_unchanged(id: u32, f: &pb::FileEntry, fd: &OwnedFd) -> Result<(), RestoreError> {
-    let Some(reg) = &f.reg else { return Ok(()) };
-    let Some(want) = reg.size else { return Ok(()) };
-    let md = std::fs::File::from(fd.try_clone().map_err(setup_err("dup"))?)
-        .metadata()
-        .map_err(setup_err(format!("stat {}", reg.name)))?;
-    if md.len() != want {
-        return Err(RestoreError::Changed {
-            id,
-            path: reg.name.clone(),
-            was: want,
-            now: md.len(),
-        });
-    }
-    Ok(())
-}
-
-/// Puts back the bytes that were buffered in pty `index`, through our own fd on its new slave.
-fn refill_pty(img: &DumpImage, index: u32, slave_path: &str) -> Result<(), pty::PtyError> {
-    let mut q = pty::Queues::default();
-    for info in img
-        .tty_infos
-        .values()
-        .filter(|i| i.pty.as_ref().is_some_and(|p| p.index == index))
-    {
-        let Some(data) = img.tty_data.get(&info.id) else {
-            continue;
-        };
-        // The master is /dev/ptmx (major 5); a slave is /dev/pts/N (majors 136 and up).
-        if libc::major(info.rdev as libc::dev_t) == 5 {
-            q.master = data.clone();
-        } else {
-            q.slave = data.clone();
-        }
-    }
-    if q.master.is_empty() && q.slave.is_empty() {
-        return Ok(());
-    }
-    let slave = pty::open_slave(slave_path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
-    pty::put_queues(slave.as_raw_fd(), &q)
-}
-
-fn pty_err(id: u32) -> impl FnOnce(pty::PtyError) -> RestoreError {
-    move |e| RestoreError::Task {
-        pid: 0,
-        what: format!("pty (file id {id}): {e}"),
-    }
-}
-
-fn unix_err(id: u32) -> impl FnOnce(unix::UnixError) -> RestoreError {
-    move |e| RestoreError::Task {
-        pid: 0,
-        what: format!("unix socket (file id {id}): {e}"),
-    }
-}
-
-fn inet_err(id: u32) -> impl FnOnce(inet::InetError) -> RestoreError {
-    move |e| RestoreError::Socket { id, source: e }
-}
-
-fn anon_err(id: u32) -> impl FnOnce(anonfd::AnonFdError) -> RestoreError {
-    move |e| RestoreError::Task {
-        pid: 0,
-        what: format!("file id {id}: {e}"),
-    }
-}
-
-/// Another open file description of the same inode, with its own access mode and flags.
-fn reopen(first: &OwnedFd, flags: u32, id: u32) -> Result<OwnedFd, RestoreError> {
-    let path = format!("/proc/self/fd/{}", first.as_raw_fd());
-    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK;
-    let c = std::ffi::CString::new(path.clone()).expect("no NUL");
-    // SAFETY: open(2) of a NUL-terminated path; the result is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), (flags as libc::c_int & keep) | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(RestoreError::Open {
-            id,
-            path,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: fresh fd owned only here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// The first `size` bytes of a shmem object from its pagemap (offsets as addresses).
-fn read_shmem_content(
+pub(crate) fn read_shmem_content(
     size: u64,
     entries: &[pb::PagemapEntry],
     pages: &Path,
@@ -997,231 +577,6 @@ fn read_shmem_content(
     }
     content.truncate(size as usize);
     Ok(content)
-}
-
-fn dup_fd(fd: RawFd) -> Result<OwnedFd, RestoreError> {
-    // SAFETY: F_DUPFD_CLOEXEC on an fd number; the result is owned below.
-    let n = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })
-        .map_err(setup_err(format!("dup of fd {fd}")))?;
-    // SAFETY: fresh fd owned only here.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
-
-fn set_status_flags(fd: &OwnedFd, flags: u32) -> Result<(), RestoreError> {
-    let keep =
-        (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME)
-            as u32;
-    // SAFETY: F_SETFL with an integer argument.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, (flags & keep) as libc::c_int) })
-        .map_err(setup_err("setting file status flags"))?;
-    Ok(())
-}
-
-fn open_reg(id: u32, reg: &pb::RegFileEntry) -> Result<OwnedFd, RestoreError> {
-    let path = std::ffi::CString::new(reg.name.as_bytes()).map_err(|_| RestoreError::Open {
-        id,
-        path: reg.name.clone(),
-        source: std::io::Error::from_raw_os_error(libc::EINVAL),
-    })?;
-    if let Some(name) = reg
-        .name
-        .strip_prefix(crate::ipc::mqueue::PATH_PREFIX)
-        .filter(|n| n.starts_with('/'))
-    {
-        // A POSIX message queue, opened by its name: the mqueue filesystem need not be mounted.
-        let cname = std::ffi::CString::new(name).expect("no NUL: checked above");
-        let flags = reg.flags as libc::c_int & (libc::O_ACCMODE | libc::O_NONBLOCK);
-        // SAFETY: mq_open(3) without O_CREAT; on Linux the descriptor is a file descriptor.
-        let fd = unsafe { libc::mq_open(cname.as_ptr(), flags | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(RestoreError::Open {
-                id,
-                path: reg.name.clone(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: fresh fd owned only here.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    // An O_TMPFILE file comes back as a ghost: opened by name, so without O_TMPFILE (whose
-    // bits include O_DIRECTORY).
-    let mut flags = reg.flags as libc::c_int;
-    if flags & libc::O_TMPFILE == libc::O_TMPFILE {
-        flags &= !libc::O_TMPFILE;
-    }
-    let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY)
-        | libc::O_CLOEXEC
-        | libc::O_NOCTTY;
-    // SAFETY: open(2) of a NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(RestoreError::Open {
-            id,
-            path: reg.name.clone(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: fresh fd owned only here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if reg.pos != 0 {
-        // SAFETY: lseek on our fd.
-        let r = unsafe { libc::lseek(fd.as_raw_fd(), reg.pos as libc::off_t, libc::SEEK_SET) };
-        if r < 0 {
-            return Err(RestoreError::Open {
-                id,
-                path: reg.name.clone(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-    }
-    Ok(fd)
-}
-
-fn make_pipe(
-    pipe_id: u32,
-    data: Option<&(u32, Vec<u8>)>,
-) -> Result<(OwnedFd, OwnedFd), RestoreError> {
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two fds into `p`.
-    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(setup_err("pipe"))?;
-    // SAFETY: fresh fds owned only here.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-    if let Some((size, bytes)) = data {
-        if *size > 0 {
-            // SAFETY: F_SETPIPE_SZ with an integer.
-            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, *size as libc::c_int) };
-        }
-        let mut f = File::from(w.try_clone().map_err(setup_err("dup"))?);
-        use std::io::Write;
-        f.write_all(bytes)
-            .map_err(setup_err(format!("refilling pipe {pipe_id}")))?;
-    }
-    Ok((r, w))
-}
-
-/// Files deleted while open, recreated for as long as the restorer opens them, then unlinked.
-#[derive(Default)]
-struct GhostFiles {
-    made: HashMap<u32, String>,
-    /// Directories made for ghosts whose directory was deleted too, deepest last.
-    dirs: Vec<PathBuf>,
-}
-
-impl GhostFiles {
-    /// Creates ghost `id` at its old path (or beside it if that name is taken); returns the path.
-    fn create(&mut self, id: u32, orig: &str, img: &DumpImage) -> Result<String, RestoreError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        if let Some(p) = self.made.get(&id) {
-            return Ok(p.clone());
-        }
-        let (entry, content) = &img.ghosts[&id];
-        let err = |path: &str| {
-            let path = path.to_string();
-            move |source| RestoreError::Open { id, path, source }
-        };
-        let mut path = orig.to_string();
-        let mut n = 0;
-        let mut f = loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(f) => break f,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
-                    n += 1;
-                    path = format!("{orig}.stasis-ghost-{id}-{n}");
-                }
-                // Its directory was deleted too: make it for as long as the ghost lives.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && n < 100 => {
-                    n += 1;
-                    self.make_parents(Path::new(&path)).map_err(err(&path))?;
-                }
-                Err(e) => return Err(err(&path)(e)),
-            }
-        };
-        use std::io::Write;
-        // Registered first, so a failure below still unlinks it.
-        self.made.insert(id, path.clone());
-        f.write_all(content).map_err(err(&path))?;
-        f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
-            .map_err(err(&path))?;
-        let _ = std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid));
-        Ok(path)
-    }
-}
-
-impl GhostFiles {
-    /// Makes a FIFO for FIFO `id`, unlinked while open, at its old path (or beside it if that
-    /// name is taken); returns the path, unlinked again with the ghosts.
-    fn fifo(&mut self, id: u32, orig: &str, mode: u32) -> Result<String, RestoreError> {
-        let mut path = orig.to_string();
-        for n in 1..=100 {
-            let c = std::ffi::CString::new(path.as_bytes()).map_err(|_| RestoreError::Open {
-                id,
-                path: path.clone(),
-                source: std::io::Error::from_raw_os_error(libc::EINVAL),
-            })?;
-            // SAFETY: mkfifo(3) of a NUL-terminated path.
-            if unsafe { libc::mkfifo(c.as_ptr(), (mode & 0o7777) as libc::mode_t) } == 0 {
-                self.made.insert(id, path.clone());
-                return Ok(path);
-            }
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::AlreadyExists => {
-                    path = format!("{orig}.stasis-ghost-{id}-{n}");
-                }
-                std::io::ErrorKind::NotFound => {
-                    self.make_parents(Path::new(&path))
-                        .map_err(|source| RestoreError::Open {
-                            id,
-                            path: path.clone(),
-                            source,
-                        })?;
-                }
-                _ => {
-                    return Err(RestoreError::Open {
-                        id,
-                        path,
-                        source: e,
-                    })
-                }
-            }
-        }
-        Err(RestoreError::Open {
-            id,
-            path,
-            source: std::io::Error::from_raw_os_error(libc::EEXIST),
-        })
-    }
-
-    /// Makes the missing directories above `path`, remembering them to remove them later.
-    fn make_parents(&mut self, path: &Path) -> std::io::Result<()> {
-        let mut missing = Vec::new();
-        let mut dir = path.parent();
-        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            missing.push(d.to_path_buf());
-            dir = d.parent();
-        }
-        for d in missing.into_iter().rev() {
-            std::fs::create_dir(&d)?;
-            self.dirs.push(d);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for GhostFiles {
-    fn drop(&mut self) {
-        for p in self.made.values() {
-            let _ = std::fs::remove_file(p);
-        }
-        for d in self.dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
 }
 
 /// Shared anonymous memory: a shmem object made by mmap(MAP_SHARED|MAP_ANONYMOUS), filled, and
@@ -1282,79 +637,6 @@ fn make_shmem(
     // SAFETY: unmapping the mapping made above; the fd keeps the object alive.
     unsafe { libc::munmap(addr, size as usize) };
     result
-}
-
-fn lock_file_id(img: &DumpImage, l: &pb::FileLockEntry) -> Option<u32> {
-    let t = img.tasks.iter().find(|t| t.pid() as i32 == l.pid)?;
-    t.fds.iter().find(|f| f.fd as i32 == l.fd).map(|f| f.id)
-}
-
-fn flock_struct(l: &pb::FileLockEntry) -> libc::flock {
-    // SAFETY: struct flock is plain data.
-    let mut f: libc::flock = unsafe { std::mem::zeroed() };
-    f.l_type = l.r#type as libc::c_short;
-    f.l_whence = libc::SEEK_SET as libc::c_short;
-    f.l_start = l.start;
-    f.l_len = l.len;
-    f
-}
-
-/// flock and OFD locks belong to an open file description: the restorer takes them on the
-/// pool's fd, and they go with it into the task. POSIX locks belong to the process: they are
-/// taken by the task itself (see `restore_posix_locks`).
-fn take_file_locks(img: &DumpImage, pool: &Pool) -> Result<(), RestoreError> {
-    for l in &img.locks {
-        if l.flag == files::FL_POSIX {
-            continue;
-        }
-        let fd = lock_file_id(img, l)
-            .and_then(|id| pool.by_file.get(&id))
-            .copied()
-            .ok_or_else(|| RestoreError::Task {
-                pid: l.pid as u32,
-                what: format!("lock on fd {} of a file not restored", l.fd),
-            })?;
-        let r = if l.flag == files::FL_FLOCK {
-            let op = if l.r#type == libc::F_WRLCK as u32 {
-                libc::LOCK_EX
-            } else {
-                libc::LOCK_SH
-            };
-            // SAFETY: flock(2) on our fd.
-            unsafe { libc::flock(fd, op | libc::LOCK_NB) }
-        } else {
-            let f = flock_struct(l);
-            // SAFETY: F_OFD_SETLK reads our struct flock.
-            unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &f) }
-        };
-        if r < 0 {
-            return Err(setup_err(format!(
-                "taking back the lock of pid {} fd {}",
-                l.pid, l.fd
-            ))(std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-fn restore_posix_locks(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
-    for l in img
-        .locks
-        .iter()
-        .filter(|l| l.flag == files::FL_POSIX && l.pid as u32 == t.pid())
-    {
-        let f = flock_struct(l);
-        // SAFETY: struct flock is plain data; viewed as bytes to copy into the task.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&f as *const libc::flock).cast::<u8>(),
-                std::mem::size_of::<libc::flock>(),
-            )
-        };
-        let a = r.put(0, bytes)?;
-        r.call(libc::SYS_fcntl, &[l.fd as u64, libc::F_SETLK as u64, a])?;
-    }
-    Ok(())
 }
 
 fn ipcns_err(e: crate::ns::ipc::IpcNsError) -> RestoreError {
@@ -1504,7 +786,7 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
                 .iter()
                 .filter_map(|f| Some((f.fd as RawFd, *pool.by_file.get(&f.id)?, f.flags & 1 != 0)))
                 .collect(),
-            ctty: controlling_slave(t, img).map(|(fd, _)| {
+            ctty: crate::files::tty::controlling_slave(t, img).map(|(fd, _)| {
                 let id = t
                     .fds
                     .iter()
@@ -1528,7 +810,7 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
 }
 
 /// Injection into one restoring thread, with the second trampoline page as scratch memory.
-struct Remote {
+pub(crate) struct Remote {
     pid: u32,
     inj: Injector,
     scratch: u64,
@@ -1553,14 +835,14 @@ impl Remote {
             scratch: trampoline + PAGE_SIZE,
         })
     }
-    fn call(&self, nr: i64, args: &[u64]) -> Result<i64, RestoreError> {
+    pub(crate) fn call(&self, nr: i64, args: &[u64]) -> Result<i64, RestoreError> {
         self.inj.call(nr, args).map_err(ptr_err(self.pid))
     }
     fn raw(&self, nr: i64, args: &[u64]) -> Result<i64, RestoreError> {
         self.inj.raw(nr, args).map_err(ptr_err(self.pid))
     }
     /// Writes `data` at scratch + `off`, returns its address in the task.
-    fn put(&self, off: u64, data: &[u8]) -> Result<u64, RestoreError> {
+    pub(crate) fn put(&self, off: u64, data: &[u8]) -> Result<u64, RestoreError> {
         mem::write(self.pid, self.scratch + off, data)?;
         Ok(self.scratch + off)
     }
@@ -1814,69 +1096,6 @@ fn mremap(r: &Remote, from: u64, len: u64, to: u64) -> Result<(), RestoreError> 
 /// Process-wide state: signal handlers, timers, limits, prctl flags.
 /// Adds every epoll target from inside the task, where the target fd numbers are its own. An
 /// epoll shared by several tasks is filled once, by the first.
-fn restore_epoll_targets(
-    r: &Remote,
-    t: &TaskImage,
-    img: &DumpImage,
-    done: &mut std::collections::HashSet<u32>,
-) -> Result<(), RestoreError> {
-    for fd in &t.fds {
-        let Some(ep) = img.files.get(&fd.id).and_then(|f| f.epfd.as_ref()) else {
-            continue;
-        };
-        if !done.insert(fd.id) {
-            continue;
-        }
-        for tfd in &ep.tfd {
-            // struct epoll_event is packed on x86_64: u32 events, then u64 data.
-            let mut ev = [0u8; 12];
-            ev[..4].copy_from_slice(&tfd.events.to_ne_bytes());
-            ev[4..].copy_from_slice(&tfd.data.to_ne_bytes());
-            let a = r.put(0, &ev)?;
-            const EPOLL_CTL_ADD: u64 = 1;
-            r.call(
-                libc::SYS_epoll_ctl,
-                &[fd.fd as u64, EPOLL_CTL_ADD, tfd.tfd as u64, a],
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// For a session leader whose controlling terminal was a pty slave of the tree: its fd of the
-/// slave, and the foreground group. The leader must hold the slave open.
-fn controlling_slave(t: &TaskImage, img: &DumpImage) -> Option<(RawFd, u32)> {
-    if t.pstree.sid != t.pid() || t.zombie_exit.is_some() {
-        return None;
-    }
-    t.fds.iter().find_map(|fd| {
-        let tty = img.files.get(&fd.id)?.tty.as_ref()?;
-        let info = img.tty_infos.get(&tty.tty_info_id)?;
-        (info.sid == t.pid()).then_some((fd.fd as RawFd, info.pgrp))
-    })
-}
-
-/// The stub made the slave the session's controlling terminal before forking the session
-/// (a controlling terminal is inherited at fork, and only a leader can acquire one); now that
-/// every group exists, the leader puts the dumped foreground group back.
-fn restore_controlling_tty(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
-    let Some((fd, pgrp)) = controlling_slave(t, img) else {
-        return Ok(());
-    };
-    // The group must be one of the session's. After TIOCSCTTY the leader's group is in the
-    // foreground, so the leader may hand it over without SIGTTOU.
-    if pgrp != 0
-        && img
-            .tasks
-            .iter()
-            .any(|o| o.pstree.pgid == pgrp && o.pstree.sid == t.pid())
-    {
-        let a = r.put(0, &(pgrp as i32).to_ne_bytes())?;
-        r.call(libc::SYS_ioctl, &[fd as u64, libc::TIOCSPGRP, a])?;
-    }
-    Ok(())
-}
-
 fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), RestoreError> {
     let tc = t.tc();
     // Signals that reached the stub (SIGCHLD from a zombie child) are not the task's: drop them.

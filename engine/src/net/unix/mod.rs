@@ -3,6 +3,8 @@
 //! Peers and names come from sock_diag (NETLINK_SOCK_DIAG, UNIX_DIAG); queued bytes are peeked
 //! from a pidfd_getfd copy of the socket without consuming them.
 
+pub mod file;
+
 use crate::sys::cvt;
 use std::io;
 use std::mem::{size_of, zeroed};

@@ -6,6 +6,8 @@
 //! dropping the peer's segments until the restore). Repair mode with a zero receive window is a
 //! second guard only: an ACK the socket sends recomputes and reopens its window.
 
+pub mod file;
+
 use crate::sys::cvt;
 use std::io;
 use std::mem::{size_of, zeroed};

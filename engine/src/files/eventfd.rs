@@ -1,0 +1,134 @@
+//! eventfd: its counter and semaphore mode from fdinfo, and a new one with the same count.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::anon::{self, AnonFdError};
+use super::kind::{Fd, FileKind, OpenCx};
+use super::FdKind;
+use crate::dump::fds::DumpCx;
+use crate::dump::DumpError;
+use crate::images::pb;
+use crate::restore::{DumpImage, RestoreError};
+
+/// eventfd: the counter (printed in hex) and semaphore mode. CRIU's entry has no field for
+/// EFD_SEMAPHORE; it is kept in bit 0 of `flags`, which is free for an O_RDWR file.
+pub fn eventfd_entry(
+    id: u32,
+    flags: u32,
+    extra: &HashMap<String, String>,
+) -> Result<pb::EventfdFileEntry, AnonFdError> {
+    let count =
+        u64::from_str_radix(anon::field(extra, "eventfd", "eventfd-count")?, 16).map_err(|_| {
+            AnonFdError::Field {
+                kind: "eventfd",
+                field: "eventfd-count",
+            }
+        })?;
+    let sem = extra
+        .get("eventfd-semaphore")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    Ok(pb::EventfdFileEntry {
+        id,
+        flags: flags | sem as u32,
+        fown: pb::FownEntry::default(),
+        counter: count,
+    })
+}
+
+/// A new eventfd with the dumped count and mode.
+pub fn create_eventfd(e: &pb::EventfdFileEntry) -> Result<OwnedFd, AnonFdError> {
+    let mut flags = libc::EFD_CLOEXEC;
+    if e.flags & libc::O_NONBLOCK as u32 != 0 {
+        flags |= libc::EFD_NONBLOCK;
+    }
+    if e.flags & 1 != 0 {
+        flags |= libc::EFD_SEMAPHORE;
+    }
+    // SAFETY: eventfd(2) with integer arguments.
+    let fd = anon::owned(unsafe { libc::eventfd(0, flags) }, "eventfd")?;
+    if e.counter > 0 {
+        // The initial value argument is 32-bit; a write adds any 64-bit count.
+        // SAFETY: write(2) of 8 bytes from a local.
+        let n = unsafe { libc::write(fd.as_raw_fd(), (&e.counter as *const u64).cast(), 8) };
+        if n != 8 {
+            return Err(AnonFdError::Create {
+                kind: "eventfd",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(fd)
+}
+
+/// The eventfd kind.
+pub struct EventFd;
+
+impl FileKind for EventFd {
+    fn name(&self) -> &'static str {
+        "eventfd"
+    }
+
+    fn claims(&self, fd: &Fd, _cx: &DumpCx) -> bool {
+        *fd.class == FdKind::EventFd
+    }
+
+    fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
+        let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |_, id| {
+            Ok(pb::FileEntry {
+                r#type: pb::FdTypes::Eventfd as i32,
+                id,
+                efd: Some(
+                    eventfd_entry(id, fd.flags(), &fd.info.extra)
+                        .map_err(anon::dump_err(fd.pid, fd.fd))?,
+                ),
+                ..Default::default()
+            })
+        })?;
+        Ok((pb::FdTypes::Eventfd, id))
+    }
+
+    fn owns(&self, entry: &pb::FileEntry, _img: &DumpImage) -> bool {
+        entry.efd.is_some()
+    }
+
+    fn open(
+        &self,
+        _cx: &mut OpenCx,
+        entry: &pb::FileEntry,
+    ) -> Result<Option<OwnedFd>, RestoreError> {
+        let e = entry.efd.as_ref().expect("owned: efd is set");
+        create_eventfd(e)
+            .map(Some)
+            .map_err(anon::restore_err(entry.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn eventfd_fdinfo() {
+        let e = eventfd_entry(
+            3,
+            0o4002,
+            &map(&[
+                ("eventfd-count", "               1f"),
+                ("eventfd-semaphore", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((e.counter, e.flags), (0x1f, 0o4003));
+        assert!(eventfd_entry(3, 2, &map(&[])).is_err());
+    }
+}

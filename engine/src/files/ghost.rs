@@ -1,0 +1,136 @@
+//! Files deleted while open, restore side: each is made again from its ghost image (or, for
+//! a FIFO, made anew) for as long as the restorer opens it, then unlinked.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::restore::{DumpImage, RestoreError};
+
+/// Files deleted while open, recreated for as long as the restorer opens them, then unlinked.
+#[derive(Default)]
+pub struct GhostFiles {
+    made: HashMap<u32, String>,
+    /// Directories made for ghosts whose directory was deleted too, deepest last.
+    dirs: Vec<PathBuf>,
+}
+
+impl GhostFiles {
+    /// Creates ghost `id` at its old path (or beside it if that name is taken); returns the path.
+    pub fn create(&mut self, id: u32, orig: &str, img: &DumpImage) -> Result<String, RestoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if let Some(p) = self.made.get(&id) {
+            return Ok(p.clone());
+        }
+        let (entry, content) = &img.ghosts[&id];
+        let err = |path: &str| {
+            let path = path.to_string();
+            move |source| RestoreError::Open { id, path, source }
+        };
+        let mut path = orig.to_string();
+        let mut n = 0;
+        let mut f = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(f) => break f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
+                    n += 1;
+                    path = format!("{orig}.stasis-ghost-{id}-{n}");
+                }
+                // Its directory was deleted too: make it for as long as the ghost lives.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && n < 100 => {
+                    n += 1;
+                    self.make_parents(Path::new(&path)).map_err(err(&path))?;
+                }
+                Err(e) => return Err(err(&path)(e)),
+            }
+        };
+        use std::io::Write;
+        // Registered first, so a failure below still unlinks it.
+        self.made.insert(id, path.clone());
+        f.write_all(content).map_err(err(&path))?;
+        f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
+            .map_err(err(&path))?;
+        // Owned as it was where we may (we are root); a failure leaves it ours, which only
+        // matters to the restorer, since the ghost is unlinked before any task runs.
+        if let Err(e) = std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid)) {
+            log::warn!("ghost file {path}: cannot give it back its owner: {e}");
+        }
+        Ok(path)
+    }
+}
+
+impl GhostFiles {
+    /// Makes a FIFO for FIFO `id`, unlinked while open, at its old path (or beside it if that
+    /// name is taken); returns the path, unlinked again with the ghosts.
+    pub fn fifo(&mut self, id: u32, orig: &str, mode: u32) -> Result<String, RestoreError> {
+        let mut path = orig.to_string();
+        for n in 1..=100 {
+            let c = std::ffi::CString::new(path.as_bytes()).map_err(|_| RestoreError::Open {
+                id,
+                path: path.clone(),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            })?;
+            // SAFETY: mkfifo(3) of a NUL-terminated path.
+            if unsafe { libc::mkfifo(c.as_ptr(), (mode & 0o7777) as libc::mode_t) } == 0 {
+                self.made.insert(id, path.clone());
+                return Ok(path);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    path = format!("{orig}.stasis-ghost-{id}-{n}");
+                }
+                std::io::ErrorKind::NotFound => {
+                    self.make_parents(Path::new(&path))
+                        .map_err(|source| RestoreError::Open {
+                            id,
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
+                _ => {
+                    return Err(RestoreError::Open {
+                        id,
+                        path,
+                        source: e,
+                    })
+                }
+            }
+        }
+        Err(RestoreError::Open {
+            id,
+            path,
+            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+        })
+    }
+
+    /// Makes the missing directories above `path`, remembering them to remove them later.
+    fn make_parents(&mut self, path: &Path) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            missing.push(d.to_path_buf());
+            dir = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            std::fs::create_dir(&d)?;
+            self.dirs.push(d);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GhostFiles {
+    fn drop(&mut self) {
+        for p in self.made.values() {
+            let _ = std::fs::remove_file(p);
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! inotify: its watches from fdinfo (each watched inode found again by its file handle), and a
+//! new instance with the same watches under the same watch descriptors.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::anon::{self, AnonFdError};
+use super::kind::{Fd, FileKind, OpenCx};
+use super::{FdKind, FilesError};
+use crate::dump::fds::DumpCx;
+use crate::dump::DumpError;
+use crate::images::pb;
+use crate::restore::{DumpImage, RestoreError};
+
+/// One `inotify wd:..` line of fdinfo: watch descriptor, inode, device (kernel encoding),
+/// mask and the file handle that finds the watched inode again.
+pub fn inotify_watches(fdinfo_text: &str, id: u32) -> Vec<pb::InotifyWdEntry> {
+    let mut out = Vec::new();
+    for line in fdinfo_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("inotify "))
+    {
+        let get = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
+        let hex = |key: &str| get(key).and_then(|v| u64::from_str_radix(v, 16).ok());
+        let (Some(wd), Some(ino), Some(sdev), Some(mask)) = (
+            get("wd:").and_then(|v| v.parse().ok()),
+            hex("ino:"),
+            hex("sdev:"),
+            hex("mask:"),
+        ) else {
+            continue;
+        };
+        let raw = get("f_handle:").unwrap_or("");
+        let bytes: Vec<u8> = (0..raw.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&raw[i * 2..i * 2 + 2], 16).ok())
+            .collect();
+        let handle = bytes
+            .chunks(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b[..c.len()].copy_from_slice(c);
+                u64::from_ne_bytes(b)
+            })
+            .collect();
+        out.push(pb::InotifyWdEntry {
+            id,
+            i_ino: ino,
+            mask: mask as u32,
+            ignored_mask: hex("ignored_mask:").unwrap_or(0) as u32,
+            s_dev: sdev as u32,
+            wd,
+            f_handle: pb::FhEntry {
+                bytes: get("fhandle-bytes:")
+                    .and_then(|v| u32::from_str_radix(v, 16).ok())
+                    .unwrap_or(bytes.len() as u32),
+                r#type: get("fhandle-type:")
+                    .and_then(|v| u32::from_str_radix(v, 16).ok())
+                    .unwrap_or(0),
+                handle,
+                path: None,
+                mnt_id: None,
+            },
+        });
+    }
+    out
+}
+
+/// The path of the inode a file handle names on device `sdev` (kernel dev_t encoding), found
+/// with open_by_handle_at from the device's mount (needs CAP_DAC_READ_SEARCH).
+pub fn path_of_handle(sdev: u32, fh: &pb::FhEntry) -> Option<String> {
+    let (major, minor) = (sdev >> 20, sdev & 0xfffff);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mnt = mountinfo.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&format!("{major}:{minor}").as_str()))
+            .then(|| f.get(4).map(|s| s.to_string()))
+            .flatten()
+    })?;
+    let dir = std::fs::File::open(&mnt).ok()?;
+    let mut buf: Vec<u8> = Vec::with_capacity(8 + fh.bytes as usize);
+    buf.extend_from_slice(&fh.bytes.to_ne_bytes());
+    buf.extend_from_slice(&(fh.r#type as i32).to_ne_bytes());
+    let raw: Vec<u8> = fh.handle.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    buf.extend_from_slice(&raw[..(fh.bytes as usize).min(raw.len())]);
+    // SAFETY: open_by_handle_at reads a struct file_handle of the size we built.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            dir.as_raw_fd(),
+            buf.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd we own.
+    let f = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let p = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
+    Some(p.to_string_lossy().into_owned())
+}
+
+/// An inotify instance with the same watches under the same watch descriptors. Descriptors are
+/// handed out in increasing order, so gaps are skipped by adding and removing the watch
+/// (the IN_IGNORED events that makes are drained before the task sees the queue).
+pub fn create_inotify(e: &pb::InotifyFileEntry) -> Result<OwnedFd, AnonFdError> {
+    // SAFETY: inotify_init1(2) with flags.
+    let fd = anon::owned(
+        unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) },
+        "inotify",
+    )?;
+    let raw = fd.as_raw_fd();
+    let mut watches: Vec<&pb::InotifyWdEntry> = e.wd.iter().collect();
+    watches.sort_by_key(|w| w.wd);
+    for w in watches {
+        let path = w.f_handle.path.clone().unwrap_or_default();
+        let c = std::ffi::CString::new(path).map_err(|_| AnonFdError::Field {
+            kind: "inotify",
+            field: "path",
+        })?;
+        loop {
+            // SAFETY: inotify_add_watch with a NUL-terminated path.
+            let got = unsafe { libc::inotify_add_watch(raw, c.as_ptr(), w.mask) };
+            if got < 0 {
+                return Err(AnonFdError::Create {
+                    kind: "inotify watch",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            if got as u32 >= w.wd {
+                if got as u32 != w.wd {
+                    return Err(AnonFdError::Field {
+                        kind: "inotify",
+                        field: "wd",
+                    });
+                }
+                break;
+            }
+            // Too low: that number was a gap in the dumped set. Removing the watch burns it
+            // (numbers only go up), and the next try gets the following one.
+            // SAFETY: inotify_rm_watch with integers.
+            if unsafe { libc::inotify_rm_watch(raw, got) } < 0 {
+                return Err(AnonFdError::Create {
+                    kind: "inotify watch (skipping a gap)",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+    }
+    // Drain the IN_IGNORED events of the burnt numbers.
+    let mut buf = [0u8; 4096];
+    // SAFETY: read into our buffer; the fd is non-blocking.
+    while unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    if e.flags & libc::O_NONBLOCK as u32 == 0 {
+        // SAFETY: F_SETFL with an integer.
+        if unsafe { libc::fcntl(raw, libc::F_SETFL, 0) } < 0 {
+            return Err(AnonFdError::Create {
+                kind: "inotify (blocking mode)",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(fd)
+}
+
+/// The inotify kind.
+pub struct Inotify;
+
+impl FileKind for Inotify {
+    fn name(&self) -> &'static str {
+        "inotify"
+    }
+
+    fn claims(&self, fd: &Fd, _cx: &DumpCx) -> bool {
+        *fd.class == FdKind::Inotify
+    }
+
+    fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
+        let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |_, id| {
+            let mut wd = inotify_watches(&fd.info.raw, id);
+            for w in &mut wd {
+                match path_of_handle(w.s_dev, &w.f_handle) {
+                    Some(p) => w.f_handle.path = Some(p),
+                    None => {
+                        return Err(FilesError::InotifyPath {
+                            pid: fd.pid,
+                            fd: fd.fd,
+                            wd: w.wd,
+                        })
+                    }
+                }
+            }
+            Ok(pb::FileEntry {
+                r#type: pb::FdTypes::Inotify as i32,
+                id,
+                ify: Some(pb::InotifyFileEntry {
+                    id,
+                    flags: fd.flags(),
+                    fown: pb::FownEntry::default(),
+                    wd,
+                }),
+                ..Default::default()
+            })
+        })?;
+        Ok((pb::FdTypes::Inotify, id))
+    }
+
+    fn owns(&self, entry: &pb::FileEntry, _img: &DumpImage) -> bool {
+        entry.ify.is_some()
+    }
+
+    fn open(
+        &self,
+        _cx: &mut OpenCx,
+        entry: &pb::FileEntry,
+    ) -> Result<Option<OwnedFd>, RestoreError> {
+        let e = entry.ify.as_ref().expect("owned: ify is set");
+        create_inotify(e)
+            .map(Some)
+            .map_err(anon::restore_err(entry.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inotify_fdinfo() {
+        let text = "pos:\t0\nflags:\t02004000\nmnt_id:\t15\nino:\t1038\n\
+inotify wd:2 ino:4a1 sdev:fe00001 mask:800afce ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a1040000b2c3d4e5\n";
+        let w = inotify_watches(text, 6);
+        assert_eq!(w.len(), 1);
+        assert_eq!((w[0].wd, w[0].i_ino, w[0].s_dev), (2, 0x4a1, 0xfe0_0001));
+        assert_eq!(
+            (w[0].mask, w[0].f_handle.bytes, w[0].f_handle.r#type),
+            (0x800_afce, 8, 1)
+        );
+        assert_eq!(w[0].f_handle.handle.len(), 1);
+    }
+}

@@ -1,0 +1,215 @@
+//! File locks (flock, POSIX, OFD) held by the tree: read from the `lock:` lines of fdinfo,
+//! taken again at restore. flock and OFD locks belong to an open file description, so the
+//! restorer takes them on the pool's fd; POSIX locks belong to the process, so each task
+//! takes its own.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+
+use crate::dump::fds::DumpCx;
+use crate::dump::DumpError;
+use crate::images::pb;
+use crate::proc::FdInfo;
+use crate::restore::load::TaskImage;
+use crate::restore::{DumpImage, Remote, RestoreError};
+
+/// CRIU's lock kinds in file_lock_entry.flag.
+pub const FL_POSIX: u32 = 1;
+pub const FL_FLOCK: u32 = 2;
+pub const FL_OFDLCK: u32 = 1024;
+
+/// The locks an fd's fdinfo lists: (flag, type F_RDLCK/F_WRLCK, start, len with 0 = to EOF).
+/// Leases, other kinds and lines that do not read as the kernel writes them are returned as
+/// `Err(what)`, which fails the dump.
+pub fn parse_locks(fdinfo: &str) -> Vec<Result<(u32, u32, i64, i64), String>> {
+    let mut out = Vec::new();
+    for line in fdinfo.lines().filter_map(|l| l.strip_prefix("lock:")) {
+        // "1: POSIX  ADVISORY  WRITE 6660 fe:00:10010757 5 14"
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() < 8 {
+            out.push(Err(format!("lock line \"{line}\"")));
+            continue;
+        }
+        let flag = match w[1] {
+            "POSIX" => FL_POSIX,
+            "FLOCK" => FL_FLOCK,
+            "OFDLCK" => FL_OFDLCK,
+            other => {
+                out.push(Err(format!("a file {} (lease)", other.to_lowercase())));
+                continue;
+            }
+        };
+        let ty = if w[3] == "WRITE" {
+            libc::F_WRLCK
+        } else {
+            libc::F_RDLCK
+        } as u32;
+        let (Ok(start), end) = (w[6].parse::<i64>(), w[7].parse::<i64>()) else {
+            out.push(Err(format!("{} lock whose range reads \"{line}\"", w[1])));
+            continue;
+        };
+        let len = match end {
+            _ if w[7] == "EOF" => 0,
+            Ok(end) => end - start + 1,
+            Err(_) => {
+                out.push(Err(format!("{} lock whose range reads \"{line}\"", w[1])));
+                continue;
+            }
+        };
+        out.push(Ok((flag, ty, start, len)));
+    }
+    out
+}
+
+/// Records the locks that fd `fd` of `pid` shows (once each: a lock shows on every fd of its
+/// file).
+pub(crate) fn dump(
+    cx: &mut DumpCx,
+    pid: u32,
+    fd: i32,
+    link: &str,
+    info: &FdInfo,
+) -> Result<(), DumpError> {
+    for lock in parse_locks(&info.raw) {
+        let (flag, ty, start, len) = lock.map_err(|kind| DumpError::UnsupportedFd {
+            pid,
+            fd,
+            what: kind,
+        })?;
+        if !cx.opts.file_locks {
+            return Err(DumpError::LocksNeedFlag {
+                pid,
+                fd,
+                path: link.to_string(),
+            });
+        }
+        let e = pb::FileLockEntry {
+            flag,
+            r#type: ty,
+            pid: pid as i32,
+            fd,
+            start,
+            len,
+        };
+        // A lock shows on every fd of its file (and of its owner): keep one of each.
+        let same = |o: &pb::FileLockEntry| {
+            o.flag == e.flag
+                && o.r#type == e.r#type
+                && o.start == e.start
+                && o.len == e.len
+                && o.pid == e.pid
+        };
+        if !cx
+            .img
+            .locks
+            .iter()
+            .any(|(o, ino)| same(o) && *ino == info.ino)
+        {
+            cx.img.locks.push((e, info.ino));
+        }
+    }
+    Ok(())
+}
+
+fn lock_file_id(img: &DumpImage, l: &pb::FileLockEntry) -> Option<u32> {
+    let t = img.tasks.iter().find(|t| t.pid() as i32 == l.pid)?;
+    t.fds.iter().find(|f| f.fd as i32 == l.fd).map(|f| f.id)
+}
+
+fn flock_struct(l: &pb::FileLockEntry) -> libc::flock {
+    // SAFETY: struct flock is plain data.
+    let mut f: libc::flock = unsafe { std::mem::zeroed() };
+    f.l_type = l.r#type as libc::c_short;
+    f.l_whence = libc::SEEK_SET as libc::c_short;
+    f.l_start = l.start;
+    f.l_len = l.len;
+    f
+}
+
+/// flock and OFD locks belong to an open file description: the restorer takes them on the
+/// pool's fd, and they go with it into the task. POSIX locks belong to the process: they are
+/// taken by the task itself (see `restore_posix_locks`).
+pub(crate) fn take_file_locks(
+    img: &DumpImage,
+    files: &HashMap<u32, RawFd>,
+) -> Result<(), RestoreError> {
+    for l in &img.locks {
+        if l.flag == FL_POSIX {
+            continue;
+        }
+        let fd = lock_file_id(img, l)
+            .and_then(|id| files.get(&id))
+            .copied()
+            .ok_or(RestoreError::LockWithoutFile {
+                pid: l.pid as u32,
+                fd: l.fd,
+            })?;
+        let r = if l.flag == FL_FLOCK {
+            let op = if l.r#type == libc::F_WRLCK as u32 {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            // SAFETY: flock(2) on our fd.
+            unsafe { libc::flock(fd, op | libc::LOCK_NB) }
+        } else {
+            let f = flock_struct(l);
+            // SAFETY: F_OFD_SETLK reads our struct flock.
+            unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &f) }
+        };
+        if r < 0 {
+            return Err(RestoreError::Setup {
+                what: format!("taking back the lock of pid {} fd {}", l.pid, l.fd),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn restore_posix_locks(
+    r: &Remote,
+    t: &TaskImage,
+    img: &DumpImage,
+) -> Result<(), RestoreError> {
+    for l in img
+        .locks
+        .iter()
+        .filter(|l| l.flag == FL_POSIX && l.pid as u32 == t.pid())
+    {
+        let f = flock_struct(l);
+        // SAFETY: struct flock is plain data; viewed as bytes to copy into the task.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&f as *const libc::flock).cast::<u8>(),
+                std::mem::size_of::<libc::flock>(),
+            )
+        };
+        let a = r.put(0, bytes)?;
+        r.call(libc::SYS_fcntl, &[l.fd as u64, libc::F_SETLK as u64, a])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_lines_of_fdinfo() {
+        let text = "pos:\t0\nflags:\t02\n\
+lock:\t1: POSIX  ADVISORY  WRITE 6660 fe:00:10010757 5 14\n\
+lock:\t2: FLOCK  ADVISORY  READ 6660 fe:00:10010757 0 EOF\n\
+lock:\t3: LEASE  ACTIVE    READ 6660 fe:00:10010757 0 EOF\n\
+lock:\t4: OFDLCK ADVISORY  WRITE -1 fe:00:10010757 x EOF\n";
+        let l = parse_locks(text);
+        assert_eq!(l.len(), 4);
+        assert_eq!(l[0], Ok((FL_POSIX, libc::F_WRLCK as u32, 5, 10)));
+        assert_eq!(l[1], Ok((FL_FLOCK, libc::F_RDLCK as u32, 0, 0)));
+        assert_eq!(l[2], Err("a file lease (lease)".to_string()));
+        assert!(
+            l[3].is_err(),
+            "an unreadable range is refused, not read as 0"
+        );
+    }
+}

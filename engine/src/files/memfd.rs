@@ -1,0 +1,229 @@
+//! memfd: a shmem inode with a name, seals and content. Its content is dumped like shared
+//! memory (a shmem pagemap); every open description of the inode is an entry of its own.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use super::anon::{self, AnonFdError};
+use super::kind::{Fd, FileKind, OpenCx};
+use super::{FdKind, FileTable, FilesError};
+use crate::dump::fds::DumpCx;
+use crate::dump::DumpError;
+use crate::images::{magic, names, pb, ImageKind, ImageWriter};
+use crate::restore::{DumpImage, RestoreError};
+
+/// memfd inodes seen by the dump: (dev, ino) → entry, for memfd-inode.img.
+#[derive(Default)]
+struct MemfdInodes(Vec<((u64, u64), pb::MemfdInodeEntry)>);
+
+/// The seals of the memfd reached through `open`.
+fn read_seals(open: &str) -> std::io::Result<u32> {
+    let f = std::fs::File::open(open)?;
+    // SAFETY: F_GET_SEALS on an fd we own.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as u32)
+}
+
+impl FileTable {
+    /// A memfd, through `open` (a /proc path to it) as the task sees it at `link`. Returns the
+    /// file id, and the inode's shmid when its content still has to be dumped.
+    pub fn add_memfd(
+        &mut self,
+        open: &str,
+        link: &str,
+        flags: u32,
+        pos: u64,
+        shared_fd: Option<(u32, i32)>,
+    ) -> Result<(u32, Option<u64>), FilesError> {
+        let md = std::fs::metadata(open).map_err(|source| FilesError::Ghost {
+            path: link.to_string(),
+            source,
+        })?;
+        if let Some((pid, fd)) = shared_fd {
+            if let Some(id) = self.shared_with(pid, fd, md.dev(), md.ino()) {
+                return Ok((id, None));
+            }
+        } else if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino(), flags)) {
+            return Ok((id, None));
+        }
+        let key = (md.dev(), md.ino());
+        let fresh = !self
+            .slots
+            .get::<MemfdInodes>()
+            .0
+            .iter()
+            .any(|(k, _)| *k == key);
+        if fresh {
+            let seals = read_seals(open).map_err(|source| FilesError::Ghost {
+                path: link.to_string(),
+                source,
+            })?;
+            let name = link
+                .trim_start_matches("/memfd:")
+                .trim_end_matches(" (deleted)")
+                .to_string();
+            self.slots.get::<MemfdInodes>().0.push((
+                key,
+                pb::MemfdInodeEntry {
+                    name,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    size: md.size(),
+                    shmid: md.ino() as u32,
+                    seals,
+                    inode_id: md.ino(),
+                    hugetlb_flag: None,
+                    mode: Some(md.mode()),
+                },
+            ));
+        }
+        let id = self.next_id();
+        if let Some((pid, fd)) = shared_fd {
+            self.remember(pid, fd, md.dev(), md.ino(), id);
+        } else {
+            self.by_inode.insert((md.dev(), md.ino(), flags), id);
+        }
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Memfd as i32,
+            id,
+            memfd: Some(pb::MemfdFileEntry {
+                id,
+                flags,
+                pos,
+                fown: pb::FownEntry::default(),
+                inode_id: md.ino() as u32,
+            }),
+            ..Default::default()
+        });
+        Ok((id, fresh.then_some(md.ino())))
+    }
+}
+
+/// A memfd with its name, content and seals; more open descriptions of the same inode are
+/// reopened from it through /proc/self/fd.
+pub fn create_memfd(inode: &pb::MemfdInodeEntry, content: &[u8]) -> Result<OwnedFd, AnonFdError> {
+    let name = std::ffi::CString::new(inode.name.as_bytes()).unwrap_or_default();
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create(2) with a NUL-terminated name.
+    let fd = anon::owned(unsafe { libc::memfd_create(name.as_ptr(), flags) }, "memfd")?;
+    let err = |source| AnonFdError::Create {
+        kind: "memfd",
+        source,
+    };
+    let f = std::fs::File::from(fd.try_clone().map_err(err)?);
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(content, 0).map_err(err)?;
+    f.set_len(inode.size).map_err(err)?;
+    if inode.seals != 0 {
+        // SAFETY: F_ADD_SEALS with an integer.
+        if unsafe {
+            libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                inode.seals as libc::c_int,
+            )
+        } < 0
+        {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(fd)
+}
+
+/// The memfd kind.
+pub struct Memfd;
+
+/// Restore: the first description made of each memfd inode, which the others reopen.
+#[derive(Default)]
+struct Made(std::collections::HashMap<u64, OwnedFd>);
+
+impl FileKind for Memfd {
+    fn name(&self) -> &'static str {
+        "memfd"
+    }
+
+    fn claims(&self, fd: &Fd, _cx: &DumpCx) -> bool {
+        *fd.class == FdKind::Memfd
+    }
+
+    fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
+        let open = fd.proc_path();
+        let (id, fresh) = cx.img.files.add_memfd(
+            &open,
+            fd.link,
+            fd.flags(),
+            fd.info.pos,
+            Some((fd.pid, fd.fd)),
+        )?;
+        if let Some(shmid) = fresh {
+            let size = std::fs::metadata(&open)
+                .map_err(|source| FilesError::Inspect {
+                    pid: fd.pid,
+                    fd: fd.fd,
+                    source,
+                })?
+                .len();
+            crate::dump::dump_shmem_object(&open, shmid, size, cx.img, cx.stats)?;
+        }
+        Ok((pb::FdTypes::Memfd, id))
+    }
+
+    fn write_images(&self, table: &FileTable, dir: &std::path::Path) -> Result<(), FilesError> {
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::MEMFD_INODE);
+        for (_, m) in table
+            .slots
+            .peek::<MemfdInodes>()
+            .map(|m| &m.0[..])
+            .unwrap_or(&[])
+        {
+            w.push(m);
+        }
+        super::write(&dir.join(names::MEMFD_INODE), &w.into_bytes())
+    }
+
+    fn owns(&self, entry: &pb::FileEntry, _img: &DumpImage) -> bool {
+        entry.memfd.is_some()
+    }
+
+    fn open(
+        &self,
+        cx: &mut OpenCx,
+        entry: &pb::FileEntry,
+    ) -> Result<Option<OwnedFd>, RestoreError> {
+        let m = entry.memfd.as_ref().expect("owned: memfd is set");
+        let id = entry.id;
+        let inode = m.inode_id as u64;
+        let made = cx.slots.get::<Made>();
+        let fd = match made.0.get(&inode) {
+            Some(first) => super::reg::reopen(first, m.flags, id)?,
+            None => {
+                let (e, pagemap, pages) = &cx.img.memfds[&inode];
+                let content =
+                    crate::restore::read_shmem_content(e.size, pagemap, &cx.img.dir.join(pages))?;
+                let fd = create_memfd(e, &content).map_err(anon::restore_err(id))?;
+                let keep = super::reg::dup(&fd)?;
+                let first = made.0.entry(inode).or_insert(keep);
+                if m.flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32 {
+                    fd
+                } else {
+                    super::reg::reopen(first, m.flags, id)?
+                }
+            }
+        };
+        if m.pos != 0 {
+            // SAFETY: lseek on our fd.
+            let r = unsafe { libc::lseek(fd.as_raw_fd(), m.pos as libc::off_t, libc::SEEK_SET) };
+            if r < 0 {
+                return Err(RestoreError::Open {
+                    id,
+                    path: format!("memfd:{}", m.inode_id),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(Some(fd))
+    }
+}

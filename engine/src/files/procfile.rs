@@ -1,0 +1,90 @@
+//! Files of /proc/<pid>/ of a task of the tree (a program watching its own stat): dumped as
+//! regular files, but the restorer cannot open them before the tasks exist, so each task
+//! opens its own, by an injected openat, at the same number, flags and offset.
+
+use std::os::fd::OwnedFd;
+
+use super::kind::{Fd, FileKind, OpenCx, TaskCx};
+use crate::dump::fds::DumpCx;
+use crate::dump::DumpError;
+use crate::images::pb;
+use crate::restore::load::TaskImage;
+use crate::restore::{DumpImage, Remote, RestoreError};
+
+/// The kind of /proc files of the tree, on the restore side (the dump sees regular files).
+pub struct ProcFile;
+
+/// Whether `path` is a file of /proc/<pid>/ for a process or thread of the tree.
+pub fn tree_proc_path(img: &DumpImage, path: &str) -> bool {
+    let Some(n) = path
+        .strip_prefix("/proc/")
+        .and_then(|r| r.split('/').next())
+        .and_then(|n| n.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    img.tasks
+        .iter()
+        .any(|t| t.pid() == n || t.threads.iter().any(|th| th.tid == n))
+}
+
+impl FileKind for ProcFile {
+    fn name(&self) -> &'static str {
+        "proc-file-of-the-tree"
+    }
+
+    fn claims(&self, _fd: &Fd, _cx: &DumpCx) -> bool {
+        false
+    }
+
+    fn dump(&self, _cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
+        unreachable!("pid {} fd {}: claims nothing at dump", fd.pid, fd.fd)
+    }
+
+    fn owns(&self, entry: &pb::FileEntry, img: &DumpImage) -> bool {
+        entry
+            .reg
+            .as_ref()
+            .is_some_and(|r| tree_proc_path(img, &r.name))
+    }
+
+    fn open(
+        &self,
+        _cx: &mut OpenCx,
+        _entry: &pb::FileEntry,
+    ) -> Result<Option<OwnedFd>, RestoreError> {
+        // It exists once the task does: the task opens it itself (see `in_task`).
+        Ok(None)
+    }
+
+    fn in_task(&self, r: &Remote, t: &TaskImage, cx: &mut TaskCx) -> Result<(), RestoreError> {
+        for f in &t.fds {
+            let Some(reg) = cx.img.files.get(&f.id).and_then(|e| e.reg.as_ref()) else {
+                continue;
+            };
+            if !tree_proc_path(cx.img, &reg.name) {
+                continue;
+            }
+            let mut path = reg.name.clone().into_bytes();
+            path.push(0);
+            let at = r.put(0, &path)?;
+            let keep = (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND) as u32;
+            let flags = (reg.flags & keep) as u64 | libc::O_CLOEXEC as u64;
+            let got = r.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, at, flags, 0])? as u64;
+            let cloexec = if f.flags & 1 != 0 { libc::O_CLOEXEC } else { 0 } as u64;
+            if got != f.fd as u64 {
+                r.call(libc::SYS_dup3, &[got, f.fd as u64, cloexec])?;
+                r.call(libc::SYS_close, &[got])?;
+            } else if cloexec == 0 {
+                r.call(libc::SYS_fcntl, &[got, libc::F_SETFD as u64, 0])?;
+            }
+            if reg.pos != 0 {
+                r.call(
+                    libc::SYS_lseek,
+                    &[f.fd as u64, reg.pos, libc::SEEK_SET as u64],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

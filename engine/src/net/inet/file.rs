@@ -1,0 +1,154 @@
+//! The inet socket kind (TCP and UDP over IPv4 and IPv6): the glue between the file table
+//! and `net::inet`. An established TCP connection is locked (nftables, see
+//! `stasis_netns::nftlock`) before it is read, and its queues go to tcp-stream-<ino>.img.
+
+use std::os::fd::OwnedFd;
+
+use super::InetError;
+use crate::dump::fds::DumpCx;
+use crate::dump::DumpError;
+use crate::files::kind::{Fd, FileKind, OpenCx};
+use crate::files::{FdKind, FileTable, FilesError};
+use std::os::unix::fs::MetadataExt;
+
+use crate::images::{magic, names, pb, ImageKind, ImageWriter};
+use crate::restore::{DumpImage, RestoreError};
+
+impl FileTable {
+    /// An inet socket (its entry already read), shared by kcmp like any open file.
+    pub fn add_inet(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        make: impl FnOnce(u32) -> Result<pb::InetSkEntry, FilesError>,
+    ) -> Result<(u32, bool), FilesError> {
+        let (md, shared) = self.existing(pid, fd)?;
+        if let Some(id) = shared {
+            return Ok((id, false));
+        }
+        let id = self.next_id();
+        let entry = make(id)?;
+        self.remember(pid, fd, md.dev(), md.ino(), id);
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Inetsk as i32,
+            id,
+            isk: Some(entry),
+            ..Default::default()
+        });
+        Ok((id, true))
+    }
+}
+
+/// The inet socket kind.
+pub struct InetSocket;
+
+impl FileKind for InetSocket {
+    fn name(&self) -> &'static str {
+        "inet-socket"
+    }
+
+    fn claims(&self, fd: &Fd, _cx: &DumpCx) -> bool {
+        matches!(fd.class, FdKind::Socket(_))
+            && fd
+                .socket
+                .is_some_and(|(_, f)| f == libc::AF_INET || f == libc::AF_INET6)
+    }
+
+    fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
+        let (pid, fd_no) = (fd.pid, fd.fd);
+        let FdKind::Socket(ino) = *fd.class else {
+            unreachable!("claimed sockets only")
+        };
+        let (sock, _) = fd.socket.expect("claimed with a copy");
+        let sock_err = |source| DumpError::Socket {
+            pid,
+            fd: fd_no,
+            source,
+        };
+        let sock = sock.try_clone().map_err(|source| {
+            sock_err(InetError::Sys {
+                what: "dup".into(),
+                source,
+            })
+        })?;
+        let (root, nft_lock) = (cx.opts.pid, &mut *cx.nft_lock);
+        // The network lock goes up before the connection is read: from then on no segment
+        // of the peer reaches it (nor, after the kill, a closed port).
+        let mut lock_conn = |local_port: u16, remote_port: u16| -> std::io::Result<()> {
+            let conn = [stasis_netns::nftlock::Conn {
+                local_port,
+                remote_port,
+            }];
+            let (table, create) = match nft_lock.as_ref() {
+                Some(t) => (t.clone(), false),
+                None => (format!("stasis-{root}-{}", crate::dump::uptime_us()), true),
+            };
+            stasis_netns::nftlock::add(&table, &conn, create).map_err(std::io::Error::other)?;
+            *nft_lock = Some(table);
+            Ok(())
+        };
+        let dumped = super::dump(
+            sock,
+            0,
+            ino,
+            fd.flags(),
+            cx.opts.tcp_established,
+            &mut lock_conn,
+        )
+        .map_err(sock_err)?;
+        let mut entry = Some(dumped.entry);
+        let (id, _) = cx.img.files.add_inet(pid, fd_no, |id| {
+            let mut e = entry.take().expect("called once");
+            e.id = id;
+            Ok(e)
+        })?;
+        if let Some((stream, inq, outq, lock)) = dumped.stream {
+            cx.tcp_locks.push(lock);
+            let mut w = ImageWriter::new(ImageKind::Normal, magic::TCP_STREAM);
+            w.push(&stream);
+            w.push_raw(&inq);
+            w.push_raw(&outq);
+            crate::dump::write_file(
+                &cx.img.dir.join(names::tcp_stream(ino as u32)),
+                &w.into_bytes(),
+            )?;
+        }
+        Ok((pb::FdTypes::Inetsk, id))
+    }
+
+    fn owns(&self, entry: &pb::FileEntry, _img: &DumpImage) -> bool {
+        entry.isk.is_some()
+    }
+
+    fn open(
+        &self,
+        cx: &mut OpenCx,
+        entry: &pb::FileEntry,
+    ) -> Result<Option<OwnedFd>, RestoreError> {
+        let e = entry.isk.as_ref().expect("owned: isk is set");
+        let id = entry.id;
+        let inet_err = |source| RestoreError::Socket { id, source };
+        let stream = cx.img.tcp_streams.get(&e.ino);
+        if stream.is_some() && !cx.opts.tcp_established && !cx.opts.tcp_close {
+            return Err(RestoreError::TcpNeedsFlag {
+                pid: cx.img.tasks[0].pid(),
+            });
+        }
+        let fd = if stream.is_some() && cx.opts.tcp_close {
+            // --tcp-close: the connection is gone; the task gets a closed socket.
+            let closed = pb::InetSkEntry {
+                state: 7,
+                src_port: 0,
+                dst_port: 0,
+                src_addr: Vec::new(),
+                dst_addr: Vec::new(),
+                ..e.clone()
+            };
+            super::restore(&closed, None).map_err(inet_err)?
+        } else {
+            let s = stream.map(|(s, i, o)| (s, i.as_slice(), o.as_slice()));
+            super::restore(e, s).map_err(inet_err)?
+        };
+        Ok(Some(fd))
+    }
+}

@@ -77,6 +77,7 @@ impl Tree {
                     continue;
                 }
                 let stat = proc::stat(pid)?;
+                // Threads unlisted (the task went on exiting) count as none: a plain zombie.
                 if stat.state == 'Z' && proc::tids(pid).map(|t| t.len() > 1).unwrap_or(false) {
                     return Err(DumpError::LeaderExited { pid });
                 }
@@ -143,7 +144,8 @@ impl Tree {
                 let seize_err = |source| DumpError::Seize { pid, tid, source };
                 match ptrace::seize(tid, 0) {
                     Ok(()) => {}
-                    // It exited between listing and seizing: dumped as a zombie.
+                    // It exited between listing and seizing: dumped as a zombie. (Its stat
+                    // unreadable, it is not known to be one, and the cases below decide.)
                     Err(_)
                         if proc::stat(pid).map(|s| s.state == 'Z').unwrap_or(false) && idx > 0 =>
                     {

@@ -294,7 +294,14 @@ impl Tree {
         self.done = true;
         for task in &self.tasks {
             // SAFETY: plain kill(2).
-            unsafe { libc::kill(task.pid as libc::pid_t, libc::SIGKILL) };
+            if unsafe { libc::kill(task.pid as libc::pid_t, libc::SIGKILL) } != 0 {
+                // The wait below still reaps it if it dies some other way; say why it may hang.
+                log::warn!(
+                    "cannot kill pid {} after the dump: {}",
+                    task.pid,
+                    std::io::Error::last_os_error()
+                );
+            }
         }
         for task in &self.tasks {
             // Non-leader threads first: waiting on a leader with live threads hangs.
@@ -379,6 +386,15 @@ pub(crate) fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError>
                         0,
                     )
                 };
+                // An error would leave sharing undetected: fail rather than assume none.
+                if r < 0 {
+                    return Err(DumpError::Kcmp {
+                        pid: b,
+                        other: a,
+                        what,
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
                 if r == 0 {
                     return Err(DumpError::SharedKernelObject {
                         pid: b,

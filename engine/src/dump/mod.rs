@@ -139,6 +139,14 @@ pub enum DumpError {
         what: &'static str,
         what_upper: &'static str,
     },
+    #[error("cannot tell whether process {pid} shares its {what} with process {other} (kcmp)")]
+    Kcmp {
+        pid: u32,
+        other: u32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (only IPC and UTS namespaces are)")]
     Namespace {
         pid: u32,

@@ -635,3 +635,52 @@ fn mremap(r: &Remote, from: u64, len: u64, to: u64) -> Result<(), RestoreError> 
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(write: bool, shared: bool, flags: &[&str]) -> Mapping {
+        Mapping {
+            start: 0x1000,
+            end: 0x3000,
+            read: true,
+            write,
+            exec: false,
+            shared,
+            offset: 0,
+            dev_major: 0,
+            dev_minor: 0,
+            inode: 0,
+            path: String::new(),
+            vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn vma_flags_follow_smaps() {
+        // Writable, private, not accounted: made with MAP_NORESERVE.
+        let v = vma_entry(&mapping(true, false, &["rd", "wr", "gd", "lo"]));
+        let f = v.flags as i32;
+        assert_eq!(f & libc::MAP_PRIVATE, libc::MAP_PRIVATE);
+        assert_ne!(f & libc::MAP_NORESERVE, 0);
+        assert_ne!(f & libc::MAP_GROWSDOWN, 0);
+        assert_ne!(f & libc::MAP_LOCKED, 0);
+        assert_eq!(v.prot as i32, libc::PROT_READ | libc::PROT_WRITE);
+        // Accounted, and locked on fault only: neither flag.
+        let v = vma_entry(&mapping(true, false, &["ac", "lo", "lf"]));
+        assert_eq!(v.flags as i32 & (libc::MAP_NORESERVE | libc::MAP_LOCKED), 0);
+        let v = vma_entry(&mapping(false, true, &[]));
+        assert_eq!(v.flags as i32, libc::MAP_SHARED);
+        assert_eq!(v.status, VMA_AREA_REGULAR);
+    }
+
+    #[test]
+    fn madvise_bits_are_the_advice_numbers() {
+        let m = mapping(false, false, &["dd", "hg", "wf"]);
+        let want =
+            (1 << libc::MADV_DONTDUMP) | (1 << libc::MADV_HUGEPAGE) | (1 << libc::MADV_WIPEONFORK);
+        assert_eq!(madv_bits(&m), want);
+        assert_eq!(vma_entry(&m).madv, Some(want));
+    }
+}

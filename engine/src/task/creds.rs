@@ -151,3 +151,18 @@ pub(crate) fn restore_creds(r: &Remote, c: &pb::CredsEntry) -> Result<(), Restor
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_words_round_trip() {
+        for v in [0, 1, 0x1ff_ffff_ffff, u64::MAX, 1 << 40] {
+            assert_eq!(caps(&cap_words(v)), v);
+        }
+        // Missing words read as no capability.
+        assert_eq!(caps(&[]), 0);
+        assert_eq!(caps(&[7]), 7);
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod dump;
 pub mod files;
+pub mod freeze;
 pub mod images;
 pub mod ipc;
 pub mod mm;

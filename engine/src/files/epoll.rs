@@ -12,7 +12,8 @@ use crate::dump::fds::DumpCx;
 use crate::dump::DumpError;
 use crate::images::pb;
 use crate::restore::load::TaskImage;
-use crate::restore::{DumpImage, Remote, RestoreError};
+use crate::restore::{DumpImage, RestoreError};
+use crate::task::remote::Remote;
 
 /// epoll targets: one `tfd: N events: X data: Y  pos:P ino:I sdev:D` line each. fdinfo keeps
 /// only the first line per key in our parser's map, so the raw text is parsed here.

@@ -96,7 +96,7 @@ pub(crate) trait FileKind: Sync {
     /// targets, a controlling terminal...).
     fn in_task(
         &self,
-        _r: &crate::restore::Remote,
+        _r: &crate::task::remote::Remote,
         _t: &crate::restore::load::TaskImage,
         _cx: &mut TaskCx,
     ) -> Result<(), RestoreError> {

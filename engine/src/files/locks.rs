@@ -11,7 +11,8 @@ use crate::dump::DumpError;
 use crate::images::pb;
 use crate::proc::FdInfo;
 use crate::restore::load::TaskImage;
-use crate::restore::{DumpImage, Remote, RestoreError};
+use crate::restore::{DumpImage, RestoreError};
+use crate::task::remote::Remote;
 
 /// CRIU's lock kinds in file_lock_entry.flag.
 pub const FL_POSIX: u32 = 1;

@@ -166,7 +166,7 @@ impl FileKind for Memfd {
                     source,
                 })?
                 .len();
-            crate::dump::dump_shmem_object(&open, shmid, size, cx.img, cx.stats)?;
+            crate::mm::shmem::dump_shmem_object(&open, shmid, size, cx.img, cx.stats)?;
         }
         Ok((pb::FdTypes::Memfd, id))
     }
@@ -202,7 +202,7 @@ impl FileKind for Memfd {
             None => {
                 let (e, pagemap, pages) = &cx.img.memfds[&inode];
                 let content =
-                    crate::restore::read_shmem_content(e.size, pagemap, &cx.img.dir.join(pages))?;
+                    crate::mm::shmem::read_shmem_content(e.size, pagemap, &cx.img.dir.join(pages))?;
                 let fd = create_memfd(e, &content).map_err(anon::restore_err(id))?;
                 let keep = super::reg::dup(&fd)?;
                 let first = made.0.entry(inode).or_insert(keep);

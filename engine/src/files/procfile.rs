@@ -9,7 +9,8 @@ use crate::dump::fds::DumpCx;
 use crate::dump::DumpError;
 use crate::images::pb;
 use crate::restore::load::TaskImage;
-use crate::restore::{DumpImage, Remote, RestoreError};
+use crate::restore::{DumpImage, RestoreError};
+use crate::task::remote::Remote;
 
 /// The kind of /proc files of the tree, on the restore side (the dump sees regular files).
 pub struct ProcFile;

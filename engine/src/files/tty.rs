@@ -16,7 +16,8 @@ use crate::dump::fds::DumpCx;
 use crate::dump::DumpError;
 use crate::images::{magic, names, pb, ImageKind, ImageWriter};
 use crate::restore::load::TaskImage;
-use crate::restore::{DumpImage, Remote, RestoreError};
+use crate::restore::{DumpImage, RestoreError};
+use crate::task::remote::Remote;
 use crate::sys::cvt;
 
 /// A pty could not be read or made.

@@ -5,9 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::{make_shmem, DumpImage, RestoreError, RestoreOptions};
+use super::{DumpImage, RestoreError, RestoreOptions};
 use crate::files::kind::{self, OpenCx};
 use crate::images::{pb, vma_status::*};
+use crate::mm::shmem::make_shmem;
 use crate::sys::cvt;
 
 pub(crate) struct Pool {

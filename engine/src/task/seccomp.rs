@@ -3,8 +3,15 @@
 //! Threads and processes whose chains start alike share those entries. Pure code: the filters
 //! are read with `PTRACE_SECCOMP_GET_FILTER` at dump and installed by injected `seccomp(2)` at
 //! restore, under `PTRACE_O_SUSPEND_SECCOMP` so that they filter none of our injected syscalls.
+//! The chain bookkeeping is pure; [`dump_seccomp_chain`] and [`restore_seccomp`] do the I/O.
 
+use super::remote::Remote;
+use super::TaskError;
+use crate::dump::{ptr_err, DumpError};
 use crate::images::pb;
+use crate::restore::RestoreError;
+use crate::sys::mem::{self, PAGE_SIZE};
+use crate::sys::ptrace;
 
 /// The mode /proc/<pid>/status and the image call `filter`.
 pub const MODE_FILTER: u32 = 2;
@@ -91,6 +98,64 @@ pub fn chain(entries: &[pb::SeccompFilter], last: u32) -> Result<Vec<(&[u8], u32
     }
     out.reverse();
     Ok(out)
+}
+
+/// The seccomp filters of thread `tid`, oldest first, added to `filters`; the index of its
+/// last one.
+pub(crate) fn dump_seccomp_chain(
+    pid: u32,
+    tid: u32,
+    filters: &mut Filters,
+) -> Result<Option<u32>, DumpError> {
+    let mut chain = Vec::new();
+    while let Some(f) = ptrace::seccomp_filter(tid, chain.len() as u64).map_err(ptr_err(pid))? {
+        chain.push(f);
+    }
+    chain.reverse();
+    Ok(filters
+        .add_chain(&chain)
+        .map_err(|source| TaskError::DumpSeccomp { pid, tid, source })?)
+}
+
+/// Installs the thread's seccomp chain, oldest filter first, through a scratch mapping of its
+/// own (a filter can be larger than the trampoline's scratch page).
+pub(crate) fn restore_seccomp(
+    r: &Remote,
+    filters: &[pb::SeccompFilter],
+    last: u32,
+) -> Result<(), RestoreError> {
+    let chain = chain(filters, last).map_err(|source| TaskError::RestoreSeccomp {
+        pid: r.pid,
+        tid: r.inj.tid,
+        source,
+    })?;
+    const SECCOMP_SET_MODE_FILTER: u64 = 1;
+    for (prog, flags) in chain {
+        let len = (16 + prog.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let at = r.call(
+            libc::SYS_mmap,
+            &[
+                0,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )? as u64;
+        // struct sock_fprog { unsigned short len; struct sock_filter *filter; }, then the program.
+        let mut buf = ((prog.len() / 8) as u64).to_ne_bytes().to_vec();
+        buf.extend_from_slice(&(at + 16).to_ne_bytes());
+        buf.extend_from_slice(prog);
+        mem::write(r.pid, at, &buf)?;
+        let installed = r.call(
+            libc::SYS_seccomp,
+            &[SECCOMP_SET_MODE_FILTER, flags as u64, at],
+        );
+        r.call(libc::SYS_munmap, &[at, len])?;
+        installed?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,410 @@
+//! Freezing: seize every task and thread of a tree with ptrace, and put them back as they were
+//! (or kill them) when the dump is over.
+//!
+//! The one rule that has no exception: whatever happens, a dump that does not end with the tree
+//! killed on purpose leaves every task running, with its registers, signal mask and memory map
+//! as they were, and detached. [`Tree`] enforces it in `Drop`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::dump::{ptr_err, DumpError};
+use crate::proc;
+use crate::sys::ptrace::{self, Injector, Regs};
+
+/// A thread we seized, with what we must put back when we let it go.
+pub(crate) struct Seized {
+    pub(crate) tid: u32,
+    pub(crate) regs: Regs,
+    pub(crate) sigmask: u64,
+}
+
+pub(crate) struct Task {
+    pub(crate) pid: u32,
+    pub(crate) threads: Vec<Seized>,
+    pub(crate) stat: proc::Stat,
+    /// A page we mapped in the task for injected syscalls' out-parameters.
+    pub(crate) scratch: Option<(u64, u64)>,
+    /// Exited, not reaped by its parent (in the tree): dumped as CRIU does, state and exit code.
+    pub(crate) zombie: bool,
+    /// Stopped by a signal (job control) when we seized it.
+    pub(crate) stopped: Option<i32>,
+    /// SIGTRAP is ignored, or pending behind the mask: the SIGTRAP our single steps force
+    /// would reset its handler and let the pending one in, so injections are quiet.
+    pub(crate) sigtrap_at_risk: bool,
+}
+
+/// The frozen tree. Dropping it without [`Tree::kill`] puts every task back as it was.
+pub(crate) struct Tree {
+    pub(crate) tasks: Vec<Task>,
+    /// Address of a `syscall` instruction per pid (in its vdso).
+    pub(crate) syscall_at: HashMap<u32, u64>,
+    /// Established TCP connections, locked while we dump them: released if the tree runs on,
+    /// closed silently (repair mode) once it is killed.
+    pub(crate) tcp_locks: Vec<crate::net::inet::TcpLock>,
+    /// The nftables table that keeps the peers of dumped connections away (see netns::nftlock).
+    pub(crate) nft_lock: Option<String>,
+    done: bool,
+}
+
+impl Tree {
+    /// Pids of the tasks that run (not zombies).
+    pub(crate) fn live_pids(&self) -> Vec<u32> {
+        self.tasks
+            .iter()
+            .filter(|t| !t.zombie)
+            .map(|t| t.pid)
+            .collect()
+    }
+
+    pub(crate) fn seize(root: u32) -> Result<Tree, DumpError> {
+        if !proc::exists(root) {
+            return Err(DumpError::NoProcess { pid: root });
+        }
+        let mut tree = Tree {
+            tasks: Vec::new(),
+            syscall_at: HashMap::new(),
+            tcp_locks: Vec::new(),
+            nft_lock: None,
+            done: false,
+        };
+        let mut queue = std::collections::VecDeque::from([root]);
+        // Stop every thread, then re-list threads and children until nothing new shows up:
+        // tasks may fork or spawn threads while we look.
+        loop {
+            while let Some(pid) = queue.pop_front() {
+                if tree.tasks.iter().any(|t| t.pid == pid) {
+                    continue;
+                }
+                let stat = proc::stat(pid)?;
+                // Threads unlisted (the task went on exiting) count as none: a plain zombie.
+                if stat.state == 'Z' && proc::tids(pid).map(|t| t.len() > 1).unwrap_or(false) {
+                    return Err(DumpError::LeaderExited { pid });
+                }
+                if stat.state == 'Z' && pid == root {
+                    return Err(DumpError::Zombie { pid });
+                }
+                let zombie = stat.state == 'Z';
+                tree.tasks.push(Task {
+                    pid,
+                    threads: Vec::new(),
+                    stat,
+                    scratch: None,
+                    zombie,
+                    stopped: None,
+                    sigtrap_at_risk: false,
+                });
+                let idx = tree.tasks.len() - 1;
+                if zombie {
+                    continue;
+                }
+                tree.seize_threads(idx)?;
+                // Re-read stat now that the task is stopped (state, sid, pgid are final).
+                tree.tasks[idx].stat = proc::stat(pid)?;
+            }
+            let mut changed = false;
+            for idx in 0..tree.tasks.len() {
+                if tree.tasks[idx].zombie {
+                    continue;
+                }
+                changed |= tree.seize_threads(idx)?;
+                let pid = tree.tasks[idx].pid;
+                for child in proc::children(pid)? {
+                    if !tree.tasks.iter().any(|t| t.pid == child) {
+                        queue.push_back(child);
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        Ok(tree)
+    }
+
+    /// Seizes threads of task `idx` not seized yet; true if there were any.
+    fn seize_threads(&mut self, idx: usize) -> Result<bool, DumpError> {
+        let pid = self.tasks[idx].pid;
+        let mut any = false;
+        loop {
+            let tids = match proc::tids(pid) {
+                Ok(t) => t,
+                Err(_) if !proc::exists(pid) => return Err(DumpError::NoProcess { pid }),
+                Err(e) => return Err(e.into()),
+            };
+            let new: Vec<u32> = tids
+                .into_iter()
+                .filter(|t| !self.tasks[idx].threads.iter().any(|s| s.tid == *t))
+                .collect();
+            if new.is_empty() {
+                return Ok(any);
+            }
+            for tid in new {
+                let seize_err = |source| DumpError::Seize { pid, tid, source };
+                match ptrace::seize(tid, 0) {
+                    Ok(()) => {}
+                    // It exited between listing and seizing: dumped as a zombie. (Its stat
+                    // unreadable, it is not known to be one, and the cases below decide.)
+                    Err(_)
+                        if proc::stat(pid).map(|s| s.state == 'Z').unwrap_or(false) && idx > 0 =>
+                    {
+                        self.tasks[idx].zombie = true;
+                        self.tasks[idx].stat.state = 'Z';
+                        return Ok(any);
+                    }
+                    // The thread exited between listing and seizing.
+                    Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => continue,
+                    // Someone traces it already (a debugger, strace): say who.
+                    Err(_) if tracer_pid(pid, tid) != 0 => {
+                        return Err(DumpError::AlreadyTraced {
+                            pid,
+                            tid,
+                            tracer: tracer_pid(pid, tid),
+                        })
+                    }
+                    Err(e) => return Err(seize_err(e)),
+                }
+                // Recorded before waiting, so a failure below still detaches it.
+                self.tasks[idx].threads.push(Seized {
+                    tid,
+                    // SAFETY: user_regs_struct is plain old data; zeroed is valid.
+                    regs: unsafe { std::mem::zeroed() },
+                    sigmask: 0,
+                });
+                let pos = self.tasks[idx].threads.len() - 1;
+                if let Some(sig) = ptrace::interrupt_and_wait(pid, tid).map_err(seize_err)? {
+                    // In a group stop: it is dumped as stopped and stays stopped.
+                    self.tasks[idx].stopped = Some(sig);
+                }
+                let regs = ptrace::get_regs(tid).map_err(seize_err)?;
+                let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
+                // Read once the thread is stopped, so nothing changes behind it.
+                // Unreadable, we could not tell a filtered thread or a pending SIGTRAP: fail.
+                let status = proc::thread_status(pid, tid)?;
+                // A filtered thread would filter our injected syscalls too: suspend it.
+                if status.seccomp != 0 {
+                    ptrace::set_options(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP)
+                        .map_err(seize_err)?;
+                }
+                // Block every signal but SIGTRAP while we inject syscalls, so none is delivered
+                // (or lost) between our single steps; the real mask is put back on release. A
+                // SIGTRAP already pending stays blocked too, or our first step would take it,
+                // and a task ignoring or holding one gets quiet injections (see Task).
+                let trap = 1u64 << (libc::SIGTRAP - 1);
+                let pending = (status.sig_pnd | status.shd_pnd) & trap != 0;
+                if pending || status.sig_ign & trap != 0 {
+                    self.tasks[idx].sigtrap_at_risk = true;
+                }
+                let mask = if pending {
+                    !0
+                } else {
+                    ptrace::INJECTION_SIGMASK
+                };
+                ptrace::set_sigmask(tid, mask).map_err(seize_err)?;
+                let s = &mut self.tasks[idx].threads[pos];
+                s.regs = regs;
+                s.sigmask = sigmask;
+                any = true;
+            }
+        }
+    }
+
+    pub(crate) fn injector(&self, pid: u32, tid: u32) -> Result<Injector, DumpError> {
+        let at = self.syscall_at[&pid];
+        let quiet = self.tasks.iter().any(|t| t.pid == pid && t.sigtrap_at_risk);
+        Ok(Injector::new(tid, at)
+            .map_err(ptr_err(pid))?
+            .with_quiet(quiet))
+    }
+
+    /// Puts everything back and detaches: the tree runs on.
+    pub(crate) fn release(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        for lock in self.tcp_locks.drain(..) {
+            lock.release();
+        }
+        if let Some(table) = self.nft_lock.take() {
+            if let Err(e) = stasis_netns::nftlock::unlock(&table) {
+                log::warn!("cannot remove network lock {table}: {e}");
+            }
+        }
+        for task in &self.tasks {
+            if let (Some((addr, len)), Some(&at)) = (task.scratch, self.syscall_at.get(&task.pid)) {
+                if let Some(t) = task.threads.first() {
+                    // Best effort, as everything here: a release goes on to put every other
+                    // task back. A scratch page left mapped costs the task only that page.
+                    match Injector::new(t.tid, at) {
+                        Ok(inj) => {
+                            let inj = inj.with_quiet(task.sigtrap_at_risk);
+                            match inj.raw(libc::SYS_munmap, &[addr, len]) {
+                                Ok(0) => {}
+                                Ok(r) => log::warn!(
+                                    "pid {}: cannot unmap the scratch page at {addr:#x}: errno {}",
+                                    task.pid,
+                                    -r
+                                ),
+                                Err(e) => log::warn!(
+                                    "pid {}: cannot unmap the scratch page at {addr:#x}: {e}",
+                                    task.pid
+                                ),
+                            }
+                        }
+                        Err(e) => log::warn!(
+                            "pid {}: cannot unmap the scratch page at {addr:#x}: {e}",
+                            task.pid
+                        ),
+                    }
+                }
+            }
+            if let Some(sig) = task.stopped {
+                // It was stopped before we came (we continued it to inject): stop it again
+                // before it runs a single instruction.
+                // SAFETY: kill(2) of a task we trace.
+                if unsafe { libc::kill(task.pid as libc::pid_t, sig) } != 0 {
+                    log::warn!(
+                        "pid {}: cannot stop it again with signal {sig}: {}",
+                        task.pid,
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
+            for t in &task.threads {
+                if t.regs.rip != 0 || t.regs.rsp != 0 {
+                    // Best effort: the other threads and tasks must still be put back.
+                    if let Err(e) = ptrace::set_regs(t.tid, &t.regs) {
+                        log::warn!("cannot put back the registers of {}: {e}", t.tid);
+                    }
+                    if let Err(e) = ptrace::set_sigmask(t.tid, t.sigmask) {
+                        log::warn!("cannot put back the signal mask of {}: {e}", t.tid);
+                    }
+                }
+                if let Err(e) = ptrace::detach(t.tid) {
+                    log::warn!("detach of {} failed: {e}", t.tid);
+                }
+            }
+        }
+    }
+
+    /// Kills the tree after a complete dump, and reaps the ptrace links so PIDs free up.
+    pub(crate) fn kill(&mut self) {
+        self.done = true;
+        for task in &self.tasks {
+            // SAFETY: plain kill(2).
+            if unsafe { libc::kill(task.pid as libc::pid_t, libc::SIGKILL) } != 0 {
+                // The wait below still reaps it if it dies some other way; say why it may hang.
+                log::warn!(
+                    "cannot kill pid {} after the dump: {}",
+                    task.pid,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        for task in &self.tasks {
+            // Non-leader threads first: waiting on a leader with live threads hangs.
+            for t in task.threads.iter().rev() {
+                loop {
+                    match ptrace::wait(t.tid) {
+                        Ok(ptrace::Stop::Exited(_)) | Err(_) => break,
+                        // Not dead yet: let it run into the SIGKILL. A failure means it is
+                        // gone already, which the next wait reports.
+                        Ok(_) => {
+                            let _ = ptrace::cont(t.tid, 0);
+                        }
+                    }
+                }
+            }
+        }
+        // Now that no task holds them, closing our copies of locked connections (still in
+        // repair mode) sends neither FIN nor RST.
+        self.tcp_locks.clear();
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The `TracerPid:` of a thread (0 if none or unreadable).
+fn tracer_pid(pid: u32, tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A task in a namespace other than the dumper's would come back in the restorer's, silently
+/// changed (its pids, network, files...): refuse it, IPC and UTS namespaces excepted.
+pub(crate) fn refuse_foreign_namespaces(live: &[u32]) -> Result<(), DumpError> {
+    use std::os::unix::fs::MetadataExt;
+    // A kind this kernel does not have (no /proc/thread-self/ns/time before 5.6) cannot differ.
+    let id = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    for kind in ["pid", "net", "mnt", "user", "cgroup", "time"] {
+        let ours = id(format!("/proc/thread-self/ns/{kind}"));
+        for &pid in live {
+            let theirs = id(format!("/proc/{pid}/ns/{kind}"));
+            if ours.is_some() && theirs.is_some() && theirs != ours {
+                let ns = std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                return Err(DumpError::Namespace { pid, kind, ns });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Processes (not threads) that share an mm, fd table, fs struct or signal handlers
+/// (clone without CLONE_THREAD) cannot be restored as separate processes: refuse them.
+pub(crate) fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError> {
+    let live = tree.live_pids();
+    for (i, &a) in live.iter().enumerate() {
+        for &b in &live[i + 1..] {
+            for (kind, what, upper) in [
+                (1, "memory", "VM"),
+                (2, "file descriptor table", "FILES"),
+                (3, "fs information (cwd, root, umask)", "FS"),
+                (4, "signal handlers", "SIGHAND"),
+            ] {
+                // SAFETY: kcmp compares kernel objects of two tasks; no memory is passed.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_kcmp,
+                        a as libc::c_long,
+                        b as libc::c_long,
+                        kind as libc::c_long,
+                        0,
+                        0,
+                    )
+                };
+                // An error would leave sharing undetected: fail rather than assume none.
+                if r < 0 {
+                    return Err(DumpError::Kcmp {
+                        pid: b,
+                        other: a,
+                        what,
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+                if r == 0 {
+                    return Err(DumpError::SharedKernelObject {
+                        pid: b,
+                        other: a,
+                        what,
+                        what_upper: upper,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! A task's core: the order in which one task is dumped, its process-wide state (signal
+//! handlers, timers, limits, prctl flags), zombies, and kernel-object ids; at restore, the
+//! process-wide state again, and where the tree is forked from.
+
+use std::path::Path;
+
+use super::remote::Remote;
+use super::{signals, thread, timers, TaskError};
+use crate::dump::{ptr_err, write_file, DumpError, DumpOptions, DumpStats, Images};
+use crate::freeze::{Task, Tree};
+use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
+use crate::proc::{self, Mapping};
+use crate::restore::{DumpImage, RestoreError};
+use crate::sys::mem::{self, PAGE_SIZE};
+use crate::sys::ptrace;
+
+pub(crate) use crate::restore::load::{TaskImage, ThreadImage};
+
+/// The page we map in each task for the out-parameters of injected syscalls.
+const SCRATCH_LEN: u64 = 2 * PAGE_SIZE;
+
+pub(crate) fn read_u64(pid: u32, addr: u64) -> Result<u64, DumpError> {
+    let mut b = [0u8; 8];
+    mem::read(pid, addr, &mut b)?;
+    Ok(u64::from_ne_bytes(b))
+}
+
+pub(crate) fn read_words<const N: usize>(pid: u32, addr: u64) -> Result<[u64; N], DumpError> {
+    let mut b = vec![0u8; N * 8];
+    mem::read(pid, addr, &mut b)?;
+    let mut out = [0u64; N];
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+        *o = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+    }
+    Ok(out)
+}
+
+/// Dumps live task `n` of the tree: its core and threads, files and fs, memory.
+pub(crate) fn dump_task(
+    tree: &mut Tree,
+    n: usize,
+    opts: &DumpOptions,
+    img: &mut Images,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    let pid = tree.tasks[n].pid;
+    let ord = n as u32 + 1;
+    let maps = proc::smaps(pid)?;
+    let scratch = prepare_injection(tree, n, &maps)?;
+    let leader = tree.injector(pid, pid)?;
+    let sigactions = signals::dump_sigactions(pid, &leader, scratch)?;
+    let brk = leader.call(libc::SYS_brk, &[0]).map_err(ptr_err(pid))? as u64;
+    let itimers = timers::dump_itimers(pid, &leader, scratch)?;
+    let posix = timers::dump_posix_timers(pid, &leader, scratch)?;
+    let dumpable = leader
+        .call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
+        .map_err(ptr_err(pid))?;
+    let thp_disabled = leader
+        .call(libc::SYS_prctl, &[libc::PR_GET_THP_DISABLE as u64])
+        .map_err(ptr_err(pid))?;
+    leader
+        .call(
+            libc::SYS_prctl,
+            &[libc::PR_GET_CHILD_SUBREAPER as u64, scratch],
+        )
+        .map_err(ptr_err(pid))?;
+    let subreaper = read_u64(pid, scratch)? as u32 != 0;
+
+    // Per-thread state.
+    let cores = thread::dump_threads(tree, n, scratch, &mut img.seccomp)?;
+    let mut tc = task_core(&tree.tasks[n], itimers, posix)?;
+    tc.sigactions = sigactions;
+    tc.child_subreaper = Some(subreaper);
+
+    // Files and fs.
+    dump_files_and_fs(tree, n, opts, img, stats)?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::IDS);
+    w.push(&ids_for(ord, img.ipc_ns_id, img.uts_ns_id));
+    write_file(&img.dir.join(names::ids(pid)), &w.into_bytes())?;
+
+    // Memory.
+    let from_task = crate::mm::vma::MmFromTask {
+        brk,
+        dumpable,
+        thp_disabled,
+    };
+    crate::mm::vma::dump_mm(pid, &tree.tasks[n].stat, from_task, &maps, img, stats)?;
+
+    for (i, thread::ThreadCore { tid, mut core, .. }) in cores.into_iter().enumerate() {
+        if i == 0 {
+            core.tc = Some(tc.clone());
+            core.ids = Some(ids_for(ord, img.ipc_ns_id, img.uts_ns_id));
+        }
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
+        w.push(&core);
+        write_file(&img.dir.join(names::core(tid)), &w.into_bytes())?;
+    }
+    Ok(())
+}
+
+/// Finds a syscall instruction to inject at (the task's own vdso has one) and maps the scratch
+/// page; returns its address.
+fn prepare_injection(tree: &mut Tree, n: usize, maps: &[Mapping]) -> Result<u64, DumpError> {
+    let pid = tree.tasks[n].pid;
+    let vdso =
+        maps.iter()
+            .find(|m| m.path == "[vdso]")
+            .ok_or_else(|| DumpError::UnsupportedVma {
+                pid,
+                start: 0,
+                end: 0,
+                path: "[vdso]".into(),
+                what: "a task without a vdso".into(),
+            })?;
+    let mut vdso_bytes = vec![0u8; vdso.len() as usize];
+    mem::read(pid, vdso.start, &mut vdso_bytes)?;
+    let at = ptrace::find_syscall_insn(&vdso_bytes, vdso.start).ok_or_else(|| {
+        DumpError::UnsupportedVma {
+            pid,
+            start: vdso.start,
+            end: vdso.end,
+            path: "[vdso]".into(),
+            what: "a vdso without a syscall instruction".into(),
+        }
+    })?;
+    tree.syscall_at.insert(pid, at);
+    let leader = tree.injector(pid, pid)?;
+    let scratch = leader
+        .call(
+            libc::SYS_mmap,
+            &[
+                0,
+                SCRATCH_LEN,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+        .map_err(ptr_err(pid))? as u64;
+    tree.tasks[n].scratch = Some((scratch, SCRATCH_LEN));
+    Ok(scratch)
+}
+
+/// The process-wide core from /proc and ptrace; the caller adds what injected syscalls read
+/// (signal handlers, child subreaper).
+fn task_core(
+    task: &Task,
+    itimers: Vec<pb::ItimerEntry>,
+    posix: Vec<pb::PosixTimerEntry>,
+) -> Result<pb::TaskCoreEntry, DumpError> {
+    let pid = task.pid;
+    let st = &task.stat;
+    let limits = proc::limits(pid)?;
+    let shared_pending = ptrace::peek_siginfo(pid, true).map_err(ptr_err(pid))?;
+    let text = proc::read_trimmed(pid, "personality")?;
+    let personality = u32::from_str_radix(&text, 16).map_err(|_| TaskError::Parse {
+        pid,
+        file: "personality",
+        value: text.clone(),
+    })?;
+    let text = proc::read_trimmed(pid, "oom_score_adj")?;
+    let oom: i32 = text.parse().map_err(|_| TaskError::Parse {
+        pid,
+        file: "oom_score_adj",
+        value: text.clone(),
+    })?;
+    // Deliberate default: a kernel without audit support has no loginuid file, and "unset"
+    // (u32::MAX, as a fresh login's) is what restoring nothing gives.
+    let loginuid: u32 = match proc::read_trimmed(pid, "loginuid") {
+        Ok(s) => s.parse().unwrap_or_else(|_| {
+            log::info!("pid {pid}: loginuid {s:?} is not a number, dumped as unset");
+            u32::MAX
+        }),
+        Err(e) => {
+            log::info!("pid {pid}: no loginuid ({e}), dumped as unset");
+            u32::MAX
+        }
+    };
+    let [real, virt, prof]: [pb::ItimerEntry; 3] =
+        itimers.try_into().expect("three interval timers");
+    Ok(pb::TaskCoreEntry {
+        task_state: if task.stopped.is_some() {
+            images::TASK_STOPPED
+        } else {
+            images::TASK_ALIVE
+        },
+        stop_signo: task.stopped.map(|s| s as u32),
+        exit_code: 0,
+        personality,
+        flags: st.flags,
+        blk_sigset: task.threads[0].sigmask,
+        comm: st.comm.clone(),
+        timers: Some(pb::TaskTimersEntry {
+            real,
+            virt,
+            prof,
+            posix,
+        }),
+        rlimits: Some(pb::TaskRlimitsEntry {
+            rlimits: limits
+                .iter()
+                .map(|&(cur, max)| pb::RlimitEntry { cur, max })
+                .collect(),
+        }),
+        cg_set: None,
+        signals_s: signals::siginfos(shared_pending),
+        old_seccomp_mode: None,
+        old_seccomp_filter: None,
+        loginuid: Some(loginuid),
+        oom_score_adj: Some(oom),
+        sigactions: Vec::new(),
+        child_subreaper: None,
+        blk_sigset_extended: None,
+        membarrier_registration_mask: None,
+    })
+}
+
+/// The task's fds (`fdinfo`) and its fs (cwd, root, umask).
+fn dump_files_and_fs(
+    tree: &mut Tree,
+    n: usize,
+    opts: &DumpOptions,
+    img: &mut Images,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    let pid = tree.tasks[n].pid;
+    let ord = n as u32 + 1;
+    let status = proc::status(pid)?;
+    let (fds, locks) = crate::dump::fds::dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
+    tree.tcp_locks.extend(locks);
+    let dir_of = |which: &'static str| -> Result<String, DumpError> {
+        let path = proc::readlink(pid, which)?;
+        // Deleted directories cannot be reopened by path (and are refused as fds too).
+        if path.ends_with(" (deleted)") {
+            return Err(TaskError::DeletedDir { pid, which, path }.into());
+        }
+        Ok(path)
+    };
+    let cwd = img
+        .files
+        .add_path(&dir_of("cwd")?, libc::O_DIRECTORY as u32)?;
+    let root = img
+        .files
+        .add_path(&dir_of("root")?, libc::O_DIRECTORY as u32)?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::FS);
+    w.push(&pb::FsEntry {
+        cwd_id: cwd,
+        root_id: root,
+        umask: Some(status.umask),
+    });
+    write_file(&img.dir.join(names::fs(pid)), &w.into_bytes())?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::FDINFO);
+    for fd in &fds {
+        w.push(fd);
+    }
+    write_file(&img.dir.join(names::fdinfo(ord)), &w.into_bytes())
+}
+
+/// A zombie is only its exit code and name, as in CRIU (task_state TASK_DEAD).
+pub(crate) fn dump_zombie(task: &Task, dir: &Path) -> Result<(), DumpError> {
+    let core = pb::CoreEntry {
+        mtype: pb::core_entry::March::X8664 as i32,
+        tc: Some(pb::TaskCoreEntry {
+            task_state: images::TASK_DEAD,
+            exit_code: task.stat.exit_code as u32,
+            comm: task.stat.comm.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
+    w.push(&core);
+    write_file(&dir.join(names::core(task.pid)), &w.into_bytes())
+}
+
+/// Kernel-object ids: stasis refuses shared fd tables, mms and fs structs between processes, so
+/// each process owns its own and the ids are its ordinal.
+pub(crate) fn ids_for(n: u32, ipc_ns_id: u32, uts_ns_id: u32) -> pb::TaskKobjIdsEntry {
+    pb::TaskKobjIdsEntry {
+        vm_id: n,
+        files_id: n,
+        fs_id: n,
+        sighand_id: n,
+        pid_ns_id: None,
+        net_ns_id: None,
+        ipc_ns_id: Some(ipc_ns_id),
+        uts_ns_id: Some(uts_ns_id),
+        mnt_ns_id: None,
+        user_ns_id: None,
+        cgroup_ns_id: None,
+        time_ns_id: None,
+    }
+}
+
+/// Process-wide state: signal handlers, timers, limits, prctl flags.
+pub(crate) fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), RestoreError> {
+    let tc = t.tc();
+    signals::drop_stub_signals(r)?;
+    signals::restore_sigactions(r, tc)?;
+    timers::restore_itimers(r, tc)?;
+    const PR_SET_THP_DISABLE: u64 = 41;
+    if let Some(mm_thp) = t.mm.thp_disabled {
+        if mm_thp {
+            r.call(libc::SYS_prctl, &[PR_SET_THP_DISABLE, 1])?;
+        }
+    }
+    if let Some(d) = t.mm.dumpable {
+        // Deliberately not fatal: PR_GET_DUMPABLE may report 2 (suid_dumpable), which
+        // PR_SET_DUMPABLE refuses; the task then keeps the stub's setting.
+        let ret = r.raw(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, d as u64])?;
+        if ret < 0 {
+            log::info!(
+                "pid {}: cannot set dumpable to {d}: errno {}",
+                t.pid(),
+                -ret
+            );
+        }
+    }
+    if tc.child_subreaper == Some(true) {
+        r.call(libc::SYS_prctl, &[libc::PR_SET_CHILD_SUBREAPER as u64, 1])?;
+    }
+    r.call(libc::SYS_personality, &[tc.personality as u64])?;
+    if let Some(rl) = &tc.rlimits {
+        restore_rlimits(r, t.pid(), rl)?;
+    }
+    if let Some(adj) = tc.oom_score_adj {
+        if let Err(e) = std::fs::write(format!("/proc/{}/oom_score_adj", t.pid()), adj.to_string())
+        {
+            log::warn!("pid {}: cannot set oom_score_adj {adj}: {e}", t.pid());
+        }
+    }
+    signals::restore_shared_pending(r, t)
+}
+
+/// Sets the resource limits that differ from the stub's. One the kernel refuses (a hard limit
+/// above ours, without CAP_SYS_RESOURCE) is logged and left as inherited.
+fn restore_rlimits(r: &Remote, pid: u32, rl: &pb::TaskRlimitsEntry) -> Result<(), RestoreError> {
+    // Only to skip limits that are right already: unreadable, every limit is set.
+    let cur = proc::limits(pid).unwrap_or_else(|e| {
+        log::info!("pid {pid}: cannot read its limits ({e}): setting every one");
+        Vec::new()
+    });
+    for (res, l) in rl.rlimits.iter().enumerate() {
+        if cur.get(res) == Some(&(l.cur, l.max)) {
+            continue;
+        }
+        let a = r.put_words(0, &[l.cur, l.max])?;
+        let ret = r.raw(libc::SYS_prlimit64, &[0, res as u64, a, 0])?;
+        if ret < 0 {
+            log::warn!(
+                "pid {}: cannot set rlimit {res} to {}/{}: errno {}",
+                pid,
+                l.cur,
+                l.max,
+                -ret
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A free range for the trampoline: outside every dumped mapping of every task.
+pub(crate) fn pick_trampoline(img: &DumpImage) -> Result<u64, RestoreError> {
+    let need = 64 << 20; // room for the trampoline and a vdso parking place
+    let mut cand: u64 = 0x1_0000_0000;
+    while cand < 0x7000_0000_0000 {
+        let clash = img
+            .tasks
+            .iter()
+            .flat_map(|t| t.mm.vmas.iter())
+            .any(|v| v.start < cand + need && cand < v.end);
+        if !clash {
+            return Ok(cand);
+        }
+        cand += 0x1_0000_0000;
+    }
+    Err(TaskError::NoTrampolineRange {
+        pid: img.tasks[0].pid(),
+    }
+    .into())
+}
+
+/// The children of `t`, group leaders first: a sibling that joins a group led by another
+/// (a shell pipeline: `a | b`, b in a's group) needs the leader to exist.
+pub(crate) fn children_in_fork_order(img: &DumpImage, t: &TaskImage) -> Vec<usize> {
+    let mut kids: Vec<usize> = img
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.pstree.ppid == t.pid() && c.pid() != img.tasks[0].pid())
+        .map(|(i, _)| i)
+        .collect();
+    let leads = |i: &usize| {
+        img.tasks
+            .iter()
+            .any(|o| o.pstree.pgid == img.tasks[*i].pid())
+    };
+    kids.sort_by_key(|i| !leads(i));
+    kids
+}

@@ -28,6 +28,7 @@ use crate::task::remote::Remote;
 use crate::task::signals::{has_pending_sigtrap, sigtrap_at_risk};
 use crate::task::thread::{clone_thread, restore_thread, set_final_regs};
 use crate::task::timers::restore_posix_timers;
+use load::TaskImage;
 pub use load::{DumpImage, LoadError};
 
 /// `--inherit-fd fd[N]:KEY`: use our fd N for the file the images call KEY.
@@ -116,8 +117,12 @@ pub enum RestoreError {
     Mem(#[from] mem::MemError),
     #[error(transparent)]
     Pages(#[from] crate::mm::pages::PagesError),
-    #[error("task {pid}: {what}")]
-    Task { pid: u32, what: String },
+    #[error("task {pid}: a forked task exited before it was ready")]
+    ExitedBeforeReady { pid: u32 },
+    #[error("System V shared memory id {id} is in use by another segment (key {key:#x})")]
+    ShmIdTaken { id: u32, key: u32 },
+    #[error("task {pid}: path with a NUL byte")]
+    NulInPath { pid: u32 },
     #[error("{path} (file id {id}) changed since the dump: {was} bytes then, {now} now")]
     Changed {
         id: u32,
@@ -133,6 +138,14 @@ pub enum RestoreError {
     },
     #[error("timed out waiting for the forked tasks to get ready")]
     Timeout,
+    #[error(transparent)]
+    IpcNs(#[from] crate::ns::ipc::IpcNsError),
+    #[error(transparent)]
+    Uts(#[from] crate::ns::uts::UtsError),
+    #[error(transparent)]
+    Mqueue(#[from] crate::ipc::mqueue::MqError),
+    #[error(transparent)]
+    Ipc(#[from] crate::ipc::sysv::IpcError),
     #[error("pty (file id {id})")]
     Pty {
         id: u32,
@@ -212,6 +225,11 @@ impl Drop for Created {
 
 /// Restores the tree in `opts.images_dir`. The tasks run when this returns; the root is a
 /// child of the calling process.
+///
+/// The steps: load and check every image; make what lives outside the tasks (namespaces,
+/// IPC objects, every file in the pool); fork the tree with its pids; rebuild each task's
+/// memory, files and state by injected syscalls; its threads and registers; release all
+/// tasks together.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
     let img = load::load(&opts.images_dir)?;
@@ -221,60 +239,94 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     raise_nofile_limit();
-    // A tree that owned its IPC namespace gets a new one: this thread moves into it until the
-    // restore ends, so the objects below and the root task (forked from here) are made there.
-    let _ipc_ns = match &img.ipc_vars {
-        Some(vars) => {
-            let ns = crate::ns::ipc::Unshared::new().map_err(ipcns_err)?;
-            crate::ns::ipc::write_limits(vars).map_err(ipcns_err)?;
-            Some(ns)
-        }
-        None => None,
-    };
-    // Likewise for a UTS namespace: the root is forked into one holding the saved names.
-    let _uts_ns = match &img.uts {
-        Some(names) => {
-            let ns =
-                crate::ns::ipc::Unshared::new_of(libc::CLONE_NEWUTS, "uts").map_err(ipcns_err)?;
-            crate::ns::uts::set_names(names).map_err(|e| RestoreError::Task {
-                pid: 0,
-                what: e.to_string(),
-            })?;
-            Some(ns)
-        }
-        None => None,
-    };
+    // Held until the restore ends: the namespaces this thread moved into, for the root to be
+    // forked there.
+    let _namespaces = enter_tree_namespaces(&img)?;
     // Queues must exist before the pool opens their fds.
     crate::ipc::mqueue::restore(&img.posix_mqueues, |id| {
         let reg = img.files.get(&id)?.reg.as_ref()?;
         let name = reg.name.strip_prefix(crate::ipc::mqueue::PATH_PREFIX)?;
         Some(name.to_string())
-    })
-    .map_err(|e| RestoreError::Task {
-        pid: 0,
-        what: e.to_string(),
     })?;
     let pool = Pool::build(&img, opts)?;
     crate::files::locks::take_file_locks(&img, &pool.by_file)?;
     let sysv_to_remove = prepare_sysv_shm(&img)?;
-    crate::ipc::sysv::restore_msg(&img.sysv_msg).map_err(|e| RestoreError::Task {
-        pid: 0,
-        what: e.to_string(),
-    })?;
-    crate::ipc::sysv::restore_sem(&img.sysv_sem).map_err(|e| RestoreError::Task {
-        pid: 0,
-        what: e.to_string(),
-    })?;
+    crate::ipc::sysv::restore_msg(&img.sysv_msg)?;
+    crate::ipc::sysv::restore_sem(&img.sysv_sem)?;
     if let Some(vars) = &img.ipc_vars {
-        crate::ns::ipc::write_next_ids(vars).map_err(ipcns_err)?;
+        crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
-    let shared = stub::StubShared {
-        tasks: stub_plans(&img, &pool)?,
-        ready_fd: -1,
-        pool_base: pool.base,
-        trampoline,
+    let (mut created, files) = fork_tree(&img, pool, trampoline)?;
+    let forking_time_us = t0.elapsed().as_micros() as u64;
+    let (vdso_syscall, pages_restored) = rebuild_tasks(&img, trampoline, &files, &mut created)?;
+    // Segments that were already marked for removal are marked again, now that they are attached.
+    for id in &sysv_to_remove {
+        // SAFETY: shmctl(IPC_RMID) with no buffer.
+        if unsafe { libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
+            return Err(setup_err(format!(
+                "marking System V segment {id} for removal"
+            ))(std::io::Error::last_os_error()));
+        }
+    }
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        finish_threads(t, &img, trampoline, vdso_syscall[&t.pid()], &mut created)?;
+    }
+    // The connections exist again: let their peers' packets through (network-unlock).
+    if let Some(table) = &img.net_lock {
+        if let Err(e) = stasis_netns::nftlock::unlock(table) {
+            log::warn!("cannot remove network lock {table}: {e}");
+        }
+    }
+    release_all(&img)?;
+    created.armed = false;
+    let restored = Restored {
+        root_pid: img.tasks[0].pid(),
+        forking_time_us,
+        restore_time_us: t0.elapsed().as_micros() as u64,
+        pages_restored,
     };
+    let work = opts
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| opts.images_dir.clone());
+    if let Err(e) = write_stats(&work, &restored) {
+        log::warn!("cannot write stats-restore: {e}");
+    }
+    Ok(restored)
+}
+
+/// The pool's fds as the tasks will see them once forked (the pool itself is closed in the
+/// restorer after the fork).
+struct PoolFds {
+    by_file: HashMap<u32, RawFd>,
+    by_shmid: HashMap<u64, RawFd>,
+    base: RawFd,
+}
+
+/// A tree that owned its IPC or UTS namespace gets a new one, holding its sysctls or names:
+/// this thread moves into it until the restore ends, so the objects made next and the root
+/// task (forked from here) are made there.
+fn enter_tree_namespaces(img: &DumpImage) -> Result<Vec<crate::ns::ipc::Unshared>, RestoreError> {
+    let mut entered = Vec::new();
+    if let Some(vars) = &img.ipc_vars {
+        entered.push(crate::ns::ipc::Unshared::new()?);
+        crate::ns::ipc::write_limits(vars)?;
+    }
+    if let Some(names) = &img.uts {
+        entered.push(crate::ns::ipc::Unshared::new_of(libc::CLONE_NEWUTS, "uts")?);
+        crate::ns::uts::set_names(names)?;
+    }
+    Ok(entered)
+}
+
+/// Forks the root with its pid (each stub then forks its own children), closes the pool the
+/// stubs inherited, and waits until every task reports ready, zombies dead.
+fn fork_tree(
+    img: &DumpImage,
+    pool: Pool,
+    trampoline: u64,
+) -> Result<(Created, PoolFds), RestoreError> {
     let mut p = [0; 2];
     // SAFETY: pipe2 writes two fds into `p`.
     cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(setup_err("pipe"))?;
@@ -289,11 +341,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     drop(ready_w0);
     // SAFETY: `w` is a fresh fd owned only here.
     let ready_w = unsafe { OwnedFd::from_raw_fd(w) };
+    // Everything the stubs read is made before the fork: after it they allocate nothing.
     let shared = stub::StubShared {
+        tasks: stub_plans(img, &pool)?,
         ready_fd: ready_w.as_raw_fd(),
-        ..shared
+        pool_base: pool.base,
+        trampoline,
     };
-
     let mut created = Created {
         root: None,
         pids: Vec::new(),
@@ -317,10 +371,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         _ => created.root = Some(root_pid),
     }
     drop(ready_w);
-    let fd_of_file = pool.by_file.clone();
-    let fd_of_shmem = pool.by_shmid.clone();
+    let files = PoolFds {
+        by_file: pool.by_file.clone(),
+        by_shmid: pool.by_shmid.clone(),
+        base: pool.base,
+    };
     drop(pool);
-    wait_ready(&ready_r, &img, &mut created)?;
+    wait_ready(&ready_r, img, &mut created)?;
     // Zombies die right after reporting; wait until they have, so the SIGCHLD they send their
     // parent is pending before we drain the stubs' signals below.
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_some()) {
@@ -329,8 +386,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    let forking_time_us = t0.elapsed().as_micros() as u64;
+    Ok((created, files))
+}
 
+/// Seizes every live task, then rebuilds each one's memory, its files' in-task state and its
+/// task state. Returns each task's vdso syscall address and the pages restored.
+fn rebuild_tasks(
+    img: &DumpImage,
+    trampoline: u64,
+    files: &PoolFds,
+    created: &mut Created,
+) -> Result<(HashMap<u32, u64>, u64), RestoreError> {
     let mut pages_restored = 0;
     let mut vdso_syscall = HashMap::new();
     // Filters are installed before the credentials drop (installing needs CAP_SYS_ADMIN or
@@ -339,7 +405,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if !img.seccomp.is_empty() {
         seize_options |= ptrace::PTRACE_O_SUSPEND_SECCOMP;
     }
-    let mut kind_slots = crate::files::kind::Slots::default();
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let pid = t.pid();
         ptrace::seize(pid, seize_options).map_err(ptr_err(pid))?;
@@ -351,101 +416,92 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             ptrace::set_sigmask(pid, !0).map_err(ptr_err(pid))?;
         }
     }
+    let mut kind_slots = crate::files::kind::Slots::default();
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let r = Remote::new(t.pid(), trampoline, sigtrap_at_risk(t))?;
-        vdso_syscall.insert(
-            t.pid(),
-            restore_mm(
-                &r,
-                t,
-                &img,
-                &fd_of_file,
-                &fd_of_shmem,
-                shared.pool_base,
-                &mut pages_restored,
-            )?,
-        );
+        let vdso = restore_mm(
+            &r,
+            t,
+            img,
+            &files.by_file,
+            &files.by_shmid,
+            files.base,
+            &mut pages_restored,
+        )?;
+        vdso_syscall.insert(t.pid(), vdso);
         let mut tcx = crate::files::kind::TaskCx {
-            img: &img,
+            img,
             slots: &mut kind_slots,
         };
         for kind in crate::files::kind::KINDS {
             kind.in_task(&r, t, &mut tcx)?;
         }
-        crate::files::locks::restore_posix_locks(&r, t, &img)?;
+        crate::files::locks::restore_posix_locks(&r, t, img)?;
         restore_task_state(&r, t)?;
     }
-    // Segments that were already marked for removal are marked again, now that they are attached.
-    for id in &sysv_to_remove {
-        // SAFETY: shmctl(IPC_RMID) with no buffer.
-        unsafe { libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()) };
-    }
-    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-        let quiet = sigtrap_at_risk(t);
-        let r = Remote::new(t.pid(), trampoline, quiet)?;
-        let mut threads = vec![(t.pid(), r)];
-        for th in t.threads.iter().skip(1) {
-            let tid = clone_thread(&threads[0].1, th.tid)?;
-            created.traced.push(tid);
-            threads.push((
-                tid,
-                Remote::new_for_thread(t.pid(), tid, trampoline, quiet)?,
-            ));
-        }
-        // POSIX timers after the threads: a timer may signal one thread (SIGEV_THREAD_ID).
-        if let Some(tm) = &t.tc().timers {
-            if !tm.posix.is_empty() {
-                restore_posix_timers(&threads[0].1, &tm.posix)?;
-            }
-        }
-        for (th, (_, r)) in t.threads.iter().zip(&threads) {
-            restore_thread(r, t, th, &img.seccomp)?;
-        }
-        // The trampoline goes last, through the syscall instruction of the (moved) vdso.
-        let leader = Injector::new(t.pid(), vdso_syscall[&t.pid()])
-            .map_err(ptr_err(t.pid()))?
-            .with_quiet(quiet);
-        leader
-            .call(libc::SYS_munmap, &[trampoline, stub::TRAMPOLINE_LEN])
-            .map_err(ptr_err(t.pid()))?;
-        for (th, (tid, _)) in t.threads.iter().zip(&threads) {
-            set_final_regs(*tid, th)?;
-        }
-    }
-    // The connections exist again: let their peers' packets through (network-unlock).
-    if let Some(table) = &img.net_lock {
-        if let Err(e) = stasis_netns::nftlock::unlock(table) {
-            log::warn!("cannot remove network lock {table}: {e}");
-        }
-    }
+    Ok((vdso_syscall, pages_restored))
+}
 
-    // Everything is in place: let all tasks go together.
+/// A task's other threads (cloned with their tids), its POSIX timers, each thread's state,
+/// then the trampoline unmapped and every thread's registers set back.
+fn finish_threads(
+    t: &TaskImage,
+    img: &DumpImage,
+    trampoline: u64,
+    vdso_syscall: u64,
+    created: &mut Created,
+) -> Result<(), RestoreError> {
+    let quiet = sigtrap_at_risk(t);
+    let r = Remote::new(t.pid(), trampoline, quiet)?;
+    let mut threads = vec![(t.pid(), r)];
+    for th in t.threads.iter().skip(1) {
+        let tid = clone_thread(&threads[0].1, th.tid)?;
+        created.traced.push(tid);
+        threads.push((
+            tid,
+            Remote::new_for_thread(t.pid(), tid, trampoline, quiet)?,
+        ));
+    }
+    // POSIX timers after the threads: a timer may signal one thread (SIGEV_THREAD_ID).
+    if let Some(tm) = &t.tc().timers {
+        if !tm.posix.is_empty() {
+            restore_posix_timers(&threads[0].1, &tm.posix)?;
+        }
+    }
+    for (th, (_, r)) in t.threads.iter().zip(&threads) {
+        restore_thread(r, t, th, &img.seccomp)?;
+    }
+    // The trampoline goes last, through the syscall instruction of the (moved) vdso.
+    let leader = Injector::new(t.pid(), vdso_syscall)
+        .map_err(ptr_err(t.pid()))?
+        .with_quiet(quiet);
+    leader
+        .call(libc::SYS_munmap, &[trampoline, stub::TRAMPOLINE_LEN])
+        .map_err(ptr_err(t.pid()))?;
+    for (th, (tid, _)) in t.threads.iter().zip(&threads) {
+        set_final_regs(*tid, th)?;
+    }
+    Ok(())
+}
+
+/// Everything is in place: lets every task go together (a task stopped when dumped stops
+/// again before running a single instruction).
+fn release_all(img: &DumpImage) -> Result<(), RestoreError> {
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         if t.tc().task_state == crate::images::TASK_STOPPED {
-            // Stopped when dumped: the stop is pending before it runs a single instruction.
             let sig = t.tc().stop_signo.unwrap_or(libc::SIGSTOP as u32) as libc::c_int;
             // SAFETY: kill(2) of a task we created and still trace.
-            unsafe { libc::kill(t.pid() as libc::pid_t, sig) };
+            if unsafe { libc::kill(t.pid() as libc::pid_t, sig) } < 0 {
+                return Err(setup_err(format!("stopping task {} again", t.pid()))(
+                    std::io::Error::last_os_error(),
+                ));
+            }
         }
         for th in &t.threads {
             ptrace::detach(th.tid).map_err(ptr_err(t.pid()))?;
         }
     }
-    created.armed = false;
-    let restored = Restored {
-        root_pid,
-        forking_time_us,
-        restore_time_us: t0.elapsed().as_micros() as u64,
-        pages_restored,
-    };
-    let work = opts
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| opts.images_dir.clone());
-    if let Err(e) = write_stats(&work, &restored) {
-        log::warn!("cannot write stats-restore: {e}");
-    }
-    Ok(restored)
+    Ok(())
 }
 
 const PTRACE_O_EXITKILL: libc::c_int = 0x100000;
@@ -519,9 +575,8 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
         // SAFETY: read into a local buffer.
         let got = unsafe { libc::read(ready.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
         if got == 0 {
-            return Err(RestoreError::Task {
+            return Err(RestoreError::ExitedBeforeReady {
                 pid: img.tasks[0].pid(),
-                what: "a forked task exited before it was ready".into(),
             });
         }
         if got < 0 {
@@ -558,13 +613,6 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
     Ok(())
 }
 
-fn ipcns_err(e: crate::ns::ipc::IpcNsError) -> RestoreError {
-    RestoreError::Task {
-        pid: 0,
-        what: e.to_string(),
-    }
-}
-
 /// Makes sure every dumped System V segment exists with its id, key, size and mode, and holds
 /// the dumped content. On this host the segment usually outlived the killed tree and is reused;
 /// elsewhere it is created with the same id (kernel.shm_next_id). Returns the ids to mark for
@@ -573,18 +621,15 @@ fn prepare_sysv_shm(img: &DumpImage) -> Result<Vec<i32>, RestoreError> {
     let mut to_remove = Vec::new();
     for (e, pagemap, pages) in &img.sysv_shm {
         let d = &e.desc;
-        let current = proc::parse::parse_sysvipc_shm(
-            &std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default(),
-        );
+        let table = std::fs::read_to_string("/proc/sysvipc/shm")
+            .map_err(setup_err("reading /proc/sysvipc/shm"))?;
+        let current = proc::parse::parse_sysvipc_shm(&table);
         let id = match current.iter().find(|s| s.shmid == d.id) {
             Some(s) if s.key as u32 == d.key && s.size == e.size => d.id as i32,
             Some(s) => {
-                return Err(RestoreError::Task {
-                    pid: 0,
-                    what: format!(
-                        "System V shared memory id {} is in use by another segment (key {:#x})",
-                        d.id, s.key
-                    ),
+                return Err(RestoreError::ShmIdTaken {
+                    id: d.id,
+                    key: s.key as u32,
                 })
             }
             None => {
@@ -644,10 +689,7 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
                 .unwrap_or_else(|| "/".to_string())
         };
         let cstr = |s: String| {
-            std::ffi::CString::new(s).map_err(|_| RestoreError::Task {
-                pid: t.pid(),
-                what: "path with a NUL byte".into(),
-            })
+            std::ffi::CString::new(s).map_err(|_| RestoreError::NulInPath { pid: t.pid() })
         };
         let root = name(t.fs.root_id);
         let comm = t.tc().comm.as_bytes();

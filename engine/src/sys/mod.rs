@@ -1,5 +1,6 @@
 //! Small helpers shared by the modules that make raw syscalls.
 
+pub mod clone;
 pub mod mem;
 pub mod ptrace;
 

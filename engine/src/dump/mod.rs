@@ -946,7 +946,8 @@ fn dump_ipc(
             let name = format!("/{n}");
             let md = std::fs::metadata(&path).map_err(|source| {
                 DumpError::Mqueue(crate::ipc::mqueue::MqError::Sys {
-                    what: format!("inspecting queue {name}"),
+                    name: name.clone(),
+                    step: crate::ipc::mqueue::Step::Inspect,
                     source,
                 })
             })?;
@@ -1022,8 +1023,8 @@ fn dump_idle_segment(
     // SAFETY: shmat(2) read-only at an address the kernel picks; detached below.
     let addr = unsafe { libc::shmat(seg.shmid as i32, std::ptr::null(), libc::SHM_RDONLY) };
     if addr as isize == -1 {
-        return Err(DumpError::Ipc(crate::ipc::sysv::IpcError::Sys {
-            what: format!("attaching System V shared memory {}", seg.shmid),
+        return Err(DumpError::Ipc(crate::ipc::sysv::IpcError::Attach {
+            shmid: seg.shmid as i32,
             source: std::io::Error::last_os_error(),
         }));
     }

@@ -410,28 +410,32 @@ pub struct ShmSegment {
     pub cgid: u32,
 }
 
-/// Parses `/proc/sysvipc/shm` (the header line is skipped; bad lines too).
+/// Parses `/proc/sysvipc/shm` (the header line is skipped; bad lines too: see
+/// [`crate::ipc::sysv::shm_segments`] for the reading that refuses them).
 pub fn parse_sysvipc_shm(text: &str) -> Vec<ShmSegment> {
     text.lines()
         .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 11 {
-                return None;
-            }
-            Some(ShmSegment {
-                key: f[0].parse().ok()?,
-                shmid: f[1].parse().ok()?,
-                perms: u32::from_str_radix(f[2], 8).ok()?,
-                size: f[3].parse().ok()?,
-                nattch: f[6].parse().ok()?,
-                uid: f[7].parse().ok()?,
-                gid: f[8].parse().ok()?,
-                cuid: f[9].parse().ok()?,
-                cgid: f[10].parse().ok()?,
-            })
-        })
+        .filter_map(parse_sysvipc_shm_row)
         .collect()
+}
+
+/// One row of `/proc/sysvipc/shm`; None if it does not have the expected columns.
+pub fn parse_sysvipc_shm_row(l: &str) -> Option<ShmSegment> {
+    let f: Vec<&str> = l.split_whitespace().collect();
+    if f.len() < 11 {
+        return None;
+    }
+    Some(ShmSegment {
+        key: f[0].parse().ok()?,
+        shmid: f[1].parse().ok()?,
+        perms: u32::from_str_radix(f[2], 8).ok()?,
+        size: f[3].parse().ok()?,
+        nattch: f[6].parse().ok()?,
+        uid: f[7].parse().ok()?,
+        gid: f[8].parse().ok()?,
+        cuid: f[9].parse().ok()?,
+        cgid: f[10].parse().ok()?,
+    })
 }
 
 /// One POSIX timer of `/proc/<pid>/timers`.

@@ -1,7 +1,7 @@
 //! The syscall seam: every raw syscall of the engine is meant to go through this module.
 //! Where nix has the call it is used (ptrace basics, fcntl, ...); what nix lacks is hand-written
 //! here, once: clone3 with set_tid ([`clone`]), kcmp ([`kcmp`]), pidfd_open/pidfd_getfd
-//! ([`pidfd`]), the ptrace requests nix has no wrapper for and syscall injection ([`ptrace`]),
+//! ([`pidfd`]), fsopen/fsconfig/fsmount ([`mount`]), the ptrace requests nix has no wrapper for and syscall injection ([`ptrace`]),
 //! and the tuned process_vm_readv/writev loops ([`mem`]). Signatures take `BorrowedFd`/return
 //! `OwnedFd` rather than raw fd numbers.
 
@@ -9,6 +9,7 @@ pub mod clone;
 pub mod fd;
 pub mod kcmp;
 pub mod mem;
+pub mod mount;
 pub mod pidfd;
 pub mod ptrace;
 

@@ -1514,7 +1514,7 @@ fn dump_posix_timers(
 ) -> Result<Vec<pb::PosixTimerEntry>, DumpError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
     let mut out = Vec::new();
-    for t in crate::proc::parse::parse_timers(&text) {
+    for t in crate::proc::parse::parse_timers(&text).map_err(proc::ProcError::from)? {
         inj.call(libc::SYS_timer_gettime, &[t.id as u64, scratch])
             .map_err(ptr_err(pid))?;
         let [isec, insec, vsec, vnsec] = read_words::<4>(pid, scratch)?;

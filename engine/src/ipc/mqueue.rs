@@ -209,10 +209,16 @@ pub fn refuse_outside_users(
         if tree.contains(&pid) || pid == std::process::id() {
             continue;
         }
-        // A process that is gone (or a zombie, without fds) holds no queue.
+        // A process that is gone (or a zombie, without fds) holds no queue. One whose fds even
+        // root may not list (the init of an enclosing sandbox, another user namespace's
+        // process) cannot be checked: it is skipped, as it always was, and logged.
         let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
             Ok(fds) => fds,
             Err(e) if gone(&e) => continue,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                log::debug!("pid {pid}: cannot list its fds ({e}); not checked for queues");
+                continue;
+            }
             Err(source) => return Err(MqError::Scan { pid, source }),
         };
         for f in fds.flatten() {

@@ -3,6 +3,8 @@
 //! receiver, each semaphore's last operator): an object the tree touched is dumped, unless a
 //! live process outside the tree touched it too, which is refused by name. Objects nobody in
 //! the tree touched are left alone. Semaphore undo values (SEM_UNDO) are not kept.
+//!
+//! The msg*/sem* calls are libc's: nix has no System V IPC wrappers.
 
 use std::collections::HashSet;
 

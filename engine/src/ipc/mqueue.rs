@@ -209,23 +209,17 @@ pub fn refuse_outside_users(
         if tree.contains(&pid) || pid == std::process::id() {
             continue;
         }
-        // A process that is gone (or a zombie, without fds) holds no queue. One whose fds even
-        // root may not list (the init of an enclosing sandbox, another user namespace's
-        // process) cannot be checked: it is skipped, as it always was, and logged.
+        // A process that is gone (or a zombie, without fds) holds no queue.
         let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
             Ok(fds) => fds,
-            Err(e) if gone(&e) => continue,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                log::debug!("pid {pid}: cannot list its fds ({e}); not checked for queues");
-                continue;
-            }
+            Err(e) if skip(pid, &e) => continue,
             Err(source) => return Err(MqError::Scan { pid, source }),
         };
         for f in fds.flatten() {
             // An fd closed meanwhile holds nothing either.
             let link = match std::fs::read_link(f.path()) {
                 Ok(link) => link,
-                Err(e) if gone(&e) => continue,
+                Err(e) if skip(pid, &e) => continue,
                 Err(source) => return Err(MqError::Scan { pid, source }),
             };
             let name = queue_name(&link.to_string_lossy());
@@ -234,7 +228,7 @@ pub fn refuse_outside_users(
             };
             let m = match std::fs::metadata(f.path()) {
                 Ok(m) => m,
-                Err(e) if gone(&e) => continue,
+                Err(e) if skip(pid, &e) => continue,
                 Err(source) => return Err(MqError::Scan { pid, source }),
             };
             if m.dev() == *dev && m.ino() == *ino {
@@ -248,9 +242,19 @@ pub fn refuse_outside_users(
     Ok(())
 }
 
-/// Whether a /proc lookup failed because the process or fd went away.
-fn gone(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+/// Whether a failed /proc lookup of `pid`'s fds is one to pass over: the process or fd went
+/// away, or even root may not look (the init of an enclosing sandbox, a process of another
+/// user namespace: /proc/1/fd here). The latter cannot be checked at all; it is skipped, as it
+/// always was, and logged.
+fn skip(pid: u32, e: &io::Error) -> bool {
+    if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) {
+        return true;
+    }
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        log::debug!("pid {pid}: its fds cannot be read ({e}); not checked for queue users");
+        return true;
+    }
+    false
 }
 
 /// Makes every queue exist: one that outlived the tree (same host) is left as it is; a missing

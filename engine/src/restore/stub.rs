@@ -206,7 +206,8 @@ fn die_as_zombie(sh: &StubShared, t: &StubPlan, status: u32) -> ! {
                 std::ptr::null_mut::<KernelSigaction>(),
                 SIGSET_SIZE,
             );
-            let set: u64 = 1 << (sig - 1);
+            // checked_shl: no overflow panic path, even for a nonsense status.
+            let set: u64 = 1u64.checked_shl((sig - 1) as u32).unwrap_or(0);
             libc::syscall(
                 libc::SYS_rt_sigprocmask,
                 libc::SIG_UNBLOCK,

@@ -421,21 +421,18 @@ pub fn read_sem(
     Ok(out)
 }
 
-/// Runs `f` (which creates one object) with kernel.`knob` set to `id`, then sets it back to -1
-/// (the kernel does that itself when the id is used; not when the creation failed).
+/// Runs `f` (which creates one object) with kernel.`knob` set to `id`. The kernel puts the
+/// knob back to -1 itself once the id is used. It cannot be written back by hand: the knob's
+/// minimum is 0 (the reset this code used to make failed with EINVAL, unnoticed), so when the
+/// creation fails the knob keeps `id`, and the restore stops on that failure anyway.
 fn with_next_id<T>(knob: &'static str, id: u32, f: impl FnOnce() -> T) -> Result<T, IpcError> {
     let path = format!("/proc/sys/kernel/{knob}");
-    let set = |value: i64| {
-        std::fs::write(&path, value.to_string()).map_err(|source| IpcError::NextId {
-            knob,
-            value,
-            source,
-        })
-    };
-    set(id.into())?;
-    let r = f();
-    set(-1)?;
-    Ok(r)
+    std::fs::write(&path, id.to_string()).map_err(|source| IpcError::NextId {
+        knob,
+        value: id.into(),
+        source,
+    })?;
+    Ok(f())
 }
 
 /// The error for an object that could not be made with its id: `got` is what the call returned.

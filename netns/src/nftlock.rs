@@ -4,7 +4,11 @@
 //! RST and the connection is lost. Built as raw nf_tables netlink messages in one batch.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{
+    recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
 
 /// Setting or removing the lock failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +28,6 @@ pub struct Conn {
     pub remote_port: u16,
 }
 
-const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -245,52 +248,33 @@ fn unlock_batch(table: &str) -> Vec<u8> {
 /// Sends a batch and reads one ack per acked message; the first error wins.
 fn send(batch: &[u8], acks: usize, what: &'static str) -> Result<(), LockError> {
     let err = |source| LockError::Netlink { what, source };
-    // SAFETY: socket(2) with integers; owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh fd we own.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain data; the kernel address is all zeros.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: sendto with our buffer and a sockaddr_nl.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            batch.as_ptr().cast(),
-            batch.len(),
-            0,
-            (&sa as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
+    let sock = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )
+    .map_err(|e| err(e.into()))?;
+    // The kernel's address (port 0). A netlink datagram is sent whole or not at all.
+    sendto(
+        sock.as_raw_fd(),
+        batch,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
     let mut seen = 0;
     let mut buf = vec![0u8; 65536];
     while seen < acks {
-        // SAFETY: recv into our buffer.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
+        let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(|e| err(e.into()))?;
         let mut off = 0usize;
-        while off + 16 <= n as usize {
+        while off + 16 <= n {
             let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
             let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2"));
             if len < 16 {
                 break;
             }
-            if ty == NLMSG_ERROR && off + 20 <= n as usize {
+            if ty == NLMSG_ERROR && off + 20 <= n {
                 let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
                 if code != 0 {
                     return Err(err(io::Error::from_raw_os_error(-code)));
@@ -319,6 +303,8 @@ pub fn add(table: &str, conns: &[Conn], create: bool) -> Result<(), LockError> {
         let acks = chunk.len() + if first { 2 } else { 0 };
         if let Err(e) = send(&lock_batch(table, chunk, first), acks, "lock") {
             if create && !first {
+                // Best effort: the lock error is the one reported, and a table left behind
+                // is named in it by the caller's next attempt (it must not exist yet).
                 let _ = unlock(table);
             }
             return Err(e);

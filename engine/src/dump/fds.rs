@@ -2,15 +2,15 @@
 //! [`crate::files::kind`]), and its locks recorded. Nothing here knows any kind's details.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::{DumpError, DumpOptions, DumpStats, Images};
 use crate::files::kind::{Fd, KINDS};
 use crate::files::{self, FdKind};
 use crate::images::pb;
 use crate::net::inet::TcpLock;
-use crate::net::inet::{pidfd_getfd, pidfd_open};
 use crate::proc;
+use crate::sys::pidfd::{pidfd_getfd, pidfd_open};
 
 /// What the kinds share while the fds of the tree are dumped.
 pub(crate) struct DumpCx<'a> {
@@ -32,7 +32,7 @@ impl DumpCx<'_> {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(pidfd_open(pid)?),
         };
-        pidfd_getfd(pidfd.as_raw_fd(), fd)
+        pidfd_getfd(pidfd.as_fd(), fd)
     }
 }
 

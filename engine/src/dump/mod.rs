@@ -335,10 +335,13 @@ fn dump_frozen(
     refuse_foreign_namespaces(&live)?;
     let own_ipc = crate::ns::ipc::tree_ns(tree.tasks[0].pid, &live)?;
     let own_uts = crate::ns::uts::tree_ns(tree.tasks[0].pid, &live)?;
-    let read_shm = || std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
-    let shm_table = match &own_ipc {
-        Some(ns) => crate::ns::ipc::in_ns(ns, read_shm)?,
-        None => read_shm(),
+    // Read on a thread in the tree's IPC namespace when it owns one; unreadable fails the
+    // dump (the segments would be lost).
+    let sysv_segments = match &own_ipc {
+        Some(ns) => {
+            crate::ns::ipc::in_ns(ns, crate::ipc::sysv::shm_segments)?.map_err(DumpError::Ipc)?
+        }
+        None => crate::ipc::sysv::shm_segments().map_err(DumpError::Ipc)?,
     };
     let pty_masters = pty::tree_pty_masters(&live)?;
     let mut img = Images {
@@ -350,7 +353,7 @@ fn dump_frozen(
         tree_ptys: pty_masters.keys().copied().collect(),
         pty_masters,
         locks: Vec::new(),
-        sysv_segments: proc::parse::parse_sysvipc_shm(&shm_table),
+        sysv_segments,
         sysv_attached: tree_sysv_attachments(tree),
         sysv_dumped: Vec::new(),
         mqueues: Vec::new(),
@@ -525,7 +528,8 @@ fn dump_ipc(
             let name = format!("/{n}");
             let md = std::fs::metadata(&path).map_err(|source| {
                 DumpError::Mqueue(crate::ipc::mqueue::MqError::Sys {
-                    what: format!("inspecting queue {name}"),
+                    name: name.clone(),
+                    step: crate::ipc::mqueue::Step::Inspect,
                     source,
                 })
             })?;
@@ -601,8 +605,8 @@ fn dump_idle_segment(
     // SAFETY: shmat(2) read-only at an address the kernel picks; detached below.
     let addr = unsafe { libc::shmat(seg.shmid as i32, std::ptr::null(), libc::SHM_RDONLY) };
     if addr as isize == -1 {
-        return Err(DumpError::Ipc(crate::ipc::sysv::IpcError::Sys {
-            what: format!("attaching System V shared memory {}", seg.shmid),
+        return Err(DumpError::Ipc(crate::ipc::sysv::IpcError::Attach {
+            shmid: seg.shmid as i32,
             source: std::io::Error::last_os_error(),
         }));
     }

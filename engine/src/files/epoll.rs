@@ -53,35 +53,6 @@ pub fn epoll_targets(fdinfo_text: &str, id: u32) -> Vec<pb::EventpollTfdEntry> {
     out
 }
 
-/// True if target `tfd` registered in epoll `epfd` is the file now open at `tfd` (an epoll keeps a
-/// target whose fd number was closed and reused; restoring by number would then be wrong).
-fn kcmp_epoll_target(pid: u32, epfd: i32, tfd: u32) -> bool {
-    const KCMP_EPOLL_TFD: libc::c_long = 7;
-    #[repr(C)]
-    struct Slot {
-        efd: u32,
-        tfd: u32,
-        toff: u32,
-    }
-    let slot = Slot {
-        efd: epfd as u32,
-        tfd,
-        toff: 0,
-    };
-    // SAFETY: kcmp reads the slot struct from our memory; no other memory is touched.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid as libc::c_long,
-            pid as libc::c_long,
-            KCMP_EPOLL_TFD,
-            tfd as libc::c_long,
-            &slot as *const Slot,
-        )
-    };
-    r == 0
-}
-
 /// An empty epoll instance; its targets are added from inside the task, where the target fd
 /// numbers are the task's own.
 pub fn create_epoll(e: &pb::EventpollFileEntry) -> Result<OwnedFd, AnonFdError> {
@@ -119,15 +90,22 @@ impl FileKind for Epoll {
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
         let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |_, id| {
             let tfd = epoll_targets(&fd.info.raw, id);
-            if let Some(t) = tfd
-                .iter()
-                .find(|t| !kcmp_epoll_target(fd.pid, fd.fd, t.tfd))
-            {
-                return Err(FilesError::EpollStale {
-                    pid: fd.pid,
-                    fd: fd.fd,
-                    tfd: t.tfd,
-                });
+            // An epoll keeps a target whose fd number was closed and reused: restoring it by
+            // number would watch the wrong file.
+            for t in &tfd {
+                let same = crate::sys::kcmp::epoll_target_is(fd.pid, fd.fd, t.tfd as i32)
+                    .map_err(|source| FilesError::Inspect {
+                        pid: fd.pid,
+                        fd: fd.fd,
+                        source,
+                    })?;
+                if !same {
+                    return Err(FilesError::EpollStale {
+                        pid: fd.pid,
+                        fd: fd.fd,
+                        tfd: t.tfd,
+                    });
+                }
             }
             Ok(pb::FileEntry {
                 r#type: pb::FdTypes::Eventpoll as i32,

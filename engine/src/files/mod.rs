@@ -225,33 +225,13 @@ pub fn is_tty_path(path: &str) -> bool {
         || path == "/dev/console"
 }
 
-fn kcmp_file(pid1: u32, fd1: i32, pid2: u32, fd2: i32) -> bool {
-    kcmp_file_order(pid1, fd1, pid2, fd2) == Some(std::cmp::Ordering::Equal)
-}
-
 /// How the open file at `fd1` of `pid1` orders against `fd2` of `pid2` in kcmp's (stable,
 /// obfuscated) order; None if kcmp cannot tell.
 fn kcmp_file_order(pid1: u32, fd1: i32, pid2: u32, fd2: i32) -> Option<std::cmp::Ordering> {
-    const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: kcmp only compares kernel objects; no memory is passed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid1 as libc::c_long,
-            pid2 as libc::c_long,
-            KCMP_FILE,
-            fd1 as libc::c_long,
-            fd2 as libc::c_long,
-        )
-    };
-    match r {
-        0 => Some(std::cmp::Ordering::Equal),
-        1 => Some(std::cmp::Ordering::Less),
-        2 => Some(std::cmp::Ordering::Greater),
-        _ => None,
-    }
+    crate::sys::kcmp::kcmp(pid1, pid2, crate::sys::kcmp::Kind::File { fd1, fd2 })
+        .ok()
+        .flatten()
 }
-
 /// The default size limit for files deleted while open, whose content goes into the images
 /// (CRIU's `--ghost-limit` default).
 pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
@@ -349,7 +329,7 @@ impl FileTable {
             None => group
                 .iter()
                 .map(|&i| &self.seen[i])
-                .find(|s| kcmp_file(s.0, s.1, pid, fd))
+                .find(|s| kcmp_file_order(s.0, s.1, pid, fd) == Some(std::cmp::Ordering::Equal))
                 .map(|s| s.4),
         }
     }

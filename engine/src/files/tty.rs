@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
 use super::kind::{Fd, FileKind, OpenCx, TaskCx};
@@ -628,10 +628,10 @@ pub(crate) fn tree_pty_masters(live: &[u32]) -> Result<HashMap<u32, OwnedFd>, Du
             }
             let inspect = |source| FilesError::Inspect { pid, fd, source };
             if pidfd.is_none() {
-                pidfd = Some(crate::net::inet::pidfd_open(pid).map_err(inspect)?);
+                pidfd = Some(crate::sys::pidfd::pidfd_open(pid).map_err(inspect)?);
             }
             let p = pidfd.as_ref().expect("opened above");
-            let copy = crate::net::inet::pidfd_getfd(p.as_raw_fd(), fd).map_err(inspect)?;
+            let copy = crate::sys::pidfd::pidfd_getfd(p.as_fd(), fd).map_err(inspect)?;
             let n = master_index(copy.as_raw_fd()).map_err(inspect)?;
             out.entry(n).or_insert(copy);
         }

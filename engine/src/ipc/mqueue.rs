@@ -13,7 +13,12 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
+use std::io;
 use std::os::unix::fs::MetadataExt;
+
+use nix::mqueue::{mq_close, mq_getattr, mq_open, mq_receive, mq_send, MQ_OFlag, MqAttr, MqdT};
+use nix::sys::stat::{fchmod, Mode};
+use nix::unistd::{fchown, Gid, Uid};
 
 use crate::images::pb;
 
@@ -27,17 +32,76 @@ pub enum MqError {
     Shared { name: String, pid: u32 },
     #[error("POSIX message queue {name} has a notification registered by pid {pid} (mq_notify), which is not supported yet")]
     Notify { name: String, pid: u32 },
-    #[error("{what}")]
+    #[error("POSIX message queue {name}: {step} failed")]
     Sys {
-        what: String,
+        name: String,
+        step: Step,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
+    },
+    #[error("POSIX message queue name {name:?} holds a NUL byte")]
+    BadName { name: String },
+    #[error(
+        "listing the open files of pid {pid} (looking for users of POSIX message queues) failed"
+    )]
+    Scan {
+        pid: u32,
+        #[source]
+        source: io::Error,
     },
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MqError {
-    let what = what.into();
-    move |source| MqError::Sys { what, source }
+/// The step on a queue that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Step {
+    #[error("inspecting its file")]
+    Inspect,
+    #[error("reading its status")]
+    Status,
+    #[error("opening it")]
+    Open,
+    #[error("reading its attributes")]
+    Attributes,
+    #[error("reading its messages")]
+    Receive,
+    #[error("putting its messages back")]
+    PutBack,
+    #[error("creating it")]
+    Create,
+    #[error("setting its owner and mode")]
+    Owner,
+    #[error("refilling it")]
+    Refill,
+}
+
+fn sys(name: &str, step: Step) -> impl FnOnce(io::Error) -> MqError + '_ {
+    move |source| MqError::Sys {
+        name: name.to_string(),
+        step,
+        source,
+    }
+}
+
+fn cname(name: &str) -> Result<CString, MqError> {
+    CString::new(name).map_err(|_| MqError::BadName { name: name.into() })
+}
+
+/// An open queue descriptor, closed when dropped (nix's `MqdT` does not close itself).
+struct Mq(Option<MqdT>);
+
+impl Mq {
+    fn get(&self) -> &MqdT {
+        self.0.as_ref().expect("open until dropped")
+    }
+}
+
+impl Drop for Mq {
+    fn drop(&mut self) {
+        if let Some(mqd) = self.0.take() {
+            // Closing an fd we own only fails for a bad fd, which ours is not.
+            let _ = mq_close(mqd);
+        }
+    }
 }
 
 /// A queue as saved: its entry (see the module comment) and messages as (priority, text).
@@ -63,9 +127,8 @@ pub fn queue_name(link: &str) -> String {
 /// link in /proc, or a path in the mqueue filesystem). Outside users must have been refused
 /// first ([`refuse_outside_users`]).
 pub fn dump(fd_path: &str, name: &str, file_id: u32) -> Result<Queue, MqError> {
-    let md = std::fs::metadata(fd_path).map_err(sys(format!("inspecting queue {name}")))?;
-    let status = std::fs::read_to_string(fd_path)
-        .map_err(sys(format!("reading the status of queue {name}")))?;
+    let md = std::fs::metadata(fd_path).map_err(sys(name, Step::Inspect))?;
+    let status = std::fs::read_to_string(fd_path).map_err(sys(name, Step::Status))?;
     let notifier = notify_pid(&status);
     if notifier != 0 {
         return Err(MqError::Notify {
@@ -74,47 +137,33 @@ pub fn dump(fd_path: &str, name: &str, file_id: u32) -> Result<Queue, MqError> {
         });
     }
 
-    let cname = CString::new(name).map_err(|_| MqError::Sys {
-        what: format!("queue name {name}"),
-        source: std::io::Error::from_raw_os_error(libc::EINVAL),
-    })?;
-    // SAFETY: mq_open(3) of a NUL-terminated name, without O_CREAT (no variadic arguments).
-    let mqd = unsafe { libc::mq_open(cname.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK) };
-    if mqd < 0 {
-        return Err(sys(format!("opening queue {name}"))(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let _close = CloseMqd(mqd);
-    // SAFETY: mq_attr is plain integers.
-    let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: mq_getattr fills our struct.
-    if unsafe { libc::mq_getattr(mqd, &mut attr) } < 0 {
-        return Err(sys(format!("reading the attributes of queue {name}"))(
-            std::io::Error::last_os_error(),
-        ));
-    }
+    let mqd = Mq(Some(
+        mq_open(
+            cname(name)?.as_c_str(),
+            MQ_OFlag::O_RDWR | MQ_OFlag::O_NONBLOCK,
+            Mode::empty(),
+            None,
+        )
+        .map_err(|e| sys(name, Step::Open)(e.into()))?,
+    ));
+    let attr = mq_getattr(mqd.get()).map_err(|e| sys(name, Step::Attributes)(e.into()))?;
     let mut msgs = Vec::new();
-    let mut buf = vec![0u8; attr.mq_msgsize as usize];
-    for _ in 0..attr.mq_curmsgs {
-        let mut prio: libc::c_uint = 0;
-        // SAFETY: mq_receive writes at most buf.len() bytes into buf and the priority into prio.
-        let n = unsafe { libc::mq_receive(mqd, buf.as_mut_ptr().cast(), buf.len(), &mut prio) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            put_back(mqd, &msgs);
-            return Err(sys(format!("reading the messages of queue {name}"))(err));
+    let mut buf = vec![0u8; attr.msgsize() as usize];
+    for _ in 0..attr.curmsgs() {
+        let mut prio = 0u32;
+        match mq_receive(mqd.get(), &mut buf, &mut prio) {
+            Ok(n) => msgs.push((prio as u64, buf[..n].to_vec())),
+            Err(e) => {
+                // Best effort: the receive error is the one reported.
+                let _ = put_back(mqd.get(), &msgs);
+                return Err(sys(name, Step::Receive)(e.into()));
+            }
         }
-        msgs.push((prio as u64, buf[..n as usize].to_vec()));
     }
-    if let Some(err) = put_back(mqd, &msgs) {
-        return Err(sys(format!("putting back the messages of queue {name}"))(
-            err,
-        ));
-    }
+    put_back(mqd.get(), &msgs).map_err(sys(name, Step::PutBack))?;
     let entry = pb::IpcMsgEntry {
         desc: pb::IpcDescEntry {
-            key: attr.mq_maxmsg as u32,
+            key: attr.maxmsg() as u32,
             uid: md.uid(),
             gid: md.gid(),
             cuid: md.uid(),
@@ -122,37 +171,23 @@ pub fn dump(fd_path: &str, name: &str, file_id: u32) -> Result<Queue, MqError> {
             mode: md.mode() & 0o7777,
             id: file_id,
         },
-        qbytes: attr.mq_msgsize as u32,
+        qbytes: attr.msgsize() as u32,
         qnum: msgs.len() as u32,
     };
     Ok((entry, msgs))
 }
 
-struct CloseMqd(libc::mqd_t);
-
-impl Drop for CloseMqd {
-    fn drop(&mut self) {
-        // SAFETY: closes a descriptor we opened and own.
-        unsafe { libc::mq_close(self.0) };
-    }
-}
-
-/// Sends `msgs` back in order; the first error, if any.
-fn put_back(mqd: libc::mqd_t, msgs: &[(u64, Vec<u8>)]) -> Option<std::io::Error> {
+/// Sends `msgs` back in order; stops at the first error.
+fn put_back(mqd: &MqdT, msgs: &[(u64, Vec<u8>)]) -> io::Result<()> {
     for (prio, text) in msgs {
-        // SAFETY: mq_send reads text.len() bytes from text.
-        if unsafe { libc::mq_send(mqd, text.as_ptr().cast(), text.len(), *prio as libc::c_uint) }
-            < 0
-        {
-            return Some(std::io::Error::last_os_error());
-        }
+        mq_send(mqd, text, *prio as u32)?;
     }
-    None
+    Ok(())
 }
 
 /// The identity of queue `name` whose file `path` reaches, for [`refuse_outside_users`].
 pub fn identity(path: &str, name: &str) -> Result<(String, u64, u64), MqError> {
-    let md = std::fs::metadata(path).map_err(sys(format!("inspecting queue {name}")))?;
+    let md = std::fs::metadata(path).map_err(sys(name, Step::Inspect))?;
     Ok((name.to_string(), md.dev(), md.ino()))
 }
 
@@ -166,9 +201,7 @@ pub fn refuse_outside_users(
     if wanted.is_empty() {
         return Ok(());
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Ok(());
-    };
+    let procs = std::fs::read_dir("/proc").map_err(|source| MqError::Scan { pid: 0, source })?;
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
@@ -176,28 +209,52 @@ pub fn refuse_outside_users(
         if tree.contains(&pid) || pid == std::process::id() {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
+        // A process that is gone (or a zombie, without fds) holds no queue.
+        let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => fds,
+            Err(e) if skip(pid, &e) => continue,
+            Err(source) => return Err(MqError::Scan { pid, source }),
         };
         for f in fds.flatten() {
-            let Ok(link) = std::fs::read_link(f.path()) else {
-                continue;
+            // An fd closed meanwhile holds nothing either.
+            let link = match std::fs::read_link(f.path()) {
+                Ok(link) => link,
+                Err(e) if skip(pid, &e) => continue,
+                Err(source) => return Err(MqError::Scan { pid, source }),
             };
             let name = queue_name(&link.to_string_lossy());
             let Some((qname, dev, ino)) = wanted.iter().find(|w| w.0 == name) else {
                 continue;
             };
-            if let Ok(m) = std::fs::metadata(f.path()) {
-                if m.dev() == *dev && m.ino() == *ino {
-                    return Err(MqError::Shared {
-                        name: qname.to_string(),
-                        pid,
-                    });
-                }
+            let m = match std::fs::metadata(f.path()) {
+                Ok(m) => m,
+                Err(e) if skip(pid, &e) => continue,
+                Err(source) => return Err(MqError::Scan { pid, source }),
+            };
+            if m.dev() == *dev && m.ino() == *ino {
+                return Err(MqError::Shared {
+                    name: qname.to_string(),
+                    pid,
+                });
             }
         }
     }
     Ok(())
+}
+
+/// Whether a failed /proc lookup of `pid`'s fds is one to pass over: the process or fd went
+/// away, or even root may not look (the init of an enclosing sandbox, a process of another
+/// user namespace: /proc/1/fd here). The latter cannot be checked at all; it is skipped, as it
+/// always was, and logged.
+fn skip(pid: u32, e: &io::Error) -> bool {
+    if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) {
+        return true;
+    }
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        log::debug!("pid {pid}: its fds cannot be read ({e}); not checked for queue users");
+        return true;
+    }
+    false
 }
 
 /// Makes every queue exist: one that outlived the tree (same host) is left as it is; a missing
@@ -208,54 +265,38 @@ pub fn restore(queues: &[Queue], name_of: impl Fn(u32) -> Option<String>) -> Res
         let Some(name) = name_of(e.desc.id) else {
             continue;
         };
-        let cname = CString::new(name.as_str()).map_err(|_| MqError::Sys {
-            what: format!("queue name {name}"),
-            source: std::io::Error::from_raw_os_error(libc::EINVAL),
-        })?;
-        // SAFETY: mq_open(3) without O_CREAT.
-        let existing = unsafe { libc::mq_open(cname.as_ptr(), libc::O_RDONLY) };
-        if existing >= 0 {
-            // SAFETY: our own descriptor.
-            unsafe { libc::mq_close(existing) };
-            continue;
-        }
-        // SAFETY: mq_attr is plain integers.
-        let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
-        attr.mq_maxmsg = e.desc.key as _;
-        attr.mq_msgsize = e.qbytes as _;
-        let mode = e.desc.mode & 0o777;
-        // SAFETY: mq_open(3) with O_CREAT takes the mode and a pointer to our attributes.
-        let mqd = unsafe {
-            libc::mq_open(
-                cname.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NONBLOCK,
-                mode as libc::mode_t,
-                &mut attr as *mut libc::mq_attr,
-            )
-        };
-        if mqd < 0 {
-            return Err(sys(format!("creating queue {name}"))(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let _close = CloseMqd(mqd);
-        // On Linux a queue descriptor is a file descriptor: set the exact mode and owner.
-        // SAFETY: fchmod/fchown on our descriptor.
-        let r = unsafe {
-            if libc::fchmod(mqd, mode) < 0 {
-                -1
-            } else {
-                libc::fchown(mqd, e.desc.uid, e.desc.gid)
+        let cname = cname(&name)?;
+        match mq_open(cname.as_c_str(), MQ_OFlag::O_RDONLY, Mode::empty(), None) {
+            Ok(existing) => {
+                drop(Mq(Some(existing)));
+                continue;
             }
-        };
-        if r < 0 {
-            return Err(sys(format!("setting the owner and mode of queue {name}"))(
-                std::io::Error::last_os_error(),
-            ));
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(sys(&name, Step::Open)(e.into())),
         }
-        if let Some(err) = put_back(mqd, msgs) {
-            return Err(sys(format!("refilling queue {name}"))(err));
-        }
+        let attr = MqAttr::new(0, e.desc.key as _, e.qbytes as _, 0);
+        let mode = Mode::from_bits_truncate(e.desc.mode & 0o777);
+        let mqd = Mq(Some(
+            mq_open(
+                cname.as_c_str(),
+                MQ_OFlag::O_RDWR | MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_NONBLOCK,
+                mode,
+                Some(&attr),
+            )
+            .map_err(|e| sys(&name, Step::Create)(e.into()))?,
+        ));
+        // On Linux a queue descriptor is a file descriptor: set the exact mode (mq_open applies
+        // the umask) and owner.
+        fchmod(mqd.get(), mode)
+            .and_then(|()| {
+                fchown(
+                    mqd.get(),
+                    Some(Uid::from_raw(e.desc.uid)),
+                    Some(Gid::from_raw(e.desc.gid)),
+                )
+            })
+            .map_err(|e| sys(&name, Step::Owner)(e.into()))?;
+        put_back(mqd.get(), msgs).map_err(sys(&name, Step::Refill))?;
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! receiver, each semaphore's last operator): an object the tree touched is dumped, unless a
 //! live process outside the tree touched it too, which is refused by name. Objects nobody in
 //! the tree touched are left alone. Semaphore undo values (SEM_UNDO) are not kept.
+//!
+//! The msg*/sem* calls are libc's: nix has no System V IPC wrappers.
 
 use std::collections::HashSet;
 
@@ -18,17 +20,114 @@ pub enum IpcError {
         key: i32,
         pid: u32,
     },
-    #[error("{what}")]
-    Sys {
-        what: String,
+    #[error("reading {path} (the System V objects of the namespace) failed")]
+    ReadTable {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: unexpected format: {text:?}")]
+    BadRow {
+        path: &'static str,
+        line: usize,
+        text: String,
+    },
+    #[error("reading System V {kind} {id} failed")]
+    Stat {
+        kind: &'static str,
+        id: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the last pid of semaphore {num} of set {id} failed")]
+    SemPid {
+        id: i32,
+        num: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("copying message {index} of message queue {id} failed")]
+    CopyMessage {
+        id: i32,
+        index: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting kernel.{knob} to {value} failed")]
+    NextId {
+        knob: &'static str,
+        value: i64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating System V {kind} {id} (key {key:#x}) failed")]
+    Create {
+        kind: &'static str,
+        id: u32,
+        key: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating System V {kind} {id} (key {key:#x}) gave id {got}")]
+    WrongId {
+        kind: &'static str,
+        id: u32,
+        key: u32,
+        got: i32,
+    },
+    #[error("attaching System V shared memory {shmid} failed")]
+    Attach {
+        shmid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("refilling message queue {id} failed")]
+    Refill {
+        id: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting the values of semaphore set {id} failed")]
+    SetValues {
+        id: u32,
         #[source]
         source: std::io::Error,
     },
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> IpcError {
-    let what = what.into();
-    move |source| IpcError::Sys { what, source }
+/// The tables of /proc/sysvipc this module reads.
+pub const MSG_TABLE: &str = "/proc/sysvipc/msg";
+pub const SEM_TABLE: &str = "/proc/sysvipc/sem";
+pub const SHM_TABLE: &str = "/proc/sysvipc/shm";
+
+/// The text of one /proc/sysvipc table. A table that does not exist is empty: the kernel has
+/// no System V IPC (CONFIG_SYSVIPC off, or no procfs support for it), so there are no objects
+/// to list, and making one fails on its own (msgget/semget: ENOSYS). Any other failure is an
+/// error: objects would otherwise be silently left out of the dump.
+pub fn read_table(path: &'static str) -> Result<String, IpcError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(IpcError::ReadTable { path, source }),
+    }
+}
+
+/// The System V shared memory segments of the calling thread's namespace
+/// (/proc/sysvipc/shm, see [`read_table`]), every row parsed.
+pub fn shm_segments() -> Result<Vec<crate::proc::parse::ShmSegment>, IpcError> {
+    let text = read_table(SHM_TABLE)?;
+    text.lines()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            crate::proc::parse::parse_sysvipc_shm_row(l).ok_or_else(|| IpcError::BadRow {
+                path: SHM_TABLE,
+                line: i + 1,
+                text: l.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// One row of /proc/sysvipc/msg or /proc/sysvipc/sem: the columns we use.
@@ -47,11 +146,27 @@ pub struct Row {
     pub cgid: u32,
 }
 
-/// Parses /proc/sysvipc/msg (`msg`) or /proc/sysvipc/sem (pure; unit-tested).
-pub fn parse(text: &str, msg: bool) -> Vec<Row> {
+/// Parses /proc/sysvipc/msg (`msg`) or /proc/sysvipc/sem (pure; unit-tested). A row that
+/// does not parse is an error: its object would otherwise be left out.
+pub fn parse(text: &str, msg: bool) -> Result<Vec<Row>, IpcError> {
+    let path = if msg { MSG_TABLE } else { SEM_TABLE };
     text.lines()
+        .enumerate()
         .skip(1)
-        .filter_map(|l| {
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            parse_row(l, msg).ok_or_else(|| IpcError::BadRow {
+                path,
+                line: i + 1,
+                text: l.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn parse_row(l: &str, msg: bool) -> Option<Row> {
+    {
+        {
             let f: Vec<&str> = l.split_whitespace().collect();
             let n = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
             let (count, pids, owner) = if msg {
@@ -70,8 +185,8 @@ pub fn parse(text: &str, msg: bool) -> Vec<Row> {
                 cuid: n(owner + 2)? as u32,
                 cgid: n(owner + 3)? as u32,
             })
-        })
-        .collect()
+        }
+    }
 }
 
 fn desc(r: &Row) -> pb::IpcDescEntry {
@@ -122,9 +237,9 @@ pub type Queue = (pb::IpcMsgEntry, Vec<(u64, Vec<u8>)>);
 /// The message queues the tree uses, or with `tree` None (a namespace the tree owns) all the
 /// calling thread's namespace has.
 pub fn dump_msg(tree: Option<&HashSet<u32>>) -> Result<Vec<Queue>, IpcError> {
-    let text = std::fs::read_to_string("/proc/sysvipc/msg").unwrap_or_default();
+    let text = read_table(MSG_TABLE)?;
     let mut out = Vec::new();
-    for r in parse(&text, true) {
+    for r in parse(&text, true)? {
         if let Some(tree) = tree {
             if !used_by_tree("message queue", &r, &r.pids, tree)? {
                 continue;
@@ -133,9 +248,11 @@ pub fn dump_msg(tree: Option<&HashSet<u32>>) -> Result<Vec<Queue>, IpcError> {
         let mut ds: libc::msqid_ds = unsafe_zeroed();
         // SAFETY: IPC_STAT fills our struct.
         if unsafe { libc::msgctl(r.id, libc::IPC_STAT, &mut ds) } < 0 {
-            return Err(sys(format!("reading message queue {}", r.id))(
-                std::io::Error::last_os_error(),
-            ));
+            return Err(IpcError::Stat {
+                kind: "message queue",
+                id: r.id,
+                source: std::io::Error::last_os_error(),
+            });
         }
         let mut msgs = Vec::new();
         let mut buf = vec![0u8; 8 + 65536];
@@ -152,9 +269,11 @@ pub fn dump_msg(tree: Option<&HashSet<u32>>) -> Result<Vec<Queue>, IpcError> {
                 )
             };
             if n < 0 {
-                return Err(sys(format!("copying message {i} of queue {}", r.id))(
-                    std::io::Error::last_os_error(),
-                ));
+                return Err(IpcError::CopyMessage {
+                    id: r.id,
+                    index: i,
+                    source: std::io::Error::last_os_error(),
+                });
             }
             let mtype = u64::from_ne_bytes(buf[..8].try_into().expect("8"));
             msgs.push((mtype, buf[8..8 + n as usize].to_vec()));
@@ -171,14 +290,24 @@ pub fn dump_msg(tree: Option<&HashSet<u32>>) -> Result<Vec<Queue>, IpcError> {
 
 /// The semaphore sets the tree uses (all of them with `tree` None), with their values.
 pub fn dump_sem(tree: Option<&HashSet<u32>>) -> Result<Vec<(pb::IpcSemEntry, Vec<u16>)>, IpcError> {
-    let text = std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default();
+    let text = read_table(SEM_TABLE)?;
     let mut out = Vec::new();
-    for r in parse(&text, false) {
+    for r in parse(&text, false)? {
         let n = r.count as usize;
-        // SAFETY: GETPID takes no buffer.
-        let pids: Vec<u32> = (0..n)
-            .map(|i| unsafe { libc::semctl(r.id, i as i32, libc::GETPID) }.max(0) as u32)
-            .collect();
+        let pids = (0..n)
+            .map(|num| {
+                // SAFETY: GETPID takes no buffer.
+                let p = unsafe { libc::semctl(r.id, num as i32, libc::GETPID) };
+                if p < 0 {
+                    return Err(IpcError::SemPid {
+                        id: r.id,
+                        num,
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+                Ok(p as u32)
+            })
+            .collect::<Result<Vec<u32>, IpcError>>()?;
         if let Some(tree) = tree {
             if !used_by_tree("semaphore set", &r, &pids, tree)? {
                 continue;
@@ -187,9 +316,11 @@ pub fn dump_sem(tree: Option<&HashSet<u32>>) -> Result<Vec<(pb::IpcSemEntry, Vec
         let mut vals = vec![0u16; n];
         // SAFETY: GETALL writes nsems unsigned shorts into our vector.
         if unsafe { libc::semctl(r.id, 0, libc::GETALL, vals.as_mut_ptr()) } < 0 {
-            return Err(sys(format!("reading semaphore set {}", r.id))(
-                std::io::Error::last_os_error(),
-            ));
+            return Err(IpcError::Stat {
+                kind: "semaphore set",
+                id: r.id,
+                source: std::io::Error::last_os_error(),
+            });
         }
         out.push((
             pb::IpcSemEntry {
@@ -290,21 +421,41 @@ pub fn read_sem(
     Ok(out)
 }
 
-fn with_next_id<T>(knob: &str, id: u32, f: impl FnOnce() -> T) -> Result<T, IpcError> {
+/// Runs `f` (which creates one object) with kernel.`knob` set to `id`. The kernel puts the
+/// knob back to -1 itself once the id is used. It cannot be written back by hand: the knob's
+/// minimum is 0 (the reset this code used to make failed with EINVAL, unnoticed), so when the
+/// creation fails the knob keeps `id`, and the restore stops on that failure anyway.
+fn with_next_id<T>(knob: &'static str, id: u32, f: impl FnOnce() -> T) -> Result<T, IpcError> {
     let path = format!("/proc/sys/kernel/{knob}");
-    std::fs::write(&path, id.to_string()).map_err(sys(format!("setting kernel.{knob}")))?;
-    let r = f();
-    let _ = std::fs::write(&path, "-1");
-    Ok(r)
+    std::fs::write(&path, id.to_string()).map_err(|source| IpcError::NextId {
+        knob,
+        value: id.into(),
+        source,
+    })?;
+    Ok(f())
+}
+
+/// The error for an object that could not be made with its id: `got` is what the call returned.
+fn create_error(kind: &'static str, id: u32, key: u32, got: i32) -> IpcError {
+    if got < 0 {
+        IpcError::Create {
+            kind,
+            id,
+            key,
+            source: std::io::Error::last_os_error(),
+        }
+    } else {
+        IpcError::WrongId { kind, id, key, got }
+    }
 }
 
 /// Makes every queue exist with its id and messages: one that outlived the tree (same host)
 /// is left as it is (nobody else used it); a missing one is created with its id and refilled.
 pub fn restore_msg(queues: &[Queue]) -> Result<(), IpcError> {
-    let current = parse(
-        &std::fs::read_to_string("/proc/sysvipc/msg").unwrap_or_default(),
-        true,
-    );
+    if queues.is_empty() {
+        return Ok(());
+    }
+    let current = parse(&read_table(MSG_TABLE)?, true)?;
     for (e, msgs) in queues {
         let d = &e.desc;
         if current
@@ -319,19 +470,17 @@ pub fn restore_msg(queues: &[Queue]) -> Result<(), IpcError> {
             libc::msgget(d.key as libc::key_t, flags)
         })?;
         if got < 0 || got as u32 != d.id {
-            return Err(sys(format!(
-                "creating message queue {} (key {:#x})",
-                d.id, d.key
-            ))(std::io::Error::last_os_error()));
+            return Err(create_error("message queue", d.id, d.key, got));
         }
         for (mtype, text) in msgs {
             let mut b = mtype.to_ne_bytes().to_vec();
             b.extend_from_slice(text);
             // SAFETY: msgsnd reads the type and text from our buffer.
             if unsafe { libc::msgsnd(got, b.as_ptr().cast(), text.len(), libc::IPC_NOWAIT) } < 0 {
-                return Err(sys(format!("refilling message queue {}", d.id))(
-                    std::io::Error::last_os_error(),
-                ));
+                return Err(IpcError::Refill {
+                    id: d.id,
+                    source: std::io::Error::last_os_error(),
+                });
             }
         }
     }
@@ -340,10 +489,10 @@ pub fn restore_msg(queues: &[Queue]) -> Result<(), IpcError> {
 
 /// Makes every semaphore set exist with its id and values.
 pub fn restore_sem(sets: &[(pb::IpcSemEntry, Vec<u16>)]) -> Result<(), IpcError> {
-    let current = parse(
-        &std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default(),
-        false,
-    );
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let current = parse(&read_table(SEM_TABLE)?, false)?;
     for (e, vals) in sets {
         let d = &e.desc;
         let id = if current
@@ -358,19 +507,17 @@ pub fn restore_sem(sets: &[(pb::IpcSemEntry, Vec<u16>)]) -> Result<(), IpcError>
                 libc::semget(d.key as libc::key_t, e.nsems as i32, flags)
             })?;
             if got < 0 || got as u32 != d.id {
-                return Err(sys(format!(
-                    "creating semaphore set {} (key {:#x})",
-                    d.id, d.key
-                ))(std::io::Error::last_os_error()));
+                return Err(create_error("semaphore set", d.id, d.key, got));
             }
             got
         };
         let mut v = vals.clone();
         // SAFETY: SETALL reads nsems unsigned shorts from our vector.
         if unsafe { libc::semctl(id, 0, libc::SETALL, v.as_mut_ptr()) } < 0 {
-            return Err(sys(format!("setting semaphore set {}", d.id))(
-                std::io::Error::last_os_error(),
-            ));
+            return Err(IpcError::SetValues {
+                id: d.id,
+                source: std::io::Error::last_os_error(),
+            });
         }
     }
     Ok(())
@@ -384,14 +531,14 @@ mod tests {
     fn tables_and_images() {
         let msg = "       key      msqid perms      cbytes       qnum lspid lrpid   uid   gid  cuid  cgid      stime      rtime      ctime\n\
          1234          5   600          10          2   77    0     0     0     0     0 1 0 1\n";
-        let r = parse(msg, true);
+        let r = parse(msg, true).unwrap();
         assert_eq!(
             (r[0].key, r[0].id, r[0].perms, r[0].count, r[0].pids.clone()),
             (1234, 5, 0o600, 2, vec![77, 0])
         );
         let sem = "       key      semid perms      nsems   uid   gid  cuid  cgid      otime      ctime\n\
          99          3   666          4     0     0     0     0          0 1\n";
-        let s = parse(sem, false);
+        let s = parse(sem, false).unwrap();
         assert_eq!(
             (s[0].key, s[0].id, s[0].perms, s[0].count),
             (99, 3, 0o666, 4)
@@ -413,5 +560,10 @@ mod tests {
             vec![1, 0, 65535],
         )];
         assert_eq!(read_sem("s", &write_sem(&sets)).unwrap(), sets);
+        let bad = "key msqid\n 1 2 x\n";
+        assert!(matches!(
+            parse(bad, true),
+            Err(IpcError::BadRow { line: 2, .. })
+        ));
     }
 }

@@ -10,9 +10,10 @@
 //! through a detached mount of the namespace's mqueue filesystem (`fsopen`/`fsmount`), which
 //! changes no mount table.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+
+use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::images::pb;
 
@@ -27,21 +28,48 @@ pub enum IpcNsError {
     },
     #[error("the tree's IPC namespace {ns} is also used by pid {pid}, outside the tree")]
     Shared { ns: String, pid: u32 },
-    #[error("{what}")]
-    Sys {
-        what: String,
+    #[error("reading {path} failed")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: unexpected value {value:?}")]
+    BadValue { path: String, value: String },
+    #[error("setting {path} to {value} failed")]
+    Write {
+        path: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("joining the tree's namespace ({flag:#x}) failed")]
+    Join {
+        flag: libc::c_int,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating a {kind} namespace failed")]
+    Unshare {
+        kind: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listing the POSIX message queues: {step} failed")]
+    Mqueue {
+        step: &'static str,
         #[source]
         source: std::io::Error,
     },
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> IpcNsError {
-    let what = what.into();
-    move |source| IpcNsError::Sys { what, source }
+fn read_err(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> IpcNsError {
+    let path = path.into();
+    move |source| IpcNsError::Read { path, source }
 }
 
-fn last_os(what: &str) -> IpcNsError {
-    sys(what)(std::io::Error::last_os_error())
+fn mqueue_err(step: &'static str) -> impl FnOnce(std::io::Error) -> IpcNsError {
+    move |source| IpcNsError::Mqueue { step, source }
 }
 
 /// The image id of the dumper's own IPC namespace, and of a namespace the tree owns (CRIU
@@ -50,7 +78,7 @@ pub const HOST_NS_ID: u32 = 1;
 pub const TREE_NS_ID: u32 = 2;
 
 fn ns_ino(path: &str) -> Result<(u64, u64), IpcNsError> {
-    let md = std::fs::metadata(path).map_err(sys(format!("reading {path}")))?;
+    let md = std::fs::metadata(path).map_err(read_err(path))?;
     Ok((md.dev(), md.ino()))
 }
 
@@ -77,24 +105,23 @@ pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, IpcNsError> 
         }
     }
     let me = std::process::id();
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for p in procs.flatten() {
-            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me || tasks.contains(&pid) {
-                continue;
-            }
-            // Zombies have no namespaces left; gone processes fail to stat: both are fine.
-            if ns_ino(&format!("/proc/{pid}/ns/ipc")).ok() == Some(root_ns) {
-                return Err(IpcNsError::Shared {
-                    ns: name(root),
-                    pid,
-                });
-            }
+    let procs = std::fs::read_dir("/proc").map_err(read_err("/proc"))?;
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || tasks.contains(&pid) {
+            continue;
+        }
+        // Zombies have no namespaces left; gone processes fail to stat: both are fine.
+        if ns_ino(&format!("/proc/{pid}/ns/ipc")).ok() == Some(root_ns) {
+            return Err(IpcNsError::Shared {
+                ns: name(root),
+                pid,
+            });
         }
     }
-    let fd = std::fs::File::open(&root_path).map_err(sys(format!("opening {root_path}")))?;
+    let fd = std::fs::File::open(&root_path).map_err(read_err(root_path))?;
     Ok(Some(fd.into()))
 }
 
@@ -112,10 +139,13 @@ pub fn in_ns_of<T: Send>(
 ) -> Result<T, IpcNsError> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns(2) on an fd we hold; it changes only this thread's namespace.
-            if unsafe { libc::setns(ns.as_raw_fd(), flag) } < 0 {
-                return Err(last_os("joining the tree's namespace"));
-            }
+            // setns(2) of IPC or UTS changes only this thread's namespace.
+            setns(ns.as_fd(), CloneFlags::from_bits_retain(flag)).map_err(|e| {
+                IpcNsError::Join {
+                    flag,
+                    source: e.into(),
+                }
+            })?;
             Ok(f())
         })
         .join()
@@ -137,35 +167,38 @@ impl Unshared {
 
     /// A new namespace of kind `flag`, named `kind` as in /proc/<pid>/ns.
     pub fn new_of(flag: libc::c_int, kind: &str) -> Result<Unshared, IpcNsError> {
-        let own: OwnedFd = std::fs::File::open(format!("/proc/thread-self/ns/{kind}"))
-            .map_err(sys(format!("opening our own {kind} namespace")))?
-            .into();
-        // SAFETY: unshare(2) with a namespace flag only; it affects this thread.
-        if unsafe { libc::unshare(flag) } < 0 {
-            return Err(last_os(&format!("creating a {kind} namespace")));
-        }
+        let path = format!("/proc/thread-self/ns/{kind}");
+        let own: OwnedFd = std::fs::File::open(&path).map_err(read_err(path))?.into();
+        // unshare(2) of a namespace that a thread may have alone: affects this thread only.
+        unshare(CloneFlags::from_bits_retain(flag)).map_err(|e| IpcNsError::Unshare {
+            kind: kind.to_string(),
+            source: e.into(),
+        })?;
         Ok(Unshared { own, flag })
     }
 }
 
 impl Drop for Unshared {
     fn drop(&mut self) {
-        // SAFETY: setns(2) back into the namespace we came from, through our own fd.
-        unsafe { libc::setns(self.own.as_raw_fd(), self.flag) };
+        // Back into the namespace we came from, through our own fd. Drop cannot return the
+        // error: it is logged, and the thread stays in the new namespace.
+        if let Err(e) = setns(self.own.as_fd(), CloneFlags::from_bits_retain(self.flag)) {
+            log::error!("going back to our own namespace ({:#x}): {e}", self.flag);
+        }
     }
 }
 
 fn read_knob(path: &str) -> Result<String, IpcNsError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
-        .map_err(sys(format!("reading {path}")))
+        .map_err(read_err(path))
 }
 
 fn knob<T: std::str::FromStr>(path: &str) -> Result<T, IpcNsError> {
     let s = read_knob(path)?;
-    s.parse().map_err(|_| IpcNsError::Sys {
-        what: format!("{path}: unexpected value {s:?}"),
-        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    s.parse().map_err(|_| IpcNsError::BadValue {
+        path: path.to_string(),
+        value: s,
     })
 }
 
@@ -180,11 +213,16 @@ const MQ: &str = "/proc/sys/fs/mqueue/";
 
 /// The calling thread's IPC sysctls, as CRIU's `ipc_var_entry`.
 pub fn read_vars() -> Result<pb::IpcVarEntry, IpcNsError> {
-    let sem = read_knob(&format!("{K}sem"))?;
+    let sem_path = format!("{K}sem");
+    let sem = read_knob(&sem_path)?;
     let sem_ctls = sem
         .split_whitespace()
-        .map(|v| v.parse::<u32>().unwrap_or(0))
-        .collect();
+        .map(|v| v.parse::<u32>())
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| IpcNsError::BadValue {
+            path: sem_path,
+            value: sem.clone(),
+        })?;
     Ok(pb::IpcVarEntry {
         sem_ctls,
         msg_ctlmax: knob(&format!("{K}msgmax"))?,
@@ -207,7 +245,11 @@ pub fn read_vars() -> Result<pb::IpcVarEntry, IpcNsError> {
 }
 
 fn write_knob(path: &str, value: &str) -> Result<(), IpcNsError> {
-    std::fs::write(path, value).map_err(sys(format!("setting {path} to {value}")))
+    std::fs::write(path, value).map_err(|source| IpcNsError::Write {
+        path: path.to_string(),
+        value: value.to_string(),
+        source,
+    })
 }
 
 /// Sets the limits of `v` in the calling thread's (new) namespace, before objects are made.
@@ -260,44 +302,15 @@ pub fn write_next_ids(v: &pb::IpcVarEntry) -> Result<(), IpcNsError> {
 /// The calling thread's mqueue filesystem, mounted nowhere: (its root, the queue names without
 /// the leading '/'). Paths under `/proc/self/fd/<root>/` reach the queues.
 pub fn mqueue_root() -> Result<(OwnedFd, Vec<String>), IpcNsError> {
-    const FSOPEN_CLOEXEC: libc::c_long = 1;
-    let fstype = CString::new("mqueue").expect("no NUL");
-    // SAFETY: fsopen(2) of a NUL-terminated filesystem name; returns a new fd.
-    let fsfd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
-    if fsfd < 0 {
-        return Err(last_os("opening the mqueue filesystem"));
-    }
-    // SAFETY: a fresh fd owned only here.
-    let fsfd = unsafe { OwnedFd::from_raw_fd(fsfd as i32) };
-    const FSCONFIG_CMD_CREATE: libc::c_long = 6;
-    const FSMOUNT_CLOEXEC: libc::c_long = 1;
-    // SAFETY: fsconfig(2) CREATE takes no key or value.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fsfd.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(last_os("creating the mqueue filesystem"));
-    }
-    // SAFETY: fsmount(2) returns a new fd for a detached mount.
-    let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fsfd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
-    if mfd < 0 {
-        return Err(last_os("mounting the mqueue filesystem"));
-    }
-    // SAFETY: a fresh fd owned only here.
-    let mfd = unsafe { OwnedFd::from_raw_fd(mfd as i32) };
+    let fs = crate::sys::mount::fsopen(c"mqueue").map_err(mqueue_err("fsopen"))?;
+    crate::sys::mount::fsconfig_create(fs.as_fd()).map_err(mqueue_err("fsconfig"))?;
+    let mfd = crate::sys::mount::fsmount(fs.as_fd()).map_err(mqueue_err("fsmount"))?;
     let dir = format!("/proc/self/fd/{}", mfd.as_raw_fd());
     let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(sys("listing the POSIX message queues"))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+        .map_err(mqueue_err("reading its root"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(mqueue_err("reading its root"))?;
     names.sort();
     Ok((mfd, names))
 }

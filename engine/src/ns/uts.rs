@@ -19,7 +19,7 @@ pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, UtsError> {
         std::fs::metadata(format!("/proc/{pid}/ns/uts"))
             .map(|m| (m.dev(), m.ino()))
             .map_err(|source| UtsError::Read {
-                what: format!("/proc/{pid}/ns/uts"),
+                path: format!("/proc/{pid}/ns/uts"),
                 source,
             })
     };
@@ -33,48 +33,33 @@ pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, UtsError> {
         }
     }
     let path = format!("/proc/{root}/ns/uts");
-    let f = std::fs::File::open(&path).map_err(|source| UtsError::Read { what: path, source })?;
+    let f = std::fs::File::open(&path).map_err(|source| UtsError::Read { path, source })?;
     Ok(Some(f.into()))
 }
 
 /// The calling thread's host and domain names.
 pub fn names() -> Result<pb::UtsnsEntry, UtsError> {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::uname(&mut u) } < 0 {
-        return Err(UtsError::Read {
-            what: "uname".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
+    let u = nix::sys::utsname::uname().map_err(|e| UtsError::Uname { source: e.into() })?;
     Ok(pb::UtsnsEntry {
-        nodename: field(&u.nodename),
-        domainname: field(&u.domainname),
+        nodename: u.nodename().to_string_lossy().into_owned(),
+        domainname: u.domainname().to_string_lossy().into_owned(),
     })
 }
 
-/// Sets the calling thread's (new) namespace's names.
+/// Sets the calling thread's (new) namespace's names: the host name through nix, the domain
+/// name by hand (nix has no setdomainname).
 pub fn set_names(e: &pb::UtsnsEntry) -> Result<(), UtsError> {
-    // SAFETY: sethostname/setdomainname read len bytes of our strings.
-    let r = unsafe {
-        if libc::sethostname(e.nodename.as_ptr().cast(), e.nodename.len()) < 0 {
-            -1
-        } else {
-            libc::setdomainname(e.domainname.as_ptr().cast(), e.domainname.len())
-        }
-    };
+    nix::unistd::sethostname(&e.nodename).map_err(|err| UtsError::SetName {
+        which: "host",
+        name: e.nodename.clone(),
+        source: err.into(),
+    })?;
+    // SAFETY: setdomainname reads len bytes of our string.
+    let r = unsafe { libc::setdomainname(e.domainname.as_ptr().cast(), e.domainname.len()) };
     if r < 0 {
-        return Err(UtsError::Read {
-            what: "setting the host and domain names".into(),
+        return Err(UtsError::SetName {
+            which: "domain",
+            name: e.domainname.clone(),
             source: std::io::Error::last_os_error(),
         });
     }
@@ -86,9 +71,21 @@ pub fn set_names(e: &pb::UtsnsEntry) -> Result<(), UtsError> {
 pub enum UtsError {
     #[error("process {pid} is in another UTS namespace than the root of the tree, which is not supported")]
     Mixed { pid: u32 },
-    #[error("{what}")]
+    #[error("reading {path} failed")]
     Read {
-        what: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("uname failed")]
+    Uname {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting the {which} name to {name:?} failed")]
+    SetName {
+        which: &'static str,
+        name: String,
         #[source]
         source: std::io::Error,
     },

@@ -88,14 +88,30 @@ pub fn auxv(pid: u32) -> Result<Vec<u64>, ProcError> {
     Ok(parse::parse_auxv(&b))
 }
 
+/// The numeric names in directory `path` (every name of /proc/<pid>/task and /fd is one), sorted.
+/// A failure while listing is an error: a silently shortened list would lose threads or fds.
+fn numbered<T: std::str::FromStr + Ord>(path: PathBuf) -> Result<Vec<T>, ProcError> {
+    let rd = std::fs::read_dir(&path).map_err(|source| ProcError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| ProcError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(n) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
+            v.push(n);
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
 /// Thread ids of a process, sorted, the leader first.
 pub fn tids(pid: u32) -> Result<Vec<u32>, ProcError> {
-    let path = proc_path(pid, "task");
-    let rd = std::fs::read_dir(&path).map_err(|source| ProcError::Read { path, source })?;
-    let mut v: Vec<u32> = rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    v.sort_unstable();
+    let mut v: Vec<u32> = numbered(proc_path(pid, "task"))?;
     if let Some(i) = v.iter().position(|&t| t == pid) {
         v.remove(i);
         v.insert(0, pid);
@@ -108,7 +124,7 @@ pub fn children(pid: u32) -> Result<Vec<u32>, ProcError> {
     let mut out = Vec::new();
     for tid in tids(pid)? {
         let text = read_string(proc_path(pid, &format!("task/{tid}/children")))?;
-        out.extend(parse::parse_children(&text));
+        out.extend(parse::parse_children(&text)?);
     }
     out.sort_unstable();
     out.dedup();
@@ -117,13 +133,14 @@ pub fn children(pid: u32) -> Result<Vec<u32>, ProcError> {
 
 /// Open fd numbers of a process, sorted.
 pub fn fds(pid: u32) -> Result<Vec<i32>, ProcError> {
-    let path = proc_path(pid, "fd");
-    let rd = std::fs::read_dir(&path).map_err(|source| ProcError::Read { path, source })?;
-    let mut v: Vec<i32> = rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    v.sort_unstable();
-    Ok(v)
+    numbered(proc_path(pid, "fd"))
+}
+
+/// The POSIX timers of `pid` (/proc/<pid>/timers), every field parsed.
+pub fn timers(pid: u32) -> Result<Vec<parse::PosixTimer>, ProcError> {
+    Ok(parse::parse_timers(&read_string(proc_path(
+        pid, "timers",
+    ))?)?)
 }
 
 pub fn readlink(pid: u32, rest: &str) -> Result<String, ProcError> {

@@ -258,8 +258,8 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
             "Groups" => {
                 st.groups = v
                     .split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
+                    .map(|x| x.parse().map_err(|_| perr("status", "Groups")))
+                    .collect::<Result<_, _>>()?
             }
             "CapInh" => st.cap_inh = hex(v)?,
             "CapPrm" => st.cap_prm = hex(v)?,
@@ -267,7 +267,7 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
             "CapBnd" => st.cap_bnd = hex(v)?,
             "CapAmb" => st.cap_amb = hex(v)?,
             "NoNewPrivs" => st.no_new_privs = v == "1",
-            "Seccomp" => st.seccomp = v.parse().unwrap_or(0),
+            "Seccomp" => st.seccomp = v.parse().map_err(|_| perr("status", "Seccomp"))?,
             "SigBlk" => st.sig_blk = hex(v)?,
             "SigIgn" => st.sig_ign = hex(v)?,
             "ShdPnd" => st.shd_pnd = hex(v)?,
@@ -275,8 +275,8 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
             "NSpid" => {
                 st.nspid = v
                     .split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
+                    .map(|x| x.parse().map_err(|_| perr("status", "NSpid")))
+                    .collect::<Result<_, _>>()?
             }
             _ => {}
         }
@@ -381,9 +381,9 @@ pub fn parse_fdinfo(text: &str) -> Result<FdInfo, ParseError> {
 }
 
 /// Parses the pid list of `/proc/<pid>/task/<tid>/children`.
-pub fn parse_children(text: &str) -> Vec<u32> {
+pub fn parse_children(text: &str) -> Result<Vec<u32>, ParseError> {
     text.split_whitespace()
-        .filter_map(|x| x.parse().ok())
+        .map(|x| x.parse().map_err(|_| perr("children", x)))
         .collect()
 }
 
@@ -410,28 +410,32 @@ pub struct ShmSegment {
     pub cgid: u32,
 }
 
-/// Parses `/proc/sysvipc/shm` (the header line is skipped; bad lines too).
+/// Parses `/proc/sysvipc/shm` (the header line is skipped; bad lines too: see
+/// [`crate::ipc::sysv::shm_segments`] for the reading that refuses them).
 pub fn parse_sysvipc_shm(text: &str) -> Vec<ShmSegment> {
     text.lines()
         .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 11 {
-                return None;
-            }
-            Some(ShmSegment {
-                key: f[0].parse().ok()?,
-                shmid: f[1].parse().ok()?,
-                perms: u32::from_str_radix(f[2], 8).ok()?,
-                size: f[3].parse().ok()?,
-                nattch: f[6].parse().ok()?,
-                uid: f[7].parse().ok()?,
-                gid: f[8].parse().ok()?,
-                cuid: f[9].parse().ok()?,
-                cgid: f[10].parse().ok()?,
-            })
-        })
+        .filter_map(parse_sysvipc_shm_row)
         .collect()
+}
+
+/// One row of `/proc/sysvipc/shm`; None if it does not have the expected columns.
+pub fn parse_sysvipc_shm_row(l: &str) -> Option<ShmSegment> {
+    let f: Vec<&str> = l.split_whitespace().collect();
+    if f.len() < 11 {
+        return None;
+    }
+    Some(ShmSegment {
+        key: f[0].parse().ok()?,
+        shmid: f[1].parse().ok()?,
+        perms: u32::from_str_radix(f[2], 8).ok()?,
+        size: f[3].parse().ok()?,
+        nattch: f[6].parse().ok()?,
+        uid: f[7].parse().ok()?,
+        gid: f[8].parse().ok()?,
+        cuid: f[9].parse().ok()?,
+        cgid: f[10].parse().ok()?,
+    })
 }
 
 /// One POSIX timer of `/proc/<pid>/timers`.
@@ -446,49 +450,51 @@ pub struct PosixTimer {
     pub clock_id: u32,
 }
 
-/// Parses `/proc/<pid>/timers`; blocks that do not parse are skipped.
-pub fn parse_timers(text: &str) -> Vec<PosixTimer> {
+/// Parses `/proc/<pid>/timers`. A field that does not parse is an error: the timer would
+/// otherwise be dumped with a wrong id, signal or clock (or lost).
+pub fn parse_timers(text: &str) -> Result<Vec<PosixTimer>, ParseError> {
     let mut out: Vec<PosixTimer> = Vec::new();
     for line in text.lines() {
         let Some((k, v)) = line.split_once(':') else {
             continue;
         };
         let v = v.trim();
+        let bad = || perr("timers", line.to_string());
         match k {
             "ID" => out.push(PosixTimer {
-                id: v.parse().unwrap_or(0),
+                id: v.parse().map_err(|_| bad())?,
                 ..Default::default()
             }),
             "signal" => {
-                if let (Some(t), Some((sig, ptr))) = (out.last_mut(), v.split_once('/')) {
-                    t.signo = sig.parse().unwrap_or(0);
-                    t.sival_ptr = u64::from_str_radix(ptr, 16).unwrap_or(0);
-                }
+                let t = out.last_mut().ok_or_else(bad)?;
+                let (sig, ptr) = v.split_once('/').ok_or_else(bad)?;
+                t.signo = sig.parse().map_err(|_| bad())?;
+                t.sival_ptr = u64::from_str_radix(ptr, 16).map_err(|_| bad())?;
             }
             "notify" => {
                 // "signal/pid.N", "none/pid.N", or "<how>/tid.N" for SIGEV_THREAD_ID.
-                if let (Some(t), Some((how, who))) = (out.last_mut(), v.split_once('/')) {
-                    let base = match how {
-                        "none" => 1,
-                        "thread" => 2,
-                        _ => 0,
-                    };
-                    let to_thread = who.starts_with("tid");
-                    t.notify = base | if to_thread { 4 } else { 0 };
-                    if to_thread {
-                        t.notify_tid = who.split_once('.').and_then(|(_, n)| n.parse().ok());
-                    }
+                let t = out.last_mut().ok_or_else(bad)?;
+                let (how, who) = v.split_once('/').ok_or_else(bad)?;
+                let base = match how {
+                    "none" => 1,
+                    "thread" => 2,
+                    _ => 0,
+                };
+                let to_thread = who.starts_with("tid");
+                t.notify = base | if to_thread { 4 } else { 0 };
+                if to_thread {
+                    let (_, n) = who.split_once('.').ok_or_else(bad)?;
+                    t.notify_tid = Some(n.parse().map_err(|_| bad())?);
                 }
             }
             "ClockID" => {
-                if let Some(t) = out.last_mut() {
-                    t.clock_id = v.parse().unwrap_or(0);
-                }
+                let t = out.last_mut().ok_or_else(bad)?;
+                t.clock_id = v.parse().map_err(|_| bad())?;
             }
             _ => {}
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -512,7 +518,8 @@ mod tests {
         let t = parse_timers(
             "ID: 0\nsignal: 14/00000000deadbeef\nnotify: signal/pid.77\nClockID: 1\n\
 ID: 1\nsignal: 10/0000000000000000\nnotify: signal/tid.78\nClockID: 0\n",
-        );
+        )
+        .unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(
             (
@@ -525,6 +532,7 @@ ID: 1\nsignal: 10/0000000000000000\nnotify: signal/tid.78\nClockID: 0\n",
             (0, 14, 0xdeadbeef, 0, 1)
         );
         assert_eq!((t[1].notify, t[1].notify_tid), (4, Some(78)));
+        assert!(parse_timers("ID: 0\nsignal: x/0\n").is_err());
     }
 
     const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 110 0 0 0 0 0 0 0 20 0 1 0 \
@@ -642,7 +650,8 @@ Max realtime timeout      unlimited            unlimited            us        \n
 
     #[test]
     fn children_and_auxv() {
-        assert_eq!(parse_children("12 13 99 "), vec![12, 13, 99]);
+        assert_eq!(parse_children("12 13 99 ").unwrap(), vec![12, 13, 99]);
+        assert!(parse_children("12 x").is_err());
         let mut b = Vec::new();
         b.extend_from_slice(&6u64.to_ne_bytes());
         b.extend_from_slice(&4096u64.to_ne_bytes());

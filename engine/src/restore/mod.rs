@@ -621,9 +621,7 @@ fn prepare_sysv_shm(img: &DumpImage) -> Result<Vec<i32>, RestoreError> {
     let mut to_remove = Vec::new();
     for (e, pagemap, pages) in &img.sysv_shm {
         let d = &e.desc;
-        let table = std::fs::read_to_string("/proc/sysvipc/shm")
-            .map_err(setup_err("reading /proc/sysvipc/shm"))?;
-        let current = proc::parse::parse_sysvipc_shm(&table);
+        let current = crate::ipc::sysv::shm_segments()?;
         let id = match current.iter().find(|s| s.shmid == d.id) {
             Some(s) if s.key as u32 == d.key && s.size == e.size => d.id as i32,
             Some(s) => {

@@ -1,7 +1,14 @@
 //! The code a freshly forked task runs before the restorer takes it over: fork its own
 //! children with their dumped PIDs, join its session and group, place its files, map the
-//! trampoline page, report ready and wait to be seized. Only raw syscalls here: this runs in a
-//! child made by a raw clone3, where glibc's cached thread id is stale.
+//! trampoline page, report ready and wait to be seized.
+//!
+//! The fork-safety rule: between clone3 and the stop for the tracer, only async-signal-safe
+//! work. The restorer may be multi-threaded, and the child of a raw clone3 holds a copy of
+//! every lock another thread held at that instant (malloc's arenas, stdio, the logger...),
+//! which nobody will ever release; glibc's cached thread id is stale there too. So nothing in
+//! [`run`] allocates (no Vec, String, format!, CString::new, std::fs), takes a lock (no
+//! println, no log), may panic (no indexing: `get`), or calls a glibc wrapper beyond
+//! `_exit`: only raw `libc::syscall` numbers on memory the plan computed before the fork.
 
 use std::os::fd::RawFd;
 
@@ -39,194 +46,270 @@ pub const STUB_CHROOT: u32 = 3;
 pub const STUB_TRAMPOLINE: u32 = 4;
 pub const STUB_DUP: u32 = 5;
 pub const STUB_SESSION: u32 = 6;
+/// Another step of the stub's setup failed (prctl, the signal mask, a bad plan index).
+pub const STUB_SETUP: u32 = 7;
 
 /// The `syscall; int3` sequence every injection runs.
 pub const TRAMPOLINE_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
 pub const TRAMPOLINE_LEN: u64 = 2 * 4096;
 
-#[repr(C)]
-#[derive(Default)]
-pub struct CloneArgs {
-    pub flags: u64,
-    pub pidfd: u64,
-    pub child_tid: u64,
-    pub parent_tid: u64,
-    pub exit_signal: u64,
-    pub stack: u64,
-    pub stack_size: u64,
-    pub tls: u64,
-    pub set_tid: u64,
-    pub set_tid_size: u64,
-    pub cgroup: u64,
-}
+pub use crate::sys::clone::fork_with_pid;
 
-/// clone3 as a fork with a chosen pid. Returns 0 in the child, the pid in the parent, or
-/// -errno.
-pub fn fork_with_pid(pid: u32) -> i64 {
-    let tid = [pid as libc::pid_t];
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
-    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of our memory and
-    // returns 0 on the same stack. `args` and `tid` outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+/// A raw syscall's result: the value, or errno. Async-signal-safe.
+fn sc(r: libc::c_long) -> Result<libc::c_long, u32> {
     if r < 0 {
-        -(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EINVAL) as i64)
+        Err(crate::sys::clone::errno() as u32)
     } else {
-        r
+        Ok(r)
     }
 }
 
-fn errno() -> u32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as u32
+/// `struct kernel_sigaction` of rt_sigaction(2) (x86_64), for resetting a handler to SIG_DFL,
+/// which needs no restorer.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
 }
+
+/// The kernel's sigset size for rt_sigprocmask/rt_sigaction.
+const SIGSET_SIZE: libc::c_long = 8;
 
 fn report(fd: RawFd, pid: u32, code: u32, err: u32) {
     let mut rec = [0u8; 12];
     rec[0..4].copy_from_slice(&pid.to_ne_bytes());
     rec[4..8].copy_from_slice(&code.to_ne_bytes());
     rec[8..12].copy_from_slice(&err.to_ne_bytes());
-    // SAFETY: write(2) of a local buffer; records are smaller than PIPE_BUF, so atomic.
-    unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
+    // SAFETY: write(2) of a local buffer; records are smaller than PIPE_BUF, so atomic. A failed
+    // report cannot be reported: the restorer then sees the stub exit instead.
+    unsafe { libc::syscall(libc::SYS_write, fd, rec.as_ptr(), rec.len()) };
+}
+
+/// A raw syscall's result, or the stub fails with `code` and errno.
+fn check(sh: &StubShared, pid: u32, r: libc::c_long, code: u32) -> libc::c_long {
+    match sc(r) {
+        Ok(v) => v,
+        Err(errno) => fail(sh, pid, code, errno),
+    }
 }
 
 fn fail(sh: &StubShared, pid: u32, code: u32, err: u32) -> ! {
     report(sh.ready_fd, pid, code, err);
-    // SAFETY: _exit never returns and runs no atexit handlers (this is a forked copy).
+    // SAFETY: _exit never returns and runs no atexit handlers (this is a forked copy); it is
+    // async-signal-safe.
     unsafe { libc::_exit(1) }
 }
 
 /// Runs the stub of task `idx`. Never returns.
+///
+/// Everything here is async-signal-safe (see the module comment): raw syscalls on integers and
+/// on memory the plan already holds, no allocation, no panic path (indices are checked with
+/// `get`, failures go to `fail`).
 pub fn run(sh: &StubShared, idx: usize) -> ! {
-    let t = &sh.tasks[idx];
-    // SAFETY: raw syscalls on integers and on buffers owned by the plan, in a single-threaded
-    // child; nothing here touches memory another thread could use.
+    let Some(t) = sh.tasks.get(idx) else {
+        // SAFETY: as in `fail`; no plan means no pid to report under.
+        unsafe { libc::_exit(1) }
+    };
+    let pid = t.pid;
+    let check = |r: libc::c_long, code: u32| check(sh, pid, r, code);
+    // SAFETY: raw syscalls on integers and on buffers owned by the plan (or local), in a
+    // single-threaded child; nothing here touches memory another thread could use.
     unsafe {
         // If the restorer dies before seizing us, die too.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        if t.sid == t.pid && libc::setsid() < 0 {
-            fail(sh, t.pid, STUB_SESSION, errno());
+        check(
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG as libc::c_long,
+                libc::SIGKILL as libc::c_long,
+            ),
+            STUB_SETUP,
+        );
+        if t.sid == t.pid {
+            check(libc::syscall(libc::SYS_setsid), STUB_SESSION);
         }
         // Before forking: children inherit the controlling terminal, and cannot acquire it.
         if let Some(fd) = t.ctty {
-            if libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
-                fail(sh, t.pid, STUB_SESSION, errno());
-            }
+            check(
+                libc::syscall(libc::SYS_ioctl, fd, libc::TIOCSCTTY, 0 as libc::c_long),
+                STUB_SESSION,
+            );
         }
-        if t.pgid == t.pid && t.sid != t.pid && libc::setpgid(0, 0) < 0 {
-            fail(sh, t.pid, STUB_SESSION, errno());
+        if t.pgid == t.pid && t.sid != t.pid {
+            check(libc::syscall(libc::SYS_setpgid, 0, 0), STUB_SESSION);
         }
         for &c in &t.children {
-            let child = &sh.tasks[c];
+            let Some(child) = sh.tasks.get(c) else {
+                fail(sh, pid, STUB_SETUP, libc::EINVAL as u32)
+            };
             match fork_with_pid(child.pid) {
                 0 => run(sh, c),
                 r if r < 0 => fail(sh, child.pid, STUB_CLONE, (-r) as u32),
                 _ => {
                     // Like a shell, make a group leader from both sides, so a sibling forked
-                    // next can join the group whichever of them runs first.
+                    // next can join the group whichever of them runs first. Failure is fine
+                    // here: the child's own setpgid decides (and is checked).
                     if child.pgid == child.pid && child.sid != child.pid {
-                        libc::setpgid(child.pid as libc::pid_t, child.pid as libc::pid_t);
+                        libc::syscall(libc::SYS_setpgid, child.pid, child.pid);
                     }
                 }
             }
         }
-        if t.pgid != t.pid && t.pgid_in_tree && libc::getpgid(0) as u32 != t.pgid {
+        if t.pgid != t.pid
+            && t.pgid_in_tree
+            && check(libc::syscall(libc::SYS_getpgid, 0), STUB_SESSION) as u32 != t.pgid
+        {
             // The group leader is an ancestor (or its descendant created before us); a group
             // that cannot be joined is reported. A group led from outside the tree (a shell's)
             // is not ours to join: the task stays in the restorer's group.
-            if libc::setpgid(0, t.pgid as libc::pid_t) < 0 {
-                fail(sh, t.pid, STUB_SESSION, errno());
-            }
-        }
-        if let Some(status) = t.zombie_exit {
-            libc::prctl(libc::PR_SET_NAME, t.comm.as_ptr());
-            report(sh.ready_fd, t.pid, 0, 0);
-            let sig = (status & 0x7f) as libc::c_int;
-            if sig != 0 {
-                libc::signal(sig, libc::SIG_DFL);
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, sig);
-                libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                libc::syscall(libc::SYS_tgkill, t.pid, t.pid, sig);
-            }
-            libc::_exit(((status >> 8) & 0xff) as libc::c_int);
-        }
-        if let Some(root) = &t.root {
-            if libc::chroot(root.as_ptr()) < 0 {
-                fail(sh, t.pid, STUB_CHROOT, errno());
-            }
-        }
-        if libc::chdir(t.cwd.as_ptr()) < 0 {
-            fail(sh, t.pid, STUB_CHDIR, errno());
-        }
-        libc::umask(t.umask as libc::mode_t);
-        for &(target, pool, cloexec) in &t.fds {
-            if libc::dup2(pool, target) < 0 {
-                fail(sh, t.pid, STUB_DUP, errno());
-            }
-            if cloexec {
-                libc::fcntl(target, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
-        // Close everything that is neither a target fd, nor the pool (closed later by
-        // injection, after mmap has used it), nor the ready pipe.
-        // Target fds are all below pool_base; the pool and the ready pipe are above it.
-        let mut keep: Vec<RawFd> = t.fds.iter().map(|f| f.0).collect();
-        keep.sort_unstable();
-        let mut next: RawFd = 0;
-        for &k in &keep {
-            if k > next {
-                libc::syscall(libc::SYS_close_range, next as u32, (k - 1) as u32, 0u32);
-            }
-            next = k + 1;
-        }
-        if next < sh.pool_base {
-            libc::syscall(
-                libc::SYS_close_range,
-                next as u32,
-                (sh.pool_base - 1) as u32,
-                0u32,
+            check(
+                libc::syscall(libc::SYS_setpgid, 0, t.pgid as libc::pid_t),
+                STUB_SESSION,
             );
         }
-        libc::prctl(libc::PR_SET_NAME, t.comm.as_ptr());
-        let tr = libc::mmap(
-            sh.trampoline as *mut libc::c_void,
-            TRAMPOLINE_LEN as usize,
-            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
+        if let Some(status) = t.zombie_exit {
+            die_as_zombie(sh, t, status);
+        }
+        settle(sh, t);
+    }
+}
+
+/// A zombie's stub: named, reported ready, then dead the way the task died. Async-signal-safe.
+fn die_as_zombie(sh: &StubShared, t: &StubPlan, status: u32) -> ! {
+    let check = |r: libc::c_long, code: u32| check(sh, t.pid, r, code);
+    // SAFETY: raw syscalls on integers and on buffers of the plan or local.
+    unsafe {
+        check(
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_NAME as libc::c_long,
+                t.comm.as_ptr(),
+            ),
+            STUB_SETUP,
         );
-        if tr != sh.trampoline as *mut libc::c_void {
-            fail(sh, t.pid, STUB_TRAMPOLINE, errno());
+        report(sh.ready_fd, t.pid, 0, 0);
+        let sig = (status & 0x7f) as libc::c_int;
+        if sig != 0 {
+            // Nobody is told of failures from here on (ready was reported): the exit
+            // status the restorer checks when it reaps the zombie tells.
+            let dfl = KernelSigaction {
+                handler: libc::SIG_DFL,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                SIGSET_SIZE,
+            );
+            // checked_shl: no overflow panic path, even for a nonsense status.
+            let set: u64 = 1u64.checked_shl((sig - 1) as u32).unwrap_or(0);
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_UNBLOCK,
+                &set as *const u64,
+                std::ptr::null_mut::<u64>(),
+                SIGSET_SIZE,
+            );
+            libc::syscall(libc::SYS_tgkill, t.pid, t.pid, sig);
+        }
+        libc::_exit(((status >> 8) & 0xff) as libc::c_int);
+    }
+}
+
+/// The rest of a live task's stub: root, cwd, umask, its fds, its name, the trampoline page;
+/// then ready is reported and the stub waits to be seized. Async-signal-safe.
+fn settle(sh: &StubShared, t: &StubPlan) -> ! {
+    let check = |r: libc::c_long, code: u32| check(sh, t.pid, r, code);
+    // SAFETY: raw syscalls on integers and on buffers of the plan or local, in a
+    // single-threaded child; the trampoline copy writes into the page just mapped.
+    unsafe {
+        if let Some(root) = &t.root {
+            check(libc::syscall(libc::SYS_chroot, root.as_ptr()), STUB_CHROOT);
+        }
+        check(libc::syscall(libc::SYS_chdir, t.cwd.as_ptr()), STUB_CHDIR);
+        // umask(2) cannot fail.
+        libc::syscall(libc::SYS_umask, t.umask as libc::mode_t);
+        // Close everything below the pool first: target fds are all below pool_base, the pool
+        // (closed later by injection, after mmap has used it) and the ready pipe above it. The
+        // targets are then made from the pool, so only they remain below pool_base. (Closing
+        // first needs no sorted list of targets, which would have to be allocated.)
+        if sh.pool_base > 0 {
+            check(
+                libc::syscall(libc::SYS_close_range, 0u32, (sh.pool_base - 1) as u32, 0u32),
+                STUB_DUP,
+            );
+        }
+        for &(target, pool, cloexec) in &t.fds {
+            check(libc::syscall(libc::SYS_dup2, pool, target), STUB_DUP);
+            if cloexec {
+                check(
+                    libc::syscall(
+                        libc::SYS_fcntl,
+                        target,
+                        libc::F_SETFD,
+                        libc::FD_CLOEXEC as libc::c_long,
+                    ),
+                    STUB_DUP,
+                );
+            }
+        }
+        check(
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_NAME as libc::c_long,
+                t.comm.as_ptr(),
+            ),
+            STUB_SETUP,
+        );
+        let tr = libc::syscall(
+            libc::SYS_mmap,
+            sh.trampoline,
+            TRAMPOLINE_LEN,
+            (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as libc::c_long,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as libc::c_long,
+            -1 as libc::c_long,
+            0 as libc::c_long,
+        );
+        if tr == -1 {
+            fail(
+                sh,
+                t.pid,
+                STUB_TRAMPOLINE,
+                crate::sys::clone::errno() as u32,
+            );
+        }
+        if tr as u64 != sh.trampoline {
+            // An old kernel without MAP_FIXED_NOREPLACE takes the address as a hint.
+            fail(sh, t.pid, STUB_TRAMPOLINE, libc::EEXIST as u32);
         }
         std::ptr::copy_nonoverlapping(
             TRAMPOLINE_CODE.as_ptr(),
-            tr.cast::<u8>(),
+            tr as *mut u8,
             TRAMPOLINE_CODE.len(),
         );
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
         // All but SIGTRAP: the single steps of injection force SIGTRAPs, and a forced signal
         // that is blocked has its (restored) handler reset to SIG_DFL.
-        libc::sigdelset(&mut all, libc::SIGTRAP);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        let all: u64 = !(1u64 << (libc::SIGTRAP - 1));
+        check(
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                std::ptr::null_mut::<u64>(),
+                SIGSET_SIZE,
+            ),
+            STUB_SETUP,
+        );
         report(sh.ready_fd, t.pid, 0, 0);
-        libc::close(sh.ready_fd);
+        // The restorer holds the read end; a failed close changes nothing it sees.
+        libc::syscall(libc::SYS_close, sh.ready_fd);
         loop {
-            libc::pause();
+            libc::syscall(libc::SYS_pause);
         }
     }
 }

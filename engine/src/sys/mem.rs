@@ -1,6 +1,12 @@
-//! Copying memory out of and into another process.
+//! Copying memory out of and into another process. The loops (as few syscalls as the kernel
+//! allows, resuming after a partial transfer) are ours; each transfer goes through nix's
+//! process_vm_readv/writev, which pass our slices to the kernel as they are (IoSlice is an
+//! iovec): no copy, no allocation.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
+
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+use nix::unistd::Pid;
 
 /// A memory transfer with another process failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,63 +39,64 @@ pub enum MemError {
 pub fn read(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
     let mut done = 0usize;
     while done < buf.len() {
-        let local = libc::iovec {
-            iov_base: buf[done..].as_mut_ptr().cast(),
-            iov_len: buf.len() - done,
+        let len = buf.len() - done;
+        let remote = RemoteIoVec {
+            base: (addr + done as u64) as usize,
+            len,
         };
-        let remote = libc::iovec {
-            iov_base: (addr + done as u64) as *mut _,
-            iov_len: buf.len() - done,
-        };
-        // SAFETY: `local` points into `buf`, which we own and which is long enough; the remote
-        // iovec is only interpreted by the kernel in the other address space.
-        let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        if n <= 0 {
-            let source = if n == 0 {
-                io::Error::from(io::ErrorKind::UnexpectedEof)
-            } else {
-                io::Error::last_os_error()
-            };
-            return Err(MemError::Read {
-                pid,
-                addr: addr + done as u64,
-                len: buf.len() - done,
-                source,
-            });
+        let n = process_vm_readv(
+            Pid::from_raw(pid as libc::pid_t),
+            &mut [IoSliceMut::new(&mut buf[done..])],
+            &[remote],
+        );
+        match n {
+            Ok(n) if n > 0 => done += n,
+            other => {
+                return Err(MemError::Read {
+                    pid,
+                    addr: addr + done as u64,
+                    len,
+                    source: transfer_error(other),
+                })
+            }
         }
-        done += n as usize;
     }
     Ok(())
+}
+
+/// The error of a transfer that moved nothing: errno, or end of file for 0 bytes.
+fn transfer_error(r: nix::Result<usize>) -> io::Error {
+    match r {
+        Err(e) => e.into(),
+        Ok(_) => io::Error::from(io::ErrorKind::UnexpectedEof),
+    }
 }
 
 /// Writes `data` at `addr` of `pid` with process_vm_writev (needs a writable mapping there).
 pub fn write(pid: u32, addr: u64, data: &[u8]) -> Result<(), MemError> {
     let mut done = 0usize;
     while done < data.len() {
-        let local = libc::iovec {
-            iov_base: data[done..].as_ptr() as *mut _,
-            iov_len: data.len() - done,
+        let len = data.len() - done;
+        let remote = RemoteIoVec {
+            base: (addr + done as u64) as usize,
+            len,
         };
-        let remote = libc::iovec {
-            iov_base: (addr + done as u64) as *mut _,
-            iov_len: data.len() - done,
-        };
-        // SAFETY: `local` points into `data`, which outlives the call; the kernel only reads it.
-        let n = unsafe { libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-        if n <= 0 {
-            let source = if n == 0 {
-                io::Error::from(io::ErrorKind::UnexpectedEof)
-            } else {
-                io::Error::last_os_error()
-            };
-            return Err(MemError::Write {
-                pid,
-                addr: addr + done as u64,
-                len: data.len() - done,
-                source,
-            });
+        let n = process_vm_writev(
+            Pid::from_raw(pid as libc::pid_t),
+            &[IoSlice::new(&data[done..])],
+            &[remote],
+        );
+        match n {
+            Ok(n) if n > 0 => done += n,
+            other => {
+                return Err(MemError::Write {
+                    pid,
+                    addr: addr + done as u64,
+                    len,
+                    source: transfer_error(other),
+                })
+            }
         }
-        done += n as usize;
     }
     Ok(())
 }

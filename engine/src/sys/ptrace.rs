@@ -1,26 +1,20 @@
 //! ptrace: seizing threads, reading and writing registers, and running single syscalls inside a
 //! stopped thread ("injection"). Every request here is made by the thread that seized the
 //! tracee, so callers must stay on one thread.
+//!
+//! nix makes the requests it has (seize, interrupt, detach, setoptions, singlestep, syscall,
+//! getregs, setregs). Hand-written, through `req`: what nix lacks (PEEKSIGINFO, GETSIGMASK/
+//! SETSIGMASK, SECCOMP_GET_FILTER/METADATA, GET_RSEQ_CONFIGURATION, GETREGSET/SETREGSET of
+//! NT_X86_XSTATE), CONT (a signal-delivery stop may carry a real-time signal, which nix's
+//! `Signal` cannot hold) and waitpid (nix's `WaitStatus` fails on real-time stop signals too).
 
 use std::io;
 
 use libc::{c_long, c_void, pid_t, user_regs_struct};
+use nix::sys::ptrace;
+use nix::unistd::Pid;
 
-const PTRACE_GETREGS: libc::c_uint = 12;
-const PTRACE_SETREGS: libc::c_uint = 13;
-const PTRACE_SINGLESTEP: libc::c_uint = 9;
-const PTRACE_SYSCALL: libc::c_uint = 24;
-const PTRACE_CONT: libc::c_uint = 7;
-const PTRACE_DETACH: libc::c_uint = 17;
-const PTRACE_GETREGSET: libc::c_uint = 0x4204;
-const PTRACE_SETREGSET: libc::c_uint = 0x4205;
-const PTRACE_SEIZE: libc::c_uint = 0x4206;
-const PTRACE_SETOPTIONS: libc::c_uint = 0x4200;
-const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
-const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
-const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
-const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
-const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+// Not in libc for glibc targets (0.2.191): from <linux/ptrace.h> and <linux/elf.h>.
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
 const NT_X86_XSTATE: libc::c_int = 0x202;
@@ -30,12 +24,10 @@ const NT_X86_XSTATE: libc::c_int = 0x202;
 /// handlers were lost that way.
 pub const INJECTION_SIGMASK: u64 = !(1u64 << (libc::SIGTRAP - 1));
 /// Seccomp filters of the tracee are not applied while it is traced (injected syscalls pass).
-pub const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
+pub use libc::PTRACE_O_SUSPEND_SECCOMP;
 /// Report clone events so that threads created by injected clone3 are traced at once.
-pub const PTRACE_O_TRACECLONE: libc::c_int = 8;
-pub const PTRACE_EVENT_CLONE: i32 = 3;
-pub const PTRACE_EVENT_STOP: i32 = 128;
-const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+pub use libc::PTRACE_O_TRACECLONE;
+pub use libc::{PTRACE_EVENT_CLONE, PTRACE_EVENT_STOP};
 
 pub type Regs = user_regs_struct;
 
@@ -81,6 +73,19 @@ fn req(
     Ok(r)
 }
 
+/// The error of a request nix made.
+fn nix_err(op: &'static str, tid: u32) -> impl FnOnce(nix::errno::Errno) -> PtraceError {
+    move |e| PtraceError::Request {
+        op,
+        tid,
+        source: e.into(),
+    }
+}
+
+fn pid(tid: u32) -> Pid {
+    Pid::from_raw(tid as pid_t)
+}
+
 /// How a waited-for thread changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -123,25 +128,13 @@ pub fn wait(tid: u32) -> Result<Stop, PtraceError> {
 
 /// Replaces the ptrace options of a stopped tracee.
 pub fn set_options(tid: u32, options: libc::c_int) -> Result<(), PtraceError> {
-    req(
-        "SETOPTIONS",
-        PTRACE_SETOPTIONS,
-        tid,
-        std::ptr::null_mut(),
-        options as usize as *mut c_void,
-    )
-    .map(drop)
+    ptrace::setoptions(pid(tid), ptrace::Options::from_bits_retain(options))
+        .map_err(nix_err("SETOPTIONS", tid))
 }
 
 pub fn seize(tid: u32, options: libc::c_int) -> Result<(), PtraceError> {
-    req(
-        "SEIZE",
-        PTRACE_SEIZE,
-        tid,
-        std::ptr::null_mut(),
-        options as usize as *mut c_void,
-    )
-    .map(drop)
+    ptrace::seize(pid(tid), ptrace::Options::from_bits_retain(options))
+        .map_err(nix_err("SEIZE", tid))
 }
 
 /// The seccomp filter `index` of `tid` (0 is the one installed last), as raw `sock_filter`
@@ -181,20 +174,15 @@ pub fn seccomp_filter(tid: u32, index: u64) -> Result<Option<(Vec<u8>, u64)>, Pt
 }
 
 pub fn interrupt(tid: u32) -> Result<(), PtraceError> {
-    req(
-        "INTERRUPT",
-        PTRACE_INTERRUPT,
-        tid,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-    )
-    .map(drop)
+    ptrace::interrupt(pid(tid)).map_err(nix_err("INTERRUPT", tid))
 }
 
+/// Resumes a stopped tracee, delivering `sig` (0 for none). By hand: `sig` may be a real-time
+/// signal, which nix's `Signal` cannot hold.
 pub fn cont(tid: u32, sig: i32) -> Result<(), PtraceError> {
     req(
         "CONT",
-        PTRACE_CONT,
+        libc::PTRACE_CONT,
         tid,
         std::ptr::null_mut(),
         sig as usize as *mut c_void,
@@ -203,25 +191,11 @@ pub fn cont(tid: u32, sig: i32) -> Result<(), PtraceError> {
 }
 
 pub fn singlestep(tid: u32) -> Result<(), PtraceError> {
-    req(
-        "SINGLESTEP",
-        PTRACE_SINGLESTEP,
-        tid,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-    )
-    .map(drop)
+    ptrace::step(pid(tid), None).map_err(nix_err("SINGLESTEP", tid))
 }
 
 pub fn detach(tid: u32) -> Result<(), PtraceError> {
-    req(
-        "DETACH",
-        PTRACE_DETACH,
-        tid,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-    )
-    .map(drop)
+    ptrace::detach(pid(tid), None).map_err(nix_err("DETACH", tid))
 }
 
 /// Interrupts a seized thread and waits for its PTRACE_EVENT_STOP. A signal that was about to be
@@ -251,15 +225,8 @@ pub fn interrupt_and_wait(tgid: u32, tid: u32) -> Result<Option<i32>, PtraceErro
                 );
                 if stop && group.is_none() {
                     group = Some(sig);
-                    // SAFETY: tgkill(2) with integer arguments.
-                    unsafe {
-                        libc::syscall(
-                            libc::SYS_tgkill,
-                            tgid as libc::c_long,
-                            tid as libc::c_long,
-                            libc::SIGCONT as libc::c_long,
-                        )
-                    };
+                    // A thread that is gone by now fails the next request instead.
+                    let _ = super::tgkill(tgid, tid, libc::SIGCONT);
                 }
                 cont(tid, 0)?;
                 interrupt(tid)?;
@@ -278,28 +245,11 @@ pub fn interrupt_and_wait(tgid: u32, tid: u32) -> Result<Option<i32>, PtraceErro
 }
 
 pub fn get_regs(tid: u32) -> Result<Regs, PtraceError> {
-    // SAFETY: user_regs_struct is plain old data; zeroed is a valid value.
-    let mut regs: Regs = unsafe { std::mem::zeroed() };
-    req(
-        "GETREGS",
-        PTRACE_GETREGS,
-        tid,
-        std::ptr::null_mut(),
-        (&mut regs as *mut Regs).cast(),
-    )?;
-    Ok(regs)
+    ptrace::getregs(pid(tid)).map_err(nix_err("GETREGS", tid))
 }
 
 pub fn set_regs(tid: u32, regs: &Regs) -> Result<(), PtraceError> {
-    let mut r = *regs;
-    req(
-        "SETREGS",
-        PTRACE_SETREGS,
-        tid,
-        std::ptr::null_mut(),
-        (&mut r as *mut Regs).cast(),
-    )
-    .map(drop)
+    ptrace::setregs(pid(tid), *regs).map_err(nix_err("SETREGS", tid))
 }
 
 /// The thread's full XSAVE area (standard format), as PTRACE_GETREGSET NT_X86_XSTATE gives it.
@@ -311,7 +261,7 @@ pub fn get_xstate(tid: u32) -> Result<Vec<u8>, PtraceError> {
     };
     req(
         "GETREGSET(NT_X86_XSTATE)",
-        PTRACE_GETREGSET,
+        libc::PTRACE_GETREGSET,
         tid,
         NT_X86_XSTATE as usize as *mut c_void,
         (&mut iov as *mut libc::iovec).cast(),
@@ -328,7 +278,7 @@ pub fn set_xstate(tid: u32, xstate: &[u8]) -> Result<(), PtraceError> {
     };
     req(
         "SETREGSET(NT_X86_XSTATE)",
-        PTRACE_SETREGSET,
+        libc::PTRACE_SETREGSET,
         tid,
         NT_X86_XSTATE as usize as *mut c_void,
         (&mut iov as *mut libc::iovec).cast(),
@@ -340,7 +290,7 @@ pub fn get_sigmask(tid: u32) -> Result<u64, PtraceError> {
     let mut mask: u64 = 0;
     req(
         "GETSIGMASK",
-        PTRACE_GETSIGMASK,
+        libc::PTRACE_GETSIGMASK,
         tid,
         8usize as *mut c_void,
         (&mut mask as *mut u64).cast(),
@@ -352,7 +302,7 @@ pub fn set_sigmask(tid: u32, mask: u64) -> Result<(), PtraceError> {
     let mut m = mask;
     req(
         "SETSIGMASK",
-        PTRACE_SETSIGMASK,
+        libc::PTRACE_SETSIGMASK,
         tid,
         8usize as *mut c_void,
         (&mut m as *mut u64).cast(),
@@ -375,7 +325,7 @@ pub fn get_rseq(tid: u32) -> Result<RseqConfig, PtraceError> {
     let mut c = RseqConfig::default();
     req(
         "GET_RSEQ_CONFIGURATION",
-        PTRACE_GET_RSEQ_CONFIGURATION,
+        libc::PTRACE_GET_RSEQ_CONFIGURATION,
         tid,
         std::mem::size_of::<RseqConfig>() as *mut c_void,
         (&mut c as *mut RseqConfig).cast(),
@@ -398,12 +348,16 @@ pub fn peek_siginfo(tid: u32, shared: bool) -> Result<Vec<[u8; 128]>, PtraceErro
         let mut buf = [[0u8; 128]; 32];
         let mut args = PeekSiginfoArgs {
             off: out.len() as u64,
-            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            flags: if shared {
+                libc::PTRACE_PEEKSIGINFO_SHARED
+            } else {
+                0
+            },
             nr: 32,
         };
         let n = req(
             "PEEKSIGINFO",
-            PTRACE_PEEKSIGINFO,
+            libc::PTRACE_PEEKSIGINFO,
             tid,
             (&mut args as *mut PeekSiginfoArgs).cast(),
             buf.as_mut_ptr().cast(),
@@ -505,15 +459,7 @@ impl Injector {
     /// SIGTRAP's handler to SIG_DFL and unblocks it, which would also let a pending one in.
     pub fn raw_quiet(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
         self.load(nr, args)?;
-        let resume = || {
-            req(
-                "SYSCALL",
-                PTRACE_SYSCALL,
-                self.tid,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
+        let resume = || ptrace::syscall(pid(self.tid), None).map_err(nix_err("SYSCALL", self.tid));
         resume()?;
         self.expect("syscall entry", |sig, event| {
             sig & 0x7f == libc::SIGTRAP && event == 0

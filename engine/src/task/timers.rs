@@ -37,11 +37,10 @@ pub(crate) fn dump_posix_timers(
     inj: &Injector,
     scratch: u64,
 ) -> Result<Vec<pb::PosixTimerEntry>, DumpError> {
-    let path = format!("/proc/{pid}/timers");
-    let text =
-        std::fs::read_to_string(&path).map_err(|source| TaskError::Read { pid, path, source })?;
+    // A timers file that cannot be read or parsed fails the dump, naming the pid and file.
+    let timers = crate::proc::timers(pid)?;
     let mut out = Vec::new();
-    for t in crate::proc::parse::parse_timers(&text) {
+    for t in timers {
         inj.call(libc::SYS_timer_gettime, &[t.id as u64, scratch])
             .map_err(ptr_err(pid))?;
         let [isec, insec, vsec, vnsec] = read_words::<4>(pid, scratch)?;

@@ -70,27 +70,6 @@ fn set_int(fd: RawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
     set_raw(fd, level, name, &v)
 }
 
-/// Takes a copy of fd `fd` of the process behind `pidfd` (the same open file).
-pub fn pidfd_getfd(pidfd: RawFd, fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_getfd(2) with integers; the result is a fresh fd we own.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
-}
-
-pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) with integers.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
-}
-
 /// Address as CRIU stores it: the raw address as u32 words, and the port in host order.
 fn addr_of(ss: &libc::sockaddr_storage) -> (Vec<u32>, u32) {
     match ss.ss_family as i32 {

@@ -3,7 +3,7 @@
 //! dumped like any fd (from our own table, where peeking put them).
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use super::UnixError;
 use crate::dump::fds::DumpCx;
@@ -110,9 +110,9 @@ fn sockets_in_flight_in_tree(pids: &[u32]) -> Result<Vec<u32>, DumpError> {
         if carries == 0 {
             continue;
         }
-        let copy = crate::net::inet::pidfd_open(pid)
+        let copy = crate::sys::pidfd::pidfd_open(pid)
             .ok()
-            .and_then(|p| crate::net::inet::pidfd_getfd(p.as_raw_fd(), fd).ok());
+            .and_then(|p| crate::sys::pidfd::pidfd_getfd(p.as_fd(), fd).ok());
         if let Some(copy) = copy {
             out.extend(super::sockets_in_flight(&copy));
         }

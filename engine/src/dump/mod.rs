@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,9 +15,8 @@ pub mod fds;
 use crate::files::{self, tty as pty};
 use crate::freeze::{refuse_foreign_namespaces, refuse_shared_kernel_objects, Tree};
 use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
-use crate::mm::shmem::dump_shmem_object;
 use crate::proc;
-use crate::sys::mem::{self, PAGE_SIZE};
+use crate::sys::mem::{self};
 use crate::sys::ptrace::PtraceError;
 use crate::task::core::{dump_task, dump_zombie, ids_for};
 
@@ -326,6 +324,8 @@ pub(crate) struct Images {
     pub(crate) in_flight_sockets_known: bool,
 }
 
+/// Everything from a frozen tree to a complete image set: refusals first, then each task, the
+/// objects tasks share (files, IPC, namespaces), and inventory.img last.
 fn dump_frozen(
     tree: &mut Tree,
     opts: &DumpOptions,
@@ -335,63 +335,10 @@ fn dump_frozen(
     refuse_foreign_namespaces(&live)?;
     let own_ipc = crate::ns::ipc::tree_ns(tree.tasks[0].pid, &live)?;
     let own_uts = crate::ns::uts::tree_ns(tree.tasks[0].pid, &live)?;
-    // Read on a thread in the tree's IPC namespace when it owns one; unreadable fails the
-    // dump (the segments would be lost).
-    let sysv_segments = match &own_ipc {
-        Some(ns) => {
-            crate::ns::ipc::in_ns(ns, crate::ipc::sysv::shm_segments)?.map_err(DumpError::Ipc)?
-        }
-        None => crate::ipc::sysv::shm_segments().map_err(DumpError::Ipc)?,
-    };
-    let pty_masters = pty::tree_pty_masters(&live)?;
-    let mut img = Images {
-        dir: opts.images_dir.clone(),
-        files: files::FileTable::new(opts.ghost_limit),
-        next_pages_id: 1,
-        dumped_shmem: Default::default(),
-        tree_sockets: crate::net::unix::file::tree_socket_inodes(&live)?,
-        tree_ptys: pty_masters.keys().copied().collect(),
-        pty_masters,
-        locks: Vec::new(),
-        sysv_segments,
-        sysv_attached: tree_sysv_attachments(tree),
-        sysv_dumped: Vec::new(),
-        mqueues: Vec::new(),
-        in_flight: Vec::new(),
-        seccomp: Default::default(),
-        live_pids: live.clone(),
-        in_flight_sockets_known: false,
-        uts_ns_id: if own_uts.is_some() {
-            crate::ns::uts::TREE_NS_ID
-        } else {
-            crate::ns::uts::HOST_NS_ID
-        },
-        ipc_ns_id: if own_ipc.is_some() {
-            crate::ns::ipc::TREE_NS_ID
-        } else {
-            crate::ns::ipc::HOST_NS_ID
-        },
-    };
-    let pids: Vec<u32> = tree.tasks.iter().map(|t| t.pid).collect();
+    let mut img = collect_start(opts, &live, own_ipc.as_ref(), own_uts.is_some())?;
     refuse_shared_kernel_objects(tree)?;
-    let mut pstree = Vec::new();
-    for (n, pid) in pids.iter().enumerate() {
-        let task = &tree.tasks[n];
-        let st = &task.stat;
-        let ppid = if n == 0 { 0 } else { st.ppid };
-        pstree.push(pb::PstreeEntry {
-            pid: *pid,
-            ppid,
-            pgid: st.pgid,
-            sid: st.sid,
-            threads: if task.zombie {
-                vec![*pid]
-            } else {
-                task.threads.iter().map(|t| t.tid).collect()
-            },
-        });
-    }
-    for n in 0..pids.len() {
+    let pstree = pstree_entries(tree);
+    for n in 0..tree.tasks.len() {
         if tree.tasks[n].zombie {
             dump_zombie(&tree.tasks[n], &img.dir)?;
             stats.tasks += 1;
@@ -401,20 +348,7 @@ fn dump_frozen(
         stats.tasks += 1;
         stats.threads += tree.tasks[n].threads.len();
     }
-    // A session leader's controlling terminal, when it is a pty of the tree: recorded in the
-    // slave's tty_info (sid, foreground group) as CRIU does, and made again at restore.
-    for t in tree
-        .tasks
-        .iter()
-        .filter(|t| !t.zombie && t.stat.sid == t.pid)
-    {
-        let (major, minor) = proc::parse::tty_nr_major_minor(t.stat.tty_nr);
-        if (136..=143).contains(&major) {
-            let fg = u32::try_from(t.stat.tpgid).unwrap_or(0);
-            img.files
-                .set_pty_session((major - 136) * 256 + minor, t.pid, fg);
-        }
-    }
+    record_controlling_terminals(tree, &mut img);
     let tree_pids: std::collections::HashSet<u32> = tree
         .tasks
         .iter()
@@ -428,12 +362,104 @@ fn dump_frozen(
         write_file(&img.dir.join(names::utsns(img.uts_ns_id)), &w.into_bytes())?;
     }
     match &own_ipc {
-        Some(ns) => crate::ns::ipc::in_ns(ns, || dump_ipc(&mut img, stats, &tree_pids, true))??,
-        None => dump_ipc(&mut img, stats, &tree_pids, false)?,
+        Some(ns) => {
+            crate::ns::ipc::in_ns(ns, || crate::ipc::dump(&mut img, stats, &tree_pids, true))??
+        }
+        None => crate::ipc::dump(&mut img, stats, &tree_pids, false)?,
     }
-    // files.img and pipes-data.img after all tasks: file objects are shared between tasks.
+    // files.img and the kinds' images after all tasks: file objects are shared between tasks.
     img.files.write(&img.dir)?;
-    // Always written, even empty, so a stale one from an older dump cannot apply.
+    write_shared_images(&mut img, &pstree)?;
+    // inventory.img last: its presence marks a complete image set (podman checks for it).
+    write_inventory(&img.dir, tree.nft_lock.as_deref())
+}
+
+/// What the dump collects as it goes, with what it reads of the tree before the first task:
+/// its System V segments (on a thread in the tree's IPC namespace when it owns one), its pty
+/// masters and its sockets. Any of them unreadable fails the dump: they would be lost.
+fn collect_start(
+    opts: &DumpOptions,
+    live: &[u32],
+    own_ipc: Option<&std::os::fd::OwnedFd>,
+    own_uts: bool,
+) -> Result<Images, DumpError> {
+    let sysv_segments = match own_ipc {
+        Some(ns) => {
+            crate::ns::ipc::in_ns(ns, crate::ipc::sysv::shm_segments)?.map_err(DumpError::Ipc)?
+        }
+        None => crate::ipc::sysv::shm_segments().map_err(DumpError::Ipc)?,
+    };
+    let pty_masters = pty::tree_pty_masters(live)?;
+    Ok(Images {
+        dir: opts.images_dir.clone(),
+        files: files::FileTable::new(opts.ghost_limit),
+        next_pages_id: 1,
+        dumped_shmem: Default::default(),
+        tree_sockets: crate::net::unix::file::tree_socket_inodes(live)?,
+        tree_ptys: pty_masters.keys().copied().collect(),
+        pty_masters,
+        locks: Vec::new(),
+        sysv_segments,
+        sysv_attached: crate::ipc::shm::tree_attachments(live)?,
+        sysv_dumped: Vec::new(),
+        mqueues: Vec::new(),
+        in_flight: Vec::new(),
+        seccomp: Default::default(),
+        live_pids: live.to_vec(),
+        in_flight_sockets_known: false,
+        uts_ns_id: if own_uts {
+            crate::ns::uts::TREE_NS_ID
+        } else {
+            crate::ns::uts::HOST_NS_ID
+        },
+        ipc_ns_id: if own_ipc.is_some() {
+            crate::ns::ipc::TREE_NS_ID
+        } else {
+            crate::ns::ipc::HOST_NS_ID
+        },
+    })
+}
+
+/// The tree's pstree.img entries, in seize order (parents before children).
+fn pstree_entries(tree: &Tree) -> Vec<pb::PstreeEntry> {
+    tree.tasks
+        .iter()
+        .enumerate()
+        .map(|(n, task)| pb::PstreeEntry {
+            pid: task.pid,
+            ppid: if n == 0 { 0 } else { task.stat.ppid },
+            pgid: task.stat.pgid,
+            sid: task.stat.sid,
+            threads: if task.zombie {
+                vec![task.pid]
+            } else {
+                task.threads.iter().map(|t| t.tid).collect()
+            },
+        })
+        .collect()
+}
+
+/// A session leader's controlling terminal, when it is a pty of the tree: recorded in the
+/// slave's tty_info (sid, foreground group) as CRIU does, and made again at restore.
+fn record_controlling_terminals(tree: &Tree, img: &mut Images) {
+    for t in tree
+        .tasks
+        .iter()
+        .filter(|t| !t.zombie && t.stat.sid == t.pid)
+    {
+        let (major, minor) = proc::parse::tty_nr_major_minor(t.stat.tty_nr);
+        if (136..=143).contains(&major) {
+            // No foreground group (-1) is recorded as none (0), as CRIU does.
+            let fg = u32::try_from(t.stat.tpgid).unwrap_or(0);
+            img.files
+                .set_pty_session((major - 136) * 256 + minor, t.pid, fg);
+        }
+    }
+}
+
+/// seccomp.img, file-lock.img and pstree.img. The first two are always written, even empty,
+/// so a stale one from an older dump cannot apply.
+fn write_shared_images(img: &mut Images, pstree: &[pb::PstreeEntry]) -> Result<(), DumpError> {
     let mut w = ImageWriter::new(ImageKind::Normal, magic::SECCOMP);
     w.push(&pb::SeccompEntry {
         seccomp_filters: std::mem::take(&mut img.seccomp.entries),
@@ -444,17 +470,19 @@ fn dump_frozen(
         w.push(l);
     }
     write_file(&img.dir.join(names::FILE_LOCKS), &w.into_bytes())?;
-    let run_id = tree
-        .nft_lock
-        .as_ref()
-        .and_then(|t| t.strip_prefix("stasis-"))
-        .map(str::to_string);
     let mut w = ImageWriter::new(ImageKind::Normal, magic::PSTREE);
-    for e in &pstree {
+    for e in pstree {
         w.push(e);
     }
-    write_file(&img.dir.join(names::PSTREE), &w.into_bytes())?;
-    // CRIU's root_ids are the dumper's own: a task whose namespace ids differ owns that one.
+    write_file(&img.dir.join(names::PSTREE), &w.into_bytes())
+}
+
+/// inventory.img: the image version, CRIU's root ids (the dumper's own namespaces: a task
+/// whose ids differ owns that one) and the network lock to lift at restore.
+fn write_inventory(dir: &Path, nft_lock: Option<&str>) -> Result<(), DumpError> {
+    let run_id = nft_lock
+        .and_then(|t| t.strip_prefix("stasis-"))
+        .map(str::to_string);
     let root_ids = ids_for(1, crate::ns::ipc::HOST_NS_ID, crate::ns::uts::HOST_NS_ID);
     let inv = pb::InventoryEntry {
         img_version: images::CRTOOLS_IMAGES_V1_1,
@@ -463,7 +491,7 @@ fn dump_frozen(
         ns_per_id: Some(true),
         root_cg_set: None,
         lsmtype: Some(pb::Lsmtype::NoLsm as i32),
-        dump_uptime: Some(uptime_us()),
+        dump_uptime: Some(uptime_us()?),
         pre_dump_mode: None,
         tcp_close: None,
         network_lock_method: run_id.as_ref().map(|_| NETWORK_LOCK_NFTABLES),
@@ -473,161 +501,28 @@ fn dump_frozen(
     };
     let mut w = ImageWriter::new(ImageKind::Inventory, magic::INVENTORY);
     w.push(&inv);
-    // inventory.img last: its presence marks a complete image set (podman checks for it).
-    write_file(&img.dir.join(names::INVENTORY), &w.into_bytes())?;
-    Ok(())
-}
-
-/// How many mappings of each System V segment the tree has (the kernel's nattch counts them).
-fn tree_sysv_attachments(tree: &Tree) -> HashMap<u32, u64> {
-    let mut out = HashMap::new();
-    for t in tree.tasks.iter().filter(|t| !t.zombie) {
-        for m in proc::maps(t.pid).unwrap_or_default() {
-            if m.path.starts_with("/SYSV") && m.shared {
-                *out.entry(m.inode as u32).or_insert(0) += 1;
-            }
-        }
-    }
-    out
-}
-
-/// System V objects and POSIX message queues, on the calling thread's IPC namespace: those the
-/// tree uses of the host's, or every one of a namespace the tree owns (`whole_ns`), with its
-/// sysctls. The images are always written, even empty, so stale ones cannot apply.
-fn dump_ipc(
-    img: &mut Images,
-    stats: &mut DumpStats,
-    tree_pids: &std::collections::HashSet<u32>,
-    whole_ns: bool,
-) -> Result<(), DumpError> {
-    let ns_id = img.ipc_ns_id;
-    let users = (!whole_ns).then_some(tree_pids);
-    let queues = crate::ipc::sysv::dump_msg(users).map_err(DumpError::Ipc)?;
-    write_file(
-        &img.dir.join(names::ipcns_msg(ns_id)),
-        &crate::ipc::sysv::write_msg(&queues),
-    )?;
-    let sems = crate::ipc::sysv::dump_sem(users).map_err(DumpError::Ipc)?;
-    write_file(
-        &img.dir.join(names::ipcns_sem(ns_id)),
-        &crate::ipc::sysv::write_sem(&sems),
-    )?;
-
-    // POSIX queues: (path reaching the queue's file, "/name", file id).
-    let mut mq: Vec<(String, String, u32)> = img
-        .mqueues
-        .iter()
-        .map(|(pid, fd, name, id)| (format!("/proc/{pid}/fd/{fd}"), name.clone(), *id))
-        .collect();
-    let _mq_root = if whole_ns {
-        // Every queue of the namespace, held open or not.
-        let (root, names) = crate::ns::ipc::mqueue_root()?;
-        mq.clear();
-        for n in names {
-            let path = format!("/proc/self/fd/{}/{n}", root.as_raw_fd());
-            let name = format!("/{n}");
-            let md = std::fs::metadata(&path).map_err(|source| {
-                DumpError::Mqueue(crate::ipc::mqueue::MqError::Sys {
-                    name: name.clone(),
-                    step: crate::ipc::mqueue::Step::Inspect,
-                    source,
-                })
-            })?;
-            let id = img.files.mqueue_file(&name, &md);
-            mq.push((path, name, id));
-        }
-        Some(root)
-    } else {
-        None
-    };
-    let wanted = mq
-        .iter()
-        .map(|(path, name, _)| crate::ipc::mqueue::identity(path, name))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(DumpError::Mqueue)?;
-    // One pass over every process's fds for all the queues.
-    crate::ipc::mqueue::refuse_outside_users(&wanted, tree_pids).map_err(DumpError::Mqueue)?;
-    let mut mqueues = Vec::new();
-    for (path, name, id) in &mq {
-        mqueues.push(crate::ipc::mqueue::dump(path, name, *id).map_err(DumpError::Mqueue)?);
-    }
-    write_file(
-        &img.dir.join(names::POSIX_MQUEUE),
-        &crate::ipc::sysv::write_msg(&mqueues),
-    )?;
-
-    if whole_ns {
-        // Segments nobody attaches: their content through a read-only attachment of our own.
-        let idle: Vec<proc::parse::ShmSegment> = img
-            .sysv_segments
-            .iter()
-            .filter(|s| !img.sysv_dumped.iter().any(|e| e.desc.id == s.shmid))
-            .cloned()
-            .collect();
-        for seg in idle {
-            dump_idle_segment(&seg, img, stats)?;
-        }
-        let vars = crate::ns::ipc::read_vars()?;
-        let mut w = ImageWriter::new(ImageKind::Normal, magic::IPC_VAR);
-        w.push(&vars);
-        write_file(&img.dir.join(names::ipcns_var(ns_id)), &w.into_bytes())?;
-    }
-    let mut w = ImageWriter::new(ImageKind::Normal, magic::IPCNS_SHM);
-    for e in &img.sysv_dumped {
-        w.push(e);
-    }
-    write_file(&img.dir.join(names::ipcns_shm(ns_id)), &w.into_bytes())
-}
-
-pub(crate) fn shm_entry(seg: &proc::parse::ShmSegment) -> pb::IpcShmEntry {
-    pb::IpcShmEntry {
-        desc: pb::IpcDescEntry {
-            key: seg.key as u32,
-            uid: seg.uid,
-            gid: seg.gid,
-            cuid: seg.cuid,
-            cgid: seg.cgid,
-            mode: seg.perms,
-            id: seg.shmid,
-        },
-        size: seg.size,
-        in_pagemaps: Some(true),
-        hugetlb_flag: None,
-    }
-}
-
-/// A segment of the tree's own namespace that no task attaches right now.
-fn dump_idle_segment(
-    seg: &proc::parse::ShmSegment,
-    img: &mut Images,
-    stats: &mut DumpStats,
-) -> Result<(), DumpError> {
-    // SAFETY: shmat(2) read-only at an address the kernel picks; detached below.
-    let addr = unsafe { libc::shmat(seg.shmid as i32, std::ptr::null(), libc::SHM_RDONLY) };
-    if addr as isize == -1 {
-        return Err(DumpError::Ipc(crate::ipc::sysv::IpcError::Attach {
-            shmid: seg.shmid as i32,
-            source: std::io::Error::last_os_error(),
-        }));
-    }
-    let start = addr as u64;
-    let end = start + seg.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let path = format!("/proc/self/map_files/{start:x}-{end:x}");
-    let r = dump_shmem_object(&path, seg.shmid as u64, seg.size, img, stats);
-    // SAFETY: detaches the attachment made above.
-    unsafe { libc::shmdt(addr) };
-    r?;
-    img.sysv_dumped.push(shm_entry(seg));
-    Ok(())
+    write_file(&dir.join(names::INVENTORY), &w.into_bytes())
 }
 
 /// CRIU's `network_lock_method` value for nftables (the table is `stasis-<dump_criu_run_id>`).
 pub const NETWORK_LOCK_NFTABLES: u32 = 2;
 
-pub(crate) fn uptime_us() -> u64 {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|s| (s * 1e6) as u64)
-        .unwrap_or(0)
+pub(crate) fn uptime_us() -> Result<u64, DumpError> {
+    let text = std::fs::read_to_string("/proc/uptime").map_err(|source| {
+        DumpError::Proc(proc::ProcError::Read {
+            path: "/proc/uptime".into(),
+            source,
+        })
+    })?;
+    let secs: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            DumpError::Proc(proc::ProcError::Read {
+                path: "/proc/uptime".into(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+            })
+        })?;
+    Ok((secs * 1e6) as u64)
 }

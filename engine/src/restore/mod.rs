@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::images::{magic, names, pb, ImageKind, ImageWriter};
-use crate::mm::shmem::read_shmem_content;
 use crate::mm::vma::restore_mm;
 use crate::net::{inet, unix};
 use crate::proc;
@@ -250,7 +249,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     })?;
     let pool = Pool::build(&img, opts)?;
     crate::files::locks::take_file_locks(&img, &pool.by_file)?;
-    let sysv_to_remove = prepare_sysv_shm(&img)?;
+    let sysv_to_remove = crate::ipc::shm::prepare(&img)?;
     crate::ipc::sysv::restore_msg(&img.sysv_msg)?;
     crate::ipc::sysv::restore_sem(&img.sysv_sem)?;
     if let Some(vars) = &img.ipc_vars {
@@ -611,69 +610,6 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
         }
     }
     Ok(())
-}
-
-/// Makes sure every dumped System V segment exists with its id, key, size and mode, and holds
-/// the dumped content. On this host the segment usually outlived the killed tree and is reused;
-/// elsewhere it is created with the same id (kernel.shm_next_id). Returns the ids to mark for
-/// removal again once attached.
-fn prepare_sysv_shm(img: &DumpImage) -> Result<Vec<i32>, RestoreError> {
-    let mut to_remove = Vec::new();
-    for (e, pagemap, pages) in &img.sysv_shm {
-        let d = &e.desc;
-        let current = crate::ipc::sysv::shm_segments()?;
-        let id = match current.iter().find(|s| s.shmid == d.id) {
-            Some(s) if s.key as u32 == d.key && s.size == e.size => d.id as i32,
-            Some(s) => {
-                return Err(RestoreError::ShmIdTaken {
-                    id: d.id,
-                    key: s.key as u32,
-                })
-            }
-            None => {
-                std::fs::write("/proc/sys/kernel/shm_next_id", d.id.to_string())
-                    .map_err(setup_err("setting kernel.shm_next_id"))?;
-                // SAFETY: shmget(2) with integers.
-                let got = unsafe {
-                    libc::shmget(
-                        d.key as libc::key_t,
-                        e.size as usize,
-                        libc::IPC_CREAT | libc::IPC_EXCL | (d.mode & 0o777) as i32,
-                    )
-                };
-                let _ = std::fs::write("/proc/sys/kernel/shm_next_id", "-1");
-                if got < 0 || got as u32 != d.id {
-                    return Err(setup_err(format!(
-                        "creating System V shared memory {} (key {:#x})",
-                        d.id, d.key
-                    ))(std::io::Error::last_os_error()));
-                }
-                got
-            }
-        };
-        let content = read_shmem_content(e.size, pagemap, &img.dir.join(pages))?;
-        // SAFETY: shmat of a segment we just checked; detached right after the copy.
-        let addr = unsafe { libc::shmat(id, std::ptr::null(), 0) };
-        if addr as isize == -1 {
-            return Err(setup_err(format!("attaching System V shared memory {id}"))(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: the segment is at least `e.size` bytes long and attached read-write at addr.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                content.as_ptr(),
-                addr.cast::<u8>(),
-                content.len().min(e.size as usize),
-            );
-            libc::shmdt(addr);
-        }
-        const SHM_DEST: u32 = 0o1000;
-        if d.mode & SHM_DEST != 0 {
-            to_remove.push(id);
-        }
-    }
-    Ok(to_remove)
 }
 
 fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, RestoreError> {

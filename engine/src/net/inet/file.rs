@@ -81,7 +81,10 @@ impl FileKind for InetSocket {
             }];
             let (table, create) = match nft_lock.as_ref() {
                 Some(t) => (t.clone(), false),
-                None => (format!("stasis-{root}-{}", crate::dump::uptime_us()), true),
+                None => {
+                    let now = crate::dump::uptime_us().map_err(std::io::Error::other)?;
+                    (format!("stasis-{root}-{now}"), true)
+                }
             };
             stasis_netns::nftlock::add(&table, &conn, create).map_err(std::io::Error::other)?;
             *nft_lock = Some(table);

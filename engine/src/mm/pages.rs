@@ -343,6 +343,31 @@ impl PageSource {
     /// is `mem` (which also writes read-only private mappings, copying on write).
     pub fn copy_to(&mut self, mem: &File, pid: u32, addr: u64, len: u64) -> Result<(), PagesError> {
         use std::os::unix::fs::FileExt;
+        self.take(len, |chunk, done| {
+            mem.write_all_at(chunk, addr + done).map_err(|source| {
+                crate::sys::mem::MemError::Write {
+                    pid,
+                    addr: addr + done,
+                    len: chunk.len(),
+                    source,
+                }
+                .into()
+            })
+        })
+    }
+
+    /// Passes over the next `len` bytes of the stream (pages the restore does not put back,
+    /// such as a dumped vdso: the running kernel's own stays).
+    pub fn skip(&mut self, len: u64) -> Result<(), PagesError> {
+        self.take(len, |_, _| Ok(()))
+    }
+
+    /// Hands the next `len` bytes of the stream to `f`, chunk by chunk, with their offset.
+    fn take(
+        &mut self,
+        len: u64,
+        mut f: impl FnMut(&[u8], u64) -> Result<(), PagesError>,
+    ) -> Result<(), PagesError> {
         let mut done = 0u64;
         while done < len {
             if self.cur.is_none() {
@@ -363,17 +388,12 @@ impl PageSource {
             }
             let (buf, n, off) = self.cur.as_mut().expect("set above");
             let take = ((*n - *off) as u64).min(len - done) as usize;
-            mem.write_all_at(&buf[*off..*off + take], addr + done)
-                .map_err(|source| crate::sys::mem::MemError::Write {
-                    pid,
-                    addr: addr + done,
-                    len: take,
-                    source,
-                })?;
+            f(&buf[*off..*off + take], done)?;
             *off += take;
             done += take as u64;
             if *off == *n {
                 let (buf, _, _) = self.cur.take().expect("set above");
+                // The reader allocates anew when no buffer comes back: nothing is lost.
                 let _ = self.give_back.try_send(buf);
             }
         }

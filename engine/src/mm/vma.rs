@@ -134,7 +134,28 @@ fn dump_memory(
     }
     finish_pages(pages, stats)?;
     write_file(&img.dir.join(names::pagemap(pid as u64)), &pm.into_bytes())?;
-    Ok(vmas)
+    Ok(merge_vvar(vmas))
+}
+
+/// [vvar] and [vvar_vclock] (kernels 6.x) as one VVAR area, as CRIU 4.2 records them: CRIU's
+/// restorer takes the vdso to follow the first VVAR area, and our own restore moves the group
+/// as one either way.
+fn merge_vvar(vmas: Vec<pb::VmaEntry>) -> Vec<pb::VmaEntry> {
+    let mut out: Vec<pb::VmaEntry> = Vec::with_capacity(vmas.len());
+    for v in vmas {
+        match out.last_mut() {
+            Some(prev)
+                if prev.status & VMA_AREA_VVAR != 0
+                    && v.status & VMA_AREA_VVAR != 0
+                    && prev.end == v.start
+                    && prev.prot == v.prot =>
+            {
+                prev.end = v.end;
+            }
+            _ => out.push(v),
+        }
+    }
+    out
 }
 
 /// The VMA as smaps shows it: bounds, protection, flags, madvise state; a regular area.
@@ -183,17 +204,22 @@ fn classify(
     stats: &mut DumpStats,
 ) -> Result<Option<PageSelect>, DumpError> {
     match m.path.as_str() {
+        // The kernel's own areas, marked as CRIU marks them (anonymous private), so CRIU's
+        // restorer finds its vdso where it looks.
         "[vsyscall]" => {
-            vma.status = VMA_AREA_VSYSCALL;
-            Ok(None)
-        }
-        "[vdso]" => {
-            vma.status |= VMA_AREA_VDSO;
+            vma.status = VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE;
             vma.flags |= libc::MAP_ANONYMOUS as u32;
             Ok(None)
         }
+        // Its pages are saved as CRIU saves them (CRIU's restorer reads the dumped vdso to
+        // compare it with the running one); our restore keeps the running kernel's.
+        "[vdso]" => {
+            vma.status |= VMA_AREA_VDSO | VMA_ANON_PRIVATE;
+            vma.flags |= libc::MAP_ANONYMOUS as u32;
+            Ok(Some(PageSelect::Anon))
+        }
         "[vvar]" | "[vvar_vclock]" => {
-            vma.status |= VMA_AREA_VVAR;
+            vma.status |= VMA_AREA_VVAR | VMA_ANON_PRIVATE;
             vma.flags |= libc::MAP_ANONYMOUS as u32;
             Ok(None)
         }
@@ -398,6 +424,16 @@ pub(crate) fn restore_mm(
             continue;
         }
         let len = load::nr_pages(e) * PAGE_SIZE;
+        // The dumped vdso (and anything in the vdso group) stays the running kernel's: its
+        // code matches this kernel's vvar data, the dumped one may not.
+        let in_vdso =
+            t.mm.vmas
+                .iter()
+                .any(|v| is_special(v) && v.start < e.vaddr + len && e.vaddr < v.end);
+        if in_vdso {
+            src.skip(len)?;
+            continue;
+        }
         src.copy_to(&mem_file, pid, e.vaddr, len)?;
         *pages_restored += len / PAGE_SIZE;
     }
@@ -460,20 +496,12 @@ fn move_vdso(
             .collect();
     dumped.sort_by_key(|v| v.start);
     specials.sort_unstable();
-    if dumped.len() != specials.len()
-        || dumped
-            .iter()
-            .zip(&specials)
-            .any(|(d, s)| d.end - d.start != s.1 - s.0)
-    {
-        return Err(MmError::VdsoLayout {
-            pid,
-            here: specials.len(),
-            dumped: dumped.len(),
-        }
-        .into());
-    }
-    if dumped.iter().zip(&specials).any(|(d, s)| d.start != s.0) {
+    let targets = vdso_targets(&dumped, &specials).ok_or(MmError::VdsoLayout {
+        pid,
+        here: specials.len(),
+        dumped: dumped.len(),
+    })?;
+    if specials.iter().zip(&targets).any(|(s, to)| s.0 != *to) {
         let overlaps = specials
             .iter()
             .any(|s| dumped.iter().any(|d| d.start < s.1 && s.0 < d.end));
@@ -487,8 +515,8 @@ fn move_vdso(
                 from[i] = to;
             }
         }
-        for (i, d) in dumped.iter().enumerate() {
-            mremap(r, from[i], d.end - d.start, d.start)?;
+        for (i, s) in specials.iter().enumerate() {
+            mremap(r, from[i], s.1 - s.0, targets[i])?;
         }
     }
     let vdso = dumped
@@ -498,6 +526,33 @@ fn move_vdso(
     let mut vb = vec![0u8; (vdso.end - vdso.start) as usize];
     mem::read(pid, vdso.start, &mut vb)?;
     Ok(ptrace::find_syscall_insn(&vb, vdso.start).ok_or(MmError::NoVdsoSyscall { pid })?)
+}
+
+/// Where each of this kernel's vdso areas (`specials`, sorted) goes: the dumped area of the same
+/// size, one for one; or, when the dump counted the areas differently (CRIU 4.2 records
+/// [vvar] and [vvar_vclock] as one VVAR area), the same place within the dumped group, if
+/// both groups are contiguous, as long, with the vdso at the same offset. None if neither.
+fn vdso_targets(dumped: &[&pb::VmaEntry], specials: &[(u64, u64)]) -> Option<Vec<u64>> {
+    if dumped.len() == specials.len()
+        && dumped
+            .iter()
+            .zip(specials)
+            .all(|(d, s)| d.end - d.start == s.1 - s.0)
+    {
+        return Some(dumped.iter().map(|d| d.start).collect());
+    }
+    let contiguous = |v: &[(u64, u64)]| v.windows(2).all(|w| w[0].1 == w[1].0);
+    let group: Vec<(u64, u64)> = dumped.iter().map(|d| (d.start, d.end)).collect();
+    let (d0, s0) = (group.first()?.0, specials.first()?.0);
+    let span = |v: &[(u64, u64)]| v.last().map_or(0, |l| l.1) - v[0].0;
+    let dumped_vdso = dumped.iter().find(|v| v.status & VMA_AREA_VDSO != 0)?.start - d0;
+    // This kernel's vdso is the last of its group (vvar pages come first).
+    let here_vdso = specials.last()?.0 - s0;
+    (contiguous(&group)
+        && contiguous(specials)
+        && span(&group) == span(specials)
+        && dumped_vdso == here_vdso)
+        .then(|| specials.iter().map(|s| d0 + (s.0 - s0)).collect())
 }
 
 /// mm fields, auxv and exe link in one PR_SET_MM_MAP (the only way without CAP_SYS_RESOURCE).
@@ -549,10 +604,11 @@ fn map_vmas<'a>(
     for v in t.mm.vmas.iter().filter(|v| !is_special(v)) {
         let len = v.end - v.start;
         let private = v.flags & libc::MAP_SHARED as u32 == 0;
+        // An entry may start in an earlier, adjacent mapping (CRIU writes them so).
         let has_pages = t
             .pagemap
             .iter()
-            .any(|e| e.vaddr >= v.start && e.vaddr < v.end);
+            .any(|e| e.vaddr < v.end && e.vaddr + load::nr_pages(e) * PAGE_SIZE > v.start);
         // Copied-on-write pages in a read-only private area mean it was writable once (a RELRO
         // segment): map it writable and mprotect it back, so it is accounted (`ac`) and stays
         // a VMA of its own, as it was.
@@ -640,6 +696,67 @@ fn mremap(r: &Remote, from: u64, len: u64, to: u64) -> Result<(), RestoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vvar_and_vvar_vclock_are_one_area_as_in_criu() {
+        let area = |start: u64, end: u64, status: u32| pb::VmaEntry {
+            start,
+            end,
+            status,
+            prot: 1,
+            ..Default::default()
+        };
+        let vmas = vec![
+            area(0x1000, 0x5000, VMA_AREA_VVAR),
+            area(0x5000, 0x7000, VMA_AREA_VVAR),
+            area(0x7000, 0x9000, VMA_AREA_VDSO),
+            area(0x9000, 0xa000, VMA_AREA_VVAR),
+        ];
+        let got: Vec<(u64, u64)> = merge_vvar(vmas).iter().map(|v| (v.start, v.end)).collect();
+        assert_eq!(
+            got,
+            vec![(0x1000, 0x7000), (0x7000, 0x9000), (0x9000, 0xa000)]
+        );
+    }
+
+    #[test]
+    fn the_vdso_group_moves_one_for_one_or_as_a_whole() {
+        let area = |start: u64, end: u64, status: u32| pb::VmaEntry {
+            start,
+            end,
+            status,
+            ..Default::default()
+        };
+        // Dumped by stasis on this kernel: three areas, one for one.
+        let three = [
+            area(0x10000, 0x14000, VMA_AREA_VVAR),
+            area(0x14000, 0x16000, VMA_AREA_VVAR),
+            area(0x16000, 0x18000, VMA_AREA_VDSO),
+        ];
+        let here = [(0x50000, 0x54000), (0x54000, 0x56000), (0x56000, 0x58000)];
+        let refs: Vec<&pb::VmaEntry> = three.iter().collect();
+        assert_eq!(
+            vdso_targets(&refs, &here),
+            Some(vec![0x10000, 0x14000, 0x16000])
+        );
+        // Dumped by CRIU 4.2: [vvar] and [vvar_vclock] as one area.
+        let two = [
+            area(0x10000, 0x16000, VMA_AREA_VVAR),
+            area(0x16000, 0x18000, VMA_AREA_VDSO),
+        ];
+        let refs: Vec<&pb::VmaEntry> = two.iter().collect();
+        assert_eq!(
+            vdso_targets(&refs, &here),
+            Some(vec![0x10000, 0x14000, 0x16000])
+        );
+        // A vdso of another size cannot be placed.
+        let other = [
+            area(0x10000, 0x16000, VMA_AREA_VVAR),
+            area(0x16000, 0x19000, VMA_AREA_VDSO),
+        ];
+        let refs: Vec<&pb::VmaEntry> = other.iter().collect();
+        assert_eq!(vdso_targets(&refs, &here), None);
+    }
 
     fn mapping(write: bool, shared: bool, flags: &[&str]) -> Mapping {
         Mapping {

@@ -389,10 +389,18 @@ pub fn parse_children(text: &str) -> Result<Vec<u32>, ParseError> {
 
 /// Splits `/proc/<pid>/auxv` bytes into native-endian u64 words.
 pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
-    bytes
+    let words: Vec<u64> = bytes
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes(c.try_into().expect("chunks_exact(8)")))
-        .collect()
+        .collect();
+    // The pairs before AT_NULL, as CRIU saves them: CRIU 4.2 refuses a saved auxv longer than
+    // its AT_VECTOR_SIZE (44 words), and the kernel's 22 pairs plus AT_NULL would be 46.
+    // PR_SET_MM_MAP zero-fills the rest, so AT_NULL comes back at restore.
+    let pairs = words
+        .chunks_exact(2)
+        .take_while(|p| p[0] != libc::AT_NULL)
+        .count();
+    words[..pairs * 2].to_vec()
 }
 
 /// One System V shared memory segment of `/proc/sysvipc/shm`.
@@ -656,5 +664,14 @@ Max realtime timeout      unlimited            unlimited            us        \n
         b.extend_from_slice(&6u64.to_ne_bytes());
         b.extend_from_slice(&4096u64.to_ne_bytes());
         assert_eq!(parse_auxv(&b), vec![6, 4096]);
+    }
+
+    #[test]
+    fn auxv_is_saved_without_its_terminator() {
+        let words: Vec<u8> = [6u64, 4096, 25, 0x7ffe_0000, 0, 0, 99, 99]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        assert_eq!(parse_auxv(&words), vec![6, 4096, 25, 0x7ffe_0000]);
     }
 }

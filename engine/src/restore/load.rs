@@ -176,6 +176,24 @@ fn pagemap(dir: &Path, file: &str) -> Result<(Vec<pb::PagemapEntry>, String), Lo
     Ok((entries, pages_file))
 }
 
+/// Whether `start..end` lies within mappings that follow each other without a gap. CRIU
+/// writes one pagemap entry for pages of adjacent mappings (a RELRO segment and the data
+/// after it), so an entry may span several.
+fn covered(vmas: &[pb::VmaEntry], start: u64, end: u64) -> bool {
+    let mut at = start;
+    // The mappings are sorted and do not overlap (checked above).
+    for v in vmas.iter().filter(|v| v.end > start) {
+        if v.start > at {
+            return false;
+        }
+        at = at.max(v.end);
+        if at >= end {
+            return true;
+        }
+    }
+    at >= end && start < end
+}
+
 pub fn nr_pages(e: &pb::PagemapEntry) -> u64 {
     e.nr_pages.unwrap_or(e.compat_nr_pages as u64)
 }
@@ -306,12 +324,23 @@ fn load_tasks(dir: &Path, pstree: Vec<pb::PstreeEntry>) -> Result<Vec<TaskImage>
         }
         let (pm, pages_file) = pagemap(dir, &names::pagemap(pid as u64))?;
         for e in &pm {
-            let end = e.vaddr + nr_pages(e) * PAGE_SIZE;
-            if !mm.vmas.iter().any(|v| v.start <= e.vaddr && end <= v.end) {
+            let end = e
+                .vaddr
+                .saturating_add(nr_pages(e).saturating_mul(PAGE_SIZE));
+            if !covered(&mm.vmas, e.vaddr, end) {
                 return Err(invalid(
                     &names::pagemap(pid as u64),
                     format!("pages at {:#x}-{end:#x} lie outside every mapping", e.vaddr),
                 ));
+            }
+        }
+        // CRIU keeps a task's kernel-object ids in ids-<pid>.img and not in its core; stasis
+        // writes both. Whichever is there, the core carries them from here on.
+        if threads[0].core.ids.is_none() {
+            if let Some(bytes) = read_optional(dir, &names::ids(pid))? {
+                let file = names::ids(pid);
+                let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::IDS)?;
+                threads[0].core.ids = Some(r.next_required()?);
             }
         }
         let files_id = threads[0]
@@ -767,6 +796,29 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn pages_may_span_adjacent_mappings_but_not_a_gap() {
+        let vma = |start: u64, end: u64| pb::VmaEntry {
+            start,
+            end,
+            ..Default::default()
+        };
+        let vmas = [
+            vma(0x1000, 0x3000),
+            vma(0x3000, 0x5000),
+            vma(0x6000, 0x7000),
+        ];
+        assert!(covered(&vmas, 0x1000, 0x3000));
+        assert!(
+            covered(&vmas, 0x2000, 0x4000),
+            "across two adjacent mappings"
+        );
+        assert!(!covered(&vmas, 0x4000, 0x6000), "into a gap");
+        assert!(!covered(&vmas, 0x6000, 0x8000), "past the last mapping");
+        assert!(!covered(&vmas, 0x0, 0x2000), "before the first");
+        assert!(!covered(&vmas, 0x2000, 0x2000), "empty");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub(crate) fn dump_task(
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
     let pid = tree.tasks[n].pid;
-    let ord = n as u32 + 1;
+    let ord = kobj_id(n);
     let maps = proc::smaps(pid)?;
     let scratch = prepare_injection(tree, n, &maps)?;
     let leader = tree.injector(pid, pid)?;
@@ -225,7 +225,7 @@ fn dump_files_and_fs(
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
     let pid = tree.tasks[n].pid;
-    let ord = n as u32 + 1;
+    let ord = kobj_id(n);
     let status = proc::status(pid)?;
     let (fds, locks) = crate::dump::fds::dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
     tree.tcp_locks.extend(locks);
@@ -274,8 +274,15 @@ pub(crate) fn dump_zombie(task: &Task, dir: &Path) -> Result<(), DumpError> {
     write_file(&dir.join(names::core(task.pid)), &w.into_bytes())
 }
 
+/// The kernel-object id of the `n`th task (0-based). Id 1 is the dumper's own (inventory's
+/// root_ids), as in CRIU: a root task whose ids equal root_ids would share the dumper's fd
+/// table, and CRIU refuses such images ("Image corruption on kIDs data").
+pub(crate) fn kobj_id(n: usize) -> u32 {
+    n as u32 + 2
+}
+
 /// Kernel-object ids: stasis refuses shared fd tables, mms and fs structs between processes, so
-/// each process owns its own and the ids are its ordinal.
+/// each process owns its own and the ids are its ordinal (see [`kobj_id`]).
 pub(crate) fn ids_for(n: u32, ipc_ns_id: u32, uts_ns_id: u32) -> pb::TaskKobjIdsEntry {
     pb::TaskKobjIdsEntry {
         vm_id: n,

@@ -207,6 +207,15 @@ pub fn regs_from_pb(g: &pb::UserX86RegsEntry, base: &Regs) -> Regs {
 const ERESTARTSYS: i64 = -512;
 const ERESTART_RESTARTBLOCK: i64 = -516;
 
+/// The registers as the image holds them: rewound as by [`rewind_interrupted_syscall`], as
+/// CRIU writes them (CRIU's restorer expects a syscall interrupted at dump to be rewound
+/// already; without it a program sees ERESTARTNOHAND, errno 514). The live thread keeps its own.
+pub fn rewound(r: &Regs) -> Regs {
+    let mut r = *r;
+    rewind_interrupted_syscall(&mut r);
+    r
+}
+
 /// A thread dumped inside a syscall is rewound so the call runs again after restore, instead of
 /// leaving the kernel to interpret restart codes against a restart block that no longer exists.
 pub fn rewind_interrupted_syscall(r: &mut Regs) {

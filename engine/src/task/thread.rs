@@ -108,7 +108,7 @@ fn dump_thread(
         mtype: pb::core_entry::March::X8664 as i32,
         thread_info: Some(pb::ThreadInfoX86 {
             clear_tid_addr: clear_tid,
-            gpregs: arch::regs_to_pb(regs),
+            gpregs: arch::regs_to_pb(&arch::rewound(regs)),
             fpregs: arch::fpregs_from_xstate(&xstate),
             tls: Vec::new(),
         }),

@@ -49,6 +49,8 @@ const FEATURES: &[(&str, Option<(u32, u32)>)] = &[
     ("pagemap_scan", None),
     ("timer_cr_ids", Some((6, 16))),
     ("overlayfs_maps", None),
+    ("breakpoints", None),
+    ("pagemap_scan_guard_pages", None),
 ];
 
 /// The running kernel's (major, minor), from uname.

@@ -49,7 +49,8 @@ pub struct Config {
     pub ghost_limit: Option<u64>,
     pub pidfile: Option<PathBuf>,
     pub inherit_fds: Vec<InheritFd>,
-    pub status_fd: Option<i32>,
+    /// `--close FD`: fds of ours to close before anything else.
+    pub close_fds: Vec<i32>,
     pub display_stats: bool,
     /// `check --feature NAME`, in order.
     pub features: Vec<String>,
@@ -76,7 +77,7 @@ impl Default for Config {
             ghost_limit: None,
             pidfile: None,
             inherit_fds: Vec::new(),
-            status_fd: None,
+            close_fds: Vec::new(),
             display_stats: false,
             features: Vec::new(),
             notes: Vec::new(),
@@ -101,6 +102,9 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Config, String> {
         apply(&mut c, g)?;
     }
     c.command = command(&p.words)?;
+    if !c.inherit_fds.is_empty() && c.command != Command::Restore {
+        return Err("--inherit-fd is a restore-only option".into());
+    }
     if c.command == Command::Dump && c.pid.is_none() {
         return Err("dump needs the root of the tree: -t|--tree PID".into());
     }
@@ -162,7 +166,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         }
         Support::NoOp(why) => {
             // A number is still a number, as CRIU would check.
-            if g.spec.long == "timeout" {
+            if matches!(g.spec.long, "timeout" | "status-fd") {
                 number::<u32>(g)?;
             }
             c.notes
@@ -181,7 +185,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "images-dir" => c.images_dir = PathBuf::from(value(g)),
         "work-dir" => c.work_dir = Some(PathBuf::from(value(g))),
         "log-file" => c.log_file = Some(PathBuf::from(value(g))),
-        "verbosity" => c.verbosity = verbosity(c.verbosity, g.value.as_deref())?,
+        "verbosity" => c.verbosity = verbosity(c.verbosity, g.value.as_deref()),
         "ext-unix-sk" => c
             .ext_unix_sk
             .get_or_insert_with(Vec::new)
@@ -194,7 +198,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "feature" => c.features.push(value(g).to_string()),
         "ghost-limit" => c.ghost_limit = Some(parse_size(value(g))?),
         "tcp-close" => c.tcp_close = on,
-        "status-fd" => c.status_fd = Some(number(g)?),
+        "close" => c.close_fds.push(number(g)?),
         "display-stats" => c.display_stats = on,
         // help, version: handled before.
         _ => {}
@@ -212,7 +216,7 @@ fn check_value(g: &Given) -> Result<(), String> {
         ),
         "pre-dump-mode" => (&["splice"], &["read"]),
         "file-validation" => (&["filesize"], &["buildid"]),
-        "network-lock" => (&["iptables", "nftables"], &["skip"]),
+        "network-lock" => (&["iptables", "nftables"], &["skip", "none"]),
         other => unreachable!("--{other} has no value table"),
     };
     if ok.contains(&v) {
@@ -229,18 +233,34 @@ fn check_value(g: &Given) -> Result<(), String> {
     }
 }
 
-/// CRIU's -v: `-v` adds one, `-vvv` (value "vv") adds three, `-vN` sets N.
-pub fn verbosity(level: u8, v: Option<&str>) -> Result<u8, String> {
+/// CRIU's -v: `-v` adds one, `-vvv` (value "vv") adds three, `-vN` sets N. Any other value
+/// is read as C's atoi reads it, as CRIU does: zdtm's `-verbosity=0` is `-v` with the value
+/// "erbosity=0", which is 0.
+pub fn verbosity(level: u8, v: Option<&str>) -> u8 {
     let level = match v {
         None => level.saturating_add(1),
-        Some(s) if !s.is_empty() && s.chars().all(|c| c == 'v') => {
-            level.saturating_add(s.len() as u8 + 1)
-        }
-        Some(s) => s
-            .parse::<u8>()
-            .map_err(|_| format!("bad verbosity '{s}': use -v[NUM] or -vvv"))?,
+        Some(s) if s.starts_with('v') => level.saturating_add(s.len().min(255) as u8 + 1),
+        Some(s) => atoi(s).clamp(0, 255) as u8,
     };
-    Ok(level.min(4))
+    level.min(4)
+}
+
+/// C's atoi: leading blanks, a sign, digits; 0 if there are none.
+fn atoi(s: &str) -> i64 {
+    let s = s.trim_start();
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let n = digits
+        .chars()
+        .map_while(|c| c.to_digit(10))
+        .fold(0i64, |n, d| n.saturating_mul(10).saturating_add(d as i64));
+    if neg {
+        -n
+    } else {
+        n
+    }
 }
 
 /// "" or "INODE[,INODE...]" (socket inodes, as `ls -l /proc/PID/fd` shows them).

@@ -160,16 +160,6 @@ fn run_restore(c: &Config) -> Result<ExitCode> {
         println!("Restore time: {} us", r.restore_time_us);
         println!("Forking time: {} us", r.forking_time_us);
     }
-    if let Some(fd) = c.status_fd {
-        // CRIU's status_ready(): one zero byte, then the fd is closed.
-        // SAFETY: write and close on an fd the caller passed us for this.
-        unsafe {
-            if libc::write(fd, [0u8].as_ptr().cast(), 1) != 1 {
-                log::warn!("cannot write to --status-fd {fd}");
-            }
-            libc::close(fd);
-        }
-    }
     if c.detach {
         return Ok(ExitCode::SUCCESS);
     }
@@ -223,6 +213,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for &fd in &cfg.close_fds {
+        // SAFETY: the caller asked us to close this fd of ours (CRIU's --close).
+        unsafe { libc::close(fd) };
+    }
     match run(&cfg) {
         Ok(code) => code,
         Err(e) => {

@@ -67,7 +67,7 @@ const fn b(long: &'static str, support: Support) -> Spec {
 use HasArg::{No as N, Optional as Opt, Required as Req};
 use Support::{No as Refused, NoOp, Some as Values, Yes};
 
-/// CRIU 4.x's options (criu/config.c), in its order.
+/// CRIU 4.x's options (criu/config.c, parse_options), in its order.
 pub static OPTIONS: &[Spec] = &[
     o("tree", Some('t'), Req, Yes("PID of the root of the tree to dump")),
     o("leave-stopped", Some('s'), N, Refused),
@@ -79,7 +79,10 @@ pub static OPTIONS: &[Spec] = &[
             Yes("detach after restore instead of waiting for the root task"),
         )
     },
-    o("restore-sibling", Some('S'), N, Refused),
+    Spec {
+        short: Some('S'),
+        ..b("restore-sibling", Refused)
+    },
     b("daemon", Yes("same as --restore-detached")),
     o("images-dir", Some('D'), Req, Yes("images directory (default: .)")),
     o("work-dir", Some('W'), Req, Yes("directory for logs, stats and pidfile (default: the images directory)")),
@@ -90,6 +93,12 @@ pub static OPTIONS: &[Spec] = &[
     o("ext-unix-sk", Some('x'), Opt, Yes("unix sockets with a peer outside the tree; =INODE[,INODE...] for those sockets whatever their type")),
     o("help", Some('h'), N, Yes("print the usage and exit")),
     b("tcp-established", Yes("checkpoint/restore established TCP connections")),
+    o(
+        "close",
+        None,
+        Req,
+        Yes("close this fd of ours before doing anything"),
+    ),
     b("log-pid", NoOp("stasis is one process: its log is one file")),
     o("version", Some('V'), N, Yes("print the version and exit")),
     b("evasive-devices", Refused),
@@ -139,17 +148,19 @@ pub static OPTIONS: &[Spec] = &[
     o("cgroup-props", None, Req, Refused),
     o("cgroup-props-file", None, Req, Refused),
     o("cgroup-dump-controller", None, Req, Refused),
-    b("tcp-skip-in-flight", NoOp("connections not yet accepted are always left out (and logged)")),
     b("skip-in-flight", NoOp("connections not yet accepted are always left out (and logged)")),
     b("tcp-close", Yes("restore established TCP connections as closed sockets")),
-    b("remote", Refused),
     o("config", None, Req, Refused),
     o("no-default-config", None, N, NoOp("stasis reads no configuration file")),
-    o("status-fd", None, Req, Yes("restore: write a zero byte to this fd when the tree is restored, then close it")),
+    o(
+        "status-fd",
+        None,
+        Req,
+        NoOp("CRIU writes it only from page-server, lazy-pages and service; the number is checked"),
+    ),
     o("ps-socket", None, Req, Refused),
     b("display-stats", Yes("print the dump or restore statistics to stdout at the end")),
     b("weak-sysctls", Refused),
-    b("check-only", Refused),
     b("deprecated", NoOp("stasis has no deprecated features to allow")),
     o("tls-cacert", None, Req, Refused),
     o("tls-cacrl", None, Req, Refused),
@@ -167,8 +178,6 @@ pub static OPTIONS: &[Spec] = &[
     b("unprivileged", Refused),
     b("ghost-fiemap", NoOp("ghost files are saved whole")),
     b("allow-uprobes", Refused),
-    b("with-cpu-affinity", Refused),
-    b("orphan-pts-master", Refused),
     b("stream", Refused),
 ];
 

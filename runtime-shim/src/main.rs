@@ -89,6 +89,11 @@ fn work_path(c: &Config, f: &Path) -> PathBuf {
     }
 }
 
+/// A page count as CRIU's --display-stats prints it: "N (0xN)".
+fn count(n: u64) -> String {
+    format!("{n} ({n:#x})")
+}
+
 fn run_dump(c: &Config) -> Result<ExitCode> {
     let pid = c
         .pid
@@ -114,18 +119,16 @@ fn run_dump(c: &Config) -> Result<ExitCode> {
         stats.shpages_written
     );
     if c.display_stats {
-        // CRIU's --display-stats layout.
+        // CRIU's display_stats() layout (it leaves the shared pages out too).
         println!("Displaying dump stats:");
         println!("Freezing time: {} us", stats.freezing_time_us);
         println!("Frozen time: {} us", stats.frozen_time_us);
         println!("Memory dump time: {} us", stats.memdump_time_us);
         println!("Memory write time: {} us", stats.memwrite_time_us);
-        println!("Memory pages scanned: {}", stats.pages_scanned);
-        println!("Memory pages skipped from parent: 0");
-        println!("Memory pages written: {}", stats.pages_written);
-        println!("Lazy memory pages: 0");
-        println!("Shared memory pages scanned: {}", stats.shpages_scanned);
-        println!("Shared memory pages written: {}", stats.shpages_written);
+        println!("Memory pages scanned: {}", count(stats.pages_scanned));
+        println!("Memory pages skipped from parent: {}", count(0));
+        println!("Memory pages written: {}", count(stats.pages_written));
+        println!("Lazy memory pages: {}", count(0));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -154,9 +157,9 @@ fn run_restore(c: &Config) -> Result<ExitCode> {
     );
     if c.display_stats {
         println!("Displaying restore stats:");
-        println!("Pages compared: 0");
-        println!("Pages skipped COW: 0");
-        println!("Pages restored: {}", r.pages_restored);
+        println!("Pages compared: {}", count(0));
+        println!("Pages skipped COW: {}", count(0));
+        println!("Pages restored: {}", count(r.pages_restored));
         println!("Restore time: {} us", r.restore_time_us);
         println!("Forking time: {} us", r.forking_time_us);
     }

@@ -177,8 +177,10 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
     }
     match g.spec.long {
         "tree" => {
-            let pid = number::<u32>(g).map_err(|_| format!("bad pid '{}' for --tree", value(g)))?;
-            c.pid = Some(pid);
+            let bad = || format!("bad pid '{}' for --tree", value(g));
+            let pid = number::<u32>(g).map_err(|_| bad())?;
+            // CRIU refuses a tree id <= 0 the same way.
+            c.pid = Some(Some(pid).filter(|&p| p > 0).ok_or_else(bad)?);
         }
         "leave-running" => c.leave_running = true,
         "restore-detached" | "daemon" => c.detach = on,

@@ -325,6 +325,7 @@ fn commands_as_criu_names_them() {
     assert!(err(&[]).starts_with("no command given"));
     assert!(err(&["dump", "-D", "/tmp"]).contains("--tree"));
     assert!(err(&["dump", "-t", "notapid"]).contains("notapid"));
+    assert_eq!(err(&["dump", "-t", "0"]), "bad pid '0' for --tree");
     assert!(err(&["restore", "--inherit-fd", "bogus"]).contains("fd[N]:KEY"));
     assert_eq!(
         err(&["dump", "-t1", "--inherit-fd", "fd[3]:/a"]),

@@ -72,8 +72,12 @@ pub struct DumpStats {
     pub frozen_time_us: u64,
     pub memdump_time_us: u64,
     pub memwrite_time_us: u64,
+    /// Private memory pages (CRIU's pages_*).
     pub pages_scanned: u64,
     pub pages_written: u64,
+    /// Shared memory pages: MAP_SHARED anonymous, memfd, System V (CRIU's shpages_*).
+    pub shpages_scanned: u64,
+    pub shpages_written: u64,
     pub tasks: usize,
     pub threads: usize,
 }
@@ -268,9 +272,9 @@ fn write_stats(work: &Path, s: &DumpStats) -> Result<(), DumpError> {
             pages_lazy: 0,
             page_pipes: None,
             page_pipe_bufs: None,
-            shpages_scanned: None,
-            shpages_skipped_parent: None,
-            shpages_written: None,
+            shpages_scanned: Some(s.shpages_scanned),
+            shpages_skipped_parent: Some(0),
+            shpages_written: Some(s.shpages_written),
         }),
         restore: None,
     };

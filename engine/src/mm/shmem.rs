@@ -92,9 +92,13 @@ pub(crate) fn dump_shmem_object(
             }
         }
         off += n as u64;
-        stats.pages_scanned += n as u64 / PAGE_SIZE;
+        stats.shpages_scanned += n as u64 / PAGE_SIZE;
     }
+    // Shared pages are counted apart from private ones, as CRIU's shpages_* stats are.
+    let private_written = stats.pages_written;
     finish_pages(pages, stats)?;
+    stats.shpages_written += stats.pages_written - private_written;
+    stats.pages_written = private_written;
     write_file(&img.dir.join(names::pagemap_shmem(shmid)), &pm.into_bytes())
 }
 

@@ -1,0 +1,344 @@
+//! From CRIU's command line (see `opts`) to what stasis will do.
+
+use std::path::PathBuf;
+
+use stasis::restore::InheritFd;
+
+use crate::opts::{self, Given, Support};
+
+/// CRIU's commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Dump,
+    Restore,
+    Check,
+    /// `swrk FD`: CRIU's RPC service on a socket fd.
+    Swrk(i32),
+    Help,
+    Version,
+}
+
+/// Every CRIU command stasis does not run yet; named in the error.
+const UNSUPPORTED_COMMANDS: &[&str] = &[
+    "pre-dump",
+    "lazy-pages",
+    "page-server",
+    "service",
+    "dedup",
+    "cpuinfo",
+];
+
+/// What the command line asks for, options folded in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub command: Command,
+    pub pid: Option<u32>,
+    pub images_dir: PathBuf,
+    pub work_dir: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    /// 0 none, 1 errors, 2 warnings (default), 3 info, 4 debug.
+    pub verbosity: u8,
+    pub leave_running: bool,
+    pub detach: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub tcp_established: bool,
+    pub tcp_close: bool,
+    /// `--ext-unix-sk[=INODE,...]`: None if not given.
+    pub ext_unix_sk: Option<Vec<u32>>,
+    pub ghost_limit: Option<u64>,
+    pub pidfile: Option<PathBuf>,
+    pub inherit_fds: Vec<InheritFd>,
+    /// `--close FD`: fds of ours to close before anything else.
+    pub close_fds: Vec<i32>,
+    pub display_stats: bool,
+    /// `check --feature NAME`, in order.
+    pub features: Vec<String>,
+    /// Options accepted without effect, and why: logged once the log is open.
+    pub notes: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            command: Command::Help,
+            pid: None,
+            images_dir: PathBuf::from("."),
+            work_dir: None,
+            log_file: None,
+            verbosity: 2,
+            leave_running: false,
+            detach: false,
+            shell_job: false,
+            file_locks: false,
+            tcp_established: false,
+            tcp_close: false,
+            ext_unix_sk: None,
+            ghost_limit: None,
+            pidfile: None,
+            inherit_fds: Vec::new(),
+            close_fds: Vec::new(),
+            display_stats: false,
+            features: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// Reads the command line (without the program name) as CRIU would. An error is one line.
+pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Config, String> {
+    let p = opts::parse(args)?;
+    let mut c = Config::default();
+    let asked = |l: &str| p.given.iter().any(|g| g.spec.long == l && !g.negated);
+    // Like CRIU, -h and -V win over everything else.
+    if asked("help") {
+        return Ok(c);
+    }
+    if asked("version") {
+        c.command = Command::Version;
+        return Ok(c);
+    }
+    for g in &p.given {
+        apply(&mut c, g)?;
+    }
+    c.command = command(&p.words)?;
+    if !c.inherit_fds.is_empty() && c.command != Command::Restore {
+        return Err("--inherit-fd is a restore-only option".into());
+    }
+    if c.command == Command::Dump && c.pid.is_none() {
+        return Err("dump needs the root of the tree: -t|--tree PID".into());
+    }
+    Ok(c)
+}
+
+fn command(words: &[String]) -> Result<Command, String> {
+    let Some((cmd, operands)) = words.split_first() else {
+        return Err("no command given; try 'stasis --help'".into());
+    };
+    let none = |c: Command| match operands.first() {
+        Some(w) => Err(format!("unexpected argument '{w}' after '{cmd}'")),
+        None => Ok(c),
+    };
+    match cmd.as_str() {
+        "dump" => none(Command::Dump),
+        "restore" => none(Command::Restore),
+        "check" => none(Command::Check),
+        "swrk" => match operands {
+            [fd] => fd
+                .parse()
+                .map(Command::Swrk)
+                .map_err(|_| format!("bad fd '{fd}' for swrk")),
+            _ => Err("swrk needs one argument: the fd of its socket".into()),
+        },
+        "exec" => Err("the exec command is gone from CRIU (it is the compel library now)".into()),
+        "show" => Err("show is not a command: decode images with crit".into()),
+        c if UNSUPPORTED_COMMANDS.contains(&c) => Err(format!("{c} is not supported yet")),
+        c => Err(format!("unknown command '{c}' (see 'stasis --help')")),
+    }
+}
+
+fn value(g: &Given) -> &str {
+    g.value.as_deref().unwrap_or("")
+}
+
+fn number<T: std::str::FromStr>(g: &Given) -> Result<T, String> {
+    value(g).parse().map_err(|_| {
+        format!(
+            "bad value '{}' for --{}: expected a number",
+            value(g),
+            g.spec.long
+        )
+    })
+}
+
+/// Folds one option into `c`, or refuses it.
+fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
+    let on = !g.negated;
+    match g.spec.support {
+        // --no-NAME is CRIU's default for every option stasis refuses.
+        Support::No if on => return Err(format!("--{} is not supported yet", g.spec.long)),
+        Support::No => return Ok(()),
+        Support::Some(_) => {
+            check_value(g)?;
+            c.notes
+                .push(format!("--{}={}: accepted", g.spec.long, value(g)));
+            return Ok(());
+        }
+        Support::NoOp(why) => {
+            // A number is still a number, as CRIU would check.
+            if matches!(g.spec.long, "timeout" | "status-fd") {
+                number::<u32>(g)?;
+            }
+            c.notes
+                .push(format!("--{}: accepted without effect: {why}", g.spec.long));
+            return Ok(());
+        }
+        Support::Yes(_) => {}
+    }
+    match g.spec.long {
+        "tree" => {
+            let bad = || format!("bad pid '{}' for --tree", value(g));
+            let pid = number::<u32>(g).map_err(|_| bad())?;
+            // CRIU refuses a tree id <= 0 the same way.
+            c.pid = Some(Some(pid).filter(|&p| p > 0).ok_or_else(bad)?);
+        }
+        "leave-running" => c.leave_running = true,
+        "restore-detached" | "daemon" => c.detach = on,
+        "images-dir" => c.images_dir = PathBuf::from(value(g)),
+        "work-dir" => c.work_dir = Some(PathBuf::from(value(g))),
+        "log-file" => c.log_file = Some(PathBuf::from(value(g))),
+        "verbosity" => c.verbosity = verbosity(c.verbosity, g.value.as_deref()),
+        "ext-unix-sk" => c
+            .ext_unix_sk
+            .get_or_insert_with(Vec::new)
+            .extend(parse_inodes(value(g))?),
+        "tcp-established" => c.tcp_established = on,
+        "pidfile" => c.pidfile = Some(PathBuf::from(value(g))),
+        "shell-job" => c.shell_job = on,
+        "file-locks" => c.file_locks = on,
+        "inherit-fd" => c.inherit_fds.push(value(g).parse()?),
+        "feature" => c.features.push(value(g).to_string()),
+        "ghost-limit" => c.ghost_limit = Some(parse_size(value(g))?),
+        "tcp-close" => c.tcp_close = on,
+        "close" => c.close_fds.push(number(g)?),
+        "display-stats" => c.display_stats = on,
+        // help, version: handled before.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Options stasis accepts with some values only.
+fn check_value(g: &Given) -> Result<(), String> {
+    let v = value(g);
+    let (ok, known): (&[&str], &[&str]) = match g.spec.long {
+        "manage-cgroups" => (
+            &["ignore"],
+            &["none", "props", "soft", "full", "strict", ""],
+        ),
+        "pre-dump-mode" => (&["splice"], &["read"]),
+        "file-validation" => (&["filesize"], &["buildid"]),
+        "network-lock" => (&["iptables", "nftables"], &["skip", "none"]),
+        other => unreachable!("--{other} has no value table"),
+    };
+    if ok.contains(&v) {
+        Ok(())
+    } else if known.contains(&v) {
+        let shown = if v.is_empty() {
+            format!("--{}", g.spec.long)
+        } else {
+            format!("--{}={v}", g.spec.long)
+        };
+        Err(format!("{shown} is not supported yet"))
+    } else {
+        Err(format!("bad value '{v}' for --{}", g.spec.long))
+    }
+}
+
+/// CRIU's -v: `-v` adds one, `-vvv` (value "vv") adds three, `-vN` sets N. Any other value
+/// is read as C's atoi reads it, as CRIU does: zdtm's `-verbosity=0` is `-v` with the value
+/// "erbosity=0", which is 0.
+pub fn verbosity(level: u8, v: Option<&str>) -> u8 {
+    let level = match v {
+        None => level.saturating_add(1),
+        Some(s) if s.starts_with('v') => level.saturating_add(s.len().min(255) as u8 + 1),
+        Some(s) => atoi(s).clamp(0, 255) as u8,
+    };
+    level.min(4)
+}
+
+/// C's atoi: leading blanks, a sign, digits; 0 if there are none.
+fn atoi(s: &str) -> i64 {
+    let s = s.trim_start();
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let n = digits
+        .chars()
+        .map_while(|c| c.to_digit(10))
+        .fold(0i64, |n, d| n.saturating_mul(10).saturating_add(d as i64));
+    if neg {
+        -n
+    } else {
+        n
+    }
+}
+
+/// "" or "INODE[,INODE...]" (socket inodes, as `ls -l /proc/PID/fd` shows them).
+pub fn parse_inodes(s: &str) -> Result<Vec<u32>, String> {
+    s.split(',')
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("bad socket inode '{v}': expected a number"))
+        })
+        .collect()
+}
+
+/// SIZE[K|M|G], as CRIU's --ghost-limit.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size '{s}': expected a number with an optional K, M or G"))
+}
+
+/// `stasis --help`: the commands, then the options by what stasis does with them.
+pub fn usage() -> String {
+    let mut s = String::from(
+        "Usage:\n  stasis dump -t PID [-D DIR] [OPTIONS]\n  stasis restore [-D DIR] [OPTIONS]\n  \
+         stasis check [--feature NAME]\n  stasis swrk FD   (not implemented yet)\n  \
+         stasis -V|--version\n\nCheckpoint/restore of Linux process trees with CRIU's command \
+         line. Every CRIU option is\nread; options may come before or after the command.\n",
+    );
+    let name = |sp: &opts::Spec| {
+        let mut n = match sp.short {
+            Some(c) => format!("-{c}|--{}", sp.long),
+            None => format!("--{}", sp.long),
+        };
+        match sp.arg {
+            opts::HasArg::Required => n.push_str(" ARG"),
+            opts::HasArg::Optional => n.push_str("[=ARG]"),
+            opts::HasArg::No => {}
+        }
+        n
+    };
+    let section = |title: &str, pick: &dyn Fn(&Support) -> Option<&'static str>| {
+        let mut out = format!("\n{title}:\n");
+        for sp in opts::OPTIONS {
+            if let Some(text) = pick(&sp.support) {
+                out.push_str(&format!("  {:<28} {text}\n", name(sp)));
+            }
+        }
+        out
+    };
+    s += &section("Implemented", &|s| match s {
+        Support::Yes(t) => Some(t),
+        _ => None,
+    });
+    s += &section("Accepted for some values", &|s| match s {
+        Support::Some(t) => Some(t),
+        _ => None,
+    });
+    s += &section("Accepted without effect", &|s| match s {
+        Support::NoOp(t) => Some(t),
+        _ => None,
+    });
+    let refused: Vec<String> = opts::OPTIONS
+        .iter()
+        .filter(|sp| sp.support == Support::No)
+        .map(|sp| format!("--{}", sp.long))
+        .collect();
+    s += "\nNot supported yet (refused by name; the --no- form of a boolean is accepted):\n";
+    for line in refused.chunks(5) {
+        s += &format!("  {}\n", line.join(" "));
+    }
+    s
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CRIU's own test suite as a yardstick: runs zdtm tests (test/zdtm/static) in the host flavor
-# with stasis as --criu-bin. Needs root, a CRIU source checkout (its test/, lib/ and scripts/
-# directories), and Debian's crit and python3-pycriu (package criu): the checkout's own pycriu
-# needs generated protobuf modules.
+# with stasis as --criu-bin. Needs root, a CRIU source checkout whose zdtm tests were built by
+# hand beforehand (`make -C test/zdtm` in that checkout; this script builds nothing of CRIU's),
+# and Debian's crit and python3-pycriu (package criu): the checkout's own pycriu needs
+# generated protobuf modules.
 #
 #   scripts/zdtm.sh CRIU_SRC [TEST...]    (default: the tests below)
 #
@@ -24,12 +25,11 @@ for d in test lib scripts Makefile.versions; do
   [ -e "$src/$d" ] && cp -a "$src/$d" "$work/"
 done
 rm -f "$work/test/pycriu"
-make -C "$work/test/zdtm/lib" >"$work/build.log" 2>&1
 pass=0 fail=0 skip=0
 for t in "${tests[@]}"; do
   log=$work/$t.log
-  if ! make -C "$work/test/zdtm/static" "$t" >>"$work/build.log" 2>&1; then
-    echo "$t: BUILD FAILED"
+  if [ ! -x "$work/test/zdtm/static/$t" ]; then
+    echo "$t: NOT BUILT (run make -C test/zdtm in $src first)"
     fail=$((fail + 1))
     continue
   fi

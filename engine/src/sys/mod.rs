@@ -12,6 +12,7 @@ pub mod mem;
 pub mod mount;
 pub mod pidfd;
 pub mod ptrace;
+pub mod socket;
 
 use std::io;
 

@@ -13,6 +13,7 @@ pub mod mount;
 pub mod pidfd;
 pub mod ptrace;
 pub mod socket;
+pub mod tty;
 
 use std::io;
 

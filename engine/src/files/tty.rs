@@ -85,7 +85,7 @@ pub fn info(
     // keeps them off, as CRIU's does.
     let mut locked = false;
     let mut packet = false;
-    if libc::major(rdev as libc::dev_t) == PTMX_MAJOR {
+    if nix::sys::stat::major(rdev as libc::dev_t) == PTMX_MAJOR as u64 {
         locked = ioc::pty_locked(master).map_err(err(format!("lock state of pty {index}")))?;
         packet = ioc::packet_mode(master).map_err(err(format!("packet mode of pty {index}")))?;
     }
@@ -539,7 +539,7 @@ fn refill_pty(img: &DumpImage, index: u32, slave_path: &str) -> Result<(), PtyEr
             continue;
         };
         // The master is /dev/ptmx (major 5); a slave is /dev/pts/N (majors 136 and up).
-        if libc::major(info.rdev as libc::dev_t) == PTMX_MAJOR {
+        if nix::sys::stat::major(info.rdev as libc::dev_t) == PTMX_MAJOR as u64 {
             q.master = data.clone();
         } else {
             q.slave = data.clone();

@@ -2,7 +2,6 @@
 //! their error, fdinfo field lookup, and taking ownership of a new fd.
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
 
 /// fdinfo of a special fd did not have what we need.
 #[derive(Debug, thiserror::Error)]
@@ -31,15 +30,14 @@ pub(crate) fn field<'a>(
         .ok_or(AnonFdError::Field { kind, field: name })
 }
 
-pub(crate) fn owned(r: libc::c_int, kind: &'static str) -> Result<OwnedFd, AnonFdError> {
-    if r < 0 {
-        return Err(AnonFdError::Create {
-            kind,
-            source: std::io::Error::last_os_error(),
-        });
+/// The error of making (or setting up) a `kind` fd.
+pub(crate) fn create_err<E: Into<std::io::Error>>(
+    kind: &'static str,
+) -> impl FnOnce(E) -> AnonFdError {
+    move |source| AnonFdError::Create {
+        kind,
+        source: source.into(),
     }
-    // SAFETY: `r` is a fresh fd returned by the kernel, owned only here.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
 /// The restore error of an anon-inode kind's file `id`.

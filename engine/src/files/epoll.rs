@@ -3,7 +3,10 @@
 //! the task, where the target fd numbers are the task's own.
 
 use std::collections::HashSet;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::epoll::{Epoll as NixEpoll, EpollCreateFlags};
 
 use super::anon::{self, AnonFdError};
 use super::kind::{Fd, FileKind, OpenCx, TaskCx};
@@ -56,17 +59,10 @@ pub fn epoll_targets(fdinfo_text: &str, id: u32) -> Vec<pb::EventpollTfdEntry> {
 /// An empty epoll instance; its targets are added from inside the task, where the target fd
 /// numbers are the task's own.
 pub fn create_epoll(e: &pb::EventpollFileEntry) -> Result<OwnedFd, AnonFdError> {
-    // SAFETY: epoll_create1(2) with an integer argument.
-    let fd = anon::owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll")?;
+    let NixEpoll(fd) = NixEpoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(anon::create_err("epoll"))?;
     if e.flags & libc::O_NONBLOCK as u32 != 0 {
-        // SAFETY: F_SETFL with an integer.
-        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        if r < 0 {
-            return Err(AnonFdError::Create {
-                kind: "epoll (O_NONBLOCK)",
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .map_err(anon::create_err("epoll (O_NONBLOCK)"))?;
     }
     Ok(fd)
 }

@@ -1,7 +1,9 @@
 //! eventfd: its counter and semaphore mode from fdinfo, and a new one with the same count.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use nix::sys::eventfd::{EfdFlags, EventFd as NixEventFd};
 
 use super::anon::{self, AnonFdError};
 use super::kind::{Fd, FileKind, OpenCx};
@@ -39,27 +41,19 @@ pub fn eventfd_entry(
 
 /// A new eventfd with the dumped count and mode.
 pub fn create_eventfd(e: &pb::EventfdFileEntry) -> Result<OwnedFd, AnonFdError> {
-    let mut flags = libc::EFD_CLOEXEC;
+    let mut flags = EfdFlags::EFD_CLOEXEC;
     if e.flags & libc::O_NONBLOCK as u32 != 0 {
-        flags |= libc::EFD_NONBLOCK;
+        flags |= EfdFlags::EFD_NONBLOCK;
     }
     if e.flags & 1 != 0 {
-        flags |= libc::EFD_SEMAPHORE;
+        flags |= EfdFlags::EFD_SEMAPHORE;
     }
-    // SAFETY: eventfd(2) with integer arguments.
-    let fd = anon::owned(unsafe { libc::eventfd(0, flags) }, "eventfd")?;
+    let fd = NixEventFd::from_value_and_flags(0, flags).map_err(anon::create_err("eventfd"))?;
     if e.counter > 0 {
         // The initial value argument is 32-bit; a write adds any 64-bit count.
-        // SAFETY: write(2) of 8 bytes from a local.
-        let n = unsafe { libc::write(fd.as_raw_fd(), (&e.counter as *const u64).cast(), 8) };
-        if n != 8 {
-            return Err(AnonFdError::Create {
-                kind: "eventfd",
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        fd.write(e.counter).map_err(anon::create_err("eventfd"))?;
     }
-    Ok(fd)
+    Ok(fd.into())
 }
 
 /// The eventfd kind.

@@ -69,17 +69,15 @@ impl GhostFiles {
     pub fn fifo(&mut self, id: u32, orig: &str, mode: u32) -> Result<String, RestoreError> {
         let mut path = orig.to_string();
         for n in 1..=100 {
-            let c = std::ffi::CString::new(path.as_bytes()).map_err(|_| RestoreError::Open {
-                id,
-                path: path.clone(),
-                source: std::io::Error::from_raw_os_error(libc::EINVAL),
-            })?;
-            // SAFETY: mkfifo(3) of a NUL-terminated path.
-            if unsafe { libc::mkfifo(c.as_ptr(), (mode & 0o7777) as libc::mode_t) } == 0 {
-                self.made.insert(id, path.clone());
-                return Ok(path);
-            }
-            let e = std::io::Error::last_os_error();
+            let perms = nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777);
+            // A path with a NUL byte is refused with EINVAL, as before.
+            let e = match nix::unistd::mkfifo(path.as_str(), perms) {
+                Ok(()) => {
+                    self.made.insert(id, path.clone());
+                    return Ok(path);
+                }
+                Err(e) => std::io::Error::from(e),
+            };
             match e.kind() {
                 std::io::ErrorKind::AlreadyExists => {
                     path = format!("{orig}.stasis-ghost-{id}-{n}");

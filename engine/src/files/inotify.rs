@@ -1,7 +1,12 @@
 //! inotify: its watches from fdinfo (each watched inode found again by its file handle), and a
 //! new instance with the same watches under the same watch descriptors.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::inotify::{InitFlags, Inotify as NixInotify};
+
+use crate::sys::anon::{inotify_add_watch, inotify_rm_watch};
 
 use super::anon::{self, AnonFdError};
 use super::kind::{Fd, FileKind, OpenCx};
@@ -81,20 +86,8 @@ pub fn path_of_handle(sdev: u32, fh: &pb::FhEntry) -> Option<String> {
     buf.extend_from_slice(&(fh.r#type as i32).to_ne_bytes());
     let raw: Vec<u8> = fh.handle.iter().flat_map(|w| w.to_ne_bytes()).collect();
     buf.extend_from_slice(&raw[..(fh.bytes as usize).min(raw.len())]);
-    // SAFETY: open_by_handle_at reads a struct file_handle of the size we built.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_by_handle_at,
-            dir.as_raw_fd(),
-            buf.as_ptr(),
-            libc::O_PATH | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh fd we own.
-    let f = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let f = crate::sys::anon::open_by_handle_at(dir.as_fd(), &buf, libc::O_PATH | libc::O_CLOEXEC)
+        .ok()?;
     let p = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
     Some(p.to_string_lossy().into_owned())
 }
@@ -103,12 +96,8 @@ pub fn path_of_handle(sdev: u32, fh: &pb::FhEntry) -> Option<String> {
 /// handed out in increasing order, so gaps are skipped by adding and removing the watch
 /// (the IN_IGNORED events that makes are drained before the task sees the queue).
 pub fn create_inotify(e: &pb::InotifyFileEntry) -> Result<OwnedFd, AnonFdError> {
-    // SAFETY: inotify_init1(2) with flags.
-    let fd = anon::owned(
-        unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) },
-        "inotify",
-    )?;
-    let raw = fd.as_raw_fd();
+    let ino = NixInotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+        .map_err(anon::create_err("inotify"))?;
     let mut watches: Vec<&pb::InotifyWdEntry> = e.wd.iter().collect();
     watches.sort_by_key(|w| w.wd);
     for w in watches {
@@ -118,16 +107,10 @@ pub fn create_inotify(e: &pb::InotifyFileEntry) -> Result<OwnedFd, AnonFdError> 
             field: "path",
         })?;
         loop {
-            // SAFETY: inotify_add_watch with a NUL-terminated path.
-            let got = unsafe { libc::inotify_add_watch(raw, c.as_ptr(), w.mask) };
-            if got < 0 {
-                return Err(AnonFdError::Create {
-                    kind: "inotify watch",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-            if got as u32 >= w.wd {
-                if got as u32 != w.wd {
+            let got = inotify_add_watch(ino.as_fd(), &c, w.mask)
+                .map_err(anon::create_err("inotify watch"))?;
+            if got >= w.wd {
+                if got != w.wd {
                     return Err(AnonFdError::Field {
                         kind: "inotify",
                         field: "wd",
@@ -137,27 +120,18 @@ pub fn create_inotify(e: &pb::InotifyFileEntry) -> Result<OwnedFd, AnonFdError> 
             }
             // Too low: that number was a gap in the dumped set. Removing the watch burns it
             // (numbers only go up), and the next try gets the following one.
-            // SAFETY: inotify_rm_watch with integers.
-            if unsafe { libc::inotify_rm_watch(raw, got) } < 0 {
-                return Err(AnonFdError::Create {
-                    kind: "inotify watch (skipping a gap)",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
+            inotify_rm_watch(ino.as_fd(), got)
+                .map_err(anon::create_err("inotify watch (skipping a gap)"))?;
         }
     }
     // Drain the IN_IGNORED events of the burnt numbers.
+    let fd = OwnedFd::from(ino);
     let mut buf = [0u8; 4096];
-    // SAFETY: read into our buffer; the fd is non-blocking.
-    while unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    // Until EAGAIN (the fd is non-blocking): any other error also ends the drain, as before.
+    while nix::unistd::read(&fd, &mut buf).is_ok_and(|n| n > 0) {}
     if e.flags & libc::O_NONBLOCK as u32 == 0 {
-        // SAFETY: F_SETFL with an integer.
-        if unsafe { libc::fcntl(raw, libc::F_SETFL, 0) } < 0 {
-            return Err(AnonFdError::Create {
-                kind: "inotify (blocking mode)",
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        fcntl(&fd, FcntlArg::F_SETFL(OFlag::empty()))
+            .map_err(anon::create_err("inotify (blocking mode)"))?;
     }
     Ok(fd)
 }

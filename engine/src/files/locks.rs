@@ -4,7 +4,9 @@
 //! takes its own.
 
 use std::collections::HashMap;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use nix::fcntl::{fcntl, FcntlArg};
 
 use crate::dump::fds::DumpCx;
 use crate::dump::DumpError;
@@ -145,25 +147,20 @@ pub(crate) fn take_file_locks(
                 pid: l.pid as u32,
                 fd: l.fd,
             })?;
+        // SAFETY: the pool's fds stay open for the whole restore, beyond this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let r = if l.flag == FL_FLOCK {
-            let op = if l.r#type == libc::F_WRLCK as u32 {
-                libc::LOCK_EX
-            } else {
-                libc::LOCK_SH
-            };
-            // SAFETY: flock(2) on our fd.
-            unsafe { libc::flock(fd, op | libc::LOCK_NB) }
+            crate::sys::lock::flock_nb(fd, l.r#type == libc::F_WRLCK as u32)
         } else {
             let f = flock_struct(l);
-            // SAFETY: F_OFD_SETLK reads our struct flock.
-            unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &f) }
+            fcntl(fd, FcntlArg::F_OFD_SETLK(&f))
+                .map(drop)
+                .map_err(std::io::Error::from)
         };
-        if r < 0 {
-            return Err(RestoreError::Setup {
-                what: format!("taking back the lock of pid {} fd {}", l.pid, l.fd),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        r.map_err(|source| RestoreError::Setup {
+            what: format!("taking back the lock of pid {} fd {}", l.pid, l.fd),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -1,7 +1,11 @@
 //! memfd: a shmem inode with a name, seals and content. Its content is dumped like shared
 //! memory (a shmem pagemap); every open description of the inode is an entry of its own.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::unistd::{lseek, Whence};
 use std::os::unix::fs::MetadataExt;
 
 use super::anon::{self, AnonFdError};
@@ -19,12 +23,7 @@ struct MemfdInodes(Vec<((u64, u64), pb::MemfdInodeEntry)>);
 /// The seals of the memfd reached through `open`.
 fn read_seals(open: &str) -> std::io::Result<u32> {
     let f = std::fs::File::open(open)?;
-    // SAFETY: F_GET_SEALS on an fd we own.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(r as u32)
+    Ok(fcntl(&f, FcntlArg::F_GET_SEALS)? as u32)
 }
 
 impl FileTable {
@@ -106,9 +105,8 @@ impl FileTable {
 /// reopened from it through /proc/self/fd.
 pub fn create_memfd(inode: &pb::MemfdInodeEntry, content: &[u8]) -> Result<OwnedFd, AnonFdError> {
     let name = std::ffi::CString::new(inode.name.as_bytes()).unwrap_or_default();
-    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // SAFETY: memfd_create(2) with a NUL-terminated name.
-    let fd = anon::owned(unsafe { libc::memfd_create(name.as_ptr(), flags) }, "memfd")?;
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let fd = memfd_create(name.as_c_str(), flags).map_err(anon::create_err("memfd"))?;
     let err = |source| AnonFdError::Create {
         kind: "memfd",
         source,
@@ -118,17 +116,8 @@ pub fn create_memfd(inode: &pb::MemfdInodeEntry, content: &[u8]) -> Result<Owned
     f.write_all_at(content, 0).map_err(err)?;
     f.set_len(inode.size).map_err(err)?;
     if inode.seals != 0 {
-        // SAFETY: F_ADD_SEALS with an integer.
-        if unsafe {
-            libc::fcntl(
-                fd.as_raw_fd(),
-                libc::F_ADD_SEALS,
-                inode.seals as libc::c_int,
-            )
-        } < 0
-        {
-            return Err(err(std::io::Error::last_os_error()));
-        }
+        let seals = SealFlag::from_bits_retain(inode.seals as libc::c_int);
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| err(e.into()))?;
     }
     Ok(fd)
 }
@@ -214,15 +203,11 @@ impl FileKind for Memfd {
             }
         };
         if m.pos != 0 {
-            // SAFETY: lseek on our fd.
-            let r = unsafe { libc::lseek(fd.as_raw_fd(), m.pos as libc::off_t, libc::SEEK_SET) };
-            if r < 0 {
-                return Err(RestoreError::Open {
-                    id,
-                    path: format!("memfd:{}", m.inode_id),
-                    source: std::io::Error::last_os_error(),
-                });
-            }
+            lseek(&fd, m.pos as libc::off_t, Whence::SeekSet).map_err(|e| RestoreError::Open {
+                id,
+                path: format!("memfd:{}", m.inode_id),
+                source: e.into(),
+            })?;
         }
         Ok(Some(fd))
     }

@@ -160,7 +160,7 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         },
         libc::S_IFDIR => FdKind::Directory,
         libc::S_IFCHR => {
-            let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+            let (major, minor) = (dev_major(md.rdev()), dev_minor(md.rdev()));
             if is_tty_major(major) {
                 FdKind::Tty
             } else if is_stateless_char_device(major, minor) {
@@ -180,6 +180,16 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
     })
 }
 
+/// The major number of a device number.
+fn dev_major(rdev: u64) -> u32 {
+    nix::sys::stat::major(rdev) as u32
+}
+
+/// The minor number of a device number.
+fn dev_minor(rdev: u64) -> u32 {
+    nix::sys::stat::minor(rdev) as u32
+}
+
 /// /dev/null, /dev/zero, /dev/full, /dev/random and /dev/urandom: a reopen is as good as the
 /// original.
 fn is_stateless_char_device(major: u32, minor: u32) -> bool {
@@ -194,15 +204,14 @@ fn special_fs_kind(pid: u32, fd: i32) -> Result<Option<&'static str>, FilesError
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).expect("no NUL in a number");
-    // SAFETY: statfs writes one struct statfs into our zeroed buffer; path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
-        let source = std::io::Error::last_os_error();
-        return Err(FilesError::Inspect { pid, fd, source });
-    }
-    Ok(match st.f_type as i64 {
+    let st = nix::sys::statfs::statfs(format!("/proc/{pid}/fd/{fd}").as_str()).map_err(|e| {
+        FilesError::Inspect {
+            pid,
+            fd,
+            source: e.into(),
+        }
+    })?;
+    Ok(match st.filesystem_type().0 as i64 {
         MQUEUE_MAGIC => Some(MQUEUE),
         NSFS_MAGIC => Some("namespace file"),
         BPF_FS_MAGIC => Some("bpf filesystem object"),
@@ -218,7 +227,7 @@ fn unreadable(link: &str) -> FdKind {
 /// True when `path` names a terminal device (used by `--shell-job` on restore).
 pub fn is_tty_path(path: &str) -> bool {
     std::fs::metadata(path)
-        .map(|m| m.mode() & libc::S_IFMT == libc::S_IFCHR && is_tty_major(libc::major(m.rdev())))
+        .map(|m| m.mode() & libc::S_IFMT == libc::S_IFCHR && is_tty_major(dev_major(m.rdev())))
         .unwrap_or(false)
         || path.starts_with("/dev/pts/")
         || path == "/dev/tty"

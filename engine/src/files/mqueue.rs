@@ -2,7 +2,7 @@
 //! names them; the queue itself (attributes, messages) is saved by `ipc::mqueue`. Restore
 //! opens the queue by name, so the mqueue filesystem need not be mounted.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use super::kind::{Fd, FileKind, OpenCx};
 use super::{FdKind, FileTable, FilesError};
@@ -113,17 +113,16 @@ impl FileKind for Mqueue {
             path: reg.name.clone(),
             source: std::io::Error::from_raw_os_error(libc::EINVAL),
         })?;
-        let flags = reg.flags as libc::c_int & (libc::O_ACCMODE | libc::O_NONBLOCK);
-        // SAFETY: mq_open(3) without O_CREAT; on Linux the descriptor is a file descriptor.
-        let fd = unsafe { libc::mq_open(cname.as_ptr(), flags | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(RestoreError::Open {
+        use nix::mqueue::MQ_OFlag;
+        let kept = libc::O_ACCMODE | libc::O_NONBLOCK;
+        let flags = MQ_OFlag::from_bits_truncate(reg.flags as libc::c_int & kept);
+        let fd = crate::sys::anon::mq_open_fd(&cname, flags).map_err(|source| {
+            RestoreError::Open {
                 id,
                 path: reg.name.clone(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: fresh fd owned only here.
-        Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+                source,
+            }
+        })?;
+        Ok(Some(fd))
     }
 }

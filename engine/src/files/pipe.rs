@@ -3,7 +3,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::fcntl::{fcntl, open, tee, FcntlArg, OFlag, SpliceFFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::pipe2;
 
 use super::kind::{Fd, FileKind, OpenCx};
 use super::{FdKind, FileTable, FilesError};
@@ -12,7 +16,6 @@ use crate::dump::DumpError;
 use crate::images::{magic, names, pb, ImageKind, ImageWriter};
 use crate::proc::FdInfo;
 use crate::restore::{DumpImage, RestoreError};
-use crate::sys::cvt;
 
 /// The bytes buffered in each pipe: (pipe id, pipe size, bytes).
 #[derive(Default)]
@@ -73,9 +76,8 @@ pub(crate) fn write_data(
 }
 
 /// Gives a pipe the size it had.
-pub(crate) fn set_pipe_size(fd: &OwnedFd, size: u32) -> std::io::Result<()> {
-    // SAFETY: F_SETPIPE_SZ with an integer.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) })?;
+pub(crate) fn set_pipe_size(fd: impl AsFd, size: u32) -> std::io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETPIPE_SZ(size as libc::c_int))?;
     Ok(())
 }
 
@@ -152,11 +154,8 @@ pub(crate) fn make_pipe(
     pipe_id: u32,
     data: Option<&(u32, Vec<u8>)>,
 ) -> Result<(OwnedFd, OwnedFd), RestoreError> {
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two fds into `p`.
-    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(setup_err("pipe"))?;
-    // SAFETY: fresh fds owned only here.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let (r, w) = pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| setup_err("pipe")(e.into()))?;
     if let Some((size, bytes)) = data {
         if *size > 0 {
             set_pipe_size(&w, *size).map_err(setup_err(format!("sizing pipe {pipe_id}")))?;
@@ -193,41 +192,18 @@ pub(crate) fn save_pipe_data(
 /// through /proc, and tee(2) duplicates the buffer into a private pipe we drain.
 fn read_pipe_data(pid: u32, fd: i32) -> std::io::Result<(u32, Vec<u8>)> {
     use std::io::Read;
-    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).expect("no NUL");
-    // SAFETY: open(2) of a NUL-terminated path; the result is owned below.
-    let src = cvt(unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: `src` was just returned by open and is owned by nobody else.
-    let src = unsafe { OwnedFd::from_raw_fd(src) };
-    // SAFETY: fcntl F_GETPIPE_SZ takes no pointer.
-    let size = cvt(unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) })?;
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two fds into `p`.
-    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
-    // SAFETY: both fds were just created by pipe2 and are owned here only.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-    // SAFETY: F_SETPIPE_SZ takes an integer.
-    cvt(unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, size) })?;
-    // SAFETY: tee(2) between two pipe fds we hold.
-    let n = unsafe {
-        libc::tee(
-            src.as_raw_fd(),
-            wr.as_raw_fd(),
-            size as usize,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    };
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let src = open(path.as_str(), flags, Mode::empty())?;
+    let size = fcntl(&src, FcntlArg::F_GETPIPE_SZ)?;
+    let (rd, wr) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    fcntl(&wr, FcntlArg::F_SETPIPE_SZ(size))?;
     let mut data = Vec::new();
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(e);
-        }
-        return Ok((size as u32, data));
+    match tee(&src, &wr, size as usize, SpliceFFlags::SPLICE_F_NONBLOCK) {
+        Ok(_) => {}
+        // Nothing buffered.
+        Err(nix::Error::EAGAIN) => return Ok((size as u32, data)),
+        Err(e) => return Err(e.into()),
     }
     drop(wr);
     std::fs::File::from(rd).read_to_end(&mut data)?;

@@ -2,7 +2,11 @@
 //! outside the tree): saved by path, flags and offset, and opened again by path. A file
 //! deleted while open comes back from its ghost (see [`super::ghost`]).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{lseek, Whence};
 
 use super::ghost::GhostFiles;
 use super::kind::{Fd, FileKind, OpenCx};
@@ -11,7 +15,6 @@ use crate::dump::fds::DumpCx;
 use crate::dump::DumpError;
 use crate::images::pb;
 use crate::restore::{DumpImage, RestoreError};
-use crate::sys::cvt;
 
 /// The regular-file kind.
 pub struct Regular;
@@ -81,15 +84,10 @@ impl FileKind for Regular {
 
 /// Our own copy of fd number `fd` that the caller handed us (`--inherit-fd`, our terminal).
 pub fn dup_raw(fd: RawFd) -> Result<OwnedFd, RestoreError> {
-    // SAFETY: F_DUPFD_CLOEXEC on an fd number; the result is owned below.
-    let n = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) }).map_err(|source| {
-        RestoreError::Setup {
-            what: format!("dup of fd {fd}"),
-            source,
-        }
-    })?;
-    // SAFETY: fresh fd owned only here.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    crate::sys::fd::dup_inherited(fd, 3).map_err(|source| RestoreError::Setup {
+        what: format!("dup of fd {fd}"),
+        source,
+    })
 }
 
 /// Another fd on the same open file description.
@@ -104,40 +102,28 @@ pub fn dup(fd: &OwnedFd) -> Result<OwnedFd, RestoreError> {
 pub fn reopen(first: &OwnedFd, flags: u32, id: u32) -> Result<OwnedFd, RestoreError> {
     let path = format!("/proc/self/fd/{}", first.as_raw_fd());
     let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK;
-    let c = std::ffi::CString::new(path.clone()).expect("no NUL");
-    // SAFETY: open(2) of a NUL-terminated path; the result is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), (flags as libc::c_int & keep) | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(RestoreError::Open {
-            id,
-            path,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: fresh fd owned only here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = OFlag::from_bits_retain((flags as libc::c_int & keep) | libc::O_CLOEXEC);
+    open(path.as_str(), flags, Mode::empty()).map_err(|e| RestoreError::Open {
+        id,
+        path,
+        source: e.into(),
+    })
 }
 
 pub fn set_status_flags(fd: &OwnedFd, flags: u32) -> Result<(), RestoreError> {
     let keep =
         (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME)
             as u32;
-    // SAFETY: F_SETFL with an integer argument.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, (flags & keep) as libc::c_int) })
-        .map_err(|source| RestoreError::Setup {
-            what: "setting file status flags".into(),
-            source,
-        })?;
+    let flags = OFlag::from_bits_retain((flags & keep) as libc::c_int);
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| RestoreError::Setup {
+        what: "setting file status flags".into(),
+        source: e.into(),
+    })?;
     Ok(())
 }
 
 /// Opens a file by its path with its dumped flags and offset.
 pub fn open_path(id: u32, reg: &pb::RegFileEntry) -> Result<OwnedFd, RestoreError> {
-    let path = std::ffi::CString::new(reg.name.as_bytes()).map_err(|_| RestoreError::Open {
-        id,
-        path: reg.name.clone(),
-        source: std::io::Error::from_raw_os_error(libc::EINVAL),
-    })?;
     // An O_TMPFILE file comes back as a ghost: opened by name, so without O_TMPFILE (whose
     // bits include O_DIRECTORY).
     let mut flags = reg.flags as libc::c_int;
@@ -147,27 +133,16 @@ pub fn open_path(id: u32, reg: &pb::RegFileEntry) -> Result<OwnedFd, RestoreErro
     let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY)
         | libc::O_CLOEXEC
         | libc::O_NOCTTY;
-    // SAFETY: open(2) of a NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(RestoreError::Open {
-            id,
-            path: reg.name.clone(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: fresh fd owned only here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let open_err = |e: nix::Error| RestoreError::Open {
+        id,
+        path: reg.name.clone(),
+        source: e.into(),
+    };
+    // A name with a NUL byte is refused with EINVAL, as before.
+    let fd = open(reg.name.as_str(), OFlag::from_bits_retain(flags), Mode::empty())
+        .map_err(open_err)?;
     if reg.pos != 0 {
-        // SAFETY: lseek on our fd.
-        let r = unsafe { libc::lseek(fd.as_raw_fd(), reg.pos as libc::off_t, libc::SEEK_SET) };
-        if r < 0 {
-            return Err(RestoreError::Open {
-                id,
-                path: reg.name.clone(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        lseek(&fd, reg.pos as libc::off_t, Whence::SeekSet).map_err(open_err)?;
     }
     Ok(fd)
 }

@@ -34,23 +34,12 @@ pub fn signalfd_entry(
 
 /// A new signalfd with the dumped mask.
 pub fn create_signalfd(e: &pb::SignalfdEntry) -> Result<OwnedFd, AnonFdError> {
-    let mut flags = libc::SFD_CLOEXEC;
+    use nix::sys::signalfd::SfdFlags;
+    let mut flags = SfdFlags::SFD_CLOEXEC;
     if e.flags & libc::O_NONBLOCK as u32 != 0 {
-        flags |= libc::SFD_NONBLOCK;
+        flags |= SfdFlags::SFD_NONBLOCK;
     }
-    // SAFETY: a sigset_t is plain data; we fill it bit by bit below.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sigemptyset/sigaddset on our local set.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for sig in 1..=64 {
-            if e.sigmask & (1u64 << (sig - 1)) != 0 {
-                libc::sigaddset(&mut set, sig);
-            }
-        }
-    }
-    // SAFETY: signalfd(2) with a local mask.
-    anon::owned(unsafe { libc::signalfd(-1, &set, flags) }, "signalfd")
+    crate::sys::anon::signalfd(e.sigmask, flags).map_err(anon::create_err("signalfd"))
 }
 
 /// The signalfd kind.

@@ -2,7 +2,11 @@
 //! with what remained.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd as NixTimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::time::clock_gettime;
 
 use super::anon::{self, AnonFdError};
 use super::kind::{Fd, FileKind, OpenCx};
@@ -53,19 +57,25 @@ pub fn timerfd_entry(
     })
 }
 
-const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+/// The timerfd clock of an image's clock id (the five timerfd_create accepts).
+fn clock_of(clockid: u32) -> Result<ClockId, AnonFdError> {
+    Ok(match clockid as libc::clockid_t {
+        libc::CLOCK_REALTIME => ClockId::CLOCK_REALTIME,
+        libc::CLOCK_MONOTONIC => ClockId::CLOCK_MONOTONIC,
+        libc::CLOCK_BOOTTIME => ClockId::CLOCK_BOOTTIME,
+        libc::CLOCK_REALTIME_ALARM => ClockId::CLOCK_REALTIME_ALARM,
+        libc::CLOCK_BOOTTIME_ALARM => ClockId::CLOCK_BOOTTIME_ALARM,
+        _ => return Err(anon::create_err("timerfd")(nix::Error::EINVAL)),
+    })
+}
 
 /// A new timerfd armed with the time that remained and the unread ticks.
 pub fn create_timerfd(e: &pb::TimerfdEntry) -> Result<OwnedFd, AnonFdError> {
-    let mut flags = libc::TFD_CLOEXEC;
+    let mut flags = TimerFlags::TFD_CLOEXEC;
     if e.flags & libc::O_NONBLOCK as u32 != 0 {
-        flags |= libc::TFD_NONBLOCK;
+        flags |= TimerFlags::TFD_NONBLOCK;
     }
-    // SAFETY: timerfd_create(2) with integer arguments.
-    let fd = anon::owned(
-        unsafe { libc::timerfd_create(e.clockid as libc::c_int, flags) },
-        "timerfd",
-    )?;
+    let fd = NixTimerFd::new(clock_of(e.clockid)?, flags).map_err(anon::create_err("timerfd"))?;
     // An expired periodic timer shows it_value 0 until read: it is armed, next due an interval on.
     let (vs, vn) = if e.vsec == 0 && e.vnsec == 0 {
         (e.isec, e.insec)
@@ -73,64 +83,39 @@ pub fn create_timerfd(e: &pb::TimerfdEntry) -> Result<OwnedFd, AnonFdError> {
         (e.vsec, e.vnsec)
     };
     if vs != 0 || vn != 0 {
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: e.isec as libc::time_t,
-                tv_nsec: e.insec as libc::c_long,
-            },
-            it_value: libc::timespec {
-                tv_sec: vs as libc::time_t,
-                tv_nsec: vn as libc::c_long,
-            },
-        };
+        let interval = TimeSpec::new(e.isec as libc::time_t, e.insec as libc::c_long);
+        let mut value = TimeSpec::new(vs as libc::time_t, vn as libc::c_long);
         // fdinfo gives the remaining time, so the timer is set relative; only CANCEL_ON_SET
         // carries over.
         let keep = e.settime_flags as libc::c_int & libc::TFD_TIMER_CANCEL_ON_SET;
-        let set_flags = if keep != 0 {
-            keep | libc::TFD_TIMER_ABSTIME
-        } else {
-            0
-        };
-        let spec = if set_flags != 0 {
-            absolute(e.clockid, spec)
-        } else {
-            spec
-        };
-        // SAFETY: timerfd_settime(2) with a local itimerspec.
-        if unsafe { libc::timerfd_settime(fd.as_raw_fd(), set_flags, &spec, std::ptr::null_mut()) }
-            < 0
-        {
-            return Err(AnonFdError::Create {
-                kind: "timerfd",
-                source: std::io::Error::last_os_error(),
-            });
+        let mut set_flags = TimerSetTimeFlags::empty();
+        if keep != 0 {
+            set_flags =
+                TimerSetTimeFlags::TFD_TIMER_CANCEL_ON_SET | TimerSetTimeFlags::TFD_TIMER_ABSTIME;
+            value = absolute(e.clockid, value).map_err(anon::create_err("timerfd"))?;
         }
+        let expiration = if e.isec == 0 && e.insec == 0 {
+            Expiration::OneShot(value)
+        } else {
+            Expiration::IntervalDelayed(value, interval)
+        };
+        fd.set(expiration, set_flags)
+            .map_err(anon::create_err("timerfd"))?;
     }
     if e.ticks > 0 {
-        let ticks = e.ticks;
-        // SAFETY: TFD_IOC_SET_TICKS reads one u64 from our local.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) } < 0 {
-            return Err(AnonFdError::Create {
-                kind: "timerfd ticks",
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        crate::sys::anon::set_timerfd_ticks(fd.as_fd(), e.ticks)
+            .map_err(anon::create_err("timerfd ticks"))?;
     }
-    Ok(fd)
+    Ok(fd.into())
 }
 
-fn absolute(clock: u32, mut spec: libc::itimerspec) -> libc::itimerspec {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into our local.
-    unsafe { libc::clock_gettime(clock as libc::clockid_t, &mut now) };
-    let mut ns = now.tv_nsec + spec.it_value.tv_nsec;
-    spec.it_value.tv_sec += now.tv_sec + ns / 1_000_000_000;
+/// `value` from now on `clock`, as an absolute time.
+fn absolute(clock: u32, value: TimeSpec) -> nix::Result<TimeSpec> {
+    let now = clock_gettime(nix::time::ClockId::from_raw(clock as libc::clockid_t))?;
+    let mut ns = now.tv_nsec() + value.tv_nsec();
+    let sec = value.tv_sec() + now.tv_sec() + ns / 1_000_000_000;
     ns %= 1_000_000_000;
-    spec.it_value.tv_nsec = ns;
-    spec
+    Ok(TimeSpec::new(sec, ns))
 }
 
 /// The timerfd kind.

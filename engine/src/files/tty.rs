@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
 use super::kind::{Fd, FileKind, OpenCx, TaskCx};
@@ -18,7 +18,13 @@ use crate::images::{magic, names, pb, ImageKind, ImageWriter};
 use crate::restore::load::TaskImage;
 use crate::restore::{DumpImage, RestoreError};
 use crate::task::remote::Remote;
-use crate::sys::cvt;
+use crate::sys::tty as ioc;
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+use nix::sys::termios::{
+    cfgetispeed, cfgetospeed, cfsetispeed, cfsetospeed, tcgetattr, tcsetattr, BaudRate, SetArg,
+    Termios,
+};
 
 /// A pty could not be read or made.
 #[derive(Debug, thiserror::Error)]
@@ -29,20 +35,20 @@ pub struct PtyError {
     source: io::Error,
 }
 
-fn err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PtyError {
+fn err<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> PtyError {
     let what = what.into();
-    move |source| PtyError { what, source }
+    move |source| PtyError {
+        what,
+        source: source.into(),
+    }
 }
 
 /// /dev/ptmx's major: the master end of a pty.
 const PTMX_MAJOR: u32 = 5;
 
 /// The pts index of a master (a copy of /dev/ptmx).
-pub fn master_index(fd: RawFd) -> io::Result<u32> {
-    let mut n: libc::c_uint = 0;
-    // SAFETY: TIOCGPTN writes an unsigned int.
-    cvt(unsafe { libc::ioctl(fd, libc::TIOCGPTN, &mut n) })?;
-    Ok(n)
+pub fn master_index(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    ioc::pty_index(fd)
 }
 
 /// The pts index of a slave path (/dev/pts/N).
@@ -50,51 +56,45 @@ pub fn slave_index(path: &str) -> Option<u32> {
     path.strip_prefix("/dev/pts/")?.parse().ok()
 }
 
-fn termios_of(fd: RawFd) -> io::Result<pb::TermiosEntry> {
-    // SAFETY: termios is plain data; tcgetattr fills it.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: tcgetattr into our struct.
-    cvt(unsafe { libc::tcgetattr(fd, &mut t) })?;
+fn termios_of(fd: BorrowedFd<'_>) -> io::Result<pb::TermiosEntry> {
+    let nt = tcgetattr(fd)?;
+    let (c_ispeed, c_ospeed) = (cfgetispeed(&nt) as u32, cfgetospeed(&nt) as u32);
+    let t = libc::termios::from(nt);
     Ok(pb::TermiosEntry {
         c_iflag: t.c_iflag,
         c_oflag: t.c_oflag,
         c_cflag: t.c_cflag,
         c_lflag: t.c_lflag,
         c_line: t.c_line as u32,
-        // SAFETY: cfget*speed read our struct.
-        c_ispeed: unsafe { libc::cfgetispeed(&t) },
-        // SAFETY: as above.
-        c_ospeed: unsafe { libc::cfgetospeed(&t) },
+        c_ispeed,
+        c_ospeed,
         c_cc: t.c_cc.iter().map(|&c| c as u32).collect(),
     })
 }
 
 /// The state of pty `index`, read through a copy of its master.
-pub fn info(id: u32, index: u32, master: RawFd, rdev: u32) -> Result<pb::TtyInfoEntry, PtyError> {
+pub fn info(
+    id: u32,
+    index: u32,
+    master: BorrowedFd<'_>,
+    rdev: u32,
+) -> Result<pb::TtyInfoEntry, PtyError> {
     let termios = termios_of(master).map_err(err(format!("termios of pty {index}")))?;
-    // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    cvt(unsafe { libc::ioctl(master, libc::TIOCGWINSZ, &mut ws) })
-        .map_err(err(format!("window size of pty {index}")))?;
+    let ws = ioc::window_size(master).map_err(err(format!("window size of pty {index}")))?;
     // The lock and packet mode are the master's: a slave answers ENOTTY, and its entry
     // keeps them off, as CRIU's does.
-    let mut locked: libc::c_int = 0;
-    let mut packet: libc::c_int = 0;
-    if libc::major(rdev as libc::dev_t) == PTMX_MAJOR {
-        // SAFETY: TIOCGPTLCK writes an int.
-        cvt(unsafe { libc::ioctl(master, libc::TIOCGPTLCK, &mut locked) })
-            .map_err(err(format!("lock state of pty {index}")))?;
-        // SAFETY: TIOCGPKT writes an int.
-        cvt(unsafe { libc::ioctl(master, libc::TIOCGPKT, &mut packet) })
-            .map_err(err(format!("packet mode of pty {index}")))?;
+    let mut locked = false;
+    let mut packet = false;
+    if nix::sys::stat::major(rdev as libc::dev_t) == PTMX_MAJOR as u64 {
+        locked = ioc::pty_locked(master).map_err(err(format!("lock state of pty {index}")))?;
+        packet = ioc::packet_mode(master).map_err(err(format!("packet mode of pty {index}")))?;
     }
     Ok(pb::TtyInfoEntry {
         id,
         r#type: pb::TtyType::Pty as i32,
-        locked: locked != 0,
+        locked,
         exclusive: false,
-        packet_mode: packet != 0,
+        packet_mode: packet,
         sid: 0,
         pgrp: 0,
         rdev,
@@ -115,35 +115,13 @@ pub fn info(id: u32, index: u32, master: RawFd, rdev: u32) -> Result<pb::TtyInfo
 
 /// A new pair for a dumped pty: the master, and the path of its slave.
 pub fn create(info: &pb::TtyInfoEntry) -> Result<(OwnedFd, String), PtyError> {
-    let c = std::ffi::CString::new("/dev/ptmx").expect("no NUL");
-    // SAFETY: open(2) of a NUL-terminated path.
-    let fd =
-        cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })
-            .map_err(err("open /dev/ptmx"))?;
-    // SAFETY: a fresh fd we own.
-    let master = unsafe { OwnedFd::from_raw_fd(fd) };
-    let unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK reads an int.
-    cvt(unsafe { libc::ioctl(fd, libc::TIOCSPTLCK, &unlock) })
-        .map_err(err("unlocking the new pty"))?;
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master = open("/dev/ptmx", flags, Mode::empty()).map_err(err("open /dev/ptmx"))?;
+    let fd = master.as_fd();
+    ioc::set_pty_lock(fd, false).map_err(err("unlocking the new pty"))?;
     let index = master_index(fd).map_err(err("TIOCGPTN"))?;
     if let Some(t) = &info.termios {
-        // SAFETY: termios is plain data; we fill every field we saved.
-        let mut tt: libc::termios = unsafe { std::mem::zeroed() };
-        tt.c_iflag = t.c_iflag;
-        tt.c_oflag = t.c_oflag;
-        tt.c_cflag = t.c_cflag;
-        tt.c_lflag = t.c_lflag;
-        tt.c_line = t.c_line as libc::cc_t;
-        for (d, s) in tt.c_cc.iter_mut().zip(&t.c_cc) {
-            *d = *s as libc::cc_t;
-        }
-        // SAFETY: cfset*speed and tcsetattr on our struct and fd.
-        unsafe {
-            libc::cfsetispeed(&mut tt, t.c_ispeed);
-            libc::cfsetospeed(&mut tt, t.c_ospeed);
-            libc::tcsetattr(fd, libc::TCSANOW, &tt);
-        }
+        set_dumped_termios(fd, index, t);
     }
     if let Some(w) = &info.winsize {
         let ws = libc::winsize {
@@ -152,17 +130,48 @@ pub fn create(info: &pb::TtyInfoEntry) -> Result<(OwnedFd, String), PtyError> {
             ws_xpixel: w.ws_xpixel as u16,
             ws_ypixel: w.ws_ypixel as u16,
         };
-        // SAFETY: TIOCSWINSZ reads our struct.
-        cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) })
+        ioc::set_window_size(fd, &ws)
             .map_err(err(format!("setting the window size of pty {index}")))?;
     }
     if info.packet_mode {
-        let one: libc::c_int = 1;
-        // SAFETY: TIOCPKT reads an int.
-        cvt(unsafe { libc::ioctl(fd, libc::TIOCPKT, &one) })
-            .map_err(err(format!("packet mode of pty {index}")))?;
+        ioc::set_packet_mode(fd, true).map_err(err(format!("packet mode of pty {index}")))?;
     }
     Ok((master, format!("/dev/pts/{index}")))
+}
+
+/// Gives the new pty the dumped termios. Best effort, as it always was: a pty with the
+/// default termios still works, so a refusal is logged, not fatal.
+fn set_dumped_termios(fd: BorrowedFd<'_>, index: u32, t: &pb::TermiosEntry) {
+    // Every field we saved is set; the rest (the speeds' own fields) is filled by cfset*speed.
+    let mut tt = libc::termios::from(match tcgetattr(fd) {
+        Ok(cur) => cur,
+        Err(e) => {
+            log::warn!("termios of the new pty {index}: {e}");
+            return;
+        }
+    });
+    tt.c_iflag = t.c_iflag;
+    tt.c_oflag = t.c_oflag;
+    tt.c_cflag = t.c_cflag;
+    tt.c_lflag = t.c_lflag;
+    tt.c_line = t.c_line as libc::cc_t;
+    tt.c_cc = [0; libc::NCCS];
+    for (d, s) in tt.c_cc.iter_mut().zip(&t.c_cc) {
+        *d = *s as libc::cc_t;
+    }
+    let mut nt = Termios::from(tt);
+    for (speed, set) in [
+        (t.c_ispeed, cfsetispeed as fn(&mut Termios, BaudRate) -> nix::Result<()>),
+        (t.c_ospeed, cfsetospeed),
+    ] {
+        let r = BaudRate::try_from(speed).and_then(|b| set(&mut nt, b));
+        if let Err(e) = r {
+            log::warn!("speed {speed} of pty {index}: {e}");
+        }
+    }
+    if let Err(e) = tcsetattr(fd, SetArg::TCSANOW, &nt) {
+        log::warn!("setting the termios of pty {index}: {e}");
+    }
 }
 
 /// Bytes buffered in a pty pair: waiting to be read on the master (written on the slave
@@ -174,43 +183,24 @@ pub struct Queues {
     pub slave: Vec<u8>,
 }
 
-fn get_termios(fd: RawFd) -> io::Result<libc::termios> {
-    // SAFETY: termios is plain data; tcgetattr fills it.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    cvt(unsafe { libc::tcgetattr(fd, &mut t) })?;
-    Ok(t)
+fn get_termios(fd: BorrowedFd<'_>) -> io::Result<libc::termios> {
+    Ok(tcgetattr(fd)?.into())
 }
 
-fn set_termios(fd: RawFd, t: &libc::termios) -> io::Result<()> {
-    // SAFETY: tcsetattr reads our struct.
-    cvt(unsafe { libc::tcsetattr(fd, libc::TCSANOW, t) }).map(|_| ())
+fn set_termios(fd: BorrowedFd<'_>, t: &libc::termios) -> io::Result<()> {
+    Ok(tcsetattr(fd, SetArg::TCSANOW, &Termios::from(*t))?)
 }
 
-fn queued(fd: RawFd) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes an int.
-    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) })?;
-    Ok(n.max(0) as usize)
-}
-
-fn read_n(fd: RawFd, n: usize) -> io::Result<Vec<u8>> {
+fn read_n(fd: BorrowedFd<'_>, n: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
     let mut got = 0;
     while got < n {
-        // SAFETY: read into the rest of our buffer.
-        let k = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), n - got) };
-        if k <= 0 {
-            let e = io::Error::last_os_error();
-            if k == 0 || e.raw_os_error() == Some(libc::EAGAIN) {
-                break;
-            }
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) | Err(nix::Error::EAGAIN) => break,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(k) => got += k,
         }
-        got += k as usize;
     }
     buf.truncate(got);
     Ok(buf)
@@ -221,15 +211,11 @@ fn read_n(fd: RawFd, n: usize) -> io::Result<Vec<u8>> {
 /// discipline is raw, so its queue is read as it is; the slave's is read with ICANON off for
 /// a moment, so that a partial line comes too. A master in packet mode is left alone (its
 /// reads carry a status byte).
-pub fn take_queues(master: RawFd, slave: RawFd) -> Result<Queues, PtyError> {
-    let mut packet: libc::c_int = 0;
-    // SAFETY: TIOCGPKT writes an int.
-    cvt(unsafe { libc::ioctl(master, libc::TIOCGPKT, &mut packet) })
-        .map_err(err("packet mode of the pty master"))?;
-    if packet != 0 {
+pub fn take_queues(master: BorrowedFd<'_>, slave: BorrowedFd<'_>) -> Result<Queues, PtyError> {
+    if ioc::packet_mode(master).map_err(err("packet mode of the pty master"))? {
         return Ok(Queues::default());
     }
-    let n = queued(master).map_err(err("FIONREAD on the pty master"))?;
+    let n = ioc::bytes_queued(master).map_err(err("FIONREAD on the pty master"))?;
     let master_q = read_n(master, n).map_err(err("reading the pty master's queue"))?;
     if !can_push_input() {
         // The slave's bytes could not go back (TIOCSTI needs CAP_SYS_ADMIN): leave them.
@@ -249,7 +235,7 @@ pub fn take_queues(master: RawFd, slave: RawFd) -> Result<Queues, PtyError> {
     raw.c_cc[libc::VMIN] = 0;
     raw.c_cc[libc::VTIME] = 0;
     set_termios(slave, &raw).map_err(err("termios of the pty slave"))?;
-    let slave_q = queued(slave).and_then(|n| read_n(slave, n));
+    let slave_q = ioc::bytes_queued(slave).and_then(|n| read_n(slave, n));
     set_termios(slave, &t0).map_err(err("termios of the pty slave"))?;
     let q = Queues {
         master: master_q,
@@ -279,7 +265,7 @@ fn can_push_input() -> bool {
 /// Puts `q` in the pair of `slave` (our own fd on it) as it was read: the slave's bytes through its line discipline with
 /// every processing off (TIOCSTI, which is synchronous, so the real termios can come back at
 /// once), the master's bytes written on the slave with output processing off.
-pub fn put_queues(slave: RawFd, q: &Queues) -> Result<(), PtyError> {
+pub fn put_queues(slave: BorrowedFd<'_>, q: &Queues) -> Result<(), PtyError> {
     if q.slave.is_empty() && q.master.is_empty() {
         return Ok(());
     }
@@ -301,14 +287,7 @@ pub fn put_queues(slave: RawFd, q: &Queues) -> Result<(), PtyError> {
             }
         }
         set_termios(slave, &quiet).map_err(err("termios of the pty slave"))?;
-        let mut r = Ok(());
-        for b in &q.slave {
-            // SAFETY: TIOCSTI reads one byte from our buffer.
-            if unsafe { libc::ioctl(slave, libc::TIOCSTI, b as *const u8) } < 0 {
-                r = Err(io::Error::last_os_error());
-                break;
-            }
-        }
+        let r = q.slave.iter().try_for_each(|&b| ioc::push_input(slave, b));
         set_termios(slave, &t0).map_err(err("termios of the pty slave"))?;
         r.map_err(err("putting bytes back in the pty slave's queue"))?;
     }
@@ -319,15 +298,13 @@ pub fn put_queues(slave: RawFd, q: &Queues) -> Result<(), PtyError> {
         let mut off = 0;
         let mut r = Ok(());
         while off < q.master.len() {
-            // SAFETY: write from our buffer.
-            let k = unsafe {
-                libc::write(slave, q.master[off..].as_ptr().cast(), q.master.len() - off)
-            };
-            if k < 0 {
-                r = Err(io::Error::last_os_error());
-                break;
+            match nix::unistd::write(slave, &q.master[off..]) {
+                Ok(k) => off += k,
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
             }
-            off += k as usize;
         }
         set_termios(slave, &t0).map_err(err("termios of the pty slave"))?;
         r.map_err(err("putting bytes back in the pty master's queue"))?;
@@ -337,14 +314,11 @@ pub fn put_queues(slave: RawFd, q: &Queues) -> Result<(), PtyError> {
 
 /// Opens the slave `path` with the dumped flags.
 pub fn open_slave(path: &str, flags: u32) -> Result<OwnedFd, PtyError> {
-    let c = std::ffi::CString::new(path).expect("no NUL");
-    let f = (flags as libc::c_int & (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND))
-        | libc::O_NOCTTY
-        | libc::O_CLOEXEC;
-    // SAFETY: open(2) of a NUL-terminated path.
-    let fd = cvt(unsafe { libc::open(c.as_ptr(), f) }).map_err(err(format!("open {path}")))?;
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let kept = OFlag::O_ACCMODE | OFlag::O_NONBLOCK | OFlag::O_APPEND;
+    let f = (OFlag::from_bits_truncate(flags as libc::c_int) & kept)
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    open(path, f, Mode::empty()).map_err(err(format!("open {path}")))
 }
 
 /// The pty ends the dump saw: ((index, is master), info), and the bytes buffered in them
@@ -462,7 +436,7 @@ impl FileKind for Pty {
             })?;
         let master = link == "/dev/ptmx";
         let index = if master {
-            master_index(copy.as_raw_fd()).map_err(|source| FilesError::Inspect {
+            master_index(copy.as_fd()).map_err(|source| FilesError::Inspect {
                 pid,
                 fd: fd_no,
                 source,
@@ -483,7 +457,7 @@ impl FileKind for Pty {
             link,
             fd.flags(),
             |id| {
-                info(id, index, copy.as_raw_fd(), rdev).map_err(|source| FilesError::Pty {
+                info(id, index, copy.as_fd(), rdev).map_err(|source| FilesError::Pty {
                     pid,
                     fd: fd_no,
                     source,
@@ -565,7 +539,7 @@ fn refill_pty(img: &DumpImage, index: u32, slave_path: &str) -> Result<(), PtyEr
             continue;
         };
         // The master is /dev/ptmx (major 5); a slave is /dev/pts/N (majors 136 and up).
-        if libc::major(info.rdev as libc::dev_t) == PTMX_MAJOR {
+        if nix::sys::stat::major(info.rdev as libc::dev_t) == PTMX_MAJOR as u64 {
             q.master = data.clone();
         } else {
             q.slave = data.clone();
@@ -575,7 +549,7 @@ fn refill_pty(img: &DumpImage, index: u32, slave_path: &str) -> Result<(), PtyEr
         return Ok(());
     }
     let slave = open_slave(slave_path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
-    put_queues(slave.as_raw_fd(), &q)
+    put_queues(slave.as_fd(), &q)
 }
 
 /// For a session leader whose controlling terminal was a pty slave of the tree: its fd of the
@@ -632,7 +606,7 @@ pub(crate) fn tree_pty_masters(live: &[u32]) -> Result<HashMap<u32, OwnedFd>, Du
             }
             let p = pidfd.as_ref().expect("opened above");
             let copy = crate::sys::pidfd::pidfd_getfd(p.as_fd(), fd).map_err(inspect)?;
-            let n = master_index(copy.as_raw_fd()).map_err(inspect)?;
+            let n = master_index(copy.as_fd()).map_err(inspect)?;
             out.entry(n).or_insert(copy);
         }
     }
@@ -648,7 +622,7 @@ pub(crate) fn dump_pty_queues(img: &mut crate::dump::Images) -> Result<(), DumpE
         let Ok(slave) = open_slave(&path, (libc::O_RDWR | libc::O_NONBLOCK) as u32) else {
             continue;
         };
-        let q = take_queues(master.as_raw_fd(), slave.as_raw_fd()).map_err(|source| {
+        let q = take_queues(master.as_fd(), slave.as_fd()).map_err(|source| {
             DumpError::Pty {
                 index: *index,
                 source,

@@ -1,7 +1,7 @@
 //! Descriptor-table helpers, through nix's fcntl.
 
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg};
 
@@ -18,6 +18,15 @@ pub fn dup_above_inheritable(fd: BorrowedFd<'_>, min: i32) -> io::Result<OwnedFd
     let n = fcntl(fd, FcntlArg::F_DUPFD(min))?;
     // SAFETY: F_DUPFD returned a fresh fd, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// A close-on-exec duplicate, numbered `min` or above, of fd number `fd` of our table that
+/// we do not own: one the caller of the engine handed over (`--inherit-fd`, its terminal).
+pub fn dup_inherited(fd: RawFd, min: i32) -> io::Result<OwnedFd> {
+    // SAFETY: the borrow lasts for the one fcntl call below; a number that is not open makes
+    // it fail with EBADF.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    dup_above(b, min)
 }
 
 #[cfg(test)]

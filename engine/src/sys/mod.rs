@@ -1,17 +1,25 @@
 //! The syscall seam: every raw syscall of the engine is meant to go through this module.
-//! Where nix has the call it is used (ptrace basics, fcntl, ...); what nix lacks is hand-written
-//! here, once: clone3 with set_tid ([`clone`]), kcmp ([`kcmp`]), pidfd_open/pidfd_getfd
-//! ([`pidfd`]), fsopen/fsconfig/fsmount ([`mount`]), the ptrace requests nix has no wrapper for and syscall injection ([`ptrace`]),
-//! and the tuned process_vm_readv/writev loops ([`mem`]). Signatures take `BorrowedFd`/return
-//! `OwnedFd` rather than raw fd numbers.
+//! Where nix has the call it is used (ptrace basics, fcntl, sockets, termios, ...); what nix
+//! lacks is hand-written here, once: clone3 with set_tid ([`clone`]), kcmp ([`kcmp`]),
+//! pidfd_open/pidfd_getfd ([`pidfd`]), fsopen/fsconfig/fsmount ([`mount`]), the ptrace
+//! requests nix has no wrapper for and syscall injection ([`ptrace`]), the tuned
+//! process_vm_readv/writev loops ([`mem`]), the socket options and calls nix has no type or
+//! form for ([`socket`]), the pty ioctls ([`tty`]), flock ([`lock`]) and the special-file
+//! calls of files/ ([`anon`]: signalfd for any mask, TFD_IOC_SET_TICKS, mq_open as an fd,
+//! inotify watch numbers, open_by_handle_at). Signatures take `BorrowedFd`/return `OwnedFd`
+//! rather than raw fd numbers.
 
+pub mod anon;
 pub mod clone;
 pub mod fd;
 pub mod kcmp;
+pub mod lock;
 pub mod mem;
 pub mod mount;
 pub mod pidfd;
 pub mod ptrace;
+pub mod socket;
+pub mod tty;
 
 use std::io;
 

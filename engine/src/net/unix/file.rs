@@ -195,7 +195,7 @@ impl FileKind for UnixSocket {
         for p in std::mem::take(&mut dumped.queued) {
             let mut files = Vec::new();
             for f in p.fds {
-                super::check_in_flight(f.as_raw_fd(), ino as u32).map_err(unix_err)?;
+                super::check_in_flight(f.as_fd(), ino as u32).map_err(unix_err)?;
                 let e = crate::dump::fds::dump_fd(cx, me, f.as_raw_fd())?;
                 files.push(e.id);
                 cx.img.in_flight.push(f);

@@ -5,10 +5,18 @@
 
 pub mod file;
 
-use crate::sys::cvt;
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::sockopt::{PassCred, RcvBuf, SndBuf, SndBufForce};
+use nix::sys::socket::{
+    bind, connect, getsockopt, recv, send, setsockopt, shutdown, socket, socketpair, AddressFamily,
+    MsgFlags, Shutdown, SockFlag, SockProtocol, SockType,
+};
+use nix::sys::stat::{fstat, SFlag};
+
+use crate::sys::socket::{recv_with_rights, send_with_rights, unix_addr, PeekOff, SoType};
 
 use crate::images::pb;
 
@@ -33,9 +41,12 @@ pub enum UnixError {
     InFlightMissing { id: u32 },
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> UnixError {
+fn sys<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> UnixError {
     let what = what.into();
-    move |source| UnixError::Sys { what, source }
+    move |source| UnixError::Sys {
+        what,
+        source: source.into(),
+    }
 }
 
 /// What UNIX_DIAG says about one socket.
@@ -51,7 +62,6 @@ pub struct Diag {
     pub shutdown: u8,
 }
 
-const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_NAME: u32 = 1;
 const UDIAG_SHOW_PEER: u32 = 4;
@@ -110,17 +120,13 @@ pub fn parse_diag(buf: &[u8]) -> Vec<Diag> {
 
 /// Asks the kernel about the unix socket with inode `ino`.
 pub fn diag(ino: u32) -> Result<Diag, UnixError> {
-    // SAFETY: socket(2) with integers; owned below.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    })
+    let sock = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )
     .map_err(sys("sock_diag socket"))?;
-    // SAFETY: a fresh fd we own.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -136,23 +142,13 @@ pub fn diag(ino: u32) -> Result<Diag, UnixError> {
     req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    // SAFETY: send our request buffer.
-    cvt(unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } as libc::c_int)
-        .map_err(sys("sock_diag request"))?;
+    send(sock.as_raw_fd(), &req, MsgFlags::empty()).map_err(sys("sock_diag request"))?;
     let mut buf = vec![0u8; 16384];
-    // SAFETY: recv into our buffer.
-    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(sys("sock_diag reply")(io::Error::last_os_error()));
-    }
-    parse_diag(&buf[..n as usize])
+    let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(sys("sock_diag reply"))?;
+    parse_diag(&buf[..n])
         .into_iter()
         .find(|d| d.ino == ino)
-        .ok_or_else(|| {
-            sys(format!("sock_diag has no unix socket {ino}"))(io::Error::from_raw_os_error(
-                libc::ENOENT,
-            ))
-        })
+        .ok_or_else(|| sys(format!("sock_diag has no unix socket {ino}"))(nix::Error::ENOENT))
 }
 
 /// `uflags` of an entry whose peer is outside the tree (CRIU's values).
@@ -174,100 +170,35 @@ pub struct Queued {
     pub files: Vec<u32>,
 }
 
-/// The kernel's limit of descriptors in one SCM_RIGHTS message (SCM_MAX_FD).
-const SCM_MAX_FD: usize = 253;
-
-/// A msghdr for one buffer and `len` bytes of control buffer; the caller keeps both alive
-/// while the kernel uses it.
-fn msghdr(iov: &mut libc::iovec, control: &mut [u64], len: usize) -> libc::msghdr {
-    // SAFETY: msghdr is plain data, for which all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = len;
-    msg
-}
-
-/// The fds of every SCM_RIGHTS control message in `msg`, owned from here on.
-fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
-    let mut fds = Vec::new();
-    // SAFETY: walks the control buffer the kernel filled, within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<i32>();
-                for i in 0..n {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    fds
-}
-
 /// Everything queued for reading on `fd`, without consuming it: one entry per message. On a
 /// stream socket, bytes are glued into one entry, except that bytes carrying descriptors
 /// start an entry of their own (the kernel ends a read at such a segment).
-pub fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Peeked>> {
+pub fn peek_all(fd: BorrowedFd<'_>, stream: bool) -> io::Result<Vec<Peeked>> {
     // SO_PEEK_OFF belongs to the socket (shared with the task): put it back afterwards, as
     // the task had it (-1, off, unless it uses peek offsets itself).
-    let old: libc::c_int = sol_socket_get(fd, libc::SO_PEEK_OFF).unwrap_or(-1);
-    let zero: libc::c_int = 0;
-    let set = |v: &libc::c_int| {
-        // SAFETY: setsockopt reads one int.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PEEK_OFF,
-                (v as *const libc::c_int).cast(),
-                4,
-            )
-        }
-    };
-    cvt(set(&zero))?;
+    let old = getsockopt(&fd, PeekOff).unwrap_or(-1);
+    setsockopt(&fd, PeekOff, &0)?;
     let mut out: Vec<Peeked> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
-    // SAFETY: CMSG_SPACE is arithmetic.
-    let cspace = unsafe { libc::CMSG_SPACE((SCM_MAX_FD * size_of::<i32>()) as u32) } as usize;
-    let mut cbuf = vec![0u64; cspace.div_ceil(8)];
     // The last entry of a stream may take more bytes (it carries no descriptors).
     let mut glue = false;
     let res = loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        let got = match recv_with_rights(fd, &mut buf, flags) {
+            Ok(got) => got,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break Ok(()),
+            Err(e) => break Err(e),
         };
-        let mut msg = msghdr(&mut iov, &mut cbuf, cspace);
-        // SAFETY: recvmsg into our buffers, described by msg.
-        let n = unsafe {
-            libc::recvmsg(
-                fd,
-                &mut msg,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EAGAIN) {
-                break Ok(());
-            }
-            break Err(e);
-        }
-        let fds = take_rights(&msg);
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        if got.truncated {
             break Err(io::Error::other("control data truncated while peeking"));
         }
-        if n == 0 && fds.is_empty() {
+        let fds = got.fds;
+        if got.bytes == 0 && fds.is_empty() {
             // The end of a stream, or of a seqpacket whose peer is gone (which would read 0
             // forever). An empty datagram carrying nothing is dropped too.
             break Ok(());
         }
-        let data = buf[..n as usize].to_vec();
+        let data = buf[..got.bytes].to_vec();
         if stream && glue && fds.is_empty() {
             out.last_mut()
                 .expect("glue implies an entry")
@@ -278,56 +209,47 @@ pub fn peek_all(fd: RawFd, stream: bool) -> io::Result<Vec<Peeked>> {
             out.push(Peeked { data, fds });
         }
     };
-    set(&old);
+    // The task's own peek offset: if it cannot be put back, the task's next MSG_PEEK starts
+    // at the head instead; logged, the dump goes on.
+    if let Err(e) = setsockopt(&fd, PeekOff, &old) {
+        log::warn!("restoring SO_PEEK_OFF {old} on a unix socket failed: {e}");
+    }
     res.map(|_| out)
 }
 
-/// An int socket option at SOL_SOCKET level (0 if it cannot be read).
-fn sol_socket_int(fd: RawFd, opt: libc::c_int) -> libc::c_int {
-    sol_socket_get(fd, opt).unwrap_or(0)
-}
-
-/// An int socket option at SOL_SOCKET level, if it can be read.
-fn sol_socket_get(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
-    let mut v: libc::c_int = 0;
-    let mut len = 4;
-    // SAFETY: getsockopt into our int.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(v)
-}
-
-fn socket_inode(fd: RawFd) -> Option<u32> {
-    // SAFETY: fstat into a zeroed struct of plain integers.
-    let mut st: libc::stat = unsafe { zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstat(fd, &mut st) } < 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return None;
+/// Returns to the directory a relative bind or connect left; a failure is logged (the
+/// restore goes on from where it is, as before).
+fn back_to(dir: &std::path::Path) {
+    if let Err(e) = std::env::set_current_dir(dir) {
+        log::warn!("returning to {}: {e}", dir.display());
     }
-    Some(st.st_ino as u32)
+}
+
+/// The socket's type (SO_TYPE; 0 if it cannot be read).
+fn sock_type(fd: BorrowedFd<'_>) -> libc::c_int {
+    getsockopt(&fd, SoType).unwrap_or(0)
+}
+
+fn socket_inode(fd: BorrowedFd<'_>) -> Option<u32> {
+    let st = fstat(fd).ok()?;
+    (SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK)
+        .then_some(st.st_ino as u32)
 }
 
 /// Inodes of the sockets in flight on unix socket `sock` (peeked, then closed again).
 pub fn sockets_in_flight(sock: &OwnedFd) -> Vec<u32> {
-    let stream = sol_socket_int(sock.as_raw_fd(), libc::SO_TYPE) == libc::SOCK_STREAM;
-    peek_all(sock.as_raw_fd(), stream)
+    let stream = sock_type(sock.as_fd()) == libc::SOCK_STREAM;
+    peek_all(sock.as_fd(), stream)
         .unwrap_or_default()
         .iter()
         .flat_map(|p| p.fds.iter())
-        .filter_map(|f| socket_inode(f.as_raw_fd()))
+        .filter_map(|f| socket_inode(f.as_fd()))
         .collect()
 }
 
 /// Refuses a socket in flight on its own connection (`f` is `receiver`, or its peer): it
 /// would have to exist before the queue that carries it.
-pub fn check_in_flight(f: RawFd, receiver: u32) -> Result<(), UnixError> {
+pub fn check_in_flight(f: BorrowedFd<'_>, receiver: u32) -> Result<(), UnixError> {
     let Some(ino) = socket_inode(f) else {
         return Ok(());
     };
@@ -338,16 +260,15 @@ pub fn check_in_flight(f: RawFd, receiver: u32) -> Result<(), UnixError> {
     Ok(())
 }
 
-fn opts_of(fd: RawFd) -> pb::SkOptsEntry {
-    let g = |opt| sol_socket_int(fd, opt);
+fn opts_of(fd: BorrowedFd<'_>) -> pb::SkOptsEntry {
     pb::SkOptsEntry {
-        so_sndbuf: g(libc::SO_SNDBUF) as u32,
-        so_rcvbuf: g(libc::SO_RCVBUF) as u32,
+        so_sndbuf: getsockopt(&fd, SndBuf).unwrap_or(0) as u32,
+        so_rcvbuf: getsockopt(&fd, RcvBuf).unwrap_or(0) as u32,
         so_snd_tmo_sec: 0,
         so_snd_tmo_usec: 0,
         so_rcv_tmo_sec: 0,
         so_rcv_tmo_usec: 0,
-        so_passcred: Some(g(libc::SO_PASSCRED) != 0),
+        so_passcred: Some(getsockopt(&fd, PassCred).unwrap_or(false)),
         ..Default::default()
     }
 }
@@ -401,7 +322,7 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
             _ => return Err(UnixError::ExternalPeer { ino, peer: d.peer }),
         }
     }
-    let fd = sock.as_raw_fd();
+    let fd = sock.as_fd();
     let stream = d.ty as i32 == libc::SOCK_STREAM;
     // A listener's queue holds connections, not bytes. What an outside peer sent to an
     // inherited socket cannot be given to its replacement.
@@ -443,17 +364,6 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
     })
 }
 
-fn sockaddr_un(name: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
-    // SAFETY: sockaddr_un is plain data.
-    let mut a: libc::sockaddr_un = unsafe { zeroed() };
-    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let n = name.len().min(a.sun_path.len());
-    for (d, s) in a.sun_path.iter_mut().zip(&name[..n]) {
-        *d = *s as libc::c_char;
-    }
-    (a, (size_of::<libc::sa_family_t>() + n) as libc::socklen_t)
-}
-
 fn path_name(name: &[u8]) -> Option<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     (!name.is_empty() && name[0] != 0).then(|| {
@@ -462,14 +372,11 @@ fn path_name(name: &[u8]) -> Option<std::path::PathBuf> {
     })
 }
 
-fn bind_name(fd: RawFd, name: &[u8]) -> Result<(), UnixError> {
-    let (a, len) = sockaddr_un(name);
-    let bind = || {
-        // SAFETY: bind with a sockaddr_un of the given length.
-        cvt(unsafe { libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) })
-    };
+fn bind_name(fd: BorrowedFd<'_>, name: &[u8]) -> Result<(), UnixError> {
+    let a = unix_addr(name);
+    let bind = || bind(fd.as_raw_fd(), &a);
     match bind() {
-        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+        Err(e) if e == nix::Error::EADDRINUSE => {
             // The killed owner leaves its socket file behind: replace it, as a restarted server
             // would (only if it is a socket).
             use std::os::unix::fs::FileTypeExt;
@@ -478,7 +385,10 @@ fn bind_name(fd: RawFd, name: &[u8]) -> Result<(), UnixError> {
                     .map(|m| m.file_type().is_socket())
                     .unwrap_or(false)
                 {
-                    let _ = std::fs::remove_file(&p);
+                    if let Err(e) = std::fs::remove_file(&p) {
+                        // The bind below says what is wrong.
+                        log::debug!("removing the stale socket file {}: {e}", p.display());
+                    }
                     return bind()
                         .map(drop)
                         .map_err(sys(format!("bind {}", p.display())));
@@ -494,7 +404,7 @@ fn bind_name(fd: RawFd, name: &[u8]) -> Result<(), UnixError> {
 /// whose file had been unlinked is bound (in directories made for the moment if they are
 /// gone too) and unlinked again after `while_named`.
 fn bind_as_dumped(
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     e: &pb::UnixSkEntry,
     while_named: &mut dyn FnMut() -> Result<(), UnixError>,
 ) -> Result<(), UnixError> {
@@ -517,27 +427,39 @@ fn bind_as_dumped(
         .try_for_each(std::fs::create_dir)
         .map_err(sys(format!("making the directory of {}", path.display())))
         .and_then(|()| {
-            let (a, len) = sockaddr_un(&e.name);
-            // SAFETY: bind with a sockaddr_un of the given length. No stale-file removal
-            // here: a file at that path now belongs to someone else.
-            cvt(unsafe { libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) })
-                .map(drop)
+            // No stale-file removal here: a file at that path now belongs to someone else.
+            bind(fd.as_raw_fd(), &unix_addr(&e.name))
                 .map_err(sys(format!("bind {}", path.display())))
         })
         .and_then(|()| while_named());
-    let _ = std::fs::remove_file(&path);
+    // The name was deleted when dumped: unlink it again. What cannot be removed stays
+    // behind (logged); the socket itself is restored.
+    if let Err(e) = std::fs::remove_file(&path) {
+        log::warn!("unlinking the deleted socket name {}: {e}", path.display());
+    }
     for d in &made {
-        let _ = std::fs::remove_dir(d);
+        if let Err(e) = std::fs::remove_dir(d) {
+            log::warn!(
+                "removing the directory {} made for a bind: {e}",
+                d.display()
+            );
+        }
     }
     r
 }
 
+fn sock_type_of(ty: u32) -> Result<SockType, UnixError> {
+    SockType::try_from(ty as i32).map_err(sys("socket type"))
+}
+
 fn new_socket(ty: u32) -> Result<OwnedFd, UnixError> {
-    // SAFETY: socket(2) with integers.
-    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, ty as i32 | libc::SOCK_CLOEXEC, 0) })
-        .map_err(sys("socket"))?;
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    socket(
+        AddressFamily::Unix,
+        sock_type_of(ty)?,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys("socket"))
 }
 
 /// The mode and owner of the socket file behind a path name (relative names from `cwd`).
@@ -555,17 +477,13 @@ fn socket_file_perms(name: &[u8], cwd: &str) -> Option<pb::FilePermsEntry> {
 /// Gives the socket file just bound the dumped mode and owner (the restorer's umask and
 /// credentials made it); relative names are resolved from the current directory.
 fn apply_file_perms(name: &[u8], perms: &pb::FilePermsEntry) -> Result<(), UnixError> {
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
     let Some(p) = path_name(name) else {
         return Ok(());
     };
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| sys("socket path")(io::Error::from_raw_os_error(libc::EINVAL)))?;
-    // SAFETY: chmod/lchown of a NUL-terminated path.
-    cvt(unsafe { libc::chmod(c.as_ptr(), perms.mode as libc::mode_t) })
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(perms.mode))
         .map_err(sys(format!("chmod {}", p.display())))?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::lchown(c.as_ptr(), perms.uid, perms.gid) })
+    std::os::unix::fs::lchown(&p, Some(perms.uid), Some(perms.gid))
         .map_err(sys(format!("chown {}", p.display())))?;
     Ok(())
 }
@@ -582,7 +500,7 @@ pub fn restore_single(
     fd_of: FdOf,
 ) -> Result<OwnedFd, UnixError> {
     let sock = new_socket(e.r#type)?;
-    let fd = sock.as_raw_fd();
+    let fd = sock.as_fd();
     // A connected datagram socket takes messages from its peer only: those are lost (see the
     // support matrix); an unconnected bound one gets its queue back, sent to its name while
     // the name exists (a deleted one is unlinked right after).
@@ -605,21 +523,17 @@ pub fn restore_single(
                 let back = std::env::current_dir().map_err(sys("getcwd"))?;
                 std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
                 let r = bind_as_dumped(fd, e, &mut while_named);
-                let _ = std::env::set_current_dir(back);
+                back_to(&back);
                 r?;
             }
             None => bind_as_dumped(fd, e, &mut while_named)?,
         }
     }
     if e.state == 10 {
-        // SAFETY: listen(2) with integers.
-        cvt(unsafe { libc::listen(fd, e.backlog.max(1) as i32) }).map_err(sys("listen"))?;
+        crate::sys::socket::listen(fd, e.backlog.max(1)).map_err(sys("listen"))?;
     }
     if let Some(peer) = external_peer_name {
-        let (a, len) = sockaddr_un(peer);
-        // SAFETY: connect with a sockaddr_un of the given length.
-        cvt(unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) })
-            .map_err(sys("connect to the external peer"))?;
+        connect(fd.as_raw_fd(), &unix_addr(peer)).map_err(sys("connect to the external peer"))?;
     }
     finish(sock, e)
 }
@@ -629,29 +543,20 @@ pub fn restore_single(
 /// (the original senders' addresses are not in the image).
 fn requeue_by_name(e: &pb::UnixSkEntry, queue: &[Queued], fd_of: FdOf) -> Result<(), UnixError> {
     let sender = new_socket(libc::SOCK_DGRAM as u32)?;
-    let (a, len) = sockaddr_un(&e.name);
-    let connect = || {
-        // SAFETY: connect with a sockaddr_un of the given length.
-        cvt(unsafe {
-            libc::connect(
-                sender.as_raw_fd(),
-                (&a as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        })
-    };
+    let a = unix_addr(&e.name);
+    let connect = || connect(sender.as_raw_fd(), &a);
     let r = match &e.name_dir {
         Some(dir) => {
             let back = std::env::current_dir().map_err(sys("getcwd"))?;
             std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
             let r = connect();
-            let _ = std::env::set_current_dir(back);
+            back_to(&back);
             r
         }
         None => connect(),
     };
     r.map_err(sys("connecting to re-queue datagrams"))?;
-    requeue(sender.as_raw_fd(), queue, fd_of)
+    requeue(sender.as_fd(), queue, fd_of)
 }
 
 /// Two connected ends; `a_queue` is what `a` had to read (sent again from `b`), and the other
@@ -663,38 +568,27 @@ pub fn restore_pair(
     b_queue: &[Queued],
     fd_of: FdOf,
 ) -> Result<(OwnedFd, OwnedFd), UnixError> {
-    let mut p = [0; 2];
-    // SAFETY: socketpair writes two fds into p.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            a.r#type as i32 | libc::SOCK_CLOEXEC,
-            0,
-            p.as_mut_ptr(),
-        )
-    })
+    let (sa, sb) = socketpair(
+        AddressFamily::Unix,
+        sock_type_of(a.r#type)?,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
     .map_err(sys("socketpair"))?;
-    // SAFETY: fresh fds owned only here.
-    let (sa, sb) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-    requeue(sb.as_raw_fd(), a_queue, fd_of)?;
-    requeue(sa.as_raw_fd(), b_queue, fd_of)?;
+    requeue(sb.as_fd(), a_queue, fd_of)?;
+    requeue(sa.as_fd(), b_queue, fd_of)?;
     Ok((finish(sa, a)?, finish(sb, b)?))
 }
 
-fn requeue(from: RawFd, msgs: &[Queued], fd_of: FdOf) -> Result<(), UnixError> {
+fn requeue(from: BorrowedFd<'_>, msgs: &[Queued], fd_of: FdOf) -> Result<(), UnixError> {
     let total: usize = msgs.iter().map(|m| m.data.len()).sum();
     if total > 0 {
-        let room = (total * 2 + (64 << 10)) as libc::c_int;
-        // SAFETY: setsockopt reads one int; room for the queued bytes whatever the limits.
-        unsafe {
-            libc::setsockopt(
-                from,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                (&room as *const libc::c_int).cast(),
-                4,
-            )
-        };
+        // Room for the queued bytes whatever the limits. It needs CAP_NET_ADMIN: without it
+        // the sends below may block-fail (EAGAIN) on a large queue and say so.
+        let room = total * 2 + (64 << 10);
+        if let Err(e) = setsockopt(&from, SndBufForce, &room) {
+            log::debug!("SO_SNDBUFFORCE {room} for re-queueing: {e}");
+        }
     }
     for m in msgs {
         let mut off = 0;
@@ -704,88 +598,38 @@ fn requeue(from: RawFd, msgs: &[Queued], fd_of: FdOf) -> Result<(), UnixError> {
                 .iter()
                 .map(|&id| fd_of(id).ok_or(UnixError::InFlightMissing { id }))
                 .collect::<Result<Vec<RawFd>, _>>()?;
-            off = send_with_rights(from, &m.data, &fds)
+            off = send_with_rights(from, &m.data, &fds, MsgFlags::MSG_DONTWAIT)
                 .map_err(sys("re-queueing file descriptors in flight"))?;
         }
         while off < m.data.len() {
-            // SAFETY: send from our buffer.
-            let n = unsafe {
-                libc::send(
-                    from,
-                    m.data[off..].as_ptr().cast(),
-                    m.data.len() - off,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                return Err(sys("re-queueing unix socket data")(
-                    io::Error::last_os_error(),
-                ));
-            }
-            off += n as usize;
+            off += send(from.as_raw_fd(), &m.data[off..], MsgFlags::MSG_DONTWAIT)
+                .map_err(sys("re-queueing unix socket data"))?;
         }
     }
     Ok(())
 }
 
-/// sendmsg of `data` with `fds` as SCM_RIGHTS; how many bytes went.
-fn send_with_rights(from: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
-    let bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE is arithmetic.
-    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let msg = msghdr(&mut iov, &mut cbuf, space);
-    // SAFETY: fills the one control message inside cbuf, which has room for it.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
-    }
-    // SAFETY: sendmsg reads the buffers msg describes.
-    let n = unsafe { libc::sendmsg(from, &msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
 fn finish(sock: OwnedFd, e: &pb::UnixSkEntry) -> Result<OwnedFd, UnixError> {
-    let fd = sock.as_raw_fd();
+    let fd = sock.as_fd();
     // After the queues are refilled: a shut send side takes no more data. For a pair this
     // also shuts the peer's matching side, as the original shutdown did.
     let how = match e.shutdown.unwrap_or(0) {
-        1 => Some(libc::SHUT_RD),
-        2 => Some(libc::SHUT_WR),
-        3 => Some(libc::SHUT_RDWR),
+        1 => Some(Shutdown::Read),
+        2 => Some(Shutdown::Write),
+        3 => Some(Shutdown::Both),
         _ => None,
     };
     if let Some(how) = how {
-        // SAFETY: shutdown(2) with integers.
-        cvt(unsafe { libc::shutdown(fd, how) }).map_err(sys("shutdown"))?;
+        shutdown(fd.as_raw_fd(), how).map_err(sys("shutdown"))?;
     }
     if e.opts.so_passcred == Some(true) {
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads one int.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PASSCRED,
-                (&one as *const libc::c_int).cast(),
-                4,
-            )
-        };
+        // As before the seam: a socket that cannot pass credentials still carries its data.
+        if let Err(err) = setsockopt(&fd, PassCred, &true) {
+            log::warn!("SO_PASSCRED on unix socket {}: {err}", e.ino);
+        }
     }
     if e.flags & libc::O_NONBLOCK as u32 != 0 {
-        // SAFETY: F_SETFL with an integer.
-        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) })
-            .map_err(sys("O_NONBLOCK"))?;
+        fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(sys("O_NONBLOCK"))?;
     }
     Ok(sock)
 }

@@ -51,6 +51,11 @@ pub fn read(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         );
         match n {
             Ok(n) if n > 0 => done += n,
+            // Pages of an area the task may not read itself (PROT_NONE, or write-only): the
+            // debugger's path, /proc/<pid>/mem, reads them (FOLL_FORCE).
+            Err(nix::errno::Errno::EFAULT) => {
+                return read_forced(pid, addr + done as u64, &mut buf[done..]);
+            }
             other => {
                 return Err(MemError::Read {
                     pid,
@@ -62,6 +67,25 @@ pub fn read(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         }
     }
     Ok(())
+}
+
+/// Reads through `/proc/<pid>/mem`, which the kernel serves as it serves a debugger: also
+/// from areas the task itself may not read.
+fn read_forced(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+    use std::os::unix::fs::FileExt;
+    let err = |source| MemError::Read {
+        pid,
+        addr,
+        len: buf.len(),
+        source,
+    };
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(err)?;
+    mem.read_exact_at(buf, addr).map_err(|source| MemError::Read {
+        pid,
+        addr,
+        len: buf.len(),
+        source,
+    })
 }
 
 /// The error of a transfer that moved nothing: errno, or end of file for 0 bytes.

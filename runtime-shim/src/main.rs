@@ -196,7 +196,7 @@ fn setup_log(c: &CommonArgs) -> Result<()> {
             };
             LOG_TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
             Box::new(
-                std::fs::File::create(&path)
+                stasis::private::create_private_named(&path)
                     .with_context(|| format!("cannot create log file {}", path.display()))?,
             )
         }
@@ -236,6 +236,9 @@ fn run_dump(a: DumpArgs) -> Result<ExitCode> {
 }
 
 fn run_restore(a: RestoreArgs) -> Result<ExitCode> {
+    // Before the log file, which goes to the images dir by default: nothing is created in a
+    // dir others can write to (a link planted there would be followed).
+    restore::check_images_dir(&a.common.images_dir)?;
     setup_log(&a.common)?;
     let opts = RestoreOptions {
         images_dir: a.common.images_dir.clone(),
@@ -257,7 +260,8 @@ fn run_restore(a: RestoreArgs) -> Result<ExitCode> {
                 .unwrap_or(Path::new("."))
                 .join(p)
         };
-        std::fs::write(&path, format!("{}", r.root_pid))
+        stasis::private::create_private_named(&path)
+            .and_then(|mut f| f.write_all(format!("{}", r.root_pid).as_bytes()))
             .with_context(|| format!("cannot write pidfile {}", path.display()))?;
     }
     log::info!(

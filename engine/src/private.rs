@@ -99,6 +99,19 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     create_private(path)?.write_all(bytes)
 }
 
+/// Mode of a directory stasis creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates a directory for images, mode 0700 whatever the umask. One that exists already is
+/// the user's and is left as it is (a restore checks it, see [`dir_trust`]).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        r => r,
+    }
+}
+
 /// Why an images dir is not trusted for a restore.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Untrusted {
@@ -188,6 +201,18 @@ mod tests {
             assert_eq!(mode(p), 0o600);
             assert_eq!(std::fs::read(p).unwrap(), b"secret");
         }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn dirs_are_made_0700_and_existing_ones_left_alone() {
+        let d = temp("dirs");
+        let made = d.join("images");
+        create_private_dir(&made).unwrap();
+        assert_eq!(mode(&made), 0o700);
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_private_dir(&made).unwrap();
+        assert_eq!(mode(&made), 0o750);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

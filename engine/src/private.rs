@@ -121,6 +121,17 @@ pub enum Untrusted {
     Owner { uid: u32 },
 }
 
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Untrusted::WritableByOthers { mode } => {
+                write!(f, "writable by others (mode {mode:04o})")
+            }
+            Untrusted::Owner { uid } => write!(f, "owned by uid {uid}, neither root nor us"),
+        }
+    }
+}
+
 /// Whether a directory with this mode and owner may hold images to restore from, for a caller
 /// of effective uid `euid`.
 pub fn dir_trust(mode: u32, uid: u32, euid: u32) -> Result<(), Untrusted> {

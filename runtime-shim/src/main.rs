@@ -177,6 +177,18 @@ impl log::Log for Logger {
     }
 }
 
+/// Creates the log file or pidfile `given` (at `path`, relative ones joined to the work dir),
+/// 0600 (see docs/security.md). A relative name lands in the work dir, among stasis's own
+/// files, and is created like them, never through a link; an absolute one is the user's
+/// path, opened as given (`/dev/stderr`, `/dev/null`).
+fn create_output(given: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    if given.is_absolute() {
+        stasis::private::create_private_named(path)
+    } else {
+        stasis::private::create_private(path)
+    }
+}
+
 fn setup_log(c: &CommonArgs) -> Result<()> {
     let level = match parse_level(&c.verbosity)? {
         0 => log::LevelFilter::Off,
@@ -189,14 +201,10 @@ fn setup_log(c: &CommonArgs) -> Result<()> {
         Some(f) if f.as_os_str() == "-" => Box::new(std::io::stderr()),
         Some(f) => {
             let work = c.work_dir.as_deref().unwrap_or(&c.images_dir);
-            let path = if f.is_absolute() {
-                f.clone()
-            } else {
-                work.join(f)
-            };
+            let path = work.join(f);
             LOG_TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
             Box::new(
-                stasis::private::create_private_named(&path)
+                create_output(f, &path)
                     .with_context(|| format!("cannot create log file {}", path.display()))?,
             )
         }
@@ -251,16 +259,9 @@ fn run_restore(a: RestoreArgs) -> Result<ExitCode> {
     let r = restore::restore(&opts)
         .with_context(|| format!("restore from {} failed", a.common.images_dir.display()))?;
     if let Some(p) = &a.pidfile {
-        let path = if p.is_absolute() {
-            p.clone()
-        } else {
-            a.common
-                .work_dir
-                .as_deref()
-                .unwrap_or(Path::new("."))
-                .join(p)
-        };
-        stasis::private::create_private_named(&path)
+        let work = a.common.work_dir.as_deref().unwrap_or(Path::new("."));
+        let path = work.join(p);
+        create_output(p, &path)
             .and_then(|mut f| f.write_all(format!("{}", r.root_pid).as_bytes()))
             .with_context(|| format!("cannot write pidfile {}", path.display()))?;
     }

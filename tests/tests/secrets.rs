@@ -91,6 +91,11 @@ fn dump_restore_under(umask: u32, work: bool) {
     }
     check_ok("dump", &stasis_umask(umask, &args));
     wait_gone(w.pid);
+    // A link planted where the relative log goes is replaced, not followed.
+    let victim = w.dir.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    let logs = if work { &work_dir } else { &img };
+    std::os::unix::fs::symlink(&victim, logs.join("restore.log")).unwrap();
     let pidfile = w.dir.join("restored.pid");
     let mut args = vec!["restore", "-D", img_s, "-d", "-o", "restore.log", "-v4"];
     args.extend(["--pidfile", pidfile.to_str().unwrap()]);
@@ -101,7 +106,11 @@ fn dump_restore_under(umask: u32, work: bool) {
     let pids = tree_and_session(w.pid);
     assert!(alive(w.pid), "restored");
     kill_tree(&pids);
-    let logs = if work { &work_dir } else { &img };
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"keep",
+        "link not followed"
+    );
     for f in ["dump.log", "stats-dump", "restore.log", "stats-restore"] {
         assert_eq!(mode(&logs.join(f)), 0o600, "{f} (umask {umask:03o})");
     }

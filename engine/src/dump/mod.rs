@@ -246,6 +246,17 @@ fn check_dir_writable(dir: &Path) -> Result<(), DumpError> {
     if !md.is_dir() {
         return Err(err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
     }
+    {
+        use std::os::unix::fs::MetadataExt;
+        let euid = nix::unistd::geteuid().as_raw();
+        if let Err(u) = crate::private::dir_trust(md.mode(), md.uid(), euid) {
+            // The files are private whatever the dir; the restore is what refuses it.
+            log::warn!(
+                "images dir {} is {u}: a restore will refuse it",
+                dir.display()
+            );
+        }
+    }
     crate::private::create_private(&probe).map_err(err)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())

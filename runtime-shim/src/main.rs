@@ -245,7 +245,7 @@ fn run_dump(a: DumpArgs) -> Result<ExitCode> {
 
 fn run_restore(a: RestoreArgs) -> Result<ExitCode> {
     // Before the log file, which goes to the images dir by default: nothing is created in a
-    // dir others can write to (a link planted there would be followed).
+    // dir others can write to.
     restore::check_images_dir(&a.common.images_dir)?;
     setup_log(&a.common)?;
     let opts = RestoreOptions {

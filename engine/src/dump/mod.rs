@@ -250,8 +250,9 @@ fn check_dir_writable(dir: &Path) -> Result<(), DumpError> {
         use std::os::unix::fs::MetadataExt;
         let euid = nix::unistd::geteuid().as_raw();
         if let Err(u) = crate::private::dir_trust(md.mode(), md.uid(), euid) {
-            // The files are private whatever the dir; the restore is what refuses it.
-            log::warn!(
+            // The files are private whatever the dir; the restore is what refuses it. Info, not
+            // a warning: stderr stays one line (a failed dump's error) by default.
+            log::info!(
                 "images dir {} is {u}: a restore will refuse it",
                 dir.display()
             );

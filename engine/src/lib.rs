@@ -18,6 +18,7 @@ pub mod ipc;
 pub mod mm;
 pub mod net;
 pub mod ns;
+pub mod private;
 pub mod proc;
 pub mod restore;
 pub mod sys;

@@ -16,7 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let dir = std::env::temp_dir().join(format!("stasis-example-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    // 0700: the images hold the child's memory (see docs/security.md).
+    stasis::private::create_private_dir(&dir)?;
     let out = dir.join("out.txt");
 
     // 1. A child that counts, printing to a file.
@@ -34,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. Checkpoint it: the dump kills the tree once the images are complete.
     let images = dir.join("images");
-    std::fs::create_dir_all(&images)?;
+    stasis::private::create_private_dir(&images)?;
     let stats = dump(&DumpOptions::new(pid, &images))?;
     // Frees the pid. When the caller is the parent, the dump (as tracer) may have reaped it.
     let _ = child.wait();

@@ -46,6 +46,18 @@ impl log::Log for Logger {
     }
 }
 
+/// Creates the log file or pidfile `given` (at `path`, relative ones joined to the work dir),
+/// 0600 (see docs/security.md). A relative name lands in the work dir, among stasis's own
+/// files, and is created like them, never through a link; an absolute one is the user's
+/// path, opened as given (`/dev/stderr`, `/dev/null`).
+fn create_output(given: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    if given.is_absolute() {
+        stasis::private::create_private_named(path)
+    } else {
+        stasis::private::create_private(path)
+    }
+}
+
 fn setup_log(c: &Config) -> Result<()> {
     let level = match c.verbosity {
         0 => log::LevelFilter::Off,
@@ -60,7 +72,7 @@ fn setup_log(c: &Config) -> Result<()> {
             let path = work_path(c, f);
             LOG_TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
             Box::new(
-                std::fs::File::create(&path)
+                create_output(f, &path)
                     .with_context(|| format!("cannot create log file {}", path.display()))?,
             )
         }
@@ -147,7 +159,8 @@ fn run_restore(c: &Config) -> Result<ExitCode> {
     if let Some(p) = &c.pidfile {
         // Relative to the work directory, where CRIU has already chdir'ed.
         let path = work_path(c, p);
-        std::fs::write(&path, format!("{}", r.root_pid))
+        create_output(p, &path)
+            .and_then(|mut f| f.write_all(format!("{}", r.root_pid).as_bytes()))
             .with_context(|| format!("cannot write pidfile {}", path.display()))?;
     }
     log::info!(
@@ -194,6 +207,9 @@ fn run(c: &Config) -> Result<ExitCode> {
             run_dump(c)
         }
         Command::Restore => {
+            // Before the log file, which goes to the images dir by default: nothing is
+            // created in a dir others can write to.
+            restore::check_images_dir(&c.images_dir)?;
             setup_log(c)?;
             run_restore(c)
         }

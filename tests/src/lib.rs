@@ -243,9 +243,12 @@ impl Workload {
         lines
     }
 
+    /// The images dir, 0700 whatever the umask (a restore refuses one others can write).
     pub fn images(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let d = self.dir.join("images");
         std::fs::create_dir_all(&d).expect("images dir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         d
     }
 }

@@ -5,8 +5,6 @@
 //! as they were, and detached. [`Tree`] enforces it in `Drop`.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -252,7 +250,19 @@ fn check_dir_writable(dir: &Path) -> Result<(), DumpError> {
     if !md.is_dir() {
         return Err(err(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
     }
-    File::create(&probe).map_err(err)?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        let euid = nix::unistd::geteuid().as_raw();
+        if let Err(u) = crate::private::dir_trust(md.mode(), md.uid(), euid) {
+            // The files are private whatever the dir; the restore is what refuses it. Info, not
+            // a warning: stderr stays one line (a failed dump's error) by default.
+            log::info!(
+                "images dir {} is {u}: a restore will refuse it",
+                dir.display()
+            );
+        }
+    }
+    crate::private::create_private(&probe).map_err(err)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -288,9 +298,7 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DumpError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut f = File::create(path).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    Ok(())
+    crate::private::write_private(path, bytes).map_err(err)
 }
 
 /// Everything collected for the images, written at the end.

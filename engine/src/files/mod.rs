@@ -582,7 +582,7 @@ impl FileTable {
 }
 
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), FilesError> {
-    std::fs::write(path, bytes).map_err(|source| FilesError::Write {
+    crate::private::write_private(path, bytes).map_err(|source| FilesError::Write {
         path: path.to_path_buf(),
         source,
     })

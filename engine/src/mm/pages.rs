@@ -106,7 +106,7 @@ impl PageSink {
         // Buffered writes, as CRIU does: the page cache absorbs the burst while the tree is
         // frozen, and a restore on this host reads the images back from memory. (O_DIRECT was
         // tried: durable images, but restore then reads from disk, 2.6x slower here.)
-        let file = File::create(path).map_err(|source| PagesError::Write {
+        let file = crate::private::create_private(path).map_err(|source| PagesError::Write {
             path: path.to_path_buf(),
             source,
         })?;

@@ -2,7 +2,8 @@
 //! syscalls injected through ptrace (no restorer blob runs inside the task).
 //!
 //! A failed restore kills every task it created and never writes to the images dir (only
-//! `stats-restore` to the work dir, after success).
+//! `stats-restore` to the work dir, after success). It refuses an images dir others can write
+//! to before reading anything from it ([`check_images_dir`]).
 
 pub mod load;
 mod pool;
@@ -175,6 +176,38 @@ pub enum RestoreError {
     TaskState(#[from] crate::task::TaskError),
     #[error(transparent)]
     Mm(#[from] crate::mm::MmError),
+    #[error("images dir {} is writable by others (mode {mode:04o}): refusing to restore from it (chmod go-w {})", path.display(), path.display())]
+    ImagesDirWritable { path: PathBuf, mode: u32 },
+    #[error("images dir {} is owned by uid {uid}, neither root nor us: refusing to restore from it", path.display())]
+    ImagesDirOwner { path: PathBuf, uid: u32 },
+    #[error("cannot read images dir {}", path.display())]
+    ImagesDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Refuses an images dir that someone else could have written to: group- or other-writable,
+/// or owned by a user other than root and us. The images drive what the restore does as
+/// root (which files it opens, what it writes into memory), so they must be ours.
+pub fn check_images_dir(dir: &Path) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(dir).map_err(|source| RestoreError::ImagesDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let euid = nix::unistd::geteuid().as_raw();
+    crate::private::dir_trust(md.mode(), md.uid(), euid).map_err(|u| match u {
+        crate::private::Untrusted::WritableByOthers { mode } => RestoreError::ImagesDirWritable {
+            path: dir.to_path_buf(),
+            mode,
+        },
+        crate::private::Untrusted::Owner { uid } => RestoreError::ImagesDirOwner {
+            path: dir.to_path_buf(),
+            uid,
+        },
+    })
 }
 
 pub(crate) fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> RestoreError {
@@ -231,6 +264,7 @@ impl Drop for Created {
 /// tasks together.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
+    check_images_dir(&opts.images_dir)?;
     let img = load::load(&opts.images_dir)?;
     for t in &img.tasks {
         for th in &t.threads {
@@ -534,7 +568,7 @@ fn write_stats(work: &Path, r: &Restored) -> std::io::Result<()> {
     };
     let mut w = ImageWriter::new(ImageKind::Service, magic::STATS);
     w.push(&entry);
-    std::fs::write(work.join(names::STATS_RESTORE), w.into_bytes())
+    crate::private::write_private(&work.join(names::STATS_RESTORE), &w.into_bytes())
 }
 
 fn raise_nofile_limit() {

@@ -80,12 +80,13 @@ fn read_forced(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         source,
     };
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(err)?;
-    mem.read_exact_at(buf, addr).map_err(|source| MemError::Read {
-        pid,
-        addr,
-        len: buf.len(),
-        source,
-    })
+    mem.read_exact_at(buf, addr)
+        .map_err(|source| MemError::Read {
+            pid,
+            addr,
+            len: buf.len(),
+            source,
+        })
 }
 
 /// The error of a transfer that moved nothing: errno, or end of file for 0 bytes.

@@ -19,6 +19,8 @@ if [ ${#tests[@]} -eq 0 ]; then
     sockets00 inotify00)
 fi
 cargo build -p stasis-cli
+# zdtm makes its images dirs 0777 (its tests run unprivileged): let the restore use them.
+export STASIS_ALLOW_SHARED_IMAGES_DIR=1
 bin=$PWD/target/debug/stasis
 work=$(mktemp -d /tmp/stasis-zdtm.XXXXXX)
 for d in test lib scripts Makefile.versions; do

@@ -99,6 +99,8 @@ fn many_dumps_of_a_live_server_leave_no_drift() {
         assert_eq!(tracer_of(w.pid), 0, "dump {i} left the server traced");
     }
     std::thread::sleep(Duration::from_millis(200));
+    // Measured while the clients are still connected, as before the dumps.
+    let (shape1, rss1) = (shape(w.pid), rss_kib(w.pid));
     stop.store(true, Ordering::Relaxed);
     let served: Vec<(u64, Duration)> = clients
         .into_iter()
@@ -106,7 +108,6 @@ fn many_dumps_of_a_live_server_leave_no_drift() {
         .collect();
     let total: u64 = served.iter().map(|s| s.0).sum();
     assert!(served.iter().all(|s| s.0 > 0), "every client was served");
-    let (shape1, rss1) = (shape(w.pid), rss_kib(w.pid));
     assert_eq!(shape0, shape1, "fds, maps, timers and threads do not drift");
     assert!(
         rss1 <= rss0 + 4096,

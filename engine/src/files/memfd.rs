@@ -115,6 +115,13 @@ pub fn create_memfd(inode: &pb::MemfdInodeEntry, content: &[u8]) -> Result<Owned
     use std::os::unix::fs::FileExt;
     f.write_all_at(content, 0).map_err(err)?;
     f.set_len(inode.size).map_err(err)?;
+    // Its owner and mode, as CRIU restores them (memfd_create gives root's and 0777).
+    std::os::unix::fs::fchown(&f, Some(inode.uid), Some(inode.gid)).map_err(err)?;
+    if let Some(mode) = inode.mode {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(err)?;
+    }
     if inode.seals != 0 {
         let seals = SealFlag::from_bits_retain(inode.seals as libc::c_int);
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| err(e.into()))?;
@@ -209,6 +216,8 @@ impl FileKind for Memfd {
                 source: e.into(),
             })?;
         }
+        // O_APPEND and O_NONBLOCK, which neither memfd_create nor the reopen set.
+        super::reg::set_status_flags(&fd, m.flags)?;
         Ok(Some(fd))
     }
 }

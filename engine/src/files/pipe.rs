@@ -134,17 +134,17 @@ impl FileKind for Pipe {
             return super::reg::dup_raw(i.fd).map(Some);
         }
         let made = cx.slots.get::<Made>();
-        let (r, w) = match made.0.get(&pe.pipe_id) {
-            Some((r, w)) => (super::reg::dup(r)?, super::reg::dup(w)?),
-            None => {
-                let (r, w) = make_pipe(pe.pipe_id, cx.img.pipes_data.get(&pe.pipe_id))?;
-                let copy = (super::reg::dup(&r)?, super::reg::dup(&w)?);
-                made.0.insert(pe.pipe_id, (r, w));
-                copy
-            }
-        };
+        if !made.0.contains_key(&pe.pipe_id) {
+            let ends = make_pipe(pe.pipe_id, cx.img.pipes_data.get(&pe.pipe_id))?;
+            made.0.insert(pe.pipe_id, ends);
+        }
+        let (r, w) = &made.0[&pe.pipe_id];
         let acc = pe.flags & libc::O_ACCMODE as u32;
-        let end = if acc == libc::O_WRONLY as u32 { w } else { r };
+        let made_end = if acc == libc::O_WRONLY as u32 { w } else { r };
+        // Each entry is an open file description of its own: one end opened twice (through
+        // /proc/self/fd) keeps two sets of status flags, which a dup would merge. So every
+        // entry is a new open of the end, never a dup of it.
+        let end = super::reg::reopen(made_end, pe.flags, entry.id)?;
         super::reg::set_status_flags(&end, pe.flags)?;
         Ok(Some(end))
     }

@@ -22,10 +22,20 @@ pub(crate) fn dump_shmem(
     img: &mut Images,
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
-    // The object may be larger than this mapping's window; dump what this window shows, from
-    // offset 0 of the object (pgoff is kept in the vma).
+    // The whole object, not only this mapping's window: another task (or another mapping of
+    // this one) may see other parts of it (zdtm's maps01). The map_files fd is the object
+    // itself; its size is the object's.
     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-    dump_shmem_object(&path, m.inode, m.offset + m.len(), img, stats)
+    let size = std::fs::metadata(&path)
+        .map_err(|source| {
+            DumpError::Proc(proc::ProcError::Read {
+                path: path.clone().into(),
+                source,
+            })
+        })?
+        .len()
+        .max(m.offset + m.len());
+    dump_shmem_object(&path, m.inode, size, img, stats)
 }
 
 /// Dumps the first `size` bytes of a shmem object (shared anonymous memory, memfd) opened
@@ -55,44 +65,48 @@ pub(crate) fn dump_shmem_object(
     pm.push(&pb::PagemapHead { pages_id });
     let size = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
     let mut buf = vec![0u8; (4 << 20).min(size as usize)];
-    let mut off = 0u64;
     let page = PAGE_SIZE as usize;
-    while off < size {
-        let n = buf.len().min((size - off) as usize);
-        let mut got = 0;
-        while got < n {
-            match f.read_at(&mut buf[got..n], off + got as u64) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(read_err(e)),
-            }
-        }
-        buf[got..n].fill(0);
-        // Keep only non-zero pages.
-        let mut p = 0;
-        while p < n {
-            if buf[p..p + page].iter().any(|&b| b != 0) {
-                let mut q = p + page;
-                while q < n && buf[q..q + page].iter().any(|&b| b != 0) {
-                    q += page;
+    // Only the ranges that hold data (SEEK_DATA/SEEK_HOLE): a 1 GiB object with a few pages
+    // written is a few reads, not a scan of zeros.
+    for (start, end) in data_ranges(&f, size).map_err(read_err)? {
+        let mut off = start;
+        while off < end {
+            let n = buf.len().min((end - off) as usize);
+            let mut got = 0;
+            while got < n {
+                match f.read_at(&mut buf[got..n], off + got as u64) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(read_err(e)),
                 }
-                pages.write_bytes(&buf[p..q])?;
-                let npages = ((q - p) / page) as u64;
-                pm.push(&pb::PagemapEntry {
-                    vaddr: off + p as u64,
-                    compat_nr_pages: npages as u32,
-                    in_parent: None,
-                    flags: Some(images::PE_PRESENT),
-                    nr_pages: Some(npages),
-                });
-                p = q;
-            } else {
-                p += page;
             }
+            buf[got..n].fill(0);
+            // Keep only non-zero pages.
+            let mut p = 0;
+            while p < n {
+                if buf[p..p + page].iter().any(|&b| b != 0) {
+                    let mut q = p + page;
+                    while q < n && buf[q..q + page].iter().any(|&b| b != 0) {
+                        q += page;
+                    }
+                    pages.write_bytes(&buf[p..q])?;
+                    let npages = ((q - p) / page) as u64;
+                    pm.push(&pb::PagemapEntry {
+                        vaddr: off + p as u64,
+                        compat_nr_pages: npages as u32,
+                        in_parent: None,
+                        flags: Some(images::PE_PRESENT),
+                        nr_pages: Some(npages),
+                    });
+                    p = q;
+                } else {
+                    p += page;
+                }
+            }
+            off += n as u64;
+            stats.shpages_scanned += n as u64 / PAGE_SIZE;
         }
-        off += n as u64;
-        stats.shpages_scanned += n as u64 / PAGE_SIZE;
     }
     // Shared pages are counted apart from private ones, as CRIU's shpages_* stats are.
     let private_written = stats.pages_written;
@@ -100,6 +114,36 @@ pub(crate) fn dump_shmem_object(
     stats.shpages_written += stats.pages_written - private_written;
     stats.pages_written = private_written;
     write_file(&img.dir.join(names::pagemap_shmem(shmid)), &pm.into_bytes())
+}
+
+/// The page-aligned ranges of `f` below `size` that hold data, from SEEK_DATA/SEEK_HOLE
+/// (shmem, memfd and tmpfs answer them; a file that does not is one range).
+fn data_ranges(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let start = match lseek(f, off as libc::off_t, Whence::SeekData) {
+            Ok(s) => s as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(nix::errno::Errno::EINVAL) if off == 0 => return Ok(vec![(0, size)]),
+            Err(e) => return Err(e.into()),
+        };
+        if start >= size {
+            break;
+        }
+        let end = match lseek(f, start as libc::off_t, Whence::SeekHole) {
+            Ok(e) => (e as u64).min(size),
+            Err(e) => return Err(e.into()),
+        };
+        let (a, b) = (
+            start / PAGE_SIZE * PAGE_SIZE,
+            end.div_ceil(PAGE_SIZE) * PAGE_SIZE,
+        );
+        out.push((a, b.min(size)));
+        off = b;
+    }
+    Ok(out)
 }
 
 pub(crate) fn finish_pages(pages: PageSink, stats: &mut DumpStats) -> Result<(), DumpError> {

@@ -180,6 +180,10 @@ fn pagemap(dir: &Path, file: &str) -> Result<(Vec<pb::PagemapEntry>, String), Lo
 /// writes one pagemap entry for pages of adjacent mappings (a RELRO segment and the data
 /// after it), so an entry may span several.
 fn covered(vmas: &[pb::VmaEntry], start: u64, end: u64) -> bool {
+    if start >= end {
+        // No page to place.
+        return true;
+    }
     let mut at = start;
     // The mappings are sorted and do not overlap (checked above).
     for v in vmas.iter().filter(|v| v.end > start) {
@@ -191,7 +195,7 @@ fn covered(vmas: &[pb::VmaEntry], start: u64, end: u64) -> bool {
             return true;
         }
     }
-    at >= end && start < end
+    at >= end
 }
 
 pub fn nr_pages(e: &pb::PagemapEntry) -> u64 {
@@ -818,7 +822,7 @@ mod tests {
         assert!(!covered(&vmas, 0x4000, 0x6000), "into a gap");
         assert!(!covered(&vmas, 0x6000, 0x8000), "past the last mapping");
         assert!(!covered(&vmas, 0x0, 0x2000), "before the first");
-        assert!(!covered(&vmas, 0x2000, 0x2000), "empty");
+        assert!(covered(&vmas, 0x9000, 0x9000), "no page to place");
     }
 
     #[test]

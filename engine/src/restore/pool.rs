@@ -9,7 +9,9 @@ use super::{DumpImage, RestoreError, RestoreOptions};
 use crate::files::kind::{self, OpenCx};
 use crate::images::{pb, vma_status::*};
 use crate::mm::shmem::make_shmem;
+use crate::restore::load;
 use crate::sys::cvt;
+use crate::sys::mem::PAGE_SIZE;
 
 pub(crate) struct Pool {
     pub base: RawFd,
@@ -79,6 +81,11 @@ impl Pool {
                 .flat_map(|t| t.mm.vmas.iter())
                 .filter(|v| v.status & VMA_ANON_SHARED != 0 && v.shmid == *shmid)
                 .map(|v| v.pgoff + (v.end - v.start))
+                .chain(
+                    entries
+                        .iter()
+                        .map(|e| e.vaddr + load::nr_pages(e) * PAGE_SIZE),
+                )
                 .max()
                 .unwrap_or(0);
             let fd = make_shmem(size, entries, &img.dir.join(pages_file))?;

@@ -69,7 +69,14 @@ pub(crate) fn restore_itimers(r: &Remote, tc: &pb::TaskCoreEntry) -> Result<(), 
     if let Some(tm) = &tc.timers {
         for (which, it) in [(0u64, &tm.real), (1, &tm.virt), (2, &tm.prof)] {
             if it.isec | it.iusec | it.vsec | it.vusec != 0 {
-                let a = r.put_words(0, &[it.isec, it.iusec, it.vsec, it.vusec])?;
+                // A periodic timer read as due right now: setitimer with a zero value would
+                // disarm it, so it is next due an interval on.
+                let (vsec, vusec) = if it.vsec | it.vusec == 0 {
+                    (it.isec, it.iusec)
+                } else {
+                    (it.vsec, it.vusec)
+                };
+                let a = r.put_words(0, &[it.isec, it.iusec, vsec, vusec])?;
                 r.call(libc::SYS_setitimer, &[which, a, 0])?;
             }
         }

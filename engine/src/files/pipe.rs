@@ -134,11 +134,12 @@ impl FileKind for Pipe {
             return super::reg::dup_raw(i.fd).map(Some);
         }
         let made = cx.slots.get::<Made>();
-        if !made.0.contains_key(&pe.pipe_id) {
-            let ends = make_pipe(pe.pipe_id, cx.img.pipes_data.get(&pe.pipe_id))?;
-            made.0.insert(pe.pipe_id, ends);
-        }
-        let (r, w) = &made.0[&pe.pipe_id];
+        let (r, w) = match made.0.entry(pe.pipe_id) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(make_pipe(pe.pipe_id, cx.img.pipes_data.get(&pe.pipe_id))?)
+            }
+        };
         let acc = pe.flags & libc::O_ACCMODE as u32;
         let made_end = if acc == libc::O_WRONLY as u32 { w } else { r };
         // Each entry is an open file description of its own: one end opened twice (through

@@ -159,15 +159,21 @@ fn merge_vvar(vmas: Vec<pb::VmaEntry>) -> Vec<pb::VmaEntry> {
 }
 
 /// The VMA as smaps shows it: bounds, protection, flags, madvise state; a regular area.
+/// MAP_DROPPABLE, which libc does not name yet.
+const MAP_DROPPABLE: u32 = 0x08;
+
 fn vma_entry(m: &Mapping) -> pb::VmaEntry {
     let prot = (m.read as u32 * libc::PROT_READ as u32)
         | (m.write as u32 * libc::PROT_WRITE as u32)
         | (m.exec as u32 * libc::PROT_EXEC as u32);
-    let mut flags = if m.shared {
-        libc::MAP_SHARED
+    // MAP_DROPPABLE (6.11+, smaps `dp`): a mapping type of its own, pages the kernel may drop.
+    let mut flags = if m.has_flag("dp") {
+        MAP_DROPPABLE
+    } else if m.shared {
+        libc::MAP_SHARED as u32
     } else {
-        libc::MAP_PRIVATE
-    } as u32;
+        libc::MAP_PRIVATE as u32
+    };
     if m.has_flag("gd") {
         flags |= libc::MAP_GROWSDOWN as u32;
     }
@@ -617,7 +623,8 @@ fn map_vmas<'a>(
         } else {
             v.prot
         };
-        let keep = (libc::MAP_SHARED
+        let keep = (MAP_DROPPABLE as i32
+            | libc::MAP_SHARED
             | libc::MAP_PRIVATE
             | libc::MAP_ANONYMOUS
             | libc::MAP_GROWSDOWN

@@ -297,6 +297,9 @@ pub struct Context<'a> {
     pub tree_sockets: &'a std::collections::HashSet<u32>,
 }
 
+/// sock_diag's state of a connected unix socket.
+const TCP_ESTABLISHED: u8 = 1;
+
 /// Reads the unix socket `sock` (a copy of the task's fd with inode `ino`).
 pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped, UnixError> {
     let in_flight = cx.in_flight;
@@ -326,7 +329,10 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
     let stream = d.ty as i32 == libc::SOCK_STREAM;
     // A listener's queue holds connections, not bytes. What an outside peer sent to an
     // inherited socket cannot be given to its replacement.
-    let queued = if d.state == 10 || uflags & USK_INHERIT != 0 {
+    // A connection-oriented socket that is not connected (never was, or its peer is gone)
+    // has nothing the task could read: the kernel answers its reads with EINVAL.
+    let unconnected = d.ty as i32 != libc::SOCK_DGRAM && d.state != TCP_ESTABLISHED;
+    let queued = if d.state == 10 || uflags & USK_INHERIT != 0 || unconnected {
         Vec::new()
     } else {
         peek_all(fd, stream).map_err(sys(format!("peeking unix socket {ino}")))?

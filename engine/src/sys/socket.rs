@@ -40,6 +40,12 @@ sockopt_impl!(
     /// SO_RCVLOWAT
     RcvLowat, Both, libc::SOL_SOCKET, libc::SO_RCVLOWAT, libc::c_int);
 sockopt_impl!(
+    /// SO_PASSSEC: receive the sender's security context (SCM_SECURITY).
+    PassSec, Both, libc::SOL_SOCKET, libc::SO_PASSSEC, bool);
+sockopt_impl!(
+    /// SO_NO_CHECK: no UDP checksums sent.
+    NoCheck, Both, libc::SOL_SOCKET, libc::SO_NO_CHECK, bool);
+sockopt_impl!(
     /// TCP_CORK
     TcpCork, Both, libc::IPPROTO_TCP, libc::TCP_CORK, libc::c_int);
 sockopt_impl!(

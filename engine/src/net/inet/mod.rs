@@ -293,8 +293,11 @@ fn sk_opts(fd: BorrowedFd<'_>, tcp: bool) -> pb::SkOptsEntry {
         so_passcred: on(fd, PassCred),
         so_passsec: None,
         so_dontroute: on(fd, DontRoute),
-        so_no_check: None,
-        so_bound_dev: None,
+        so_no_check: Some(getsockopt(&fd, crate::sys::socket::NoCheck).unwrap_or(false)),
+        so_bound_dev: getsockopt(&fd, nix::sys::socket::sockopt::BindToDevice)
+            .ok()
+            .map(|d| d.to_string_lossy().into_owned())
+            .filter(|d| !d.is_empty()),
         so_filter: Vec::new(),
         so_reuseport: on(fd, ReusePort),
         so_broadcast: on(fd, Broadcast),
@@ -417,6 +420,23 @@ fn apply_opts(fd: BorrowedFd<'_>, e: &pb::InetSkEntry) -> Result<(), InetError> 
     }
     if let Some(m) = o.so_mark.filter(|m| *m != 0) {
         best_effort("SO_MARK", setsockopt(&fd, Mark, &m));
+    }
+    if let Some(v) = o.so_rcvlowat.filter(|v| *v > 1) {
+        setsockopt(&fd, RcvLowat, &(v as i32)).map_err(sys("SO_RCVLOWAT"))?;
+    }
+    if let Some(v) = o.so_no_check.filter(|v| *v) {
+        setsockopt(&fd, crate::sys::socket::NoCheck, &v).map_err(sys("SO_NO_CHECK"))?;
+    }
+    if let Some(v) = o.so_dontroute.filter(|v| *v) {
+        setsockopt(&fd, DontRoute, &v).map_err(sys("SO_DONTROUTE"))?;
+    }
+    if let Some(v) = o.so_oobinline.filter(|v| *v != 0) {
+        setsockopt(&fd, OobInline, &true).map_err(sys(format!("SO_OOBINLINE {v}")))?;
+    }
+    if let Some(dev) = o.so_bound_dev.as_ref().filter(|d| !d.is_empty()) {
+        let dev = std::ffi::OsString::from(dev);
+        setsockopt(&fd, nix::sys::socket::sockopt::BindToDevice, &dev)
+            .map_err(sys("SO_BINDTODEVICE"))?;
     }
     if let Some(l) = o.so_linger {
         let linger = libc::linger {

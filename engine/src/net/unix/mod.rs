@@ -269,6 +269,7 @@ fn opts_of(fd: BorrowedFd<'_>) -> pb::SkOptsEntry {
         so_rcv_tmo_sec: 0,
         so_rcv_tmo_usec: 0,
         so_passcred: Some(getsockopt(&fd, PassCred).unwrap_or(false)),
+        so_passsec: Some(getsockopt(&fd, crate::sys::socket::PassSec).unwrap_or(false)),
         ..Default::default()
     }
 }
@@ -505,6 +506,14 @@ pub fn restore_single(
     queue: &[Queued],
     fd_of: FdOf,
 ) -> Result<OwnedFd, UnixError> {
+    if e.r#type != libc::SOCK_DGRAM as u32
+        && e.state == TCP_ESTABLISHED as u32
+        && e.peer == 0
+        && e.name.is_empty()
+        && external_peer_name.is_none()
+    {
+        return restore_orphan(e, queue, fd_of);
+    }
     let sock = new_socket(e.r#type)?;
     let fd = sock.as_fd();
     // A connected datagram socket takes messages from its peer only: those are lost (see the
@@ -586,6 +595,26 @@ pub fn restore_pair(
     Ok((finish(sa, a)?, finish(sb, b)?))
 }
 
+/// A connected stream or seqpacket socket whose peer was closed: still connected for the
+/// task, which reads what the peer sent and then end of file. Made as a pair whose other end
+/// sends the queue and is closed, as CRIU does.
+fn restore_orphan(
+    e: &pb::UnixSkEntry,
+    queue: &[Queued],
+    fd_of: FdOf,
+) -> Result<OwnedFd, UnixError> {
+    let (sock, peer) = socketpair(
+        AddressFamily::Unix,
+        sock_type_of(e.r#type)?,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(sys("socketpair"))?;
+    requeue(peer.as_fd(), queue, fd_of)?;
+    drop(peer);
+    finish(sock, e)
+}
+
 fn requeue(from: BorrowedFd<'_>, msgs: &[Queued], fd_of: FdOf) -> Result<(), UnixError> {
     let total: usize = msgs.iter().map(|m| m.data.len()).sum();
     if total > 0 {
@@ -633,6 +662,9 @@ fn finish(sock: OwnedFd, e: &pb::UnixSkEntry) -> Result<OwnedFd, UnixError> {
         if let Err(err) = setsockopt(&fd, PassCred, &true) {
             log::warn!("SO_PASSCRED on unix socket {}: {err}", e.ino);
         }
+    }
+    if e.opts.so_passsec == Some(true) {
+        setsockopt(&fd, crate::sys::socket::PassSec, &true).map_err(sys("SO_PASSSEC"))?;
     }
     if e.flags & libc::O_NONBLOCK as u32 != 0 {
         fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(sys("O_NONBLOCK"))?;

@@ -1,0 +1,55 @@
+//! The short fuzz pass of the test command (no root, no processes): mutants of the committed
+//! corpus through the image reader, the engine's decoders and the loader, with a fixed seed.
+//! Long runs: the stasis-fuzz binary (docs/fuzzing.md).
+
+use stasis_tests::fuzz::{self, alloc::BudgetAlloc, corpus::Corpus, targets, Config};
+
+#[global_allocator]
+static ALLOC: BudgetAlloc = BudgetAlloc;
+
+/// Every dump of the corpus loads as it is: else the mutants would only ever reach the first
+/// check that fails, and the corpus wants making again (`stasis-fuzz --make-corpus`).
+#[test]
+fn corpus_dumps_load_unmutated() {
+    let corpus = Corpus::load(&Corpus::default_dir()).expect("tests/fuzz/corpus");
+    let dir = stasis_tests::temp_dir("fuzz-corpus");
+    let dirs = corpus.materialize(&dir).expect("materialise the corpus");
+    for (d, dump) in dirs.iter().zip(&corpus.dumps) {
+        if let Err(e) = stasis::restore::load::load(d) {
+            panic!("corpus dump {} no longer loads: {e}", dump.name);
+        }
+        assert_eq!(targets::load_outcome(d), "loaded");
+    }
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn decoders_survive_mutants_of_real_images() {
+    let corpus = Corpus::load(&Corpus::default_dir()).expect("tests/fuzz/corpus");
+    // About 15 s in a debug build (the test command) on 2 cores.
+    let iterations = if cfg!(debug_assertions) {
+        100_000
+    } else {
+        1_000_000
+    };
+    let cfg = Config {
+        seed: 0x5eed,
+        iterations,
+        crash_dir: std::env::temp_dir().join("stasis-fuzz-crashes"),
+        ..Config::default()
+    };
+    let report = fuzz::run(&corpus, &cfg);
+    eprintln!("{}", report.summary());
+    assert!(
+        report.failures.is_empty(),
+        "{} failing inputs:\n{}",
+        report.failures.len(),
+        report
+            .failures
+            .iter()
+            .map(|f| f.what.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(report.inputs, iterations);
+}

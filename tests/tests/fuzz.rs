@@ -23,14 +23,24 @@ fn corpus_dumps_load_unmutated() {
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
+/// The budget is really checked: an allocation over it is reported (and still served).
+#[test]
+fn allocations_over_the_budget_are_caught() {
+    let (v, usage) = stasis_tests::fuzz::alloc::with_budget(100, 0, 0, || vec![1u8; 1000]);
+    assert_eq!(v.len(), 1000);
+    assert_eq!(usage.over, Some(1000));
+    let (_, usage) = stasis_tests::fuzz::alloc::with_budget(100, 0, 0, || vec![1u8; 50]);
+    assert_eq!((usage.over, usage.largest), (None, 50));
+}
+
 #[test]
 fn decoders_survive_mutants_of_real_images() {
     let corpus = Corpus::load(&Corpus::default_dir()).expect("tests/fuzz/corpus");
     // About 15 s in a debug build (the test command) on 2 cores.
     let iterations = if cfg!(debug_assertions) {
-        100_000
+        200_000
     } else {
-        1_000_000
+        2_000_000
     };
     let cfg = Config {
         seed: 0x5eed,

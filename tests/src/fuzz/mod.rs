@@ -210,9 +210,10 @@ fn one(
             (Ok(()), None) => None,
         };
         if let Some(what) = problem {
+            let name = format!("{}-{}", corpus.dumps[c.dump].name, img.name);
             report
                 .failures
-                .push(failure(cfg, iteration, &img.name, &c.bytes, what));
+                .push(failure(cfg, iteration, &name, &c.bytes, what));
         }
     };
     let bytes = c.bytes.clone();

@@ -150,9 +150,16 @@ pub fn run(corpus: &Corpus, cfg: &Config) -> Report {
     let bed = (cfg.load_every > 0).then(|| {
         targets::LoadBed::new(corpus, &cfg.scratch).expect("dump directories for the loader")
     });
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|info| {
-        *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.to_string());
+    // Panics of this thread (the inputs') are kept for the report, not printed; other
+    // threads' (other tests) go to the hook there was.
+    let hook = std::sync::Arc::new(std::panic::take_hook());
+    let (me, prev) = (std::thread::current().id(), hook.clone());
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == me {
+            *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.to_string());
+        } else {
+            prev(info);
+        }
     }));
     let start = Instant::now();
     let mut report = Report::default();
@@ -175,7 +182,7 @@ pub fn run(corpus: &Corpus, cfg: &Config) -> Report {
         one(corpus, &pairs, cfg, iteration, load, &mut report);
     }
     report.elapsed = start.elapsed();
-    std::panic::set_hook(hook);
+    std::panic::set_hook(Box::new(move |info| hook(info)));
     report
 }
 

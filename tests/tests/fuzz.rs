@@ -63,3 +63,49 @@ fn decoders_survive_mutants_of_real_images() {
     );
     assert_eq!(report.inputs, iterations);
 }
+
+/// The first finding: a pagemap entry claiming 2^52 pages overflowed the loader's sum of
+/// page bytes. Refused now, naming the pagemap, before anything is read or allocated.
+#[test]
+fn a_pagemap_claiming_exabytes_is_refused() {
+    use stasis::images::{magic, pb, ImageKind, ImageReader, ImageWriter};
+    let corpus = Corpus::load(&Corpus::default_dir()).expect("tests/fuzz/corpus");
+    let dir = stasis_tests::temp_dir("fuzz-pagemap");
+    let dirs = corpus.materialize(&dir).expect("materialise the corpus");
+    let d = &dirs[corpus
+        .dumps
+        .iter()
+        .position(|d| d.name == "counter")
+        .expect("counter")];
+    let name = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("pagemap-") && !n.starts_with("pagemap-shmem"))
+        .expect("a pagemap");
+    for (vaddr, nr_pages) in [
+        (None, 1u64 << 52),
+        (Some(u64::MAX - 4095), 1),
+        (Some(123), 1),
+    ] {
+        let bytes = std::fs::read(d.join(&name)).unwrap();
+        let mut r = ImageReader::new(&name, &bytes, ImageKind::Normal, magic::PAGEMAP).unwrap();
+        let head: pb::PagemapHead = r.next_required().unwrap();
+        let mut entries: Vec<pb::PagemapEntry> = r.all().unwrap();
+        entries[0].nr_pages = Some(nr_pages);
+        if let Some(v) = vaddr {
+            entries[0].vaddr = v;
+        }
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::PAGEMAP);
+        w.push(&head);
+        entries.iter().for_each(|e| w.push(e));
+        std::fs::write(d.join(format!("{name}.new")), w.into_bytes()).unwrap();
+        std::fs::rename(d.join(format!("{name}.new")), d.join(&name)).unwrap();
+        let e = stasis::restore::load::load(d).err().expect("refused");
+        assert!(
+            e.to_string().starts_with(&format!("{name}: pagemap entry")),
+            "{e}"
+        );
+        std::fs::write(d.join(&name), &bytes).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

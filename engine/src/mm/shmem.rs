@@ -251,3 +251,47 @@ pub(crate) fn make_shmem(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(vaddr: u64, nr_pages: u64) -> pb::PagemapEntry {
+        pb::PagemapEntry {
+            vaddr,
+            compat_nr_pages: nr_pages as u32,
+            in_parent: None,
+            flags: Some(images::PE_PRESENT),
+            nr_pages: Some(nr_pages),
+        }
+    }
+
+    #[test]
+    fn shmem_content_is_checked_before_it_is_allocated() {
+        let dir = std::env::temp_dir().join(format!("stasis-shmem-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pages = dir.join("pages-1.img");
+        let mut data = vec![0u8; 2 * PAGE_SIZE as usize];
+        data[PAGE_SIZE as usize] = 7;
+        std::fs::write(&pages, &data).unwrap();
+        // An object claiming a terabyte with one page of data at 8 KiB: only up to that page.
+        let got = read_shmem_content(1 << 40, &[entry(2 * PAGE_SIZE, 2)], &pages).unwrap();
+        assert_eq!(got.len(), 4 * PAGE_SIZE as usize);
+        assert_eq!(got[3 * PAGE_SIZE as usize], 7);
+        // Entries that overflow, lie beyond the object, or need more pages than the file has.
+        let bad = [
+            (1 << 40, entry(0, 1 << 52)),
+            (1 << 40, entry(u64::MAX - PAGE_SIZE + 1, 1)),
+            (PAGE_SIZE, entry(PAGE_SIZE, 1)),
+            (u64::MAX, entry(0, 1)),
+            (1 << 40, entry(0, 3)),
+        ];
+        for (size, e) in bad {
+            assert!(
+                read_shmem_content(size, &[e], &pages).is_err(),
+                "{size} {e:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -36,6 +36,12 @@ pub mod pb {
 /// Largest entry payload accepted by [`ImageReader`] (64 MiB).
 pub const MAX_ENTRY_SIZE: u64 = 64 << 20;
 
+/// Most memory [`ImageReader::all`] gives the decoded entries of one image (1 GiB). An entry
+/// takes at least 4 bytes of image (its length prefix) but a whole message in memory, up to a
+/// few KiB (`FileEntry`, `CoreEntry`): without a limit, an image of empty entries would ask for
+/// hundreds of times its size.
+pub const MAX_DECODED: u64 = 1 << 30;
+
 /// `inventory_entry.img_version` of images v1 (no common magic; obsolete).
 pub const CRTOOLS_IMAGES_V1: u32 = 1;
 /// `inventory_entry.img_version` written by current CRIU (images v1.1).
@@ -156,6 +162,13 @@ pub enum ImageError {
     /// The length prefix at `offset` exceeds [`MAX_ENTRY_SIZE`].
     #[error("{file}: entry at byte {offset} claims {len} bytes (limit {MAX_ENTRY_SIZE})")]
     TooLarge { file: String, offset: u64, len: u64 },
+    /// [`ImageReader::all`]: the image frames more entries than [`MAX_DECODED`] holds.
+    #[error("{file}: {entries} entries would take {bytes} bytes of memory decoded (limit {MAX_DECODED})")]
+    TooMany {
+        file: String,
+        entries: u64,
+        bytes: u64,
+    },
     #[error("{file}: image file is missing")]
     Missing { file: String },
     #[error("{file}: image has no entry where one is required")]
@@ -170,6 +183,7 @@ impl ImageError {
             | ImageError::Truncated { file, .. }
             | ImageError::Decode { file, .. }
             | ImageError::TooLarge { file, .. }
+            | ImageError::TooMany { file, .. }
             | ImageError::Missing { file }
             | ImageError::Empty { file } => file,
         }
@@ -340,13 +354,43 @@ impl<'a> ImageReader<'a> {
         }
     }
 
-    /// All remaining entries (all of type `M`).
+    /// All remaining entries (all of type `M`). Their vector is reserved once, exactly, for
+    /// the entries the length prefixes frame: [`ImageError::TooMany`] when that is more than
+    /// [`MAX_DECODED`] bytes or more than the allocator gives.
     pub fn all<M: prost::Message + Default>(&mut self) -> Result<Vec<M>, ImageError> {
+        let entries = self.count_frames();
+        let bytes = (entries as u64).saturating_mul(std::mem::size_of::<M>() as u64);
+        let too_many = || ImageError::TooMany {
+            file: self.file.clone(),
+            entries: entries as u64,
+            bytes,
+        };
+        if bytes > MAX_DECODED {
+            return Err(too_many());
+        }
         let mut out = Vec::new();
+        out.try_reserve_exact(entries).map_err(|_| too_many())?;
         while let Some(m) = self.next()? {
             out.push(m);
         }
         Ok(out)
+    }
+
+    /// How many entries follow, by their length prefixes alone (nothing is decoded), up to
+    /// the first one that is truncated or too large.
+    fn count_frames(&self) -> usize {
+        let mut pos = self.pos;
+        let mut n = 0;
+        while let Some(w) = self.bytes.get(pos..pos + 4) {
+            let len = u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+            if len > MAX_ENTRY_SIZE || len > (self.bytes.len() - pos - 4) as u64 {
+                break;
+            }
+            // len <= 64 MiB: fits usize.
+            pos += 4 + len as usize;
+            n += 1;
+        }
+        n
     }
 
     /// The next `len` raw bytes (extra payload after an entry).

@@ -718,3 +718,29 @@ fn crit_decodes_our_images() {
 
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn all_refuses_entries_that_would_take_too_much_memory() {
+    // 600k empty entries: 2.4 MB of image, but 600k FileEntry structs (over 1 GiB).
+    let mut bytes = ImageWriter::new(ImageKind::Normal, magic::FILES).into_bytes();
+    bytes.resize(8 + 4 * 600_000, 0);
+    let mut r = ImageReader::new("files.img", &bytes, ImageKind::Normal, magic::FILES).unwrap();
+    let e = r.clone().all::<pb::FileEntry>().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ImageError::TooMany {
+                entries: 600_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e
+        .to_string()
+        .starts_with("files.img: 600000 entries would take"));
+    // The same frames as a small message are fine, and reserved exactly.
+    let all = r.all::<pb::PstreeEntry>().unwrap();
+    assert_eq!((all.len(), all.capacity()), (600_000, 600_000));
+    assert!(r.is_eof());
+}

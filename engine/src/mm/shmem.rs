@@ -24,17 +24,22 @@ pub(crate) fn dump_shmem(
 ) -> Result<(), DumpError> {
     // The whole object, not only this mapping's window: another task (or another mapping of
     // this one) may see other parts of it (zdtm's maps01). The map_files fd is the object
-    // itself; its size is the object's.
+    // itself.
     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-    let size = std::fs::metadata(&path)
-        .map_err(|source| {
-            DumpError::Proc(proc::ProcError::Read {
-                path: path.clone().into(),
-                source,
-            })
-        })?
-        .len()
-        .max(m.offset + m.len());
+    // As far as the largest window any task of the tree maps: the restore makes the object
+    // that large, and pages past every window are unreachable anyway.
+    let mut size = m.offset + m.len();
+    for &task in &img.live_pids {
+        for w in proc::maps(task)? {
+            if w.inode == m.inode
+                && w.shared
+                && w.dev_major == m.dev_major
+                && w.dev_minor == m.dev_minor
+            {
+                size = size.max(w.offset + w.len());
+            }
+        }
+    }
     dump_shmem_object(&path, m.inode, size, img, stats)
 }
 
@@ -153,29 +158,84 @@ pub(crate) fn finish_pages(pages: PageSink, stats: &mut DumpStats) -> Result<(),
     Ok(())
 }
 
-/// The first `size` bytes of a shmem object from its pagemap (offsets as addresses).
+/// Each entry's (offset, length) in a shmem object of `size` bytes, checked before anything
+/// is allocated or read: every entry lies inside the object (rounded up to a page), and the
+/// pages file holds all their pages. Also the end of the last page of data.
+fn shmem_runs(
+    size: u64,
+    entries: &[pb::PagemapEntry],
+    pages: &Path,
+    pages_len: u64,
+) -> Result<(Vec<(u64, u64)>, u64), RestoreError> {
+    let beyond = || -> RestoreError {
+        MmError::PagesBeyondObject {
+            path: pages.to_path_buf(),
+        }
+        .into()
+    };
+    let limit = size
+        .checked_next_multiple_of(PAGE_SIZE)
+        .ok_or_else(beyond)?;
+    let (mut need, mut top) = (0u64, 0u64);
+    let mut runs = Vec::with_capacity(entries.len());
+    for e in entries {
+        let len = load::nr_pages(e)
+            .checked_mul(PAGE_SIZE)
+            .ok_or_else(beyond)?;
+        let end = e
+            .vaddr
+            .checked_add(len)
+            .filter(|end| *end <= limit)
+            .ok_or_else(beyond)?;
+        need = need.checked_add(len).ok_or_else(beyond)?;
+        top = top.max(end);
+        runs.push((e.vaddr, len));
+    }
+    if need > pages_len {
+        return Err(setup_err(format!("read {}", pages.display()))(
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the pagemap needs {need} bytes of pages, the file has {pages_len}"),
+            ),
+        ));
+    }
+    Ok((runs, top))
+}
+
+/// The content of a shmem object of `size` bytes from its pagemap (offsets as addresses), up
+/// to the end of its last page of data: the rest is zeros, which the object the caller made
+/// `size` bytes long already holds. Nothing is allocated before every entry is checked
+/// against `size` and the pages file's length, and the buffer is reserved fallibly: a pagemap
+/// or a size claiming terabytes is an error, never an abort.
 pub(crate) fn read_shmem_content(
     size: u64,
     entries: &[pb::PagemapEntry],
     pages: &Path,
 ) -> Result<Vec<u8>, RestoreError> {
-    let mut content = vec![0u8; size.div_ceil(PAGE_SIZE) as usize * PAGE_SIZE as usize];
     let f = File::open(pages).map_err(setup_err(format!("open {}", pages.display())))?;
+    let pages_len = f
+        .metadata()
+        .map_err(setup_err(format!("stat {}", pages.display())))?
+        .len();
+    let (runs, top) = shmem_runs(size, entries, pages, pages_len)?;
+    let top = usize::try_from(top).map_err(|_| MmError::PagesBeyondObject {
+        path: pages.to_path_buf(),
+    })?;
+    let mut content = Vec::new();
+    content.try_reserve_exact(top).map_err(|e| {
+        setup_err(format!("memory for the content of {}", pages.display()))(std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            e,
+        ))
+    })?;
+    content.resize(top, 0);
     let mut off = 0u64;
-    for e in entries {
-        let len = load::nr_pages(e) * PAGE_SIZE;
-        let end = e.vaddr + len;
-        if end > content.len() as u64 {
-            return Err(MmError::PagesBeyondObject {
-                path: pages.to_path_buf(),
-            }
-            .into());
-        }
-        f.read_exact_at(&mut content[e.vaddr as usize..end as usize], off)
+    for (start, len) in runs {
+        // shmem_runs checked start + len <= top.
+        f.read_exact_at(&mut content[start as usize..(start + len) as usize], off)
             .map_err(setup_err(format!("read {}", pages.display())))?;
         off += len;
     }
-    content.truncate(size as usize);
     Ok(content)
 }
 
@@ -202,21 +262,19 @@ pub(crate) fn make_shmem(
     }
     let result = (|| {
         let f = File::open(pages).map_err(setup_err(format!("open {}", pages.display())))?;
+        let pages_len = f
+            .metadata()
+            .map_err(setup_err(format!("stat {}", pages.display())))?
+            .len();
+        // The mapping is `size` bytes: whole pages, so rounding changes nothing.
+        let (runs, _) = shmem_runs(size, entries, pages, pages_len)?;
         let mut off = 0u64;
-        for e in entries {
-            let len = load::nr_pages(e) * PAGE_SIZE;
-            if e.vaddr + len > size {
-                return Err(MmError::PagesBeyondObject {
-                    path: pages.to_path_buf(),
-                }
-                .into());
-            }
-            // SAFETY: the destination lies inside our mapping of `size` bytes (checked above).
+        for (start, len) in runs {
+            // SAFETY: the destination lies inside our mapping of `size` bytes (shmem_runs
+            // checked start + len <= size rounded up to a page, and the kernel maps whole
+            // pages).
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    addr.cast::<u8>().add(e.vaddr as usize),
-                    len as usize,
-                )
+                std::slice::from_raw_parts_mut(addr.cast::<u8>().add(start as usize), len as usize)
             };
             f.read_exact_at(dst, off)
                 .map_err(setup_err(format!("read {}", pages.display())))?;
@@ -245,4 +303,48 @@ pub(crate) fn make_shmem(
         );
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(vaddr: u64, nr_pages: u64) -> pb::PagemapEntry {
+        pb::PagemapEntry {
+            vaddr,
+            compat_nr_pages: nr_pages as u32,
+            in_parent: None,
+            flags: Some(images::PE_PRESENT),
+            nr_pages: Some(nr_pages),
+        }
+    }
+
+    #[test]
+    fn shmem_content_is_checked_before_it_is_allocated() {
+        let dir = std::env::temp_dir().join(format!("stasis-shmem-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pages = dir.join("pages-1.img");
+        let mut data = vec![0u8; 2 * PAGE_SIZE as usize];
+        data[PAGE_SIZE as usize] = 7;
+        std::fs::write(&pages, &data).unwrap();
+        // An object claiming a terabyte with one page of data at 8 KiB: only up to that page.
+        let got = read_shmem_content(1 << 40, &[entry(2 * PAGE_SIZE, 2)], &pages).unwrap();
+        assert_eq!(got.len(), 4 * PAGE_SIZE as usize);
+        assert_eq!(got[3 * PAGE_SIZE as usize], 7);
+        // Entries that overflow, lie beyond the object, or need more pages than the file has.
+        let bad = [
+            (1 << 40, entry(0, 1 << 52)),
+            (1 << 40, entry(u64::MAX - PAGE_SIZE + 1, 1)),
+            (PAGE_SIZE, entry(PAGE_SIZE, 1)),
+            (u64::MAX, entry(0, 1)),
+            (1 << 40, entry(0, 3)),
+        ];
+        for (size, e) in bad {
+            assert!(
+                read_shmem_content(size, &[e], &pages).is_err(),
+                "{size} {e:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -157,8 +157,14 @@ fn pagemap(dir: &Path, file: &str) -> Result<(Vec<pb::PagemapEntry>, String), Lo
         .len();
     let mut need = 0u64;
     for e in &entries {
+        let (_, len) = span(file, e)?;
         if e.flags.unwrap_or(images::PE_PRESENT) & images::PE_PRESENT != 0 {
-            need += nr_pages(e) * PAGE_SIZE;
+            need = need.checked_add(len).ok_or_else(|| {
+                invalid(
+                    file,
+                    "the pages of all entries add up to more than 2^64 bytes",
+                )
+            })?;
         }
         if e.in_parent == Some(true) || e.flags.unwrap_or(0) & images::PE_PARENT != 0 {
             return Err(invalid(
@@ -200,6 +206,55 @@ fn covered(vmas: &[pb::VmaEntry], start: u64, end: u64) -> bool {
 
 pub fn nr_pages(e: &pb::PagemapEntry) -> u64 {
     e.nr_pages.unwrap_or(e.compat_nr_pages as u64)
+}
+
+/// A pagemap entry's first address (page aligned) and length in bytes, checked: every sum
+/// and product on them afterwards (`vaddr + len`, offsets into the pages file) is known not
+/// to overflow.
+fn span(file: &str, e: &pb::PagemapEntry) -> Result<(u64, u64), LoadError> {
+    let bad = |what: &str| {
+        invalid(
+            file,
+            format!(
+                "pagemap entry at {:#x} with {} pages: {what}",
+                e.vaddr,
+                nr_pages(e)
+            ),
+        )
+    };
+    if !e.vaddr.is_multiple_of(PAGE_SIZE) {
+        return Err(bad("address not page aligned"));
+    }
+    let len = nr_pages(e)
+        .checked_mul(PAGE_SIZE)
+        .filter(|len| e.vaddr.checked_add(*len).is_some())
+        .ok_or_else(|| bad("ends past the end of the address space"))?;
+    Ok((e.vaddr, len))
+}
+
+/// Every entry of a shared memory object's pagemap (offsets as addresses) lies inside the
+/// object's `size` bytes, rounded up to a page.
+fn check_object_pages(
+    file: &str,
+    entries: &[pb::PagemapEntry],
+    size: u64,
+) -> Result<(), LoadError> {
+    let limit = size
+        .checked_next_multiple_of(PAGE_SIZE)
+        .ok_or_else(|| invalid(file, format!("object size {size} is too large")))?;
+    for e in entries {
+        let (start, len) = span(file, e)?;
+        if start + len > limit {
+            return Err(invalid(
+                file,
+                format!(
+                    "pages at {start:#x}-{:#x} lie beyond the object's {size} bytes",
+                    start + len
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads every image of a dump and checks that it is consistent.
@@ -256,8 +311,9 @@ fn load_pstree(dir: &Path) -> Result<Vec<pb::PstreeEntry>, LoadError> {
             }
         }
     }
+    let pids: HashSet<u32> = pstree.iter().map(|p| p.pid).collect();
     for p in pstree.iter().skip(1) {
-        if !pstree.iter().any(|q| q.pid == p.ppid) {
+        if !pids.contains(&p.ppid) {
             return Err(invalid(
                 names::PSTREE,
                 format!("parent {} of {} is not in the tree", p.ppid, p.pid),
@@ -318,6 +374,7 @@ fn load_tasks(dir: &Path, pstree: Vec<pb::PstreeEntry>) -> Result<Vec<TaskImage>
                 || v.end % PAGE_SIZE != 0
                 || v.end <= v.start
                 || v.start < last_end
+                || v.pgoff.checked_add(v.end - v.start).is_none()
             {
                 return Err(invalid(
                     &mm_file,
@@ -328,9 +385,8 @@ fn load_tasks(dir: &Path, pstree: Vec<pb::PstreeEntry>) -> Result<Vec<TaskImage>
         }
         let (pm, pages_file) = pagemap(dir, &names::pagemap(pid as u64))?;
         for e in &pm {
-            let end = e
-                .vaddr
-                .saturating_add(nr_pages(e).saturating_mul(PAGE_SIZE));
+            // pagemap() checked the span: no overflow.
+            let end = e.vaddr + nr_pages(e) * PAGE_SIZE;
             if !covered(&mm.vmas, e.vaddr, end) {
                 return Err(invalid(
                     &names::pagemap(pid as u64),
@@ -426,6 +482,19 @@ fn load_files(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
                 ));
             }
         }
+    }
+    // A shared anonymous object is as large as the largest window a task maps of it (what
+    // the restore makes); its pages must lie inside.
+    for (shmid, (entries, _)) in &shmem {
+        let size = img
+            .tasks
+            .iter()
+            .flat_map(|t| t.mm.vmas.iter())
+            .filter(|v| v.status & images::vma_status::VMA_ANON_SHARED != 0 && v.shmid == *shmid)
+            .map(|v| v.pgoff + (v.end - v.start))
+            .max()
+            .unwrap_or(0);
+        check_object_pages(&names::pagemap_shmem(*shmid), entries, size)?;
     }
     img.files = files;
     img.pipes_data = pipes_data;
@@ -528,7 +597,9 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
         let file = names::ipcns_shm(ipc_ns_id);
         let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::IPCNS_SHM)?;
         for e in r.all::<pb::IpcShmEntry>()? {
-            let (pm, pages) = pagemap(dir, &names::pagemap_shmem(e.desc.id as u64))?;
+            let pm_file = names::pagemap_shmem(e.desc.id as u64);
+            let (pm, pages) = pagemap(dir, &pm_file)?;
+            check_object_pages(&pm_file, &pm, e.size)?;
             sysv_shm.push((e, pm, pages));
         }
     }
@@ -656,7 +727,9 @@ fn load_queues_and_memfds(dir: &Path, img: &mut DumpImage) -> Result<(), LoadErr
             magic::MEMFD_INODE,
         )?;
         for m in r.all::<pb::MemfdInodeEntry>()? {
-            let (pm, pages) = pagemap(dir, &names::pagemap_shmem(m.shmid as u64))?;
+            let pm_file = names::pagemap_shmem(m.shmid as u64);
+            let (pm, pages) = pagemap(dir, &pm_file)?;
+            check_object_pages(&pm_file, &pm, m.size)?;
             memfds.insert(m.inode_id, (m, pm, pages));
         }
     }

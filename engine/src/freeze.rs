@@ -248,7 +248,7 @@ impl Tree {
             if let (Some((addr, len)), Some(t)) = (task.scratch, task.threads.first()) {
                 // Best effort, as everything here: a release goes on to put every other
                 // task back. A scratch page left mapped costs the task only that page.
-                let unmapped = self.injector(task.pid, t.tid).and_then(|inj| {
+                let unmapped = self.injector_for_release(task.pid, t.tid).and_then(|inj| {
                     inj.raw(libc::SYS_munmap, &[addr, len])
                         .map_err(ptr_err(task.pid))
                 });

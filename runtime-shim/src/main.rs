@@ -305,6 +305,8 @@ fn run_check(c: CommonArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread: SIGTERM/SIGINT abort a dump cleanly (see stasis::dump::abort).
+    stasis::dump::abort::install();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e)

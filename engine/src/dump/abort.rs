@@ -144,12 +144,9 @@ impl Dumping {
 
 impl Drop for Dumping {
     fn drop(&mut self) {
+        // A signal taken after the last safe point changes nothing: the dump was complete.
         DUMPING.store(false, Ordering::SeqCst);
-        // A signal taken after the last safe point: the dump was complete, and says so.
-        let sig = REQUESTED.swap(0, Ordering::SeqCst);
-        if sig != 0 {
-            log::warn!("signal {sig} came after the dump's last safe point");
-        }
+        REQUESTED.store(0, Ordering::SeqCst);
     }
 }
 

@@ -512,9 +512,22 @@ impl Injector {
         self.load(nr, args)?;
         let resume = || ptrace::syscall(pid(self.tid), None).map_err(nix_err("SYSCALL", self.tid));
         resume()?;
-        self.expect("syscall entry", |sig, event| {
-            sig & 0x7f == libc::SIGTRAP && event == 0
-        })?;
+        // A leftover interrupt trap (a task continued out of a group stop at seize gets one)
+        // is reported before the syscall instruction runs: resume again.
+        let mut traps = 0;
+        loop {
+            match wait(self.tid)? {
+                Stop::Stopped { sig, event: 0 } if sig & 0x7f == libc::SIGTRAP => break,
+                Stop::Stopped {
+                    event: PTRACE_EVENT_STOP,
+                    ..
+                } if traps < 3 => {
+                    traps += 1;
+                    resume()?;
+                }
+                other => return Err(self.unexpected(other, "syscall entry")),
+            }
+        }
         loop {
             resume()?;
             // A clone3 reports its new thread first (PTRACE_O_TRACECLONE).

@@ -330,7 +330,7 @@ fn killed_restorer_leaves_nothing_stopped_or_traced() {
     check_ok("restore", &stasis(&["restore", "-D", &img_s, "-d"]));
     let dur = t0.elapsed();
     kill_tree(&[w.pid]);
-    for i in 0..12 {
+    for i in 0..24 {
         let delay = rng.below(dur + dur / 10);
         let what = format!("trial {i} (kill after {delay:?} of {dur:?})");
         let end = Instant::now() + Duration::from_secs(5);
@@ -379,7 +379,13 @@ fn killed_restorer_leaves_nothing_stopped_or_traced() {
             while pos() == p0 && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            assert_ne!(pos(), p0, "{what}: the restored tree does not run");
+            let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", w.pid));
+            let ppid = status_field(&format!("/proc/{}/status", w.pid), "PPid:");
+            assert_ne!(
+                pos(),
+                p0,
+                "{what}: the restored tree does not run (wchan {wchan:?}, ppid {ppid})"
+            );
         }
         kill_tree(&[w.pid]);
     }

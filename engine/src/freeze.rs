@@ -29,9 +29,6 @@ pub(crate) struct Task {
     pub(crate) zombie: bool,
     /// Stopped by a signal (job control) when we seized it.
     pub(crate) stopped: Option<i32>,
-    /// SIGTRAP is ignored, or pending behind the mask: the SIGTRAP our single steps force
-    /// would reset its handler and let the pending one in, so injections are quiet.
-    pub(crate) sigtrap_at_risk: bool,
 }
 
 /// The frozen tree. Dropping it without [`Tree::kill`] puts every task back as it was.
@@ -92,7 +89,6 @@ impl Tree {
                     scratch: None,
                     zombie,
                     stopped: None,
-                    sigtrap_at_risk: false,
                 });
                 let idx = tree.tasks.len() - 1;
                 if zombie {
@@ -142,7 +138,7 @@ impl Tree {
             }
             for tid in new {
                 let seize_err = |source| DumpError::Seize { pid, tid, source };
-                match ptrace::seize(tid, 0) {
+                match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
                     Ok(()) => {}
                     // It exited between listing and seizing: dumped as a zombie. (Its stat
                     // unreadable, it is not known to be one, and the cases below decide.)
@@ -180,28 +176,19 @@ impl Tree {
                 let regs = ptrace::get_regs(tid).map_err(seize_err)?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
                 // Read once the thread is stopped, so nothing changes behind it.
-                // Unreadable, we could not tell a filtered thread or a pending SIGTRAP: fail.
                 let status = proc::thread_status(pid, tid)?;
-                // A filtered thread would filter our injected syscalls too: suspend it.
+                // A filtered thread would filter our injected syscalls too: suspend it. (The
+                // kernel drops the suspension when the thread is detached, even by our death.)
                 if status.seccomp != 0 {
-                    ptrace::set_options(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP)
-                        .map_err(seize_err)?;
+                    ptrace::set_options(
+                        tid,
+                        ptrace::PTRACE_O_SUSPEND_SECCOMP | ptrace::PTRACE_O_TRACESYSGOOD,
+                    )
+                    .map_err(seize_err)?;
                 }
-                // Block every signal but SIGTRAP while we inject syscalls, so none is delivered
-                // (or lost) between our single steps; the real mask is put back on release. A
-                // SIGTRAP already pending stays blocked too, or our first step would take it,
-                // and a task ignoring or holding one gets quiet injections (see Task).
-                let trap = 1u64 << (libc::SIGTRAP - 1);
-                let pending = (status.sig_pnd | status.shd_pnd) & trap != 0;
-                if pending || status.sig_ign & trap != 0 {
-                    self.tasks[idx].sigtrap_at_risk = true;
-                }
-                let mask = if pending {
-                    !0
-                } else {
-                    ptrace::INJECTION_SIGMASK
-                };
-                ptrace::set_sigmask(tid, mask).map_err(seize_err)?;
+                // Nothing else changes: registers and signal mask stay the thread's own, and
+                // only each injected syscall changes them, for its own duration (see
+                // Injector::kill_safe and docs/kill-safety.md).
                 let s = &mut self.tasks[idx].threads[pos];
                 s.regs = regs;
                 s.sigmask = sigmask;
@@ -210,12 +197,37 @@ impl Tree {
         }
     }
 
+    /// A kill-safe injector into thread `tid` of task `pid`, from the registers and mask the
+    /// thread had when seized: between two syscalls it is exactly as it was.
+    /// Also the dump's safe point for SIGTERM/SIGINT (see dump::abort).
     pub(crate) fn injector(&self, pid: u32, tid: u32) -> Result<Injector, DumpError> {
+        crate::dump::abort::check()?;
+        self.injector_for_release(pid, tid)
+    }
+
+    /// [`Tree::injector`] without the abort check, for putting things back.
+    fn injector_for_release(&self, pid: u32, tid: u32) -> Result<Injector, DumpError> {
         let at = self.syscall_at[&pid];
-        let quiet = self.tasks.iter().any(|t| t.pid == pid && t.sigtrap_at_risk);
-        Ok(Injector::new(tid, at)
-            .map_err(ptr_err(pid))?
-            .with_quiet(quiet))
+        let t = self
+            .tasks
+            .iter()
+            .find(|t| t.pid == pid)
+            .and_then(|t| t.threads.iter().find(|s| s.tid == tid))
+            .ok_or(DumpError::NoProcess { pid: tid })?;
+        Ok(Injector::kill_safe(tid, at, t.regs, t.sigmask))
+    }
+
+    /// Unmaps the scratch page of task `n` as soon as its injections are over, so that a
+    /// dumper killed later leaves nothing of it in the task.
+    pub(crate) fn unmap_scratch(&mut self, n: usize) -> Result<(), DumpError> {
+        let pid = self.tasks[n].pid;
+        if let Some((addr, len)) = self.tasks[n].scratch {
+            self.injector_for_release(pid, pid)?
+                .call(libc::SYS_munmap, &[addr, len])
+                .map_err(ptr_err(pid))?;
+            self.tasks[n].scratch = None;
+        }
+        Ok(())
     }
 
     /// Puts everything back and detaches: the tree runs on.
@@ -233,31 +245,24 @@ impl Tree {
             }
         }
         for task in &self.tasks {
-            if let (Some((addr, len)), Some(&at)) = (task.scratch, self.syscall_at.get(&task.pid)) {
-                if let Some(t) = task.threads.first() {
-                    // Best effort, as everything here: a release goes on to put every other
-                    // task back. A scratch page left mapped costs the task only that page.
-                    match Injector::new(t.tid, at) {
-                        Ok(inj) => {
-                            let inj = inj.with_quiet(task.sigtrap_at_risk);
-                            match inj.raw(libc::SYS_munmap, &[addr, len]) {
-                                Ok(0) => {}
-                                Ok(r) => log::warn!(
-                                    "pid {}: cannot unmap the scratch page at {addr:#x}: errno {}",
-                                    task.pid,
-                                    -r
-                                ),
-                                Err(e) => log::warn!(
-                                    "pid {}: cannot unmap the scratch page at {addr:#x}: {e}",
-                                    task.pid
-                                ),
-                            }
-                        }
-                        Err(e) => log::warn!(
-                            "pid {}: cannot unmap the scratch page at {addr:#x}: {e}",
-                            task.pid
-                        ),
-                    }
+            if let (Some((addr, len)), Some(t)) = (task.scratch, task.threads.first()) {
+                // Best effort, as everything here: a release goes on to put every other
+                // task back. A scratch page left mapped costs the task only that page.
+                let unmapped = self.injector_for_release(task.pid, t.tid).and_then(|inj| {
+                    inj.raw(libc::SYS_munmap, &[addr, len])
+                        .map_err(ptr_err(task.pid))
+                });
+                match unmapped {
+                    Ok(0) => {}
+                    Ok(r) => log::warn!(
+                        "pid {}: cannot unmap the scratch page at {addr:#x}: errno {}",
+                        task.pid,
+                        -r
+                    ),
+                    Err(e) => log::warn!(
+                        "pid {}: cannot unmap the scratch page at {addr:#x}: {e}",
+                        task.pid
+                    ),
                 }
             }
             if let Some(sig) = task.stopped {
@@ -292,6 +297,14 @@ impl Tree {
     /// Kills the tree after a complete dump, and reaps the ptrace links so PIDs free up.
     pub(crate) fn kill(&mut self) {
         self.done = true;
+        // The images are complete. Should we die from here on, the kernel kills every task
+        // with us (PTRACE_O_EXITKILL), so that none runs on next to a restorable image.
+        for t in self.tasks.iter().flat_map(|t| &t.threads) {
+            let opts = ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_EXITKILL;
+            if let Err(e) = ptrace::set_options(t.tid, opts) {
+                log::warn!("thread {}: cannot arm kill-on-exit: {e}", t.tid);
+            }
+        }
         for task in &self.tasks {
             // SAFETY: plain kill(2).
             if unsafe { libc::kill(task.pid as libc::pid_t, libc::SIGKILL) } != 0 {

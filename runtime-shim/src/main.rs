@@ -262,6 +262,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before any thread (parsing starts none): SIGTERM/SIGINT abort a dump cleanly, and a
+    // dump's tracer is split off from the process the caller may kill (stasis::dump::abort).
+    stasis::dump::abort::install(matches!(cfg.command, Command::Dump));
     for &fd in &cfg.close_fds {
         // SAFETY: the caller asked us to close this fd of ours (CRIU's --close).
         unsafe { libc::close(fd) };

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub mod abort;
 pub mod fds;
 
 use crate::files::{self, tty as pty};
@@ -85,6 +86,8 @@ pub struct DumpStats {
 pub enum DumpError {
     #[error("process {pid} does not exist")]
     NoProcess { pid: u32 },
+    #[error("interrupted by signal {signal}: the dump was abandoned, the tree runs on")]
+    Aborted { signal: i32 },
     #[error("process {pid} is a zombie: it has exited and its parent has not reaped it")]
     Zombie { pid: u32 },
     #[error("the main thread of process {pid} has exited while its other threads run, which is not supported")]
@@ -208,6 +211,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     // inventory.img marks a complete image set and is written last: a dump that fails halfway
     // must not leave an older one that makes the directory look restorable.
     let _ = std::fs::remove_file(images_dir.join(names::INVENTORY));
+    let _dumping = abort::Dumping::start();
     let t0 = Instant::now();
     let mut tree = Tree::seize(opts.pid)?;
     let mut stats = DumpStats {
@@ -351,6 +355,7 @@ fn dump_frozen(
     refuse_shared_kernel_objects(tree)?;
     let pstree = pstree_entries(tree);
     for n in 0..tree.tasks.len() {
+        abort::check()?;
         if tree.tasks[n].zombie {
             dump_zombie(&tree.tasks[n], &img.dir)?;
             stats.tasks += 1;
@@ -383,6 +388,7 @@ fn dump_frozen(
     img.files.write(&img.dir)?;
     write_shared_images(&mut img, &pstree)?;
     // inventory.img last: its presence marks a complete image set (podman checks for it).
+    abort::check()?;
     write_inventory(&img.dir, tree.nft_lock.as_deref())
 }
 

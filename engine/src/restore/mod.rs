@@ -394,8 +394,10 @@ fn fork_tree(
         armed: true,
     };
     let root_pid = img.tasks[0].pid();
+    // SAFETY: getpid has no arguments.
+    let restorer = unsafe { libc::getpid() };
     match stub::fork_with_pid(root_pid) {
-        0 => stub::run(&shared, 0),
+        0 => stub::run(&shared, 0, restorer),
         r if r < 0 => {
             let errno = (-r) as u32;
             if errno == libc::EEXIST as u32 {

@@ -102,12 +102,12 @@ fn fail(sh: &StubShared, pid: u32, code: u32, err: u32) -> ! {
     unsafe { libc::_exit(1) }
 }
 
-/// Runs the stub of task `idx`. Never returns.
+/// Runs the stub of task `idx`, forked by `parent`. Never returns.
 ///
 /// Everything here is async-signal-safe (see the module comment): raw syscalls on integers and
 /// on memory the plan already holds, no allocation, no panic path (indices are checked with
 /// `get`, failures go to `fail`).
-pub fn run(sh: &StubShared, idx: usize) -> ! {
+pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
     let Some(t) = sh.tasks.get(idx) else {
         // SAFETY: as in `fail`; no plan means no pid to report under.
         unsafe { libc::_exit(1) }
@@ -126,6 +126,11 @@ pub fn run(sh: &StubShared, idx: usize) -> ! {
             ),
             STUB_SETUP,
         );
+        // The restorer (or our parent stub) died before the line above took effect: no one
+        // will ever seize us, and no signal will come. Go now.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
         if t.sid == t.pid {
             check(libc::syscall(libc::SYS_setsid), STUB_SESSION);
         }
@@ -144,7 +149,7 @@ pub fn run(sh: &StubShared, idx: usize) -> ! {
                 fail(sh, pid, STUB_SETUP, libc::EINVAL as u32)
             };
             match fork_with_pid(child.pid) {
-                0 => run(sh, c),
+                0 => run(sh, c, pid as libc::pid_t),
                 r if r < 0 => fail(sh, child.pid, STUB_CLONE, (-r) as u32),
                 _ => {
                     // Like a shell, make a group leader from both sides, so a sibling forked

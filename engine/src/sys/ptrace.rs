@@ -18,15 +18,15 @@ use nix::unistd::Pid;
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
 const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
 const NT_X86_XSTATE: libc::c_int = 0x202;
-/// The signal mask a thread gets while syscalls are injected into it: everything blocked but
-/// SIGTRAP. The single step that ends an injection forces a SIGTRAP, and the kernel resets a
-/// forced signal's handler to SIG_DFL when the signal is blocked: bash's and python's SIGTRAP
-/// handlers were lost that way.
-pub const INJECTION_SIGMASK: u64 = !(1u64 << (libc::SIGTRAP - 1));
 /// Seccomp filters of the tracee are not applied while it is traced (injected syscalls pass).
 pub use libc::PTRACE_O_SUSPEND_SECCOMP;
 /// Report clone events so that threads created by injected clone3 are traced at once.
 pub use libc::PTRACE_O_TRACECLONE;
+/// The tracee is killed when its tracer exits, however it exits.
+pub const PTRACE_O_EXITKILL: libc::c_int = 0x100000;
+/// Syscall stops report SIGTRAP|0x80: a tracer that dies while its tracee sits in one then
+/// leaves it no signal (the kernel sends the stop's code as a signal, and 0x85 is none).
+pub use libc::PTRACE_O_TRACESYSGOOD;
 pub use libc::{PTRACE_EVENT_CLONE, PTRACE_EVENT_STOP};
 
 pub type Regs = user_regs_struct;
@@ -385,6 +385,9 @@ pub struct Injector {
     /// Inject without single steps (see `raw_quiet`): for a task that ignores SIGTRAP or holds
     /// one pending, which the SIGTRAP a step forces would disturb.
     pub quiet: bool,
+    /// Kill-safe injection (the dump side), with the thread's own signal mask: see
+    /// [`Injector::kill_safe`].
+    pub own_mask: Option<u64>,
 }
 
 impl Injector {
@@ -394,7 +397,28 @@ impl Injector {
             syscall_at,
             base: get_regs(tid)?,
             quiet: false,
+            own_mask: None,
         })
+    }
+
+    /// An injector that leaves the thread as it found it between any two syscalls, so that a
+    /// tracer killed at any moment outside one syscall in flight leaves the thread to run on
+    /// as if never seized. `regs` and `mask` are the thread's own, read when it was seized.
+    ///
+    /// Each syscall runs quiet (no forced SIGTRAP) with every signal blocked; at its exit stop
+    /// the thread is interrupted, then gets `regs` and `mask` back, and is let on into the
+    /// interrupt's stop (PTRACE_EVENT_STOP, which carries no signal to deliver should the
+    /// tracer die). The interrupt comes before the registers: it sets TIF_SIGPENDING, so even
+    /// a thread let go from the exit stop passes through the kernel's syscall restart logic,
+    /// which `regs` (an interrupted syscall's -ERESTART* in rax) may need.
+    pub fn kill_safe(tid: u32, syscall_at: u64, regs: Regs, mask: u64) -> Self {
+        Self {
+            tid,
+            syscall_at,
+            base: regs,
+            quiet: true,
+            own_mask: Some(mask),
+        }
     }
 
     /// The same injector, quiet or not (see `raw_quiet`).
@@ -421,6 +445,9 @@ impl Injector {
 
     /// Runs one syscall; returns the raw kernel result (negative errno on failure).
     pub fn raw(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
+        if let Some(mask) = self.own_mask {
+            return self.raw_kill_safe(nr, args, mask);
+        }
         if self.quiet {
             return self.raw_quiet(nr, args);
         }
@@ -458,12 +485,49 @@ impl Injector {
     /// same). No SIGTRAP is forced: a step's forced SIGTRAP resets an ignored or blocked
     /// SIGTRAP's handler to SIG_DFL and unblocks it, which would also let a pending one in.
     pub fn raw_quiet(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
+        let ret = self.syscall_stops(nr, args)?;
+        interrupt(self.tid)?;
+        self.on_to_interrupt_stop()?;
+        Ok(ret)
+    }
+
+    /// One syscall of a kill-safe injector (see [`Injector::kill_safe`]). Whatever fails, the
+    /// thread's own registers and mask are put back (as far as the thread lets us).
+    fn raw_kill_safe(&self, nr: i64, args: &[u64], mask: u64) -> Result<i64, PtraceError> {
+        set_sigmask(self.tid, !0)?;
+        let ret = self.syscall_stops(nr, args);
+        let back = interrupt(self.tid)
+            .and_then(|()| set_regs(self.tid, &self.base))
+            .and_then(|()| set_sigmask(self.tid, mask));
+        // Registers and mask are the thread's own from here on: the window is closed.
+        let settled = back.and_then(|()| self.on_to_interrupt_stop());
+        let ret = ret?;
+        settled?;
+        Ok(ret)
+    }
+
+    /// Loads the syscall and lets the thread run it between its syscall entry and exit stops
+    /// (ptrace stops, no signal); returns the raw result, the thread still at the exit stop.
+    fn syscall_stops(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
         self.load(nr, args)?;
         let resume = || ptrace::syscall(pid(self.tid), None).map_err(nix_err("SYSCALL", self.tid));
         resume()?;
-        self.expect("syscall entry", |sig, event| {
-            sig & 0x7f == libc::SIGTRAP && event == 0
-        })?;
+        // A leftover interrupt trap (a task continued out of a group stop at seize gets one)
+        // is reported before the syscall instruction runs: resume again.
+        let mut traps = 0;
+        loop {
+            match wait(self.tid)? {
+                Stop::Stopped { sig, event: 0 } if sig & 0x7f == libc::SIGTRAP => break,
+                Stop::Stopped {
+                    event: PTRACE_EVENT_STOP,
+                    ..
+                } if traps < 3 => {
+                    traps += 1;
+                    resume()?;
+                }
+                other => return Err(self.unexpected(other, "syscall entry")),
+            }
+        }
         loop {
             resume()?;
             // A clone3 reports its new thread first (PTRACE_O_TRACECLONE).
@@ -476,13 +540,16 @@ impl Injector {
                 other => return Err(self.unexpected(other, "syscall exit")),
             }
         }
-        let ret = get_regs(self.tid)?.rax as i64;
-        interrupt(self.tid)?;
+        Ok(get_regs(self.tid)?.rax as i64)
+    }
+
+    /// Lets an interrupted thread on into the interrupt's PTRACE_EVENT_STOP, inside the
+    /// kernel's signal code (final registers and syscall restarts then behave as after a step).
+    fn on_to_interrupt_stop(&self) -> Result<(), PtraceError> {
         cont(self.tid, 0)?;
         self.expect("the interrupt after a quiet syscall", |_, event| {
             event == PTRACE_EVENT_STOP
-        })?;
-        Ok(ret)
+        })
     }
 
     fn expect(

@@ -68,6 +68,9 @@ pub(crate) fn dump_task(
 
     // Per-thread state.
     let cores = thread::dump_threads(tree, n, scratch, &mut img.seccomp)?;
+    // The last injection into this task: its scratch page goes now, not at release, so that a
+    // dumper killed from here on leaves nothing of it behind.
+    tree.unmap_scratch(n)?;
     let mut tc = task_core(&tree.tasks[n], itimers, posix)?;
     tc.sigactions = sigactions;
     tc.child_subreaper = Some(subreaper);

@@ -69,12 +69,13 @@ pub(crate) fn restore_itimers(r: &Remote, tc: &pb::TaskCoreEntry) -> Result<(), 
     if let Some(tm) = &tc.timers {
         for (which, it) in [(0u64, &tm.real), (1, &tm.virt), (2, &tm.prof)] {
             if it.isec | it.iusec | it.vsec | it.vusec != 0 {
-                // A periodic timer read as due right now: setitimer with a zero value would
-                // disarm it, so it is next due an interval on.
-                let (vsec, vusec) = if it.vsec | it.vusec == 0 {
-                    (it.isec, it.iusec)
-                } else {
-                    (it.vsec, it.vusec)
+                // Expired with its SIGALRM still pending (the kernel rearms a periodic
+                // ITIMER_REAL when that signal is dequeued), it reads as 0 left: setitimer
+                // would take that as "disarm" and drop the interval. The pending signal is
+                // restored too; the next expiry is one interval away, as CRIU does.
+                let (vsec, vusec) = match it.vsec | it.vusec {
+                    0 => (it.isec, it.iusec),
+                    _ => (it.vsec, it.vusec),
                 };
                 let a = r.put_words(0, &[it.isec, it.iusec, vsec, vusec])?;
                 r.call(libc::SYS_setitimer, &[which, a, 0])?;

@@ -226,6 +226,8 @@ pub struct Status {
     pub seccomp: u32,
     pub sig_blk: u64,
     pub sig_ign: u64,
+    /// SigCgt: signals with a handler.
+    pub sig_cgt: u64,
     pub shd_pnd: u64,
     pub sig_pnd: u64,
     pub nspid: Vec<u32>,
@@ -270,6 +272,7 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
             "Seccomp" => st.seccomp = v.parse().map_err(|_| perr("status", "Seccomp"))?,
             "SigBlk" => st.sig_blk = hex(v)?,
             "SigIgn" => st.sig_ign = hex(v)?,
+            "SigCgt" => st.sig_cgt = hex(v)?,
             "ShdPnd" => st.shd_pnd = hex(v)?,
             "SigPnd" => st.sig_pnd = hex(v)?,
             "NSpid" => {

@@ -8,15 +8,32 @@ use crate::images::pb;
 use crate::restore::RestoreError;
 use crate::sys::ptrace::Injector;
 
-/// Signal dispositions: one rt_sigaction per signal (no interface exposes them otherwise).
+/// Signal dispositions: one rt_sigaction per signal that is caught or ignored, and SIGCHLD
+/// (no interface exposes them otherwise). A signal /proc shows neither caught nor ignored is
+/// SIG_DFL, whose flags and mask change nothing (but SIGCHLD's: SA_NOCLDSTOP, SA_NOCLDWAIT),
+/// so it is recorded as SIG_DFL without asking the task: most of a small dump's injected
+/// syscalls were these.
 pub(crate) fn dump_sigactions(
     pid: u32,
     leader: &Injector,
     scratch: u64,
 ) -> Result<Vec<pb::SaEntry>, DumpError> {
+    let status = crate::proc::status(pid)?;
     let mut sigactions = Vec::new();
     for sig in 1..=64u64 {
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        let bit = 1u64 << (sig - 1);
+        if (status.sig_cgt | status.sig_ign) & bit == 0 && sig != libc::SIGCHLD as u64 {
+            sigactions.push(pb::SaEntry {
+                sigaction: libc::SIG_DFL as u64,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+                compat_sigaction: None,
+                mask_extended: None,
+            });
             continue;
         }
         leader

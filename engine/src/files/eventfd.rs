@@ -6,12 +6,7 @@ use std::os::fd::OwnedFd;
 use nix::sys::eventfd::{EfdFlags, EventFd as NixEventFd};
 
 use super::anon::{self, AnonFdError};
-use super::kind::{Fd, FileKind, OpenCx};
-use super::FdKind;
-use crate::dump::fds::DumpCx;
-use crate::dump::DumpError;
 use crate::images::pb;
-use crate::restore::{DumpImage, RestoreError};
 
 /// eventfd: the counter (printed in hex) and semaphore mode. CRIU's entry has no field for
 /// EFD_SEMAPHORE; it is kept in bit 0 of `flags`, which is free for an O_RDWR file.
@@ -56,60 +51,13 @@ pub fn create_eventfd(e: &pb::EventfdFileEntry) -> Result<OwnedFd, AnonFdError> 
     Ok(fd.into())
 }
 
-/// The eventfd kind.
-pub struct EventFd;
-
-impl FileKind for EventFd {
-    fn name(&self) -> &'static str {
-        "eventfd"
-    }
-
-    fn claims(&self, fd: &Fd, _cx: &DumpCx) -> bool {
-        *fd.class == FdKind::EventFd
-    }
-
-    fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
-        let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |_, id| {
-            Ok(pb::FileEntry {
-                r#type: pb::FdTypes::Eventfd as i32,
-                id,
-                efd: Some(
-                    eventfd_entry(id, fd.flags(), &fd.info.extra)
-                        .map_err(anon::dump_err(fd.pid, fd.fd))?,
-                ),
-                ..Default::default()
-            })
-        })?;
-        Ok((pb::FdTypes::Eventfd, id))
-    }
-
-    fn owns(&self, entry: &pb::FileEntry, _img: &DumpImage) -> bool {
-        entry.efd.is_some()
-    }
-
-    fn open(
-        &self,
-        _cx: &mut OpenCx,
-        entry: &pb::FileEntry,
-    ) -> Result<Option<OwnedFd>, RestoreError> {
-        let e = entry.efd.as_ref().expect("owned: efd is set");
-        create_eventfd(e)
-            .map(Some)
-            .map_err(anon::restore_err(entry.id))
-    }
-}
+anon::fdinfo_kind!(EventFd, "eventfd", EventFd, Eventfd, efd, eventfd_entry, create_eventfd);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::files::anon::fdinfo_keys as map;
 
-    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn eventfd_fdinfo() {

@@ -9,12 +9,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd as NixTimerFd, TimerFlags, 
 use nix::time::clock_gettime;
 
 use super::anon::{self, AnonFdError};
-use super::kind::{Fd, FileKind, OpenCx};
-use super::FdKind;
-use crate::dump::fds::DumpCx;
-use crate::dump::DumpError;
 use crate::images::pb;
-use crate::restore::{DumpImage, RestoreError};
 
 fn pair(s: &str) -> Option<(u64, u64)> {
     let s = s.trim().trim_start_matches('(').trim_end_matches(')');
@@ -118,60 +113,13 @@ fn absolute(clock: u32, value: TimeSpec) -> nix::Result<TimeSpec> {
     Ok(TimeSpec::new(sec, ns))
 }
 
-/// The timerfd kind.
-pub struct TimerFd;
-
-impl FileKind for TimerFd {
-    fn name(&self) -> &'static str {
-        "timerfd"
-    }
-
-    fn claims(&self, fd: &Fd, _cx: &DumpCx) -> bool {
-        *fd.class == FdKind::TimerFd
-    }
-
-    fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
-        let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |_, id| {
-            Ok(pb::FileEntry {
-                r#type: pb::FdTypes::Timerfd as i32,
-                id,
-                tfd: Some(
-                    timerfd_entry(id, fd.flags(), &fd.info.extra)
-                        .map_err(anon::dump_err(fd.pid, fd.fd))?,
-                ),
-                ..Default::default()
-            })
-        })?;
-        Ok((pb::FdTypes::Timerfd, id))
-    }
-
-    fn owns(&self, entry: &pb::FileEntry, _img: &DumpImage) -> bool {
-        entry.tfd.is_some()
-    }
-
-    fn open(
-        &self,
-        _cx: &mut OpenCx,
-        entry: &pb::FileEntry,
-    ) -> Result<Option<OwnedFd>, RestoreError> {
-        let e = entry.tfd.as_ref().expect("owned: tfd is set");
-        create_timerfd(e)
-            .map(Some)
-            .map_err(anon::restore_err(entry.id))
-    }
-}
+anon::fdinfo_kind!(TimerFd, "timerfd", TimerFd, Timerfd, tfd, timerfd_entry, create_timerfd);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::files::anon::fdinfo_keys as map;
 
-    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn timerfd_fdinfo() {

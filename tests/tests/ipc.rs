@@ -258,6 +258,7 @@ while True:
     kill_tree(&pids);
     // SAFETY: shmctl(IPC_RMID): clean up the host segment.
     unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+    remove_sysv_by_key(key);
     let last: Vec<&str> = after.last().unwrap().split_whitespace().collect();
     assert!(
         last[0].parse::<u64>().unwrap() > before,
@@ -339,5 +340,35 @@ while True: time.sleep(1)
         libc::msgctl(ids[0] as i32, libc::IPC_RMID, std::ptr::null_mut());
         libc::semctl(ids[1] as i32, 0, libc::IPC_RMID);
     }
+    remove_sysv_by_key(key);
     assert_eq!(lines[1], "got [(3, 'first'), (5, 'second')] [5, 0, 2]");
+}
+
+/// Removes every host System V object with `key` the test may have left: a queue or segment
+/// left behind keeps the pids of its last users, and a later task given one of those pids
+/// would be taken for a user of it.
+fn remove_sysv_by_key(key: u32) {
+    let key = key as libc::key_t;
+    // SAFETY: msgget/semget/shmget without IPC_CREAT only look the key up; *ctl(IPC_RMID)
+    // removes what they found. Each loop ends when the key is gone.
+    unsafe {
+        for _ in 0..8 {
+            let q = libc::msgget(key, 0);
+            if q < 0 || libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut()) < 0 {
+                break;
+            }
+        }
+        for _ in 0..8 {
+            let s = libc::semget(key, 0, 0);
+            if s < 0 || libc::semctl(s, 0, libc::IPC_RMID) < 0 {
+                break;
+            }
+        }
+        for _ in 0..8 {
+            let m = libc::shmget(key, 0, 0);
+            if m < 0 || libc::shmctl(m, libc::IPC_RMID, std::ptr::null_mut()) < 0 {
+                break;
+            }
+        }
+    }
 }

@@ -382,33 +382,21 @@ pub(crate) fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError>
     let live = tree.live_pids();
     for (i, &a) in live.iter().enumerate() {
         for &b in &live[i + 1..] {
+            use crate::sys::kcmp::{same, Kind};
             for (kind, what, upper) in [
-                (1, "memory", "VM"),
-                (2, "file descriptor table", "FILES"),
-                (3, "fs information (cwd, root, umask)", "FS"),
-                (4, "signal handlers", "SIGHAND"),
+                (Kind::Vm, "memory", "VM"),
+                (Kind::Files, "file descriptor table", "FILES"),
+                (Kind::Fs, "fs information (cwd, root, umask)", "FS"),
+                (Kind::Sighand, "signal handlers", "SIGHAND"),
             ] {
-                // SAFETY: kcmp compares kernel objects of two tasks; no memory is passed.
-                let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_kcmp,
-                        a as libc::c_long,
-                        b as libc::c_long,
-                        kind as libc::c_long,
-                        0,
-                        0,
-                    )
-                };
                 // An error would leave sharing undetected: fail rather than assume none.
-                if r < 0 {
-                    return Err(DumpError::Kcmp {
-                        pid: b,
-                        other: a,
-                        what,
-                        source: std::io::Error::last_os_error(),
-                    });
-                }
-                if r == 0 {
+                let shared = same(a, b, kind).map_err(|source| DumpError::Kcmp {
+                    pid: b,
+                    other: a,
+                    what,
+                    source,
+                })?;
+                if shared {
                     return Err(DumpError::SharedKernelObject {
                         pid: b,
                         other: a,

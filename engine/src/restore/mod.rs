@@ -11,9 +11,8 @@ mod stub;
 
 use pool::Pool;
 
-use crate::sys::cvt;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -366,20 +365,12 @@ fn fork_tree(
     pool: Pool,
     trampoline: u64,
 ) -> Result<(Created, PoolFds), RestoreError> {
-    let mut p = [0; 2];
-    // SAFETY: pipe2 writes two fds into `p`.
-    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }).map_err(setup_err("pipe"))?;
-    // SAFETY: both fds were just created and are owned only here.
-    let ready_r = unsafe { OwnedFd::from_raw_fd(p[0]) };
-    // SAFETY: as above.
-    let ready_w0 = unsafe { OwnedFd::from_raw_fd(p[1]) };
+    let (ready_r, ready_w0) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| setup_err("pipe")(e.into()))?;
     // The stubs inherit the write end above the pool so that no target fd collides with it.
-    // SAFETY: F_DUPFD returns a new fd we own.
-    let w = cvt(unsafe { libc::fcntl(ready_w0.as_raw_fd(), libc::F_DUPFD, pool.top) })
+    let ready_w = crate::sys::fd::dup_above_inheritable(ready_w0.as_fd(), pool.top)
         .map_err(setup_err("dup of the ready pipe"))?;
     drop(ready_w0);
-    // SAFETY: `w` is a fresh fd owned only here.
-    let ready_w = unsafe { OwnedFd::from_raw_fd(w) };
     // Everything the stubs read is made before the fork: after it they allocate nothing.
     let shared = stub::StubShared {
         tasks: stub_plans(img, &pool)?,
@@ -394,8 +385,7 @@ fn fork_tree(
         armed: true,
     };
     let root_pid = img.tasks[0].pid();
-    // SAFETY: getpid has no arguments.
-    let restorer = unsafe { libc::getpid() };
+    let restorer = nix::unistd::getpid().as_raw();
     match stub::fork_with_pid(root_pid) {
         0 => stub::run(&shared, 0, restorer),
         r if r < 0 => {
@@ -579,17 +569,17 @@ fn write_stats(work: &Path, r: &Restored) -> std::io::Result<()> {
     crate::private::write_private(&work.join(names::STATS_RESTORE), &w.into_bytes())
 }
 
+/// As many fds as we may have: the pool holds every file of the tree at once.
 fn raise_nofile_limit() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("cannot raise RLIMIT_NOFILE to {hard}: {e}");
+            }
         }
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot read RLIMIT_NOFILE: {e}"),
     }
 }
 
@@ -602,28 +592,28 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
         if left.is_zero() {
             return Err(RestoreError::Timeout);
         }
-        let mut pfd = libc::pollfd {
-            fd: ready.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one local pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if n < 0 {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let timeout = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        if poll(
+            &mut [PollFd::new(ready.as_fd(), PollFlags::POLLIN)],
+            timeout,
+        )
+        .is_err()
+        {
             continue;
         }
         let mut chunk = [0u8; 1200];
-        // SAFETY: read into a local buffer.
-        let got = unsafe { libc::read(ready.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if got == 0 {
-            return Err(RestoreError::ExitedBeforeReady {
-                pid: img.tasks[0].pid(),
-            });
-        }
-        if got < 0 {
-            continue;
-        }
-        buf.extend_from_slice(&chunk[..got as usize]);
+        let got = match nix::unistd::read(ready, &mut chunk) {
+            Ok(0) => {
+                return Err(RestoreError::ExitedBeforeReady {
+                    pid: img.tasks[0].pid(),
+                })
+            }
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        buf.extend_from_slice(&chunk[..got]);
         while buf.len() >= 12 {
             let rec: Vec<u8> = buf.drain(..12).collect();
             let word =

@@ -3,14 +3,13 @@
 //! inherit it, which keeps shared open file descriptions shared.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use super::{DumpImage, RestoreError, RestoreOptions};
 use crate::files::kind::{self, OpenCx};
 use crate::images::{pb, vma_status::*};
 use crate::mm::shmem::make_shmem;
 use crate::restore::load;
-use crate::sys::cvt;
 use crate::sys::mem::PAGE_SIZE;
 
 pub(crate) struct Pool {
@@ -24,15 +23,16 @@ pub(crate) struct Pool {
 
 impl Pool {
     fn place(&mut self, fd: OwnedFd) -> Result<RawFd, RestoreError> {
-        // SAFETY: F_DUPFD returns a new fd, owned below; no CLOEXEC, the stubs inherit it.
-        let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, self.top) }).map_err(
-            |source| RestoreError::Setup {
-                what: "placing a file above the target fds".into(),
-                source,
-            },
-        )?;
-        // SAFETY: `n` is a fresh fd owned only here.
-        self.owned.push(unsafe { OwnedFd::from_raw_fd(n) });
+        // No CLOEXEC: the stubs inherit it.
+        let placed =
+            crate::sys::fd::dup_above_inheritable(fd.as_fd(), self.top).map_err(|source| {
+                RestoreError::Setup {
+                    what: "placing a file above the target fds".into(),
+                    source,
+                }
+            })?;
+        let n = placed.as_raw_fd();
+        self.owned.push(placed);
         self.top = n + 1;
         Ok(n)
     }
@@ -53,10 +53,14 @@ impl Pool {
             opts,
             made: HashMap::new(),
             used: order.iter().copied().collect(),
-            terminal: (0..3).find(|&fd| {
-                // SAFETY: isatty on our own std fds.
-                unsafe { libc::isatty(fd) == 1 }
-            }),
+            terminal: [
+                std::io::stdin().as_fd(),
+                std::io::stdout().as_fd(),
+                std::io::stderr().as_fd(),
+            ]
+            .into_iter()
+            .find(|fd| nix::unistd::isatty(fd).unwrap_or(false))
+            .map(|fd| fd.as_raw_fd()),
             slots: Default::default(),
         };
         for id in order {

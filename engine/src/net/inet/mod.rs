@@ -341,15 +341,32 @@ fn dump_stream(
 ) -> Result<(pb::TcpStreamEntry, Vec<u8>, Vec<u8>, TcpLock), InetError> {
     let fd = sock.as_fd();
     setsockopt(&fd, TcpRepair, &1).map_err(sys("TCP_REPAIR on"))?;
-    let window: RepairWindow = get_struct(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW)
-        .map_err(sys("TCP_REPAIR_WINDOW"))?;
-    let rcv_nxt = queue_seq(fd, TCP_RECV_QUEUE).map_err(sys("TCP_QUEUE_SEQ (receive)"))?;
-    let mut locked = window;
-    locked.rcv_wnd = 0;
-    locked.rcv_wup = rcv_nxt;
+    let read_window = || -> Result<(RepairWindow, u32), InetError> {
+        let window: RepairWindow = get_struct(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW)
+            .map_err(sys("TCP_REPAIR_WINDOW"))?;
+        let rcv_nxt = queue_seq(fd, TCP_RECV_QUEUE).map_err(sys("TCP_QUEUE_SEQ (receive)"))?;
+        Ok((window, rcv_nxt))
+    };
+    let (mut window, mut rcv_nxt) = read_window()?;
+    // A segment already on its way when the network lock went up can still land between the
+    // read and the set, and the kernel then refuses the window as stale (EINVAL; seen once in
+    // a thousand dumps of a busy redis): read both again and retry.
+    let mut tries = 0;
+    let locked = loop {
+        let mut locked = window;
+        locked.rcv_wnd = 0;
+        locked.rcv_wup = rcv_nxt;
+        match set_struct(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &locked) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && tries < 5 => {
+                tries += 1;
+                (window, rcv_nxt) = read_window()?;
+            }
+            r => break r.map(|()| locked),
+        }
+    };
     let lock = TcpLock { sock, window };
     let fd = lock.sock.as_fd();
-    if let Err(e) = set_struct(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &locked) {
+    if let Err(e) = locked {
         lock.release();
         return Err(sys("locking the connection (zero window)")(e));
     }

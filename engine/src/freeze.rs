@@ -153,11 +153,13 @@ impl Tree {
                     Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => continue,
                     // Someone traces it already (a debugger, strace): say who.
                     Err(_) if tracer_pid(pid, tid) != 0 => {
+                        let tracer = tracer_pid(pid, tid);
                         return Err(DumpError::AlreadyTraced {
                             pid,
                             tid,
-                            tracer: tracer_pid(pid, tid),
-                        })
+                            tracer,
+                            tracer_comm: comm_of(tracer),
+                        });
                     }
                     Err(e) => return Err(seize_err(e)),
                 }
@@ -408,4 +410,11 @@ pub(crate) fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError>
         }
     }
     Ok(())
+}
+
+/// What `pid` runs, for naming it in a refusal ("stasis", "gdb"...); "?" once it is gone.
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
 }

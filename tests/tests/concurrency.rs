@@ -55,7 +55,7 @@ fn second_dump_of_a_tree_being_dumped_is_refused_naming_the_first() {
     assert!(!second.status.success(), "the second dump must fail");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(
-        err.contains(&format!("already traced by pid {tracer}")),
+        err.contains(&format!("already traced by pid {tracer} (stasis")),
         "names the first dumper: {err}"
     );
     assert!(status.success(), "the first dump still succeeds");

@@ -92,8 +92,13 @@ pub enum DumpError {
     Zombie { pid: u32 },
     #[error("the main thread of process {pid} has exited while its other threads run, which is not supported")]
     LeaderExited { pid: u32 },
-    #[error("thread {tid} of process {pid} is already traced by pid {tracer} (a debugger or strace), which is not supported")]
-    AlreadyTraced { pid: u32, tid: u32, tracer: u32 },
+    #[error("thread {tid} of process {pid} is already traced by pid {tracer} ({tracer_comm}: a debugger, strace, or another dump), which is not supported")]
+    AlreadyTraced {
+        pid: u32,
+        tid: u32,
+        tracer: u32,
+        tracer_comm: String,
+    },
     #[error("cannot seize thread {tid} of process {pid}")]
     Seize {
         pid: u32,

@@ -328,6 +328,8 @@ pub(crate) struct Images {
     pub(crate) sysv_segments: Vec<proc::parse::ShmSegment>,
     /// shmid → attachments (VMAs) in the tree.
     pub(crate) sysv_attached: HashMap<u32, u64>,
+    /// (device, inode) of each shared object → how far the tree's mappings of it reach.
+    pub(crate) shared_windows: HashMap<(u32, u32, u64), u64>,
     /// Segments dumped so far.
     pub(crate) sysv_dumped: Vec<pb::IpcShmEntry>,
     /// POSIX message queues to save: (pid, fd, "/name", file id), one per queue.
@@ -413,6 +415,11 @@ fn collect_start(
         None => crate::ipc::sysv::shm_segments().map_err(DumpError::Ipc)?,
     };
     let pty_masters = pty::tree_pty_masters(live)?;
+    // Every live task's mappings, read once: System V attachments and shared windows.
+    let mut tree_maps = Vec::new();
+    for &pid in live {
+        tree_maps.extend(proc::maps(pid)?);
+    }
     Ok(Images {
         dir: opts.images_dir.clone(),
         files: files::FileTable::new(opts.ghost_limit),
@@ -423,7 +430,8 @@ fn collect_start(
         pty_masters,
         locks: Vec::new(),
         sysv_segments,
-        sysv_attached: crate::ipc::shm::tree_attachments(live)?,
+        sysv_attached: crate::ipc::shm::tree_attachments(&tree_maps),
+        shared_windows: crate::mm::shmem::shared_windows(&tree_maps),
         sysv_dumped: Vec::new(),
         mqueues: Vec::new(),
         in_flight: Vec::new(),

@@ -12,16 +12,16 @@ use crate::restore::{setup_err, DumpImage, RestoreError};
 use crate::sys::mem::PAGE_SIZE;
 
 /// How many mappings of each System V segment the tree has (the kernel's nattch counts them).
-pub(crate) fn tree_attachments(live: &[u32]) -> Result<HashMap<u32, u64>, DumpError> {
+pub(crate) fn tree_attachments<'a>(
+    maps: impl IntoIterator<Item = &'a proc::Mapping>,
+) -> HashMap<u32, u64> {
     let mut out = HashMap::new();
-    for &pid in live {
-        for m in proc::maps(pid)? {
-            if m.path.starts_with("/SYSV") && m.shared {
-                *out.entry(m.inode as u32).or_insert(0) += 1;
-            }
+    for m in maps {
+        if m.path.starts_with("/SYSV") && m.shared {
+            *out.entry(m.inode as u32).or_insert(0) += 1;
         }
     }
-    Ok(out)
+    out
 }
 
 pub(crate) fn shm_entry(seg: &proc::parse::ShmSegment) -> pb::IpcShmEntry {

@@ -26,20 +26,16 @@ pub(crate) fn dump_shmem(
     // this one) may see other parts of it (zdtm's maps01). The map_files fd is the object
     // itself.
     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-    // As far as the largest window any task of the tree maps: the restore makes the object
-    // that large, and pages past every window are unreachable anyway.
-    let mut size = m.offset + m.len();
-    for &task in &img.live_pids {
-        for w in proc::maps(task)? {
-            if w.inode == m.inode
-                && w.shared
-                && w.dev_major == m.dev_major
-                && w.dev_minor == m.dev_minor
-            {
-                size = size.max(w.offset + w.len());
-            }
-        }
-    }
+    // As far as the largest window any task of the tree maps (read once, before the first
+    // task): the restore makes the object that large, and pages past every window are
+    // unreachable anyway.
+    let key = (m.dev_major, m.dev_minor, m.inode);
+    let size = img
+        .shared_windows
+        .get(&key)
+        .copied()
+        .unwrap_or(0)
+        .max(m.offset + m.len());
     dump_shmem_object(&path, m.inode, size, img, stats)
 }
 
@@ -149,6 +145,19 @@ fn data_ranges(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
         off = b;
     }
     Ok(out)
+}
+
+/// How far into each shared object (by device and inode) the tree's mappings of it reach:
+/// the largest `offset + length` of its shared mappings in `maps`.
+pub(crate) fn shared_windows<'a>(
+    maps: impl IntoIterator<Item = &'a Mapping>,
+) -> std::collections::HashMap<(u32, u32, u64), u64> {
+    let mut out = std::collections::HashMap::new();
+    for w in maps.into_iter().filter(|w| w.shared) {
+        let reach = out.entry((w.dev_major, w.dev_minor, w.inode)).or_insert(0);
+        *reach = (*reach).max(w.offset + w.len());
+    }
+    out
 }
 
 pub(crate) fn finish_pages(pages: PageSink, stats: &mut DumpStats) -> Result<(), DumpError> {

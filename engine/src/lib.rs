@@ -17,6 +17,7 @@ pub mod images;
 pub mod ipc;
 pub mod mm;
 pub mod net;
+pub mod notify;
 pub mod ns;
 pub mod private;
 pub mod proc;

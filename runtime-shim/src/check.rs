@@ -112,6 +112,20 @@ pub fn run(features: &[String]) -> ExitCode {
     if !features.is_empty() {
         return check_features(features);
     }
+    let problems = problems();
+    if problems.is_empty() {
+        println!("Looks good.");
+        ExitCode::SUCCESS
+    } else {
+        for p in problems {
+            eprintln!("Error: {p}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// What keeps stasis from working here (CRIU's `check`); empty when all is well.
+pub fn problems() -> Vec<&'static str> {
     let mut problems = Vec::new();
     if std::fs::File::open("/proc/self/pagemap").is_err() {
         problems.push("/proc/self/pagemap is not readable");
@@ -123,15 +137,7 @@ pub fn run(features: &[String]) -> ExitCode {
     if !Path::new("/proc/self/map_files").exists() {
         problems.push("/proc/<pid>/map_files is missing (CONFIG_CHECKPOINT_RESTORE)");
     }
-    if problems.is_empty() {
-        println!("Looks good.");
-        ExitCode::SUCCESS
-    } else {
-        for p in problems {
-            eprintln!("Error: {p}");
-        }
-        ExitCode::FAILURE
-    }
+    problems
 }
 
 #[cfg(test)]

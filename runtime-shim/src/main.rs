@@ -12,6 +12,7 @@ use stasis::restore::{self, RestoreOptions};
 mod check;
 mod cli;
 mod opts;
+mod rpc;
 #[cfg(test)]
 mod tests;
 
@@ -128,7 +129,8 @@ fn count(n: u64) -> String {
     format!("{n} ({n:#x})")
 }
 
-fn run_dump(c: &Config) -> Result<ExitCode> {
+/// The engine's options for the dump `c` asks for.
+fn dump_options(c: &Config) -> Result<DumpOptions> {
     let pid = c
         .pid
         .context("dump needs the root of the tree: -t|--tree PID")?;
@@ -143,6 +145,12 @@ fn run_dump(c: &Config) -> Result<ExitCode> {
     if let Some(limit) = c.ghost_limit {
         opts.ghost_limit = limit;
     }
+    Ok(opts)
+}
+
+fn run_dump(c: &Config) -> Result<ExitCode> {
+    let opts = dump_options(c)?;
+    let pid = opts.pid;
     let stats = dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
     log::info!(
         "dumped {} tasks ({} threads): frozen {} us, {} pages, {} shared pages",
@@ -167,8 +175,9 @@ fn run_dump(c: &Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_restore(c: &Config) -> Result<ExitCode> {
-    let opts = RestoreOptions {
+/// The engine's options for the restore `c` asks for.
+fn restore_options(c: &Config) -> RestoreOptions {
+    RestoreOptions {
         images_dir: c.images_dir.clone(),
         work_dir: c.work_dir.clone(),
         shell_job: c.shell_job,
@@ -176,7 +185,26 @@ fn run_restore(c: &Config) -> Result<ExitCode> {
         tcp_established: c.tcp_established,
         tcp_close: c.tcp_close,
         allow_shared_images_dir: allow_shared_images_dir(),
-    };
+        ..Default::default()
+    }
+}
+
+/// Before the log file, which goes to the images dir by default: nothing is created in a
+/// dir others can write to.
+fn check_restore_dir(c: &Config) -> Result<()> {
+    if allow_shared_images_dir() {
+        log_later(format!(
+            "{ALLOW_SHARED}=1: not checking who can write {}",
+            c.images_dir.display()
+        ));
+    } else {
+        restore::check_images_dir(&c.images_dir)?;
+    }
+    Ok(())
+}
+
+fn run_restore(c: &Config) -> Result<ExitCode> {
+    let opts = restore_options(c);
     let r = restore::restore(&opts)
         .with_context(|| format!("restore from {} failed", c.images_dir.display()))?;
     if let Some(p) = &c.pidfile {
@@ -230,16 +258,7 @@ fn run(c: &Config) -> Result<ExitCode> {
             run_dump(c)
         }
         Command::Restore => {
-            // Before the log file, which goes to the images dir by default: nothing is
-            // created in a dir others can write to.
-            if allow_shared_images_dir() {
-                log_later(format!(
-                    "{ALLOW_SHARED}=1: not checking who can write {}",
-                    c.images_dir.display()
-                ));
-            } else {
-                restore::check_images_dir(&c.images_dir)?;
-            }
+            check_restore_dir(c)?;
             setup_log(c)?;
             run_restore(c)
         }
@@ -247,9 +266,7 @@ fn run(c: &Config) -> Result<ExitCode> {
             setup_log(c)?;
             Ok(check::run(&c.features))
         }
-        Command::Swrk(fd) => Err(anyhow::anyhow!(
-            "swrk (RPC on fd {fd}) is not implemented yet; use the command line"
-        )),
+        Command::Swrk(fd) => rpc::serve(fd),
     }
 }
 
@@ -264,7 +281,10 @@ fn main() -> ExitCode {
     };
     // Before any thread (parsing starts none): SIGTERM/SIGINT abort a dump cleanly, and a
     // dump's tracer is split off from the process the caller may kill (stasis::dump::abort).
-    stasis::dump::abort::install(matches!(cfg.command, Command::Dump));
+    // swrk installs it once it knows what it is asked (rpc::serve).
+    if !matches!(cfg.command, Command::Swrk(_)) {
+        stasis::dump::abort::install(matches!(cfg.command, Command::Dump));
+    }
     for &fd in &cfg.close_fds {
         // SAFETY: the caller asked us to close this fd of ours (CRIU's --close).
         unsafe { libc::close(fd) };

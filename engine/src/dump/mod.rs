@@ -14,6 +14,7 @@ pub mod fds;
 use crate::files::{self, tty as pty};
 use crate::freeze::{refuse_foreign_namespaces, refuse_shared_kernel_objects, Tree};
 use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
+use crate::notify::{Notifier, NotifyError, Script};
 use crate::proc;
 use crate::sys::mem::{self};
 use crate::sys::ptrace::PtraceError;
@@ -43,6 +44,8 @@ pub struct DumpOptions {
     pub ext_unix_sk_inodes: Vec<u32>,
     /// Dump file locks (`--file-locks`); without it a held lock fails the dump.
     pub file_locks: bool,
+    /// Told at CRIU's action-script points (RPC `notify_scripts`); see [`crate::notify`].
+    pub notify: Notifier,
 }
 
 impl DumpOptions {
@@ -60,6 +63,7 @@ impl DumpOptions {
             ext_unix_sk: false,
             ext_unix_sk_inodes: Vec::new(),
             file_locks: false,
+            notify: Notifier::default(),
         }
     }
 }
@@ -203,6 +207,8 @@ pub enum DumpError {
         #[source]
         source: crate::net::inet::InetError,
     },
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
 }
 
 pub(crate) fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> DumpError {
@@ -217,6 +223,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     // must not leave an older one that makes the directory look restorable.
     let _ = std::fs::remove_file(images_dir.join(names::INVENTORY));
     let _dumping = abort::Dumping::start();
+    opts.notify.run(Script::PreDump, None)?;
     let t0 = Instant::now();
     let mut tree = Tree::seize(opts.pid)?;
     let mut stats = DumpStats {
@@ -229,17 +236,27 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         stats.freezing_time_us
     );
     let frozen_at = Instant::now();
-    let result = dump_frozen(&mut tree, opts, &mut stats);
+    let result = opts
+        .notify
+        .run(Script::NetworkLock, None)
+        .map_err(DumpError::from)
+        .and_then(|()| dump_frozen(&mut tree, opts, &mut stats))
+        .and_then(|()| Ok(opts.notify.run(Script::PostDump, None)?));
     match result {
         Ok(()) => {
             if opts.leave_running {
                 tree.release();
+                opts.notify.run_late(Script::NetworkUnlock, None);
             } else {
                 tree.kill();
             }
         }
         Err(e) => {
             tree.release();
+            // A refusal after the images were complete (post-dump) must not leave them
+            // looking restorable either.
+            let _ = std::fs::remove_file(images_dir.join(names::INVENTORY));
+            opts.notify.run_late(Script::NetworkUnlock, None);
             return Err(e);
         }
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::images::{magic, names, pb, ImageKind, ImageWriter};
 use crate::mm::vma::restore_mm;
 use crate::net::{inet, unix};
+use crate::notify::Script;
 use crate::proc;
 use crate::sys::mem;
 use crate::sys::ptrace::{self, Injector, PtraceError};
@@ -71,6 +72,11 @@ pub struct RestoreOptions {
     /// [`check_images_dir`]); only for test harnesses such as CRIU's zdtm, which make their
     /// images dirs 0777 for unprivileged tests.
     pub allow_shared_images_dir: bool,
+    /// Make the root a child of the caller's parent, not of the caller (CRIU's RPC
+    /// `rst_sibling`: runc restores the container's init as its own child).
+    pub sibling: bool,
+    /// Told at CRIU's action-script points (RPC `notify_scripts`); see [`crate::notify`].
+    pub notify: crate::notify::Notifier,
 }
 
 /// A restored tree: its tasks run.
@@ -145,6 +151,8 @@ pub enum RestoreError {
     IpcNs(#[from] crate::ns::ipc::IpcNsError),
     #[error(transparent)]
     Uts(#[from] crate::ns::uts::UtsError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     #[error(transparent)]
     Mqueue(#[from] crate::ipc::mqueue::MqError),
     #[error(transparent)]
@@ -226,6 +234,8 @@ pub(crate) fn setup_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) 
 #[derive(Default)]
 struct Created {
     root: Option<u32>,
+    /// The root is our child (not a sibling, which our parent reaps).
+    root_is_child: bool,
     pids: Vec<u32>,
     traced: Vec<u32>,
     armed: bool,
@@ -250,7 +260,7 @@ impl Drop for Created {
                 }
             }
         }
-        if let Some(root) = self.root {
+        if let Some(root) = self.root.filter(|_| self.root_is_child) {
             let mut st = 0;
             // SAFETY: waitpid on our own child.
             unsafe { libc::waitpid(root as libc::pid_t, &mut st, libc::__WALL) };
@@ -271,6 +281,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         check_images_dir(&opts.images_dir)?;
     }
     let img = load::load(&opts.images_dir)?;
+    opts.notify.run(Script::PreRestore, None)?;
     for t in &img.tasks {
         for th in &t.threads {
             wait_pid_free(th.tid)?;
@@ -295,8 +306,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
-    let (mut created, files) = fork_tree(&img, pool, trampoline)?;
+    let (mut created, files) = fork_tree(&img, pool, trampoline, opts.sibling)?;
     let forking_time_us = t0.elapsed().as_micros() as u64;
+    let root_pid = img.tasks[0].pid();
+    opts.notify.run(Script::SetupNamespaces, Some(root_pid))?;
+    opts.notify.run(Script::PostSetupNamespaces, None)?;
     let (vdso_syscall, pages_restored) = rebuild_tasks(&img, trampoline, &files, &mut created)?;
     // Segments that were already marked for removal are marked again, now that they are attached.
     for id in &sysv_to_remove {
@@ -310,16 +324,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         finish_threads(t, &img, trampoline, vdso_syscall[&t.pid()], &mut created)?;
     }
+    opts.notify.run(Script::PostRestore, Some(root_pid))?;
     // The connections exist again: let their peers' packets through (network-unlock).
     if let Some(table) = &img.net_lock {
         if let Err(e) = stasis_netns::nftlock::unlock(table) {
             log::warn!("cannot remove network lock {table}: {e}");
         }
     }
+    opts.notify.run(Script::NetworkUnlock, None)?;
+    opts.notify.run(Script::PreResume, None)?;
     release_all(&img)?;
     created.armed = false;
+    opts.notify.run_late(Script::PostResume, None);
     let restored = Restored {
-        root_pid: img.tasks[0].pid(),
+        root_pid,
         forking_time_us,
         restore_time_us: t0.elapsed().as_micros() as u64,
         pages_restored,
@@ -364,6 +382,7 @@ fn fork_tree(
     img: &DumpImage,
     pool: Pool,
     trampoline: u64,
+    sibling: bool,
 ) -> Result<(Created, PoolFds), RestoreError> {
     let (ready_r, ready_w0) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup_err("pipe")(e.into()))?;
@@ -380,14 +399,21 @@ fn fork_tree(
     };
     let mut created = Created {
         root: None,
+        root_is_child: !sibling,
         pids: Vec::new(),
         traced: Vec::new(),
         armed: true,
     };
     let root_pid = img.tasks[0].pid();
-    let restorer = nix::unistd::getpid().as_raw();
-    match stub::fork_with_pid(root_pid) {
-        0 => stub::run(&shared, 0, restorer),
+    // A sibling's parent is ours: its stub's parent-death signal follows the caller, who
+    // waits for us (runc), rather than us.
+    let (parent, flags) = if sibling {
+        (nix::unistd::getppid().as_raw(), libc::CLONE_PARENT as u64)
+    } else {
+        (nix::unistd::getpid().as_raw(), 0)
+    };
+    match stub::fork_with_pid(root_pid, flags) {
+        0 => stub::run(&shared, 0, parent),
         r if r < 0 => {
             let errno = (-r) as u32;
             if errno == libc::EEXIST as u32 {

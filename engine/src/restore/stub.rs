@@ -148,7 +148,7 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
             let Some(child) = sh.tasks.get(c) else {
                 fail(sh, pid, STUB_SETUP, libc::EINVAL as u32)
             };
-            match fork_with_pid(child.pid) {
+            match fork_with_pid(child.pid, 0) {
                 0 => run(sh, c, pid as libc::pid_t),
                 r if r < 0 => fail(sh, child.pid, STUB_CLONE, (-r) as u32),
                 _ => {

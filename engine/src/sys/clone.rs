@@ -17,13 +17,19 @@ pub struct CloneArgs {
     pub cgroup: u64,
 }
 
-/// clone3 as a fork with a chosen pid. Returns 0 in the child, the pid in the parent, or
-/// -errno. Async-signal-safe (no allocation, no lock): restore stubs call it in the children
-/// of other raw clones.
-pub fn fork_with_pid(pid: u32) -> i64 {
+/// clone3 as a fork with a chosen pid, plus `flags` (CLONE_PARENT: a sibling of the caller).
+/// Returns 0 in the child, the pid in the parent, or -errno. Async-signal-safe (no
+/// allocation, no lock): restore stubs call it in the children of other raw clones.
+pub fn fork_with_pid(pid: u32, flags: u64) -> i64 {
     let tid = [pid as libc::pid_t];
     let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
+        flags,
+        // With CLONE_PARENT the kernel takes our own exit signal and refuses any other.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,
         ..Default::default()

@@ -163,6 +163,15 @@ fn make_fixture(src: &str, host_end: &str) {
         "50",
     ]);
     n(&["-6", "route", "add", "default", "via", "fd77::1"]);
+    // A pair with both ends inside, of its own MTU, one end with an address and a device route.
+    n(&[
+        "link", "add", "inA", "mtu", "1300", "type", "veth", "peer", "name", "inB", "mtu", "1300",
+    ]);
+    n(&["link", "set", "inB", "address", "02:79:00:00:00:0b"]);
+    n(&["addr", "add", "10.79.0.1/24", "dev", "inA"]);
+    n(&["link", "set", "inA", "up"]);
+    n(&["link", "set", "inB", "up"]);
+    n(&["route", "add", "10.80.0.0/16", "dev", "inA", "metric", "7"]);
 }
 
 fn check_dump(state: &NetState) {
@@ -206,6 +215,15 @@ fn check_dump(state: &NetState) {
             && r.priority == Some(50)
             && r.gateway == gw4
             && r.oif == Some(eth0.ifindex)));
+    let in_a = state.links.iter().find(|l| l.name == "inA").expect("inA");
+    let in_b = state.links.iter().find(|l| l.name == "inB").expect("inB");
+    assert_eq!(
+        in_a.kind,
+        LinkKind::Veth {
+            peer_ifindex: in_b.ifindex,
+            peer_netnsid: None
+        }
+    );
     // The kernel's prefix routes are kept (as `ip route save` keeps them), marked as such.
     assert!(state.routes.iter().any(|r| r.is_kernel()));
 }
@@ -292,8 +310,14 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
     wait_for("eth0 carrier", || {
         ip(&["-n", &dst, "-o", "link", "show", "eth0"]).contains("LOWER_UP")
     });
+    // The kernel's link-local addresses are back (left to it, not re-added).
+    wait_for("link-local addresses", || {
+        ip(&["-n", &dst, "-6", "-o", "addr", "show", "scope", "link"])
+            .lines()
+            .count()
+            == 3
+    });
     let after = snapshot(&dst);
-    eprintln!("restored namespace:\n  {}", after.join("\n  "));
     assert_eq!(
         before, after,
         "the restored namespace differs from the original"
@@ -321,4 +345,62 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
     let mut b = [0u8; 1];
     conn.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"x");
+}
+
+#[test]
+fn unsupported_links_and_taken_names_are_errors_naming_them() {
+    if let Some(why) = skip() {
+        eprintln!("SKIP unsupported_links_and_taken_names_are_errors_naming_them: {why}");
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let (a, b) = (
+        format!("stasis-nt-br-{tag}"),
+        format!("stasis-nt-taken-{tag}"),
+    );
+    let taken = format!("snt{tag}t");
+    let mut cleanup = Cleanup::default();
+    cleanup.netns = vec![a.clone(), b.clone()];
+    cleanup.links = vec![taken.clone()];
+
+    ip(&["netns", "add", &a]);
+    ip(&["-n", &a, "link", "add", "br9", "type", "bridge"]);
+    let ns = File::open(format!("/run/netns/{a}")).unwrap();
+    let e = dump(ns.as_fd()).unwrap_err().to_string();
+    assert!(e.contains("br9") && e.contains("bridge"), "{e}");
+    ip(&["-n", &a, "link", "del", "br9"]);
+
+    // A host-side name already in use: the kernel's EEXIST, with the link named.
+    let out = format!("snt{tag}o");
+    cleanup.links.push(out.clone());
+    ip(&[
+        "link", "add", &out, "type", "veth", "peer", "name", "eth0", "netns", &a,
+    ]);
+    let state = dump(ns.as_fd()).expect("dump");
+    ip(&[
+        "link",
+        "add",
+        &taken,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{taken}p"),
+    ]);
+    ip(&["netns", "add", &b]);
+    let fresh = File::open(format!("/run/netns/{b}")).unwrap();
+    let pairs = [VethPair {
+        inside: "eth0".into(),
+        outside: taken.clone(),
+        bridge: None,
+    }];
+    let err = restore(fresh.as_fd(), &state, &pairs).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(text.contains("eth0") && text.contains(&taken), "{text}");
+
+    // Not a network namespace.
+    let not_ns = File::open("/proc/self/ns/uts").unwrap();
+    let err = dump(not_ns.as_fd()).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
 }

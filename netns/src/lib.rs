@@ -16,6 +16,7 @@ mod error;
 pub mod ipdump;
 mod model;
 pub mod nftlock;
+mod nsenter;
 mod ops;
 mod rtnl;
 pub mod wire;

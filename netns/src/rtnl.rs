@@ -1,11 +1,5 @@
-//! A blocking route netlink socket, in the caller's network namespace or in another one.
-//!
-//! A netlink socket belongs for its whole life to the network namespace it was created in,
-//! whatever the creating thread does afterwards. So [`Rtnl::in_netns`] starts a short-lived
-//! thread that `setns(fd, CLONE_NEWNET)`s into the namespace, creates the socket and ends: the
-//! caller never changes namespace, and other threads of a multithreaded caller are not
-//! affected (`setns` of a network namespace is per thread, unlike a mount or user namespace).
-//! Entering needs `CAP_SYS_ADMIN` over the namespace's owning user namespace.
+//! A blocking route netlink socket, in the caller's network namespace or in another one (made
+//! there by [`crate::nsenter::in_netns`]).
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -78,18 +72,7 @@ impl Rtnl {
     /// A socket in the network namespace `ns` (an nsfs file: `/proc/PID/ns/net`,
     /// `/run/netns/NAME`), the caller staying where it is (see the module documentation).
     pub(crate) fn in_netns(ns: BorrowedFd<'_>) -> io::Result<Rtnl> {
-        let sock = std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .name("stasis-netns".into())
-                .spawn_scoped(s, move || -> io::Result<Socket> {
-                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(io::Error::from)?;
-                    Socket::new(NETLINK_ROUTE)
-                })?
-                .join()
-                .map_err(|_| io::Error::other("netns helper thread panicked"))?
-        })?;
-        Self::setup(sock)
+        Self::setup(crate::nsenter::in_netns(ns, || Socket::new(NETLINK_ROUTE))?)
     }
 
     fn setup(mut sock: Socket) -> io::Result<Rtnl> {

@@ -255,7 +255,6 @@ fn create_links(
                     peer_name: Some(&peer.name),
                     peer_ifindex: want(peer.ifindex),
                     peer_mac: peer.mac.as_deref(),
-                    peer_master: None,
                 };
                 target
                     .call(wire::new_veth(&req), NLM_F_CREATE | NLM_F_EXCL)
@@ -297,14 +296,23 @@ fn create_links(
                     peer_name: pair.map(|p| p.outside.as_str()),
                     peer_ifindex: 0,
                     peer_mac: None,
-                    peer_master: master,
                 };
                 let object = match pair {
                     Some(p) => format!("veth {l} with host end {}", p.outside),
                     None => format!("veth {l}"),
                 };
                 host.call(wire::new_veth(&req), NLM_F_CREATE | NLM_F_EXCL)
-                    .map_err(netlink("create", object))?;
+                    .map_err(netlink("create", &object))?;
+                if let (Some(master), Some(p)) = (master, pair) {
+                    let place = "the caller's namespace";
+                    let idx = find(
+                        &dump_briefs(host, "links of the caller")?,
+                        &p.outside,
+                        place,
+                    )?;
+                    host.call(wire::set_master(idx, master), 0)
+                        .map_err(netlink("enslave the host end of", &object))?;
+                }
             }
         }
     }

@@ -180,7 +180,7 @@ pub(crate) fn link_brief(bytes: &[u8]) -> Result<Option<LinkBrief>, NetnsError> 
 /// so before the link is ever up: the MAC drives the IPv6 link-local address), at `ifindex`
 /// (0: the kernel chooses). Sent on a socket in the caller's namespace with `netns` set, the
 /// veth goes into that namespace and its peer stays with the caller, named `peer_name` (the
-/// kernel names it when `None`) and enslaved to `peer_master`. With `netns` unset and
+/// kernel names it when `None`). With `netns` unset and
 /// `peer` set, both ends are made where the socket is (a pair inside the namespace).
 pub(crate) struct VethRequest<'a> {
     pub link: &'a Link,
@@ -189,7 +189,6 @@ pub(crate) struct VethRequest<'a> {
     pub peer_name: Option<&'a str>,
     pub peer_ifindex: u32,
     pub peer_mac: Option<&'a [u8]>,
-    pub peer_master: Option<u32>,
 }
 
 pub(crate) fn new_veth(r: &VethRequest<'_>) -> RouteNetlinkMessage {
@@ -202,9 +201,6 @@ pub(crate) fn new_veth(r: &VethRequest<'_>) -> RouteNetlinkMessage {
     peer.attributes.push(LinkAttribute::Mtu(r.link.mtu));
     if let Some(mac) = r.peer_mac {
         peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
-    }
-    if let Some(m) = r.peer_master {
-        peer.attributes.push(LinkAttribute::Controller(m));
     }
     let mut m = LinkMessage::default();
     m.header.index = r.ifindex;
@@ -239,6 +235,15 @@ pub(crate) fn set_link(
     if let Some(mtu) = mtu {
         m.attributes.push(LinkAttribute::Mtu(mtu));
     }
+    RouteNetlinkMessage::NewLink(m)
+}
+
+/// `RTM_NEWLINK` enslaving a link to `master` (a bridge). The kernel ignores `IFLA_MASTER` in
+/// a veth's peer info, so the peer is enslaved by a request of its own once it exists.
+pub(crate) fn set_master(ifindex: u32, master: u32) -> RouteNetlinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.attributes.push(LinkAttribute::Controller(master));
     RouteNetlinkMessage::NewLink(m)
 }
 

@@ -128,50 +128,42 @@ fn tcp_from_inside(ns: BorrowedFd<'_>, to: SocketAddr, listener: &TcpListener) {
     });
 }
 
+/// `ip -n NS ARGS...`, the arguments given as one line.
+fn ipn(ns: &str, line: &str) -> String {
+    let mut a = vec!["-n", ns];
+    a.extend(line.split_whitespace());
+    ip(&a)
+}
+
 fn make_fixture(src: &str, host_end: &str) {
     ip(&["netns", "add", src]);
-    ip(&[
-        "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", src,
-    ]);
+    ip(
+        &format!("link add {host_end} type veth peer name eth0 netns {src}")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+    );
     ip(&["link", "set", host_end, "up"]);
-    let n = |args: &[&str]| {
-        let mut a = vec!["-n", src];
-        a.extend_from_slice(args);
-        ip(&a)
-    };
-    n(&["link", "set", "lo", "up"]);
-    n(&[
-        "link",
-        "set",
-        "eth0",
-        "address",
-        "02:77:00:00:00:02",
-        "mtu",
-        "1400",
-    ]);
-    n(&["addr", "add", "10.77.0.2/24", "dev", "eth0"]);
-    n(&["addr", "add", "fd77::2/64", "dev", "eth0", "nodad"]);
-    n(&["link", "set", "eth0", "up"]);
-    n(&["route", "add", "default", "via", "10.77.0.1"]);
-    n(&[
-        "route",
-        "add",
-        "10.78.0.0/16",
-        "via",
-        "10.77.0.1",
-        "metric",
-        "50",
-    ]);
-    n(&["-6", "route", "add", "default", "via", "fd77::1"]);
-    // A pair with both ends inside, of its own MTU, one end with an address and a device route.
-    n(&[
-        "link", "add", "inA", "mtu", "1300", "type", "veth", "peer", "name", "inB", "mtu", "1300",
-    ]);
-    n(&["link", "set", "inB", "address", "02:79:00:00:00:0b"]);
-    n(&["addr", "add", "10.79.0.1/24", "dev", "inA"]);
-    n(&["link", "set", "inA", "up"]);
-    n(&["link", "set", "inB", "up"]);
-    n(&["route", "add", "10.80.0.0/16", "dev", "inA", "metric", "7"]);
+    for line in [
+        "link set lo up",
+        "link set eth0 address 02:77:00:00:00:02 mtu 1400",
+        "addr add 10.77.0.2/24 dev eth0",
+        "addr add fd77::2/64 dev eth0 nodad",
+        "link set eth0 up",
+        "route add default via 10.77.0.1",
+        "route add 10.78.0.0/16 via 10.77.0.1 metric 50",
+        "route add 10.81.0.0/16 via 10.77.0.1 mtu 1300 advmss 1200",
+        "-6 route add default via fd77::1",
+        // A pair with both ends inside, of its own MTU, one end with an address and a device
+        // route.
+        "link add inA mtu 1300 type veth peer name inB mtu 1300",
+        "link set inB address 02:79:00:00:00:0b",
+        "addr add 10.79.0.1/24 dev inA",
+        "link set inA up",
+        "link set inB up",
+        "route add 10.80.0.0/16 dev inA metric 7",
+    ] {
+        ipn(src, line);
+    }
 }
 
 fn check_dump(state: &NetState) {
@@ -356,37 +348,26 @@ fn unsupported_links_and_taken_names_are_errors_naming_them() {
     let tag = std::process::id() % 100_000;
     let (a, b) = (
         format!("stasis-nt-br-{tag}"),
-        format!("stasis-nt-taken-{tag}"),
+        format!("stasis-nt-new-{tag}"),
     );
-    let taken = format!("snt{tag}t");
+    let (out, taken) = (format!("snt{tag}o"), format!("snt{tag}t"));
+    let (bridge, out2) = (format!("snt{tag}br"), format!("snt{tag}q"));
     let mut cleanup = Cleanup::default();
     cleanup.netns = vec![a.clone(), b.clone()];
-    cleanup.links = vec![taken.clone()];
+    cleanup.links = vec![out.clone(), taken.clone(), bridge.clone(), out2.clone()];
+    let host = |line: String| ip(&line.split_whitespace().collect::<Vec<_>>());
 
     ip(&["netns", "add", &a]);
-    ip(&["-n", &a, "link", "add", "br9", "type", "bridge"]);
+    ipn(&a, "link add br9 type bridge");
     let ns = File::open(format!("/run/netns/{a}")).unwrap();
     let e = dump(ns.as_fd()).unwrap_err().to_string();
     assert!(e.contains("br9") && e.contains("bridge"), "{e}");
-    ip(&["-n", &a, "link", "del", "br9"]);
+    ipn(&a, "link del br9");
 
     // A host-side name already in use: the kernel's EEXIST, with the link named.
-    let out = format!("snt{tag}o");
-    cleanup.links.push(out.clone());
-    ip(&[
-        "link", "add", &out, "type", "veth", "peer", "name", "eth0", "netns", &a,
-    ]);
+    host(format!("link add {out} type veth peer name eth0 netns {a}"));
     let state = dump(ns.as_fd()).expect("dump");
-    ip(&[
-        "link",
-        "add",
-        &taken,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &format!("{taken}p"),
-    ]);
+    host(format!("link add {taken} type veth peer name {taken}p"));
     ip(&["netns", "add", &b]);
     let fresh = File::open(format!("/run/netns/{b}")).unwrap();
     let pairs = [VethPair {
@@ -398,6 +379,14 @@ fn unsupported_links_and_taken_names_are_errors_naming_them() {
     assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
     let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(text.contains("eth0") && text.contains(&taken), "{text}");
+
+    // IN=OUT@BRIDGE: the host end is enslaved to the bridge.
+    host(format!("link add {bridge} type bridge"));
+    let pairs = [format!("eth0={out2}@{bridge}").parse::<VethPair>().unwrap()];
+    let done = restore(fresh.as_fd(), &state, &pairs).expect("restore with a bridge");
+    assert_eq!(done.host_ends, vec![("eth0".to_string(), out2.clone())]);
+    let shown = ip(&["-o", "link", "show", &out2]);
+    assert!(shown.contains(&format!("master {bridge}")), "{shown}");
 
     // Not a network namespace.
     let not_ns = File::open("/proc/self/ns/uts").unwrap();

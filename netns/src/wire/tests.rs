@@ -94,7 +94,6 @@ fn veth_request_carries_mac_mtu_netns_and_peer_name() {
         peer_name: Some("host0"),
         peer_ifindex: 0,
         peer_mac: None,
-        peer_master: Some(5),
     };
     let RouteNetlinkMessage::NewLink(m) = parse_back(&serialize(new_veth(&req), 0, 1)) else {
         panic!("not a link")
@@ -119,7 +118,12 @@ fn veth_request_carries_mac_mtu_netns_and_peer_name() {
         .attributes
         .contains(&LinkAttribute::IfName("host0".into())));
     assert!(peer.attributes.contains(&LinkAttribute::Mtu(1400)));
-    assert!(peer.attributes.contains(&LinkAttribute::Controller(5)));
+
+    let RouteNetlinkMessage::NewLink(b) = parse_back(&serialize(set_master(8, 5), 0, 1)) else {
+        panic!("not a link")
+    };
+    assert_eq!(b.header.index, 8);
+    assert_eq!(b.attributes, vec![LinkAttribute::Controller(5)]);
 
     let RouteNetlinkMessage::NewLink(s) = parse_back(&serialize(
         set_link(4, Some(1300), LinkFlags::Up.bits(), SETTABLE),

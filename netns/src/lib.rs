@@ -9,8 +9,8 @@
 //!   [`NetDevice`], for the engine to frame), `ifaddr-<id>.img`, `route-<id>.img` and
 //!   `route6-<id>.img` (raw `ip ... save` output, [`ipdump`]).
 //!
-//! Everything but [`rtnl`](crate::rtnl) and [`ops`](crate::ops) is pure and tested without
-//! privileges.
+//! Everything but the socket code (`rtnl`, `nsenter`, `ops`, and the sending part of
+//! [`nftlock`]) is pure and tested without privileges; `netns/tests/` has the privileged tests.
 
 mod error;
 pub mod ipdump;

@@ -125,6 +125,9 @@ fn dump_briefs(sock: &mut Rtnl, whose: &'static str) -> Result<Vec<LinkBrief>, N
 /// links' flags (up); then the routes, device routes before gateway routes (a gateway must be
 /// reachable when its route is added), the kernel's own prefix routes left to the addresses.
 /// An address or route already there (`lo`'s, the kernel's link-local) is not an error.
+///
+/// On failure what was made stays: the caller deletes the namespace, and the host ends of its
+/// veths go with it (a veth pair dies with either end).
 pub fn restore(
     ns: BorrowedFd<'_>,
     state: &NetState,

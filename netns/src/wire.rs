@@ -1,6 +1,6 @@
 //! Between route netlink messages (netlink-packet-route's types, the bytes the kernel sends)
-//! and the plain model of [`crate::model`]: parsing what a dump returns or an image holds, and
-//! building the requests of a restore. Pure code, no socket.
+//! and the plain model ([`crate::NetState`] and its parts): parsing what a dump returns or an
+//! image holds, and building the requests of a restore. Pure code, no socket.
 
 use std::net::IpAddr;
 use std::os::fd::RawFd;

@@ -243,6 +243,64 @@ fn images_round_trip(state: &NetState, dir: &std::path::Path) -> NetState {
     NetState::from_images(&back).expect("images read back")
 }
 
+/// Runs `ip ARGS` with `input` as its standard input.
+fn ip_stdin(args: &[&str], input: &[u8]) -> String {
+    use std::process::Stdio;
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ip");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `ip ARGS` and returns its standard output as bytes (`ip ... save` writes binary).
+fn ip_bytes(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {}", args.join(" "));
+    out.stdout
+}
+
+/// The images are iproute2's format both ways: `ip ... showdump` reads ours, and what
+/// `ip ... save` writes (as CRIU stores it) reads back as the same state.
+fn images_match_iproute2(src: &str, state: &NetState) {
+    let images = state.to_images();
+    let shown = ip_stdin(&["addr", "showdump"], &images.ifaddr);
+    assert!(
+        shown.contains("10.77.0.2/24") && shown.contains("fd77::2/64"),
+        "{shown}"
+    );
+    let shown = ip_stdin(&["route", "showdump"], &images.route);
+    assert!(shown.contains("10.78.0.0/16 via 10.77.0.1"), "{shown}");
+    let shown = ip_stdin(&["-6", "route", "showdump"], &images.route6);
+    assert!(shown.contains("default via fd77::1"), "{shown}");
+
+    let theirs = NetImages {
+        netdev: images.netdev.clone(),
+        ifaddr: ip_bytes(&["-n", src, "addr", "save"]),
+        route: ip_bytes(&["-n", src, "-4", "route", "save"]),
+        route6: ip_bytes(&["-n", src, "-6", "route", "save"]),
+    };
+    let mut theirs = NetState::from_images(&theirs).expect("ip's images");
+    let mut ours = state.clone();
+    // The headers differ (ip's own sequence numbers and port); the contents must not.
+    for s in [&mut theirs, &mut ours] {
+        s.addrs.iter_mut().for_each(|a| a.raw.clear());
+        s.routes.iter_mut().for_each(|r| r.raw.clear());
+    }
+    assert_eq!(theirs, ours, "ip addr/route save read back");
+}
+
 #[test]
 fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
     if let Some(why) = skip() {
@@ -271,6 +329,7 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
     check_dump(&state);
     let back = images_round_trip(&state, &dir);
     assert_eq!(back, state, "images round trip");
+    images_match_iproute2(&src, &state);
 
     // The original goes (its host end with it), a fresh namespace takes its place.
     ip(&["netns", "del", &src]);

@@ -2,9 +2,12 @@
 //! to each connection while its socket does not exist (between the kill after a dump and the
 //! restore). Without it the peer's retransmissions reach a closed port, the kernel answers with
 //! RST and the connection is lost. Built as raw nf_tables netlink messages in one batch.
+//!
+//! For a tree in a network namespace of its own the lock goes inside that namespace
+//! ([`lock_in`], [`add_in`], [`unlock_in`]): that is where its connections' packets arrive.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{
     recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
@@ -245,16 +248,30 @@ fn unlock_batch(table: &str) -> Vec<u8> {
     out
 }
 
-/// Sends a batch and reads one ack per acked message; the first error wins.
-fn send(batch: &[u8], acks: usize, what: &'static str) -> Result<(), LockError> {
-    let err = |source| LockError::Netlink { what, source };
-    let sock = socket(
+fn nf_socket() -> io::Result<OwnedFd> {
+    socket(
         AddressFamily::Netlink,
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkNetFilter,
     )
-    .map_err(|e| err(e.into()))?;
+    .map_err(io::Error::from)
+}
+
+/// Sends a batch and reads one ack per acked message; the first error wins. The socket is made
+/// in the network namespace `ns`, or the caller's when `None`.
+fn send(
+    ns: Option<BorrowedFd<'_>>,
+    batch: &[u8],
+    acks: usize,
+    what: &'static str,
+) -> Result<(), LockError> {
+    let err = |source| LockError::Netlink { what, source };
+    let sock = match ns {
+        Some(ns) => crate::nsenter::in_netns(ns, nf_socket),
+        None => nf_socket(),
+    }
+    .map_err(err)?;
     // The kernel's address (port 0). A netlink datagram is sent whole or not at all.
     sendto(
         sock.as_raw_fd(),
@@ -298,14 +315,49 @@ pub fn lock(table: &str, conns: &[Conn]) -> Result<(), LockError> {
 /// Adds rules for `conns` to lock table `table`, creating the table (and its chain) first when
 /// `create`. On failure a table this call created is removed again.
 pub fn add(table: &str, conns: &[Conn], create: bool) -> Result<(), LockError> {
+    add_at(None, table, conns, create)
+}
+
+/// Removes the lock table `table`.
+pub fn unlock(table: &str) -> Result<(), LockError> {
+    unlock_at(None, table)
+}
+
+/// [`lock`] in the network namespace `ns` (a container's, whose connections the lock holds),
+/// the caller staying in its own.
+pub fn lock_in(ns: BorrowedFd<'_>, table: &str, conns: &[Conn]) -> Result<(), LockError> {
+    add_at(Some(ns), table, conns, true)
+}
+
+/// [`add`] in the network namespace `ns`.
+pub fn add_in(
+    ns: BorrowedFd<'_>,
+    table: &str,
+    conns: &[Conn],
+    create: bool,
+) -> Result<(), LockError> {
+    add_at(Some(ns), table, conns, create)
+}
+
+/// [`unlock`] in the network namespace `ns`.
+pub fn unlock_in(ns: BorrowedFd<'_>, table: &str) -> Result<(), LockError> {
+    unlock_at(Some(ns), table)
+}
+
+fn add_at(
+    ns: Option<BorrowedFd<'_>>,
+    table: &str,
+    conns: &[Conn],
+    create: bool,
+) -> Result<(), LockError> {
     let mut first = create;
     for chunk in conns.chunks(RULES_PER_BATCH) {
         let acks = chunk.len() + if first { 2 } else { 0 };
-        if let Err(e) = send(&lock_batch(table, chunk, first), acks, "lock") {
+        if let Err(e) = send(ns, &lock_batch(table, chunk, first), acks, "lock") {
             if create && !first {
                 // Best effort: the lock error is the one reported, and a table left behind
                 // is named in it by the caller's next attempt (it must not exist yet).
-                let _ = unlock(table);
+                let _ = unlock_at(ns, table);
             }
             return Err(e);
         }
@@ -314,9 +366,8 @@ pub fn add(table: &str, conns: &[Conn], create: bool) -> Result<(), LockError> {
     Ok(())
 }
 
-/// Removes the lock table `table`.
-pub fn unlock(table: &str) -> Result<(), LockError> {
-    send(&unlock_batch(table), 1, "unlock")
+fn unlock_at(ns: Option<BorrowedFd<'_>>, table: &str) -> Result<(), LockError> {
+    send(ns, &unlock_batch(table), 1, "unlock")
 }
 
 #[cfg(test)]

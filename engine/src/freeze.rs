@@ -318,7 +318,9 @@ impl Tree {
                 );
             }
         }
-        for task in &self.tasks {
+        // Children before parents: a pid namespace's init, dying, waits until every task of
+        // its namespace is reaped, and a traced one is only once we have waited for it.
+        for task in self.tasks.iter().rev() {
             // Non-leader threads first: waiting on a leader with live threads hangs.
             for t in task.threads.iter().rev() {
                 loop {
@@ -359,11 +361,15 @@ fn tracer_pid(pid: u32, tid: u32) -> u32 {
 
 /// A task in a namespace other than the dumper's would come back in the restorer's, silently
 /// changed (its pids, network, files...): refuse it, IPC and UTS namespaces excepted.
-pub(crate) fn refuse_foreign_namespaces(live: &[u32]) -> Result<(), DumpError> {
+/// `owned`: the kinds the tree owns and the dump saves (checked by `ns::pid`, `ns::net`).
+pub(crate) fn refuse_foreign_namespaces(live: &[u32], owned: &[&str]) -> Result<(), DumpError> {
     use std::os::unix::fs::MetadataExt;
     // A kind this kernel does not have (no /proc/thread-self/ns/time before 5.6) cannot differ.
     let id = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     for kind in ["pid", "net", "mnt", "user", "cgroup", "time"] {
+        if owned.contains(&kind) {
+            continue;
+        }
         let ours = id(format!("/proc/thread-self/ns/{kind}"));
         for &pid in live {
             let theirs = id(format!("/proc/{pid}/ns/{kind}"));

@@ -49,6 +49,8 @@ pub struct Config {
     pub ghost_limit: Option<u64>,
     pub pidfile: Option<PathBuf>,
     pub inherit_fds: Vec<InheritFd>,
+    /// `--veth-pair IN=OUT[@BRIDGE]`.
+    pub veth_pairs: Vec<stasis_netns::VethPair>,
     /// `--close FD`: fds of ours to close before anything else.
     pub close_fds: Vec<i32>,
     pub display_stats: bool,
@@ -77,6 +79,7 @@ impl Default for Config {
             ghost_limit: None,
             pidfile: None,
             inherit_fds: Vec::new(),
+            veth_pairs: Vec::new(),
             close_fds: Vec::new(),
             display_stats: false,
             features: Vec::new(),
@@ -197,6 +200,11 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "shell-job" => c.shell_job = on,
         "file-locks" => c.file_locks = on,
         "inherit-fd" => c.inherit_fds.push(value(g).parse()?),
+        "veth-pair" => c.veth_pairs.push(
+            value(g)
+                .parse()
+                .map_err(|e: stasis_netns::VethPairError| e.to_string())?,
+        ),
         "feature" => c.features.push(value(g).to_string()),
         "ghost-limit" => c.ghost_limit = Some(parse_size(value(g))?),
         "tcp-close" => c.tcp_close = on,

@@ -185,6 +185,7 @@ fn restore_options(c: &Config) -> RestoreOptions {
         tcp_established: c.tcp_established,
         tcp_close: c.tcp_close,
         allow_shared_images_dir: allow_shared_images_dir(),
+        veth_pairs: c.veth_pairs.clone(),
         ..Default::default()
     }
 }

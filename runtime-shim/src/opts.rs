@@ -103,7 +103,12 @@ pub static OPTIONS: &[Spec] = &[
     o("version", Some('V'), N, Yes("print the version and exit")),
     b("evasive-devices", Refused),
     o("pidfile", None, Req, Yes("restore: write the root task's PID here (relative to the work dir); dump: no effect, as in CRIU")),
-    o("veth-pair", None, Req, Refused),
+    o(
+        "veth-pair",
+        None,
+        Req,
+        Yes("restore: name the outer end of a veth of the tree's network namespace (IN=OUT[@BRIDGE])"),
+    ),
     o("action-script", None, Req, Refused),
     b("link-remap", Refused),
     Spec {

@@ -101,17 +101,17 @@ fn other_namespaces_are_refused_by_name_and_tree_runs_on() {
     let script = r#"
 import ctypes, time
 libc = ctypes.CDLL(None, use_errno=True)
-assert libc.unshare(0x40000000) == 0, ctypes.get_errno()  # CLONE_NEWNET
+assert libc.unshare(0x00020000) == 0, ctypes.get_errno()  # CLONE_NEWNS
 n = 0
 while True:
     print(n, flush=True); n += 1; time.sleep(0.02)
 "#;
-    let w = Workload::python("netns", script);
+    let w = Workload::python("mntns", script);
     w.wait_lines(2, T);
     let e = dump_must_fail(&w);
     assert!(
         e.contains(&format!(
-            "process {} is in a net namespace of its own",
+            "process {} is in a mnt namespace of its own",
             w.pid
         )),
         "{e}"

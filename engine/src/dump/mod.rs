@@ -161,7 +161,7 @@ pub enum DumpError {
         #[source]
         source: std::io::Error,
     },
-    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (only IPC and UTS namespaces are)")]
+    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (IPC, UTS and network namespaces the tree owns are, and a pid namespace whose init is the root)")]
     Namespace {
         pid: u32,
         kind: &'static str,
@@ -209,6 +209,10 @@ pub enum DumpError {
     },
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    PidNs(#[from] crate::ns::pid::PidNsError),
+    #[error(transparent)]
+    NetNs(#[from] crate::ns::net::NetNsError),
 }
 
 pub(crate) fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> DumpError {
@@ -351,14 +355,14 @@ pub(crate) struct Images {
     pub(crate) sysv_dumped: Vec<pb::IpcShmEntry>,
     /// POSIX message queues to save: (pid, fd, "/name", file id), one per queue.
     pub(crate) mqueues: Vec<(u32, i32, String, u32)>,
-    /// Image id of the tree's IPC namespace (see `ipcns`).
-    pub(crate) ipc_ns_id: u32,
-    /// Image id of the tree's UTS namespace (see `utsns`).
-    pub(crate) uts_ns_id: u32,
+    /// Image ids of the namespaces the tree is in: ours, or the ones it owns (see `ns`).
+    pub(crate) ns_ids: crate::task::core::NsIds,
     /// Files in flight on the tree's unix sockets, which peeking put in our table.
     pub(crate) in_flight: Vec<std::os::fd::OwnedFd>,
     /// Seccomp filters of every thread, each once.
     pub(crate) seccomp: crate::task::seccomp::Filters,
+    /// Pids as the tree sees them (its own pid namespace's), for what the images record.
+    pub(crate) pids: crate::ns::pid::PidView,
     /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
     pub(crate) live_pids: Vec<u32>,
     pub(crate) in_flight_sockets_known: bool,
@@ -372,16 +376,33 @@ fn dump_frozen(
     stats: &mut DumpStats,
 ) -> Result<(), DumpError> {
     let live = tree.live_pids();
-    refuse_foreign_namespaces(&live)?;
-    let own_ipc = crate::ns::ipc::tree_ns(tree.tasks[0].pid, &live)?;
-    let own_uts = crate::ns::uts::tree_ns(tree.tasks[0].pid, &live)?;
+    let root = tree.tasks[0].pid;
+    let pids = crate::ns::pid::tree_view(root, &live)?;
+    let own_net = crate::ns::net::tree_ns(root, &live)?;
+    let mut owned = Vec::new();
+    if pids.owns_namespace() {
+        owned.push("pid");
+    }
+    if own_net.is_some() {
+        owned.push("net");
+    }
+    refuse_foreign_namespaces(&live, &owned)?;
+    let own_ipc = crate::ns::ipc::tree_ns(root, &live)?;
+    let own_uts = crate::ns::uts::tree_ns(root, &live)?;
     let mut img = collect_start(opts, &live, own_ipc.as_ref(), own_uts.is_some())?;
+    if pids.owns_namespace() {
+        img.ns_ids.pid = crate::ns::pid::TREE_NS_ID;
+    }
+    if own_net.is_some() {
+        img.ns_ids.net = crate::ns::net::TREE_NS_ID;
+    }
+    img.pids = pids;
     refuse_shared_kernel_objects(tree)?;
-    let pstree = pstree_entries(tree);
+    let pstree = pstree_entries(tree, &img.pids);
     for n in 0..tree.tasks.len() {
         abort::check()?;
         if tree.tasks[n].zombie {
-            dump_zombie(&tree.tasks[n], &img.dir)?;
+            dump_zombie(&tree.tasks[n], img.pids.v(tree.tasks[n].pid), &img.dir)?;
             stats.tasks += 1;
             continue;
         }
@@ -396,11 +417,14 @@ fn dump_frozen(
         .flat_map(|t| std::iter::once(t.pid).chain(t.threads.iter().map(|th| th.tid)))
         .collect();
     pty::dump_pty_queues(&mut img)?;
+    if let Some(ns) = &own_net {
+        crate::ns::net::dump(ns, &img.dir)?;
+    }
     if let Some(ns) = &own_uts {
         let uts = crate::ns::ipc::in_ns_of(ns, libc::CLONE_NEWUTS, crate::ns::uts::names)??;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::UTSNS);
         w.push(&uts);
-        write_file(&img.dir.join(names::utsns(img.uts_ns_id)), &w.into_bytes())?;
+        write_file(&img.dir.join(names::utsns(img.ns_ids.uts)), &w.into_bytes())?;
     }
     match &own_ipc {
         Some(ns) => {
@@ -453,35 +477,41 @@ fn collect_start(
         mqueues: Vec::new(),
         in_flight: Vec::new(),
         seccomp: Default::default(),
+        pids: Default::default(),
         live_pids: live.to_vec(),
         in_flight_sockets_known: false,
-        uts_ns_id: if own_uts {
-            crate::ns::uts::TREE_NS_ID
-        } else {
-            crate::ns::uts::HOST_NS_ID
-        },
-        ipc_ns_id: if own_ipc.is_some() {
-            crate::ns::ipc::TREE_NS_ID
-        } else {
-            crate::ns::ipc::HOST_NS_ID
+        ns_ids: crate::task::core::NsIds {
+            uts: if own_uts {
+                crate::ns::uts::TREE_NS_ID
+            } else {
+                crate::ns::uts::HOST_NS_ID
+            },
+            ipc: if own_ipc.is_some() {
+                crate::ns::ipc::TREE_NS_ID
+            } else {
+                crate::ns::ipc::HOST_NS_ID
+            },
+            ..crate::task::core::NsIds::HOST
         },
     })
 }
 
-/// The tree's pstree.img entries, in seize order (parents before children).
-fn pstree_entries(tree: &Tree) -> Vec<pb::PstreeEntry> {
+/// The tree's pstree.img entries, in seize order (parents before children), with pids as the
+/// tasks see them (see `ns::pid`).
+fn pstree_entries(tree: &Tree, pids: &crate::ns::pid::PidView) -> Vec<pb::PstreeEntry> {
+    let v = |p: u32| pids.v(p);
     tree.tasks
         .iter()
         .enumerate()
         .map(|(n, task)| pb::PstreeEntry {
-            pid: task.pid,
-            ppid: if n == 0 { 0 } else { task.stat.ppid },
-            pgid: task.stat.pgid,
-            sid: task.stat.sid,
+            pid: v(task.pid),
+            ppid: if n == 0 { 0 } else { v(task.stat.ppid) },
+            pgid: v(task.stat.pgid),
+            sid: v(task.stat.sid),
             threads: if task.zombie {
-                vec![task.pid]
+                vec![v(task.pid)]
             } else {
-                task.threads.iter().map(|t| t.tid).collect()
+                task.threads.iter().map(|t| v(t.tid)).collect()
             },
         })
         .collect()
@@ -499,8 +529,11 @@ fn record_controlling_terminals(tree: &Tree, img: &mut Images) {
         if (136..=143).contains(&major) {
             // No foreground group (-1) is recorded as none (0), as CRIU does.
             let fg = u32::try_from(t.stat.tpgid).unwrap_or(0);
-            img.files
-                .set_pty_session((major - 136) * 256 + minor, t.pid, fg);
+            img.files.set_pty_session(
+                (major - 136) * 256 + minor,
+                img.pids.v(t.pid),
+                img.pids.v(fg),
+            );
         }
     }
 }
@@ -515,7 +548,9 @@ fn write_shared_images(img: &mut Images, pstree: &[pb::PstreeEntry]) -> Result<(
     write_file(&img.dir.join(names::SECCOMP), &w.into_bytes())?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::FILE_LOCKS);
     for (l, _) in &img.locks {
-        w.push(l);
+        let mut l = *l;
+        l.pid = img.pids.v(l.pid as u32) as i32;
+        w.push(&l);
     }
     write_file(&img.dir.join(names::FILE_LOCKS), &w.into_bytes())?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::PSTREE);
@@ -531,7 +566,7 @@ fn write_inventory(dir: &Path, nft_lock: Option<&str>) -> Result<(), DumpError> 
     let run_id = nft_lock
         .and_then(|t| t.strip_prefix("stasis-"))
         .map(str::to_string);
-    let root_ids = ids_for(1, crate::ns::ipc::HOST_NS_ID, crate::ns::uts::HOST_NS_ID);
+    let root_ids = ids_for(1, crate::task::core::NsIds::HOST);
     let inv = pb::InventoryEntry {
         img_version: images::CRTOOLS_IMAGES_V1_1,
         fdinfo_per_id: Some(true),

@@ -19,7 +19,7 @@ pub(crate) fn dump(
     tree_pids: &std::collections::HashSet<u32>,
     whole_ns: bool,
 ) -> Result<(), DumpError> {
-    let ns_id = img.ipc_ns_id;
+    let ns_id = img.ns_ids.ipc;
     let users = (!whole_ns).then_some(tree_pids);
     let queues = crate::ipc::sysv::dump_msg(users).map_err(DumpError::Ipc)?;
     write_file(

@@ -60,7 +60,7 @@ pub(crate) fn dump_mm(
     };
     let mut w = ImageWriter::new(ImageKind::Normal, magic::MM);
     w.push(&mm);
-    write_file(&img.dir.join(names::mm(pid)), &w.into_bytes())
+    write_file(&img.dir.join(names::mm(img.pids.v(pid))), &w.into_bytes())
 }
 
 fn madv_bits(m: &Mapping) -> u64 {
@@ -133,7 +133,10 @@ fn dump_memory(
         vmas.push(vma);
     }
     finish_pages(pages, stats)?;
-    write_file(&img.dir.join(names::pagemap(pid as u64)), &pm.into_bytes())?;
+    write_file(
+        &img.dir.join(names::pagemap(img.pids.v(pid) as u64)),
+        &pm.into_bytes(),
+    )?;
     Ok(merge_vvar(vmas))
 }
 

@@ -178,6 +178,24 @@ impl Unshared {
     }
 }
 
+impl Unshared {
+    /// The calling thread in the namespace `target` (of kind `flag`, named `kind`) until
+    /// dropped.
+    pub fn enter(
+        target: std::os::fd::BorrowedFd<'_>,
+        flag: libc::c_int,
+        kind: &str,
+    ) -> Result<Unshared, IpcNsError> {
+        let path = format!("/proc/thread-self/ns/{kind}");
+        let own: OwnedFd = std::fs::File::open(&path).map_err(read_err(path))?.into();
+        setns(target, CloneFlags::from_bits_retain(flag)).map_err(|e| IpcNsError::Unshare {
+            kind: kind.to_string(),
+            source: e.into(),
+        })?;
+        Ok(Unshared { own, flag })
+    }
+}
+
 impl Drop for Unshared {
     fn drop(&mut self) {
         // Back into the namespace we came from, through our own fd. Drop cannot return the

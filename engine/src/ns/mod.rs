@@ -1,4 +1,6 @@
-//! Namespaces the tree owns (IPC, UTS).
+//! Namespaces the tree owns (IPC, UTS, PID, network).
 
 pub mod ipc;
+pub mod net;
+pub mod pid;
 pub mod uts;

@@ -10,6 +10,8 @@ use crate::sys::mem::PAGE_SIZE;
 /// The images do not describe something we can restore.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error(transparent)]
+    NetNs(#[from] crate::ns::net::NetNsError),
     #[error("{file}: missing from {dir}")]
     Missing { dir: PathBuf, file: String },
     #[error("cannot read {path}")]
@@ -86,6 +88,8 @@ pub struct DumpImage {
     pub ipc_vars: Option<pb::IpcVarEntry>,
     /// The names of the UTS namespace the tree owned; None when it used the host's.
     pub uts: Option<pb::UtsnsEntry>,
+    /// The network namespace the tree owned: links, addresses, routes.
+    pub net: Option<stasis_netns::NetState>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// tty_info id → bytes waiting to be read on that end of its pty.
@@ -617,6 +621,10 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
     };
     img.ipc_vars = ipc_vars;
     img.uts = uts;
+    img.net = match tree_ns_id(&img.tasks, inv, "network", |i| i.net_ns_id)? {
+        (Some(id), true) => Some(crate::ns::net::load(dir, id)?),
+        _ => None,
+    };
     img.sysv_shm = sysv_shm;
     img.sysv_msg = sysv_msg;
     img.posix_mqueues = posix_mqueues;

@@ -77,6 +77,9 @@ pub struct RestoreOptions {
     pub sibling: bool,
     /// Told at CRIU's action-script points (RPC `notify_scripts`); see [`crate::notify`].
     pub notify: crate::notify::Notifier,
+    /// Names for the outer ends of the veths of a network namespace the tree owned
+    /// (`--veth-pair IN=OUT[@BRIDGE]`).
+    pub veth_pairs: Vec<stasis_netns::VethPair>,
 }
 
 /// A restored tree: its tasks run.
@@ -153,6 +156,10 @@ pub enum RestoreError {
     Uts(#[from] crate::ns::uts::UtsError),
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error(transparent)]
+    PidNs(#[from] crate::ns::pid::PidNsError),
+    #[error(transparent)]
+    NetNs(#[from] crate::ns::net::NetNsError),
     #[error(transparent)]
     Mqueue(#[from] crate::ipc::mqueue::MqError),
     #[error(transparent)]
@@ -280,17 +287,29 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if !opts.allow_shared_images_dir {
         check_images_dir(&opts.images_dir)?;
     }
-    let img = load::load(&opts.images_dir)?;
+    let mut img = load::load(&opts.images_dir)?;
     opts.notify.run(Script::PreRestore, None)?;
-    for t in &img.tasks {
-        for th in &t.threads {
-            wait_pid_free(th.tid)?;
+    // A root of pid 1 is a pid namespace's init: the tree gets a new namespace (see ns::pid),
+    // where every pid is free.
+    let own_pidns = img.tasks[0].pid() == 1;
+    if own_pidns {
+        // The worker inside has a /proc of its own: a /proc/<pid>/fd/N path (the RPC's
+        // images_dir_fd) would not lead anywhere there.
+        if let Ok(d) = std::fs::canonicalize(&img.dir) {
+            img.dir = d;
+        }
+    }
+    if !own_pidns {
+        for t in &img.tasks {
+            for th in &t.threads {
+                wait_pid_free(th.tid)?;
+            }
         }
     }
     raise_nofile_limit();
     // Held until the restore ends: the namespaces this thread moved into, for the root to be
     // forked there.
-    let _namespaces = enter_tree_namespaces(&img)?;
+    let _namespaces = enter_tree_namespaces(&img, opts)?;
     // Queues must exist before the pool opens their fds.
     crate::ipc::mqueue::restore(&img.posix_mqueues, |id| {
         let reg = img.files.get(&id)?.reg.as_ref()?;
@@ -306,34 +325,50 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
-    let (mut created, files) = fork_tree(&img, pool, trampoline, opts.sibling)?;
+    let (mut created, files) = fork_tree(&img, pool, trampoline, opts.sibling, own_pidns)?;
     let forking_time_us = t0.elapsed().as_micros() as u64;
-    let root_pid = img.tasks[0].pid();
+    // The root's pid as the caller sees it (the host's, for a tree with its own namespace).
+    let root_pid = created.root.unwrap_or(img.tasks[0].pid());
     opts.notify.run(Script::SetupNamespaces, Some(root_pid))?;
     opts.notify.run(Script::PostSetupNamespaces, None)?;
-    let (vdso_syscall, pages_restored) = rebuild_tasks(&img, trampoline, &files, &mut created)?;
-    // Segments that were already marked for removal are marked again, now that they are attached.
-    for id in &sysv_to_remove {
-        // SAFETY: shmctl(IPC_RMID) with no buffer.
-        if unsafe { libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
-            return Err(setup_err(format!(
-                "marking System V segment {id} for removal"
-            ))(std::io::Error::last_os_error()));
-        }
-    }
-    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-        finish_threads(t, &img, trampoline, vdso_syscall[&t.pid()], &mut created)?;
-    }
-    opts.notify.run(Script::PostRestore, Some(root_pid))?;
-    // The connections exist again: let their peers' packets through (network-unlock).
-    if let Some(table) = &img.net_lock {
-        if let Err(e) = stasis_netns::nftlock::unlock(table) {
-            log::warn!("cannot remove network lock {table}: {e}");
-        }
-    }
-    opts.notify.run(Script::NetworkUnlock, None)?;
-    opts.notify.run(Script::PreResume, None)?;
-    release_all(&img)?;
+    let steps = Steps {
+        img: &img,
+        trampoline,
+        files: &files,
+        sysv_to_remove: &sysv_to_remove,
+        opts,
+        root_pid,
+    };
+    let pages_restored = if own_pidns {
+        // The stubs' pids are the namespace's: only the worker inside may act on them; ours
+        // is the init's host pid, whose death takes the whole namespace.
+        let mut inside = Created {
+            root: None,
+            root_is_child: false,
+            pids: std::mem::take(&mut created.pids),
+            traced: Vec::new(),
+            armed: true,
+        };
+        let taken: Vec<u32> = img
+            .tasks
+            .iter()
+            .flat_map(|t| t.threads.iter().map(|th| th.tid))
+            .collect();
+        crate::ns::pid::run_inside(root_pid, crate::ns::pid::worker_pid(&taken), move || {
+            steps.run(&mut inside).map_err(|e| {
+                // The chain in one line, as the caller prints it.
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg = format!("{msg}: {s}");
+                    src = s.source();
+                }
+                msg
+            })
+        })?
+    } else {
+        steps.run(&mut created)?
+    };
     created.armed = false;
     opts.notify.run_late(Script::PostResume, None);
     let restored = Restored {
@@ -352,6 +387,64 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     Ok(restored)
 }
 
+/// The restore's steps once the tree is forked, up to the tasks running: in this process, or
+/// in the worker inside the tree's pid namespace (see ns::pid).
+struct Steps<'a> {
+    img: &'a DumpImage,
+    trampoline: u64,
+    files: &'a PoolFds,
+    sysv_to_remove: &'a [i32],
+    opts: &'a RestoreOptions,
+    /// As the caller sees it, for the notifications.
+    root_pid: u32,
+}
+
+impl Steps<'_> {
+    /// Returns the pages restored. `created` is disarmed once every task runs.
+    fn run(&self, created: &mut Created) -> Result<u64, RestoreError> {
+        let (img, opts) = (self.img, self.opts);
+        wait_for_zombies(img);
+        let (vdso_syscall, pages_restored) =
+            rebuild_tasks(img, self.trampoline, self.files, created)?;
+        // Segments that were already marked for removal are marked again, now that they are
+        // attached.
+        for id in self.sysv_to_remove {
+            // SAFETY: shmctl(IPC_RMID) with no buffer.
+            if unsafe { libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
+                return Err(setup_err(format!(
+                    "marking System V segment {id} for removal"
+                ))(std::io::Error::last_os_error()));
+            }
+        }
+        for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+            finish_threads(t, img, self.trampoline, vdso_syscall[&t.pid()], created)?;
+        }
+        opts.notify.run(Script::PostRestore, Some(self.root_pid))?;
+        // The connections exist again: let their peers' packets through (network-unlock).
+        if let Some(table) = &img.net_lock {
+            if let Err(e) = stasis_netns::nftlock::unlock(table) {
+                log::warn!("cannot remove network lock {table}: {e}");
+            }
+        }
+        opts.notify.run(Script::NetworkUnlock, None)?;
+        opts.notify.run(Script::PreResume, None)?;
+        release_all(img)?;
+        created.armed = false;
+        Ok(pages_restored)
+    }
+}
+
+/// Zombies die right after reporting; wait until they have, so the SIGCHLD they send their
+/// parent is pending before the stubs' signals are drained.
+fn wait_for_zombies(img: &DumpImage) {
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_some()) {
+        let end = Instant::now() + Duration::from_secs(2);
+        while proc::stat(t.pid()).map(|s| s.state != 'Z').unwrap_or(false) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// The pool's fds as the tasks will see them once forked (the pool itself is closed in the
 /// restorer after the fork).
 struct PoolFds {
@@ -363,8 +456,19 @@ struct PoolFds {
 /// A tree that owned its IPC or UTS namespace gets a new one, holding its sysctls or names:
 /// this thread moves into it until the restore ends, so the objects made next and the root
 /// task (forked from here) are made there.
-fn enter_tree_namespaces(img: &DumpImage) -> Result<Vec<crate::ns::ipc::Unshared>, RestoreError> {
+fn enter_tree_namespaces(
+    img: &DumpImage,
+    opts: &RestoreOptions,
+) -> Result<Vec<crate::ns::ipc::Unshared>, RestoreError> {
     let mut entered = Vec::new();
+    if let Some(state) = &img.net {
+        let ns = crate::ns::net::make(state, &opts.veth_pairs)?;
+        entered.push(crate::ns::ipc::Unshared::enter(
+            ns.as_fd(),
+            libc::CLONE_NEWNET,
+            "net",
+        )?);
+    }
     if let Some(vars) = &img.ipc_vars {
         entered.push(crate::ns::ipc::Unshared::new()?);
         crate::ns::ipc::write_limits(vars)?;
@@ -383,6 +487,7 @@ fn fork_tree(
     pool: Pool,
     trampoline: u64,
     sibling: bool,
+    own_pidns: bool,
 ) -> Result<(Created, PoolFds), RestoreError> {
     let (ready_r, ready_w0) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup_err("pipe")(e.into()))?;
@@ -407,11 +512,16 @@ fn fork_tree(
     let root_pid = img.tasks[0].pid();
     // A sibling's parent is ours: its stub's parent-death signal follows the caller, who
     // waits for us (runc), rather than us.
-    let (parent, flags) = if sibling {
+    let (mut parent, mut flags) = if sibling {
         (nix::unistd::getppid().as_raw(), libc::CLONE_PARENT as u64)
     } else {
         (nix::unistd::getpid().as_raw(), 0)
     };
+    if own_pidns {
+        // pid 1 of a new namespace; its parent, outside, reads as pid 0 there.
+        flags |= libc::CLONE_NEWPID as u64;
+        parent = 0;
+    }
     match stub::fork_with_pid(root_pid, flags) {
         0 => stub::run(&shared, 0, parent),
         r if r < 0 => {
@@ -425,7 +535,8 @@ fn fork_tree(
                 errno,
             });
         }
-        _ => created.root = Some(root_pid),
+        // The host's pid: the one we can kill it by (for a namespace's init, not 1).
+        r => created.root = Some(r as u32),
     }
     drop(ready_w);
     let files = PoolFds {
@@ -435,14 +546,6 @@ fn fork_tree(
     };
     drop(pool);
     wait_ready(&ready_r, img, &mut created)?;
-    // Zombies die right after reporting; wait until they have, so the SIGCHLD they send their
-    // parent is pending before we drain the stubs' signals below.
-    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_some()) {
-        let end = Instant::now() + Duration::from_secs(2);
-        while proc::stat(t.pid()).map(|s| s.state != 'Z').unwrap_or(false) && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
     Ok((created, files))
 }
 

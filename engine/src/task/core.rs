@@ -51,7 +51,7 @@ pub(crate) fn dump_task(
     let sigactions = signals::dump_sigactions(pid, &leader, scratch)?;
     let brk = leader.call(libc::SYS_brk, &[0]).map_err(ptr_err(pid))? as u64;
     let itimers = timers::dump_itimers(pid, &leader, scratch)?;
-    let posix = timers::dump_posix_timers(pid, &leader, scratch)?;
+    let mut posix = timers::dump_posix_timers(pid, &leader, scratch)?;
     let dumpable = leader
         .call(libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])
         .map_err(ptr_err(pid))?;
@@ -71,6 +71,9 @@ pub(crate) fn dump_task(
     // The last injection into this task: its scratch page goes now, not at release, so that a
     // dumper killed from here on leaves nothing of it behind.
     tree.unmap_scratch(n)?;
+    for t in &mut posix {
+        t.notify_thread_id = t.notify_thread_id.map(|tid| img.pids.v(tid as u32) as i32);
+    }
     let mut tc = task_core(&tree.tasks[n], itimers, posix)?;
     tc.sigactions = sigactions;
     tc.child_subreaper = Some(subreaper);
@@ -78,8 +81,8 @@ pub(crate) fn dump_task(
     // Files and fs.
     dump_files_and_fs(tree, n, opts, img, stats)?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::IDS);
-    w.push(&ids_for(ord, img.ipc_ns_id, img.uts_ns_id));
-    write_file(&img.dir.join(names::ids(pid)), &w.into_bytes())?;
+    w.push(&ids_for(ord, img.ns_ids));
+    write_file(&img.dir.join(names::ids(img.pids.v(pid))), &w.into_bytes())?;
 
     // Memory.
     let from_task = crate::mm::vma::MmFromTask {
@@ -92,11 +95,11 @@ pub(crate) fn dump_task(
     for (i, thread::ThreadCore { tid, mut core, .. }) in cores.into_iter().enumerate() {
         if i == 0 {
             core.tc = Some(tc.clone());
-            core.ids = Some(ids_for(ord, img.ipc_ns_id, img.uts_ns_id));
+            core.ids = Some(ids_for(ord, img.ns_ids));
         }
         let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
         w.push(&core);
-        write_file(&img.dir.join(names::core(tid)), &w.into_bytes())?;
+        write_file(&img.dir.join(names::core(img.pids.v(tid))), &w.into_bytes())?;
     }
     Ok(())
 }
@@ -252,7 +255,7 @@ fn dump_files_and_fs(
         root_id: root,
         umask: Some(status.umask),
     });
-    write_file(&img.dir.join(names::fs(pid)), &w.into_bytes())?;
+    write_file(&img.dir.join(names::fs(img.pids.v(pid))), &w.into_bytes())?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::FDINFO);
     for fd in &fds {
         w.push(fd);
@@ -261,7 +264,8 @@ fn dump_files_and_fs(
 }
 
 /// A zombie is only its exit code and name, as in CRIU (task_state TASK_DEAD).
-pub(crate) fn dump_zombie(task: &Task, dir: &Path) -> Result<(), DumpError> {
+/// `vpid`: its pid as the tree sees it (see `ns::pid`).
+pub(crate) fn dump_zombie(task: &Task, vpid: u32, dir: &Path) -> Result<(), DumpError> {
     let core = pb::CoreEntry {
         mtype: pb::core_entry::March::X8664 as i32,
         tc: Some(pb::TaskCoreEntry {
@@ -274,7 +278,7 @@ pub(crate) fn dump_zombie(task: &Task, dir: &Path) -> Result<(), DumpError> {
     };
     let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
     w.push(&core);
-    write_file(&dir.join(names::core(task.pid)), &w.into_bytes())
+    write_file(&dir.join(names::core(vpid)), &w.into_bytes())
 }
 
 /// The kernel-object id of the `n`th task (0-based). Id 1 is the dumper's own (inventory's
@@ -285,17 +289,37 @@ pub(crate) fn kobj_id(n: usize) -> u32 {
 }
 
 /// Kernel-object ids: stasis refuses shared fd tables, mms and fs structs between processes, so
+/// The image ids of the namespaces a task is in (see `ns`): the dumper's own, or the one the
+/// tree owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NsIds {
+    pub(crate) ipc: u32,
+    pub(crate) uts: u32,
+    pub(crate) net: u32,
+    pub(crate) pid: u32,
+}
+
+impl NsIds {
+    /// The dumper's own namespaces (inventory's root_ids).
+    pub(crate) const HOST: NsIds = NsIds {
+        ipc: crate::ns::ipc::HOST_NS_ID,
+        uts: crate::ns::uts::HOST_NS_ID,
+        net: crate::ns::net::HOST_NS_ID,
+        pid: crate::ns::pid::HOST_NS_ID,
+    };
+}
+
 /// each process owns its own and the ids are its ordinal (see [`kobj_id`]).
-pub(crate) fn ids_for(n: u32, ipc_ns_id: u32, uts_ns_id: u32) -> pb::TaskKobjIdsEntry {
+pub(crate) fn ids_for(n: u32, ns: NsIds) -> pb::TaskKobjIdsEntry {
     pb::TaskKobjIdsEntry {
         vm_id: n,
         files_id: n,
         fs_id: n,
         sighand_id: n,
-        pid_ns_id: None,
-        net_ns_id: None,
-        ipc_ns_id: Some(ipc_ns_id),
-        uts_ns_id: Some(uts_ns_id),
+        pid_ns_id: Some(ns.pid),
+        net_ns_id: Some(ns.net),
+        ipc_ns_id: Some(ns.ipc),
+        uts_ns_id: Some(ns.uts),
         mnt_ns_id: None,
         user_ns_id: None,
         cgroup_ns_id: None,

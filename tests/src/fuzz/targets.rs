@@ -431,6 +431,7 @@ pub fn load_outcome(dir: &Path) -> String {
                 L::Missing { file, .. } => format!("missing {}", norm(file)),
                 L::Read { .. } => "unreadable".into(),
                 L::Invalid { file, .. } => format!("invalid {}", norm(file)),
+                L::NetNs(_) => "bad network namespace images".into(),
                 L::Image(i) => {
                     let kind = match i {
                         I::BadMagic { .. } => "bad magic",

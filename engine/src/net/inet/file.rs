@@ -72,9 +72,16 @@ impl FileKind for InetSocket {
             })
         })?;
         let (root, nft_lock) = (cx.opts.pid, &mut *cx.nft_lock);
+        let own_netns = cx.img.ns_ids.net == crate::ns::net::TREE_NS_ID;
         // The network lock goes up before the connection is read: from then on no segment
         // of the peer reaches it (nor, after the kill, a closed port).
         let mut lock_conn = |local_port: u16, remote_port: u16| -> std::io::Result<()> {
+            if own_netns {
+                // The lock lives in our namespace; the tree's traffic does not cross it.
+                return Err(std::io::Error::other(
+                    "an established TCP connection inside the tree's own network namespace is not supported yet",
+                ));
+            }
             let conn = [stasis_netns::nftlock::Conn {
                 local_port,
                 remote_port,

@@ -1,0 +1,184 @@
+//! A tree that owns its network namespace (as a container does): its links, addresses and
+//! routes are saved in CRIU's images (`netdev-<id>.img`, `ifaddr-<id>.img`, `route-<id>.img`,
+//! `route6-<id>.img`, `netns-<id>.img`) through `stasis_netns`, and the restore makes a new
+//! namespace holding them before it forks the root, as for UTS and IPC. A veth's outer end is
+//! made in the restorer's namespace under the name `--veth-pair IN=OUT` gives.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::images::{magic, names, pb, ImageKind, ImageReader, ImageWriter};
+
+/// Image ids: the dumper's network namespace and one the tree owns (after IPC's and UTS's).
+pub const HOST_NS_ID: u32 = 5;
+pub const TREE_NS_ID: u32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetNsError {
+    #[error("process {pid} is in another network namespace than the root of the tree, which is not supported")]
+    Mixed { pid: u32 },
+    #[error("reading {path} failed")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the tree's network namespace")]
+    Net(#[source] stasis_netns::NetnsError),
+    #[error("writing {path} failed")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}")]
+    Image {
+        file: String,
+        #[source]
+        source: crate::images::ImageError,
+    },
+    #[error("netdev entry {name:?} has an unknown type {kind}")]
+    UnknownType { name: String, kind: i32 },
+}
+
+/// The tree's network namespace when it is not ours, open; every live task must be in it.
+pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, NetNsError> {
+    let id = |pid: &str| {
+        let path = format!("/proc/{pid}/ns/net");
+        std::fs::metadata(&path)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|source| NetNsError::Read { path, source })
+    };
+    let root_ns = id(&root.to_string())?;
+    if root_ns == id("thread-self")? {
+        return Ok(None);
+    }
+    for &pid in tasks {
+        if id(&pid.to_string())? != root_ns {
+            return Err(NetNsError::Mixed { pid });
+        }
+    }
+    let path = format!("/proc/{root}/ns/net");
+    let f = std::fs::File::open(&path).map_err(|source| NetNsError::Read { path, source })?;
+    Ok(Some(f.into()))
+}
+
+fn write(dir: &Path, file: &str, bytes: &[u8]) -> Result<(), NetNsError> {
+    let path = dir.join(file);
+    crate::private::create_private(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+        .map_err(|source| NetNsError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Saves the namespace `ns` as CRIU's images of id [`TREE_NS_ID`] in `dir`.
+pub fn dump(ns: &OwnedFd, dir: &Path) -> Result<(), NetNsError> {
+    let state = stasis_netns::dump(ns.as_fd()).map_err(NetNsError::Net)?;
+    let images = state.to_images();
+    let id = TREE_NS_ID;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::NETDEV);
+    for d in &images.netdev {
+        w.push(&pb::NetDeviceEntry {
+            r#type: d.kind as i32,
+            ifindex: d.ifindex,
+            mtu: d.mtu,
+            flags: d.flags,
+            name: d.name.clone(),
+            address: d.address.clone(),
+            peer_ifindex: d.peer_ifindex,
+            peer_nsid: d.peer_nsid,
+            master: d.master,
+            ..Default::default()
+        });
+    }
+    write(dir, &names::netdev(id), &w.into_bytes())?;
+    write(dir, &names::ifaddr(id), &images.ifaddr)?;
+    write(dir, &names::route(id), &images.route)?;
+    write(dir, &names::route6(id), &images.route6)?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::NETNS);
+    w.push(&pb::NetnsEntry::default());
+    write(dir, &names::netns(id), &w.into_bytes())?;
+    log::info!(
+        "network namespace: {} links, {} addresses, {} routes",
+        state.links.len(),
+        state.addrs.len(),
+        state.routes.len()
+    );
+    Ok(())
+}
+
+/// Reads the namespace of id `id` back from `dir`.
+pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
+    let read = |file: String| {
+        let path = dir.join(&file);
+        std::fs::read(&path).map_err(|source| NetNsError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let file = names::netdev(id);
+    let bytes = read(file.clone())?;
+    let img_err = |source| NetNsError::Image {
+        file: file.clone(),
+        source,
+    };
+    let mut r =
+        ImageReader::new(&file, &bytes, ImageKind::Normal, magic::NETDEV).map_err(img_err)?;
+    let entries: Vec<pb::NetDeviceEntry> = r.all().map_err(img_err)?;
+    let netdev = entries
+        .into_iter()
+        .map(|e| {
+            Ok(stasis_netns::NetDevice {
+                kind: u32::try_from(e.r#type).map_err(|_| NetNsError::UnknownType {
+                    name: e.name.clone(),
+                    kind: e.r#type,
+                })?,
+                ifindex: e.ifindex,
+                mtu: e.mtu,
+                flags: e.flags,
+                name: e.name,
+                address: e.address,
+                peer_ifindex: e.peer_ifindex,
+                peer_nsid: e.peer_nsid,
+                master: e.master,
+            })
+        })
+        .collect::<Result<Vec<_>, NetNsError>>()?;
+    let images = stasis_netns::NetImages {
+        netdev,
+        ifaddr: read(names::ifaddr(id))?,
+        route: read(names::route(id))?,
+        route6: read(names::route6(id))?,
+    };
+    stasis_netns::NetState::from_images(&images).map_err(NetNsError::Net)
+}
+
+/// A new network namespace holding `state`, made from a short-lived thread (the caller
+/// stays where it is, so the veths' outer ends, named by `veth_pairs`, land in the caller's
+/// namespace). The caller then enters it to fork the root there.
+pub fn make(
+    state: &stasis_netns::NetState,
+    veth_pairs: &[stasis_netns::VethPair],
+) -> Result<OwnedFd, NetNsError> {
+    let ns = std::thread::scope(|s| {
+        s.spawn(|| -> Result<OwnedFd, NetNsError> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                NetNsError::Read {
+                    path: "unshare(CLONE_NEWNET)".into(),
+                    source: e.into(),
+                }
+            })?;
+            let path = "/proc/thread-self/ns/net".to_string();
+            Ok(std::fs::File::open(&path)
+                .map_err(|source| NetNsError::Read { path, source })?
+                .into())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })?;
+    stasis_netns::restore(ns.as_fd(), state, veth_pairs).map_err(NetNsError::Net)?;
+    Ok(ns)
+}

@@ -1,0 +1,319 @@
+//! Trees that own namespaces the way a container's do: restored into new ones of their own,
+//! with what they saw inside unchanged.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+/// The pid namespace's init under `unshare --pid --fork` (its only child).
+fn init_of(unshare: u32) -> u32 {
+    let end = Instant::now() + T;
+    loop {
+        let kids = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .unwrap_or_default();
+        if let Some(p) = kids.split_whitespace().next().and_then(|s| s.parse().ok()) {
+            return p;
+        }
+        assert!(Instant::now() < end, "unshare started no init");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn nspid(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The last counter each of "init", "child" and "thread" printed, with the pids they saw.
+fn last_of(lines: &[String], who: &str) -> Option<Vec<u64>> {
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with(who))
+        .map(|l| nums(l))
+}
+
+#[test]
+fn pid_namespace_init_comes_back_as_pid_1_with_its_children() {
+    let _g = serial_root!();
+    if !Path::new("/usr/bin/unshare").exists() {
+        skip(test_name!(), "no /usr/bin/unshare (util-linux)");
+        return;
+    }
+    let w = Workload::start(
+        "pidns",
+        Path::new("/usr/bin/unshare"),
+        &["--pid", "--fork", workload("pidns").to_str().expect("utf8")],
+    );
+    let init = init_of(w.pid);
+    w.wait_lines(9, T);
+    assert_eq!(
+        nspid(init),
+        [init, 1],
+        "the workload is its namespace's init"
+    );
+    let img = w.images();
+    let img_s = img.to_str().expect("utf8");
+    let out = stasis(&[
+        "dump",
+        "-t",
+        &init.to_string(),
+        "-D",
+        img_s,
+        "-o",
+        "dump.log",
+        "-v4",
+    ]);
+    check_ok("dump", &out);
+    // The init died with the dump; unshare, its parent, follows.
+    reap(w.pid);
+    let before = w.lines();
+    let (init_n, child_n, thread_n) = (
+        last_of(&before, "init").expect("init line"),
+        last_of(&before, "child").expect("child line"),
+        last_of(&before, "thread").expect("thread line"),
+    );
+    assert!(
+        img.join("core-1.img").exists(),
+        "images hold the pids the tree sees"
+    );
+    let pidfile = img.join("restored.pid");
+    let out = stasis(&[
+        "restore",
+        "-D",
+        img_s,
+        "-d",
+        "-o",
+        "restore.log",
+        "-v4",
+        "--pidfile",
+        pidfile.to_str().expect("utf8"),
+    ]);
+    check_ok("restore", &out);
+    let root: u32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(nspid(root).last(), Some(&1), "pid 1 in a new namespace");
+    let n = before.len();
+    let after = w.wait_lines(n + 9, T);
+    kill_tree(&[root]);
+    let new = &after[n..];
+    let i = last_of(new, "init").expect("init runs on");
+    let c = last_of(new, "child").expect("child runs on");
+    let t = last_of(new, "thread").expect("thread runs on");
+    assert_eq!(i[0], 1, "init still sees itself as pid 1: {new:?}");
+    assert_eq!((c[0], c[1]), (2, 1), "child keeps pid 2 and parent 1");
+    assert_eq!(t[0], thread_n[0], "thread keeps its tid");
+    assert!(i[1] > init_n[1] && c[2] > child_n[2] && t[1] > thread_n[1]);
+    // Each counter, over the whole run, goes 0, 1, 2...: nothing lost or repeated across the
+    // checkpoint.
+    for who in ["init", "child", "thread"] {
+        let seq: Vec<u64> = after
+            .iter()
+            .filter(|l| l.starts_with(who))
+            .filter_map(|l| nums(l).last().copied())
+            .collect();
+        let want: Vec<u64> = (0..seq.len() as u64).collect();
+        assert_eq!(seq, want, "{who}'s count");
+    }
+}
+
+/// Runs `ip` (a test fixture: the product never shells out), asserting success.
+fn ip(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip` inside the network namespace of `pid`.
+fn ip_in(pid: u32, args: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "ip"])
+        .args(args)
+        .output()
+        .expect("run nsenter");
+    assert!(
+        out.status.success(),
+        "nsenter ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asks the server at `addr` for its next count.
+fn ask(addr: &str) -> Option<u64> {
+    use std::io::Read;
+    let a: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.trim().strip_prefix("count ")?.parse().ok()
+}
+
+/// Deletes the host end of the test's veth whatever happens.
+struct HostLink(&'static str);
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", self.0])
+            .output();
+    }
+}
+
+const COUNT_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7079))
+s.listen(8)
+print("ready", flush=True)
+n = 0
+while True:
+    c, _ = s.accept()
+    n += 1
+    c.sendall(b"count %d\n" % n)
+    c.close()
+    print("served", n, flush=True)
+"#;
+
+#[test]
+fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
+    let _g = serial_root!();
+    for tool in ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/python3"] {
+        if !Path::new(tool).exists() {
+            skip(test_name!(), &format!("no {tool}"));
+            return;
+        }
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        skip(test_name!(), "no ip (iproute2) to build the fixture");
+        return;
+    }
+    let (inside, outside) = ("stv0", "sth0");
+    let _host = HostLink(outside);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", outside])
+        .output();
+    let w = Workload::start(
+        "netns",
+        Path::new("/usr/bin/unshare"),
+        &["--net", "/usr/bin/python3", "-c", COUNT_SERVER],
+    );
+    w.wait_lines(1, T);
+    let pid = w.pid.to_string();
+    ip(&[
+        "link", "add", inside, "type", "veth", "peer", "name", outside,
+    ]);
+    ip(&["link", "set", inside, "netns", &pid]);
+    ip_in(w.pid, &["link", "set", "lo", "up"]);
+    ip_in(
+        w.pid,
+        &[
+            "link",
+            "set",
+            inside,
+            "mtu",
+            "1400",
+            "address",
+            "02:00:00:00:79:02",
+        ],
+    );
+    ip_in(w.pid, &["addr", "add", "10.79.0.2/24", "dev", inside]);
+    ip_in(w.pid, &["link", "set", inside, "up"]);
+    ip_in(
+        w.pid,
+        &[
+            "route",
+            "add",
+            "10.80.0.0/16",
+            "via",
+            "10.79.0.1",
+            "metric",
+            "50",
+        ],
+    );
+    ip(&["addr", "add", "10.79.0.1/24", "dev", outside]);
+    ip(&["link", "set", outside, "up"]);
+    assert_eq!(ask("10.79.0.2:7079"), Some(1), "the server answers before");
+    let routes_before = ip_in(w.pid, &["-4", "route", "show"]);
+
+    let img = w.images();
+    let img_s = img.to_str().expect("utf8");
+    check_ok(
+        "dump",
+        &stasis(&["dump", "-t", &pid, "-D", img_s, "-o", "dump.log", "-v4"]),
+    );
+    reap(w.pid);
+    for f in ["netdev-6.img", "ifaddr-6.img", "route-6.img", "netns-6.img"] {
+        assert!(img.join(f).exists(), "{f} written");
+    }
+    // The namespace died with the tree, and the veth pair with it.
+    let end = Instant::now() + T;
+    while Path::new(&format!("/sys/class/net/{outside}")).exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_pid_gone(w.pid);
+
+    let pair = format!("{inside}={outside}");
+    check_ok(
+        "restore",
+        &stasis(&[
+            "restore",
+            "-D",
+            img_s,
+            "-d",
+            "-o",
+            "restore.log",
+            "-v4",
+            "--veth-pair",
+            &pair,
+        ]),
+    );
+    ip(&["addr", "add", "10.79.0.1/24", "dev", outside]);
+    ip(&["link", "set", outside, "up"]);
+    let link = ip_in(w.pid, &["-o", "link", "show", inside]);
+    kill_on_panic(w.pid, || {
+        assert!(link.contains("mtu 1400"), "{link}");
+        assert!(link.contains("02:00:00:00:79:02"), "{link}");
+        assert!(ip_in(w.pid, &["-o", "-4", "addr"]).contains("10.79.0.2/24"));
+        assert_eq!(ip_in(w.pid, &["-4", "route", "show"]), routes_before);
+        // The same process, its count carried on, answering through the restored veth.
+        assert_eq!(ask("10.79.0.2:7079"), Some(2));
+    });
+    kill_tree(&[w.pid]);
+}
+
+fn wait_pid_gone(pid: u32) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < end {
+        reap(pid);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the checks; a failure kills the restored tree before it propagates.
+fn kill_on_panic(pid: u32, f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        kill_tree(&[pid]);
+        std::panic::resume_unwind(p);
+    }
+}

@@ -81,7 +81,10 @@ pub fn create_private_named(path: &Path) -> io::Result<File> {
 /// Writes `bytes` to a new private file (see [`create_private`]).
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    create_private(path)?.write_all(bytes)
+    let mut f = create_private(path)?;
+    // The fault point (tests only) fails as a full disk would: the file made, its content not.
+    crate::fault::write_point(path)?;
+    f.write_all(bytes)
 }
 
 /// Mode of a directory stasis creates.

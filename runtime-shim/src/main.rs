@@ -289,7 +289,10 @@ fn main() -> ExitCode {
         // SAFETY: the caller asked us to close this fd of ours (CRIU's --close).
         unsafe { libc::close(fd) };
     }
-    match run(&cfg) {
+    let result = run(&cfg);
+    // Tests only: how many fault points this run reached (see stasis::fault).
+    stasis::fault::report();
+    match result {
         Ok(code) => code,
         Err(e) => {
             if LOG_TO_FILE.load(std::sync::atomic::Ordering::Relaxed) {

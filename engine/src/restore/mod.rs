@@ -280,6 +280,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if !opts.allow_shared_images_dir {
         check_images_dir(&opts.images_dir)?;
     }
+    step("load")?;
     let img = load::load(&opts.images_dir)?;
     opts.notify.run(Script::PreRestore, None)?;
     for t in &img.tasks {
@@ -288,17 +289,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     raise_nofile_limit();
+    step("namespaces")?;
     // Held until the restore ends: the namespaces this thread moved into, for the root to be
     // forked there.
     let _namespaces = enter_tree_namespaces(&img)?;
     // Queues must exist before the pool opens their fds.
+    step("message queues")?;
     crate::ipc::mqueue::restore(&img.posix_mqueues, |id| {
         let reg = img.files.get(&id)?.reg.as_ref()?;
         let name = reg.name.strip_prefix(crate::ipc::mqueue::PATH_PREFIX)?;
         Some(name.to_string())
     })?;
+    step("pool")?;
     let pool = Pool::build(&img, opts)?;
+    step("file locks")?;
     crate::files::locks::take_file_locks(&img, &pool.by_file)?;
+    step("System V objects")?;
     let sysv_to_remove = crate::ipc::shm::prepare(&img)?;
     crate::ipc::sysv::restore_msg(&img.sysv_msg)?;
     crate::ipc::sysv::restore_sem(&img.sysv_sem)?;
@@ -306,6 +312,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
+    step("fork")?;
     let (mut created, files) = fork_tree(&img, pool, trampoline, opts.sibling)?;
     let forking_time_us = t0.elapsed().as_micros() as u64;
     let root_pid = img.tasks[0].pid();
@@ -322,6 +329,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        step(format_args!("threads of task {}", t.pid()))?;
         finish_threads(t, &img, trampoline, vdso_syscall[&t.pid()], &mut created)?;
     }
     opts.notify.run(Script::PostRestore, Some(root_pid))?;
@@ -464,6 +472,7 @@ fn rebuild_tasks(
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let pid = t.pid();
+        step(format_args!("seize of task {pid}"))?;
         ptrace::seize(pid, seize_options).map_err(ptr_err(pid))?;
         created.traced.push(pid);
         ptrace::interrupt_and_wait(pid, pid).map_err(ptr_err(pid))?;
@@ -475,6 +484,7 @@ fn rebuild_tasks(
     }
     let mut kind_slots = crate::files::kind::Slots::default();
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        step(format_args!("rebuild of task {}", t.pid()))?;
         let r = Remote::new(t.pid(), trampoline, sigtrap_at_risk(t))?;
         let vdso = restore_mm(
             &r,
@@ -545,6 +555,7 @@ fn finish_threads(
 /// again before running a single instruction).
 fn release_all(img: &DumpImage) -> Result<(), RestoreError> {
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        step(format_args!("release of task {}", t.pid()))?;
         if t.tc().task_state == crate::images::TASK_STOPPED {
             let sig = t.tc().stop_signo.unwrap_or(libc::SIGSTOP as u32) as libc::c_int;
             // SAFETY: kill(2) of a task we created and still trace.
@@ -576,6 +587,12 @@ fn wait_pid_free(pid: u32) -> Result<(), RestoreError> {
             Ok(_) => return Err(RestoreError::PidTaken { pid }),
         }
     }
+}
+
+/// A fault point of a restore step (see [`crate::fault`]): fails as the step would.
+pub(crate) fn step(name: impl std::fmt::Display) -> Result<(), RestoreError> {
+    crate::fault::point(format_args!("restore: {name}"))
+        .map_err(|source| setup_err(name.to_string())(source))
 }
 
 fn write_stats(work: &Path, r: &Restored) -> std::io::Result<()> {

@@ -83,8 +83,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut f = create_private(path)?;
     // The fault point (tests only) fails as a full disk would: the file made, its content not.
-    crate::fault::write_point(path)?;
-    f.write_all(bytes)
+    // A write that fails leaves no partial file, which a reader could take for a whole one.
+    crate::fault::write_point(path)
+        .and_then(|()| f.write_all(bytes))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })
 }
 
 /// Mode of a directory stasis creates.

@@ -262,7 +262,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     stats.frozen_time_us = frozen_at.elapsed().as_micros() as u64;
     let work = opts.work_dir.clone().unwrap_or_else(|| images_dir.clone());
-    write_stats(&work, &stats)?;
+    // Too late to fail: the images are complete and the tree is gone (or let go). As CRIU.
+    if let Err(e) = write_stats(&work, &stats) {
+        let why = std::error::Error::source(&e).map(|s| s.to_string());
+        log::warn!("{e}: {}", why.unwrap_or_default());
+    }
     Ok(stats)
 }
 

@@ -2,8 +2,9 @@
 //! syscalls injected through ptrace (no restorer blob runs inside the task).
 //!
 //! A failed restore kills every task it created and never writes to the images dir (only
-//! `stats-restore` to the work dir, after success). It refuses an images dir others can write
-//! to before reading anything from it ([`check_images_dir`]).
+//! `stats-restore` to the work dir, after success, and a pidfile there, removed on failure).
+//! It refuses an images dir others can write to before reading anything from it
+//! ([`check_images_dir`]).
 
 pub mod load;
 mod pool;
@@ -77,6 +78,9 @@ pub struct RestoreOptions {
     pub sibling: bool,
     /// Told at CRIU's action-script points (RPC `notify_scripts`); see [`crate::notify`].
     pub notify: crate::notify::Notifier,
+    /// Where the root's pid goes (`--pidfile`; a relative path is in the work dir). Written
+    /// before the tasks are let go, so a restore that cannot write it leaves nothing running.
+    pub pidfile: Option<PathBuf>,
 }
 
 /// A restored tree: its tasks run.
@@ -341,8 +345,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     opts.notify.run(Script::NetworkUnlock, None)?;
     opts.notify.run(Script::PreResume, None)?;
+    let pidfile = write_pidfile(opts, root_pid)?;
     release_all(&img)?;
     created.armed = false;
+    pidfile.keep();
     opts.notify.run_late(Script::PostResume, None);
     let restored = Restored {
         root_pid,
@@ -593,6 +599,45 @@ fn wait_pid_free(pid: u32) -> Result<(), RestoreError> {
 pub(crate) fn step(name: impl std::fmt::Display) -> Result<(), RestoreError> {
     crate::fault::point(format_args!("restore: {name}"))
         .map_err(|source| setup_err(name.to_string())(source))
+}
+
+/// The pidfile, written before the tasks are let go: removed again unless [`Pidfile::keep`]
+/// says the restore succeeded, so a failed restore names no pid.
+struct Pidfile(Option<PathBuf>);
+
+impl Pidfile {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn write_pidfile(opts: &RestoreOptions, pid: u32) -> Result<Pidfile, RestoreError> {
+    let Some(given) = &opts.pidfile else {
+        return Ok(Pidfile(None));
+    };
+    let work = opts.work_dir.as_ref().unwrap_or(&opts.images_dir);
+    let path = work.join(given);
+    let what = || format!("cannot write pidfile {}", path.display());
+    let mut f = crate::private::create_output(given, &path).map_err(|e| setup_err(what())(e))?;
+    // Removed on failure only if a regular file: a device (`/dev/stdout`) is the user's.
+    let guard = Pidfile(
+        f.metadata()
+            .is_ok_and(|m| m.is_file())
+            .then(|| path.clone()),
+    );
+    use std::io::Write;
+    crate::fault::write_point(&path)
+        .and_then(|()| f.write_all(pid.to_string().as_bytes()))
+        .map_err(|e| setup_err(what())(e))?;
+    Ok(guard)
 }
 
 fn write_stats(work: &Path, r: &Restored) -> std::io::Result<()> {

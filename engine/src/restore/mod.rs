@@ -8,6 +8,7 @@
 
 pub mod load;
 mod pool;
+mod reap;
 mod stub;
 
 use pool::Pool;
@@ -243,6 +244,8 @@ struct Created {
     pids: Vec<u32>,
     traced: Vec<u32>,
     armed: bool,
+    /// Every pid of the tree, reaped on failure.
+    tree: Vec<u32>,
 }
 
 impl Drop for Created {
@@ -250,6 +253,13 @@ impl Drop for Created {
         if !self.armed {
             return;
         }
+        // The tasks killed below are reparented to us, to be reaped here rather than by init.
+        // Not a sibling root's: it and its children descend from our parent, not from us.
+        let reaper = if self.root_is_child {
+            reap::Reaper::start()
+        } else {
+            None
+        };
         for &pid in self.pids.iter().chain(self.root.iter()) {
             // SAFETY: plain kill(2) of a task we created.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -268,6 +278,9 @@ impl Drop for Created {
             let mut st = 0;
             // SAFETY: waitpid on our own child.
             unsafe { libc::waitpid(root as libc::pid_t, &mut st, libc::__WALL) };
+        }
+        if let Some(r) = &reaper {
+            r.reap(&self.tree);
         }
     }
 }
@@ -417,6 +430,7 @@ fn fork_tree(
         pids: Vec::new(),
         traced: Vec::new(),
         armed: true,
+        tree: img.tasks.iter().map(|t| t.pid()).collect(),
     };
     let root_pid = img.tasks[0].pid();
     // A sibling's parent is ours: its stub's parent-death signal follows the caller, who

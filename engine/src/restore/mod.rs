@@ -312,19 +312,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let _namespaces = enter_tree_namespaces(&img)?;
     // Queues must exist before the pool opens their fds.
     step("message queues")?;
-    crate::ipc::mqueue::restore(&img.posix_mqueues, |id| {
+    let mut ipc_made = crate::ipc::Made::default();
+    let name_of = |id| {
         let reg = img.files.get(&id)?.reg.as_ref()?;
         let name = reg.name.strip_prefix(crate::ipc::mqueue::PATH_PREFIX)?;
         Some(name.to_string())
-    })?;
+    };
+    crate::ipc::mqueue::restore(&img.posix_mqueues, name_of, &mut ipc_made)?;
     step("pool")?;
     let pool = Pool::build(&img, opts)?;
     step("file locks")?;
     crate::files::locks::take_file_locks(&img, &pool.by_file)?;
     step("System V objects")?;
-    let sysv_to_remove = crate::ipc::shm::prepare(&img)?;
-    crate::ipc::sysv::restore_msg(&img.sysv_msg)?;
-    crate::ipc::sysv::restore_sem(&img.sysv_sem)?;
+    let sysv_to_remove = crate::ipc::shm::prepare(&img, &mut ipc_made)?;
+    crate::ipc::sysv::restore_msg(&img.sysv_msg, &mut ipc_made)?;
+    crate::ipc::sysv::restore_sem(&img.sysv_sem, &mut ipc_made)?;
     if let Some(vars) = &img.ipc_vars {
         crate::ns::ipc::write_next_ids(vars)?;
     }
@@ -362,6 +364,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     release_all(&img)?;
     created.armed = false;
     pidfile.keep();
+    ipc_made.keep();
     opts.notify.run_late(Script::PostResume, None);
     let restored = Restored {
         root_pid,

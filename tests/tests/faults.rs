@@ -294,3 +294,150 @@ fn every_write_of_a_dump_and_every_step_of_a_restore_fail_cleanly() {
         ERRNOS.len()
     );
 }
+
+/// The host's IPC objects of `key` and the POSIX queue `name`, removed when dropped (and on
+/// demand): what a test makes must not outlive it.
+struct HostIpc {
+    key: libc::key_t,
+    name: std::ffi::CString,
+}
+
+impl HostIpc {
+    /// Which of them exist: message queue, semaphore set, segment, POSIX queue.
+    fn present(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        // SAFETY: lookups without IPC_CREAT or O_CREAT; a POSIX queue found is closed at once.
+        unsafe {
+            if libc::msgget(self.key, 0) >= 0 {
+                out.push("message queue");
+            }
+            if libc::semget(self.key, 0, 0) >= 0 {
+                out.push("semaphore set");
+            }
+            if libc::shmget(self.key, 0, 0) >= 0 {
+                out.push("shared memory segment");
+            }
+            let q = libc::mq_open(self.name.as_ptr(), libc::O_RDONLY);
+            if q >= 0 {
+                libc::mq_close(q);
+                out.push("POSIX message queue");
+            }
+        }
+        out
+    }
+
+    fn remove(&self) {
+        // SAFETY: lookups by key, then IPC_RMID of what they found; mq_unlink of our name.
+        unsafe {
+            let q = libc::msgget(self.key, 0);
+            if q >= 0 {
+                libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut());
+            }
+            let s = libc::semget(self.key, 0, 0);
+            if s >= 0 {
+                libc::semctl(s, 0, libc::IPC_RMID);
+            }
+            let m = libc::shmget(self.key, 0, 0);
+            if m >= 0 {
+                libc::shmctl(m, libc::IPC_RMID, std::ptr::null_mut());
+            }
+            libc::mq_unlink(self.name.as_ptr());
+        }
+    }
+}
+
+impl Drop for HostIpc {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The IPC objects a restore has to make (they are gone, as on another host) are removed
+/// again by a restore that fails at any step after making them.
+#[test]
+fn ipc_objects_a_failed_restore_made_are_removed() {
+    let _g = serial_root!();
+    let key = 0x7f7f_0000 + (std::process::id() & 0xffff) as libc::key_t;
+    let name = format!("/stasis-faults-{}", std::process::id());
+    let ipc = HostIpc {
+        key,
+        name: std::ffi::CString::new(name.clone()).expect("no NUL"),
+    };
+    ipc.remove();
+    let script = format!(
+        r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+class Attr(ctypes.Structure): _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long), ("cur", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+class Msg(ctypes.Structure): _fields_ = [("mtype", ctypes.c_long), ("text", ctypes.c_char * 64)]
+class Sembuf(ctypes.Structure): _fields_ = [("num", ctypes.c_ushort), ("op", ctypes.c_short), ("flg", ctypes.c_short)]
+mq = libc.mq_open(b"{name}", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600, ctypes.byref(Attr(0, 4, 64, 0)))
+assert mq >= 0, ctypes.get_errno()
+assert libc.mq_send(mq, b"posix", 5, 1) == 0
+q = libc.msgget({key}, 0o1000 | 0o600)
+m = Msg(3, b"sysv"); assert libc.msgsnd(q, ctypes.byref(m), 4, 0) == 0
+sem = libc.semget({key}, 2, 0o1000 | 0o600)
+assert libc.semop(sem, (Sembuf * 1)(Sembuf(1, 4, 0)), 1) == 0
+base = libc.shmat(libc.shmget({key}, 4096, 0o1000 | 0o600), None, 0)
+ctypes.memmove(base, b"shared", 6)
+print("ready", flush=True)
+n = 0
+while not os.path.exists("go"):
+    n += 1; print(n, flush=True); time.sleep(0.02)
+buf = ctypes.create_string_buffer(64); prio = ctypes.c_uint()
+k = libc.mq_receive(mq, buf, 64, ctypes.byref(prio))
+m = Msg(); j = libc.msgrcv(q, ctypes.byref(m), 64, 0, 0o4000)
+print("got", buf.raw[:k].decode(), m.text[:j].decode(), libc.semctl(sem, 1, 12), ctypes.string_at(base, 6).decode(), flush=True)
+while True: time.sleep(1)
+"#
+    );
+    let w = Workload::python("faults-ipc", &script);
+    w.wait_lines(2, T);
+    let pids = tree_and_session(w.pid);
+    let img = w.images();
+    let img_s = img.to_str().expect("utf8");
+    check_ok(
+        "dump",
+        &stasis(&["dump", "-t", &w.pid.to_string(), "-D", img_s]),
+    );
+    kill_and_wait_gone(&pids);
+    assert_eq!(ipc.present().len(), 4, "the objects outlive the tree");
+    ipc.remove();
+    let restore = ["restore", "-D", img_s, "-d"];
+    let names = points("counting restore", &stasis_faulty("count", &restore));
+    assert_eq!(ipc.present().len(), 4, "the restore made them all again");
+    kill_and_wait_gone(&pids);
+    ipc.remove();
+    for n in 1..=names.len() {
+        let what = format!("restore point {n} ({})", names[n - 1]);
+        let o = stasis_faulty(&format!("{n}:EIO"), &restore);
+        if o.status.success() {
+            kill_and_wait_gone(&pids);
+            ipc.remove();
+            continue;
+        }
+        assert!(
+            pids.iter()
+                .all(|p| !Path::new(&format!("/proc/{p}")).exists()),
+            "{what}: a task was left behind"
+        );
+        assert_eq!(ipc.present(), Vec::<&str>::new(), "{what}: left behind");
+    }
+    check_ok("final restore", &stasis(&restore));
+    std::fs::write(w.dir.join("go"), b"").expect("go");
+    let end = Instant::now() + T;
+    let got = loop {
+        let got = w.lines().into_iter().find(|l| l.starts_with("got "));
+        if got.is_some() || Instant::now() > end {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    kill_and_wait_gone(&pids);
+    assert_eq!(got.as_deref(), Some("got posix sysv 4 shared"));
+    println!(
+        "faults: restore {} points with IPC objects to make: none left behind",
+        names.len()
+    );
+}

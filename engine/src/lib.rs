@@ -8,9 +8,11 @@
 //!
 //! Layout: one module per kind of kernel object, each holding both its dump and its restore
 //! (`task`, `mm`, `files`, `net`, `ipc`, `ns`); `freeze` stops and releases the tree; `sys` is
-//! the syscall seam; `dump` and `restore` only order the steps.
+//! the syscall seam; `dump` and `restore` only order the steps; `fault` is the tests' fault
+//! injection seam.
 
 pub mod dump;
+pub mod fault;
 pub mod files;
 pub mod freeze;
 pub mod images;

@@ -78,10 +78,29 @@ pub fn create_private_named(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// Creates the log file or pidfile the user gave as `given`, at `path` (a relative `given`
+/// joined to the work dir), 0600 (see docs/security.md): a relative name lands among stasis's own files and is created like
+/// them ([`create_private`]), never through a link; an absolute one is the user's path, opened
+/// as given ([`create_private_named`]: `/dev/stderr`, `/dev/null`).
+pub fn create_output(given: &Path, path: &Path) -> io::Result<File> {
+    if given.is_absolute() {
+        create_private_named(path)
+    } else {
+        create_private(path)
+    }
+}
+
 /// Writes `bytes` to a new private file (see [`create_private`]).
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    create_private(path)?.write_all(bytes)
+    let mut f = create_private(path)?;
+    // The fault point (tests only) fails as a full disk would: the file made, its content not.
+    // A write that fails leaves no partial file, which a reader could take for a whole one.
+    crate::fault::write_point(path)
+        .and_then(|()| f.write_all(bytes))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })
 }
 
 /// Mode of a directory stasis creates.

@@ -47,18 +47,6 @@ impl log::Log for Logger {
     }
 }
 
-/// Creates the log file or pidfile `given` (at `path`, relative ones joined to the work dir),
-/// 0600 (see docs/security.md). A relative name lands in the work dir, among stasis's own
-/// files, and is created like them, never through a link; an absolute one is the user's
-/// path, opened as given (`/dev/stderr`, `/dev/null`).
-fn create_output(given: &Path, path: &Path) -> std::io::Result<std::fs::File> {
-    if given.is_absolute() {
-        stasis::private::create_private_named(path)
-    } else {
-        stasis::private::create_private(path)
-    }
-}
-
 fn setup_log(c: &Config) -> Result<()> {
     let level = match c.verbosity {
         0 => log::LevelFilter::Off,
@@ -73,7 +61,7 @@ fn setup_log(c: &Config) -> Result<()> {
             let path = work_path(c, f);
             LOG_TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
             Box::new(
-                create_output(f, &path)
+                stasis::private::create_output(f, &path)
                     .with_context(|| format!("cannot create log file {}", path.display()))?,
             )
         }
@@ -186,6 +174,8 @@ fn restore_options(c: &Config) -> RestoreOptions {
         tcp_close: c.tcp_close,
         allow_shared_images_dir: allow_shared_images_dir(),
         veth_pairs: c.veth_pairs.clone(),
+        // Relative to the work directory, where CRIU has already chdir'ed.
+        pidfile: c.pidfile.clone(),
         ..Default::default()
     }
 }
@@ -208,13 +198,6 @@ fn run_restore(c: &Config) -> Result<ExitCode> {
     let opts = restore_options(c);
     let r = restore::restore(&opts)
         .with_context(|| format!("restore from {} failed", c.images_dir.display()))?;
-    if let Some(p) = &c.pidfile {
-        // Relative to the work directory, where CRIU has already chdir'ed.
-        let path = work_path(c, p);
-        create_output(p, &path)
-            .and_then(|mut f| f.write_all(format!("{}", r.root_pid).as_bytes()))
-            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
-    }
     log::info!(
         "restored tree rooted at {} in {} us",
         r.root_pid,
@@ -290,7 +273,10 @@ fn main() -> ExitCode {
         // SAFETY: the caller asked us to close this fd of ours (CRIU's --close).
         unsafe { libc::close(fd) };
     }
-    match run(&cfg) {
+    let result = run(&cfg);
+    // Tests only: how many fault points this run reached (see stasis::fault).
+    stasis::fault::report();
+    match result {
         Ok(code) => code,
         Err(e) => {
             if LOG_TO_FILE.load(std::sync::atomic::Ordering::Relaxed) {

@@ -266,7 +266,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     stats.frozen_time_us = frozen_at.elapsed().as_micros() as u64;
     let work = opts.work_dir.clone().unwrap_or_else(|| images_dir.clone());
-    write_stats(&work, &stats)?;
+    // Too late to fail: the images are complete and the tree is gone (or let go). As CRIU.
+    if let Err(e) = write_stats(&work, &stats) {
+        let why = std::error::Error::source(&e).map(|s| s.to_string());
+        log::warn!("{e}: {}", why.unwrap_or_default());
+    }
     Ok(stats)
 }
 
@@ -584,8 +588,19 @@ fn write_inventory(dir: &Path, nft_lock: Option<&str>) -> Result<(), DumpError> 
     };
     let mut w = ImageWriter::new(ImageKind::Inventory, magic::INVENTORY);
     w.push(&inv);
-    write_file(&dir.join(names::INVENTORY), &w.into_bytes())
+    // Written aside, then renamed: a write that fails (a full disk) leaves no inventory.img,
+    // not even an empty or partial one, which would make the directory look complete.
+    let (part, path) = (dir.join(INVENTORY_PART), dir.join(names::INVENTORY));
+    crate::private::write_private(&part, &w.into_bytes())
+        .and_then(|()| std::fs::rename(&part, &path))
+        .map_err(|source| {
+            let _ = std::fs::remove_file(&part);
+            DumpError::Write { path, source }
+        })
 }
+
+/// Where inventory.img is written before it is renamed into place.
+const INVENTORY_PART: &str = ".inventory.img.part";
 
 /// CRIU's `network_lock_method` value for nftables (the table is `stasis-<dump_criu_run_id>`).
 pub const NETWORK_LOCK_NFTABLES: u32 = 2;

@@ -4,11 +4,54 @@ pub mod mqueue;
 pub mod shm;
 pub mod sysv;
 
+use std::ffi::CString;
 use std::os::fd::AsRawFd;
 
 use crate::dump::{write_file, DumpError, DumpStats, Images};
 use crate::images::{magic, names, ImageKind, ImageWriter};
 use crate::proc;
+
+/// The IPC objects a restore made, because they were missing (those it found are not
+/// listed): removed again when dropped unless [`Made::keep`] says the restore succeeded, so a
+/// failed restore leaves the host's IPC namespace with the objects it had.
+#[derive(Default)]
+pub struct Made {
+    pub(crate) mqueues: Vec<CString>,
+    pub(crate) shm: Vec<i32>,
+    pub(crate) msg: Vec<i32>,
+    pub(crate) sem: Vec<i32>,
+}
+
+impl Made {
+    /// The restore succeeded: the objects stay.
+    pub fn keep(mut self) {
+        self.mqueues.clear();
+        self.shm.clear();
+        self.msg.clear();
+        self.sem.clear();
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        // SAFETY: IPC_RMID of ids we created, and mq_unlink of a name we created; none reads
+        // or writes our memory but the NUL-terminated name.
+        unsafe {
+            for &id in &self.shm {
+                libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            }
+            for &id in &self.msg {
+                libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            }
+            for &id in &self.sem {
+                libc::semctl(id, 0, libc::IPC_RMID);
+            }
+            for name in &self.mqueues {
+                libc::mq_unlink(name.as_ptr());
+            }
+        }
+    }
+}
 
 /// System V objects and POSIX message queues, on the calling thread's IPC namespace: those the
 /// tree uses of the host's, or every one of a namespace the tree owns (`whole_ns`), with its

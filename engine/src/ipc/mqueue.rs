@@ -259,8 +259,12 @@ fn skip(pid: u32, e: &io::Error) -> bool {
 
 /// Makes every queue exist: one that outlived the tree (same host) is left as it is; a missing
 /// one is created with its attributes, owner and mode, and refilled. `name_of` gives the queue's
-/// name ("/name") from its file id.
-pub fn restore(queues: &[Queue], name_of: impl Fn(u32) -> Option<String>) -> Result<(), MqError> {
+/// name ("/name") from its file id. Each queue created is listed in `made`.
+pub fn restore(
+    queues: &[Queue],
+    name_of: impl Fn(u32) -> Option<String>,
+    made: &mut crate::ipc::Made,
+) -> Result<(), MqError> {
     for (e, msgs) in queues {
         let Some(name) = name_of(e.desc.id) else {
             continue;
@@ -285,6 +289,7 @@ pub fn restore(queues: &[Queue], name_of: impl Fn(u32) -> Option<String>) -> Res
             )
             .map_err(|e| sys(&name, Step::Create)(e.into()))?,
         ));
+        made.mqueues.push(cname);
         // On Linux a queue descriptor is a file descriptor: set the exact mode (mq_open applies
         // the umask) and owner.
         fchmod(mqd.get(), mode)

@@ -70,9 +70,12 @@ pub(crate) fn dump_idle_segment(
 
 /// Makes sure every dumped System V segment exists with its id, key, size and mode, and holds
 /// the dumped content. On this host the segment usually outlived the killed tree and is reused;
-/// elsewhere it is created with the same id (kernel.shm_next_id). Returns the ids to mark for
-/// removal again once attached.
-pub(crate) fn prepare(img: &DumpImage) -> Result<Vec<i32>, RestoreError> {
+/// elsewhere it is created with the same id (kernel.shm_next_id), and listed in `made`.
+/// Returns the ids to mark for removal again once attached.
+pub(crate) fn prepare(
+    img: &DumpImage,
+    made: &mut crate::ipc::Made,
+) -> Result<Vec<i32>, RestoreError> {
     let mut to_remove = Vec::new();
     for (e, pagemap, pages) in &img.sysv_shm {
         let d = &e.desc;
@@ -96,6 +99,9 @@ pub(crate) fn prepare(img: &DumpImage) -> Result<Vec<i32>, RestoreError> {
                         libc::IPC_CREAT | libc::IPC_EXCL | (d.mode & 0o777) as i32,
                     )
                 };
+                if got >= 0 {
+                    made.shm.push(got);
+                }
                 // The kernel puts shm_next_id back to -1 once it has used it.
                 if got < 0 || got as u32 != d.id {
                     return Err(setup_err(format!(

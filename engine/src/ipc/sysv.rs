@@ -450,8 +450,9 @@ fn create_error(kind: &'static str, id: u32, key: u32, got: i32) -> IpcError {
 }
 
 /// Makes every queue exist with its id and messages: one that outlived the tree (same host)
-/// is left as it is (nobody else used it); a missing one is created with its id and refilled.
-pub fn restore_msg(queues: &[Queue]) -> Result<(), IpcError> {
+/// is left as it is (nobody else used it); a missing one is created with its id and refilled,
+/// and listed in `made`.
+pub fn restore_msg(queues: &[Queue], made: &mut crate::ipc::Made) -> Result<(), IpcError> {
     if queues.is_empty() {
         return Ok(());
     }
@@ -469,6 +470,9 @@ pub fn restore_msg(queues: &[Queue]) -> Result<(), IpcError> {
         let got = with_next_id("msg_next_id", d.id, || unsafe {
             libc::msgget(d.key as libc::key_t, flags)
         })?;
+        if got >= 0 {
+            made.msg.push(got);
+        }
         if got < 0 || got as u32 != d.id {
             return Err(create_error("message queue", d.id, d.key, got));
         }
@@ -487,8 +491,11 @@ pub fn restore_msg(queues: &[Queue]) -> Result<(), IpcError> {
     Ok(())
 }
 
-/// Makes every semaphore set exist with its id and values.
-pub fn restore_sem(sets: &[(pb::IpcSemEntry, Vec<u16>)]) -> Result<(), IpcError> {
+/// Makes every semaphore set exist with its id and values; those created are listed in `made`.
+pub fn restore_sem(
+    sets: &[(pb::IpcSemEntry, Vec<u16>)],
+    made: &mut crate::ipc::Made,
+) -> Result<(), IpcError> {
     if sets.is_empty() {
         return Ok(());
     }
@@ -506,6 +513,9 @@ pub fn restore_sem(sets: &[(pb::IpcSemEntry, Vec<u16>)]) -> Result<(), IpcError>
             let got = with_next_id("sem_next_id", d.id, || unsafe {
                 libc::semget(d.key as libc::key_t, e.nsems as i32, flags)
             })?;
+            if got >= 0 {
+                made.sem.push(got);
+            }
             if got < 0 || got as u32 != d.id {
                 return Err(create_error("semaphore set", d.id, d.key, got));
             }

@@ -78,8 +78,8 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// (buffer, bytes used, file offset)
-type Chunk = (AlignedBuf, usize, u64);
+/// (buffer, bytes used, file offset, the error its write gets instead: a fault for tests)
+type Chunk = (AlignedBuf, usize, u64, Option<io::Error>);
 
 /// Writes pages to a file on writer threads.
 pub struct PageSink {
@@ -106,10 +106,12 @@ impl PageSink {
         // Buffered writes, as CRIU does: the page cache absorbs the burst while the tree is
         // frozen, and a restore on this host reads the images back from memory. (O_DIRECT was
         // tried: durable images, but restore then reads from disk, 2.6x slower here.)
-        let file = crate::private::create_private(path).map_err(|source| PagesError::Write {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = crate::private::create_private(path)
+            .and_then(|f| crate::fault::write_point(path).map(|()| f))
+            .map_err(|source| PagesError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(PageSink {
             path: path.to_path_buf(),
             file: std::sync::Arc::new(file),
@@ -137,8 +139,11 @@ impl PageSink {
             .spawn(move || -> io::Result<Duration> {
                 use std::os::unix::fs::FileExt;
                 let mut busy = Duration::ZERO;
-                for (buf, n, off) in from_reader {
+                for (buf, n, off, fault) in from_reader {
                     let t = Instant::now();
+                    if let Some(e) = fault {
+                        return Err(e);
+                    }
                     file.write_all_at(&buf[..n], off)?;
                     busy += t.elapsed();
                     let _ = free_tx.send(buf);
@@ -211,10 +216,13 @@ impl PageSink {
         let off = self.offset;
         self.offset += n as u64;
         self.bytes += n as u64;
+        // Reached here, on the caller's thread, so the points keep their order; the writer
+        // thread fails the chunk as its write would have failed.
+        let fault = crate::fault::write_point(&self.path).err();
         let sent = self
             .to_writer
             .as_ref()
-            .map(|tx| tx.send((buf, n, off)).is_ok())
+            .map(|tx| tx.send((buf, n, off, fault)).is_ok())
             .unwrap_or(false);
         if !sent {
             return Err(self.writer_error());
@@ -242,8 +250,8 @@ impl PageSink {
         if self.to_writer.is_none() && data.len() <= DIRECT_WRITE_MAX {
             use std::os::unix::fs::FileExt;
             let t = Instant::now();
-            self.file
-                .write_all_at(data, self.offset)
+            crate::fault::write_point(&self.path)
+                .and_then(|()| self.file.write_all_at(data, self.offset))
                 .map_err(|source| PagesError::Write {
                     path: self.path.clone(),
                     source,

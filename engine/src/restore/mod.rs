@@ -2,11 +2,13 @@
 //! syscalls injected through ptrace (no restorer blob runs inside the task).
 //!
 //! A failed restore kills every task it created and never writes to the images dir (only
-//! `stats-restore` to the work dir, after success). It refuses an images dir others can write
-//! to before reading anything from it ([`check_images_dir`]).
+//! `stats-restore` to the work dir, after success, and a pidfile there, removed on failure).
+//! It refuses an images dir others can write to before reading anything from it
+//! ([`check_images_dir`]).
 
 pub mod load;
 mod pool;
+mod reap;
 mod stub;
 
 use pool::Pool;
@@ -80,6 +82,9 @@ pub struct RestoreOptions {
     /// Names for the outer ends of the veths of a network namespace the tree owned
     /// (`--veth-pair IN=OUT[@BRIDGE]`).
     pub veth_pairs: Vec<stasis_netns::VethPair>,
+    /// Where the root's pid goes (`--pidfile`; a relative path is in the work dir). Written
+    /// before the tasks are let go, so a restore that cannot write it leaves nothing running.
+    pub pidfile: Option<PathBuf>,
 }
 
 /// A restored tree: its tasks run.
@@ -246,6 +251,8 @@ struct Created {
     pids: Vec<u32>,
     traced: Vec<u32>,
     armed: bool,
+    /// Every pid of the tree, reaped on failure.
+    tree: Vec<u32>,
 }
 
 impl Drop for Created {
@@ -253,6 +260,13 @@ impl Drop for Created {
         if !self.armed {
             return;
         }
+        // The tasks killed below are reparented to us, to be reaped here rather than by init.
+        // Not a sibling root's: it and its children descend from our parent, not from us.
+        let reaper = if self.root_is_child {
+            reap::Reaper::start()
+        } else {
+            None
+        };
         for &pid in self.pids.iter().chain(self.root.iter()) {
             // SAFETY: plain kill(2) of a task we created.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -272,6 +286,9 @@ impl Drop for Created {
             // SAFETY: waitpid on our own child.
             unsafe { libc::waitpid(root as libc::pid_t, &mut st, libc::__WALL) };
         }
+        if let Some(r) = &reaper {
+            r.reap(&self.tree);
+        }
     }
 }
 
@@ -287,6 +304,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if !opts.allow_shared_images_dir {
         check_images_dir(&opts.images_dir)?;
     }
+    step("load")?;
     let mut img = load::load(&opts.images_dir)?;
     opts.notify.run(Script::PreRestore, None)?;
     // A root of pid 1 is a pid namespace's init: the tree gets a new namespace (see ns::pid),
@@ -307,30 +325,40 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     raise_nofile_limit();
+    step("namespaces")?;
     // Held until the restore ends: the namespaces this thread moved into, for the root to be
     // forked there.
     let _namespaces = enter_tree_namespaces(&img, opts)?;
     // Queues must exist before the pool opens their fds.
-    crate::ipc::mqueue::restore(&img.posix_mqueues, |id| {
+    step("message queues")?;
+    let mut ipc_made = crate::ipc::Made::default();
+    let name_of = |id| {
         let reg = img.files.get(&id)?.reg.as_ref()?;
         let name = reg.name.strip_prefix(crate::ipc::mqueue::PATH_PREFIX)?;
         Some(name.to_string())
-    })?;
+    };
+    crate::ipc::mqueue::restore(&img.posix_mqueues, name_of, &mut ipc_made)?;
+    step("pool")?;
     let pool = Pool::build(&img, opts)?;
+    step("file locks")?;
     crate::files::locks::take_file_locks(&img, &pool.by_file)?;
-    let sysv_to_remove = crate::ipc::shm::prepare(&img)?;
-    crate::ipc::sysv::restore_msg(&img.sysv_msg)?;
-    crate::ipc::sysv::restore_sem(&img.sysv_sem)?;
+    step("System V objects")?;
+    let sysv_to_remove = crate::ipc::shm::prepare(&img, &mut ipc_made)?;
+    crate::ipc::sysv::restore_msg(&img.sysv_msg, &mut ipc_made)?;
+    crate::ipc::sysv::restore_sem(&img.sysv_sem, &mut ipc_made)?;
     if let Some(vars) = &img.ipc_vars {
         crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
+    step("fork")?;
     let (mut created, files) = fork_tree(&img, pool, trampoline, opts.sibling, own_pidns)?;
     let forking_time_us = t0.elapsed().as_micros() as u64;
     // The root's pid as the caller sees it (the host's, for a tree with its own namespace).
     let root_pid = created.root.unwrap_or(img.tasks[0].pid());
     opts.notify.run(Script::SetupNamespaces, Some(root_pid))?;
     opts.notify.run(Script::PostSetupNamespaces, None)?;
+    // Before the tasks are let go, so a restore that cannot write it leaves nothing running.
+    let pidfile = write_pidfile(opts, root_pid)?;
     let steps = Steps {
         img: &img,
         trampoline,
@@ -348,7 +376,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             pids: std::mem::take(&mut created.pids),
             traced: Vec::new(),
             armed: true,
+            tree: Vec::new(),
         };
+        created.tree = vec![root_pid];
         let taken: Vec<u32> = img
             .tasks
             .iter()
@@ -370,6 +400,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         steps.run(&mut created)?
     };
     created.armed = false;
+    pidfile.keep();
+    ipc_made.keep();
     opts.notify.run_late(Script::PostResume, None);
     let restored = Restored {
         root_pid,
@@ -417,6 +449,7 @@ impl Steps<'_> {
             }
         }
         for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+            step(format_args!("threads of task {}", t.pid()))?;
             finish_threads(t, img, self.trampoline, vdso_syscall[&t.pid()], created)?;
         }
         opts.notify.run(Script::PostRestore, Some(self.root_pid))?;
@@ -508,6 +541,7 @@ fn fork_tree(
         pids: Vec::new(),
         traced: Vec::new(),
         armed: true,
+        tree: img.tasks.iter().map(|t| t.pid()).collect(),
     };
     let root_pid = img.tasks[0].pid();
     // A sibling's parent is ours: its stub's parent-death signal follows the caller, who
@@ -567,6 +601,7 @@ fn rebuild_tasks(
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let pid = t.pid();
+        step(format_args!("seize of task {pid}"))?;
         ptrace::seize(pid, seize_options).map_err(ptr_err(pid))?;
         created.traced.push(pid);
         ptrace::interrupt_and_wait(pid, pid).map_err(ptr_err(pid))?;
@@ -578,6 +613,7 @@ fn rebuild_tasks(
     }
     let mut kind_slots = crate::files::kind::Slots::default();
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        step(format_args!("rebuild of task {}", t.pid()))?;
         let r = Remote::new(t.pid(), trampoline, sigtrap_at_risk(t))?;
         let vdso = restore_mm(
             &r,
@@ -648,6 +684,7 @@ fn finish_threads(
 /// again before running a single instruction).
 fn release_all(img: &DumpImage) -> Result<(), RestoreError> {
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        step(format_args!("release of task {}", t.pid()))?;
         if t.tc().task_state == crate::images::TASK_STOPPED {
             let sig = t.tc().stop_signo.unwrap_or(libc::SIGSTOP as u32) as libc::c_int;
             // SAFETY: kill(2) of a task we created and still trace.
@@ -679,6 +716,51 @@ fn wait_pid_free(pid: u32) -> Result<(), RestoreError> {
             Ok(_) => return Err(RestoreError::PidTaken { pid }),
         }
     }
+}
+
+/// A fault point of a restore step (see [`crate::fault`]): fails as the step would.
+pub(crate) fn step(name: impl std::fmt::Display) -> Result<(), RestoreError> {
+    crate::fault::point(format_args!("restore: {name}"))
+        .map_err(|source| setup_err(name.to_string())(source))
+}
+
+/// The pidfile, written before the tasks are let go: removed again unless [`Pidfile::keep`]
+/// says the restore succeeded, so a failed restore names no pid.
+struct Pidfile(Option<PathBuf>);
+
+impl Pidfile {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn write_pidfile(opts: &RestoreOptions, pid: u32) -> Result<Pidfile, RestoreError> {
+    let Some(given) = &opts.pidfile else {
+        return Ok(Pidfile(None));
+    };
+    let work = opts.work_dir.as_ref().unwrap_or(&opts.images_dir);
+    let path = work.join(given);
+    let what = || format!("cannot write pidfile {}", path.display());
+    let mut f = crate::private::create_output(given, &path).map_err(|e| setup_err(what())(e))?;
+    // Removed on failure only if a regular file: a device (`/dev/stdout`) is the user's.
+    let guard = Pidfile(
+        f.metadata()
+            .is_ok_and(|m| m.is_file())
+            .then(|| path.clone()),
+    );
+    use std::io::Write;
+    crate::fault::write_point(&path)
+        .and_then(|()| f.write_all(pid.to_string().as_bytes()))
+        .map_err(|e| setup_err(what())(e))?;
+    Ok(guard)
 }
 
 fn write_stats(work: &Path, r: &Restored) -> std::io::Result<()> {

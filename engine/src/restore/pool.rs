@@ -64,6 +64,7 @@ impl Pool {
             slots: Default::default(),
         };
         for id in order {
+            super::step(format_args!("file {id}"))?;
             let f = &img.files[&id];
             let kind = kind::owner(f, img).ok_or(RestoreError::UnknownFileKind { id })?;
             let Some(fd) = kind.open(&mut cx, f)? else {

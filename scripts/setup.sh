@@ -10,6 +10,8 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v python3 >/dev/null || need+=(python3)
 command -v crit >/dev/null || need+=(criu)
 command -v mount >/dev/null || need+=(mount)
+# ip builds the network-namespace fixtures (stasis itself speaks netlink).
+command -v ip >/dev/null || need+=(iproute2)
 # Real servers for the socket tests (started by the tests themselves on loopback ports).
 command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -26,6 +28,9 @@ extra=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || extra+=(postgresql)
 command -v memcached >/dev/null || extra+=(memcached)
 command -v tmux >/dev/null || extra+=(tmux)
+# runc and a static busybox for the container tests (runc drives stasis as its criu).
+command -v runc >/dev/null || extra+=(runc)
+dpkg -s busybox-static >/dev/null 2>&1 || extra+=(busybox-static)
 for p in "${extra[@]}"; do
   apt-get update -qq
   apt-get install -y -qq "$p" >/dev/null ||

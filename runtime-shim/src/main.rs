@@ -36,7 +36,16 @@ impl log::Log for Logger {
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
             if let Ok(mut o) = self.out.lock() {
-                let _ = writeln!(o, "({}) {}: {}", std::process::id(), r.level(), r.args());
+                // CRIU's level words: runc and podman pick a failed dump's cause out of the
+                // log by the lines that contain "Error".
+                let level = match r.level() {
+                    log::Level::Error => "Error",
+                    log::Level::Warn => "Warn",
+                    log::Level::Info => "Info",
+                    log::Level::Debug => "Debug",
+                    log::Level::Trace => "Trace",
+                };
+                let _ = writeln!(o, "({}) {level}: {}", std::process::id(), r.args());
             }
         }
     }

@@ -252,6 +252,29 @@ fn config_of(req: &CriuReq, command: &str, peer: i32) -> Result<(Config, args::M
     Ok((cfg, mapped))
 }
 
+/// Where the request's log goes and how much, before the rest of its options are read.
+fn log_config(o: &stasis::images::pb::CriuOpts, peer: i32) -> Option<Config> {
+    let images = if o.images_dir_fd >= 0 {
+        args::caller_fd_path(peer, o.images_dir_fd)
+    } else {
+        o.images_dir.clone()?
+    };
+    let mut c = Config {
+        images_dir: images.into(),
+        work_dir: o
+            .work_dir_fd
+            .filter(|&fd| fd >= 0)
+            .map(|fd| args::caller_fd_path(peer, fd).into()),
+        log_file: o.log_file.as_ref().map(Into::into),
+        verbosity: o.log_level().clamp(0, 4) as u8,
+        ..Default::default()
+    };
+    if o.log_to_stderr() {
+        c.log_file = None;
+    }
+    Some(c)
+}
+
 fn notifier(ch: &Channel, on: bool) -> Result<Notifier> {
     if !on {
         return Ok(Notifier::default());
@@ -274,15 +297,26 @@ fn dump_or_restore(
     logging: &mut bool,
 ) -> Result<CriuResp> {
     let dumping = kind == CriuReqType::Dump;
-    let (cfg, mapped) = config_of(req, if dumping { "dump" } else { "restore" }, peer)?;
-    if !dumping {
-        crate::check_restore_dir(&cfg)?;
-    }
     if !*logging {
         // Single-threaded until here: a dump's tracer is split off now (see dump::abort).
         stasis::dump::abort::install(dumping);
-        crate::setup_log(&cfg)?;
-        *logging = true;
+        // The log first, so that a refused option is in it too: runc shows the caller the
+        // log's error lines, not cr_errmsg.
+        if let Some(early) = req.opts.as_ref().and_then(|o| log_config(o, peer)) {
+            if !dumping {
+                crate::check_restore_dir(&early)?;
+            }
+            crate::setup_log(&early)?;
+            *logging = true;
+        }
+    }
+    log::debug!("RPC {} options: {:?}", kind.as_str_name(), req.opts);
+    let (cfg, mapped) = config_of(req, if dumping { "dump" } else { "restore" }, peer)?;
+    for n in &cfg.notes {
+        log::info!("{n}");
+    }
+    if !dumping {
+        crate::check_restore_dir(&cfg)?;
     }
     log::info!("RPC {} from pid {peer}", kind.as_str_name());
     let notify = notifier(ch, mapped.notify)?;

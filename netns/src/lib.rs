@@ -17,6 +17,7 @@ pub mod ipdump;
 mod model;
 pub mod nftlock;
 mod nsenter;
+pub use nsenter::in_netns;
 mod ops;
 mod rtnl;
 pub mod wire;

@@ -13,7 +13,7 @@ use std::os::fd::BorrowedFd;
 
 /// Runs `f` on a thread that has entered the network namespace `ns` (an nsfs file:
 /// `/proc/PID/ns/net`, `/run/netns/NAME`) and returns its result.
-pub(crate) fn in_netns<T: Send>(
+pub fn in_netns<T: Send>(
     ns: BorrowedFd<'_>,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {

@@ -185,12 +185,15 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 7079))
 s.listen(8)
+# The count goes through a unix socketpair: sock_diag must find it inside the namespace.
+a, b = socket.socketpair()
 print("ready", flush=True)
 n = 0
 while True:
     c, _ = s.accept()
     n += 1
-    c.sendall(b"count %d\n" % n)
+    a.send(b"%d" % n)
+    c.sendall(b"count %s\n" % b.recv(16))
     c.close()
     print("served", n, flush=True)
 "#;

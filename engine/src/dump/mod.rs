@@ -246,6 +246,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         .map_err(DumpError::from)
         .and_then(|()| dump_frozen(&mut tree, opts, &mut stats))
         .and_then(|()| Ok(opts.notify.run(Script::PostDump, None)?));
+    crate::net::unix::set_diag_namespace(None);
     match result {
         Ok(()) => {
             if opts.leave_running {
@@ -391,6 +392,7 @@ fn dump_frozen(
         owned.push("net");
     }
     refuse_foreign_namespaces(&live, &owned)?;
+    crate::net::unix::set_diag_namespace(own_net.as_ref().and_then(|n| n.try_clone().ok()));
     let own_ipc = crate::ns::ipc::tree_ns(root, &live)?;
     let own_uts = crate::ns::uts::tree_ns(root, &live)?;
     let mut img = collect_start(opts, &live, own_ipc.as_ref(), own_uts.is_some())?;

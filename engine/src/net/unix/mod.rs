@@ -118,15 +118,42 @@ pub fn parse_diag(buf: &[u8]) -> Vec<Diag> {
     out
 }
 
+/// The network namespace the tree owns, if any, while it is dumped: sock_diag sees only the
+/// unix sockets of the namespace its netlink socket was made in.
+static DIAG_NS: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+
+/// Looks unix sockets up in `ns` (the tree's own network namespace) from now on; None: ours.
+pub fn set_diag_namespace(ns: Option<OwnedFd>) {
+    if let Ok(mut g) = DIAG_NS.lock() {
+        *g = ns;
+    }
+}
+
+fn diag_socket() -> std::io::Result<OwnedFd> {
+    let make = || {
+        socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )
+        .map_err(std::io::Error::from)
+    };
+    let guard = DIAG_NS
+        .lock()
+        .map_err(|_| std::io::Error::other("poisoned"))?;
+    match guard.as_ref() {
+        Some(ns) => stasis_netns::in_netns(ns.as_fd(), make),
+        None => make(),
+    }
+}
+
 /// Asks the kernel about the unix socket with inode `ino`.
 pub fn diag(ino: u32) -> Result<Diag, UnixError> {
-    let sock = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )
-    .map_err(sys("sock_diag socket"))?;
+    let sock = diag_socket().map_err(|source| UnixError::Sys {
+        what: "sock_diag socket".into(),
+        source,
+    })?;
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());

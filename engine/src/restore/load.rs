@@ -286,6 +286,7 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         ..Default::default()
     };
     load_files(dir, &mut img)?;
+    open_mapped_files_as_their_mappings_need(&mut img);
     load_ghosts(dir, &mut img)?;
     load_tcp(dir, &mut img)?;
     load_ipc(dir, &mut img, &inv)?;
@@ -293,6 +294,37 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
     load_queues_and_memfds(dir, &mut img)?;
     load_seccomp(dir, &mut img)?;
     Ok(img)
+}
+
+/// A file only mapped (no fd holds it) is opened with the access its mappings need: CRIU
+/// writes such files' entries read-only and puts the mode in each VMA's `fdflags` (a shared
+/// writable mapping, such as a JVM's hsperfdata file, needs O_RDWR).
+fn open_mapped_files_as_their_mappings_need(img: &mut DumpImage) {
+    use crate::images::vma_status::{VMA_FILE_PRIVATE, VMA_FILE_SHARED};
+    let held_by_fds: HashSet<u32> = img
+        .tasks
+        .iter()
+        .flat_map(|t| t.fds.iter().map(|f| f.id))
+        .collect();
+    for v in img.tasks.iter().flat_map(|t| &t.mm.vmas) {
+        let Some(want) = v.fdflags.map(|f| f as libc::c_int & libc::O_ACCMODE) else {
+            continue;
+        };
+        if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) == 0
+            || want == libc::O_RDONLY
+            || held_by_fds.contains(&(v.shmid as u32))
+        {
+            continue;
+        }
+        let Ok(id) = u32::try_from(v.shmid) else {
+            continue;
+        };
+        if let Some(reg) = img.files.get_mut(&id).and_then(|f| f.reg.as_mut()) {
+            if reg.flags as libc::c_int & libc::O_ACCMODE == libc::O_RDONLY {
+                reg.flags = (reg.flags & !(libc::O_ACCMODE as u32)) | libc::O_RDWR as u32;
+            }
+        }
+    }
 }
 
 /// pstree.img, checked: every pid once, every parent in the tree.
@@ -869,6 +901,50 @@ fn tree_ns_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_only_mapped_shared_writable_is_opened_read_write() {
+        use crate::images::vma_status::VMA_FILE_SHARED;
+        let vma = |shmid: u64| pb::VmaEntry {
+            shmid,
+            status: VMA_FILE_SHARED,
+            fdflags: Some(libc::O_RDWR as u32),
+            ..Default::default()
+        };
+        let reg = |id: u32| pb::FileEntry {
+            id,
+            reg: Some(pb::RegFileEntry {
+                id,
+                flags: libc::O_LARGEFILE as u32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut img = DumpImage::default();
+        img.tasks.push(TaskImage {
+            pstree: Default::default(),
+            threads: Vec::new(),
+            mm: pb::MmEntry {
+                vmas: vec![vma(22), vma(23)],
+                ..Default::default()
+            },
+            pagemap: Vec::new(),
+            pages_file: String::new(),
+            // File 23 is also an fd: its mode is the fd's, left alone.
+            fds: vec![pb::FdinfoEntry {
+                id: 23,
+                ..Default::default()
+            }],
+            fs: Default::default(),
+            zombie_exit: None,
+        });
+        img.files.insert(22, reg(22));
+        img.files.insert(23, reg(23));
+        open_mapped_files_as_their_mappings_need(&mut img);
+        let flags = |id| img.files[&id].reg.as_ref().unwrap().flags as libc::c_int;
+        assert_eq!(flags(22), libc::O_RDWR | libc::O_LARGEFILE);
+        assert_eq!(flags(23), libc::O_LARGEFILE);
+    }
 
     fn unix(id: u32, ino: u32, peer: u32) -> pb::FileEntry {
         pb::FileEntry {

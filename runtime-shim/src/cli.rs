@@ -49,6 +49,8 @@ pub struct Config {
     pub ghost_limit: Option<u64>,
     pub pidfile: Option<PathBuf>,
     pub inherit_fds: Vec<InheritFd>,
+    /// `--external net[INODE]:KEY`: (inode, key).
+    pub external_netns: Vec<(u64, String)>,
     /// `--veth-pair IN=OUT[@BRIDGE]`.
     pub veth_pairs: Vec<stasis_netns::VethPair>,
     /// `--close FD`: fds of ours to close before anything else.
@@ -80,6 +82,7 @@ impl Default for Config {
             pidfile: None,
             inherit_fds: Vec::new(),
             veth_pairs: Vec::new(),
+            external_netns: Vec::new(),
             close_fds: Vec::new(),
             display_stats: false,
             features: Vec::new(),
@@ -161,6 +164,12 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         // --no-NAME is CRIU's default for every option stasis refuses.
         Support::No if on => return Err(format!("--{} is not supported yet", g.spec.long)),
         Support::No => return Ok(()),
+        Support::Some(_) if g.spec.long == "external" => {
+            if on {
+                c.external_netns.push(parse_external(value(g))?);
+            }
+            return Ok(());
+        }
         Support::Some(_) => {
             check_value(g)?;
             c.notes
@@ -270,6 +279,23 @@ fn atoi(s: &str) -> i64 {
         -n
     } else {
         n
+    }
+}
+
+/// `--external net[INODE]:KEY`; CRIU's other external kinds are refused by name.
+pub fn parse_external(s: &str) -> Result<(u64, String), String> {
+    let inner = s
+        .strip_prefix("net[")
+        .and_then(|r| r.split_once("]:"))
+        .filter(|(_, k)| !k.is_empty());
+    match inner {
+        Some((ino, key)) => ino
+            .parse()
+            .map(|i| (i, key.to_string()))
+            .map_err(|_| format!("bad inode in --external {s}")),
+        None => Err(format!(
+            "--external {s} is not supported yet (only net[INODE]:KEY)"
+        )),
     }
 }
 

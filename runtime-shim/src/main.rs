@@ -142,6 +142,7 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
     if let Some(limit) = c.ghost_limit {
         opts.ghost_limit = limit;
     }
+    opts.external_netns = c.external_netns.clone();
     Ok(opts)
 }
 

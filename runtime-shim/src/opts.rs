@@ -144,7 +144,12 @@ pub static OPTIONS: &[Spec] = &[
     o("irmap-scan-path", None, Req, Refused),
     o("lsm-profile", None, Req, Refused),
     o("timeout", None, Req, NoOp("stasis's freeze has its own bounded wait; the number is checked")),
-    o("external", None, Req, Refused),
+    o(
+        "external",
+        None,
+        Req,
+        Values("net[INODE]:KEY: the tree's network namespace is the caller's, joined at restore through --inherit-fd fd[N]:KEY"),
+    ),
     o("empty-ns", None, Req, Refused),
     o("lazy-pages", None, N, Refused),
     b("extra", NoOp("check: stasis checks what it needs whatever the level")),

@@ -30,6 +30,8 @@ fn sample(long: &str) -> &'static str {
         "network-lock" => "nftables",
         "cpu-cap" => "fpu",
         "feature" => "timerfd",
+        "veth-pair" => "eth0=veth0",
+        "external" => "net[4026532177]:extRootNetNS",
         _ => "x",
     }
 }
@@ -403,4 +405,18 @@ fn print_doc_table() {
         };
         println!("| {name} | {what} |");
     }
+}
+
+#[test]
+fn external_takes_a_network_namespace_only() {
+    assert_eq!(
+        cli::parse_external("net[4026532177]:extRootNetNS"),
+        Ok((4026532177, "extRootNetNS".to_string()))
+    );
+    assert_eq!(
+        cli::parse_external("pid[1]:extRootPidNS").unwrap_err(),
+        "--external pid[1]:extRootPidNS is not supported yet (only net[INODE]:KEY)"
+    );
+    assert!(cli::parse_external("net[x]:k").is_err());
+    assert!(cli::parse_external("net[1]:").is_err());
 }

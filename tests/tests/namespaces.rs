@@ -320,3 +320,100 @@ fn kill_on_panic(pid: u32, f: impl FnOnce()) {
         std::panic::resume_unwind(p);
     }
 }
+
+/// Deletes a named network namespace (`ip netns add`) whatever happens.
+struct NamedNetns(&'static str);
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", self.0])
+            .output();
+    }
+}
+
+#[test]
+fn external_network_namespace_is_joined_through_inherit_fd() {
+    let _g = serial_root!();
+    for tool in ["/usr/bin/nsenter", "/usr/bin/python3"] {
+        if !Path::new(tool).exists() {
+            skip(test_name!(), &format!("no {tool}"));
+            return;
+        }
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        skip(test_name!(), "no ip (iproute2) to make the namespace");
+        return;
+    }
+    let name = "stasis-ext-test";
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", name])
+        .output();
+    ip(&["netns", "add", name]);
+    let _ns = NamedNetns(name);
+    let ns_path = format!("/run/netns/{name}");
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&ns_path).expect("netns file").ino()
+    };
+    let w = Workload::start(
+        "extnet",
+        Path::new("/usr/bin/nsenter"),
+        &[
+            &format!("--net={ns_path}"),
+            "/usr/bin/python3",
+            "-c",
+            "import time\nn = 0\nwhile True:\n    print(n, flush=True); n += 1; time.sleep(0.05)",
+        ],
+    );
+    w.wait_lines(3, T);
+    let img = w.images();
+    let img_s = img.to_str().expect("utf8");
+    let pid = w.pid.to_string();
+    // Without --external the tree's namespace would be saved and made anew; runc names the
+    // one it manages instead.
+    let ext = format!("net[{ino}]:extRootNetNS");
+    check_ok(
+        "dump",
+        &stasis(&[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            img_s,
+            "-o",
+            "dump.log",
+            "-v4",
+            "--external",
+            &ext,
+        ]),
+    );
+    reap(w.pid);
+    wait_pid_gone(w.pid);
+    assert!(
+        !img.join("netdev-6.img").exists(),
+        "an external namespace is not saved"
+    );
+    let refused = stasis(&["restore", "-D", img_s, "-d", "-o", "restore-1.log"]);
+    assert!(!refused.status.success());
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(e.contains("--inherit-fd fd[N]:extRootNetNS"), "{e}");
+    // The namespace handed over as fd 5 of stasis, as runc hands it as one of criu's.
+    let cmd = format!(
+        "exec 5<{ns_path}; exec {} restore -D {img_s} -d -o restore.log -v4 --inherit-fd 'fd[5]:extRootNetNS'",
+        stasis_bin().display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &cmd])
+        .output()
+        .expect("bash");
+    check_ok("restore", &out);
+    let now = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{}/ns/net", w.pid)).map(|m| m.ino())
+    };
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 3, T);
+    kill_tree(&[w.pid]);
+    assert_eq!(now.ok(), Some(ino), "back in the same namespace");
+    counter_is_continuous(&after);
+}

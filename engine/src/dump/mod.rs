@@ -46,6 +46,10 @@ pub struct DumpOptions {
     pub file_locks: bool,
     /// Told at CRIU's action-script points (RPC `notify_scripts`); see [`crate::notify`].
     pub notify: Notifier,
+    /// Network namespaces that are the caller's to keep, not the tree's to save (`--external
+    /// net[INODE]:KEY`, runc's `extRootNetNS`): (nsfs inode, key). The restore joins the one
+    /// given as `--inherit-fd fd[N]:KEY`.
+    pub external_netns: Vec<(u64, String)>,
 }
 
 impl DumpOptions {
@@ -64,6 +68,7 @@ impl DumpOptions {
             ext_unix_sk_inodes: Vec::new(),
             file_locks: false,
             notify: Notifier::default(),
+            external_netns: Vec::new(),
         }
     }
 }
@@ -424,7 +429,10 @@ fn dump_frozen(
         .collect();
     pty::dump_pty_queues(&mut img)?;
     if let Some(ns) = &own_net {
-        crate::ns::net::dump(ns, &img.dir)?;
+        match crate::ns::net::external_key(ns, &opts.external_netns)? {
+            Some(key) => crate::ns::net::dump_external(&img.dir, key)?,
+            None => crate::ns::net::dump(ns, &img.dir)?,
+        }
     }
     if let Some(ns) = &own_uts {
         let uts = crate::ns::ipc::in_ns_of(ns, libc::CLONE_NEWUTS, crate::ns::uts::names)??;

@@ -74,6 +74,66 @@ fn write(dir: &Path, file: &str, bytes: &[u8]) -> Result<(), NetNsError> {
         })
 }
 
+/// The key the caller gave the namespace `ns` as external (`--external net[INODE]:KEY`).
+pub fn external_key<'a>(
+    ns: &OwnedFd,
+    external: &'a [(u64, String)],
+) -> Result<Option<&'a str>, NetNsError> {
+    let ino = nix::sys::stat::fstat(ns.as_fd())
+        .map_err(|e| NetNsError::Read {
+            path: "the tree's network namespace".into(),
+            source: e.into(),
+        })?
+        .st_ino;
+    Ok(external
+        .iter()
+        .find(|(i, _)| *i == ino)
+        .map(|(_, k)| k.as_str()))
+}
+
+/// An external namespace is not saved: `netns-<id>.img` names its key (CRIU's `ext_key`),
+/// and the restore joins the namespace the caller hands over under that key.
+pub fn dump_external(dir: &Path, key: &str) -> Result<(), NetNsError> {
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::NETNS);
+    w.push(&pb::NetnsEntry {
+        ext_key: Some(key.to_string()),
+        ..Default::default()
+    });
+    write(dir, &names::netns(TREE_NS_ID), &w.into_bytes())?;
+    log::info!("network namespace: external, key {key}");
+    Ok(())
+}
+
+/// A network namespace as the images hold it.
+#[derive(Debug)]
+pub enum Saved {
+    /// Made anew from these.
+    Own(stasis_netns::NetState),
+    /// The caller's: joined through the inherited fd of this key.
+    External(String),
+}
+
+/// Reads the namespace of id `id` back from `dir`: external (a key) or its state.
+pub fn load_saved(dir: &Path, id: u32) -> Result<Saved, NetNsError> {
+    let file = names::netns(id);
+    let path = dir.join(&file);
+    let bytes = std::fs::read(&path).map_err(|source| NetNsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let img_err = |source| NetNsError::Image {
+        file: file.clone(),
+        source,
+    };
+    let mut r =
+        ImageReader::new(&file, &bytes, ImageKind::Normal, magic::NETNS).map_err(img_err)?;
+    let e: pb::NetnsEntry = r.next_required().map_err(img_err)?;
+    match e.ext_key {
+        Some(key) => Ok(Saved::External(key)),
+        None => Ok(Saved::Own(load(dir, id)?)),
+    }
+}
+
 /// Saves the namespace `ns` as CRIU's images of id [`TREE_NS_ID`] in `dir`.
 pub fn dump(ns: &OwnedFd, dir: &Path) -> Result<(), NetNsError> {
     let state = stasis_netns::dump(ns.as_fd()).map_err(NetNsError::Net)?;

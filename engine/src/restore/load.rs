@@ -88,8 +88,9 @@ pub struct DumpImage {
     pub ipc_vars: Option<pb::IpcVarEntry>,
     /// The names of the UTS namespace the tree owned; None when it used the host's.
     pub uts: Option<pb::UtsnsEntry>,
-    /// The network namespace the tree owned: links, addresses, routes.
-    pub net: Option<stasis_netns::NetState>,
+    /// The network namespace the tree owned: links, addresses, routes; or the key of the
+    /// caller's namespace to join.
+    pub net: Option<crate::ns::net::Saved>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// tty_info id → bytes waiting to be read on that end of its pty.
@@ -654,7 +655,7 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
     img.ipc_vars = ipc_vars;
     img.uts = uts;
     img.net = match tree_ns_id(&img.tasks, inv, "network", |i| i.net_ns_id)? {
-        (Some(id), true) => Some(crate::ns::net::load(dir, id)?),
+        (Some(id), true) => Some(crate::ns::net::load_saved(dir, id)?),
         _ => None,
     };
     img.sysv_shm = sysv_shm;

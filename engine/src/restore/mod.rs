@@ -14,7 +14,7 @@ mod stub;
 use pool::Pool;
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -165,6 +165,8 @@ pub enum RestoreError {
     PidNs(#[from] crate::ns::pid::PidNsError),
     #[error(transparent)]
     NetNs(#[from] crate::ns::net::NetNsError),
+    #[error("the tree's network namespace was external (key {key}): give it with --inherit-fd fd[N]:{key}")]
+    ExternalNetNs { key: String },
     #[error(transparent)]
     Mqueue(#[from] crate::ipc::mqueue::MqError),
     #[error(transparent)]
@@ -494,13 +496,31 @@ fn enter_tree_namespaces(
     opts: &RestoreOptions,
 ) -> Result<Vec<crate::ns::ipc::Unshared>, RestoreError> {
     let mut entered = Vec::new();
-    if let Some(state) = &img.net {
-        let ns = crate::ns::net::make(state, &opts.veth_pairs)?;
-        entered.push(crate::ns::ipc::Unshared::enter(
-            ns.as_fd(),
-            libc::CLONE_NEWNET,
-            "net",
-        )?);
+    match &img.net {
+        Some(crate::ns::net::Saved::Own(state)) => {
+            let ns = crate::ns::net::make(state, &opts.veth_pairs)?;
+            entered.push(crate::ns::ipc::Unshared::enter(
+                ns.as_fd(),
+                libc::CLONE_NEWNET,
+                "net",
+            )?);
+        }
+        Some(crate::ns::net::Saved::External(key)) => {
+            let fd = opts
+                .inherit_fds
+                .iter()
+                .find(|i| &i.key == key)
+                .ok_or_else(|| RestoreError::ExternalNetNs { key: key.clone() })?;
+            // SAFETY: the caller handed us this fd for the namespace (--inherit-fd); it stays
+            // open for the whole restore.
+            let ns = unsafe { BorrowedFd::borrow_raw(fd.fd) };
+            entered.push(crate::ns::ipc::Unshared::enter(
+                ns,
+                libc::CLONE_NEWNET,
+                "net",
+            )?);
+        }
+        None => {}
     }
     if let Some(vars) = &img.ipc_vars {
         entered.push(crate::ns::ipc::Unshared::new()?);

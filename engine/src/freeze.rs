@@ -5,8 +5,11 @@
 //! killed on purpose leaves every task running, with its registers, signal mask and memory map
 //! as they were, and detached. [`Tree`] enforces it in `Drop`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
+
+use stasis_cgroups::{Freezer, Version};
 
 use crate::dump::{ptr_err, DumpError};
 use crate::proc;
@@ -41,8 +44,27 @@ pub(crate) struct Tree {
     pub(crate) tcp_locks: Vec<crate::net::inet::TcpLock>,
     /// The nftables table that keeps the peers of dumped connections away (see netns::nftlock).
     pub(crate) nft_lock: Option<String>,
+    /// The cgroup frozen while the tree was seized (`--freeze-cgroup`), once it froze; frozen
+    /// again to let go of the tree, and thawed on every way out.
+    cgroup: Option<Freezer>,
+    /// Threads seized in the frozen cgroup and not taken into `tasks` yet, by tid.
+    early: HashMap<u32, Early>,
     done: bool,
 }
+
+/// A thread seized and interrupted while its cgroup was frozen.
+#[derive(Clone, Copy)]
+enum Early {
+    /// Its stop is not in hand yet (a v1-frozen thread stops only once thawed).
+    Interrupted { pid: u32 },
+    /// In its interrupt stop; `group` is the signal of the group stop it was in, if any.
+    Stopped { pid: u32, group: Option<i32> },
+}
+
+/// How long the cgroup may take to freeze: CRIU's default `--timeout`.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Freezing again to let go is quick: every task in the cgroup is in a ptrace stop by then.
+const REFREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Tree {
     /// Pids of the tasks that run (not zombies).
@@ -54,7 +76,9 @@ impl Tree {
             .collect()
     }
 
-    pub(crate) fn seize(root: u32) -> Result<Tree, DumpError> {
+    /// Seizes every thread of the tree rooted at `root`; with a `cgroup`, frozen first (see
+    /// [`Tree::seize_frozen_cgroup`]).
+    pub(crate) fn seize(root: u32, cgroup: Option<Freezer>) -> Result<Tree, DumpError> {
         if !proc::exists(root) {
             return Err(DumpError::NoProcess { pid: root });
         }
@@ -63,8 +87,13 @@ impl Tree {
             syscall_at: HashMap::new(),
             tcp_locks: Vec::new(),
             nft_lock: None,
+            cgroup: None,
+            early: HashMap::new(),
             done: false,
         };
+        if let Some(fz) = cgroup {
+            tree.seize_frozen_cgroup(root, fz)?;
+        }
         let mut queue = std::collections::VecDeque::from([root]);
         // Stop every thread, then re-list threads and children until nothing new shows up:
         // tasks may fork or spawn threads while we look.
@@ -119,6 +148,113 @@ impl Tree {
         Ok(tree)
     }
 
+    /// `--freeze-cgroup`: the cgroup is frozen, so nothing in it runs, forks or exits while it
+    /// is seized, and the stops replace the freeze one thread at a time:
+    ///
+    /// freeze, then PTRACE_SEIZE and PTRACE_INTERRUPT every thread in it, then thaw. A thread
+    /// frozen by v1 takes its interrupt stop only once thawed, so v1 thaws before the stops
+    /// are waited for; v2 stops frozen threads, so it thaws once every stop is in hand. Either
+    /// way no thread runs an instruction of its own between the freeze and its stop, and the
+    /// cgroup is thawed during the dump (an injected syscall does not run in a frozen task).
+    ///
+    /// Every process in the cgroup must be in the tree: one outside would be frozen and
+    /// seized but not dumped, so a restore would come back without it. That is refused,
+    /// naming the pids, before any thread is seized. The tree may have tasks outside the
+    /// cgroup; they are seized one by one as without it.
+    ///
+    /// A v1 cgroup that holds a stopped task (SIGSTOP) is not frozen: PTRACE_SEIZE of a task
+    /// both stopped and v1-frozen waits for it forever (the seize waits for the task to
+    /// trap, which it cannot do frozen). Its tasks are seized one by one instead, as CRIU
+    /// falls back to interrupting only.
+    fn seize_frozen_cgroup(&mut self, root: u32, fz: Freezer) -> Result<(), DumpError> {
+        // Freezing ourselves would stop the dump for good.
+        let me = std::process::id();
+        if fz.procs()?.contains(&me) {
+            let cgroup = fz.path().to_path_buf();
+            return Err(DumpError::CgroupHoldsDumper { cgroup, pid: me });
+        }
+        let v1 = fz.version() == Version::V1;
+        if v1 {
+            if let Some(tid) = stopped_thread(&fz.tasks()?) {
+                return interrupt_only(root, &fz, tid);
+            }
+        }
+        let took = fz.freeze(FREEZE_TIMEOUT)?;
+        // From here on every way out (Drop included) thaws it.
+        self.cgroup = Some(fz.clone());
+        let cgroup = fz.path();
+        log::info!(
+            "cgroup {} frozen in {} us",
+            cgroup.display(),
+            took.as_micros()
+        );
+        let procs = fz.procs()?;
+        let tasks: HashSet<u32> = fz.tasks()?.into_iter().collect();
+        // Frozen, the part of the tree in the cgroup cannot change while we look.
+        check_members(root, cgroup, &procs)?;
+        if v1 {
+            // Stopped after the look above: let go before seizing anything.
+            let mut sorted: Vec<u32> = tasks.iter().copied().collect();
+            sorted.sort_unstable();
+            if let Some(tid) = stopped_thread(&sorted) {
+                // Kept until thawed, so that a failed thaw is tried again by release.
+                self.thaw_cgroup()?;
+                self.cgroup = None;
+                return interrupt_only(root, &fz, tid);
+            }
+        }
+        for &pid in procs.iter().filter(|p| !is_zombie(**p)) {
+            for tid in proc::tids(pid)?.into_iter().filter(|t| tasks.contains(t)) {
+                self.seize_early(pid, tid)?;
+            }
+        }
+        if v1 {
+            self.thaw_cgroup()?;
+        }
+        let mut tids: Vec<u32> = self.early.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            if let Some(Early::Interrupted { pid }) = self.early.get(&tid).copied() {
+                let group = ptrace::wait_interrupted(pid, tid)
+                    .map_err(|source| DumpError::Seize { pid, tid, source })?;
+                self.early.insert(tid, Early::Stopped { pid, group });
+            }
+        }
+        if !v1 {
+            self.thaw_cgroup()?;
+        }
+        Ok(())
+    }
+
+    /// Seizes and interrupts thread `tid` of `pid` in the frozen cgroup, without waiting.
+    fn seize_early(&mut self, pid: u32, tid: u32) -> Result<(), DumpError> {
+        let seize_err = |source| DumpError::Seize { pid, tid, source };
+        if let Err(e) = ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
+            let tracer = tracer_pid(pid, tid);
+            if tracer != 0 {
+                return Err(DumpError::AlreadyTraced {
+                    pid,
+                    tid,
+                    tracer,
+                    tracer_comm: comm_of(tracer),
+                });
+            }
+            return Err(seize_err(e));
+        }
+        // Fails only if it is gone (it was just seized). Only an interrupted thread is sure
+        // to stop, which is what release waits for.
+        ptrace::interrupt(tid).map_err(seize_err)?;
+        self.early.insert(tid, Early::Interrupted { pid });
+        Ok(())
+    }
+
+    fn thaw_cgroup(&self) -> Result<(), DumpError> {
+        match &self.cgroup {
+            Some(fz) => Ok(fz.thaw()?),
+            None => Ok(()),
+        }
+    }
+
     /// Seizes threads of task `idx` not seized yet; true if there were any.
     fn seize_threads(&mut self, idx: usize) -> Result<bool, DumpError> {
         let pid = self.tasks[idx].pid;
@@ -138,7 +274,13 @@ impl Tree {
             }
             for tid in new {
                 let seize_err = |source| DumpError::Seize { pid, tid, source };
-                match ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD) {
+                // Seized already if it was in the frozen cgroup.
+                let early = self.early.remove(&tid);
+                let seized = match early {
+                    Some(_) => Ok(()),
+                    None => ptrace::seize(tid, ptrace::PTRACE_O_TRACESYSGOOD),
+                };
+                match seized {
                     Ok(()) => {}
                     // It exited between listing and seizing: dumped as a zombie. (Its stat
                     // unreadable, it is not known to be one, and the cases below decide.)
@@ -171,7 +313,15 @@ impl Tree {
                     sigmask: 0,
                 });
                 let pos = self.tasks[idx].threads.len() - 1;
-                if let Some(sig) = ptrace::interrupt_and_wait(pid, tid).map_err(seize_err)? {
+                let group = match early {
+                    // Seized, and stopped, while its cgroup was frozen.
+                    Some(Early::Stopped { group, .. }) => group,
+                    Some(Early::Interrupted { .. }) => {
+                        ptrace::wait_interrupted(pid, tid).map_err(seize_err)?
+                    }
+                    None => ptrace::interrupt_and_wait(pid, tid).map_err(seize_err)?,
+                };
+                if let Some(sig) = group {
                     // In a group stop: it is dumped as stopped and stays stopped.
                     self.tasks[idx].stopped = Some(sig);
                 }
@@ -267,6 +417,10 @@ impl Tree {
                     ),
                 }
             }
+        }
+        self.release_early();
+        self.refreeze_cgroup();
+        for task in &self.tasks {
             if let Some(sig) = task.stopped {
                 // It was stopped before we came (we continued it to inject): stop it again
                 // before it runs a single instruction.
@@ -294,6 +448,69 @@ impl Tree {
                 }
             }
         }
+        // Detached while frozen, the tasks stay frozen until this thaw, and all go on at once.
+        if let Err(e) = self.thaw_cgroup() {
+            log::warn!("{e}");
+        }
+    }
+
+    /// Lets go of threads seized in the frozen cgroup that the tree walk did not take in (a
+    /// dump that failed before it).
+    fn release_early(&mut self) {
+        if self.early.is_empty() {
+            return;
+        }
+        // A v1-frozen thread takes its interrupt stop only once thawed.
+        if self
+            .early
+            .values()
+            .any(|e| matches!(e, Early::Interrupted { .. }))
+        {
+            if let Err(e) = self.thaw_cgroup() {
+                log::warn!("{e}");
+            }
+        }
+        let mut restop = HashMap::new();
+        let mut tids = Vec::new();
+        for (tid, e) in std::mem::take(&mut self.early) {
+            let (pid, group) = match e {
+                Early::Stopped { pid, group } => (pid, group),
+                Early::Interrupted { pid } => match ptrace::wait_interrupted(pid, tid) {
+                    Ok(group) => (pid, group),
+                    Err(e) => {
+                        log::warn!("thread {tid} of process {pid}: {e}");
+                        continue;
+                    }
+                },
+            };
+            if let Some(sig) = group {
+                restop.insert(pid, sig);
+            }
+            tids.push(tid);
+        }
+        for (pid, sig) in restop {
+            // Continued to be interrupted (ptrace::wait_interrupted): stopped again first.
+            // SAFETY: kill(2) of a task we trace.
+            if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+                log::warn!("pid {pid}: cannot stop it again with signal {sig}");
+            }
+        }
+        for tid in tids {
+            if let Err(e) = ptrace::detach(tid) {
+                log::warn!("detach of {tid} failed: {e}");
+            }
+        }
+    }
+
+    /// Freezes the cgroup again before the tree is detached, as CRIU does: each task let go
+    /// stays frozen, and none runs while another is still traced. Best effort: a cgroup that
+    /// does not freeze is let go task by task.
+    fn refreeze_cgroup(&self) {
+        if let Some(fz) = &self.cgroup {
+            if let Err(e) = fz.freeze(REFREEZE_TIMEOUT) {
+                log::warn!("{e}; the tasks are let go one by one");
+            }
+        }
     }
 
     /// Kills the tree after a complete dump, and reaps the ptrace links so PIDs free up.
@@ -317,6 +534,10 @@ impl Tree {
                     std::io::Error::last_os_error()
                 );
             }
+        }
+        // A v1-frozen task dies only once thawed: kill, then thaw.
+        if let Err(e) = self.thaw_cgroup() {
+            log::warn!("{e}");
         }
         // Children before parents: a pid namespace's init, dying, waits until every task of
         // its namespace is reaped, and a traced one is only once we have waited for it.
@@ -345,6 +566,67 @@ impl Drop for Tree {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// The cgroup must hold the root, and no process outside the tree rooted there (a zombie,
+/// done with, may be anywhere).
+fn check_members(root: u32, cgroup: &Path, procs: &[u32]) -> Result<(), DumpError> {
+    if !procs.contains(&root) {
+        let cgroup = cgroup.to_path_buf();
+        return Err(DumpError::CgroupWithoutRoot { cgroup, pid: root });
+    }
+    let in_tree = descendants(root)?;
+    let outside: Vec<u32> = procs
+        .iter()
+        .copied()
+        .filter(|p| !in_tree.contains(p) && !is_zombie(*p))
+        .collect();
+    if !outside.is_empty() {
+        return Err(DumpError::CgroupOutsideTree {
+            cgroup: cgroup.to_path_buf(),
+            root,
+            pids: outside,
+        });
+    }
+    Ok(())
+}
+
+/// A v1 cgroup with a stopped task is not frozen (see [`Tree::seize_frozen_cgroup`]): its
+/// members are checked, and the tree walk seizes them one by one.
+fn interrupt_only(root: u32, fz: &Freezer, stopped: u32) -> Result<(), DumpError> {
+    log::info!(
+        "thread {stopped} in cgroup {} is stopped, and seizing it v1-frozen would wait \
+         forever: the cgroup is not frozen, its tasks are seized one by one",
+        fz.path().display()
+    );
+    check_members(root, fz.path(), &fz.procs()?)
+}
+
+/// A thread among `tids` in a job-control stop, even once v1 froze it: its state is then
+/// `D`, but it still waits in `do_signal_stop`.
+fn stopped_thread(tids: &[u32]) -> Option<u32> {
+    tids.iter().copied().find(|&tid| {
+        let state = proc::stat(tid).map(|s| s.state).unwrap_or('?');
+        let wchan = std::fs::read_to_string(format!("/proc/{tid}/wchan")).unwrap_or_default();
+        state == 'T' || wchan.trim() == "do_signal_stop"
+    })
+}
+
+/// `root` and every task below it, as `/proc/*/task/*/children` show them now. A task gone
+/// while we look is left out.
+fn descendants(root: u32) -> Result<HashSet<u32>, DumpError> {
+    let mut seen = HashSet::from([root]);
+    let mut todo = proc::children(root)?;
+    while let Some(pid) = todo.pop() {
+        if seen.insert(pid) {
+            todo.extend(proc::children(pid).unwrap_or_default());
+        }
+    }
+    Ok(seen)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    proc::stat(pid).map(|s| s.state == 'Z').unwrap_or(false)
 }
 
 /// The `TracerPid:` of a thread (0 if none or unreadable).

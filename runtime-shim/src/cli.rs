@@ -47,6 +47,8 @@ pub struct Config {
     /// `--ext-unix-sk[=INODE,...]`: None if not given.
     pub ext_unix_sk: Option<Vec<u32>>,
     pub ghost_limit: Option<u64>,
+    /// `--freeze-cgroup PATH`.
+    pub freeze_cgroup: Option<PathBuf>,
     pub pidfile: Option<PathBuf>,
     pub inherit_fds: Vec<InheritFd>,
     /// `--external net[INODE]:KEY`: (inode, key).
@@ -79,6 +81,7 @@ impl Default for Config {
             tcp_close: false,
             ext_unix_sk: None,
             ghost_limit: None,
+            freeze_cgroup: None,
             pidfile: None,
             inherit_fds: Vec::new(),
             veth_pairs: Vec::new(),
@@ -216,6 +219,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         ),
         "feature" => c.features.push(value(g).to_string()),
         "ghost-limit" => c.ghost_limit = Some(parse_size(value(g))?),
+        "freeze-cgroup" => c.freeze_cgroup = Some(PathBuf::from(value(g))),
         "tcp-close" => c.tcp_close = on,
         "close" => c.close_fds.push(number(g)?),
         "display-stats" => c.display_stats = on,

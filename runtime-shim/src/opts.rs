@@ -139,7 +139,7 @@ pub static OPTIONS: &[Spec] = &[
     o("enable-fs", None, Req, Refused),
     o("enable-external-sharing", None, N, Refused),
     o("enable-external-masters", None, N, Refused),
-    o("freeze-cgroup", None, Req, Refused),
+    o("freeze-cgroup", None, Req, Yes("freeze this cgroup (v1 freezer or cgroup2 dir) while the tree is seized; all of its processes must be in the tree")),
     o("ghost-limit", None, Req, Yes("largest file deleted while open whose content is saved (SIZE[K|M|G]; default 1M)")),
     o("irmap-scan-path", None, Req, Refused),
     o("lsm-profile", None, Req, Refused),

@@ -355,6 +355,21 @@ fn ext_unix_sk_takes_an_optional_list_of_inodes() {
 }
 
 #[test]
+fn freeze_cgroup_takes_a_path() {
+    let c = ok(&[
+        "dump",
+        "-t1",
+        "--freeze-cgroup",
+        "/sys/fs/cgroup/freezer/ctr",
+    ]);
+    assert_eq!(
+        c.freeze_cgroup.as_deref(),
+        Some(std::path::Path::new("/sys/fs/cgroup/freezer/ctr"))
+    );
+    assert_eq!(ok(&["dump", "-t1"]).freeze_cgroup, None);
+}
+
+#[test]
 fn accepted_options_leave_a_note_for_the_log() {
     let c = ok(&[
         "dump",

@@ -50,6 +50,9 @@ pub struct DumpOptions {
     /// net[INODE]:KEY`, runc's `extRootNetNS`): (nsfs inode, key). The restore joins the one
     /// given as `--inherit-fd fd[N]:KEY`.
     pub external_netns: Vec<(u64, String)>,
+    /// Freeze this cgroup (a v1 freezer or a cgroup2 directory) while the tree is seized
+    /// (`--freeze-cgroup`). Every process in it must be in the tree: one outside is refused.
+    pub freeze_cgroup: Option<PathBuf>,
 }
 
 impl DumpOptions {
@@ -69,6 +72,7 @@ impl DumpOptions {
             file_locks: false,
             notify: Notifier::default(),
             external_netns: Vec::new(),
+            freeze_cgroup: None,
         }
     }
 }
@@ -203,6 +207,20 @@ pub enum DumpError {
     IpcNs(#[from] crate::ns::ipc::IpcNsError),
     #[error(transparent)]
     Uts(#[from] crate::ns::uts::UtsError),
+    #[error(transparent)]
+    Cgroup(#[from] stasis_cgroups::CgroupError),
+    #[error("process {pid} is not in the cgroup {cgroup} given to freeze")]
+    CgroupWithoutRoot { cgroup: PathBuf, pid: u32 },
+    #[error("the cgroup {cgroup} holds processes outside the tree of {root}: {}; they would be frozen and not dumped", join_pids(.pids))]
+    CgroupOutsideTree {
+        cgroup: PathBuf,
+        root: u32,
+        pids: Vec<u32>,
+    },
+    #[error(
+        "the cgroup {cgroup} holds the dumper itself (pid {pid}): freezing it would stop the dump"
+    )]
+    CgroupHoldsDumper { cgroup: PathBuf, pid: u32 },
     #[error("cannot lock the network for the dumped TCP connections")]
     NetLock(#[source] stasis_netns::nftlock::LockError),
     #[error("pid {pid} fd {fd}")]
@@ -220,6 +238,11 @@ pub enum DumpError {
     NetNs(#[from] crate::ns::net::NetNsError),
 }
 
+fn join_pids(pids: &[u32]) -> String {
+    let v: Vec<String> = pids.iter().map(u32::to_string).collect();
+    v.join(", ")
+}
+
 pub(crate) fn ptr_err(pid: u32) -> impl FnOnce(PtraceError) -> DumpError {
     move |source| DumpError::Ptrace { pid, source }
 }
@@ -231,10 +254,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     // inventory.img marks a complete image set and is written last: a dump that fails halfway
     // must not leave an older one that makes the directory look restorable.
     let _ = std::fs::remove_file(images_dir.join(names::INVENTORY));
+    let cgroup = match &opts.freeze_cgroup {
+        Some(path) => Some(stasis_cgroups::Freezer::open(path)?),
+        None => None,
+    };
     let _dumping = abort::Dumping::start();
     opts.notify.run(Script::PreDump, None)?;
+    // Freezing time counts from here: the cgroup's freeze, then every thread's stop.
     let t0 = Instant::now();
-    let mut tree = Tree::seize(opts.pid)?;
+    let mut tree = Tree::seize(opts.pid, cgroup)?;
     let mut stats = DumpStats {
         freezing_time_us: t0.elapsed().as_micros() as u64,
         ..Default::default()

@@ -207,6 +207,13 @@ pub fn detach(tid: u32) -> Result<(), PtraceError> {
 /// the thread interrupted again; the caller must stop the process again when it lets go.
 pub fn interrupt_and_wait(tgid: u32, tid: u32) -> Result<Option<i32>, PtraceError> {
     interrupt(tid)?;
+    wait_interrupted(tgid, tid)
+}
+
+/// The wait of [`interrupt_and_wait`], for a thread interrupted earlier: the dump interrupts
+/// every thread of a frozen cgroup before it waits for any (a v1-frozen thread stops only
+/// once the cgroup is thawed).
+pub fn wait_interrupted(tgid: u32, tid: u32) -> Result<Option<i32>, PtraceError> {
     let mut group = None;
     loop {
         let st = wait(tid)?;

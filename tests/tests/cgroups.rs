@@ -1,0 +1,357 @@
+//! `--freeze-cgroup`: the tree is in a cgroup that the dump freezes while it seizes the tree,
+//! under the v1 freezer hierarchy (what runc hands over on a hybrid machine) and under the
+//! unified one. A dump that leaves the tree running must leave the cgroup thawed and the tasks
+//! untraced; so must every dump that fails, at any point. Each test removes its cgroup.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+const V1: &str = "/sys/fs/cgroup/freezer";
+const V2: &str = "/sys/fs/cgroup/unified";
+
+/// A cgroup made for one test; on drop it is thawed, emptied (its tasks killed) and removed.
+struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// None (the test recorded as skipped) when the hierarchy is not mounted here.
+    fn new(hierarchy: &str, test: &str) -> Option<TestCgroup> {
+        if !Path::new(hierarchy).join("cgroup.procs").exists() {
+            skip(test, &format!("no cgroup hierarchy at {hierarchy}"));
+            return None;
+        }
+        let path = Path::new(hierarchy).join(format!("stasis-test-{}-{test}", std::process::id()));
+        std::fs::create_dir(&path).expect("mkdir cgroup");
+        Some(TestCgroup { path })
+    }
+
+    fn arg(&self) -> &str {
+        self.path.to_str().expect("utf8")
+    }
+
+    /// Moves process `pid`, all its threads, into the cgroup.
+    fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
+    }
+
+    fn procs(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// What the kernel says: v1 `freezer.state`, v2 the `frozen` line of `cgroup.events`.
+    fn state(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.path.join(f)).unwrap_or_default();
+        if self.path.starts_with(V1) {
+            read("freezer.state").trim().to_string()
+        } else {
+            read("cgroup.events")
+                .lines()
+                .find(|l| l.starts_with("frozen "))
+                .unwrap_or("")
+                .to_string()
+        }
+    }
+
+    fn assert_thawed(&self) {
+        let s = self.state();
+        assert!(s == "THAWED" || s == "frozen 0", "cgroup left {s}");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Thawed first: a v1-frozen task does not die of SIGKILL until it thaws.
+        let _ = std::fs::write(self.path.join("freezer.state"), "THAWED");
+        let _ = std::fs::write(self.path.join("cgroup.freeze"), "0");
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let procs = self.procs();
+            kill_tree(&procs);
+            if std::fs::remove_dir(&self.path).is_ok() || Instant::now() > end {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The threads workload: "<total> <per thread x4>" every 20 ms, four counting threads.
+fn start_threads(cg: &TestCgroup, name: &str) -> Workload {
+    let w = Workload::start(name, &workload("threads"), &[]);
+    cg.add(w.pid);
+    w.wait_lines(3, T);
+    w
+}
+
+/// The last line's numbers, once `more` lines have come after what there is now.
+fn counts_after(w: &Workload, more: usize) -> Vec<u64> {
+    let n = w.lines().len();
+    let l = w.wait_lines(n + more, T);
+    assert!(l.len() >= n + more, "the workload stopped printing");
+    nums(l.last().expect("lines"))
+}
+
+/// Dump with -R: the tree goes on, every thread counting, untraced, its cgroup thawed.
+fn leave_running(hierarchy: &str, test: &str) {
+    let Some(cg) = TestCgroup::new(hierarchy, test) else {
+        return;
+    };
+    let w = start_threads(&cg, test);
+    let before = counts_after(&w, 1);
+    let out = dump_workload(
+        &w,
+        &["-R", "--freeze-cgroup", cg.arg(), "-o", "dump.log", "-v4"],
+    );
+    check_ok("dump -R --freeze-cgroup", &out);
+    cg.assert_thawed();
+    assert_eq!(cg.procs(), [w.pid], "the tree stays in its cgroup");
+    assert_eq!(tracer_of(w.pid), 0, "left traced");
+    let after = counts_after(&w, 10);
+    for i in 0..5 {
+        assert!(
+            after[i] > before[i],
+            "counter {i} stopped: {before:?} {after:?}"
+        );
+    }
+    let log = std::fs::read_to_string(w.images().join("dump.log")).unwrap_or_default();
+    assert!(
+        log.contains("frozen in"),
+        "the log tells the cgroup's freeze:\n{log}"
+    );
+}
+
+/// Dump (the tree is killed), restore detached: every thread counts on from where it was.
+fn dump_and_restore(hierarchy: &str, test: &str) {
+    let Some(cg) = TestCgroup::new(hierarchy, test) else {
+        return;
+    };
+    let w = start_threads(&cg, test);
+    let pids = dump_kill_restore_with(&w, &["--freeze-cgroup", cg.arg()], &[]);
+    assert!(
+        cg.procs().is_empty(),
+        "the dumped tree is gone from the cgroup"
+    );
+    cg.assert_thawed();
+    let n = w.lines().len();
+    let last_before = nums(&w.lines()[n - 1]);
+    let after = w.wait_lines(n + 10, T);
+    kill_tree(&pids);
+    assert!(after.len() >= n + 10, "the restored tree does not print");
+    let first = nums(&after[n]);
+    let last = nums(after.last().expect("lines"));
+    assert!(
+        first[0] >= last_before[0],
+        "the counter went back: {first:?} after {last_before:?}"
+    );
+    for i in 0..5 {
+        assert!(
+            last[i] > first[i],
+            "counter {i} did not run after the restore"
+        );
+    }
+}
+
+#[test]
+fn leave_running_in_a_v1_freezer_cgroup() {
+    let _g = serial_root!();
+    leave_running(V1, test_name!());
+}
+
+#[test]
+fn leave_running_in_a_unified_cgroup() {
+    let _g = serial_root!();
+    leave_running(V2, test_name!());
+}
+
+#[test]
+fn dump_and_restore_from_a_v1_freezer_cgroup() {
+    let _g = serial_root!();
+    dump_and_restore(V1, test_name!());
+}
+
+#[test]
+fn dump_and_restore_from_a_unified_cgroup() {
+    let _g = serial_root!();
+    dump_and_restore(V2, test_name!());
+}
+
+/// A cgroup that holds a process outside the tree is refused by name; everything runs on.
+#[test]
+fn a_process_outside_the_tree_is_refused_and_all_thawed() {
+    let _g = serial_root!();
+    for hierarchy in [V1, V2] {
+        let Some(cg) = TestCgroup::new(hierarchy, test_name!()) else {
+            continue;
+        };
+        let w = start_threads(&cg, "outside");
+        let mut other = Command::new("sleep").arg("1000").spawn().expect("sleep");
+        cg.add(other.id());
+        let out = dump_workload(&w, &["--freeze-cgroup", cg.arg()]);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{hierarchy}: the dump must fail");
+        assert!(
+            e.contains("outside the tree") && e.contains(&other.id().to_string()),
+            "{hierarchy}: {e}"
+        );
+        cg.assert_thawed();
+        assert_eq!(tracer_of(other.id()), 0);
+        assert_runs_on(&w);
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+}
+
+/// A dump that fails once the tree is seized (a refusal) leaves the cgroup thawed.
+#[test]
+fn a_refusal_after_the_freeze_leaves_all_thawed() {
+    let _g = serial_root!();
+    for hierarchy in [V1, V2] {
+        let Some(cg) = TestCgroup::new(hierarchy, test_name!()) else {
+            continue;
+        };
+        let w = Workload::start("cg-clonefiles", &workload("clonefiles"), &[]);
+        // Printing, it has made its child: both go in.
+        w.wait_lines(3, T);
+        for p in tree_and_session(w.pid) {
+            cg.add(p);
+        }
+        assert_eq!(cg.procs().len(), 2, "parent and child in the cgroup");
+        let out = dump_workload(&w, &["--freeze-cgroup", cg.arg()]);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{hierarchy}: the dump must fail");
+        assert!(e.contains("file descriptor table"), "{hierarchy}: {e}");
+        cg.assert_thawed();
+        for p in tree_and_session(w.pid) {
+            assert_eq!(tracer_of(p), 0, "{hierarchy}: {p} left traced");
+        }
+        let n = w.lines().len();
+        assert!(
+            w.wait_lines(n + 5, T).len() >= n + 5,
+            "{hierarchy}: tree runs on"
+        );
+    }
+}
+
+/// The wrong cgroup (the tree is not in it) and a path that is no freezer are refused.
+#[test]
+fn a_cgroup_without_the_tree_or_no_freezer_is_refused() {
+    let _g = serial_root!();
+    let Some(cg) = TestCgroup::new(V1, test_name!()) else {
+        return;
+    };
+    let w = Workload::start("cg-elsewhere", &workload("counter"), &[]);
+    w.wait_lines(2, T);
+    let out = dump_workload(&w, &["--freeze-cgroup", cg.arg()]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains(&format!("process {} is not in the cgroup", w.pid)),
+        "{e}"
+    );
+    cg.assert_thawed();
+    let out = dump_workload(&w, &["--freeze-cgroup", "/tmp"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("/tmp is not a freezer cgroup"), "{e}");
+    assert_runs_on(&w);
+}
+
+/// SIGTERM in the middle of the dump: it is abandoned, the cgroup thawed, the tree let go.
+#[test]
+fn sigterm_during_the_dump_leaves_all_thawed() {
+    let _g = serial_root!();
+    for hierarchy in [V1, V2] {
+        let Some(cg) = TestCgroup::new(hierarchy, test_name!()) else {
+            continue;
+        };
+        let w = Workload::start("cg-term", &workload("memhog"), &["192"]);
+        cg.add(w.pid);
+        w.wait_lines(2, Duration::from_secs(20));
+        let img = w.images();
+        let child: Child = Command::new(stasis_bin())
+            .args(["dump", "-t", &w.pid.to_string(), "-D"])
+            .arg(&img)
+            .args(["--freeze-cgroup", cg.arg()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("stasis dump");
+        // Once seized, the 192 MiB still take a while to dump.
+        let end = Instant::now() + Duration::from_secs(10);
+        while tracer_of(w.pid) == 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: kill(2) of our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let out = child.wait_with_output().expect("wait for stasis");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{hierarchy}: the dump must fail");
+        assert!(e.contains("interrupted by signal"), "{hierarchy}: {e}");
+        cg.assert_thawed();
+        assert_runs_on(&w);
+    }
+}
+
+/// A stopped task (SIGSTOP) in the cgroup: v1 cannot seize it frozen (PTRACE_SEIZE would wait
+/// forever), so the dump seizes one by one there; either way it is dumped and stays stopped.
+#[test]
+fn a_stopped_task_in_the_cgroup_is_dumped_and_stays_stopped() {
+    let _g = serial_root!();
+    for hierarchy in [V1, V2] {
+        let Some(cg) = TestCgroup::new(hierarchy, test_name!()) else {
+            continue;
+        };
+        let w = start_threads(&cg, "cg-stopped");
+        // SAFETY: kill(2) of our workload.
+        unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGSTOP) };
+        let end = Instant::now() + T;
+        while state_of(w.pid) != 'T' && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let img = w.images();
+        let mut child = Command::new(stasis_bin())
+            .args(["dump", "-R", "-t", &w.pid.to_string(), "-D"])
+            .arg(&img)
+            .args(["--freeze-cgroup", cg.arg(), "-o", "dump.log", "-v4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stasis dump");
+        // A hang here is the bug this test is for: bounded, then killed.
+        let end = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break Some(st);
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let log = std::fs::read_to_string(img.join("dump.log")).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{hierarchy}: dump {status:?}:\n{log}"
+        );
+        cg.assert_thawed();
+        assert_eq!(tracer_of(w.pid), 0, "{hierarchy}: left traced");
+        assert_eq!(state_of(w.pid), 'T', "{hierarchy}: stays stopped");
+        let n = w.lines().len();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(w.lines().len(), n, "{hierarchy}: printed while stopped");
+        // SAFETY: kill(2) of our workload.
+        unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGCONT) };
+        assert!(
+            w.wait_lines(n + 5, T).len() >= n + 5,
+            "{hierarchy}: runs once continued"
+        );
+    }
+}

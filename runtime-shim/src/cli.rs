@@ -51,6 +51,8 @@ pub struct Config {
     pub freeze_cgroup: Option<PathBuf>,
     pub pidfile: Option<PathBuf>,
     pub inherit_fds: Vec<InheritFd>,
+    /// `--join-ns NS:PID|PATH`: (kind, the namespace file).
+    pub join_ns: Vec<(String, PathBuf)>,
     /// `--external net[INODE]:KEY`: (inode, key).
     pub external_netns: Vec<(u64, String)>,
     /// `--veth-pair IN=OUT[@BRIDGE]`.
@@ -86,6 +88,7 @@ impl Default for Config {
             inherit_fds: Vec::new(),
             veth_pairs: Vec::new(),
             external_netns: Vec::new(),
+            join_ns: Vec::new(),
             close_fds: Vec::new(),
             display_stats: false,
             features: Vec::new(),
@@ -212,6 +215,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "shell-job" => c.shell_job = on,
         "file-locks" => c.file_locks = on,
         "inherit-fd" => c.inherit_fds.push(value(g).parse()?),
+        "join-ns" => c.join_ns.push(parse_join_ns(value(g))?),
         "veth-pair" => c.veth_pairs.push(
             value(g)
                 .parse()
@@ -284,6 +288,30 @@ fn atoi(s: &str) -> i64 {
     } else {
         n
     }
+}
+
+/// `--join-ns NS:PID|PATH[,EXTRA]` (CRIU's form): the namespace kind and its file. Only the
+/// kinds a restoring thread can enter on its own (net, uts, ipc) are taken.
+pub fn parse_join_ns(s: &str) -> Result<(String, PathBuf), String> {
+    let (kind, target) = s
+        .split_once(':')
+        .filter(|(k, t)| !k.is_empty() && !t.is_empty())
+        .ok_or_else(|| format!("bad --join-ns '{s}': expected NS:PID or NS:PATH"))?;
+    if !matches!(kind, "net" | "uts" | "ipc") {
+        return Err(format!(
+            "--join-ns {kind} is not supported yet (net, uts and ipc are)"
+        ));
+    }
+    if target.contains(',') {
+        return Err(format!(
+            "--join-ns {s}: extra options are for user namespaces, which are not supported yet"
+        ));
+    }
+    let file = match target.parse::<u32>() {
+        Ok(pid) => PathBuf::from(format!("/proc/{pid}/ns/{kind}")),
+        Err(_) => PathBuf::from(target),
+    };
+    Ok((kind.to_string(), file))
 }
 
 /// `--external net[INODE]:KEY`; CRIU's other external kinds are refused by name.

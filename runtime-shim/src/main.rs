@@ -185,6 +185,7 @@ fn restore_options(c: &Config) -> RestoreOptions {
         tcp_close: c.tcp_close,
         allow_shared_images_dir: allow_shared_images_dir(),
         veth_pairs: c.veth_pairs.clone(),
+        join_ns: c.join_ns.clone(),
         // Relative to the work directory, where CRIU has already chdir'ed.
         pidfile: c.pidfile.clone(),
         ..Default::default()

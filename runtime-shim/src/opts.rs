@@ -88,7 +88,12 @@ pub static OPTIONS: &[Spec] = &[
     o("work-dir", Some('W'), Req, Yes("directory for logs, stats and pidfile (default: the images directory)")),
     o("log-file", Some('o'), Req, Yes("log file, relative to the work directory; '-' for stderr")),
     o("verbosity", Some('v'), Opt, Yes("-v[NUM] (0 none .. 4 debug) or -vvv; default 2")),
-    o("join-ns", Some('J'), Req, Refused),
+    o(
+        "join-ns",
+        Some('J'),
+        Req,
+        Yes("restore into an existing net, uts or ipc namespace (NS:PID or NS:PATH) instead of a new one"),
+    ),
     o("root", Some('r'), Req, Refused),
     o("ext-unix-sk", Some('x'), Opt, Yes("unix sockets with a peer outside the tree; =INODE[,INODE...] for those sockets whatever their type")),
     o("help", Some('h'), N, Yes("print the usage and exit")),

@@ -31,6 +31,7 @@ fn sample(long: &str) -> &'static str {
         "cpu-cap" => "fpu",
         "feature" => "timerfd",
         "veth-pair" => "eth0=veth0",
+        "join-ns" => "net:/run/netns/x",
         "external" => "net[4026532177]:extRootNetNS",
         _ => "x",
     }
@@ -434,4 +435,22 @@ fn external_takes_a_network_namespace_only() {
     );
     assert!(cli::parse_external("net[x]:k").is_err());
     assert!(cli::parse_external("net[1]:").is_err());
+}
+
+#[test]
+fn join_ns_takes_the_kinds_a_thread_can_enter() {
+    assert_eq!(
+        cli::parse_join_ns("uts:123"),
+        Ok(("uts".to_string(), "/proc/123/ns/uts".into()))
+    );
+    assert_eq!(
+        cli::parse_join_ns("net:/run/netns/a"),
+        Ok(("net".to_string(), "/run/netns/a".into()))
+    );
+    assert_eq!(
+        cli::parse_join_ns("mnt:1").unwrap_err(),
+        "--join-ns mnt is not supported yet (net, uts and ipc are)"
+    );
+    assert!(cli::parse_join_ns("user:1,0,0").is_err());
+    assert!(cli::parse_join_ns("net").is_err());
 }

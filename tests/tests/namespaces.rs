@@ -417,3 +417,81 @@ fn external_network_namespace_is_joined_through_inherit_fd() {
     assert_eq!(now.ok(), Some(ino), "back in the same namespace");
     counter_is_continuous(&after);
 }
+
+#[test]
+fn join_ns_restores_into_an_existing_uts_namespace() {
+    let _g = serial_root!();
+    if !Path::new("/usr/bin/unshare").exists() {
+        skip(test_name!(), "no /usr/bin/unshare (util-linux)");
+        return;
+    }
+    // A namespace to join, held by a sleeper, named "joined".
+    let holder = Workload::start(
+        "uts-holder",
+        Path::new("/usr/bin/unshare"),
+        &[
+            "--uts",
+            "/bin/sh",
+            "-c",
+            "hostname joined && echo up && exec sleep 1000",
+        ],
+    );
+    holder.wait_lines(1, T);
+    let ns_ino = |pid: u32| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/ns/uts"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let w = Workload::start(
+        "uts-own",
+        Path::new("/usr/bin/unshare"),
+        &[
+            "--uts",
+            "/bin/sh",
+            "-c",
+            "hostname own && exec /usr/bin/python3 -c 'import socket,time\nn=0\nwhile True:\n    print(n, socket.gethostname(), flush=True); n+=1; time.sleep(0.05)'",
+        ],
+    );
+    w.wait_lines(3, T);
+    assert!(w.lines()[0].ends_with(" own"));
+    let img = w.images();
+    let img_s = img.to_str().expect("utf8");
+    let pid = w.pid.to_string();
+    check_ok(
+        "dump",
+        &stasis(&["dump", "-t", &pid, "-D", img_s, "-o", "dump.log", "-v4"]),
+    );
+    reap(w.pid);
+    wait_pid_gone(w.pid);
+    let join = format!("uts:{}", holder.pid);
+    check_ok(
+        "restore",
+        &stasis(&[
+            "restore",
+            "-D",
+            img_s,
+            "-d",
+            "-o",
+            "restore.log",
+            "-v4",
+            "--join-ns",
+            &join,
+        ]),
+    );
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 3, T);
+    let (mine, theirs) = (ns_ino(w.pid), ns_ino(holder.pid));
+    kill_tree(&[w.pid]);
+    assert_eq!(mine, theirs, "restored into the joined namespace");
+    let last = after.last().expect("a line");
+    assert!(
+        last.ends_with(" joined"),
+        "the joined namespace's name: {last}"
+    );
+    let counts: Vec<String> = after
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect();
+    counter_is_continuous(&counts);
+}

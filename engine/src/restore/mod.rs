@@ -79,6 +79,10 @@ pub struct RestoreOptions {
     pub sibling: bool,
     /// Told at CRIU's action-script points (RPC `notify_scripts`); see [`crate::notify`].
     pub notify: crate::notify::Notifier,
+    /// Existing namespaces to restore into instead of new ones (`--join-ns NS:FILE`, the RPC's
+    /// `join_ns`): (kind: "net", "uts" or "ipc"; its nsfs file). A joined namespace is used as
+    /// it is: the tree's saved names, IPC limits or links are not applied to it.
+    pub join_ns: Vec<(String, PathBuf)>,
     /// Names for the outer ends of the veths of a network namespace the tree owned
     /// (`--veth-pair IN=OUT[@BRIDGE]`).
     pub veth_pairs: Vec<stasis_netns::VethPair>,
@@ -496,7 +500,28 @@ fn enter_tree_namespaces(
     opts: &RestoreOptions,
 ) -> Result<Vec<crate::ns::ipc::Unshared>, RestoreError> {
     let mut entered = Vec::new();
+    let mut joined = Vec::new();
+    for (kind, file) in &opts.join_ns {
+        let flag = match kind.as_str() {
+            "net" => libc::CLONE_NEWNET,
+            "uts" => libc::CLONE_NEWUTS,
+            "ipc" => libc::CLONE_NEWIPC,
+            _ => {
+                return Err(RestoreError::Setup {
+                    what: format!("joining a {kind} namespace"),
+                    source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                })
+            }
+        };
+        let ns = std::fs::File::open(file).map_err(setup_err(format!(
+            "opening the {kind} namespace to join ({})",
+            file.display()
+        )))?;
+        entered.push(crate::ns::ipc::Unshared::enter(ns.as_fd(), flag, kind)?);
+        joined.push(kind.as_str());
+    }
     match &img.net {
+        _ if joined.contains(&"net") => {}
         Some(crate::ns::net::Saved::Own(state)) => {
             let ns = crate::ns::net::make(state, &opts.veth_pairs)?;
             entered.push(crate::ns::ipc::Unshared::enter(
@@ -522,11 +547,11 @@ fn enter_tree_namespaces(
         }
         None => {}
     }
-    if let Some(vars) = &img.ipc_vars {
+    if let Some(vars) = img.ipc_vars.as_ref().filter(|_| !joined.contains(&"ipc")) {
         entered.push(crate::ns::ipc::Unshared::new()?);
         crate::ns::ipc::write_limits(vars)?;
     }
-    if let Some(names) = &img.uts {
+    if let Some(names) = img.uts.as_ref().filter(|_| !joined.contains(&"uts")) {
         entered.push(crate::ns::ipc::Unshared::new_of(libc::CLONE_NEWUTS, "uts")?);
         crate::ns::uts::set_names(names)?;
     }

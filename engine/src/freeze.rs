@@ -44,6 +44,8 @@ pub(crate) struct Tree {
     pub(crate) tcp_locks: Vec<crate::net::inet::TcpLock>,
     /// The nftables table that keeps the peers of dumped connections away (see netns::nftlock).
     pub(crate) nft_lock: Option<String>,
+    /// The network namespace that table is in, when the tree owns one (or it is external).
+    pub(crate) nft_lock_ns: Option<std::os::fd::OwnedFd>,
     /// The cgroup frozen while the tree was seized (`--freeze-cgroup`), once it froze; frozen
     /// again to let go of the tree, and thawed on every way out.
     cgroup: Option<Freezer>,
@@ -87,6 +89,7 @@ impl Tree {
             syscall_at: HashMap::new(),
             tcp_locks: Vec::new(),
             nft_lock: None,
+            nft_lock_ns: None,
             cgroup: None,
             early: HashMap::new(),
             done: false,
@@ -392,7 +395,11 @@ impl Tree {
             lock.release();
         }
         if let Some(table) = self.nft_lock.take() {
-            if let Err(e) = stasis_netns::nftlock::unlock(&table) {
+            let unlocked = match &self.nft_lock_ns {
+                Some(ns) => stasis_netns::nftlock::unlock_in(std::os::fd::AsFd::as_fd(ns), &table),
+                None => stasis_netns::nftlock::unlock(&table),
+            };
+            if let Err(e) = unlocked {
                 log::warn!("cannot remove network lock {table}: {e}");
             }
         }

@@ -495,3 +495,117 @@ fn join_ns_restores_into_an_existing_uts_namespace() {
         .collect();
     counter_is_continuous(&counts);
 }
+
+const ECHO_SERVER: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7078))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+n = 0
+f = c.makefile("rb")
+for line in f:
+    n += 1
+    c.sendall(b"%d %s" % (n, line))
+"#;
+
+#[test]
+fn tcp_connection_into_a_network_namespace_survives() {
+    use std::io::{BufRead, Write};
+    let _g = serial_root!();
+    for tool in ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/python3"] {
+        if !Path::new(tool).exists() {
+            skip(test_name!(), &format!("no {tool}"));
+            return;
+        }
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        skip(test_name!(), "no ip (iproute2) to build the fixture");
+        return;
+    }
+    let (inside, outside) = ("stt0", "sth1");
+    let _host = HostLink(outside);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", outside])
+        .output();
+    let w = Workload::start(
+        "netns-tcp",
+        Path::new("/usr/bin/unshare"),
+        &["--net", "/usr/bin/python3", "-c", ECHO_SERVER],
+    );
+    w.wait_lines(1, T);
+    let pid = w.pid.to_string();
+    ip(&[
+        "link", "add", inside, "type", "veth", "peer", "name", outside,
+    ]);
+    ip(&["link", "set", inside, "netns", &pid]);
+    ip_in(w.pid, &["link", "set", "lo", "up"]);
+    ip_in(w.pid, &["addr", "add", "10.81.0.2/24", "dev", inside]);
+    ip_in(w.pid, &["link", "set", inside, "up"]);
+    ip(&["addr", "add", "10.81.0.1/24", "dev", outside]);
+    ip(&["link", "set", outside, "up"]);
+    let addr: std::net::SocketAddr = "10.81.0.2:7078".parse().expect("addr");
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, T).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut rd = std::io::BufReader::new(conn.try_clone().expect("dup"));
+    let mut exchange = |what: &str| -> String {
+        conn.write_all(format!("{what}\n").as_bytes())
+            .expect("send");
+        let mut line = String::new();
+        rd.read_line(&mut line).expect("answer");
+        line.trim().to_string()
+    };
+    assert_eq!(exchange("a"), "1 a");
+
+    let img = w.images();
+    let img_s = img.to_str().expect("utf8");
+    check_ok(
+        "dump",
+        &stasis(&[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            img_s,
+            "-o",
+            "dump.log",
+            "-v4",
+            "--tcp-established",
+        ]),
+    );
+    reap(w.pid);
+    wait_pid_gone(w.pid);
+    // The namespace goes (and the veth with it) once the kernel has cleaned it up.
+    let end = Instant::now() + T;
+    while Path::new(&format!("/sys/class/net/{outside}")).exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pair = format!("{inside}={outside}");
+    check_ok(
+        "restore",
+        &stasis(&[
+            "restore",
+            "-D",
+            img_s,
+            "-d",
+            "-o",
+            "restore.log",
+            "-v4",
+            "--tcp-established",
+            "--veth-pair",
+            &pair,
+        ]),
+    );
+    ip(&["addr", "add", "10.81.0.1/24", "dev", outside]);
+    ip(&["link", "set", outside, "up"]);
+    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exchange("b")));
+    kill_tree(&[w.pid]);
+    assert_eq!(
+        answer.expect("the connection answers"),
+        "2 b",
+        "same connection, same count"
+    );
+}

@@ -401,6 +401,8 @@ pub(crate) struct Images {
     pub(crate) seccomp: crate::task::seccomp::Filters,
     /// Pids as the tree sees them (its own pid namespace's), for what the images record.
     pub(crate) pids: crate::ns::pid::PidView,
+    /// The tree's network namespace when it is not ours.
+    pub(crate) net_ns: Option<std::os::fd::OwnedFd>,
     /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
     pub(crate) live_pids: Vec<u32>,
     pub(crate) in_flight_sockets_known: bool,
@@ -426,14 +428,17 @@ fn dump_frozen(
     }
     refuse_foreign_namespaces(&live, &owned)?;
     crate::net::unix::set_diag_namespace(own_net.as_ref().and_then(|n| n.try_clone().ok()));
+    // The TCP lock goes where the tree's connections are (see net::inet::file).
+    tree.nft_lock_ns = own_net.as_ref().and_then(|n| n.try_clone().ok());
     let own_ipc = crate::ns::ipc::tree_ns(root, &live)?;
     let own_uts = crate::ns::uts::tree_ns(root, &live)?;
     let mut img = collect_start(opts, &live, own_ipc.as_ref(), own_uts.is_some())?;
     if pids.owns_namespace() {
         img.ns_ids.pid = crate::ns::pid::TREE_NS_ID;
     }
-    if own_net.is_some() {
+    if let Some(ns) = &own_net {
         img.ns_ids.net = crate::ns::net::TREE_NS_ID;
+        img.net_ns = ns.try_clone().ok();
     }
     img.pids = pids;
     refuse_shared_kernel_objects(tree)?;
@@ -520,6 +525,7 @@ fn collect_start(
         in_flight: Vec::new(),
         seccomp: Default::default(),
         pids: Default::default(),
+        net_ns: None,
         live_pids: live.to_vec(),
         in_flight_sockets_known: false,
         ns_ids: crate::task::core::NsIds {

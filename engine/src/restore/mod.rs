@@ -460,7 +460,10 @@ impl Steps<'_> {
         }
         opts.notify.run(Script::PostRestore, Some(self.root_pid))?;
         // The connections exist again: let their peers' packets through (network-unlock).
-        if let Some(table) = &img.net_lock {
+        // This thread is in the tree's network namespace if it has one; a namespace made
+        // anew never had the lock (it died with the old one).
+        let made_anew = matches!(img.net, Some(crate::ns::net::Saved::Own(_)));
+        if let Some(table) = img.net_lock.as_ref().filter(|_| !made_anew) {
             if let Err(e) = stasis_netns::nftlock::unlock(table) {
                 log::warn!("cannot remove network lock {table}: {e}");
             }

@@ -2,7 +2,7 @@
 //! and `net::inet`. An established TCP connection is locked (nftables, see
 //! `stasis_netns::nftlock`) before it is read, and its queues go to tcp-stream-<ino>.img.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::InetError;
 use crate::dump::fds::DumpCx;
@@ -72,16 +72,10 @@ impl FileKind for InetSocket {
             })
         })?;
         let (root, nft_lock) = (cx.opts.pid, &mut *cx.nft_lock);
-        let own_netns = cx.img.ns_ids.net == crate::ns::net::TREE_NS_ID;
+        let tree_netns = cx.img.net_ns.as_ref();
         // The network lock goes up before the connection is read: from then on no segment
         // of the peer reaches it (nor, after the kill, a closed port).
         let mut lock_conn = |local_port: u16, remote_port: u16| -> std::io::Result<()> {
-            if own_netns {
-                // The lock lives in our namespace; the tree's traffic does not cross it.
-                return Err(std::io::Error::other(
-                    "an established TCP connection inside the tree's own network namespace is not supported yet",
-                ));
-            }
             let conn = [stasis_netns::nftlock::Conn {
                 local_port,
                 remote_port,
@@ -93,7 +87,13 @@ impl FileKind for InetSocket {
                     (format!("stasis-{root}-{now}"), true)
                 }
             };
-            stasis_netns::nftlock::add(&table, &conn, create).map_err(std::io::Error::other)?;
+            // In the tree's own network namespace when it has one: its traffic never
+            // crosses ours.
+            match tree_netns {
+                Some(ns) => stasis_netns::nftlock::add_in(ns.as_fd(), &table, &conn, create),
+                None => stasis_netns::nftlock::add(&table, &conn, create),
+            }
+            .map_err(std::io::Error::other)?;
             *nft_lock = Some(table);
             Ok(())
         };

@@ -609,3 +609,98 @@ fn tcp_connection_into_a_network_namespace_survives() {
         "same connection, same count"
     );
 }
+
+#[test]
+fn time_namespace_clocks_read_on_from_the_dump() {
+    let _g = serial_root!();
+    if !Path::new("/proc/self/ns/time").exists() {
+        skip(test_name!(), "no time namespaces in this kernel");
+        return;
+    }
+    let script = "import time\nwhile True:\n    print('%.3f %.3f' % (time.clock_gettime(time.CLOCK_MONOTONIC), time.clock_gettime(time.CLOCK_BOOTTIME)), flush=True)\n    time.sleep(0.05)";
+    let w = Workload::start(
+        "timens",
+        Path::new("/usr/bin/unshare"),
+        &[
+            "--time",
+            "--fork",
+            "--monotonic",
+            "100000",
+            "--boottime",
+            "50000",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ],
+    );
+    w.wait_lines(3, T);
+    let init = init_of(w.pid);
+    let img = w.images();
+    let img_s = img.to_str().expect("utf8");
+    check_ok(
+        "dump",
+        &stasis(&[
+            "dump",
+            "-t",
+            &init.to_string(),
+            "-D",
+            img_s,
+            "-o",
+            "dump.log",
+            "-v4",
+        ]),
+    );
+    reap(w.pid);
+    wait_pid_gone(init);
+    let before = w.lines();
+    // Lines of two clocks (unshare, the parent, may print its own when its child dies).
+    let clocks = |l: &String| -> Option<(f64, f64)> {
+        let v: Vec<f64> = l
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (v.len() == 2).then(|| (v[0], v[1]))
+    };
+    let (mono0, boot0) = before.iter().rev().find_map(clocks).expect("a clock line");
+    // Time spent checkpointed must not show.
+    std::thread::sleep(Duration::from_secs(2));
+    check_ok(
+        "restore",
+        &stasis(&["restore", "-D", img_s, "-d", "-o", "restore.log", "-v4"]),
+    );
+    let after = w.wait_lines(before.len() + 3, T);
+    let host_mono = nix_mono();
+    let in_own_ns = {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+        ino(&format!("/proc/{init}/ns/time")) != ino("/proc/self/ns/time")
+    };
+    kill_tree(&[init]);
+    let (mono1, boot1) = after[before.len()..]
+        .iter()
+        .find_map(clocks)
+        .expect("a clock line after the restore");
+    assert!(in_own_ns, "restored into a time namespace of its own");
+    assert!(
+        mono1 - mono0 < 1.0 && mono1 > mono0,
+        "monotonic reads on: {mono0} then {mono1}"
+    );
+    assert!(
+        boot1 - boot0 < 1.0 && boot1 > boot0,
+        "boottime: {boot0} then {boot1}"
+    );
+    assert!(
+        mono1 > host_mono + 90_000.0,
+        "the offset is kept: {mono1} vs host {host_mono}"
+    );
+}
+
+fn nix_mono() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime into a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}

@@ -236,6 +236,8 @@ pub enum DumpError {
     PidNs(#[from] crate::ns::pid::PidNsError),
     #[error(transparent)]
     NetNs(#[from] crate::ns::net::NetNsError),
+    #[error(transparent)]
+    TimeNs(#[from] crate::ns::time::TimeNsError),
 }
 
 fn join_pids(pids: &[u32]) -> String {
@@ -419,7 +421,11 @@ fn dump_frozen(
     let root = tree.tasks[0].pid;
     let pids = crate::ns::pid::tree_view(root, &live)?;
     let own_net = crate::ns::net::tree_ns(root, &live)?;
+    let own_time = crate::ns::time::tree_clocks(root, &live)?;
     let mut owned = Vec::new();
+    if own_time.is_some() {
+        owned.push("time");
+    }
     if pids.owns_namespace() {
         owned.push("pid");
     }
@@ -435,6 +441,15 @@ fn dump_frozen(
     let mut img = collect_start(opts, &live, own_ipc.as_ref(), own_uts.is_some())?;
     if pids.owns_namespace() {
         img.ns_ids.pid = crate::ns::pid::TREE_NS_ID;
+    }
+    if let Some(clocks) = &own_time {
+        img.ns_ids.time = crate::ns::time::TREE_NS_ID;
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::TIMENS);
+        w.push(clocks);
+        write_file(
+            &img.dir.join(names::timens(crate::ns::time::TREE_NS_ID)),
+            &w.into_bytes(),
+        )?;
     }
     if let Some(ns) = &own_net {
         img.ns_ids.net = crate::ns::net::TREE_NS_ID;

@@ -3,4 +3,5 @@
 pub mod ipc;
 pub mod net;
 pub mod pid;
+pub mod time;
 pub mod uts;

@@ -91,6 +91,8 @@ pub struct DumpImage {
     /// The network namespace the tree owned: links, addresses, routes; or the key of the
     /// caller's namespace to join.
     pub net: Option<crate::ns::net::Saved>,
+    /// The clocks of the time namespace the tree owned, as they read at dump.
+    pub time: Option<pb::TimensEntry>,
     /// tty_info id → the state of one end of a pty.
     pub tty_infos: HashMap<u32, pb::TtyInfoEntry>,
     /// tty_info id → bytes waiting to be read on that end of its pty.
@@ -656,6 +658,15 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
     img.uts = uts;
     img.net = match tree_ns_id(&img.tasks, inv, "network", |i| i.net_ns_id)? {
         (Some(id), true) => Some(crate::ns::net::load_saved(dir, id)?),
+        _ => None,
+    };
+    img.time = match tree_ns_id(&img.tasks, inv, "time", |i| i.time_ns_id)? {
+        (Some(id), true) => Some(one::<pb::TimensEntry>(
+            dir,
+            &names::timens(id),
+            ImageKind::Normal,
+            magic::TIMENS,
+        )?),
         _ => None,
     };
     img.sysv_shm = sysv_shm;

@@ -169,6 +169,8 @@ pub enum RestoreError {
     PidNs(#[from] crate::ns::pid::PidNsError),
     #[error(transparent)]
     NetNs(#[from] crate::ns::net::NetNsError),
+    #[error(transparent)]
+    TimeNs(#[from] crate::ns::time::TimeNsError),
     #[error("the tree's network namespace was external (key {key}): give it with --inherit-fd fd[N]:{key}")]
     ExternalNetNs { key: String },
     #[error(transparent)]
@@ -549,6 +551,10 @@ fn enter_tree_namespaces(
             )?);
         }
         None => {}
+    }
+    if let Some(clocks) = &img.time {
+        // Children only (the root is forked next): held by them once they exist.
+        drop(crate::ns::time::make_for_children(clocks)?);
     }
     if let Some(vars) = img.ipc_vars.as_ref().filter(|_| !joined.contains(&"ipc")) {
         entered.push(crate::ns::ipc::Unshared::new()?);

@@ -297,6 +297,7 @@ pub(crate) struct NsIds {
     pub(crate) uts: u32,
     pub(crate) net: u32,
     pub(crate) pid: u32,
+    pub(crate) time: u32,
 }
 
 impl NsIds {
@@ -306,6 +307,7 @@ impl NsIds {
         uts: crate::ns::uts::HOST_NS_ID,
         net: crate::ns::net::HOST_NS_ID,
         pid: crate::ns::pid::HOST_NS_ID,
+        time: crate::ns::time::HOST_NS_ID,
     };
 }
 
@@ -323,7 +325,7 @@ pub(crate) fn ids_for(n: u32, ns: NsIds) -> pb::TaskKobjIdsEntry {
         mnt_ns_id: None,
         user_ns_id: None,
         cgroup_ns_id: None,
-        time_ns_id: None,
+        time_ns_id: Some(ns.time),
     }
 }
 

@@ -737,3 +737,43 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port in 20000-31999");
 }
+
+/// The threads of `pid`, sorted.
+pub fn thread_ids(pid: u32) -> Vec<u32> {
+    let mut t: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    t.sort_unstable();
+    t
+}
+
+/// A field of a `status` file (`TracerPid:`, `State:`), trimmed; empty if absent.
+pub fn status_field(path: &str, key: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// Asserts every thread of `pid` is untraced and not stopped (what a failed or killed dump
+/// must leave).
+pub fn assert_threads_free(pid: u32, what: &str) {
+    for t in thread_ids(pid) {
+        let status = format!("/proc/{pid}/task/{t}/status");
+        assert_eq!(
+            status_field(&status, "TracerPid:"),
+            "0",
+            "{what}: {pid}/{t} left traced"
+        );
+        let state = status_field(&status, "State:");
+        assert!(
+            !state.starts_with('t') && !state.starts_with('T'),
+            "{what}: {pid}/{t} left {state}"
+        );
+    }
+}

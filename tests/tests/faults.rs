@@ -78,24 +78,6 @@ fn snapshot(dir: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn tids(pid: u32) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn status_field(path: &str, key: &str) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
-}
-
 /// (threads' total, token) of a line of the workload, which must say its memory is intact.
 fn numbers(l: &str, what: &str) -> (u64, u64) {
     assert!(
@@ -114,19 +96,7 @@ fn numbers(l: &str, what: &str) -> (u64, u64) {
 fn assert_runs_on(w: &Workload, pids: &[u32], what: &str) {
     for &p in pids {
         assert!(alive(p), "{what}: task {p} died");
-        for t in tids(p) {
-            let status = format!("/proc/{p}/task/{t}/status");
-            assert_eq!(
-                status_field(&status, "TracerPid:"),
-                "0",
-                "{what}: {p}/{t} left traced"
-            );
-            let state = status_field(&status, "State:");
-            assert!(
-                !state.starts_with('t') && !state.starts_with('T'),
-                "{what}: {p}/{t} left {state}"
-            );
-        }
+        assert_threads_free(p, what);
     }
     // Lines past the file's end now are new (a restored tree writes over what an earlier
     // restore of the same images wrote, from the dumped offset on).

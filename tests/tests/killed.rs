@@ -39,26 +39,6 @@ impl Rng {
     }
 }
 
-fn status_field(path: &str, key: &str) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
-}
-
-fn tids(pid: u32) -> Vec<u32> {
-    let mut t: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    t.sort_unstable();
-    t
-}
-
 /// What a killed dump must leave as it was: each thread's signal mask, and the memory map.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
@@ -67,7 +47,7 @@ struct Snapshot {
 }
 
 fn snapshot(pid: u32) -> Snapshot {
-    let masks = tids(pid)
+    let masks = thread_ids(pid)
         .into_iter()
         .map(|t| {
             let blk = status_field(&format!("/proc/{pid}/task/{t}/status"), "SigBlk:");
@@ -111,19 +91,7 @@ fn dump_duration(w: &Workload, img: &Path) -> Duration {
 fn assert_untouched(w: &Workload, before: &Snapshot, what: &str) {
     let pid = w.pid;
     assert!(alive(pid), "{what}: the workload died");
-    for t in tids(pid) {
-        let status = format!("/proc/{pid}/task/{t}/status");
-        assert_eq!(
-            status_field(&status, "TracerPid:"),
-            "0",
-            "{what}: thread {t} left traced"
-        );
-        let state = status_field(&status, "State:");
-        assert!(
-            !state.starts_with('t') && !state.starts_with('T'),
-            "{what}: thread {t} left {state}"
-        );
-    }
+    assert_threads_free(pid, what);
     let now = snapshot(pid);
     assert_eq!(now.masks, before.masks, "{what}: signal masks changed");
     let gone: Vec<&String> = before
@@ -357,7 +325,7 @@ fn killed_restorer_leaves_nothing_stopped_or_traced() {
             if !alive(p) {
                 continue;
             }
-            for t in tids(p) {
+            for t in thread_ids(p) {
                 let status = format!("/proc/{p}/task/{t}/status");
                 let state = status_field(&status, "State:");
                 assert!(

@@ -179,6 +179,67 @@ impl Drop for HostLink {
     }
 }
 
+/// A python `script` in a network namespace of its own (`unshare --net`), with `lo` up and a
+/// veth whose inner end `inside` has `subnet`.2/24 and outer end `outside` (in ours)
+/// `subnet`.1/24. None (after saying SKIP) when a tool is missing. The guard deletes the outer
+/// end.
+fn server_behind_veth(
+    test: &str,
+    name: &str,
+    script: &str,
+    (inside, outside): (&str, &'static str),
+    subnet: &str,
+) -> Option<(Workload, HostLink)> {
+    for tool in ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/python3"] {
+        if !Path::new(tool).exists() {
+            skip(test, &format!("no {tool}"));
+            return None;
+        }
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        skip(test, "no ip (iproute2) to build the fixture");
+        return None;
+    }
+    let host = HostLink(outside);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", outside])
+        .output();
+    let w = Workload::start(
+        name,
+        Path::new("/usr/bin/unshare"),
+        &["--net", "/usr/bin/python3", "-c", script],
+    );
+    w.wait_lines(1, T);
+    let pid = w.pid.to_string();
+    ip(&[
+        "link", "add", inside, "type", "veth", "peer", "name", outside,
+    ]);
+    ip(&["link", "set", inside, "netns", &pid]);
+    ip_in(w.pid, &["link", "set", "lo", "up"]);
+    ip_in(
+        w.pid,
+        &["addr", "add", &format!("{subnet}.2/24"), "dev", inside],
+    );
+    ip_in(w.pid, &["link", "set", inside, "up"]);
+    outer_end_up(outside, subnet);
+    Some((w, host))
+}
+
+/// Gives the outer end of the test's veth its address and brings it up (again after a
+/// restore, which makes it anew).
+fn outer_end_up(outside: &str, subnet: &str) {
+    ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", outside]);
+    ip(&["link", "set", outside, "up"]);
+}
+
+/// Waits until the kernel has cleaned up a dead namespace, and the veth with it.
+fn wait_link_gone(link: &str) {
+    let end = Instant::now() + T;
+    while Path::new(&format!("/sys/class/net/{link}")).exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 const COUNT_SERVER: &str = r#"
 import socket, sys
 s = socket.socket()
@@ -201,33 +262,19 @@ while True:
 #[test]
 fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
     let _g = serial_root!();
-    for tool in ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/python3"] {
-        if !Path::new(tool).exists() {
-            skip(test_name!(), &format!("no {tool}"));
-            return;
-        }
-    }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        skip(test_name!(), "no ip (iproute2) to build the fixture");
-        return;
-    }
     let (inside, outside) = ("stv0", "sth0");
-    let _host = HostLink(outside);
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", outside])
-        .output();
-    let w = Workload::start(
+    let Some((w, _host)) = server_behind_veth(
+        test_name!(),
         "netns",
-        Path::new("/usr/bin/unshare"),
-        &["--net", "/usr/bin/python3", "-c", COUNT_SERVER],
-    );
-    w.wait_lines(1, T);
+        COUNT_SERVER,
+        (inside, outside),
+        "10.79.0",
+    ) else {
+        return;
+    };
     let pid = w.pid.to_string();
-    ip(&[
-        "link", "add", inside, "type", "veth", "peer", "name", outside,
-    ]);
-    ip(&["link", "set", inside, "netns", &pid]);
-    ip_in(w.pid, &["link", "set", "lo", "up"]);
+    // More than the defaults: MTU and MAC (a link's MAC is set while it is down), a route.
+    ip_in(w.pid, &["link", "set", inside, "down"]);
     ip_in(
         w.pid,
         &[
@@ -240,7 +287,6 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
             "02:00:00:00:79:02",
         ],
     );
-    ip_in(w.pid, &["addr", "add", "10.79.0.2/24", "dev", inside]);
     ip_in(w.pid, &["link", "set", inside, "up"]);
     ip_in(
         w.pid,
@@ -254,45 +300,22 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
             "50",
         ],
     );
-    ip(&["addr", "add", "10.79.0.1/24", "dev", outside]);
-    ip(&["link", "set", outside, "up"]);
     assert_eq!(ask("10.79.0.2:7079"), Some(1), "the server answers before");
     let routes_before = ip_in(w.pid, &["-4", "route", "show"]);
 
     let img = w.images();
-    let img_s = img.to_str().expect("utf8");
-    check_ok(
-        "dump",
-        &stasis(&["dump", "-t", &pid, "-D", img_s, "-o", "dump.log", "-v4"]),
-    );
+    dump_to(&img, &pid, &[]);
     reap(w.pid);
     for f in ["netdev-6.img", "ifaddr-6.img", "route-6.img", "netns-6.img"] {
         assert!(img.join(f).exists(), "{f} written");
     }
     // The namespace died with the tree, and the veth pair with it.
-    let end = Instant::now() + T;
-    while Path::new(&format!("/sys/class/net/{outside}")).exists() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_link_gone(outside);
     wait_pid_gone(w.pid);
 
     let pair = format!("{inside}={outside}");
-    check_ok(
-        "restore",
-        &stasis(&[
-            "restore",
-            "-D",
-            img_s,
-            "-d",
-            "-o",
-            "restore.log",
-            "-v4",
-            "--veth-pair",
-            &pair,
-        ]),
-    );
-    ip(&["addr", "add", "10.79.0.1/24", "dev", outside]);
-    ip(&["link", "set", outside, "up"]);
+    restore_from(&img, &["--veth-pair", &pair]);
+    outer_end_up(outside, "10.79.0");
     let link = ip_in(w.pid, &["-o", "link", "show", inside]);
     kill_on_panic(w.pid, || {
         assert!(link.contains("mtu 1400"), "{link}");
@@ -303,6 +326,22 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
         assert_eq!(ask("10.79.0.2:7079"), Some(2));
     });
     kill_tree(&[w.pid]);
+}
+
+/// `stasis dump -t PID -D IMG -o dump.log -v4 EXTRA...`, which must succeed.
+fn dump_to(img: &Path, pid: &str, extra: &[&str]) {
+    let mut args = vec!["dump", "-t", pid, "-D", img.to_str().expect("utf8")];
+    args.extend_from_slice(&["-o", "dump.log", "-v4"]);
+    args.extend_from_slice(extra);
+    check_ok("dump", &stasis(&args));
+}
+
+/// `stasis restore -D IMG -d -o restore.log -v4 EXTRA...`, which must succeed.
+fn restore_from(img: &Path, extra: &[&str]) {
+    let mut args = vec!["restore", "-D", img.to_str().expect("utf8"), "-d"];
+    args.extend_from_slice(&["-o", "restore.log", "-v4"]);
+    args.extend_from_slice(extra);
+    check_ok("restore", &stasis(&args));
 }
 
 fn wait_pid_gone(pid: u32) {
@@ -372,21 +411,7 @@ fn external_network_namespace_is_joined_through_inherit_fd() {
     // Without --external the tree's namespace would be saved and made anew; runc names the
     // one it manages instead.
     let ext = format!("net[{ino}]:extRootNetNS");
-    check_ok(
-        "dump",
-        &stasis(&[
-            "dump",
-            "-t",
-            &pid,
-            "-D",
-            img_s,
-            "-o",
-            "dump.log",
-            "-v4",
-            "--external",
-            &ext,
-        ]),
-    );
+    dump_to(&img, &pid, &["--external", &ext]);
     reap(w.pid);
     wait_pid_gone(w.pid);
     assert!(
@@ -456,29 +481,12 @@ fn join_ns_restores_into_an_existing_uts_namespace() {
     w.wait_lines(3, T);
     assert!(w.lines()[0].ends_with(" own"));
     let img = w.images();
-    let img_s = img.to_str().expect("utf8");
     let pid = w.pid.to_string();
-    check_ok(
-        "dump",
-        &stasis(&["dump", "-t", &pid, "-D", img_s, "-o", "dump.log", "-v4"]),
-    );
+    dump_to(&img, &pid, &[]);
     reap(w.pid);
     wait_pid_gone(w.pid);
     let join = format!("uts:{}", holder.pid);
-    check_ok(
-        "restore",
-        &stasis(&[
-            "restore",
-            "-D",
-            img_s,
-            "-d",
-            "-o",
-            "restore.log",
-            "-v4",
-            "--join-ns",
-            &join,
-        ]),
-    );
+    restore_from(&img, &["--join-ns", &join]);
     let n = w.lines().len();
     let after = w.wait_lines(n + 3, T);
     let (mine, theirs) = (ns_ino(w.pid), ns_ino(holder.pid));
@@ -515,37 +523,17 @@ for line in f:
 fn tcp_connection_into_a_network_namespace_survives() {
     use std::io::{BufRead, Write};
     let _g = serial_root!();
-    for tool in ["/usr/bin/unshare", "/usr/bin/nsenter", "/usr/bin/python3"] {
-        if !Path::new(tool).exists() {
-            skip(test_name!(), &format!("no {tool}"));
-            return;
-        }
-    }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        skip(test_name!(), "no ip (iproute2) to build the fixture");
-        return;
-    }
     let (inside, outside) = ("stt0", "sth1");
-    let _host = HostLink(outside);
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", outside])
-        .output();
-    let w = Workload::start(
+    let Some((w, _host)) = server_behind_veth(
+        test_name!(),
         "netns-tcp",
-        Path::new("/usr/bin/unshare"),
-        &["--net", "/usr/bin/python3", "-c", ECHO_SERVER],
-    );
-    w.wait_lines(1, T);
+        ECHO_SERVER,
+        (inside, outside),
+        "10.81.0",
+    ) else {
+        return;
+    };
     let pid = w.pid.to_string();
-    ip(&[
-        "link", "add", inside, "type", "veth", "peer", "name", outside,
-    ]);
-    ip(&["link", "set", inside, "netns", &pid]);
-    ip_in(w.pid, &["link", "set", "lo", "up"]);
-    ip_in(w.pid, &["addr", "add", "10.81.0.2/24", "dev", inside]);
-    ip_in(w.pid, &["link", "set", inside, "up"]);
-    ip(&["addr", "add", "10.81.0.1/24", "dev", outside]);
-    ip(&["link", "set", outside, "up"]);
     let addr: std::net::SocketAddr = "10.81.0.2:7078".parse().expect("addr");
     let mut conn = std::net::TcpStream::connect_timeout(&addr, T).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(15)))
@@ -561,46 +549,13 @@ fn tcp_connection_into_a_network_namespace_survives() {
     assert_eq!(exchange("a"), "1 a");
 
     let img = w.images();
-    let img_s = img.to_str().expect("utf8");
-    check_ok(
-        "dump",
-        &stasis(&[
-            "dump",
-            "-t",
-            &pid,
-            "-D",
-            img_s,
-            "-o",
-            "dump.log",
-            "-v4",
-            "--tcp-established",
-        ]),
-    );
+    dump_to(&img, &pid, &["--tcp-established"]);
     reap(w.pid);
     wait_pid_gone(w.pid);
-    // The namespace goes (and the veth with it) once the kernel has cleaned it up.
-    let end = Instant::now() + T;
-    while Path::new(&format!("/sys/class/net/{outside}")).exists() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_link_gone(outside);
     let pair = format!("{inside}={outside}");
-    check_ok(
-        "restore",
-        &stasis(&[
-            "restore",
-            "-D",
-            img_s,
-            "-d",
-            "-o",
-            "restore.log",
-            "-v4",
-            "--tcp-established",
-            "--veth-pair",
-            &pair,
-        ]),
-    );
-    ip(&["addr", "add", "10.81.0.1/24", "dev", outside]);
-    ip(&["link", "set", outside, "up"]);
+    restore_from(&img, &["--tcp-established", "--veth-pair", &pair]);
+    outer_end_up(outside, "10.81.0");
     let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exchange("b")));
     kill_tree(&[w.pid]);
     assert_eq!(
@@ -636,20 +591,7 @@ fn time_namespace_clocks_read_on_from_the_dump() {
     w.wait_lines(3, T);
     let init = init_of(w.pid);
     let img = w.images();
-    let img_s = img.to_str().expect("utf8");
-    check_ok(
-        "dump",
-        &stasis(&[
-            "dump",
-            "-t",
-            &init.to_string(),
-            "-D",
-            img_s,
-            "-o",
-            "dump.log",
-            "-v4",
-        ]),
-    );
+    dump_to(&img, &init.to_string(), &[]);
     reap(w.pid);
     wait_pid_gone(init);
     let before = w.lines();
@@ -664,10 +606,7 @@ fn time_namespace_clocks_read_on_from_the_dump() {
     let (mono0, boot0) = before.iter().rev().find_map(clocks).expect("a clock line");
     // Time spent checkpointed must not show.
     std::thread::sleep(Duration::from_secs(2));
-    check_ok(
-        "restore",
-        &stasis(&["restore", "-D", img_s, "-d", "-o", "restore.log", "-v4"]),
-    );
+    restore_from(&img, &[]);
     let after = w.wait_lines(before.len() + 3, T);
     let host_mono = nix_mono();
     let in_own_ns = {

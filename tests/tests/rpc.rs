@@ -116,6 +116,19 @@ fn req(t: CriuReqType, opts: Option<CriuOpts>) -> CriuReq {
     }
 }
 
+/// A DUMP request's options: our fd of the images dir, the tree's root.
+fn dump_opts(images: &std::fs::File, pid: i32) -> CriuOpts {
+    CriuOpts {
+        images_dir_fd: images.as_raw_fd(),
+        pid: Some(pid),
+        ..Default::default()
+    }
+}
+
+fn dump_req(opts: CriuOpts) -> CriuReq {
+    req(CriuReqType::Dump, Some(opts))
+}
+
 /// An fd of ours for `dir`, as runc passes images_dir_fd and work_dir_fd.
 fn dir_fd(dir: &Path) -> std::fs::File {
     std::fs::File::open(dir).expect("open images dir")
@@ -170,17 +183,12 @@ fn rpc_dump_and_restore_notify_in_criu_order() {
     w.wait_lines(5, T);
     let img = w.images();
     let d = dir_fd(&img);
-    let dump = req(
-        CriuReqType::Dump,
-        Some(CriuOpts {
-            images_dir_fd: d.as_raw_fd(),
-            pid: Some(w.pid as i32),
-            log_file: Some("dump.log".into()),
-            log_level: Some(4),
-            notify_scripts: Some(true),
-            ..Default::default()
-        }),
-    );
+    let dump = dump_req(CriuOpts {
+        log_file: Some("dump.log".into()),
+        log_level: Some(4),
+        notify_scripts: Some(true),
+        ..dump_opts(&d, w.pid as i32)
+    });
     let (r, seen) = Swrk::start().call(dump, |_| true);
     assert!(r.success, "dump: {r:?}");
     assert_eq!(r.dump.and_then(|d| d.restored), Some(false));
@@ -256,15 +264,10 @@ fn rpc_refused_notification_fails_the_dump_and_the_tree_runs_on() {
     w.wait_lines(5, T);
     let img = w.images();
     let d = dir_fd(&img);
-    let dump = req(
-        CriuReqType::Dump,
-        Some(CriuOpts {
-            images_dir_fd: d.as_raw_fd(),
-            pid: Some(w.pid as i32),
-            notify_scripts: Some(true),
-            ..Default::default()
-        }),
-    );
+    let dump = dump_req(CriuOpts {
+        notify_scripts: Some(true),
+        ..dump_opts(&d, w.pid as i32)
+    });
     let (r, seen) = Swrk::start().call(dump, |s| s != "post-dump");
     assert!(!r.success);
     let msg = r.cr_errmsg.unwrap_or_default();
@@ -289,15 +292,10 @@ fn rpc_unsupported_option_is_refused_by_name() {
     w.wait_lines(3, T);
     let img = w.images();
     let d = dir_fd(&img);
-    let dump = req(
-        CriuReqType::Dump,
-        Some(CriuOpts {
-            images_dir_fd: d.as_raw_fd(),
-            pid: Some(w.pid as i32),
-            root: Some("/var/lib/containers/x/merged".into()),
-            ..Default::default()
-        }),
-    );
+    let dump = dump_req(CriuOpts {
+        root: Some("/var/lib/containers/x/merged".into()),
+        ..dump_opts(&d, w.pid as i32)
+    });
     let (r, _) = Swrk::start().call(dump, |_| true);
     assert!(!r.success);
     assert_eq!(
@@ -307,17 +305,7 @@ fn rpc_unsupported_option_is_refused_by_name() {
     );
     assert_runs_on(&w);
 
-    let (r, _) = Swrk::start().call(
-        req(
-            CriuReqType::Dump,
-            Some(CriuOpts {
-                images_dir_fd: d.as_raw_fd(),
-                pid: Some(999_999),
-                ..Default::default()
-            }),
-        ),
-        |_| true,
-    );
+    let (r, _) = Swrk::start().call(dump_req(dump_opts(&d, 999_999)), |_| true);
     assert!(!r.success);
     assert!(
         r.cr_errmsg.unwrap_or_default().contains("999999"),

@@ -5,7 +5,6 @@
 //! made in the restorer's namespace under the name `--veth-pair IN=OUT` gives.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::images::{magic, names, pb, ImageKind, ImageReader, ImageWriter};
@@ -44,24 +43,10 @@ pub enum NetNsError {
 
 /// The tree's network namespace when it is not ours, open; every live task must be in it.
 pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, NetNsError> {
-    let id = |pid: &str| {
-        let path = format!("/proc/{pid}/ns/net");
-        std::fs::metadata(&path)
-            .map(|m| (m.dev(), m.ino()))
-            .map_err(|source| NetNsError::Read { path, source })
-    };
-    let root_ns = id(&root.to_string())?;
-    if root_ns == id("thread-self")? {
-        return Ok(None);
-    }
-    for &pid in tasks {
-        if id(&pid.to_string())? != root_ns {
-            return Err(NetNsError::Mixed { pid });
-        }
-    }
-    let path = format!("/proc/{root}/ns/net");
-    let f = std::fs::File::open(&path).map_err(|source| NetNsError::Read { path, source })?;
-    Ok(Some(f.into()))
+    super::tree_ns_fd("net", root, tasks).map_err(|e| match e {
+        super::OwnsError::Mixed { pid } => NetNsError::Mixed { pid },
+        super::OwnsError::Read { path, source } => NetNsError::Read { path, source },
+    })
 }
 
 fn write(dir: &Path, file: &str, bytes: &[u8]) -> Result<(), NetNsError> {

@@ -5,7 +5,6 @@
 //! another, whose clocks are unrelated.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 
 use crate::images::pb;
 
@@ -98,24 +97,12 @@ fn from_ts(t: &pb::Timespec) -> i128 {
 /// The clocks of the tree's time namespace now, when it is not ours (every live task must be
 /// in it).
 pub fn tree_clocks(root: u32, tasks: &[u32]) -> Result<Option<pb::TimensEntry>, TimeNsError> {
-    let id = |pid: &str| {
-        let path = format!("/proc/{pid}/ns/time");
-        std::fs::metadata(&path)
-            .map(|m| (m.dev(), m.ino()))
-            .map_err(|source| TimeNsError::Read { path, source })
-    };
-    // A kernel without time namespaces has nothing to compare.
-    if !std::path::Path::new("/proc/thread-self/ns/time").exists() {
+    let owned = super::tree_owns("time", root, tasks).map_err(|e| match e {
+        super::OwnsError::Mixed { pid } => TimeNsError::Mixed { pid },
+        super::OwnsError::Read { path, source } => TimeNsError::Read { path, source },
+    })?;
+    if !owned {
         return Ok(None);
-    }
-    let root_ns = id(&root.to_string())?;
-    if root_ns == id("thread-self")? {
-        return Ok(None);
-    }
-    for &pid in tasks {
-        if id(&pid.to_string())? != root_ns {
-            return Err(TimeNsError::Mixed { pid });
-        }
     }
     let path = format!("/proc/{root}/timens_offsets");
     let text = std::fs::read_to_string(&path).map_err(|source| TimeNsError::Read {

@@ -4,7 +4,6 @@
 //! that joined the tree's namespace, and the restoring thread unshares before it forks the root.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 
 use crate::images::pb;
 use crate::ns::ipc::IpcNsError;
@@ -15,26 +14,10 @@ pub const TREE_NS_ID: u32 = 4;
 
 /// The tree's UTS namespace when it is not ours, open; every live task must be in it.
 pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, UtsError> {
-    let id = |pid: &str| {
-        std::fs::metadata(format!("/proc/{pid}/ns/uts"))
-            .map(|m| (m.dev(), m.ino()))
-            .map_err(|source| UtsError::Read {
-                path: format!("/proc/{pid}/ns/uts"),
-                source,
-            })
-    };
-    let root_ns = id(&root.to_string())?;
-    if root_ns == id("thread-self")? {
-        return Ok(None);
-    }
-    for &pid in tasks {
-        if id(&pid.to_string())? != root_ns {
-            return Err(UtsError::Mixed { pid });
-        }
-    }
-    let path = format!("/proc/{root}/ns/uts");
-    let f = std::fs::File::open(&path).map_err(|source| UtsError::Read { path, source })?;
-    Ok(Some(f.into()))
+    super::tree_ns_fd("uts", root, tasks).map_err(|e| match e {
+        super::OwnsError::Mixed { pid } => UtsError::Mixed { pid },
+        super::OwnsError::Read { path, source } => UtsError::Read { path, source },
+    })
 }
 
 /// The calling thread's host and domain names.

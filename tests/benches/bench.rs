@@ -382,18 +382,22 @@ enum Kind {
     Small,
     /// `memhog <MiB>`.
     Memhog(u64),
+    /// `counter` as the init of pid, network, UTS and IPC namespaces of its own (`unshare`):
+    /// a container's namespaces but its mounts.
+    Namespaced,
 }
 
 impl Kind {
     fn label(self) -> String {
         match self {
             Kind::Small => "counter (small)".into(),
+            Kind::Namespaced => "counter (ns)".into(),
             Kind::Memhog(m) => format!("memhog {m} MiB"),
         }
     }
     fn mib(self) -> Option<u64> {
         match self {
-            Kind::Small => None,
+            Kind::Small | Kind::Namespaced => None,
             Kind::Memhog(m) => Some(m),
         }
     }
@@ -423,12 +427,22 @@ fn read_dump_stats(images: &Path) -> Result<pb::DumpStatsEntry, String> {
 
 /// One start / dump / restore / check / kill cycle.
 fn bench_once(bin: &Path, kind: Kind) -> Result<Sample, String> {
-    let (name, size_arg) = match kind {
-        Kind::Small => ("counter", None),
-        Kind::Memhog(m) => ("memhog", Some(m.to_string())),
+    let w = match kind {
+        Kind::Small => Workload::start("counter", &workload("counter"), &[]),
+        Kind::Memhog(m) => Workload::start("memhog", &workload("memhog"), &[&m.to_string()]),
+        Kind::Namespaced => {
+            let counter = workload("counter");
+            let counter = counter.to_str().ok_or("non-UTF-8 temp dir")?;
+            // The init leads its own session and unshares the rest itself, as a runc init
+            // does (CRIU refuses an init whose session leader is outside), so that its
+            // parent shares none of them; unshare's own complaints when its child is killed
+            // go to /dev/null, not into the counter's output.
+            let cmd = format!(
+                "exec 2>/dev/null; exec /usr/bin/unshare --pid --fork /usr/bin/setsid /usr/bin/unshare --net --uts --ipc {counter}"
+            );
+            Workload::start("counter-ns", Path::new("/bin/sh"), &["-c", &cmd])
+        }
     };
-    let args: Vec<&str> = size_arg.iter().map(String::as_str).collect();
-    let w = Workload::start(name, &workload(name), &args);
     let r = cycle(bin, kind, &w);
     // Whatever happened, nothing of this run may outlive it.
     let mut left = session_pids(w.pid);
@@ -441,10 +455,21 @@ fn bench_once(bin: &Path, kind: Kind) -> Result<Sample, String> {
     r
 }
 
+/// Kills a pid when dropped.
+struct KillOnDrop(Option<u32>);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            kill_tree(&[p]);
+            wait_gone(p);
+        }
+    }
+}
+
 fn cycle(bin: &Path, kind: Kind, w: &Workload) -> Result<Sample, String> {
     // Running: memhog has printed "ready <sum>" and one verified line; counter a few lines.
     let want = match kind {
-        Kind::Small => 3,
+        Kind::Small | Kind::Namespaced => 3,
         Kind::Memhog(_) => 2,
     };
     let lines = wait_for(w, kind.timeout(), |l| l.len() >= want);
@@ -452,7 +477,7 @@ fn cycle(bin: &Path, kind: Kind, w: &Workload) -> Result<Sample, String> {
         return Err(format!("{} did not start: {lines:?}", kind.label()));
     }
     let checksum = match kind {
-        Kind::Small => String::new(),
+        Kind::Small | Kind::Namespaced => String::new(),
         Kind::Memhog(_) => match lines[0].strip_prefix("ready ") {
             Some(s) => s.trim().to_string(),
             None => return Err(format!("memhog: unexpected first line {:?}", lines[0])),
@@ -462,7 +487,15 @@ fn cycle(bin: &Path, kind: Kind, w: &Workload) -> Result<Sample, String> {
     let before = session_pids(w.pid);
     let images = w.images();
     let img = images.to_str().ok_or("non-UTF-8 temp dir")?;
-    let pid = w.pid.to_string();
+    // The tree's root: the workload, or the namespace's init under unshare.
+    let root = match kind {
+        Kind::Namespaced => std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.pid))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
+            .ok_or("unshare started no init")?,
+        _ => w.pid,
+    };
+    let pid = root.to_string();
     // Earlier runs' images are still being written back; let that finish so it does not
     // throttle this dump's writes (the disk is shared by every run).
     // SAFETY: sync(2) has no arguments.
@@ -480,7 +513,7 @@ fn cycle(bin: &Path, kind: Kind, w: &Workload) -> Result<Sample, String> {
             tail(&images.join("dump.log"), 20)
         ));
     }
-    for &p in before.iter().chain([&w.pid]) {
+    for &p in before.iter().chain([&root]) {
         if !wait_gone(p) {
             return Err(format!("pid {p} still exists 5 s after the dump"));
         }
@@ -512,13 +545,32 @@ fn cycle(bin: &Path, kind: Kind, w: &Workload) -> Result<Sample, String> {
             tail(&images.join("restore.log"), 20)
         ));
     }
-    let root: u32 = std::fs::read_to_string(&pidfile)
+    let root_after: u32 = std::fs::read_to_string(&pidfile)
         .map_err(|e| format!("pidfile: {e}"))?
         .trim()
         .parse()
         .map_err(|e| format!("pidfile: {e}"))?;
-    if root != w.pid {
-        return Err(format!("restored root is {root}, dumped pid was {}", w.pid));
+    let restored = root_after;
+    // A restored namespace init is no longer in the workload's session: end it (and its
+    // namespace) with this run.
+    let _end = KillOnDrop(match kind {
+        Kind::Namespaced => Some(restored),
+        _ => None,
+    });
+    let same = match kind {
+        // A new namespace, where it is pid 1 again.
+        Kind::Namespaced => std::fs::read_to_string(format!("/proc/{restored}/status"))
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1"))
+            })
+            .unwrap_or(false),
+        _ => restored == root,
+    };
+    if !same {
+        return Err(format!(
+            "restored root is {restored}, dumped pid was {root}"
+        ));
     }
 
     // Carries on: a new line, and the right one.
@@ -530,10 +582,12 @@ fn cycle(bin: &Path, kind: Kind, w: &Workload) -> Result<Sample, String> {
         ));
     };
     let good = match kind {
-        Kind::Small => match (last.trim().parse::<u64>(), next.trim().parse::<u64>()) {
-            (Ok(a), Ok(b)) => b == a + 1,
-            _ => false,
-        },
+        Kind::Small | Kind::Namespaced => {
+            match (last.trim().parse::<u64>(), next.trim().parse::<u64>()) {
+                (Ok(a), Ok(b)) => b == a + 1,
+                _ => false,
+            }
+        }
         Kind::Memhog(_) => {
             let f: Vec<&str> = next.split_whitespace().collect();
             f.len() == 3 && f[1] == checksum && f[2] == "ok"
@@ -701,7 +755,10 @@ fn print_report(bin: &Path, limits: &[Limits], rows: &[Row]) {
     }
     println!("(RSS in MiB: peak RSS of the stasis process; img MiB: pages written by the dump;");
     println!(" dump/tch, rest/tch: time / first-touch time of the same size;");
-    println!(" dump/rdv: dump throughput / process_vm_readv throughput)");
+    println!(" dump/rdv: dump throughput / process_vm_readv throughput;");
+    println!(
+        " counter (ns): the counter as the init of pid, net, uts and ipc namespaces of its own)"
+    );
 
     println!();
     println!("Targets");
@@ -812,7 +869,8 @@ fn main() -> ExitCode {
         }
     }
 
-    let kinds: Vec<Kind> = std::iter::once(Kind::Small)
+    let kinds: Vec<Kind> = [Kind::Small, Kind::Namespaced]
+        .into_iter()
         .chain(args.sizes.iter().map(|&m| Kind::Memhog(m)))
         .collect();
     let mut rows = Vec::new();

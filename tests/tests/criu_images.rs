@@ -1,5 +1,5 @@
-//! Images written by CRIU 4.2 itself (tests/fixtures/criu-4.2-counter, see its README) restore
-//! with stasis, and the program carries on.
+//! Images written by CRIU 4.2 itself (tests/fixtures/criu-4.2-*, see their READMEs) restore with
+//! stasis, and the program carries on.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -7,29 +7,83 @@ use std::time::Duration;
 
 use stasis_tests::*;
 
-/// Where the fixture's program lived when CRIU dumped it: the images name these paths.
-const HOME: &str = "/tmp/stasis-criu-fixture";
-const PID: u32 = 31338;
+/// A fixture: where its program lived when CRIU dumped it (the images name these paths), the
+/// program's file name, the root's pid, and how to tell its output carries on.
+struct Fixture {
+    dir: &'static str,
+    home: &'static str,
+    program: &'static str,
+    pid: u32,
+    /// Every pid and tid the images hold: all must be free.
+    tids: &'static [u32],
+    /// Checks the whole output after the restore: it went on from where it was.
+    carried_on: fn(&[String]),
+}
 
 #[test]
 fn criu_4_2_images_of_a_static_counter_restore() {
+    restore_fixture(
+        test_name!(),
+        &Fixture {
+            dir: "criu-4.2-counter",
+            home: "/tmp/stasis-criu-fixture",
+            program: "counter",
+            pid: 31338,
+            tids: &[31338],
+            carried_on: counter_is_continuous,
+        },
+    );
+}
+
+/// A Go program: no glibc, its own runtime threads (CRIU writes an rseq entry of zeros for each).
+#[test]
+fn criu_4_2_images_of_a_go_program_restore() {
+    restore_fixture(
+        test_name!(),
+        &Fixture {
+            dir: "criu-4.2-gocounter",
+            home: "/tmp/stasis-criu-fixture-go",
+            program: "gocounter",
+            pid: 31437,
+            tids: &[31437, 31439, 31440, 31441],
+            carried_on: |lines| {
+                // "go <i> true <len>": i counts up by one, the goroutines run.
+                for (k, l) in lines.iter().enumerate() {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    assert_eq!(f.first(), Some(&"go"), "{l}");
+                    assert_eq!(f.get(1), Some(&k.to_string().as_str()), "line {k}: {l}");
+                    if k > 0 {
+                        assert_eq!(f.get(2), Some(&"true"), "{l}");
+                    }
+                }
+            },
+        },
+    );
+}
+
+fn restore_fixture(test: &str, fx: &Fixture) {
     let _g = serial_root!();
-    if Path::new(&format!("/proc/{PID}")).exists() {
+    let (pid, home) = (fx.pid, fx.home);
+    if let Some(t) = fx
+        .tids
+        .iter()
+        .find(|t| Path::new(&format!("/proc/{t}")).exists())
+    {
         skip(
-            test_name!(),
-            "pid 31338, which the fixture's images hold, is in use on this machine",
+            test,
+            &format!("pid {t}, which the fixture's images hold, is in use on this machine"),
         );
         return;
     }
-    let fixture = workspace_root().join("tests/fixtures/criu-4.2-counter");
-    std::fs::create_dir_all(HOME).expect("fixture home");
-    let program = Path::new(HOME).join("counter");
-    std::fs::copy(fixture.join("counter"), &program).expect("copy program");
+    let fixture = workspace_root().join("tests/fixtures").join(fx.dir);
+    std::fs::create_dir_all(home).expect("fixture home");
+    let program = Path::new(home).join(fx.program);
+    std::fs::copy(fixture.join(fx.program), &program).expect("copy program");
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = Path::new(HOME).join("out.txt");
+    let out = Path::new(home).join("out.txt");
     std::fs::copy(fixture.join("out.txt"), &out).expect("copy out.txt");
     // A private copy: the restore writes stats-restore beside the images.
-    let images = temp_dir("criu-4.2-images");
+    let images = temp_dir(fx.dir);
     std::fs::set_permissions(&images, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     for e in std::fs::read_dir(fixture.join("images")).expect("fixture images") {
         let e = e.expect("entry");
@@ -50,7 +104,7 @@ fn criu_4_2_images_of_a_static_counter_restore() {
         .trim()
         .parse()
         .expect("pid");
-    assert_eq!(root, PID, "the dumped pid");
+    assert_eq!(root, pid, "the dumped pid");
     let before = std::fs::read_to_string(fixture.join("out.txt"))
         .expect("fixture out")
         .lines()
@@ -63,17 +117,18 @@ fn criu_4_2_images_of_a_static_counter_restore() {
             .collect()
     };
     let end = std::time::Instant::now() + T;
-    while lines(&out).len() < before + 20 && std::time::Instant::now() < end {
+    let want = before + 10;
+    while lines(&out).len() < want && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
     let after = lines(&out);
-    let state = state_of(PID);
-    kill_tree(&[PID]);
+    let state = state_of(pid);
+    kill_tree(&[pid]);
     assert!(
-        after.len() >= before + 20,
-        "the counter carried on: {} lines, {} before (state {state})",
+        after.len() >= want,
+        "the program carried on: {} lines, {} before (state {state})",
         after.len(),
         before
     );
-    counter_is_continuous(&after);
+    (fx.carried_on)(&after);
 }

@@ -196,7 +196,12 @@ pub(crate) fn restore_thread(
     }
     r.call(libc::SYS_set_tid_address, &[ti.clear_tid_addr])?;
     signals::restore_sigaltstack(r, tcore.sas.as_ref())?;
-    if let Some(rs) = &tcore.rseq_entry {
+    // CRIU writes an entry of zeros for a thread that registered none (a Go program's).
+    if let Some(rs) = tcore
+        .rseq_entry
+        .as_ref()
+        .filter(|rs| rs.rseq_abi_pointer != 0)
+    {
         r.call(
             libc::SYS_rseq,
             &[

@@ -1,0 +1,2 @@
+module gocounter
+go 1.19

@@ -228,6 +228,76 @@ while True:
     assert_eq!(&b[..n], b"udp ping");
 }
 
+/// As CRIU's zdtm socket-tcp and sk-freebind-false: a connection accepted on a listener's
+/// port is made again before the listener (its fd, so its file id, comes first), and a socket
+/// bound to a non-local address with IP_FREEBIND, then cleared, binds there again.
+#[test]
+fn listener_sharing_a_port_with_its_connection_and_a_freebind_socket_come_back() {
+    use std::io::{BufRead, Write};
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, select
+IP_FREEBIND = 15
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("0.0.0.0", 0)); ls.listen(4)
+port = ls.getsockname()[1]
+# The listener moves above fds 3 and 4, which the accepted connection and the free bind take.
+os.dup2(ls.fileno(), 20); ls.close()
+ls = socket.socket(fileno=20)
+fb = socket.socket()
+fb.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+fb.bind(("10.254.254.254", 0))
+fb.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 0)
+print("port", port, flush=True)
+c, _ = ls.accept()
+n = 0
+while True:
+    r, _, _ = select.select([ls, c], [], [], 0.05)
+    for s in r:
+        if s is ls:
+            d, _ = ls.accept(); d.sendall(b"new\n"); d.close(); continue
+        line = c.recv(100)
+        if not line: raise SystemExit
+        n += 1
+        c.sendall(b"%d %d %d %s %d\n" % (n, c.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR),
+            fb.getsockopt(socket.IPPROTO_IP, IP_FREEBIND), fb.getsockname()[0].encode(), c.fileno()))
+"#;
+    let w = Workload::python("portshare", script);
+    let first = w.wait_lines(1, T);
+    let port: u16 = first[0]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(T)).expect("timeout");
+    let mut rd = std::io::BufReader::new(conn.try_clone().expect("dup"));
+    let mut ask = || -> String {
+        conn.write_all(b"?\n").expect("send");
+        let mut l = String::new();
+        rd.read_line(&mut l).expect("answer");
+        l.trim().to_string()
+    };
+    let before = ask();
+    assert!(before.starts_with("1 1 0 10.254.254.254 "), "{before}");
+    let pids = dump_kill_restore_with(&w, &["--tcp-established"], &["--tcp-established"]);
+    let after = ask();
+    let new = std::net::TcpStream::connect(("127.0.0.1", port)).map(|mut c| {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut c, &mut s);
+        s
+    });
+    kill_tree(&pids);
+    let fd = before.rsplit(' ').next().unwrap_or("");
+    assert_eq!(
+        after,
+        format!("2 1 0 10.254.254.254 {fd}"),
+        "same connection, SO_REUSEADDR kept, IP_FREEBIND cleared, same bind"
+    );
+    assert_eq!(new.expect("the listener accepts"), "new\n");
+}
+
 #[test]
 fn datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive() {
     let _g = serial_root!();

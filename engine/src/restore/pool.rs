@@ -142,6 +142,18 @@ fn files_to_make(img: &DumpImage) -> (Vec<u32>, HashSet<u32>) {
     }
     ids.sort_unstable();
     ids.dedup();
+    // Sockets that are not repaired connections before those that are: a listener bound
+    // after an established connection on its port is refused (EADDRINUSE) even with address
+    // reuse on both, while a connection rebuilt in repair mode binds whatever holds the port.
+    let repaired = |id: &u32| {
+        img.files
+            .get(id)
+            .and_then(|f| f.isk.as_ref())
+            .is_some_and(|i| i.proto == libc::IPPROTO_TCP as u32 && i.state == 1)
+    };
+    let (conns, rest): (Vec<u32>, Vec<u32>) = ids.into_iter().partition(repaired);
+    let mut ids = rest;
+    ids.extend(conns);
     // Files in flight first: the queues that carry them are filled when their socket is
     // made, and a file in flight may be used by no task at all.
     let mut order = img.in_flight.clone();

@@ -14,9 +14,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::sockopt::{
-    Broadcast, DontRoute, Ipv6V6Only, KeepAlive, Linger, Mark, OobInline, PassCred, Priority,
-    RcvBuf, RcvBufForce, ReceiveTimeout, ReuseAddr, ReusePort, SendTimeout, SndBuf, SndBufForce,
-    TcpKeepCount, TcpKeepIdle, TcpKeepInterval, TcpMaxSeg, TcpNoDelay, TcpRepair,
+    Broadcast, DontRoute, IpFreebind, Ipv6V6Only, KeepAlive, Linger, Mark, OobInline, PassCred,
+    Priority, RcvBuf, RcvBufForce, ReceiveTimeout, ReuseAddr, ReusePort, SendTimeout, SndBuf,
+    SndBufForce, TcpKeepCount, TcpKeepIdle, TcpKeepInterval, TcpMaxSeg, TcpNoDelay, TcpRepair,
 };
 use nix::sys::socket::{
     bind, connect, getpeername, getsockname, getsockopt, recv, send, setsockopt, socket,
@@ -235,6 +235,13 @@ pub fn dump(
     });
     let v6only =
         (family as i32 == libc::AF_INET6).then(|| getsockopt(&fd, Ipv6V6Only).unwrap_or(false));
+    // IP_FREEBIND (one flag for both families): a bind to an address not (yet) local.
+    let ip_opts = getsockopt(&fd, IpFreebind)
+        .unwrap_or(false)
+        .then_some(pb::IpOptsEntry {
+            freebind: Some(true),
+            ..Default::default()
+        });
     let entry = pb::InetSkEntry {
         id,
         ino: ino as u32,
@@ -251,7 +258,7 @@ pub fn dump(
         fown: pb::FownEntry::default(),
         opts,
         v6only,
-        ip_opts: None,
+        ip_opts,
         ifname: None,
         ns_id: None,
         shutdown: None,
@@ -524,9 +531,28 @@ pub fn restore(
         return set_nonblock(sock, e.flags);
     }
     apply_opts(fd, e)?;
+    // Bound with address reuse whatever the dump says, as CRIU does: a connection restored
+    // before it (in repair mode, which forces reuse) may already hold the port of this
+    // listener; the dumped value is put back once bound.
+    // Port reuse likewise: of two listeners that share a port, one may have cleared
+    // SO_REUSEPORT after both were bound.
+    setsockopt(&fd, ReuseAddr, &true).map_err(sys("SO_REUSEADDR"))?;
+    setsockopt(&fd, ReusePort, &true).map_err(sys("SO_REUSEPORT"))?;
+    // A TCP socket bound but not listening may share its port with a connection of the old
+    // tree still in TIME_WAIT: repair mode binds it whatever holds the port, as CRIU does.
+    let closed_tcp = e.proto == libc::IPPROTO_TCP as u32 && e.state != TCP_LISTEN as u32;
+    // Bound with IP_FREEBIND whatever the dump says, as CRIU does: the address may have
+    // been bound under it and the flag cleared since. The dumped value is put back below.
+    setsockopt(&fd, IpFreebind, &true).map_err(sys("IP_FREEBIND"))?;
     if e.src_port != 0 || e.src_addr.iter().any(|w| *w != 0) {
+        if closed_tcp {
+            setsockopt(&fd, TcpRepair, &1).map_err(sys("TCP_REPAIR on for bind"))?;
+        }
         let ss = sockaddr(e.family, &e.src_addr, e.src_port);
         bind(fd.as_raw_fd(), &ss).map_err(sys(format!("bind {local}")))?;
+        if closed_tcp {
+            setsockopt(&fd, TcpRepair, &0).map_err(sys("TCP_REPAIR off after bind"))?;
+        }
     }
     if e.state == TCP_LISTEN as u32 {
         crate::sys::socket::listen(fd, e.backlog.max(1)).map_err(sys(format!("listen {local}")))?;
@@ -534,6 +560,12 @@ pub fn restore(
         let ss = sockaddr(e.family, &e.dst_addr, e.dst_port);
         connect(fd.as_raw_fd(), &ss).map_err(sys(format!("connect {local} -> {remote}")))?;
     }
+    let reuse = e.opts.reuseaddr.unwrap_or(false);
+    setsockopt(&fd, ReuseAddr, &reuse).map_err(sys("SO_REUSEADDR"))?;
+    let reuseport = e.opts.so_reuseport.unwrap_or(false);
+    setsockopt(&fd, ReusePort, &reuseport).map_err(sys("SO_REUSEPORT"))?;
+    let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
+    setsockopt(&fd, IpFreebind, &freebind).map_err(sys("IP_FREEBIND"))?;
     set_nonblock(sock, e.flags)
 }
 
@@ -566,7 +598,8 @@ fn restore_stream(
         let start = seq.wrapping_sub(len) as i32;
         setsockopt(&fd, TcpQueueSeq, &start).map_err(sys(ctx("TCP_QUEUE_SEQ")))?;
     }
-    // Repair mode forces address reuse for the bind.
+    // Repair mode forces address reuse for the bind, not a non-local address.
+    setsockopt(&fd, IpFreebind, &true).map_err(sys(ctx("IP_FREEBIND")))?;
     let src = sockaddr(e.family, &e.src_addr, e.src_port);
     bind(fd.as_raw_fd(), &src).map_err(sys(ctx("bind")))?;
     // Connect in repair mode sends no SYN: the socket is just marked established.
@@ -647,5 +680,10 @@ fn restore_stream(
     // (as with CRIU).
     const TCP_REPAIR_OFF: u32 = 0;
     setsockopt(&fd, TcpRepair, &TCP_REPAIR_OFF).map_err(sys(ctx("TCP_REPAIR off")))?;
+    // Leaving repair mode clears address reuse (the kernel resets sk_reuse): set it again.
+    let reuse = e.opts.reuseaddr.unwrap_or(false);
+    setsockopt(&fd, ReuseAddr, &reuse).map_err(sys("SO_REUSEADDR"))?;
+    let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
+    setsockopt(&fd, IpFreebind, &freebind).map_err(sys(ctx("IP_FREEBIND")))?;
     Ok(sock)
 }

@@ -298,6 +298,57 @@ while True:
     assert_eq!(new.expect("the listener accepts"), "new\n");
 }
 
+/// A classic BPF socket filter (SO_ATTACH_FILTER) comes back on the restored socket: a UDP
+/// socket that keeps only 3-byte datagrams (zdtm's sock_filter tests check the same).
+#[test]
+fn socket_filter_is_attached_again() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, socket, struct, time
+SO_ATTACH_FILTER = SO_GET_FILTER = 26
+# ldw len (A = packet length); jeq #3+8 (UDP header + 3) ? accept : drop
+insns = [(0x80, 0, 0, 0), (0x15, 0, 1, 11), (0x06, 0, 0, 0xffff), (0x06, 0, 0, 0)]
+buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+prog = struct.pack("HL", len(insns), ctypes.addressof(buf))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+u.bind(("127.0.0.1", 0))
+print("port", u.getsockname()[1], flush=True)
+while True:
+    d, peer = u.recvfrom(100)
+    # The kernel gives the length in instructions, which python takes as the byte count.
+    n = len(u.getsockopt(socket.SOL_SOCKET, SO_GET_FILTER, 64 * 8))
+    u.sendto(b"got %s %d" % (d, n), peer)
+"#;
+    let w = Workload::python("sockfilter", script);
+    let first = w.wait_lines(1, T);
+    let port: u16 = first[0]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    c.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let ask = |what: &[u8]| -> Option<String> {
+        c.send_to(what, ("127.0.0.1", port)).ok()?;
+        let mut b = [0u8; 64];
+        let (n, _) = c.recv_from(&mut b).ok()?;
+        Some(String::from_utf8_lossy(&b[..n]).into_owned())
+    };
+    assert_eq!(ask(b"abc").as_deref(), Some("got abc 4"));
+    let pids = dump_kill_restore(&w);
+    let dropped = ask(b"abcd");
+    let kept = ask(b"xyz");
+    kill_tree(&pids);
+    assert_eq!(dropped, None, "a 4-byte datagram is filtered out");
+    assert_eq!(
+        kept.as_deref(),
+        Some("got xyz 4"),
+        "the same 4-instruction filter"
+    );
+}
+
 #[test]
 fn datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive() {
     let _g = serial_root!();

@@ -122,6 +122,64 @@ pub fn set_array<T: Plain>(fd: BorrowedFd<'_>, level: i32, name: i32, v: &[T]) -
     .map(drop)
 }
 
+/// The classic BPF filter attached to a socket (SO_GET_FILTER), each `struct sock_filter` as
+/// the u64 of its 8 bytes (CRIU's `so_filter`); empty when none is attached.
+pub fn get_filter(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
+    // With a length of 0 the kernel says how many instructions there are (in the length).
+    let mut count: libc::socklen_t = 0;
+    // SAFETY: a zero-length query writes nothing but the count into `count`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::null_mut(),
+            &mut count,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let mut insns = vec![0u64; count as usize];
+    // The length is in instructions, not bytes.
+    let mut len = count;
+    // SAFETY: the kernel copies at most `len` 8-byte instructions into our buffer of `count`.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            insns.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    insns.truncate(len as usize);
+    Ok(insns)
+}
+
+/// Attaches a classic BPF filter given as [`get_filter`] returns it.
+pub fn attach_filter(fd: BorrowedFd<'_>, insns: &[u64]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        filter: insns.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: setsockopt reads the sock_fprog, whose pointer covers `len` instructions of
+    // `insns` (8 bytes each, the layout of struct sock_filter), alive for the call.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// listen(2) with the backlog as given (the kernel caps it at net.core.somaxconn).
 pub fn listen(fd: BorrowedFd<'_>, backlog: u32) -> io::Result<()> {
     let backlog = backlog.min(i32::MAX as u32) as libc::c_int;

@@ -305,7 +305,7 @@ fn sk_opts(fd: BorrowedFd<'_>, tcp: bool) -> pb::SkOptsEntry {
             .ok()
             .map(|d| d.to_string_lossy().into_owned())
             .filter(|d| !d.is_empty()),
-        so_filter: Vec::new(),
+        so_filter: crate::sys::socket::get_filter(fd).unwrap_or_default(),
         so_reuseport: on(fd, ReusePort),
         so_broadcast: on(fd, Broadcast),
         so_keepalive: on(fd, KeepAlive),
@@ -444,6 +444,9 @@ fn apply_opts(fd: BorrowedFd<'_>, e: &pb::InetSkEntry) -> Result<(), InetError> 
     }
     if let Some(m) = o.so_mark.filter(|m| *m != 0) {
         best_effort("SO_MARK", setsockopt(&fd, Mark, &m));
+    }
+    if !o.so_filter.is_empty() {
+        crate::sys::socket::attach_filter(fd, &o.so_filter).map_err(sys("SO_ATTACH_FILTER"))?;
     }
     if let Some(v) = o.so_rcvlowat.filter(|v| *v > 1) {
         setsockopt(&fd, RcvLowat, &(v as i32)).map_err(sys("SO_RCVLOWAT"))?;

@@ -297,6 +297,7 @@ fn opts_of(fd: BorrowedFd<'_>) -> pb::SkOptsEntry {
         so_rcv_tmo_usec: 0,
         so_passcred: Some(getsockopt(&fd, PassCred).unwrap_or(false)),
         so_passsec: Some(getsockopt(&fd, crate::sys::socket::PassSec).unwrap_or(false)),
+        so_filter: crate::sys::socket::get_filter(fd).unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -692,6 +693,10 @@ fn finish(sock: OwnedFd, e: &pb::UnixSkEntry) -> Result<OwnedFd, UnixError> {
     }
     if e.opts.so_passsec == Some(true) {
         setsockopt(&fd, crate::sys::socket::PassSec, &true).map_err(sys("SO_PASSSEC"))?;
+    }
+    if !e.opts.so_filter.is_empty() {
+        crate::sys::socket::attach_filter(fd, &e.opts.so_filter)
+            .map_err(sys("SO_ATTACH_FILTER"))?;
     }
     if e.flags & libc::O_NONBLOCK as u32 != 0 {
         fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(sys("O_NONBLOCK"))?;

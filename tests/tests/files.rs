@@ -200,6 +200,24 @@ fn every_fd_kind_keeps_working_in_one_program() {
     }
     // Locks: still held by the restored task.
     let got_flock = !flock_taken(&w.dir.join("flock"));
+    // /proc/locks names the pid that took a flock lock (zdtm's file_locks01 checks it).
+    let flock_owner = {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(w.dir.join("flock"))
+            .expect("flock file")
+            .ino();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" FLOCK "))
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(5)
+                    .and_then(|f| f.rsplit(':').next())
+                    == Some(&ino.to_string())
+            })
+            .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+    };
     let posix = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 12, 1);
     let lines = w.lines();
     kill_tree(&pids);
@@ -221,6 +239,11 @@ fn every_fd_kind_keeps_working_in_one_program() {
         "inotify sees new files"
     );
     assert!(!got_flock, "flock is held by the restored task");
+    assert_eq!(
+        flock_owner,
+        Some(w.pid.to_string()),
+        "taken by the task itself"
+    );
     assert_eq!(
         posix,
         (libc::F_WRLCK as i16, w.pid as i32),
@@ -271,11 +294,34 @@ while True:
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--file-locks"));
     let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
     let got_flock = !flock_taken(&w.dir.join("flock"));
+    // /proc/locks names the pid that took a flock lock (zdtm's file_locks01 checks it).
+    let flock_owner = {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(w.dir.join("flock"))
+            .expect("flock file")
+            .ino();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" FLOCK "))
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(5)
+                    .and_then(|f| f.rsplit(':').next())
+                    == Some(&ino.to_string())
+            })
+            .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+    };
     let posix = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 12, 1);
     let ofd = lock_probe(&w.dir.join("ofd"), libc::F_OFD_GETLK, 50, 1);
     let outside = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 0, 5);
     kill_tree(&pids);
     assert!(!got_flock, "flock is held by the restored task");
+    assert_eq!(
+        flock_owner,
+        Some(w.pid.to_string()),
+        "taken by the task itself"
+    );
     assert_eq!(
         posix,
         (libc::F_WRLCK as i16, w.pid as i32),

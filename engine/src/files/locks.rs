@@ -129,15 +129,16 @@ fn flock_struct(l: &pb::FileLockEntry) -> libc::flock {
     f
 }
 
-/// flock and OFD locks belong to an open file description: the restorer takes them on the
-/// pool's fd, and they go with it into the task. POSIX locks belong to the process: they are
-/// taken by the task itself (see `restore_posix_locks`).
+/// OFD locks belong to an open file description: the restorer takes them on the pool's fd,
+/// and they go with it into the task. POSIX locks belong to the process, and a flock lock
+/// shows the pid that took it (/proc/locks, fdinfo): both are taken by the task itself (see
+/// `restore_task_locks`).
 pub(crate) fn take_file_locks(
     img: &DumpImage,
     files: &HashMap<u32, RawFd>,
 ) -> Result<(), RestoreError> {
     for l in &img.locks {
-        if l.flag == FL_POSIX {
+        if l.flag == FL_POSIX || l.flag == FL_FLOCK {
             continue;
         }
         let fd = lock_file_id(img, l)
@@ -165,11 +166,24 @@ pub(crate) fn take_file_locks(
     Ok(())
 }
 
-pub(crate) fn restore_posix_locks(
+/// The POSIX and flock locks task `t` held, taken by it (injected fcntl and flock).
+pub(crate) fn restore_task_locks(
     r: &Remote,
     t: &TaskImage,
     img: &DumpImage,
 ) -> Result<(), RestoreError> {
+    for l in img
+        .locks
+        .iter()
+        .filter(|l| l.flag == FL_FLOCK && l.pid as u32 == t.pid())
+    {
+        let op = if l.r#type == libc::F_WRLCK as u32 {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        r.call(libc::SYS_flock, &[l.fd as u64, (op | libc::LOCK_NB) as u64])?;
+    }
     for l in img
         .locks
         .iter()

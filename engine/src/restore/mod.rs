@@ -686,7 +686,7 @@ fn rebuild_tasks(
         for kind in crate::files::kind::KINDS {
             kind.in_task(&r, t, &mut tcx)?;
         }
-        crate::files::locks::restore_posix_locks(&r, t, img)?;
+        crate::files::locks::restore_task_locks(&r, t, img)?;
         restore_task_state(&r, t)?;
     }
     Ok((vdso_syscall, pages_restored))

@@ -2,6 +2,7 @@
 //! (pending, handled, ignored, stopped), seccomp filters, scheduling, process groups and
 //! sessions, and a restore that waits for the task to exit.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use stasis_tests::*;
@@ -317,4 +318,52 @@ while True: time.sleep(1)
     kill_tree(&pids);
     assert!(alive, "the task died from the signal");
     assert_eq!(lines.get(1).map(String::as_str), Some("handled"));
+}
+
+/// What a change of credentials resets must be set after the restore has changed them: the
+/// parent-death signal and the dumpable flag of a task running as nobody; and the scheduler's
+/// SCHED_RESET_ON_FORK flag, which /proc does not show (zdtm: pdeath_sig, dumpable01,
+/// sched_policy00).
+#[test]
+fn pdeath_signal_dumpable_and_reset_on_fork_survive_a_change_of_credentials() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_SET_DUMPABLE, PR_GET_DUMPABLE = 1, 2, 4, 3
+# A child, whose parent stays in the tree (the root's parent-death signal is not restored:
+# its parent becomes the restorer, which exits).
+if os.fork():
+    while True:
+        time.sleep(1)
+assert libc.prctl(PR_SET_PDEATHSIG, 10) == 0
+assert libc.prctl(PR_SET_DUMPABLE, 1) == 0
+os.sched_setscheduler(0, os.SCHED_BATCH | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+while True:
+    sig = ctypes.c_int()
+    libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(sig))
+    print("state", sig.value, libc.prctl(PR_GET_DUMPABLE), os.sched_getscheduler(0), flush=True)
+    time.sleep(0.05)
+"#;
+    let w = Workload::start_as(
+        "credreset",
+        Path::new("/usr/bin/python3"),
+        &["-c", script],
+        Some((65534, 65534)),
+    );
+    let before = w.wait_lines(2, T);
+    let want = format!(
+        "state 10 1 {}",
+        libc::SCHED_BATCH | libc::SCHED_RESET_ON_FORK
+    );
+    assert_eq!(before[0], want, "set up as planned");
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 2, T);
+    kill_tree(&pids);
+    assert_eq!(
+        after.get(n).map(String::as_str),
+        Some(want.as_str()),
+        "after the restore"
+    );
 }

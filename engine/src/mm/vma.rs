@@ -276,7 +276,9 @@ fn classify(
             Err(unsupported(pid, m, "shared memory of an unknown kind"))
         }
         p if p.starts_with('/') => {
-            let open_flags = if m.shared && m.write {
+            // A shared mapping that may become writable (VmFlags "mw": the file was opened
+            // for writing) needs a writable file, or a later mprotect(PROT_WRITE) fails.
+            let open_flags = if m.shared && (m.write || m.has_flag("mw")) {
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY

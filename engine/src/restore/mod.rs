@@ -721,6 +721,8 @@ fn finish_threads(
     for (th, (_, r)) in t.threads.iter().zip(&threads) {
         restore_thread(r, t, th, &img.seccomp)?;
     }
+    // After every thread's credentials: changing them resets the mm's dumpable flag.
+    crate::task::core::restore_dumpable(&threads[0].1, t)?;
     // The trampoline goes last, through the syscall instruction of the (moved) vdso.
     let leader = Injector::new(t.pid(), vdso_syscall)
         .map_err(ptr_err(t.pid()))?

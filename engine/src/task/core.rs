@@ -329,6 +329,24 @@ pub(crate) fn ids_for(n: u32, ns: NsIds) -> pb::TaskKobjIdsEntry {
     }
 }
 
+/// The mm's dumpable flag; set once every thread has its credentials, whose change resets it
+/// (to the system's suid_dumpable).
+pub(crate) fn restore_dumpable(r: &Remote, t: &TaskImage) -> Result<(), RestoreError> {
+    if let Some(d) = t.mm.dumpable {
+        // Deliberately not fatal: PR_GET_DUMPABLE may report 2 (suid_dumpable), which
+        // PR_SET_DUMPABLE refuses; the task then keeps what its credentials left.
+        let ret = r.raw(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, d as u64])?;
+        if ret < 0 {
+            log::info!(
+                "pid {}: cannot set dumpable to {d}: errno {}",
+                t.pid(),
+                -ret
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Process-wide state: signal handlers, timers, limits, prctl flags.
 pub(crate) fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), RestoreError> {
     let tc = t.tc();
@@ -339,18 +357,6 @@ pub(crate) fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), Restor
     if let Some(mm_thp) = t.mm.thp_disabled {
         if mm_thp {
             r.call(libc::SYS_prctl, &[PR_SET_THP_DISABLE, 1])?;
-        }
-    }
-    if let Some(d) = t.mm.dumpable {
-        // Deliberately not fatal: PR_GET_DUMPABLE may report 2 (suid_dumpable), which
-        // PR_SET_DUMPABLE refuses; the task then keeps the stub's setting.
-        let ret = r.raw(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, d as u64])?;
-        if ret < 0 {
-            log::info!(
-                "pid {}: cannot set dumpable to {d}: errno {}",
-                t.pid(),
-                -ret
-            );
         }
     }
     if tc.child_subreaper == Some(true) {

@@ -81,11 +81,17 @@ fn dump_thread(
         // Its runtime, deadline and period need sched_getattr, which we do not keep.
         return Err(TaskError::SchedDeadline { pid, tid }.into());
     }
+    // /proc's policy lacks SCHED_RESET_ON_FORK; sched_getscheduler gives it with the policy.
+    // SAFETY: sched_getscheduler on a thread id, no pointers.
+    let policy = match unsafe { libc::sched_getscheduler(tid as libc::pid_t) } {
+        p if p >= 0 => p as u32,
+        _ => tst.policy,
+    };
     let thread_core = pb::ThreadCoreEntry {
         futex_rla,
         futex_rla_len,
         sched_nice: Some(tst.nice as i32),
-        sched_policy: Some(tst.policy),
+        sched_policy: Some(policy),
         sched_prio: Some(tst.rt_priority),
         blk_sigset: Some(sigmask),
         sas: Some(sas),
@@ -219,13 +225,6 @@ pub(crate) fn restore_thread(
         let a = r.put(0, &c)?;
         r.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, a])?;
     }
-    r.call(
-        libc::SYS_prctl,
-        &[
-            libc::PR_SET_PDEATHSIG as u64,
-            tcore.pdeath_sig.unwrap_or(0) as u64,
-        ],
-    )?;
     restore_sched(r, t.pid(), tcore)?;
     signals::restore_thread_pending(r, t, tcore)?;
     if let Some(last) = tcore.seccomp_filter {
@@ -234,6 +233,17 @@ pub(crate) fn restore_thread(
     if let Some(c) = &tcore.creds {
         creds::restore_creds(r, c)?;
     }
+    // After the credentials, whose change clears the parent-death signal. Not for the root,
+    // whose parent is now the restorer: its exit would send the signal at once.
+    let pdeath = if t.pstree.ppid == 0 {
+        0
+    } else {
+        tcore.pdeath_sig.unwrap_or(0)
+    };
+    r.call(
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, pdeath as u64],
+    )?;
     Ok(())
 }
 
@@ -241,6 +251,7 @@ pub(crate) fn restore_thread(
 fn restore_sched(r: &Remote, pid: u32, tcore: &pb::ThreadCoreEntry) -> Result<(), RestoreError> {
     let tid = r.inj.tid;
     let policy = tcore.sched_policy.unwrap_or(0) as libc::c_int;
+    // SCHED_OTHER with SCHED_RESET_ON_FORK is set too (only the flag to restore).
     if policy != libc::SCHED_OTHER {
         let param = libc::sched_param {
             sched_priority: tcore.sched_prio.unwrap_or(0) as libc::c_int,

@@ -21,14 +21,14 @@ impl GhostFiles {
         if let Some(p) = self.made.get(&id) {
             return Ok(p.clone());
         }
-        let (entry, content) = &img.ghosts[&id];
+        let (entry, chunks) = &img.ghosts[&id];
         let err = |path: &str| {
             let path = path.to_string();
             move |source| RestoreError::Open { id, path, source }
         };
         let mut path = orig.to_string();
         let mut n = 0;
-        let mut f = loop {
+        let f = loop {
             match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -48,10 +48,13 @@ impl GhostFiles {
                 Err(e) => return Err(err(&path)(e)),
             }
         };
-        use std::io::Write;
         // Registered first, so a failure below still unlinks it.
         self.made.insert(id, path.clone());
-        f.write_all(content).map_err(err(&path))?;
+        // The size first (holes stay holes), then each piece of data at its place.
+        f.set_len(entry.size.unwrap_or(0)).map_err(err(&path))?;
+        for (off, data) in chunks {
+            std::os::unix::fs::FileExt::write_all_at(&f, data, *off).map_err(err(&path))?;
+        }
         f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
             .map_err(err(&path))?;
         // Owned as it was where we may (we are root); a failure leaves it ours, which only

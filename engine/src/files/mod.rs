@@ -250,7 +250,8 @@ struct Ghost {
     dev: u64,
     ino: u64,
     entry: pb::GhostFileEntry,
-    content: Vec<u8>,
+    /// The file's data as (offset, bytes), holes left out.
+    chunks: Vec<(u64, Vec<u8>)>,
 }
 
 /// Every file object of the dumped tree.
@@ -434,10 +435,11 @@ impl FileTable {
                 limit: self.ghost_limit,
             });
         }
-        let content = std::fs::read(open).map_err(|source| FilesError::Ghost {
+        let chunks = data_chunks(open).map_err(|source| FilesError::Ghost {
             path: orig.to_string(),
             source,
         })?;
+        let size = md.size();
         let id = self.ghosts.len() as u32 + 1;
         let tv = |sec: i64, nsec: i64| pb::Timeval {
             tv_sec: sec as u64,
@@ -457,10 +459,10 @@ impl FileTable {
                 atim: Some(tv(md.atime(), md.atime_nsec())),
                 mtim: Some(tv(md.mtime(), md.mtime_nsec())),
                 chunks: Some(false),
-                size: Some(content.len() as u64),
+                size: Some(size),
                 symlnk_target: None,
             },
-            content,
+            chunks,
         });
         Ok(id)
     }
@@ -570,8 +572,32 @@ impl FileTable {
         write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;
         for g in &self.ghosts {
             let mut w = ImageWriter::new(ImageKind::Normal, magic::GHOST_FILE);
-            w.push(&g.entry);
-            w.push_raw(&g.content);
+            let size = g.entry.size.unwrap_or(0);
+            // One chunk from 0 to the end is the whole file: written flat, as CRIU does for a
+            // file without holes; otherwise each piece of data with its place (CRIU's chunks).
+            let flat = match g.chunks.as_slice() {
+                [] => size == 0,
+                [(0, d)] => d.len() as u64 == size,
+                _ => false,
+            };
+            if flat {
+                w.push(&g.entry);
+                if let Some((_, d)) = g.chunks.first() {
+                    w.push_raw(d);
+                }
+            } else {
+                w.push(&pb::GhostFileEntry {
+                    chunks: Some(true),
+                    ..g.entry.clone()
+                });
+                for (off, d) in &g.chunks {
+                    w.push(&pb::GhostChunkEntry {
+                        len: d.len() as u64,
+                        off: *off,
+                    });
+                    w.push_raw(d);
+                }
+            }
             write(&dir.join(names::ghost_file(g.id)), &w.into_bytes())?;
         }
         for k in kind::KINDS {
@@ -586,4 +612,38 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), FilesError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The data of the file at `path`, as (offset, bytes) pieces with its holes left out
+/// (SEEK_DATA/SEEK_HOLE; a filesystem without holes gives one piece).
+fn data_chunks(path: &str) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        // SAFETY: lseek on our own open file.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole up to the end
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (start, end) = (data as u64, (hole as u64).min(size));
+        let mut buf = vec![0u8; (end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf)?;
+        out.push((start, buf));
+        off = end;
+    }
+    Ok(out)
 }

@@ -61,6 +61,9 @@ impl TaskImage {
     }
 }
 
+/// A piece of a ghost file's data: its offset and bytes.
+pub type DataChunk = (u64, Vec<u8>);
+
 /// Everything a restore needs, read and checked.
 #[derive(Default)]
 pub struct DumpImage {
@@ -110,7 +113,8 @@ pub struct DumpImage {
     /// file id → ghost id, for files that were deleted while open.
     pub remaps: HashMap<u32, u32>,
     /// ghost id → (attributes, content)
-    pub ghosts: HashMap<u32, (pb::GhostFileEntry, Vec<u8>)>,
+    /// Each ghost file's entry and its data, holes left out.
+    pub ghosts: HashMap<u32, (pb::GhostFileEntry, Vec<DataChunk>)>,
 }
 
 fn read(dir: &Path, file: &str) -> Result<Vec<u8>, LoadError> {
@@ -571,11 +575,20 @@ fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
                 let bytes = read(dir, &file)?;
                 let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::GHOST_FILE)?;
                 let g: pb::GhostFileEntry = r.next_required()?;
+                let size = g.size.unwrap_or(0);
+                let mut chunks = Vec::new();
                 if g.chunks == Some(true) {
-                    return Err(invalid(&file, "chunked ghost files are not supported"));
+                    while let Some(c) = r.next::<pb::GhostChunkEntry>()? {
+                        let end = c.off.checked_add(c.len).filter(|&e| e <= size);
+                        if end.is_none() {
+                            return Err(invalid(&file, "a chunk lies past the file's size"));
+                        }
+                        chunks.push((c.off, r.raw(c.len)?.to_vec()));
+                    }
+                } else {
+                    chunks.push((0, r.raw(size)?.to_vec()));
                 }
-                let content = r.raw(g.size.unwrap_or(0))?.to_vec();
-                slot.insert((g, content));
+                slot.insert((g, chunks));
             }
             remaps.insert(e.orig_id, e.remap_id);
         }

@@ -63,8 +63,14 @@ pub(crate) fn write_data(
     magic: u32,
     data: &[(u32, u32, Vec<u8>)],
 ) -> Result<(), FilesError> {
+    // The kernel's default pipe size: an empty pipe of that size needs no entry; an empty one
+    // resized (F_SETPIPE_SZ) does, for its size.
+    const DEFAULT_PIPE_SIZE: u32 = 65536;
     let mut w = ImageWriter::new(ImageKind::Normal, magic);
-    for (pipe_id, size, bytes) in data.iter().filter(|d| !d.2.is_empty()) {
+    for (pipe_id, size, bytes) in data
+        .iter()
+        .filter(|d| !d.2.is_empty() || d.1 != DEFAULT_PIPE_SIZE)
+    {
         w.push(&pb::PipeDataEntry {
             pipe_id: *pipe_id,
             bytes: bytes.len() as u32,
@@ -217,7 +223,7 @@ mod tests {
     use crate::images::ImageReader;
 
     #[test]
-    fn pipe_data_image_holds_each_nonempty_pipe_once() {
+    fn pipe_data_image_holds_each_nonempty_or_resized_pipe_once() {
         let dir = std::env::temp_dir().join(format!("stasis-pipe-data-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pipes-data.img");
@@ -225,6 +231,7 @@ mod tests {
             (7, 65536, b"hello".to_vec()),
             (8, 4096, Vec::new()),
             (9, 1 << 20, vec![0xaa; 3]),
+            (10, 65536, Vec::new()),
         ];
         write_data(&path, magic::PIPES_DATA, &data).unwrap();
         let bytes = std::fs::read(&path).unwrap();
@@ -245,6 +252,8 @@ mod tests {
             got,
             vec![
                 (7, Some(65536), b"hello".to_vec()),
+                // Empty but resized: kept for its size.
+                (8, Some(4096), Vec::new()),
                 (9, Some(1 << 20), vec![0xaa; 3])
             ]
         );

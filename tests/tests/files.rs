@@ -412,3 +412,31 @@ while True:
         Some("holes 4096 262144 524288 True")
     );
 }
+
+/// A task that chroot'ed keeps its root and its cwd inside it (zdtm's chroot tests): the
+/// restore changes to the cwd before the chroot, both being paths as the dumper sees them.
+#[test]
+fn chrooted_task_keeps_its_root_and_cwd() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+os.makedirs("jail/inside/sub", exist_ok=True)
+open("jail/inside/sub/marker", "w").write("here")
+os.chroot("jail")
+os.chdir("/inside/sub")
+while True:
+    print("at", os.getcwd(), open("marker").read(), os.path.exists("/inside"), flush=True)
+    time.sleep(0.05)
+"#;
+    let w = Workload::python("chroot", script);
+    let before = w.wait_lines(1, T);
+    assert_eq!(before[0], "at /inside/sub here True");
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 1, T);
+    kill_tree(&pids);
+    assert_eq!(
+        after.get(n).map(String::as_str),
+        Some("at /inside/sub here True")
+    );
+}

@@ -233,10 +233,12 @@ fn settle(sh: &StubShared, t: &StubPlan) -> ! {
     // SAFETY: raw syscalls on integers and on buffers of the plan or local, in a
     // single-threaded child; the trampoline copy writes into the page just mapped.
     unsafe {
+        // cwd first: both paths are as the dumper saw them, from its own root, which a
+        // chroot'ed task's cwd would no longer be under. chroot(2) leaves the cwd alone.
+        check(libc::syscall(libc::SYS_chdir, t.cwd.as_ptr()), STUB_CHDIR);
         if let Some(root) = &t.root {
             check(libc::syscall(libc::SYS_chroot, root.as_ptr()), STUB_CHROOT);
         }
-        check(libc::syscall(libc::SYS_chdir, t.cwd.as_ptr()), STUB_CHDIR);
         // umask(2) cannot fail.
         libc::syscall(libc::SYS_umask, t.umask as libc::mode_t);
         // Close everything below the pool first: target fds are all below pool_base, the pool

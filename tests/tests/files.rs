@@ -440,3 +440,31 @@ while True:
         Some("at /inside/sub here True")
     );
 }
+
+/// A device node deleted while open (zdtm's deleted_dev) is made again with mknod for the
+/// restore, reopened and unlinked: the task's fd is the same device.
+#[test]
+fn deleted_device_node_is_made_again() {
+    let _g = serial_root!();
+    let script = r#"
+import os, stat, time
+os.mknod("mynull", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+fd = os.open("mynull", os.O_RDWR)
+os.unlink("mynull")
+while True:
+    st = os.fstat(fd)
+    print("dev", stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev), os.write(fd, b"x"), os.path.exists("mynull"), flush=True)
+    time.sleep(0.05)
+"#;
+    let w = Workload::python("deldev", script);
+    let before = w.wait_lines(1, T);
+    assert_eq!(before[0], "dev True 1 3 1 False");
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 1, T);
+    kill_tree(&pids);
+    assert_eq!(
+        after.get(n).map(String::as_str),
+        Some("dev True 1 3 1 False")
+    );
+}

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::images::pb;
 use crate::restore::{DumpImage, RestoreError};
 
 /// Files deleted while open, recreated for as long as the restorer opens them, then unlinked.
@@ -22,6 +23,10 @@ impl GhostFiles {
             return Ok(p.clone());
         }
         let (entry, chunks) = &img.ghosts[&id];
+        let kind = entry.mode & libc::S_IFMT;
+        if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+            return self.device(id, orig, entry);
+        }
         let err = |path: &str| {
             let path = path.to_string();
             move |source| RestoreError::Open { id, path, source }
@@ -67,6 +72,42 @@ impl GhostFiles {
 }
 
 impl GhostFiles {
+    /// A device node deleted while open, made again (mknod) at its old path or beside it.
+    fn device(
+        &mut self,
+        id: u32,
+        orig: &str,
+        entry: &pb::GhostFileEntry,
+    ) -> Result<String, RestoreError> {
+        let err = |path: &str| {
+            let path = path.to_string();
+            move |source| RestoreError::Open { id, path, source }
+        };
+        let rdev = entry.rdev.unwrap_or(0) as libc::dev_t;
+        let mut path = orig.to_string();
+        for n in 1..=100 {
+            let c = std::ffi::CString::new(path.as_str())
+                .map_err(|_| err(&path)(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+            // SAFETY: mknod with a NUL-terminated path of ours and plain integers.
+            if unsafe { libc::mknod(c.as_ptr(), entry.mode, rdev) } == 0 {
+                self.made.insert(id, path.clone());
+                if let Err(e) = std::os::unix::fs::chown(&path, Some(entry.uid), Some(entry.gid)) {
+                    log::warn!("ghost device {path}: cannot give it back its owner: {e}");
+                }
+                return Ok(path);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::AlreadyExists => path = format!("{orig}.stasis-ghost-{id}-{n}"),
+                std::io::ErrorKind::NotFound => {
+                    self.make_parents(Path::new(&path)).map_err(err(&path))?
+                }
+                _ => return Err(err(&path)(e)),
+            }
+        }
+        Err(err(&path)(std::io::Error::from_raw_os_error(libc::EEXIST)))
+    }
+
     /// Makes a FIFO for FIFO `id`, unlinked while open, at its old path (or beside it if that
     /// name is taken); returns the path, unlinked again with the ghosts.
     pub fn fifo(&mut self, id: u32, orig: &str, mode: u32) -> Result<String, RestoreError> {

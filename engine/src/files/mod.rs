@@ -384,8 +384,10 @@ impl FileTable {
         if let Some(id) = shared {
             return Ok(id);
         }
+        use std::os::unix::fs::FileTypeExt;
+        let device = md.file_type().is_char_device() || md.file_type().is_block_device();
         let name = match link.strip_suffix(" (deleted)") {
-            Some(orig) if md.is_file() => orig,
+            Some(orig) if md.is_file() || device => orig,
             _ => link,
         };
         let id = self.push_reg(
@@ -435,11 +437,18 @@ impl FileTable {
                 limit: self.ghost_limit,
             });
         }
-        let chunks = data_chunks(open).map_err(|source| FilesError::Ghost {
-            path: orig.to_string(),
-            source,
-        })?;
-        let size = md.size();
+        use std::os::unix::fs::FileTypeExt;
+        // A device node has no content: it is made again from its number (rdev).
+        let device = md.file_type().is_char_device() || md.file_type().is_block_device();
+        let chunks = if device {
+            Vec::new()
+        } else {
+            data_chunks(open).map_err(|source| FilesError::Ghost {
+                path: orig.to_string(),
+                source,
+            })?
+        };
+        let size = if device { 0 } else { md.size() };
         let id = self.ghosts.len() as u32 + 1;
         let tv = |sec: i64, nsec: i64| pb::Timeval {
             tv_sec: sec as u64,
@@ -455,7 +464,7 @@ impl FileTable {
                 mode: md.mode(),
                 dev: None,
                 ino: None,
-                rdev: None,
+                rdev: device.then_some(md.rdev() as u32),
                 atim: Some(tv(md.atime(), md.atime_nsec())),
                 mtim: Some(tv(md.mtime(), md.mtime_nsec())),
                 chunks: Some(false),

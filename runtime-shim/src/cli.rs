@@ -57,6 +57,8 @@ pub struct Config {
     pub external_netns: Vec<(u64, String)>,
     /// `--veth-pair IN=OUT[@BRIDGE]`.
     pub veth_pairs: Vec<stasis_netns::VethPair>,
+    /// `--timeout SECONDS`: how long a thread may take to stop when seized.
+    pub timeout: Option<u64>,
     /// `--close FD`: fds of ours to close before anything else.
     pub close_fds: Vec<i32>,
     pub display_stats: bool,
@@ -90,6 +92,7 @@ impl Default for Config {
             external_netns: Vec::new(),
             join_ns: Vec::new(),
             close_fds: Vec::new(),
+            timeout: None,
             display_stats: false,
             features: Vec::new(),
             notes: Vec::new(),
@@ -184,7 +187,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         }
         Support::NoOp(why) => {
             // A number is still a number, as CRIU would check.
-            if matches!(g.spec.long, "timeout" | "status-fd") {
+            if matches!(g.spec.long, "status-fd") {
                 number::<u32>(g)?;
             }
             c.notes
@@ -226,6 +229,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "freeze-cgroup" => c.freeze_cgroup = Some(PathBuf::from(value(g))),
         "tcp-close" => c.tcp_close = on,
         "close" => c.close_fds.push(number(g)?),
+        "timeout" => c.timeout = Some(number(g)?),
         "display-stats" => c.display_stats = on,
         // help, version: handled before.
         _ => {}

@@ -144,6 +144,9 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
         opts.ghost_limit = limit;
     }
     opts.external_netns = c.external_netns.clone();
+    if let Some(secs) = c.timeout {
+        stasis::sys::ptrace::set_stop_timeout(std::time::Duration::from_secs(secs));
+    }
     Ok(opts)
 }
 

@@ -148,7 +148,12 @@ pub static OPTIONS: &[Spec] = &[
     o("ghost-limit", None, Req, Yes("largest file deleted while open whose content is saved (SIZE[K|M|G]; default 1M)")),
     o("irmap-scan-path", None, Req, Refused),
     o("lsm-profile", None, Req, Refused),
-    o("timeout", None, Req, NoOp("stasis's freeze has its own bounded wait; the number is checked")),
+    o(
+        "timeout",
+        None,
+        Req,
+        Yes("how long, in seconds, a thread may take to stop when the tree is seized (default 10)"),
+    ),
     o(
         "external",
         None,

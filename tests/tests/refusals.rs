@@ -131,3 +131,24 @@ fn exited_main_thread_is_refused_and_threads_run_on() {
     let after = w.wait_lines(n + 5, T);
     counter_is_continuous(&after);
 }
+
+/// A parent in vfork cannot stop until its child execs or exits: the dump fails once
+/// --timeout has passed, naming the thread, instead of waiting forever, and both run on.
+#[test]
+fn parent_in_vfork_fails_the_dump_after_the_timeout() {
+    let _g = serial_root!();
+    let w = Workload::start("vforker", &workload("vforker"), &[]);
+    w.wait_lines(2, T);
+    let t0 = std::time::Instant::now();
+    let out = dump_workload(&w, &["--timeout", "1"]);
+    let took = t0.elapsed();
+    assert!(!out.status.success(), "refused");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("did not stop within 1 s"), "{e}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "bounded: {took:?}"
+    );
+    assert_eq!(tracer_of(w.pid), 0, "the parent is let go");
+    assert!(alive(w.pid), "the parent runs on");
+}

@@ -51,6 +51,62 @@ pub enum PtraceError {
     Exited { tid: u32, status: i32 },
     #[error("injected syscall {nr} in thread {tid} returned error {}", -ret)]
     Syscall { tid: u32, nr: i64, ret: i64 },
+    #[error("thread {tid} did not stop within {secs} s ({state}): a task in vfork waiting for its child, or in an uninterruptible sleep, cannot be seized now (--timeout)")]
+    StopTimeout { tid: u32, secs: u64, state: String },
+}
+
+/// How long a thread may take to stop once interrupted (CRIU's --timeout, 10 s by default).
+static STOP_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10_000);
+
+/// Sets how long a thread may take to stop once interrupted (`--timeout SECONDS`).
+pub fn set_stop_timeout(d: std::time::Duration) {
+    STOP_TIMEOUT_MS.store(
+        d.as_millis().min(u64::MAX as u128) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// waitpid(tid, __WALL) until `deadline`: polled, so a thread that cannot stop (vfork, an
+/// uninterruptible sleep) fails the dump instead of hanging it.
+fn wait_until(tid: u32, deadline: std::time::Instant) -> Result<Stop, PtraceError> {
+    let mut nap = std::time::Duration::from_micros(20);
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into our local.
+        let r = unsafe { libc::waitpid(tid as pid_t, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == tid as pid_t {
+            return Ok(if libc::WIFSTOPPED(status) {
+                Stop::Stopped {
+                    sig: libc::WSTOPSIG(status),
+                    event: status >> 16,
+                }
+            } else {
+                Stop::Exited(status)
+            });
+        }
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(PtraceError::Request {
+                    op: "waitpid",
+                    tid,
+                    source: e,
+                });
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            let state = std::fs::read_to_string(format!("/proc/{tid}/wchan"))
+                .map(|w| format!("waiting in {w}"))
+                .unwrap_or_else(|_| "state unknown".into());
+            return Err(PtraceError::StopTimeout {
+                tid,
+                secs: STOP_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed) / 1000,
+                state,
+            });
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(std::time::Duration::from_millis(2));
+    }
 }
 
 fn req(
@@ -215,8 +271,10 @@ pub fn interrupt_and_wait(tgid: u32, tid: u32) -> Result<Option<i32>, PtraceErro
 /// once the cgroup is thawed).
 pub fn wait_interrupted(tgid: u32, tid: u32) -> Result<Option<i32>, PtraceError> {
     let mut group = None;
+    let ms = STOP_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
     loop {
-        let st = wait(tid)?;
+        let st = wait_until(tid, deadline)?;
         match st {
             Stop::Stopped {
                 sig: libc::SIGTRAP,

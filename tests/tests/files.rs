@@ -378,7 +378,8 @@ while True:
 }
 
 /// A sparse file deleted while open keeps its holes (zdtm's ghost_holes tests): only its data
-/// is saved, and the restored file has the same holes, size and content.
+/// is saved, and the restored file has the same holes, size, content, mode and mtime
+/// (zdtm's file_attr).
 #[test]
 fn deleted_sparse_file_keeps_its_holes() {
     let _g = serial_root!();
@@ -388,29 +389,27 @@ fd = os.open("sparse", os.O_RDWR | os.O_CREAT, 0o600)
 os.pwrite(fd, b"a" * 4096, 0)
 os.pwrite(fd, b"b" * 4096, 256 * 1024)
 os.ftruncate(fd, 512 * 1024)
+os.utime("sparse", (0, 1234567))
+os.fchmod(fd, 0o6604)
 os.unlink("sparse")
 while True:
     hole = os.lseek(fd, 0, os.SEEK_HOLE)
     data = os.lseek(fd, hole, os.SEEK_DATA)
     st = os.fstat(fd)
     ok = os.pread(fd, 4, 0) == b"aaaa" and os.pread(fd, 4, 256 * 1024) == b"bbbb" and os.pread(fd, 4, 8192) == b"\0" * 4
-    print("holes", hole, data, st.st_size, ok, flush=True)
+    print("holes", hole, data, st.st_size, ok, oct(st.st_mode & 0o7777), int(st.st_mtime), flush=True)
     time.sleep(0.05)
 "#;
     let w = Workload::python("sparse", script);
     let before = w.wait_lines(1, T);
-    assert_eq!(
-        before[0], "holes 4096 262144 524288 True",
-        "set up as planned"
-    );
+    let want = "holes 4096 262144 524288 True 0o6604 1234567";
+    assert_eq!(before[0], want, "set up as planned");
     let pids = dump_kill_restore(&w);
     let n = w.lines().len();
     let after = w.wait_lines(n + 1, T);
     kill_tree(&pids);
-    assert_eq!(
-        after.get(n).map(String::as_str),
-        Some("holes 4096 262144 524288 True")
-    );
+    // Its mode (set-ID bits too, which a later chown would clear) and times as well.
+    assert_eq!(after.get(n).map(String::as_str), Some(want));
 }
 
 /// A task that chroot'ed keeps its root and its cwd inside it (zdtm's chroot tests): the

@@ -60,13 +60,23 @@ impl GhostFiles {
         for (off, data) in chunks {
             std::os::unix::fs::FileExt::write_all_at(&f, data, *off).map_err(err(&path))?;
         }
-        f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
-            .map_err(err(&path))?;
         // Owned as it was where we may (we are root); a failure leaves it ours, which only
-        // matters to the restorer, since the ghost is unlinked before any task runs.
+        // matters to the restorer, since the ghost is unlinked before any task runs. Before
+        // the mode: a change of owner clears the set-user-ID and set-group-ID bits.
         if let Err(e) = std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid)) {
             log::warn!("ghost file {path}: cannot give it back its owner: {e}");
         }
+        f.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
+            .map_err(err(&path))?;
+        // Its times last, as the writes above moved them.
+        let ts = |t: Option<&pb::Timeval>| {
+            t.map(|t| {
+                nix::sys::time::TimeSpec::new(t.tv_sec as libc::time_t, (t.tv_usec * 1000) as _)
+            })
+            .unwrap_or(nix::sys::time::TimeSpec::UTIME_OMIT)
+        };
+        nix::sys::stat::futimens(&f, &ts(entry.atim.as_ref()), &ts(entry.mtim.as_ref()))
+            .map_err(|e| err(&path)(e.into()))?;
         Ok(path)
     }
 }
@@ -94,6 +104,13 @@ impl GhostFiles {
                 if let Err(e) = std::os::unix::fs::chown(&path, Some(entry.uid), Some(entry.gid)) {
                     log::warn!("ghost device {path}: cannot give it back its owner: {e}");
                 }
+                // mknod's mode went through the umask.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(entry.mode & 0o7777),
+                )
+                .map_err(err(&path))?;
                 return Ok(path);
             }
             let e = std::io::Error::last_os_error();

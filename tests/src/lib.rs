@@ -777,3 +777,20 @@ pub fn assert_threads_free(pid: u32, what: &str) {
         );
     }
 }
+
+/// The pid /proc/locks gives as the owner of the flock lock on `path`, if there is one.
+pub fn flock_owner(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).ok()?.ino().to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" FLOCK "))
+        .find(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .and_then(|f| f.rsplit(':').next())
+                == Some(ino.as_str())
+        })
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+}

@@ -201,23 +201,7 @@ fn every_fd_kind_keeps_working_in_one_program() {
     // Locks: still held by the restored task.
     let got_flock = !flock_taken(&w.dir.join("flock"));
     // /proc/locks names the pid that took a flock lock (zdtm's file_locks01 checks it).
-    let flock_owner = {
-        use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(w.dir.join("flock"))
-            .expect("flock file")
-            .ino();
-        std::fs::read_to_string("/proc/locks")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(" FLOCK "))
-            .find(|l| {
-                l.split_whitespace()
-                    .nth(5)
-                    .and_then(|f| f.rsplit(':').next())
-                    == Some(&ino.to_string())
-            })
-            .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
-    };
+    let flock_owner = flock_owner(&w.dir.join("flock"));
     let posix = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 12, 1);
     let lines = w.lines();
     kill_tree(&pids);
@@ -295,23 +279,7 @@ while True:
     let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
     let got_flock = !flock_taken(&w.dir.join("flock"));
     // /proc/locks names the pid that took a flock lock (zdtm's file_locks01 checks it).
-    let flock_owner = {
-        use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(w.dir.join("flock"))
-            .expect("flock file")
-            .ino();
-        std::fs::read_to_string("/proc/locks")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(" FLOCK "))
-            .find(|l| {
-                l.split_whitespace()
-                    .nth(5)
-                    .and_then(|f| f.rsplit(':').next())
-                    == Some(&ino.to_string())
-            })
-            .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
-    };
+    let flock_owner = flock_owner(&w.dir.join("flock"));
     let posix = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 12, 1);
     let ofd = lock_probe(&w.dir.join("ofd"), libc::F_OFD_GETLK, 50, 1);
     let outside = lock_probe(&w.dir.join("posix"), libc::F_GETLK, 0, 5);

@@ -349,6 +349,35 @@ while True:
     );
 }
 
+/// A unix connection still waiting in its listener's queue (not yet accepted) waits there
+/// again after the restore (zdtm's sockets00): the accept that follows gets it.
+#[test]
+fn queued_unix_connection_is_accepted_after_restore() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, time
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(os.path.abspath("listener.sock")); srv.listen(4)
+cli = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+cli.connect(os.path.abspath("listener.sock"))
+print("queued", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+c, _ = srv.accept()
+cli.sendall(b"ping")
+print("accepted", c.recv(10).decode(), flush=True)
+"#;
+    let w = Workload::python("unixqueue", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(
+        lines.get(1).map(String::as_str),
+        Some("accepted ping"),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn datagrams_queued_on_a_bound_unix_socket_and_its_file_mode_survive() {
     let _g = serial_root!();

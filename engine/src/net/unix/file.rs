@@ -272,6 +272,12 @@ fn open_unix(cx: &mut OpenCx, id: u32, e: &pb::UnixSkEntry) -> Result<OwnedFd, R
         let made = &cx.made;
         let fd_of = |fid: u32| made.get(&fid).copied();
         match peer {
+            // A connection that waited in a listener's queue: connected to the listener (made
+            // first: it has the lower id) by its name, it waits there again.
+            Some(pf) if pf.usk.as_ref().is_some_and(|u| u.state == 10) => {
+                let name = pf.usk.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+                super::restore_single(e, Some(&name), queue(id), &fd_of).map_err(unix_err(id))?
+            }
             // The peer is a socket of the tree: both ends are made now, as one pair.
             Some(pf) if cx.used.contains(&pf.id) => {
                 let pe = pf.usk.as_ref().expect("matched a unix entry");

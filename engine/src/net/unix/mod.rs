@@ -60,11 +60,15 @@ pub struct Diag {
     pub backlog: u32,
     /// sk_shutdown: 1 receive side shut, 2 send side shut.
     pub shutdown: u8,
+    /// For a listener: the inodes of the clients whose connections wait in its queue.
+    pub icons: Vec<u32>,
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_NAME: u32 = 1;
 const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_ICONS: u32 = 8;
+const UNIX_DIAG_ICONS: u16 = 3;
 const UDIAG_SHOW_RQLEN: u32 = 16;
 const UNIX_DIAG_NAME: u16 = 0;
 const UNIX_DIAG_PEER: u16 = 2;
@@ -107,6 +111,12 @@ pub fn parse_diag(buf: &[u8]) -> Vec<Diag> {
                         d.backlog = u32::from_ne_bytes(data[4..8].try_into().expect("4"))
                     }
                     UNIX_DIAG_SHUTDOWN if !data.is_empty() => d.shutdown = data[0] & 3,
+                    UNIX_DIAG_ICONS => {
+                        d.icons = data
+                            .chunks_exact(4)
+                            .map(|c| u32::from_ne_bytes(c.try_into().expect("4")))
+                            .collect()
+                    }
                     _ => {}
                 }
                 a += (alen + 3) & !3;
@@ -166,7 +176,8 @@ pub fn diag(ino: u32) -> Result<Diag, UnixError> {
     req.extend_from_slice(&0u16.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&ino.to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    let show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_ICONS;
+    req.extend_from_slice(&show.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     send(sock.as_raw_fd(), &req, MsgFlags::empty()).map_err(sys("sock_diag request"))?;
@@ -341,7 +352,20 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
             count: in_flight,
         });
     }
-    let d = diag(ino)?;
+    let mut d = diag(ino)?;
+    // A connection still in a listener's queue has no peer socket yet (the server side is not
+    // accepted): the listener lists its client among its icons. Its peer is then the listener,
+    // and the restore connects it there again, to wait in the queue as before.
+    if d.ty as i32 == libc::SOCK_STREAM && d.state == TCP_ESTABLISHED && d.peer == 0 {
+        if let Some(l) = cx
+            .tree_sockets
+            .iter()
+            .filter_map(|&l| diag(l).ok())
+            .find(|l| l.state == 10 && l.icons.contains(&ino))
+        {
+            d.peer = l.ino;
+        }
+    }
     let mut external_peer = None;
     let mut uflags = 0;
     if d.peer != 0 && !peer_in_tree(d.peer) {
@@ -728,6 +752,11 @@ mod tests {
         attr(UNIX_DIAG_PEER, &778u32.to_ne_bytes());
         attr(UNIX_DIAG_RQLEN, &[0, 0, 0, 0, 128, 0, 0, 0]);
         attr(UNIX_DIAG_SHUTDOWN, &[2]);
+        // A listener's queued connections: their clients' inodes.
+        attr(
+            UNIX_DIAG_ICONS,
+            &[901u32.to_ne_bytes(), 902u32.to_ne_bytes()].concat(),
+        );
         let mut buf = Vec::new();
         buf.extend_from_slice(&((16 + m.len()) as u32).to_ne_bytes());
         buf.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -744,6 +773,7 @@ mod tests {
                 name: b"\0abc".to_vec(),
                 backlog: 128,
                 shutdown: 2,
+                icons: vec![901, 902],
             }]
         );
         assert!(parse_diag(&buf[..10]).is_empty());

@@ -405,6 +405,8 @@ pub(crate) struct Images {
     pub(crate) pids: crate::ns::pid::PidView,
     /// The tree's network namespace when it is not ours.
     pub(crate) net_ns: Option<std::os::fd::OwnedFd>,
+    /// Unix connections waiting in the tree's listeners (see net::unix), read on first need.
+    pub(crate) unix_queued: std::cell::OnceCell<HashMap<u32, u32>>,
     /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
     pub(crate) live_pids: Vec<u32>,
     pub(crate) in_flight_sockets_known: bool,
@@ -541,6 +543,7 @@ fn collect_start(
         seccomp: Default::default(),
         pids: Default::default(),
         net_ns: None,
+        unix_queued: Default::default(),
         live_pids: live.to_vec(),
         in_flight_sockets_known: false,
         ns_ids: crate::task::core::NsIds {

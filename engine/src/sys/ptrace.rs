@@ -67,9 +67,12 @@ pub fn set_stop_timeout(d: std::time::Duration) {
 }
 
 /// waitpid(tid, __WALL) until `deadline`: polled, so a thread that cannot stop (vfork, an
-/// uninterruptible sleep) fails the dump instead of hanging it.
+/// uninterruptible sleep) fails the dump instead of hanging it. A stop usually comes within
+/// tens of microseconds, less than one sleep takes (timer slack): the first 200 us yield
+/// instead of sleeping, so the frozen window does not grow by a sleep per thread.
 fn wait_until(tid: u32, deadline: std::time::Instant) -> Result<Stop, PtraceError> {
-    let mut nap = std::time::Duration::from_micros(20);
+    let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(200);
+    let mut nap = std::time::Duration::from_micros(50);
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes the status into our local.
@@ -103,6 +106,10 @@ fn wait_until(tid: u32, deadline: std::time::Instant) -> Result<Stop, PtraceErro
                 secs: STOP_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed) / 1000,
                 state,
             });
+        }
+        if std::time::Instant::now() < spin_until {
+            std::thread::yield_now();
+            continue;
         }
         std::thread::sleep(nap);
         nap = (nap * 2).min(std::time::Duration::from_millis(2));

@@ -162,29 +162,34 @@ impl FileKind for UnixSocket {
         let flags = fd.info.flags & !(libc::O_CLOEXEC as u32);
         let cwd = crate::proc::readlink(pid, "cwd")?;
         let me = std::process::id();
-        let dump_unix = |tree_sockets: &std::collections::HashSet<u32>| {
-            let ucx = super::Context {
-                cwd: &cwd,
-                in_flight,
-                nested: pid == me,
-                ext_unix_sk: cx.opts.ext_unix_sk,
-                ext_inodes: &cx.opts.ext_unix_sk_inodes,
-                tree_sockets,
+        let dump_unix =
+            |tree_sockets: &std::collections::HashSet<u32>,
+             queued: &std::cell::OnceCell<std::collections::HashMap<u32, u32>>| {
+                let ucx = super::Context {
+                    cwd: &cwd,
+                    in_flight,
+                    nested: pid == me,
+                    ext_unix_sk: cx.opts.ext_unix_sk,
+                    ext_inodes: &cx.opts.ext_unix_sk_inodes,
+                    tree_sockets,
+                    queued,
+                };
+                super::dump(sock, ino as u32, flags, &ucx)
             };
-            super::dump(sock, ino as u32, flags, &ucx)
-        };
         let unix_err = |source| DumpError::Unix {
             pid,
             fd: fd_no,
             source,
         };
-        let mut dumped = match dump_unix(&cx.img.tree_sockets) {
+        let mut dumped = match dump_unix(&cx.img.tree_sockets, &cx.img.unix_queued) {
             // The peer may be in flight on a socket of the tree: look once, retry.
             Err(super::UnixError::ExternalPeer { .. }) if !cx.img.in_flight_sockets_known => {
                 cx.img.in_flight_sockets_known = true;
                 let found = sockets_in_flight_in_tree(&cx.img.live_pids)?;
                 cx.img.tree_sockets.extend(found);
-                dump_unix(&cx.img.tree_sockets)
+                // Listeners in flight have queues too.
+                cx.img.unix_queued = Default::default();
+                dump_unix(&cx.img.tree_sockets, &cx.img.unix_queued)
             }
             r => r,
         }

@@ -335,6 +335,22 @@ pub struct Context<'a> {
     pub ext_inodes: &'a [u32],
     /// Inodes of every socket open in the tree.
     pub tree_sockets: &'a std::collections::HashSet<u32>,
+    /// Client inode → listener inode for every connection waiting in a listener of the tree,
+    /// read once per dump when first needed (see [`queued_clients`]).
+    pub queued: &'a std::cell::OnceCell<std::collections::HashMap<u32, u32>>,
+}
+
+/// Client inode → listener inode, for the connections waiting in the queues of the tree's
+/// listeners (each listener's UNIX_DIAG_ICONS). One sock_diag query per socket of the tree.
+fn queued_clients(
+    tree_sockets: &std::collections::HashSet<u32>,
+) -> std::collections::HashMap<u32, u32> {
+    tree_sockets
+        .iter()
+        .filter_map(|&s| diag(s).ok())
+        .filter(|l| l.state == 10)
+        .flat_map(|l| l.icons.into_iter().map(move |c| (c, l.ino)))
+        .collect()
 }
 
 /// sock_diag's state of a connected unix socket.
@@ -357,13 +373,9 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
     // accepted): the listener lists its client among its icons. Its peer is then the listener,
     // and the restore connects it there again, to wait in the queue as before.
     if d.ty as i32 == libc::SOCK_STREAM && d.state == TCP_ESTABLISHED && d.peer == 0 {
-        if let Some(l) = cx
-            .tree_sockets
-            .iter()
-            .filter_map(|&l| diag(l).ok())
-            .find(|l| l.state == 10 && l.icons.contains(&ino))
-        {
-            d.peer = l.ino;
+        let queued = cx.queued.get_or_init(|| queued_clients(cx.tree_sockets));
+        if let Some(&listener) = queued.get(&ino) {
+            d.peer = listener;
         }
     }
     let mut external_peer = None;

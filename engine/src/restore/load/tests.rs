@@ -1,0 +1,111 @@
+//! The loader's checks on hand-made images (no root, no kernel).
+
+use super::*;
+
+#[test]
+fn a_file_only_mapped_shared_writable_is_opened_read_write() {
+    use crate::images::vma_status::VMA_FILE_SHARED;
+    let vma = |shmid: u64| pb::VmaEntry {
+        shmid,
+        status: VMA_FILE_SHARED,
+        fdflags: Some(libc::O_RDWR as u32),
+        ..Default::default()
+    };
+    let reg = |id: u32| pb::FileEntry {
+        id,
+        reg: Some(pb::RegFileEntry {
+            id,
+            flags: libc::O_LARGEFILE as u32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut img = DumpImage::default();
+    img.tasks.push(TaskImage {
+        pstree: Default::default(),
+        threads: Vec::new(),
+        mm: pb::MmEntry {
+            vmas: vec![vma(22), vma(23)],
+            ..Default::default()
+        },
+        pagemap: Vec::new(),
+        pages_file: String::new(),
+        // File 23 is also an fd: its mode is the fd's, left alone.
+        fds: vec![pb::FdinfoEntry {
+            id: 23,
+            ..Default::default()
+        }],
+        fs: Default::default(),
+        zombie_exit: None,
+    });
+    img.files.insert(22, reg(22));
+    img.files.insert(23, reg(23));
+    open_mapped_files_as_their_mappings_need(&mut img);
+    let flags = |id| img.files[&id].reg.as_ref().unwrap().flags as libc::c_int;
+    assert_eq!(flags(22), libc::O_RDWR | libc::O_LARGEFILE);
+    assert_eq!(flags(23), libc::O_LARGEFILE);
+}
+
+fn unix(id: u32, ino: u32, peer: u32) -> pb::FileEntry {
+    pb::FileEntry {
+        id,
+        usk: Some(pb::UnixSkEntry {
+            id,
+            ino,
+            peer,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn pages_may_span_adjacent_mappings_but_not_a_gap() {
+    let vma = |start: u64, end: u64| pb::VmaEntry {
+        start,
+        end,
+        ..Default::default()
+    };
+    let vmas = [
+        vma(0x1000, 0x3000),
+        vma(0x3000, 0x5000),
+        vma(0x6000, 0x7000),
+    ];
+    assert!(covered(&vmas, 0x1000, 0x3000));
+    assert!(
+        covered(&vmas, 0x2000, 0x4000),
+        "across two adjacent mappings"
+    );
+    assert!(!covered(&vmas, 0x4000, 0x6000), "into a gap");
+    assert!(!covered(&vmas, 0x6000, 0x8000), "past the last mapping");
+    assert!(!covered(&vmas, 0x0, 0x2000), "before the first");
+    assert!(covered(&vmas, 0x9000, 0x9000), "no page to place");
+}
+
+#[test]
+fn a_socket_in_flight_comes_after_what_its_peer_carries() {
+    // 1 is in flight, paired with 2 (held by a task); 2's queue carries 3.
+    let files: HashMap<u32, pb::FileEntry> = [
+        (1, unix(1, 100, 200)),
+        (2, unix(2, 200, 100)),
+        (
+            3,
+            pb::FileEntry {
+                id: 3,
+                ..Default::default()
+            },
+        ),
+    ]
+    .into();
+    let q = |files: Vec<u32>| crate::net::unix::Queued {
+        data: b"x".to_vec(),
+        files,
+    };
+    let queues: HashMap<u32, Vec<crate::net::unix::Queued>> =
+        [(2, vec![q(vec![3])]), (5, vec![q(vec![1])])].into();
+    assert_eq!(in_flight_order(vec![1, 3], &files, &queues), vec![3, 1]);
+    // Circular needs keep their order instead of looping.
+    let queues: HashMap<u32, Vec<crate::net::unix::Queued>> =
+        [(2, vec![q(vec![1])]), (1, vec![q(vec![2])])].into();
+    assert_eq!(in_flight_order(vec![1, 2], &files, &queues), vec![1, 2]);
+}

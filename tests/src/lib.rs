@@ -589,6 +589,18 @@ pub fn python_across_restore(name: &str, script: &str, n: usize) -> (Workload, V
     (w, lines)
 }
 
+/// Runs a python program that prints a line of its state again and again; dumps, kills and
+/// restores it; returns its first line and its first line after the restore.
+pub fn python_line_before_and_after(name: &str, script: &str) -> (String, String) {
+    let w = Workload::python(name, script);
+    let before = w.wait_lines(1, T).first().cloned().unwrap_or_default();
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 1, T).get(n).cloned().unwrap_or_default();
+    kill_tree(&pids);
+    (before, after)
+}
+
 /// Asserts `w` runs on after a refused dump: not traced, not stopped, still printing.
 pub fn assert_runs_on(w: &Workload) {
     assert_eq!(tracer_of(w.pid), 0, "task left traced");

@@ -368,16 +368,11 @@ while True:
     print("holes", hole, data, st.st_size, ok, oct(st.st_mode & 0o7777), int(st.st_mtime), flush=True)
     time.sleep(0.05)
 "#;
-    let w = Workload::python("sparse", script);
-    let before = w.wait_lines(1, T);
+    let (before, after) = python_line_before_and_after("sparse", script);
     let want = "holes 4096 262144 524288 True 0o6604 1234567";
-    assert_eq!(before[0], want, "set up as planned");
-    let pids = dump_kill_restore(&w);
-    let n = w.lines().len();
-    let after = w.wait_lines(n + 1, T);
-    kill_tree(&pids);
+    assert_eq!(before, want, "set up as planned");
     // Its mode (set-ID bits too, which a later chown would clear) and times as well.
-    assert_eq!(after.get(n).map(String::as_str), Some(want));
+    assert_eq!(after, want);
 }
 
 /// A task that chroot'ed keeps its root and its cwd inside it (zdtm's chroot tests): the
@@ -395,17 +390,9 @@ while True:
     print("at", os.getcwd(), open("marker").read(), os.path.exists("/inside"), flush=True)
     time.sleep(0.05)
 "#;
-    let w = Workload::python("chroot", script);
-    let before = w.wait_lines(1, T);
-    assert_eq!(before[0], "at /inside/sub here True");
-    let pids = dump_kill_restore(&w);
-    let n = w.lines().len();
-    let after = w.wait_lines(n + 1, T);
-    kill_tree(&pids);
-    assert_eq!(
-        after.get(n).map(String::as_str),
-        Some("at /inside/sub here True")
-    );
+    let (before, after) = python_line_before_and_after("chroot", script);
+    assert_eq!(before, "at /inside/sub here True");
+    assert_eq!(after, "at /inside/sub here True");
 }
 
 /// A device node deleted while open (zdtm's deleted_dev) is made again with mknod for the
@@ -423,15 +410,7 @@ while True:
     print("dev", stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev), os.write(fd, b"x"), os.path.exists("mynull"), flush=True)
     time.sleep(0.05)
 "#;
-    let w = Workload::python("deldev", script);
-    let before = w.wait_lines(1, T);
-    assert_eq!(before[0], "dev True 1 3 1 False");
-    let pids = dump_kill_restore(&w);
-    let n = w.lines().len();
-    let after = w.wait_lines(n + 1, T);
-    kill_tree(&pids);
-    assert_eq!(
-        after.get(n).map(String::as_str),
-        Some("dev True 1 3 1 False")
-    );
+    let (before, after) = python_line_before_and_after("deldev", script);
+    assert_eq!(before, "dev True 1 3 1 False");
+    assert_eq!(after, "dev True 1 3 1 False");
 }

@@ -367,10 +367,7 @@ c, _ = srv.accept()
 cli.sendall(b"ping")
 print("accepted", c.recv(10).decode(), flush=True)
 "#;
-    let w = Workload::python("unixqueue", script);
-    w.wait_lines(1, T);
-    let pids = dump_kill_restore(&w);
-    let lines = w.go_and_collect(&pids, 2);
+    let (_w, lines) = python_across_restore("unixqueue", script, 2);
     assert_eq!(
         lines.get(1).map(String::as_str),
         Some("accepted ping"),

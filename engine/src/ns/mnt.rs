@@ -1,7 +1,7 @@
 //! Mount namespaces, the pure part: a tree's mount table (`/proc/<pid>/mountinfo`) read and
-//! turned into the plan a restore would follow to make it again. A tree in a mount namespace
-//! of its own is still refused (`freeze::refuse_foreign_namespaces`); this is the ground the
-//! dump and restore of one will stand on (see ARCHITECTURE.md, "Mount namespaces: the plan").
+//! turned into the plan a restore follows to make it again, CRIU's `mnt_entry` both ways, and
+//! the split between what the restorer mounts and what the tree's init mounts (see
+//! ARCHITECTURE.md, "Mount namespaces"). The syscalls are in `mnt_dump` and `mnt_restore`.
 //!
 //! Two facts of the kernel shape it. mountinfo lists mounts in creation order, not in tree
 //! order: a runc container's read-only binds and masks of /proc come after their parents'
@@ -10,6 +10,12 @@
 //! bind of /proc/bus, `/null` of the /dev tmpfs mounted on /proc/keys is a mask.
 
 use std::collections::{HashMap, HashSet};
+
+use crate::images::pb;
+
+/// Image ids of mount namespaces: the dumper's (inventory's root_ids), the tree's own.
+pub const HOST_NS_ID: u32 = 11;
+pub const TREE_NS_ID: u32 = 12;
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +35,9 @@ pub struct MountInfo {
     pub source: String,
     /// Options of the filesystem (superblock).
     pub super_opts: Vec<String>,
+    /// Set for a mount the caller declared external (`--external mnt[MOUNTPOINT]:KEY`, the
+    /// RPC's ext_mnt): the restore binds what the caller maps KEY to.
+    pub ext_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +58,18 @@ pub enum MntError {
     },
     #[error("the mount table has no root mount")]
     NoRoot,
+    #[error("mount {id} ({mountpoint}) is {what}, which is not supported yet")]
+    Propagation {
+        id: u32,
+        mountpoint: String,
+        what: String,
+    },
+    #[error("mount {id} ({mountpoint}) binds part of {of}, which only the tree's init can mount; not supported yet")]
+    BindOfLate {
+        id: u32,
+        mountpoint: String,
+        of: String,
+    },
 }
 
 /// mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
@@ -114,6 +135,7 @@ pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>, MntError> {
             fstype: r[0].to_string(),
             source: unescape(r[1]),
             super_opts: r[2].split(',').map(str::to_string).collect(),
+            ext_key: None,
         });
     }
     Ok(out)
@@ -131,8 +153,8 @@ pub enum Make {
     /// A bind of `sub` inside the mount `of` made earlier in the plan (a read-only bind of
     /// /proc/sys, a mask of /proc/keys by /dev/null).
     Bind { of: u32, sub: String },
-    /// A v1 cgroup hierarchy's directory: outside the tree, given by the caller (runc's
-    /// external mounts map each one to the host's).
+    /// A mount the caller declared external (its `ext_key`), or a v1 cgroup hierarchy's
+    /// directory, which only the caller can map (runc maps each to the container's cgroup).
     External,
 }
 
@@ -180,6 +202,8 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
     for m in order {
         let make = if m.id == root.id {
             Make::Root
+        } else if m.ext_key.is_some() {
+            Make::External
         } else if let Some(&of) = whole.get(&m.dev).filter(|_| m.root != "/") {
             Make::Bind {
                 of,
@@ -213,6 +237,243 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
         });
     }
     Ok(out)
+}
+
+/// Which mounts a restore makes where (see ARCHITECTURE.md, "Mount namespaces").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Made by the restorer under the new root before the pool is opened.
+    Early,
+    /// Made by the tree's init after it pivots into the new root: a proc and what lies under
+    /// it, because a proc shows the pid namespace of whoever mounts it.
+    Late,
+}
+
+/// The phase of each planned mount (same order as `plan`): a proc and everything under it are
+/// late. A mount outside a proc that binds part of one cannot be made by either: refused.
+pub fn phases(plan: &[Planned]) -> Result<Vec<Phase>, MntError> {
+    let mut late: HashSet<u32> = HashSet::new();
+    let mut out = Vec::with_capacity(plan.len());
+    for p in plan {
+        let m = &p.mount;
+        let is_late = m.fstype == "proc" || late.contains(&m.parent);
+        if let Make::Bind { of, .. } = &p.make {
+            if late.contains(of) && !is_late {
+                return Err(MntError::BindOfLate {
+                    id: m.id,
+                    mountpoint: m.mountpoint.clone(),
+                    of: m.fstype.clone(),
+                });
+            }
+        }
+        if is_late {
+            late.insert(m.id);
+            out.push(Phase::Late);
+        } else {
+            out.push(Phase::Early);
+        }
+    }
+    Ok(out)
+}
+
+/// Mounts with shared or slave propagation: a restore makes every mount private.
+pub fn refuse_propagation(table: &[MountInfo]) -> Result<(), MntError> {
+    for m in table {
+        if let Some(t) = m
+            .tags
+            .iter()
+            .find(|t| t.starts_with("shared:") || t.starts_with("master:"))
+        {
+            return Err(MntError::Propagation {
+                id: m.id,
+                mountpoint: m.mountpoint.clone(),
+                what: format!("{t} (shared or slave propagation)"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Per-mount options as mount(2) flags. mountinfo shows no atime option for strictatime
+/// (runc mounts /dev so), and mount(2) without one means relatime: so none means strict.
+pub fn mount_flags(opts: &[String]) -> u64 {
+    let mut f = 0u64;
+    if !opts
+        .iter()
+        .any(|o| matches!(o.as_str(), "relatime" | "noatime" | "strictatime"))
+    {
+        f |= libc::MS_STRICTATIME;
+    }
+    for o in opts {
+        f |= match o.as_str() {
+            "ro" => libc::MS_RDONLY,
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            "strictatime" => libc::MS_STRICTATIME,
+            _ => 0,
+        };
+    }
+    f
+}
+
+/// mount(2) flags back as mountinfo's per-mount options.
+pub fn flag_opts(flags: u64) -> Vec<String> {
+    let mut v = vec![if flags & libc::MS_RDONLY != 0 {
+        "ro"
+    } else {
+        "rw"
+    }
+    .to_string()];
+    for (bit, name) in [
+        (libc::MS_NOSUID, "nosuid"),
+        (libc::MS_NODEV, "nodev"),
+        (libc::MS_NOEXEC, "noexec"),
+        (libc::MS_NOATIME, "noatime"),
+        (libc::MS_NODIRATIME, "nodiratime"),
+        (libc::MS_RELATIME, "relatime"),
+        (libc::MS_STRICTATIME, "strictatime"),
+    ] {
+        if flags & bit != 0 {
+            v.push(name.to_string());
+        }
+    }
+    v
+}
+
+/// The filesystem's own options for mount(2)'s data: without ro/rw, which are flags.
+pub fn fs_data(super_opts: &[String]) -> String {
+    super_opts
+        .iter()
+        .filter(|o| *o != "ro" && *o != "rw")
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The kernel's dev_t encoding of `major:minor` (CRIU's `MKKDEV`, what `root_dev` and the
+/// tmpfs image names carry).
+pub fn kdev(dev: (u32, u32)) -> u32 {
+    (dev.0 << 20) | (dev.1 & 0xfffff)
+}
+
+const FSTYPES: &[(&str, pb::Fstype)] = &[
+    ("proc", pb::Fstype::Proc),
+    ("sysfs", pb::Fstype::Sysfs),
+    ("devtmpfs", pb::Fstype::Devtmpfs),
+    ("binfmt_misc", pb::Fstype::BinfmtMisc),
+    ("tmpfs", pb::Fstype::Tmpfs),
+    ("devpts", pb::Fstype::Devpts),
+    ("cgroup", pb::Fstype::Cgroup),
+    ("mqueue", pb::Fstype::Mqueue),
+    ("overlay", pb::Fstype::Overlayfs),
+    ("cgroup2", pb::Fstype::Cgroup2),
+];
+
+/// One mount as CRIU's `mnt_entry`.
+pub fn to_entry(m: &MountInfo) -> pb::MntEntry {
+    let tag = |p: &str| {
+        m.tags
+            .iter()
+            .find_map(|t| t.strip_prefix(p).and_then(|v| v.parse().ok()))
+    };
+    let fstype = FSTYPES
+        .iter()
+        .find(|(n, _)| *n == m.fstype)
+        .map_or(pb::Fstype::Unsupported, |(_, t)| *t);
+    pb::MntEntry {
+        fstype: fstype as u32,
+        mnt_id: m.id,
+        root_dev: kdev(m.dev),
+        parent_mnt_id: m.parent,
+        flags: mount_flags(&m.mount_opts) as u32,
+        root: m.root.clone(),
+        mountpoint: m.mountpoint.clone(),
+        source: m.source.clone(),
+        options: fs_data(&m.super_opts),
+        shared_id: tag("shared:"),
+        master_id: tag("master:"),
+        with_plugin: None,
+        ext_mount: m.ext_key.as_ref().map(|_| true),
+        fsname: Some(m.fstype.clone()),
+        internal_sharing: None,
+        deleted: None,
+        sb_flags: Some(if m.super_opts.iter().any(|o| o == "ro") {
+            libc::MS_RDONLY as u32
+        } else {
+            0
+        }),
+        ext_key: m.ext_key.clone(),
+    }
+}
+
+/// A `mnt_entry` back as a mountinfo line (CRIU's images name the type by number; fsname,
+/// when present, by name).
+pub fn from_entry(e: &pb::MntEntry) -> MountInfo {
+    let fstype = e
+        .fsname
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            FSTYPES
+                .iter()
+                .find(|(_, t)| *t as u32 == e.fstype)
+                .map_or("unsupported", |(n, _)| n)
+                .to_string()
+        });
+    let mut tags = Vec::new();
+    if let Some(s) = e.shared_id.filter(|&s| s != 0) {
+        tags.push(format!("shared:{s}"));
+    }
+    if let Some(s) = e.master_id.filter(|&s| s != 0) {
+        tags.push(format!("master:{s}"));
+    }
+    let ro = e.sb_flags.unwrap_or(0) & libc::MS_RDONLY as u32 != 0;
+    let mut super_opts = vec![if ro { "ro" } else { "rw" }.to_string()];
+    super_opts.extend(
+        e.options
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(str::to_string),
+    );
+    MountInfo {
+        id: e.mnt_id,
+        parent: e.parent_mnt_id,
+        dev: (e.root_dev >> 20, e.root_dev & 0xfffff),
+        root: e.root.clone(),
+        mountpoint: e.mountpoint.clone(),
+        mount_opts: flag_opts(e.flags as u64),
+        tags,
+        fstype,
+        source: e.source.clone(),
+        super_opts,
+        ext_key: e
+            .ext_key
+            .clone()
+            .or_else(|| e.ext_mount.filter(|&x| x).map(|_| e.mountpoint.clone())),
+    }
+}
+
+/// Marks the mounts the caller declared external: `(mountpoint, key)` pairs, as runc's
+/// ext_mnt (key and value both the mountpoint) and `--external mnt[MOUNTPOINT]:KEY` give them.
+pub fn mark_external(table: &mut [MountInfo], ext: &[(String, String)]) {
+    for m in table.iter_mut() {
+        if let Some((_, key)) = ext.iter().find(|(mp, _)| *mp == m.mountpoint) {
+            m.ext_key = Some(key.clone());
+        }
+    }
+}
+
+/// `/a/b` under `root`, without doubling the slash.
+pub fn under(root: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        root.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 #[cfg(test)]
@@ -292,5 +553,77 @@ mod tests {
         ));
         assert!(parse_mountinfo("garbage").is_err());
         assert!(parse_mountinfo("1 0 8:1 / / rw - ext4").is_err());
+    }
+
+    #[test]
+    fn entries_round_trip_and_externals_win() {
+        let mut t = parse_mountinfo(RUNC).unwrap();
+        mark_external(
+            &mut t,
+            &[
+                ("/proc/keys".into(), "/proc/keys".into()),
+                ("/sys/fs/cgroup/cpu".into(), "cpu".into()),
+            ],
+        );
+        for m in &t {
+            let back = from_entry(&to_entry(m));
+            assert_eq!(back.id, m.id);
+            assert_eq!(back.parent, m.parent);
+            assert_eq!(back.dev, m.dev);
+            assert_eq!(back.root, m.root);
+            assert_eq!(back.fstype, m.fstype);
+            assert_eq!(back.ext_key, m.ext_key);
+            assert_eq!(
+                mount_flags(&back.mount_opts),
+                mount_flags(&m.mount_opts),
+                "{}",
+                m.mountpoint
+            );
+            assert_eq!(fs_data(&back.super_opts), fs_data(&m.super_opts));
+        }
+        let p = plan(&t).unwrap();
+        let make = |mp: &str| {
+            p.iter()
+                .find(|x| x.mount.mountpoint == mp)
+                .unwrap()
+                .make
+                .clone()
+        };
+        assert_eq!(make("/proc/keys"), Make::External);
+        assert_eq!(make("/sys/fs/cgroup/cpu"), Make::External);
+        assert_eq!(to_entry(&t[2]).root_dev, 42);
+        // /dev shows no atime option: runc mounted it strictatime.
+        assert_ne!(to_entry(&t[2]).flags as u64 & libc::MS_STRICTATIME, 0);
+        assert_eq!(to_entry(&t[1]).flags as u64 & libc::MS_STRICTATIME, 0);
+        assert_eq!(to_entry(&t[2]).options, "size=65536k,mode=755");
+    }
+
+    #[test]
+    fn proc_and_below_is_late() {
+        let t = parse_mountinfo(RUNC).unwrap();
+        let p = plan(&t).unwrap();
+        let ph = phases(&p).unwrap();
+        let phase = |mp: &str| ph[p.iter().position(|x| x.mount.mountpoint == mp).unwrap()];
+        assert_eq!(phase("/"), Phase::Early);
+        assert_eq!(phase("/dev"), Phase::Early);
+        assert_eq!(phase("/sys/fs/cgroup/cpu"), Phase::Early);
+        assert_eq!(phase("/proc"), Phase::Late);
+        assert_eq!(phase("/proc/keys"), Phase::Late);
+        assert_eq!(phase("/proc/acpi"), Phase::Late);
+        // A bind elsewhere of a tmpfs mounted under /proc could be made by neither.
+        let odd = parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 0:5 / /proc rw - proc proc rw\n\
+             4 2 0:6 / /proc/t rw - tmpfs t rw\n5 1 0:7 / /a rw - tmpfs a rw\n\
+             3 5 0:6 /d /a/b rw - tmpfs t rw\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            phases(&plan(&odd).unwrap()),
+            Err(MntError::BindOfLate { id: 3, .. })
+        ));
+        let shared = parse_mountinfo("1 0 8:1 / / rw shared:1 - ext4 /dev/sda rw\n").unwrap();
+        assert!(refuse_propagation(&shared).is_err());
+        assert!(refuse_propagation(&t).is_ok());
+        assert_eq!(under("/run/x/criu-root/", "/proc"), "/run/x/criu-root/proc");
     }
 }

@@ -1,10 +1,12 @@
-//! Namespaces the tree owns (IPC, UTS, PID, network).
+//! Namespaces the tree owns (IPC, UTS, PID, network, time, mount).
 
 pub mod ipc;
 pub mod mnt;
+pub mod mnt_sys;
 pub mod net;
 pub mod pid;
 pub mod time;
+pub mod tmpfs;
 pub mod uts;
 
 /// Why [`tree_owns`] could not tell.

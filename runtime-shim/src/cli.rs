@@ -55,6 +55,10 @@ pub struct Config {
     pub join_ns: Vec<(String, PathBuf)>,
     /// `--external net[INODE]:KEY`: (inode, key).
     pub external_netns: Vec<(u64, String)>,
+    /// `--external mnt[KEY]:VAL`, `--ext-mount-map KEY:VAL`.
+    pub ext_mounts: Vec<(String, String)>,
+    /// `--root DIR`.
+    pub root: Option<PathBuf>,
     /// `--veth-pair IN=OUT[@BRIDGE]`.
     pub veth_pairs: Vec<stasis_netns::VethPair>,
     /// `--timeout SECONDS`: how long a thread may take to stop when seized.
@@ -90,6 +94,8 @@ impl Default for Config {
             inherit_fds: Vec::new(),
             veth_pairs: Vec::new(),
             external_netns: Vec::new(),
+            ext_mounts: Vec::new(),
+            root: None,
             join_ns: Vec::new(),
             close_fds: Vec::new(),
             timeout: None,
@@ -175,7 +181,10 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         Support::No => return Ok(()),
         Support::Some(_) if g.spec.long == "external" => {
             if on {
-                c.external_netns.push(parse_external(value(g))?);
+                match parse_external(value(g))? {
+                    External::Net(ino, key) => c.external_netns.push((ino, key)),
+                    External::Mnt(key, val) => c.ext_mounts.push((key, val)),
+                }
             }
             return Ok(());
         }
@@ -227,6 +236,8 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "feature" => c.features.push(value(g).to_string()),
         "ghost-limit" => c.ghost_limit = Some(parse_size(value(g))?),
         "freeze-cgroup" => c.freeze_cgroup = Some(PathBuf::from(value(g))),
+        "root" => c.root = Some(PathBuf::from(value(g))),
+        "ext-mount-map" => c.ext_mounts.push(parse_ext_mount_map(value(g))?),
         "tcp-close" => c.tcp_close = on,
         "close" => c.close_fds.push(number(g)?),
         "timeout" => c.timeout = Some(number(g)?),
@@ -318,21 +329,48 @@ pub fn parse_join_ns(s: &str) -> Result<(String, PathBuf), String> {
     Ok((kind.to_string(), file))
 }
 
-/// `--external net[INODE]:KEY`; CRIU's other external kinds are refused by name.
-pub fn parse_external(s: &str) -> Result<(u64, String), String> {
-    let inner = s
-        .strip_prefix("net[")
-        .and_then(|r| r.split_once("]:"))
-        .filter(|(_, k)| !k.is_empty());
-    match inner {
-        Some((ino, key)) => ino
+/// What `--external` declares.
+#[derive(Debug, PartialEq, Eq)]
+pub enum External {
+    /// `net[INODE]:KEY`: the tree's network namespace is the caller's.
+    Net(u64, String),
+    /// `mnt[KEY]:VAL`: at dump, the mount at KEY is external under the name VAL; at restore,
+    /// the mount named KEY comes from VAL.
+    Mnt(String, String),
+}
+
+/// `--external net[INODE]:KEY` or `mnt[KEY]:VAL`; CRIU's other external kinds are refused by
+/// name.
+pub fn parse_external(s: &str) -> Result<External, String> {
+    let split = |prefix: &str| {
+        s.strip_prefix(prefix)
+            .and_then(|r| r.split_once("]:"))
+            .filter(|(a, k)| !a.is_empty() && !k.is_empty())
+    };
+    if let Some((ino, key)) = split("net[") {
+        return ino
             .parse()
-            .map(|i| (i, key.to_string()))
-            .map_err(|_| format!("bad inode in --external {s}")),
-        None => Err(format!(
-            "--external {s} is not supported yet (only net[INODE]:KEY)"
-        )),
+            .map(|i| External::Net(i, key.to_string()))
+            .map_err(|_| format!("bad inode in --external {s}"));
     }
+    if let Some((key, val)) = split("mnt[") {
+        return Ok(External::Mnt(key.to_string(), val.to_string()));
+    }
+    Err(format!(
+        "--external {s} is not supported yet (only net[INODE]:KEY and mnt[KEY]:VAL)"
+    ))
+}
+
+/// `--ext-mount-map KEY:VAL`; CRIU's `auto` (mounts from outside found by themselves) is not
+/// supported.
+pub fn parse_ext_mount_map(s: &str) -> Result<(String, String), String> {
+    if s == "auto" {
+        return Err("--ext-mount-map auto is not supported yet (declare each mount)".into());
+    }
+    s.split_once(':')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("bad --ext-mount-map '{s}': expected KEY:VAL"))
 }
 
 /// "" or "INODE[,INODE...]" (socket inodes, as `ls -l /proc/PID/fd` shows them).

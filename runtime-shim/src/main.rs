@@ -144,6 +144,7 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
         opts.ghost_limit = limit;
     }
     opts.external_netns = c.external_netns.clone();
+    opts.ext_mounts = c.ext_mounts.clone();
     if let Some(secs) = c.timeout {
         stasis::sys::ptrace::set_stop_timeout(std::time::Duration::from_secs(secs));
     }
@@ -191,6 +192,8 @@ fn restore_options(c: &Config) -> RestoreOptions {
         join_ns: c.join_ns.clone(),
         // Relative to the work directory, where CRIU has already chdir'ed.
         pidfile: c.pidfile.clone(),
+        root: c.root.clone(),
+        ext_mounts: c.ext_mounts.clone(),
         ..Default::default()
     }
 }

@@ -33,6 +33,7 @@ fn sample(long: &str) -> &'static str {
         "veth-pair" => "eth0=veth0",
         "join-ns" => "net:/run/netns/x",
         "external" => "net[4026532177]:extRootNetNS",
+        "ext-mount-map" => "/proc/keys:/dev/null",
         _ => "x",
     }
 }
@@ -294,7 +295,14 @@ fn unsupported_options_and_values_are_refused_by_name() {
             &["dump", "-t1", "--timeout", "soon"],
             "bad value 'soon' for --timeout: expected a number",
         ),
-        (&["restore", "--root", "/r"], "--root is not supported yet"),
+        (
+            &["restore", "--ext-mount-map", "auto"],
+            "--ext-mount-map auto is not supported yet (declare each mount)",
+        ),
+        (
+            &["restore", "--ext-mount-map", "nocolon"],
+            "bad --ext-mount-map 'nocolon': expected KEY:VAL",
+        ),
         (
             &["dump", "-t1", "--no-such-flag"],
             "unknown option --no-such-flag",
@@ -424,14 +432,34 @@ fn print_doc_table() {
 }
 
 #[test]
-fn external_takes_a_network_namespace_only() {
+fn external_takes_a_network_namespace_and_mounts() {
     assert_eq!(
         cli::parse_external("net[4026532177]:extRootNetNS"),
-        Ok((4026532177, "extRootNetNS".to_string()))
+        Ok(cli::External::Net(4026532177, "extRootNetNS".to_string()))
+    );
+    assert_eq!(
+        cli::parse_external("mnt[/proc/keys]:/dev/null"),
+        Ok(cli::External::Mnt("/proc/keys".into(), "/dev/null".into()))
     );
     assert_eq!(
         cli::parse_external("pid[1]:extRootPidNS").unwrap_err(),
-        "--external pid[1]:extRootPidNS is not supported yet (only net[INODE]:KEY)"
+        "--external pid[1]:extRootPidNS is not supported yet (only net[INODE]:KEY and mnt[KEY]:VAL)"
+    );
+    let c = cli::parse(&[
+        "restore",
+        "--root",
+        "/r",
+        "-M",
+        "/sys/fs/cgroup/cpu:/sys/fs/cgroup/cpu/x",
+    ])
+    .unwrap();
+    assert_eq!(c.root, Some(std::path::PathBuf::from("/r")));
+    assert_eq!(
+        c.ext_mounts,
+        [(
+            "/sys/fs/cgroup/cpu".to_string(),
+            "/sys/fs/cgroup/cpu/x".to_string()
+        )]
     );
     assert!(cli::parse_external("net[x]:k").is_err());
     assert!(cli::parse_external("net[1]:").is_err());

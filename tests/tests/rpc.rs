@@ -288,19 +288,19 @@ fn rpc_refused_notification_fails_the_dump_and_the_tree_runs_on() {
 #[test]
 fn rpc_unsupported_option_is_refused_by_name() {
     let _g = serial_root!();
-    let w = Workload::start("rpc-root", &workload("counter"), &[]);
+    let w = Workload::start("rpc-lazy", &workload("counter"), &[]);
     w.wait_lines(3, T);
     let img = w.images();
     let d = dir_fd(&img);
     let dump = dump_req(CriuOpts {
-        root: Some("/var/lib/containers/x/merged".into()),
+        lazy_pages: Some(true),
         ..dump_opts(&d, w.pid as i32)
     });
     let (r, _) = Swrk::start().call(dump, |_| true);
     assert!(!r.success);
     assert_eq!(
         r.cr_errmsg.as_deref(),
-        Some("--root is not supported yet"),
+        Some("--lazy-pages is not supported yet"),
         "{r:?}"
     );
     assert_runs_on(&w);

@@ -53,6 +53,9 @@ pub struct DumpOptions {
     /// Freeze this cgroup (a v1 freezer or a cgroup2 directory) while the tree is seized
     /// (`--freeze-cgroup`). Every process in it must be in the tree: one outside is refused.
     pub freeze_cgroup: Option<PathBuf>,
+    /// Mounts the caller declares external (`--external mnt[MOUNTPOINT]:KEY`, the RPC's
+    /// ext_mnt): (mountpoint, key). The restore binds what the caller maps each key to.
+    pub ext_mounts: Vec<(String, String)>,
 }
 
 impl DumpOptions {
@@ -73,6 +76,7 @@ impl DumpOptions {
             notify: Notifier::default(),
             external_netns: Vec::new(),
             freeze_cgroup: None,
+            ext_mounts: Vec::new(),
         }
     }
 }
@@ -170,7 +174,9 @@ pub enum DumpError {
         #[source]
         source: std::io::Error,
     },
-    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (IPC, UTS and network namespaces the tree owns are, and a pid namespace whose init is the root)")]
+    #[error(transparent)]
+    MntNs(#[from] crate::ns::mnt_sys::MntNsError),
+    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (IPC, UTS, network, mount and time namespaces the tree owns are, and a pid namespace whose init is the root)")]
     Namespace {
         pid: u32,
         kind: &'static str,
@@ -434,6 +440,10 @@ fn dump_frozen(
     if own_net.is_some() {
         owned.push("net");
     }
+    let own_mnt = crate::ns::mnt_sys::tree_mounts(root, &live, &opts.ext_mounts)?;
+    if own_mnt.is_some() {
+        owned.push("mnt");
+    }
     refuse_foreign_namespaces(&live, &owned)?;
     crate::net::unix::set_diag_namespace(own_net.as_ref().and_then(|n| n.try_clone().ok()));
     // The TCP lock goes where the tree's connections are (see net::inet::file).
@@ -443,6 +453,11 @@ fn dump_frozen(
     let mut img = collect_start(opts, &live, own_ipc.as_ref(), own_uts.is_some())?;
     if pids.owns_namespace() {
         img.ns_ids.pid = crate::ns::pid::TREE_NS_ID;
+    }
+    if own_mnt.is_some() {
+        img.ns_ids.mnt = Some(crate::ns::mnt::TREE_NS_ID);
+        // Paths the tree shows (its cwd, exe, mapped files) are under its own root.
+        img.files.path_root = Some(format!("/proc/{root}/root"));
     }
     if let Some(clocks) = &own_time {
         img.ns_ids.time = crate::ns::time::TREE_NS_ID;
@@ -484,6 +499,9 @@ fn dump_frozen(
             None => crate::ns::net::dump(ns, &img.dir)?,
         }
     }
+    if let Some(table) = &own_mnt {
+        crate::ns::mnt_sys::dump(root, table, &img.dir)?;
+    }
     if let Some(ns) = &own_uts {
         let uts = crate::ns::ipc::in_ns_of(ns, libc::CLONE_NEWUTS, crate::ns::uts::names)??;
         let mut w = ImageWriter::new(ImageKind::Normal, magic::UTSNS);
@@ -501,7 +519,7 @@ fn dump_frozen(
     write_shared_images(&mut img, &pstree)?;
     // inventory.img last: its presence marks a complete image set (podman checks for it).
     abort::check()?;
-    write_inventory(&img.dir, tree.nft_lock.as_deref())
+    write_inventory(&img.dir, tree.nft_lock.as_deref(), own_mnt.is_some())
 }
 
 /// What the dump collects as it goes, with what it reads of the tree before the first task:
@@ -628,11 +646,17 @@ fn write_shared_images(img: &mut Images, pstree: &[pb::PstreeEntry]) -> Result<(
 
 /// inventory.img: the image version, CRIU's root ids (the dumper's own namespaces: a task
 /// whose ids differ owns that one) and the network lock to lift at restore.
-fn write_inventory(dir: &Path, nft_lock: Option<&str>) -> Result<(), DumpError> {
+fn write_inventory(dir: &Path, nft_lock: Option<&str>, own_mnt: bool) -> Result<(), DumpError> {
     let run_id = nft_lock
         .and_then(|t| t.strip_prefix("stasis-"))
         .map(str::to_string);
-    let root_ids = ids_for(1, crate::task::core::NsIds::HOST);
+    let root_ids = ids_for(
+        1,
+        crate::task::core::NsIds {
+            mnt: own_mnt.then_some(crate::ns::mnt::HOST_NS_ID),
+            ..crate::task::core::NsIds::HOST
+        },
+    );
     let inv = pb::InventoryEntry {
         img_version: images::CRTOOLS_IMAGES_V1_1,
         fdinfo_per_id: Some(true),

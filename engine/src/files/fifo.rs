@@ -125,7 +125,10 @@ fn make_keeper(
     let mut keep = reg.clone();
     keep.flags = (libc::O_RDWR | libc::O_NONBLOCK) as u32;
     keep.pos = 0;
+    keep.name = cx.img.path_of(reg).into_owned();
     if let Some(orig) = reg.name.strip_suffix(" (deleted)") {
+        let orig = cx.img.path_of_name(reg, orig);
+        let orig = orig.as_str();
         // Unlinked while open: a FIFO made for the moment (the keeper holds the pipe; the
         // name goes with the other ghosts).
         keep.name = cx

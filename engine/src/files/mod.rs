@@ -271,6 +271,9 @@ pub struct FileTable {
     /// task with 5000 fds on /dev/null took 25 s).
     seen_by_inode: HashMap<(u64, u64), Vec<usize>>,
     by_path: HashMap<(String, u32), u32>,
+    /// Where the tree's paths are seen from here (`/proc/<root>/root`) when it has a mount
+    /// namespace of its own; None when its paths are ours.
+    pub path_root: Option<String>,
     /// What each kind keeps for its own images (pipe data, tty infos, queued messages...).
     pub slots: kind::Slots,
 }
@@ -286,6 +289,7 @@ impl FileTable {
             seen: Vec::new(),
             seen_by_inode: HashMap::new(),
             by_path: HashMap::new(),
+            path_root: None,
             slots: kind::Slots::default(),
         }
     }
@@ -524,7 +528,10 @@ impl FileTable {
         }
         // Without a size (it cannot be stat'ed now) the restore skips the changed-file check;
         // opening it will fail there anyway if it is gone.
-        let md = std::fs::metadata(path).ok();
+        let md = match &self.path_root {
+            Some(root) => std::fs::metadata(crate::ns::mnt::under(root, path)).ok(),
+            None => std::fs::metadata(path).ok(),
+        };
         let id = self.push_reg(path, flags, 0, None, md.as_ref());
         self.by_path.insert((path.to_string(), flags), id);
         Ok(id)

@@ -68,12 +68,15 @@ impl FileKind for Regular {
         {
             dup_raw(tty)?
         } else if let Some(ghost) = cx.img.remaps.get(&id) {
-            let path = cx
-                .slots
-                .get::<GhostFiles>()
-                .create(*ghost, &reg.name, cx.img)?;
+            let at = cx.img.path_of(reg).into_owned();
+            let path = cx.slots.get::<GhostFiles>().create(*ghost, &at, cx.img)?;
             let mut r = reg.clone();
             r.name = path;
+            open_path(id, &r)?
+        } else if cx.img.fs_root.is_some() {
+            // The tree's own mount namespace: its files are under its root here.
+            let mut r = reg.clone();
+            r.name = cx.img.path_of(reg).into_owned();
             open_path(id, &r)?
         } else {
             open_path(id, reg)?

@@ -89,6 +89,12 @@ pub struct RestoreOptions {
     /// Where the root's pid goes (`--pidfile`; a relative path is in the work dir). Written
     /// before the tasks are let go, so a restore that cannot write it leaves nothing running.
     pub pidfile: Option<PathBuf>,
+    /// The directory that becomes the root of a tree that had its own mount namespace
+    /// (`--root`, the RPC's root: runc's bind of the container's rootfs).
+    pub root: Option<PathBuf>,
+    /// Where each external mount comes from here (`--external mnt[KEY]:PATH`, the RPC's
+    /// ext_mnt): (key, path).
+    pub ext_mounts: Vec<(String, String)>,
 }
 
 /// A restored tree: its tasks run.
@@ -136,6 +142,8 @@ pub enum RestoreError {
     },
     #[error(transparent)]
     Mem(#[from] mem::MemError),
+    #[error(transparent)]
+    MntNs(#[from] crate::ns::mnt_sys::MntNsError),
     #[error(transparent)]
     Pages(#[from] crate::mm::pages::PagesError),
     #[error("task {pid}: a forked task exited before it was ready")]
@@ -337,6 +345,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Held until the restore ends: the namespaces this thread moved into, for the root to be
     // forked there.
     let _namespaces = enter_tree_namespaces(&img, opts)?;
+    // After the network and IPC namespaces: a sysfs and an mqueue show the namespaces of
+    // whoever mounts them.
+    let mut mounts = match &img.mounts {
+        Some(table) => {
+            step("mounts")?;
+            let early =
+                crate::ns::mnt_sys::build(table, &img.dir, opts.root.as_deref(), &opts.ext_mounts)?;
+            img.fs_root = opts.root.as_ref().map(|r| r.display().to_string());
+            Some(early)
+        }
+        None => None,
+    };
     // Queues must exist before the pool opens their fds.
     step("message queues")?;
     let mut ipc_made = crate::ipc::Made::default();
@@ -358,8 +378,23 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
+    let stub_mounts = match mounts.as_mut() {
+        Some(early) => {
+            early.leave()?;
+            Some(early.stub_mounts())
+        }
+        None => None,
+    };
     step("fork")?;
-    let (mut created, files) = fork_tree(&img, pool, trampoline, opts.sibling, own_pidns)?;
+    let fork = Fork {
+        trampoline,
+        sibling: opts.sibling,
+        own_pidns,
+        mounts: stub_mounts,
+    };
+    let (mut created, files) = fork_tree(&img, pool, fork)?;
+    // The init holds the namespace now (or failed, and the restore with it).
+    drop(mounts);
     let forking_time_us = t0.elapsed().as_micros() as u64;
     // The root's pid as the caller sees it (the host's, for a tree with its own namespace).
     let root_pid = created.root.unwrap_or(img.tasks[0].pid());
@@ -567,15 +602,26 @@ fn enter_tree_namespaces(
     Ok(entered)
 }
 
+/// How the root is forked.
+struct Fork {
+    trampoline: u64,
+    /// As the caller's sibling (see [`RestoreOptions::sibling`]).
+    sibling: bool,
+    /// As the init of a new pid namespace.
+    own_pidns: bool,
+    /// Into the tree's mount namespace (see ns::mnt_sys).
+    mounts: Option<crate::ns::mnt_sys::StubMounts>,
+}
+
 /// Forks the root with its pid (each stub then forks its own children), closes the pool the
 /// stubs inherited, and waits until every task reports ready, zombies dead.
-fn fork_tree(
-    img: &DumpImage,
-    pool: Pool,
-    trampoline: u64,
-    sibling: bool,
-    own_pidns: bool,
-) -> Result<(Created, PoolFds), RestoreError> {
+fn fork_tree(img: &DumpImage, pool: Pool, fork: Fork) -> Result<(Created, PoolFds), RestoreError> {
+    let Fork {
+        trampoline,
+        sibling,
+        own_pidns,
+        mounts,
+    } = fork;
     let (ready_r, ready_w0) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup_err("pipe")(e.into()))?;
     // The stubs inherit the write end above the pool so that no target fd collides with it.
@@ -588,6 +634,7 @@ fn fork_tree(
         ready_fd: ready_w.as_raw_fd(),
         pool_base: pool.base,
         trampoline,
+        mounts,
     };
     let mut created = Created {
         root: None,
@@ -900,6 +947,7 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
                 stub::STUB_CLONE => "clone3 with the dumped pid",
                 stub::STUB_CHDIR => "chdir to the dumped cwd",
                 stub::STUB_CHROOT => "chroot to the dumped root",
+                stub::STUB_MOUNT => "entering the tree's mount namespace and making its proc",
                 stub::STUB_TRAMPOLINE => "mapping the trampoline page",
                 stub::STUB_DUP => "placing an fd",
                 stub::STUB_SESSION => "joining the dumped session or process group",

@@ -37,6 +37,8 @@ pub struct StubShared {
     pub ready_fd: RawFd,
     pub pool_base: RawFd,
     pub trampoline: u64,
+    /// The tree's mount namespace, which the root enters (see ns::mnt_sys).
+    pub mounts: Option<crate::ns::mnt_sys::StubMounts>,
 }
 
 /// Failure codes a stub reports through the ready pipe.
@@ -48,6 +50,8 @@ pub const STUB_DUP: u32 = 5;
 pub const STUB_SESSION: u32 = 6;
 /// Another step of the stub's setup failed (prctl, the signal mask, a bad plan index).
 pub const STUB_SETUP: u32 = 7;
+/// Entering the tree's mount namespace, the pivot into its root, or a mount of its init.
+pub const STUB_MOUNT: u32 = 8;
 
 /// The `syscall; int3` sequence every injection runs.
 pub const TRAMPOLINE_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
@@ -131,6 +135,12 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
         if libc::getppid() != parent {
             libc::_exit(1);
         }
+        // The root enters the tree's mount namespace before forking: its children inherit it.
+        if idx == 0 {
+            if let Some(m) = &sh.mounts {
+                enter_mounts(sh, pid, m);
+            }
+        }
         if t.sid == t.pid {
             check(libc::syscall(libc::SYS_setsid), STUB_SESSION);
         }
@@ -177,6 +187,52 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
             die_as_zombie(sh, t, status);
         }
         settle(sh, t);
+    }
+}
+
+/// Joins the tree's mount namespace, pivots into its root (runc's `pivot_root(".", ".")`: the
+/// old root stacks on the new one and is detached) and makes the init's own mounts: the proc of
+/// the tree's pid namespace and what lies under it. Async-signal-safe: raw syscalls on the
+/// strings the plan holds.
+fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
+    let check = |r: libc::c_long| check(sh, pid, r, STUB_MOUNT);
+    let dot = c".".as_ptr();
+    let null = std::ptr::null::<libc::c_char>();
+    let ptr = |s: &Option<std::ffi::CString>| s.as_ref().map_or(null, |c| c.as_ptr());
+    // SAFETY: raw syscalls on integers and on NUL-terminated strings the plan owns, in a
+    // single-threaded child that shares no fs struct (clone3 without CLONE_FS).
+    unsafe {
+        check(libc::syscall(libc::SYS_setns, m.ns_fd, libc::CLONE_NEWNS));
+        libc::syscall(libc::SYS_close, m.ns_fd);
+        check(libc::syscall(libc::SYS_chdir, m.root.as_ptr()));
+        check(libc::syscall(libc::SYS_pivot_root, dot, dot));
+        check(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH));
+        check(libc::syscall(libc::SYS_chdir, c"/".as_ptr()));
+        for l in &m.late {
+            match l.tree_fd {
+                Some(fd) => {
+                    check(libc::syscall(
+                        libc::SYS_move_mount,
+                        fd,
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        l.target.as_ptr(),
+                        libc::MOVE_MOUNT_F_EMPTY_PATH,
+                    ));
+                    libc::syscall(libc::SYS_close, fd);
+                }
+                None => {
+                    check(libc::syscall(
+                        libc::SYS_mount,
+                        ptr(&l.source),
+                        l.target.as_ptr(),
+                        ptr(&l.fstype),
+                        l.flags as libc::c_ulong,
+                        ptr(&l.data),
+                    ));
+                }
+            }
+        }
     }
 }
 

@@ -298,6 +298,9 @@ pub(crate) struct NsIds {
     pub(crate) net: u32,
     pub(crate) pid: u32,
     pub(crate) time: u32,
+    /// Only for a tree with a mount namespace of its own: CRIU's restore of a host tree
+    /// looks for no mount images then.
+    pub(crate) mnt: Option<u32>,
 }
 
 impl NsIds {
@@ -308,6 +311,7 @@ impl NsIds {
         net: crate::ns::net::HOST_NS_ID,
         pid: crate::ns::pid::HOST_NS_ID,
         time: crate::ns::time::HOST_NS_ID,
+        mnt: None,
     };
 }
 
@@ -322,7 +326,7 @@ pub(crate) fn ids_for(n: u32, ns: NsIds) -> pb::TaskKobjIdsEntry {
         net_ns_id: Some(ns.net),
         ipc_ns_id: Some(ns.ipc),
         uts_ns_id: Some(ns.uts),
-        mnt_ns_id: None,
+        mnt_ns_id: ns.mnt,
         user_ns_id: None,
         cgroup_ns_id: None,
         time_ns_id: Some(ns.time),

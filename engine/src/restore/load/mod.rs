@@ -115,6 +115,42 @@ pub struct DumpImage {
     /// ghost id → (attributes, content)
     /// Each ghost file's entry and its data, holes left out.
     pub ghosts: HashMap<u32, (pb::GhostFileEntry, Vec<DataChunk>)>,
+    /// The mount table of the mount namespace the tree owned (`mountpoints-<id>.img`).
+    pub mounts: Option<Vec<crate::ns::mnt::MountInfo>>,
+    /// Set by the restore once the tree's mounts are made under its root: where a file of
+    /// the tree is reached from the restorer (see [`DumpImage::path_of`]).
+    pub fs_root: Option<String>,
+}
+
+impl DumpImage {
+    /// Where the restorer opens the file `reg` names: under the tree's root for a file on
+    /// one of the tree's mounts (or on no mount the images name: a path from a mapping or a
+    /// cwd), as it is for a file of ours (a host file the caller's runtime gave the
+    /// container, such as its stdout log).
+    pub fn path_of<'a>(&self, reg: &'a pb::RegFileEntry) -> std::borrow::Cow<'a, str> {
+        match self.tree_root_for(reg) {
+            Some(root) => crate::ns::mnt::under(root, &reg.name).into(),
+            None => reg.name.as_str().into(),
+        }
+    }
+
+    /// [`Self::path_of`] for another name of the same file (its name before " (deleted)").
+    pub fn path_of_name(&self, reg: &pb::RegFileEntry, name: &str) -> String {
+        match self.tree_root_for(reg) {
+            Some(root) => crate::ns::mnt::under(root, name),
+            None => name.to_string(),
+        }
+    }
+
+    fn tree_root_for(&self, reg: &pb::RegFileEntry) -> Option<&str> {
+        let root = self.fs_root.as_deref()?;
+        let mounts = self.mounts.as_ref()?;
+        let ours = match reg.mnt_id {
+            Some(id) if id >= 0 => mounts.iter().any(|m| m.id == id as u32),
+            _ => true,
+        };
+        ours.then_some(root)
+    }
 }
 
 fn read(dir: &Path, file: &str) -> Result<Vec<u8>, LoadError> {
@@ -680,6 +716,23 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
             ImageKind::Normal,
             magic::TIMENS,
         )?),
+        _ => None,
+    };
+    img.mounts = match tree_ns_id(&img.tasks, inv, "mount", |i| i.mnt_ns_id)? {
+        (Some(id), true) => {
+            let file = names::mountpoints(id);
+            let bytes = read(dir, &file)?;
+            let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::MNTS)?;
+            let table: Vec<_> = r
+                .all::<pb::MntEntry>()?
+                .iter()
+                .map(crate::ns::mnt::from_entry)
+                .collect();
+            // A table the restore could not make fails here, before anything is made.
+            let plan = crate::ns::mnt::plan(&table).map_err(|e| invalid(&file, e.to_string()))?;
+            crate::ns::mnt::phases(&plan).map_err(|e| invalid(&file, e.to_string()))?;
+            Some(table)
+        }
         _ => None,
     };
     img.sysv_shm = sysv_shm;

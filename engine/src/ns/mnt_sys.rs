@@ -1,0 +1,545 @@
+//! Mount namespaces, the syscall part: the dump reads the tree's mount table and saves each
+//! tmpfs; the restore makes the table again under the caller's root in two phases (see
+//! ARCHITECTURE.md, "Mount namespaces"):
+//! 1. [`build`]: the restoring thread unshares a mount namespace (a thread may: unshare
+//!    implies `CLONE_FS`), makes every mount private, binds the root onto itself and makes
+//!    every mount except a proc and what lies under it, with each tmpfs's content. The pool
+//!    then opens the tree's files at `<root>/<path>` in that namespace, so their mounts are the
+//!    tree's own; [`Early::leave`] takes the thread back to its namespace before the fork.
+//! 2. the root's stub (`restore/stub.rs`) `setns`es into that namespace, pivots into the root
+//!    and makes the rest ([`LateMount`]): a proc shows the pid namespace of whoever mounts it,
+//!    and the stub is the init of the tree's.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use super::mnt::{self, Make, MountInfo, Phase};
+use crate::images::{magic, names, ImageKind, ImageWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MntNsError {
+    #[error(transparent)]
+    Table(#[from] mnt::MntError),
+    #[error(transparent)]
+    Tmpfs(#[from] super::tmpfs::TmpfsError),
+    #[error("process {pid} is in another mount namespace than the tree's root")]
+    Mixed { pid: u32 },
+    #[error("reading {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mount {id} ({mountpoint}) is a cgroup hierarchy from outside the tree: declare it external (--external mnt[{mountpoint}]:KEY, runc's ext_mnt)")]
+    UndeclaredCgroup { id: u32, mountpoint: String },
+    #[error("the tree had a mount namespace of its own: the restore needs its root (--root, the RPC's root)")]
+    NoRoot,
+    #[error("mount {id} ({mountpoint}) was external with key '{key}': map it to a path here (--external mnt[{key}]:PATH, runc's ext_mnt)")]
+    Unmapped {
+        id: u32,
+        mountpoint: String,
+        key: String,
+    },
+    #[error("making mount {id} at {target}: {what}")]
+    Mount {
+        id: u32,
+        target: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Ns {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The tree's mount table, when it owns its mount namespace; its external mounts marked by
+/// `ext` (mountpoint, key) and checked to be restorable.
+pub fn tree_mounts(
+    root: u32,
+    live: &[u32],
+    ext: &[(String, String)],
+) -> Result<Option<Vec<MountInfo>>, MntNsError> {
+    match super::tree_owns("mnt", root, live) {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(super::OwnsError::Mixed { pid }) => return Err(MntNsError::Mixed { pid }),
+        Err(super::OwnsError::Read { path, source }) => {
+            return Err(MntNsError::Read { path, source })
+        }
+    }
+    let path = format!("/proc/{root}/mountinfo");
+    let text = std::fs::read_to_string(&path).map_err(|source| MntNsError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let mut table = mnt::parse_mountinfo(&text)?;
+    mnt::mark_external(&mut table, ext);
+    mnt::refuse_propagation(&table)?;
+    let plan = mnt::plan(&table)?;
+    mnt::phases(&plan)?;
+    if let Some(p) = plan
+        .iter()
+        .find(|p| p.make == Make::External && p.mount.ext_key.is_none())
+    {
+        return Err(MntNsError::UndeclaredCgroup {
+            id: p.mount.id,
+            mountpoint: p.mount.mountpoint.clone(),
+        });
+    }
+    Ok(Some(table))
+}
+
+/// Writes `mountpoints-<id>.img` and each tmpfs's content, read through the root's
+/// `/proc/<root>/root`.
+pub fn dump(root: u32, table: &[MountInfo], dir: &Path) -> Result<(), MntNsError> {
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::MNTS);
+    for m in table {
+        w.push(&mnt::to_entry(m));
+    }
+    let file = dir.join(names::mountpoints(mnt::TREE_NS_ID));
+    crate::private::write_private(&file, &w.into_bytes()).map_err(|source| MntNsError::Write {
+        path: file.display().to_string(),
+        source,
+    })?;
+    for p in mnt::plan(table)?.iter().filter(|p| p.make == Make::Tmpfs) {
+        use std::os::unix::fs::MetadataExt;
+        let at = PathBuf::from(mnt::under(
+            &format!("/proc/{root}/root"),
+            &p.mount.mountpoint,
+        ));
+        let dev = std::fs::metadata(&at)
+            .map_err(|source| MntNsError::Read {
+                path: at.display().to_string(),
+                source,
+            })?
+            .dev();
+        let out = dir.join(names::tmpfs_dev(mnt::kdev(p.mount.dev)));
+        super::tmpfs::save(&at, dev, &out)?;
+    }
+    Ok(())
+}
+
+/// One mount the tree's init makes after it pivots (see the module comment). Every string is
+/// made before the fork: the stub only passes pointers.
+pub struct LateMount {
+    pub source: Option<CString>,
+    pub target: CString,
+    pub fstype: Option<CString>,
+    pub flags: u64,
+    pub data: Option<CString>,
+    /// A detached bind (`open_tree`) to attach at `target` instead of mounting.
+    pub tree_fd: Option<RawFd>,
+}
+
+/// What the root's stub needs to enter the tree's mount namespace.
+pub struct StubMounts {
+    pub ns_fd: RawFd,
+    /// The root directory, as the namespace sees it before the pivot.
+    pub root: CString,
+    pub late: Vec<LateMount>,
+}
+
+/// The namespace phase 1 made, held until the tree's init has entered it.
+pub struct Early {
+    back: Option<Back>,
+    ns: OwnedFd,
+    root: CString,
+    late: Vec<LateMount>,
+    /// Detached binds for the late external mounts: closed with us, after the fork.
+    _trees: Vec<OwnedFd>,
+}
+
+impl Early {
+    /// Back into the namespace we came from (before the fork: the init's pivot would move
+    /// the root of every task of the namespace still at the old one, this thread's included).
+    pub fn leave(&mut self) -> Result<(), MntNsError> {
+        match self.back.take() {
+            Some(b) => b.go_back(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn stub_mounts(&self) -> StubMounts {
+        StubMounts {
+            ns_fd: self.ns.as_raw_fd(),
+            root: self.root.clone(),
+            late: self
+                .late
+                .iter()
+                .map(|l| LateMount {
+                    source: l.source.clone(),
+                    target: l.target.clone(),
+                    fstype: l.fstype.clone(),
+                    flags: l.flags,
+                    data: l.data.clone(),
+                    tree_fd: l.tree_fd,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The mount namespace and cwd this thread had; it goes back there when dropped.
+struct Back {
+    ns: OwnedFd,
+    cwd: OwnedFd,
+}
+
+impl Back {
+    fn save() -> Result<Back, MntNsError> {
+        let open = |path: &str, flags| {
+            nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(|e| {
+                MntNsError::Ns {
+                    what: format!("opening {path}"),
+                    source: e.into(),
+                }
+            })
+        };
+        Ok(Back {
+            ns: open("/proc/thread-self/ns/mnt", nix::fcntl::OFlag::O_CLOEXEC)?,
+            cwd: open(
+                ".",
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+            )?,
+        })
+    }
+
+    fn go_back(self) -> Result<(), MntNsError> {
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: nix::Error| MntNsError::Ns {
+                what,
+                source: e.into(),
+            }
+        };
+        // setns needs this thread's fs alone: a thread that shared it may still be exiting.
+        let mut tries = 0;
+        loop {
+            match nix::sched::setns(self.ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS) {
+                Ok(()) => break,
+                Err(nix::Error::EINVAL) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => return Err(err("going back to our mount namespace")(e)),
+            }
+        }
+        nix::unistd::fchdir(&self.cwd).map_err(err("going back to our working directory"))
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        if let Err(e) = self.leave() {
+            log::error!("{e}");
+        }
+    }
+}
+
+fn cstr(s: &str) -> Result<CString, MntNsError> {
+    CString::new(s).map_err(|_| MntNsError::Ns {
+        what: format!("a NUL byte in {s:?}"),
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}
+
+/// Phase 1 (see the module comment): the calling thread ends up in a new mount namespace
+/// holding the tree's mounts under `root`, until [`Early::leave`].
+pub fn build(
+    table: &[MountInfo],
+    images: &Path,
+    root: Option<&Path>,
+    ext: &[(String, String)],
+) -> Result<Early, MntNsError> {
+    let root = root.ok_or(MntNsError::NoRoot)?;
+    let root_s = root.to_str().ok_or(MntNsError::NoRoot)?.to_string();
+    let plan = mnt::plan(table)?;
+    let phases = mnt::phases(&plan)?;
+    let back = Back::save()?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| MntNsError::Ns {
+        what: "unsharing a mount namespace".into(),
+        source: e.into(),
+    })?;
+    let mut early = Early {
+        back: Some(back),
+        ns: OwnedFd::from(
+            std::fs::File::open("/proc/thread-self/ns/mnt").map_err(|source| MntNsError::Read {
+                path: "/proc/thread-self/ns/mnt".into(),
+                source,
+            })?,
+        ),
+        root: cstr(&root_s)?,
+        late: Vec::new(),
+        _trees: Vec::new(),
+    };
+    // Nothing made here reaches the namespace we came from.
+    sys_mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(|source| {
+        MntNsError::Ns {
+            what: "making our mounts private".into(),
+            source,
+        }
+    })?;
+    let by_id: std::collections::HashMap<u32, &MountInfo> =
+        table.iter().map(|m| (m.id, m)).collect();
+    let mut root_ro = false;
+    for (p, phase) in plan.iter().zip(phases) {
+        let m = &p.mount;
+        let flags = mnt::mount_flags(&m.mount_opts);
+        let target = mnt::under(&root_s, &m.mountpoint);
+        let fail = |what: &str| {
+            let (id, target, what) = (m.id, target.clone(), what.to_string());
+            move |source| MntNsError::Mount {
+                id,
+                target,
+                what,
+                source,
+            }
+        };
+        let host_source = |key: &Option<String>| -> Result<String, MntNsError> {
+            let key = key.clone().unwrap_or_default();
+            ext.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+                .ok_or(MntNsError::Unmapped {
+                    id: m.id,
+                    mountpoint: m.mountpoint.clone(),
+                    key,
+                })
+        };
+        if phase == Phase::Late {
+            let late = late_mount(p, &by_id, flags, &host_source, &mut early)?;
+            early.late.extend(late);
+            continue;
+        }
+        match &p.make {
+            Make::Root => {
+                // A mount of its own, whatever the caller made: the pivot needs one.
+                sys_mount(Some(&root_s), &root_s, None, libc::MS_BIND, None)
+                    .map_err(fail("binding the root onto itself"))?;
+                root_ro = flags & libc::MS_RDONLY != 0;
+            }
+            Make::New => {
+                ensure_dir(&target).map_err(fail("making its mountpoint"))?;
+                let mut data = mnt::fs_data(&m.super_opts);
+                if m.fstype == "devpts" && !data.split(',').any(|o| o == "newinstance") {
+                    data = if data.is_empty() {
+                        "newinstance".into()
+                    } else {
+                        format!("{data},newinstance")
+                    };
+                }
+                sys_mount(
+                    Some(&m.source),
+                    &target,
+                    Some(&m.fstype),
+                    flags,
+                    Some(&data),
+                )
+                .map_err(fail("mounting it"))?;
+            }
+            Make::Tmpfs => {
+                ensure_dir(&target).map_err(fail("making its mountpoint"))?;
+                sys_mount(
+                    Some(&m.source),
+                    &target,
+                    Some("tmpfs"),
+                    flags & !libc::MS_RDONLY,
+                    Some(&mnt::fs_data(&m.super_opts)),
+                )
+                .map_err(fail("mounting it"))?;
+                let archive = images.join(names::tmpfs_dev(mnt::kdev(m.dev)));
+                if archive.exists() {
+                    super::tmpfs::load(&archive, Path::new(&target))?;
+                }
+                if m.super_opts.iter().any(|o| o == "ro") {
+                    // The filesystem itself read-only, as well as the mount.
+                    sys_mount(
+                        None,
+                        &target,
+                        None,
+                        libc::MS_REMOUNT | flags | libc::MS_RDONLY,
+                        Some(&mnt::fs_data(&m.super_opts)),
+                    )
+                    .map_err(fail("making it read-only"))?;
+                } else if flags & libc::MS_RDONLY != 0 {
+                    remount(&target, flags).map_err(fail("making it read-only"))?;
+                }
+            }
+            Make::Bind { of, sub } => {
+                let of = by_id.get(of).map_or("/", |o| o.mountpoint.as_str());
+                let source = mnt::under(&mnt::under(&root_s, of), sub);
+                bind(&source, &target, flags).map_err(fail("binding it"))?;
+            }
+            Make::External => {
+                let source = host_source(&m.ext_key)?;
+                bind(&source, &target, flags).map_err(fail("binding it from outside"))?;
+            }
+        }
+    }
+    if root_ro {
+        remount(&root_s, libc::MS_RDONLY).map_err(|source| MntNsError::Mount {
+            id: plan[0].mount.id,
+            target: root_s.clone(),
+            what: "making it read-only".into(),
+            source,
+        })?;
+    }
+    Ok(early)
+}
+
+/// What the init mounts for one late mount: its paths as the tree sees them after the pivot.
+fn late_mount(
+    p: &mnt::Planned,
+    by_id: &std::collections::HashMap<u32, &MountInfo>,
+    flags: u64,
+    host_source: &dyn Fn(&Option<String>) -> Result<String, MntNsError>,
+    early: &mut Early,
+) -> Result<Vec<LateMount>, MntNsError> {
+    let m = &p.mount;
+    let target = cstr(&m.mountpoint)?;
+    let remount_after = |target: &CString| LateMount {
+        source: None,
+        target: target.clone(),
+        fstype: None,
+        flags: libc::MS_REMOUNT | libc::MS_BIND | flags,
+        data: None,
+        tree_fd: None,
+    };
+    let mut out = Vec::new();
+    match &p.make {
+        Make::New | Make::Tmpfs => {
+            if p.make == Make::Tmpfs {
+                log::debug!("tmpfs at {} under a proc: made empty", m.mountpoint);
+            }
+            out.push(LateMount {
+                source: Some(cstr(&m.source)?),
+                target,
+                fstype: Some(cstr(&m.fstype)?),
+                flags,
+                data: Some(cstr(&mnt::fs_data(&m.super_opts))?),
+                tree_fd: None,
+            });
+        }
+        Make::Bind { of, sub } => {
+            let of = by_id.get(of).map_or("/", |o| o.mountpoint.as_str());
+            out.push(LateMount {
+                source: Some(cstr(&mnt::under(of, sub))?),
+                target: target.clone(),
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                tree_fd: None,
+            });
+            out.push(remount_after(&target));
+        }
+        Make::External => {
+            let source = host_source(&m.ext_key)?;
+            let fd = open_tree(&source).map_err(|source_err| MntNsError::Mount {
+                id: m.id,
+                target: m.mountpoint.clone(),
+                what: format!("taking a bind of {source}"),
+                source: source_err,
+            })?;
+            out.push(LateMount {
+                source: None,
+                target: target.clone(),
+                fstype: None,
+                flags: 0,
+                data: None,
+                tree_fd: Some(fd.as_raw_fd()),
+            });
+            early._trees.push(fd);
+            out.push(remount_after(&target));
+        }
+        Make::Root => {}
+    }
+    Ok(out)
+}
+
+fn ensure_dir(path: &str) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// A bind of `source` at `target` (made as a file or directory like its source if missing),
+/// then its per-mount flags.
+fn bind(source: &str, target: &str, flags: u64) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(target).is_err() {
+        if std::fs::metadata(source)?.is_dir() {
+            std::fs::create_dir_all(target)?;
+        } else {
+            if let Some(parent) = Path::new(target).parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::File::create(target)?;
+        }
+    }
+    sys_mount(Some(source), target, None, libc::MS_BIND, None)?;
+    if flags != 0 {
+        remount(target, flags)?;
+    }
+    Ok(())
+}
+
+fn remount(target: &str, flags: u64) -> std::io::Result<()> {
+    sys_mount(
+        None,
+        target,
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | flags,
+        None,
+    )
+}
+
+fn sys_mount(
+    source: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: u64,
+    data: Option<&str>,
+) -> std::io::Result<()> {
+    nix::mount::mount(
+        source,
+        target,
+        fstype,
+        nix::mount::MsFlags::from_bits_retain(flags),
+        data.filter(|d| !d.is_empty()),
+    )
+    .map_err(Into::into)
+}
+
+/// A detached copy of the mount at `path` (open_tree(OPEN_TREE_CLONE)), which a task of
+/// another mount namespace can attach with move_mount.
+fn open_tree(path: &str) -> std::io::Result<OwnedFd> {
+    let p = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_tree(2) reads the NUL-terminated path; the fd it returns is ours.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}

@@ -37,6 +37,11 @@ for p in "${extra[@]}"; do
     echo "setup: $p did not install; its test will be skipped" >&2
   service "$p" stop >/dev/null 2>&1 || true
 done
+# podman with conmon and netavark, as Debian ships them (the tests give it a config of its own).
+if ! command -v podman >/dev/null; then
+  apt-get install -y -qq --no-install-recommends podman conmon netavark >/dev/null ||
+    echo "setup: podman did not install; its tests will be skipped" >&2
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1

@@ -24,6 +24,15 @@ pub enum LockError {
     },
 }
 
+impl LockError {
+    /// The table (or what was asked of it) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            LockError::Netlink { source, .. } => source.raw_os_error() == Some(libc::ENOENT),
+        }
+    }
+}
+
 /// One TCP connection to lock, ports in host order (local = the dumped socket's side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conn {

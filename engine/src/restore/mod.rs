@@ -501,8 +501,14 @@ impl Steps<'_> {
         // anew never had the lock (it died with the old one).
         let made_anew = matches!(img.net, Some(crate::ns::net::Saved::Own(_)));
         if let Some(table) = img.net_lock.as_ref().filter(|_| !made_anew) {
-            if let Err(e) = stasis_netns::nftlock::unlock(table) {
-                log::warn!("cannot remove network lock {table}: {e}");
+            match stasis_netns::nftlock::unlock(table) {
+                Ok(()) => {}
+                // An external namespace the caller made anew (podman's, from netavark) never
+                // had it; one it kept (runc's netns given by path) had.
+                Err(e) if e.is_not_found() => {
+                    log::debug!("network lock {table}: not in this namespace")
+                }
+                Err(e) => log::warn!("cannot remove network lock {table}: {e}"),
             }
         }
         opts.notify.run(Script::NetworkUnlock, None)?;

@@ -1,0 +1,290 @@
+//! Debian's podman 4.3.1 (conmon, netavark, runc) with stasis as the `criu` first in PATH,
+//! set up as on a machine of this kind (cgroupfs, file events, the rlimits runc may set), on a
+//! busybox image the test imports: checkpoint and restore on the default bridge network,
+//! `--leave-running`, `--print-stats`, `--export`/`--import` into a new container, and an
+//! established TCP connection from the host kept across (`--tcp-established`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use stasis_tests::*;
+
+const BUSYBOX: &str = "/bin/busybox";
+const COUNTER: &str = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done";
+
+/// A podman of its own: storage, run dir and config under a temp dir; removed with it.
+struct Podman {
+    dir: PathBuf,
+    path: String,
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
+        let _ = self.run(&["system", "reset", "--force"]);
+    }
+}
+
+impl Podman {
+    /// None (after saying why) when podman or busybox is missing.
+    fn new(test: &str) -> Option<Podman> {
+        if Command::new("podman").arg("--version").output().is_err() {
+            skip(test, "podman is not installed");
+            return None;
+        }
+        if !Path::new(BUSYBOX).exists() {
+            skip(test, "no static busybox (busybox-static)");
+            return None;
+        }
+        let dir = temp_dir("podman");
+        // runc execs `criu` through the PATH podman passes on.
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        std::os::unix::fs::symlink(stasis_bin(), bin.join("criu")).expect("criu link");
+        std::fs::write(
+            dir.join("containers.conf"),
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n\
+             [containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n",
+        )
+        .expect("containers.conf");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let p = Podman { dir, path };
+        let rootfs = p.dir.join("rootfs");
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+        for applet in ["sh", "sleep", "echo", "nc", "cat"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
+        }
+        let tar = p.dir.join("rootfs.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .expect("tar");
+        assert!(out.status.success(), "tar of the rootfs");
+        p.ok(&[
+            "import",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            tar.to_str().expect("utf8"),
+            "localhost/bb:latest",
+        ]);
+        Some(p)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("podman")
+            .arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("PATH", &self.path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run podman")
+    }
+
+    /// Runs podman, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", "-f", format, name]).trim().to_string()
+    }
+
+    /// The counter lines of `name`'s log.
+    fn counts(&self, name: &str) -> Vec<String> {
+        let out = self.run(&["logs", name]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.parse::<u64>().is_ok())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn wait_counts(&self, name: &str, n: usize) -> Vec<String> {
+        let end = Instant::now() + T;
+        loop {
+            let l = self.counts(name);
+            if l.len() >= n || Instant::now() > end {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_counter(&self, name: &str) {
+        self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "localhost/bb",
+            "sh",
+            "-c",
+            COUNTER,
+        ]);
+        self.wait_counts(name, 3);
+    }
+}
+
+#[test]
+fn podman_checkpoints_and_restores_a_container_on_the_bridge() {
+    let _g = serial_root!();
+    let Some(p) = Podman::new(test_name!()) else {
+        return;
+    };
+    p.start_counter("c1");
+    let ip = p.inspect("c1", "{{.NetworkSettings.IPAddress}}");
+    assert!(!ip.is_empty(), "on podman's bridge network");
+    p.ok(&["container", "checkpoint", "c1"]);
+    assert_eq!(p.inspect("c1", "{{.State.Status}}"), "exited");
+    assert_eq!(p.inspect("c1", "{{.State.Checkpointed}}"), "true");
+    let dumped = p.counts("c1").len();
+    p.ok(&["container", "restore", "c1"]);
+    assert_eq!(p.inspect("c1", "{{.State.Status}}"), "running");
+    assert_eq!(p.inspect("c1", "{{.State.Restored}}"), "true");
+    let lines = p.wait_counts("c1", dumped + 5);
+    assert!(lines.len() >= dumped + 5, "the counter runs on");
+    counter_is_continuous(&lines);
+    assert_eq!(
+        p.inspect("c1", "{{.NetworkSettings.IPAddress}}"),
+        ip,
+        "the same address"
+    );
+    // podman manages the restored container as its own.
+    p.ok(&["stop", "-t", "0", "c1"]);
+    assert_eq!(p.inspect("c1", "{{.State.Status}}"), "exited");
+}
+
+#[test]
+fn podman_checkpoint_leave_running_and_print_stats() {
+    let _g = serial_root!();
+    let Some(p) = Podman::new(test_name!()) else {
+        return;
+    };
+    p.start_counter("c2");
+    let pid: u32 = p.inspect("c2", "{{.State.Pid}}").parse().expect("pid");
+    let stats = p.ok(&[
+        "container",
+        "checkpoint",
+        "--leave-running",
+        "--print-stats",
+        "c2",
+    ]);
+    for field in [
+        "runtime_checkpoint_duration",
+        "freezing_time",
+        "frozen_time",
+        "pages_written",
+    ] {
+        assert!(
+            stats.contains(field),
+            "--print-stats shows {field}: {stats}"
+        );
+    }
+    assert_eq!(p.inspect("c2", "{{.State.Status}}"), "running");
+    assert!(alive(pid), "the same process runs on");
+    assert_eq!(tracer_of(pid), 0, "untraced");
+    let n = p.counts("c2").len();
+    let after = p.wait_counts("c2", n + 3);
+    assert!(after.len() >= n + 3, "and counts on");
+    counter_is_continuous(&after);
+    // A restore's figures too.
+    p.ok(&["container", "checkpoint", "c2"]);
+    let stats = p.ok(&["container", "restore", "--print-stats", "c2"]);
+    for field in ["runtime_restore_duration", "forking_time", "restore_time"] {
+        assert!(
+            stats.contains(field),
+            "--print-stats shows {field}: {stats}"
+        );
+    }
+}
+
+#[test]
+fn podman_export_and_import_into_a_new_container() {
+    let _g = serial_root!();
+    let Some(p) = Podman::new(test_name!()) else {
+        return;
+    };
+    p.start_counter("c3");
+    let archive = p.dir.join("c3.tar.gz");
+    let a = archive.to_str().expect("utf8");
+    p.ok(&["container", "checkpoint", "--export", a, "c3"]);
+    let dumped = p.counts("c3").len();
+    p.ok(&["rm", "-f", "-t", "0", "c3"]);
+    p.ok(&["container", "restore", "--import", a, "--name", "c3b"]);
+    assert_eq!(p.inspect("c3b", "{{.State.Status}}"), "running");
+    // The archive carries the log (ctr.log): the new container's log holds the old lines,
+    // then the restored process's, which count on without starting again from 0.
+    let lines = p.wait_counts("c3b", dumped + 5);
+    assert!(
+        lines.len() >= dumped + 5,
+        "the imported container counts on"
+    );
+    counter_is_continuous(&lines);
+}
+
+#[test]
+fn podman_tcp_established_keeps_a_connection_from_the_host() {
+    let _g = serial_root!();
+    let Some(p) = Podman::new(test_name!()) else {
+        return;
+    };
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c4",
+        "localhost/bb",
+        "nc",
+        "-ll",
+        "-p",
+        "7000",
+        "-e",
+        "/bin/cat",
+    ]);
+    let ip = p.inspect("c4", "{{.NetworkSettings.IPAddress}}");
+    let end = Instant::now() + T;
+    let conn = loop {
+        match std::net::TcpStream::connect((ip.as_str(), 7000)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > end => panic!("connect to {ip}:7000: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    conn.set_read_timeout(Some(T)).expect("timeout");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut w = conn;
+    let mut echo = |msg: &str| {
+        w.write_all(format!("{msg}\n").as_bytes()).expect("send");
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("the echo");
+        line.trim().to_string()
+    };
+    assert_eq!(echo("before"), "before");
+    p.ok(&["container", "checkpoint", "--tcp-established", "c4"]);
+    p.ok(&["container", "restore", "--tcp-established", "c4"]);
+    assert_eq!(echo("after"), "after", "the same connection answers");
+}

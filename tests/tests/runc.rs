@@ -16,14 +16,15 @@ const BUSYBOX: &str = "/bin/busybox";
 const SCRIPT: &str = "mkdir -p /dev/shm/x; echo kept > /dev/shm/x/f; \
                       i=0; while true; do echo $i; echo $i > /tmp/count; i=$((i+1)); sleep 0.1; done";
 
-/// A bundle: busybox rootfs and a config whose process counts on stdout, with a tmpfs at /tmp.
-fn bundle(dir: &Path) {
+/// A bundle: busybox rootfs and a config whose process runs `script` (the counter unless
+/// told), with a tmpfs at /tmp; in the network namespace at `netns` when given.
+fn bundle(dir: &Path, script: &str, netns: Option<&str>) {
     let rootfs = dir.join("rootfs");
     for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
     }
     std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "sleep", "echo", "mkdir", "hostname", "cat"] {
+    for applet in ["sh", "sleep", "echo", "mkdir", "hostname", "cat", "nc"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
     }
     let out = Command::new("runc")
@@ -41,11 +42,21 @@ fn bundle(dir: &Path) {
         .replace("\"readonly\": true", "\"readonly\": false")
         .replace(
             "\"sh\"\n",
-            &format!("\"sh\", \"-c\", \"{}\"\n", SCRIPT.replace('"', "\\\"")),
+            &format!("\"sh\", \"-c\", \"{}\"\n", script.replace('"', "\\\"")),
         )
         .replacen("{\n\t\t\t\"destination\": \"/proc\",", tmpfs, 1);
+    let spec = match netns {
+        Some(path) => spec.replacen(
+            "\"type\": \"network\"",
+            &format!("\"type\": \"network\", \"path\": \"{path}\""),
+            1,
+        ),
+        None => spec,
+    };
     assert!(
-        spec.contains("while true") && spec.contains("\"/tmp\""),
+        spec.contains(script.split(' ').next().unwrap_or("sh"))
+            && spec.contains("\"/tmp\"")
+            && netns.is_none_or(|p| spec.contains(p)),
         "config.json changed shape: {spec}"
     );
     std::fs::write(dir.join("config.json"), spec).expect("write config.json");
@@ -83,8 +94,18 @@ impl Drop for Container {
 }
 
 impl Container {
-    /// None (after saying why) when runc or busybox is missing or we are not root.
+    /// None (after saying why) when runc or busybox is missing.
     fn start(test: &str, id: &'static str) -> Option<Container> {
+        Container::start_with(test, id, SCRIPT, None)
+    }
+
+    /// [`Container::start`] of `script`, in the network namespace at `netns` if given.
+    fn start_with(
+        test: &str,
+        id: &'static str,
+        script: &str,
+        netns: Option<&str>,
+    ) -> Option<Container> {
         if Command::new("runc").arg("--version").output().is_err() {
             skip(test, "runc is not installed");
             return None;
@@ -94,7 +115,7 @@ impl Container {
             return None;
         }
         let dir = temp_dir(id);
-        bundle(&dir);
+        bundle(&dir, script, netns);
         // runc looks for `criu` in PATH; --criu names it outright.
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).expect("bin dir");
@@ -108,7 +129,9 @@ impl Container {
             .status()
             .expect("runc run");
         assert!(status.success(), "runc run -d");
-        c.wait_lines(3, T);
+        if script == SCRIPT {
+            c.wait_lines(3, T);
+        }
         Some(c)
     }
 
@@ -324,4 +347,128 @@ fn runc_checkpoint_leave_running_keeps_the_container() {
     let after = c.wait_lines(n + 3, Duration::from_secs(5));
     assert!(after.len() >= n + 3, "the container's process counts on");
     counter_is_continuous(&after);
+}
+
+/// A network namespace made by the test (as podman's netavark makes one), with a veth to the
+/// host; removed when dropped.
+struct NetNs(&'static str);
+
+impl NetNs {
+    fn new(name: &'static str, host_ip: &str, ns_ip: &str) -> NetNs {
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", "vstasis0"])
+            .output();
+        let ns = NetNs(name);
+        ip(&["netns", "add", name]);
+        ip(&[
+            "link", "add", "vstasis0", "type", "veth", "peer", "name", "vstasis1",
+        ]);
+        ip(&["link", "set", "vstasis1", "netns", name]);
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", "vstasis0"]);
+        ip(&["link", "set", "vstasis0", "up"]);
+        ip(&[
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/24"),
+            "dev",
+            "vstasis1",
+        ]);
+        ip(&["-n", name, "link", "set", "vstasis1", "up"]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", "vstasis0"])
+            .output();
+    }
+}
+
+/// runc's external network namespace: the bundle names it by path, runc declares it
+/// (extRootNetNS) and hands it back at restore; a connection from the host through the veth
+/// survives (--tcp-established, the lock inside the namespace), and new ones are answered.
+#[test]
+fn runc_container_in_a_netns_by_path_keeps_its_connection() {
+    let _g = serial_root!();
+    if Command::new("ip").arg("-V").output().is_err() {
+        skip(test_name!(), "no ip (iproute2) to make the namespace");
+        return;
+    }
+    let _ns = NetNs::new("stasis-runc-net", "10.231.7.1", "10.231.7.2");
+    let Some(c) = Container::start_with(
+        test_name!(),
+        "stasis-runc-net",
+        "nc -ll -p 7000 -e /bin/cat",
+        Some("/var/run/netns/stasis-runc-net"),
+    ) else {
+        return;
+    };
+    let end = Instant::now() + T;
+    let conn = loop {
+        match std::net::TcpStream::connect(("10.231.7.2", 7000)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > end => panic!("connect: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    conn.set_read_timeout(Some(T)).expect("timeout");
+    let echo = |mut s: &std::net::TcpStream, msg: &str| {
+        use std::io::{Read, Write};
+        s.write_all(msg.as_bytes()).expect("send");
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).expect("the echo");
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    assert_eq!(echo(&conn, "before\n"), "before\n");
+    let out = c.runc(&[
+        "checkpoint",
+        "--tcp-established",
+        "--image-path",
+        "ckpt",
+        "--work-path",
+        "work",
+        c.id,
+    ]);
+    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
+    let status = c
+        .runc_cmd(&[
+            "restore",
+            "-d",
+            "--tcp-established",
+            "--image-path",
+            "ckpt",
+            "--work-path",
+            "work",
+            c.id,
+        ])
+        .status()
+        .expect("runc restore");
+    assert!(
+        status.success(),
+        "runc restore: {}",
+        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
+    );
+    assert_eq!(echo(&conn, "after\n"), "after\n", "the same connection");
+    let fresh = std::net::TcpStream::connect(("10.231.7.2", 7000)).expect("a new connection");
+    fresh.set_read_timeout(Some(T)).expect("timeout");
+    assert_eq!(
+        echo(&fresh, "new\n"),
+        "new\n",
+        "the server answers new clients"
+    );
 }

@@ -17,8 +17,9 @@ const SCRIPT: &str = "mkdir -p /dev/shm/x; echo kept > /dev/shm/x/f; \
                       i=0; while true; do echo $i; echo $i > /tmp/count; i=$((i+1)); sleep 0.1; done";
 
 /// A bundle: busybox rootfs and a config whose process runs `script` (the counter unless
-/// told), with a tmpfs at /tmp; in the network namespace at `netns` when given.
-fn bundle(dir: &Path, script: &str, netns: Option<&str>) {
+/// told), with a tmpfs at /tmp; in the network namespace at `netns` when given; with a cgroup
+/// namespace of its own if `cgroupns`.
+fn bundle(dir: &Path, script: &str, netns: Option<&str>, cgroupns: bool) {
     let rootfs = dir.join("rootfs");
     for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
@@ -53,10 +54,20 @@ fn bundle(dir: &Path, script: &str, netns: Option<&str>) {
         ),
         None => spec,
     };
+    let spec = if cgroupns {
+        spec.replacen(
+            "\"type\": \"mount\"",
+            "\"type\": \"mount\"\n\t\t\t},\n\t\t\t{\n\t\t\t\t\"type\": \"cgroup\"",
+            1,
+        )
+    } else {
+        spec
+    };
     assert!(
         spec.contains(script.split(' ').next().unwrap_or("sh"))
             && spec.contains("\"/tmp\"")
-            && netns.is_none_or(|p| spec.contains(p)),
+            && netns.is_none_or(|p| spec.contains(p))
+            && (!cgroupns || spec.contains("\"cgroup\"")),
         "config.json changed shape: {spec}"
     );
     std::fs::write(dir.join("config.json"), spec).expect("write config.json");
@@ -96,7 +107,7 @@ impl Drop for Container {
 impl Container {
     /// None (after saying why) when runc or busybox is missing.
     fn start(test: &str, id: &'static str) -> Option<Container> {
-        Container::start_with(test, id, SCRIPT, None)
+        Container::start_with(test, id, SCRIPT, None, false)
     }
 
     /// [`Container::start`] of `script`, in the network namespace at `netns` if given.
@@ -105,6 +116,7 @@ impl Container {
         id: &'static str,
         script: &str,
         netns: Option<&str>,
+        cgroupns: bool,
     ) -> Option<Container> {
         if Command::new("runc").arg("--version").output().is_err() {
             skip(test, "runc is not installed");
@@ -115,7 +127,7 @@ impl Container {
             return None;
         }
         let dir = temp_dir(id);
-        bundle(&dir, script, netns);
+        bundle(&dir, script, netns, cgroupns);
         // runc looks for `criu` in PATH; --criu names it outright.
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).expect("bin dir");
@@ -415,6 +427,7 @@ fn runc_container_in_a_netns_by_path_keeps_its_connection() {
         "stasis-runc-net",
         "nc -ll -p 7000 -e /bin/cat",
         Some("/var/run/netns/stasis-runc-net"),
+        false,
     ) else {
         return;
     };
@@ -471,4 +484,88 @@ fn runc_container_in_a_netns_by_path_keeps_its_connection() {
         "new\n",
         "the server answers new clients"
     );
+}
+
+/// A container with a cgroup namespace of its own (what runc and podman give containers on
+/// cgroup v2 hosts): runc declares no cgroup mount then; the init makes a new namespace,
+/// rooted at the container's cgroup, and mounts the hierarchies in it.
+#[test]
+fn runc_container_with_its_own_cgroup_namespace() {
+    let _g = serial_root!();
+    let Some(c) = Container::start_with(test_name!(), "stasis-runc-cgns", SCRIPT, None, true)
+    else {
+        return;
+    };
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).expect("ns link");
+    let pid = c.pid("pid");
+    assert_ne!(
+        ns(&pid.to_string()),
+        ns("self"),
+        "a cgroup namespace of its own"
+    );
+    // Roots as we see them: the container's cgroup, the same before and after.
+    let before = mounts_with_roots(pid);
+    let out = c.runc(&[
+        "checkpoint",
+        "--image-path",
+        "ckpt",
+        "--work-path",
+        "work",
+        c.id,
+    ]);
+    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
+    let dumped = c.lines().len();
+    let status = c
+        .runc_cmd(&[
+            "restore",
+            "-d",
+            "--image-path",
+            "ckpt",
+            "--work-path",
+            "work",
+            "--pid-file",
+            "pid2",
+            c.id,
+        ])
+        .status()
+        .expect("runc restore");
+    assert!(
+        status.success(),
+        "runc restore: {}",
+        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
+    );
+    let pid2 = c.pid("pid2");
+    assert_ne!(
+        ns(&pid2.to_string()),
+        ns("self"),
+        "still a cgroup namespace of its own"
+    );
+    assert_eq!(
+        mounts_with_roots(pid2),
+        before,
+        "the same hierarchies, the same roots"
+    );
+    let own = c.runc(&["exec", c.id, "cat", "/proc/1/cgroup"]);
+    let own = String::from_utf8_lossy(&own.stdout).into_owned();
+    assert!(
+        own.lines().any(|l| l.ends_with(":cpu:/")),
+        "the init's cgroup is its namespace's root: {own}"
+    );
+    let lines = c.wait_lines(dumped + 5, T);
+    assert!(lines.len() >= dumped + 5, "the counter runs on");
+    counter_is_continuous(&lines);
+}
+
+/// (mountpoint, root, per-mount options) of every mount, sorted.
+fn mounts_with_roots(pid: u32) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let mut v: Vec<_> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[4].to_string(), f[3].to_string(), f[5].to_string())
+        })
+        .collect();
+    v.sort();
+    v
 }

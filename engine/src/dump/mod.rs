@@ -176,7 +176,7 @@ pub enum DumpError {
     },
     #[error(transparent)]
     MntNs(#[from] crate::ns::mnt_sys::MntNsError),
-    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (IPC, UTS, network, mount and time namespaces the tree owns are, and a pid namespace whose init is the root)")]
+    #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (IPC, UTS, network, mount, cgroup and time namespaces the tree owns are, and a pid namespace whose init is the root)")]
     Namespace {
         pid: u32,
         kind: &'static str,
@@ -440,7 +440,11 @@ fn dump_frozen(
     if own_net.is_some() {
         owned.push("net");
     }
-    let own_mnt = crate::ns::mnt_sys::tree_mounts(root, &live, &opts.ext_mounts)?;
+    let own_cgroupns = crate::ns::mnt_sys::tree_cgroupns(root, &live)?;
+    if own_cgroupns {
+        owned.push("cgroup");
+    }
+    let own_mnt = crate::ns::mnt_sys::tree_mounts(root, &live, &opts.ext_mounts, own_cgroupns)?;
     if own_mnt.is_some() {
         owned.push("mnt");
     }
@@ -453,6 +457,9 @@ fn dump_frozen(
     let mut img = collect_start(opts, &live, own_ipc.as_ref(), own_uts.is_some())?;
     if pids.owns_namespace() {
         img.ns_ids.pid = crate::ns::pid::TREE_NS_ID;
+    }
+    if own_cgroupns {
+        img.ns_ids.cgroup = Some(crate::ns::mnt::CGROUP_TREE_NS_ID);
     }
     if own_mnt.is_some() {
         img.ns_ids.mnt = Some(crate::ns::mnt::TREE_NS_ID);
@@ -519,7 +526,15 @@ fn dump_frozen(
     write_shared_images(&mut img, &pstree)?;
     // inventory.img last: its presence marks a complete image set (podman checks for it).
     abort::check()?;
-    write_inventory(&img.dir, tree.nft_lock.as_deref(), own_mnt.is_some())
+    write_inventory(
+        &img.dir,
+        tree.nft_lock.as_deref(),
+        crate::task::core::NsIds {
+            mnt: own_mnt.is_some().then_some(crate::ns::mnt::HOST_NS_ID),
+            cgroup: own_cgroupns.then_some(crate::ns::mnt::CGROUP_HOST_NS_ID),
+            ..crate::task::core::NsIds::HOST
+        },
+    )
 }
 
 /// What the dump collects as it goes, with what it reads of the tree before the first task:
@@ -646,17 +661,17 @@ fn write_shared_images(img: &mut Images, pstree: &[pb::PstreeEntry]) -> Result<(
 
 /// inventory.img: the image version, CRIU's root ids (the dumper's own namespaces: a task
 /// whose ids differ owns that one) and the network lock to lift at restore.
-fn write_inventory(dir: &Path, nft_lock: Option<&str>, own_mnt: bool) -> Result<(), DumpError> {
+/// `root_ids` are the dumper's namespaces: `ours` (the mount and cgroup ids only where the
+/// tree owns one of those).
+fn write_inventory(
+    dir: &Path,
+    nft_lock: Option<&str>,
+    ours: crate::task::core::NsIds,
+) -> Result<(), DumpError> {
     let run_id = nft_lock
         .and_then(|t| t.strip_prefix("stasis-"))
         .map(str::to_string);
-    let root_ids = ids_for(
-        1,
-        crate::task::core::NsIds {
-            mnt: own_mnt.then_some(crate::ns::mnt::HOST_NS_ID),
-            ..crate::task::core::NsIds::HOST
-        },
-    );
+    let root_ids = ids_for(1, ours);
     let inv = pb::InventoryEntry {
         img_version: images::CRTOOLS_IMAGES_V1_1,
         fdinfo_per_id: Some(true),

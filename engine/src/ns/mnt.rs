@@ -16,6 +16,9 @@ use crate::images::pb;
 /// Image ids of mount namespaces: the dumper's (inventory's root_ids), the tree's own.
 pub const HOST_NS_ID: u32 = 11;
 pub const TREE_NS_ID: u32 = 12;
+/// Image ids of cgroup namespaces: the dumper's, the tree's own.
+pub const CGROUP_HOST_NS_ID: u32 = 13;
+pub const CGROUP_TREE_NS_ID: u32 = 14;
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +212,10 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
                 of,
                 sub: m.root.clone(),
             }
+        } else if m.fstype == "cgroup" && m.root == "/" {
+            // A whole hierarchy (of the tree's cgroup namespace, when it has one): mounted
+            // anew by the init, in that namespace.
+            Make::New
         } else if m.fstype == "cgroup" {
             Make::External
         } else if m.root != "/" {
@@ -244,9 +251,52 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
 pub enum Phase {
     /// Made by the restorer under the new root before the pool is opened.
     Early,
-    /// Made by the tree's init after it pivots into the new root: a proc and what lies under
-    /// it, because a proc shows the pid namespace of whoever mounts it.
+    /// Made by the tree's init after it pivots into the new root: a proc, a new cgroup
+    /// hierarchy, and what lies under them, because a proc shows the pid namespace and a
+    /// cgroup mount the cgroup namespace of whoever mounts it.
     Late,
+}
+
+/// A tree with a cgroup namespace of its own: each cgroup mount whose root is the tree's
+/// cgroup in that hierarchy (as `cgroup_file`, the root's /proc/<pid>/cgroup read from
+/// outside, gives it) is the namespace's root, `/` as the tree sees it.
+pub fn to_cgroupns_view(table: &mut [MountInfo], cgroup_file: &str) {
+    let paths: Vec<(Vec<&str>, &str)> = cgroup_file
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            Some((ctrls.split(',').filter(|c| !c.is_empty()).collect(), path))
+        })
+        .collect();
+    for m in table.iter_mut().filter(|m| m.fstype.starts_with("cgroup")) {
+        let want: Vec<&str> = if m.fstype == "cgroup2" {
+            Vec::new()
+        } else {
+            m.super_opts
+                .iter()
+                .map(String::as_str)
+                .filter(|o| {
+                    !matches!(*o, "rw" | "ro" | "noprefix" | "xattr" | "clone_children")
+                        && !o.starts_with("release_agent=")
+                })
+                .collect()
+        };
+        let Some((_, path)) = paths.iter().find(|(c, _)| {
+            let mut a = c.clone();
+            let mut b = want.clone();
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        }) else {
+            continue;
+        };
+        if m.root == *path {
+            m.root = "/".into();
+        } else if let Some(rest) = m.root.strip_prefix(&format!("{path}/")) {
+            m.root = format!("/{rest}");
+        }
+    }
 }
 
 /// The phase of each planned mount (same order as `plan`): a proc and everything under it are
@@ -256,7 +306,8 @@ pub fn phases(plan: &[Planned]) -> Result<Vec<Phase>, MntError> {
     let mut out = Vec::with_capacity(plan.len());
     for p in plan {
         let m = &p.mount;
-        let is_late = m.fstype == "proc" || late.contains(&m.parent);
+        let cgroup_fs = matches!(m.fstype.as_str(), "cgroup" | "cgroup2") && p.make == Make::New;
+        let is_late = m.fstype == "proc" || cgroup_fs || late.contains(&m.parent);
         if let Make::Bind { of, .. } = &p.make {
             if late.contains(of) && !is_late {
                 return Err(MntError::BindOfLate {
@@ -596,6 +647,27 @@ mod tests {
         assert_ne!(to_entry(&t[2]).flags as u64 & libc::MS_STRICTATIME, 0);
         assert_eq!(to_entry(&t[1]).flags as u64 & libc::MS_STRICTATIME, 0);
         assert_eq!(to_entry(&t[2]).options, "size=65536k,mode=755");
+    }
+
+    #[test]
+    fn cgroup_mounts_seen_from_the_trees_cgroup_namespace() {
+        let mut t = parse_mountinfo(RUNC).unwrap();
+        let cg = "12:cpu:/rb1\n9:name=systemd:/rb1\n\
+                  5:memory:/process_api/21b8b85039d7e596bbffdbb50d8830cc/rb1\n0::/\n";
+        to_cgroupns_view(&mut t, cg);
+        let root = |mp: &str| t.iter().find(|m| m.mountpoint == mp).unwrap().root.clone();
+        assert_eq!(root("/sys/fs/cgroup/cpu"), "/");
+        assert_eq!(root("/sys/fs/cgroup/systemd"), "/");
+        assert_eq!(root("/sys/fs/cgroup/memory"), "/");
+        // A controller the file does not name stays as it was.
+        assert_eq!(root("/sys/fs/cgroup/pids"), "/rb1");
+        let p = plan(&t).unwrap();
+        let ph = phases(&p).unwrap();
+        let at = |mp: &str| p.iter().position(|x| x.mount.mountpoint == mp).unwrap();
+        assert_eq!(p[at("/sys/fs/cgroup/cpu")].make, Make::New);
+        assert_eq!(ph[at("/sys/fs/cgroup/cpu")], Phase::Late);
+        assert_eq!(p[at("/sys/fs/cgroup/pids")].make, Make::External);
+        assert_eq!(ph[at("/sys/fs/cgroup")], Phase::Early);
     }
 
     #[test]

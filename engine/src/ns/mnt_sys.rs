@@ -63,12 +63,22 @@ pub enum MntNsError {
     },
 }
 
+/// Whether the tree owns its cgroup namespace.
+pub fn tree_cgroupns(root: u32, live: &[u32]) -> Result<bool, MntNsError> {
+    super::tree_owns("cgroup", root, live).map_err(|e| match e {
+        super::OwnsError::Mixed { pid } => MntNsError::Mixed { pid },
+        super::OwnsError::Read { path, source } => MntNsError::Read { path, source },
+    })
+}
+
 /// The tree's mount table, when it owns its mount namespace; its external mounts marked by
-/// `ext` (mountpoint, key) and checked to be restorable.
+/// `ext` (mountpoint, key) and checked to be restorable. With a cgroup namespace of its own
+/// (`cgroupns`), cgroup mounts are recorded as the tree sees them.
 pub fn tree_mounts(
     root: u32,
     live: &[u32],
     ext: &[(String, String)],
+    cgroupns: bool,
 ) -> Result<Option<Vec<MountInfo>>, MntNsError> {
     match super::tree_owns("mnt", root, live) {
         Ok(false) => return Ok(None),
@@ -84,6 +94,12 @@ pub fn tree_mounts(
         source,
     })?;
     let mut table = mnt::parse_mountinfo(&text)?;
+    if cgroupns {
+        let path = format!("/proc/{root}/cgroup");
+        let cg =
+            std::fs::read_to_string(&path).map_err(|source| MntNsError::Read { path, source })?;
+        mnt::to_cgroupns_view(&mut table, &cg);
+    }
     mnt::mark_external(&mut table, ext);
     mnt::refuse_propagation(&table)?;
     let plan = mnt::plan(&table)?;
@@ -424,14 +440,23 @@ fn late_mount(
             if p.make == Make::Tmpfs {
                 log::debug!("tmpfs at {} under a proc: made empty", m.mountpoint);
             }
+            // A v1 hierarchy already exists (its superblock is rw): read-only is the mount's.
+            let cgroup = m.fstype.starts_with("cgroup");
             out.push(LateMount {
                 source: Some(cstr(&m.source)?),
-                target,
+                target: target.clone(),
                 fstype: Some(cstr(&m.fstype)?),
-                flags,
+                flags: if cgroup {
+                    flags & !libc::MS_RDONLY
+                } else {
+                    flags
+                },
                 data: Some(cstr(&mnt::fs_data(&m.super_opts))?),
                 tree_fd: None,
             });
+            if cgroup && flags & libc::MS_RDONLY != 0 {
+                out.push(remount_after(&target));
+            }
         }
         Make::Bind { of, sub } => {
             let of = by_id.get(of).map_or("/", |o| o.mountpoint.as_str());

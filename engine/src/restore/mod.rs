@@ -391,6 +391,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         sibling: opts.sibling,
         own_pidns,
         mounts: stub_mounts,
+        new_cgroupns: img.own_cgroupns,
     };
     let (mut created, files) = fork_tree(&img, pool, fork)?;
     // The init holds the namespace now (or failed, and the restore with it).
@@ -617,6 +618,8 @@ struct Fork {
     own_pidns: bool,
     /// Into the tree's mount namespace (see ns::mnt_sys).
     mounts: Option<crate::ns::mnt_sys::StubMounts>,
+    /// In a new cgroup namespace, rooted at our cgroup (where runc placed us).
+    new_cgroupns: bool,
 }
 
 /// Forks the root with its pid (each stub then forks its own children), closes the pool the
@@ -627,6 +630,7 @@ fn fork_tree(img: &DumpImage, pool: Pool, fork: Fork) -> Result<(Created, PoolFd
         sibling,
         own_pidns,
         mounts,
+        new_cgroupns,
     } = fork;
     let (ready_r, ready_w0) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup_err("pipe")(e.into()))?;
@@ -641,6 +645,7 @@ fn fork_tree(img: &DumpImage, pool: Pool, fork: Fork) -> Result<(Created, PoolFd
         pool_base: pool.base,
         trampoline,
         mounts,
+        new_cgroupns,
     };
     let mut created = Created {
         root: None,

@@ -39,6 +39,8 @@ pub struct StubShared {
     pub trampoline: u64,
     /// The tree's mount namespace, which the root enters (see ns::mnt_sys).
     pub mounts: Option<crate::ns::mnt_sys::StubMounts>,
+    /// The root unshares a cgroup namespace, rooted where it is (the tree owned one).
+    pub new_cgroupns: bool,
 }
 
 /// Failure codes a stub reports through the ready pipe.
@@ -137,6 +139,13 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
         }
         // The root enters the tree's mount namespace before forking: its children inherit it.
         if idx == 0 {
+            // Before the mounts: a cgroup mount shows the namespace of whoever makes it.
+            if sh.new_cgroupns {
+                check(
+                    libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP),
+                    STUB_MOUNT,
+                );
+            }
             if let Some(m) = &sh.mounts {
                 enter_mounts(sh, pid, m);
             }

@@ -301,6 +301,8 @@ pub(crate) struct NsIds {
     /// Only for a tree with a mount namespace of its own: CRIU's restore of a host tree
     /// looks for no mount images then.
     pub(crate) mnt: Option<u32>,
+    /// Likewise for a cgroup namespace of its own.
+    pub(crate) cgroup: Option<u32>,
 }
 
 impl NsIds {
@@ -312,6 +314,7 @@ impl NsIds {
         pid: crate::ns::pid::HOST_NS_ID,
         time: crate::ns::time::HOST_NS_ID,
         mnt: None,
+        cgroup: None,
     };
 }
 
@@ -328,7 +331,7 @@ pub(crate) fn ids_for(n: u32, ns: NsIds) -> pb::TaskKobjIdsEntry {
         uts_ns_id: Some(ns.uts),
         mnt_ns_id: ns.mnt,
         user_ns_id: None,
-        cgroup_ns_id: None,
+        cgroup_ns_id: ns.cgroup,
         time_ns_id: Some(ns.time),
     }
 }

@@ -120,6 +120,8 @@ pub struct DumpImage {
     /// Set by the restore once the tree's mounts are made under its root: where a file of
     /// the tree is reached from the restorer (see [`DumpImage::path_of`]).
     pub fs_root: Option<String>,
+    /// The tree owned its cgroup namespace: its init makes a new one.
+    pub own_cgroupns: bool,
 }
 
 impl DumpImage {
@@ -718,6 +720,7 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
         )?),
         _ => None,
     };
+    img.own_cgroupns = tree_ns_id(&img.tasks, inv, "cgroup", |i| i.cgroup_ns_id)?.1;
     img.mounts = match tree_ns_id(&img.tasks, inv, "mount", |i| i.mnt_ns_id)? {
         (Some(id), true) => {
             let file = names::mountpoints(id);

@@ -10,7 +10,9 @@
 //! - restore: `pre-restore` before anything is made; `setup-namespaces` (with the root's pid)
 //!   once the root task exists in its namespaces; `post-setup-namespaces` right after;
 //!   `post-restore` (root pid) once every task is rebuilt, still stopped; `network-unlock`;
-//!   `pre-resume` just before the tasks run; `post-resume` once they do.
+//!   `pre-resume` just before the tasks run; `post-resume` once they do. `orphan-pts-master`
+//!   (with the fd) when the restore makes a pty whose master was outside the tree: the caller
+//!   (runc) hands it to the container's console socket.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ pub enum Script {
     PostRestore,
     PreResume,
     PostResume,
+    OrphanPtsMaster,
 }
 
 impl Script {
@@ -43,6 +46,7 @@ impl Script {
             Script::PostRestore => "post-restore",
             Script::PreResume => "pre-resume",
             Script::PostResume => "post-resume",
+            Script::OrphanPtsMaster => "orphan-pts-master",
         }
     }
 }
@@ -57,6 +61,13 @@ impl std::fmt::Display for Script {
 /// undone) as CRIU's does when a script fails.
 pub trait Notify {
     fn notify(&self, script: Script, pid: Option<u32>) -> Result<(), String>;
+
+    /// A notification that hands the caller an fd (`orphan-pts-master`). Callers that
+    /// cannot take one are told without it.
+    fn notify_fd(&self, script: Script, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+        let _ = fd;
+        self.notify(script, None)
+    }
 }
 
 /// An optional [`Notify`], cheap to clone into the options.
@@ -97,6 +108,20 @@ impl Notifier {
         };
         log::debug!("notify {script} (pid {pid:?})");
         n.notify(script, pid)
+            .map_err(|reason| NotifyError { script, reason })
+    }
+
+    /// [`Notifier::run`] with an fd for the caller (`orphan-pts-master`).
+    pub fn run_with_fd(
+        &self,
+        script: Script,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), NotifyError> {
+        let Some(n) = &self.0 else {
+            return Ok(());
+        };
+        log::debug!("notify {script} with fd {fd:?}");
+        n.notify_fd(script, fd)
             .map_err(|reason| NotifyError { script, reason })
     }
 

@@ -118,6 +118,7 @@ impl Podman {
         let out = self.run(&["logs", name]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
+            .map(str::trim)
             .filter(|l| l.parse::<u64>().is_ok())
             .map(str::to_string)
             .collect()
@@ -135,16 +136,14 @@ impl Podman {
     }
 
     fn start_counter(&self, name: &str) {
-        self.ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "localhost/bb",
-            "sh",
-            "-c",
-            COUNTER,
-        ]);
+        self.start_counter_with(name, &[]);
+    }
+
+    fn start_counter_with(&self, name: &str, extra: &[&str]) {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["localhost/bb", "sh", "-c", COUNTER]);
+        self.ok(&args);
         self.wait_counts(name, 3);
     }
 }
@@ -287,4 +286,25 @@ fn podman_tcp_established_keeps_a_connection_from_the_host() {
     p.ok(&["container", "checkpoint", "--tcp-established", "c4"]);
     p.ok(&["container", "restore", "--tcp-established", "c4"]);
     assert_eq!(echo("after"), "after", "the same connection answers");
+}
+
+/// `podman run -t`: conmon holds the terminal's master; the restore makes a new pty and hands
+/// its master to runc (orphan-pts-master), which gives it to conmon, and the log goes on.
+#[test]
+fn podman_container_with_a_terminal() {
+    let _g = serial_root!();
+    let Some(p) = Podman::new(test_name!()) else {
+        return;
+    };
+    p.start_counter_with("t1", &["-t"]);
+    p.ok(&["container", "checkpoint", "t1"]);
+    let dumped = p.counts("t1").len();
+    p.ok(&["container", "restore", "t1"]);
+    assert_eq!(p.inspect("t1", "{{.State.Status}}"), "running");
+    let lines = p.wait_counts("t1", dumped + 5);
+    assert!(
+        lines.len() >= dumped + 5,
+        "the counter runs on, on its new terminal"
+    );
+    counter_is_continuous(&lines);
 }

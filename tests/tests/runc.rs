@@ -118,6 +118,27 @@ impl Container {
         netns: Option<&str>,
         cgroupns: bool,
     ) -> Option<Container> {
+        let c = Container::create(test, id, script, netns, cgroupns)?;
+        // stdout a host file, as a runtime's log is.
+        let status = c
+            .runc_cmd(&["run", "-d", "--pid-file", "pid", id])
+            .status()
+            .expect("runc run");
+        assert!(status.success(), "runc run -d");
+        if script == SCRIPT {
+            c.wait_lines(3, T);
+        }
+        Some(c)
+    }
+
+    /// The bundle and our `criu`, the container not started.
+    fn create(
+        test: &str,
+        id: &'static str,
+        script: &str,
+        netns: Option<&str>,
+        cgroupns: bool,
+    ) -> Option<Container> {
         if Command::new("runc").arg("--version").output().is_err() {
             skip(test, "runc is not installed");
             return None;
@@ -134,17 +155,7 @@ impl Container {
         let criu = bin.join("criu");
         std::os::unix::fs::symlink(stasis_bin(), &criu).expect("criu link");
         let _ = runc(&["delete", "-f", id], &dir);
-        let c = Container { id, dir, criu };
-        // stdout a host file, as a runtime's log is.
-        let status = c
-            .runc_cmd(&["run", "-d", "--pid-file", "pid", id])
-            .status()
-            .expect("runc run");
-        assert!(status.success(), "runc run -d");
-        if script == SCRIPT {
-            c.wait_lines(3, T);
-        }
-        Some(c)
+        Some(Container { id, dir, criu })
     }
 
     fn runc_cmd(&self, args: &[&str]) -> Command {
@@ -568,4 +579,165 @@ fn mounts_with_roots(pid: u32) -> Vec<(String, String, String)> {
         .collect();
     v.sort();
     v
+}
+
+/// A console socket as runc's callers (conmon) hold one: takes the pty master runc sends, then
+/// copies what the container writes on its terminal into `out` until the terminal closes.
+fn console_socket(path: &Path, out: PathBuf) -> std::thread::JoinHandle<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path).expect("console socket");
+    std::thread::spawn(move || {
+        let (c, _) = l.accept().expect("runc connects");
+        let mut data = [0u8; 256];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let mut cbuf = [0u64; 8];
+        // SAFETY: a zeroed msghdr pointing at our buffers; recvmsg fills them.
+        let master = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&cbuf);
+            assert!(libc::recvmsg(c.as_raw_fd(), &mut msg, 0) >= 0, "recvmsg");
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            assert!(!cmsg.is_null(), "an fd comes with the message");
+            OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+                libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
+            ))
+        };
+        let mut master = std::fs::File::from(master);
+        let mut f = std::fs::File::create(&out).expect("tty output");
+        let mut buf = [0u8; 4096];
+        use std::io::{Read, Write};
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 || f.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// The counts the container wrote on its terminal, from `file`.
+fn tty_counts(file: &Path) -> Vec<u64> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn wait_tty_counts(file: &Path, n: usize) -> Vec<u64> {
+    let end = Instant::now() + T;
+    loop {
+        let c = tty_counts(file);
+        if c.len() >= n || Instant::now() > end {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A container with a terminal (`runc run -t`, `podman run -t`): its master is the caller's
+/// console socket's, outside the tree. The restore makes a new pty in the container's devpts
+/// (/dev/console binds its slave) and hands the master to runc (orphan-pts-master), which
+/// passes it to the new console socket; the counter goes on there, on its controlling
+/// terminal.
+#[test]
+fn runc_container_with_a_terminal_gets_a_new_one_through_the_console_socket() {
+    let _g = serial_root!();
+    let Some(c) = Container::create(test_name!(), "stasis-runc-tty", SCRIPT, None, false) else {
+        return;
+    };
+    let config = c.dir.join("config.json");
+    let spec = std::fs::read_to_string(&config).expect("config.json");
+    std::fs::write(
+        &config,
+        spec.replace("\"terminal\": false", "\"terminal\": true"),
+    )
+    .expect("config.json");
+    let sock1 = c.dir.join("console1.sock");
+    let tty1 = c.dir.join("tty1.out");
+    let reader = console_socket(&sock1, tty1.clone());
+    let status = c
+        .runc_cmd(&[
+            "run",
+            "-d",
+            "--console-socket",
+            sock1.to_str().expect("utf8"),
+            "--pid-file",
+            "pid",
+            c.id,
+        ])
+        .status()
+        .expect("runc run");
+    assert!(status.success(), "runc run -d -t");
+    assert!(
+        wait_tty_counts(&tty1, 3).len() >= 3,
+        "the container counts on its terminal"
+    );
+    let out = c.runc(&[
+        "checkpoint",
+        "--image-path",
+        "ckpt",
+        "--work-path",
+        "work",
+        c.id,
+    ]);
+    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
+    reader
+        .join()
+        .expect("the first terminal closes with the container");
+    let dumped = *tty_counts(&tty1).last().expect("counts");
+
+    let sock2 = c.dir.join("console2.sock");
+    let tty2 = c.dir.join("tty2.out");
+    let _reader2 = console_socket(&sock2, tty2.clone());
+    let status = c
+        .runc_cmd(&[
+            "restore",
+            "-d",
+            "--console-socket",
+            sock2.to_str().expect("utf8"),
+            "--image-path",
+            "ckpt",
+            "--work-path",
+            "work",
+            "--pid-file",
+            "pid2",
+            c.id,
+        ])
+        .status()
+        .expect("runc restore");
+    assert!(
+        status.success(),
+        "runc restore: {}",
+        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
+    );
+    let after = wait_tty_counts(&tty2, 3);
+    assert!(
+        after.len() >= 3,
+        "the restored container counts on the new terminal"
+    );
+    assert!(
+        after[0] <= dumped + 2 && after[0] + 1 >= dumped,
+        "it goes on from {dumped}: {after:?}"
+    );
+    for w in after.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{after:?}");
+    }
+    // Its controlling terminal is the new pty's slave, /dev/pts/0 in its devpts.
+    let pid2 = c.pid("pid2");
+    let stat = std::fs::read_to_string(format!("/proc/{pid2}/stat")).expect("stat");
+    let tty_nr: u64 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .expect("tty_nr");
+    assert_eq!(tty_nr, 136 << 8, "pts/0 is its controlling terminal");
+    let _ = c.runc(&["kill", c.id, "KILL"]);
 }

@@ -56,6 +56,9 @@ pub struct DumpOptions {
     /// Mounts the caller declares external (`--external mnt[MOUNTPOINT]:KEY`, the RPC's
     /// ext_mnt): (mountpoint, key). The restore binds what the caller maps each key to.
     pub ext_mounts: Vec<(String, String)>,
+    /// A pty slave whose master is outside the tree (a container's console, held by runc's
+    /// console socket) is saved; the restore makes a new pair (the RPC's orphan_pts_master).
+    pub orphan_pts_master: bool,
 }
 
 impl DumpOptions {
@@ -77,6 +80,7 @@ impl DumpOptions {
             external_netns: Vec::new(),
             freeze_cgroup: None,
             ext_mounts: Vec::new(),
+            orphan_pts_master: false,
         }
     }
 }

@@ -113,10 +113,17 @@ pub fn info(
     })
 }
 
-/// A new pair for a dumped pty: the master, and the path of its slave.
-pub fn create(info: &pb::TtyInfoEntry) -> Result<(OwnedFd, String), PtyError> {
+/// A new pair for a dumped pty: the master, and the path of its slave. `root` is the tree's
+/// root when it had a mount namespace: the pair is made in its devpts.
+pub fn create(info: &pb::TtyInfoEntry, root: Option<&str>) -> Result<(OwnedFd, String), PtyError> {
     let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let master = open("/dev/ptmx", flags, Mode::empty()).map_err(err("open /dev/ptmx"))?;
+    let at = |p: &str| match root {
+        Some(r) => crate::ns::mnt::under(r, p),
+        None => p.to_string(),
+    };
+    let ptmx = at("/dev/ptmx");
+    let master =
+        open(ptmx.as_str(), flags, Mode::empty()).map_err(err(format!("open {ptmx}")))?;
     let fd = master.as_fd();
     ioc::set_pty_lock(fd, false).map_err(err("unlocking the new pty"))?;
     let index = master_index(fd).map_err(err("TIOCGPTN"))?;
@@ -136,7 +143,7 @@ pub fn create(info: &pb::TtyInfoEntry) -> Result<(OwnedFd, String), PtyError> {
     if info.packet_mode {
         ioc::set_packet_mode(fd, true).map_err(err(format!("packet mode of pty {index}")))?;
     }
-    Ok((master, format!("/dev/pts/{index}")))
+    Ok((master, at(&format!("/dev/pts/{index}"))))
 }
 
 /// Gives the new pty the dumped termios. Best effort, as it always was: a pty with the
@@ -422,7 +429,8 @@ impl FileKind for Pty {
     fn claims(&self, fd: &Fd, cx: &DumpCx) -> bool {
         *fd.class == FdKind::Tty
             && (fd.link == "/dev/ptmx"
-                || slave_index(fd.link).is_some_and(|n| cx.img.tree_ptys.contains(&n)))
+                || slave_index(fd.link)
+                    .is_some_and(|n| cx.img.tree_ptys.contains(&n) || cx.opts.orphan_pts_master))
     }
 
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
@@ -500,10 +508,30 @@ impl FileKind for Pty {
         let perr = |source| RestoreError::Pty { id, source };
         let info = &cx.img.tty_infos[&t.tty_info_id];
         let index = info.pty.as_ref().map(|p| p.index).unwrap_or(0);
+        let root = cx.img.fs_root.clone();
+        let orphan = !master_in_images(cx.img, index);
         let made = cx.slots.get::<Made>();
         if let std::collections::hash_map::Entry::Vacant(slot) = made.0.entry(index) {
-            let (master, path) = create(info).map_err(perr)?;
+            if orphan && !cx.opts.orphan_pts_master {
+                return Err(RestoreError::Setup {
+                    what: format!(
+                        "pty {index}'s master was outside the tree: restore with orphan_pts_master (runc sets it) to get a new one"
+                    ),
+                    source: io::Error::from_raw_os_error(libc::ENOENT),
+                });
+            }
+            let (master, path) = create(info, root.as_deref()).map_err(perr)?;
             refill_pty(cx.img, index, &path).map_err(perr)?;
+            if orphan {
+                // The caller (runc) gives it to the container's console socket.
+                cx.opts
+                    .notify
+                    .run_with_fd(crate::notify::Script::OrphanPtsMaster, master.as_fd())
+                    .map_err(|e| RestoreError::Setup {
+                        what: e.to_string(),
+                        source: io::Error::from_raw_os_error(libc::EPIPE),
+                    })?;
+            }
             slot.insert((master, path));
         }
         let (master, path) = &made.0[&index];
@@ -525,6 +553,24 @@ impl FileKind for Pty {
     fn in_task(&self, r: &Remote, t: &TaskImage, cx: &mut TaskCx) -> Result<(), RestoreError> {
         restore_controlling_tty(r, t, cx.img)
     }
+}
+
+/// Whether the images hold the master of pty `index` (else its master was outside the tree).
+fn master_in_images(img: &DumpImage, index: u32) -> bool {
+    img.files.values().any(|f| {
+        let Some(t) = &f.tty else { return false };
+        let is_index = img
+            .tty_infos
+            .get(&t.tty_info_id)
+            .and_then(|i| i.pty.as_ref())
+            .is_some_and(|p| p.index == index);
+        let is_master = img
+            .files
+            .get(&t.regf_id.unwrap_or(0))
+            .and_then(|r| r.reg.as_ref())
+            .is_some_and(|r| r.name == "/dev/ptmx");
+        is_index && is_master
+    })
 }
 
 /// Puts back the bytes that were buffered in pty `index`, through our own fd on its new slave.

@@ -191,15 +191,45 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
         children.entry(m.parent).or_default().push(m);
     }
     // Breadth first from the root: a parent is always made before its children.
-    let mut order = vec![root];
+    let mut bfs = vec![root];
     let mut i = 0;
-    while i < order.len() {
-        let mut kids = children.remove(&order[i].id).unwrap_or_default();
+    while i < bfs.len() {
+        let mut kids = children.remove(&bfs[i].id).unwrap_or_default();
         kids.sort_by_key(|m| m.id);
-        order.extend(kids);
+        bfs.extend(kids);
         i += 1;
     }
-    // The first mount of each filesystem that shows its root is what later binds come from.
+    // The first mount of each filesystem that shows its root is what binds of it come from;
+    // a bind waits for it (runc's /dev/console, a bind of /dev/pts/0, is a sibling of
+    // /dev/pts with a smaller id).
+    let mut source: HashMap<(u32, u32), u32> = HashMap::new();
+    for m in bfs.iter().filter(|m| m.root == "/") {
+        source.entry(m.dev).or_insert(m.id);
+    }
+    let mut order: Vec<&MountInfo> = Vec::with_capacity(bfs.len());
+    let mut placed: HashSet<u32> = HashSet::new();
+    let mut left = bfs;
+    while !left.is_empty() {
+        let before = left.len();
+        left.retain(|m| {
+            let parent_ok = m.id == root.id || placed.contains(&m.parent);
+            let source_ok = m.root == "/"
+                || source
+                    .get(&m.dev)
+                    .is_none_or(|s| *s == m.id || placed.contains(s));
+            if parent_ok && source_ok {
+                placed.insert(m.id);
+                order.push(m);
+                false
+            } else {
+                true
+            }
+        });
+        if left.len() == before {
+            // Binds waiting on each other: placed in tree order, and refused below.
+            order.append(&mut left);
+        }
+    }
     let mut whole: HashMap<(u32, u32), u32> = HashMap::new();
     let mut out = Vec::with_capacity(order.len());
     for m in order {
@@ -307,7 +337,9 @@ pub fn phases(plan: &[Planned]) -> Result<Vec<Phase>, MntError> {
     for p in plan {
         let m = &p.mount;
         let cgroup_fs = matches!(m.fstype.as_str(), "cgroup" | "cgroup2") && p.make == Make::New;
-        let is_late = m.fstype == "proc" || cgroup_fs || late.contains(&m.parent);
+        // A pty's node exists only once the restore made the pty (runc's /dev/console).
+        let pty_node = m.fstype == "devpts" && matches!(p.make, Make::Bind { .. });
+        let is_late = m.fstype == "proc" || cgroup_fs || pty_node || late.contains(&m.parent);
         if let Make::Bind { of, .. } = &p.make {
             if late.contains(of) && !is_late {
                 return Err(MntError::BindOfLate {
@@ -668,6 +700,26 @@ mod tests {
         assert_eq!(ph[at("/sys/fs/cgroup/cpu")], Phase::Late);
         assert_eq!(p[at("/sys/fs/cgroup/pids")].make, Make::External);
         assert_eq!(ph[at("/sys/fs/cgroup")], Phase::Early);
+    }
+
+    #[test]
+    fn a_console_bind_waits_for_its_devpts_and_is_late() {
+        let t = parse_mountinfo(
+            "70 47 254:0 /r / rw - ext4 /dev/vda rw\n72 70 0:42 / /dev rw - tmpfs tmpfs rw\n\
+             73 72 0:43 / /dev/pts rw - devpts devpts rw\n48 72 0:43 /0 /dev/console rw - devpts devpts rw\n",
+        )
+        .unwrap();
+        let p = plan(&t).unwrap();
+        let at = |mp: &str| p.iter().position(|x| x.mount.mountpoint == mp).unwrap();
+        assert!(at("/dev/pts") < at("/dev/console"));
+        assert_eq!(
+            p[at("/dev/console")].make,
+            Make::Bind {
+                of: 73,
+                sub: "/0".into()
+            }
+        );
+        assert_eq!(phases(&p).unwrap()[at("/dev/console")], Phase::Late);
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct RestoreOptions {
     /// Where each external mount comes from here (`--external mnt[KEY]:PATH`, the RPC's
     /// ext_mnt): (key, path).
     pub ext_mounts: Vec<(String, String)>,
+    /// Make a new pair for a pty whose master was outside the tree, and hand the master to
+    /// the caller (`orphan-pts-master` notification; the RPC's orphan_pts_master).
+    pub orphan_pts_master: bool,
 }
 
 /// A restored tree: its tasks run.

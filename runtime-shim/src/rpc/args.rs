@@ -17,6 +17,8 @@ pub struct Mapped {
     pub notify: bool,
     /// Restore the root as the caller's child (`rst_sibling`).
     pub sibling: bool,
+    /// A terminal whose master is the caller's (`orphan_pts_master`).
+    pub orphan_pts_master: bool,
 }
 
 impl Mapped {
@@ -43,6 +45,7 @@ pub fn map(command: &str, o: &CriuOpts, peer: i32) -> Result<Mapped, String> {
         args: vec![command.to_string()],
         notify: o.notify_scripts(),
         sibling: o.rst_sibling(),
+        orphan_pts_master: o.orphan_pts_master(),
         ..Default::default()
     };
     let images = if o.images_dir_fd >= 0 {
@@ -98,12 +101,7 @@ pub fn map(command: &str, o: &CriuOpts, peer: i32) -> Result<Mapped, String> {
                 .into(),
         );
     }
-    if o.orphan_pts_master() {
-        m.notes.push(
-            "orphan_pts_master: accepted; a tree whose terminal's master is outside it is refused at dump"
-                .into(),
-        );
-    }
+
     if let Some(root) = o.root.as_deref().filter(|r| *r != "/") {
         m.opt("root", root);
     }
@@ -315,7 +313,8 @@ mod tests {
             ]
         );
         assert!(m.notify);
-        assert_eq!(m.notes.len(), 3, "{:?}", m.notes);
+        assert!(m.orphan_pts_master);
+        assert_eq!(m.notes.len(), 2, "{:?}", m.notes);
     }
 
     #[test]

@@ -62,6 +62,23 @@ impl Channel {
             .context("cannot answer on the RPC socket")?;
         Ok(())
     }
+
+    /// [`Channel::send`] with `fd` passed along (SCM_RIGHTS), as CRIU sends the
+    /// orphan-pts-master notification.
+    fn send_with_fd(&self, resp: &CriuResp, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        let buf = resp.encode_to_vec();
+        let fds = [fd.as_raw_fd()];
+        let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+        socket::sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &[std::io::IoSlice::new(&buf)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .context("cannot send on the RPC socket")?;
+        Ok(())
+    }
 }
 
 /// Tells the caller at each action-script point and waits for its answer.
@@ -71,6 +88,22 @@ struct RpcNotify {
 
 impl Notify for RpcNotify {
     fn notify(&self, script: Script, pid: Option<u32>) -> Result<(), String> {
+        self.exchange(script, pid, None)
+    }
+
+    fn notify_fd(&self, script: Script, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+        self.exchange(script, None, Some(fd))
+    }
+}
+
+impl RpcNotify {
+    /// One notification and the caller's answer.
+    fn exchange(
+        &self,
+        script: Script,
+        pid: Option<u32>,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<(), String> {
         let ch = self
             .ch
             .lock()
@@ -84,7 +117,11 @@ impl Notify for RpcNotify {
             }),
             ..Default::default()
         };
-        ch.send(&resp).map_err(|e| format!("{e:#}"))?;
+        match fd {
+            Some(fd) => ch.send_with_fd(&resp, fd),
+            None => ch.send(&resp),
+        }
+        .map_err(|e| format!("{e:#}"))?;
         match ch.recv().map_err(|e| format!("{e:#}"))? {
             Some(r) if r.r#type == CriuReqType::Notify as i32 => {
                 if r.notify_success() {
@@ -323,6 +360,7 @@ fn dump_or_restore(
     if dumping {
         let mut opts = crate::dump_options(&cfg)?;
         opts.notify = notify;
+        opts.orphan_pts_master = mapped.orphan_pts_master;
         let pid = opts.pid;
         stasis::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
         Ok(CriuResp {
@@ -335,6 +373,7 @@ fn dump_or_restore(
         let mut opts = crate::restore_options(&cfg);
         opts.notify = notify;
         opts.sibling = mapped.sibling;
+        opts.orphan_pts_master = mapped.orphan_pts_master;
         let r = stasis::restore::restore(&opts)
             .with_context(|| format!("restore from {} failed", cfg.images_dir.display()))?;
         Ok(CriuResp {

@@ -14,6 +14,7 @@
 //! So [`Freezer`] takes the path it is given and tells v1 from v2 by the files in it.
 
 mod freezer;
+pub mod membership;
 pub mod parse;
 
 use std::path::PathBuf;

@@ -11,6 +11,7 @@
 //! the syscall seam; `dump` and `restore` only order the steps; `fault` is the tests' fault
 //! injection seam.
 
+pub mod cgroup;
 pub mod dump;
 pub mod fault;
 pub mod files;

@@ -59,6 +59,10 @@ pub struct Config {
     pub ext_mounts: Vec<(String, String)>,
     /// `--root DIR`.
     pub root: Option<PathBuf>,
+    /// `--manage-cgroups[=MODE]`.
+    pub manage_cgroups: Option<stasis::cgroup::CgMode>,
+    /// `--cgroup-root [CONTROLLER:]PATH`.
+    pub cgroup_roots: Vec<(Option<String>, String)>,
     /// `--veth-pair IN=OUT[@BRIDGE]`.
     pub veth_pairs: Vec<stasis_netns::VethPair>,
     /// `--timeout SECONDS`: how long a thread may take to stop when seized.
@@ -96,6 +100,8 @@ impl Default for Config {
             external_netns: Vec::new(),
             ext_mounts: Vec::new(),
             root: None,
+            manage_cgroups: None,
+            cgroup_roots: Vec::new(),
             join_ns: Vec::new(),
             close_fds: Vec::new(),
             timeout: None,
@@ -237,6 +243,8 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "ghost-limit" => c.ghost_limit = Some(parse_size(value(g))?),
         "freeze-cgroup" => c.freeze_cgroup = Some(PathBuf::from(value(g))),
         "root" => c.root = Some(PathBuf::from(value(g))),
+        "manage-cgroups" => c.manage_cgroups = Some(value(g).parse()?),
+        "cgroup-root" => c.cgroup_roots.push(parse_cgroup_root(value(g))?),
         "ext-mount-map" => c.ext_mounts.push(parse_ext_mount_map(value(g))?),
         "tcp-close" => c.tcp_close = on,
         "close" => c.close_fds.push(number(g)?),
@@ -359,6 +367,20 @@ pub fn parse_external(s: &str) -> Result<External, String> {
     Err(format!(
         "--external {s} is not supported yet (only net[INODE]:KEY and mnt[KEY]:VAL)"
     ))
+}
+
+/// `--cgroup-root [CONTROLLER:]PATH` (CRIU's form): a path alone is every hierarchy's root.
+pub fn parse_cgroup_root(s: &str) -> Result<(Option<String>, String), String> {
+    let (ctrl, path) = match s.split_once(':') {
+        Some((c, p)) if !c.starts_with('/') => (Some(c.to_string()), p),
+        _ => (None, s),
+    };
+    if !path.starts_with('/') {
+        return Err(format!(
+            "bad --cgroup-root '{s}': expected [CONTROLLER:]/PATH"
+        ));
+    }
+    Ok((ctrl.filter(|c| !c.is_empty()), path.to_string()))
 }
 
 /// `--ext-mount-map KEY:VAL`; CRIU's `auto` (mounts from outside found by themselves) is not

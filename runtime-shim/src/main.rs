@@ -194,6 +194,10 @@ fn restore_options(c: &Config) -> RestoreOptions {
         pidfile: c.pidfile.clone(),
         root: c.root.clone(),
         ext_mounts: c.ext_mounts.clone(),
+        manage_cgroups: c
+            .manage_cgroups
+            .filter(|m| *m != stasis::cgroup::CgMode::Ignore),
+        cgroup_roots: c.cgroup_roots.clone(),
         ..Default::default()
     }
 }

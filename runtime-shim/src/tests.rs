@@ -34,6 +34,7 @@ fn sample(long: &str) -> &'static str {
         "join-ns" => "net:/run/netns/x",
         "external" => "net[4026532177]:extRootNetNS",
         "ext-mount-map" => "/proc/keys:/dev/null",
+        "cgroup-root" => "cpu:/x",
         _ => "x",
     }
 }
@@ -276,12 +277,12 @@ fn unsupported_options_and_values_are_refused_by_name() {
             "--pre-dump-mode=read is not supported yet",
         ),
         (
-            &["dump", "-t1", "--manage-cgroups"],
-            "--manage-cgroups is not supported yet",
+            &["restore", "--manage-cgroups=sloppy"],
+            "bad value 'sloppy' for --manage-cgroups",
         ),
         (
-            &["dump", "-t1", "--manage-cgroups=soft"],
-            "--manage-cgroups=soft is not supported yet",
+            &["restore", "--cgroup-root", "cpu:rel"],
+            "bad --cgroup-root 'cpu:rel': expected [CONTROLLER:]/PATH",
         ),
         (
             &["dump", "-t1", "--network-lock", "skip"],
@@ -451,8 +452,21 @@ fn external_takes_a_network_namespace_and_mounts() {
         "/r",
         "-M",
         "/sys/fs/cgroup/cpu:/sys/fs/cgroup/cpu/x",
+        "--manage-cgroups",
+        "--cgroup-root",
+        "/a",
+        "--cgroup-root",
+        "name=systemd:/b",
     ])
     .unwrap();
+    assert_eq!(c.manage_cgroups, Some(stasis::cgroup::CgMode::Soft));
+    assert_eq!(
+        c.cgroup_roots,
+        [
+            (None, "/a".to_string()),
+            (Some("name=systemd".to_string()), "/b".to_string())
+        ]
+    );
     assert_eq!(c.root, Some(std::path::PathBuf::from("/r")));
     assert_eq!(
         c.ext_mounts,

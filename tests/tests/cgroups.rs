@@ -355,3 +355,103 @@ fn a_stopped_task_in_the_cgroup_is_dumped_and_stays_stopped() {
         );
     }
 }
+
+const PIDS_V1: &str = "/sys/fs/cgroup/pids";
+
+/// The cgroup (in the hierarchy mounted at `hierarchy`) process `pid` is in.
+fn cgroup_of(pid: u32, hierarchy: &str) -> String {
+    let ctrl = Path::new(hierarchy)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+            c.split(',').any(|x| x == ctrl).then(|| p.to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// `--manage-cgroups`: a parent in a cgroup and its child in a cgroup below it come back in
+/// them, made again after they were removed (soft, CRIU's default mode); with `--cgroup-root`
+/// the parent's cgroup moves there and the child's keeps its place below it. Without the
+/// option, the restored tasks stay in the restorer's cgroups.
+#[test]
+fn manage_cgroups_puts_tasks_back_and_cgroup_root_moves_them() {
+    let _g = serial_root!();
+    let Some(cg) = TestCgroup::new(PIDS_V1, test_name!()) else {
+        return;
+    };
+    let script = r#"
+import os, time
+pid = os.fork()
+who = "child" if pid == 0 else "parent"
+n = 0
+while True:
+    print(who, os.getpid(), n, flush=True); n += 1; time.sleep(0.05)
+"#;
+    let run = |restore: &[&str], remove: bool| {
+        let w = Workload::python("cgmember", script);
+        let lines = w.wait_lines(4, T);
+        let child: u32 = lines
+            .iter()
+            .find(|l| l.starts_with("child "))
+            .and_then(|l| nums(l).first().copied())
+            .expect("the child's line") as u32;
+        let sub = cg.path.join("sub");
+        let _ = std::fs::create_dir(&sub);
+        cg.add(w.pid);
+        std::fs::write(sub.join("cgroup.procs"), child.to_string()).expect("child into sub");
+        let pids = dump_kill_then_restore(&w, &[], restore, || {
+            if remove {
+                std::fs::remove_dir(&sub).expect("rmdir sub");
+            }
+        });
+        let got = (cgroup_of(w.pid, PIDS_V1), cgroup_of(child, PIDS_V1));
+        kill_tree(&pids);
+        let end = Instant::now() + Duration::from_secs(5);
+        while (alive(w.pid) || alive(child)) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir(&sub);
+        got
+    };
+    let base = format!("/{}", cg.path.file_name().unwrap().to_string_lossy());
+    let mine = cgroup_of(std::process::id(), PIDS_V1);
+
+    let (parent, child) = run(&["--manage-cgroups"], true);
+    assert_eq!(parent, base, "the parent is back in its cgroup");
+    assert_eq!(
+        child,
+        format!("{base}/sub"),
+        "the child's cgroup was made again"
+    );
+
+    let moved = cg.path.join("moved");
+    std::fs::create_dir(&moved).expect("mkdir");
+    let root = format!("pids:{base}/moved");
+    let (parent, child) = run(&["--manage-cgroups=soft", "--cgroup-root", &root], false);
+    assert_eq!(
+        parent,
+        format!("{base}/moved"),
+        "--cgroup-root moves the root's cgroup"
+    );
+    assert_eq!(
+        child,
+        format!("{base}/moved/sub"),
+        "and the child keeps its place below"
+    );
+    let _ = std::fs::remove_dir(moved.join("sub"));
+    let _ = std::fs::remove_dir(&moved);
+
+    let (parent, child) = run(&[], false);
+    assert_eq!(
+        (parent, child),
+        (mine.clone(), mine),
+        "without it, where the restorer is"
+    );
+}

@@ -420,6 +420,8 @@ pub(crate) struct Images {
     /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
     pub(crate) live_pids: Vec<u32>,
     pub(crate) in_flight_sockets_known: bool,
+    /// Each task's cgroups (cgroup.img).
+    pub(crate) cgroups: crate::cgroup::Sets,
 }
 
 /// Everything from a frozen tree to a complete image set: refusals first, then each task, the
@@ -527,12 +529,18 @@ fn dump_frozen(
     }
     // files.img and the kinds' images after all tasks: file objects are shared between tasks.
     img.files.write(&img.dir)?;
+    // inventory's root_cg_set is the dumper's own, as CRIU's.
+    let root_cg_set = img.cgroups.of_pid(std::process::id())?;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::CGROUP);
+    w.push(&img.cgroups.entry());
+    write_file(&img.dir.join(names::CGROUP), &w.into_bytes())?;
     write_shared_images(&mut img, &pstree)?;
     // inventory.img last: its presence marks a complete image set (podman checks for it).
     abort::check()?;
     write_inventory(
         &img.dir,
         tree.nft_lock.as_deref(),
+        root_cg_set,
         crate::task::core::NsIds {
             mnt: own_mnt.is_some().then_some(crate::ns::mnt::HOST_NS_ID),
             cgroup: own_cgroupns.then_some(crate::ns::mnt::CGROUP_HOST_NS_ID),
@@ -583,6 +591,7 @@ fn collect_start(
         unix_queued: Default::default(),
         live_pids: live.to_vec(),
         in_flight_sockets_known: false,
+        cgroups: Default::default(),
         ns_ids: crate::task::core::NsIds {
             uts: if own_uts {
                 crate::ns::uts::TREE_NS_ID
@@ -670,6 +679,7 @@ fn write_shared_images(img: &mut Images, pstree: &[pb::PstreeEntry]) -> Result<(
 fn write_inventory(
     dir: &Path,
     nft_lock: Option<&str>,
+    root_cg_set: u32,
     ours: crate::task::core::NsIds,
 ) -> Result<(), DumpError> {
     let run_id = nft_lock
@@ -681,7 +691,7 @@ fn write_inventory(
         fdinfo_per_id: Some(true),
         root_ids: Some(root_ids),
         ns_per_id: Some(true),
-        root_cg_set: None,
+        root_cg_set: Some(root_cg_set),
         lsmtype: Some(pb::Lsmtype::NoLsm as i32),
         dump_uptime: Some(uptime_us()?),
         pre_dump_mode: None,

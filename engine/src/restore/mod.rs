@@ -98,6 +98,12 @@ pub struct RestoreOptions {
     /// Make a new pair for a pty whose master was outside the tree, and hand the master to
     /// the caller (`orphan-pts-master` notification; the RPC's orphan_pts_master).
     pub orphan_pts_master: bool,
+    /// Put the tasks back into their dumped cgroups (`--manage-cgroups[=MODE]`, the RPC's
+    /// manage_cgroups); None leaves them in the restorer's.
+    pub manage_cgroups: Option<crate::cgroup::CgMode>,
+    /// `--cgroup-root [CONTROLLER:]PATH` (the RPC's cg_root): where the root task's cgroup goes
+    /// in that hierarchy (all of them without a controller).
+    pub cgroup_roots: Vec<(Option<String>, String)>,
 }
 
 /// A restored tree: its tasks run.
@@ -147,6 +153,8 @@ pub enum RestoreError {
     Mem(#[from] mem::MemError),
     #[error(transparent)]
     MntNs(#[from] crate::ns::mnt_sys::MntNsError),
+    #[error("putting the tasks back into their cgroups")]
+    Cgroup(#[source] Box<stasis_cgroups::CgroupError>),
     #[error(transparent)]
     Pages(#[from] crate::mm::pages::PagesError),
     #[error("task {pid}: a forked task exited before it was ready")]
@@ -483,6 +491,10 @@ impl Steps<'_> {
     fn run(&self, created: &mut Created) -> Result<u64, RestoreError> {
         let (img, opts) = (self.img, self.opts);
         wait_for_zombies(img);
+        if let Some(mode) = opts.manage_cgroups {
+            step("cgroups")?;
+            crate::cgroup::restore_membership(img, mode, &opts.cgroup_roots)?;
+        }
         let (vdso_syscall, pages_restored) =
             rebuild_tasks(img, self.trampoline, self.files, created)?;
         // Segments that were already marked for removal are marked again, now that they are

@@ -75,6 +75,7 @@ pub(crate) fn dump_task(
         t.notify_thread_id = t.notify_thread_id.map(|tid| img.pids.v(tid as u32) as i32);
     }
     let mut tc = task_core(&tree.tasks[n], itimers, posix)?;
+    tc.cg_set = Some(img.cgroups.of_pid(pid)?);
     tc.sigactions = sigactions;
     tc.child_subreaper = Some(subreaper);
 

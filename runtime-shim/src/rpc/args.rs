@@ -190,18 +190,16 @@ fn map_numbers(m: &mut Mapped, o: &CriuOpts) -> Result<(), String> {
             Some(_) => o.manage_cgroups_mode(),
             None => CriuCgMode::Default,
         };
-        match mode {
-            // runc's default (manage_cgroups with no mode, or DEFAULT): runc has already put
-            // us in the container's cgroups, which the restored tasks inherit.
-            CriuCgMode::Default | CriuCgMode::Soft | CriuCgMode::CgNone => m.notes.push(
-                "manage_cgroups: the restored tasks inherit the restorer's cgroups (runc places it in the container's first)"
-                    .into(),
-            ),
-            CriuCgMode::Ignore => m.args.push("--manage-cgroups=ignore".into()),
-            CriuCgMode::Props => m.args.push("--manage-cgroups=props".into()),
-            CriuCgMode::Full => m.args.push("--manage-cgroups=full".into()),
-            CriuCgMode::Strict => m.args.push("--manage-cgroups=strict".into()),
-        }
+        // runc's default (manage_cgroups with no mode, or DEFAULT) is CRIU's: soft.
+        let name = match mode {
+            CriuCgMode::Default | CriuCgMode::Soft => "soft",
+            CriuCgMode::CgNone => "none",
+            CriuCgMode::Ignore => "ignore",
+            CriuCgMode::Props => "props",
+            CriuCgMode::Full => "full",
+            CriuCgMode::Strict => "strict",
+        };
+        m.args.push(format!("--manage-cgroups={name}"));
     }
     if let Some(ns) = o.empty_ns.filter(|&n| n != 0) {
         if ns & !(libc::CLONE_NEWNET as u32) != 0 {
@@ -309,12 +307,13 @@ mod tests {
                 "--tree",
                 "42",
                 "--leave-running",
-                "--tcp-established"
+                "--tcp-established",
+                "--manage-cgroups=soft"
             ]
         );
         assert!(m.notify);
         assert!(m.orphan_pts_master);
-        assert_eq!(m.notes.len(), 2, "{:?}", m.notes);
+        assert_eq!(m.notes.len(), 1, "{:?}", m.notes);
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub struct DumpImage {
     pub fs_root: Option<String>,
     /// The tree owned its cgroup namespace: its init makes a new one.
     pub own_cgroupns: bool,
+    /// `cgroup.img`: each task's cgroups, by its `cg_set`.
+    pub cgroups: Option<pb::CgroupEntry>,
 }
 
 impl DumpImage {
@@ -719,6 +721,24 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
             magic::TIMENS,
         )?),
         _ => None,
+    };
+    img.cgroups = match read_optional(dir, names::CGROUP)? {
+        Some(b) => {
+            let mut r = ImageReader::new(names::CGROUP, &b, ImageKind::Normal, magic::CGROUP)?;
+            let e = r.next_required::<pb::CgroupEntry>()?;
+            for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+                if let Some(id) = t.tc().cg_set {
+                    if !e.sets.iter().any(|s| s.id == id) {
+                        return Err(invalid(
+                            &names::core(t.pid()),
+                            format!("cg_set {id} is not in cgroup.img"),
+                        ));
+                    }
+                }
+            }
+            Some(e)
+        }
+        None => None,
     };
     img.own_cgroupns = tree_ns_id(&img.tasks, inv, "cgroup", |i| i.cgroup_ns_id)?.1;
     img.mounts = match tree_ns_id(&img.tasks, inv, "mount", |i| i.mnt_ns_id)? {

@@ -1,0 +1,252 @@
+//! A tree's cgroups: each task's membership saved in CRIU's `cgroup.img` (sets of
+//! controller → path, named by each task's `cg_set`), and put back at restore as
+//! `--manage-cgroups` asks, below the roots `--cgroup-root` gives (runc sends the container's).
+//! The file work (reading /proc/<pid>/cgroup, locating a hierarchy, writing cgroup.procs) is
+//! the cgroups crate's.
+
+use std::collections::BTreeMap;
+
+use stasis_cgroups::membership;
+use stasis_cgroups::parse::Membership;
+
+use crate::images::pb;
+use crate::restore::{DumpImage, RestoreError};
+
+/// CRIU's `--manage-cgroups` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgMode {
+    /// Leave cgroups alone (also stasis's default when the option is not given).
+    Ignore,
+    /// Put the tasks into their cgroups, which must exist.
+    None,
+    /// As `None` (stasis saves no properties yet).
+    Props,
+    /// Put the tasks into their cgroups, making the missing ones (CRIU's default mode).
+    Soft,
+    /// As `Soft`.
+    Full,
+    /// As `Soft`.
+    Strict,
+}
+
+impl std::str::FromStr for CgMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "ignore" => CgMode::Ignore,
+            "none" => CgMode::None,
+            "props" => CgMode::Props,
+            "soft" | "" => CgMode::Soft,
+            "full" => CgMode::Full,
+            "strict" => CgMode::Strict,
+            _ => return Err(format!("bad value '{s}' for --manage-cgroups")),
+        })
+    }
+}
+
+impl CgMode {
+    fn creates(self) -> bool {
+        matches!(self, CgMode::Soft | CgMode::Full | CgMode::Strict)
+    }
+}
+
+/// CRIU's name of a hierarchy in a set: its controllers, comma-joined ("" for cgroup2).
+fn name_of(m: &Membership) -> String {
+    m.controllers.join(",")
+}
+
+/// The distinct memberships of the dumped tasks; a task's `cg_set` is its index + 1.
+#[derive(Default)]
+pub(crate) struct Sets {
+    sets: Vec<Vec<Membership>>,
+}
+
+impl Sets {
+    /// The set id of process `pid` (our pid), read from /proc.
+    pub(crate) fn of_pid(&mut self, pid: u32) -> Result<u32, stasis_cgroups::CgroupError> {
+        let m = membership::of_pid(pid)?;
+        Ok(self.intern(m))
+    }
+
+    fn intern(&mut self, m: Vec<Membership>) -> u32 {
+        match self.sets.iter().position(|s| *s == m) {
+            Some(i) => i as u32 + 1,
+            None => {
+                self.sets.push(m);
+                self.sets.len() as u32
+            }
+        }
+    }
+
+    /// CRIU's `cgroup_entry`: the sets, and per hierarchy the directories they name (as a
+    /// tree of relative names, without properties).
+    pub(crate) fn entry(&self) -> pb::CgroupEntry {
+        let sets = self
+            .sets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| pb::CgSetEntry {
+                id: i as u32 + 1,
+                ctls: s
+                    .iter()
+                    .map(|m| pb::CgMemberEntry {
+                        name: name_of(m),
+                        path: m.path.clone(),
+                        cgns_prefix: None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut paths: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for m in self.sets.iter().flatten() {
+            let e = paths
+                .entry(name_of(m))
+                .or_insert_with(|| (m.controllers.clone(), Vec::new()));
+            if !e.1.contains(&m.path) {
+                e.1.push(m.path.clone());
+            }
+        }
+        let controllers = paths
+            .into_values()
+            .map(|(cnames, ps)| pb::CgControllerEntry {
+                cnames,
+                dirs: dir_tree(&ps, ""),
+                is_threaded: None,
+            })
+            .collect();
+        pb::CgroupEntry { sets, controllers }
+    }
+}
+
+/// The directories below `prefix` that `paths` name, nested.
+fn dir_tree(paths: &[String], prefix: &str) -> Vec<pb::CgroupDirEntry> {
+    let mut names: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.strip_prefix(prefix)?.strip_prefix('/'))
+        .filter_map(|rest| rest.split('/').next())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| {
+            let full = format!("{prefix}/{n}");
+            pb::CgroupDirEntry {
+                children: dir_tree(paths, &full),
+                dir_name: n,
+                properties: Vec::new(),
+                dir_perms: None,
+            }
+        })
+        .collect()
+}
+
+/// Puts every live task of `img` into its dumped cgroups, as `mode` says, each hierarchy's
+/// dumped root (the root task's cgroup there) moved to the root `roots` give for it, if any
+/// (`(controller or None for all, path)`, CRIU's `--cgroup-root`). Pids are as the images
+/// and our pid namespace number them. A hierarchy not mounted here is skipped, and logged.
+pub fn restore_membership(
+    img: &DumpImage,
+    mode: CgMode,
+    roots: &[(Option<String>, String)],
+) -> Result<(), RestoreError> {
+    let Some(entry) = img.cgroups.as_ref().filter(|_| mode != CgMode::Ignore) else {
+        return Ok(());
+    };
+    let err = |e: stasis_cgroups::CgroupError| RestoreError::Cgroup(Box::new(e));
+    let mounts = membership::our_mounts().map_err(err)?;
+    let set = |id: Option<u32>| id.and_then(|id| entry.sets.iter().find(|s| s.id == id));
+    let root_set = set(img.tasks[0].tc().cg_set);
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        let Some(s) = set(t.tc().cg_set) else {
+            continue;
+        };
+        for m in &s.ctls {
+            let dumped_root = root_set
+                .and_then(|r| r.ctls.iter().find(|c| c.name == m.name))
+                .map_or("/", |c| c.path.as_str());
+            let controllers: Vec<String> = m
+                .name
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect();
+            let new_root = roots
+                .iter()
+                .find(|(c, _)| {
+                    c.as_deref()
+                        .is_some_and(|c| c == m.name || controllers.iter().any(|x| x == c))
+                })
+                .or_else(|| {
+                    roots
+                        .iter()
+                        .find(|(c, _)| c.as_deref().is_none_or(str::is_empty))
+                })
+                .map(|(_, p)| p.as_str());
+            let target = Membership {
+                hierarchy: if controllers.is_empty() { 0 } else { 1 },
+                controllers,
+                path: membership::relocate(&m.path, dumped_root, new_root),
+            };
+            let Some(dir) = stasis_cgroups::parse::locate(&target, &mounts) else {
+                log::warn!(
+                    "cgroup hierarchy '{}' is not mounted here: task {} is left where it is in it",
+                    m.name,
+                    t.pid()
+                );
+                continue;
+            };
+            membership::enter(&dir, t.pid(), mode.creates()).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(ctrl: &str, path: &str) -> Membership {
+        Membership {
+            hierarchy: u32::from(!ctrl.is_empty()),
+            controllers: ctrl
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn sets_are_shared_and_dirs_nested() {
+        let mut s = Sets::default();
+        let a = s.intern(vec![m("cpu,cpuacct", "/rx"), m("", "/rx")]);
+        let b = s.intern(vec![m("cpu,cpuacct", "/rx/sub"), m("", "/rx")]);
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(s.intern(vec![m("cpu,cpuacct", "/rx"), m("", "/rx")]), 1);
+        let e = s.entry();
+        assert_eq!(e.sets.len(), 2);
+        assert_eq!(e.sets[1].ctls[0].name, "cpu,cpuacct");
+        assert_eq!(e.sets[1].ctls[0].path, "/rx/sub");
+        let cpu = e
+            .controllers
+            .iter()
+            .find(|c| c.cnames == ["cpu", "cpuacct"])
+            .unwrap();
+        assert_eq!(cpu.dirs.len(), 1);
+        assert_eq!(cpu.dirs[0].dir_name, "rx");
+        assert_eq!(cpu.dirs[0].children[0].dir_name, "sub");
+    }
+
+    #[test]
+    fn modes_parse_as_criu_names_them() {
+        assert_eq!("soft".parse::<CgMode>(), Ok(CgMode::Soft));
+        assert_eq!("".parse::<CgMode>(), Ok(CgMode::Soft));
+        assert_eq!("ignore".parse::<CgMode>(), Ok(CgMode::Ignore));
+        assert!("sloppy".parse::<CgMode>().is_err());
+        assert!(CgMode::Full.creates() && !CgMode::None.creates());
+    }
+}

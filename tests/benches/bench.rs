@@ -37,21 +37,26 @@ const MIB: f64 = (1u64 << 20) as f64;
 
 /// Targets from the performance issue.
 const BIG_MIB: u64 = 1024;
+mod containers;
 mod servers;
 
 const MAX_RATIO_TO_TOUCH: f64 = 1.25;
 const SMALL_MAX: Duration = Duration::from_millis(20);
 const MAX_RSS_MIB: f64 = 64.0;
 
-const USAGE: &str = "usage: stasis-bench [--sizes MiB,MiB,...] [--runs N] [--budget SECONDS]
+const USAGE: &str =
+    "usage: stasis-bench [--sizes MiB,MiB,...] [--runs N] [--budget SECONDS] [--criu PATH]
   --sizes   memhog sizes in MiB (default 64,256,1024)
   --runs    runs per workload; medians are reported (default 3)
-  --budget  time budget for the whole run in seconds (default 150)";
+  --budget  time budget for the whole run in seconds (default 150)
+  --criu    a CRIU binary to time beside stasis on the same runc container";
 
 struct Args {
     sizes: Vec<u64>,
     runs: usize,
     budget: Duration,
+    /// A CRIU to compare with on the container.
+    criu: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -59,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         sizes: vec![64, 256, 1024],
         runs: 3,
         budget: Duration::from_secs(150),
+        criu: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -97,6 +103,13 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| "--budget needs seconds".to_string())?;
                 a.budget = Duration::from_secs(s);
+            }
+            "--criu" => {
+                let v = value()?;
+                a.criu = Some(
+                    containers::criu_to_compare(Some(&v))
+                        .ok_or_else(|| format!("--criu {v}: no such file"))?,
+                );
             }
             _ => return Err(format!("unknown argument '{arg}'")),
         }
@@ -908,6 +921,13 @@ fn main() -> ExitCode {
     print_report(&bin, &limits, &rows);
     let servers = servers::bench(&mut errors);
     servers::print(&servers);
+    let mut ctr = Vec::new();
+    ctr.extend(containers::bench("stasis", &bin, args.runs, &mut errors));
+    if let Some(criu) = &args.criu {
+        println!("\n(--criu: {})", criu.display());
+        ctr.extend(containers::bench("--criu", criu, args.runs, &mut errors));
+    }
+    containers::print(&ctr);
     println!("\ntotal bench time: {:.1} s", start.elapsed().as_secs_f64());
     if errors.is_empty() {
         ExitCode::SUCCESS

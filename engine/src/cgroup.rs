@@ -191,7 +191,14 @@ pub fn restore_membership(
                 path: membership::relocate(&m.path, dumped_root, new_root),
             };
             let Some(dir) = stasis_cgroups::parse::locate(&target, &mounts) else {
-                log::warn!(
+                // Its root is where every task is unless moved: nothing is lost then.
+                let level = if target.path == "/" {
+                    log::Level::Debug
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(
+                    level,
                     "cgroup hierarchy '{}' is not mounted here: task {} is left where it is in it",
                     m.name,
                     t.pid()

@@ -16,16 +16,46 @@ const BUSYBOX: &str = "/bin/busybox";
 const SCRIPT: &str = "mkdir -p /dev/shm/x; echo kept > /dev/shm/x/f; \
                       i=0; while true; do echo $i; echo $i > /tmp/count; i=$((i+1)); sleep 0.1; done";
 
-/// A bundle: busybox rootfs and a config whose process runs `script` (the counter unless
-/// told), with a tmpfs at /tmp; in the network namespace at `netns` when given; with a cgroup
-/// namespace of its own if `cgroupns`.
-fn bundle(dir: &Path, script: &str, netns: Option<&str>, cgroupns: bool) {
+/// What a test's container is beside the defaults of `runc spec`.
+#[derive(Clone, Copy)]
+struct Shape<'a> {
+    /// The shell's script (the counter unless told).
+    script: &'a str,
+    /// The network namespace by path.
+    netns: Option<&'a str>,
+    /// A cgroup namespace of its own.
+    cgroupns: bool,
+    /// A user namespace of its own: 0-65535 mapped to 100000-165535.
+    userns: bool,
+}
+
+const COUNTER: Shape<'static> = Shape {
+    script: SCRIPT,
+    netns: None,
+    cgroupns: false,
+    userns: false,
+};
+
+/// The host uid and gid of root in a user namespace container.
+const USERNS_ROOT: u32 = 100_000;
+
+/// A bundle: busybox rootfs and a config whose process runs the shape's script, with a
+/// tmpfs at /tmp, in the namespaces it asks for.
+fn bundle(dir: &Path, shape: Shape<'_>) {
+    let Shape {
+        script,
+        netns,
+        cgroupns,
+        userns,
+    } = shape;
     let rootfs = dir.join("rootfs");
     for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
     }
     std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "sleep", "echo", "mkdir", "hostname", "cat", "nc"] {
+    for applet in [
+        "sh", "sleep", "echo", "mkdir", "hostname", "cat", "nc", "id",
+    ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
     }
     let out = Command::new("runc")
@@ -63,14 +93,39 @@ fn bundle(dir: &Path, script: &str, netns: Option<&str>, cgroupns: bool) {
     } else {
         spec
     };
+    let spec = if userns {
+        let map = format!("[{{\"containerID\": 0, \"hostID\": {USERNS_ROOT}, \"size\": 65536}}]");
+        spec.replacen(
+            "\"type\": \"mount\"",
+            "\"type\": \"mount\"\n\t\t\t},\n\t\t\t{\n\t\t\t\t\"type\": \"user\"",
+            1,
+        )
+        .replacen(
+            "\"linux\": {",
+            &format!("\"linux\": {{\n\t\t\"uidMappings\": {map},\n\t\t\"gidMappings\": {map},"),
+            1,
+        )
+    } else {
+        spec
+    };
     assert!(
         spec.contains(script.split(' ').next().unwrap_or("sh"))
             && spec.contains("\"/tmp\"")
             && netns.is_none_or(|p| spec.contains(p))
-            && (!cgroupns || spec.contains("\"cgroup\"")),
+            && (!cgroupns || spec.contains("\"cgroup\""))
+            && (!userns || spec.contains("uidMappings")),
         "config.json changed shape: {spec}"
     );
     std::fs::write(dir.join("config.json"), spec).expect("write config.json");
+    if userns {
+        // Root inside owns the rootfs, as runc expects of a user namespace container.
+        let out = Command::new("chown")
+            .args(["-R", &format!("{USERNS_ROOT}:{USERNS_ROOT}")])
+            .arg(&rootfs)
+            .output()
+            .expect("chown");
+        assert!(out.status.success(), "chown of the rootfs");
+    }
 }
 
 fn runc(args: &[&str], dir: &Path) -> Output {
@@ -107,38 +162,26 @@ impl Drop for Container {
 impl Container {
     /// None (after saying why) when runc or busybox is missing.
     fn start(test: &str, id: &'static str) -> Option<Container> {
-        Container::start_with(test, id, SCRIPT, None, false)
+        Container::start_with(test, id, COUNTER)
     }
 
-    /// [`Container::start`] of `script`, in the network namespace at `netns` if given.
-    fn start_with(
-        test: &str,
-        id: &'static str,
-        script: &str,
-        netns: Option<&str>,
-        cgroupns: bool,
-    ) -> Option<Container> {
-        let c = Container::create(test, id, script, netns, cgroupns)?;
+    /// [`Container::start`] of another shape.
+    fn start_with(test: &str, id: &'static str, shape: Shape<'_>) -> Option<Container> {
+        let c = Container::create(test, id, shape)?;
         // stdout a host file, as a runtime's log is.
         let status = c
             .runc_cmd(&["run", "-d", "--pid-file", "pid", id])
             .status()
             .expect("runc run");
         assert!(status.success(), "runc run -d");
-        if script == SCRIPT {
+        if shape.script == SCRIPT {
             c.wait_lines(3, T);
         }
         Some(c)
     }
 
     /// The bundle and our `criu`, the container not started.
-    fn create(
-        test: &str,
-        id: &'static str,
-        script: &str,
-        netns: Option<&str>,
-        cgroupns: bool,
-    ) -> Option<Container> {
+    fn create(test: &str, id: &'static str, shape: Shape<'_>) -> Option<Container> {
         if Command::new("runc").arg("--version").output().is_err() {
             skip(test, "runc is not installed");
             return None;
@@ -148,7 +191,7 @@ impl Container {
             return None;
         }
         let dir = temp_dir(id);
-        bundle(&dir, script, netns, cgroupns);
+        bundle(&dir, shape);
         // runc looks for `criu` in PATH; --criu names it outright.
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).expect("bin dir");
@@ -436,9 +479,11 @@ fn runc_container_in_a_netns_by_path_keeps_its_connection() {
     let Some(c) = Container::start_with(
         test_name!(),
         "stasis-runc-net",
-        "nc -ll -p 7000 -e /bin/cat",
-        Some("/var/run/netns/stasis-runc-net"),
-        false,
+        Shape {
+            script: "nc -ll -p 7000 -e /bin/cat",
+            netns: Some("/var/run/netns/stasis-runc-net"),
+            ..COUNTER
+        },
     ) else {
         return;
     };
@@ -503,8 +548,14 @@ fn runc_container_in_a_netns_by_path_keeps_its_connection() {
 #[test]
 fn runc_container_with_its_own_cgroup_namespace() {
     let _g = serial_root!();
-    let Some(c) = Container::start_with(test_name!(), "stasis-runc-cgns", SCRIPT, None, true)
-    else {
+    let Some(c) = Container::start_with(
+        test_name!(),
+        "stasis-runc-cgns",
+        Shape {
+            cgroupns: true,
+            ..COUNTER
+        },
+    ) else {
         return;
     };
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).expect("ns link");
@@ -649,7 +700,7 @@ fn wait_tty_counts(file: &Path, n: usize) -> Vec<u64> {
 #[test]
 fn runc_container_with_a_terminal_gets_a_new_one_through_the_console_socket() {
     let _g = serial_root!();
-    let Some(c) = Container::create(test_name!(), "stasis-runc-tty", SCRIPT, None, false) else {
+    let Some(c) = Container::create(test_name!(), "stasis-runc-tty", COUNTER) else {
         return;
     };
     let config = c.dir.join("config.json");
@@ -740,4 +791,86 @@ fn runc_container_with_a_terminal_gets_a_new_one_through_the_console_socket() {
         .expect("tty_nr");
     assert_eq!(tty_nr, 136 << 8, "pts/0 is its controlling terminal");
     let _ = c.runc(&["kill", c.id, "KILL"]);
+}
+
+/// A container with a user namespace of its own (runc's uidMappings, podman's --userns): root
+/// inside is host uid 100000. It comes back in a user namespace with the same maps that owns
+/// its other namespaces (so `runc exec`, which enters them from inside, works), its processes
+/// with their ids and capabilities as they were, and the counter goes on.
+#[test]
+fn runc_container_with_its_own_user_namespace() {
+    let _g = serial_root!();
+    let Some(c) = Container::start_with(
+        test_name!(),
+        "stasis-runc-userns",
+        Shape {
+            userns: true,
+            ..COUNTER
+        },
+    ) else {
+        return;
+    };
+    let status = |pid: u32, key: &str| status_field(&format!("/proc/{pid}/status"), key);
+    let pid = c.pid("pid");
+    let map =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
+    let (uid, caps, uid_map) = (status(pid, "Uid:"), status(pid, "CapEff:"), map(pid));
+    assert!(
+        uid.starts_with(&USERNS_ROOT.to_string()),
+        "root inside is {USERNS_ROOT}: {uid}"
+    );
+    let out = c.runc(&[
+        "checkpoint",
+        "--image-path",
+        "ckpt",
+        "--work-path",
+        "work",
+        c.id,
+    ]);
+    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
+    let dumped = c.lines().len();
+    let status_ok = c
+        .runc_cmd(&[
+            "restore",
+            "-d",
+            "--image-path",
+            "ckpt",
+            "--work-path",
+            "work",
+            "--pid-file",
+            "pid2",
+            c.id,
+        ])
+        .status()
+        .expect("runc restore");
+    assert!(
+        status_ok.success(),
+        "runc restore: {}",
+        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
+    );
+    let pid2 = c.pid("pid2");
+    assert_eq!(map(pid2), uid_map, "the same uid map");
+    assert_eq!(status(pid2, "Uid:"), uid, "the same ids");
+    assert_eq!(status(pid2, "CapEff:"), caps, "the same capabilities");
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).expect("ns link");
+    assert_ne!(
+        ns(&pid2.to_string()),
+        ns("self"),
+        "a user namespace of its own"
+    );
+    let id = c.runc(&[
+        "exec",
+        c.id,
+        "sh",
+        "-c",
+        "echo $(id -u) $(cat /proc/1/cmdline)",
+    ]);
+    let id = String::from_utf8_lossy(&id.stdout).into_owned();
+    assert!(
+        id.starts_with("0 ") && id.contains("while true"),
+        "runc exec enters it as root and sees the counter as pid 1: {id:?}"
+    );
+    let lines = c.wait_lines(dumped + 5, T);
+    assert!(lines.len() >= dumped + 5, "the counter runs on");
+    counter_is_continuous(&lines);
 }

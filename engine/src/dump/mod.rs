@@ -180,6 +180,8 @@ pub enum DumpError {
     },
     #[error(transparent)]
     MntNs(#[from] crate::ns::mnt_sys::MntNsError),
+    #[error(transparent)]
+    UserNs(#[from] crate::ns::user::UserNsError),
     #[error("process {pid} is in a {kind} namespace of its own ({ns}), which is not supported yet (IPC, UTS, network, mount, cgroup and time namespaces the tree owns are, and a pid namespace whose init is the root)")]
     Namespace {
         pid: u32,
@@ -422,6 +424,8 @@ pub(crate) struct Images {
     pub(crate) in_flight_sockets_known: bool,
     /// Each task's cgroups (cgroup.img).
     pub(crate) cgroups: crate::cgroup::Sets,
+    /// The uid and gid maps of the user namespace the tree owns.
+    pub(crate) userns: Option<pb::UsernsEntry>,
 }
 
 /// Everything from a frozen tree to a complete image set: refusals first, then each task, the
@@ -446,6 +450,23 @@ fn dump_frozen(
     if own_net.is_some() {
         owned.push("net");
     }
+    let own_userns = match crate::ns::tree_owns("user", root, &live) {
+        Ok(true) => Some(crate::ns::user::read_maps(root)?),
+        Ok(false) => None,
+        Err(crate::ns::OwnsError::Mixed { pid }) => {
+            return Err(DumpError::Namespace {
+                pid,
+                kind: "user",
+                ns: "another user namespace than the root's".into(),
+            })
+        }
+        Err(crate::ns::OwnsError::Read { path, source }) => {
+            return Err(crate::ns::user::UserNsError::Read { path, source }.into())
+        }
+    };
+    if own_userns.is_some() {
+        owned.push("user");
+    }
     let own_cgroupns = crate::ns::mnt_sys::tree_cgroupns(root, &live)?;
     if own_cgroupns {
         owned.push("cgroup");
@@ -466,6 +487,16 @@ fn dump_frozen(
     }
     if own_cgroupns {
         img.ns_ids.cgroup = Some(crate::ns::mnt::CGROUP_TREE_NS_ID);
+    }
+    if let Some(maps) = &own_userns {
+        img.ns_ids.user = Some(crate::ns::user::TREE_NS_ID);
+        let mut w = ImageWriter::new(ImageKind::Normal, magic::USERNS);
+        w.push(maps);
+        write_file(
+            &img.dir.join(names::userns(crate::ns::user::TREE_NS_ID)),
+            &w.into_bytes(),
+        )?;
+        img.userns = own_userns.clone();
     }
     if own_mnt.is_some() {
         img.ns_ids.mnt = Some(crate::ns::mnt::TREE_NS_ID);
@@ -544,6 +575,7 @@ fn dump_frozen(
         crate::task::core::NsIds {
             mnt: own_mnt.is_some().then_some(crate::ns::mnt::HOST_NS_ID),
             cgroup: own_cgroupns.then_some(crate::ns::mnt::CGROUP_HOST_NS_ID),
+            user: own_userns.is_some().then_some(crate::ns::user::HOST_NS_ID),
             ..crate::task::core::NsIds::HOST
         },
     )
@@ -592,6 +624,7 @@ fn collect_start(
         live_pids: live.to_vec(),
         in_flight_sockets_known: false,
         cgroups: Default::default(),
+        userns: None,
         ns_ids: crate::task::core::NsIds {
             uts: if own_uts {
                 crate::ns::uts::TREE_NS_ID

@@ -187,6 +187,21 @@ impl Early {
     }
 
     pub fn stub_mounts(&self) -> StubMounts {
+        for (i, l) in self.late.iter().enumerate() {
+            log::debug!(
+                "init's mount #{i}: {:?} on {:?} ({:?}, flags {:#x}, {:?}){}",
+                l.source,
+                l.target,
+                l.fstype,
+                l.flags,
+                l.data,
+                if l.tree_fd.is_some() {
+                    ", a detached bind"
+                } else {
+                    ""
+                }
+            );
+        }
         StubMounts {
             ns_fd: self.ns.as_raw_fd(),
             root: self.root.clone(),
@@ -279,16 +294,30 @@ pub fn build(
     images: &Path,
     root: Option<&Path>,
     ext: &[(String, String)],
+    existing: Option<std::os::fd::BorrowedFd<'_>>,
+    userns: Option<&crate::images::pb::UsernsEntry>,
 ) -> Result<Early, MntNsError> {
     let root = root.ok_or(MntNsError::NoRoot)?;
     let root_s = root.to_str().ok_or(MntNsError::NoRoot)?.to_string();
     let plan = mnt::plan(table)?;
     let phases = mnt::phases(&plan)?;
     let back = Back::save()?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| MntNsError::Ns {
-        what: "unsharing a mount namespace".into(),
-        source: e.into(),
-    })?;
+    match existing {
+        // A namespace the user namespace holder made (see ns::user); entering one needs
+        // this thread's fs to itself.
+        Some(ns) => nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+            .and_then(|()| nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS))
+            .map_err(|e| MntNsError::Ns {
+                what: "entering the tree's new mount namespace".into(),
+                source: e.into(),
+            })?,
+        None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+            MntNsError::Ns {
+                what: "unsharing a mount namespace".into(),
+                source: e.into(),
+            }
+        })?,
+    }
     let mut early = Early {
         back: Some(back),
         ns: OwnedFd::from(
@@ -336,7 +365,16 @@ pub fn build(
                 })
         };
         if phase == Phase::Late {
-            let late = late_mount(p, &by_id, flags, &host_source, &mut early)?;
+            let mut late = late_mount(p, &by_id, flags, &host_source, &mut early, &root_s)?;
+            // The init mounts these from inside the tree's user namespace, if any: ids in
+            // options as it sees them.
+            if let Some(maps) = userns {
+                for l in late.iter_mut() {
+                    if let Some(d) = l.data.as_ref().and_then(|d| d.to_str().ok()) {
+                        l.data = Some(cstr(&crate::ns::user::fs_opts_to_ns(d, maps))?);
+                    }
+                }
+            }
             early.late.extend(late);
             continue;
         }
@@ -416,16 +454,18 @@ pub fn build(
     Ok(early)
 }
 
-/// What the init mounts for one late mount: its paths as the tree sees them after the pivot.
+/// What the init mounts for one late mount, under `root` (the init mounts before it pivots:
+/// in a user namespace, a proc may only be mounted where the host's is still visible).
 fn late_mount(
     p: &mnt::Planned,
     by_id: &std::collections::HashMap<u32, &MountInfo>,
     flags: u64,
     host_source: &dyn Fn(&Option<String>) -> Result<String, MntNsError>,
     early: &mut Early,
+    root: &str,
 ) -> Result<Vec<LateMount>, MntNsError> {
     let m = &p.mount;
-    let target = cstr(&m.mountpoint)?;
+    let target = cstr(&mnt::under(root, &m.mountpoint))?;
     let remount_after = |target: &CString| LateMount {
         source: None,
         target: target.clone(),
@@ -461,7 +501,7 @@ fn late_mount(
         Make::Bind { of, sub } => {
             let of = by_id.get(of).map_or("/", |o| o.mountpoint.as_str());
             out.push(LateMount {
-                source: Some(cstr(&mnt::under(of, sub))?),
+                source: Some(cstr(&mnt::under(&mnt::under(root, of), sub))?),
                 target: target.clone(),
                 fstype: None,
                 flags: libc::MS_BIND,

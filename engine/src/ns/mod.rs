@@ -7,6 +7,7 @@ pub mod net;
 pub mod pid;
 pub mod time;
 pub mod tmpfs;
+pub mod user;
 pub mod uts;
 
 /// Why [`tree_owns`] could not tell.

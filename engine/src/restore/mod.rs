@@ -137,6 +137,8 @@ pub enum RestoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("task {pid}: {step} failed: {}", std::io::Error::from_raw_os_error(*errno as i32))]
+    StubMount { pid: u32, step: String, errno: u32 },
     #[error("task {pid}: {what} failed: {}", std::io::Error::from_raw_os_error(*errno as i32))]
     Stub {
         pid: u32,
@@ -153,6 +155,8 @@ pub enum RestoreError {
     Mem(#[from] mem::MemError),
     #[error(transparent)]
     MntNs(#[from] crate::ns::mnt_sys::MntNsError),
+    #[error(transparent)]
+    UserNs(#[from] crate::ns::user::UserNsError),
     #[error("putting the tasks back into their cgroups")]
     Cgroup(#[source] Box<stasis_cgroups::CgroupError>),
     #[error(transparent)]
@@ -355,14 +359,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     step("namespaces")?;
     // Held until the restore ends: the namespaces this thread moved into, for the root to be
     // forked there.
-    let _namespaces = enter_tree_namespaces(&img, opts)?;
+    let (_namespaces, holder) = enter_tree_namespaces(&img, opts)?;
     // After the network and IPC namespaces: a sysfs and an mqueue show the namespaces of
     // whoever mounts them.
     let mut mounts = match &img.mounts {
         Some(table) => {
             step("mounts")?;
-            let early =
-                crate::ns::mnt_sys::build(table, &img.dir, opts.root.as_deref(), &opts.ext_mounts)?;
+            let early = crate::ns::mnt_sys::build(
+                table,
+                &img.dir,
+                opts.root.as_deref(),
+                &opts.ext_mounts,
+                holder.as_ref().and_then(|h| h.get("mnt")),
+                img.userns.as_ref(),
+            )?;
             img.fs_root = opts.root.as_ref().map(|r| r.display().to_string());
             Some(early)
         }
@@ -403,10 +413,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         own_pidns,
         mounts: stub_mounts,
         new_cgroupns: img.own_cgroupns,
+        userns: holder.as_ref().map(|h| h.user.as_raw_fd()),
     };
     let (mut created, files) = fork_tree(&img, pool, fork)?;
-    // The init holds the namespace now (or failed, and the restore with it).
+    // The init holds the namespaces now (or failed, and the restore with it).
     drop(mounts);
+    drop(holder);
     let forking_time_us = t0.elapsed().as_micros() as u64;
     // The root's pid as the caller sees it (the host's, for a tree with its own namespace).
     let root_pid = created.root.unwrap_or(img.tasks[0].pid());
@@ -554,13 +566,17 @@ struct PoolFds {
     base: RawFd,
 }
 
+/// The namespaces this thread moved into, and the user namespace holder, if any.
+type Entered = (
+    Vec<crate::ns::ipc::Unshared>,
+    Option<crate::ns::user::Holder>,
+);
+
 /// A tree that owned its IPC or UTS namespace gets a new one, holding its sysctls or names:
 /// this thread moves into it until the restore ends, so the objects made next and the root
-/// task (forked from here) are made there.
-fn enter_tree_namespaces(
-    img: &DumpImage,
-    opts: &RestoreOptions,
-) -> Result<Vec<crate::ns::ipc::Unshared>, RestoreError> {
+/// task (forked from here) are made there. A tree that owned a user namespace gets its
+/// others from the holder (see ns::user), owned by its new user namespace.
+fn enter_tree_namespaces(img: &DumpImage, opts: &RestoreOptions) -> Result<Entered, RestoreError> {
     let mut entered = Vec::new();
     let mut joined = Vec::new();
     for (kind, file) in &opts.join_ns {
@@ -582,16 +598,48 @@ fn enter_tree_namespaces(
         entered.push(crate::ns::ipc::Unshared::enter(ns.as_fd(), flag, kind)?);
         joined.push(kind.as_str());
     }
+    let holder = match &img.userns {
+        Some(maps) => {
+            let mut kinds = Vec::new();
+            if matches!(img.net, Some(crate::ns::net::Saved::Own(_))) && !joined.contains(&"net") {
+                kinds.push(("net", libc::CLONE_NEWNET));
+            }
+            if img.ipc_vars.is_some() && !joined.contains(&"ipc") {
+                kinds.push(("ipc", libc::CLONE_NEWIPC));
+            }
+            if img.uts.is_some() && !joined.contains(&"uts") {
+                kinds.push(("uts", libc::CLONE_NEWUTS));
+            }
+            if img.mounts.is_some() {
+                kinds.push(("mnt", libc::CLONE_NEWNS));
+            }
+            Some(crate::ns::user::spawn(maps, &kinds)?)
+        }
+        None => None,
+    };
+    // A namespace of the holder's, entered by this thread instead of a new one.
+    let held = |kind: &str| holder.as_ref().and_then(|h| h.get(kind));
     match &img.net {
         _ if joined.contains(&"net") => {}
-        Some(crate::ns::net::Saved::Own(state)) => {
-            let ns = crate::ns::net::make(state, &opts.veth_pairs)?;
-            entered.push(crate::ns::ipc::Unshared::enter(
-                ns.as_fd(),
-                libc::CLONE_NEWNET,
-                "net",
-            )?);
-        }
+        Some(crate::ns::net::Saved::Own(state)) => match held("net") {
+            Some(ns) => {
+                stasis_netns::restore(ns, state, &opts.veth_pairs)
+                    .map_err(|e| RestoreError::from(crate::ns::net::NetNsError::Net(e)))?;
+                entered.push(crate::ns::ipc::Unshared::enter(
+                    ns,
+                    libc::CLONE_NEWNET,
+                    "net",
+                )?);
+            }
+            None => {
+                let ns = crate::ns::net::make(state, &opts.veth_pairs)?;
+                entered.push(crate::ns::ipc::Unshared::enter(
+                    ns.as_fd(),
+                    libc::CLONE_NEWNET,
+                    "net",
+                )?);
+            }
+        },
         Some(crate::ns::net::Saved::External(key)) => {
             let fd = opts
                 .inherit_fds
@@ -614,14 +662,23 @@ fn enter_tree_namespaces(
         drop(crate::ns::time::make_for_children(clocks)?);
     }
     if let Some(vars) = img.ipc_vars.as_ref().filter(|_| !joined.contains(&"ipc")) {
-        entered.push(crate::ns::ipc::Unshared::new()?);
-        crate::ns::ipc::write_limits(vars)?;
+        entered.push(match held("ipc") {
+            Some(ns) => crate::ns::ipc::Unshared::enter(ns, libc::CLONE_NEWIPC, "ipc")?,
+            None => crate::ns::ipc::Unshared::new()?,
+        });
+        match &img.userns {
+            Some(maps) => crate::ns::user::as_ns_root(maps, || crate::ns::ipc::write_limits(vars))?,
+            None => crate::ns::ipc::write_limits(vars)?,
+        }
     }
     if let Some(names) = img.uts.as_ref().filter(|_| !joined.contains(&"uts")) {
-        entered.push(crate::ns::ipc::Unshared::new_of(libc::CLONE_NEWUTS, "uts")?);
+        entered.push(match held("uts") {
+            Some(ns) => crate::ns::ipc::Unshared::enter(ns, libc::CLONE_NEWUTS, "uts")?,
+            None => crate::ns::ipc::Unshared::new_of(libc::CLONE_NEWUTS, "uts")?,
+        });
         crate::ns::uts::set_names(names)?;
     }
-    Ok(entered)
+    Ok((entered, holder))
 }
 
 /// How the root is forked.
@@ -635,6 +692,8 @@ struct Fork {
     mounts: Option<crate::ns::mnt_sys::StubMounts>,
     /// In a new cgroup namespace, rooted at our cgroup (where runc placed us).
     new_cgroupns: bool,
+    /// The holder's user namespace (see ns::user), when the tree owned one.
+    userns: Option<RawFd>,
 }
 
 /// Forks the root with its pid (each stub then forks its own children), closes the pool the
@@ -646,6 +705,7 @@ fn fork_tree(img: &DumpImage, pool: Pool, fork: Fork) -> Result<(Created, PoolFd
         own_pidns,
         mounts,
         new_cgroupns,
+        userns,
     } = fork;
     let (ready_r, ready_w0) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup_err("pipe")(e.into()))?;
@@ -683,7 +743,12 @@ fn fork_tree(img: &DumpImage, pool: Pool, fork: Fork) -> Result<(Created, PoolFd
         flags |= libc::CLONE_NEWPID as u64;
         parent = 0;
     }
-    match stub::fork_with_pid(root_pid, flags) {
+    let forked = match userns {
+        None => stub::fork_with_pid(root_pid, flags),
+        Some(user) => stub::fork_in_userns(user, root_pid, flags)
+            .map_err(setup_err("forking the root in the tree's user namespace"))?,
+    };
+    match forked {
         0 => stub::run(&shared, 0, parent),
         r if r < 0 => {
             let errno = (-r) as u32;
@@ -968,6 +1033,20 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
             }
             if code == stub::STUB_CLONE && errno == libc::EEXIST as u32 {
                 return Err(RestoreError::PidTaken { pid });
+            }
+            if code & 0xff == stub::STUB_MOUNT {
+                return Err(RestoreError::StubMount {
+                    pid,
+                    step: match code >> 8 {
+                        1 => "entering the tree's mount namespace".into(),
+                        2 => "chdir to the new root".into(),
+                        3 => "pivot_root into the new root".into(),
+                        4 => "detaching the old root".into(),
+                        5 => "unsharing a cgroup namespace".into(),
+                        n => format!("the init's mount #{} (see the debug log's list)", n - 16),
+                    },
+                    errno,
+                });
             }
             let what = match code {
                 stub::STUB_CLONE => "clone3 with the dumped pid",

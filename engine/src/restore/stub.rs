@@ -61,6 +61,72 @@ pub const TRAMPOLINE_LEN: u64 = 2 * 4096;
 
 pub use crate::sys::clone::fork_with_pid;
 
+/// Forks the root (`fork_with_pid(pid, flags)`) from a short-lived intermediate that joined the
+/// tree's user namespace `user` first, so that the root's pid namespace belongs to it (else
+/// `runc exec`, which enters it from inside, is refused) and the whole tree is born in it. The
+/// root is the child of the intermediate's parent (CLONE_PARENT): ours, or, for a sibling root
+/// (CLONE_PARENT in `flags`), our parent's, the intermediate being our sibling then. Returns 0
+/// in the root (which then runs its stub), its host pid in the caller, or -errno.
+pub fn fork_in_userns(user: RawFd, pid: u32, flags: u64) -> std::io::Result<i64> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let w_raw = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let sibling = flags & libc::CLONE_PARENT as u64 != 0;
+    let args = crate::sys::clone::CloneArgs {
+        flags: if sibling {
+            libc::CLONE_PARENT as u64
+        } else {
+            0
+        },
+        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork; the intermediate runs raw syscalls only (the
+    // restorer may be multi-threaded) and ends in _exit, or becomes the root's stub.
+    let mid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const crate::sys::clone::CloneArgs,
+            std::mem::size_of::<crate::sys::clone::CloneArgs>(),
+        )
+    };
+    if mid == 0 {
+        // SAFETY: raw syscalls on integers and a local buffer, in the single-threaded child.
+        unsafe {
+            let res: i64 = if libc::syscall(libc::SYS_setns, user, libc::CLONE_NEWUSER) != 0 {
+                -(crate::sys::clone::errno() as i64)
+            } else {
+                fork_with_pid(pid, flags | libc::CLONE_PARENT as u64)
+            };
+            if res == 0 {
+                // The root: the caller's `match` is not ours to return to; run the stub.
+                return Ok(0);
+            }
+            let b = res.to_ne_bytes();
+            libc::syscall(libc::SYS_write, w_raw, b.as_ptr(), b.len());
+            libc::_exit(0);
+        }
+    }
+    if mid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(w);
+    let mut b = [0u8; 8];
+    let n = nix::unistd::read(&r, &mut b)?;
+    if !sibling {
+        // SAFETY: waitpid of the intermediate just forked, into a local.
+        unsafe {
+            let mut st = 0;
+            libc::waitpid(mid as libc::pid_t, &mut st, libc::__WALL);
+        }
+    }
+    if n != 8 {
+        return Err(std::io::Error::other(
+            "the intermediate died before forking the root",
+        ));
+    }
+    Ok(i64::from_ne_bytes(b))
+}
+
 /// A raw syscall's result: the value, or errno. Async-signal-safe.
 fn sc(r: libc::c_long) -> Result<libc::c_long, u32> {
     if r < 0 {
@@ -143,7 +209,7 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
             if sh.new_cgroupns {
                 check(
                     libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP),
-                    STUB_MOUNT,
+                    STUB_MOUNT | (5 << 8),
                 );
             }
             if let Some(m) = &sh.mounts {
@@ -199,49 +265,61 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
     }
 }
 
-/// Joins the tree's mount namespace, pivots into its root (runc's `pivot_root(".", ".")`: the
-/// old root stacks on the new one and is detached) and makes the init's own mounts: the proc of
-/// the tree's pid namespace and what lies under it. Async-signal-safe: raw syscalls on the
-/// strings the plan holds.
+/// Joins the tree's mount namespace, makes the init's own mounts under the root (the proc of
+/// the tree's pid namespace and what lies under it; before the pivot, while the host's proc is
+/// still visible, which a user namespace's proc mount requires), then pivots into the root
+/// (runc's `pivot_root(".", ".")`: the old root stacks on the new one and is detached).
+/// Async-signal-safe: raw syscalls on the strings the plan holds.
 fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
-    let check = |r: libc::c_long| check(sh, pid, r, STUB_MOUNT);
+    // The failing step travels in the code's high bits (see wait_ready).
+    let check = |r: libc::c_long, step: u32| check(sh, pid, r, STUB_MOUNT | (step << 8));
     let dot = c".".as_ptr();
     let null = std::ptr::null::<libc::c_char>();
     let ptr = |s: &Option<std::ffi::CString>| s.as_ref().map_or(null, |c| c.as_ptr());
     // SAFETY: raw syscalls on integers and on NUL-terminated strings the plan owns, in a
     // single-threaded child that shares no fs struct (clone3 without CLONE_FS).
     unsafe {
-        check(libc::syscall(libc::SYS_setns, m.ns_fd, libc::CLONE_NEWNS));
+        check(
+            libc::syscall(libc::SYS_setns, m.ns_fd, libc::CLONE_NEWNS),
+            1,
+        );
         libc::syscall(libc::SYS_close, m.ns_fd);
-        check(libc::syscall(libc::SYS_chdir, m.root.as_ptr()));
-        check(libc::syscall(libc::SYS_pivot_root, dot, dot));
-        check(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH));
-        check(libc::syscall(libc::SYS_chdir, c"/".as_ptr()));
-        for l in &m.late {
+        for (i, l) in m.late.iter().enumerate() {
+            let step = 16 + i as u32;
             match l.tree_fd {
                 Some(fd) => {
-                    check(libc::syscall(
-                        libc::SYS_move_mount,
-                        fd,
-                        c"".as_ptr(),
-                        libc::AT_FDCWD,
-                        l.target.as_ptr(),
-                        libc::MOVE_MOUNT_F_EMPTY_PATH,
-                    ));
+                    check(
+                        libc::syscall(
+                            libc::SYS_move_mount,
+                            fd,
+                            c"".as_ptr(),
+                            libc::AT_FDCWD,
+                            l.target.as_ptr(),
+                            libc::MOVE_MOUNT_F_EMPTY_PATH,
+                        ),
+                        step,
+                    );
                     libc::syscall(libc::SYS_close, fd);
                 }
                 None => {
-                    check(libc::syscall(
-                        libc::SYS_mount,
-                        ptr(&l.source),
-                        l.target.as_ptr(),
-                        ptr(&l.fstype),
-                        l.flags as libc::c_ulong,
-                        ptr(&l.data),
-                    ));
+                    check(
+                        libc::syscall(
+                            libc::SYS_mount,
+                            ptr(&l.source),
+                            l.target.as_ptr(),
+                            ptr(&l.fstype),
+                            l.flags as libc::c_ulong,
+                            ptr(&l.data),
+                        ),
+                        step,
+                    );
                 }
             }
         }
+        check(libc::syscall(libc::SYS_chdir, m.root.as_ptr()), 2);
+        check(libc::syscall(libc::SYS_pivot_root, dot, dot), 3);
+        check(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH), 4);
+        check(libc::syscall(libc::SYS_chdir, c"/".as_ptr()), 2);
     }
 }
 

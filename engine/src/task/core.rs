@@ -94,6 +94,13 @@ pub(crate) fn dump_task(
     crate::mm::vma::dump_mm(pid, &tree.tasks[n].stat, from_task, &maps, img, stats)?;
 
     for (i, thread::ThreadCore { tid, mut core, .. }) in cores.into_iter().enumerate() {
+        // Credentials as the tree sees them: the restore sets them from inside.
+        if let (Some(maps), Some(c)) = (
+            &img.userns,
+            core.thread_core.as_mut().and_then(|t| t.creds.as_mut()),
+        ) {
+            crate::ns::user::creds_to_ns(c, maps);
+        }
         if i == 0 {
             core.tc = Some(tc.clone());
             core.ids = Some(ids_for(ord, img.ns_ids));
@@ -304,6 +311,8 @@ pub(crate) struct NsIds {
     pub(crate) mnt: Option<u32>,
     /// Likewise for a cgroup namespace of its own.
     pub(crate) cgroup: Option<u32>,
+    /// Likewise for a user namespace of its own.
+    pub(crate) user: Option<u32>,
 }
 
 impl NsIds {
@@ -316,6 +325,7 @@ impl NsIds {
         time: crate::ns::time::HOST_NS_ID,
         mnt: None,
         cgroup: None,
+        user: None,
     };
 }
 
@@ -331,7 +341,7 @@ pub(crate) fn ids_for(n: u32, ns: NsIds) -> pb::TaskKobjIdsEntry {
         ipc_ns_id: Some(ns.ipc),
         uts_ns_id: Some(ns.uts),
         mnt_ns_id: ns.mnt,
-        user_ns_id: None,
+        user_ns_id: ns.user,
         cgroup_ns_id: ns.cgroup,
         time_ns_id: Some(ns.time),
     }

@@ -124,6 +124,8 @@ pub struct DumpImage {
     pub own_cgroupns: bool,
     /// `cgroup.img`: each task's cgroups, by its `cg_set`.
     pub cgroups: Option<pb::CgroupEntry>,
+    /// The uid and gid maps of the user namespace the tree owned.
+    pub userns: Option<pb::UsernsEntry>,
 }
 
 impl DumpImage {
@@ -739,6 +741,15 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
             Some(e)
         }
         None => None,
+    };
+    img.userns = match tree_ns_id(&img.tasks, inv, "user", |i| i.user_ns_id)? {
+        (Some(id), true) => Some(one::<pb::UsernsEntry>(
+            dir,
+            &names::userns(id),
+            ImageKind::Normal,
+            magic::USERNS,
+        )?),
+        _ => None,
     };
     img.own_cgroupns = tree_ns_id(&img.tasks, inv, "cgroup", |i| i.cgroup_ns_id)?.1;
     img.mounts = match tree_ns_id(&img.tasks, inv, "mount", |i| i.mnt_ns_id)? {

@@ -44,6 +44,9 @@ pub struct Config {
     pub file_locks: bool,
     pub tcp_established: bool,
     pub tcp_close: bool,
+    /// `--cpu-cap`: whether the restore checks that this CPU has the register state the
+    /// images use (CRIU's `fpu` capability, on by default).
+    pub cpu_cap_fpu: bool,
     /// `--ext-unix-sk[=INODE,...]`: None if not given.
     pub ext_unix_sk: Option<Vec<u32>>,
     pub ghost_limit: Option<u64>,
@@ -91,6 +94,7 @@ impl Default for Config {
             file_locks: false,
             tcp_established: false,
             tcp_close: false,
+            cpu_cap_fpu: true,
             ext_unix_sk: None,
             ghost_limit: None,
             freeze_cgroup: None,
@@ -162,6 +166,24 @@ fn command(words: &[String]) -> Result<Command, String> {
         c if UNSUPPORTED_COMMANDS.contains(&c) => Err(format!("{c} is not supported yet")),
         c => Err(format!("unknown command '{c}' (see 'stasis --help')")),
     }
+}
+
+/// CRIU's `--cpu-cap[=CAP,...]`: whether `fpu` (register state) is among the capabilities
+/// checked. No value is CRIU's default (fpu).
+fn parse_cpu_cap(v: &str) -> Result<bool, String> {
+    let mut fpu = v.is_empty();
+    for cap in v.split(',').filter(|c| !c.is_empty()) {
+        match cap {
+            "fpu" | "all" => fpu = true,
+            "none" | "cpu" | "ins" | "img" => {}
+            other => {
+                return Err(format!(
+                    "bad value '{other}' for --cpu-cap: expected fpu, cpu, ins, img, all or none"
+                ))
+            }
+        }
+    }
+    Ok(fpu)
 }
 
 fn value(g: &Given) -> &str {
@@ -247,6 +269,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "cgroup-root" => c.cgroup_roots.push(parse_cgroup_root(value(g))?),
         "ext-mount-map" => c.ext_mounts.push(parse_ext_mount_map(value(g))?),
         "tcp-close" => c.tcp_close = on,
+        "cpu-cap" => c.cpu_cap_fpu = parse_cpu_cap(value(g))?,
         "close" => c.close_fds.push(number(g)?),
         "timeout" => c.timeout = Some(number(g)?),
         "display-stats" => c.display_stats = on,

@@ -187,6 +187,7 @@ fn restore_options(c: &Config) -> RestoreOptions {
         inherit_fds: c.inherit_fds.clone(),
         tcp_established: c.tcp_established,
         tcp_close: c.tcp_close,
+        skip_cpu_check: !c.cpu_cap_fpu,
         allow_shared_images_dir: allow_shared_images_dir(),
         veth_pairs: c.veth_pairs.clone(),
         join_ns: c.join_ns.clone(),

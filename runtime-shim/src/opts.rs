@@ -132,7 +132,7 @@ pub static OPTIONS: &[Spec] = &[
     b("track-mem", Refused),
     b("auto-dedup", NoOp("there are no parent images to deduplicate; images are left whole")),
     o("libdir", Some('L'), Req, NoOp("stasis has no plugins")),
-    o("cpu-cap", None, Opt, NoOp("stasis writes no cpuinfo image; at restore it restores the XSAVE components this CPU has")),
+    o("cpu-cap", None, Opt, Yes("restore: with fpu (the default, or all) refuse images whose register state needs XSAVE components this CPU lacks, such as AVX-512; =none restores without them")),
     b("force-irmap", Refused),
     o("ext-mount-map", Some('M'), Req, Yes("KEY:VAL, the old form of --external mnt[KEY]:VAL")),
     o("exec-cmd", None, N, Refused),

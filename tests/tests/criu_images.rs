@@ -18,6 +18,8 @@ struct Fixture {
     tids: &'static [u32],
     /// Checks the whole output after the restore: it went on from where it was.
     carried_on: fn(&[String]),
+    /// The tree had a time namespace of its own, which the restore must make again.
+    own_timens: bool,
 }
 
 #[test]
@@ -31,11 +33,15 @@ fn criu_4_2_images_of_a_static_counter_restore() {
             pid: 31338,
             tids: &[31338],
             carried_on: counter_is_continuous,
+            own_timens: false,
         },
     );
 }
 
-/// A Go program: no glibc, its own runtime threads (CRIU writes an rseq entry of zeros for each).
+/// A Go program: no glibc, its own runtime threads (CRIU writes an rseq entry of zeros for each),
+/// in a time namespace of its own whose clocks read about a minute at the dump: Go's timers
+/// are deadlines on CLOCK_MONOTONIC, which the restore must carry on from there, whatever this
+/// machine's uptime.
 #[test]
 fn criu_4_2_images_of_a_go_program_restore() {
     restore_fixture(
@@ -44,8 +50,8 @@ fn criu_4_2_images_of_a_go_program_restore() {
             dir: "criu-4.2-gocounter",
             home: "/tmp/stasis-criu-fixture-go",
             program: "gocounter",
-            pid: 31437,
-            tids: &[31437, 31439, 31440, 31441],
+            pid: 31438,
+            tids: &[31438, 31440, 31441, 31442],
             carried_on: |lines| {
                 // "go <i> true <len>": i counts up by one, the goroutines run.
                 for (k, l) in lines.iter().enumerate() {
@@ -57,6 +63,7 @@ fn criu_4_2_images_of_a_go_program_restore() {
                     }
                 }
             },
+            own_timens: true,
         },
     );
 }
@@ -123,6 +130,10 @@ fn restore_fixture(test: &str, fx: &Fixture) {
     }
     let after = lines(&out);
     let state = state_of(pid);
+    let timens = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/time")).ok();
+    let in_own_timens = timens(&pid.to_string()) != timens("self");
+    let offsets =
+        std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
     kill_tree(&[pid]);
     assert!(
         after.len() >= want,
@@ -130,5 +141,57 @@ fn restore_fixture(test: &str, fx: &Fixture) {
         after.len(),
         before
     );
+    assert_eq!(
+        in_own_timens, fx.own_timens,
+        "a time namespace of its own (offsets: {offsets})"
+    );
     (fx.carried_on)(&after);
+}
+
+/// Images saved with register state this CPU cannot hold (an XSAVE component it lacks in use)
+/// are refused by name before anything is made, as CRIU's default `--cpu-cap=fpu` does; with
+/// `--cpu-cap=none` the check is skipped (and the images' pid is then all that stops it).
+#[test]
+fn images_needing_cpu_state_this_cpu_lacks_are_refused() {
+    use stasis::images::{magic, pb, ImageKind, ImageReader, ImageWriter};
+    let _g = serial_root!();
+    let host = stasis::task::arch::host_xfeatures();
+    // The AMX tile data or, on a CPU with AMX, any component above it that it lacks.
+    let Some(bit) = (18..63).find(|b| host & (1u64 << b) == 0) else {
+        skip(test_name!(), "this CPU has every XSAVE component");
+        return;
+    };
+    let images = temp_dir("cpu-cap");
+    std::fs::set_permissions(&images, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let fixture = workspace_root().join("tests/fixtures/criu-4.2-counter/images");
+    for e in std::fs::read_dir(&fixture).expect("fixture images") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), images.join(e.file_name())).expect("copy image");
+    }
+    let name = "core-31338.img";
+    let bytes = std::fs::read(images.join(name)).expect("core");
+    let mut r = ImageReader::new(name, &bytes, ImageKind::Normal, magic::CORE).expect("reader");
+    let mut core: pb::CoreEntry = r.next_required().expect("core entry");
+    let fp = &mut core.thread_info.as_mut().expect("x86 thread info").fpregs;
+    fp.xsave.get_or_insert_with(Default::default).xstate_bv |= 1 << bit;
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
+    w.push(&core);
+    std::fs::write(images.join(name), w.into_bytes()).expect("write core");
+    let dir = images.to_str().expect("utf8");
+    let r = stasis(&["restore", "-D", dir, "-d"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "refused");
+    assert!(
+        err.contains("thread 31338: the images hold")
+            && err.contains(&format!("component {bit}"))
+            && err.contains("--cpu-cap=none"),
+        "{err}"
+    );
+    // Through the refusal with --cpu-cap=none: what stops it now is whatever comes next (its
+    // program is not where the images say), not the CPU check.
+    let r = stasis(&["restore", "-D", dir, "-d", "--cpu-cap=none"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!err.contains("the images hold"), "{err}");
+    kill_tree(&[31338]);
+    std::fs::remove_dir_all(&images).expect("clean up");
 }

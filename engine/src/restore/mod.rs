@@ -70,6 +70,9 @@ pub struct RestoreOptions {
     pub tcp_established: bool,
     /// Restore established TCP connections as closed sockets (`--tcp-close`).
     pub tcp_close: bool,
+    /// Restore register state even where this CPU lacks XSAVE components the images use
+    /// (`--cpu-cap=none`): they are dropped. By default such images are refused.
+    pub skip_cpu_check: bool,
     /// Restore even from an images dir others can write or another user owns (see
     /// [`check_images_dir`]); only for test harnesses such as CRIU's zdtm, which make their
     /// images dirs 0777 for unprivileged tests.
@@ -124,6 +127,8 @@ pub enum RestoreError {
         "pid {pid} is already in use on this machine; free it (or restore in a new pid namespace)"
     )]
     PidTaken { pid: u32 },
+    #[error("thread {tid}: the images hold {missing} register state, which this CPU does not have: the dump was made on a CPU with more features, and programs that chose their code by them at start would fault here (--cpu-cap=none restores without it)")]
+    CpuFeatures { tid: u32, missing: String },
     #[error("cannot open {path} (file id {id})")]
     Open {
         id: u32,
@@ -330,6 +335,27 @@ impl Drop for Created {
 /// IPC objects, every file in the pool); fork the tree with its pids; rebuild each task's
 /// memory, files and state by injected syscalls; its threads and registers; release all
 /// tasks together.
+/// Refuses images whose register state uses XSAVE components this CPU lacks (CRIU's default
+/// `--cpu-cap=fpu` check): restoring them would drop that state, and a program that picked
+/// AVX-512 code at start (glibc's string functions do) dies at its next such instruction.
+fn check_cpu_features(img: &DumpImage) -> Result<(), RestoreError> {
+    use crate::task::arch;
+    let host = arch::host_xfeatures();
+    for th in img.tasks.iter().flat_map(|t| &t.threads) {
+        let Some(ti) = th.core.thread_info.as_ref() else {
+            continue;
+        };
+        let missing = arch::image_xfeatures(&ti.fpregs) & !host;
+        if missing != 0 {
+            return Err(RestoreError::CpuFeatures {
+                tid: th.tid,
+                missing: arch::xfeature_names(missing),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
     if !opts.allow_shared_images_dir {
@@ -337,6 +363,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     step("load")?;
     let mut img = load::load(&opts.images_dir)?;
+    if !opts.skip_cpu_check {
+        check_cpu_features(&img)?;
+    }
     opts.notify.run(Script::PreRestore, None)?;
     // A root of pid 1 is a pid namespace's init: the tree gets a new namespace (see ns::pid),
     // where every pid is free.

@@ -136,6 +136,72 @@ pub fn xstate_from_fpregs(fp: &pb::UserX86FpregsEntry, template: &[u8]) -> Vec<u
     xs
 }
 
+/// The XSAVE components this CPU's kernel has enabled (XCR0).
+pub fn host_xfeatures() -> u64 {
+    if !std::arch::is_x86_feature_detected!("xsave") {
+        return 0b11;
+    }
+    // SAFETY: XGETBV(0) is valid once CPUID reports XSAVE (checked above); the kernel sets
+    // CR4.OSXSAVE whenever XSAVE is in use, which is what `is_x86_feature_detected` also checks.
+    unsafe { xgetbv0() }
+}
+
+#[target_feature(enable = "xsave")]
+unsafe fn xgetbv0() -> u64 {
+    std::arch::x86_64::_xgetbv(0)
+}
+
+/// The XSAVE components an image's register state needs here: those in use (its header's
+/// xstate_bv), and the vector ones it carries at all (the CPU it was dumped on had AVX or
+/// AVX-512, so its programs may have picked code for them). PKRU counts only when protection
+/// keys were used (a value other than the kernel's default).
+pub fn image_xfeatures(fp: &pb::UserX86FpregsEntry) -> u64 {
+    let Some(x) = &fp.xsave else {
+        return 0b11;
+    };
+    let mut f = (x.xstate_bv & !(1 << PKRU)) | 0b11;
+    let mut has = |bit: u32, present: bool| {
+        if present {
+            f |= 1 << bit;
+        }
+    };
+    has(YMM, !x.ymmh_space.is_empty());
+    has(OPMASK, !x.opmask_reg.is_empty());
+    has(ZMM_HI256, !x.zmm_upper.is_empty());
+    has(HI16_ZMM, !x.hi16_zmm.is_empty());
+    has(
+        PKRU,
+        x.pkru.first().is_some_and(|&v| v != 0 && v != 0x5555_5554),
+    );
+    f
+}
+
+/// Names of the XSAVE components in `bits`, for an error a user reads.
+pub fn xfeature_names(bits: u64) -> String {
+    const NAMES: [(u32, &str); 8] = [
+        (0, "x87"),
+        (1, "SSE"),
+        (YMM, "AVX"),
+        (BNDREGS, "MPX bounds"),
+        (BNDCSR, "MPX CSR"),
+        (OPMASK, "AVX-512 opmask"),
+        (ZMM_HI256, "AVX-512 ZMM_Hi256"),
+        (HI16_ZMM, "AVX-512 Hi16_ZMM"),
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for bit in 0..64u32 {
+        if bits & (1 << bit) == 0 {
+            continue;
+        }
+        match NAMES.iter().find(|(b, _)| *b == bit) {
+            Some((_, n)) => out.push((*n).to_string()),
+            None if bit == PKRU => out.push("PKRU".into()),
+            None => out.push(format!("component {bit}")),
+        }
+    }
+    out.join(", ")
+}
+
 pub fn regs_to_pb(r: &Regs) -> pb::UserX86RegsEntry {
     pb::UserX86RegsEntry {
         r15: r.r15,
@@ -250,6 +316,23 @@ mod tests {
         if size > 0 {
             assert_eq!(&back[off..off + size], &xs[off..off + size]);
         }
+    }
+
+    #[test]
+    fn image_features_count_data_as_well_as_the_header() {
+        let mut fp = pb::UserX86FpregsEntry::default();
+        assert_eq!(image_xfeatures(&fp), 0b11);
+        fp.xsave = Some(pb::UserX86XsaveEntry {
+            xstate_bv: 0b10,
+            hi16_zmm: vec![0; 128],
+            ..Default::default()
+        });
+        assert_eq!(image_xfeatures(&fp), 0b11 | 1 << HI16_ZMM);
+        assert_eq!(
+            xfeature_names(1 << OPMASK | 1 << HI16_ZMM),
+            "AVX-512 opmask, AVX-512 Hi16_ZMM"
+        );
+        assert_eq!(xfeature_names(1 << 11), "component 11");
     }
 
     #[test]

@@ -178,6 +178,10 @@ fn map_strings(m: &mut Mapped, o: &CriuOpts) {
 }
 
 fn map_numbers(m: &mut Mapped, o: &CriuOpts) -> Result<(), String> {
+    // CRIU's CPU_CAP_FPU is bit 0; unset is CRIU's default, which has it.
+    if o.cpu_cap.is_some_and(|c| c & 1 == 0) {
+        m.args.push("--cpu-cap=none".into());
+    }
     if let Some(t) = o.timeout {
         m.opt("timeout", t.to_string());
     }

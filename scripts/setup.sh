@@ -31,6 +31,8 @@ command -v tmux >/dev/null || extra+=(tmux)
 # runc and a static busybox for the container tests (runc drives stasis as its criu).
 command -v runc >/dev/null || extra+=(runc)
 dpkg -s busybox-static >/dev/null 2>&1 || extra+=(busybox-static)
+# containerd (ctr, the runc v2 shim): the tests run a private instance of it.
+command -v containerd >/dev/null || extra+=(containerd)
 for p in "${extra[@]}"; do
   apt-get update -qq
   apt-get install -y -qq "$p" >/dev/null ||

@@ -49,6 +49,10 @@ pub(crate) struct Tree {
     /// The cgroup frozen while the tree was seized (`--freeze-cgroup`), once it froze; frozen
     /// again to let go of the tree, and thawed on every way out.
     cgroup: Option<Freezer>,
+    /// The cgroup was frozen before the dump came (`runc pause`, or containerd's checkpoint,
+    /// which pauses first and resumes after): let go of, the tree is left frozen, as CRIU
+    /// leaves it, for whoever froze it to thaw.
+    was_frozen: bool,
     /// Threads seized in the frozen cgroup and not taken into `tasks` yet, by tid.
     early: HashMap<u32, Early>,
     done: bool,
@@ -91,6 +95,7 @@ impl Tree {
             nft_lock: None,
             nft_lock_ns: None,
             cgroup: None,
+            was_frozen: false,
             early: HashMap::new(),
             done: false,
         };
@@ -182,6 +187,7 @@ impl Tree {
                 return interrupt_only(root, &fz, tid);
             }
         }
+        self.was_frozen = fz.state()? == stasis_cgroups::FreezerState::Frozen;
         let took = fz.freeze(FREEZE_TIMEOUT)?;
         // From here on every way out (Drop included) thaws it.
         self.cgroup = Some(fz.clone());
@@ -456,7 +462,11 @@ impl Tree {
             }
         }
         // Detached while frozen, the tasks stay frozen until this thaw, and all go on at once.
-        if let Err(e) = self.thaw_cgroup() {
+        if self.was_frozen {
+            if let Some(fz) = &self.cgroup {
+                log::info!("cgroup {} was frozen before the dump: left frozen", fz.path().display());
+            }
+        } else if let Err(e) = self.thaw_cgroup() {
             log::warn!("{e}");
         }
     }

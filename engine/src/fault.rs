@@ -166,6 +166,76 @@ pub fn report() {
     }
 }
 
+/// The environment variable of the second seam: the dump's tracer kills itself (SIGKILL) in
+/// the middle of its Nth kill-safe injected syscall, to show that a tracer dying there leaves
+/// the thread as it was (docs/kill-safety.md). `N` stops it at the syscall's exit stop,
+/// `N:loaded` just after the syscall was loaded into the thread's registers, before it ran.
+pub const DIE_VAR: &str = "STASIS_TRACER_DIE_AT";
+
+/// Where in an injected syscall the tracer may be made to die.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InSyscall {
+    /// The syscall is in the thread's registers and has not run.
+    Loaded,
+    /// The syscall ran; the thread is at its exit stop.
+    Exit,
+}
+
+static DIE_READ: AtomicU8 = AtomicU8::new(UNREAD);
+static DIE_COUNT: AtomicU32 = AtomicU32::new(0);
+static DIE_TARGET: AtomicU32 = AtomicU32::new(0);
+static DIE_AT_LOADED: AtomicU8 = AtomicU8::new(0);
+
+/// Parses `STASIS_TRACER_DIE_AT`: `N` or `N:exit` (N ≥ 1), or `N:loaded`.
+pub fn parse_die(value: &str) -> Option<(u32, InSyscall)> {
+    let (n, at) = match value.trim().split_once(':') {
+        Some((n, "loaded")) => (n, InSyscall::Loaded),
+        Some((n, "exit")) | Some((n, "")) => (n, InSyscall::Exit),
+        None => (value.trim(), InSyscall::Exit),
+        Some(_) => return None,
+    };
+    let n = n.trim().parse().ok().filter(|&n| n >= 1)?;
+    Some((n, at))
+}
+
+/// Called by the injector at `at` of each kill-safe injected syscall: kills this process if
+/// `STASIS_TRACER_DIE_AT` names this syscall. Counts only the `Exit` calls (one per syscall).
+#[inline]
+pub fn tracer_may_die(at: InSyscall) {
+    if DIE_READ.load(Ordering::Relaxed) == OFF {
+        return;
+    }
+    tracer_die_check(at);
+}
+
+#[cold]
+fn tracer_die_check(at: InSyscall) {
+    if DIE_READ.load(Ordering::Acquire) == UNREAD {
+        match std::env::var(DIE_VAR).ok().and_then(|v| parse_die(&v)) {
+            Some((n, where_)) => {
+                DIE_TARGET.store(n, Ordering::Relaxed);
+                DIE_AT_LOADED.store((where_ == InSyscall::Loaded) as u8, Ordering::Relaxed);
+                DIE_READ.store(FAIL, Ordering::Release);
+            }
+            None => {
+                DIE_READ.store(OFF, Ordering::Release);
+                return;
+            }
+        }
+    }
+    let n = match at {
+        // The syscall about to run is the next one counted.
+        InSyscall::Loaded => DIE_COUNT.load(Ordering::Relaxed) + 1,
+        InSyscall::Exit => DIE_COUNT.fetch_add(1, Ordering::Relaxed) + 1,
+    };
+    let loaded = DIE_AT_LOADED.load(Ordering::Relaxed) == 1;
+    if n == DIE_TARGET.load(Ordering::Relaxed) && loaded == (at == InSyscall::Loaded) {
+        eprintln!("stasis: the tracer dies in injected syscall {n} ({at:?})");
+        // SAFETY: kill(2) of ourselves; SIGKILL cannot be caught, which is the point.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +272,14 @@ mod tests {
         }
         assert_eq!(errno_name(libc::EIO), "EIO");
         assert_eq!(errno_name(4095), "errno 4095");
+    }
+
+    #[test]
+    fn tracer_death_points_parse() {
+        assert_eq!(parse_die("3"), Some((3, InSyscall::Exit)));
+        assert_eq!(parse_die("3:exit"), Some((3, InSyscall::Exit)));
+        assert_eq!(parse_die("12:loaded"), Some((12, InSyscall::Loaded)));
+        assert_eq!(parse_die("0"), None);
+        assert_eq!(parse_die("2:later"), None);
     }
 }

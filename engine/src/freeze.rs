@@ -13,13 +13,16 @@ use stasis_cgroups::{Freezer, Version};
 
 use crate::dump::{ptr_err, DumpError};
 use crate::proc;
-use crate::sys::ptrace::{self, Injector, Regs};
+use crate::sys::ptrace::{self, Injector, Regs, SafetyNet};
 
 /// A thread we seized, with what we must put back when we let it go.
 pub(crate) struct Seized {
     pub(crate) tid: u32,
     pub(crate) regs: Regs,
     pub(crate) sigmask: u64,
+    /// Its signal frame in the scratch page: injected syscalls run over it (see
+    /// `task::sigframe`); None runs them without (a tracer dying mid-syscall then hurts it).
+    pub(crate) net: Option<SafetyNet>,
 }
 
 pub(crate) struct Task {
@@ -28,6 +31,9 @@ pub(crate) struct Task {
     pub(crate) stat: proc::Stat,
     /// A page we mapped in the task for injected syscalls' out-parameters.
     pub(crate) scratch: Option<(u64, u64)>,
+    /// The leader's signal frame on its own stack, for the syscalls that map and unmap the
+    /// scratch page (the frames of the others are in it).
+    pub(crate) stack_net: Option<SafetyNet>,
     /// Exited, not reaped by its parent (in the tree): dumped as CRIU does, state and exit code.
     pub(crate) zombie: bool,
     /// Stopped by a signal (job control) when we seized it.
@@ -39,6 +45,9 @@ pub(crate) struct Tree {
     pub(crate) tasks: Vec<Task>,
     /// Address of a `syscall` instruction per pid (in its vdso).
     pub(crate) syscall_at: HashMap<u32, u64>,
+    /// Where rt_sigreturn code lies in a mapped file, by (device, inode, offset, length) of
+    /// the mapping: found once per dump (see `task::core`).
+    pub(crate) sigreturn_at: HashMap<(u32, u32, u64, u64, u64), Option<u64>>,
     /// Established TCP connections, locked while we dump them: released if the tree runs on,
     /// closed silently (repair mode) once it is killed.
     pub(crate) tcp_locks: Vec<crate::net::inet::TcpLock>,
@@ -91,6 +100,7 @@ impl Tree {
         let mut tree = Tree {
             tasks: Vec::new(),
             syscall_at: HashMap::new(),
+            sigreturn_at: HashMap::new(),
             tcp_locks: Vec::new(),
             nft_lock: None,
             nft_lock_ns: None,
@@ -124,6 +134,7 @@ impl Tree {
                     threads: Vec::new(),
                     stat,
                     scratch: None,
+                    stack_net: None,
                     zombie,
                     stopped: None,
                 });
@@ -320,6 +331,7 @@ impl Tree {
                     // SAFETY: user_regs_struct is plain old data; zeroed is valid.
                     regs: unsafe { std::mem::zeroed() },
                     sigmask: 0,
+                    net: None,
                 });
                 let pos = self.tasks[idx].threads.len() - 1;
                 let group = match early {
@@ -375,7 +387,16 @@ impl Tree {
             .find(|t| t.pid == pid)
             .and_then(|t| t.threads.iter().find(|s| s.tid == tid))
             .ok_or(DumpError::NoProcess { pid: tid })?;
-        Ok(Injector::kill_safe(tid, at, t.regs, t.sigmask))
+        Ok(Injector::kill_safe(tid, at, t.regs, t.sigmask).with_net(t.net))
+    }
+
+    /// The leader's injector over its stack frame, for the syscalls that map and unmap the
+    /// scratch page (whose frames cannot catch a syscall that unmaps them).
+    pub(crate) fn leader_on_stack(&self, n: usize) -> Result<Injector, DumpError> {
+        let task = &self.tasks[n];
+        Ok(self
+            .injector_for_release(task.pid, task.pid)?
+            .with_net(task.stack_net))
     }
 
     /// Unmaps the scratch page of task `n` as soon as its injections are over, so that a
@@ -383,10 +404,13 @@ impl Tree {
     pub(crate) fn unmap_scratch(&mut self, n: usize) -> Result<(), DumpError> {
         let pid = self.tasks[n].pid;
         if let Some((addr, len)) = self.tasks[n].scratch {
-            self.injector_for_release(pid, pid)?
+            self.leader_on_stack(n)?
                 .call(libc::SYS_munmap, &[addr, len])
                 .map_err(ptr_err(pid))?;
             self.tasks[n].scratch = None;
+            for t in &mut self.tasks[n].threads {
+                t.net = None;
+            }
         }
         Ok(())
     }
@@ -409,11 +433,11 @@ impl Tree {
                 log::warn!("cannot remove network lock {table}: {e}");
             }
         }
-        for task in &self.tasks {
-            if let (Some((addr, len)), Some(t)) = (task.scratch, task.threads.first()) {
+        for (n, task) in self.tasks.iter().enumerate() {
+            if let (Some((addr, len)), Some(_)) = (task.scratch, task.threads.first()) {
                 // Best effort, as everything here: a release goes on to put every other
                 // task back. A scratch page left mapped costs the task only that page.
-                let unmapped = self.injector_for_release(task.pid, t.tid).and_then(|inj| {
+                let unmapped = self.leader_on_stack(n).and_then(|inj| {
                     inj.raw(libc::SYS_munmap, &[addr, len])
                         .map_err(ptr_err(task.pid))
                 });
@@ -464,7 +488,10 @@ impl Tree {
         // Detached while frozen, the tasks stay frozen until this thaw, and all go on at once.
         if self.was_frozen {
             if let Some(fz) = &self.cgroup {
-                log::info!("cgroup {} was frozen before the dump: left frozen", fz.path().display());
+                log::info!(
+                    "cgroup {} was frozen before the dump: left frozen",
+                    fz.path().display()
+                );
             }
         } else if let Err(e) = self.thaw_cgroup() {
             log::warn!("{e}");

@@ -232,6 +232,73 @@ fn killed_dumper_leaves_the_threads_running() {
     kill_dumper_at_random_points(&w, &mut rng, 16);
 }
 
+/// The tracer itself killed in the middle of each injected syscall in turn (through the
+/// test-only seam `STASIS_TRACER_DIE_AT`, both after the syscall ran and before), as `pkill -9
+/// stasis` or the OOM killer could: every thread runs on untraced, with its own registers
+/// (the busy threads' XMM values hold), signal masks and memory. Only the scratch pages stay
+/// mapped, as docs/kill-safety.md says.
+fn kill_tracer_in_each_injected_syscall(w: &Workload, stride: usize) {
+    let img = w.dir.join("tracer-killed-images");
+    let before = snapshot(w.pid);
+    let mut n = 1;
+    let mut tried = 0;
+    loop {
+        let at = if tried % 2 == 0 {
+            n.to_string()
+        } else {
+            format!("{n}:loaded")
+        };
+        let what = format!("the tracer killed in injected syscall {at}");
+        let _ = std::fs::remove_dir_all(&img);
+        std::fs::create_dir_all(&img).expect("images dir");
+        let out = Command::new(stasis_bin())
+            .args(["dump", "-R", "-t", &w.pid.to_string(), "-D"])
+            .arg(&img)
+            .env("STASIS_TRACER_DIE_AT", &at)
+            .stdout(Stdio::null())
+            .output()
+            .expect("stasis dump");
+        reap_orphans();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !stderr.contains("the tracer dies") {
+            // Past the last injected syscall: the dump ran to its end.
+            check_ok(&what, &out);
+            assert!(tried > 2, "{what}: the seam was never reached: {stderr}");
+            eprintln!("{}: {tried} tracer deaths tried", w.out.display());
+            return;
+        }
+        assert!(!out.status.success(), "{what}: the dump reported success");
+        assert!(alive(w.pid), "{what}: the workload died");
+        assert_threads_free(w.pid, &what);
+        assert_eq!(
+            snapshot(w.pid).masks,
+            before.masks,
+            "{what}: signal masks changed"
+        );
+        assert_prints_on(w, &what);
+        tried += 1;
+        if tried % 2 == 0 {
+            n += stride;
+        }
+    }
+}
+
+#[test]
+fn killed_tracer_leaves_busy_threads_their_registers() {
+    let _g = serial_root!();
+    let w = Workload::start("tracer-killed-threads", &workload("threads"), &[]);
+    w.wait_lines(3, Duration::from_secs(10));
+    kill_tracer_in_each_injected_syscall(&w, 1);
+}
+
+#[test]
+fn killed_tracer_leaves_the_checksummer_running() {
+    let _g = serial_root!();
+    let w = Workload::start("tracer-killed-memhog", &workload("memhog"), &["32"]);
+    w.wait_lines(2, Duration::from_secs(20));
+    kill_tracer_in_each_injected_syscall(&w, 1);
+}
+
 #[test]
 fn sigterm_and_sigint_make_a_failed_dump() {
     let _g = serial_root!();

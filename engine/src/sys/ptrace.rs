@@ -445,6 +445,17 @@ pub fn peek_siginfo(tid: u32, shared: bool) -> Result<Vec<[u8; 128]>, PtraceErro
     Ok(out)
 }
 
+/// Where a kill-safe injected syscall runs so that a tracer dying during it leaves the thread
+/// as it was (see `task::sigframe`): a `syscall` instruction followed by `ret`, and a signal
+/// frame of the thread's own state whose first word is the address of rt_sigreturn code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SafetyNet {
+    /// The `syscall` of a `syscall; ... ret` sequence (the vdso has one).
+    pub syscall_ret: u64,
+    /// The frame: the thread's stack pointer while the syscall runs.
+    pub frame: u64,
+}
+
 /// Runs syscalls inside a stopped thread by pointing its rip at a `syscall` instruction
 /// (`0f 05`) and single-stepping over it. Every injection ends in a signal-delivery stop
 /// (SIGTRAP), which is where registers may safely be rewritten afterwards.
@@ -460,6 +471,8 @@ pub struct Injector {
     /// Kill-safe injection (the dump side), with the thread's own signal mask: see
     /// [`Injector::kill_safe`].
     pub own_mask: Option<u64>,
+    /// Run each syscall over this net (kill-safe injectors only).
+    pub net: Option<SafetyNet>,
 }
 
 impl Injector {
@@ -470,6 +483,7 @@ impl Injector {
             base: get_regs(tid)?,
             quiet: false,
             own_mask: None,
+            net: None,
         })
     }
 
@@ -490,7 +504,14 @@ impl Injector {
             base: regs,
             quiet: true,
             own_mask: Some(mask),
+            net: None,
         }
+    }
+
+    /// The same injector, each syscall run over `net` (see [`SafetyNet`]).
+    pub fn with_net(mut self, net: Option<SafetyNet>) -> Self {
+        self.net = net;
+        self
     }
 
     /// The same injector, quiet or not (see `raw_quiet`).
@@ -503,6 +524,10 @@ impl Injector {
     fn load(&self, nr: i64, args: &[u64]) -> Result<(), PtraceError> {
         let mut r = self.base;
         r.rip = self.syscall_at;
+        if let Some(net) = self.net {
+            r.rip = net.syscall_ret;
+            r.rsp = net.frame;
+        }
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
         let a = |i: usize| args.get(i).copied().unwrap_or(0);
@@ -565,12 +590,33 @@ impl Injector {
 
     /// One syscall of a kill-safe injector (see [`Injector::kill_safe`]). Whatever fails, the
     /// thread's own registers and mask are put back (as far as the thread lets us).
+    ///
+    /// Over a net, the order of each change is such that the thread, let go at any point,
+    /// either has its own registers and mask or ends in the net's rt_sigreturn, which gives
+    /// them back: the syscall is loaded before every signal is blocked, and the mask is put
+    /// back before the registers.
     fn raw_kill_safe(&self, nr: i64, args: &[u64], mask: u64) -> Result<i64, PtraceError> {
-        set_sigmask(self.tid, !0)?;
-        let ret = self.syscall_stops(nr, args);
-        let back = interrupt(self.tid)
-            .and_then(|()| set_regs(self.tid, &self.base))
-            .and_then(|()| set_sigmask(self.tid, mask));
+        let ret = if self.net.is_some() {
+            self.load(nr, args)?;
+            crate::fault::tracer_may_die(crate::fault::InSyscall::Loaded);
+            set_sigmask(self.tid, !0)?;
+            self.run_loaded()
+        } else {
+            set_sigmask(self.tid, !0)?;
+            self.syscall_stops(nr, args)
+        };
+        if ret.is_ok() {
+            crate::fault::tracer_may_die(crate::fault::InSyscall::Exit);
+        }
+        let back = if self.net.is_some() {
+            interrupt(self.tid)
+                .and_then(|()| set_sigmask(self.tid, mask))
+                .and_then(|()| set_regs(self.tid, &self.base))
+        } else {
+            interrupt(self.tid)
+                .and_then(|()| set_regs(self.tid, &self.base))
+                .and_then(|()| set_sigmask(self.tid, mask))
+        };
         // Registers and mask are the thread's own from here on: the window is closed.
         let settled = back.and_then(|()| self.on_to_interrupt_stop());
         let ret = ret?;
@@ -582,6 +628,11 @@ impl Injector {
     /// (ptrace stops, no signal); returns the raw result, the thread still at the exit stop.
     fn syscall_stops(&self, nr: i64, args: &[u64]) -> Result<i64, PtraceError> {
         self.load(nr, args)?;
+        self.run_loaded()
+    }
+
+    /// [`Injector::syscall_stops`] of a syscall already loaded.
+    fn run_loaded(&self) -> Result<i64, PtraceError> {
         let resume = || ptrace::syscall(pid(self.tid), None).map_err(nix_err("SYSCALL", self.tid));
         resume()?;
         // A leftover interrupt trap (a task continued out of a group stop at seize gets one)

@@ -5,18 +5,19 @@
 use std::path::Path;
 
 use super::remote::Remote;
-use super::{signals, thread, timers, TaskError};
+use super::{sigframe, signals, thread, timers, TaskError};
 use crate::dump::{ptr_err, write_file, DumpError, DumpOptions, DumpStats, Images};
 use crate::freeze::{Task, Tree};
 use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
 use crate::proc::{self, Mapping};
 use crate::restore::{DumpImage, RestoreError};
 use crate::sys::mem::{self, PAGE_SIZE};
-use crate::sys::ptrace;
+use crate::sys::ptrace::{self, SafetyNet};
 
 pub(crate) use crate::restore::load::{TaskImage, ThreadImage};
 
-/// The page we map in each task for the out-parameters of injected syscalls.
+/// The pages we map in each task for the out-parameters of injected syscalls; the threads'
+/// signal frames (see `task::sigframe`) follow.
 const SCRATCH_LEN: u64 = 2 * PAGE_SIZE;
 
 pub(crate) fn read_u64(pid: u32, addr: u64) -> Result<u64, DumpError> {
@@ -138,13 +139,42 @@ fn prepare_injection(tree: &mut Tree, n: usize, maps: &[Mapping]) -> Result<u64,
         }
     })?;
     tree.syscall_at.insert(pid, at);
-    let leader = tree.injector(pid, pid)?;
-    let scratch = leader
+    let net = net_code(tree, n, maps, vdso, &vdso_bytes)?;
+    // Each thread's state as a signal frame would hold it, for the nets.
+    let mut frames = Vec::new();
+    if net.is_some() {
+        for t in &tree.tasks[n].threads {
+            let xstate = ptrace::get_xstate(t.tid).map_err(ptr_err(pid))?;
+            frames.push((t.tid, xstate));
+        }
+    }
+    let slot = frames
+        .iter()
+        .map(|(_, x)| sigframe::frame_len(x.len()) as u64)
+        .max()
+        .unwrap_or(0);
+    let len = (SCRATCH_LEN + slot * frames.len() as u64).next_multiple_of(PAGE_SIZE);
+    // The leader's frame on its own stack catches the mmap of the scratch page (and, at the
+    // end, its munmap).
+    if let (Some(code), Some((_, xstate))) = (net, frames.first()) {
+        let leader = &tree.tasks[n].threads[0];
+        let stack = maps.iter().find(|m| {
+            m.path == "[stack]" && m.start <= leader.regs.rsp && leader.regs.rsp <= m.end
+        });
+        let at = stack.and_then(|m| {
+            sigframe::frame_on_stack(leader.regs.rsp, sigframe::frame_len(xstate.len()), m.start)
+        });
+        if let Some(at) = at {
+            tree.tasks[n].stack_net = write_frame(pid, leader, at, xstate, code)?;
+        }
+    }
+    let scratch = tree
+        .leader_on_stack(n)?
         .call(
             libc::SYS_mmap,
             &[
                 0,
-                SCRATCH_LEN,
+                len,
                 (libc::PROT_READ | libc::PROT_WRITE) as u64,
                 (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
                 u64::MAX,
@@ -152,8 +182,142 @@ fn prepare_injection(tree: &mut Tree, n: usize, maps: &[Mapping]) -> Result<u64,
             ],
         )
         .map_err(ptr_err(pid))? as u64;
-    tree.tasks[n].scratch = Some((scratch, SCRATCH_LEN));
+    tree.tasks[n].scratch = Some((scratch, len));
+    if let Some(code) = net {
+        for (i, (tid, xstate)) in frames.iter().enumerate() {
+            let at = scratch + SCRATCH_LEN + i as u64 * slot;
+            let task = &tree.tasks[n];
+            let Some(t) = task.threads.iter().find(|t| t.tid == *tid) else {
+                continue;
+            };
+            let net = write_frame(pid, t, at, xstate, code)?;
+            if let Some(t) = tree.tasks[n].threads.iter_mut().find(|t| t.tid == *tid) {
+                t.net = net;
+            }
+        }
+    }
     Ok(scratch)
+}
+
+/// The code a task's nets return through: the vdso's `syscall; ... ret` and the task's own
+/// rt_sigreturn code. None (the syscalls then run without a net) if either is missing, or if
+/// the task uses a shadow stack, which rt_sigreturn would check against our frame.
+fn net_code(
+    tree: &mut Tree,
+    n: usize,
+    maps: &[Mapping],
+    vdso: &Mapping,
+    vdso_bytes: &[u8],
+) -> Result<Option<NetCode>, DumpError> {
+    let pid = tree.tasks[n].pid;
+    let Some(syscall_ret) = sigframe::find_syscall_ret(vdso_bytes, vdso.start) else {
+        log::debug!("pid {pid}: the vdso has no syscall-ret sequence: injecting without a net");
+        return Ok(None);
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if status
+        .lines()
+        .any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"))
+    {
+        log::debug!("pid {pid}: a shadow stack: injecting without a net");
+        return Ok(None);
+    }
+    let Some(sigreturn) = find_sigreturn_code(tree, pid, maps)? else {
+        log::debug!("pid {pid}: no rt_sigreturn code in its mappings: injecting without a net");
+        return Ok(None);
+    };
+    Ok(Some(NetCode {
+        syscall_ret,
+        sigreturn,
+    }))
+}
+
+#[derive(Clone, Copy)]
+struct NetCode {
+    syscall_ret: u64,
+    sigreturn: u64,
+}
+
+/// Writes thread `t`'s frame at `at` in task `pid`; the net over it.
+fn write_frame(
+    pid: u32,
+    t: &crate::freeze::Seized,
+    at: u64,
+    xstate: &[u8],
+    code: NetCode,
+) -> Result<Option<SafetyNet>, DumpError> {
+    let regs = super::arch::rewound(&t.regs);
+    match sigframe::build_frame(at, &regs, t.sigmask, xstate, code.sigreturn) {
+        Ok(frame) => {
+            mem::write(pid, at, &frame)?;
+            Ok(Some(SafetyNet {
+                syscall_ret: code.syscall_ret,
+                frame: at,
+            }))
+        }
+        Err(e) => {
+            log::debug!(
+                "thread {}: no signal frame ({e:?}, {} bytes of XSAVE): injecting without a net",
+                t.tid,
+                xstate.len()
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The address of rt_sigreturn code (`mov $15, %rax; syscall`) in one of `pid`'s executable
+/// file mappings (glibc's `__restore_rt` is in libc.so). Where it lies in a file is kept per
+/// dump, so the other tasks mapping the same file only check the bytes at that place.
+fn find_sigreturn_code(
+    tree: &mut Tree,
+    pid: u32,
+    maps: &[Mapping],
+) -> Result<Option<u64>, DumpError> {
+    let mut exec: Vec<&Mapping> = maps
+        .iter()
+        .filter(|m| m.exec && m.read && m.inode != 0)
+        .collect();
+    // libc first: that is where it usually is, and the main binary may be large.
+    exec.sort_by_key(|m| !m.path.contains("libc"));
+    for m in &exec {
+        let key = (m.dev_major, m.dev_minor, m.inode, m.offset, m.len());
+        if let Some(&known) = tree.sigreturn_at.get(&key) {
+            match known {
+                Some(off) if sigreturn_is_at(pid, m.start + off) => return Ok(Some(m.start + off)),
+                _ => continue,
+            }
+        }
+        let found = scan_for_sigreturn(pid, m);
+        tree.sigreturn_at.insert(key, found);
+        if let Some(off) = found {
+            return Ok(Some(m.start + off));
+        }
+    }
+    Ok(None)
+}
+
+fn sigreturn_is_at(pid: u32, addr: u64) -> bool {
+    let mut b = [0u8; 9];
+    mem::read(pid, addr, &mut b).is_ok() && sigframe::is_sigreturn(&b)
+}
+
+/// Where the rt_sigreturn code lies in mapping `m`, read in 1 MiB pieces that overlap.
+fn scan_for_sigreturn(pid: u32, m: &Mapping) -> Option<u64> {
+    const PIECE: u64 = 1 << 20;
+    let mut buf = vec![0u8; PIECE as usize + 16];
+    let mut at = m.start;
+    while at < m.end {
+        let len = (m.end - at).min(PIECE + 16) as usize;
+        // A piece that cannot be read (a hole past the file's end): skip it.
+        if mem::read(pid, at, &mut buf[..len]).is_ok() {
+            if let Some(i) = sigframe::find_sigreturn(&buf[..len]) {
+                return Some(at - m.start + i as u64);
+            }
+        }
+        at += PIECE;
+    }
+    None
 }
 
 /// The process-wide core from /proc and ptrace; the caller adds what injected syscalls read

@@ -6,6 +6,7 @@ pub(crate) mod core;
 pub(crate) mod creds;
 pub(crate) mod remote;
 pub mod seccomp;
+pub(crate) mod sigframe;
 pub(crate) mod signals;
 pub(crate) mod thread;
 pub(crate) mod timers;

@@ -73,7 +73,10 @@ impl Containerd {
         for (cmd, why) in [
             ("containerd", "containerd is not installed"),
             ("ctr", "ctr (containerd) is not installed"),
-            ("containerd-shim-runc-v2", "containerd's runc v2 shim is not installed"),
+            (
+                "containerd-shim-runc-v2",
+                "containerd's runc v2 shim is not installed",
+            ),
             ("runc", "runc is not installed"),
             ("sha256sum", "sha256sum is missing"),
         ] {
@@ -255,7 +258,10 @@ fn oci_image(dir: &Path, tar: &Path) {
         .expect("tar");
     assert!(out.status.success(), "tar of the rootfs");
     let add = |path: &Path| -> (String, u64) {
-        let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+        let out = Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum");
         let digest = String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .next()
@@ -326,7 +332,11 @@ fn containerd_task_checkpoint_leaves_it_running() {
     let pid = cd.run_counter("cd-live");
     cd.ok(&["task", "checkpoint", "cd-live"]);
     let (after, status) = cd.task("cd-live").expect("still listed");
-    assert_eq!((after, status.as_str()), (pid, "RUNNING"), "the same task runs");
+    assert_eq!(
+        (after, status.as_str()),
+        (pid, "RUNNING"),
+        "the same task runs"
+    );
     // Not left frozen: it counts on.
     let before = cd.counts(pid).last().copied().unwrap_or(0);
     let counts = cd.wait_counts(pid, before + 5);

@@ -23,7 +23,9 @@ struct Youki {
 impl Drop for Youki {
     fn drop(&mut self) {
         let _ = self.youki(&["delete", "-f", self.id]);
-        let _ = Command::new("runc").args(["delete", "-f", self.id]).output();
+        let _ = Command::new("runc")
+            .args(["delete", "-f", self.id])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -33,7 +35,10 @@ impl Youki {
     /// busybox is missing.
     fn start(test: &str, id: &'static str) -> Option<Youki> {
         if Command::new("youki").arg("--version").output().is_err() {
-            skip(test, "youki is not installed (scripts/setup.sh installs 0.7.0 with cargo)");
+            skip(
+                test,
+                "youki is not installed (scripts/setup.sh installs 0.7.0 with cargo)",
+            );
             return None;
         }
         if Command::new("runc").arg("--version").output().is_err() {
@@ -81,8 +86,7 @@ impl Youki {
         }
         std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
         for applet in ["sh", "sleep", "echo"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
-                .expect("applet");
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
         }
         let out = Command::new("runc")
             .arg("spec")
@@ -93,11 +97,7 @@ impl Youki {
         let spec = std::fs::read_to_string(b.join("config.json")).expect("config.json");
         let spec = spec
             .replacen("\"terminal\": true", "\"terminal\": false", 1)
-            .replacen(
-                "\"sh\"\n",
-                &format!("\"sh\", \"-c\", \"{SCRIPT}\"\n"),
-                1,
-            )
+            .replacen("\"sh\"\n", &format!("\"sh\", \"-c\", \"{SCRIPT}\"\n"), 1)
             .replacen("\"readonly\": true", "\"readonly\": false", 1);
         assert!(spec.contains(SCRIPT), "config.json changed shape: {spec}");
         std::fs::write(b.join("config.json"), spec).expect("config.json");
@@ -188,7 +188,10 @@ fn youki_checkpoint_leave_running() {
     let images = y.dir.join("images");
     y.checkpoint(&images, &["--leave-running"]);
     assert!(images.join("inventory.img").exists(), "the images");
-    assert!(images.join("descriptors.json").exists(), "youki's descriptors.json");
+    assert!(
+        images.join("descriptors.json").exists(),
+        "youki's descriptors.json"
+    );
     assert!(alive(pid), "the container's init runs on");
     let last = y.counts().last().copied().unwrap_or(0);
     let counts = y.wait_counts(last + 5);

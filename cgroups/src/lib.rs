@@ -16,6 +16,7 @@
 mod freezer;
 pub mod membership;
 pub mod parse;
+pub mod props;
 
 use std::path::PathBuf;
 

@@ -19,13 +19,15 @@ pub enum CgMode {
     Ignore,
     /// Put the tasks into their cgroups, which must exist.
     None,
-    /// As `None` (stasis saves no properties yet).
+    /// Put the tasks into their cgroups, which must exist, and set the saved properties.
     Props,
-    /// Put the tasks into their cgroups, making the missing ones (CRIU's default mode).
+    /// Put the tasks into their cgroups, making the missing ones with the saved properties
+    /// (CRIU's default mode); existing ones are left as they are.
     Soft,
-    /// As `Soft`.
+    /// Put the tasks into their cgroups, making the missing ones, and set the saved properties
+    /// of all of them.
     Full,
-    /// As `Soft`.
+    /// As `Full`.
     Strict,
 }
 
@@ -47,6 +49,15 @@ impl std::str::FromStr for CgMode {
 impl CgMode {
     fn creates(self) -> bool {
         matches!(self, CgMode::Soft | CgMode::Full | CgMode::Strict)
+    }
+
+    /// Whether the saved properties go to a cgroup that `existed` before the restore.
+    fn sets_properties(self, existed: bool) -> bool {
+        match self {
+            CgMode::Ignore | CgMode::None => false,
+            CgMode::Soft => !existed,
+            CgMode::Props | CgMode::Full | CgMode::Strict => true,
+        }
     }
 }
 
@@ -116,6 +127,91 @@ impl Sets {
             .collect();
         pb::CgroupEntry { sets, controllers }
     }
+
+    /// Fills in the properties and permissions of the directories of `entry` (as
+    /// [`Sets::entry`] made it) that lie at or below the root task's cgroup in their
+    /// hierarchy: the tree's own cgroups, not those of the host above it. A hierarchy not
+    /// mounted here gets none.
+    pub(crate) fn add_properties(
+        &self,
+        entry: &mut pb::CgroupEntry,
+    ) -> Result<(), stasis_cgroups::CgroupError> {
+        let Some(root_set) = self.sets.first() else {
+            return Ok(());
+        };
+        let mounts = membership::our_mounts()?;
+        for c in &mut entry.controllers {
+            let name = c.cnames.join(",");
+            let Some(root) = root_set.iter().find(|m| name_of(m) == name) else {
+                continue;
+            };
+            let names = stasis_cgroups::props::names_for(&c.cnames);
+            let mut walk = DirWalk {
+                root: &root.path,
+                controllers: &c.cnames,
+                mounts: &mounts,
+                names: &names,
+            };
+            walk.fill(&mut c.dirs, "")?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Sets::add_properties`] needs while it walks a hierarchy's directories.
+struct DirWalk<'a> {
+    root: &'a str,
+    controllers: &'a [String],
+    mounts: &'a [stasis_cgroups::parse::CgroupMount],
+    names: &'a [&'static str],
+}
+
+impl DirWalk<'_> {
+    fn fill(
+        &mut self,
+        dirs: &mut [pb::CgroupDirEntry],
+        prefix: &str,
+    ) -> Result<(), stasis_cgroups::CgroupError> {
+        for d in dirs {
+            let path = format!("{prefix}/{}", d.dir_name);
+            if below(&path, self.root) {
+                let m = Membership {
+                    hierarchy: u32::from(!self.controllers.is_empty()),
+                    controllers: self.controllers.to_vec(),
+                    path: path.clone(),
+                };
+                if let Some(dir) = stasis_cgroups::parse::locate(&m, self.mounts) {
+                    d.properties = stasis_cgroups::props::read(&dir, self.names)?
+                        .into_iter()
+                        .map(|p| pb::CgroupPropEntry {
+                            name: p.name,
+                            value: p.value,
+                            perms: None,
+                        })
+                        .collect();
+                    if let Ok(md) = std::fs::metadata(&dir) {
+                        use std::os::unix::fs::MetadataExt;
+                        d.dir_perms = Some(pb::CgroupPerms {
+                            mode: md.mode() & 0o7777,
+                            uid: md.uid(),
+                            gid: md.gid(),
+                        });
+                    }
+                }
+            }
+            self.fill(&mut d.children, &path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether cgroup `path` is `root` or below it.
+fn below(path: &str, root: &str) -> bool {
+    root == "/"
+        || path == root
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The directories below `prefix` that `paths` name, nested.
@@ -159,37 +255,13 @@ pub fn restore_membership(
     let mounts = membership::our_mounts().map_err(err)?;
     let set = |id: Option<u32>| id.and_then(|id| entry.sets.iter().find(|s| s.id == id));
     let root_set = set(img.tasks[0].tc().cg_set);
+    restore_properties(entry, mode, roots, root_set, &mounts).map_err(err)?;
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let Some(s) = set(t.tc().cg_set) else {
             continue;
         };
         for m in &s.ctls {
-            let dumped_root = root_set
-                .and_then(|r| r.ctls.iter().find(|c| c.name == m.name))
-                .map_or("/", |c| c.path.as_str());
-            let controllers: Vec<String> = m
-                .name
-                .split(',')
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect();
-            let new_root = roots
-                .iter()
-                .find(|(c, _)| {
-                    c.as_deref()
-                        .is_some_and(|c| c == m.name || controllers.iter().any(|x| x == c))
-                })
-                .or_else(|| {
-                    roots
-                        .iter()
-                        .find(|(c, _)| c.as_deref().is_none_or(str::is_empty))
-                })
-                .map(|(_, p)| p.as_str());
-            let target = Membership {
-                hierarchy: if controllers.is_empty() { 0 } else { 1 },
-                controllers,
-                path: membership::relocate(&m.path, dumped_root, new_root),
-            };
+            let target = target_of(&m.name, &m.path, root_set, roots);
             let Some(dir) = stasis_cgroups::parse::locate(&target, &mounts) else {
                 // Its root is where every task is unless moved: nothing is lost then.
                 let level = if target.path == "/" {
@@ -207,6 +279,104 @@ pub fn restore_membership(
             };
             membership::enter(&dir, t.pid(), mode.creates()).map_err(err)?;
         }
+    }
+    Ok(())
+}
+
+/// Where the dumped cgroup `path` of hierarchy `name` goes here: below the root
+/// `--cgroup-root` gives for that hierarchy (or for all), in place of the root task's dumped
+/// cgroup.
+fn target_of(
+    name: &str,
+    path: &str,
+    root_set: Option<&pb::CgSetEntry>,
+    roots: &[(Option<String>, String)],
+) -> Membership {
+    let dumped_root = root_set
+        .and_then(|r| r.ctls.iter().find(|c| c.name == name))
+        .map_or("/", |c| c.path.as_str());
+    let controllers: Vec<String> = name
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    let new_root = roots
+        .iter()
+        .find(|(c, _)| {
+            c.as_deref()
+                .is_some_and(|c| c == name || controllers.iter().any(|x| x == c))
+        })
+        .or_else(|| {
+            roots
+                .iter()
+                .find(|(c, _)| c.as_deref().is_none_or(str::is_empty))
+        })
+        .map(|(_, p)| p.as_str());
+    Membership {
+        hierarchy: if controllers.is_empty() { 0 } else { 1 },
+        controllers,
+        path: membership::relocate(path, dumped_root, new_root),
+    }
+}
+
+/// Sets the saved properties of the dumped cgroups, parents first, making missing ones as
+/// `mode` allows (before any task joins: a new v1 cpuset takes no task until its cpus and
+/// mems are set).
+fn restore_properties(
+    entry: &pb::CgroupEntry,
+    mode: CgMode,
+    roots: &[(Option<String>, String)],
+    root_set: Option<&pb::CgSetEntry>,
+    mounts: &[stasis_cgroups::parse::CgroupMount],
+) -> Result<(), stasis_cgroups::CgroupError> {
+    fn walk(
+        dirs: &[pb::CgroupDirEntry],
+        prefix: &str,
+        f: &mut dyn FnMut(&str, &pb::CgroupDirEntry) -> Result<(), stasis_cgroups::CgroupError>,
+    ) -> Result<(), stasis_cgroups::CgroupError> {
+        for d in dirs {
+            let path = format!("{prefix}/{}", d.dir_name);
+            f(&path, d)?;
+            walk(&d.children, &path, f)?;
+        }
+        Ok(())
+    }
+    for c in &entry.controllers {
+        let name = c.cnames.join(",");
+        walk(&c.dirs, "", &mut |path, d| {
+            if d.properties.is_empty() {
+                return Ok(());
+            }
+            let target = target_of(&name, path, root_set, roots);
+            let Some(dir) = stasis_cgroups::parse::locate(&target, mounts) else {
+                return Ok(());
+            };
+            let existed = dir.is_dir();
+            if !existed {
+                if !mode.creates() {
+                    return Ok(());
+                }
+                std::fs::create_dir_all(&dir).map_err(|source| {
+                    stasis_cgroups::CgroupError::Io {
+                        path: dir.clone(),
+                        what: "create",
+                        source,
+                    }
+                })?;
+            }
+            if mode.sets_properties(existed) {
+                let props: Vec<stasis_cgroups::props::Prop> = d
+                    .properties
+                    .iter()
+                    .map(|p| stasis_cgroups::props::Prop {
+                        name: p.name.clone(),
+                        value: p.value.clone(),
+                    })
+                    .collect();
+                stasis_cgroups::props::write(&dir, &props)?;
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }

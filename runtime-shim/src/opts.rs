@@ -136,7 +136,7 @@ pub static OPTIONS: &[Spec] = &[
     b("force-irmap", Refused),
     o("ext-mount-map", Some('M'), Req, Yes("KEY:VAL, the old form of --external mnt[KEY]:VAL")),
     o("exec-cmd", None, N, Refused),
-    o("manage-cgroups", None, Opt, Yes("restore: put the tasks back into their dumped cgroups; =MODE: soft (the default, making missing ones), full, strict, none, props (they must exist), ignore")),
+    o("manage-cgroups", None, Opt, Yes("restore: put the tasks back into their dumped cgroups and set their saved properties; =MODE: soft (the default: missing ones made with their properties), full and strict (properties set on all), props (they must exist; properties set), none (they must exist; no properties), ignore")),
     o("cgroup-root", None, Req, Yes("restore: [CONTROLLER:]PATH, where the root task's cgroup goes (in every hierarchy without a controller)")),
     o("inherit-fd", None, Req, Yes("restore: use our fd N for the file the images call KEY: fd[N]:KEY")),
     o("feature", None, Req, Yes("check: whether stasis and this kernel support a CRIU feature; 'list' lists them")),

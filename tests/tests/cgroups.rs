@@ -455,3 +455,111 @@ while True:
         "without it, where the restorer is"
     );
 }
+
+const CPU_V1: &str = "/sys/fs/cgroup/cpu";
+
+/// cgroup.img holds the properties of the tree's cgroups (here pids.max, cpu.shares and
+/// cpu.cfs_quota_us of v1 cgroups): `--manage-cgroups` (soft) makes a removed cgroup again with
+/// them, and `--manage-cgroups=full` sets them again on one that exists, while soft leaves an
+/// existing one as it is.
+#[test]
+fn cgroup_properties_are_saved_and_set_again() {
+    use stasis::images::{magic, pb, ImageKind, ImageReader};
+    let _g = serial_root!();
+    let (Some(pids), Some(cpu)) = (
+        TestCgroup::new(PIDS_V1, test_name!()),
+        TestCgroup::new(CPU_V1, test_name!()),
+    ) else {
+        return;
+    };
+    let set = |cg: &TestCgroup, file: &str, v: &str| {
+        std::fs::write(cg.path.join(file), v).unwrap_or_else(|e| panic!("write {file}: {e}"))
+    };
+    let get = |cg: &TestCgroup, file: &str| {
+        std::fs::read_to_string(cg.path.join(file))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let configure = || {
+        set(&pids, "pids.max", "77");
+        set(&cpu, "cpu.shares", "512");
+        set(&cpu, "cpu.cfs_quota_us", "50000");
+    };
+    let saved = |img: &Path| -> Vec<(String, String)> {
+        let bytes = std::fs::read(img.join("cgroup.img")).expect("cgroup.img");
+        let mut r = ImageReader::new("cgroup.img", &bytes, ImageKind::Normal, magic::CGROUP)
+            .expect("reader");
+        let e: pb::CgroupEntry = r.next_required().expect("entry");
+        fn all(d: &[pb::CgroupDirEntry], out: &mut Vec<(String, String)>) {
+            for d in d {
+                out.extend(
+                    d.properties
+                        .iter()
+                        .map(|p| (p.name.clone(), p.value.clone())),
+                );
+                all(&d.children, out);
+            }
+        }
+        let mut out = Vec::new();
+        for c in &e.controllers {
+            all(&c.dirs, &mut out);
+        }
+        out
+    };
+    configure();
+    let run = |restore: &[&str], between: &dyn Fn()| {
+        let w = Workload::start("cgprops", &workload("counter"), &[]);
+        w.wait_lines(2, T);
+        pids.add(w.pid);
+        cpu.add(w.pid);
+        let pids_after = dump_kill_then_restore(&w, &[], restore, between);
+        let img = w.images();
+        let props = saved(&img);
+        let got = (cgroup_of(w.pid, PIDS_V1), cgroup_of(w.pid, CPU_V1));
+        assert_runs_on(&w);
+        kill_tree(&pids_after);
+        let end = Instant::now() + Duration::from_secs(5);
+        while alive(w.pid) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (props, got)
+    };
+    let base = |cg: &TestCgroup| format!("/{}", cg.path.file_name().unwrap().to_string_lossy());
+
+    // Removed after the dump, made again by soft with the saved values.
+    let (props, got) = run(&["--manage-cgroups"], &|| {
+        std::fs::remove_dir(&pids.path).expect("rmdir pids cgroup");
+        std::fs::remove_dir(&cpu.path).expect("rmdir cpu cgroup");
+    });
+    for (name, value) in [
+        ("pids.max", "77"),
+        ("cpu.shares", "512"),
+        ("cpu.cfs_quota_us", "50000"),
+    ] {
+        assert!(
+            props.iter().any(|(n, v)| n == name && v == value),
+            "cgroup.img holds {name} = {value}: {props:?}"
+        );
+    }
+    assert_eq!(got, (base(&pids), base(&cpu)), "back in its cgroups");
+    assert_eq!(get(&pids, "pids.max"), "77", "made again with its pids.max");
+    assert_eq!(get(&cpu, "cpu.shares"), "512");
+    assert_eq!(get(&cpu, "cpu.cfs_quota_us"), "50000");
+
+    // Changed after the dump: soft leaves an existing cgroup alone, full sets it back.
+    let change = || {
+        set(&pids, "pids.max", "55");
+        set(&cpu, "cpu.shares", "256");
+    };
+    run(&["--manage-cgroups=soft"], &change);
+    assert_eq!(
+        get(&pids, "pids.max"),
+        "55",
+        "soft: an existing cgroup is left"
+    );
+    configure();
+    run(&["--manage-cgroups=full"], &change);
+    assert_eq!(get(&pids, "pids.max"), "77", "full: set again");
+    assert_eq!(get(&cpu, "cpu.shares"), "512", "full: set again");
+}

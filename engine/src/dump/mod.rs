@@ -563,7 +563,9 @@ fn dump_frozen(
     // inventory's root_cg_set is the dumper's own, as CRIU's.
     let root_cg_set = img.cgroups.of_pid(std::process::id())?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::CGROUP);
-    w.push(&img.cgroups.entry());
+    let mut cgroups = img.cgroups.entry();
+    img.cgroups.add_properties(&mut cgroups)?;
+    w.push(&cgroups);
     write_file(&img.dir.join(names::CGROUP), &w.into_bytes())?;
     write_shared_images(&mut img, &pstree)?;
     // inventory.img last: its presence marks a complete image set (podman checks for it).

@@ -24,14 +24,8 @@ const SIGRETURN_MOVL: [u8; 7] = [0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
 
 /// Where `mov $15, %rax; syscall` (or its `%eax` form) starts in `bytes`.
 pub fn find_sigreturn(bytes: &[u8]) -> Option<usize> {
-    let q = bytes
-        .windows(SIGRETURN_MOVQ.len())
-        .position(|w| w == SIGRETURN_MOVQ);
-    q.or_else(|| {
-        bytes
-            .windows(SIGRETURN_MOVL.len())
-            .position(|w| w == SIGRETURN_MOVL)
-    })
+    memchr::memmem::find(bytes, &SIGRETURN_MOVQ)
+        .or_else(|| memchr::memmem::find(bytes, &SIGRETURN_MOVL))
 }
 
 /// Whether `bytes` start with one of the sigreturn sequences.

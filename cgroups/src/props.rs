@@ -12,11 +12,50 @@ use std::path::{Path, PathBuf};
 
 use crate::CgroupError;
 
-/// One saved property: its file's name and content (trimmed).
+/// One saved property: its file's name, content (trimmed) and owner and mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prop {
     pub name: String,
     pub value: String,
+    pub perms: Option<Perms>,
+}
+
+/// A file's or directory's mode (permission bits) and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Perms {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Files whose owner and mode are saved, but not their content (task lists).
+const PERMS_ONLY: &[&str] = &["cgroup.procs", "tasks"];
+
+/// The mode and owner of `path`.
+pub fn perms_of(path: &Path) -> Option<Perms> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).ok()?;
+    Some(Perms {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+    })
+}
+
+/// Gives `path` the saved mode and owner (the owner first: a chown clears set-ID bits).
+pub fn set_perms(path: &Path, p: Perms) -> Result<(), CgroupError> {
+    use std::os::unix::fs::PermissionsExt;
+    if perms_of(path) == Some(p) {
+        return Ok(());
+    }
+    let io = |what, source| CgroupError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    };
+    std::os::unix::fs::chown(path, Some(p.uid), Some(p.gid)).map_err(|e| io("chown", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(p.mode))
+        .map_err(|e| io("chmod", e))
 }
 
 /// CRIU's built-in properties of a v1 controller, in write order.
@@ -61,12 +100,18 @@ fn v1_controller(controller: &str) -> &'static [&'static str] {
     }
 }
 
-/// Every v1 directory's own (CRIU's "global" ones, less the task lists).
-const V1_GLOBAL: &[&str] = &["cgroup.clone_children", "notify_on_release"];
+/// Every v1 directory's own (CRIU's "global" ones; of the task lists only owner and mode).
+const V1_GLOBAL: &[&str] = &[
+    "cgroup.clone_children",
+    "notify_on_release",
+    "cgroup.procs",
+    "tasks",
+];
 
 /// cgroup2: CRIU's global ones, then the enabled controllers' limits. cgroup.freeze is left
 /// out: freezing is the dump's business, and a restored cgroup starts thawed.
 const V2_GLOBAL: &[&str] = &[
+    "cgroup.procs",
     "cgroup.type",
     "cgroup.subtree_control",
     "cgroup.max.descendants",
@@ -104,10 +149,21 @@ pub fn read(dir: &Path, names: &[&str]) -> Result<Vec<Prop>, CgroupError> {
     let mut out = Vec::new();
     for name in names {
         let path = dir.join(name);
+        if PERMS_ONLY.contains(name) {
+            if let Some(perms) = perms_of(&path) {
+                out.push(Prop {
+                    name: name.to_string(),
+                    value: String::new(),
+                    perms: Some(perms),
+                });
+            }
+            continue;
+        }
         match std::fs::read_to_string(&path) {
             Ok(text) => out.push(Prop {
                 name: name.to_string(),
                 value: text.trim_end().to_string(),
+                perms: perms_of(&path),
             }),
             Err(e)
                 if matches!(
@@ -167,7 +223,12 @@ pub fn write(dir: &Path, props: &[Prop]) -> Result<(), CgroupError> {
         if !path.exists() {
             continue;
         }
-        if std::fs::read_to_string(&path).is_ok_and(|now| now.trim_end() == p.value) {
+        if let Some(perms) = p.perms {
+            set_perms(&path, perms)?;
+        }
+        if PERMS_ONLY.contains(&p.name.as_str())
+            || std::fs::read_to_string(&path).is_ok_and(|now| now.trim_end() == p.value)
+        {
             continue;
         }
         if p.name == "devices.list" {
@@ -200,8 +261,14 @@ mod tests {
     fn names_follow_criu_and_write_order() {
         let n = names_for(&["cpu".into(), "cpuacct".into()]);
         assert_eq!(
-            n[..3],
-            ["cgroup.clone_children", "notify_on_release", "cpu.shares"]
+            n[..5],
+            [
+                "cgroup.clone_children",
+                "notify_on_release",
+                "cgroup.procs",
+                "tasks",
+                "cpu.shares"
+            ]
         );
         let m = names_for(&["memory".into()]);
         let at = |x| m.iter().position(|n| *n == x).unwrap();
@@ -209,7 +276,7 @@ mod tests {
         let v2 = names_for(&[]);
         assert!(v2.contains(&"cgroup.subtree_control") && v2.contains(&"memory.max"));
         assert!(!v2.contains(&"cgroup.freeze"));
-        assert!(names_for(&["freezer".into()]).len() == 2);
+        assert!(names_for(&["freezer".into()]).len() == 4);
     }
 
     #[test]
@@ -237,29 +304,39 @@ mod tests {
 
     #[test]
     fn read_and_write_a_directory() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("stasis-cg-props-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("pids.max"), "max\n").unwrap();
         std::fs::write(dir.join("cpu.max"), "50000 100000\n").unwrap();
-        let got = read(&dir, &["pids.max", "cpu.max", "memory.max"]).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "1\n2\n").unwrap();
+        let got = read(&dir, &["pids.max", "cpu.max", "memory.max", "cgroup.procs"]).unwrap();
+        let nv: Vec<(&str, &str)> = got
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_str()))
+            .collect();
         assert_eq!(
-            got,
+            nv,
             [
-                Prop {
-                    name: "pids.max".into(),
-                    value: "max".into()
-                },
-                Prop {
-                    name: "cpu.max".into(),
-                    value: "50000 100000".into()
-                }
+                ("pids.max", "max"),
+                ("cpu.max", "50000 100000"),
+                ("cgroup.procs", "")
             ]
         );
+        assert!(got.iter().all(|p| p.perms.is_some()));
         std::fs::write(dir.join("pids.max"), "10\n").unwrap();
+        std::fs::set_permissions(dir.join("pids.max"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
         write(&dir, &got).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("pids.max")).unwrap(),
             "max"
+        );
+        assert_eq!(perms_of(&dir.join("pids.max")), got[0].perms);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.procs")).unwrap(),
+            "1\n2\n",
+            "a task list is not written"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

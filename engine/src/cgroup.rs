@@ -146,8 +146,16 @@ impl Sets {
                 continue;
             };
             let names = stasis_cgroups::props::names_for(&c.cnames);
+            let task_paths = self
+                .sets
+                .iter()
+                .flatten()
+                .filter(|m| name_of(m) == name)
+                .map(|m| m.path.clone())
+                .collect();
             let mut walk = DirWalk {
                 root: &root.path,
+                task_paths,
                 controllers: &c.cnames,
                 mounts: &mounts,
                 names: &names,
@@ -161,6 +169,8 @@ impl Sets {
 /// What [`Sets::add_properties`] needs while it walks a hierarchy's directories.
 struct DirWalk<'a> {
     root: &'a str,
+    /// The cgroups of the tasks in this hierarchy.
+    task_paths: Vec<String>,
     controllers: &'a [String],
     mounts: &'a [stasis_cgroups::parse::CgroupMount],
     names: &'a [&'static str],
@@ -186,16 +196,14 @@ impl DirWalk<'_> {
                         .map(|p| pb::CgroupPropEntry {
                             name: p.name,
                             value: p.value,
-                            perms: None,
+                            perms: p.perms.map(perms_to_pb),
                         })
                         .collect();
-                    if let Ok(md) = std::fs::metadata(&dir) {
-                        use std::os::unix::fs::MetadataExt;
-                        d.dir_perms = Some(pb::CgroupPerms {
-                            mode: md.mode() & 0o7777,
-                            uid: md.uid(),
-                            gid: md.gid(),
-                        });
+                    d.dir_perms = stasis_cgroups::props::perms_of(&dir).map(perms_to_pb);
+                    // Below a task's cgroup, the cgroups no task is in are the tree's too
+                    // (CRIU saves the whole subtree): made again empty.
+                    if self.task_paths.iter().any(|t| t != "/" && below(&path, t)) {
+                        add_empty_children(&mut d.children, &dir);
                     }
                 }
             }
@@ -203,6 +211,34 @@ impl DirWalk<'_> {
         }
         Ok(())
     }
+}
+
+fn perms_to_pb(p: stasis_cgroups::props::Perms) -> pb::CgroupPerms {
+    pb::CgroupPerms {
+        mode: p.mode,
+        uid: p.uid,
+        gid: p.gid,
+    }
+}
+
+/// Adds to `children` the subdirectories of the cgroup directory `dir` they lack.
+fn add_empty_children(children: &mut Vec<pb::CgroupDirEntry>, dir: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !children.iter().any(|c| &c.dir_name == n))
+        .collect();
+    names.sort();
+    children.extend(names.into_iter().map(|dir_name| pb::CgroupDirEntry {
+        dir_name,
+        children: Vec::new(),
+        properties: Vec::new(),
+        dir_perms: None,
+    }));
 }
 
 /// Whether cgroup `path` is `root` or below it.
@@ -344,7 +380,8 @@ fn restore_properties(
     for c in &entry.controllers {
         let name = c.cnames.join(",");
         walk(&c.dirs, "", &mut |path, d| {
-            if d.properties.is_empty() {
+            // Only the tree's own cgroups (at or below the root task's) carry properties.
+            if d.properties.is_empty() && d.dir_perms.is_none() {
                 return Ok(());
             }
             let target = target_of(&name, path, root_set, roots);
@@ -365,12 +402,21 @@ fn restore_properties(
                 })?;
             }
             if mode.sets_properties(existed) {
+                let perms = |p: &pb::CgroupPerms| stasis_cgroups::props::Perms {
+                    mode: p.mode,
+                    uid: p.uid,
+                    gid: p.gid,
+                };
+                if let Some(p) = &d.dir_perms {
+                    stasis_cgroups::props::set_perms(&dir, perms(p))?;
+                }
                 let props: Vec<stasis_cgroups::props::Prop> = d
                     .properties
                     .iter()
                     .map(|p| stasis_cgroups::props::Prop {
                         name: p.name.clone(),
                         value: p.value.clone(),
+                        perms: p.perms.as_ref().map(perms),
                     })
                     .collect();
                 stasis_cgroups::props::write(&dir, &props)?;

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod containers;
 pub mod fuzz;
 mod servers;
 pub use servers::{redis_server, start_redis, Postgres, Redis};

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use stasis_tests::containers::*;
 use stasis_tests::*;
 
-const BUSYBOX: &str = "/bin/busybox";
 const IMAGE: &str = "docker.io/library/stasis-bb:latest";
 const NS: &str = "stasis";
 
@@ -70,30 +70,21 @@ fn unmount_below(dir: &Path) {
 impl Containerd {
     /// None (after saying why) when containerd, its shim, runc or busybox is missing.
     fn start(test: &str) -> Option<Containerd> {
-        for (cmd, why) in [
-            ("containerd", "containerd is not installed"),
-            ("ctr", "ctr (containerd) is not installed"),
-            (
+        if missing_tools(
+            test,
+            &[
+                "containerd",
+                "ctr",
                 "containerd-shim-runc-v2",
-                "containerd's runc v2 shim is not installed",
-            ),
-            ("runc", "runc is not installed"),
-            ("sha256sum", "sha256sum is missing"),
-        ] {
-            if !in_path(cmd) {
-                skip(test, why);
-                return None;
-            }
-        }
-        if !Path::new(BUSYBOX).exists() {
-            skip(test, "no static busybox (busybox-static)");
+                "runc",
+                "sha256sum",
+            ],
+        ) {
             return None;
         }
         let dir = temp_dir("containerd");
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).expect("bin dir");
         // The shim, then runc, inherit containerd's PATH: runc execs this `criu`.
-        std::os::unix::fs::symlink(stasis_bin(), bin.join("criu")).expect("criu link");
+        let path = path_with_stasis_as_criu(&dir);
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
@@ -105,11 +96,6 @@ impl Containerd {
             ),
         )
         .expect("config.toml");
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
         let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
         let daemon = Command::new("containerd")
             .arg("--config")
@@ -220,31 +206,11 @@ impl Containerd {
     }
 }
 
-fn in_path(cmd: &str) -> bool {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .any(|d| Path::new(d).join(cmd).exists())
-}
-
-/// 0, 1, 2... with no gap and no repeat.
-fn assert_consecutive(counts: &[u64], what: &str) {
-    for (i, c) in counts.iter().enumerate() {
-        assert_eq!(*c, i as u64, "{what}: count {i} is {c} ({counts:?})");
-    }
-}
-
 /// Writes an OCI image layout tar of a busybox rootfs (one uncompressed layer) whose index
 /// names it IMAGE, as `ctr images import` takes it.
 fn oci_image(dir: &Path, tar: &Path) {
     let rootfs = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
-    }
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "sleep", "echo", "cat"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
-    }
+    busybox_rootfs(&rootfs, &["sh", "sleep", "echo", "cat"]);
     let blobs = dir.join("layout/blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("blobs dir");
     let layer = dir.join("layer.tar");

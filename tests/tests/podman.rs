@@ -5,13 +5,13 @@
 //! established TCP connection from the host kept across (`--tcp-established`).
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use stasis_tests::containers::*;
 use stasis_tests::*;
 
-const BUSYBOX: &str = "/bin/busybox";
 const COUNTER: &str = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done";
 
 /// A podman of its own: storage, run dir and config under a temp dir; removed with it.
@@ -30,39 +30,21 @@ impl Drop for Podman {
 impl Podman {
     /// None (after saying why) when podman or busybox is missing.
     fn new(test: &str) -> Option<Podman> {
-        if Command::new("podman").arg("--version").output().is_err() {
-            skip(test, "podman is not installed");
-            return None;
-        }
-        if !Path::new(BUSYBOX).exists() {
-            skip(test, "no static busybox (busybox-static)");
+        if missing_tools(test, &["podman"]) {
             return None;
         }
         let dir = temp_dir("podman");
         // runc execs `criu` through the PATH podman passes on.
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).expect("bin dir");
-        std::os::unix::fs::symlink(stasis_bin(), bin.join("criu")).expect("criu link");
+        let path = path_with_stasis_as_criu(&dir);
         std::fs::write(
             dir.join("containers.conf"),
             "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n\
              [containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n",
         )
         .expect("containers.conf");
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
         let p = Podman { dir, path };
         let rootfs = p.dir.join("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
-        }
-        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-        for applet in ["sh", "sleep", "echo", "nc", "cat"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
-        }
+        busybox_rootfs(&rootfs, &["sh", "sleep", "echo", "nc", "cat"]);
         let tar = p.dir.join("rootfs.tar");
         let out = Command::new("tar")
             .arg("-C")

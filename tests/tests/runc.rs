@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use stasis_tests::containers::*;
 use stasis_tests::*;
-
-const BUSYBOX: &str = "/bin/busybox";
 
 /// The container's shell: counts on stdout and into a file of its /tmp tmpfs, after leaving a
 /// file in /dev/shm.
@@ -49,15 +48,12 @@ fn bundle(dir: &Path, shape: Shape<'_>) {
         userns,
     } = shape;
     let rootfs = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
-    }
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-    for applet in [
-        "sh", "sleep", "echo", "mkdir", "hostname", "cat", "nc", "id",
-    ] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
-    }
+    busybox_rootfs(
+        &rootfs,
+        &[
+            "sh", "sleep", "echo", "mkdir", "hostname", "cat", "nc", "id",
+        ],
+    );
     let out = Command::new("runc")
         .arg("spec")
         .current_dir(dir)
@@ -182,12 +178,7 @@ impl Container {
 
     /// The bundle and our `criu`, the container not started.
     fn create(test: &str, id: &'static str, shape: Shape<'_>) -> Option<Container> {
-        if Command::new("runc").arg("--version").output().is_err() {
-            skip(test, "runc is not installed");
-            return None;
-        }
-        if !Path::new(BUSYBOX).exists() {
-            skip(test, "no static busybox (busybox-static)");
+        if missing_tools(test, &["runc"]) {
             return None;
         }
         let dir = temp_dir(id);

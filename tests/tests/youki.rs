@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use stasis_tests::containers::*;
 use stasis_tests::*;
 
-const BUSYBOX: &str = "/bin/busybox";
 const SCRIPT: &str = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done";
 
 /// A youki container; deleted (by youki, and by runc once restored) whatever happens.
@@ -34,30 +34,11 @@ impl Youki {
     /// Runs the counter in a new container; None (after saying why) when youki, runc or
     /// busybox is missing.
     fn start(test: &str, id: &'static str) -> Option<Youki> {
-        if Command::new("youki").arg("--version").output().is_err() {
-            skip(
-                test,
-                "youki is not installed (scripts/setup.sh installs 0.7.0 with cargo)",
-            );
-            return None;
-        }
-        if Command::new("runc").arg("--version").output().is_err() {
-            skip(test, "runc is not installed");
-            return None;
-        }
-        if !Path::new(BUSYBOX).exists() {
-            skip(test, "no static busybox (busybox-static)");
+        if missing_tools(test, &["youki", "runc"]) {
             return None;
         }
         let dir = temp_dir("youki");
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).expect("bin dir");
-        std::os::unix::fs::symlink(stasis_bin(), bin.join("criu")).expect("criu link");
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = path_with_stasis_as_criu(&dir);
         let y = Youki { id, dir, path };
         y.bundle();
         let out = std::fs::File::create(y.out()).expect("stdout file");
@@ -80,14 +61,7 @@ impl Youki {
 
     fn bundle(&self) {
         let b = self.dir.join("bundle");
-        let rootfs = b.join("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
-        }
-        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
-        for applet in ["sh", "sleep", "echo"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
-        }
+        busybox_rootfs(&b.join("rootfs"), &["sh", "sleep", "echo"]);
         let out = Command::new("runc")
             .arg("spec")
             .current_dir(&b)
@@ -167,13 +141,6 @@ impl Youki {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(work.join("dump.log")).unwrap_or_default()
         );
-    }
-}
-
-/// 0, 1, 2... with no gap and no repeat.
-fn assert_consecutive(counts: &[u64], what: &str) {
-    for (i, c) in counts.iter().enumerate() {
-        assert_eq!(*c, i as u64, "{what}: count {i} is {c} ({counts:?})");
     }
 }
 

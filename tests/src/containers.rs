@@ -1,0 +1,58 @@
+//! What the container tests (runc, podman, containerd, youki) share: the tools they need, a
+//! busybox rootfs, stasis as the `criu` first in a PATH, and the counter's check.
+
+use std::path::Path;
+
+use crate::{skip, stasis_bin};
+
+/// Debian's busybox-static.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// True (after saying which is missing, so the test counts as skipped) when one of `tools` is
+/// not in PATH or busybox-static is not installed.
+pub fn missing_tools(test: &str, tools: &[&str]) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    for tool in tools {
+        if !path.split(':').any(|d| Path::new(d).join(tool).exists()) {
+            skip(test, &format!("{tool} is not installed"));
+            return true;
+        }
+    }
+    if !Path::new(BUSYBOX).exists() {
+        skip(test, "no static busybox (busybox-static)");
+        return true;
+    }
+    false
+}
+
+/// A busybox rootfs at `rootfs`: the usual top directories, busybox and its `applets` as
+/// links.
+pub fn busybox_rootfs(rootfs: &Path, applets: &[&str]) {
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy busybox");
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("applet");
+    }
+}
+
+/// A PATH whose first directory (`dir`/bin, made here) holds stasis as `criu`: what a runtime
+/// started with it execs.
+pub fn path_with_stasis_as_criu(dir: &Path) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    std::os::unix::fs::symlink(stasis_bin(), bin.join("criu")).expect("criu link");
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// 0, 1, 2... with no gap and no repeat.
+pub fn assert_consecutive(counts: &[u64], what: &str) {
+    for (i, c) in counts.iter().enumerate() {
+        assert_eq!(*c, i as u64, "{what}: count {i} is {c} ({counts:?})");
+    }
+}

@@ -414,3 +414,42 @@ while True:
     assert_eq!(before, "dev True 1 3 1 False");
     assert_eq!(after, "dev True 1 3 1 False");
 }
+
+/// An epoll whose target was registered under an fd number since closed (epoll keeps the
+/// file): the dump registers it again under the number the task still holds that file at, as
+/// CRIU does, and after the restore a write into the pipe still wakes the epoll with the
+/// target's data. (zdtm's epoll and epoll01.)
+#[test]
+fn epoll_target_whose_fd_was_closed_still_fires() {
+    let _g = serial_root!();
+    let script = r#"
+import os, select, time
+r, w = os.pipe()
+ep = select.epoll()
+dup = os.dup(r)
+ep.register(dup, select.EPOLLIN)
+os.close(dup)
+n = 0
+while True:
+    ev = ep.poll(0.05)
+    if ev:
+        os.read(r, 1)
+        print("fired", n, flush=True)
+    else:
+        print("idle", n, flush=True)
+    n += 1
+    if n % 5 == 0:
+        os.write(w, b"x")
+"#;
+    let w = Workload::python("epoll-closed-target", script);
+    w.wait_lines(6, T);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let lines = w.wait_lines(n + 12, T);
+    kill_tree(&pids);
+    assert!(
+        lines[n..].iter().any(|l| l.starts_with("fired")),
+        "the restored epoll fires for the pipe: {:?}",
+        &lines[n.saturating_sub(3)..]
+    );
+}

@@ -2,7 +2,7 @@
 //! number), an empty instance made by the restorer, and the targets added back from inside
 //! the task, where the target fd numbers are the task's own.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -74,6 +74,67 @@ pub struct Epoll;
 #[derive(Default)]
 struct TargetsAdded(HashSet<u32>);
 
+/// An epoll keeps a target whose fd number was closed (or closed and reused for another
+/// file): it is registered again, as CRIU does, under a number the task holds the same file
+/// at, found with kcmp; restoring it by its old number would watch nothing or the wrong file.
+/// Refused when no fd of the task holds it, or when that number is registered already.
+fn retarget_closed(
+    pid: u32,
+    epfd: i32,
+    targets: &mut [pb::EventpollTfdEntry],
+) -> Result<(), FilesError> {
+    let inspect = |source| FilesError::Inspect {
+        pid,
+        fd: epfd,
+        source,
+    };
+    let mut open_fds: Option<Vec<i32>> = None;
+    let mut seen: HashMap<u32, u32> = HashMap::new();
+    let numbers: Vec<u32> = targets.iter().map(|t| t.tfd).collect();
+    for t in targets.iter_mut() {
+        // The how-many-th registration under this number (a number closed and reused may be
+        // registered twice, for two files).
+        let toff = {
+            let n = seen.entry(t.tfd).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        let (number, stale) = (t.tfd, |fd| {
+            crate::sys::kcmp::epoll_target_at(pid, epfd, t.tfd, toff, fd).map(|same| !same)
+        });
+        if !stale(number as i32).map_err(inspect)? {
+            continue;
+        }
+        let fds = match &open_fds {
+            Some(f) => f,
+            None => open_fds.insert(
+                crate::proc::fds(pid).map_err(|e| inspect(std::io::Error::other(e.to_string())))?,
+            ),
+        };
+        let mut found = None;
+        for &fd in fds.iter().filter(|&&fd| fd != epfd) {
+            if !stale(fd).map_err(inspect)? {
+                found = Some(fd as u32);
+                break;
+            }
+        }
+        match found {
+            Some(f) if !numbers.contains(&f) => {
+                log::debug!("pid {pid} epoll {epfd}: target {number} (closed) is fd {f} now");
+                t.tfd = f;
+            }
+            _ => {
+                return Err(FilesError::EpollStale {
+                    pid,
+                    fd: epfd,
+                    tfd: number,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 impl FileKind for Epoll {
     fn name(&self) -> &'static str {
         "epoll"
@@ -85,24 +146,8 @@ impl FileKind for Epoll {
 
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
         let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |_, id| {
-            let tfd = epoll_targets(&fd.info.raw, id);
-            // An epoll keeps a target whose fd number was closed and reused: restoring it by
-            // number would watch the wrong file.
-            for t in &tfd {
-                let same = crate::sys::kcmp::epoll_target_is(fd.pid, fd.fd, t.tfd as i32)
-                    .map_err(|source| FilesError::Inspect {
-                        pid: fd.pid,
-                        fd: fd.fd,
-                        source,
-                    })?;
-                if !same {
-                    return Err(FilesError::EpollStale {
-                        pid: fd.pid,
-                        fd: fd.fd,
-                        tfd: t.tfd,
-                    });
-                }
-            }
+            let mut tfd = epoll_targets(&fd.info.raw, id);
+            retarget_closed(fd.pid, fd.fd, &mut tfd)?;
             Ok(pb::FileEntry {
                 r#type: pb::FdTypes::Eventpoll as i32,
                 id,

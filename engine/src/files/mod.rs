@@ -76,7 +76,7 @@ pub enum FilesError {
     },
     #[error("pid {pid} fd {fd}: the file watched by inotify watch {wd} cannot be found again")]
     InotifyPath { pid: u32, fd: i32, wd: u32 },
-    #[error("pid {pid} fd {fd}: epoll target {tfd} was closed or replaced after it was added, which is not supported")]
+    #[error("pid {pid} fd {fd}: epoll target {tfd} was closed after it was added, and no other fd of the task holds its file under a number the epoll does not use already; not supported")]
     EpollStale { pid: u32, fd: i32, tfd: u32 },
     #[error("pty of fd {fd} of pid {pid}")]
     Pty {

@@ -55,9 +55,10 @@ pub fn kcmp(pid1: u32, pid2: u32, kind: Kind) -> io::Result<Option<Ordering>> {
     order(r)
 }
 
-/// Whether target `tfd` registered in epoll `epfd` of `pid` is the file now open at fd `tfd`
-/// of `pid` (KCMP_EPOLL_TFD): an epoll keeps a target whose fd number was closed and reused.
-pub fn epoll_target_is(pid: u32, epfd: RawFd, tfd: RawFd) -> io::Result<bool> {
+/// Whether the `toff`-th target registered under fd number `tfd` in epoll `epfd` of `pid` is
+/// the file open at fd `fd` of `pid` (KCMP_EPOLL_TFD): an epoll keeps a target whose fd number
+/// was closed (or reused). A closed `fd` is no match.
+pub fn epoll_target_at(pid: u32, epfd: RawFd, tfd: u32, toff: u32, fd: RawFd) -> io::Result<bool> {
     const KCMP_EPOLL_TFD: libc::c_long = 7;
     #[repr(C)]
     struct Slot {
@@ -67,8 +68,8 @@ pub fn epoll_target_is(pid: u32, epfd: RawFd, tfd: RawFd) -> io::Result<bool> {
     }
     let slot = Slot {
         efd: epfd as u32,
-        tfd: tfd as u32,
-        toff: 0,
+        tfd,
+        toff,
     };
     // SAFETY: kcmp reads the slot struct from our memory, which outlives the call.
     let r = unsafe {
@@ -77,11 +78,14 @@ pub fn epoll_target_is(pid: u32, epfd: RawFd, tfd: RawFd) -> io::Result<bool> {
             pid as libc::c_long,
             pid as libc::c_long,
             KCMP_EPOLL_TFD,
-            tfd as libc::c_long,
+            fd as libc::c_long,
             &slot as *const Slot,
         )
     };
-    order(r).map(|o| o == Some(Ordering::Equal))
+    match order(r) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(false),
+        o => o.map(|o| o == Some(Ordering::Equal)),
+    }
 }
 
 /// Whether `pid1` and `pid2` share the object.

@@ -240,3 +240,22 @@ while True: time.sleep(1)
         ["leader fg True tty ok", "fg got SIGINT", "leader done"]
     );
 }
+
+/// A pty slave chowned by the program keeps its owner (zdtm's pty01): the new pair's slave is
+/// given the dumped one's uid and gid.
+#[test]
+fn pty_slave_keeps_its_owner() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+m, s = os.openpty()
+os.fchown(s, 13333, 44444)
+while True:
+    st = os.fstat(s)
+    print("owner", st.st_uid, st.st_gid, flush=True)
+    time.sleep(0.05)
+"#;
+    let (before, after) = python_line_before_and_after("pty-owner", script);
+    assert_eq!(before, "owner 13333 44444", "set up as planned");
+    assert_eq!(after, before);
+}

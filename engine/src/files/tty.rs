@@ -80,6 +80,16 @@ pub fn info(
     rdev: u32,
 ) -> Result<pb::TtyInfoEntry, PtyError> {
     let termios = termios_of(master).map_err(err(format!("termios of pty {index}")))?;
+    // The slave's owner (grantpt gives it to the user who opened the master; a program may
+    // chown it): reached through the master, wherever its devpts is mounted.
+    let slave_owner = if nix::sys::stat::major(rdev as libc::dev_t) == PTMX_MAJOR as u64 {
+        let peer = ioc::pty_peer_path(master).map_err(err(format!("the slave of pty {index}")))?;
+        let st = nix::sys::stat::fstat(peer.as_fd())
+            .map_err(err(format!("the slave of pty {index}")))?;
+        Some((st.st_uid, st.st_gid))
+    } else {
+        None
+    };
     let ws = ioc::window_size(master).map_err(err(format!("window size of pty {index}")))?;
     // The lock and packet mode are the master's: a slave answers ENOTTY, and its entry
     // keeps them off, as CRIU's does.
@@ -108,8 +118,8 @@ pub fn info(
         }),
         pty: Some(pb::TtyPtyEntry { index }),
         dev: None,
-        uid: None,
-        gid: None,
+        uid: slave_owner.map(|(u, _)| u),
+        gid: slave_owner.map(|(_, g)| g),
     })
 }
 
@@ -143,7 +153,16 @@ pub fn create(info: &pb::TtyInfoEntry, root: Option<&str>) -> Result<(OwnedFd, S
     if info.packet_mode {
         ioc::set_packet_mode(fd, true).map_err(err(format!("packet mode of pty {index}")))?;
     }
-    Ok((master, at(&format!("/dev/pts/{index}"))))
+    let slave = at(&format!("/dev/pts/{index}"));
+    if let (Some(uid), Some(gid)) = (info.uid, info.gid) {
+        nix::unistd::chown(
+            slave.as_str(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(err(format!("chown of {slave}")))?;
+    }
+    Ok((master, slave))
 }
 
 /// Gives the new pty the dumped termios. Best effort, as it always was: a pty with the

@@ -14,6 +14,20 @@ nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
 nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
 nix::ioctl_write_ptr_bad!(tiocsti, libc::TIOCSTI, u8);
 nix::ioctl_read_bad!(fionread, libc::FIONREAD, libc::c_int);
+nix::ioctl_write_int_bad!(tiocgptpeer, libc::TIOCGPTPEER);
+
+/// An O_PATH fd of the slave of a pty master (TIOCGPTPEER), wherever its devpts is mounted.
+pub fn pty_peer_path(master: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd, which we own.
+    let fd = unsafe {
+        tiocgptpeer(
+            master.as_raw_fd(),
+            libc::O_PATH | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    }?;
+    // SAFETY: the ioctl returned a new open fd that nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
 
 /// The pts index of a pty master (TIOCGPTN).
 pub fn pty_index(master: BorrowedFd<'_>) -> io::Result<u32> {

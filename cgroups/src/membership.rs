@@ -23,6 +23,27 @@ fn read_memberships(path: &Path) -> Result<Vec<Membership>, CgroupError> {
     })
 }
 
+/// The cgroups of thread `tid` of `pid` (a thread may be in other cgroups than its process:
+/// v1's `tasks`, v2's threaded cgroups).
+pub fn of_thread(pid: u32, tid: u32) -> Result<Vec<Membership>, CgroupError> {
+    read_memberships(&PathBuf::from(format!("/proc/{pid}/task/{tid}/cgroup")))
+}
+
+/// Moves thread `tid` (as our pid namespace numbers it) into the cgroup directory `dir`: its
+/// `tasks` file (v1) or `cgroup.threads` (a threaded v2 cgroup).
+pub fn enter_thread(dir: &Path, tid: u32) -> Result<(), CgroupError> {
+    let file = if dir.join("tasks").exists() {
+        dir.join("tasks")
+    } else {
+        dir.join("cgroup.threads")
+    };
+    std::fs::write(&file, tid.to_string()).map_err(|source| CgroupError::Io {
+        path: file,
+        what: "write a thread id to",
+        source,
+    })
+}
+
 /// The cgroup mounts we see.
 pub fn our_mounts() -> Result<Vec<CgroupMount>, CgroupError> {
     let path = PathBuf::from("/proc/self/mountinfo");

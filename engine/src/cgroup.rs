@@ -79,6 +79,16 @@ impl Sets {
         Ok(self.intern(m))
     }
 
+    /// The set id of thread `tid` of `pid`.
+    pub(crate) fn of_thread(
+        &mut self,
+        pid: u32,
+        tid: u32,
+    ) -> Result<u32, stasis_cgroups::CgroupError> {
+        let m = membership::of_thread(pid, tid)?;
+        Ok(self.intern(m))
+    }
+
     fn intern(&mut self, m: Vec<Membership>) -> u32 {
         match self.sets.iter().position(|s| *s == m) {
             Some(i) => i as u32 + 1,
@@ -314,6 +324,42 @@ pub fn restore_membership(
                 continue;
             };
             membership::enter(&dir, t.pid(), mode.creates()).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts every thread saved in other cgroups than its process (its own `cg_set`) into them,
+/// once the threads exist. The cgroups were made with the tasks'.
+pub fn restore_thread_cgroups(
+    img: &DumpImage,
+    mode: CgMode,
+    roots: &[(Option<String>, String)],
+) -> Result<(), RestoreError> {
+    let Some(entry) = img.cgroups.as_ref().filter(|_| mode != CgMode::Ignore) else {
+        return Ok(());
+    };
+    let err = |e: stasis_cgroups::CgroupError| RestoreError::Cgroup(Box::new(e));
+    let set = |id: Option<u32>| id.and_then(|id| entry.sets.iter().find(|s| s.id == id));
+    let root_set = set(img.tasks[0].tc().cg_set);
+    let mut mounts = None;
+    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        let own = t.tc().cg_set;
+        for th in t.threads.iter().skip(1) {
+            let id = th.core.thread_core.as_ref().and_then(|c| c.cg_set);
+            let Some(s) = set(id).filter(|_| id != own) else {
+                continue;
+            };
+            let mounts = match &mounts {
+                Some(m) => m,
+                None => mounts.insert(membership::our_mounts().map_err(err)?),
+            };
+            for m in &s.ctls {
+                let target = target_of(&m.name, &m.path, root_set, roots);
+                if let Some(dir) = stasis_cgroups::parse::locate(&target, mounts) {
+                    membership::enter_thread(&dir, th.tid).map_err(err)?;
+                }
+            }
         }
     }
     Ok(())

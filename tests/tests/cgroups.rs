@@ -563,3 +563,66 @@ fn cgroup_properties_are_saved_and_set_again() {
     assert_eq!(get(&pids, "pids.max"), "77", "full: set again");
     assert_eq!(get(&cpu, "cpu.shares"), "512", "full: set again");
 }
+
+/// A thread in another cgroup than its process (v1's `tasks` file; zdtm's cgroup_threads)
+/// comes back there with `--manage-cgroups`: it has a `cg_set` of its own.
+#[test]
+fn a_thread_in_its_own_cgroup_comes_back_there() {
+    let _g = serial_root!();
+    let Some(cg) = TestCgroup::new(PIDS_V1, test_name!()) else {
+        return;
+    };
+    let sub = cg.path.join("thread");
+    std::fs::create_dir(&sub).expect("mkdir thread cgroup");
+    let script = format!(
+        r#"
+import threading, time
+def worker():
+    open("{tasks}", "w").write(str(threading.get_native_id()))
+    n = 0
+    while True:
+        print("thread", threading.get_native_id(), n, flush=True); n += 1; time.sleep(0.05)
+threading.Thread(target=worker, daemon=True).start()
+while True:
+    time.sleep(1)
+"#,
+        tasks = sub.join("tasks").display()
+    );
+    let w = Workload::python("cgthread", &script);
+    let lines = w.wait_lines(3, T);
+    cg.add(w.pid);
+    // Moving the process moves every thread: the worker goes back to its own cgroup.
+    let tid = lines
+        .iter()
+        .find_map(|l| nums(l).first().copied())
+        .expect("the thread's line") as u32;
+    std::fs::write(sub.join("tasks"), tid.to_string()).expect("thread into its cgroup");
+    let in_cg = |pid: u32, t: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{t}/cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains(":pids:"))
+            .map(|l| l.rsplit(':').next().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let base = format!("/{}", cg.path.file_name().unwrap().to_string_lossy());
+    assert_eq!(
+        in_cg(w.pid, tid),
+        format!("{base}/thread"),
+        "set up as planned"
+    );
+    let pids = dump_kill_then_restore(&w, &[], &["--manage-cgroups"], || {});
+    let (leader, thread) = (in_cg(w.pid, w.pid), in_cg(w.pid, tid));
+    kill_tree(&pids);
+    let end = Instant::now() + Duration::from_secs(5);
+    while alive(w.pid) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(&sub);
+    assert_eq!(leader, base, "the process is back in its cgroup");
+    assert_eq!(
+        thread,
+        format!("{base}/thread"),
+        "and the thread in its own"
+    );
+}

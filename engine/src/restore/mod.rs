@@ -552,6 +552,9 @@ impl Steps<'_> {
             step(format_args!("threads of task {}", t.pid()))?;
             finish_threads(t, img, self.trampoline, vdso_syscall[&t.pid()], created)?;
         }
+        if let Some(mode) = opts.manage_cgroups {
+            crate::cgroup::restore_thread_cgroups(img, mode, &opts.cgroup_roots)?;
+        }
         opts.notify.run(Script::PostRestore, Some(self.root_pid))?;
         // The connections exist again: let their peers' packets through (network-unlock).
         // This thread is in the tree's network namespace if it has one; a namespace made

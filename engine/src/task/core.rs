@@ -95,6 +95,15 @@ pub(crate) fn dump_task(
     crate::mm::vma::dump_mm(pid, &tree.tasks[n].stat, from_task, &maps, img, stats)?;
 
     for (i, thread::ThreadCore { tid, mut core, .. }) in cores.into_iter().enumerate() {
+        // A thread in other cgroups than its process has a set of its own.
+        if i > 0 {
+            let set = img.cgroups.of_thread(pid, tid)?;
+            if Some(set) != tc.cg_set {
+                if let Some(c) = core.thread_core.as_mut() {
+                    c.cg_set = Some(set);
+                }
+            }
+        }
         // Credentials as the tree sees them: the restore sets them from inside.
         if let (Some(maps), Some(c)) = (
             &img.userns,

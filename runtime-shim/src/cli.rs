@@ -58,6 +58,8 @@ pub struct Config {
     pub join_ns: Vec<(String, PathBuf)>,
     /// `--external net[INODE]:KEY`: (inode, key).
     pub external_netns: Vec<(u64, String)>,
+    /// `--external pid[INODE]:KEY`: (inode, key).
+    pub external_pidns: Vec<(u64, String)>,
     /// `--external mnt[KEY]:VAL`, `--ext-mount-map KEY:VAL`.
     pub ext_mounts: Vec<(String, String)>,
     /// `--root DIR`.
@@ -102,6 +104,7 @@ impl Default for Config {
             inherit_fds: Vec::new(),
             veth_pairs: Vec::new(),
             external_netns: Vec::new(),
+            external_pidns: Vec::new(),
             ext_mounts: Vec::new(),
             root: None,
             manage_cgroups: None,
@@ -211,6 +214,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
             if on {
                 match parse_external(value(g))? {
                     External::Net(ino, key) => c.external_netns.push((ino, key)),
+                    External::Pid(ino, key) => c.external_pidns.push((ino, key)),
                     External::Mnt(key, val) => c.ext_mounts.push((key, val)),
                 }
             }
@@ -365,6 +369,9 @@ pub fn parse_join_ns(s: &str) -> Result<(String, PathBuf), String> {
 pub enum External {
     /// `net[INODE]:KEY`: the tree's network namespace is the caller's.
     Net(u64, String),
+    /// `pid[INODE]:KEY`: the tree's pid namespace is the caller's (runc's extRootPidNS, a
+    /// container joining another's pid namespace).
+    Pid(u64, String),
     /// `mnt[KEY]:VAL`: at dump, the mount at KEY is external under the name VAL; at restore,
     /// the mount named KEY comes from VAL.
     Mnt(String, String),
@@ -384,11 +391,17 @@ pub fn parse_external(s: &str) -> Result<External, String> {
             .map(|i| External::Net(i, key.to_string()))
             .map_err(|_| format!("bad inode in --external {s}"));
     }
+    if let Some((ino, key)) = split("pid[") {
+        return ino
+            .parse()
+            .map(|i| External::Pid(i, key.to_string()))
+            .map_err(|_| format!("bad inode in --external {s}"));
+    }
     if let Some((key, val)) = split("mnt[") {
         return Ok(External::Mnt(key.to_string(), val.to_string()));
     }
     Err(format!(
-        "--external {s} is not supported yet (only net[INODE]:KEY and mnt[KEY]:VAL)"
+        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY and mnt[KEY]:VAL)"
     ))
 }
 

@@ -144,6 +144,7 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
         opts.ghost_limit = limit;
     }
     opts.external_netns = c.external_netns.clone();
+    opts.external_pidns = c.external_pidns.clone();
     opts.ext_mounts = c.ext_mounts.clone();
     if let Some(secs) = c.timeout {
         stasis::sys::ptrace::set_stop_timeout(std::time::Duration::from_secs(secs));

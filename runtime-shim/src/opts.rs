@@ -158,7 +158,7 @@ pub static OPTIONS: &[Spec] = &[
         "external",
         None,
         Req,
-        Values("net[INODE]:KEY: the tree's network namespace is the caller's, joined at restore through --inherit-fd fd[N]:KEY; mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore: a mount from outside the tree"),
+        Values("net[INODE]:KEY or pid[INODE]:KEY: the tree's network or pid namespace is the caller's, joined at restore through --inherit-fd fd[N]:KEY; mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore: a mount from outside the tree"),
     ),
     o("empty-ns", None, Req, Refused),
     o("lazy-pages", None, N, Refused),

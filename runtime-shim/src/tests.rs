@@ -433,7 +433,7 @@ fn print_doc_table() {
 }
 
 #[test]
-fn external_takes_a_network_namespace_and_mounts() {
+fn external_takes_network_and_pid_namespaces_and_mounts() {
     assert_eq!(
         cli::parse_external("net[4026532177]:extRootNetNS"),
         Ok(cli::External::Net(4026532177, "extRootNetNS".to_string()))
@@ -443,8 +443,12 @@ fn external_takes_a_network_namespace_and_mounts() {
         Ok(cli::External::Mnt("/proc/keys".into(), "/dev/null".into()))
     );
     assert_eq!(
-        cli::parse_external("pid[1]:extRootPidNS").unwrap_err(),
-        "--external pid[1]:extRootPidNS is not supported yet (only net[INODE]:KEY and mnt[KEY]:VAL)"
+        cli::parse_external("pid[4026532175]:extRootPidNS"),
+        Ok(cli::External::Pid(4026532175, "extRootPidNS".to_string()))
+    );
+    assert_eq!(
+        cli::parse_external("ipc[1]:x").unwrap_err(),
+        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY and mnt[KEY]:VAL)"
     );
     let c = cli::parse(&[
         "restore",

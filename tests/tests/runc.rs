@@ -22,6 +22,8 @@ struct Shape<'a> {
     script: &'a str,
     /// The network namespace by path.
     netns: Option<&'a str>,
+    /// The pid namespace by path (another process's: the container does not own it).
+    pidns: Option<&'a str>,
     /// A cgroup namespace of its own.
     cgroupns: bool,
     /// A user namespace of its own: 0-65535 mapped to 100000-165535.
@@ -31,6 +33,7 @@ struct Shape<'a> {
 const COUNTER: Shape<'static> = Shape {
     script: SCRIPT,
     netns: None,
+    pidns: None,
     cgroupns: false,
     userns: false,
 };
@@ -44,6 +47,7 @@ fn bundle(dir: &Path, shape: Shape<'_>) {
     let Shape {
         script,
         netns,
+        pidns,
         cgroupns,
         userns,
     } = shape;
@@ -80,6 +84,14 @@ fn bundle(dir: &Path, shape: Shape<'_>) {
         ),
         None => spec,
     };
+    let spec = match pidns {
+        Some(path) => spec.replacen(
+            "\"type\": \"pid\"",
+            &format!("\"type\": \"pid\", \"path\": \"{path}\""),
+            1,
+        ),
+        None => spec,
+    };
     let spec = if cgroupns {
         spec.replacen(
             "\"type\": \"mount\"",
@@ -108,6 +120,7 @@ fn bundle(dir: &Path, shape: Shape<'_>) {
         spec.contains(script.split(' ').next().unwrap_or("sh"))
             && spec.contains("\"/tmp\"")
             && netns.is_none_or(|p| spec.contains(p))
+            && pidns.is_none_or(|p| spec.contains(p))
             && (!cgroupns || spec.contains("\"cgroup\""))
             && (!userns || spec.contains("uidMappings")),
         "config.json changed shape: {spec}"
@@ -531,6 +544,138 @@ fn runc_container_in_a_netns_by_path_keeps_its_connection() {
         "new\n",
         "the server answers new clients"
     );
+}
+
+/// The pid namespace of a process that reaps its children, as a pod's pause container
+/// is; killed on drop.
+struct PidNsHolder(std::process::Child);
+
+impl PidNsHolder {
+    fn start() -> PidNsHolder {
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "python3", "-c"])
+            .arg(
+                "import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(0.05)\n",
+            )
+            .spawn()
+            .expect("unshare");
+        PidNsHolder(child)
+    }
+
+    /// The namespace's init (the python under unshare), once there.
+    fn init(&self) -> u32 {
+        let end = Instant::now() + T;
+        loop {
+            let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.0.id()))
+                .unwrap_or_default();
+            if let Some(p) = kids.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                return p;
+            }
+            assert!(Instant::now() < end, "the namespace's init did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PidNsHolder {
+    fn drop(&mut self) {
+        let init = self.init();
+        kill_tree(&[init]);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A container that joins another's pid namespace (the bundle names it by path, as a pod's
+/// containers share the pause container's): runc declares it external (extRootPidNS), the
+/// container's init is not pid 1 there, and the restore joins the namespace runc hands back:
+/// the same pid inside, the counter goes on, `runc exec` works.
+#[test]
+fn runc_container_in_an_external_pid_namespace() {
+    let _g = serial_root!();
+    if Command::new("unshare").arg("--version").output().is_err() {
+        skip(
+            test_name!(),
+            "no unshare (util-linux) to make the namespace",
+        );
+        return;
+    }
+    let holder = PidNsHolder::start();
+    let path = format!("/proc/{}/ns/pid", holder.init());
+    let Some(c) = Container::start_with(
+        test_name!(),
+        "stasis-runc-extpid",
+        Shape {
+            pidns: Some(&path),
+            ..COUNTER
+        },
+    ) else {
+        return;
+    };
+    let nspid = |pid: u32| status_field(&format!("/proc/{pid}/status"), "NSpid:");
+    let inner = |pid: u32| {
+        nspid(pid)
+            .split_whitespace()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
+    let pid = c.pid("pid");
+    let before = inner(pid);
+    assert_ne!(
+        before, "1",
+        "the container's init is not the namespace's init"
+    );
+    let out = c.runc(&[
+        "checkpoint",
+        "--image-path",
+        "ckpt",
+        "--work-path",
+        "work",
+        c.id,
+    ]);
+    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
+    // Reparented to us (the tests' subreaper) when `runc run` exited: its zombie holds the
+    // pid in the namespace until reaped.
+    reap(pid);
+    let dumped = c.lines().len();
+    let status = c
+        .runc_cmd(&[
+            "restore",
+            "-d",
+            "--image-path",
+            "ckpt",
+            "--work-path",
+            "work",
+            "--pid-file",
+            "pid2",
+            c.id,
+        ])
+        .status()
+        .expect("runc restore");
+    assert!(
+        status.success(),
+        "runc restore: {}",
+        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
+    );
+    let restored = c.pid("pid2");
+    assert_eq!(inner(restored), before, "the same pid in the namespace");
+    let ns = |p: &str| std::fs::read_link(p).expect("ns link");
+    assert_eq!(
+        ns(&format!("/proc/{restored}/ns/pid")),
+        ns(&path),
+        "in the namespace it joined"
+    );
+    let after = c.wait_lines(dumped + 5, T);
+    assert!(after.len() >= dumped + 5, "the counter goes on");
+    let out = c.runc(&["exec", c.id, "echo", "exec-ok"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("exec-ok"),
+        "runc exec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(c);
+    drop(holder);
 }
 
 /// A container with a cgroup namespace of its own (what runc and podman give containers on

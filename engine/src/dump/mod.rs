@@ -50,6 +50,10 @@ pub struct DumpOptions {
     /// net[INODE]:KEY`, runc's `extRootNetNS`): (nsfs inode, key). The restore joins the one
     /// given as `--inherit-fd fd[N]:KEY`.
     pub external_netns: Vec<(u64, String)>,
+    /// `--external pid[INODE]:KEY`: the tree's pid namespace is not its own (runc's
+    /// extRootPidNS): its root need not be the init, and the restore joins the namespace the
+    /// caller hands over as KEY.
+    pub external_pidns: Vec<(u64, String)>,
     /// Freeze this cgroup (a v1 freezer or a cgroup2 directory) while the tree is seized
     /// (`--freeze-cgroup`). Every process in it must be in the tree: one outside is refused.
     pub freeze_cgroup: Option<PathBuf>,
@@ -78,6 +82,7 @@ impl DumpOptions {
             file_locks: false,
             notify: Notifier::default(),
             external_netns: Vec::new(),
+            external_pidns: Vec::new(),
             freeze_cgroup: None,
             ext_mounts: Vec::new(),
             orphan_pts_master: false,
@@ -428,6 +433,21 @@ pub(crate) struct Images {
     pub(crate) userns: Option<pb::UsernsEntry>,
 }
 
+/// CRIU's pidns image: written only for a pid namespace declared external, naming its key.
+fn write_external_pidns(dir: &Path, pids: &crate::ns::pid::PidView) -> Result<(), DumpError> {
+    let Some(key) = pids.external_key() else {
+        return Ok(());
+    };
+    let mut w = ImageWriter::new(ImageKind::Normal, magic::PIDNS);
+    w.push(&pb::PidnsEntry {
+        ext_key: Some(key.to_string()),
+    });
+    write_file(
+        &dir.join(names::pidns(crate::ns::pid::TREE_NS_ID)),
+        &w.into_bytes(),
+    )
+}
+
 /// Everything from a frozen tree to a complete image set: refusals first, then each task, the
 /// objects tasks share (files, IPC, namespaces), and inventory.img last.
 fn dump_frozen(
@@ -437,7 +457,7 @@ fn dump_frozen(
 ) -> Result<(), DumpError> {
     let live = tree.live_pids();
     let root = tree.tasks[0].pid;
-    let pids = crate::ns::pid::tree_view(root, &live)?;
+    let pids = crate::ns::pid::tree_view(root, &live, &opts.external_pidns)?;
     let own_net = crate::ns::net::tree_ns(root, &live)?;
     let own_time = crate::ns::time::tree_clocks(root, &live)?;
     let mut owned = Vec::new();
@@ -485,6 +505,7 @@ fn dump_frozen(
     if pids.owns_namespace() {
         img.ns_ids.pid = crate::ns::pid::TREE_NS_ID;
     }
+    write_external_pidns(&img.dir, &pids)?;
     if own_cgroupns {
         img.ns_ids.cgroup = Some(crate::ns::mnt::CGROUP_TREE_NS_ID);
     }

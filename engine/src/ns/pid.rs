@@ -10,7 +10,7 @@
 //! translation at all ([`run_inside`]).
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
 use crate::proc;
@@ -23,7 +23,7 @@ pub enum PidNsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("process {pid} is in a pid namespace of its own whose init is not the tree's root: dump the namespace's init")]
+    #[error("process {pid} is in a pid namespace of its own whose init is not the tree's root: dump the namespace's init, or declare the namespace external (--external pid[INODE]:KEY)")]
     NotInit { pid: u32 },
     #[error(
         "process {pid} is {depth} pid namespaces deep: nested pid namespaces are not supported yet"
@@ -58,6 +58,8 @@ pub const TREE_NS_ID: u32 = 8;
 #[derive(Debug, Default, Clone)]
 pub struct PidView {
     inner: Option<HashMap<u32, u32>>,
+    /// The namespace is not the tree's own but declared external under this key.
+    external: Option<String>,
 }
 
 impl PidView {
@@ -74,10 +76,16 @@ impl PidView {
         self.inner.is_some()
     }
 
+    /// The key the namespace was declared external under, if it was.
+    pub fn external_key(&self) -> Option<&str> {
+        self.external.as_deref()
+    }
+
     #[cfg(test)]
     pub fn from_pairs(pairs: &[(u32, u32)]) -> Self {
         PidView {
             inner: Some(pairs.iter().copied().collect()),
+            external: None,
         }
     }
 }
@@ -92,13 +100,23 @@ fn ns_id(path: &str) -> Result<(u64, u64), PidNsError> {
 }
 
 /// The tree's view of pids when its root is the init of a pid namespace of its own (one level
-/// below ours); None when the tree is in ours. `live`: every live task; their threads are
-/// listed here. Refuses a namespace the tree does not wholly own.
-pub fn tree_view(root: u32, live: &[u32]) -> Result<PidView, PidNsError> {
+/// below ours), or in one declared external (`(inode, key)`, runc's extRootPidNS: then the
+/// root need not be the init and other processes may share it); identity when the tree is in
+/// ours. `live`: every live task; their threads are listed here. Refuses a namespace the tree
+/// does not wholly own and that is not declared external.
+pub fn tree_view(
+    root: u32,
+    live: &[u32],
+    external: &[(u64, String)],
+) -> Result<PidView, PidNsError> {
     let root_ns = ns_id(&format!("/proc/{root}/ns/pid"))?;
     if root_ns == ns_id("/proc/thread-self/ns/pid")? {
         return Ok(PidView::default());
     }
+    let ext_key = external
+        .iter()
+        .find(|(ino, _)| *ino == root_ns.1)
+        .map(|(_, k)| k.clone());
     let mut map = HashMap::new();
     for &pid in live {
         if ns_id(&format!("/proc/{pid}/ns/pid"))? != root_ns {
@@ -127,11 +145,20 @@ pub fn tree_view(root: u32, live: &[u32]) -> Result<PidView, PidNsError> {
             }
         }
     }
+    if ext_key.is_some() {
+        return Ok(PidView {
+            inner: Some(map),
+            external: ext_key,
+        });
+    }
     if map.get(&root) != Some(&1) {
         return Err(PidNsError::NotInit { pid: root });
     }
     refuse_outsiders(root_ns, &map)?;
-    Ok(PidView { inner: Some(map) })
+    Ok(PidView {
+        inner: Some(map),
+        external: None,
+    })
 }
 
 /// A process that joined the namespace from outside (setns) is not a descendant of its init:
@@ -203,7 +230,18 @@ pub fn run_inside(
                     source: e.into(),
                 }
             })?;
-            match crate::sys::clone::fork_with_pid(inner_pid, 0) {
+            // In a namespace that is not the tree's own (external), other processes may hold
+            // the pid: the next lower free one does as well.
+            let mut pid = inner_pid;
+            let forked = loop {
+                let r = crate::sys::clone::fork_with_pid(pid, 0);
+                if r == -(libc::EEXIST as i64) && pid > 2 && inner_pid - pid < 256 {
+                    pid -= 1;
+                    continue;
+                }
+                break r;
+            };
+            match forked {
                 0 => {
                     // SAFETY: this is the forked child, a process of its own with a copy of
                     // our memory: the pointer is to its copy of `work`, which nothing else in
@@ -239,6 +277,23 @@ pub fn run_inside(
             "the worker died without a report (wait status {st:#x})"
         ))),
     }
+}
+
+/// Runs `fork` (a raw clone3 that returns its result) with this thread's children going into
+/// the pid namespace `ns` (an nsfs fd), then puts this thread's back where they were. Only the
+/// calling thread's pid_for_children changes, and only for the call.
+pub fn fork_in(ns: RawFd, fork: impl FnOnce() -> i64) -> std::io::Result<i64> {
+    use std::os::fd::BorrowedFd;
+    let ours = std::fs::File::open("/proc/thread-self/ns/pid_for_children")?;
+    // SAFETY: `ns` is the caller's open fd, valid for this call.
+    let target = unsafe { BorrowedFd::borrow_raw(ns) };
+    nix::sched::setns(target, nix::sched::CloneFlags::CLONE_NEWPID)?;
+    let r = fork();
+    if r != 0 {
+        // The parent (the child never returns here): back to our own namespace's children.
+        nix::sched::setns(&ours, nix::sched::CloneFlags::CLONE_NEWPID)?;
+    }
+    Ok(r)
 }
 
 /// A pointer handed to the forking thread for the forked child alone (see `run_inside`).

@@ -127,6 +127,10 @@ pub enum RestoreError {
         "pid {pid} is already in use on this machine; free it (or restore in a new pid namespace)"
     )]
     PidTaken { pid: u32 },
+    #[error(
+        "the tree's pid namespace was external (key {key}): give it with --inherit-fd fd[N]:{key}"
+    )]
+    ExternalPidNs { key: String },
     #[error("thread {tid}: the images hold {missing} register state, which this CPU does not have: the dump was made on a CPU with more features, and programs that chose their code by them at start would fault here (--cpu-cap=none restores without it)")]
     CpuFeatures { tid: u32, missing: String },
     #[error("cannot open {path} (file id {id})")]
@@ -369,15 +373,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     opts.notify.run(Script::PreRestore, None)?;
     // A root of pid 1 is a pid namespace's init: the tree gets a new namespace (see ns::pid),
     // where every pid is free.
-    let own_pidns = img.tasks[0].pid() == 1;
-    if own_pidns {
+    let own_pidns = img.tasks[0].pid() == 1 && img.pidns_ext_key.is_none();
+    // An external one (runc's extRootPidNS) is joined: the caller hands it over by its key.
+    let ext_pidns = match &img.pidns_ext_key {
+        Some(key) => Some(external_pidns(opts, key)?),
+        None => None,
+    };
+    let in_pidns = own_pidns || ext_pidns.is_some();
+    if in_pidns {
         // The worker inside has a /proc of its own: a /proc/<pid>/fd/N path (the RPC's
         // images_dir_fd) would not lead anywhere there.
         if let Ok(d) = std::fs::canonicalize(&img.dir) {
             img.dir = d;
         }
     }
-    if !own_pidns {
+    if !in_pidns {
         for t in &img.tasks {
             for th in &t.threads {
                 wait_pid_free(th.tid)?;
@@ -440,6 +450,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         trampoline,
         sibling: opts.sibling,
         own_pidns,
+        ext_pidns: ext_pidns.as_ref().map(|f| f.as_raw_fd()),
         mounts: stub_mounts,
         new_cgroupns: img.own_cgroupns,
         userns: holder.as_ref().map(|h| h.user.as_raw_fd()),
@@ -463,7 +474,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         opts,
         root_pid,
     };
-    let pages_restored = if own_pidns {
+    let pages_restored = if in_pidns {
         // The stubs' pids are the namespace's: only the worker inside may act on them; ours
         // is the init's host pid, whose death takes the whole namespace.
         let mut inside = Created {
@@ -713,6 +724,20 @@ fn enter_tree_namespaces(img: &DumpImage, opts: &RestoreOptions) -> Result<Enter
     Ok((entered, holder))
 }
 
+/// The external pid namespace the caller handed over as `key` (`--inherit-fd fd[N]:KEY`, the
+/// RPC's inherit_fd), as a new fd of ours.
+fn external_pidns(opts: &RestoreOptions, key: &str) -> Result<OwnedFd, RestoreError> {
+    let Some(given) = opts.inherit_fds.iter().find(|i| i.key == key) else {
+        return Err(RestoreError::ExternalPidNs {
+            key: key.to_string(),
+        });
+    };
+    // SAFETY: the caller's inherited fd, open for the whole restore; we dup it to own a copy.
+    let fd = unsafe { BorrowedFd::borrow_raw(given.fd) };
+    fd.try_clone_to_owned()
+        .map_err(setup_err(format!("fd {} given for {key}", given.fd)))
+}
+
 /// How the root is forked.
 struct Fork {
     trampoline: u64,
@@ -720,6 +745,8 @@ struct Fork {
     sibling: bool,
     /// As the init of a new pid namespace.
     own_pidns: bool,
+    /// Into this existing pid namespace (an nsfs fd).
+    ext_pidns: Option<RawFd>,
     /// Into the tree's mount namespace (see ns::mnt_sys).
     mounts: Option<crate::ns::mnt_sys::StubMounts>,
     /// In a new cgroup namespace, rooted at our cgroup (where runc placed us).
@@ -735,6 +762,7 @@ fn fork_tree(img: &DumpImage, pool: Pool, fork: Fork) -> Result<(Created, PoolFd
         trampoline,
         sibling,
         own_pidns,
+        ext_pidns,
         mounts,
         new_cgroupns,
         userns,
@@ -775,10 +803,35 @@ fn fork_tree(img: &DumpImage, pool: Pool, fork: Fork) -> Result<(Created, PoolFd
         flags |= libc::CLONE_NEWPID as u64;
         parent = 0;
     }
-    let forked = match userns {
-        None => stub::fork_with_pid(root_pid, flags),
-        Some(user) => stub::fork_in_userns(user, root_pid, flags)
+    if ext_pidns.is_some() {
+        // Its parent is outside the namespace it joins.
+        parent = 0;
+    }
+    let forked = match (userns, ext_pidns) {
+        (None, None) => stub::fork_with_pid(root_pid, flags),
+        (None, Some(ns)) => {
+            // The dumped root, killed after the dump, may not be reaped yet (its parent
+            // outside the namespace reaps late, as PID 1 does): its pid frees up within
+            // seconds, as wait_pid_free waits for one in ours.
+            let end = Instant::now() + PID_FREE_WAIT;
+            loop {
+                let r = crate::ns::pid::fork_in(ns, || stub::fork_with_pid(root_pid, flags))
+                    .map_err(setup_err("joining the tree's external pid namespace"))?;
+                if r != -(libc::EEXIST as i64) || Instant::now() >= end {
+                    break r;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        (Some(user), None) => stub::fork_in_userns(user, root_pid, flags)
             .map_err(setup_err("forking the root in the tree's user namespace"))?,
+        (Some(_), Some(_)) => {
+            return Err(setup_err(
+                "a tree with a user namespace of its own and an external pid namespace",
+            )(std::io::Error::from_raw_os_error(
+                libc::EOPNOTSUPP,
+            )))
+        }
     };
     match forked {
         0 => stub::run(&shared, 0, parent),
@@ -931,8 +984,11 @@ const PTRACE_O_EXITKILL: libc::c_int = 0x100000;
 
 /// A dumped-and-killed task may still be a zombie waiting for its parent (or for an init that
 /// reaps late): give it a few seconds before calling its pid taken.
+/// How long a dumped pid may stay taken by the dumped task's unreaped zombie.
+const PID_FREE_WAIT: Duration = Duration::from_secs(5);
+
 fn wait_pid_free(pid: u32) -> Result<(), RestoreError> {
-    let end = Instant::now() + Duration::from_secs(5);
+    let end = Instant::now() + PID_FREE_WAIT;
     loop {
         match proc::stat(pid) {
             Err(_) => return Ok(()),

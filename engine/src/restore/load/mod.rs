@@ -122,6 +122,9 @@ pub struct DumpImage {
     pub fs_root: Option<String>,
     /// The tree owned its cgroup namespace: its init makes a new one.
     pub own_cgroupns: bool,
+    /// The tree's pid namespace was external (`pidns-<id>.img`'s key): the restore joins the
+    /// namespace the caller hands over under that key (`--inherit-fd`).
+    pub pidns_ext_key: Option<String>,
     /// `cgroup.img`: each task's cgroups, by its `cg_set`.
     pub cgroups: Option<pb::CgroupEntry>,
     /// The uid and gid maps of the user namespace the tree owned.
@@ -752,6 +755,18 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
         _ => None,
     };
     img.own_cgroupns = tree_ns_id(&img.tasks, inv, "cgroup", |i| i.cgroup_ns_id)?.1;
+    img.pidns_ext_key = match tree_ns_id(&img.tasks, inv, "pid", |i| i.pid_ns_id)? {
+        (Some(id), true) => match read_optional(dir, &names::pidns(id))? {
+            Some(bytes) => {
+                let file = names::pidns(id);
+                let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::PIDNS)?;
+                let e: pb::PidnsEntry = r.next_required()?;
+                e.ext_key
+            }
+            None => None,
+        },
+        _ => None,
+    };
     img.mounts = match tree_ns_id(&img.tasks, inv, "mount", |i| i.mnt_ns_id)? {
         (Some(id), true) => {
             let file = names::mountpoints(id);

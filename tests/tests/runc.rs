@@ -1010,3 +1010,90 @@ fn runc_container_with_its_own_user_namespace() {
     assert!(lines.len() >= dumped + 5, "the counter runs on");
     counter_is_continuous(&lines);
 }
+
+/// A bind mount the bundle asks to be shared (`rshared`), alone in its peer group on a host
+/// whose mounts are private: it comes back shared, made so once every mount is there.
+#[test]
+fn runc_container_with_a_shared_bind_mount() {
+    let _g = serial_root!();
+    let Some(c) = Container::create(test_name!(), "stasis-runc-shared", COUNTER) else {
+        return;
+    };
+    let source = c.dir.join("shared-src");
+    std::fs::create_dir_all(&source).expect("bind source");
+    std::fs::write(source.join("f"), "in the bind").expect("file");
+    let config = c.dir.join("config.json");
+    let spec = std::fs::read_to_string(&config).expect("config.json");
+    let mount = format!(
+        r#"{{"destination": "/shared", "type": "bind", "source": "{}", "options": ["rbind", "rshared"]}},
+		{{
+			"destination": "/proc","#,
+        source.display()
+    );
+    let spec = spec.replacen("{\n\t\t\t\"destination\": \"/proc\",", &mount, 1);
+    assert!(spec.contains("rshared"), "config.json changed shape");
+    std::fs::write(&config, spec).expect("config.json");
+    let status = c
+        .runc_cmd(&["run", "-d", "--pid-file", "pid", c.id])
+        .status()
+        .expect("runc run");
+    assert!(status.success(), "runc run -d");
+    c.wait_lines(3, T);
+    let tags = |pid: u32| -> String {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+        text.lines()
+            .find(|l| l.split(' ').nth(4) == Some("/shared"))
+            .map(|l| {
+                let left = l.split(" - ").next().unwrap_or("");
+                let f: Vec<&str> = left.split(' ').collect();
+                f[6..]
+                    .iter()
+                    .map(|t| t.split(':').next().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|| "no /shared mount".into())
+    };
+    let pid = c.pid("pid");
+    if tags(pid) != "shared" {
+        skip(
+            test_name!(),
+            &format!("runc made /shared {:?}, not shared alone", tags(pid)),
+        );
+        return;
+    }
+    let out = c.runc(&[
+        "checkpoint",
+        "--image-path",
+        "ckpt",
+        "--work-path",
+        "work",
+        c.id,
+    ]);
+    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
+    let dumped = c.lines().len();
+    let status = c
+        .runc_cmd(&[
+            "restore",
+            "-d",
+            "--image-path",
+            "ckpt",
+            "--work-path",
+            "work",
+            "--pid-file",
+            "pid2",
+            c.id,
+        ])
+        .status()
+        .expect("runc restore");
+    assert!(
+        status.success(),
+        "runc restore: {}",
+        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
+    );
+    let restored = c.pid("pid2");
+    assert_eq!(tags(restored), "shared", "the bind is shared again");
+    assert_eq!(read_in(restored, "/shared/f"), "in the bind");
+    let after = c.wait_lines(dumped + 5, T);
+    assert!(after.len() >= dumped + 5, "the counter goes on");
+}

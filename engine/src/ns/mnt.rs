@@ -359,19 +359,42 @@ pub fn phases(plan: &[Planned]) -> Result<Vec<Phase>, MntError> {
     Ok(out)
 }
 
-/// Mounts with shared or slave propagation: a restore makes every mount private.
-pub fn refuse_propagation(table: &[MountInfo]) -> Result<(), MntError> {
+/// The peer group a mount is shared in (`shared:N`), if it is.
+pub fn shared_group(m: &MountInfo) -> Option<u32> {
+    m.tags
+        .iter()
+        .find_map(|t| t.strip_prefix("shared:")?.parse().ok())
+}
+
+/// Propagation a restore can make again: a shared mount alone in its peer group (a bind with
+/// `rshared` in a bundle, on a host whose mounts are private), made shared once every mount is
+/// there. Refused by name: a slave (`master:N`), a peer group of several mounts of the tree,
+/// and one shared with mounts outside the tree (`outside`: the groups of the dumper's own
+/// mounts), whose peers the restore could not join.
+pub fn check_propagation(table: &[MountInfo], outside: &HashSet<u32>) -> Result<(), MntError> {
+    let mut members: HashMap<u32, usize> = HashMap::new();
+    for g in table.iter().filter_map(shared_group) {
+        *members.entry(g).or_default() += 1;
+    }
     for m in table {
-        if let Some(t) = m
-            .tags
-            .iter()
-            .find(|t| t.starts_with("shared:") || t.starts_with("master:"))
-        {
-            return Err(MntError::Propagation {
-                id: m.id,
-                mountpoint: m.mountpoint.clone(),
-                what: format!("{t} (shared or slave propagation)"),
-            });
+        let refuse = |what: String| MntError::Propagation {
+            id: m.id,
+            mountpoint: m.mountpoint.clone(),
+            what,
+        };
+        if let Some(t) = m.tags.iter().find(|t| t.starts_with("master:")) {
+            return Err(refuse(format!("{t} (slave propagation)")));
+        }
+        if let Some(g) = shared_group(m) {
+            if members[&g] > 1 {
+                return Err(refuse(format!(
+                    "shared:{g} with {} other mounts of the tree (a peer group)",
+                    members[&g] - 1
+                )));
+            }
+            if outside.contains(&g) {
+                return Err(refuse(format!("shared:{g} with mounts outside the tree")));
+            }
         }
     }
     Ok(())
@@ -745,9 +768,25 @@ mod tests {
             phases(&plan(&odd).unwrap()),
             Err(MntError::BindOfLate { id: 3, .. })
         ));
+        let none = HashSet::new();
         let shared = parse_mountinfo("1 0 8:1 / / rw shared:1 - ext4 /dev/sda rw\n").unwrap();
-        assert!(refuse_propagation(&shared).is_err());
-        assert!(refuse_propagation(&t).is_ok());
+        assert!(
+            check_propagation(&shared, &none).is_ok(),
+            "alone in its group"
+        );
+        assert_eq!(shared_group(&shared[0]), Some(1));
+        assert!(
+            check_propagation(&shared, &HashSet::from([1])).is_err(),
+            "a peer outside"
+        );
+        let peers = parse_mountinfo(
+            "1 0 8:1 / / rw shared:1 - ext4 /dev/sda rw\n2 1 8:1 / /b rw shared:1 - ext4 /dev/sda rw\n",
+        )
+        .unwrap();
+        assert!(check_propagation(&peers, &none).is_err(), "a peer group");
+        let slave = parse_mountinfo("1 0 8:1 / / rw master:3 - ext4 /dev/sda rw\n").unwrap();
+        assert!(check_propagation(&slave, &none).is_err(), "a slave");
+        assert!(check_propagation(&t, &none).is_ok());
         assert_eq!(under("/run/x/criu-root/", "/proc"), "/run/x/criu-root/proc");
     }
 }

@@ -101,7 +101,7 @@ pub fn tree_mounts(
         mnt::to_cgroupns_view(&mut table, &cg);
     }
     mnt::mark_external(&mut table, ext);
-    mnt::refuse_propagation(&table)?;
+    mnt::check_propagation(&table, &our_shared_groups())?;
     let plan = mnt::plan(&table)?;
     mnt::phases(&plan)?;
     if let Some(p) = plan
@@ -114,6 +114,16 @@ pub fn tree_mounts(
         });
     }
     Ok(Some(table))
+}
+
+/// The peer groups of the dumper's own mounts: a tree's mount shared with one of them has
+/// peers outside the tree.
+fn our_shared_groups() -> std::collections::HashSet<u32> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|t| mnt::parse_mountinfo(&t).ok())
+        .map(|table| table.iter().filter_map(mnt::shared_group).collect())
+        .unwrap_or_default()
 }
 
 /// Writes `mountpoints-<id>.img` and each tmpfs's content, read through the root's
@@ -164,6 +174,8 @@ pub struct StubMounts {
     /// The root directory, as the namespace sees it before the pivot.
     pub root: CString,
     pub late: Vec<LateMount>,
+    /// Mounts made shared once all are there, after the pivot (paths as the tree sees them).
+    pub shared: Vec<CString>,
 }
 
 /// The namespace phase 1 made, held until the tree's init has entered it.
@@ -172,6 +184,7 @@ pub struct Early {
     ns: OwnedFd,
     root: CString,
     late: Vec<LateMount>,
+    shared: Vec<CString>,
     /// Detached binds for the late external mounts: closed with us, after the fork.
     _trees: Vec<OwnedFd>,
 }
@@ -217,6 +230,7 @@ impl Early {
                     tree_fd: l.tree_fd,
                 })
                 .collect(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -328,6 +342,13 @@ pub fn build(
         ),
         root: cstr(&root_s)?,
         late: Vec::new(),
+        // Parents first (the table's order is the plan's), so a shared parent does not
+        // propagate the making of its children.
+        shared: plan
+            .iter()
+            .filter(|p| mnt::shared_group(&p.mount).is_some())
+            .map(|p| cstr(&p.mount.mountpoint))
+            .collect::<Result<_, _>>()?,
         _trees: Vec::new(),
     };
     // Nothing made here reaches the namespace we came from.

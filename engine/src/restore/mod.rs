@@ -1131,6 +1131,7 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
                         3 => "pivot_root into the new root".into(),
                         4 => "detaching the old root".into(),
                         5 => "unsharing a cgroup namespace".into(),
+                        6 => "making a mount shared again".into(),
                         n => format!("the init's mount #{} (see the debug log's list)", n - 16),
                     },
                     errno,

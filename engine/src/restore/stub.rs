@@ -320,6 +320,20 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
         check(libc::syscall(libc::SYS_pivot_root, dot, dot), 3);
         check(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH), 4);
         check(libc::syscall(libc::SYS_chdir, c"/".as_ptr()), 2);
+        // Propagation last: every mount is there, and a shared root could not be pivoted.
+        for p in &m.shared {
+            check(
+                libc::syscall(
+                    libc::SYS_mount,
+                    null,
+                    p.as_ptr(),
+                    null,
+                    libc::MS_SHARED as libc::c_ulong,
+                    null,
+                ),
+                6,
+            );
+        }
     }
 }
 

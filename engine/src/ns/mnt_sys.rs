@@ -116,6 +116,14 @@ pub fn tree_mounts(
     Ok(Some(table))
 }
 
+/// The mountpoints the init makes shared after the pivot, parents first (the plan's order).
+fn shared_mountpoints(plan: &[mnt::Planned]) -> Result<Vec<CString>, MntNsError> {
+    plan.iter()
+        .filter(|p| mnt::shared_group(&p.mount).is_some())
+        .map(|p| cstr(&p.mount.mountpoint))
+        .collect()
+}
+
 /// The peer groups of the dumper's own mounts: a tree's mount shared with one of them has
 /// peers outside the tree.
 fn our_shared_groups() -> std::collections::HashSet<u32> {
@@ -342,13 +350,7 @@ pub fn build(
         ),
         root: cstr(&root_s)?,
         late: Vec::new(),
-        // Parents first (the table's order is the plan's), so a shared parent does not
-        // propagate the making of its children.
-        shared: plan
-            .iter()
-            .filter(|p| mnt::shared_group(&p.mount).is_some())
-            .map(|p| cstr(&p.mount.mountpoint))
-            .collect::<Result<_, _>>()?,
+        shared: shared_mountpoints(&plan)?,
         _trees: Vec::new(),
     };
     // Nothing made here reaches the namespace we came from.

@@ -453,3 +453,49 @@ while True:
         &lines[n.saturating_sub(3)..]
     );
 }
+
+/// The ghost limit counts the data a deleted file holds, not its size (as CRIU counts): a
+/// sparse 1 GiB file with a page of data is dumped under the default 1 MiB limit (zdtm's
+/// unlink_largefile), while 2 MiB of data are refused by name until `--ghost-limit` allows it.
+#[test]
+fn ghost_limit_counts_data_not_size() {
+    let _g = serial_root!();
+    let script = |data: usize| {
+        format!(
+            r#"
+import os, time
+fd = os.open("big", os.O_RDWR | os.O_CREAT, 0o600)
+os.pwrite(fd, b"x" * {data}, 0)
+os.ftruncate(fd, 1 << 30)
+os.fsync(fd)
+os.unlink("big")
+n = 0
+while True:
+    print("tick", n, os.fstat(fd).st_size, os.pread(fd, 1, 0), flush=True); n += 1
+    time.sleep(0.05)
+"#
+        )
+    };
+    let w = Workload::python("ghost-sparse", &script(4096));
+    w.wait_lines(2, T);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 2, T);
+    kill_tree(&pids);
+    assert!(
+        after[n..].iter().any(|l| l.ends_with("1073741824 b'x'")),
+        "the sparse ghost came back: {:?}",
+        &after[n.saturating_sub(1)..]
+    );
+
+    let w = Workload::python("ghost-data", &script(2 << 20));
+    w.wait_lines(2, T);
+    let e = dump_must_fail(&w);
+    assert!(
+        e.contains("holds") && e.contains("over the ghost limit of 1048576 bytes"),
+        "{e}"
+    );
+    assert_runs_on(&w);
+    let pids = dump_kill_restore_with(&w, &["--ghost-limit", "4M"], &[]);
+    kill_tree(&pids);
+}

@@ -59,7 +59,7 @@ pub enum FilesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} was deleted while open and is {size} bytes, over the ghost limit of {limit} bytes: raise it with --ghost-limit")]
+    #[error("{path} was deleted while open and holds {size} bytes of data, over the ghost limit of {limit} bytes: raise it with --ghost-limit")]
     GhostTooBig { path: String, size: u64, limit: u64 },
     #[error("cannot save the content of deleted file {path}")]
     Ghost {
@@ -434,10 +434,13 @@ impl FileTable {
         {
             return Ok(g.id);
         }
-        if md.size() > self.ghost_limit {
+        // What the image will hold: the blocks in use (only data is saved, holes are not), as
+        // CRIU counts; a sparse 2 GiB file with a few pages of data is a small ghost.
+        let stored = md.blocks() * 512;
+        if stored > self.ghost_limit {
             return Err(FilesError::GhostTooBig {
                 path: orig.to_string(),
-                size: md.size(),
+                size: stored,
                 limit: self.ghost_limit,
             });
         }

@@ -367,3 +367,25 @@ while True:
         "after the restore"
     );
 }
+
+/// A process registered for private expedited membarriers (MEMBARRIER_CMD_REGISTER_*, kept in
+/// the task core's `membarrier_registration_mask`) may still issue them after the restore; an
+/// unregistered one gets EPERM (zdtm's membarrier).
+#[test]
+fn membarrier_registration_survives() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_membarrier = 324
+PRIVATE_EXPEDITED, REGISTER_PRIVATE_EXPEDITED = 1 << 3, 1 << 4
+assert libc.syscall(SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0
+while True:
+    r = libc.syscall(SYS_membarrier, PRIVATE_EXPEDITED, 0, 0)
+    print("barrier", r, ctypes.get_errno() if r else 0, flush=True)
+    time.sleep(0.05)
+"#;
+    let (before, after) = python_line_before_and_after("membarrier", script);
+    assert_eq!(before, "barrier 0 0", "registered before");
+    assert_eq!(after, before, "and after the restore");
+}

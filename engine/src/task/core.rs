@@ -66,6 +66,7 @@ pub(crate) fn dump_task(
         )
         .map_err(ptr_err(pid))?;
     let subreaper = read_u64(pid, scratch)? as u32 != 0;
+    let membarrier = membarrier_registrations(pid, &leader)?;
 
     // Per-thread state.
     let cores = thread::dump_threads(tree, n, scratch, &mut img.seccomp)?;
@@ -79,6 +80,7 @@ pub(crate) fn dump_task(
     tc.cg_set = Some(img.cgroups.of_pid(pid)?);
     tc.sigactions = sigactions;
     tc.child_subreaper = Some(subreaper);
+    tc.membarrier_registration_mask = (membarrier != 0).then_some(membarrier);
 
     // Files and fs.
     dump_files_and_fs(tree, n, opts, img, stats)?;
@@ -120,6 +122,28 @@ pub(crate) fn dump_task(
         write_file(&img.dir.join(names::core(img.pids.v(tid))), &w.into_bytes())?;
     }
     Ok(())
+}
+
+/// The membarrier() commands the process registered for (MEMBARRIER_CMD_GET_REGISTRATIONS,
+/// Linux 6.3): a registered process may issue private expedited barriers, which fail with
+/// EPERM in one that is not. 0 on a kernel without the command (the registrations are then
+/// not kept).
+fn membarrier_registrations(pid: u32, leader: &ptrace::Injector) -> Result<u32, DumpError> {
+    const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+    let r = leader
+        .raw(
+            libc::SYS_membarrier,
+            &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0],
+        )
+        .map_err(ptr_err(pid))?;
+    if r < 0 {
+        log::debug!(
+            "pid {pid}: membarrier registrations not readable here (errno {})",
+            -r
+        );
+        return Ok(0);
+    }
+    Ok(r as u32)
 }
 
 /// Finds a syscall instruction to inject at (the task's own vdso has one) and maps the scratch
@@ -552,6 +576,11 @@ pub(crate) fn restore_task_state(r: &Remote, t: &TaskImage) -> Result<(), Restor
     }
     if tc.child_subreaper == Some(true) {
         r.call(libc::SYS_prctl, &[libc::PR_SET_CHILD_SUBREAPER as u64, 1])?;
+    }
+    // Each bit is a MEMBARRIER_CMD_REGISTER_* command the process had issued.
+    let mask = tc.membarrier_registration_mask.unwrap_or(0);
+    for bit in (0..32).filter(|b| mask & (1 << b) != 0) {
+        r.call(libc::SYS_membarrier, &[1 << bit, 0, 0])?;
     }
     r.call(libc::SYS_personality, &[tc.personality as u64])?;
     if let Some(rl) = &tc.rlimits {

@@ -253,8 +253,18 @@ fn classify(
             Ok(Some(PageSelect::Anon))
         }
         p if p.starts_with("/dev/zero") || p.starts_with("/SYSV") => {
-            if !m.shared {
-                // A private mapping of /dev/zero is plain anonymous memory.
+            if !m.shared && p.starts_with("/dev/zero") && p.ends_with(" (deleted)") {
+                // A private mapping of a shared anonymous object (mapped again through
+                // /proc/<pid>/map_files, zdtm's shmemfd-priv): its untouched pages show the
+                // object, so the object is saved and mapped privately again, and only the
+                // pages copied on write are the task's own.
+                vma.flags |= libc::MAP_ANONYMOUS as u32;
+                vma.status |= VMA_ANON_SHARED;
+                vma.shmid = m.inode;
+                dump_shmem(pid, m, img, stats)?;
+                Ok(Some(PageSelect::PrivateFile))
+            } else if !m.shared {
+                // A private mapping of /dev/zero itself is plain anonymous memory.
                 vma.flags |= libc::MAP_ANONYMOUS as u32;
                 vma.status |= VMA_ANON_PRIVATE;
                 Ok(Some(PageSelect::Anon))

@@ -250,6 +250,11 @@ fn classify(
             } else if !m.path.is_empty() && !m.path.starts_with("[anon:") {
                 return Err(unsupported(pid, m, "a special mapping"));
             }
+            if vma.flags & MAP_DROPPABLE != 0 {
+                // Pages the kernel may drop at any time (glibc's vgetrandom state): as CRIU,
+                // not saved; the restored area reads zeros, as after a drop.
+                return Ok(None);
+            }
             Ok(Some(PageSelect::Anon))
         }
         p if p.starts_with("/dev/zero") || p.starts_with("/SYSV") => {

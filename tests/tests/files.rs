@@ -499,3 +499,40 @@ while True:
     let pids = dump_kill_restore_with(&w, &["--ghost-limit", "4M"], &[]);
     kill_tree(&pids);
 }
+
+/// Watch descriptors past 9 (fdinfo prints them in hex: wd:11 is 17) come back with their
+/// numbers, all of them (zdtm's inotify02).
+#[test]
+fn many_inotify_watches_keep_their_numbers() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, struct, select
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+wds = []
+for i in range(20):
+    os.makedirs("d%d" % i, exist_ok=True)
+    wds.append(libc.inotify_add_watch(fd, b"d%d" % i, 0x100))
+print("watches", wds[0], wds[-1], flush=True)
+while True:
+    r, _, _ = select.select([fd], [], [], 0.05)
+    if r:
+        buf = os.read(fd, 4096)
+        wd, mask, cookie, n = struct.unpack_from("iIII", buf, 0)
+        print("event", wd, buf[16:16 + n].rstrip(b"\0").decode(), flush=True)
+"#;
+    let w = Workload::python("inotify-many", script);
+    assert_eq!(w.wait_lines(1, T)[0], "watches 1 20");
+    let pids = dump_kill_restore(&w);
+    std::fs::write(w.dir.join("d16/new"), b"").unwrap();
+    let end = Instant::now() + T;
+    while !w.lines().iter().any(|l| l.starts_with("event")) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lines = w.lines();
+    kill_tree(&pids);
+    assert!(
+        lines.iter().any(|l| l == "event 17 new"),
+        "the watch on d16 is still wd 17: {lines:?}"
+    );
+}

@@ -27,7 +27,8 @@ pub fn inotify_watches(fdinfo_text: &str, id: u32) -> Vec<pb::InotifyWdEntry> {
         let get = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
         let hex = |key: &str| get(key).and_then(|v| u64::from_str_radix(v, 16).ok());
         let (Some(wd), Some(ino), Some(sdev), Some(mask)) = (
-            get("wd:").and_then(|v| v.parse().ok()),
+            // The kernel prints the watch descriptor in hex too (wd:3f is 63).
+            hex("wd:").map(|v| v as u32),
             hex("ino:"),
             hex("sdev:"),
             hex("mask:"),
@@ -201,10 +202,12 @@ mod tests {
     #[test]
     fn inotify_fdinfo() {
         let text = "pos:\t0\nflags:\t02004000\nmnt_id:\t15\nino:\t1038\n\
-inotify wd:2 ino:4a1 sdev:fe00001 mask:800afce ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a1040000b2c3d4e5\n";
+inotify wd:2 ino:4a1 sdev:fe00001 mask:800afce ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a1040000b2c3d4e5\n\
+inotify wd:3f ino:4a2 sdev:fe00001 mask:fff ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a2040000b2c3d4e5\n";
         let w = inotify_watches(text, 6);
-        assert_eq!(w.len(), 1);
+        assert_eq!(w.len(), 2);
         assert_eq!((w[0].wd, w[0].i_ino, w[0].s_dev), (2, 0x4a1, 0xfe0_0001));
+        assert_eq!(w[1].wd, 0x3f, "the kernel prints watch descriptors in hex");
         assert_eq!(
             (w[0].mask, w[0].f_handle.bytes, w[0].f_handle.r#type),
             (0x800_afce, 8, 1)

@@ -259,3 +259,41 @@ while True:
     assert_eq!(before, "owner 13333 44444", "set up as planned");
     assert_eq!(after, before);
 }
+
+/// A task that opened `/dev/tty`, its session's terminal being a pty of the tree (zdtm's
+/// pty00): no --shell-job is needed, and after the restore that fd is the new terminal (the
+/// task opens it itself once its session has the terminal again).
+#[test]
+fn dev_tty_of_the_trees_own_terminal_comes_back() {
+    let _g = serial_root!();
+    let script = r#"
+import os, pty, select, time
+pid, master = pty.fork()
+if pid == 0:
+    fd = os.open("/dev/tty", os.O_RDWR)
+    n = 0
+    while True:
+        os.write(fd, b"tty %d\n" % n); n += 1
+        time.sleep(0.05)
+buf = b""
+while True:
+    r, _, _ = select.select([master], [], [], 1)
+    if r:
+        buf += os.read(master, 1024)
+        *lines, buf = buf.split(b"\n")
+        for l in lines:
+            if l.strip():
+                print("got", l.strip().decode(), flush=True)
+"#;
+    let w = Workload::python("dev-tty", script);
+    w.wait_lines(3, T);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 3, T);
+    kill_tree(&pids);
+    assert!(
+        after.len() >= n + 3 && after[n..].iter().all(|l| l.starts_with("got tty ")),
+        "the child writes on through its /dev/tty: {:?}",
+        &after[n.saturating_sub(2)..]
+    );
+}

@@ -1,6 +1,8 @@
-//! Files of /proc/<pid>/ of a task of the tree (a program watching its own stat): dumped as
-//! regular files, but the restorer cannot open them before the tasks exist, so each task
-//! opens its own, by an injected openat, at the same number, flags and offset.
+//! Files of /proc/<pid>/ of a task of the tree (a program watching its own stat), and
+//! `/dev/tty` when the tree's sessions have terminals of their own: dumped as regular files,
+//! but the restorer cannot open them before the tasks exist (and its /dev/tty is its own
+//! terminal), so each task opens its own, by an injected openat, at the same number, flags and
+//! offset.
 
 use std::os::fd::OwnedFd;
 
@@ -29,6 +31,12 @@ pub fn tree_proc_path(img: &DumpImage, path: &str) -> bool {
         .any(|t| t.pid() == n || t.threads.iter().any(|th| th.tid == n))
 }
 
+/// Whether `path` is `/dev/tty` of a tree whose sessions have controlling terminals of the
+/// tree's own (a pty with a session): the task's open finds its restored terminal.
+fn tree_dev_tty(img: &DumpImage, path: &str) -> bool {
+    path == "/dev/tty" && img.tty_infos.values().any(|i| i.sid != 0)
+}
+
 impl FileKind for ProcFile {
     fn name(&self) -> &'static str {
         "proc-file-of-the-tree"
@@ -46,7 +54,7 @@ impl FileKind for ProcFile {
         entry
             .reg
             .as_ref()
-            .is_some_and(|r| tree_proc_path(img, &r.name))
+            .is_some_and(|r| tree_proc_path(img, &r.name) || tree_dev_tty(img, &r.name))
     }
 
     fn open(
@@ -63,7 +71,7 @@ impl FileKind for ProcFile {
             let Some(reg) = cx.img.files.get(&f.id).and_then(|e| e.reg.as_ref()) else {
                 continue;
             };
-            if !tree_proc_path(cx.img, &reg.name) {
+            if !tree_proc_path(cx.img, &reg.name) && !tree_dev_tty(cx.img, &reg.name) {
                 continue;
             }
             let mut path = reg.name.clone().into_bytes();

@@ -33,7 +33,7 @@ impl FileKind for Regular {
     }
 
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
-        if *fd.class == FdKind::Tty && !cx.opts.shell_job {
+        if *fd.class == FdKind::Tty && !cx.opts.shell_job && !super::tty::is_own_ctty(cx, fd) {
             return Err(DumpError::ShellJobNeeded {
                 pid: fd.pid,
                 fd: fd.fd,

@@ -433,6 +433,21 @@ impl FileTable {
     }
 }
 
+/// Whether `fd` is `/dev/tty` naming a controlling terminal that is a pty of the tree (a
+/// program opened its own terminal so): saved as that path, and opened by the task itself
+/// once its session has the terminal again (see procfile.rs).
+pub(crate) fn is_own_ctty(cx: &DumpCx, fd: &Fd) -> bool {
+    if fd.link != "/dev/tty" {
+        return false;
+    }
+    let Ok(st) = crate::proc::stat(fd.pid) else {
+        return false;
+    };
+    let (major, minor) = ((st.tty_nr >> 8) & 0xfff, (st.tty_nr & 0xff) | ((st.tty_nr >> 12) & 0xfff00));
+    // Unix98 pty slaves: majors 136-143, 256 minors each.
+    (136..=143).contains(&major) && cx.img.tree_ptys.contains(&((major - 136) * 256 + minor))
+}
+
 /// The kind of ptys whose master is in the tree.
 pub struct Pty;
 

@@ -285,6 +285,34 @@ fn dir_tree(paths: &[String], prefix: &str) -> Vec<pb::CgroupDirEntry> {
         .collect()
 }
 
+/// What the restore passes read of cgroup.img: the entry, and the root task's set (whose
+/// paths `--cgroup-root` moves).
+struct Saved<'a> {
+    entry: &'a pb::CgroupEntry,
+    root_set: Option<&'a pb::CgSetEntry>,
+}
+
+impl<'a> Saved<'a> {
+    /// None when there is nothing to do: no cgroup.img, or `mode` ignores it.
+    fn of(img: &'a DumpImage, mode: CgMode) -> Option<Saved<'a>> {
+        let entry = img.cgroups.as_ref().filter(|_| mode != CgMode::Ignore)?;
+        let mut saved = Saved {
+            entry,
+            root_set: None,
+        };
+        saved.root_set = saved.set(img.tasks[0].tc().cg_set);
+        Some(saved)
+    }
+
+    fn set(&self, id: Option<u32>) -> Option<&'a pb::CgSetEntry> {
+        id.and_then(|id| self.entry.sets.iter().find(|s| s.id == id))
+    }
+}
+
+fn cg_err(e: stasis_cgroups::CgroupError) -> RestoreError {
+    RestoreError::Cgroup(Box::new(e))
+}
+
 /// Puts every live task of `img` into its dumped cgroups, as `mode` says, each hierarchy's
 /// dumped root (the root task's cgroup there) moved to the root `roots` give for it, if any
 /// (`(controller or None for all, path)`, CRIU's `--cgroup-root`). Pids are as the images
@@ -294,14 +322,12 @@ pub fn restore_membership(
     mode: CgMode,
     roots: &[(Option<String>, String)],
 ) -> Result<(), RestoreError> {
-    let Some(entry) = img.cgroups.as_ref().filter(|_| mode != CgMode::Ignore) else {
+    let Some(saved) = Saved::of(img, mode) else {
         return Ok(());
     };
-    let err = |e: stasis_cgroups::CgroupError| RestoreError::Cgroup(Box::new(e));
-    let mounts = membership::our_mounts().map_err(err)?;
-    let set = |id: Option<u32>| id.and_then(|id| entry.sets.iter().find(|s| s.id == id));
-    let root_set = set(img.tasks[0].tc().cg_set);
-    restore_properties(entry, mode, roots, root_set, &mounts).map_err(err)?;
+    let (entry, root_set, set) = (saved.entry, saved.root_set, |id| saved.set(id));
+    let mounts = membership::our_mounts().map_err(cg_err)?;
+    restore_properties(entry, mode, roots, root_set, &mounts).map_err(cg_err)?;
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let Some(s) = set(t.tc().cg_set) else {
             continue;
@@ -323,7 +349,7 @@ pub fn restore_membership(
                 );
                 continue;
             };
-            membership::enter(&dir, t.pid(), mode.creates()).map_err(err)?;
+            membership::enter(&dir, t.pid(), mode.creates()).map_err(cg_err)?;
         }
     }
     Ok(())
@@ -336,12 +362,10 @@ pub fn restore_thread_cgroups(
     mode: CgMode,
     roots: &[(Option<String>, String)],
 ) -> Result<(), RestoreError> {
-    let Some(entry) = img.cgroups.as_ref().filter(|_| mode != CgMode::Ignore) else {
+    let Some(saved) = Saved::of(img, mode) else {
         return Ok(());
     };
-    let err = |e: stasis_cgroups::CgroupError| RestoreError::Cgroup(Box::new(e));
-    let set = |id: Option<u32>| id.and_then(|id| entry.sets.iter().find(|s| s.id == id));
-    let root_set = set(img.tasks[0].tc().cg_set);
+    let (root_set, set) = (saved.root_set, |id| saved.set(id));
     let mut mounts = None;
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let own = t.tc().cg_set;
@@ -352,12 +376,12 @@ pub fn restore_thread_cgroups(
             };
             let mounts = match &mounts {
                 Some(m) => m,
-                None => mounts.insert(membership::our_mounts().map_err(err)?),
+                None => mounts.insert(membership::our_mounts().map_err(cg_err)?),
             };
             for m in &s.ctls {
                 let target = target_of(&m.name, &m.path, root_set, roots);
                 if let Some(dir) = stasis_cgroups::parse::locate(&target, mounts) {
-                    membership::enter_thread(&dir, th.tid).map_err(err)?;
+                    membership::enter_thread(&dir, th.tid).map_err(cg_err)?;
                 }
             }
         }

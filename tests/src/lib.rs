@@ -590,6 +590,24 @@ pub fn python_across_restore(name: &str, script: &str, n: usize) -> (Workload, V
     (w, lines)
 }
 
+/// Runs a python program until it has printed `ready` lines; dumps, kills and restores it;
+/// returns what it printed after the restore once `more` lines have come (or the timeout), the
+/// tree killed.
+pub fn python_lines_after_restore(
+    name: &str,
+    script: &str,
+    ready: usize,
+    more: usize,
+) -> Vec<String> {
+    let w = Workload::python(name, script);
+    w.wait_lines(ready, T);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let lines = w.wait_lines(n + more, T);
+    kill_tree(&pids);
+    lines[n..].to_vec()
+}
+
 /// Runs a python program that prints a line of its state again and again; dumps, kills and
 /// restores it; returns its first line and its first line after the restore.
 pub fn python_line_before_and_after(name: &str, script: &str) -> (String, String) {

@@ -441,16 +441,10 @@ while True:
     if n % 5 == 0:
         os.write(w, b"x")
 "#;
-    let w = Workload::python("epoll-closed-target", script);
-    w.wait_lines(6, T);
-    let pids = dump_kill_restore(&w);
-    let n = w.lines().len();
-    let lines = w.wait_lines(n + 12, T);
-    kill_tree(&pids);
+    let after = python_lines_after_restore("epoll-closed-target", script, 6, 12);
     assert!(
-        lines[n..].iter().any(|l| l.starts_with("fired")),
-        "the restored epoll fires for the pipe: {:?}",
-        &lines[n.saturating_sub(3)..]
+        after.iter().any(|l| l.starts_with("fired")),
+        "the restored epoll fires for the pipe: {after:?}"
     );
 }
 
@@ -476,16 +470,10 @@ while True:
 "#
         )
     };
-    let w = Workload::python("ghost-sparse", &script(4096));
-    w.wait_lines(2, T);
-    let pids = dump_kill_restore(&w);
-    let n = w.lines().len();
-    let after = w.wait_lines(n + 2, T);
-    kill_tree(&pids);
+    let after = python_lines_after_restore("ghost-sparse", &script(4096), 2, 2);
     assert!(
-        after[n..].iter().any(|l| l.ends_with("1073741824 b'x'")),
-        "the sparse ghost came back: {:?}",
-        &after[n.saturating_sub(1)..]
+        after.iter().any(|l| l.ends_with("1073741824 b'x'")),
+        "the sparse ghost came back: {after:?}"
     );
 
     let w = Workload::python("ghost-data", &script(2 << 20));

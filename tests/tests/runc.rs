@@ -256,6 +256,44 @@ impl Container {
         }
     }
 
+    /// `runc checkpoint` (ckpt, work), then `runc restore -d` of it with its pid in `pid2`;
+    /// the lines counted at the checkpoint and the restored init's pid.
+    fn checkpoint_then_restore(&self) -> (usize, u32) {
+        let out = self.runc(&[
+            "checkpoint",
+            "--image-path",
+            "ckpt",
+            "--work-path",
+            "work",
+            self.id,
+        ]);
+        ok("runc checkpoint", &out, &self.dir.join("work/dump.log"));
+        // Reparented to us (the tests' subreaper) when `runc run` exited: its zombie holds
+        // its pid (in a namespace the restore may join) until reaped.
+        reap(self.pid("pid"));
+        let dumped = self.lines().len();
+        let status = self
+            .runc_cmd(&[
+                "restore",
+                "-d",
+                "--image-path",
+                "ckpt",
+                "--work-path",
+                "work",
+                "--pid-file",
+                "pid2",
+                self.id,
+            ])
+            .status()
+            .expect("runc restore");
+        assert!(
+            status.success(),
+            "runc restore: {}",
+            std::fs::read_to_string(self.dir.join("work/restore.log")).unwrap_or_default()
+        );
+        (dumped, self.pid("pid2"))
+    }
+
     fn state(&self) -> String {
         String::from_utf8_lossy(&self.runc(&["state", self.id]).stdout).into_owned()
     }
@@ -626,39 +664,7 @@ fn runc_container_in_an_external_pid_namespace() {
         before, "1",
         "the container's init is not the namespace's init"
     );
-    let out = c.runc(&[
-        "checkpoint",
-        "--image-path",
-        "ckpt",
-        "--work-path",
-        "work",
-        c.id,
-    ]);
-    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
-    // Reparented to us (the tests' subreaper) when `runc run` exited: its zombie holds the
-    // pid in the namespace until reaped.
-    reap(pid);
-    let dumped = c.lines().len();
-    let status = c
-        .runc_cmd(&[
-            "restore",
-            "-d",
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            "--pid-file",
-            "pid2",
-            c.id,
-        ])
-        .status()
-        .expect("runc restore");
-    assert!(
-        status.success(),
-        "runc restore: {}",
-        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
-    );
-    let restored = c.pid("pid2");
+    let (dumped, restored) = c.checkpoint_then_restore();
     assert_eq!(inner(restored), before, "the same pid in the namespace");
     let ns = |p: &str| std::fs::read_link(p).expect("ns link");
     assert_eq!(
@@ -703,36 +709,7 @@ fn runc_container_with_its_own_cgroup_namespace() {
     );
     // Roots as we see them: the container's cgroup, the same before and after.
     let before = mounts_with_roots(pid);
-    let out = c.runc(&[
-        "checkpoint",
-        "--image-path",
-        "ckpt",
-        "--work-path",
-        "work",
-        c.id,
-    ]);
-    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
-    let dumped = c.lines().len();
-    let status = c
-        .runc_cmd(&[
-            "restore",
-            "-d",
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            "--pid-file",
-            "pid2",
-            c.id,
-        ])
-        .status()
-        .expect("runc restore");
-    assert!(
-        status.success(),
-        "runc restore: {}",
-        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
-    );
-    let pid2 = c.pid("pid2");
+    let (dumped, pid2) = c.checkpoint_then_restore();
     assert_ne!(
         ns(&pid2.to_string()),
         ns("self"),
@@ -955,36 +932,7 @@ fn runc_container_with_its_own_user_namespace() {
         uid.starts_with(&USERNS_ROOT.to_string()),
         "root inside is {USERNS_ROOT}: {uid}"
     );
-    let out = c.runc(&[
-        "checkpoint",
-        "--image-path",
-        "ckpt",
-        "--work-path",
-        "work",
-        c.id,
-    ]);
-    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
-    let dumped = c.lines().len();
-    let status_ok = c
-        .runc_cmd(&[
-            "restore",
-            "-d",
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            "--pid-file",
-            "pid2",
-            c.id,
-        ])
-        .status()
-        .expect("runc restore");
-    assert!(
-        status_ok.success(),
-        "runc restore: {}",
-        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
-    );
-    let pid2 = c.pid("pid2");
+    let (dumped, pid2) = c.checkpoint_then_restore();
     assert_eq!(map(pid2), uid_map, "the same uid map");
     assert_eq!(status(pid2, "Uid:"), uid, "the same ids");
     assert_eq!(status(pid2, "CapEff:"), caps, "the same capabilities");
@@ -1062,36 +1010,7 @@ fn runc_container_with_a_shared_bind_mount() {
         );
         return;
     }
-    let out = c.runc(&[
-        "checkpoint",
-        "--image-path",
-        "ckpt",
-        "--work-path",
-        "work",
-        c.id,
-    ]);
-    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
-    let dumped = c.lines().len();
-    let status = c
-        .runc_cmd(&[
-            "restore",
-            "-d",
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            "--pid-file",
-            "pid2",
-            c.id,
-        ])
-        .status()
-        .expect("runc restore");
-    assert!(
-        status.success(),
-        "runc restore: {}",
-        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
-    );
-    let restored = c.pid("pid2");
+    let (dumped, restored) = c.checkpoint_then_restore();
     assert_eq!(tags(restored), "shared", "the bind is shared again");
     assert_eq!(read_in(restored, "/shared/f"), "in the bind");
     let after = c.wait_lines(dumped + 5, T);

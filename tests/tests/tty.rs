@@ -285,15 +285,9 @@ while True:
             if l.strip():
                 print("got", l.strip().decode(), flush=True)
 "#;
-    let w = Workload::python("dev-tty", script);
-    w.wait_lines(3, T);
-    let pids = dump_kill_restore(&w);
-    let n = w.lines().len();
-    let after = w.wait_lines(n + 3, T);
-    kill_tree(&pids);
+    let after = python_lines_after_restore("dev-tty", script, 3, 3);
     assert!(
-        after.len() >= n + 3 && after[n..].iter().all(|l| l.starts_with("got tty ")),
-        "the child writes on through its /dev/tty: {:?}",
-        &after[n.saturating_sub(2)..]
+        after.len() >= 3 && after.iter().all(|l| l.starts_with("got tty ")),
+        "the child writes on through its /dev/tty: {after:?}"
     );
 }

@@ -524,3 +524,35 @@ while True:
         "the watch on d16 is still wd 17: {lines:?}"
     );
 }
+
+/// A pipe in O_ASYNC mode with an owner and a signal (F_SETOWN, F_SETSIG; zdtm's file_fown):
+/// after the restore, data arriving still signals the owner, and the end's status flags are
+/// the dumped ones (no O_LARGEFILE from reopening it).
+#[test]
+fn async_pipe_keeps_its_owner_and_signal() {
+    let _g = serial_root!();
+    let script = r#"
+import fcntl, os, signal, time
+F_SETSIG, F_GETSIG = 10, 11
+got = [0]
+signal.signal(signal.SIGUSR1, lambda *a: got.__setitem__(0, got[0] + 1))
+r, w = os.pipe()
+fcntl.fcntl(r, fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(r, F_SETSIG, signal.SIGUSR1)
+fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC)
+n = 0
+while True:
+    os.write(w, b"x"); os.read(r, 1)
+    time.sleep(0.05)
+    own = fcntl.fcntl(r, fcntl.F_GETOWN) == os.getpid()
+    sig = fcntl.fcntl(r, F_GETSIG)
+    print("async", own, sig, oct(fcntl.fcntl(r, fcntl.F_GETFL)), got[0] > n, flush=True)
+    n = got[0]
+"#;
+    let after = python_lines_after_restore("async-pipe", script, 3, 3);
+    let want = format!("async True {} 0o20000 True", libc::SIGUSR1);
+    assert!(
+        after.len() >= 3 && after[1..].iter().all(|l| *l == want),
+        "the owner, the signal and the flags are back, and signals come: {after:?}"
+    );
+}

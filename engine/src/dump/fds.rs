@@ -23,6 +23,9 @@ pub(crate) struct DumpCx<'a> {
     pub tcp_locks: Vec<TcpLock>,
     /// A pidfd per task whose fds are being read, opened on first need.
     pidfds: HashMap<u32, OwnedFd>,
+    /// (fd, file id) of the task's fds in O_ASYNC mode: their owner and signal are read from
+    /// inside the task (fcntl), which no /proc file shows.
+    pub async_fds: Vec<(i32, u32)>,
 }
 
 impl DumpCx<'_> {
@@ -36,14 +39,18 @@ impl DumpCx<'_> {
     }
 }
 
-/// Every fd of `pid`; the TCP connections read are returned locked (see [`TcpLock`]).
+/// A task's fds as dumped: their entries, the TCP connections read (returned locked, see
+/// [`TcpLock`]), and the fds in O_ASYNC mode with their file ids.
+pub(crate) type TaskFds = (Vec<pb::FdinfoEntry>, Vec<TcpLock>, Vec<(i32, u32)>);
+
+/// Every fd of `pid`.
 pub(crate) fn dump_fds(
     pid: u32,
     opts: &DumpOptions,
     img: &mut Images,
     stats: &mut DumpStats,
     nft_lock: &mut Option<String>,
-) -> Result<(Vec<pb::FdinfoEntry>, Vec<TcpLock>), DumpError> {
+) -> Result<TaskFds, DumpError> {
     let mut cx = DumpCx {
         opts,
         img,
@@ -51,12 +58,13 @@ pub(crate) fn dump_fds(
         nft_lock,
         tcp_locks: Vec::new(),
         pidfds: HashMap::new(),
+        async_fds: Vec::new(),
     };
     let mut out = Vec::new();
     for fd in proc::fds(pid)? {
         out.push(dump_fd(&mut cx, pid, fd)?);
     }
-    Ok((out, cx.tcp_locks))
+    Ok((out, cx.tcp_locks, cx.async_fds))
 }
 
 /// One fd of `pid` (or, with `pid` our own, a file in flight on a socket of the tree).
@@ -124,6 +132,9 @@ pub(crate) fn dump_fd(cx: &mut DumpCx, pid: u32, fd: i32) -> Result<pb::FdinfoEn
     // A file in flight shows its file's locks too; they belong to the tasks holding it.
     if pid != std::process::id() {
         files::locks::dump(cx, pid, fd, &link, &info)?;
+    }
+    if pid != std::process::id() && info.flags & libc::O_ASYNC as u32 != 0 {
+        cx.async_fds.push((fd, id));
     }
     // fdinfo's flags carry O_CLOEXEC for close-on-exec descriptors.
     let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;

@@ -278,7 +278,56 @@ pub struct FileTable {
     pub slots: kind::Slots,
 }
 
+/// The owner and signal (F_SETOWN, F_SETSIG) of a file, in whichever kind's entry holds it:
+/// read-only and mutable forms of one list.
+macro_rules! fown_in {
+    ($e:expr, $as:ident) => {
+        None.or($e.reg.$as().map(|x| &x.fown))
+            .or($e.pipe.$as().map(|x| &x.fown))
+            .or($e.usk.$as().map(|x| &x.fown))
+            .or($e.isk.$as().map(|x| &x.fown))
+            .or($e.tty.$as().map(|x| &x.fown))
+            .or($e.efd.$as().map(|x| &x.fown))
+            .or($e.tfd.$as().map(|x| &x.fown))
+            .or($e.sgfd.$as().map(|x| &x.fown))
+            .or($e.ify.$as().map(|x| &x.fown))
+            .or($e.epfd.$as().map(|x| &x.fown))
+            .or($e.memfd.$as().map(|x| &x.fown))
+    };
+}
+
+/// The owner (F_SETOWN) and signal (F_SETSIG) saved for a file, if its kind keeps one.
+pub fn fown_of(e: &pb::FileEntry) -> Option<&pb::FownEntry> {
+    fown_in!(e, as_ref)
+}
+
 impl FileTable {
+    /// Sets the owner and signal of file `id`; false if its kind keeps none.
+    pub fn set_fown(&mut self, id: u32, fown: pb::FownEntry) -> bool {
+        let Some(e) = self.entries.iter_mut().find(|e| e.id == id) else {
+            return false;
+        };
+        let slot = None
+            .or(e.reg.as_mut().map(|x| &mut x.fown))
+            .or(e.pipe.as_mut().map(|x| &mut x.fown))
+            .or(e.usk.as_mut().map(|x| &mut x.fown))
+            .or(e.isk.as_mut().map(|x| &mut x.fown))
+            .or(e.tty.as_mut().map(|x| &mut x.fown))
+            .or(e.efd.as_mut().map(|x| &mut x.fown))
+            .or(e.tfd.as_mut().map(|x| &mut x.fown))
+            .or(e.sgfd.as_mut().map(|x| &mut x.fown))
+            .or(e.ify.as_mut().map(|x| &mut x.fown))
+            .or(e.epfd.as_mut().map(|x| &mut x.fown))
+            .or(e.memfd.as_mut().map(|x| &mut x.fown));
+        match slot {
+            Some(f) => {
+                *f = fown;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn new(ghost_limit: u64) -> Self {
         FileTable {
             ghost_limit,

@@ -96,6 +96,11 @@ fn setup_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreE
 #[derive(Default)]
 struct Made(HashMap<u32, (OwnedFd, OwnedFd)>);
 
+/// The pipe ends whose own open file description (pipe2's) was handed out already, by
+/// (pipe id, write end).
+#[derive(Default)]
+struct Handed(std::collections::HashSet<(u32, bool)>);
+
 /// The pipe kind.
 pub struct Pipe;
 
@@ -147,11 +152,22 @@ impl FileKind for Pipe {
             }
         };
         let acc = pe.flags & libc::O_ACCMODE as u32;
-        let made_end = if acc == libc::O_WRONLY as u32 { w } else { r };
+        let write_end = acc == libc::O_WRONLY as u32;
+        let made_end = if write_end { w } else { r };
+        let made_end = made_end
+            .try_clone()
+            .map_err(setup_err(format!("dup of pipe {}", pe.pipe_id)))?;
         // Each entry is an open file description of its own: one end opened twice (through
-        // /proc/self/fd) keeps two sets of status flags, which a dup would merge. So every
-        // entry is a new open of the end, never a dup of it.
-        let end = super::reg::reopen(made_end, pe.flags, entry.id)?;
+        // /proc/self/fd) keeps two sets of status flags, which a dup would merge. So the first
+        // entry of an end gets pipe2's own description (without the O_LARGEFILE an open
+        // adds, as the dumped one had), and every other one a new open of the end.
+        let first = pe.flags & libc::O_LARGEFILE as u32 == 0
+            && cx.slots.get::<Handed>().0.insert((pe.pipe_id, write_end));
+        let end = if first {
+            made_end
+        } else {
+            super::reg::reopen(&made_end, pe.flags, entry.id)?
+        };
         super::reg::set_status_flags(&end, pe.flags)?;
         Ok(Some(end))
     }

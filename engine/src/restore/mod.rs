@@ -909,6 +909,7 @@ fn rebuild_tasks(
         for kind in crate::files::kind::KINDS {
             kind.in_task(&r, t, &mut tcx)?;
         }
+        crate::task::core::restore_owners(&r, t, img)?;
         crate::files::locks::restore_task_locks(&r, t, img)?;
         restore_task_state(&r, t)?;
     }

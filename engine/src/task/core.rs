@@ -438,8 +438,10 @@ fn dump_files_and_fs(
     let pid = tree.tasks[n].pid;
     let ord = kobj_id(n);
     let status = proc::status(pid)?;
-    let (fds, locks) = crate::dump::fds::dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
+    let (fds, locks, async_fds) =
+        crate::dump::fds::dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
     tree.tcp_locks.extend(locks);
+    dump_owners(tree, n, &status, &async_fds, img)?;
     let dir_of = |which: &'static str| -> Result<String, DumpError> {
         let path = proc::readlink(pid, which)?;
         // Deleted directories cannot be reopened by path (and are refused as fds too).
@@ -466,6 +468,97 @@ fn dump_files_and_fs(
         w.push(fd);
     }
     write_file(&img.dir.join(names::fdinfo(ord)), &w.into_bytes())
+}
+
+/// The owner and signal of each O_ASYNC fd of task `n` (F_GETOWN, F_GETSIG, read from inside
+/// the task: no /proc file shows them), into its file's `fown`, with the task's ids as the
+/// owner's credentials. An owner pid is written as the tree sees it.
+fn dump_owners(
+    tree: &Tree,
+    n: usize,
+    status: &proc::Status,
+    async_fds: &[(i32, u32)],
+    img: &mut Images,
+) -> Result<(), DumpError> {
+    if async_fds.is_empty() {
+        return Ok(());
+    }
+    let pid = tree.tasks[n].pid;
+    let inj = tree.leader_on_stack(n)?;
+    for &(fd, id) in async_fds {
+        let owner = inj
+            .call(libc::SYS_fcntl, &[fd as u64, libc::F_GETOWN as u64])
+            .map_err(ptr_err(pid))? as i32;
+        let signum = inj
+            .call(libc::SYS_fcntl, &[fd as u64, F_GETSIG])
+            .map_err(ptr_err(pid))? as u32;
+        if owner == 0 && signum == 0 {
+            continue;
+        }
+        // F_GETOWN gives a process group as a negative number.
+        let (pid_type, who) = if owner < 0 {
+            (PIDTYPE_PGID, owner.unsigned_abs())
+        } else {
+            (PIDTYPE_TGID, owner as u32)
+        };
+        img.files.set_fown(
+            id,
+            pb::FownEntry {
+                uid: status.uids[0],
+                euid: status.uids[1],
+                signum,
+                pid_type,
+                pid: if who == 0 { 0 } else { img.pids.v(who) },
+            },
+        );
+    }
+    Ok(())
+}
+
+/// fcntl's F_GETSIG and F_SETSIG (Linux; libc does not name them).
+const F_GETSIG: u64 = 11;
+const F_SETSIG: u64 = 10;
+
+/// CRIU's fown_entry pid types (the kernel's enum pid_type).
+const PIDTYPE_TGID: u32 = 1;
+const PIDTYPE_PGID: u32 = 2;
+
+/// Gives each fd of task `t` whose file had an owner or a signal (F_SETOWN, F_SETSIG) them back,
+/// from inside the task, once its fds are in place.
+pub(crate) fn restore_owners(
+    r: &Remote,
+    t: &TaskImage,
+    img: &DumpImage,
+) -> Result<(), RestoreError> {
+    for f in &t.fds {
+        let Some(o) = img.files.get(&f.id).and_then(crate::files::fown_of) else {
+            continue;
+        };
+        if o.signum != 0 {
+            r.call(libc::SYS_fcntl, &[f.fd as u64, F_SETSIG, o.signum as u64])?;
+        }
+        if o.pid != 0 {
+            let who = if o.pid_type == PIDTYPE_PGID {
+                -(o.pid as i64)
+            } else {
+                o.pid as i64
+            };
+            let ret = r.raw(
+                libc::SYS_fcntl,
+                &[f.fd as u64, libc::F_SETOWN as u64, who as u64],
+            )?;
+            if ret < 0 {
+                // An owner outside the tree that is gone here: the file keeps none.
+                log::warn!(
+                    "pid {} fd {}: cannot give it owner {who} again: errno {}",
+                    t.pid(),
+                    f.fd,
+                    -ret
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A zombie is only its exit code and name, as in CRIU (task_state TASK_DEAD).

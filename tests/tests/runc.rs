@@ -256,9 +256,8 @@ impl Container {
         }
     }
 
-    /// `runc checkpoint` (ckpt, work), then `runc restore -d` of it with its pid in `pid2`;
-    /// the lines counted at the checkpoint and the restored init's pid.
-    fn checkpoint_then_restore(&self) -> (usize, u32) {
+    /// `runc checkpoint` into ckpt (work dir work); the old init reaped.
+    fn checkpoint(&self) {
         let out = self.runc(&[
             "checkpoint",
             "--image-path",
@@ -271,7 +270,10 @@ impl Container {
         // Reparented to us (the tests' subreaper) when `runc run` exited: its zombie holds
         // its pid (in a namespace the restore may join) until reaped.
         reap(self.pid("pid"));
-        let dumped = self.lines().len();
+    }
+
+    /// `runc restore -d` of ckpt, its pid in `pid2`; that pid.
+    fn restore(&self) -> u32 {
         let status = self
             .runc_cmd(&[
                 "restore",
@@ -291,7 +293,15 @@ impl Container {
             "runc restore: {}",
             std::fs::read_to_string(self.dir.join("work/restore.log")).unwrap_or_default()
         );
-        (dumped, self.pid("pid2"))
+        self.pid("pid2")
+    }
+
+    /// [`Container::checkpoint`] then [`Container::restore`]: the lines counted at the
+    /// checkpoint and the restored init's pid.
+    fn checkpoint_then_restore(&self) -> (usize, u32) {
+        self.checkpoint();
+        let dumped = self.lines().len();
+        (dumped, self.restore())
     }
 
     fn state(&self) -> String {
@@ -330,15 +340,7 @@ fn runc_checkpoints_and_restores_a_busybox_container() {
     let before_mounts = mounts(pid);
     assert_eq!(read_in(pid, "/dev/shm/x/f"), "kept");
 
-    let out = c.runc(&[
-        "checkpoint",
-        "--image-path",
-        "ckpt",
-        "--work-path",
-        "work",
-        c.id,
-    ]);
-    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
+    c.checkpoint();
     assert!(
         !alive(pid),
         "checkpoint without --leave-running ends the container"
@@ -353,26 +355,7 @@ fn runc_checkpoints_and_restores_a_busybox_container() {
         "tmpfs contents saved"
     );
 
-    let status = c
-        .runc_cmd(&[
-            "restore",
-            "-d",
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            "--pid-file",
-            "pid2",
-            c.id,
-        ])
-        .status()
-        .expect("runc restore");
-    assert!(
-        status.success(),
-        "runc restore: {}",
-        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
-    );
-    let pid2 = c.pid("pid2");
+    let pid2 = c.restore();
     let lines = c.wait_lines(dumped + 5, T);
     assert!(
         lines.len() >= dumped + 5,

@@ -20,6 +20,9 @@ pub(crate) struct Seized {
     pub(crate) tid: u32,
     pub(crate) regs: Regs,
     pub(crate) sigmask: u64,
+    /// Its XSAVE area (NT_X86_XSTATE), read once when seized: for its core image and for the
+    /// signal frame of its safety net.
+    pub(crate) xstate: Vec<u8>,
     /// Its signal frame in the scratch page: injected syscalls run over it (see
     /// `task::sigframe`); None runs them without (a tracer dying mid-syscall then hurts it).
     pub(crate) net: Option<SafetyNet>,
@@ -331,6 +334,7 @@ impl Tree {
                     // SAFETY: user_regs_struct is plain old data; zeroed is valid.
                     regs: unsafe { std::mem::zeroed() },
                     sigmask: 0,
+                    xstate: Vec::new(),
                     net: None,
                 });
                 let pos = self.tasks[idx].threads.len() - 1;
@@ -348,6 +352,7 @@ impl Tree {
                 }
                 let regs = ptrace::get_regs(tid).map_err(seize_err)?;
                 let sigmask = ptrace::get_sigmask(tid).map_err(seize_err)?;
+                let xstate = ptrace::get_xstate(tid).map_err(seize_err)?;
                 // Read once the thread is stopped, so nothing changes behind it.
                 let status = proc::thread_status(pid, tid)?;
                 // A filtered thread would filter our injected syscalls too: suspend it. (The
@@ -365,6 +370,7 @@ impl Tree {
                 let s = &mut self.tasks[idx].threads[pos];
                 s.regs = regs;
                 s.sigmask = sigmask;
+                s.xstate = xstate;
                 any = true;
             }
         }

@@ -597,10 +597,10 @@ impl Injector {
     /// back before the registers.
     fn raw_kill_safe(&self, nr: i64, args: &[u64], mask: u64) -> Result<i64, PtraceError> {
         let ret = if self.net.is_some() {
+            // Loaded, the thread must get its own registers back whatever fails next.
             self.load(nr, args)?;
             crate::fault::tracer_may_die(crate::fault::InSyscall::Loaded);
-            set_sigmask(self.tid, !0)?;
-            self.run_loaded()
+            set_sigmask(self.tid, !0).and_then(|()| self.run_loaded())
         } else {
             set_sigmask(self.tid, !0)?;
             self.syscall_stops(nr, args)

@@ -70,8 +70,8 @@ pub(crate) fn dump_task(
 
     // Per-thread state.
     let cores = thread::dump_threads(tree, n, scratch, &mut img.seccomp)?;
-    // The last injection into this task: its scratch page goes now, not at release, so that a
-    // dumper killed from here on leaves nothing of it behind.
+    // Its scratch page goes now, not at release, so that a dumper killed from here on leaves
+    // nothing of it behind (the owners of O_ASYNC fds, read later, need none).
     tree.unmap_scratch(n)?;
     for t in &mut posix {
         t.notify_thread_id = t.notify_thread_id.map(|tid| img.pids.v(tid as u32) as i32);
@@ -174,13 +174,14 @@ fn prepare_injection(tree: &mut Tree, n: usize, maps: &[Mapping]) -> Result<u64,
     tree.syscall_at.insert(pid, at);
     let net = net_code(tree, n, maps, vdso, &vdso_bytes)?;
     // Each thread's state as a signal frame would hold it, for the nets.
-    let mut frames = Vec::new();
-    if net.is_some() {
-        for t in &tree.tasks[n].threads {
-            let xstate = ptrace::get_xstate(t.tid).map_err(ptr_err(pid))?;
-            frames.push((t.tid, xstate));
-        }
-    }
+    let frames: Vec<(u32, Vec<u8>)> = match net {
+        Some(_) => tree.tasks[n]
+            .threads
+            .iter()
+            .map(|t| (t.tid, t.xstate.clone()))
+            .collect(),
+        None => Vec::new(),
+    };
     let slot = frames
         .iter()
         .map(|(_, x)| sigframe::frame_len(x.len()) as u64)
@@ -486,8 +487,10 @@ fn dump_owners(
     let pid = tree.tasks[n].pid;
     let inj = tree.leader_on_stack(n)?;
     for &(fd, id) in async_fds {
+        // Not `call`: F_GETOWN gives a process group as a negative number, which may look like
+        // an errno (the fd is open and the task frozen, so it cannot fail otherwise).
         let owner = inj
-            .call(libc::SYS_fcntl, &[fd as u64, libc::F_GETOWN as u64])
+            .raw(libc::SYS_fcntl, &[fd as u64, libc::F_GETOWN as u64])
             .map_err(ptr_err(pid))? as i32;
         let signum = inj
             .call(libc::SYS_fcntl, &[fd as u64, F_GETSIG])

@@ -10,7 +10,7 @@ use crate::freeze::Tree;
 use crate::images::pb;
 use crate::proc;
 use crate::restore::RestoreError;
-use crate::sys::ptrace::{self, Injector, Regs};
+use crate::sys::ptrace::{self, Injector};
 
 /// A thread's core entry, and its seccomp mode (its filters are added once all are read).
 pub(crate) struct ThreadCore {
@@ -30,7 +30,7 @@ pub(crate) fn dump_threads(
     let mut cores = Vec::new();
     for t in &tree.tasks[n].threads {
         let inj = tree.injector(pid, t.tid)?;
-        cores.push(dump_thread(pid, &inj, &t.regs, t.sigmask, scratch)?);
+        cores.push(dump_thread(pid, &inj, t, scratch)?);
     }
     for c in cores.iter_mut() {
         let tid = c.tid;
@@ -49,15 +49,14 @@ pub(crate) fn dump_threads(
     Ok(cores)
 }
 
-/// One thread, through `inj`, which drives it: `regs` and `sigmask` are those it had when
-/// seized.
+/// One thread, through `inj`, which drives it: `t` holds what it had when seized.
 fn dump_thread(
     pid: u32,
     inj: &Injector,
-    regs: &Regs,
-    sigmask: u64,
+    t: &crate::freeze::Seized,
     scratch: u64,
 ) -> Result<ThreadCore, DumpError> {
+    let (regs, sigmask, xstate) = (&t.regs, t.sigmask, &t.xstate);
     let tid = inj.tid;
     inj.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch])
         .map_err(ptr_err(pid))?;
@@ -70,7 +69,6 @@ fn dump_thread(
         .call(libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64])
         .map_err(ptr_err(pid))? as u32;
     let (futex_rla, futex_rla_len) = robust_list(pid, tid)?;
-    let xstate = ptrace::get_xstate(tid).map_err(ptr_err(pid))?;
     let rseq = ptrace::get_rseq(tid).map_err(ptr_err(pid))?;
     let pending = ptrace::peek_siginfo(tid, false).map_err(ptr_err(pid))?;
     let tst = proc::thread_stat(pid, tid)?;
@@ -115,7 +113,7 @@ fn dump_thread(
         thread_info: Some(pb::ThreadInfoX86 {
             clear_tid_addr: clear_tid,
             gpregs: arch::regs_to_pb(&arch::rewound(regs)),
-            fpregs: arch::fpregs_from_xstate(&xstate),
+            fpregs: arch::fpregs_from_xstate(xstate),
             tls: Vec::new(),
         }),
         ti_arm: None,

@@ -755,16 +755,12 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
         _ => None,
     };
     img.own_cgroupns = tree_ns_id(&img.tasks, inv, "cgroup", |i| i.cgroup_ns_id)?.1;
+    // pidns-<id>.img exists only for an external namespace (as CRIU writes it).
     img.pidns_ext_key = match tree_ns_id(&img.tasks, inv, "pid", |i| i.pid_ns_id)? {
-        (Some(id), true) => match read_optional(dir, &names::pidns(id))? {
-            Some(bytes) => {
-                let file = names::pidns(id);
-                let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::PIDNS)?;
-                let e: pb::PidnsEntry = r.next_required()?;
-                e.ext_key
-            }
-            None => None,
-        },
+        (Some(id), true) if dir.join(names::pidns(id)).exists() => {
+            let e: pb::PidnsEntry = one(dir, &names::pidns(id), ImageKind::Normal, magic::PIDNS)?;
+            e.ext_key
+        }
         _ => None,
     };
     img.mounts = match tree_ns_id(&img.tasks, inv, "mount", |i| i.mnt_ns_id)? {

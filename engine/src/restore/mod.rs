@@ -6,15 +6,17 @@
 //! It refuses an images dir others can write to before reading anything from it
 //! ([`check_images_dir`]).
 
+mod fork;
 pub mod load;
 mod pool;
 mod reap;
 mod stub;
 
+use fork::{external_pidns, fork_tree, wait_pid_free, Fork};
 use pool::Pool;
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,7 @@ use crate::notify::Script;
 use crate::proc;
 use crate::sys::mem;
 use crate::sys::ptrace::{self, Injector, PtraceError};
-use crate::task::core::{children_in_fork_order, pick_trampoline, restore_task_state};
+use crate::task::core::{pick_trampoline, restore_task_state};
 use crate::task::remote::Remote;
 use crate::task::signals::{has_pending_sigtrap, sigtrap_at_risk};
 use crate::task::thread::{clone_thread, restore_thread, set_final_regs};
@@ -724,142 +726,6 @@ fn enter_tree_namespaces(img: &DumpImage, opts: &RestoreOptions) -> Result<Enter
     Ok((entered, holder))
 }
 
-/// The external pid namespace the caller handed over as `key` (`--inherit-fd fd[N]:KEY`, the
-/// RPC's inherit_fd), as a new fd of ours.
-fn external_pidns(opts: &RestoreOptions, key: &str) -> Result<OwnedFd, RestoreError> {
-    let Some(given) = opts.inherit_fds.iter().find(|i| i.key == key) else {
-        return Err(RestoreError::ExternalPidNs {
-            key: key.to_string(),
-        });
-    };
-    // SAFETY: the caller's inherited fd, open for the whole restore; we dup it to own a copy.
-    let fd = unsafe { BorrowedFd::borrow_raw(given.fd) };
-    fd.try_clone_to_owned()
-        .map_err(setup_err(format!("fd {} given for {key}", given.fd)))
-}
-
-/// How the root is forked.
-struct Fork {
-    trampoline: u64,
-    /// As the caller's sibling (see [`RestoreOptions::sibling`]).
-    sibling: bool,
-    /// As the init of a new pid namespace.
-    own_pidns: bool,
-    /// Into this existing pid namespace (an nsfs fd).
-    ext_pidns: Option<RawFd>,
-    /// Into the tree's mount namespace (see ns::mnt_sys).
-    mounts: Option<crate::ns::mnt_sys::StubMounts>,
-    /// In a new cgroup namespace, rooted at our cgroup (where runc placed us).
-    new_cgroupns: bool,
-    /// The holder's user namespace (see ns::user), when the tree owned one.
-    userns: Option<RawFd>,
-}
-
-/// Forks the root with its pid (each stub then forks its own children), closes the pool the
-/// stubs inherited, and waits until every task reports ready, zombies dead.
-fn fork_tree(img: &DumpImage, pool: Pool, fork: Fork) -> Result<(Created, PoolFds), RestoreError> {
-    let Fork {
-        trampoline,
-        sibling,
-        own_pidns,
-        ext_pidns,
-        mounts,
-        new_cgroupns,
-        userns,
-    } = fork;
-    let (ready_r, ready_w0) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| setup_err("pipe")(e.into()))?;
-    // The stubs inherit the write end above the pool so that no target fd collides with it.
-    let ready_w = crate::sys::fd::dup_above_inheritable(ready_w0.as_fd(), pool.top)
-        .map_err(setup_err("dup of the ready pipe"))?;
-    drop(ready_w0);
-    // Everything the stubs read is made before the fork: after it they allocate nothing.
-    let shared = stub::StubShared {
-        tasks: stub_plans(img, &pool)?,
-        ready_fd: ready_w.as_raw_fd(),
-        pool_base: pool.base,
-        trampoline,
-        mounts,
-        new_cgroupns,
-    };
-    let mut created = Created {
-        root: None,
-        root_is_child: !sibling,
-        pids: Vec::new(),
-        traced: Vec::new(),
-        armed: true,
-        tree: img.tasks.iter().map(|t| t.pid()).collect(),
-    };
-    let root_pid = img.tasks[0].pid();
-    // A sibling's parent is ours: its stub's parent-death signal follows the caller, who
-    // waits for us (runc), rather than us.
-    let (mut parent, mut flags) = if sibling {
-        (nix::unistd::getppid().as_raw(), libc::CLONE_PARENT as u64)
-    } else {
-        (nix::unistd::getpid().as_raw(), 0)
-    };
-    if own_pidns {
-        // pid 1 of a new namespace; its parent, outside, reads as pid 0 there.
-        flags |= libc::CLONE_NEWPID as u64;
-        parent = 0;
-    }
-    if ext_pidns.is_some() {
-        // Its parent is outside the namespace it joins.
-        parent = 0;
-    }
-    let forked = match (userns, ext_pidns) {
-        (None, None) => stub::fork_with_pid(root_pid, flags),
-        (None, Some(ns)) => {
-            // The dumped root, killed after the dump, may not be reaped yet (its parent
-            // outside the namespace reaps late, as PID 1 does): its pid frees up within
-            // seconds, as wait_pid_free waits for one in ours.
-            let end = Instant::now() + PID_FREE_WAIT;
-            loop {
-                let r = crate::ns::pid::fork_in(ns, || stub::fork_with_pid(root_pid, flags))
-                    .map_err(setup_err("joining the tree's external pid namespace"))?;
-                if r != -(libc::EEXIST as i64) || Instant::now() >= end {
-                    break r;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        (Some(user), None) => stub::fork_in_userns(user, root_pid, flags)
-            .map_err(setup_err("forking the root in the tree's user namespace"))?,
-        (Some(_), Some(_)) => {
-            return Err(setup_err(
-                "a tree with a user namespace of its own and an external pid namespace",
-            )(std::io::Error::from_raw_os_error(
-                libc::EOPNOTSUPP,
-            )))
-        }
-    };
-    match forked {
-        0 => stub::run(&shared, 0, parent),
-        r if r < 0 => {
-            let errno = (-r) as u32;
-            if errno == libc::EEXIST as u32 {
-                return Err(RestoreError::PidTaken { pid: root_pid });
-            }
-            return Err(RestoreError::Stub {
-                pid: root_pid,
-                what: "clone3",
-                errno,
-            });
-        }
-        // The host's pid: the one we can kill it by (for a namespace's init, not 1).
-        r => created.root = Some(r as u32),
-    }
-    drop(ready_w);
-    let files = PoolFds {
-        by_file: pool.by_file.clone(),
-        by_shmid: pool.by_shmid.clone(),
-        base: pool.base,
-    };
-    drop(pool);
-    wait_ready(&ready_r, img, &mut created)?;
-    Ok((created, files))
-}
-
 /// Seizes every live task, then rebuilds each one's memory, its files' in-task state and its
 /// task state. Returns each task's vdso syscall address and the pages restored.
 fn rebuild_tasks(
@@ -983,24 +849,6 @@ fn release_all(img: &DumpImage) -> Result<(), RestoreError> {
 
 const PTRACE_O_EXITKILL: libc::c_int = 0x100000;
 
-/// A dumped-and-killed task may still be a zombie waiting for its parent (or for an init that
-/// reaps late): give it a few seconds before calling its pid taken.
-/// How long a dumped pid may stay taken by the dumped task's unreaped zombie.
-const PID_FREE_WAIT: Duration = Duration::from_secs(5);
-
-fn wait_pid_free(pid: u32) -> Result<(), RestoreError> {
-    let end = Instant::now() + PID_FREE_WAIT;
-    loop {
-        match proc::stat(pid) {
-            Err(_) => return Ok(()),
-            Ok(s) if s.state == 'Z' && Instant::now() < end => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(_) => return Err(RestoreError::PidTaken { pid }),
-        }
-    }
-}
-
 /// A fault point of a restore step (see [`crate::fault`]): fails as the step would.
 pub(crate) fn step(name: impl std::fmt::Display) -> Result<(), RestoreError> {
     crate::fault::point(format_args!("restore: {name}"))
@@ -1075,133 +923,4 @@ fn raise_nofile_limit() {
         Ok(_) => {}
         Err(e) => log::warn!("cannot read RLIMIT_NOFILE: {e}"),
     }
-}
-
-fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result<(), RestoreError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut ready_count = 0;
-    let mut buf = Vec::new();
-    while ready_count < img.tasks.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(RestoreError::Timeout);
-        }
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let timeout = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-            .unwrap_or(PollTimeout::MAX);
-        if poll(
-            &mut [PollFd::new(ready.as_fd(), PollFlags::POLLIN)],
-            timeout,
-        )
-        .is_err()
-        {
-            continue;
-        }
-        let mut chunk = [0u8; 1200];
-        let got = match nix::unistd::read(ready, &mut chunk) {
-            Ok(0) => {
-                return Err(RestoreError::ExitedBeforeReady {
-                    pid: img.tasks[0].pid(),
-                })
-            }
-            Ok(n) => n,
-            Err(_) => continue,
-        };
-        buf.extend_from_slice(&chunk[..got]);
-        while buf.len() >= 12 {
-            let rec: Vec<u8> = buf.drain(..12).collect();
-            let word =
-                |i: usize| u32::from_ne_bytes(rec[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-            let (pid, code, errno) = (word(0), word(1), word(2));
-            if code == 0 {
-                ready_count += 1;
-                if Some(pid) != created.root {
-                    created.pids.push(pid);
-                }
-                continue;
-            }
-            if code == stub::STUB_CLONE && errno == libc::EEXIST as u32 {
-                return Err(RestoreError::PidTaken { pid });
-            }
-            if code & 0xff == stub::STUB_MOUNT {
-                return Err(RestoreError::StubMount {
-                    pid,
-                    step: match code >> 8 {
-                        1 => "entering the tree's mount namespace".into(),
-                        2 => "chdir to the new root".into(),
-                        3 => "pivot_root into the new root".into(),
-                        4 => "detaching the old root".into(),
-                        5 => "unsharing a cgroup namespace".into(),
-                        6 => "making a mount shared again".into(),
-                        n => format!("the init's mount #{} (see the debug log's list)", n - 16),
-                    },
-                    errno,
-                });
-            }
-            let what = match code {
-                stub::STUB_CLONE => "clone3 with the dumped pid",
-                stub::STUB_CHDIR => "chdir to the dumped cwd",
-                stub::STUB_CHROOT => "chroot to the dumped root",
-                stub::STUB_MOUNT => "entering the tree's mount namespace and making its proc",
-                stub::STUB_TRAMPOLINE => "mapping the trampoline page",
-                stub::STUB_DUP => "placing an fd",
-                stub::STUB_SESSION => "joining the dumped session or process group",
-                _ => "setup",
-            };
-            return Err(RestoreError::Stub { pid, what, errno });
-        }
-    }
-    Ok(())
-}
-
-fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, RestoreError> {
-    let mut plans = Vec::new();
-    for t in &img.tasks {
-        let name = |id: u32| {
-            img.files
-                .get(&id)
-                .and_then(|f| f.reg.as_ref())
-                .map(|r| r.name.clone())
-                .unwrap_or_else(|| "/".to_string())
-        };
-        let cstr = |s: String| {
-            std::ffi::CString::new(s).map_err(|_| RestoreError::NulInPath { pid: t.pid() })
-        };
-        let root = name(t.fs.root_id);
-        let comm = t.tc().comm.as_bytes();
-        let mut c = [0u8; 16];
-        let n = comm.len().min(15);
-        c[..n].copy_from_slice(&comm[..n]);
-        plans.push(stub::StubPlan {
-            pid: t.pid(),
-            pgid: t.pstree.pgid,
-            pgid_in_tree: img.tasks.iter().any(|o| o.pid() == t.pstree.pgid),
-            sid: t.pstree.sid,
-            children: children_in_fork_order(img, t),
-            fds: t
-                .fds
-                .iter()
-                .filter_map(|f| Some((f.fd as RawFd, *pool.by_file.get(&f.id)?, f.flags & 1 != 0)))
-                .collect(),
-            ctty: crate::files::tty::controlling_slave(t, img).map(|(fd, _)| {
-                let id = t
-                    .fds
-                    .iter()
-                    .find(|f| f.fd as RawFd == fd)
-                    .expect("from t.fds")
-                    .id;
-                pool.by_file[&id]
-            }),
-            cwd: cstr(name(t.fs.cwd_id))?,
-            root: if root == "/" || root.is_empty() {
-                None
-            } else {
-                Some(cstr(root)?)
-            },
-            umask: t.fs.umask.unwrap_or(0o022),
-            comm: c,
-            zombie_exit: t.zombie_exit,
-        });
-    }
-    Ok(plans)
 }

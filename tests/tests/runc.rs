@@ -256,38 +256,32 @@ impl Container {
         }
     }
 
-    /// `runc checkpoint` into ckpt (work dir work); the old init reaped.
-    fn checkpoint(&self) {
-        let out = self.runc(&[
-            "checkpoint",
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            self.id,
-        ]);
+    /// `runc checkpoint` into ckpt (work dir work), with `extra` flags; the old init reaped.
+    fn checkpoint(&self, extra: &[&str]) {
+        let mut args = vec!["checkpoint"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--image-path", "ckpt", "--work-path", "work", self.id]);
+        let out = self.runc(&args);
         ok("runc checkpoint", &out, &self.dir.join("work/dump.log"));
         // Reparented to us (the tests' subreaper) when `runc run` exited: its zombie holds
         // its pid (in a namespace the restore may join) until reaped.
         reap(self.pid("pid"));
     }
 
-    /// `runc restore -d` of ckpt, its pid in `pid2`; that pid.
-    fn restore(&self) -> u32 {
-        let status = self
-            .runc_cmd(&[
-                "restore",
-                "-d",
-                "--image-path",
-                "ckpt",
-                "--work-path",
-                "work",
-                "--pid-file",
-                "pid2",
-                self.id,
-            ])
-            .status()
-            .expect("runc restore");
+    /// `runc restore -d` of ckpt, with `extra` flags, its pid in `pid2`; that pid.
+    fn restore(&self, extra: &[&str]) -> u32 {
+        let mut args = vec!["restore", "-d"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "--image-path",
+            "ckpt",
+            "--work-path",
+            "work",
+            "--pid-file",
+            "pid2",
+            self.id,
+        ]);
+        let status = self.runc_cmd(&args).status().expect("runc restore");
         assert!(
             status.success(),
             "runc restore: {}",
@@ -299,9 +293,9 @@ impl Container {
     /// [`Container::checkpoint`] then [`Container::restore`]: the lines counted at the
     /// checkpoint and the restored init's pid.
     fn checkpoint_then_restore(&self) -> (usize, u32) {
-        self.checkpoint();
+        self.checkpoint(&[]);
         let dumped = self.lines().len();
-        (dumped, self.restore())
+        (dumped, self.restore(&[]))
     }
 
     fn state(&self) -> String {
@@ -340,7 +334,7 @@ fn runc_checkpoints_and_restores_a_busybox_container() {
     let before_mounts = mounts(pid);
     assert_eq!(read_in(pid, "/dev/shm/x/f"), "kept");
 
-    c.checkpoint();
+    c.checkpoint(&[]);
     assert!(
         !alive(pid),
         "checkpoint without --leave-running ends the container"
@@ -355,7 +349,7 @@ fn runc_checkpoints_and_restores_a_busybox_container() {
         "tmpfs contents saved"
     );
 
-    let pid2 = c.restore();
+    let pid2 = c.restore(&[]);
     let lines = c.wait_lines(dumped + 5, T);
     assert!(
         lines.len() >= dumped + 5,
@@ -529,34 +523,8 @@ fn runc_container_in_a_netns_by_path_keeps_its_connection() {
         String::from_utf8_lossy(&buf).into_owned()
     };
     assert_eq!(echo(&conn, "before\n"), "before\n");
-    let out = c.runc(&[
-        "checkpoint",
-        "--tcp-established",
-        "--image-path",
-        "ckpt",
-        "--work-path",
-        "work",
-        c.id,
-    ]);
-    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
-    let status = c
-        .runc_cmd(&[
-            "restore",
-            "-d",
-            "--tcp-established",
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            c.id,
-        ])
-        .status()
-        .expect("runc restore");
-    assert!(
-        status.success(),
-        "runc restore: {}",
-        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
-    );
+    c.checkpoint(&["--tcp-established"]);
+    c.restore(&["--tcp-established"]);
     assert_eq!(echo(&conn, "after\n"), "after\n", "the same connection");
     let fresh = std::net::TcpStream::connect(("10.231.7.2", 7000)).expect("a new connection");
     fresh.set_read_timeout(Some(T)).expect("timeout");
@@ -826,15 +794,7 @@ fn runc_container_with_a_terminal_gets_a_new_one_through_the_console_socket() {
         wait_tty_counts(&tty1, 3).len() >= 3,
         "the container counts on its terminal"
     );
-    let out = c.runc(&[
-        "checkpoint",
-        "--image-path",
-        "ckpt",
-        "--work-path",
-        "work",
-        c.id,
-    ]);
-    ok("runc checkpoint", &out, &c.dir.join("work/dump.log"));
+    c.checkpoint(&[]);
     reader
         .join()
         .expect("the first terminal closes with the container");
@@ -843,27 +803,7 @@ fn runc_container_with_a_terminal_gets_a_new_one_through_the_console_socket() {
     let sock2 = c.dir.join("console2.sock");
     let tty2 = c.dir.join("tty2.out");
     let _reader2 = console_socket(&sock2, tty2.clone());
-    let status = c
-        .runc_cmd(&[
-            "restore",
-            "-d",
-            "--console-socket",
-            sock2.to_str().expect("utf8"),
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            "--pid-file",
-            "pid2",
-            c.id,
-        ])
-        .status()
-        .expect("runc restore");
-    assert!(
-        status.success(),
-        "runc restore: {}",
-        std::fs::read_to_string(c.dir.join("work/restore.log")).unwrap_or_default()
-    );
+    let pid2 = c.restore(&["--console-socket", sock2.to_str().expect("utf8")]);
     let after = wait_tty_counts(&tty2, 3);
     assert!(
         after.len() >= 3,
@@ -877,7 +817,6 @@ fn runc_container_with_a_terminal_gets_a_new_one_through_the_console_socket() {
         assert_eq!(w[1], w[0] + 1, "{after:?}");
     }
     // Its controlling terminal is the new pty's slave, /dev/pts/0 in its devpts.
-    let pid2 = c.pid("pid2");
     let stat = std::fs::read_to_string(format!("/proc/{pid2}/stat")).expect("stat");
     let tty_nr: u64 = stat
         .rsplit(')')

@@ -66,6 +66,21 @@ fn name_of(m: &Membership) -> String {
     m.controllers.join(",")
 }
 
+/// CRIU's `cnames` of a hierarchy: its controllers, or one empty name for cgroup2 (CRIU's
+/// restore refuses a controller entry without names).
+fn cnames_of(controllers: Vec<String>) -> Vec<String> {
+    if controllers.is_empty() {
+        vec![String::new()]
+    } else {
+        controllers
+    }
+}
+
+/// The controllers a `cnames` list names (none for cgroup2's empty name).
+fn controllers_in(cnames: &[String]) -> Vec<String> {
+    cnames.iter().filter(|c| !c.is_empty()).cloned().collect()
+}
+
 /// The distinct memberships of the dumped tasks; a task's `cg_set` is its index + 1.
 #[derive(Default)]
 pub(crate) struct Sets {
@@ -129,8 +144,8 @@ impl Sets {
         }
         let controllers = paths
             .into_values()
-            .map(|(cnames, ps)| pb::CgControllerEntry {
-                cnames,
+            .map(|(controllers, ps)| pb::CgControllerEntry {
+                cnames: cnames_of(controllers),
                 dirs: dir_tree(&ps, ""),
                 is_threaded: None,
             })
@@ -155,7 +170,8 @@ impl Sets {
             let Some(root) = root_set.iter().find(|m| name_of(m) == name) else {
                 continue;
             };
-            let names = stasis_cgroups::props::names_for(&c.cnames);
+            let controllers = controllers_in(&c.cnames);
+            let names = stasis_cgroups::props::names_for(&controllers);
             let task_paths = self
                 .sets
                 .iter()
@@ -166,7 +182,7 @@ impl Sets {
             let mut walk = DirWalk {
                 root: &root.path,
                 task_paths,
-                controllers: &c.cnames,
+                controllers: &controllers,
                 mounts: &mounts,
                 names: &names,
             };
@@ -532,6 +548,9 @@ mod tests {
         assert_eq!(cpu.dirs.len(), 1);
         assert_eq!(cpu.dirs[0].dir_name, "rx");
         assert_eq!(cpu.dirs[0].children[0].dir_name, "sub");
+        // cgroup2 is named by one empty name, as CRIU writes it and its restore requires.
+        assert!(e.controllers.iter().any(|c| c.cnames == [""]));
+        assert!(e.controllers.iter().all(|c| !c.cnames.is_empty()));
     }
 
     #[test]

@@ -291,3 +291,52 @@ while True:
         "the child writes on through its /dev/tty: {after:?}"
     );
 }
+
+/// A pty's locked termios (TIOCSLCKTRMIOS) comes back, and tty-info.img numbers the pair as
+/// CRIU does (index * 2 for the slave, + 1 for the master) and holds termios, locked termios
+/// and window size for each end: CRIU's restore pairs the ends by these ids and refuses an
+/// end without all three.
+#[test]
+fn pty_locked_termios_and_criu_s_ids() {
+    use stasis::images::{magic, pb, ImageKind, ImageReader};
+    let _g = serial_root!();
+    let script = r#"
+import os, pty, termios, fcntl, struct, time
+m, s = pty.openpty()
+TIOCGLCKTRMIOS, TIOCSLCKTRMIOS = 0x5456, 0x5457
+# Lock ECHO (c_lflag bit 0o10) on the slave: a program may no longer change it.
+lk = bytearray(fcntl.ioctl(s, TIOCGLCKTRMIOS, bytes(60)))
+struct.pack_into("I", lk, 12, termios.ECHO)
+fcntl.ioctl(s, TIOCSLCKTRMIOS, bytes(lk))
+print("ready", os.ttyname(s), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+lflag = struct.unpack_from("I", fcntl.ioctl(s, TIOCGLCKTRMIOS, bytes(60)), 12)[0]
+print("locked", lflag == termios.ECHO, flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("pty-locked", script);
+    let first = w.wait_lines(1, Duration::from_secs(10));
+    let index: u32 = first[0]
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("pts index");
+    let pids = dump_kill_restore(&w);
+    let bytes = std::fs::read(w.images().join("tty-info.img")).expect("tty-info.img");
+    let mut r = ImageReader::new("tty-info.img", &bytes, ImageKind::Normal, magic::TTY_INFO)
+        .expect("reader");
+    let mut ids = Vec::new();
+    while let Some(e) = r.next::<pb::TtyInfoEntry>().expect("entry") {
+        assert!(
+            e.termios.is_some() && e.termios_locked.is_some() && e.winsize.is_some(),
+            "tty_info {} lacks termios, locked termios or window size",
+            e.id
+        );
+        ids.push(e.id);
+    }
+    ids.sort();
+    assert_eq!(ids, [index * 2, index * 2 + 1]);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "locked True");
+}

@@ -739,7 +739,7 @@ fn write_inventory(
     ours: crate::task::core::NsIds,
 ) -> Result<(), DumpError> {
     let run_id = nft_lock
-        .and_then(|t| t.strip_prefix("stasis-"))
+        .and_then(|t| t.strip_prefix(NET_LOCK_TABLE_PREFIX))
         .map(str::to_string);
     let root_ids = ids_for(1, ours);
     let inv = pb::InventoryEntry {
@@ -773,8 +773,31 @@ fn write_inventory(
 /// Where inventory.img is written before it is renamed into place.
 const INVENTORY_PART: &str = ".inventory.img.part";
 
-/// CRIU's `network_lock_method` value for nftables (the table is `stasis-<dump_criu_run_id>`).
-pub const NETWORK_LOCK_NFTABLES: u32 = 2;
+/// CRIU's `network_lock_method` value in inventory.img for nftables (the table is
+/// `inet CRIU-<dump_criu_run_id>`): CRIU stores its own enum there (iptables 0, nftables 1,
+/// skip 2), not the RPC's (1, 2, 3).
+pub const NETWORK_LOCK_NFTABLES: u32 = 1;
+
+/// What stasis wrote for nftables before it used CRIU's value (CRIU reads it as "skip").
+pub const OLD_NETWORK_LOCK_NFTABLES: u32 = 2;
+
+/// The network lock's nftables table is `inet <prefix><dump_criu_run_id>`: CRIU's own name, so
+/// that a CRIU built with libnftables removes stasis's lock when it restores, and stasis
+/// CRIU's.
+pub const NET_LOCK_TABLE_PREFIX: &str = "CRIU-";
+
+/// The network lock's table for a dump's run id. CRIU formats "inet CRIU-<id>" into 32 bytes,
+/// so its tables keep the first 21 characters of its run id (a UUID); so do ours.
+pub fn net_lock_table(run_id: &str) -> String {
+    let keep = run_id
+        .char_indices()
+        .nth(21)
+        .map_or(run_id.len(), |(i, _)| i);
+    format!("{NET_LOCK_TABLE_PREFIX}{}", &run_id[..keep])
+}
+
+/// The table name stasis used before it took CRIU's; its images are still unlocked.
+pub const OLD_NET_LOCK_TABLE_PREFIX: &str = "stasis-";
 
 pub(crate) fn uptime_us() -> Result<u64, DumpError> {
     let text = std::fs::read_to_string("/proc/uptime").map_err(|source| {
@@ -794,4 +817,17 @@ pub(crate) fn uptime_us() -> Result<u64, DumpError> {
             })
         })?;
     Ok((secs * 1e6) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn net_lock_table_is_criu_s_name_cut_as_criu_cuts_it() {
+        assert_eq!(super::net_lock_table("1f-2a"), "CRIU-1f-2a");
+        // CRIU's run id is a UUID; "inet CRIU-" and its first 21 characters fill 31 bytes.
+        assert_eq!(
+            super::net_lock_table("3d6e8c1a-5b2f-4c9e-8a7d-0e1f2a3b4c5d"),
+            "CRIU-3d6e8c1a-5b2f-4c9e-8a"
+        );
+    }
 }

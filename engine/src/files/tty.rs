@@ -57,10 +57,14 @@ pub fn slave_index(path: &str) -> Option<u32> {
 }
 
 fn termios_of(fd: BorrowedFd<'_>) -> io::Result<pb::TermiosEntry> {
-    let nt = tcgetattr(fd)?;
+    Ok(entry_of(tcgetattr(fd)?))
+}
+
+/// CRIU's termios entry of `nt`.
+fn entry_of(nt: Termios) -> pb::TermiosEntry {
     let (c_ispeed, c_ospeed) = (cfgetispeed(&nt) as u32, cfgetospeed(&nt) as u32);
     let t = libc::termios::from(nt);
-    Ok(pb::TermiosEntry {
+    pb::TermiosEntry {
         c_iflag: t.c_iflag,
         c_oflag: t.c_oflag,
         c_cflag: t.c_cflag,
@@ -69,7 +73,20 @@ fn termios_of(fd: BorrowedFd<'_>) -> io::Result<pb::TermiosEntry> {
         c_ispeed,
         c_ospeed,
         c_cc: t.c_cc.iter().map(|&c| c as u32).collect(),
-    })
+    }
+}
+
+/// Copies the flags, line discipline and control characters of `t` into `tt`.
+fn fill_termios(tt: &mut libc::termios, t: &pb::TermiosEntry) {
+    tt.c_iflag = t.c_iflag;
+    tt.c_oflag = t.c_oflag;
+    tt.c_cflag = t.c_cflag;
+    tt.c_lflag = t.c_lflag;
+    tt.c_line = t.c_line as libc::cc_t;
+    tt.c_cc = [0; libc::NCCS];
+    for (d, s) in tt.c_cc.iter_mut().zip(&t.c_cc) {
+        *d = *s as libc::cc_t;
+    }
 }
 
 /// The state of pty `index`, read through a copy of its master.
@@ -80,6 +97,10 @@ pub fn info(
     rdev: u32,
 ) -> Result<pb::TtyInfoEntry, PtyError> {
     let termios = termios_of(master).map_err(err(format!("termios of pty {index}")))?;
+    // CRIU's restore requires all three of termios, locked termios and window size.
+    let locked_termios = ioc::locked_termios(master)
+        .map(|t| entry_of(Termios::from(t)))
+        .map_err(err(format!("locked termios of pty {index}")))?;
     // The slave's owner (grantpt gives it to the user who opened the master; a program may
     // chown it): reached through the master, wherever its devpts is mounted.
     let slave_owner = if nix::sys::stat::major(rdev as libc::dev_t) == PTMX_MAJOR as u64 {
@@ -109,7 +130,7 @@ pub fn info(
         pgrp: 0,
         rdev,
         termios: Some(termios),
-        termios_locked: None,
+        termios_locked: Some(locked_termios),
         winsize: Some(pb::WinsizeEntry {
             ws_row: ws.ws_row as u32,
             ws_col: ws.ws_col as u32,
@@ -139,6 +160,15 @@ pub fn create(info: &pb::TtyInfoEntry, root: Option<&str>) -> Result<(OwnedFd, S
     let index = master_index(fd).map_err(err("TIOCGPTN"))?;
     if let Some(t) = &info.termios {
         set_dumped_termios(fd, index, t);
+    }
+    if let Some(t) = &info.termios_locked {
+        // SAFETY: termios is plain integers; all zeroes is a valid value.
+        let mut tt: libc::termios = unsafe { std::mem::zeroed() };
+        fill_termios(&mut tt, t);
+        // Best effort as the termios: a pty without its locks still works.
+        if let Err(e) = ioc::set_locked_termios(fd, &tt) {
+            log::warn!("setting the locked termios of pty {index}: {e}");
+        }
     }
     if let Some(w) = &info.winsize {
         let ws = libc::winsize {
@@ -176,15 +206,7 @@ fn set_dumped_termios(fd: BorrowedFd<'_>, index: u32, t: &pb::TermiosEntry) {
             return;
         }
     });
-    tt.c_iflag = t.c_iflag;
-    tt.c_oflag = t.c_oflag;
-    tt.c_cflag = t.c_cflag;
-    tt.c_lflag = t.c_lflag;
-    tt.c_line = t.c_line as libc::cc_t;
-    tt.c_cc = [0; libc::NCCS];
-    for (d, s) in tt.c_cc.iter_mut().zip(&t.c_cc) {
-        *d = *s as libc::cc_t;
-    }
+    fill_termios(&mut tt, t);
     let mut nt = Termios::from(tt);
     for (speed, set) in [
         (t.c_ispeed, cfsetispeed as fn(&mut Termios, BaudRate) -> nix::Result<()>),
@@ -408,7 +430,9 @@ impl FileTable {
         let info_id = match known.map(|(_, i)| i.id) {
             Some(id) => id,
             None => {
-                let i = info(self.slots.get::<TtyInfos>().infos.len() as u32 + 1)?;
+                // CRIU's id of a pty end: index * 2, plus 1 for the master. Its restore
+                // pairs the ends by these ids.
+                let i = info((end_key.0 << 1) + u32::from(end_key.1))?;
                 let id = i.id;
                 self.slots.get::<TtyInfos>().infos.push((end_key, i));
                 id

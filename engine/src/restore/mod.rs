@@ -574,7 +574,17 @@ impl Steps<'_> {
         // anew never had the lock (it died with the old one).
         let made_anew = matches!(img.net, Some(crate::ns::net::Saved::Own(_)));
         if let Some(table) = img.net_lock.as_ref().filter(|_| !made_anew) {
-            match stasis_netns::nftlock::unlock(table) {
+            let mut result = stasis_netns::nftlock::unlock(table);
+            if result.as_ref().is_err_and(|e| e.is_not_found()) {
+                // Images of an older stasis name its own table.
+                let old = table.replacen(
+                    crate::dump::NET_LOCK_TABLE_PREFIX,
+                    crate::dump::OLD_NET_LOCK_TABLE_PREFIX,
+                    1,
+                );
+                result = stasis_netns::nftlock::unlock(&old);
+            }
+            match result {
                 Ok(()) => {}
                 // An external namespace the caller made anew (podman's, from netavark) never
                 // had it; one it kept (runc's netns given by path) had.

@@ -15,6 +15,25 @@ nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
 nix::ioctl_write_ptr_bad!(tiocsti, libc::TIOCSTI, u8);
 nix::ioctl_read_bad!(fionread, libc::FIONREAD, libc::c_int);
 nix::ioctl_write_int_bad!(tiocgptpeer, libc::TIOCGPTPEER);
+nix::ioctl_read_bad!(tiocglcktrmios, libc::TIOCGLCKTRMIOS, libc::termios);
+nix::ioctl_write_ptr_bad!(tiocslcktrmios, libc::TIOCSLCKTRMIOS, libc::termios);
+
+/// The locked termios of a tty, the slave's through a pty master (TIOCGLCKTRMIOS): the bits
+/// its programs may not change. The kernel fills the head of glibc's larger struct.
+pub fn locked_termios(fd: BorrowedFd<'_>) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain integers; all zeroes is a valid value.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGLCKTRMIOS writes a kernel termios, no larger than glibc's, into `t`.
+    unsafe { tiocglcktrmios(fd.as_raw_fd(), &mut t) }?;
+    Ok(t)
+}
+
+/// Sets the locked termios of a tty (TIOCSLCKTRMIOS; needs CAP_SYS_ADMIN).
+pub fn set_locked_termios(fd: BorrowedFd<'_>, t: &libc::termios) -> io::Result<()> {
+    // SAFETY: TIOCSLCKTRMIOS reads a kernel termios, the head of glibc's, from `t`.
+    unsafe { tiocslcktrmios(fd.as_raw_fd(), t) }?;
+    Ok(())
+}
 
 /// An O_PATH fd of the slave of a pty master (TIOCGPTPEER), wherever its devpts is mounted.
 pub fn pty_peer_path(master: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {

@@ -84,7 +84,10 @@ impl FileKind for InetSocket {
                 Some(t) => (t.clone(), false),
                 None => {
                     let now = crate::dump::uptime_us().map_err(std::io::Error::other)?;
-                    (format!("stasis-{root}-{now}"), true)
+                    (
+                        crate::dump::net_lock_table(&format!("{root:x}-{now:x}")),
+                        true,
+                    )
                 }
             };
             // In the tree's own network namespace when it has one: its traffic never

@@ -333,14 +333,32 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
         net_lock: inv
             .dump_criu_run_id
             .clone()
-            .filter(|_| inv.network_lock_method == Some(crate::dump::NETWORK_LOCK_NFTABLES))
-            .map(|id| format!("stasis-{id}")),
+            .filter(|_| {
+                // A table that was never made (CRIU's "skip") is just not found at unlock.
+                matches!(
+                    inv.network_lock_method,
+                    Some(
+                        crate::dump::NETWORK_LOCK_NFTABLES | crate::dump::OLD_NETWORK_LOCK_NFTABLES
+                    )
+                )
+            })
+            .map(|id| crate::dump::net_lock_table(&id)),
         ..Default::default()
     };
     load_files(dir, &mut img)?;
     open_mapped_files_as_their_mappings_need(&mut img);
     load_ghosts(dir, &mut img)?;
     load_tcp(dir, &mut img)?;
+    let lock = inv.network_lock_method.unwrap_or(NETWORK_LOCK_IPTABLES);
+    if lock == NETWORK_LOCK_IPTABLES && !img.tcp_streams.is_empty() {
+        // CRIU's iptables lock is rules made by the iptables binary, which stasis never runs.
+        // Inside a network namespace they die with it; on the host they stay.
+        log::warn!(
+            "these images were locked with CRIU's iptables rules: if they were dumped on this \
+             host outside a network namespace, remove its DROP rules for the restored \
+             connections (iptables -D INPUT/OUTPUT) or their peers stay cut off"
+        );
+    }
     load_ipc(dir, &mut img, &inv)?;
     load_ttys_and_locks(dir, &mut img)?;
     load_queues_and_memfds(dir, &mut img)?;
@@ -662,6 +680,9 @@ fn load_tcp(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     img.tcp_streams = tcp_streams;
     Ok(())
 }
+
+/// CRIU's `network_lock_method` value for its iptables lock (images without the field too).
+const NETWORK_LOCK_IPTABLES: u32 = 0;
 
 /// The IPC objects and the IPC and UTS namespaces the tree owned.
 fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result<(), LoadError> {

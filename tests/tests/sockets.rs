@@ -173,6 +173,43 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after d/listen dgram False False b'queued'");
 }
 
+/// A bound datagram server with several connected clients (one made before the server, one
+/// whose server's name was then deleted) and a socket connected to itself: each client's
+/// datagrams reach the one server after the restore, behind the one still queued.
+#[test]
+fn datagram_server_keeps_its_clients_and_a_socket_its_own_connection() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, time
+D = socket.SOCK_DGRAM
+early = socket.socket(socket.AF_UNIX, D)
+srv = socket.socket(socket.AF_UNIX, D); srv.bind("srv")
+ghost = socket.socket(socket.AF_UNIX, D); ghost.bind("ghost")
+c1 = socket.socket(socket.AF_UNIX, D); c1.connect("srv")
+c2 = socket.socket(socket.AF_UNIX, D); c2.connect("srv")
+early.connect("srv")
+g1 = socket.socket(socket.AF_UNIX, D); g1.connect("ghost")
+g2 = socket.socket(socket.AF_UNIX, D); g2.connect("ghost")
+os.unlink("ghost")
+me = socket.socket(socket.AF_UNIX, D); me.bind("me"); me.connect("me")
+c2.send(b"queued")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+srv.settimeout(2); ghost.settimeout(2); me.settimeout(2)
+got = []
+for c in (c1, c2, early):
+    c.send(b"x"); got.append(srv.recv(10))
+for c in (g1, g2):
+    c.send(b"g"); got.append(ghost.recv(10))
+me.send(b"self"); got.append(me.recv(10))
+print("after", *[g.decode() for g in got], os.path.exists("ghost"), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("dgram-server", script, 2);
+    assert_eq!(lines[1], "after queued x x g g self False");
+}
+
 #[test]
 fn listening_sockets_answer_after_restore() {
     let _g = serial_root!();

@@ -257,6 +257,8 @@ impl FileKind for UnixSocket {
 fn open_unix(cx: &mut OpenCx, id: u32, e: &pb::UnixSkEntry) -> Result<OwnedFd, RestoreError> {
     let fd = if let Some(fd) = cx.slots.get::<Pending>().0.remove(&id) {
         fd
+    } else if !dgram_clients(cx, e).is_empty() {
+        make_dgram_server(cx, id, e)?
     } else if e.uflags & super::USK_INHERIT != 0 {
         // Connected outside the tree: the caller hands over the replacement.
         let key = format!("socket:[{}]", e.ino);
@@ -283,6 +285,20 @@ fn open_unix(cx: &mut OpenCx, id: u32, e: &pb::UnixSkEntry) -> Result<OwnedFd, R
                 let name = pf.usk.as_ref().map(|u| u.name.clone()).unwrap_or_default();
                 super::restore_single(e, Some(&name), queue(id), &fd_of).map_err(unix_err(id))?
             }
+            // A datagram socket connected to itself: bound, then connected to its own name.
+            Some(_) if e.peer == e.ino => {
+                super::restore_connected_to(e, e, queue(id), &fd_of).map_err(unix_err(id))?
+            }
+            // A datagram client of a named server of the tree: made with the server (below).
+            Some(pf) if is_dgram_client_of(cx, e, pf) => {
+                let pe = pf.usk.as_ref().expect("matched a unix entry");
+                let server = make_dgram_server(cx, pf.id, pe)?;
+                let pending = &mut cx.slots.get::<Pending>().0;
+                pending.insert(pf.id, server);
+                pending
+                    .remove(&id)
+                    .expect("the server's clients were made with it")
+            }
             // The peer is a socket of the tree: both ends are made now, as one pair.
             Some(pf) if cx.used.contains(&pf.id) => {
                 let pe = pf.usk.as_ref().expect("matched a unix entry");
@@ -300,4 +316,68 @@ fn open_unix(cx: &mut OpenCx, id: u32, e: &pb::UnixSkEntry) -> Result<OwnedFd, R
         }
     };
     Ok(fd)
+}
+
+/// Whether `e` is a datagram socket connected to `peer`, a named socket of the tree that is
+/// not connected back to it (a server with clients): such clients connect to the server by
+/// name, since a pair would give each its own server.
+fn is_dgram_client_of(cx: &OpenCx, e: &pb::UnixSkEntry, peer: &pb::FileEntry) -> bool {
+    e.r#type == libc::SOCK_DGRAM as u32
+        && cx.used.contains(&peer.id)
+        && peer
+            .usk
+            .as_ref()
+            .is_some_and(|u| u.ino != e.ino && u.peer != e.ino && !u.name.is_empty())
+}
+
+/// The datagram clients of the tree connected to `server`: (file id, entry).
+fn dgram_clients<'a>(cx: &OpenCx<'a>, server: &pb::UnixSkEntry) -> Vec<(u32, &'a pb::UnixSkEntry)> {
+    if server.r#type != libc::SOCK_DGRAM as u32 || server.name.is_empty() {
+        return Vec::new();
+    }
+    cx.img
+        .files
+        .values()
+        .filter(|f| cx.used.contains(&f.id))
+        .filter_map(|f| Some((f.id, f.usk.as_ref()?)))
+        .filter(|(_, c)| {
+            c.r#type == server.r#type
+                && c.peer == server.ino
+                && c.ino != server.ino
+                && server.peer != c.ino
+        })
+        .collect()
+}
+
+/// A named datagram server of the tree, and its clients connected to it by name while the
+/// name exists (a deleted name is unlinked right after the bind); the clients wait in
+/// `Pending` for their turn.
+fn make_dgram_server(
+    cx: &mut OpenCx,
+    id: u32,
+    e: &pb::UnixSkEntry,
+) -> Result<OwnedFd, RestoreError> {
+    let clients = dgram_clients(cx, e);
+    let queue = |fid: u32| cx.img.sk_queues.get(&fid).map(Vec::as_slice).unwrap_or(&[]);
+    let made = &cx.made;
+    let fd_of = |fid: u32| made.get(&fid).copied();
+    let mut connected = Vec::new();
+    let mut connect_clients = || {
+        for &(cid, c) in &clients {
+            let fd =
+                super::restore_connected_to(c, e, queue(cid), &fd_of).map_err(|err| (cid, err))?;
+            connected.push((cid, fd));
+        }
+        Ok(())
+    };
+    let mut failed = None;
+    let server = super::restore_single_with(e, None, queue(id), &fd_of, &mut || {
+        connect_clients().map_err(|(cid, err)| {
+            failed = Some(cid);
+            err
+        })
+    })
+    .map_err(|err| unix_err(failed.unwrap_or(id))(err))?;
+    cx.slots.get::<Pending>().0.extend(connected);
+    Ok(server)
 }

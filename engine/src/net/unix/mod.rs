@@ -570,6 +570,18 @@ pub fn restore_single(
     queue: &[Queued],
     fd_of: FdOf,
 ) -> Result<OwnedFd, UnixError> {
+    restore_single_with(e, external_peer_name, queue, fd_of, &mut || Ok(()))
+}
+
+/// [`restore_single`], running `also_while_named` once the socket is bound, while its name
+/// exists (the clients of a datagram server connect to it then).
+pub fn restore_single_with(
+    e: &pb::UnixSkEntry,
+    external_peer_name: Option<&[u8]>,
+    queue: &[Queued],
+    fd_of: FdOf,
+    also_while_named: &mut dyn FnMut() -> Result<(), UnixError>,
+) -> Result<OwnedFd, UnixError> {
     if e.r#type != libc::SOCK_DGRAM as u32
         && e.state == TCP_ESTABLISHED as u32
         && e.peer == 0
@@ -590,10 +602,9 @@ pub fn restore_single(
         && e.peer == 0;
     let mut while_named = || {
         if requeue {
-            requeue_by_name(e, queue, fd_of)
-        } else {
-            Ok(())
+            requeue_by_name(e, queue, fd_of)?;
         }
+        also_while_named()
     };
     if !e.name.is_empty() {
         match &e.name_dir {
@@ -615,6 +626,24 @@ pub fn restore_single(
         connect(fd.as_raw_fd(), &unix_addr(peer)).map_err(sys("connect to the external peer"))?;
     }
     finish(sock, e)
+}
+
+/// A socket connected to `peer`, a named socket of the tree made before it: connected by
+/// name, from the peer's directory when the name is relative.
+pub fn restore_connected_to(
+    e: &pb::UnixSkEntry,
+    peer: &pb::UnixSkEntry,
+    queue: &[Queued],
+    fd_of: FdOf,
+) -> Result<OwnedFd, UnixError> {
+    let Some(dir) = &peer.name_dir else {
+        return restore_single(e, Some(&peer.name), queue, fd_of);
+    };
+    let back = std::env::current_dir().map_err(sys("getcwd"))?;
+    std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
+    let r = restore_single(e, Some(&peer.name), queue, fd_of);
+    back_to(&back);
+    r
 }
 
 /// Sends a bound datagram socket's queued messages again, to its name, from a new unnamed

@@ -192,6 +192,36 @@ fn process_groups_and_sessions_inside_the_tree() {
     counter_is_continuous(&lines);
 }
 
+/// A process group whose leader died before the dump (its member reparented to the root, a
+/// subreaper) is made again: the member is still in it, the group answers killpg, and no task
+/// is left with the dead leader's pid (the restore leads it with a helper it then reaps).
+#[test]
+fn process_group_whose_leader_died_is_made_again() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, time
+ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+r, w = os.pipe()
+a = os.fork()
+if a == 0:
+    os.setpgid(0, 0)
+    b = os.fork()
+    if b == 0:
+        while True: time.sleep(1)
+    os.write(w, str(b).encode()); os._exit(0)
+os.waitpid(a, 0)
+b = int(os.read(r, 20))
+print("ready", os.getpgid(b) == a, os.path.exists(f"/proc/{a}"), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+os.killpg(a, 0)
+print("after", os.getpgid(b) == a, os.path.exists(f"/proc/{a}"), flush=True)
+while True: time.sleep(1)
+"#;
+    let (_w, lines) = python_across_restore("leaderless-group", script, 2);
+    assert_eq!(lines, ["ready True False", "after True False"]);
+}
+
 /// SIGTRAP dispositions survive our single steps, which force a SIGTRAP after every injected
 /// syscall (the kernel resets a forced signal that is blocked or ignored to SIG_DFL): a
 /// handler (bash and python install one), an ignored SIGTRAP, and a blocked SIGTRAP that is

@@ -210,6 +210,31 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after queued x x g g self False");
 }
 
+/// A datagram socketpair end whose peer was closed with a message queued: the task still
+/// reads the message after the restore, and a send is refused as before.
+#[test]
+fn datagram_socket_whose_peer_closed_keeps_its_message() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.send(b"left behind"); b.close()
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+a.settimeout(2)
+got = a.recv(100)
+try:
+    a.send(b"x"); sent = "sent"
+except OSError as e:
+    sent = type(e).__name__
+print("after", got.decode(), sent, flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("dgram-orphan", script, 2);
+    assert_eq!(lines[1], "after left behind ConnectionRefusedError");
+}
+
 #[test]
 fn listening_sockets_answer_after_restore() {
     let _g = serial_root!();

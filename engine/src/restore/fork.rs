@@ -246,6 +246,8 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
 
 fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, RestoreError> {
     let mut plans = Vec::new();
+    let in_tree = |pid: u32| img.tasks.iter().any(|o| o.pid() == pid);
+    let root_pgid = img.tasks.first().map_or(0, |r| r.pstree.pgid);
     for t in &img.tasks {
         let name = |id: u32| {
             img.files
@@ -265,7 +267,12 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
         plans.push(stub::StubPlan {
             pid: t.pid(),
             pgid: t.pstree.pgid,
-            pgid_in_tree: img.tasks.iter().any(|o| o.pid() == t.pstree.pgid),
+            pgid_in_tree: in_tree(t.pstree.pgid),
+            // Not the group the root was in outside the tree (a shell's), in a session of
+            // the tree's own.
+            pgid_leaderless: !in_tree(t.pstree.pgid)
+                && t.pstree.pgid != root_pgid
+                && in_tree(t.pstree.sid),
             sid: t.pstree.sid,
             children: children_in_fork_order(img, t),
             fds: t

@@ -18,6 +18,9 @@ pub struct StubPlan {
     pub pgid: u32,
     /// The group leader is a task of the tree (else the task keeps the restorer's group).
     pub pgid_in_tree: bool,
+    /// The group's leader died before the dump (a group of the tree's own session that no
+    /// task leads): the stub makes the group again, with a short-lived helper of that pid.
+    pub pgid_leaderless: bool,
     pub sid: u32,
     pub children: Vec<usize>,
     /// (target fd, pool fd, close-on-exec) triples.
@@ -258,11 +261,72 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
                 STUB_SESSION,
             );
         }
+        if t.pgid != t.pid
+            && t.pgid_leaderless
+            && check(libc::syscall(libc::SYS_getpgid, 0), STUB_SESSION) as u32 != t.pgid
+        {
+            join_leaderless_group(sh, t);
+        }
         if let Some(status) = t.zombie_exit {
             die_as_zombie(sh, t, status);
         }
         settle(sh, t);
     }
+}
+
+/// Joins process group `t.pgid`, whose leader died before the dump (CRIU makes such groups
+/// with helper tasks too). The first member to come makes it: a helper forked with the
+/// leader's pid leads a new group, the member joins it, and the helper is killed and reaped,
+/// leaving the group to its members as before. Later members join it.
+fn join_leaderless_group(sh: &StubShared, t: &StubPlan) {
+    let pgid = t.pgid as libc::c_long;
+    for _ in 0..100 {
+        // SAFETY: raw syscalls on integers (see the module's fork-safety rule).
+        unsafe {
+            if libc::syscall(libc::SYS_setpgid, 0, pgid) == 0 {
+                return;
+            }
+            match fork_with_pid(t.pgid, 0) {
+                0 => {
+                    // The helper: dies with its parent, whatever happens to it.
+                    libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    libc::syscall(libc::SYS_setpgid, 0, 0);
+                    loop {
+                        libc::syscall(libc::SYS_pause);
+                    }
+                }
+                // Another member's helper holds the pid: its group is being made.
+                r if r == -(libc::EEXIST as i64) => {
+                    let pause = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 1_000_000,
+                    };
+                    libc::syscall(
+                        libc::SYS_nanosleep,
+                        &pause,
+                        std::ptr::null_mut::<libc::timespec>(),
+                    );
+                }
+                r if r < 0 => fail(sh, t.pid, STUB_SESSION, (-r) as u32),
+                helper => {
+                    // Like a shell, from both sides: the group exists whichever runs first.
+                    libc::syscall(libc::SYS_setpgid, helper, helper);
+                    let joined = libc::syscall(libc::SYS_setpgid, 0, pgid);
+                    libc::syscall(libc::SYS_kill, helper, libc::SIGKILL);
+                    libc::syscall(
+                        libc::SYS_wait4,
+                        helper,
+                        std::ptr::null_mut::<libc::c_int>(),
+                        0,
+                        std::ptr::null_mut::<libc::rusage>(),
+                    );
+                    check(sh, t.pid, joined, STUB_SESSION);
+                    return;
+                }
+            }
+        }
+    }
+    fail(sh, t.pid, STUB_SESSION, libc::EEXIST as u32)
 }
 
 /// Joins the tree's mount namespace, makes the init's own mounts under the root (the proc of

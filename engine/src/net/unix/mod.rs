@@ -582,8 +582,9 @@ pub fn restore_single_with(
     fd_of: FdOf,
     also_while_named: &mut dyn FnMut() -> Result<(), UnixError>,
 ) -> Result<OwnedFd, UnixError> {
-    if e.r#type != libc::SOCK_DGRAM as u32
-        && e.state == TCP_ESTABLISHED as u32
+    // A datagram socket whose peer closed is one too: the kernel keeps it connected to the
+    // dead peer, whose messages it still reads.
+    if e.state == TCP_ESTABLISHED as u32
         && e.peer == 0
         && e.name.is_empty()
         && external_peer_name.is_none()
@@ -688,9 +689,9 @@ pub fn restore_pair(
     Ok((finish(sa, a)?, finish(sb, b)?))
 }
 
-/// A connected stream or seqpacket socket whose peer was closed: still connected for the
-/// task, which reads what the peer sent and then end of file. Made as a pair whose other end
-/// sends the queue and is closed, as CRIU does.
+/// A connected socket whose peer was closed: still connected for the task, which reads what
+/// the peer sent and then end of file (or, for datagrams, ECONNREFUSED on send). Made as a
+/// pair whose other end sends the queue and is closed, as CRIU does.
 fn restore_orphan(
     e: &pb::UnixSkEntry,
     queue: &[Queued],

@@ -303,14 +303,26 @@ impl Container {
     }
 }
 
-/// The container's mounts as (mountpoint, per-mount options), sorted: what must survive.
-fn mounts(pid: u32) -> Vec<(String, String)> {
+/// The container's mounts as (mountpoint, per-mount options, propagation), sorted: what must
+/// survive. Propagation is "shared", "slave", both or "private" (group numbers differ).
+fn mounts(pid: u32) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
-    let mut v: Vec<(String, String)> = text
+    let mut v: Vec<(String, String, String)> = text
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f[4].to_string(), f[5].to_string())
+            let tags: Vec<&str> = f[6..].iter().take_while(|t| **t != "-").copied().collect();
+            let kind: Vec<&str> = [("shared:", "shared"), ("master:", "slave")]
+                .iter()
+                .filter(|(tag, _)| tags.iter().any(|t| t.starts_with(tag)))
+                .map(|(_, k)| *k)
+                .collect();
+            let kind = if kind.is_empty() {
+                "private".to_string()
+            } else {
+                kind.join(",")
+            };
+            (f[4].to_string(), f[5].to_string(), kind)
         })
         .collect();
     v.sort();
@@ -396,6 +408,61 @@ fn runc_checkpoints_and_restores_a_busybox_container() {
     }
     assert!(!alive(pid2), "killed through runc");
     assert!(c.runc(&["delete", c.id]).status.success(), "runc delete");
+}
+
+/// On a host whose mounts are shared (systemd makes them so), runc's rslave root makes the
+/// container's mounts slaves of the host's peer groups: they come back slaves (of the groups
+/// of their sources here), the bundle's private ones private. The test runs in a mount
+/// namespace of its own whose mounts it makes shared, so the host is left as it is.
+#[test]
+fn runc_container_on_a_host_whose_mounts_are_shared() {
+    let _g = serial_root!();
+    // This thread only (unshare implies CLONE_FS): runc and stasis are started from it.
+    // SAFETY: unshare(2) of this thread's mount namespace; no memory is passed.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        let e = std::io::Error::last_os_error();
+        skip(test_name!(), &format!("unshare(CLONE_NEWNS): {e}"));
+        return;
+    }
+    // SAFETY: mount(2) with a NUL-terminated target and null source, type and data.
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SHARED,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "making our mounts shared: {}",
+        std::io::Error::last_os_error()
+    );
+    let Some(c) = Container::start(test_name!(), "stasis-runc-shared-host") else {
+        return;
+    };
+    let pid = c.pid("pid");
+    let before = mounts(pid);
+    assert!(
+        before.iter().any(|m| m.2 == "slave"),
+        "runc made slaves of the host's mounts: {before:?}"
+    );
+    c.checkpoint(&[]);
+    let dumped = c.lines().len();
+    let pid2 = c.restore(&[]);
+    let lines = c.wait_lines(dumped + 3, T);
+    counter_is_continuous(&lines);
+    assert_eq!(
+        mounts(pid2),
+        before,
+        "the same mounts, options and propagation"
+    );
+    assert!(
+        c.runc(&["kill", c.id, "KILL"]).status.success(),
+        "runc kill"
+    );
 }
 
 #[test]

@@ -366,11 +366,21 @@ pub fn shared_group(m: &MountInfo) -> Option<u32> {
         .find_map(|t| t.strip_prefix("shared:")?.parse().ok())
 }
 
+/// The peer group a mount receives propagation from (`master:N`), if it is a slave.
+pub fn master_group(m: &MountInfo) -> Option<u32> {
+    m.tags
+        .iter()
+        .find_map(|t| t.strip_prefix("master:")?.parse().ok())
+}
+
 /// Propagation a restore can make again: a shared mount alone in its peer group (a bind with
 /// `rshared` in a bundle, on a host whose mounts are private), made shared once every mount is
-/// there. Refused by name: a slave (`master:N`), a peer group of several mounts of the tree,
-/// and one shared with mounts outside the tree (`outside`: the groups of the dumper's own
-/// mounts), whose peers the restore could not join.
+/// there; a slave of a peer group outside the tree (runc makes a container's mounts `rslave`:
+/// on a host whose mounts are shared, as systemd makes them, they are slaves of the host's),
+/// made a slave of the peer group of its source on the host restored to. Refused by name: a
+/// slave of a group of the tree, a peer group of several mounts of the tree, and one shared
+/// with mounts outside the tree (`outside`: the groups of the dumper's own mounts), whose
+/// peers the restore could not join.
 pub fn check_propagation(table: &[MountInfo], outside: &HashSet<u32>) -> Result<(), MntError> {
     let mut members: HashMap<u32, usize> = HashMap::new();
     for g in table.iter().filter_map(shared_group) {
@@ -382,8 +392,10 @@ pub fn check_propagation(table: &[MountInfo], outside: &HashSet<u32>) -> Result<
             mountpoint: m.mountpoint.clone(),
             what,
         };
-        if let Some(t) = m.tags.iter().find(|t| t.starts_with("master:")) {
-            return Err(refuse(format!("{t} (slave propagation)")));
+        if let Some(g) = master_group(m).filter(|g| members.contains_key(g)) {
+            return Err(refuse(format!(
+                "master:{g}, a slave of a peer group of the tree"
+            )));
         }
         if let Some(g) = shared_group(m) {
             if members[&g] > 1 {
@@ -785,7 +797,19 @@ mod tests {
         .unwrap();
         assert!(check_propagation(&peers, &none).is_err(), "a peer group");
         let slave = parse_mountinfo("1 0 8:1 / / rw master:3 - ext4 /dev/sda rw\n").unwrap();
-        assert!(check_propagation(&slave, &none).is_err(), "a slave");
+        assert!(
+            check_propagation(&slave, &none).is_ok(),
+            "a slave of the host"
+        );
+        assert_eq!(master_group(&slave[0]), Some(3));
+        let inner = parse_mountinfo(
+            "1 0 8:1 / / rw shared:3 - ext4 /dev/sda rw\n2 1 8:1 / /b rw master:3 - ext4 /dev/sda rw\n",
+        )
+        .unwrap();
+        assert!(
+            check_propagation(&inner, &none).is_err(),
+            "a slave of the tree's own group"
+        );
         assert!(check_propagation(&t, &none).is_ok());
         assert_eq!(under("/run/x/criu-root/", "/proc"), "/run/x/criu-root/proc");
     }

@@ -353,10 +353,13 @@ pub fn build(
         shared: shared_mountpoints(&plan)?,
         _trees: Vec::new(),
     };
-    // Nothing made here reaches the namespace we came from.
-    sys_mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(|source| {
+    // Nothing made here reaches the namespace we came from; what ours receive from the
+    // host's peer groups still reaches them, as runc's rslave root does: a bind of a host
+    // path is then a slave of the host's group, as the dumped one was. Each mount is made
+    // private below unless it was such a slave.
+    sys_mount(None, "/", None, libc::MS_REC | libc::MS_SLAVE, None).map_err(|source| {
         MntNsError::Ns {
-            what: "making our mounts private".into(),
+            what: "making our mounts slaves".into(),
             source,
         }
     })?;
@@ -397,6 +400,18 @@ pub fn build(
                         l.data = Some(cstr(&crate::ns::user::fs_opts_to_ns(d, maps))?);
                     }
                 }
+            }
+            // A bind keeps its source's propagation: the dumped one is set after it.
+            if let Some(first) = late.first() {
+                let target = first.target.clone();
+                late.push(LateMount {
+                    source: None,
+                    target,
+                    fstype: None,
+                    flags: propagation(m),
+                    data: None,
+                    tree_fd: None,
+                });
             }
             early.late.extend(late);
             continue;
@@ -465,6 +480,13 @@ pub fn build(
                 bind(&source, &target, flags).map_err(fail("binding it from outside"))?;
             }
         }
+        let made_at = if p.make == Make::Root {
+            &root_s
+        } else {
+            &target
+        };
+        sys_mount(None, made_at, None, propagation(m), None)
+            .map_err(fail("setting its propagation"))?;
     }
     if root_ro {
         remount(&root_s, libc::MS_RDONLY).map_err(|source| MntNsError::Mount {
@@ -475,6 +497,17 @@ pub fn build(
         })?;
     }
     Ok(early)
+}
+
+/// The propagation a restored mount is given once made: a slave if it was one (of a peer
+/// group outside the tree, which a bind of a host path in our slave namespace is again; see
+/// mnt::check_propagation), else private (a shared one is made shared after the pivot).
+fn propagation(m: &MountInfo) -> u64 {
+    if mnt::master_group(m).is_some() {
+        libc::MS_SLAVE
+    } else {
+        libc::MS_PRIVATE
+    }
 }
 
 /// What the init mounts for one late mount, under `root` (the init mounts before it pivots:

@@ -391,28 +391,7 @@ pub fn build(
                 })
         };
         if phase == Phase::Late {
-            let mut late = late_mount(p, &by_id, flags, &host_source, &mut early, &root_s)?;
-            // The init mounts these from inside the tree's user namespace, if any: ids in
-            // options as it sees them.
-            if let Some(maps) = userns {
-                for l in late.iter_mut() {
-                    if let Some(d) = l.data.as_ref().and_then(|d| d.to_str().ok()) {
-                        l.data = Some(cstr(&crate::ns::user::fs_opts_to_ns(d, maps))?);
-                    }
-                }
-            }
-            // A bind keeps its source's propagation: the dumped one is set after it.
-            if let Some(first) = late.first() {
-                let target = first.target.clone();
-                late.push(LateMount {
-                    source: None,
-                    target,
-                    fstype: None,
-                    flags: propagation(m),
-                    data: None,
-                    tree_fd: None,
-                });
-            }
+            let late = late_mount(p, &by_id, flags, &host_source, &mut early, &root_s, userns)?;
             early.late.extend(late);
             continue;
         }
@@ -519,6 +498,7 @@ fn late_mount(
     host_source: &dyn Fn(&Option<String>) -> Result<String, MntNsError>,
     early: &mut Early,
     root: &str,
+    userns: Option<&crate::images::pb::UsernsEntry>,
 ) -> Result<Vec<LateMount>, MntNsError> {
     let m = &p.mount;
     let target = cstr(&mnt::under(root, &m.mountpoint))?;
@@ -586,6 +566,26 @@ fn late_mount(
             out.push(remount_after(&target));
         }
         Make::Root => {}
+    }
+    // The init mounts these from inside the tree's user namespace, if any: ids in options as
+    // it sees them.
+    if let Some(maps) = userns {
+        for l in out.iter_mut() {
+            if let Some(d) = l.data.as_ref().and_then(|d| d.to_str().ok()) {
+                l.data = Some(cstr(&crate::ns::user::fs_opts_to_ns(d, maps))?);
+            }
+        }
+    }
+    // A bind keeps its source's propagation: the dumped one is set after it.
+    if !out.is_empty() {
+        out.push(LateMount {
+            source: None,
+            target,
+            fstype: None,
+            flags: propagation(m),
+            data: None,
+            tree_fd: None,
+        });
     }
     Ok(out)
 }

@@ -235,6 +235,29 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after left behind ConnectionRefusedError");
 }
 
+/// UDP-Lite sockets (protocol 136) come back as UDP-Lite, bound and connected.
+#[test]
+fn udp_lite_sockets_come_back() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, time
+L = 136  # IPPROTO_UDPLITE
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, L); a.bind(("127.0.0.1", 0))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, L); b.bind(("127.0.0.1", 0))
+b.connect(a.getsockname())
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+a.settimeout(2)
+b.send(b"lite")
+got, frm = a.recvfrom(10)
+print("after", got.decode(), frm == b.getsockname(), a.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("udp-lite", script, 2);
+    assert_eq!(lines[1], "after lite True 136");
+}
+
 #[test]
 fn listening_sockets_answer_after_restore() {
     let _g = serial_root!();

@@ -19,8 +19,8 @@ use nix::sys::socket::sockopt::{
     SndBufForce, TcpKeepCount, TcpKeepIdle, TcpKeepInterval, TcpMaxSeg, TcpNoDelay, TcpRepair,
 };
 use nix::sys::socket::{
-    bind, connect, getpeername, getsockname, getsockopt, recv, send, setsockopt, socket,
-    AddressFamily, GetSockOpt, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage,
+    bind, connect, getpeername, getsockname, getsockopt, recv, send, setsockopt, AddressFamily,
+    GetSockOpt, MsgFlags, SockType, SockaddrStorage,
 };
 use nix::sys::time::TimeVal;
 
@@ -491,25 +491,21 @@ fn apply_opts(fd: BorrowedFd<'_>, e: &pb::InetSkEntry) -> Result<(), InetError> 
     Ok(())
 }
 
-/// A new socket of the image's family, type and protocol (close-on-exec).
+/// A new socket of the image's family, type and protocol (close-on-exec). The protocol goes
+/// to the kernel as dumped (nix names only some: UDP-Lite is not among them); a kernel
+/// without it answers EPROTONOSUPPORT.
 fn new_socket(e: &pb::InetSkEntry) -> Result<OwnedFd, InetError> {
     let bad = || sys("socket")(io::Error::from_raw_os_error(libc::EINVAL));
     let family = AddressFamily::from_i32(e.family as i32).ok_or_else(bad)?;
     let ty = SockType::try_from(e.r#type as i32).map_err(|_| bad())?;
-    let proto = match e.proto as i32 {
-        0 => None,
-        libc::IPPROTO_TCP => Some(SockProtocol::Tcp),
-        libc::IPPROTO_UDP => Some(SockProtocol::Udp),
-        libc::IPPROTO_ICMP => Some(SockProtocol::Icmp),
-        libc::IPPROTO_ICMPV6 => Some(SockProtocol::IcmpV6),
-        libc::IPPROTO_RAW => Some(SockProtocol::Raw),
-        _ => {
-            return Err(sys("socket")(io::Error::from_raw_os_error(
-                libc::EPROTONOSUPPORT,
-            )))
-        }
-    };
-    socket(family, ty, SockFlag::SOCK_CLOEXEC, proto).map_err(sys("socket"))
+    let proto = i32::try_from(e.proto).map_err(|_| bad())?;
+    // SAFETY: socket(2) takes integers only; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::socket(family as i32, ty as i32 | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(sys("socket")(io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Re-creates a socket: bound, listening, connected (UDP) or, with `stream`, an established

@@ -258,6 +258,26 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after lite True 136");
 }
 
+/// A unix socket whose name now holds another file (unlinked, then a file made there): the
+/// restore binds the socket to its name with the file moved aside, then puts the file back.
+#[test]
+fn unix_socket_whose_name_holds_another_file_keeps_both() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("name")
+os.unlink("name"); os.mkfifo("name")
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+import stat
+print("after", s.getsockname(), stat.S_ISFIFO(os.stat("name").st_mode), os.listdir(".").count("name.stasis-sk-ghost"), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("sk-name-taken", script, 2);
+    assert_eq!(lines[1], "after name True 0");
+}
+
 #[test]
 fn listening_sockets_answer_after_restore() {
     let _g = serial_root!();

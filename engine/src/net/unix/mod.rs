@@ -62,10 +62,15 @@ pub struct Diag {
     pub shutdown: u8,
     /// For a listener: the inodes of the clients whose connections wait in its queue.
     pub icons: Vec<u32>,
+    /// For a socket bound to a path: the inode and device (the kernel's encoding) of the
+    /// file its bind made, which may since have been replaced at that path.
+    pub vfs: Option<(u32, u32)>,
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_VFS: u32 = 2;
+const UNIX_DIAG_VFS: u16 = 1;
 const UDIAG_SHOW_PEER: u32 = 4;
 const UDIAG_SHOW_ICONS: u32 = 8;
 const UNIX_DIAG_ICONS: u16 = 3;
@@ -103,6 +108,13 @@ pub fn parse_diag(buf: &[u8]) -> Vec<Diag> {
                 let data = &m[a + 4..a + alen];
                 match aty {
                     UNIX_DIAG_NAME => d.name = data.to_vec(),
+                    // struct unix_diag_vfs: udiag_vfs_ino, udiag_vfs_dev.
+                    UNIX_DIAG_VFS if data.len() >= 8 => {
+                        d.vfs = Some((
+                            u32::from_ne_bytes(data[..4].try_into().expect("4")),
+                            u32::from_ne_bytes(data[4..8].try_into().expect("4")),
+                        ))
+                    }
                     UNIX_DIAG_PEER if data.len() >= 4 => {
                         d.peer = u32::from_ne_bytes(data[..4].try_into().expect("4"))
                     }
@@ -176,7 +188,8 @@ pub fn diag(ino: u32) -> Result<Diag, UnixError> {
     req.extend_from_slice(&0u16.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&ino.to_ne_bytes());
-    let show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_ICONS;
+    let show =
+        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_ICONS;
     req.extend_from_slice(&show.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
@@ -420,10 +433,11 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         // As CRIU's sk_shutdown: READ 1, WRITE 2, BOTH 3 (the kernel's bits, in the same order).
         shutdown: (d.shutdown != 0).then_some(d.shutdown as i32),
         file_perms: socket_file_perms(&d.name, cwd),
-        // Its file was unlinked: the restore binds the name, then unlinks it again.
+        // Its file was unlinked (or replaced by another, as CRIU checks): the restore binds
+        // the name, then unlinks it again.
         deleted: path_name(&d.name)
             .map(|p| std::path::Path::new(cwd).join(p))
-            .map(|p| std::fs::symlink_metadata(p).is_err())
+            .map(|p| name_is_gone(&p, d.vfs))
             .filter(|&gone| gone),
         ns_id: None,
         mnt_id: None,
@@ -432,6 +446,19 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         entry,
         queued,
         external_peer,
+    })
+}
+
+/// Whether the file a socket's bind made at `path` is no longer there: nothing is, or
+/// another file (`vfs`: the bound file's inode and kernel-encoded device).
+fn name_is_gone(path: &std::path::Path, vfs: Option<(u32, u32)>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(st) = std::fs::symlink_metadata(path) else {
+        return true;
+    };
+    vfs.is_some_and(|(ino, dev)| {
+        let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+        st.ino() != u64::from(ino) || st.dev() != libc::makedev(major, minor)
     })
 }
 
@@ -497,17 +524,25 @@ fn bind_as_dumped(
         .rev()
         .try_for_each(std::fs::create_dir)
         .map_err(sys(format!("making the directory of {}", path.display())))
-        .and_then(|()| {
-            // No stale-file removal here: a file at that path now belongs to someone else.
-            bind(fd.as_raw_fd(), &unix_addr(&e.name))
+        .and_then(|()| park(&path))
+        .and_then(|parked| {
+            // A file at that path now belongs to someone else: moved aside for the bind,
+            // then put back, as CRIU does.
+            let r = bind(fd.as_raw_fd(), &unix_addr(&e.name))
                 .map_err(sys(format!("bind {}", path.display())))
-        })
-        .and_then(|()| while_named());
-    // The name was deleted when dumped: unlink it again. What cannot be removed stays
-    // behind (logged); the socket itself is restored.
-    if let Err(e) = std::fs::remove_file(&path) {
-        log::warn!("unlinking the deleted socket name {}: {e}", path.display());
-    }
+                .and_then(|()| while_named());
+            // The name was deleted when dumped: unlink it again. What cannot be removed
+            // stays behind (logged); the socket itself is restored.
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("unlinking the deleted socket name {}: {e}", path.display());
+            }
+            if let Some(aside) = parked {
+                if let Err(e) = std::fs::rename(&aside, &path) {
+                    log::warn!("putting {} back: {e}", path.display());
+                }
+            }
+            r
+        });
     for d in &made {
         if let Err(e) = std::fs::remove_dir(d) {
             log::warn!(
@@ -517,6 +552,22 @@ fn bind_as_dumped(
         }
     }
     r
+}
+
+/// Moves a file that stands at a deleted socket name aside (`<name>.stasis-sk-ghost`) while
+/// the socket binds there; returns where it went.
+fn park(path: &std::path::Path) -> Result<Option<std::path::PathBuf>, UnixError> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(None);
+    }
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".stasis-sk-ghost");
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(path, &aside).map_err(sys(format!(
+        "moving {} aside to bind a deleted socket name there",
+        path.display()
+    )))?;
+    Ok(Some(aside))
 }
 
 fn sock_type_of(ty: u32) -> Result<SockType, UnixError> {
@@ -792,6 +843,10 @@ mod tests {
         };
         attr(UNIX_DIAG_NAME, b"\0abc");
         attr(UNIX_DIAG_PEER, &778u32.to_ne_bytes());
+        attr(
+            UNIX_DIAG_VFS,
+            &[55u32.to_ne_bytes(), 0x80_0003u32.to_ne_bytes()].concat(),
+        );
         attr(UNIX_DIAG_RQLEN, &[0, 0, 0, 0, 128, 0, 0, 0]);
         attr(UNIX_DIAG_SHUTDOWN, &[2]);
         // A listener's queued connections: their clients' inodes.
@@ -816,6 +871,7 @@ mod tests {
                 backlog: 128,
                 shutdown: 2,
                 icons: vec![901, 902],
+                vfs: Some((55, 0x80_0003)),
             }]
         );
         assert!(parse_diag(&buf[..10]).is_empty());

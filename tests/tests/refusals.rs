@@ -152,3 +152,25 @@ fn parent_in_vfork_fails_the_dump_after_the_timeout() {
     assert_eq!(tracer_of(w.pid), 0, "the parent is let go");
     assert!(alive(w.pid), "the parent runs on");
 }
+
+/// A unix connection waiting in its listener's queue with data sent on it is refused by name
+/// (the data sits in the end nobody accepted yet, which nothing can read; CRIU refuses it
+/// too); the tree runs on.
+#[test]
+fn queued_unix_connection_with_data_is_refused_and_tree_runs_on() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, time
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind("l"); l.listen(4)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect("l"); c.send(b"unread")
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("queued-with-data", script);
+    w.wait_lines(2, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("queue with data sent on it"), "{e}");
+    assert_runs_on(&w);
+    kill_tree(&[w.pid]);
+}

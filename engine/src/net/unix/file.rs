@@ -282,8 +282,8 @@ fn open_unix(cx: &mut OpenCx, id: u32, e: &pb::UnixSkEntry) -> Result<OwnedFd, R
             // A connection that waited in a listener's queue: connected to the listener (made
             // first: it has the lower id) by its name, it waits there again.
             Some(pf) if pf.usk.as_ref().is_some_and(|u| u.state == 10) => {
-                let name = pf.usk.as_ref().map(|u| u.name.clone()).unwrap_or_default();
-                super::restore_single(e, Some(&name), queue(id), &fd_of).map_err(unix_err(id))?
+                let listener = pf.usk.as_ref().expect("matched a unix entry");
+                super::restore_connected_to(e, listener, queue(id), &fd_of).map_err(unix_err(id))?
             }
             // A datagram socket connected to itself: bound, then connected to its own name.
             Some(_) if e.peer == e.ino => {

@@ -39,6 +39,8 @@ pub enum UnixError {
     InFlightOnItself { ino: u32, on: u32 },
     #[error("file id {id} in flight on a unix socket was not made before its queue")]
     InFlightMissing { id: u32 },
+    #[error("unix socket {ino} waits in listener {listener}'s queue with data sent on it (its receiving end is not accepted yet: the data cannot be read to save it), which is not supported")]
+    QueuedWithData { ino: u32, listener: u32 },
 }
 
 fn sys<E: Into<io::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> UnixError {
@@ -382,6 +384,17 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         });
     }
     let mut d = diag(ino)?;
+    if d.state == 10 {
+        let gone = d.icons.iter().filter(|c| !peer_in_tree(**c)).count();
+        if gone > 0 {
+            // Its client closed before the accept, or is outside the tree: the connection
+            // dies with the dump, as a TCP one waiting in a backlog does.
+            log::warn!(
+                "unix listener {ino}: {gone} connection(s) in its queue from sockets closed or \
+                 outside the tree are not kept"
+            );
+        }
+    }
     // A connection still in a listener's queue has no peer socket yet (the server side is not
     // accepted): the listener lists its client among its icons. Its peer is then the listener,
     // and the restore connects it there again, to wait in the queue as before.
@@ -389,6 +402,13 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         let queued = cx.queued.get_or_init(|| queued_clients(cx.tree_sockets));
         if let Some(&listener) = queued.get(&ino) {
             d.peer = listener;
+            // What it sent sits in the end the listener has not handed out yet, which
+            // nothing can read without accepting it (CRIU refuses this too).
+            let sent = crate::sys::socket::queued(sock.as_fd(), crate::sys::socket::Queue::Out)
+                .map_err(sys(format!("SIOCOUTQ of unix socket {ino}")))?;
+            if sent > 0 {
+                return Err(UnixError::QueuedWithData { ino, listener });
+            }
         }
     }
     let mut external_peer = None;

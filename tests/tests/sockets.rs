@@ -278,6 +278,61 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after name True 0");
 }
 
+/// A UDP socket's shutdown state (read from inet_diag) comes back: sending on a socket shut
+/// for writing fails, while its twin that was not shut still sends.
+#[test]
+fn udp_socket_shutdown_state_survives() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, time
+def pair():
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(("127.0.0.1", 0))
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(("127.0.0.1", 0))
+    a.connect(b.getsockname()); b.connect(a.getsockname())
+    return a, b
+w, _ = pair(); w.shutdown(socket.SHUT_WR)
+ok, _ = pair()
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+try:
+    w.send(b"x"); sent = "sent"
+except OSError as e:
+    sent = type(e).__name__
+print("after", sent, ok.send(b"y"), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("udp-shutdown", script, 2);
+    assert_eq!(lines[1], "after BrokenPipeError 1");
+}
+
+/// `--tcp-close`: an established connection comes back as a closed socket, shut both ways
+/// (end of file on read, EPIPE on write), as CRIU makes it.
+#[test]
+fn tcp_close_restores_connections_as_closed_sockets() {
+    let _g = serial_root!();
+    let script = r#"
+import os, signal, socket, time
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); s, _ = l.accept()
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+try:
+    c.send(b"x"); sent = "sent"
+except OSError as e:
+    sent = type(e).__name__
+print("after", c.recv(10), sent, flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("tcp-close", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore_with(&w, &["--tcp-established"], &["--tcp-close"]);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "after b'' BrokenPipeError");
+}
+
 #[test]
 fn listening_sockets_answer_after_restore() {
     let _g = serial_root!();

@@ -2,7 +2,7 @@
 //! and `net::inet`. An established TCP connection is locked (nftables, see
 //! `stasis_netns::nftlock`) before it is read, and its queues go to tcp-stream-<ino>.img.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use super::InetError;
 use crate::dump::fds::DumpCx;
@@ -157,7 +157,19 @@ impl FileKind for InetSocket {
                 dst_addr: Vec::new(),
                 ..e.clone()
             };
-            super::restore(&closed, None).map_err(inet_err)?
+            let fd = super::restore(&closed, None).map_err(inet_err)?;
+            // Shut both ways, as CRIU does: reads see end of file, writes EPIPE, poll
+            // POLLHUP. The kernel marks an unconnected socket so, answering ENOTCONN.
+            match nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both) {
+                Ok(()) | Err(nix::Error::ENOTCONN) => {}
+                Err(e) => {
+                    return Err(inet_err(InetError::Sys {
+                        what: "shutdown of a --tcp-close socket".into(),
+                        source: e.into(),
+                    }))
+                }
+            }
+            fd
         } else {
             let s = stream.map(|(s, i, o)| (s, i.as_slice(), o.as_slice()));
             super::restore(e, s).map_err(inet_err)?

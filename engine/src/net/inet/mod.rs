@@ -6,6 +6,7 @@
 //! dropping the peer's segments until the restore). Repair mode with a zero receive window is a
 //! second guard only: an ACK the socket sends recomputes and reopens its window.
 
+pub mod diag;
 pub mod file;
 
 use std::io;
@@ -261,7 +262,7 @@ pub fn dump(
         ip_opts,
         ifname: None,
         ns_id: None,
-        shutdown: None,
+        shutdown: shutdown_state(family, proto, tcp, state, ino as u32),
         tcp_opts,
     };
     let stream = if tcp && state == TCP_ESTABLISHED {
@@ -275,6 +276,23 @@ pub fn dump(
 }
 
 /// The socket options of the image (one that cannot be read is 0, as CRIU leaves it).
+/// A datagram socket's or a closed TCP socket's shutdown state, from inet_diag (as CRIU's
+/// `sk_shutdown`: 1 read, 2 write, 3 both); None when nothing is shut. An established TCP
+/// connection's half-closes are its TCP state. Best effort: a socket sock_diag cannot report
+/// keeps none (logged).
+fn shutdown_state(family: u32, proto: u32, tcp: bool, state: u8, ino: u32) -> Option<i32> {
+    if tcp && state != TCP_CLOSE {
+        return None;
+    }
+    match diag::shutdown_of(family as u8, proto as u8, ino) {
+        Ok(s) => s.filter(|&s| s != 0).map(i32::from),
+        Err(e) => {
+            log::warn!("shutdown state of socket {ino} (sock_diag): {e}");
+            None
+        }
+    }
+}
+
 fn sk_opts(fd: BorrowedFd<'_>, tcp: bool) -> pb::SkOptsEntry {
     let zero = TimeVal::new(0, 0);
     let snd_tmo = getsockopt(&fd, SendTimeout).unwrap_or(zero);
@@ -565,6 +583,21 @@ pub fn restore(
     setsockopt(&fd, ReusePort, &reuseport).map_err(sys("SO_REUSEPORT"))?;
     let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
     setsockopt(&fd, IpFreebind, &freebind).map_err(sys("IP_FREEBIND"))?;
+    // Shut as it was (a datagram socket, or a closed TCP one): the kernel marks an
+    // unconnected socket too, answering ENOTCONN.
+    let how = match e.shutdown.unwrap_or(0) {
+        1 => Some(nix::sys::socket::Shutdown::Read),
+        2 => Some(nix::sys::socket::Shutdown::Write),
+        3 => Some(nix::sys::socket::Shutdown::Both),
+        _ => None,
+    };
+    let tcp_closed = e.proto == libc::IPPROTO_TCP as u32 && e.state == TCP_CLOSE as u32;
+    if let Some(how) = how.filter(|_| e.proto != libc::IPPROTO_TCP as u32 || tcp_closed) {
+        match nix::sys::socket::shutdown(fd.as_raw_fd(), how) {
+            Ok(()) | Err(nix::Error::ENOTCONN) => {}
+            Err(err) => return Err(sys(format!("shutdown of {local}"))(err)),
+        }
+    }
     set_nonblock(sock, e.flags)
 }
 

@@ -153,7 +153,7 @@ pub fn set_diag_namespace(ns: Option<OwnedFd>) {
     }
 }
 
-fn diag_socket() -> std::io::Result<OwnedFd> {
+pub(crate) fn diag_socket() -> std::io::Result<OwnedFd> {
     let make = || {
         socket(
             AddressFamily::Netlink,

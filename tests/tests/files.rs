@@ -556,3 +556,23 @@ while True:
         "the owner, the signal and the flags are back, and signals come: {after:?}"
     );
 }
+
+/// An fd on the system console (a 5:1 node the program made) is not a shell's terminal: it
+/// is reopened by its path, as CRIU's console tty type is, with no --shell-job.
+#[test]
+fn console_device_is_reopened_by_its_path() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+os.mknod("console", 0o600 | 0o020000, os.makedev(5, 1))
+fd = os.open("console", os.O_RDONLY | os.O_NOCTTY)
+before = os.fstat(fd).st_rdev
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", os.fstat(fd).st_rdev == before, os.major(before), os.minor(before), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("console", script, 2);
+    assert_eq!(lines[1], "after True 5 1");
+}

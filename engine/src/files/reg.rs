@@ -33,7 +33,11 @@ impl FileKind for Regular {
     }
 
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
-        if *fd.class == FdKind::Tty && !cx.opts.shell_job && !super::tty::is_own_ctty(cx, fd) {
+        if *fd.class == FdKind::Tty
+            && !cx.opts.shell_job
+            && !super::tty::is_own_ctty(cx, fd)
+            && !super::tty::is_device_tty_not_ctty(fd)
+        {
             return Err(DumpError::ShellJobNeeded {
                 pid: fd.pid,
                 fd: fd.fd,

@@ -472,6 +472,26 @@ pub(crate) fn is_own_ctty(cx: &DumpCx, fd: &Fd) -> bool {
     (136..=143).contains(&major) && cx.img.tree_ptys.contains(&((major - 136) * 256 + minor))
 }
 
+/// Whether `fd` is the system console (5:1) or a virtual terminal (4:0-63) that is not its
+/// task's controlling terminal: a device reopened by its path, as CRIU's console and vt tty
+/// types are, not a shell's terminal that needs `--shell-job`.
+pub(crate) fn is_device_tty_not_ctty(fd: &Fd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(fd.proc_path()) else {
+        return false;
+    };
+    let rdev = md.rdev();
+    let (major, minor) = (
+        nix::sys::stat::major(rdev as libc::dev_t),
+        nix::sys::stat::minor(rdev as libc::dev_t),
+    );
+    let device = (major, minor) == (5, 1) || (major == 4 && minor < 64);
+    let ctty = crate::proc::stat(fd.pid).map(|st| st.tty_nr as u64);
+    // tty_nr is the kernel's encoding: minor's low byte, major, minor's high bits.
+    let encoded = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+    device && ctty.is_ok_and(|t| t != encoded)
+}
+
 /// The kind of ptys whose master is in the tree.
 pub struct Pty;
 

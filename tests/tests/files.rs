@@ -576,3 +576,26 @@ time.sleep(1e6)
     let (_w, lines) = python_across_restore("console", script, 2);
     assert_eq!(lines[1], "after True 5 1");
 }
+
+/// A tree in the dumper's mount namespace gets no mount ids in files.img: there is no
+/// mountpoints image for them to name, and CRIU's restore then cannot place ghost files.
+#[test]
+fn host_tree_files_carry_no_mount_ids() {
+    use stasis::images::{magic, names, pb, ImageKind, ImageReader};
+    let _g = serial_root!();
+    let w = Workload::start("counter", &workload("counter"), &[]);
+    w.wait_lines(2, T);
+    check_ok("dump", &dump_workload(&w, &["-R"]));
+    let bytes = std::fs::read(w.images().join(names::FILES)).expect("files.img");
+    let mut r =
+        ImageReader::new(names::FILES, &bytes, ImageKind::Normal, magic::FILES).expect("reader");
+    let mut regs = 0;
+    while let Some(e) = r.next::<pb::FileEntry>().expect("entry") {
+        if let Some(reg) = e.reg {
+            regs += 1;
+            assert_eq!(reg.mnt_id, None, "{}", reg.name);
+        }
+    }
+    assert!(regs > 0);
+    kill_tree(&[w.pid]);
+}

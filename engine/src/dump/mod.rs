@@ -580,6 +580,9 @@ fn dump_frozen(
         None => crate::ipc::dump(&mut img, stats, &tree_pids, false)?,
     }
     // files.img and the kinds' images after all tasks: file objects are shared between tasks.
+    if own_mnt.is_none() {
+        img.files.forget_mount_ids();
+    }
     img.files.write(&img.dir)?;
     // inventory's root_cg_set is the dumper's own, as CRIU's.
     let root_cg_set = img.cgroups.of_pid(std::process::id())?;

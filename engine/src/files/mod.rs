@@ -621,6 +621,15 @@ impl FileTable {
         id
     }
 
+    /// Drops the mount ids of the file entries: a tree in the dumper's mount namespace has
+    /// no mountpoints image for them to name, and CRIU's restore then fails to place ghost
+    /// files ("Can't link ... .cr.N.ghost").
+    pub fn forget_mount_ids(&mut self) {
+        for reg in self.entries.iter_mut().filter_map(|e| e.reg.as_mut()) {
+            reg.mnt_id = None;
+        }
+    }
+
     /// Writes `files.img`, the ghost files and every kind's own images.
     pub fn write(&self, dir: &Path) -> Result<(), FilesError> {
         let mut w = ImageWriter::new(ImageKind::Normal, magic::FILES);

@@ -283,6 +283,16 @@ fn restore_sched(r: &Remote, pid: u32, tcore: &pb::ThreadCoreEntry) -> Result<()
     Ok(())
 }
 
+/// A thread's blocked signals as dumped: its thread core's, or, for a main thread of CRIU's
+/// images, which keep it in the task core only, that.
+fn dumped_sigmask(core: &pb::CoreEntry) -> u64 {
+    core.thread_core
+        .as_ref()
+        .and_then(|c| c.blk_sigset)
+        .or_else(|| core.tc.as_ref().map(|tc| tc.blk_sigset))
+        .unwrap_or(0)
+}
+
 /// Registers, FPU state and signal mask, set last, when no more syscalls are injected.
 pub(crate) fn set_final_regs(tid: u32, th: &ThreadImage) -> Result<(), RestoreError> {
     let ptr_err = crate::restore::ptr_err;
@@ -294,12 +304,29 @@ pub(crate) fn set_final_regs(tid: u32, th: &ThreadImage) -> Result<(), RestoreEr
     let mut regs = arch::regs_from_pb(&ti.gpregs, &base);
     arch::rewind_interrupted_syscall(&mut regs);
     ptrace::set_regs(tid, &regs).map_err(ptr_err(tid))?;
-    let mask = th
-        .core
-        .thread_core
-        .as_ref()
-        .and_then(|c| c.blk_sigset)
-        .unwrap_or(0);
-    ptrace::set_sigmask(tid, mask).map_err(ptr_err(tid))?;
+    ptrace::set_sigmask(tid, dumped_sigmask(&th.core)).map_err(ptr_err(tid))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigmask_from_the_thread_core_else_criu_s_task_core() {
+        let mut core = pb::CoreEntry {
+            tc: Some(pb::TaskCoreEntry {
+                blk_sigset: 0x200,
+                ..Default::default()
+            }),
+            thread_core: Some(pb::ThreadCoreEntry::default()),
+            ..Default::default()
+        };
+        assert_eq!(dumped_sigmask(&core), 0x200, "CRIU's main thread");
+        core.thread_core.as_mut().unwrap().blk_sigset = Some(0x4);
+        assert_eq!(dumped_sigmask(&core), 0x4, "stasis's, or a CRIU thread's");
+        core.tc = None;
+        core.thread_core = None;
+        assert_eq!(dumped_sigmask(&core), 0);
+    }
 }

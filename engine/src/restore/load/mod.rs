@@ -389,9 +389,18 @@ fn open_mapped_files_as_their_mappings_need(img: &mut DumpImage) {
         let Ok(id) = u32::try_from(v.shmid) else {
             continue;
         };
-        if let Some(reg) = img.files.get_mut(&id).and_then(|f| f.reg.as_mut()) {
-            if reg.flags as libc::c_int & libc::O_ACCMODE == libc::O_RDONLY {
-                reg.flags = (reg.flags & !(libc::O_ACCMODE as u32)) | libc::O_RDWR as u32;
+        // A regular file, or a memfd (CRIU 4.2 dumps shared anonymous memory as one).
+        let flags = img
+            .files
+            .get_mut(&id)
+            .and_then(|f| match (f.reg.as_mut(), f.memfd.as_mut()) {
+                (Some(reg), _) => Some(&mut reg.flags),
+                (None, Some(memfd)) => Some(&mut memfd.flags),
+                _ => None,
+            });
+        if let Some(flags) = flags {
+            if *flags as libc::c_int & libc::O_ACCMODE == libc::O_RDONLY {
+                *flags = (*flags & !(libc::O_ACCMODE as u32)) | libc::O_RDWR as u32;
             }
         }
     }

@@ -5,7 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::images::{self, magic, names, pb, ImageError, ImageKind, ImageReader};
-use crate::sys::mem::PAGE_SIZE;
+
+mod pages;
+mod tasks;
+
+pub use pages::nr_pages;
+use pages::{check_object_pages, pagemap};
+use tasks::{load_pstree, load_tasks};
 
 /// The images do not describe something we can restore.
 #[derive(Debug, thiserror::Error)]
@@ -199,120 +205,6 @@ fn all<M: prost::Message + Default>(dir: &Path, file: &str, m: u32) -> Result<Ve
     Ok(r.all()?)
 }
 
-fn pagemap(dir: &Path, file: &str) -> Result<(Vec<pb::PagemapEntry>, String), LoadError> {
-    let bytes = read(dir, file)?;
-    let mut r = ImageReader::new(file, &bytes, ImageKind::Normal, magic::PAGEMAP)?;
-    let head: pb::PagemapHead = r.next_required()?;
-    let entries: Vec<pb::PagemapEntry> = r.all()?;
-    let pages_file = names::pages(head.pages_id);
-    let size = std::fs::metadata(dir.join(&pages_file))
-        .map_err(|_| LoadError::Missing {
-            dir: dir.to_path_buf(),
-            file: pages_file.clone(),
-        })?
-        .len();
-    let mut need = 0u64;
-    for e in &entries {
-        let (_, len) = span(file, e)?;
-        if e.flags.unwrap_or(images::PE_PRESENT) & images::PE_PRESENT != 0 {
-            need = need.checked_add(len).ok_or_else(|| {
-                invalid(
-                    file,
-                    "the pages of all entries add up to more than 2^64 bytes",
-                )
-            })?;
-        }
-        if e.in_parent == Some(true) || e.flags.unwrap_or(0) & images::PE_PARENT != 0 {
-            return Err(invalid(
-                file,
-                "incremental images (pages in a parent) are not supported",
-            ));
-        }
-    }
-    if need > size {
-        return Err(invalid(
-            &pages_file,
-            format!("truncated: {file} needs {need} bytes of pages, the file has {size}"),
-        ));
-    }
-    Ok((entries, pages_file))
-}
-
-/// Whether `start..end` lies within mappings that follow each other without a gap. CRIU
-/// writes one pagemap entry for pages of adjacent mappings (a RELRO segment and the data
-/// after it), so an entry may span several.
-fn covered(vmas: &[pb::VmaEntry], start: u64, end: u64) -> bool {
-    if start >= end {
-        // No page to place.
-        return true;
-    }
-    let mut at = start;
-    // The mappings are sorted and do not overlap (checked above).
-    for v in vmas.iter().filter(|v| v.end > start) {
-        if v.start > at {
-            return false;
-        }
-        at = at.max(v.end);
-        if at >= end {
-            return true;
-        }
-    }
-    at >= end
-}
-
-pub fn nr_pages(e: &pb::PagemapEntry) -> u64 {
-    e.nr_pages.unwrap_or(e.compat_nr_pages as u64)
-}
-
-/// A pagemap entry's first address (page aligned) and length in bytes, checked: every sum
-/// and product on them afterwards (`vaddr + len`, offsets into the pages file) is known not
-/// to overflow.
-fn span(file: &str, e: &pb::PagemapEntry) -> Result<(u64, u64), LoadError> {
-    let bad = |what: &str| {
-        invalid(
-            file,
-            format!(
-                "pagemap entry at {:#x} with {} pages: {what}",
-                e.vaddr,
-                nr_pages(e)
-            ),
-        )
-    };
-    if !e.vaddr.is_multiple_of(PAGE_SIZE) {
-        return Err(bad("address not page aligned"));
-    }
-    let len = nr_pages(e)
-        .checked_mul(PAGE_SIZE)
-        .filter(|len| e.vaddr.checked_add(*len).is_some())
-        .ok_or_else(|| bad("ends past the end of the address space"))?;
-    Ok((e.vaddr, len))
-}
-
-/// Every entry of a shared memory object's pagemap (offsets as addresses) lies inside the
-/// object's `size` bytes, rounded up to a page.
-fn check_object_pages(
-    file: &str,
-    entries: &[pb::PagemapEntry],
-    size: u64,
-) -> Result<(), LoadError> {
-    let limit = size
-        .checked_next_multiple_of(PAGE_SIZE)
-        .ok_or_else(|| invalid(file, format!("object size {size} is too large")))?;
-    for e in entries {
-        let (start, len) = span(file, e)?;
-        if start + len > limit {
-            return Err(invalid(
-                file,
-                format!(
-                    "pages at {start:#x}-{:#x} lie beyond the object's {size} bytes",
-                    start + len
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Reads every image of a dump and checks that it is consistent.
 pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
     let inv: pb::InventoryEntry = one(
@@ -404,140 +296,6 @@ fn open_mapped_files_as_their_mappings_need(img: &mut DumpImage) {
             }
         }
     }
-}
-
-/// pstree.img, checked: every pid once, every parent in the tree.
-fn load_pstree(dir: &Path) -> Result<Vec<pb::PstreeEntry>, LoadError> {
-    let pstree: Vec<pb::PstreeEntry> = all(dir, names::PSTREE, magic::PSTREE)?;
-    if pstree.is_empty() {
-        return Err(invalid(names::PSTREE, "no process"));
-    }
-    let mut seen = HashSet::new();
-    for p in &pstree {
-        if p.pid == 0 || p.threads.first() != Some(&p.pid) {
-            return Err(invalid(
-                names::PSTREE,
-                format!("process {} has a bad thread list", p.pid),
-            ));
-        }
-        for t in &p.threads {
-            if !seen.insert(*t) {
-                return Err(invalid(names::PSTREE, format!("id {t} appears twice")));
-            }
-        }
-    }
-    let pids: HashSet<u32> = pstree.iter().map(|p| p.pid).collect();
-    for p in pstree.iter().skip(1) {
-        if !pids.contains(&p.ppid) {
-            return Err(invalid(
-                names::PSTREE,
-                format!("parent {} of {} is not in the tree", p.ppid, p.pid),
-            ));
-        }
-    }
-    Ok(pstree)
-}
-
-/// Every task's images: cores, memory map, pagemap, fds and fs, each checked.
-fn load_tasks(dir: &Path, pstree: Vec<pb::PstreeEntry>) -> Result<Vec<TaskImage>, LoadError> {
-    let mut tasks = Vec::new();
-    for p in pstree {
-        let zfile = names::core(p.pid);
-        let first: pb::CoreEntry = one(dir, &zfile, ImageKind::Normal, magic::CORE)?;
-        if let Some(tc) = first
-            .tc
-            .as_ref()
-            .filter(|tc| tc.task_state == images::TASK_DEAD)
-        {
-            let exit = tc.exit_code;
-            tasks.push(TaskImage {
-                threads: vec![ThreadImage {
-                    tid: p.pid,
-                    core: first,
-                }],
-                pstree: p,
-                mm: Default::default(),
-                pagemap: Vec::new(),
-                pages_file: String::new(),
-                fds: Vec::new(),
-                fs: Default::default(),
-                zombie_exit: Some(exit),
-            });
-            continue;
-        }
-        let mut threads = Vec::new();
-        for &tid in &p.threads {
-            let file = names::core(tid);
-            let core: pb::CoreEntry = one(dir, &file, ImageKind::Normal, magic::CORE)?;
-            if core.thread_info.is_none() || core.thread_core.is_none() {
-                return Err(invalid(&file, "no x86_64 thread state"));
-            }
-            if core.mtype != pb::core_entry::March::X8664 as i32 {
-                return Err(invalid(&file, "not an x86_64 image"));
-            }
-            if tid == p.pid && core.tc.is_none() {
-                return Err(invalid(&file, "no task state in the main thread"));
-            }
-            threads.push(ThreadImage { tid, core });
-        }
-        let pid = p.pid;
-        let mm_file = names::mm(pid);
-        let mm: pb::MmEntry = one(dir, &mm_file, ImageKind::Normal, magic::MM)?;
-        let mut last_end = 0;
-        for v in &mm.vmas {
-            if v.start % PAGE_SIZE != 0
-                || v.end % PAGE_SIZE != 0
-                || v.end <= v.start
-                || v.start < last_end
-                || v.pgoff.checked_add(v.end - v.start).is_none()
-            {
-                return Err(invalid(
-                    &mm_file,
-                    format!("bad mapping {:#x}-{:#x}", v.start, v.end),
-                ));
-            }
-            last_end = v.end;
-        }
-        let (pm, pages_file) = pagemap(dir, &names::pagemap(pid as u64))?;
-        for e in &pm {
-            // pagemap() checked the span: no overflow.
-            let end = e.vaddr + nr_pages(e) * PAGE_SIZE;
-            if !covered(&mm.vmas, e.vaddr, end) {
-                return Err(invalid(
-                    &names::pagemap(pid as u64),
-                    format!("pages at {:#x}-{end:#x} lie outside every mapping", e.vaddr),
-                ));
-            }
-        }
-        // CRIU keeps a task's kernel-object ids in ids-<pid>.img and not in its core; stasis
-        // writes both. Whichever is there, the core carries them from here on.
-        if threads[0].core.ids.is_none() {
-            if let Some(bytes) = read_optional(dir, &names::ids(pid))? {
-                let file = names::ids(pid);
-                let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::IDS)?;
-                threads[0].core.ids = Some(r.next_required()?);
-            }
-        }
-        let files_id = threads[0]
-            .core
-            .ids
-            .as_ref()
-            .map(|i| i.files_id)
-            .unwrap_or(pid);
-        let fds: Vec<pb::FdinfoEntry> = all(dir, &names::fdinfo(files_id), magic::FDINFO)?;
-        let fs: pb::FsEntry = one(dir, &names::fs(pid), ImageKind::Normal, magic::FS)?;
-        tasks.push(TaskImage {
-            pstree: p,
-            threads,
-            mm,
-            pagemap: pm,
-            pages_file,
-            fds,
-            fs,
-            zombie_exit: None,
-        });
-    }
-    Ok(tasks)
 }
 
 /// files.img, pipe and FIFO data, and the shared memory every task maps; every file a task

@@ -1,5 +1,6 @@
 //! The loader's checks on hand-made images (no root, no kernel).
 
+use super::pages::covered;
 use super::*;
 
 #[test]
@@ -108,4 +109,56 @@ fn a_socket_in_flight_comes_after_what_its_peer_carries() {
     let queues: HashMap<u32, Vec<crate::net::unix::Queued>> =
         [(2, vec![q(vec![1])]), (1, vec![q(vec![2])])].into();
     assert_eq!(in_flight_order(vec![1, 2], &files, &queues), vec![1, 2]);
+}
+
+#[test]
+fn a_zombie_s_thread_list_is_its_pid_whatever_criu_left_there() {
+    use crate::images::ImageWriter;
+    let dir = std::env::temp_dir().join(format!("stasis-load-zombie-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |file: &str, magic: u32, entries: &[&dyn Fn(&mut ImageWriter)]| {
+        let mut w = ImageWriter::new(ImageKind::Normal, magic);
+        for e in entries {
+            e(&mut w);
+        }
+        std::fs::write(dir.join(file), w.into_bytes()).unwrap();
+    };
+    let entry = |pid: u32, ppid: u32, threads: Vec<u32>| pb::PstreeEntry {
+        pid,
+        ppid,
+        pgid: 10,
+        sid: 10,
+        threads,
+    };
+    write(
+        names::PSTREE,
+        magic::PSTREE,
+        &[
+            &|w| w.push(&entry(10, 0, vec![10])),
+            // CRIU 4.2 writes a zombie's list uninitialised.
+            &|w| w.push(&entry(12, 10, vec![861339408])),
+        ],
+    );
+    let core = |state: u32| pb::CoreEntry {
+        tc: Some(pb::TaskCoreEntry {
+            task_state: state,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    write(
+        &names::core(12),
+        magic::CORE,
+        &[&|w| w.push(&core(images::TASK_DEAD))],
+    );
+    let tree = load_pstree(&dir).expect("a zombie's list is not checked");
+    assert_eq!(tree[1].threads, vec![12]);
+    // A live process with a bad list is still refused.
+    write(
+        &names::core(12),
+        magic::CORE,
+        &[&|w| w.push(&core(images::TASK_ALIVE))],
+    );
+    assert!(load_pstree(&dir).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -290,3 +290,41 @@ fn podman_container_with_a_terminal() {
     );
     counter_is_continuous(&lines);
 }
+
+/// A container in a user namespace of its own (`--uidmap`/`--gidmap`): checkpointed and
+/// restored with its maps, the counter running on as root inside and 100000 outside.
+#[test]
+fn podman_container_in_a_user_namespace() {
+    let _g = serial_root!();
+    let Some(p) = Podman::new(test_name!()) else {
+        return;
+    };
+    p.start_counter_with(
+        "cu",
+        &["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"],
+    );
+    let pid: u32 = p.inspect("cu", "{{.State.Pid}}").parse().expect("pid");
+    let maps = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let before = maps(pid);
+    assert_eq!(before, "0 100000 65536", "mapped");
+    p.ok(&["container", "checkpoint", "cu"]);
+    let dumped = p.counts("cu").len();
+    p.ok(&["container", "restore", "cu"]);
+    let pid2: u32 = p.inspect("cu", "{{.State.Pid}}").parse().expect("pid");
+    assert_eq!(maps(pid2), before, "the same maps");
+    let status = std::fs::read_to_string(format!("/proc/{pid2}/status")).unwrap_or_default();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:") && l.contains("100000")),
+        "runs as 100000 outside: {status}"
+    );
+    let lines = p.wait_counts("cu", dumped + 5);
+    assert!(lines.len() >= dumped + 5, "the counter runs on");
+    counter_is_continuous(&lines);
+    p.ok(&["stop", "-t", "0", "cu"]);
+}

@@ -599,3 +599,38 @@ fn host_tree_files_carry_no_mount_ids() {
     assert!(regs > 0);
     kill_tree(&[w.pid]);
 }
+
+/// pidfds: of a child (a signal sent through it after the restore arrives), of the process
+/// itself (non-blocking), and two of a child that died and was reaped (still readable, the
+/// same inode, as the kernel gives pidfds of one process).
+#[test]
+fn pidfds_of_live_dead_and_own_processes_come_back() {
+    let _g = serial_root!();
+    let script = r#"
+import os, select, signal, time
+def pid_of(fd):
+    for l in open(f"/proc/self/fdinfo/{fd}"):
+        if l.startswith("Pid:"): return int(l.split()[1])
+r, w = os.pipe()
+c = os.fork()
+if c == 0:
+    signal.signal(signal.SIGUSR1, lambda *a: os.write(w, b"u"))
+    while True: time.sleep(1)
+d = os.fork()
+if d == 0: os._exit(3)
+dead1 = os.pidfd_open(d); dead2 = os.pidfd_open(d); os.waitpid(d, 0)
+child = os.pidfd_open(c)
+me = os.pidfd_open(os.getpid(), os.O_NONBLOCK)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+signal.pidfd_send_signal(child, signal.SIGUSR1)
+got = os.read(r, 1).decode()
+readable = bool(select.select([dead1], [], [], 0)[0])
+same = os.fstat(dead1).st_ino == os.fstat(dead2).st_ino
+print("after", pid_of(child) == c, got, pid_of(me) == os.getpid(), pid_of(dead1), readable, same, flush=True)
+while True: time.sleep(1)
+"#;
+    let (_w, lines) = python_across_restore("pidfds", script, 2);
+    assert_eq!(lines[1], "after True u True -1 True True");
+}

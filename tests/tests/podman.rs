@@ -320,7 +320,9 @@ fn podman_container_in_a_user_namespace() {
     assert_eq!(maps(pid2), before, "the same maps");
     let status = std::fs::read_to_string(format!("/proc/{pid2}/status")).unwrap_or_default();
     assert!(
-        status.lines().any(|l| l.starts_with("Uid:") && l.contains("100000")),
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("100000")),
         "runs as 100000 outside: {status}"
     );
     let lines = p.wait_counts("cu", dumped + 5);

@@ -174,3 +174,23 @@ while True:
     assert_runs_on(&w);
     kill_tree(&[w.pid]);
 }
+
+/// A pidfd of a process outside the tree is refused by name (that process may not exist at
+/// restore, as CRIU refuses it); the tree runs on.
+#[test]
+fn pidfd_of_a_process_outside_the_tree_is_refused_and_tree_runs_on() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+fd = os.pidfd_open(os.getppid())
+n = 0
+while True:
+    print(n, flush=True); n += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("pidfd-outside", script);
+    w.wait_lines(2, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("outside the tree"), "{e}");
+    assert_runs_on(&w);
+    kill_tree(&[w.pid]);
+}

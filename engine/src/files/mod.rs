@@ -26,6 +26,7 @@ kind::file_kinds! {
         inotify => Inotify,
         epoll => Epoll,
         memfd => Memfd,
+        pidfd => Pidfd,
     }
     elsewhere {
         crate::net::unix::file::UnixSocket,
@@ -107,6 +108,8 @@ pub enum FdKind {
     EventPoll,
     Inotify,
     Memfd,
+    /// A pidfd (anon inode before Linux 6.9's pidfs, which shows the same link).
+    Pidfd,
     Socket(u64),
     Fifo(u64),
     /// A POSIX message queue.
@@ -135,6 +138,7 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
             "[signalfd]" => FdKind::SignalFd,
             "[eventpoll]" => FdKind::EventPoll,
             "inotify" => FdKind::Inotify,
+            "[pidfd]" => FdKind::Pidfd,
             _ => FdKind::Unsupported(what.trim_matches(|c| c == '[' || c == ']').to_string()),
         });
     }

@@ -516,21 +516,27 @@ fn queued_unix_connection_is_accepted_after_restore() {
     let _g = serial_root!();
     let script = r#"
 import os, socket, time
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-srv.bind(os.path.abspath("listener.sock")); srv.listen(4)
-cli = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-cli.connect(os.path.abspath("listener.sock"))
+out = []
+for ty, name in ((socket.SOCK_STREAM, "stream.sock"), (socket.SOCK_SEQPACKET, "seqpacket.sock")):
+    srv = socket.socket(socket.AF_UNIX, ty)
+    srv.bind(os.path.abspath(name)); srv.listen(4)
+    cli = socket.socket(socket.AF_UNIX, ty)
+    cli.connect(os.path.abspath(name))
+    out.append((srv, cli))
 print("queued", flush=True)
 while not os.path.exists("go"):
     time.sleep(0.02)
-c, _ = srv.accept()
-cli.sendall(b"ping")
-print("accepted", c.recv(10).decode(), flush=True)
+got = []
+for srv, cli in out:
+    c, _ = srv.accept()
+    cli.sendall(b"ping")
+    got.append(c.recv(10).decode())
+print("accepted", *got, flush=True)
 "#;
     let (_w, lines) = python_across_restore("unixqueue", script, 2);
     assert_eq!(
         lines.get(1).map(String::as_str),
-        Some("accepted ping"),
+        Some("accepted ping ping"),
         "{lines:?}"
     );
 }

@@ -398,7 +398,8 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
     // A connection still in a listener's queue has no peer socket yet (the server side is not
     // accepted): the listener lists its client among its icons. Its peer is then the listener,
     // and the restore connects it there again, to wait in the queue as before.
-    if d.ty as i32 == libc::SOCK_STREAM && d.state == TCP_ESTABLISHED && d.peer == 0 {
+    let connection = matches!(d.ty as i32, libc::SOCK_STREAM | libc::SOCK_SEQPACKET);
+    if connection && d.state == TCP_ESTABLISHED && d.peer == 0 {
         let queued = cx.queued.get_or_init(|| queued_clients(cx.tree_sockets));
         if let Some(&listener) = queued.get(&ino) {
             d.peer = listener;

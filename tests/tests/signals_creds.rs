@@ -106,6 +106,33 @@ time.sleep(1e6)
     assert_eq!(after, before, "{lines:?}");
 }
 
+/// Threads that shared one seccomp filter tree share one again: a filter added afterwards with
+/// TSYNC, which the kernel refuses (returning a thread id) when a thread's filters diverge,
+/// succeeds after the restore (zdtm seccomp_filter_tsync).
+#[test]
+fn threads_sharing_seccomp_filters_can_tsync_after_restore() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, struct, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+def install(nr, flags):
+    ins = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050001), (0x06, 0, 0, 0x7fff0000)]
+    raw = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in ins))
+    fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", len(ins), ctypes.addressof(raw)))
+    return libc.syscall(317, 1, flags, fprog)
+libc.prctl(38, 1, 0, 0, 0)      # no_new_privs
+assert install(999, 0) == 0      # before the thread: both threads in one tree
+threading.Thread(target=lambda: time.sleep(1e6), daemon=True).start()
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("tsync", install(998, 1), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("seccomp-tsync", script, 2);
+    assert_eq!(lines[1], "tsync 0");
+}
+
 #[test]
 fn restore_without_detach_exits_as_the_task_does() {
     let _g = serial_root!();

@@ -29,6 +29,7 @@ use crate::sys::mem;
 use crate::sys::ptrace::{self, Injector, PtraceError};
 use crate::task::core::{pick_trampoline, restore_task_state};
 use crate::task::remote::Remote;
+use crate::task::seccomp::Install;
 use crate::task::signals::{has_pending_sigtrap, sigtrap_at_risk};
 use crate::task::thread::{clone_thread, restore_thread, set_final_regs};
 use crate::task::timers::restore_posix_timers;
@@ -818,9 +819,26 @@ fn finish_threads(
             restore_posix_timers(&threads[0].1, &tm.posix)?;
         }
     }
-    for (th, (_, r)) in t.threads.iter().zip(&threads) {
-        restore_thread(r, t, th, &img.seccomp)?;
+    // Threads that share one seccomp chain get it from the main thread's TSYNC, which comes
+    // last so that the others are not filtered while they are set up.
+    let filters: Vec<Option<u32>> = t
+        .threads
+        .iter()
+        .map(|th| th.core.thread_core.as_ref().and_then(|c| c.seccomp_filter))
+        .collect();
+    let shared =
+        threads.len() > 1 && filters[0].is_some() && filters.iter().all(|f| *f == filters[0]);
+    let (main, others) = t.threads.split_first().expect("a task has a main thread");
+    for (th, (_, r)) in others.iter().zip(&threads[1..]) {
+        let install = if shared {
+            Install::FromMain
+        } else {
+            Install::Own
+        };
+        restore_thread(r, t, th, &img.seccomp, install)?;
     }
+    let install = if shared { Install::Tsync } else { Install::Own };
+    restore_thread(&threads[0].1, t, main, &img.seccomp, install)?;
     // After every thread's credentials: changing them resets the mm's dumpable flag.
     crate::task::core::restore_dumpable(&threads[0].1, t)?;
     // The trampoline goes last, through the syscall instruction of the (moved) vdso.

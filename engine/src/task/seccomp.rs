@@ -117,20 +117,42 @@ pub(crate) fn dump_seccomp_chain(
         .map_err(|source| TaskError::DumpSeccomp { pid, tid, source })?)
 }
 
+/// How a thread gets its seccomp filters back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Install {
+    /// Its own chain, installed by itself.
+    Own,
+    /// None here: the main thread's TSYNC gives it the process's shared chain.
+    FromMain,
+    /// The chain every thread shares, installed by the main thread with TSYNC on its last
+    /// filter, so that all threads are in one filter tree again (a later TSYNC of the program
+    /// needs that, as zdtm's seccomp_filter_tsync does).
+    Tsync,
+}
+
 /// Installs the thread's seccomp chain, oldest filter first, through a scratch mapping of its
 /// own (a filter can be larger than the trampoline's scratch page).
 pub(crate) fn restore_seccomp(
     r: &Remote,
     filters: &[pb::SeccompFilter],
     last: u32,
+    install: Install,
 ) -> Result<(), RestoreError> {
+    if install == Install::FromMain {
+        return Ok(());
+    }
     let chain = chain(filters, last).map_err(|source| TaskError::RestoreSeccomp {
         pid: r.pid,
         tid: r.inj.tid,
         source,
     })?;
     const SECCOMP_SET_MODE_FILTER: u64 = 1;
-    for (prog, flags) in chain {
+    const SECCOMP_FILTER_FLAG_TSYNC: u32 = 1;
+    let n = chain.len();
+    for (i, (prog, mut flags)) in chain.into_iter().enumerate() {
+        if install == Install::Tsync && i + 1 == n {
+            flags |= SECCOMP_FILTER_FLAG_TSYNC;
+        }
         let len = (16 + prog.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let at = r.call(
             libc::SYS_mmap,

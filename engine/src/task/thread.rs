@@ -189,6 +189,7 @@ pub(crate) fn restore_thread(
     t: &super::core::TaskImage,
     th: &ThreadImage,
     seccomp: &[pb::SeccompFilter],
+    install: seccomp::Install,
 ) -> Result<(), RestoreError> {
     let ti = th.core.thread_info.as_ref().expect("checked at load");
     let tcore = th.core.thread_core.as_ref().expect("checked at load");
@@ -226,7 +227,7 @@ pub(crate) fn restore_thread(
     restore_sched(r, t.pid(), tcore)?;
     signals::restore_thread_pending(r, t, tcore)?;
     if let Some(last) = tcore.seccomp_filter {
-        seccomp::restore_seccomp(r, seccomp, last)?;
+        seccomp::restore_seccomp(r, seccomp, last, install)?;
     }
     if let Some(c) = &tcore.creds {
         creds::restore_creds(r, c)?;

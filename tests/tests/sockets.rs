@@ -333,6 +333,37 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after b'' BrokenPipeError");
 }
 
+/// Netlink sockets: a uevent monitor bound to a multicast group, an rtnetlink socket bound to
+/// a port id of its choosing (and in group 33, past the first 32), and an autobound one come
+/// back with their port ids and groups, and rtnetlink still answers a link dump.
+#[test]
+fn netlink_sockets_keep_their_port_ids_and_groups() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, struct, time
+NL = socket.AF_NETLINK
+ue = socket.socket(NL, socket.SOCK_RAW, 15); ue.bind((0, 1))          # KOBJECT_UEVENT, group 1
+rt = socket.socket(NL, socket.SOCK_RAW, 0); rt.bind((os.getpid() + 7777, 0))
+rt.setsockopt(270, 1, 33)                                              # NETLINK_ADD_MEMBERSHIP
+auto = socket.socket(NL, socket.SOCK_RAW, 0); auto.bind((0, 0))
+def state():
+    groups = rt.getsockopt(270, 9, 8)                                  # NETLINK_LIST_MEMBERSHIPS
+    return ue.getsockname(), rt.getsockname()[0], auto.getsockname()[0], groups.hex()
+before = state()
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+# RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP: the first answer is a RTM_NEWLINK (16).
+rt.send(struct.pack("=IHHII", 32, 18, 0x301, 1, 0) + bytes(16))
+rt.settimeout(2)
+answer = struct.unpack("=IH", rt.recv(65536)[:6])[1]
+print("after", state() == before, answer, flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("netlink", script, 2);
+    assert_eq!(lines[1], "after True 16");
+}
+
 #[test]
 fn listening_sockets_answer_after_restore() {
     let _g = serial_root!();

@@ -31,6 +31,7 @@ kind::file_kinds! {
     elsewhere {
         crate::net::unix::file::UnixSocket,
         crate::net::inet::file::InetSocket,
+        crate::net::netlink::NetlinkSocket,
     }
 }
 
@@ -67,6 +68,13 @@ pub enum FilesError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("pid {pid} fd {fd}")]
+    Netlink {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: crate::net::netlink::NetlinkError,
     },
     #[error("cannot read the state of fd {fd} of pid {pid}")]
     Anon {

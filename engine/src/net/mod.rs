@@ -1,6 +1,7 @@
-//! Sockets: unix and inet (TCP through TCP_REPAIR, UDP).
+//! Sockets: unix, inet (TCP through TCP_REPAIR, UDP) and netlink.
 
 pub mod inet;
+pub mod netlink;
 pub mod unix;
 
 use std::os::fd::AsFd;

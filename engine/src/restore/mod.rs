@@ -192,6 +192,8 @@ pub enum RestoreError {
         #[source]
         source: inet::InetError,
     },
+    #[error(transparent)]
+    Netlink(#[from] crate::net::netlink::NetlinkError),
     #[error("timed out waiting for the forked tasks to get ready")]
     Timeout,
     #[error(transparent)]

@@ -634,3 +634,44 @@ while True: time.sleep(1)
     let (_w, lines) = python_across_restore("pidfds", script, 2);
     assert_eq!(lines[1], "after True u True -1 True True");
 }
+
+/// File leases (F_SETLEASE) come back on their own open file descriptions (two read leases on
+/// one file, a third description without), taken by the task: a write open by another process
+/// breaks the write lease and signals the task (SIGIO), as before the dump.
+#[test]
+fn file_leases_come_back_and_their_break_signals_the_task() {
+    let _g = serial_root!();
+    let script = r#"
+import fcntl, os, signal, time
+F_SETLEASE, F_GETLEASE = 1024, 1025
+broken = []
+signal.signal(signal.SIGIO, lambda *a: broken.append(1))
+for n in ("r", "w"):
+    open(n, "w").close()
+r1, r2, free = (os.open("r", os.O_RDONLY) for _ in range(3))
+fcntl.fcntl(r1, F_SETLEASE, fcntl.F_RDLCK); fcntl.fcntl(r2, F_SETLEASE, fcntl.F_RDLCK)
+w = os.open("w", os.O_WRONLY)
+fcntl.fcntl(w, F_SETLEASE, fcntl.F_WRLCK)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+leases = [fcntl.fcntl(fd, F_GETLEASE) for fd in (r1, r2, free, w)]
+if os.fork() == 0:
+    try:
+        os.open("w", os.O_RDONLY | os.O_NONBLOCK)  # breaks the write lease
+    except BlockingIOError:
+        pass  # as it should: the lease holder has a while to give it up
+    os._exit(0)
+for _ in range(100):
+    if broken: break
+    time.sleep(0.02)
+print("after", leases, bool(broken), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("leases", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
+    let lines = w.go_and_collect(&pids, 2);
+    // F_RDLCK 0, F_WRLCK 1, F_UNLCK 2.
+    assert_eq!(lines[1], "after [0, 0, 2, 1] True");
+}

@@ -20,6 +20,8 @@ use crate::task::remote::Remote;
 pub const FL_POSIX: u32 = 1;
 pub const FL_FLOCK: u32 = 2;
 pub const FL_OFDLCK: u32 = 1024;
+/// A lease (F_SETLEASE), CRIU's FL_LEASE.
+pub const FL_LEASE: u32 = 32;
 
 /// The locks an fd's fdinfo lists: (flag, type F_RDLCK/F_WRLCK, start, len with 0 = to EOF).
 /// Leases, other kinds and lines that do not read as the kernel writes them are returned as
@@ -37,6 +39,12 @@ pub fn parse_locks(fdinfo: &str) -> Vec<Result<(u32, u32, i64, i64), String>> {
             "POSIX" => FL_POSIX,
             "FLOCK" => FL_FLOCK,
             "OFDLCK" => FL_OFDLCK,
+            // An active lease; one being broken (a conflicting open waits on it) is not.
+            "LEASE" if w[2] == "ACTIVE" => FL_LEASE,
+            "LEASE" => {
+                out.push(Err("a file lease being broken".to_string()));
+                continue;
+            }
             other => {
                 out.push(Err(format!("a file {} (lease)", other.to_lowercase())));
                 continue;
@@ -101,6 +109,9 @@ pub(crate) fn dump(
                 && o.start == e.start
                 && o.len == e.len
                 && o.pid == e.pid
+                // A lease is its open file description's: two of them on one file are two.
+                // (A description dup'ed shows its lease on each fd: taken again, harmlessly.)
+                && (e.flag != FL_LEASE || o.fd == e.fd)
         };
         if !cx
             .img
@@ -138,7 +149,7 @@ pub(crate) fn take_file_locks(
     files: &HashMap<u32, RawFd>,
 ) -> Result<(), RestoreError> {
     for l in &img.locks {
-        if l.flag == FL_POSIX || l.flag == FL_FLOCK {
+        if l.flag == FL_POSIX || l.flag == FL_FLOCK || l.flag == FL_LEASE {
             continue;
         }
         let fd = lock_file_id(img, l)
@@ -200,6 +211,18 @@ pub(crate) fn restore_task_locks(
         let a = r.put(0, bytes)?;
         r.call(libc::SYS_fcntl, &[l.fd as u64, libc::F_SETLK as u64, a])?;
     }
+    // Leases by the task too: F_SETLEASE makes its caller the file's owner, whom a lease
+    // break signals.
+    for l in img
+        .locks
+        .iter()
+        .filter(|l| l.flag == FL_LEASE && l.pid as u32 == t.pid())
+    {
+        r.call(
+            libc::SYS_fcntl,
+            &[l.fd as u64, libc::F_SETLEASE as u64, u64::from(l.r#type)],
+        )?;
+    }
     Ok(())
 }
 
@@ -213,12 +236,14 @@ mod tests {
 lock:\t1: POSIX  ADVISORY  WRITE 6660 fe:00:10010757 5 14\n\
 lock:\t2: FLOCK  ADVISORY  READ 6660 fe:00:10010757 0 EOF\n\
 lock:\t3: LEASE  ACTIVE    READ 6660 fe:00:10010757 0 EOF\n\
-lock:\t4: OFDLCK ADVISORY  WRITE -1 fe:00:10010757 x EOF\n";
+lock:\t4: OFDLCK ADVISORY  WRITE -1 fe:00:10010757 x EOF\n\
+lock:\t5: LEASE  BREAKING  READ 6660 fe:00:10010757 0 EOF\n";
         let l = parse_locks(text);
-        assert_eq!(l.len(), 4);
+        assert_eq!(l.len(), 5);
+        assert_eq!(l[4], Err("a file lease being broken".to_string()));
         assert_eq!(l[0], Ok((FL_POSIX, libc::F_WRLCK as u32, 5, 10)));
         assert_eq!(l[1], Ok((FL_FLOCK, libc::F_RDLCK as u32, 0, 0)));
-        assert_eq!(l[2], Err("a file lease (lease)".to_string()));
+        assert_eq!(l[2], Ok((FL_LEASE, libc::F_RDLCK as u32, 0, 0)));
         assert!(
             l[3].is_err(),
             "an unreadable range is refused, not read as 0"

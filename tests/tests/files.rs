@@ -675,3 +675,22 @@ time.sleep(1e6)
     // F_RDLCK 0, F_WRLCK 1, F_UNLCK 2.
     assert_eq!(lines[1], "after [0, 0, 2, 1] True");
 }
+
+/// Namespace files of the task's own namespaces (`/proc/self/ns/net`, `uts`) are opened again
+/// by the task: after the restore they name the namespaces it is in.
+#[test]
+fn own_namespace_files_come_back() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+fds = {n: os.open(f"/proc/self/ns/{n}", os.O_RDONLY) for n in ("net", "uts", "ipc")}
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+same = all(os.readlink(f"/proc/self/fd/{fd}") == os.readlink(f"/proc/self/ns/{n}") for n, fd in fds.items())
+print("after", same, flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("nsfiles", script, 2);
+    assert_eq!(lines[1], "after True");
+}

@@ -17,11 +17,17 @@ fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
 #[test]
 fn namespace_fds_are_refused_by_name_and_tree_runs_on() {
     let _g = serial_root!();
-    // A namespace file looks like a regular file to stat(2), but reopening its link
-    // ("net:[ino]") would open nothing: the dump must refuse it.
+    // A namespace file of a namespace its task is not in (here a child's own UTS namespace)
+    // cannot be opened again from inside the task: the dump must refuse it.
     let script = r#"
-import os, time
-fd = os.open('/proc/self/ns/net', os.O_RDONLY)
+import ctypes, os, time
+r, w = os.pipe()
+c = os.fork()
+if c == 0:
+    ctypes.CDLL(None).unshare(0x04000000); os.write(w, b"x")  # CLONE_NEWUTS
+    while True: time.sleep(1)
+os.read(r, 1)
+fd = os.open(f'/proc/{c}/ns/uts', os.O_RDONLY)
 i = 0
 while True:
     print(i, fd, flush=True); i += 1; time.sleep(0.01)
@@ -31,11 +37,12 @@ while True:
     let fd = first[0].split(' ').nth(1).unwrap().to_string();
     let e = dump_must_fail(&w);
     assert!(
-        e.contains("namespace file") && e.contains(&format!("fd {fd}")),
+        e.contains("not a namespace its task is in") && e.contains(&format!("fd {fd}")),
         "{e}"
     );
     let n = w.lines().len();
     assert!(w.wait_lines(n + 5, T).len() >= n + 5, "tree runs on");
+    kill_tree(&tree_and_session(w.pid));
 }
 
 /// A task that a debugger of the tree already traces is refused naming the tracer, and both

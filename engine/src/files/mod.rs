@@ -27,6 +27,7 @@ kind::file_kinds! {
         epoll => Epoll,
         memfd => Memfd,
         pidfd => Pidfd,
+        nsfile => NsFile,
     }
     elsewhere {
         crate::net::unix::file::UnixSocket,
@@ -118,6 +119,8 @@ pub enum FdKind {
     Memfd,
     /// A pidfd (anon inode before Linux 6.9's pidfs, which shows the same link).
     Pidfd,
+    /// A namespace file (`/proc/<pid>/ns/<type>` opened).
+    NsFile,
     Socket(u64),
     Fifo(u64),
     /// A POSIX message queue.
@@ -167,6 +170,7 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
             Some(MQUEUE) => {
                 FdKind::Unsupported(format!("POSIX message queue unlinked while open ({link})"))
             }
+            Some(NSFS) => FdKind::NsFile,
             Some(kind) => FdKind::Unsupported(format!("{kind} ({link})")),
             None => FdKind::Regular,
         },
@@ -209,6 +213,8 @@ fn is_stateless_char_device(major: u32, minor: u32) -> bool {
 }
 
 const MQUEUE: &str = "POSIX message queue";
+/// [`special_fs_kind`] of a namespace file.
+const NSFS: &str = "namespace file";
 
 /// The kind of object behind `fd` when it lives on a filesystem whose files are not reopened by
 /// path, from `statfs(2)` through the fd link (which it follows).
@@ -225,7 +231,7 @@ fn special_fs_kind(pid: u32, fd: i32) -> Result<Option<&'static str>, FilesError
     })?;
     Ok(match st.filesystem_type().0 as i64 {
         MQUEUE_MAGIC => Some(MQUEUE),
-        NSFS_MAGIC => Some("namespace file"),
+        NSFS_MAGIC => Some(NSFS),
         BPF_FS_MAGIC => Some("bpf filesystem object"),
         _ => None,
     })

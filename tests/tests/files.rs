@@ -694,3 +694,28 @@ time.sleep(1e6)
     let (_w, lines) = python_across_restore("nsfiles", script, 2);
     assert_eq!(lines[1], "after True");
 }
+
+/// A cwd and a directory fd whose directories were deleted come back deleted (CRIU's ghost
+/// directories): the task is still in a removed directory named as before, the fd reads an
+/// empty directory, and nothing is left at the old paths.
+#[test]
+fn deleted_cwd_and_directory_fds_come_back_deleted() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+top = os.getcwd()
+os.mkdir("gone"); os.mkdir("gone/sub")
+d = os.open("gone/sub", os.O_RDONLY | os.O_DIRECTORY)
+os.chdir("gone"); os.rmdir("sub"); os.rmdir("../gone")
+print("ready", flush=True)
+while not os.path.exists(top + "/go"):
+    time.sleep(0.02)
+cwd = os.readlink("/proc/self/cwd")
+fdl = os.readlink(f"/proc/self/fd/{d}")
+print("after", cwd == top + "/gone (deleted)", fdl == top + "/gone/sub (deleted)",
+      os.listdir(d), os.path.exists(top + "/gone"), flush=True)
+time.sleep(1e6)
+"#;
+    let (_w, lines) = python_across_restore("deleted-dirs", script, 2);
+    assert_eq!(lines[1], "after True True [] False");
+}

@@ -81,24 +81,6 @@ while True:
 
 /// A working directory deleted while in use cannot be reopened at restore: the dump is
 /// refused by name, before the task is killed, and it runs on.
-#[test]
-fn deleted_working_directory_is_refused_and_task_runs_on() {
-    let _g = serial_root!();
-    let script = r#"
-import os, time
-os.mkdir("gone"); os.chdir("gone"); os.rmdir("../gone")
-n = 0
-while True:
-    print(n, flush=True); n += 1; time.sleep(0.02)
-"#;
-    let w = Workload::python("deleted-cwd", script);
-    w.wait_lines(2, T);
-    let e = dump_must_fail(&w);
-    assert!(e.contains("a cwd directory deleted while in use"), "{e}");
-    assert_runs_on(&w);
-    kill_tree(&[w.pid]);
-}
-
 /// A mount namespace stasis cannot make again (here a copy of the host's, with the host's
 /// cgroup hierarchies nobody declared) is refused naming the mount, instead of coming back
 /// silently in the restorer's; the tree runs on.

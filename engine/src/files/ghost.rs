@@ -13,6 +13,8 @@ pub struct GhostFiles {
     made: HashMap<u32, String>,
     /// Directories made for ghosts whose directory was deleted too, deepest last.
     dirs: Vec<PathBuf>,
+    /// Ghost directories (a deleted cwd or directory fd), removed before `dirs`.
+    ghost_dirs: Vec<String>,
 }
 
 impl GhostFiles {
@@ -26,6 +28,9 @@ impl GhostFiles {
         let kind = entry.mode & libc::S_IFMT;
         if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
             return self.device(id, orig, entry);
+        }
+        if kind == libc::S_IFDIR {
+            return self.directory(id, orig, entry);
         }
         let err = |path: &str| {
             let path = path.to_string();
@@ -82,6 +87,58 @@ impl GhostFiles {
 }
 
 impl GhostFiles {
+    /// A directory deleted while in use, made again empty at its old path or beside it, with
+    /// its owner and mode.
+    fn directory(
+        &mut self,
+        id: u32,
+        orig: &str,
+        entry: &pb::GhostFileEntry,
+    ) -> Result<String, RestoreError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let err = |path: &str| {
+            let path = path.to_string();
+            move |source| RestoreError::Open { id, path, source }
+        };
+        let mut path = orig.to_string();
+        let mut made = false;
+        for n in 1..=100 {
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    self.ghost_dirs.push(path.clone());
+                    made = true;
+                    break;
+                }
+                // Made already as the parent of another ghost (a deleted cwd above a
+                // deleted directory fd): that is this one; it goes when its children have.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && self.dirs.iter().any(|d| d.as_os_str() == path.as_str()) =>
+                {
+                    made = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    path = format!("{orig}.stasis-ghost-{id}-{n}");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.make_parents(Path::new(&path)).map_err(err(&path))?;
+                }
+                Err(e) => return Err(err(&path)(e)),
+            }
+        }
+        if !made {
+            return Err(err(&path)(std::io::Error::from_raw_os_error(libc::EEXIST)));
+        }
+        self.made.insert(id, path.clone());
+        if let Err(e) = std::os::unix::fs::chown(&path, Some(entry.uid), Some(entry.gid)) {
+            log::warn!("ghost directory {path}: cannot give it back its owner: {e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(entry.mode & 0o7777))
+            .map_err(err(&path))?;
+        Ok(path)
+    }
+
     /// A device node deleted while open, made again (mknod) at its old path or beside it.
     fn device(
         &mut self,
@@ -185,8 +242,11 @@ impl GhostFiles {
 
 impl Drop for GhostFiles {
     fn drop(&mut self) {
-        for p in self.made.values() {
+        for p in self.made.values().filter(|p| !self.ghost_dirs.contains(p)) {
             let _ = std::fs::remove_file(p);
+        }
+        for d in self.ghost_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
         }
         for d in self.dirs.iter().rev() {
             let _ = std::fs::remove_dir(d);

@@ -160,9 +160,6 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
         .map_err(|source| FilesError::Inspect { pid, fd, source })?;
     let fmt = md.mode() & libc::S_IFMT;
     Ok(match fmt {
-        libc::S_IFDIR if link.ends_with(" (deleted)") => {
-            FdKind::Unsupported(format!("directory deleted while open ({link})"))
-        }
         // Files of these filesystems look regular but cannot be opened again by their path: a
         // POSIX message queue's link is "/name", a namespace file's is "net:[ino]".
         libc::S_IFREG => match special_fs_kind(pid, fd)? {
@@ -458,7 +455,7 @@ impl FileTable {
         use std::os::unix::fs::FileTypeExt;
         let device = md.file_type().is_char_device() || md.file_type().is_block_device();
         let name = match link.strip_suffix(" (deleted)") {
-            Some(orig) if md.is_file() || device => orig,
+            Some(orig) if md.is_file() || md.is_dir() || device => orig,
             _ => link,
         };
         let id = self.push_reg(
@@ -514,7 +511,8 @@ impl FileTable {
         use std::os::unix::fs::FileTypeExt;
         // A device node has no content: it is made again from its number (rdev).
         let device = md.file_type().is_char_device() || md.file_type().is_block_device();
-        let chunks = if device {
+        // A directory has none either: it is made again empty, as CRIU's ghost directories.
+        let chunks = if device || md.is_dir() {
             Vec::new()
         } else {
             data_chunks(open).map_err(|source| FilesError::Ghost {
@@ -522,7 +520,7 @@ impl FileTable {
                 source,
             })?
         };
-        let size = if device { 0 } else { md.size() };
+        let size = if device || md.is_dir() { 0 } else { md.size() };
         let id = self.ghosts.len() as u32 + 1;
         let tv = |sec: i64, nsec: i64| pb::Timeval {
             tv_sec: sec as u64,
@@ -547,6 +545,19 @@ impl FileTable {
             },
             chunks,
         });
+        Ok(id)
+    }
+
+    /// A task's cwd that was deleted (`open` reaches it, `orig` is its path): an empty
+    /// ghost directory, made again for the task to change into and removed once it has.
+    pub fn add_deleted_dir(&mut self, open: &str, orig: &str) -> Result<u32, FilesError> {
+        let md = std::fs::metadata(open).map_err(|source| FilesError::Ghost {
+            path: orig.to_string(),
+            source,
+        })?;
+        let id = self.push_reg(orig, libc::O_DIRECTORY as u32, 0, None, Some(&md));
+        let ghost = self.ghost(open, orig, &md)?;
+        self.remaps.push((id, ghost));
         Ok(id)
     }
 

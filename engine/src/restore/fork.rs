@@ -290,6 +290,11 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
                 pool.by_file[&id]
             }),
             cwd: cstr(name(t.fs.cwd_id))?,
+            cwd_fd: img
+                .remaps
+                .contains_key(&t.fs.cwd_id)
+                .then(|| pool.by_file.get(&t.fs.cwd_id).copied())
+                .flatten(),
             root: if root == "/" || root.is_empty() {
                 None
             } else {

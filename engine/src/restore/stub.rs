@@ -28,6 +28,9 @@ pub struct StubPlan {
     /// Pool fd of the pty slave to make the controlling terminal (session leaders only).
     pub ctty: Option<RawFd>,
     pub cwd: std::ffi::CString,
+    /// A pool fd of the cwd when it was deleted (a ghost directory, removed before the fork):
+    /// changed into by fd, not by path.
+    pub cwd_fd: Option<RawFd>,
     pub root: Option<std::ffi::CString>,
     pub umask: u32,
     pub comm: [u8; 16],
@@ -456,7 +459,10 @@ fn settle(sh: &StubShared, t: &StubPlan) -> ! {
     unsafe {
         // cwd first: both paths are as the dumper saw them, from its own root, which a
         // chroot'ed task's cwd would no longer be under. chroot(2) leaves the cwd alone.
-        check(libc::syscall(libc::SYS_chdir, t.cwd.as_ptr()), STUB_CHDIR);
+        match t.cwd_fd {
+            Some(fd) => check(libc::syscall(libc::SYS_fchdir, fd), STUB_CHDIR),
+            None => check(libc::syscall(libc::SYS_chdir, t.cwd.as_ptr()), STUB_CHDIR),
+        };
         if let Some(root) = &t.root {
             check(libc::syscall(libc::SYS_chroot, root.as_ptr()), STUB_CHROOT);
         }

@@ -451,9 +451,15 @@ fn dump_files_and_fs(
         }
         Ok(path)
     };
-    let cwd = img
-        .files
-        .add_path(&dir_of("cwd")?, libc::O_DIRECTORY as u32)?;
+    // A deleted cwd is a ghost directory (the stub changes into it by fd); a deleted root
+    // stays refused.
+    let cwd_link = proc::readlink(pid, "cwd")?;
+    let cwd = match cwd_link.strip_suffix(" (deleted)") {
+        Some(orig) => img
+            .files
+            .add_deleted_dir(&format!("/proc/{pid}/cwd"), orig)?,
+        None => img.files.add_path(&cwd_link, libc::O_DIRECTORY as u32)?,
+    };
     let root = img
         .files
         .add_path(&dir_of("root")?, libc::O_DIRECTORY as u32)?;

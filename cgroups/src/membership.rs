@@ -98,11 +98,22 @@ pub fn enter(dir: &Path, pid: u32, create: bool) -> Result<(), CgroupError> {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
         }
+        let mut missing = Vec::new();
+        let mut d = Some(dir);
+        while let Some(m) = d.filter(|m| !m.is_dir()) {
+            missing.push(m.to_path_buf());
+            d = m.parent();
+        }
         std::fs::create_dir_all(dir).map_err(|source| CgroupError::Io {
             path: dir.to_path_buf(),
             what: "create",
             source,
         })?;
+        // A new v1 cpuset takes no task until it has cpus and mems: its parent's, as a
+        // cgroup made by hand would be given (or cgroup.clone_children would copy).
+        for m in missing.iter().rev() {
+            inherit_cpuset(m)?;
+        }
     }
     let procs = dir.join("cgroup.procs");
     std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Io {
@@ -110,6 +121,35 @@ pub fn enter(dir: &Path, pid: u32, create: bool) -> Result<(), CgroupError> {
         what: "write a pid to",
         source,
     })
+}
+
+/// Gives a new v1 cpuset cgroup `dir` its parent's `cpuset.cpus` and `cpuset.mems` (nothing
+/// for other controllers, or when they are set already).
+fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    for name in ["cpuset.cpus", "cpuset.mems"] {
+        let file = dir.join(name);
+        let Ok(now) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if !now.trim().is_empty() {
+            continue;
+        }
+        let from = parent.join(name);
+        let value = std::fs::read_to_string(&from).map_err(|source| CgroupError::Io {
+            path: from,
+            what: "read",
+            source,
+        })?;
+        std::fs::write(&file, value.trim()).map_err(|source| CgroupError::Io {
+            path: file,
+            what: "write",
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -333,6 +333,26 @@ fn cg_err(e: stasis_cgroups::CgroupError) -> RestoreError {
 /// dumped root (the root task's cgroup there) moved to the root `roots` give for it, if any
 /// (`(controller or None for all, path)`, CRIU's `--cgroup-root`). Pids are as the images
 /// and our pid namespace number them. A hierarchy not mounted here is skipped, and logged.
+/// Makes the dumped cgroups as `mode` allows and sets their properties, before any file is
+/// opened: a task may hold a cgroup directory open (zdtm's cgroup02).
+pub fn prepare_cgroups(
+    img: &DumpImage,
+    mode: Option<CgMode>,
+    roots: &[(Option<String>, String)],
+) -> Result<(), RestoreError> {
+    let Some(mode) = mode else {
+        return Ok(());
+    };
+    crate::restore::step("cgroups")?;
+    let Some(saved) = Saved::of(img, mode) else {
+        return Ok(());
+    };
+    let mounts = membership::our_mounts().map_err(cg_err)?;
+    restore_properties(saved.entry, mode, roots, saved.root_set, &mounts).map_err(cg_err)
+}
+
+/// Puts every task into its dumped cgroups (made by [`prepare_cgroups`], or now as `mode`
+/// allows).
 pub fn restore_membership(
     img: &DumpImage,
     mode: CgMode,
@@ -341,9 +361,8 @@ pub fn restore_membership(
     let Some(saved) = Saved::of(img, mode) else {
         return Ok(());
     };
-    let (entry, root_set, set) = (saved.entry, saved.root_set, |id| saved.set(id));
+    let (root_set, set) = (saved.root_set, |id| saved.set(id));
     let mounts = membership::our_mounts().map_err(cg_err)?;
-    restore_properties(entry, mode, roots, root_set, &mounts).map_err(cg_err)?;
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
         let Some(s) = set(t.tc().cg_set) else {
             continue;

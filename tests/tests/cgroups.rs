@@ -75,10 +75,29 @@ impl Drop for TestCgroup {
         loop {
             let procs = self.procs();
             kill_tree(&procs);
+            // Sub-cgroups a test made (and could not remove while its tasks died) first.
+            remove_subdirs(&self.path);
             if std::fs::remove_dir(&self.path).is_ok() || Instant::now() > end {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Removes the cgroup directories below `dir`, deepest first (their tasks killed).
+fn remove_subdirs(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            remove_subdirs(&p);
+            let procs: Vec<u32> = std::fs::read_to_string(p.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            kill_tree(&procs);
+            let _ = std::fs::remove_dir(&p);
         }
     }
 }
@@ -625,4 +644,67 @@ while True:
         format!("{base}/thread"),
         "and the thread in its own"
     );
+}
+
+/// With `--manage-cgroups` the cgroups are made before any file is opened, so a task holding
+/// its own cgroup directory open gets it back after that cgroup was removed (zdtm cgroup02);
+/// and a v1 cpuset made anew for `--cgroup-root` gets its parent's cpus and mems, without
+/// which no task could join it.
+#[test]
+fn cgroup_dirs_held_open_and_new_cpusets_are_made_in_time() {
+    let _g = serial_root!();
+    let (Some(pids), Some(cpuset)) = (
+        TestCgroup::new(PIDS_V1, test_name!()),
+        TestCgroup::new("/sys/fs/cgroup/cpuset", test_name!()),
+    ) else {
+        return;
+    };
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let v = std::fs::read_to_string(Path::new("/sys/fs/cgroup/cpuset").join(f)).unwrap();
+        std::fs::write(cpuset.path.join(f), v.trim()).expect("cpuset setup");
+    }
+    let sub = pids.path.join("sub");
+    std::fs::create_dir(&sub).expect("mkdir sub");
+    let script = format!(
+        r#"
+import os, time
+d = os.open("{}", os.O_RDONLY | os.O_DIRECTORY)
+n = 0
+while True:
+    print(n, os.path.exists(f"/proc/self/fd/{{d}}"), flush=True); n += 1; time.sleep(0.05)
+"#,
+        sub.display()
+    );
+    let w = Workload::python("cgheld", &script);
+    std::fs::write(sub.join("cgroup.procs"), w.pid.to_string()).expect("into sub");
+    cpuset.add(w.pid);
+    w.wait_lines(2, T);
+    let base = |cg: &TestCgroup| format!("/{}", cg.path.file_name().unwrap().to_string_lossy());
+    let new_root = format!("cpuset:{}/new", base(&cpuset));
+    let pids_list = dump_kill_then_restore(
+        &w,
+        &[],
+        &["--manage-cgroups", "--cgroup-root", &new_root],
+        || std::fs::remove_dir(&sub).expect("rmdir sub"),
+    );
+    let got = (
+        cgroup_of(w.pid, PIDS_V1),
+        cgroup_of(w.pid, "/sys/fs/cgroup/cpuset"),
+    );
+    let n = w.lines().len();
+    let more = w.wait_lines(n + 2, T);
+    kill_tree(&pids_list);
+    let end = Instant::now() + Duration::from_secs(5);
+    while alive(w.pid) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(&sub);
+    let _ = std::fs::remove_dir(cpuset.path.join("new"));
+    assert_eq!(
+        got.0,
+        format!("{}/sub", base(&pids)),
+        "the held cgroup made again"
+    );
+    assert_eq!(got.1, format!("{}/new", base(&cpuset)), "in the new cpuset");
+    assert!(more.last().is_some_and(|l| l.ends_with("True")), "{more:?}");
 }

@@ -431,6 +431,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         Some(name.to_string())
     };
     crate::ipc::mqueue::restore(&img.posix_mqueues, name_of, &mut ipc_made)?;
+    crate::cgroup::prepare_cgroups(&img, opts.manage_cgroups, &opts.cgroup_roots)?;
     step("pool")?;
     let pool = Pool::build(&img, opts)?;
     step("file locks")?;
@@ -549,7 +550,7 @@ impl Steps<'_> {
         let (img, opts) = (self.img, self.opts);
         wait_for_zombies(img);
         if let Some(mode) = opts.manage_cgroups {
-            step("cgroups")?;
+            step("cgroup membership")?;
             crate::cgroup::restore_membership(img, mode, &opts.cgroup_roots)?;
         }
         let (vdso_syscall, pages_restored) =

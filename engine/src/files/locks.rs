@@ -17,11 +17,16 @@ use crate::restore::{DumpImage, RestoreError};
 use crate::task::remote::Remote;
 
 /// CRIU's lock kinds in file_lock_entry.flag.
+// `file_lock_entry.flag` as CRIU writes it (its own values, not the kernel's FL_* bits).
 pub const FL_POSIX: u32 = 1;
 pub const FL_FLOCK: u32 = 2;
-pub const FL_OFDLCK: u32 = 1024;
-/// A lease (F_SETLEASE), CRIU's FL_LEASE.
-pub const FL_LEASE: u32 = 32;
+/// An OFD lock. Older stasis images wrote the kernel's FL_OFDLCK (1024); any value but the
+/// other three is taken for an OFD lock at restore, so they still load.
+pub const FL_OFDLCK: u32 = 4;
+/// A lease (F_SETLEASE).
+pub const FL_LEASE: u32 = 8;
+/// CRIU's mark, in a lease's `type`, of one being broken.
+const LEASE_BREAKING: u32 = 4;
 
 /// The locks an fd's fdinfo lists: (flag, type F_RDLCK/F_WRLCK, start, len with 0 = to EOF).
 /// Leases, other kinds and lines that do not read as the kernel writes them are returned as
@@ -218,9 +223,19 @@ pub(crate) fn restore_task_locks(
         .iter()
         .filter(|l| l.flag == FL_LEASE && l.pid as u32 == t.pid())
     {
+        // CRIU marks a lease being broken (LEASE_BREAKING, 4): taken back whole, the break
+        // is not started again.
+        if l.r#type & LEASE_BREAKING != 0 {
+            log::warn!(
+                "pid {} fd {}: a lease was being broken: it comes back unbroken",
+                l.pid,
+                l.fd
+            );
+        }
+        let ty = l.r#type & !LEASE_BREAKING;
         r.call(
             libc::SYS_fcntl,
-            &[l.fd as u64, libc::F_SETLEASE as u64, u64::from(l.r#type)],
+            &[l.fd as u64, libc::F_SETLEASE as u64, u64::from(ty)],
         )?;
     }
     Ok(())
@@ -229,6 +244,12 @@ pub(crate) fn restore_task_locks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_kinds_are_written_with_criu_s_values() {
+        // CRIU's file-lock.h, which its restore reads (not the kernel's FL_* bits).
+        assert_eq!((FL_POSIX, FL_FLOCK, FL_OFDLCK, FL_LEASE), (1, 2, 4, 8));
+    }
 
     #[test]
     fn lock_lines_of_fdinfo() {

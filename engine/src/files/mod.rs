@@ -637,7 +637,8 @@ impl FileTable {
                 fown: pb::FownEntry::default(),
                 name: name.to_string(),
                 mnt_id,
-                size: md.map(|m| m.size()),
+                // A directory's size is its filesystem's business (a deleted one reads 0): none.
+                size: md.filter(|m| !m.is_dir()).map(|m| m.size()),
                 ext: None,
                 mode: md.map(|m| m.mode()),
                 build_id: Vec::new(),

@@ -234,6 +234,26 @@ fn special_fs_kind(pid: u32, fd: i32) -> Result<Option<&'static str>, FilesError
     })
 }
 
+/// The entries with unix sockets that others connected to (a datagram server) before the
+/// rest, in order otherwise: CRIU's restore resolves a socket's peer when it reads it, from the
+/// sockets read before ("Peer N unresolved" else).
+fn servers_first(entries: &[pb::FileEntry]) -> Vec<&pb::FileEntry> {
+    let connected_to: std::collections::HashSet<u32> = entries
+        .iter()
+        .filter_map(|e| e.usk.as_ref())
+        .filter(|u| u.peer != 0 && u.peer != u.ino)
+        .map(|u| u.peer)
+        .collect();
+    let is_server = |e: &&pb::FileEntry| {
+        e.usk
+            .as_ref()
+            .is_some_and(|u| connected_to.contains(&u.ino) && u.peer == 0)
+    };
+    let mut out: Vec<&pb::FileEntry> = entries.iter().filter(is_server).collect();
+    out.extend(entries.iter().filter(|e| !is_server(e)));
+    out
+}
+
 /// An fd whose link does not read as the kernel writes it: refused, never guessed at.
 fn unreadable(link: &str) -> FdKind {
     FdKind::Unsupported(format!("an fd whose link reads \"{link}\""))
@@ -663,7 +683,7 @@ impl FileTable {
     /// Writes `files.img`, the ghost files and every kind's own images.
     pub fn write(&self, dir: &Path) -> Result<(), FilesError> {
         let mut w = ImageWriter::new(ImageKind::Normal, magic::FILES);
-        for e in &self.entries {
+        for e in servers_first(&self.entries) {
             w.push(e);
         }
         write(&dir.join(names::FILES), &w.into_bytes())?;
@@ -753,4 +773,32 @@ fn data_chunks(path: &str) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
         off = end;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagram_servers_come_before_their_clients() {
+        let usk = |id: u32, ino: u32, peer: u32| pb::FileEntry {
+            id,
+            usk: Some(pb::UnixSkEntry {
+                ino,
+                peer,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // A client, the server it connected to, a pair, a socket connected to itself.
+        let entries = [
+            usk(1, 10, 20),
+            usk(2, 20, 0),
+            usk(3, 30, 31),
+            usk(4, 31, 30),
+            usk(5, 40, 40),
+        ];
+        let ids: Vec<u32> = servers_first(&entries).iter().map(|e| e.id).collect();
+        assert_eq!(ids, [2, 1, 3, 4, 5]);
+    }
 }

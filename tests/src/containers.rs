@@ -56,3 +56,29 @@ pub fn assert_consecutive(counts: &[u64], what: &str) {
         assert_eq!(*c, i as u64, "{what}: count {i} is {c} ({counts:?})");
     }
 }
+
+/// The container's mounts as (mountpoint, per-mount options, propagation), sorted: what must
+/// survive. Propagation is "shared", "slave", both or "private" (group numbers differ).
+pub fn mounts(pid: u32) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let mut v: Vec<(String, String, String)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let tags: Vec<&str> = f[6..].iter().take_while(|t| **t != "-").copied().collect();
+            let kind: Vec<&str> = [("shared:", "shared"), ("master:", "slave")]
+                .iter()
+                .filter(|(tag, _)| tags.iter().any(|t| t.starts_with(tag)))
+                .map(|(_, k)| *k)
+                .collect();
+            let kind = if kind.is_empty() {
+                "private".to_string()
+            } else {
+                kind.join(",")
+            };
+            (f[4].to_string(), f[5].to_string(), kind)
+        })
+        .collect();
+    v.sort();
+    v
+}

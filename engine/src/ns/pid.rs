@@ -175,6 +175,12 @@ fn refuse_outsiders(ns: (u64, u64), tree: &HashMap<u32, u32>) -> Result<(), PidN
         if tree.contains_key(&pid) {
             continue;
         }
+        // A zombie holds nothing to lose: a child of the tree that exited while its parent
+        // was being seized (a shell's `sleep`) is dumped as the tree's zombie, and one from
+        // outside is gone once reaped.
+        if proc::stat(pid).is_ok_and(|st| st.state == 'Z') {
+            continue;
+        }
         // Gone meanwhile, or a kernel thread: not in the namespace.
         let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/pid")) else {
             continue;

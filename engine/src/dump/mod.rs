@@ -422,6 +422,8 @@ pub(crate) struct Images {
     pub(crate) pids: crate::ns::pid::PidView,
     /// The tree's network namespace when it is not ours.
     pub(crate) net_ns: Option<std::os::fd::OwnedFd>,
+    /// The shutdown states of the tree's inet sockets (inet_diag), read on first need.
+    pub(crate) inet_shutdowns: crate::net::inet::diag::Shutdowns,
     /// Unix connections waiting in the tree's listeners (see net::unix), read on first need.
     pub(crate) unix_queued: std::cell::OnceCell<HashMap<u32, u32>>,
     /// The tree's live pids; whether sockets in flight were added to `tree_sockets`.
@@ -647,6 +649,7 @@ fn collect_start(
         pids: Default::default(),
         net_ns: None,
         unix_queued: Default::default(),
+        inet_shutdowns: Default::default(),
         live_pids: live.to_vec(),
         in_flight_sockets_known: false,
         cgroups: Default::default(),

@@ -138,7 +138,6 @@ impl FileKind for NsFile {
             };
             let path = format!("/proc/self/ns/{name}\0");
             let at = r.put(0, path.as_bytes())?;
-            let cloexec = if fd.flags & 1 != 0 { libc::O_CLOEXEC } else { 0 };
             let new = r.call(
                 libc::SYS_openat,
                 &[
@@ -148,8 +147,7 @@ impl FileKind for NsFile {
                     0,
                 ],
             )?;
-            r.call(libc::SYS_dup3, &[new as u64, fd.fd as u64, cloexec as u64])?;
-            r.call(libc::SYS_close, &[new as u64])?;
+            r.place_fd(new, fd.fd as i32, fd.flags & 1 != 0)?;
         }
         Ok(())
     }

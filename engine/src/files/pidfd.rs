@@ -57,10 +57,6 @@ pub struct Pidfd;
 #[derive(Default)]
 struct DeadByInode(HashMap<u32, OwnedFd>);
 
-/// Restore: the pidfds opened again inside their task, each once.
-#[derive(Default)]
-struct Reopened(std::collections::HashSet<(u32, u32)>);
-
 impl FileKind for Pidfd {
     fn name(&self) -> &'static str {
         "pidfd"
@@ -140,19 +136,13 @@ impl FileKind for Pidfd {
             let Some(e) = cx.img.files.get(&fd.id).and_then(|f| f.pidfd.as_ref()) else {
                 continue;
             };
-            if e.nspid == -1 || !cx.slots.get::<Reopened>().0.insert((t.pid(), fd.fd)) {
+            if e.nspid == -1 {
                 continue;
             }
             // Opened by the task itself: the pid is one of its own pid namespace.
             let flags = e.flags & libc::O_NONBLOCK as u32;
             let new = r.call(libc::SYS_pidfd_open, &[e.nspid as u64, u64::from(flags)])?;
-            let cloexec = if fd.flags & 1 != 0 {
-                libc::O_CLOEXEC as u64
-            } else {
-                0
-            };
-            r.call(libc::SYS_dup3, &[new as u64, fd.fd as u64, cloexec])?;
-            r.call(libc::SYS_close, &[new as u64])?;
+            r.place_fd(new, fd.fd as i32, fd.flags & 1 != 0)?;
         }
         Ok(())
     }

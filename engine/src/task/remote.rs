@@ -42,6 +42,19 @@ impl Remote {
         mem::write(self.pid, self.scratch + off, data)?;
         Ok(self.scratch + off)
     }
+    /// Moves the task's fd `new` (one it just opened) to number `target`, with
+    /// close-on-exec as `cloexec` says: what the task had there is replaced.
+    pub(crate) fn place_fd(
+        &self,
+        new: i64,
+        target: i32,
+        cloexec: bool,
+    ) -> Result<(), RestoreError> {
+        let flags = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+        self.call(libc::SYS_dup3, &[new as u64, target as u64, flags])?;
+        self.call(libc::SYS_close, &[new as u64])?;
+        Ok(())
+    }
     pub(crate) fn put_words(&self, off: u64, words: &[u64]) -> Result<u64, RestoreError> {
         let b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
         self.put(off, &b)

@@ -25,6 +25,8 @@ pub enum SeccompError {
     Truncated { len: usize },
     #[error("seccomp filter {index}: its previous filter {prev} is not an earlier entry")]
     BadChain { index: u32, prev: u32 },
+    #[error("thread {tid} could not be given the process's filters (SECCOMP_FILTER_FLAG_TSYNC)")]
+    Tsync { tid: i64 },
 }
 
 /// The filters seen so far, each once.
@@ -175,7 +177,17 @@ pub(crate) fn restore_seccomp(
             &[SECCOMP_SET_MODE_FILTER, flags as u64, at],
         );
         r.call(libc::SYS_munmap, &[at, len])?;
-        installed?;
+        // TSYNC reports a thread it could not synchronize by its id, not as an error: that
+        // thread would run unfiltered.
+        let tid = installed?;
+        if tid > 0 {
+            return Err(TaskError::RestoreSeccomp {
+                pid: r.pid,
+                tid: r.inj.tid,
+                source: SeccompError::Tsync { tid },
+            }
+            .into());
+        }
     }
     Ok(())
 }

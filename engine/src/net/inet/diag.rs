@@ -2,6 +2,7 @@
 //! shutdown state of a socket (`sk_shutdown`, the `INET_DIAG_SHUTDOWN` attribute). The request
 //! and the reply parser are pure; [`shutdown_of`] does the netlink round trips.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -85,10 +86,26 @@ pub fn parse(buf: &[u8]) -> Reply {
     out
 }
 
-/// The shutdown state (1 receive side, 2 send side, 3 both) of the socket with inode `ino`,
-/// of `family` and `proto`, in the namespace sock_diag looks in (the tree's own network
-/// namespace when it has one); None if sock_diag does not list it.
-pub fn shutdown_of(family: u8, proto: u8, ino: u32) -> io::Result<Option<u8>> {
+/// The shutdown states of the sockets of one dump, read once per family and protocol (one
+/// netlink dump of them all, not one per socket).
+#[derive(Default)]
+pub struct Shutdowns(HashMap<(u8, u8), HashMap<u32, u8>>);
+
+impl Shutdowns {
+    /// The shutdown state (1 receive side, 2 send side, 3 both) of the socket with inode
+    /// `ino`, of `family` and `proto`, in the namespace sock_diag looks in (the tree's own
+    /// network namespace when it has one); None if sock_diag does not list it.
+    pub fn of(&mut self, family: u8, proto: u8, ino: u32) -> io::Result<Option<u8>> {
+        let all = match self.0.entry((family, proto)) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(dump_all(family, proto)?),
+        };
+        Ok(all.get(&ino).copied())
+    }
+}
+
+/// Every socket of `family` and `proto` that sock_diag lists: inode → shutdown state.
+fn dump_all(family: u8, proto: u8) -> io::Result<HashMap<u32, u8>> {
     let sock = crate::net::unix::diag_socket()?;
     send(
         sock.as_raw_fd(),
@@ -96,7 +113,7 @@ pub fn shutdown_of(family: u8, proto: u8, ino: u32) -> io::Result<Option<u8>> {
         MsgFlags::empty(),
     )?;
     let mut buf = vec![0u8; 32 << 10];
-    let mut found = None;
+    let mut found = HashMap::new();
     loop {
         let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
         if n == 0 {
@@ -106,9 +123,7 @@ pub fn shutdown_of(family: u8, proto: u8, ino: u32) -> io::Result<Option<u8>> {
         if let Some(errno) = r.errno.filter(|&e| e != 0) {
             return Err(io::Error::from_raw_os_error(errno));
         }
-        if let Some(&(_, s)) = r.sockets.iter().find(|(i, _)| *i == ino) {
-            found = Some(s);
-        }
+        found.extend(r.sockets);
         if r.done {
             return Ok(found);
         }

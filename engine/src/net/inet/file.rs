@@ -73,6 +73,7 @@ impl FileKind for InetSocket {
         })?;
         let (root, nft_lock) = (cx.opts.pid, &mut *cx.nft_lock);
         let tree_netns = cx.img.net_ns.as_ref();
+        let shutdowns = &mut cx.img.inet_shutdowns;
         // The network lock goes up before the connection is read: from then on no segment
         // of the peer reaches it (nor, after the kill, a closed port).
         let mut lock_conn = |local_port: u16, remote_port: u16| -> std::io::Result<()> {
@@ -107,6 +108,7 @@ impl FileKind for InetSocket {
             fd.flags(),
             cx.opts.tcp_established,
             &mut lock_conn,
+            shutdowns,
         )
         .map_err(sock_err)?;
         let mut entry = Some(dumped.entry);

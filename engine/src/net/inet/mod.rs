@@ -165,6 +165,7 @@ pub fn dump(
     flags: u32,
     tcp_established: bool,
     lock: &mut dyn FnMut(u16, u16) -> io::Result<()>,
+    shutdowns: &mut diag::Shutdowns,
 ) -> Result<Dumped, InetError> {
     let fd = sock.as_fd();
     let family = getsockopt(&fd, SoDomain).map_err(sys("SO_DOMAIN"))? as u32;
@@ -262,7 +263,7 @@ pub fn dump(
         ip_opts,
         ifname: None,
         ns_id: None,
-        shutdown: shutdown_state(family, proto, tcp, state, ino as u32),
+        shutdown: shutdown_state(shutdowns, family, proto, tcp, state, ino as u32),
         tcp_opts,
     };
     let stream = if tcp && state == TCP_ESTABLISHED {
@@ -280,11 +281,18 @@ pub fn dump(
 /// `sk_shutdown`: 1 read, 2 write, 3 both); None when nothing is shut. An established TCP
 /// connection's half-closes are its TCP state. Best effort: a socket sock_diag cannot report
 /// keeps none (logged).
-fn shutdown_state(family: u32, proto: u32, tcp: bool, state: u8, ino: u32) -> Option<i32> {
+fn shutdown_state(
+    shutdowns: &mut diag::Shutdowns,
+    family: u32,
+    proto: u32,
+    tcp: bool,
+    state: u8,
+    ino: u32,
+) -> Option<i32> {
     if tcp && state != TCP_CLOSE {
         return None;
     }
-    match diag::shutdown_of(family as u8, proto as u8, ino) {
+    match shutdowns.of(family as u8, proto as u8, ino) {
         Ok(s) => s.filter(|&s| s != 0).map(i32::from),
         Err(e) => {
             log::warn!("shutdown state of socket {ino} (sock_diag): {e}");

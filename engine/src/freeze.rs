@@ -717,26 +717,53 @@ pub(crate) fn refuse_foreign_namespaces(live: &[u32], owned: &[&str]) -> Result<
 }
 
 /// Processes (not threads) that share an mm, fd table, fs struct or signal handlers
-/// (clone without CLONE_THREAD) cannot be restored as separate processes: refuse them.
-pub(crate) fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError> {
-    let live = tree.live_pids();
-    for (i, &a) in live.iter().enumerate() {
-        for &b in &live[i + 1..] {
-            use crate::sys::kcmp::{same, Kind};
+/// (clone without CLONE_THREAD) cannot be restored as separate processes: refuse them. One
+/// exception, which the restore rebuilds with `CLONE_FILES`: a process sharing its parent's fd
+/// table (each file of it is dumped once, under the first holder). Returns, per task, the index
+/// of the task whose table it uses (itself when it has its own).
+pub(crate) fn shared_kernel_objects(tree: &Tree) -> Result<Vec<usize>, DumpError> {
+    use crate::sys::kcmp::{same, Kind};
+    let kcmp_err = |pid, other, what| {
+        move |source| DumpError::Kcmp {
+            pid,
+            other,
+            what,
+            source,
+        }
+    };
+    let mut files_owner: Vec<usize> = (0..tree.tasks.len()).collect();
+    for (n, t) in tree.tasks.iter().enumerate() {
+        let parent = tree.tasks[..n]
+            .iter()
+            .position(|p| p.pid == t.stat.ppid && !p.zombie);
+        if let Some(p) = parent.filter(|_| !t.zombie) {
+            let fdt = "file descriptor table";
+            if same(tree.tasks[p].pid, t.pid, Kind::Files).map_err(kcmp_err(
+                t.pid,
+                tree.tasks[p].pid,
+                fdt,
+            ))? {
+                files_owner[n] = files_owner[p];
+            }
+        }
+    }
+    let live: Vec<usize> = (0..tree.tasks.len())
+        .filter(|&n| !tree.tasks[n].zombie)
+        .collect();
+    for (i, &na) in live.iter().enumerate() {
+        for &nb in &live[i + 1..] {
+            let (a, b) = (tree.tasks[na].pid, tree.tasks[nb].pid);
             for (kind, what, upper) in [
                 (Kind::Vm, "memory", "VM"),
                 (Kind::Files, "file descriptor table", "FILES"),
                 (Kind::Fs, "fs information (cwd, root, umask)", "FS"),
                 (Kind::Sighand, "signal handlers", "SIGHAND"),
             ] {
+                if kind == Kind::Files && files_owner[na] == files_owner[nb] {
+                    continue;
+                }
                 // An error would leave sharing undetected: fail rather than assume none.
-                let shared = same(a, b, kind).map_err(|source| DumpError::Kcmp {
-                    pid: b,
-                    other: a,
-                    what,
-                    source,
-                })?;
-                if shared {
+                if same(a, b, kind).map_err(kcmp_err(b, a, what))? {
                     return Err(DumpError::SharedKernelObject {
                         pid: b,
                         other: a,
@@ -747,7 +774,7 @@ pub(crate) fn refuse_shared_kernel_objects(tree: &Tree) -> Result<(), DumpError>
             }
         }
     }
-    Ok(())
+    Ok(files_owner)
 }
 
 /// What `pid` runs, for naming it in a refusal ("stasis", "gdb"...); "?" once it is gone.

@@ -719,3 +719,37 @@ time.sleep(1e6)
     let (_w, lines) = python_across_restore("deleted-dirs", script, 2);
     assert_eq!(lines[1], "after True True [] False");
 }
+
+/// A child forked with CLONE_FILES shares its parent's fd table: restored that way, an fd the
+/// child opens after the restore is one the parent sees.
+#[test]
+fn fd_table_shared_with_a_child_is_shared_again() {
+    let _g = serial_root!();
+    let w = Workload::start("clonefiles", &workload("clonefiles"), &[]);
+    let first = w.wait_lines(3, T);
+    let child: u32 = first[0]
+        .strip_prefix("child ")
+        .expect("child line")
+        .parse()
+        .unwrap();
+    let pids = dump_kill_restore(&w);
+    assert!(
+        pids.contains(&child),
+        "child restored with its pid: {pids:?}"
+    );
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 3, T).len() >= n + 3, "counter continues");
+    assert!(
+        !w.lines().iter().any(|l| l.ends_with("fd100")),
+        "fd 100 open before the child opened it"
+    );
+    // SAFETY: kill(2) of the restored child, whose SIGUSR1 handler opens fd 100.
+    unsafe { libc::kill(child as libc::pid_t, libc::SIGUSR1) };
+    let end = Instant::now() + T;
+    while !w.lines().iter().any(|l| l.ends_with("fd100")) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = w.lines().iter().any(|l| l.ends_with("fd100"));
+    kill_tree(&pids);
+    assert!(seen, "the parent sees the fd its child opened: one table");
+}

@@ -4,12 +4,12 @@
 use stasis_tests::*;
 
 #[test]
-fn shared_fd_table_between_processes_is_refused_and_tree_runs_on() {
+fn shared_fs_struct_between_processes_is_refused_and_tree_runs_on() {
     let _g = serial_root!();
-    let w = Workload::start("clonefiles", &workload("clonefiles"), &[]);
+    let w = Workload::start("clonefs", &workload("clonefiles"), &["fs"]);
     w.wait_lines(3, T);
     let e = dump_must_fail(&w);
-    assert!(e.contains("file descriptor table"), "{e}");
+    assert!(e.contains("fs information"), "{e}");
     let n = w.lines().len();
     assert!(w.wait_lines(n + 5, T).len() >= n + 5, "tree runs on");
 }

@@ -12,7 +12,7 @@ pub mod abort;
 pub mod fds;
 
 use crate::files::{self, tty as pty};
-use crate::freeze::{refuse_foreign_namespaces, refuse_shared_kernel_objects, Tree};
+use crate::freeze::{refuse_foreign_namespaces, shared_kernel_objects, Tree};
 use crate::images::{self, magic, names, pb, ImageKind, ImageWriter};
 use crate::notify::{Notifier, NotifyError, Script};
 use crate::proc;
@@ -433,6 +433,8 @@ pub(crate) struct Images {
     pub(crate) cgroups: crate::cgroup::Sets,
     /// The uid and gid maps of the user namespace the tree owns.
     pub(crate) userns: Option<pb::UsernsEntry>,
+    /// Per task, the index of the task whose fd table it uses (see `shared_kernel_objects`).
+    pub(crate) files_owner: Vec<usize>,
 }
 
 /// CRIU's pidns image: written only for a pid namespace declared external, naming its key.
@@ -540,7 +542,7 @@ fn dump_frozen(
         img.net_ns = ns.try_clone().ok();
     }
     img.pids = pids;
-    refuse_shared_kernel_objects(tree)?;
+    img.files_owner = shared_kernel_objects(tree)?;
     let pstree = pstree_entries(tree, &img.pids);
     for n in 0..tree.tasks.len() {
         abort::check()?;
@@ -654,6 +656,7 @@ fn collect_start(
         in_flight_sockets_known: false,
         cgroups: Default::default(),
         userns: None,
+        files_owner: Vec::new(),
         ns_ids: crate::task::core::NsIds {
             uts: if own_uts {
                 crate::ns::uts::TREE_NS_ID
@@ -747,7 +750,7 @@ fn write_inventory(
     let run_id = nft_lock
         .and_then(|t| t.strip_prefix(NET_LOCK_TABLE_PREFIX))
         .map(str::to_string);
-    let root_ids = ids_for(1, ours);
+    let root_ids = ids_for(1, 1, ours);
     let inv = pb::InventoryEntry {
         img_version: images::CRTOOLS_IMAGES_V1_1,
         fdinfo_per_id: Some(true),

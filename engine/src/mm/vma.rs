@@ -414,7 +414,7 @@ pub(crate) fn restore_mm(
     img: &DumpImage,
     fd_of_file: &HashMap<u32, RawFd>,
     fd_of_shmem: &HashMap<u64, RawFd>,
-    pool_base: RawFd,
+    close_pool_from: Option<RawFd>,
     pages_restored: &mut u64,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
@@ -479,11 +479,14 @@ pub(crate) fn restore_mm(
             }
         }
     }
-    // 8. The pool has served: close it in the task.
-    r.call(
-        libc::SYS_close_range,
-        &[pool_base as u64, u32::MAX as u64, 0],
-    )?;
+    // 8. The pool has served: close it in the task (None: a later task of a shared fd table
+    // still maps from it).
+    if let Some(pool_base) = close_pool_from {
+        r.call(
+            libc::SYS_close_range,
+            &[pool_base as u64, u32::MAX as u64, 0],
+        )?;
+    }
     Ok(vdso_syscall)
 }
 

@@ -303,6 +303,11 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
             umask: t.fs.umask.unwrap_or(0o022),
             comm: c,
             zombie_exit: t.zombie_exit,
+            clone_files: t.shares_parent_files,
+            table_shared: t.zombie_exit.is_none()
+                && img.tasks.iter().any(|o| {
+                    o.pid() != t.pid() && o.zombie_exit.is_none() && o.files_id == t.files_id
+                }),
         });
     }
     Ok(plans)

@@ -769,16 +769,24 @@ fn rebuild_tasks(
         }
     }
     let mut kind_slots = crate::files::kind::Slots::default();
-    for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+    let live: Vec<&TaskImage> = img
+        .tasks
+        .iter()
+        .filter(|t| t.zombie_exit.is_none())
+        .collect();
+    for (i, &t) in live.iter().enumerate() {
         step(format_args!("rebuild of task {}", t.pid()))?;
         let r = Remote::new(t.pid(), trampoline, sigtrap_at_risk(t))?;
+        // A shared fd table keeps the pool until its last task has mapped its files.
+        let close_pool = !live[i + 1..].iter().any(|o| o.files_id == t.files_id);
+        let close_pool_from = close_pool.then_some(files.base);
         let vdso = restore_mm(
             &r,
             t,
             img,
             &files.by_file,
             &files.by_shmid,
-            files.base,
+            close_pool_from,
             &mut pages_restored,
         )?;
         vdso_syscall.insert(t.pid(), vdso);

@@ -36,6 +36,11 @@ pub struct StubPlan {
     pub comm: [u8; 16],
     /// Set for a zombie: the stub reports ready, then dies this way.
     pub zombie_exit: Option<u32>,
+    /// Forked with `CLONE_FILES`: the fd table is its parent's, which the parent sets up.
+    pub clone_files: bool,
+    /// Its fd table is used by other tasks too: the ready pipe stays open in it for them
+    /// (closed with the pool, by injection).
+    pub table_shared: bool,
 }
 
 pub struct StubShared {
@@ -239,7 +244,12 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
             let Some(child) = sh.tasks.get(c) else {
                 fail(sh, pid, STUB_SETUP, libc::EINVAL as u32)
             };
-            match fork_with_pid(child.pid, 0) {
+            let flags = if child.clone_files {
+                libc::CLONE_FILES as u64
+            } else {
+                0
+            };
+            match fork_with_pid(child.pid, flags) {
                 0 => run(sh, c, pid as libc::pid_t),
                 r if r < 0 => fail(sh, child.pid, STUB_CLONE, (-r) as u32),
                 _ => {
@@ -471,8 +481,9 @@ fn settle(sh: &StubShared, t: &StubPlan) -> ! {
         // Close everything below the pool first: target fds are all below pool_base, the pool
         // (closed later by injection, after mmap has used it) and the ready pipe above it. The
         // targets are then made from the pool, so only they remain below pool_base. (Closing
-        // first needs no sorted list of targets, which would have to be allocated.)
-        if sh.pool_base > 0 {
+        // first needs no sorted list of targets, which would have to be allocated.) A table
+        // shared with the parent is the parent's to set up.
+        if sh.pool_base > 0 && !t.clone_files {
             check(
                 libc::syscall(libc::SYS_close_range, 0u32, (sh.pool_base - 1) as u32, 0u32),
                 STUB_DUP,
@@ -541,7 +552,9 @@ fn settle(sh: &StubShared, t: &StubPlan) -> ! {
         );
         report(sh.ready_fd, t.pid, 0, 0);
         // The restorer holds the read end; a failed close changes nothing it sees.
-        libc::syscall(libc::SYS_close, sh.ready_fd);
+        if !t.table_shared {
+            libc::syscall(libc::SYS_close, sh.ready_fd);
+        }
         loop {
             libc::syscall(libc::SYS_pause);
         }

@@ -84,8 +84,9 @@ pub(crate) fn dump_task(
 
     // Files and fs.
     dump_files_and_fs(tree, n, opts, img, stats)?;
+    let ids = ids_for(ord, files_ord(img, n), img.ns_ids);
     let mut w = ImageWriter::new(ImageKind::Normal, magic::IDS);
-    w.push(&ids_for(ord, img.ns_ids));
+    w.push(&ids);
     write_file(&img.dir.join(names::ids(img.pids.v(pid))), &w.into_bytes())?;
 
     // Memory.
@@ -115,7 +116,7 @@ pub(crate) fn dump_task(
         }
         if i == 0 {
             core.tc = Some(tc.clone());
-            core.ids = Some(ids_for(ord, img.ns_ids));
+            core.ids = Some(ids);
         }
         let mut w = ImageWriter::new(ImageKind::Normal, magic::CORE);
         w.push(&core);
@@ -439,10 +440,17 @@ fn dump_files_and_fs(
     let pid = tree.tasks[n].pid;
     let ord = kobj_id(n);
     let status = proc::status(pid)?;
-    let (fds, locks, async_fds) =
-        crate::dump::fds::dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
-    tree.tcp_locks.extend(locks);
-    dump_owners(tree, n, &status, &async_fds, img)?;
+    // An fd table shared with the parent was dumped with the parent's (CLONE_FILES).
+    let own_table = files_ord(img, n) == ord;
+    let fds = if own_table {
+        let (fds, locks, async_fds) =
+            crate::dump::fds::dump_fds(pid, opts, img, stats, &mut tree.nft_lock)?;
+        tree.tcp_locks.extend(locks);
+        dump_owners(tree, n, &status, &async_fds, img)?;
+        fds
+    } else {
+        Vec::new()
+    };
     let dir_of = |which: &'static str| -> Result<String, DumpError> {
         let path = proc::readlink(pid, which)?;
         // Deleted directories cannot be reopened by path (and are refused as fds too).
@@ -470,11 +478,20 @@ fn dump_files_and_fs(
         umask: Some(status.umask),
     });
     write_file(&img.dir.join(names::fs(img.pids.v(pid))), &w.into_bytes())?;
+    if !own_table {
+        return Ok(());
+    }
     let mut w = ImageWriter::new(ImageKind::Normal, magic::FDINFO);
     for fd in &fds {
         w.push(fd);
     }
     write_file(&img.dir.join(names::fdinfo(ord)), &w.into_bytes())
+}
+
+/// The kernel-object id of the fd table task `n` uses: its own, or the one it shares with its
+/// parent (the first holder's, as CRIU numbers it).
+fn files_ord(img: &crate::dump::Images, n: usize) -> u32 {
+    kobj_id(img.files_owner.get(n).copied().unwrap_or(n))
 }
 
 /// The owner and signal of each O_ASYNC fd of task `n` (F_GETOWN, F_GETSIG, read from inside
@@ -595,7 +612,8 @@ pub(crate) fn kobj_id(n: usize) -> u32 {
     n as u32 + 2
 }
 
-/// Kernel-object ids: stasis refuses shared fd tables, mms and fs structs between processes, so
+/// Kernel-object ids: stasis refuses shared mms, fs structs and signal handlers between
+/// processes, and fd tables but a child's of its parent's (`files`: that table's id), so
 /// The image ids of the namespaces a task is in (see `ns`): the dumper's own, or the one the
 /// tree owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -629,10 +647,10 @@ impl NsIds {
 }
 
 /// each process owns its own and the ids are its ordinal (see [`kobj_id`]).
-pub(crate) fn ids_for(n: u32, ns: NsIds) -> pb::TaskKobjIdsEntry {
+pub(crate) fn ids_for(n: u32, files: u32, ns: NsIds) -> pb::TaskKobjIdsEntry {
     pb::TaskKobjIdsEntry {
         vm_id: n,
-        files_id: n,
+        files_id: files,
         fs_id: n,
         sighand_id: n,
         pid_ns_id: Some(ns.pid),

@@ -56,6 +56,11 @@ pub struct TaskImage {
     pub fs: pb::FsEntry,
     /// A zombie: only its exit status (wait status as /proc/<pid>/stat gives it) is restored.
     pub zombie_exit: Option<u32>,
+    /// The id of its fd table (0 for a zombie).
+    pub files_id: u32,
+    /// It uses its parent's fd table (forked with `CLONE_FILES`): `fds` is empty, the
+    /// parent's are its own.
+    pub shares_parent_files: bool,
 }
 
 impl TaskImage {

@@ -81,6 +81,8 @@ pub(super) fn load_tasks(
                 fds: Vec::new(),
                 fs: Default::default(),
                 zombie_exit: Some(exit),
+                files_id: 0,
+                shares_parent_files: false,
             });
             continue;
         }
@@ -143,7 +145,32 @@ pub(super) fn load_tasks(
             .as_ref()
             .map(|i| i.files_id)
             .unwrap_or(pid);
-        let fds: Vec<pb::FdinfoEntry> = all(dir, &names::fdinfo(files_id), magic::FDINFO)?;
+        // A table used by an earlier task is its parent's (CLONE_FILES), restored with it:
+        // nothing of its own to read.
+        let holder = tasks
+            .iter()
+            .find(|o: &&TaskImage| o.zombie_exit.is_none() && o.files_id == files_id);
+        let parent_has_it = tasks
+            .iter()
+            .any(|o| o.pid() == p.ppid && o.zombie_exit.is_none() && o.files_id == files_id);
+        let shares_parent_files = match holder {
+            None => false,
+            Some(_) if parent_has_it => true,
+            Some(h) => {
+                return Err(invalid(
+                    &names::core(pid),
+                    format!(
+                        "process {pid} shares the fd table of process {}, which is not its parent: not supported yet",
+                        h.pid()
+                    ),
+                ))
+            }
+        };
+        let fds: Vec<pb::FdinfoEntry> = if shares_parent_files {
+            Vec::new()
+        } else {
+            all(dir, &names::fdinfo(files_id), magic::FDINFO)?
+        };
         let fs: pb::FsEntry = one(dir, &names::fs(pid), ImageKind::Normal, magic::FS)?;
         tasks.push(TaskImage {
             pstree: p,
@@ -154,6 +181,8 @@ pub(super) fn load_tasks(
             fds,
             fs,
             zombie_exit: None,
+            files_id,
+            shares_parent_files,
         });
     }
     Ok(tasks)

@@ -38,6 +38,8 @@ fn a_file_only_mapped_shared_writable_is_opened_read_write() {
         }],
         fs: Default::default(),
         zombie_exit: None,
+        files_id: 2,
+        shares_parent_files: false,
     });
     img.files.insert(22, reg(22));
     img.files.insert(23, reg(23));

@@ -188,7 +188,7 @@ pub static OPTIONS: &[Spec] = &[
     o("tls-key", None, Req, Refused),
     b("tls", Refused),
     o("tls-no-cn-verify", None, N, Refused),
-    o("cgroup-yard", None, Req, Refused),
+    o("cgroup-yard", None, Req, NoOp("stasis mounts no cgroup hierarchies: it finds each where it is mounted in its mount table, a yard's included")),
     o("pre-dump-mode", None, Req, Values("only splice (CRIU's default): pre-dump itself is not supported yet")),
     o("file-validation", None, Req, Values("only filesize: a mapped or executable file's size is compared at restore")),
     b("skip-file-rwx-check", Refused),

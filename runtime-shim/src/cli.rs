@@ -42,6 +42,7 @@ pub struct Config {
     pub detach: bool,
     pub shell_job: bool,
     pub file_locks: bool,
+    pub link_remap: bool,
     pub tcp_established: bool,
     pub tcp_close: bool,
     /// `--cpu-cap`: whether the restore checks that this CPU has the register state the
@@ -94,6 +95,7 @@ impl Default for Config {
             detach: false,
             shell_job: false,
             file_locks: false,
+            link_remap: false,
             tcp_established: false,
             tcp_close: false,
             cpu_cap_fpu: true,
@@ -258,6 +260,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "pidfile" => c.pidfile = Some(PathBuf::from(value(g))),
         "shell-job" => c.shell_job = on,
         "file-locks" => c.file_locks = on,
+        "link-remap" => c.link_remap = on,
         "inherit-fd" => c.inherit_fds.push(value(g).parse()?),
         "join-ns" => c.join_ns.push(parse_join_ns(value(g))?),
         "veth-pair" => c.veth_pairs.push(

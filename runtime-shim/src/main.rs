@@ -139,6 +139,7 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
     opts.ext_unix_sk = c.ext_unix_sk.is_some();
     opts.ext_unix_sk_inodes = c.ext_unix_sk.clone().unwrap_or_default();
     opts.file_locks = c.file_locks;
+    opts.link_remap = c.link_remap;
     opts.freeze_cgroup = c.freeze_cgroup.clone();
     if let Some(limit) = c.ghost_limit {
         opts.ghost_limit = limit;

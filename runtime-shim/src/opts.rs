@@ -115,7 +115,7 @@ pub static OPTIONS: &[Spec] = &[
         Yes("restore: name the outer end of a veth of the tree's network namespace (IN=OUT[@BRIDGE])"),
     ),
     o("action-script", None, Req, Refused),
-    b("link-remap", Refused),
+    b("link-remap", Yes("dump: a file deleted while open that has other names is kept by a hard link made beside it (link_remap.N), which the restore opens and removes; without it such a file is refused")),
     Spec {
         short: Some('j'),
         ..b("shell-job", Yes("allow a terminal and session that lead outside the tree"))

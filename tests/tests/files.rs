@@ -753,3 +753,90 @@ fn fd_table_shared_with_a_child_is_shared_again() {
     kill_tree(&pids);
     assert!(seen, "the parent sees the fd its child opened: one table");
 }
+
+/// A file deleted while open that still has another name: refused without --link-remap (a
+/// copy would split it from that name); with it, kept by a link the dump makes beside it, so
+/// the restored fd is the same inode, and what the task appends shows under the other name.
+#[test]
+fn file_deleted_but_linked_elsewhere_keeps_its_inode_with_link_remap() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+fd = os.open("data", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+os.link("data", "data.link"); os.unlink("data")
+i = 0
+while True:
+    os.write(fd, b"x")
+    st = os.fstat(fd)
+    print(i, st.st_ino, st.st_nlink, os.readlink(f"/proc/self/fd/{fd}"), flush=True)
+    i += 1; time.sleep(0.01)
+"#;
+    let w = Workload::python("linkremap", script);
+    let first = w.wait_lines(3, T);
+    let e = dump_must_fail(&w);
+    assert!(e.contains("--link-remap") && e.contains("data"), "{e}");
+    let pids = dump_kill_restore_with(&w, &["--link-remap"], &[]);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    let size = std::fs::metadata(w.dir.join("data.link")).unwrap().len();
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    let field = |l: &str, i: usize| l.split_whitespace().nth(i).unwrap().to_string();
+    let last = after.last().unwrap();
+    assert_eq!(field(last, 1), field(&first[0], 1), "same inode");
+    assert_eq!(field(last, 2), "1", "one name again: the link is gone");
+    assert!(last.ends_with("/data (deleted)"), "{last}");
+    assert!(
+        size >= after.len() as u64,
+        "appends reach data.link: {size}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&w.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("link_remap"))
+        .collect();
+    assert!(left.is_empty(), "link remaps left: {left:?}");
+}
+
+/// An inotify watch on a file deleted while open (held by an fd): the watch comes back on the
+/// same inode as the fd, so closing the fd after the restore is seen.
+#[test]
+fn inotify_watch_on_a_deleted_open_file_sees_its_close() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, signal, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+real = os.open("watched", os.O_RDWR | os.O_CREAT, 0o644)
+ino = libc.inotify_init1(os.O_NONBLOCK)
+assert libc.inotify_add_watch(ino, b"watched", 0x8) == 1  # IN_CLOSE_WRITE
+os.unlink("watched")
+go = []
+signal.signal(signal.SIGUSR1, lambda *a: go.append(1))
+i = 0
+while True:
+    if go and real >= 0:
+        os.close(real); real = -1
+        time.sleep(0.05)
+        wd, mask, _, _ = struct.unpack("iIII", os.read(ino, 4096)[:16])
+        print("event", wd, hex(mask), flush=True)
+    print(i, flush=True); i += 1; time.sleep(0.01)
+"#;
+    let w = Workload::python("inotify-deleted", script);
+    w.wait_lines(3, T);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    w.wait_lines(n + 3, T);
+    // SAFETY: kill(2) of the restored task, whose SIGUSR1 handler only sets a flag.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
+    let end = Instant::now() + T;
+    while !w.lines().iter().any(|l| l.starts_with("event")) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let event = w.lines().into_iter().find(|l| l.starts_with("event"));
+    kill_tree(&pids);
+    assert_eq!(
+        event.as_deref(),
+        Some("event 1 0x8"),
+        "IN_CLOSE_WRITE on watch 1"
+    );
+}

@@ -35,6 +35,10 @@ pub struct DumpOptions {
     pub shell_job: bool,
     /// Largest file deleted while open whose content is saved (`--ghost-limit`).
     pub ghost_limit: u64,
+    /// A file deleted while open that has other names is kept by a hard link made beside its
+    /// old name, `link_remap.<id>`, which the restore opens and removes (`--link-remap`);
+    /// without it such a file is refused, as by CRIU.
+    pub link_remap: bool,
     /// Dump established TCP connections through TCP_REPAIR (`--tcp-established`).
     pub tcp_established: bool,
     /// Allow unix datagram sockets connected to a named peer outside the tree (`--ext-unix-sk`).
@@ -76,6 +80,7 @@ impl DumpOptions {
             leave_running: false,
             shell_job: false,
             ghost_limit: files::DEFAULT_GHOST_LIMIT,
+            link_remap: false,
             tcp_established: false,
             ext_unix_sk: false,
             ext_unix_sk_inodes: Vec::new(),
@@ -608,7 +613,9 @@ fn dump_frozen(
             user: own_userns.is_some().then_some(crate::ns::user::HOST_NS_ID),
             ..crate::task::core::NsIds::HOST
         },
-    )
+    )?;
+    img.files.keep_links();
+    Ok(())
 }
 
 /// What the dump collects as it goes, with what it reads of the tree before the first task:
@@ -634,7 +641,7 @@ fn collect_start(
     }
     Ok(Images {
         dir: opts.images_dir.clone(),
-        files: files::FileTable::new(opts.ghost_limit),
+        files: files::FileTable::new(opts.ghost_limit, opts.link_remap),
         next_pages_id: 1,
         dumped_shmem: Default::default(),
         tree_sockets: crate::net::unix::file::tree_socket_inodes(live)?,

@@ -73,6 +73,13 @@ pub fn inotify_watches(fdinfo_text: &str, id: u32) -> Vec<pb::InotifyWdEntry> {
 /// The path of the inode a file handle names on device `sdev` (kernel dev_t encoding), found
 /// with open_by_handle_at from the device's mount (needs CAP_DAC_READ_SEARCH).
 pub fn path_of_handle(sdev: u32, fh: &pb::FhEntry) -> Option<String> {
+    let f = open_handle(sdev, fh)?;
+    let p = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
+    Some(p.to_string_lossy().into_owned())
+}
+
+/// The inode a file handle names on device `sdev`, opened O_PATH (see [`path_of_handle`]).
+fn open_handle(sdev: u32, fh: &pb::FhEntry) -> Option<OwnedFd> {
     let (major, minor) = (sdev >> 20, sdev & 0xfffff);
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mnt = mountinfo.lines().find_map(|l| {
@@ -87,10 +94,27 @@ pub fn path_of_handle(sdev: u32, fh: &pb::FhEntry) -> Option<String> {
     buf.extend_from_slice(&(fh.r#type as i32).to_ne_bytes());
     let raw: Vec<u8> = fh.handle.iter().flat_map(|w| w.to_ne_bytes()).collect();
     buf.extend_from_slice(&raw[..(fh.bytes as usize).min(raw.len())]);
-    let f = crate::sys::anon::open_by_handle_at(dir.as_fd(), &buf, libc::O_PATH | libc::O_CLOEXEC)
-        .ok()?;
-    let p = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
-    Some(p.to_string_lossy().into_owned())
+    crate::sys::anon::open_by_handle_at(dir.as_fd(), &buf, libc::O_PATH | libc::O_CLOEXEC).ok()
+}
+
+/// A watch on an inode deleted since (a file still open somewhere): its content is saved as a
+/// ghost (the same one as an fd's on that inode), found at restore by device and inode; the
+/// watch keeps the old name.
+fn watch_deleted(
+    files: &mut super::FileTable,
+    w: &mut pb::InotifyWdEntry,
+    orig: &str,
+) -> Option<Result<(), FilesError>> {
+    let f = open_handle(w.s_dev, &w.f_handle)?;
+    let open = format!("/proc/self/fd/{}", f.as_raw_fd());
+    let md = std::fs::metadata(&open).ok()?;
+    // Still linked elsewhere: a ghost would be another inode than the others see.
+    if std::os::unix::fs::MetadataExt::nlink(&md) > 0 {
+        return None;
+    }
+    Some(files.ghost(&open, orig, &md).map(|_| {
+        w.f_handle.path = Some(orig.to_string());
+    }))
 }
 
 /// An inotify instance with the same watches under the same watch descriptors. Descriptors are
@@ -150,10 +174,27 @@ impl FileKind for Inotify {
     }
 
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
-        let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |_, id| {
+        let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |files, id| {
             let mut wd = inotify_watches(&fd.info.raw, id);
             for w in &mut wd {
-                match path_of_handle(w.s_dev, &w.f_handle) {
+                let path = path_of_handle(w.s_dev, &w.f_handle);
+                let deleted = path.as_deref().and_then(|p| p.strip_suffix(" (deleted)"));
+                if let Some(orig) = deleted {
+                    match watch_deleted(files, w, orig) {
+                        Some(done) => {
+                            done?;
+                            continue;
+                        }
+                        None => {
+                            return Err(FilesError::InotifyPath {
+                                pid: fd.pid,
+                                fd: fd.fd,
+                                wd: w.wd,
+                            })
+                        }
+                    }
+                }
+                match path {
                     Some(p) => w.f_handle.path = Some(p),
                     None => {
                         return Err(FilesError::InotifyPath {
@@ -185,11 +226,22 @@ impl FileKind for Inotify {
 
     fn open(
         &self,
-        _cx: &mut OpenCx,
+        cx: &mut OpenCx,
         entry: &pb::FileEntry,
     ) -> Result<Option<OwnedFd>, RestoreError> {
-        let e = entry.ify.as_ref().expect("owned: ify is set");
-        create_inotify(e)
+        let mut e = entry.ify.as_ref().expect("owned: ify is set").clone();
+        // A watched inode deleted since: its ghost, made (or found made) for the moment.
+        for w in &mut e.wd {
+            let ghost = cx.img.ghosts.iter().find(|(_, (g, _))| {
+                g.dev == Some(w.s_dev) && g.ino == Some(w.i_ino) && g.mode & libc::S_IFMT == libc::S_IFREG
+            });
+            if let Some((&gid, _)) = ghost {
+                let orig = w.f_handle.path.clone().unwrap_or_default();
+                let path = cx.slots.get::<super::ghost::GhostFiles>().create(gid, &orig, cx.img)?;
+                w.f_handle.path = Some(path);
+            }
+        }
+        create_inotify(&e)
             .map(Some)
             .map_err(anon::restore_err(entry.id))
     }

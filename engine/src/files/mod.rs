@@ -64,6 +64,17 @@ pub enum FilesError {
     },
     #[error("{path} was deleted while open and holds {size} bytes of data, over the ghost limit of {limit} bytes: raise it with --ghost-limit")]
     GhostTooBig { path: String, size: u64, limit: u64 },
+    #[error("{path} was deleted while open but has other names (hard links): dump with --link-remap to keep it through a link made beside it")]
+    LinkedButDeleted { path: String },
+    #[error("cannot make the link {link} to {path}, deleted while open but linked elsewhere")]
+    LinkRemap {
+        path: String,
+        link: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: the /proc directory of a process that has exited is not supported yet")]
+    DeadProcDir { path: String },
     #[error("cannot save the content of deleted file {path}")]
     Ghost {
         path: String,
@@ -296,6 +307,14 @@ pub struct FileTable {
     ghosts: Vec<Ghost>,
     /// (file id, ghost id): the file is a deleted one, recreated from the ghost.
     remaps: Vec<(u32, u32)>,
+    /// `--link-remap`: files deleted while open that have other names are kept by a link.
+    link_remap_ok: bool,
+    /// (file id, id of the file entry naming its link): deleted, but linked elsewhere.
+    linked: Vec<(u32, u32)>,
+    /// (dev, inode) → id of the entry naming its link, one link per inode.
+    links_by_inode: HashMap<(u64, u64), u32>,
+    /// Links made for `linked`, as paths here: removed again unless the dump succeeds.
+    made_links: Vec<PathBuf>,
     /// Files known by inode and open flags only (mapped files, memfds of mappings).
     pub(crate) by_inode: HashMap<(u64, u64, u32), u32>,
     pub(crate) entries: Vec<pb::FileEntry>,
@@ -331,6 +350,22 @@ macro_rules! fown_in {
     };
 }
 
+/// A device number in the kernel's encoding (major << 20 | minor), as /proc shows it.
+fn kernel_dev(dev: u64) -> u32 {
+    (libc::major(dev) << 20) | libc::minor(dev)
+}
+
+impl Drop for FileTable {
+    /// A dump that failed takes back the links it made (see [`FileTable::keep_links`]).
+    fn drop(&mut self) {
+        for link in &self.made_links {
+            if let Err(e) = std::fs::remove_file(link) {
+                log::warn!("removing the link {}: {e}", link.display());
+            }
+        }
+    }
+}
+
 /// The owner (F_SETOWN) and signal (F_SETSIG) saved for a file, if its kind keeps one.
 pub fn fown_of(e: &pb::FileEntry) -> Option<&pb::FownEntry> {
     fown_in!(e, as_ref)
@@ -363,11 +398,15 @@ impl FileTable {
         }
     }
 
-    pub fn new(ghost_limit: u64) -> Self {
+    pub fn new(ghost_limit: u64, link_remap_ok: bool) -> Self {
         FileTable {
             ghost_limit,
             ghosts: Vec::new(),
             remaps: Vec::new(),
+            link_remap_ok,
+            linked: Vec::new(),
+            links_by_inode: HashMap::new(),
+            made_links: Vec::new(),
             by_inode: HashMap::new(),
             entries: Vec::new(),
             seen: Vec::new(),
@@ -487,10 +526,74 @@ impl FileTable {
         );
         self.remember(pid, fd, md.dev(), md.ino(), id);
         if name.len() != link.len() {
-            let ghost = self.ghost(&format!("/proc/{pid}/fd/{fd}"), name, &md)?;
-            self.remaps.push((id, ghost));
+            self.deleted(
+                id,
+                &format!("/proc/{pid}/fd/{fd}"),
+                name,
+                &md,
+                Some(info.mnt_id as i32),
+            )?;
         }
         Ok(id)
+    }
+
+    /// File `id` was deleted while open (`open` reaches it, `orig` was its name): saved as a
+    /// ghost, or, when the inode has other names, kept by a link (`--link-remap`).
+    fn deleted(
+        &mut self,
+        id: u32,
+        open: &str,
+        orig: &str,
+        md: &std::fs::Metadata,
+        mnt_id: Option<i32>,
+    ) -> Result<(), FilesError> {
+        if !(md.is_file() && md.nlink() > 0) {
+            let ghost = self.ghost(open, orig, md)?;
+            self.remaps.push((id, ghost));
+            return Ok(());
+        }
+        if !self.link_remap_ok {
+            return Err(FilesError::LinkedButDeleted {
+                path: orig.to_string(),
+            });
+        }
+        if let Some(&link_id) = self.links_by_inode.get(&(md.dev(), md.ino())) {
+            self.linked.push((id, link_id));
+            return Ok(());
+        }
+        let link_id = self.next_id();
+        let dir = Path::new(orig).parent().unwrap_or(Path::new("/"));
+        let name = dir.join(format!("link_remap.{link_id}"));
+        let name = name.to_string_lossy().into_owned();
+        let here = match &self.path_root {
+            Some(root) => crate::ns::mnt::under(root, &name),
+            None => name.clone(),
+        };
+        // linkat of a /proc fd link (AT_SYMLINK_FOLLOW) names the open inode itself.
+        nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            open,
+            nix::fcntl::AT_FDCWD,
+            here.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        )
+        .map_err(|e| FilesError::LinkRemap {
+            path: orig.to_string(),
+            link: name.clone(),
+            source: e.into(),
+        })?;
+        self.made_links.push(PathBuf::from(&here));
+        let got = self.push_reg(&name, libc::O_RDONLY as u32, 0, mnt_id, Some(md));
+        debug_assert_eq!(got, link_id);
+        self.links_by_inode.insert((md.dev(), md.ino()), link_id);
+        self.linked.push((id, link_id));
+        Ok(())
+    }
+
+    /// The dump succeeded: the links made for files deleted while open stay, for the restore
+    /// (which removes them).
+    pub fn keep_links(&mut self) {
+        self.made_links.clear();
     }
 
     /// The id and fd type of the file already recorded that `fd` of `pid` shares, if any.
@@ -517,6 +620,13 @@ impl FileTable {
             .find(|g| g.dev == md.dev() && g.ino == md.ino())
         {
             return Ok(g.id);
+        }
+        // CRIU's "procfs remap" (a helper task with the dead pid) is not there yet; an empty
+        // directory made in its place would fail only at restore.
+        if md.is_dir() && orig.starts_with("/proc/") {
+            return Err(FilesError::DeadProcDir {
+                path: orig.to_string(),
+            });
         }
         // What the image will hold: the blocks in use (only data is saved, holes are not), as
         // CRIU counts; a sparse 2 GiB file with a few pages of data is a small ghost.
@@ -554,8 +664,10 @@ impl FileTable {
                 uid: md.uid(),
                 gid: md.gid(),
                 mode: md.mode(),
-                dev: None,
-                ino: None,
+                // As CRIU: found by them at restore (an inotify watch on the deleted inode);
+                // the device in the kernel's encoding, as fdinfo shows it.
+                dev: Some(kernel_dev(md.dev())),
+                ino: Some(md.ino()),
                 rdev: device.then_some(md.rdev() as u32),
                 atim: Some(tv(md.atime(), md.atime_nsec())),
                 mtim: Some(tv(md.mtime(), md.mtime_nsec())),
@@ -615,9 +727,8 @@ impl FileTable {
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino(), flags)) {
             return Ok(id);
         }
-        let ghost = self.ghost(open, orig, &md)?;
         let id = self.push_reg(orig, flags, 0, None, Some(&md));
-        self.remaps.push((id, ghost));
+        self.deleted(id, open, orig, &md, None)?;
         self.by_inode.insert((md.dev(), md.ino(), flags), id);
         Ok(id)
     }
@@ -694,6 +805,13 @@ impl FileTable {
                 orig_id,
                 remap_id,
                 remap_type: Some(pb::RemapType::Ghost as i32),
+            });
+        }
+        for &(orig_id, remap_id) in &self.linked {
+            w.push(&pb::RemapFilePathEntry {
+                orig_id,
+                remap_id,
+                remap_type: Some(pb::RemapType::Linked as i32),
             });
         }
         write(&dir.join(names::REMAP_FPATH), &w.into_bytes())?;

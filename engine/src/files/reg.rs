@@ -71,6 +71,8 @@ impl FileKind for Regular {
             .filter(|_| cx.opts.shell_job && super::is_tty_path(&reg.name))
         {
             dup_raw(tty)?
+        } else if let Some(&link_id) = cx.img.linked.get(&id) {
+            open_linked(cx.img, id, reg, link_id)?
         } else if let Some(ghost) = cx.img.remaps.get(&id) {
             let at = cx.img.path_of(reg).into_owned();
             let path = cx.slots.get::<GhostFiles>().create(*ghost, &at, cx.img)?;
@@ -86,6 +88,61 @@ impl FileKind for Regular {
             open_path(id, reg)?
         };
         Ok(Some(fd))
+    }
+}
+
+/// File `id`, deleted while open but linked elsewhere, through the link the dump made
+/// (entry `link_id`). Opened by its old name, linked there for the moment, so that its fd reads
+/// "NAME (deleted)" again; by the link's name if the old one is taken now.
+fn open_linked(
+    img: &DumpImage,
+    id: u32,
+    reg: &pb::RegFileEntry,
+    link_id: u32,
+) -> Result<OwnedFd, RestoreError> {
+    let link_reg = img.files[&link_id].reg.as_ref().expect("checked at load");
+    let link = img.path_of(link_reg).into_owned();
+    let orig = img.path_of(reg).into_owned();
+    let mut r = reg.clone();
+    match nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        link.as_str(),
+        nix::fcntl::AT_FDCWD,
+        orig.as_str(),
+        nix::fcntl::AtFlags::empty(),
+    ) {
+        Ok(()) => {
+            r.name = orig.clone();
+            let fd = open_path(id, &r);
+            if let Err(e) = nix::unistd::unlink(orig.as_str()) {
+                log::warn!("unlinking {orig} again: {e}");
+            }
+            fd
+        }
+        Err(nix::errno::Errno::EEXIST) => {
+            r.name = link;
+            open_path(id, &r)
+        }
+        Err(e) => Err(RestoreError::Open {
+            id,
+            path: link,
+            source: e.into(),
+        }),
+    }
+}
+
+/// The links a dump made for files deleted while open (`--link-remap`): removed once the
+/// restore succeeded, as CRIU does; a failed restore leaves them for the next attempt.
+pub fn remove_links(img: &DumpImage) {
+    let mut done = std::collections::HashSet::new();
+    for link_id in img.linked.values().filter(|id| done.insert(**id)) {
+        let Some(reg) = img.files.get(link_id).and_then(|f| f.reg.as_ref()) else {
+            continue;
+        };
+        let path = img.path_of(reg);
+        if let Err(e) = std::fs::remove_file(path.as_ref()) {
+            log::warn!("removing the link {path}: {e}");
+        }
     }
 }
 

@@ -602,6 +602,7 @@ impl Steps<'_> {
         opts.notify.run(Script::PreResume, None)?;
         release_all(img)?;
         created.armed = false;
+        crate::files::reg::remove_links(img);
         Ok(pages_restored)
     }
 }

@@ -123,6 +123,9 @@ pub struct DumpImage {
     pub net_lock: Option<String>,
     /// file id → ghost id, for files that were deleted while open.
     pub remaps: HashMap<u32, u32>,
+    /// file id → id of the file entry naming a link to it: deleted while open but linked
+    /// elsewhere, kept by a link the dump made (`--link-remap`, CRIU's linked remap).
+    pub linked: HashMap<u32, u32>,
     /// ghost id → (attributes, content)
     /// Each ghost file's entry and its data, holes left out.
     pub ghosts: HashMap<u32, (pb::GhostFileEntry, Vec<DataChunk>)>,
@@ -384,6 +387,7 @@ fn load_files(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
 /// Files deleted while open: their remaps and ghost contents.
 fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let mut remaps = HashMap::new();
+    let mut linked = HashMap::new();
     let mut ghosts = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::REMAP_FPATH)? {
         let mut r = ImageReader::new(
@@ -393,16 +397,28 @@ fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
             magic::REMAP_FPATH,
         )?;
         for e in r.all::<pb::RemapFilePathEntry>()? {
-            if e.remap_type != Some(pb::RemapType::Ghost as i32) {
-                return Err(invalid(
-                    names::REMAP_FPATH,
-                    "only ghost remaps (deleted files) are supported",
-                ));
-            }
             if !img.files.contains_key(&e.orig_id) {
                 return Err(invalid(
                     names::REMAP_FPATH,
                     format!("file id {} is not in files.img", e.orig_id),
+                ));
+            }
+            // CRIU writes no type for a linked remap (LINKED is 0, its default).
+            if e.remap_type.unwrap_or(0) == pb::RemapType::Linked as i32 {
+                let named = img.files.get(&e.remap_id).and_then(|f| f.reg.as_ref());
+                if named.is_none() {
+                    return Err(invalid(
+                        names::REMAP_FPATH,
+                        format!("link of file id {} is no file in files.img", e.orig_id),
+                    ));
+                }
+                linked.insert(e.orig_id, e.remap_id);
+                continue;
+            }
+            if e.remap_type != Some(pb::RemapType::Ghost as i32) {
+                return Err(invalid(
+                    names::REMAP_FPATH,
+                    "only ghost and linked remaps (deleted files) are supported",
                 ));
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = ghosts.entry(e.remap_id) {
@@ -429,6 +445,7 @@ fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
         }
     }
     img.remaps = remaps;
+    img.linked = linked;
     img.ghosts = ghosts;
     Ok(())
 }

@@ -840,3 +840,45 @@ while True:
         "IN_CLOSE_WRITE on watch 1"
     );
 }
+
+/// O_PATH|O_NOFOLLOW fds on symlinks, one of them deleted since: both come back on a symlink
+/// with its target (the deleted one made again for the moment, then removed).
+#[test]
+fn o_path_fds_on_symlinks_come_back_deleted_one_too() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, stat, time
+libc = ctypes.CDLL(None)
+os.symlink("/etc/hostname", "kept"); os.symlink("some/where", "gone")
+a = os.open("kept", os.O_PATH | os.O_NOFOLLOW)
+b = os.open("gone", os.O_PATH | os.O_NOFOLLOW)
+os.unlink("gone")
+def target(fd):
+    buf = ctypes.create_string_buffer(256)
+    n = libc.readlinkat(fd, b"", buf, 256)
+    return buf.value[:n].decode() if n >= 0 else "ERR"
+i = 0
+while True:
+    links = all(stat.S_ISLNK(os.fstat(fd).st_mode) for fd in (a, b))
+    print(i, links, target(a), target(b), os.readlink(f"/proc/self/fd/{b}").endswith("/gone (deleted)"), flush=True)
+    i += 1; time.sleep(0.01)
+"#;
+    let w = Workload::python("symlinks", script);
+    let first = w.wait_lines(3, T);
+    assert!(
+        first[0].ends_with("True /etc/hostname some/where True"),
+        "{}",
+        first[0]
+    );
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 3, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    let last = after.last().unwrap();
+    assert!(last.ends_with("True /etc/hostname some/where True"), "{last}");
+    assert!(
+        std::fs::symlink_metadata(w.dir.join("gone")).is_err(),
+        "the deleted symlink is gone again"
+    );
+}

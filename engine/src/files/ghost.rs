@@ -32,6 +32,9 @@ impl GhostFiles {
         if kind == libc::S_IFDIR {
             return self.directory(id, orig, entry);
         }
+        if kind == libc::S_IFLNK {
+            return self.symlink(id, orig, entry);
+        }
         let err = |path: &str| {
             let path = path.to_string();
             move |source| RestoreError::Open { id, path, source }
@@ -87,6 +90,48 @@ impl GhostFiles {
 }
 
 impl GhostFiles {
+    /// A symlink deleted while an O_PATH fd held it, made again at its old path (or beside
+    /// it) with its target and owner.
+    fn symlink(
+        &mut self,
+        id: u32,
+        orig: &str,
+        entry: &pb::GhostFileEntry,
+    ) -> Result<String, RestoreError> {
+        let target = entry.symlnk_target.as_deref().unwrap_or_default();
+        let mut path = orig.to_string();
+        for n in 1..=100 {
+            match std::os::unix::fs::symlink(target, &path) {
+                Ok(()) => {
+                    self.made.insert(id, path.clone());
+                    if let Err(e) =
+                        std::os::unix::fs::lchown(&path, Some(entry.uid), Some(entry.gid))
+                    {
+                        log::warn!("ghost symlink {path}: cannot give it back its owner: {e}");
+                    }
+                    return Ok(path);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    path = format!("{orig}.stasis-ghost-{id}-{n}");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.make_parents(Path::new(&path))
+                        .map_err(|source| RestoreError::Open {
+                            id,
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
+                Err(source) => return Err(RestoreError::Open { id, path, source }),
+            }
+        }
+        Err(RestoreError::Open {
+            id,
+            path,
+            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+        })
+    }
+
     /// A directory deleted while in use, made again empty at its old path or beside it, with
     /// its owner and mode.
     fn directory(

@@ -183,6 +183,8 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
             None => FdKind::Regular,
         },
         libc::S_IFDIR => FdKind::Directory,
+        // Only an O_PATH|O_NOFOLLOW fd is on a symlink itself: opened again the same way.
+        libc::S_IFLNK => FdKind::Regular,
         libc::S_IFCHR => {
             let (major, minor) = (dev_major(md.rdev()), dev_minor(md.rdev()));
             if is_tty_major(major) {
@@ -350,6 +352,18 @@ macro_rules! fown_in {
     };
 }
 
+/// The target of the symlink that `open` (a /proc fd link) is: the magic link, opened O_PATH,
+/// is the symlink itself, which readlinkat with an empty path reads.
+fn symlink_target(open: &str) -> std::io::Result<String> {
+    let fd = nix::fcntl::open(
+        open,
+        nix::fcntl::OFlag::O_PATH,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let target = nix::fcntl::readlinkat(&fd, "")?;
+    Ok(target.to_string_lossy().into_owned())
+}
+
 /// A device number in the kernel's encoding (major << 20 | minor), as /proc shows it.
 fn kernel_dev(dev: u64) -> u32 {
     (libc::major(dev) << 20) | libc::minor(dev)
@@ -514,7 +528,7 @@ impl FileTable {
         use std::os::unix::fs::FileTypeExt;
         let device = md.file_type().is_char_device() || md.file_type().is_block_device();
         let name = match link.strip_suffix(" (deleted)") {
-            Some(orig) if md.is_file() || md.is_dir() || device => orig,
+            Some(orig) if md.is_file() || md.is_dir() || md.is_symlink() || device => orig,
             _ => link,
         };
         let id = self.push_reg(
@@ -642,7 +656,16 @@ impl FileTable {
         // A device node has no content: it is made again from its number (rdev).
         let device = md.file_type().is_char_device() || md.file_type().is_block_device();
         // A directory has none either: it is made again empty, as CRIU's ghost directories.
-        let chunks = if device || md.is_dir() {
+        // A symlink has its target instead.
+        let symlnk_target = if md.is_symlink() {
+            Some(symlink_target(open).map_err(|source| FilesError::Ghost {
+                path: orig.to_string(),
+                source,
+            })?)
+        } else {
+            None
+        };
+        let chunks = if device || md.is_dir() || md.is_symlink() {
             Vec::new()
         } else {
             data_chunks(open).map_err(|source| FilesError::Ghost {
@@ -650,7 +673,11 @@ impl FileTable {
                 source,
             })?
         };
-        let size = if device || md.is_dir() { 0 } else { md.size() };
+        let size = if device || md.is_dir() || md.is_symlink() {
+            0
+        } else {
+            md.size()
+        };
         let id = self.ghosts.len() as u32 + 1;
         let tv = |sec: i64, nsec: i64| pb::Timeval {
             tv_sec: sec as u64,
@@ -673,7 +700,7 @@ impl FileTable {
                 mtim: Some(tv(md.mtime(), md.mtime_nsec())),
                 chunks: Some(false),
                 size: Some(size),
-                symlnk_target: None,
+                symlnk_target,
             },
             chunks,
         });

@@ -876,7 +876,10 @@ while True:
     kill_tree(&pids);
     counter_is_continuous(&after);
     let last = after.last().unwrap();
-    assert!(last.ends_with("True /etc/hostname some/where True"), "{last}");
+    assert!(
+        last.ends_with("True /etc/hostname some/where True"),
+        "{last}"
+    );
     assert!(
         std::fs::symlink_metadata(w.dir.join("gone")).is_err(),
         "the deleted symlink is gone again"

@@ -446,3 +446,36 @@ while True:
     assert_eq!(before, "barrier 0 0", "registered before");
     assert_eq!(after, before, "and after the restore");
 }
+
+/// A child in seccomp strict mode comes back in it (set last, after every injected syscall)
+/// and still answers over its pipe.
+#[test]
+fn seccomp_strict_child_stays_strict_and_answers() {
+    let _g = serial_root!();
+    let w = Workload::start("strict", &workload("strict"), &[]);
+    let first = w.wait_lines(3, T);
+    let child: u32 = first
+        .iter()
+        .find_map(|l| l.strip_prefix("child "))
+        .expect("child line")
+        .parse()
+        .unwrap();
+    let pids = dump_kill_restore(&w);
+    assert!(pids.contains(&child), "child restored: {pids:?}");
+    let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap();
+    let mode = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(str::trim)
+        .map(str::to_string);
+    // SAFETY: kill(2) of the restored parent, whose SIGUSR1 handler writes to the child's pipe.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
+    let end = std::time::Instant::now() + T;
+    while !w.lines().iter().any(|l| l == "strict 1") && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let answered = w.lines().iter().any(|l| l == "strict 1");
+    kill_tree(&pids);
+    assert_eq!(mode.as_deref(), Some("1"), "strict mode kept");
+    assert!(answered, "the strict child reads and writes after the restore");
+}

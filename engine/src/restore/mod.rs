@@ -754,7 +754,11 @@ fn rebuild_tasks(
     // Filters are installed before the credentials drop (installing needs CAP_SYS_ADMIN or
     // no_new_privs); suspended while traced, they filter none of the syscalls injected after.
     let mut seize_options = ptrace::PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL;
-    if !img.seccomp.is_empty() {
+    let strict = img.tasks.iter().flat_map(|t| &t.threads).any(|th| {
+        th.core.thread_core.as_ref().and_then(|c| c.seccomp_mode)
+            == Some(pb::SeccompMode::Strict as i32)
+    });
+    if !img.seccomp.is_empty() || strict {
         seize_options |= ptrace::PTRACE_O_SUSPEND_SECCOMP;
     }
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {

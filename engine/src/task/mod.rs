@@ -17,7 +17,7 @@ pub(crate) mod timers;
 pub enum TaskError {
     #[error("pid {pid}: SCHED_DEADLINE scheduling on thread {tid} is not supported yet")]
     SchedDeadline { pid: u32, tid: u32 },
-    #[error("pid {pid}: seccomp mode {mode} (strict) on thread {tid} is not supported yet")]
+    #[error("pid {pid}: seccomp mode {mode} on thread {tid} is not supported yet")]
     SeccompStrict { pid: u32, tid: u32, mode: u32 },
     #[error("pid {pid}: the seccomp filters of thread {tid}")]
     DumpSeccomp {

@@ -13,6 +13,8 @@ use crate::restore::RestoreError;
 use crate::sys::mem::{self, PAGE_SIZE};
 use crate::sys::ptrace;
 
+/// SECCOMP_MODE_STRICT, as /proc/<pid>/status and the image number it.
+pub const MODE_STRICT: u32 = 1;
 /// The mode /proc/<pid>/status and the image call `filter`.
 pub const MODE_FILTER: u32 = 2;
 

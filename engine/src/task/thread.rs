@@ -36,6 +36,13 @@ pub(crate) fn dump_threads(
         let tid = c.tid;
         match c.seccomp_mode {
             0 => {}
+            // Strict mode allows read, write, exit and sigreturn only: set again last, at
+            // restore (the injections after it run with seccomp suspended).
+            seccomp::MODE_STRICT => {
+                if let Some(tc) = c.core.thread_core.as_mut() {
+                    tc.seccomp_mode = Some(pb::SeccompMode::Strict as i32);
+                }
+            }
             seccomp::MODE_FILTER => {
                 let last = seccomp::dump_seccomp_chain(pid, tid, filters)?;
                 if let Some(tc) = c.core.thread_core.as_mut() {
@@ -243,6 +250,12 @@ pub(crate) fn restore_thread(
         libc::SYS_prctl,
         &[libc::PR_SET_PDEATHSIG as u64, pdeath as u64],
     )?;
+    if tcore.seccomp_mode == Some(pb::SeccompMode::Strict as i32) {
+        r.call(
+            libc::SYS_prctl,
+            &[libc::PR_SET_SECCOMP as u64, seccomp::MODE_STRICT as u64],
+        )?;
+    }
     Ok(())
 }
 

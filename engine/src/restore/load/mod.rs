@@ -741,7 +741,7 @@ fn load_seccomp(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
                 continue;
             };
             match tc.seccomp_mode.unwrap_or(0) as u32 {
-                0 => {}
+                0 | crate::task::seccomp::MODE_STRICT => {}
                 crate::task::seccomp::MODE_FILTER => {
                     let last = tc.seccomp_filter.ok_or_else(|| {
                         invalid(&names::core(th.tid), "seccomp filter mode without a filter")

@@ -133,7 +133,7 @@ pub static OPTIONS: &[Spec] = &[
     b("auto-dedup", NoOp("there are no parent images to deduplicate; images are left whole")),
     o("libdir", Some('L'), Req, NoOp("stasis has no plugins")),
     o("cpu-cap", None, Opt, Yes("restore: with fpu (the default, or all) refuse images whose register state needs XSAVE components this CPU lacks, such as AVX-512; =none restores without them")),
-    b("force-irmap", Refused),
+    b("force-irmap", NoOp("stasis always resolves an inotify watch to a path at dump, from its file handle")),
     o("ext-mount-map", Some('M'), Req, Yes("KEY:VAL, the old form of --external mnt[KEY]:VAL")),
     o("exec-cmd", None, N, Refused),
     o("manage-cgroups", None, Opt, Yes("restore: put the tasks back into their dumped cgroups and set their saved properties; =MODE: soft (the default: missing ones made with their properties), full and strict (properties set on all), props (they must exist; properties set), none (they must exist; no properties), ignore")),
@@ -146,7 +146,7 @@ pub static OPTIONS: &[Spec] = &[
     o("enable-external-masters", None, N, Refused),
     o("freeze-cgroup", None, Req, Yes("freeze this cgroup (v1 freezer or cgroup2 dir) while the tree is seized; all of its processes must be in the tree")),
     o("ghost-limit", None, Req, Yes("largest file deleted while open whose content is saved (SIZE[K|M|G]; default 1M)")),
-    o("irmap-scan-path", None, Req, Refused),
+    o("irmap-scan-path", None, Req, NoOp("no scan: a watch's path comes from its file handle")),
     o("lsm-profile", None, Req, Refused),
     o(
         "timeout",

@@ -179,3 +179,68 @@ while True:
     assert_eq!(before, "droppable b'secret'", "set up as planned");
     assert_eq!(after, "droppable b'\\x00\\x00\\x00\\x00\\x00\\x00'");
 }
+
+/// Memory a parent shares copy-on-write with its child (32 MiB, as after a fork) is shared
+/// again after the restore, not copied: the child's proportional share of its anonymous memory
+/// stays about half of what it maps, and both still read what they had.
+#[test]
+fn memory_shared_copy_on_write_with_a_child_stays_shared() {
+    let _g = serial_root!();
+    let w = Workload::start("cowtree", &workload("cowtree"), &[]);
+    let first = w.wait_lines(3, T);
+    let child: u32 = first[0]
+        .strip_prefix("child ")
+        .expect("child line")
+        .parse()
+        .unwrap();
+    let sums = |w: &Workload| {
+        let before = w.lines().len();
+        for p in [w.pid, child] {
+            // SAFETY: kill(2) of the workload's processes, whose SIGUSR1 handler sets a flag.
+            unsafe { libc::kill(p as libc::pid_t, libc::SIGUSR1) };
+        }
+        let end = std::time::Instant::now() + T;
+        loop {
+            let got: Vec<String> = w.lines()[before..]
+                .iter()
+                .filter(|l| l.starts_with("sum "))
+                .cloned()
+                .collect();
+            if got.len() == 2 || std::time::Instant::now() > end {
+                let mut got = got;
+                got.sort();
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let anon = |pid: u32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+        let kb = |key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (kb("Pss_Anon:"), kb("Anonymous:"))
+    };
+    let before = sums(&w);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let (pss0, rss0) = anon(child);
+    assert!(
+        pss0 * 10 < rss0 * 7,
+        "shared before the dump: {pss0} of {rss0} kB"
+    );
+    let pids = dump_kill_restore(&w);
+    assert!(pids.contains(&child), "{pids:?}");
+    let (pss, rss) = anon(child);
+    let after = sums(&w);
+    kill_tree(&pids);
+    assert_eq!(after, before, "both read what they had");
+    assert!(rss >= 32 << 10, "the child maps its 32 MiB: {rss} kB");
+    assert!(
+        pss * 10 < rss * 7,
+        "shared after the restore: {pss} of {rss} kB"
+    );
+}

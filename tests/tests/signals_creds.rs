@@ -477,5 +477,8 @@ fn seccomp_strict_child_stays_strict_and_answers() {
     let answered = w.lines().iter().any(|l| l == "strict 1");
     kill_tree(&pids);
     assert_eq!(mode.as_deref(), Some("1"), "strict mode kept");
-    assert!(answered, "the strict child reads and writes after the restore");
+    assert!(
+        answered,
+        "the strict child reads and writes after the restore"
+    );
 }

@@ -2,6 +2,7 @@
 //! the restore of its part.
 
 pub mod pages;
+pub(crate) mod premap;
 pub(crate) mod shmem;
 pub(crate) mod vma;
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 const BUF: usize = 4 << 20;
 const NBUF: usize = 4;
+/// One page, the unit a parent and child share.
+const PAGE: usize = 4096;
 
 /// A page stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -362,6 +364,48 @@ impl PageSource {
                 .into()
             })
         })
+    }
+
+    /// Like [`PageSource::copy_to`], but writes only the pages that differ from what the task
+    /// holds there now: a page it inherited from its parent and that its image agrees with
+    /// stays shared (copy-on-write) with the parent's. Returns the pages written.
+    pub fn copy_changed_to(
+        &mut self,
+        mem: &File,
+        pid: u32,
+        addr: u64,
+        len: u64,
+    ) -> Result<u64, PagesError> {
+        use std::os::unix::fs::FileExt;
+        let mut now = Vec::new();
+        let mut written = 0;
+        self.take(len, |chunk, done| {
+            let at = addr + done;
+            now.resize(chunk.len(), 0);
+            let read_err = |source| crate::sys::mem::MemError::ReadProc {
+                pid,
+                addr: at,
+                len: chunk.len(),
+                source,
+            };
+            mem.read_exact_at(&mut now, at).map_err(read_err)?;
+            for (i, (want, have)) in chunk.chunks(PAGE).zip(now.chunks(PAGE)).enumerate() {
+                if want != have {
+                    let page_at = at + (i * PAGE) as u64;
+                    mem.write_all_at(want, page_at).map_err(|source| {
+                        crate::sys::mem::MemError::Write {
+                            pid,
+                            addr: page_at,
+                            len: want.len(),
+                            source,
+                        }
+                    })?;
+                    written += 1;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(written)
     }
 
     /// Passes over the next `len` bytes of the stream (pages the restore does not put back,

@@ -10,7 +10,7 @@ use super::pages::{PageSink, PageSource};
 use super::shmem::{dump_shmem, dump_shmem_object, finish_pages};
 use super::MmError;
 use crate::dump::{write_file, DumpError, DumpStats, Images};
-use crate::images::{self, magic, names, pb, vma_status::*, ImageKind, ImageWriter, PE_PRESENT};
+use crate::images::{self, magic, names, pb, vma_status::*, ImageKind, ImageWriter};
 use crate::ipc::shm::shm_entry;
 use crate::proc::{self, Mapping};
 use crate::restore::{load, ptr_err, setup_err, DumpImage, RestoreError};
@@ -407,16 +407,28 @@ fn file_fd(fd_of_file: &HashMap<u32, RawFd>, pid: u32, id: u32) -> Result<RawFd,
         .ok_or(MmError::FileNotOpened { pid, id })
 }
 
+/// What a task's address space is made from besides its images.
+pub(crate) struct MmSources<'a> {
+    /// The pool fd of each file id, and of each shared anonymous object.
+    pub fd_of_file: &'a HashMap<u32, RawFd>,
+    pub fd_of_shmem: &'a HashMap<u64, RawFd>,
+    /// Close the pool from this fd up once mapped (None: a later task of a shared fd table
+    /// still maps from it).
+    pub close_pool_from: Option<RawFd>,
+    /// The task's areas premapped and filled before the fork (see mm::premap).
+    pub premaps: &'a [crate::mm::premap::Premap],
+}
+
 /// Rebuilds the address space; returns the address of a syscall instruction in the new vdso.
 pub(crate) fn restore_mm(
     r: &Remote,
     t: &TaskImage,
     img: &DumpImage,
-    fd_of_file: &HashMap<u32, RawFd>,
-    fd_of_shmem: &HashMap<u64, RawFd>,
-    close_pool_from: Option<RawFd>,
+    sources: &MmSources,
     pages_restored: &mut u64,
 ) -> Result<u64, RestoreError> {
+    let (fd_of_file, fd_of_shmem) = (sources.fd_of_file, sources.fd_of_shmem);
+    let premaps = sources.premaps;
     let pid = t.pid();
     // 1. The stub's rseq area is about to be unmapped: unregister it first.
     let rseq = ptrace::get_rseq(pid).map_err(ptr_err(pid))?;
@@ -431,38 +443,41 @@ pub(crate) fn restore_mm(
             ],
         )?;
     }
-    // 2. Unmap the stub, except the trampoline and the vdso group.
-    let specials = unmap_stub(r, pid)?;
+    // 2. Unmap the stub, except the trampoline, the vdso group and the premapped areas.
+    let specials = unmap_stub(r, pid, premaps)?;
     // 3. Move vvar/vvar_vclock/vdso to the dumped addresses, together, keeping their spacing.
     let vdso_syscall = move_vdso(r, t, specials)?;
     // 4. mm fields, auxv and exe link in one PR_SET_MM_MAP.
     set_mm_map(r, t, fd_of_file)?;
     // 5. Map every area with its own protection.
-    let fixups = map_vmas(r, t, fd_of_file, fd_of_shmem)?;
+    let fixups = map_vmas(r, t, fd_of_file, fd_of_shmem, premaps)?;
     // 6. Fill pages from the image, the file read overlapping the copy into the task.
     let mut src = PageSource::open(&img.dir.join(&t.pages_file))?;
     let mem_file = std::fs::OpenOptions::new()
         .write(true)
         .open(format!("/proc/{pid}/mem"))
         .map_err(setup_err(format!("open /proc/{pid}/mem")))?;
-    for e in &t.pagemap {
-        if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
-            continue;
-        }
-        let len = load::nr_pages(e) * PAGE_SIZE;
+    crate::mm::premap::for_each_segment(t, premaps, |seg| {
+        use crate::mm::premap::Segment;
+        let (vaddr, len) = match seg {
+            // Filled before the fork.
+            Segment::In(_, _, len) => return Ok(src.skip(len)?),
+            Segment::Out(vaddr, len) => (vaddr, len),
+        };
         // The dumped vdso (and anything in the vdso group) stays the running kernel's: its
         // code matches this kernel's vvar data, the dumped one may not.
         let in_vdso =
             t.mm.vmas
                 .iter()
-                .any(|v| is_special(v) && v.start < e.vaddr + len && e.vaddr < v.end);
+                .any(|v| is_special(v) && v.start < vaddr + len && vaddr < v.end);
         if in_vdso {
             src.skip(len)?;
-            continue;
+            return Ok(());
         }
-        src.copy_to(&mem_file, pid, e.vaddr, len)?;
+        src.copy_to(&mem_file, pid, vaddr, len)?;
         *pages_restored += len / PAGE_SIZE;
-    }
+        Ok(())
+    })?;
     drop(src);
     // 7. Final protections and madvise state.
     for v in fixups {
@@ -481,7 +496,7 @@ pub(crate) fn restore_mm(
     }
     // 8. The pool has served: close it in the task (None: a later task of a shared fd table
     // still maps from it).
-    if let Some(pool_base) = close_pool_from {
+    if let Some(pool_base) = sources.close_pool_from {
         r.call(
             libc::SYS_close_range,
             &[pool_base as u64, u32::MAX as u64, 0],
@@ -490,9 +505,13 @@ pub(crate) fn restore_mm(
     Ok(vdso_syscall)
 }
 
-/// Unmaps every area of the stub but the trampoline and the vdso group (vdso, vvar,
-/// vvar_vclock), whose bounds it returns.
-fn unmap_stub(r: &Remote, pid: u32) -> Result<Vec<(u64, u64)>, RestoreError> {
+/// Unmaps every area of the stub but the trampoline, the vdso group (vdso, vvar,
+/// vvar_vclock), whose bounds it returns, and the task's premapped areas.
+fn unmap_stub(
+    r: &Remote,
+    pid: u32,
+    premaps: &[crate::mm::premap::Premap],
+) -> Result<Vec<(u64, u64)>, RestoreError> {
     let cur = proc::maps(pid).map_err(|source| MmError::Maps { pid, source })?;
     let tramp = r.scratch - PAGE_SIZE;
     let mut specials = Vec::new();
@@ -502,7 +521,23 @@ fn unmap_stub(r: &Remote, pid: u32) -> Result<Vec<(u64, u64)>, RestoreError> {
             "[vsyscall]" => {}
             _ if m.start == tramp => {}
             _ => {
-                r.call(libc::SYS_munmap, &[m.start, m.end - m.start])?;
+                // All of it but what lies in premapped areas (a neighbour may have merged
+                // with one).
+                let mut at = m.start;
+                let mut inside: Vec<_> = premaps
+                    .iter()
+                    .filter(|p| p.at < m.end && m.start < p.at + p.len)
+                    .collect();
+                inside.sort_by_key(|p| p.at);
+                for p in inside {
+                    if p.at > at {
+                        r.call(libc::SYS_munmap, &[at, p.at - at])?;
+                    }
+                    at = at.max(p.at + p.len);
+                }
+                if at < m.end {
+                    r.call(libc::SYS_munmap, &[at, m.end - at])?;
+                }
             }
         }
     }
@@ -627,11 +662,23 @@ fn map_vmas<'a>(
     t: &'a TaskImage,
     fd_of_file: &HashMap<u32, RawFd>,
     fd_of_shmem: &HashMap<u64, RawFd>,
+    premaps: &[crate::mm::premap::Premap],
 ) -> Result<Vec<&'a pb::VmaEntry>, RestoreError> {
     let pid = t.pid();
     let mut fixups = Vec::new();
     for v in t.mm.vmas.iter().filter(|v| !is_special(v)) {
         let len = v.end - v.start;
+        // Premapped and filled already: moved into place, which keeps what it shares with
+        // the parent; what the task's image lacks of an inherited area goes.
+        if let Some(p) = premaps.iter().find(|p| p.start == v.start && p.len == len) {
+            mremap(r, p.at, len, v.start)?;
+            if !p.own {
+                for (a, b) in crate::mm::premap::holes(t, p) {
+                    r.call(libc::SYS_madvise, &[a, b - a, libc::MADV_DONTNEED as u64])?;
+                }
+            }
+            continue;
+        }
         let private = v.flags & libc::MAP_SHARED as u32 == 0;
         // An entry may start in an earlier, adjacent mapping (CRIU writes them so).
         let has_pages = t

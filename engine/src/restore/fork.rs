@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::pool::Pool;
 use super::{setup_err, stub, Created, DumpImage, PoolFds, RestoreError, RestoreOptions};
+use crate::mm::premap::Premap;
 use crate::proc;
 use crate::task::core::children_in_fork_order;
 
@@ -38,15 +39,66 @@ pub(super) struct Fork {
     pub(super) new_cgroupns: bool,
     /// The holder's user namespace (see ns::user), when the tree owned one.
     pub(super) userns: Option<RawFd>,
+    /// Per task, its areas mapped before its children are forked (see mm::premap).
+    pub(super) premaps: Vec<Vec<Premap>>,
+}
+
+/// The stubs' gate words (see `stub::StubShared::gate`): a shared anonymous page, which the
+/// stubs inherit at fork.
+struct Gate {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Gate {
+    fn new(tasks: usize) -> Result<Gate, RestoreError> {
+        let len = (tasks * 4).div_ceil(4096) * 4096;
+        // SAFETY: a fresh anonymous shared mapping, owned by the Gate and unmapped in Drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(setup_err("the stubs' gate page")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Gate { addr, len })
+    }
+
+    /// Lets task `idx`'s stub go on.
+    fn open(&self, idx: usize) {
+        // SAFETY: idx < tasks (the page holds one u32 each); the word is only accessed
+        // atomically, here and in the stubs.
+        unsafe {
+            let word = &*((self.addr as *const std::sync::atomic::AtomicU32).add(idx));
+            word.store(1, std::sync::atomic::Ordering::Release);
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1);
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, of this length; the stubs keep their copies.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
 }
 
 /// Forks the root with its pid (each stub then forks its own children), closes the pool the
-/// stubs inherited, and waits until every task reports ready, zombies dead.
+/// stubs inherited, and waits until every task reports ready, zombies dead, filling premapped
+/// memory on the way. Also returns the pages written into premapped areas.
 pub(super) fn fork_tree(
     img: &DumpImage,
     pool: Pool,
     fork: Fork,
-) -> Result<(Created, PoolFds), RestoreError> {
+) -> Result<(Created, PoolFds, u64), RestoreError> {
     let Fork {
         trampoline,
         sibling,
@@ -55,7 +107,13 @@ pub(super) fn fork_tree(
         mounts,
         new_cgroupns,
         userns,
+        premaps,
     } = fork;
+    let gate = if premaps.iter().any(|p| !p.is_empty()) {
+        Some(Gate::new(img.tasks.len())?)
+    } else {
+        None
+    };
     let (ready_r, ready_w0) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| setup_err("pipe")(e.into()))?;
     // The stubs inherit the write end above the pool so that no target fd collides with it.
@@ -64,12 +122,13 @@ pub(super) fn fork_tree(
     drop(ready_w0);
     // Everything the stubs read is made before the fork: after it they allocate nothing.
     let shared = stub::StubShared {
-        tasks: stub_plans(img, &pool)?,
+        tasks: stub_plans(img, &pool, &premaps)?,
         ready_fd: ready_w.as_raw_fd(),
         pool_base: pool.base,
         trampoline,
         mounts,
         new_cgroupns,
+        gate: gate.as_ref().map_or(0, |g| g.addr as u64),
     };
     let mut created = Created {
         root: None,
@@ -145,8 +204,8 @@ pub(super) fn fork_tree(
         base: pool.base,
     };
     drop(pool);
-    wait_ready(&ready_r, img, &mut created)?;
-    Ok((created, files))
+    let premapped = wait_ready(&ready_r, img, &mut created, &premaps, gate.as_ref())?;
+    Ok((created, files, premapped))
 }
 
 /// How long a dumped pid may stay taken by the dumped task's unreaped zombie (its parent, or
@@ -167,8 +226,15 @@ pub(super) fn wait_pid_free(pid: u32) -> Result<(), RestoreError> {
     }
 }
 
-fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result<(), RestoreError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+fn wait_ready(
+    ready: &OwnedFd,
+    img: &DumpImage,
+    created: &mut Created,
+    premaps: &[Vec<Premap>],
+    gate: Option<&Gate>,
+) -> Result<u64, RestoreError> {
+    let mut deadline = Instant::now() + Duration::from_secs(30);
+    let mut premapped = 0;
     let mut ready_count = 0;
     let mut buf = Vec::new();
     while ready_count < img.tasks.len() {
@@ -210,6 +276,29 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
                 }
                 continue;
             }
+            if code == stub::STUB_PREMAPPED {
+                let idx =
+                    img.tasks
+                        .iter()
+                        .position(|t| t.pid() == pid)
+                        .ok_or(RestoreError::Stub {
+                            pid,
+                            what: "premapping (an unknown pid)",
+                            errno: libc::ESRCH as u32,
+                        })?;
+                let (written, shared) =
+                    crate::mm::premap::fill(&img.dir, &img.tasks[idx], &premaps[idx])?;
+                log::debug!(
+                    "task {pid}: premapped {written} pages, {shared} left shared with its parent"
+                );
+                premapped += written;
+                if let Some(g) = gate {
+                    g.open(idx);
+                }
+                // Filling takes as long as the memory is large: the stubs' time starts again.
+                deadline = Instant::now() + Duration::from_secs(30);
+                continue;
+            }
             if code == stub::STUB_CLONE && errno == libc::EEXIST as u32 {
                 return Err(RestoreError::PidTaken { pid });
             }
@@ -236,19 +325,26 @@ fn wait_ready(ready: &OwnedFd, img: &DumpImage, created: &mut Created) -> Result
                 stub::STUB_TRAMPOLINE => "mapping the trampoline page",
                 stub::STUB_DUP => "placing an fd",
                 stub::STUB_SESSION => "joining the dumped session or process group",
+                stub::STUB_PREMAP => "mapping memory to share with its children",
                 _ => "setup",
             };
             return Err(RestoreError::Stub { pid, what, errno });
         }
     }
-    Ok(())
+    Ok(premapped)
 }
 
-fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, RestoreError> {
+fn stub_plans(
+    img: &DumpImage,
+    pool: &Pool,
+    premaps: &[Vec<Premap>],
+) -> Result<Vec<stub::StubPlan>, RestoreError> {
     let mut plans = Vec::new();
+    let no_premaps = Vec::new();
     let in_tree = |pid: u32| img.tasks.iter().any(|o| o.pid() == pid);
     let root_pgid = img.tasks.first().map_or(0, |r| r.pstree.pgid);
-    for t in &img.tasks {
+    for (i, t) in img.tasks.iter().enumerate() {
+        let mine = premaps.get(i).unwrap_or(&no_premaps);
         let name = |id: u32| {
             img.files
                 .get(&id)
@@ -304,6 +400,29 @@ fn stub_plans(img: &DumpImage, pool: &Pool) -> Result<Vec<stub::StubPlan>, Resto
             comm: c,
             zombie_exit: t.zombie_exit,
             clone_files: t.shares_parent_files,
+            premap: mine
+                .iter()
+                .filter(|p| p.own)
+                .map(|p| {
+                    let file = match p.file {
+                        Some((id, off)) => Some((
+                            *pool.by_file.get(&id).ok_or(RestoreError::Mm(
+                                crate::mm::MmError::FileNotOpened { pid: t.pid(), id },
+                            ))?,
+                            off,
+                        )),
+                        None => None,
+                    };
+                    Ok(stub::StubPremap {
+                        at: p.at,
+                        len: p.len,
+                        prot: p.prot,
+                        flags: p.flags,
+                        file,
+                    })
+                })
+                .collect::<Result<_, RestoreError>>()?,
+            premap_wait: !mine.is_empty(),
             table_shared: t.zombie_exit.is_none()
                 && img.tasks.iter().any(|o| {
                     o.pid() != t.pid() && o.zombie_exit.is_none() && o.files_id == t.files_id

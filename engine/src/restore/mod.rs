@@ -444,6 +444,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
+    let premaps = crate::mm::premap::for_tree(&img, trampoline, in_pidns || holder.is_some());
     let stub_mounts = match mounts.as_mut() {
         Some(early) => {
             early.leave()?;
@@ -460,8 +461,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         mounts: stub_mounts,
         new_cgroupns: img.own_cgroupns,
         userns: holder.as_ref().map(|h| h.user.as_raw_fd()),
+        premaps: premaps.clone(),
     };
-    let (mut created, files) = fork_tree(&img, pool, fork)?;
+    let (mut created, files, premapped_pages) = fork_tree(&img, pool, fork)?;
     // The init holds the namespaces now (or failed, and the restore with it).
     drop(mounts);
     drop(holder);
@@ -479,39 +481,41 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         sysv_to_remove: &sysv_to_remove,
         opts,
         root_pid,
+        premaps: &premaps,
     };
-    let pages_restored = if in_pidns {
-        // The stubs' pids are the namespace's: only the worker inside may act on them; ours
-        // is the init's host pid, whose death takes the whole namespace.
-        let mut inside = Created {
-            root: None,
-            root_is_child: false,
-            pids: std::mem::take(&mut created.pids),
-            traced: Vec::new(),
-            armed: true,
-            tree: Vec::new(),
+    let pages_restored = premapped_pages
+        + if in_pidns {
+            // The stubs' pids are the namespace's: only the worker inside may act on them; ours
+            // is the init's host pid, whose death takes the whole namespace.
+            let mut inside = Created {
+                root: None,
+                root_is_child: false,
+                pids: std::mem::take(&mut created.pids),
+                traced: Vec::new(),
+                armed: true,
+                tree: Vec::new(),
+            };
+            created.tree = vec![root_pid];
+            let taken: Vec<u32> = img
+                .tasks
+                .iter()
+                .flat_map(|t| t.threads.iter().map(|th| th.tid))
+                .collect();
+            crate::ns::pid::run_inside(root_pid, crate::ns::pid::worker_pid(&taken), move || {
+                steps.run(&mut inside).map_err(|e| {
+                    // The chain in one line, as the caller prints it.
+                    let mut msg = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        msg = format!("{msg}: {s}");
+                        src = s.source();
+                    }
+                    msg
+                })
+            })?
+        } else {
+            steps.run(&mut created)?
         };
-        created.tree = vec![root_pid];
-        let taken: Vec<u32> = img
-            .tasks
-            .iter()
-            .flat_map(|t| t.threads.iter().map(|th| th.tid))
-            .collect();
-        crate::ns::pid::run_inside(root_pid, crate::ns::pid::worker_pid(&taken), move || {
-            steps.run(&mut inside).map_err(|e| {
-                // The chain in one line, as the caller prints it.
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg = format!("{msg}: {s}");
-                    src = s.source();
-                }
-                msg
-            })
-        })?
-    } else {
-        steps.run(&mut created)?
-    };
     created.armed = false;
     pidfile.keep();
     ipc_made.keep();
@@ -522,14 +526,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         restore_time_us: t0.elapsed().as_micros() as u64,
         pages_restored,
     };
+    write_stats_late(opts, &restored);
+    Ok(restored)
+}
+
+/// stats-restore in the work dir; too late to fail the restore, which has succeeded.
+fn write_stats_late(opts: &RestoreOptions, restored: &Restored) {
     let work = opts
         .work_dir
         .clone()
         .unwrap_or_else(|| opts.images_dir.clone());
-    if let Err(e) = write_stats(&work, &restored) {
+    if let Err(e) = write_stats(&work, restored) {
         log::warn!("cannot write stats-restore: {e}");
     }
-    Ok(restored)
 }
 
 /// The restore's steps once the tree is forked, up to the tasks running: in this process, or
@@ -542,6 +551,8 @@ struct Steps<'a> {
     opts: &'a RestoreOptions,
     /// As the caller sees it, for the notifications.
     root_pid: u32,
+    /// Per task, its areas premapped before the fork (see mm::premap).
+    premaps: &'a [Vec<crate::mm::premap::Premap>],
 }
 
 impl Steps<'_> {
@@ -554,7 +565,7 @@ impl Steps<'_> {
             crate::cgroup::restore_membership(img, mode, &opts.cgroup_roots)?;
         }
         let (vdso_syscall, pages_restored) =
-            rebuild_tasks(img, self.trampoline, self.files, created)?;
+            rebuild_tasks(img, self.trampoline, self.files, self.premaps, created)?;
         // Segments that were already marked for removal are marked again, now that they are
         // attached.
         for id in self.sysv_to_remove {
@@ -747,6 +758,7 @@ fn rebuild_tasks(
     img: &DumpImage,
     trampoline: u64,
     files: &PoolFds,
+    premaps: &[Vec<crate::mm::premap::Premap>],
     created: &mut Created,
 ) -> Result<(HashMap<u32, u64>, u64), RestoreError> {
     let mut pages_restored = 0;
@@ -779,21 +791,20 @@ fn rebuild_tasks(
         .iter()
         .filter(|t| t.zombie_exit.is_none())
         .collect();
+    let no_premaps = Vec::new();
     for (i, &t) in live.iter().enumerate() {
         step(format_args!("rebuild of task {}", t.pid()))?;
         let r = Remote::new(t.pid(), trampoline, sigtrap_at_risk(t))?;
         // A shared fd table keeps the pool until its last task has mapped its files.
         let close_pool = !live[i + 1..].iter().any(|o| o.files_id == t.files_id);
-        let close_pool_from = close_pool.then_some(files.base);
-        let vdso = restore_mm(
-            &r,
-            t,
-            img,
-            &files.by_file,
-            &files.by_shmid,
-            close_pool_from,
-            &mut pages_restored,
-        )?;
+        let index = img.tasks.iter().position(|o| o.pid() == t.pid());
+        let sources = crate::mm::vma::MmSources {
+            fd_of_file: &files.by_file,
+            fd_of_shmem: &files.by_shmid,
+            close_pool_from: close_pool.then_some(files.base),
+            premaps: index.and_then(|n| premaps.get(n)).unwrap_or(&no_premaps),
+        };
+        let vdso = restore_mm(&r, t, img, &sources, &mut pages_restored)?;
         vdso_syscall.insert(t.pid(), vdso);
         let mut tcx = crate::files::kind::TaskCx {
             img,

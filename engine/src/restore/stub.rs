@@ -41,6 +41,23 @@ pub struct StubPlan {
     /// Its fd table is used by other tasks too: the ready pipe stays open in it for them
     /// (closed with the pool, by injection).
     pub table_shared: bool,
+    /// Areas to map before forking the children, for the restorer to fill: see `mm::premap`.
+    pub premap: Vec<StubPremap>,
+    /// It has premapped areas (its own or its parent's): it reports, then waits for the
+    /// restorer to fill them before it forks.
+    pub premap_wait: bool,
+}
+
+/// One area a stub maps before forking: anonymous, or a pool fd's file at an offset.
+#[derive(Debug, Clone, Copy)]
+pub struct StubPremap {
+    pub at: u64,
+    pub len: u64,
+    pub prot: u32,
+    /// Extra mmap flags (MAP_NORESERVE).
+    pub flags: u32,
+    /// (pool fd, offset) of a private file mapping.
+    pub file: Option<(RawFd, u64)>,
 }
 
 pub struct StubShared {
@@ -52,6 +69,9 @@ pub struct StubShared {
     pub mounts: Option<crate::ns::mnt_sys::StubMounts>,
     /// The root unshares a cgroup namespace, rooted where it is (the tree owned one).
     pub new_cgroupns: bool,
+    /// A shared page of one u32 per task: set by the restorer once it has filled that task's
+    /// premapped areas (a futex word). 0 when nothing is premapped.
+    pub gate: u64,
 }
 
 /// Failure codes a stub reports through the ready pipe.
@@ -65,6 +85,10 @@ pub const STUB_SESSION: u32 = 6;
 pub const STUB_SETUP: u32 = 7;
 /// Entering the tree's mount namespace, the pivot into its root, or a mount of its init.
 pub const STUB_MOUNT: u32 = 8;
+/// Not a failure: the premapped areas are mapped and wait to be filled (errno is 0).
+pub const STUB_PREMAPPED: u32 = 9;
+/// Mapping a premapped area failed.
+pub const STUB_PREMAP: u32 = 10;
 
 /// The `syscall; int3` sequence every injection runs.
 pub const TRAMPOLINE_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
@@ -240,6 +264,9 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
         if t.pgid == t.pid && t.sid != t.pid {
             check(libc::syscall(libc::SYS_setpgid, 0, 0), STUB_SESSION);
         }
+        if t.premap_wait {
+            premap(sh, t, idx);
+        }
         for &c in &t.children {
             let Some(child) = sh.tasks.get(c) else {
                 fail(sh, pid, STUB_SETUP, libc::EINVAL as u32)
@@ -284,6 +311,50 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
             die_as_zombie(sh, t, status);
         }
         settle(sh, t);
+    }
+}
+
+/// Maps this task's own premapped areas, reports, and waits until the restorer has filled them
+/// and its inherited ones (its gate word turns non-zero): the children forked next inherit
+/// them filled.
+fn premap(sh: &StubShared, t: &StubPlan, idx: usize) {
+    // SAFETY: raw syscalls on integers; the gate is the restorer's shared page, mapped before
+    // the fork and holding one u32 per task (idx is a valid task index), read atomically.
+    unsafe {
+        for p in &t.premap {
+            let (fd, off, anon) = match p.file {
+                Some((fd, off)) => (fd as libc::c_long, off as libc::c_long, 0),
+                None => (-1, 0, libc::MAP_ANONYMOUS),
+            };
+            let got = libc::syscall(
+                libc::SYS_mmap,
+                p.at,
+                p.len,
+                p.prot as libc::c_long,
+                (libc::MAP_PRIVATE | anon | libc::MAP_FIXED_NOREPLACE) as libc::c_long
+                    | p.flags as libc::c_long,
+                fd,
+                off,
+            );
+            if got == -1 {
+                fail(sh, t.pid, STUB_PREMAP, crate::sys::clone::errno() as u32);
+            }
+            if got as u64 != p.at {
+                fail(sh, t.pid, STUB_PREMAP, libc::EEXIST as u32);
+            }
+        }
+        report(sh.ready_fd, t.pid, STUB_PREMAPPED, 0);
+        let word = &*((sh.gate as *const std::sync::atomic::AtomicU32).add(idx));
+        while word.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            // A shared (not private) futex: the restorer wakes it from another process.
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT,
+                0u32,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
     }
 }
 

@@ -19,6 +19,14 @@ pub enum MemError {
         #[source]
         source: io::Error,
     },
+    #[error("reading pid {pid} memory at {addr:#x} (+{len}) through /proc failed")]
+    ReadProc {
+        pid: u32,
+        addr: u64,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
     #[error("writing pid {pid} memory at {addr:#x} (+{len}) failed")]
     Write {
         pid: u32,

@@ -340,3 +340,58 @@ while True: time.sleep(1)
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(lines[1], "locked True");
 }
+
+/// A session leader whose controlling terminal is a pty of the tree that it holds no fd of (it
+/// closed the slave after acquiring it): the terminal is its controlling one again, so closing
+/// the master after the restore hangs it up (SIGHUP).
+#[test]
+fn controlling_pty_held_by_no_fd_comes_back() {
+    let _g = serial_root!();
+    let script = r#"
+import os, signal, sys, time
+m, s = os.openpty()
+name = os.ttyname(s)
+c = os.fork()
+if c == 0:
+    os.close(m); os.close(s)
+    signal.signal(signal.SIGHUP, lambda *a: (print("hup", flush=True), os._exit(0)))
+    os.setsid()
+    fd = os.open(name, os.O_RDWR)  # a leader without a terminal acquires it
+    os.close(fd)
+    while True: time.sleep(1)
+os.close(s)
+go = []
+signal.signal(signal.SIGUSR1, lambda *a: go.append(1))
+print("child", c, flush=True)
+i = 0
+while True:
+    if go and m >= 0:
+        os.close(m); m = -1
+    print(i, flush=True); i += 1; time.sleep(0.01)
+"#;
+    let w = Workload::python("ctty-unheld", script);
+    let first = w.wait_lines(3, T);
+    let child: u32 = first[0]
+        .strip_prefix("child ")
+        .expect("child line")
+        .parse()
+        .unwrap();
+    let tty_nr = |pid: u32| -> i64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit(')').next().unwrap().split_whitespace().nth(4).unwrap().parse().unwrap()
+    };
+    let before = tty_nr(child);
+    assert_ne!(before, 0, "the child has a controlling terminal");
+    let pids = dump_kill_restore(&w);
+    let after = tty_nr(child);
+    // SAFETY: kill(2) of the restored parent, whose SIGUSR1 handler only sets a flag.
+    unsafe { libc::kill(w.pid as libc::pid_t, libc::SIGUSR1) };
+    let end = std::time::Instant::now() + T;
+    while !w.lines().iter().any(|l| l == "hup") && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let hup = w.lines().iter().any(|l| l == "hup");
+    kill_tree(&pids);
+    assert_ne!(after, 0, "a controlling terminal again");
+    assert!(hup, "closing the master hangs the leader up");
+}

@@ -379,15 +379,16 @@ struct TtyInfos {
 
 impl FileTable {
     /// Marks pty `index` as the controlling terminal of session `sid` with foreground group
-    /// `pgrp`, when the tree holds its slave.
+    /// `pgrp`: on its slave's info when the tree holds the slave, else on its master's (as CRIU
+    /// records a controlling terminal that no fd holds).
     pub fn set_pty_session(&mut self, index: u32, sid: u32, pgrp: u32) {
-        for (_, info) in self
-            .slots
-            .get::<TtyInfos>()
-            .infos
-            .iter_mut()
-            .filter(|(k, _)| *k == (index, false))
-        {
+        let infos = &mut self.slots.get::<TtyInfos>().infos;
+        let end = if infos.iter().any(|(k, _)| *k == (index, false)) {
+            (index, false)
+        } else {
+            (index, true)
+        };
+        for (_, info) in infos.iter_mut().filter(|(k, _)| *k == end) {
             info.sid = sid;
             info.pgrp = pgrp;
         }
@@ -677,7 +678,7 @@ fn refill_pty(img: &DumpImage, index: u32, slave_path: &str) -> Result<(), PtyEr
 }
 
 /// For a session leader whose controlling terminal was a pty slave of the tree: its fd of the
-/// slave, and the foreground group. The leader must hold the slave open.
+/// slave, and the foreground group, when the leader holds the slave open.
 pub(crate) fn controlling_slave(t: &TaskImage, img: &DumpImage) -> Option<(RawFd, u32)> {
     if t.pstree.sid != t.pid() || t.zombie_exit.is_some() {
         return None;
@@ -685,17 +686,70 @@ pub(crate) fn controlling_slave(t: &TaskImage, img: &DumpImage) -> Option<(RawFd
     t.fds.iter().find_map(|fd| {
         let tty = img.files.get(&fd.id)?.tty.as_ref()?;
         let info = img.tty_infos.get(&tty.tty_info_id)?;
-        (info.sid == t.pid()).then_some((fd.fd as RawFd, info.pgrp))
+        (info.sid == t.pid() && !is_master_info(info)).then_some((fd.fd as RawFd, info.pgrp))
     })
+}
+
+/// For a session leader whose controlling terminal is a pty of the tree that it holds no slave
+/// of (closed after TIOCSCTTY, or held by another session): the pty's index and the foreground
+/// group. The restorer opens a slave for its stub to acquire it with.
+pub(crate) fn unheld_controlling_pty(t: &TaskImage, img: &DumpImage) -> Option<(u32, u32)> {
+    if t.pstree.sid != t.pid() || t.zombie_exit.is_some() || controlling_slave(t, img).is_some()
+    {
+        return None;
+    }
+    let mut infos: Vec<&pb::TtyInfoEntry> = img
+        .tty_infos
+        .values()
+        .filter(|i| i.sid == t.pid() && i.pty.is_some())
+        .collect();
+    // The slave's info first, as the dump records it there when it can.
+    infos.sort_by_key(|i| is_master_info(i));
+    let info = infos.first()?;
+    let index = info.pty.as_ref()?.index;
+    master_in_images(img, index).then_some((index, info.pgrp))
+}
+
+fn is_master_info(info: &pb::TtyInfoEntry) -> bool {
+    nix::sys::stat::major(info.rdev as libc::dev_t) == PTMX_MAJOR as u64
+}
+
+/// A slave of each pty that is a session leader's controlling terminal without the leader
+/// holding it (see [`unheld_controlling_pty`]), once the ptys are made: (leader's pid, fd).
+pub(crate) fn slaves_for_unheld_ctty(
+    img: &DumpImage,
+    slots: &mut crate::files::kind::Slots,
+) -> Result<Vec<(u32, OwnedFd)>, RestoreError> {
+    let mut out = Vec::new();
+    for t in &img.tasks {
+        let Some((index, _)) = unheld_controlling_pty(t, img) else {
+            continue;
+        };
+        let Some((_, path)) = slots.get::<Made>().0.get(&index) else {
+            continue;
+        };
+        let fd = open_slave(path, libc::O_RDWR as u32)
+            .map_err(|source| RestoreError::Pty { id: 0, source })?;
+        out.push((t.pid(), fd));
+    }
+    Ok(out)
 }
 
 /// The stub made the slave the session's controlling terminal before forking the session
 /// (a controlling terminal is inherited at fork, and only a leader can acquire one); now that
 /// every group exists, the leader puts the dumped foreground group back.
 fn restore_controlling_tty(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
-    let Some((fd, pgrp)) = controlling_slave(t, img) else {
-        return Ok(());
+    let (fd, pgrp) = match controlling_slave(t, img) {
+        Some((fd, pgrp)) => (Some(fd), pgrp),
+        None => match unheld_controlling_pty(t, img) {
+            Some((_, pgrp)) => (None, pgrp),
+            None => return Ok(()),
+        },
     };
+    // TIOCSCTTY put the leader's own group in the foreground.
+    if pgrp == t.pid() {
+        return Ok(());
+    }
     // The group must be one of the session's. After TIOCSCTTY the leader's group is in the
     // foreground, so the leader may hand it over without SIGTTOU.
     if pgrp != 0
@@ -705,7 +759,20 @@ fn restore_controlling_tty(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result
             .any(|o| o.pstree.pgid == pgrp && o.pstree.sid == t.pid())
     {
         let a = r.put(0, &(pgrp as i32).to_ne_bytes())?;
-        r.call(libc::SYS_ioctl, &[fd as u64, libc::TIOCSPGRP, a])?;
+        match fd {
+            Some(fd) => {
+                r.call(libc::SYS_ioctl, &[fd as u64, libc::TIOCSPGRP, a])?;
+            }
+            None => {
+                // No fd of its own on it: through /dev/tty, opened for the moment.
+                let path = r.put(64, b"/dev/tty\0")?;
+                let flags = (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+                let tty = r.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, path, flags])?;
+                let set = r.call(libc::SYS_ioctl, &[tty as u64, libc::TIOCSPGRP, a]);
+                r.call(libc::SYS_close, &[tty as u64])?;
+                set?;
+            }
+        }
     }
     Ok(())
 }

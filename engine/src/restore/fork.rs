@@ -376,15 +376,17 @@ fn stub_plans(
                 .iter()
                 .filter_map(|f| Some((f.fd as RawFd, *pool.by_file.get(&f.id)?, f.flags & 1 != 0)))
                 .collect(),
-            ctty: crate::files::tty::controlling_slave(t, img).map(|(fd, _)| {
-                let id = t
-                    .fds
-                    .iter()
-                    .find(|f| f.fd as RawFd == fd)
-                    .expect("from t.fds")
-                    .id;
-                pool.by_file[&id]
-            }),
+            ctty: crate::files::tty::controlling_slave(t, img)
+                .map(|(fd, _)| {
+                    let id = t
+                        .fds
+                        .iter()
+                        .find(|f| f.fd as RawFd == fd)
+                        .expect("from t.fds")
+                        .id;
+                    pool.by_file[&id]
+                })
+                .or_else(|| pool.ctty_by_pid.get(&t.pid()).copied()),
             cwd: cstr(name(t.fs.cwd_id))?,
             cwd_fd: img
                 .remaps

@@ -18,6 +18,9 @@ pub(crate) struct Pool {
     pub top: RawFd,
     pub by_file: HashMap<u32, RawFd>,
     pub by_shmid: HashMap<u64, RawFd>,
+    /// A slave of its controlling pty for each session leader that held none (see
+    /// `files::tty::unheld_controlling_pty`), by pid.
+    pub ctty_by_pid: HashMap<u32, RawFd>,
     owned: Vec<OwnedFd>,
 }
 
@@ -45,6 +48,7 @@ impl Pool {
             top: base,
             by_file: HashMap::new(),
             by_shmid: HashMap::new(),
+            ctty_by_pid: HashMap::new(),
             owned: Vec::new(),
         };
         let (order, mapped) = files_to_make(img);
@@ -77,6 +81,10 @@ impl Pool {
             cx.made.insert(id, n);
         }
         pool.by_file = std::mem::take(&mut cx.made);
+        for (pid, fd) in crate::files::tty::slaves_for_unheld_ctty(img, &mut cx.slots)? {
+            let n = pool.place(fd)?;
+            pool.ctty_by_pid.insert(pid, n);
+        }
         // Kind state (ghost files above all) is cleaned up now that every file is open.
         drop(cx);
         for (shmid, (entries, pages_file)) in &img.shmem {

@@ -378,7 +378,14 @@ while True:
         .unwrap();
     let tty_nr = |pid: u32| -> i64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        stat.rsplit(')').next().unwrap().split_whitespace().nth(4).unwrap().parse().unwrap()
+        stat.rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(4)
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let before = tty_nr(child);
     assert_ne!(before, 0, "the child has a controlling terminal");
@@ -394,4 +401,38 @@ while True:
     kill_tree(&pids);
     assert_ne!(after, 0, "a controlling terminal again");
     assert!(hup, "closing the master hangs the leader up");
+}
+
+/// A pty slave whose master was closed (hung up: a job left behind by a closed terminal)
+/// comes back hung up, without --shell-job: it reads end of file, answers EIO to ioctls, and
+/// its link reads deleted as before.
+#[test]
+fn hung_up_pty_slave_comes_back_hung_up() {
+    let _g = serial_root!();
+    let script = r#"
+import os, termios, time
+m, s = os.openpty()
+os.close(m)
+def state():
+    r = "eof" if os.read(s, 1) == b"" else "data"
+    try:
+        termios.tcgetattr(s); r += " termios"
+    except termios.error as e:
+        r += f" errno{e.args[0]}"
+    return r, os.readlink(f"/proc/self/fd/{s}").endswith(" (deleted)")
+i = 0
+while True:
+    r, deleted = state()
+    print(i, r, deleted, flush=True); i += 1; time.sleep(0.01)
+"#;
+    let w = Workload::python("hung-up-pty", script);
+    let first = w.wait_lines(3, T);
+    assert!(first[0].ends_with("eof errno5 True"), "{}", first[0]);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 3, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    let last = after.last().unwrap();
+    assert!(last.ends_with("eof errno5 True"), "{last}");
 }

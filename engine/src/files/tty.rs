@@ -56,6 +56,34 @@ pub fn slave_index(path: &str) -> Option<u32> {
     path.strip_prefix("/dev/pts/")?.parse().ok()
 }
 
+/// The index of a pty slave whose master was closed: the slave is hung up (it reads nothing
+/// and answers EIO) and its devpts node is gone, which its fd link shows.
+pub fn hung_up_index(path: &str) -> Option<u32> {
+    slave_index(path.strip_suffix(" (deleted)")?)
+}
+
+/// A hung-up slave's info: it answers no ioctl, so it has no termios, locked termios or window
+/// size, which is how CRIU marks a hung-up pty (its restore gives it a master that it closes).
+fn hung_up_info(id: u32, index: u32, rdev: u32) -> pb::TtyInfoEntry {
+    pb::TtyInfoEntry {
+        id,
+        r#type: pb::TtyType::Pty as i32,
+        locked: false,
+        exclusive: false,
+        packet_mode: false,
+        sid: 0,
+        pgrp: 0,
+        rdev,
+        termios: None,
+        termios_locked: None,
+        winsize: None,
+        pty: Some(pb::TtyPtyEntry { index }),
+        dev: None,
+        uid: None,
+        gid: None,
+    }
+}
+
 fn termios_of(fd: BorrowedFd<'_>) -> io::Result<pb::TermiosEntry> {
     Ok(entry_of(tcgetattr(fd)?))
 }
@@ -508,6 +536,7 @@ impl FileKind for Pty {
     fn claims(&self, fd: &Fd, cx: &DumpCx) -> bool {
         *fd.class == FdKind::Tty
             && (fd.link == "/dev/ptmx"
+                || hung_up_index(fd.link).is_some()
                 || slave_index(fd.link)
                     .is_some_and(|n| cx.img.tree_ptys.contains(&n) || cx.opts.orphan_pts_master))
     }
@@ -522,6 +551,25 @@ impl FileKind for Pty {
                 source,
             })?;
         let master = link == "/dev/ptmx";
+        if let Some(index) = hung_up_index(link) {
+            let rdev = std::fs::metadata(fd.proc_path())
+                .map_err(|source| FilesError::Inspect {
+                    pid,
+                    fd: fd_no,
+                    source,
+                })?
+                .rdev() as u32;
+            let name = link.strip_suffix(" (deleted)").unwrap_or(link);
+            let id = cx.img.files.add_pty(
+                pid,
+                fd_no,
+                name,
+                fd.flags(),
+                |id| Ok(hung_up_info(id, index, rdev)),
+                (index, false),
+            )?;
+            return Ok((pb::FdTypes::Tty, id));
+        }
         let index = if master {
             master_index(copy.as_fd()).map_err(|source| FilesError::Inspect {
                 pid,
@@ -588,7 +636,10 @@ impl FileKind for Pty {
         let info = &cx.img.tty_infos[&t.tty_info_id];
         let index = info.pty.as_ref().map(|p| p.index).unwrap_or(0);
         let root = cx.img.fs_root.clone();
-        let orphan = !master_in_images(cx.img, index);
+        // Its master was closed (a slave without termios, as CRIU marks it): a new pair whose
+        // master goes when the pool is built, so the slaves are hung up again.
+        let hung_up = info.termios.is_none() && !is_master_info(info);
+        let orphan = !master_in_images(cx.img, index) && !hung_up;
         let made = cx.slots.get::<Made>();
         if let std::collections::hash_map::Entry::Vacant(slot) = made.0.entry(index) {
             if orphan && !cx.opts.orphan_pts_master {

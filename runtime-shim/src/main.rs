@@ -136,6 +136,7 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
     opts.leave_running = c.leave_running;
     opts.shell_job = c.shell_job;
     opts.tcp_established = c.tcp_established;
+    opts.tcp_close = c.tcp_close;
     opts.ext_unix_sk = c.ext_unix_sk.is_some();
     opts.ext_unix_sk_inodes = c.ext_unix_sk.clone().unwrap_or_default();
     opts.file_locks = c.file_locks;

@@ -169,7 +169,7 @@ pub static OPTIONS: &[Spec] = &[
     o("cgroup-props-file", None, Req, Refused),
     o("cgroup-dump-controller", None, Req, Refused),
     b("skip-in-flight", NoOp("connections not yet accepted are always left out (and logged)")),
-    b("tcp-close", Yes("restore established TCP connections as closed sockets")),
+    b("tcp-close", Yes("restore established TCP connections as closed sockets; at dump, without --tcp-established, record them without reading or locking them")),
     o("config", None, Req, Refused),
     o("no-default-config", None, N, NoOp("stasis reads no configuration file")),
     o(

@@ -331,6 +331,28 @@ time.sleep(1e6)
     let pids = dump_kill_restore_with(&w, &["--tcp-established"], &["--tcp-close"]);
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(lines[1], "after b'' BrokenPipeError");
+    // Dumped with --tcp-close (no --tcp-established): recorded without being read or locked,
+    // it can only come back closed, which a restore without the flag says. The killed tree
+    // closes it for real, leaving a TIME_WAIT on the listener's port: a server sets
+    // SO_REUSEADDR to bind again over it, as this one now does.
+    let script = script.replace(
+        "l = socket.socket();",
+        "l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);",
+    );
+    let w = Workload::python("tcp-close-dump", &script);
+    w.wait_lines(1, T);
+    let img = w.images();
+    let pids = dump_kill_then_restore(&w, &["--tcp-close"], &["--tcp-close"], || {
+        let o = stasis(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "a restore without --tcp-close must fail"
+        );
+        assert!(e.contains("--tcp-close"), "{e}");
+    });
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "after b'' BrokenPipeError");
 }
 
 /// Netlink sockets: a uevent monitor bound to a multicast group, an rtnetlink socket bound to

@@ -41,6 +41,9 @@ pub struct DumpOptions {
     pub link_remap: bool,
     /// Dump established TCP connections through TCP_REPAIR (`--tcp-established`).
     pub tcp_established: bool,
+    /// Without `tcp_established`: dump established TCP connections as sockets only, which
+    /// the restore makes closed (`--tcp-close`, as CRIU); they are neither locked nor read.
+    pub tcp_close: bool,
     /// Allow unix datagram sockets connected to a named peer outside the tree (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
     /// Unix sockets of any type whose peer is outside, dumped as external: the restore needs a
@@ -82,6 +85,7 @@ impl DumpOptions {
             ghost_limit: files::DEFAULT_GHOST_LIMIT,
             link_remap: false,
             tcp_established: false,
+            tcp_close: false,
             ext_unix_sk: false,
             ext_unix_sk_inodes: Vec::new(),
             file_locks: false,

@@ -232,7 +232,7 @@ pub enum RestoreError {
         #[source]
         source: crate::files::anon::AnonFdError,
     },
-    #[error("task {pid}: the images hold established TCP connections: restore with --tcp-established (or --tcp-close)")]
+    #[error("task {pid}: the images hold established TCP connections: restore with --tcp-established (or --tcp-close, which those dumped with --tcp-close need)")]
     TcpNeedsFlag { pid: u32 },
     #[error("file id {id} has a kind this version cannot restore")]
     UnknownFileKind { id: u32 },
@@ -372,6 +372,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     step("load")?;
     let mut img = load::load(&opts.images_dir)?;
+    crate::net::inet::file::check_tcp_flags(&img, opts)?;
     if !opts.skip_cpu_check {
         check_cpu_features(&img)?;
     }

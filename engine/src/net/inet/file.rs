@@ -106,7 +106,11 @@ impl FileKind for InetSocket {
             0,
             ino,
             fd.flags(),
-            cx.opts.tcp_established,
+            match (cx.opts.tcp_established, cx.opts.tcp_close) {
+                (true, _) => super::Established::Repair,
+                (false, true) => super::Established::Close,
+                (false, false) => super::Established::Refuse,
+            },
             &mut lock_conn,
             shutdowns,
         )
@@ -144,12 +148,8 @@ impl FileKind for InetSocket {
         let id = entry.id;
         let inet_err = |source| RestoreError::Socket { id, source };
         let stream = cx.img.tcp_streams.get(&e.ino);
-        if stream.is_some() && !cx.opts.tcp_established && !cx.opts.tcp_close {
-            return Err(RestoreError::TcpNeedsFlag {
-                pid: cx.img.tasks[0].pid(),
-            });
-        }
-        let fd = if stream.is_some() && cx.opts.tcp_close {
+        let established = e.proto == libc::IPPROTO_TCP as u32 && e.state == 1;
+        let fd = if established && cx.opts.tcp_close {
             // --tcp-close: the connection is gone; the task gets a closed socket.
             let closed = pb::InetSkEntry {
                 state: 7,
@@ -178,4 +178,27 @@ impl FileKind for InetSocket {
         };
         Ok(Some(fd))
     }
+}
+
+/// Established TCP connections need --tcp-established (with their streams) or --tcp-close
+/// at restore; one dumped with --tcp-close (no stream) only the latter. Checked before
+/// anything is made.
+pub(crate) fn check_tcp_flags(
+    img: &DumpImage,
+    opts: &crate::restore::RestoreOptions,
+) -> Result<(), RestoreError> {
+    if opts.tcp_close {
+        return Ok(());
+    }
+    let unrestorable = img.files.values().filter_map(|f| f.isk.as_ref()).any(|e| {
+        e.proto == libc::IPPROTO_TCP as u32
+            && e.state == 1
+            && (!opts.tcp_established || !img.tcp_streams.contains_key(&e.ino))
+    });
+    if unrestorable {
+        return Err(RestoreError::TcpNeedsFlag {
+            pid: img.tasks[0].pid(),
+        });
+    }
+    Ok(())
 }

@@ -155,6 +155,17 @@ pub struct Dumped {
     pub stream: Option<(pb::TcpStreamEntry, Vec<u8>, Vec<u8>, TcpLock)>,
 }
 
+/// What the dump does with an established TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Established {
+    /// Reads it in repair mode, locked, for the restore to rebuild (`--tcp-established`).
+    Repair,
+    /// Records the socket only: the restore makes it a closed socket (`--tcp-close`).
+    Close,
+    /// Refuses it.
+    Refuse,
+}
+
 /// Reads an inet socket through `sock`, a copy of the task's fd.
 /// `lock(local_port, remote_port)` is called for an established connection before anything of
 /// it is read, so that nothing reaches it from then on (the network lock).
@@ -163,7 +174,7 @@ pub fn dump(
     id: u32,
     ino: u64,
     flags: u32,
-    tcp_established: bool,
+    established: Established,
     lock: &mut dyn FnMut(u16, u16) -> io::Result<()>,
     shutdowns: &mut diag::Shutdowns,
 ) -> Result<Dumped, InetError> {
@@ -224,7 +235,7 @@ pub fn dump(
             state,
         });
     }
-    if tcp && state == TCP_ESTABLISHED && !tcp_established {
+    if tcp && state == TCP_ESTABLISHED && established == Established::Refuse {
         return Err(InetError::EstablishedNeedsFlag { local, remote });
     }
     let opts = sk_opts(fd, tcp);
@@ -266,7 +277,7 @@ pub fn dump(
         shutdown: shutdown_state(shutdowns, family, proto, tcp, state, ino as u32),
         tcp_opts,
     };
-    let stream = if tcp && state == TCP_ESTABLISHED {
+    let stream = if tcp && state == TCP_ESTABLISHED && established == Established::Repair {
         lock(sport as u16, dport as u16)
             .map_err(sys(format!("locking the network for {local} -> {remote}")))?;
         Some(dump_stream(sock)?)

@@ -459,7 +459,10 @@ fn load_tcp(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
             continue;
         }
         let file = names::tcp_stream(isk.ino);
-        let bytes = read(dir, &file)?;
+        // None: dumped with --tcp-close, to come back closed (the restore checks the flag).
+        let Some(bytes) = read_optional(dir, &file)? else {
+            continue;
+        };
         let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::TCP_STREAM)?;
         let e: pb::TcpStreamEntry = r.next_required()?;
         let inq = r.raw(e.inq_len as u64)?.to_vec();

@@ -65,6 +65,30 @@ fn has_pages(t: &load::TaskImage, v: &pb::VmaEntry) -> bool {
         .any(|e| e.vaddr < v.end && e.vaddr + load::nr_pages(e) * PAGE_SIZE > v.start)
 }
 
+/// The pid here of the task that is `ns_pid` in the pid namespace whose init is `root` (a pid
+/// here): found among `root`'s descendants by the last field of their `NSpid`.
+pub fn host_pid(root: u32, ns_pid: u32) -> Option<u32> {
+    let mut queue = vec![root];
+    while let Some(p) = queue.pop() {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        let inner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse::<u32>().ok());
+        if inner == Some(ns_pid) {
+            return Some(p);
+        }
+        let kids =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        queue.extend(
+            kids.split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok()),
+        );
+    }
+    None
+}
+
 /// Per task (in image order), its premapped areas, laid out from `base` with a page before
 /// each area so that none merges with its neighbour. Empty for all when no live task has live
 /// children.
@@ -117,13 +141,9 @@ pub fn plan(img: &DumpImage, base: u64) -> Vec<Vec<Premap>> {
     out
 }
 
-/// The premapped areas of every task (see mm::premap), laid out where nothing else is; none if
-/// no task has children or no room is found (the children then get copies), and none for a
-/// tree in its own pid or user namespace (`in_ns`), whose pages are written from inside.
-pub fn for_tree(img: &DumpImage, trampoline: u64, in_ns: bool) -> Vec<Vec<Premap>> {
-    if in_ns {
-        return Vec::new();
-    }
+/// The premapped areas of every task, laid out where nothing else is; none if no task has
+/// children or no room is found (the children then get copies).
+pub fn for_tree(img: &DumpImage, trampoline: u64) -> Vec<Vec<Premap>> {
     let room = room(img);
     if room == 0 {
         return Vec::new();
@@ -174,15 +194,16 @@ pub fn pick_base(img: &DumpImage, room: u64, trampoline: u64) -> Option<u64> {
     None
 }
 
-/// Fills the premapped areas of task `t` (pid `pid`), whose stub waits for it: its own
-/// completely, the inherited ones where its image disagrees with what it inherited. Returns
-/// (pages written, pages left shared).
+/// Fills the premapped areas of task `t`, whose stub waits for it (`pid`: its pid here, which
+/// differs from the dumped one in a pid namespace): its own completely, the inherited ones
+/// where its image disagrees with what it inherited. Returns (pages written, pages left
+/// shared).
 pub fn fill(
     dir: &Path,
     t: &load::TaskImage,
+    pid: u32,
     premaps: &[Premap],
 ) -> Result<(u64, u64), RestoreError> {
-    let pid = t.pid();
     let mem = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

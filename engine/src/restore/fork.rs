@@ -204,7 +204,18 @@ pub(super) fn fork_tree(
         base: pool.base,
     };
     drop(pool);
-    let premapped = wait_ready(&ready_r, img, &mut created, &premaps, gate.as_ref())?;
+    // In a pid namespace the stubs report the pids they see there.
+    let ns_root = (own_pidns || ext_pidns.is_some())
+        .then_some(created.root)
+        .flatten();
+    let premapped = wait_ready(
+        &ready_r,
+        img,
+        &mut created,
+        &premaps,
+        gate.as_ref(),
+        ns_root,
+    )?;
     Ok((created, files, premapped))
 }
 
@@ -232,6 +243,7 @@ fn wait_ready(
     created: &mut Created,
     premaps: &[Vec<Premap>],
     gate: Option<&Gate>,
+    ns_root: Option<u32>,
 ) -> Result<u64, RestoreError> {
     let mut deadline = Instant::now() + Duration::from_secs(30);
     let mut premapped = 0;
@@ -286,8 +298,18 @@ fn wait_ready(
                             what: "premapping (an unknown pid)",
                             errno: libc::ESRCH as u32,
                         })?;
+                let here = match ns_root {
+                    Some(root) => {
+                        crate::mm::premap::host_pid(root, pid).ok_or(RestoreError::Stub {
+                            pid,
+                            what: "premapping (its pid here not found)",
+                            errno: libc::ESRCH as u32,
+                        })?
+                    }
+                    None => pid,
+                };
                 let (written, shared) =
-                    crate::mm::premap::fill(&img.dir, &img.tasks[idx], &premaps[idx])?;
+                    crate::mm::premap::fill(&img.dir, &img.tasks[idx], here, &premaps[idx])?;
                 log::debug!(
                     "task {pid}: premapped {written} pages, {shared} left shared with its parent"
                 );

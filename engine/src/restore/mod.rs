@@ -445,7 +445,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
-    let premaps = crate::mm::premap::for_tree(&img, trampoline, in_pidns || holder.is_some());
+    let premaps = crate::mm::premap::for_tree(&img, trampoline);
     let stub_mounts = match mounts.as_mut() {
         Some(early) => {
             early.leave()?;

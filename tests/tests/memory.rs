@@ -244,3 +244,74 @@ fn memory_shared_copy_on_write_with_a_child_stays_shared() {
         "shared after the restore: {pss} of {rss} kB"
     );
 }
+
+/// hugetlb memory, private and shared (a child writes the shared one), comes back as hugetlb
+/// with its content. Needs huge pages: reserved for the test if none are (and given back).
+#[test]
+fn hugetlb_memory_private_and_shared_comes_back() {
+    let _g = serial_root!();
+    let knob = "/proc/sys/vm/nr_hugepages";
+    let had: u64 = std::fs::read_to_string(knob)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if had < 8 && std::fs::write(knob, "8").is_err() {
+        skip(test_name!(), "cannot reserve huge pages");
+        return;
+    }
+    let free: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if free < 8 {
+        let _ = std::fs::write(knob, had.to_string());
+        skip(
+            test_name!(),
+            &format!("only {free} free huge pages (8 needed)"),
+        );
+        return;
+    }
+    let script = r#"
+import hashlib, mmap, os, time
+HUGE = 0x40000
+priv = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | HUGE)
+shared = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | HUGE)
+for i in range(0, 4 << 20, 4096):
+    priv[i:i + 8] = i.to_bytes(8, "little")
+if os.fork() == 0:
+    shared[0:5] = b"child"
+    while True: time.sleep(1)
+time.sleep(0.2)
+i = 0
+while True:
+    print(i, hashlib.sha1(priv[:]).hexdigest()[:12], bytes(shared[0:5]).decode(), flush=True)
+    i += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("hugetlb", script);
+    let first = w.wait_lines(3, T);
+    let huge_areas = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("KernelPageSize:") && l.contains("2048 kB"))
+            .count()
+    };
+    let before = huge_areas(w.pid);
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 3, T);
+    let areas = huge_areas(w.pid);
+    kill_tree(&pids);
+    let _ = std::fs::write(knob, had.to_string());
+    counter_is_continuous(&after);
+    let tail = |l: &str| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
+    assert_eq!(tail(after.last().unwrap()), tail(&first[2]), "content kept");
+    assert!(first[2].ends_with("child"), "{}", first[2]);
+    assert_eq!(
+        (before, areas),
+        (2, 2),
+        "both areas hugetlb before and after"
+    );
+}

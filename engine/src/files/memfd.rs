@@ -74,7 +74,7 @@ impl FileTable {
                     shmid: md.ino() as u32,
                     seals,
                     inode_id: md.ino(),
-                    hugetlb_flag: None,
+                    hugetlb_flag: hugetlb_flag(open),
                     mode: Some(md.mode()),
                 },
             ));
@@ -101,20 +101,42 @@ impl FileTable {
     }
 }
 
+/// A memfd on hugetlbfs (MFD_HUGETLB): CRIU's `hugetlb_flag`, MFD_HUGETLB with log2 of the
+/// page size (its block size) in the MFD_HUGE_SHIFT bits.
+fn hugetlb_flag(open: &str) -> Option<u32> {
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    let st = nix::sys::statfs::statfs(open).ok()?;
+    if st.filesystem_type().0 as i64 != HUGETLBFS_MAGIC {
+        return None;
+    }
+    let size = st.block_size() as u64;
+    Some(libc::MFD_HUGETLB | (size.trailing_zeros() << 26))
+}
+
 /// A memfd with its name, content and seals; more open descriptions of the same inode are
 /// reopened from it through /proc/self/fd.
 pub fn create_memfd(inode: &pb::MemfdInodeEntry, content: &[u8]) -> Result<OwnedFd, AnonFdError> {
     let name = std::ffi::CString::new(inode.name.as_bytes()).unwrap_or_default();
-    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    // CRIU 4.2 saves shared hugetlb memory as a memfd with MFD_HUGETLB and the page size.
+    let huge = inode.hugetlb_flag.unwrap_or(0) & (libc::MFD_HUGETLB | (0x3f << 26));
+    let flags = MFdFlags::MFD_CLOEXEC
+        | MFdFlags::MFD_ALLOW_SEALING
+        | MFdFlags::from_bits_retain(huge as libc::c_uint);
     let fd = memfd_create(name.as_c_str(), flags).map_err(anon::create_err("memfd"))?;
     let err = |source| AnonFdError::Create {
         kind: "memfd",
         source,
     };
     let f = std::fs::File::from(fd.try_clone().map_err(err)?);
-    use std::os::unix::fs::FileExt;
-    f.write_all_at(content, 0).map_err(err)?;
-    f.set_len(inode.size).map_err(err)?;
+    if huge != 0 {
+        // hugetlbfs has no write(): sized first, filled through a mapping.
+        f.set_len(inode.size).map_err(err)?;
+        fill_through_mapping(&fd, inode.size, content).map_err(err)?;
+    } else {
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(content, 0).map_err(err)?;
+        f.set_len(inode.size).map_err(err)?;
+    }
     // Its owner and mode, as CRIU restores them (memfd_create gives root's and 0777).
     std::os::unix::fs::fchown(&f, Some(inode.uid), Some(inode.gid)).map_err(err)?;
     if let Some(mode) = inode.mode {
@@ -127,6 +149,32 @@ pub fn create_memfd(inode: &pb::MemfdInodeEntry, content: &[u8]) -> Result<Owned
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| err(e.into()))?;
     }
     Ok(fd)
+}
+
+/// Copies `content` to the start of the `size`-byte file `fd` through a shared mapping.
+fn fill_through_mapping(fd: &OwnedFd, size: u64, content: &[u8]) -> std::io::Result<()> {
+    let len = content.len().min(size as usize);
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: a fresh shared mapping of our own file, `size` bytes, unmapped below; we copy
+    // at most `size` bytes into it.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(content.as_ptr(), at.cast::<u8>(), len);
+        libc::munmap(at, size as usize);
+    }
+    Ok(())
 }
 
 /// The memfd kind.

@@ -40,13 +40,15 @@ pub struct Premap {
 }
 
 /// Private writable memory, anonymous or a file's, that mremap can move as it is: not a stack
-/// (it grows), not locked, not droppable.
+/// (it grows), not locked, not droppable, not hugetlb.
 pub fn eligible(v: &pb::VmaEntry) -> bool {
     const MAP_DROPPABLE: u32 = 0x08;
     let kinds = VMA_AREA_REGULAR | VMA_AREA_HEAP | VMA_ANON_PRIVATE | VMA_FILE_PRIVATE;
     v.status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) != 0
         && v.status & !kinds == 0
-        && v.flags & (libc::MAP_SHARED | libc::MAP_GROWSDOWN | libc::MAP_LOCKED) as u32 == 0
+        && v.flags
+            & (libc::MAP_SHARED | libc::MAP_GROWSDOWN | libc::MAP_LOCKED | libc::MAP_HUGETLB) as u32
+            == 0
         && v.flags & MAP_DROPPABLE == 0
         && v.prot & libc::PROT_WRITE as u32 != 0
 }

@@ -254,14 +254,21 @@ pub(crate) fn make_shmem(
     size: u64,
     entries: &[pb::PagemapEntry],
     pages: &Path,
+    huge: u32,
 ) -> Result<OwnedFd, RestoreError> {
+    // hugetlb memory (`huge`: MAP_HUGETLB and the page size bits of its mappings) comes in
+    // whole huge pages, and is filled through the mapping (hugetlbfs has no write()).
+    let size = match huge_page_size(huge) {
+        Some(h) => size.div_ceil(h) * h,
+        None => size,
+    };
     // SAFETY: a fresh shared anonymous mapping of `size` bytes, unmapped below.
     let addr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             size as usize,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | huge as libc::c_int,
             -1,
             0,
         )
@@ -314,9 +321,34 @@ pub(crate) fn make_shmem(
     result
 }
 
+/// The huge page size mmap flags name (MAP_HUGETLB with log2 of the size in the
+/// MAP_HUGE_SHIFT bits; no size bits: the default, 2 MiB on x86_64); None without MAP_HUGETLB.
+pub(crate) fn huge_page_size(flags: u32) -> Option<u64> {
+    if flags & libc::MAP_HUGETLB as u32 == 0 {
+        return None;
+    }
+    let shift = (flags >> libc::MAP_HUGE_SHIFT) & libc::MAP_HUGE_MASK as u32;
+    Some(if shift == 0 { 2 << 20 } else { 1 << shift })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_page_sizes_from_mmap_flags() {
+        let h = libc::MAP_HUGETLB as u32;
+        assert_eq!(huge_page_size(0), None);
+        assert_eq!(huge_page_size(h), Some(2 << 20));
+        assert_eq!(
+            huge_page_size(h | (21 << libc::MAP_HUGE_SHIFT)),
+            Some(2 << 20)
+        );
+        assert_eq!(
+            huge_page_size(h | (30 << libc::MAP_HUGE_SHIFT)),
+            Some(1 << 30)
+        );
+    }
 
     fn entry(vaddr: u64, nr_pages: u64) -> pb::PagemapEntry {
         pb::PagemapEntry {

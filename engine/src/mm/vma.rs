@@ -185,8 +185,9 @@ fn vma_entry(m: &Mapping) -> pb::VmaEntry {
         flags |= libc::MAP_LOCKED as u32;
     }
     // `nr` is VM_NORESERVE itself: glibc's thread arenas reserve PROT_NONE space that way.
-    // A writable private mapping that is not accounted was made with MAP_NORESERVE too.
-    if m.has_flag("nr") || (!m.shared && m.write && !m.has_flag("ac")) {
+    // A writable private mapping that is not accounted was made with MAP_NORESERVE too, but
+    // for hugetlb memory (`ht`), which is never accounted so.
+    if m.has_flag("nr") || (!m.shared && m.write && !m.has_flag("ac") && !m.has_flag("ht")) {
         flags |= libc::MAP_NORESERVE as u32;
     }
     pb::VmaEntry {
@@ -286,7 +287,29 @@ fn classify(
         }
         p if p.starts_with("/memfd:") => memfd_vma(pid, m, vma, img, stats),
         p if p.starts_with("/[aio]") => Err(unsupported(pid, m, "an AIO ring")),
-        p if p.starts_with("/anon_hugepage") => Err(unsupported(pid, m, "hugetlb memory")),
+        p if p.starts_with("/anon_hugepage") => {
+            // hugetlb memory, as CRIU records it: anonymous, with MAP_HUGETLB and the huge
+            // page size (log2, in the bits mmap takes it) in the flags.
+            let size = m.kernel_page_kb * 1024;
+            if !size.is_power_of_two() || size <= PAGE_SIZE {
+                return Err(unsupported(
+                    pid,
+                    m,
+                    "hugetlb memory of an unknown page size",
+                ));
+            }
+            vma.flags |= (libc::MAP_ANONYMOUS | libc::MAP_HUGETLB) as u32
+                | (size.trailing_zeros() << libc::MAP_HUGE_SHIFT);
+            if m.shared {
+                vma.status |= VMA_ANON_SHARED;
+                vma.shmid = m.inode;
+                dump_shmem(pid, m, img, stats)?;
+                Ok(None)
+            } else {
+                vma.status |= VMA_ANON_PRIVATE;
+                Ok(Some(PageSelect::Anon))
+            }
+        }
         p if m.shared && p.ends_with(" (deleted)") && m.dev_major == 0 && m.dev_minor <= 1 => {
             Err(unsupported(pid, m, "shared memory of an unknown kind"))
         }
@@ -694,6 +717,8 @@ fn map_vmas<'a>(
             v.prot
         };
         let keep = (MAP_DROPPABLE as i32
+            | libc::MAP_HUGETLB
+            | (libc::MAP_HUGE_MASK << libc::MAP_HUGE_SHIFT)
             | libc::MAP_SHARED
             | libc::MAP_PRIVATE
             | libc::MAP_ANONYMOUS
@@ -849,6 +874,7 @@ mod tests {
             inode: 0,
             path: String::new(),
             vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+            kernel_page_kb: 0,
         }
     }
 

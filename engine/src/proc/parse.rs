@@ -137,6 +137,8 @@ pub struct Mapping {
     pub path: String,
     /// Two-letter `VmFlags` of smaps (`rd wr mr ...`); empty when read from `maps`.
     pub vm_flags: Vec<String>,
+    /// smaps' `KernelPageSize` in kB (a hugetlb area's huge page size); 0 from `maps`.
+    pub kernel_page_kb: u64,
 }
 
 impl Mapping {
@@ -179,6 +181,7 @@ fn parse_map_line(line: &str) -> Result<Mapping, ParseError> {
         inode: inode.parse().map_err(|_| perr("maps", line))?,
         path,
         vm_flags: Vec::new(),
+        kernel_page_kb: 0,
     })
 }
 
@@ -204,6 +207,14 @@ pub fn parse_maps(text: &str) -> Result<Vec<Mapping>, ParseError> {
         } else if let Some(flags) = line.strip_prefix("VmFlags:") {
             if let Some(m) = out.last_mut() {
                 m.vm_flags = flags.split_whitespace().map(str::to_string).collect();
+            }
+        } else if let Some(size) = line.strip_prefix("KernelPageSize:") {
+            if let Some(m) = out.last_mut() {
+                m.kernel_page_kb = size
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
             }
         }
     }

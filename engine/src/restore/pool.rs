@@ -101,7 +101,19 @@ impl Pool {
                 )
                 .max()
                 .unwrap_or(0);
-            let fd = make_shmem(size, entries, &img.dir.join(pages_file))?;
+            // MAP_HUGETLB and its page size, from the mappings of the object.
+            let huge = img
+                .tasks
+                .iter()
+                .flat_map(|t| t.mm.vmas.iter())
+                .filter(|v| v.status & VMA_ANON_SHARED != 0 && v.shmid == *shmid)
+                .map(|v| {
+                    v.flags
+                        & (libc::MAP_HUGETLB | (libc::MAP_HUGE_MASK << libc::MAP_HUGE_SHIFT)) as u32
+                })
+                .find(|&f| f != 0)
+                .unwrap_or(0);
+            let fd = make_shmem(size, entries, &img.dir.join(pages_file), huge)?;
             let n = pool.place(fd)?;
             pool.by_shmid.insert(*shmid, n);
         }

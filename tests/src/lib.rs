@@ -374,7 +374,17 @@ pub fn fingerprint(pid: u32) -> Vec<String> {
                 u64::from_str_radix(b, 16).unwrap(),
                 f[1].to_string(),
                 f[2].to_string(),
-                f.get(5..).map(|p| p.join(" ")).unwrap_or_default(),
+                // A mapped socket (a packet ring) is a new socket: its inode differs.
+                f.get(5..)
+                    .map(|p| p.join(" "))
+                    .map(|p| {
+                        if p.starts_with("socket:[") {
+                            "socket:[…]".into()
+                        } else {
+                            p
+                        }
+                    })
+                    .unwrap_or_default(),
                 String::new(),
             ));
         }

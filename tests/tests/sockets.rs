@@ -958,3 +958,53 @@ while True:
         "both ends go on: {lines:?}"
     );
 }
+
+/// Packet sockets: one bound to lo for IP with a fanout group and a membership, one raw with
+/// TPACKET_V2 and a mapped rx ring, come back with their binding and options, and the bound one
+/// still receives what is sent on lo.
+#[test]
+fn packet_sockets_keep_binding_options_and_ring() {
+    let _g = serial_root!();
+    let script = r#"
+import mmap, os, socket, struct, time
+SOL_PACKET, ADD_MEMBERSHIP, RX_RING, AUXDATA, VERSION, FANOUT = 263, 1, 5, 8, 10, 18
+ip = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+ip.bind(("lo", 0x0800))
+ip.setsockopt(SOL_PACKET, AUXDATA, 1)
+ip.setsockopt(SOL_PACKET, ADD_MEMBERSHIP, struct.pack("iHH8s", socket.if_nametoindex("lo"), 1, 0, b""))  # PACKET_MR_PROMISC
+ip.setsockopt(SOL_PACKET, FANOUT, 7)
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+raw.setsockopt(SOL_PACKET, VERSION, 1)  # TPACKET_V2
+raw.setsockopt(SOL_PACKET, RX_RING, struct.pack("IIII", 4096, 1, 1024, 4))
+ring = mmap.mmap(raw.fileno(), 4096)
+ip.settimeout(5)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def state():
+    name = ip.getsockname()
+    return (name[0], hex(name[1]), ip.getsockopt(SOL_PACKET, AUXDATA),
+            ip.getsockopt(SOL_PACKET, FANOUT), raw.getsockopt(SOL_PACKET, VERSION), len(ring))
+print("before", *state(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+udp.sendto(b"ping-after-restore", ("127.0.0.1", 9))
+got = b""
+while b"ping-after-restore" not in got:
+    got = ip.recv(2048)
+print("after", *state(), "received", flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("packet", script);
+    let first = w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    let tail = |l: &str| {
+        l.split_whitespace()
+            .skip(1)
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(first[0], "before lo 0x800 1 7 1 4096", "{first:?}");
+    assert_eq!(tail(&lines[1]), tail(&first[0]), "{lines:?}");
+    assert!(lines[1].ends_with("received"), "{lines:?}");
+}

@@ -33,6 +33,7 @@ kind::file_kinds! {
         crate::net::unix::file::UnixSocket,
         crate::net::inet::file::InetSocket,
         crate::net::netlink::NetlinkSocket,
+        crate::net::packet::PacketSocket,
     }
 }
 
@@ -80,6 +81,13 @@ pub enum FilesError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("pid {pid} fd {fd}")]
+    Packet {
+        pid: u32,
+        fd: i32,
+        #[source]
+        source: crate::net::packet::PacketError,
     },
     #[error("pid {pid} fd {fd}")]
     Netlink {
@@ -608,6 +616,15 @@ impl FileTable {
     /// (which removes them).
     pub fn keep_links(&mut self) {
         self.made_links.clear();
+    }
+
+    /// The file id of the packet socket with inode `ino`, if an fd of the tree holds it.
+    pub fn packet_socket_id(&self, ino: u64) -> Option<u32> {
+        self.seen
+            .iter()
+            .filter(|s| s.3 == ino)
+            .map(|s| s.4)
+            .find(|id| self.entries.iter().any(|e| e.id == *id && e.psk.is_some()))
     }
 
     /// The id and fd type of the file already recorded that `fd` of `pid` shares, if any.

@@ -332,6 +332,23 @@ fn classify(
             vma.status |= VMA_FILE_PRIVATE;
             Ok(Some(PageSelect::PrivateFile))
         }
+        p if p.starts_with("socket:[") => {
+            // A packet socket's ring, mapped by the task: the socket (an fd of the tree, dumped
+            // before the memory) is mapped again once its rings are set up, as CRIU does. The
+            // frames are the kernel's, not saved.
+            let Some(id) = img.files.packet_socket_id(m.inode) else {
+                return Err(unsupported(
+                    pid,
+                    m,
+                    "a socket mapping whose socket no fd holds",
+                ));
+            };
+            // CRIU's form: VMA_AREA_SOCKET alone, the socket's file id as shmid.
+            vma.shmid = id as u64;
+            vma.status |= VMA_AREA_SOCKET;
+            vma.fdflags = Some(libc::O_RDWR as u32);
+            Ok(None)
+        }
         _ => Err(unsupported(pid, m, "an unknown kind of mapping")),
     }
 }
@@ -726,7 +743,7 @@ fn map_vmas<'a>(
             | libc::MAP_NORESERVE
             | libc::MAP_LOCKED) as u32;
         let mut flags = (v.flags & keep) | libc::MAP_FIXED as u32;
-        let (fd, off) = if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED) != 0 {
+        let (fd, off) = if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED | VMA_AREA_SOCKET) != 0 {
             (file_fd(fd_of_file, pid, v.shmid as u32)? as u64, v.pgoff)
         } else if v.status & VMA_ANON_SHARED != 0 {
             flags &= !(libc::MAP_ANONYMOUS as u32);
@@ -742,6 +759,7 @@ fn map_vmas<'a>(
             attach_sysv(r, pid, v)?;
             continue;
         }
+
         let got = r.call(
             libc::SYS_mmap,
             &[v.start, len, map_prot as u64, flags as u64, fd, off],

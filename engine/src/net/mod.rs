@@ -2,6 +2,7 @@
 
 pub mod inet;
 pub mod netlink;
+pub mod packet;
 pub mod unix;
 
 use std::os::fd::AsFd;

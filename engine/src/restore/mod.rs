@@ -194,6 +194,8 @@ pub enum RestoreError {
     },
     #[error(transparent)]
     Netlink(#[from] crate::net::netlink::NetlinkError),
+    #[error(transparent)]
+    Packet(#[from] crate::net::packet::PacketError),
     #[error("timed out waiting for the forked tasks to get ready")]
     Timeout,
     #[error(transparent)]

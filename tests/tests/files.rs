@@ -885,3 +885,58 @@ while True:
         "the deleted symlink is gone again"
     );
 }
+
+/// A fanotify group with an inode mark and a mount mark (with an ignored mask) comes back with
+/// both: closing a written file after the restore is reported on the inode mark.
+#[test]
+fn fanotify_marks_come_back_and_report_events() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+FAN_NONBLOCK, FAN_CLOSE_WRITE, FAN_OPEN, FAN_ACCESS = 0x2, 0x8, 0x20, 0x1
+FAN_MARK_ADD, FAN_MARK_MOUNT, FAN_MARK_IGNORED_MASK = 0x1, 0x10, 0x20
+open("watched", "w").close()
+fa = libc.fanotify_init(FAN_NONBLOCK, os.O_RDONLY)
+assert fa >= 0, ctypes.get_errno()
+assert libc.fanotify_mark(fa, FAN_MARK_ADD, FAN_CLOSE_WRITE, -100, b"watched") == 0
+assert libc.fanotify_mark(fa, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_OPEN, -100, b".") == 0
+assert libc.fanotify_mark(fa, FAN_MARK_ADD | FAN_MARK_MOUNT | FAN_MARK_IGNORED_MASK, FAN_ACCESS, -100, b".") == 0
+def drain():
+    try:
+        while os.read(fa, 4096): pass
+    except BlockingIOError:
+        pass
+drain()
+print("marks", len(list(l for l in open(f"/proc/self/fdinfo/{fa}") if l.startswith("fanotify ino") or l.startswith("fanotify mnt_id"))), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+drain()
+with open("watched", "w") as f:
+    f.write("x")
+time.sleep(0.1)
+seen = set()
+try:
+    buf = os.read(fa, 4096)
+    off = 0
+    while off + 24 <= len(buf):
+        ln, _, _, _, mask, efd, pid = struct.unpack_from("IBBHQii", buf, off)
+        if mask & FAN_CLOSE_WRITE and efd >= 0 and os.readlink(f"/proc/self/fd/{efd}").endswith("/watched"):
+            seen.add("close_write")
+        if mask & FAN_OPEN:
+            seen.add("open")
+        if efd >= 0: os.close(efd)
+        off += ln
+except BlockingIOError:
+    pass
+print("after", " ".join(sorted(seen)), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("fanotify", script);
+    let first = w.wait_lines(1, T);
+    assert_eq!(first[0], "marks 2", "{first:?}");
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "after close_write open", "{lines:?}");
+}

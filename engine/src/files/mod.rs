@@ -24,6 +24,7 @@ kind::file_kinds! {
         timerfd => TimerFd,
         signalfd => SignalFd,
         inotify => Inotify,
+        fanotify => Fanotify,
         epoll => Epoll,
         memfd => Memfd,
         pidfd => Pidfd,
@@ -103,6 +104,8 @@ pub enum FilesError {
         #[source]
         source: crate::files::anon::AnonFdError,
     },
+    #[error("pid {pid} fd {fd}: {what} cannot be found again (fanotify)")]
+    Fanotify { pid: u32, fd: i32, what: String },
     #[error("pid {pid} fd {fd}: the file watched by inotify watch {wd} cannot be found again")]
     InotifyPath { pid: u32, fd: i32, wd: u32 },
     #[error("pid {pid} fd {fd}: epoll target {tfd} was closed after it was added, and no other fd of the task holds its file under a number the epoll does not use already; not supported")]
@@ -135,6 +138,7 @@ pub enum FdKind {
     SignalFd,
     EventPoll,
     Inotify,
+    Fanotify,
     Memfd,
     /// A pidfd (anon inode before Linux 6.9's pidfs, which shows the same link).
     Pidfd,
@@ -168,6 +172,7 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
             "[signalfd]" => FdKind::SignalFd,
             "[eventpoll]" => FdKind::EventPoll,
             "inotify" => FdKind::Inotify,
+            "[fanotify]" => FdKind::Fanotify,
             "[pidfd]" => FdKind::Pidfd,
             _ => FdKind::Unsupported(what.trim_matches(|c| c == '[' || c == ']').to_string()),
         });

@@ -1008,3 +1008,39 @@ time.sleep(1e6)
     assert_eq!(tail(&lines[1]), tail(&first[0]), "{lines:?}");
     assert!(lines[1].ends_with("received"), "{lines:?}");
 }
+
+/// A TCP connection both sides shut down for writing is closed, and unhashed (sock_diag no
+/// longer lists it): it still reads end of file and refuses writes after the restore.
+#[test]
+fn tcp_socket_closed_both_ways_still_reads_end_of_file() {
+    let _g = serial_root!();
+    let script = r#"
+import os, signal, socket, time
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(1)
+c = socket.create_connection(l.getsockname()); s, _ = l.accept(); l.close()
+c.shutdown(socket.SHUT_WR); s.shutdown(socket.SHUT_WR)
+time.sleep(0.2)
+def state(k):
+    try:
+        r = repr(k.recv(1))
+    except OSError as e:
+        r = type(e).__name__
+    try:
+        k.send(b"x"); w = "sent"
+    except OSError as e:
+        w = type(e).__name__
+    return r + "/" + w
+print("before", state(c), state(s), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", state(c), state(s), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("tcp-closed-both", script);
+    let first = w.wait_lines(1, T);
+    assert_eq!(first[0], "before b''/BrokenPipeError b''/BrokenPipeError");
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "after b''/BrokenPipeError b''/BrokenPipeError");
+}

@@ -274,7 +274,7 @@ pub fn dump(
         ip_opts,
         ifname: None,
         ns_id: None,
-        shutdown: shutdown_state(shutdowns, family, proto, tcp, state, ino as u32),
+        shutdown: shutdown_state(shutdowns, (family, proto, tcp, state), ino as u32, fd),
         tcp_opts,
     };
     let stream = if tcp && state == TCP_ESTABLISHED && established == Established::Repair {
@@ -287,6 +287,18 @@ pub fn dump(
     Ok(Dumped { entry, stream })
 }
 
+/// Whether `sock` has its read side shut down (poll's POLLRDHUP, at once).
+fn read_shut_by_poll(sock: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd of ours, without waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLRDHUP != 0
+}
+
 /// The socket options of the image (one that cannot be read is 0, as CRIU leaves it).
 /// A datagram socket's or a closed TCP socket's shutdown state, from inet_diag (as CRIU's
 /// `sk_shutdown`: 1 read, 2 write, 3 both); None when nothing is shut. An established TCP
@@ -294,16 +306,18 @@ pub fn dump(
 /// keeps none (logged).
 fn shutdown_state(
     shutdowns: &mut diag::Shutdowns,
-    family: u32,
-    proto: u32,
-    tcp: bool,
-    state: u8,
+    (family, proto, tcp, state): (u32, u32, bool, u8),
     ino: u32,
+    sock: BorrowedFd<'_>,
 ) -> Option<i32> {
     if tcp && state != TCP_CLOSE {
         return None;
     }
     match shutdowns.of(family as u8, proto as u8, ino) {
+        // A TCP socket closed after both sides shut down is unhashed: sock_diag no longer
+        // lists it. Its read side shows in poll (POLLRDHUP); its write side cannot, and needs
+        // not: a closed socket refuses writes with EPIPE either way. Made both, as it is.
+        Ok(None) if tcp => read_shut_by_poll(sock).then_some(3),
         Ok(s) => s.filter(|&s| s != 0).map(i32::from),
         Err(e) => {
             log::warn!("shutdown state of socket {ino} (sock_diag): {e}");

@@ -1044,3 +1044,31 @@ time.sleep(1e6)
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(lines[1], "after b''/BrokenPipeError b''/BrokenPipeError");
 }
+
+/// An epoll sent over a unix socket and still in flight (no task holds it) keeps its target: once
+/// received after the restore, it reports the target ready.
+#[test]
+fn epoll_in_flight_keeps_its_targets() {
+    let _g = serial_root!();
+    let script = r#"
+import os, select, socket, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+ep = select.epoll()
+ep.register(b.fileno(), select.EPOLLIN)
+socket.send_fds(a, [b"ep"], [ep.fileno()])
+ep.close()
+a.send(b"data")  # b is readable: the epoll in flight must say so
+print("sent", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+msg, fds, _, _ = socket.recv_fds(b, 16, 1)
+got = select.epoll.fromfd(fds[0]).poll(0)
+print("after", msg, [(fd == b.fileno(), ev) for fd, ev in got], flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("epoll-in-flight", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "after b'ep' [(True, 1)]", "{lines:?}");
+}

@@ -203,6 +203,64 @@ impl FileKind for Epoll {
     }
 }
 
+/// The file id of the socket or pipe with inode `ino` (what an epoll target's inode can name).
+fn file_of_inode(img: &DumpImage, ino: u64) -> Option<u32> {
+    img.files.values().find_map(|f| {
+        let hit = f.usk.as_ref().is_some_and(|u| u64::from(u.ino) == ino)
+            || f.isk.as_ref().is_some_and(|i| u64::from(i.ino) == ino)
+            || f.nlsk.as_ref().is_some_and(|n| u64::from(n.ino) == ino)
+            || f.pipe.as_ref().is_some_and(|p| u64::from(p.pipe_id) == ino);
+        hit.then_some(f.id)
+    })
+}
+
+/// Epolls no task holds (in flight on a unix socket, sent with SCM_RIGHTS) get their targets
+/// from the restorer, through the pool's fds of the target files (found by inode: sockets and
+/// pipes). The target fd numbers are then the pool's; each target's events and data, which
+/// `epoll_wait` reports, are the dumped ones. A target found no other way is left out, named
+/// in the log.
+pub fn fill_unheld(
+    img: &DumpImage,
+    by_file: &HashMap<u32, std::os::fd::RawFd>,
+) -> Result<(), RestoreError> {
+    let held: HashSet<u32> = img
+        .tasks
+        .iter()
+        .flat_map(|t| t.fds.iter().map(|f| f.id))
+        .collect();
+    for f in img.files.values().filter(|f| !held.contains(&f.id)) {
+        let (Some(ep), Some(&epfd)) = (f.epfd.as_ref(), by_file.get(&f.id)) else {
+            continue;
+        };
+        for t in &ep.tfd {
+            let target = t
+                .inode
+                .and_then(|ino| file_of_inode(img, ino))
+                .and_then(|id| by_file.get(&id));
+            let Some(&tfd) = target else {
+                log::warn!(
+                    "epoll (file id {}) in flight: target fd {} not found among the tree's sockets and pipes, left out",
+                    f.id,
+                    t.tfd
+                );
+                continue;
+            };
+            let mut ev = libc::epoll_event {
+                events: t.events,
+                u64: t.data,
+            };
+            // SAFETY: epoll_ctl(2) on two fds of our pool with an event of ours.
+            if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, tfd, &mut ev) } < 0 {
+                return Err(RestoreError::Setup {
+                    what: format!("adding a target to the epoll in flight (file id {})", f.id),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,7 @@ impl Pool {
             cx.made.insert(id, n);
         }
         pool.by_file = std::mem::take(&mut cx.made);
+        crate::files::epoll::fill_unheld(img, &pool.by_file)?;
         for (pid, fd) in crate::files::tty::slaves_for_unheld_ctty(img, &mut cx.slots)? {
             let n = pool.place(fd)?;
             pool.ctty_by_pid.insert(pid, n);

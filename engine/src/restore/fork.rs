@@ -289,6 +289,7 @@ fn wait_ready(
                 continue;
             }
             if code == stub::STUB_PREMAPPED {
+                super::step(format_args!("premapped memory of task {pid}"))?;
                 let idx =
                     img.tasks
                         .iter()

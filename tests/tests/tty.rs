@@ -436,3 +436,42 @@ while True:
     let last = after.last().unwrap();
     assert!(last.ends_with("eof errno5 True"), "{last}");
 }
+
+/// A virtual terminal that is its session's controlling terminal (a login on a console) comes
+/// back as that session's controlling terminal, without --shell-job.
+#[test]
+fn virtual_terminal_stays_the_sessions_controlling_terminal() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+os.mknod("vt5", 0o600 | 0o020000, os.makedev(4, 5))
+if os.fork() == 0:
+    os.setsid()
+    try:
+        fd = os.open("vt5", os.O_RDWR)  # a session leader without a terminal acquires it
+    except OSError as e:
+        print("novt", e.errno, flush=True); time.sleep(1e6)
+    i = 0
+    while True:
+        nr = open("/proc/self/stat").read().rsplit(")", 1)[1].split()[4]
+        print(i, nr, flush=True); i += 1; time.sleep(0.02)
+while True:
+    time.sleep(1)
+"#;
+    let w = Workload::python("vt-ctty", script);
+    let first = w.wait_lines(1, T);
+    if first[0].starts_with("novt") {
+        kill_tree(&tree_and_session(w.pid));
+        skip(test_name!(), &format!("no virtual terminal here ({})", first[0]));
+        return;
+    }
+    let first = w.wait_lines(3, T);
+    let nr = |l: &str| l.split_whitespace().nth(1).unwrap().to_string();
+    assert_ne!(nr(&first[2]), "0", "{first:?}");
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 3, T);
+    kill_tree(&pids);
+    let last = after.last().unwrap();
+    assert_eq!(nr(last), nr(&first[2]), "the same controlling terminal: {last}");
+}

@@ -714,14 +714,17 @@ fn record_controlling_terminals(tree: &Tree, img: &mut Images) {
         .filter(|t| !t.zombie && t.stat.sid == t.pid)
     {
         let (major, minor) = proc::parse::tty_nr_major_minor(t.stat.tty_nr);
+        // No foreground group (-1) is recorded as none (0), as CRIU does.
+        let fg = u32::try_from(t.stat.tpgid).unwrap_or(0);
         if (136..=143).contains(&major) {
-            // No foreground group (-1) is recorded as none (0), as CRIU does.
-            let fg = u32::try_from(t.stat.tpgid).unwrap_or(0);
             img.files.set_pty_session(
                 (major - 136) * 256 + minor,
                 img.pids.v(t.pid),
                 img.pids.v(fg),
             );
+        } else if (major, minor) == (5, 1) || (major == 4 && minor < 64) {
+            img.files
+                .set_device_tty_session(major, minor, img.pids.v(t.pid), img.pids.v(fg));
         }
     }
 }

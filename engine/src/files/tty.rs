@@ -422,6 +422,17 @@ impl FileTable {
         }
     }
 
+    /// Marks the virtual terminal or console `major:minor` as the controlling terminal of
+    /// session `sid` (foreground group `pgrp`), when the tree holds it.
+    pub fn set_device_tty_session(&mut self, major: u32, minor: u32, sid: u32, pgrp: u32) {
+        let key = device_key(libc::makedev(major, minor));
+        let infos = &mut self.slots.get::<TtyInfos>().infos;
+        for (_, info) in infos.iter_mut().filter(|(k, _)| *k == key) {
+            info.sid = sid;
+            info.pgrp = pgrp;
+        }
+    }
+
     /// Records the bytes buffered in pty `index`, on the ends the tree holds (CRIU's tty_data:
     /// keyed by the tty_info of the end they wait to be read on).
     pub fn set_pty_queues(&mut self, index: u32, q: &Queues) {
@@ -537,6 +548,7 @@ impl FileKind for Pty {
         *fd.class == FdKind::Tty
             && (fd.link == "/dev/ptmx"
                 || hung_up_index(fd.link).is_some()
+                || is_session_device_tty(fd, cx)
                 || slave_index(fd.link)
                     .is_some_and(|n| cx.img.tree_ptys.contains(&n) || cx.opts.orphan_pts_master))
     }
@@ -551,6 +563,32 @@ impl FileKind for Pty {
                 source,
             })?;
         let master = link == "/dev/ptmx";
+        if let Some((major, _)) = device_tty(fd).filter(|_| !master) {
+            let rdev = std::fs::metadata(fd.proc_path())
+                .map_err(|source| FilesError::Inspect {
+                    pid,
+                    fd: fd_no,
+                    source,
+                })?
+                .rdev();
+            let id = cx.img.files.add_pty(
+                pid,
+                fd_no,
+                link,
+                fd.flags(),
+                |id| {
+                    device_info(id, copy.as_fd(), rdev as u32, major == 5).map_err(|source| {
+                        FilesError::Pty {
+                            pid,
+                            fd: fd_no,
+                            source,
+                        }
+                    })
+                },
+                device_key(rdev),
+            )?;
+            return Ok((pb::FdTypes::Tty, id));
+        }
         if let Some(index) = hung_up_index(link) {
             let rdev = std::fs::metadata(fd.proc_path())
                 .map_err(|source| FilesError::Inspect {
@@ -634,6 +672,18 @@ impl FileKind for Pty {
         let id = entry.id;
         let perr = |source| RestoreError::Pty { id, source };
         let info = &cx.img.tty_infos[&t.tty_info_id];
+        if info.r#type != pb::TtyType::Pty as i32 {
+            // A virtual terminal or the console: the device again, by its path.
+            let reg = cx
+                .img
+                .files
+                .get(&t.regf_id.unwrap_or(0))
+                .and_then(|r| r.reg.as_ref())
+                .ok_or(RestoreError::UnknownFileKind { id })?;
+            let fd = open_slave(&cx.img.path_of(reg), t.flags).map_err(perr)?;
+            super::reg::set_status_flags(&fd, t.flags)?;
+            return Ok(Some(fd));
+        }
         let index = info.pty.as_ref().map(|p| p.index).unwrap_or(0);
         let root = cx.img.fs_root.clone();
         // Its master was closed (a slave without termios, as CRIU marks it): a new pair whose
@@ -762,7 +812,84 @@ pub(crate) fn unheld_controlling_pty(t: &TaskImage, img: &DumpImage) -> Option<(
 }
 
 fn is_master_info(info: &pb::TtyInfoEntry) -> bool {
-    nix::sys::stat::major(info.rdev as libc::dev_t) == PTMX_MAJOR as u64
+    info.r#type == pb::TtyType::Pty as i32
+        && nix::sys::stat::major(info.rdev as libc::dev_t) == PTMX_MAJOR as u64
+}
+
+/// The TtyInfos key of a virtual terminal or the console (pty indices stay below it).
+fn device_key(rdev: u64) -> (u32, bool) {
+    let (major, minor) = (
+        nix::sys::stat::major(rdev as libc::dev_t) as u32,
+        nix::sys::stat::minor(rdev as libc::dev_t) as u32,
+    );
+    (0x4000_0000 | (major << 8) | minor, false)
+}
+
+/// Whether `fd` is a virtual terminal (4:0-63) or the console (5:1) that is its task's
+/// controlling terminal, in a session led by a task of the tree: the session gets it back (its
+/// leader's stub acquires it), as CRIU's VT and CONSOLE ttys do, with no `--shell-job`.
+pub(crate) fn is_session_device_tty(fd: &Fd, cx: &DumpCx) -> bool {
+    let Some((major, minor)) = device_tty(fd) else {
+        return false;
+    };
+    let Ok(st) = crate::proc::stat(fd.pid) else {
+        return false;
+    };
+    let encoded = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+    st.tty_nr as u64 == encoded && cx.img.live_pids.contains(&st.sid)
+}
+
+/// (major, minor) of a virtual terminal (4:0-63) or the console (5:1) open at `fd`.
+fn device_tty(fd: &Fd) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(fd.proc_path()).ok()?.rdev();
+    let (major, minor) = (
+        nix::sys::stat::major(rdev as libc::dev_t),
+        nix::sys::stat::minor(rdev as libc::dev_t),
+    );
+    ((major, minor) == (5, 1) || (major == 4 && minor < 64)).then_some((major, minor))
+}
+
+/// A virtual terminal's or the console's info: its termios and window size, as CRIU's. Its id
+/// is CRIU's, one per driver (CRIU's VT_INDEX 1004 and CONSOLE_INDEX 1002, times two), which
+/// CRIU checks against its limit.
+fn device_info(
+    _key_id: u32,
+    fd: BorrowedFd<'_>,
+    rdev: u32,
+    console: bool,
+) -> Result<pb::TtyInfoEntry, PtyError> {
+    let termios = termios_of(fd).map_err(err("termios of a terminal device"))?;
+    let locked = ioc::locked_termios(fd)
+        .map(|t| entry_of(Termios::from(t)))
+        .map_err(err("locked termios of a terminal device"))?;
+    let ws = ioc::window_size(fd).map_err(err("window size of a terminal device"))?;
+    Ok(pb::TtyInfoEntry {
+        id: if console { 1002 << 1 } else { 1004 << 1 },
+        r#type: if console {
+            pb::TtyType::Console as i32
+        } else {
+            pb::TtyType::Vt as i32
+        },
+        locked: false,
+        exclusive: false,
+        packet_mode: false,
+        sid: 0,
+        pgrp: 0,
+        rdev,
+        termios: Some(termios),
+        termios_locked: Some(locked),
+        winsize: Some(pb::WinsizeEntry {
+            ws_row: ws.ws_row as u32,
+            ws_col: ws.ws_col as u32,
+            ws_xpixel: ws.ws_xpixel as u32,
+            ws_ypixel: ws.ws_ypixel as u32,
+        }),
+        pty: None,
+        dev: None,
+        uid: None,
+        gid: None,
+    })
 }
 
 /// A slave of each pty that is a session leader's controlling terminal without the leader

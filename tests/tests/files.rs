@@ -940,3 +940,36 @@ time.sleep(1e6)
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(lines[1], "after close_write open", "{lines:?}");
 }
+
+/// A lease being broken (a conflicting open came, the holder was signalled) is still being
+/// broken after the restore, toward the same type, and the holder is not signalled twice.
+#[test]
+fn a_lease_being_broken_is_still_breaking_without_a_second_signal() {
+    let _g = serial_root!();
+    let script = r#"
+import fcntl, os, signal, time
+got = []
+signal.signal(signal.SIGIO, lambda *a: got.append(1))
+fd = os.open("leased", os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+try:
+    os.open("leased", os.O_RDONLY | os.O_NONBLOCK)  # a reader: the lease is to become a read lease
+except BlockingIOError:
+    pass
+time.sleep(0.05)
+i = 0
+while True:
+    print(i, fcntl.fcntl(fd, fcntl.F_GETLEASE), len(got), flush=True); i += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("lease-breaking", script);
+    let first = w.wait_lines(3, T);
+    let tail = |l: &str| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
+    // F_RDLCK is 0: the break leads to a read lease; one signal so far.
+    assert_eq!(tail(&first[2]), "0 1", "{first:?}");
+    let pids = dump_kill_restore_with(&w, &["--file-locks"], &["--file-locks"]);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    assert_eq!(tail(after.last().unwrap()), "0 1", "{after:?}");
+}

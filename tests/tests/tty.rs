@@ -462,7 +462,10 @@ while True:
     let first = w.wait_lines(1, T);
     if first[0].starts_with("novt") {
         kill_tree(&tree_and_session(w.pid));
-        skip(test_name!(), &format!("no virtual terminal here ({})", first[0]));
+        skip(
+            test_name!(),
+            &format!("no virtual terminal here ({})", first[0]),
+        );
         return;
     }
     let first = w.wait_lines(3, T);
@@ -473,5 +476,9 @@ while True:
     let after = w.wait_lines(n + 3, T);
     kill_tree(&pids);
     let last = after.last().unwrap();
-    assert_eq!(nr(last), nr(&first[2]), "the same controlling terminal: {last}");
+    assert_eq!(
+        nr(last),
+        nr(&first[2]),
+        "the same controlling terminal: {last}"
+    );
 }

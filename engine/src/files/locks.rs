@@ -4,7 +4,7 @@
 //! takes its own.
 
 use std::collections::HashMap;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg};
 
@@ -29,8 +29,9 @@ pub const FL_LEASE: u32 = 8;
 const LEASE_BREAKING: u32 = 4;
 
 /// The locks an fd's fdinfo lists: (flag, type F_RDLCK/F_WRLCK, start, len with 0 = to EOF).
-/// Leases, other kinds and lines that do not read as the kernel writes them are returned as
-/// `Err(what)`, which fails the dump.
+/// A lease being broken comes with LEASE_BREAKING in its type (the dump replaces the type with
+/// the target the break leads to). Other kinds and lines that do not read as the kernel writes
+/// them are returned as `Err(what)`, which fails the dump.
 pub fn parse_locks(fdinfo: &str) -> Vec<Result<(u32, u32, i64, i64), String>> {
     let mut out = Vec::new();
     for line in fdinfo.lines().filter_map(|l| l.strip_prefix("lock:")) {
@@ -44,10 +45,10 @@ pub fn parse_locks(fdinfo: &str) -> Vec<Result<(u32, u32, i64, i64), String>> {
             "POSIX" => FL_POSIX,
             "FLOCK" => FL_FLOCK,
             "OFDLCK" => FL_OFDLCK,
-            // An active lease; one being broken (a conflicting open waits on it) is not.
-            "LEASE" if w[2] == "ACTIVE" => FL_LEASE,
+            // An active lease, or one being broken (a conflicting open came).
+            "LEASE" if w[2] == "ACTIVE" || w[2] == "BREAKING" => FL_LEASE,
             "LEASE" => {
-                out.push(Err("a file lease being broken".to_string()));
+                out.push(Err(format!("a file lease {}", w[2].to_lowercase())));
                 continue;
             }
             other => {
@@ -72,7 +73,13 @@ pub fn parse_locks(fdinfo: &str) -> Vec<Result<(u32, u32, i64, i64), String>> {
                 continue;
             }
         };
-        out.push(Ok((flag, ty, start, len)));
+        let breaking = flag == FL_LEASE && w[2] == "BREAKING";
+        out.push(Ok((
+            flag,
+            if breaking { ty | LEASE_BREAKING } else { ty },
+            start,
+            len,
+        )));
     }
     out
 }
@@ -87,11 +94,29 @@ pub(crate) fn dump(
     info: &FdInfo,
 ) -> Result<(), DumpError> {
     for lock in parse_locks(&info.raw) {
-        let (flag, ty, start, len) = lock.map_err(|kind| DumpError::UnsupportedFd {
+        let (flag, mut ty, start, len) = lock.map_err(|kind| DumpError::UnsupportedFd {
             pid,
             fd,
             what: kind,
         })?;
+        if flag == FL_LEASE && ty & LEASE_BREAKING != 0 {
+            // As CRIU saves it: the type the break leads to (F_GETLEASE tells it during a
+            // break; a lease is its open file description's, which our copy shares).
+            let copy = cx
+                .copy_fd(pid, fd)
+                .map_err(|source| crate::files::FilesError::Inspect { pid, fd, source })?;
+            // SAFETY: fcntl(F_GETLEASE) on our own copy of the fd; no pointer argument.
+            let target = unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_GETLEASE) };
+            if target < 0 {
+                return Err(crate::files::FilesError::Inspect {
+                    pid,
+                    fd,
+                    source: std::io::Error::last_os_error(),
+                }
+                .into());
+            }
+            ty = target as u32 | LEASE_BREAKING;
+        }
         if !cx.opts.file_locks {
             return Err(DumpError::LocksNeedFlag {
                 pid,
@@ -223,22 +248,64 @@ pub(crate) fn restore_task_locks(
         .iter()
         .filter(|l| l.flag == FL_LEASE && l.pid as u32 == t.pid())
     {
-        // CRIU marks a lease being broken (LEASE_BREAKING, 4): taken back whole, the break
-        // is not started again.
-        if l.r#type & LEASE_BREAKING != 0 {
-            log::warn!(
-                "pid {} fd {}: a lease was being broken: it comes back unbroken",
-                l.pid,
-                l.fd
-            );
-        }
-        let ty = l.r#type & !LEASE_BREAKING;
+        // A lease being broken (CRIU's LEASE_BREAKING, 4, with the target type) is taken as
+        // it was before the break (its fd's access decides, as CRIU does), then broken again
+        // by a conflicting open of ours that does not wait; the signal the break sends the
+        // task is dropped with the stub's (restore_task_state), as it was delivered before.
+        let breaking = l.r#type & LEASE_BREAKING != 0;
+        let file = lock_file_id(img, l)
+            .and_then(|id| img.files.get(&id))
+            .and_then(|f| f.reg.as_ref());
+        let ty = match file {
+            Some(reg) if breaking => {
+                if reg.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
+                    libc::F_RDLCK as u32
+                } else {
+                    libc::F_WRLCK as u32
+                }
+            }
+            _ => l.r#type & !LEASE_BREAKING,
+        };
         r.call(
             libc::SYS_fcntl,
             &[l.fd as u64, libc::F_SETLEASE as u64, u64::from(ty)],
         )?;
+        if let (true, Some(reg)) = (breaking, file) {
+            break_lease(img, l, reg)?;
+        }
     }
     Ok(())
+}
+
+/// Starts breaking lease `l` again: an open of its file that conflicts with the target type
+/// (for writing to end at no lease, for reading to end at a read lease), without waiting.
+fn break_lease(
+    img: &DumpImage,
+    l: &pb::FileLockEntry,
+    reg: &pb::RegFileEntry,
+) -> Result<(), RestoreError> {
+    let target = l.r#type & !LEASE_BREAKING;
+    let mode = if target == libc::F_UNLCK as u32 {
+        nix::fcntl::OFlag::O_WRONLY
+    } else {
+        nix::fcntl::OFlag::O_RDONLY
+    };
+    let path = img.path_of(reg).into_owned();
+    let flags = mode | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC;
+    match nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty()) {
+        Err(nix::errno::Errno::EWOULDBLOCK) => Ok(()),
+        Ok(_) => Err(RestoreError::Setup {
+            what: format!(
+                "breaking the lease of pid {} fd {} ({path}): no lease stood in the way",
+                l.pid, l.fd
+            ),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        }),
+        Err(e) => Err(RestoreError::Setup {
+            what: format!("breaking the lease of pid {} fd {} ({path})", l.pid, l.fd),
+            source: e.into(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +328,11 @@ lock:\t4: OFDLCK ADVISORY  WRITE -1 fe:00:10010757 x EOF\n\
 lock:\t5: LEASE  BREAKING  READ 6660 fe:00:10010757 0 EOF\n";
         let l = parse_locks(text);
         assert_eq!(l.len(), 5);
-        assert_eq!(l[4], Err("a file lease being broken".to_string()));
+        assert_eq!(
+            l[4],
+            Ok((FL_LEASE, libc::F_RDLCK as u32 | LEASE_BREAKING, 0, 0)),
+            "a lease being broken is marked so"
+        );
         assert_eq!(l[0], Ok((FL_POSIX, libc::F_WRLCK as u32, 5, 10)));
         assert_eq!(l[1], Ok((FL_FLOCK, libc::F_RDLCK as u32, 0, 0)));
         assert_eq!(l[2], Ok((FL_LEASE, libc::F_RDLCK as u32, 0, 0)));

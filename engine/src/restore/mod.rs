@@ -818,6 +818,12 @@ fn rebuild_tasks(
         }
         crate::task::core::restore_owners(&r, t, img)?;
         crate::files::locks::restore_task_locks(&r, t, img)?;
+    }
+    // Process-wide state once every task's files are back: it starts by dropping the signals
+    // the stubs got, which the files' making may send any task of the tree (a lease broken
+    // again signals its owner, maybe a task rebuilt before).
+    for &t in &live {
+        let r = Remote::new(t.pid(), trampoline, sigtrap_at_risk(t))?;
         restore_task_state(&r, t)?;
     }
     Ok((vdso_syscall, pages_restored))

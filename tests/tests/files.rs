@@ -973,3 +973,38 @@ while True:
     counter_is_continuous(&after);
     assert_eq!(tail(after.last().unwrap()), "0 1", "{after:?}");
 }
+
+/// A cwd and an fd on the /proc directory of a process that has exited since (CRIU's procfs
+/// remap): both come back on such a directory, which still reads as deleted.
+#[test]
+fn a_dead_processes_proc_directory_stays_the_cwd_and_an_fd() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+c = os.fork()
+if c == 0:
+    time.sleep(1e6)
+os.chdir(f"/proc/{c}")
+fd = os.open(f"/proc/{c}", os.O_RDONLY | os.O_DIRECTORY)
+os.kill(c, 9); os.waitpid(c, 0)
+def state():
+    try:
+        os.getcwd(); cwd = "getcwd-ok"
+    except FileNotFoundError:
+        cwd = "ENOENT"
+    return f"{os.readlink('/proc/self/cwd')} {os.readlink(f'/proc/self/fd/{fd}')} {cwd}"
+i = 0
+while True:
+    print(i, state(), flush=True); i += 1; time.sleep(0.02)
+"#;
+    let w = Workload::python("dead-proc-dir", script);
+    let first = w.wait_lines(3, T);
+    let tail = |l: &str| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
+    assert!(first[2].ends_with("ENOENT"), "{first:?}");
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 3, T);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    assert_eq!(tail(after.last().unwrap()), tail(&first[2]), "{after:?}");
+}

@@ -550,6 +550,7 @@ fn dump_frozen(
         img.ns_ids.net = crate::ns::net::TREE_NS_ID;
         img.net_ns = ns.try_clone().ok();
     }
+    img.files.dead_procs_ok = pids.is_ours();
     img.pids = pids;
     img.files_owner = shared_kernel_objects(tree)?;
     let pstree = pstree_entries(tree, &img.pids);

@@ -75,7 +75,7 @@ pub enum FilesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: the /proc directory of a process that has exited is not supported yet")]
+    #[error("{path}: the /proc directory of a process that has exited, in a tree with a pid namespace, is not supported yet")]
     DeadProcDir { path: String },
     #[error("cannot save the content of deleted file {path}")]
     Ghost {
@@ -322,6 +322,11 @@ pub struct FileTable {
     ghosts: Vec<Ghost>,
     /// (file id, ghost id): the file is a deleted one, recreated from the ghost.
     remaps: Vec<(u32, u32)>,
+    /// (file id, pid): the `/proc/<pid>` directory of a process that has exited (CRIU's
+    /// procfs remap: the restore makes a short-lived process of that pid to open it).
+    dead_procs: Vec<(u32, u32)>,
+    /// The tree's pids are ours: a dead process's `/proc` directory can be made again here.
+    pub dead_procs_ok: bool,
     /// `--link-remap`: files deleted while open that have other names are kept by a link.
     link_remap_ok: bool,
     /// (file id, id of the file entry naming its link): deleted, but linked elsewhere.
@@ -430,6 +435,8 @@ impl FileTable {
             ghost_limit,
             ghosts: Vec::new(),
             remaps: Vec::new(),
+            dead_procs: Vec::new(),
+            dead_procs_ok: false,
             link_remap_ok,
             linked: Vec::new(),
             links_by_inode: HashMap::new(),
@@ -574,6 +581,10 @@ impl FileTable {
         md: &std::fs::Metadata,
         mnt_id: Option<i32>,
     ) -> Result<(), FilesError> {
+        if let Some(pid) = self.dead_proc(orig, md) {
+            self.dead_procs.push((id, pid));
+            return Ok(());
+        }
         if !(md.is_file() && md.nlink() > 0) {
             let ghost = self.ghost(open, orig, md)?;
             self.remaps.push((id, ghost));
@@ -657,7 +668,7 @@ impl FileTable {
         {
             return Ok(g.id);
         }
-        // CRIU's "procfs remap" (a helper task with the dead pid) is not there yet; an empty
+        // A dead process's /proc dir in a tree with pids of its own (see `dead_proc`): an empty
         // directory made in its place would fail only at restore.
         if md.is_dir() && orig.starts_with("/proc/") {
             return Err(FilesError::DeadProcDir {
@@ -737,9 +748,15 @@ impl FileTable {
             source,
         })?;
         let id = self.push_reg(orig, libc::O_DIRECTORY as u32, 0, None, Some(&md));
-        let ghost = self.ghost(open, orig, &md)?;
-        self.remaps.push((id, ghost));
+        self.deleted(id, open, orig, &md, None)?;
         Ok(id)
+    }
+
+    /// The pid whose `/proc/<pid>` directory `orig` was, when the restore can make it again
+    /// (the tree's pids are ours).
+    fn dead_proc(&self, orig: &str, md: &std::fs::Metadata) -> Option<u32> {
+        let pid = orig.strip_prefix("/proc/")?.parse().ok()?;
+        (md.is_dir() && self.dead_procs_ok).then_some(pid)
     }
 
     /// A file mapped by `pid` at `start-end`; a deleted one is saved as a ghost.
@@ -854,6 +871,13 @@ impl FileTable {
                 orig_id,
                 remap_id,
                 remap_type: Some(pb::RemapType::Ghost as i32),
+            });
+        }
+        for &(orig_id, pid) in &self.dead_procs {
+            w.push(&pb::RemapFilePathEntry {
+                orig_id,
+                remap_id: pid,
+                remap_type: Some(pb::RemapType::Procfs as i32),
             });
         }
         for &(orig_id, remap_id) in &self.linked {

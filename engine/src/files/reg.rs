@@ -71,6 +71,8 @@ impl FileKind for Regular {
             .filter(|_| cx.opts.shell_job && super::is_tty_path(&reg.name))
         {
             dup_raw(tty)?
+        } else if let Some(&pid) = cx.img.dead_procs.get(&id) {
+            open_dead_proc(id, reg, pid)?
         } else if let Some(&link_id) = cx.img.linked.get(&id) {
             open_linked(cx.img, id, reg, link_id)?
         } else if let Some(ghost) = cx.img.remaps.get(&id) {
@@ -129,6 +131,72 @@ fn open_linked(
             source: e.into(),
         }),
     }
+}
+
+/// The processes made for dead processes' `/proc` directories, alive until the stubs have
+/// changed into them (a directory of a dead process can be opened but not entered).
+/// (dead pid, helper): one helper per pid, which every file of that directory shares.
+static DEAD_PROC_HELPERS: std::sync::Mutex<Vec<(u32, i64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills and reaps the processes made for dead processes' `/proc` directories when dropped:
+/// held across the pool and the fork.
+pub struct DeadProcHelpers;
+
+impl Drop for DeadProcHelpers {
+    fn drop(&mut self) {
+        let helpers = DEAD_PROC_HELPERS
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        for (_, pid) in helpers {
+            // SAFETY: kill(2) and waitpid(2) of a child we forked and have not reaped.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// `/proc/<pid>` of a process that has exited (CRIU's procfs remap): a process of ours forked
+/// with that pid (clone3 set_tid) and its directory opened; the process dies when
+/// [`DeadProcHelpers`] is dropped, after the fork, so the fd then holds a dead process's
+/// directory again, and a task whose cwd it was has changed into it.
+fn open_dead_proc(id: u32, reg: &pb::RegFileEntry, pid: u32) -> Result<OwnedFd, RestoreError> {
+    let mut r = reg.clone();
+    r.name = format!("/proc/{pid}");
+    let made = DEAD_PROC_HELPERS
+        .lock()
+        .is_ok_and(|g| g.iter().any(|(p, _)| *p == pid));
+    if made {
+        return open_path(id, &r);
+    }
+    let child = crate::restore::stub::fork_with_pid(pid, 0);
+    if child == 0 {
+        // SAFETY: raw syscalls only in this child of a possibly multi-threaded process: die
+        // with us, then wait to be killed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG as libc::c_long,
+                libc::SIGKILL as libc::c_long,
+            );
+            loop {
+                libc::syscall(libc::SYS_pause);
+            }
+        }
+    }
+    if child < 0 {
+        return Err(RestoreError::Open {
+            id,
+            path: reg.name.clone(),
+            source: std::io::Error::from_raw_os_error((-child) as i32),
+        });
+    }
+    if let Ok(mut g) = DEAD_PROC_HELPERS.lock() {
+        g.push((pid, child));
+    }
+    open_path(id, &r)
 }
 
 /// The links a dump made for files deleted while open (`--link-remap`): removed once the

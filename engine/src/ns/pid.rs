@@ -72,6 +72,11 @@ impl PidView {
         }
     }
 
+    /// The tree's pids are ours (no pid namespace of its own, nor an external one).
+    pub fn is_ours(&self) -> bool {
+        self.inner.is_none()
+    }
+
     pub fn owns_namespace(&self) -> bool {
         self.inner.is_some()
     }

@@ -411,11 +411,10 @@ fn stub_plans(
                 })
                 .or_else(|| pool.ctty_by_pid.get(&t.pid()).copied()),
             cwd: cstr(name(t.fs.cwd_id))?,
-            cwd_fd: img
-                .remaps
-                .contains_key(&t.fs.cwd_id)
-                .then(|| pool.by_file.get(&t.fs.cwd_id).copied())
-                .flatten(),
+            cwd_fd: (img.remaps.contains_key(&t.fs.cwd_id)
+                || img.dead_procs.contains_key(&t.fs.cwd_id))
+            .then(|| pool.by_file.get(&t.fs.cwd_id).copied())
+            .flatten(),
             root: if root == "/" || root.is_empty() {
                 None
             } else {

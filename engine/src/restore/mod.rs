@@ -10,7 +10,7 @@ mod fork;
 pub mod load;
 mod pool;
 mod reap;
-mod stub;
+pub(crate) mod stub;
 
 use fork::{external_pidns, fork_tree, wait_pid_free, Fork};
 use pool::Pool;
@@ -436,6 +436,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     crate::ipc::mqueue::restore(&img.posix_mqueues, name_of, &mut ipc_made)?;
     crate::cgroup::prepare_cgroups(&img, opts.manage_cgroups, &opts.cgroup_roots)?;
     step("pool")?;
+    // Until the stubs have changed into them: dead processes' /proc dirs (see files::reg).
+    let dead_proc_helpers = crate::files::reg::DeadProcHelpers;
     let pool = Pool::build(&img, opts)?;
     step("file locks")?;
     crate::files::locks::take_file_locks(&img, &pool.by_file)?;
@@ -467,6 +469,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         premaps: premaps.clone(),
     };
     let (mut created, files, premapped_pages) = fork_tree(&img, pool, fork)?;
+    drop(dead_proc_helpers);
     // The init holds the namespaces now (or failed, and the restore with it).
     drop(mounts);
     drop(holder);

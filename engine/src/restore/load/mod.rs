@@ -126,6 +126,9 @@ pub struct DumpImage {
     /// file id → id of the file entry naming a link to it: deleted while open but linked
     /// elsewhere, kept by a link the dump made (`--link-remap`, CRIU's linked remap).
     pub linked: HashMap<u32, u32>,
+    /// file id → pid: the `/proc/<pid>` directory of a process that had exited (CRIU's
+    /// procfs remap).
+    pub dead_procs: HashMap<u32, u32>,
     /// ghost id → (attributes, content)
     /// Each ghost file's entry and its data, holes left out.
     pub ghosts: HashMap<u32, (pb::GhostFileEntry, Vec<DataChunk>)>,
@@ -388,6 +391,7 @@ fn load_files(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
 fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let mut remaps = HashMap::new();
     let mut linked = HashMap::new();
+    let mut dead_procs = HashMap::new();
     let mut ghosts = HashMap::new();
     if let Some(bytes) = read_optional(dir, names::REMAP_FPATH)? {
         let mut r = ImageReader::new(
@@ -415,10 +419,17 @@ fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
                 linked.insert(e.orig_id, e.remap_id);
                 continue;
             }
+            if e.remap_type == Some(pb::RemapType::Procfs as i32) {
+                if e.remap_id == 0 {
+                    return Err(invalid(names::REMAP_FPATH, "a procfs remap of pid 0"));
+                }
+                dead_procs.insert(e.orig_id, e.remap_id);
+                continue;
+            }
             if e.remap_type != Some(pb::RemapType::Ghost as i32) {
                 return Err(invalid(
                     names::REMAP_FPATH,
-                    "only ghost and linked remaps (deleted files) are supported",
+                    "only ghost, linked and procfs remaps are supported",
                 ));
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = ghosts.entry(e.remap_id) {
@@ -446,6 +457,7 @@ fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     }
     img.remaps = remaps;
     img.linked = linked;
+    img.dead_procs = dead_procs;
     img.ghosts = ghosts;
     Ok(())
 }

@@ -315,3 +315,21 @@ while True:
         "both areas hugetlb before and after"
     );
 }
+
+/// A task that unmapped its vdso (as on a kernel booted with vdso=0): the dump injects through
+/// a syscall instruction of its own code, and the restore gives it no vdso either.
+#[test]
+fn task_without_a_vdso_comes_back_without_one() {
+    let _g = serial_root!();
+    let w = Workload::start("novdso", &workload("novdso"), &[]);
+    w.wait_lines(3, T);
+    let maps = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(!maps(w.pid).contains("[vdso]"), "unmapped before the dump");
+    let pids = dump_kill_restore(&w);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    let restored = maps(w.pid);
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    assert!(!restored.contains("[vdso]") && !restored.contains("[vvar"), "{restored}");
+}

@@ -485,7 +485,8 @@ pub(crate) fn restore_mm(
     }
     // 2. Unmap the stub, except the trampoline, the vdso group and the premapped areas.
     let specials = unmap_stub(r, pid, premaps)?;
-    // 3. Move vvar/vvar_vclock/vdso to the dumped addresses, together, keeping their spacing.
+    // 3. Move vvar/vvar_vclock/vdso to the dumped addresses, together, keeping their spacing
+    // (or unmap them, for a task that had none).
     let vdso_syscall = move_vdso(r, t, specials)?;
     // 4. mm fields, auxv and exe link in one PR_SET_MM_MAP.
     set_mm_map(r, t, fd_of_file)?;
@@ -542,7 +543,29 @@ pub(crate) fn restore_mm(
             &[pool_base as u64, u32::MAX as u64, 0],
         )?;
     }
-    Ok(vdso_syscall)
+    // A task without a vdso: a syscall instruction of its own code, now in place, serves for
+    // what is injected last.
+    match vdso_syscall {
+        Some(at) => Ok(at),
+        None => syscall_in_restored_code(t).ok_or_else(|| MmError::NoVdsoSyscall { pid }.into()),
+    }
+}
+
+/// A syscall instruction in the executable areas of `t`, read back from the task.
+fn syscall_in_restored_code(t: &TaskImage) -> Option<u64> {
+    let exec =
+        t.mm.vmas
+            .iter()
+            .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && !is_special(v));
+    for v in exec {
+        let mut bytes = vec![0u8; (v.end - v.start) as usize];
+        if mem::read(t.pid(), v.start, &mut bytes).is_ok() {
+            if let Some(at) = ptrace::find_syscall_insn(&bytes, v.start) {
+                return Some(at);
+            }
+        }
+    }
+    None
 }
 
 /// Unmaps every area of the stub but the trampoline, the vdso group (vdso, vvar,
@@ -590,7 +613,7 @@ fn move_vdso(
     r: &Remote,
     t: &TaskImage,
     mut specials: Vec<(u64, u64)>,
-) -> Result<u64, RestoreError> {
+) -> Result<Option<u64>, RestoreError> {
     let pid = t.pid();
     let tramp = r.scratch - PAGE_SIZE;
     let mut dumped: Vec<&pb::VmaEntry> =
@@ -598,6 +621,14 @@ fn move_vdso(
             .iter()
             .filter(|v| v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR) != 0)
             .collect();
+    // The task had unmapped its vdso (zdtm's vdso02): it gets none. The injections before its
+    // code is in place still run at the trampoline.
+    if dumped.is_empty() {
+        for (start, end) in specials {
+            r.call(libc::SYS_munmap, &[start, end - start])?;
+        }
+        return Ok(None);
+    }
     dumped.sort_by_key(|v| v.start);
     specials.sort_unstable();
     let targets = vdso_targets(&dumped, &specials).ok_or(MmError::VdsoLayout {
@@ -629,7 +660,9 @@ fn move_vdso(
         .ok_or(MmError::NoVdso { pid })?;
     let mut vb = vec![0u8; (vdso.end - vdso.start) as usize];
     mem::read(pid, vdso.start, &mut vb)?;
-    Ok(ptrace::find_syscall_insn(&vb, vdso.start).ok_or(MmError::NoVdsoSyscall { pid })?)
+    Ok(Some(
+        ptrace::find_syscall_insn(&vb, vdso.start).ok_or(MmError::NoVdsoSyscall { pid })?,
+    ))
 }
 
 /// Where each of this kernel's vdso areas (`specials`, sorted) goes: the dumped area of the same

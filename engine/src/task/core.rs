@@ -151,29 +151,38 @@ fn membarrier_registrations(pid: u32, leader: &ptrace::Injector) -> Result<u32, 
 /// page; returns its address.
 fn prepare_injection(tree: &mut Tree, n: usize, maps: &[Mapping]) -> Result<u64, DumpError> {
     let pid = tree.tasks[n].pid;
-    let vdso =
-        maps.iter()
-            .find(|m| m.path == "[vdso]")
-            .ok_or_else(|| DumpError::UnsupportedVma {
+    let net = match maps.iter().find(|m| m.path == "[vdso]") {
+        Some(vdso) => {
+            let mut vdso_bytes = vec![0u8; vdso.len() as usize];
+            mem::read(pid, vdso.start, &mut vdso_bytes)?;
+            let at = ptrace::find_syscall_insn(&vdso_bytes, vdso.start).ok_or_else(|| {
+                DumpError::UnsupportedVma {
+                    pid,
+                    start: vdso.start,
+                    end: vdso.end,
+                    path: "[vdso]".into(),
+                    what: "a vdso without a syscall instruction".into(),
+                }
+            })?;
+            tree.syscall_at.insert(pid, at);
+            net_code(tree, n, maps, vdso, &vdso_bytes)?
+        }
+        // A task that unmapped its vdso (or runs where there is none): a syscall instruction
+        // in its own code serves (injection jumps to it, so any `0f 05` decodes as one), and
+        // the syscalls run without a net.
+        None => {
+            let at = syscall_in_code(pid, maps)?.ok_or_else(|| DumpError::UnsupportedVma {
                 pid,
                 start: 0,
                 end: 0,
                 path: "[vdso]".into(),
-                what: "a task without a vdso".into(),
+                what: "a task without a vdso nor a syscall instruction in its code".into(),
             })?;
-    let mut vdso_bytes = vec![0u8; vdso.len() as usize];
-    mem::read(pid, vdso.start, &mut vdso_bytes)?;
-    let at = ptrace::find_syscall_insn(&vdso_bytes, vdso.start).ok_or_else(|| {
-        DumpError::UnsupportedVma {
-            pid,
-            start: vdso.start,
-            end: vdso.end,
-            path: "[vdso]".into(),
-            what: "a vdso without a syscall instruction".into(),
+            log::debug!("pid {pid}: no vdso: injecting at {at:#x}, without a net");
+            tree.syscall_at.insert(pid, at);
+            None
         }
-    })?;
-    tree.syscall_at.insert(pid, at);
-    let net = net_code(tree, n, maps, vdso, &vdso_bytes)?;
+    };
     // Each thread's state as a signal frame would hold it, for the nets.
     let frames: Vec<(u32, Vec<u8>)> = match net {
         Some(_) => tree.tasks[n]
@@ -232,6 +241,23 @@ fn prepare_injection(tree: &mut Tree, n: usize, maps: &[Mapping]) -> Result<u64,
         }
     }
     Ok(scratch)
+}
+
+/// A syscall instruction in the executable mappings of `pid` (its code), if any.
+fn syscall_in_code(pid: u32, maps: &[Mapping]) -> Result<Option<u64>, DumpError> {
+    for m in maps
+        .iter()
+        .filter(|m| m.exec && m.read && !m.path.starts_with('['))
+    {
+        let mut bytes = vec![0u8; m.len() as usize];
+        if mem::read(pid, m.start, &mut bytes).is_err() {
+            continue;
+        }
+        if let Some(at) = ptrace::find_syscall_insn(&bytes, m.start) {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
 }
 
 /// The code a task's nets return through: the vdso's `syscall; ... ret` and the task's own

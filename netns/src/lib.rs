@@ -14,6 +14,7 @@
 
 mod error;
 pub mod ipdump;
+pub mod iptlock;
 mod model;
 pub mod nftlock;
 mod nsenter;

@@ -331,5 +331,8 @@ fn task_without_a_vdso_comes_back_without_one() {
     let restored = maps(w.pid);
     kill_tree(&pids);
     counter_is_continuous(&after);
-    assert!(!restored.contains("[vdso]") && !restored.contains("[vvar"), "{restored}");
+    assert!(
+        !restored.contains("[vdso]") && !restored.contains("[vvar"),
+        "{restored}"
+    );
 }

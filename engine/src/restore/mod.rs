@@ -615,6 +615,9 @@ impl Steps<'_> {
                 Err(e) => log::warn!("cannot remove network lock {table}: {e}"),
             }
         }
+        if img.iptables_lock && !made_anew {
+            crate::net::inet::file::remove_criu_iptables_lock(img);
+        }
         opts.notify.run(Script::NetworkUnlock, None)?;
         opts.notify.run(Script::PreResume, None)?;
         release_all(img)?;

@@ -180,6 +180,46 @@ impl FileKind for InetSocket {
     }
 }
 
+/// The restored established connections as CRIU's iptables lock rules name them (a v4-mapped
+/// IPv6 address as the IPv4 one, as CRIU locks it).
+pub(crate) fn locked_conns(img: &DumpImage) -> Vec<stasis_netns::iptlock::LockedConn> {
+    let bytes = |words: &[u32]| -> Vec<u8> {
+        let b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mapped = b.len() == 16 && b[..10].iter().all(|&x| x == 0) && b[10..12] == [0xff, 0xff];
+        if mapped {
+            b[12..].to_vec()
+        } else {
+            b
+        }
+    };
+    img.files
+        .values()
+        .filter_map(|f| f.isk.as_ref())
+        .filter(|e| img.tcp_streams.contains_key(&e.ino))
+        .map(|e| stasis_netns::iptlock::LockedConn {
+            local: bytes(&e.src_addr),
+            local_port: e.src_port as u16,
+            remote: bytes(&e.dst_addr),
+            remote_port: e.dst_port as u16,
+        })
+        .collect()
+}
+
+/// CRIU's iptables lock rules of the restored connections (its default lock), taken away
+/// where they are (on the host that dumped, or in a kept namespace): else the peers' packets
+/// stay dropped. Best effort: a failure is logged.
+pub(crate) fn remove_criu_iptables_lock(img: &DumpImage) {
+    let conns = locked_conns(img);
+    match stasis_netns::iptlock::remove_criu_lock_rules(None, &conns) {
+        Ok(0) => log::info!(
+            "CRIU's iptables lock: no rule of the restored connections here (dumped on another \
+             host, or by iptables' legacy backend, which stasis cannot reach)"
+        ),
+        Ok(n) => log::info!("CRIU's iptables lock: {n} rules removed"),
+        Err(e) => log::warn!("cannot remove CRIU's iptables lock rules: {e}"),
+    }
+}
+
 /// Established TCP connections need --tcp-established (with their streams) or --tcp-close
 /// at restore; one dumped with --tcp-close (no stream) only the latter. Checked before
 /// anything is made.

@@ -121,6 +121,9 @@ pub struct DumpImage {
     pub seccomp: Vec<pb::SeccompFilter>,
     /// The nftables table that locks the dumped connections, to remove once they are back.
     pub net_lock: Option<String>,
+    /// CRIU locked the dumped connections with iptables rules (its default), to remove once
+    /// they are back.
+    pub iptables_lock: bool,
     /// file id → ghost id, for files that were deleted while open.
     pub remaps: HashMap<u32, u32>,
     /// file id → id of the file entry naming a link to it: deleted while open but linked
@@ -253,15 +256,9 @@ pub fn load(dir: &Path) -> Result<DumpImage, LoadError> {
     load_ghosts(dir, &mut img)?;
     load_tcp(dir, &mut img)?;
     let lock = inv.network_lock_method.unwrap_or(NETWORK_LOCK_IPTABLES);
-    if lock == NETWORK_LOCK_IPTABLES && !img.tcp_streams.is_empty() {
-        // CRIU's iptables lock is rules made by the iptables binary, which stasis never runs.
-        // Inside a network namespace they die with it; on the host they stay.
-        log::warn!(
-            "these images were locked with CRIU's iptables rules: if they were dumped on this \
-             host outside a network namespace, remove its DROP rules for the restored \
-             connections (iptables -D INPUT/OUTPUT) or their peers stay cut off"
-        );
-    }
+    // CRIU's iptables lock: rules the restore takes away where they are (see
+    // stasis_netns::iptlock).
+    img.iptables_lock = lock == NETWORK_LOCK_IPTABLES && !img.tcp_streams.is_empty();
     load_ipc(dir, &mut img, &inv)?;
     load_ttys_and_locks(dir, &mut img)?;
     load_queues_and_memfds(dir, &mut img)?;

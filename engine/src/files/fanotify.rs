@@ -49,18 +49,6 @@ pub fn parse(fdinfo: &str, id: u32) -> (u32, u32, Vec<pb::FanotifyMarkEntry>) {
                 }),
             });
         } else if let (Some(ino), Some(sdev)) = (hex("ino:"), hex("sdev:")) {
-            let raw = get("f_handle:").unwrap_or("");
-            let bytes: Vec<u8> = (0..raw.len() / 2)
-                .filter_map(|i| u8::from_str_radix(&raw[i * 2..i * 2 + 2], 16).ok())
-                .collect();
-            let handle = bytes
-                .chunks(8)
-                .map(|c| {
-                    let mut b = [0u8; 8];
-                    b[..c.len()].copy_from_slice(c);
-                    u64::from_ne_bytes(b)
-                })
-                .collect();
             marks.push(pb::FanotifyMarkEntry {
                 id,
                 r#type: pb::MarkType::Inode as i32,
@@ -70,13 +58,7 @@ pub fn parse(fdinfo: &str, id: u32) -> (u32, u32, Vec<pb::FanotifyMarkEntry>) {
                 s_dev: sdev as u32,
                 ie: Some(pb::FanotifyInodeMarkEntry {
                     i_ino: ino,
-                    f_handle: pb::FhEntry {
-                        bytes: hex("fhandle-bytes:").unwrap_or(bytes.len() as u64) as u32,
-                        r#type: hex("fhandle-type:").unwrap_or(0) as u32,
-                        handle,
-                        path: None,
-                        mnt_id: None,
-                    },
+                    f_handle: super::inotify::fh_entry(&get),
                 }),
                 me: None,
             });

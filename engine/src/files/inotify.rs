@@ -35,18 +35,6 @@ pub fn inotify_watches(fdinfo_text: &str, id: u32) -> Vec<pb::InotifyWdEntry> {
         ) else {
             continue;
         };
-        let raw = get("f_handle:").unwrap_or("");
-        let bytes: Vec<u8> = (0..raw.len() / 2)
-            .filter_map(|i| u8::from_str_radix(&raw[i * 2..i * 2 + 2], 16).ok())
-            .collect();
-        let handle = bytes
-            .chunks(8)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b[..c.len()].copy_from_slice(c);
-                u64::from_ne_bytes(b)
-            })
-            .collect();
         out.push(pb::InotifyWdEntry {
             id,
             i_ino: ino,
@@ -54,20 +42,36 @@ pub fn inotify_watches(fdinfo_text: &str, id: u32) -> Vec<pb::InotifyWdEntry> {
             ignored_mask: hex("ignored_mask:").unwrap_or(0) as u32,
             s_dev: sdev as u32,
             wd,
-            f_handle: pb::FhEntry {
-                bytes: get("fhandle-bytes:")
-                    .and_then(|v| u32::from_str_radix(v, 16).ok())
-                    .unwrap_or(bytes.len() as u32),
-                r#type: get("fhandle-type:")
-                    .and_then(|v| u32::from_str_radix(v, 16).ok())
-                    .unwrap_or(0),
-                handle,
-                path: None,
-                mnt_id: None,
-            },
+            f_handle: fh_entry(&get),
         });
     }
     out
+}
+
+/// The file handle an fdinfo mark line gives (`fhandle-bytes:`, `fhandle-type:`, `f_handle:`
+/// in hex), its bytes packed in u64 words as CRIU's `fh_entry` holds them. `get` finds a key's
+/// value in the line.
+pub(super) fn fh_entry<'a>(get: &dyn Fn(&str) -> Option<&'a str>) -> pb::FhEntry {
+    let hex = |key: &str| get(key).and_then(|v| u32::from_str_radix(v, 16).ok());
+    let raw = get("f_handle:").unwrap_or("");
+    let bytes: Vec<u8> = (0..raw.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&raw[i * 2..i * 2 + 2], 16).ok())
+        .collect();
+    let handle = bytes
+        .chunks(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_ne_bytes(b)
+        })
+        .collect();
+    pb::FhEntry {
+        bytes: hex("fhandle-bytes:").unwrap_or(bytes.len() as u32),
+        r#type: hex("fhandle-type:").unwrap_or(0),
+        handle,
+        path: None,
+        mnt_id: None,
+    }
 }
 
 /// The path of the inode a file handle names on device `sdev` (kernel dev_t encoding), found

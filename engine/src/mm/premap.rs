@@ -11,7 +11,6 @@
 //! and drops what the child did not have (`MADV_DONTNEED` over pages its image lacks).
 //! CRIU restores the same way.
 
-use std::fs::File;
 use std::path::Path;
 
 use crate::images::vma_status::{
@@ -214,34 +213,36 @@ pub fn fill(
             what: format!("open /proc/{pid}/mem"),
             source,
         })?;
+    // The pages past the last premapped ones are `restore_mm`'s: not read here.
+    let mut left = 0;
+    for_each_segment(t, premaps, |seg| {
+        if let Segment::In(_, _, len) = seg {
+            left += len;
+        }
+        Ok(())
+    })?;
     let mut src = crate::mm::pages::PageSource::open(&dir.join(&t.pages_file))?;
     let (mut written, mut shared) = (0, 0);
     for_each_segment(t, premaps, |seg| {
         match seg {
+            Segment::Out(..) if left == 0 => {}
             Segment::Out(_, len) => src.skip(len)?,
-            Segment::In(p, addr, len) if p.own => {
-                src.copy_to(&mem, pid, p.at + (addr - p.start), len)?;
-                written += len / PAGE_SIZE;
-            }
             Segment::In(p, addr, len) => {
-                let w = copy_changed(&mut src, &mem, pid, p.at + (addr - p.start), len)?;
-                written += w;
-                shared += len / PAGE_SIZE - w;
+                let at = p.at + (addr - p.start);
+                if p.own {
+                    src.copy_to(&mem, pid, at, len)?;
+                    written += len / PAGE_SIZE;
+                } else {
+                    let w = src.copy_changed_to(&mem, pid, at, len)?;
+                    written += w;
+                    shared += len / PAGE_SIZE - w;
+                }
+                left -= len;
             }
         }
         Ok(())
     })?;
     Ok((written, shared))
-}
-
-fn copy_changed(
-    src: &mut crate::mm::pages::PageSource,
-    mem: &File,
-    pid: u32,
-    at: u64,
-    len: u64,
-) -> Result<u64, RestoreError> {
-    Ok(src.copy_changed_to(mem, pid, at, len)?)
 }
 
 /// A piece of a task's page stream: pages of a premapped area (the area, the dumped address,

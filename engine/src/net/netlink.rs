@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use nix::sys::socket::{getsockopt, setsockopt, sockopt::RcvBuf, sockopt::SndBuf};
+use nix::sys::socket::getsockopt;
 
 use crate::dump::fds::DumpCx;
 use crate::dump::DumpError;
@@ -133,11 +133,7 @@ pub fn dump(
         dst_portid,
         dst_group,
         fown: pb::FownEntry::default(),
-        opts: pb::SkOptsEntry {
-            so_sndbuf: getsockopt(&sock, SndBuf).unwrap_or(0) as u32,
-            so_rcvbuf: getsockopt(&sock, RcvBuf).unwrap_or(0) as u32,
-            ..Default::default()
-        },
+        opts: super::buffer_opts(sock),
         ns_id: None,
     })
 }
@@ -208,20 +204,8 @@ pub fn restore(e: &pb::NetlinkSkEntry) -> Result<OwnedFd, NetlinkError> {
             return Err(err("connect")(io::Error::last_os_error()));
         }
     }
-    // Buffer sizes are best effort, as for other sockets: the kernel may cap them.
-    if e.opts.so_sndbuf != 0 {
-        let _ = setsockopt(&sock.as_fd(), SndBuf, &(e.opts.so_sndbuf as usize / 2));
-    }
-    if e.opts.so_rcvbuf != 0 {
-        let _ = setsockopt(&sock.as_fd(), RcvBuf, &(e.opts.so_rcvbuf as usize / 2));
-    }
-    if e.flags & libc::O_NONBLOCK as u32 != 0 {
-        nix::fcntl::fcntl(
-            &sock,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
+    super::set_buffers_and_mode(&sock, &e.opts, e.flags)
         .map_err(|e| err("O_NONBLOCK")(e.into()))?;
-    }
     Ok(sock)
 }
 

@@ -8,8 +8,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use nix::sys::socket::{getsockopt, setsockopt, sockopt::RcvBuf, sockopt::SndBuf};
-
 use crate::dump::fds::DumpCx;
 use crate::dump::DumpError;
 use crate::files::kind::{Fd, FileKind, OpenCx};
@@ -272,11 +270,7 @@ pub fn dump(
         flags,
         ifindex,
         fown: pb::FownEntry::default(),
-        opts: pb::SkOptsEntry {
-            so_sndbuf: getsockopt(&sock, SndBuf).unwrap_or(0) as u32,
-            so_rcvbuf: getsockopt(&sock, RcvBuf).unwrap_or(0) as u32,
-            ..Default::default()
-        },
+        opts: super::buffer_opts(sock),
         version,
         reserve,
         aux_data: pflags & PDI_AUXDATA != 0,
@@ -380,20 +374,8 @@ pub fn restore(e: &pb::PacketSockEntry) -> Result<OwnedFd, PacketError> {
     if let Some(f) = e.fanout.filter(|&f| f != NO_FANOUT) {
         set_raw(s, PACKET_FANOUT, &int(f)).map_err(err("PACKET_FANOUT"))?;
     }
-    // Buffer sizes are best effort, as for other sockets: the kernel may cap them.
-    if e.opts.so_sndbuf != 0 {
-        let _ = setsockopt(&s, SndBuf, &(e.opts.so_sndbuf as usize / 2));
-    }
-    if e.opts.so_rcvbuf != 0 {
-        let _ = setsockopt(&s, RcvBuf, &(e.opts.so_rcvbuf as usize / 2));
-    }
-    if e.flags & libc::O_NONBLOCK as u32 != 0 {
-        nix::fcntl::fcntl(
-            &sock,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
+    super::set_buffers_and_mode(&sock, &e.opts, e.flags)
         .map_err(|e| err("O_NONBLOCK")(e.into()))?;
-    }
     Ok(sock)
 }
 

@@ -1,4 +1,4 @@
-//! The tty ioctls of files/tty.rs. nix has termios (tcgetattr/tcsetattr/cfget*/cfset*) but no
+//! The tty ioctls of files/tty/. nix has termios (tcgetattr/tcsetattr/cfget*/cfset*) but no
 //! wrapper for the pty and queue ioctls: they are declared here with nix's ioctl macros, each
 //! behind a safe function on a `BorrowedFd`.
 

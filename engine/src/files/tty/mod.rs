@@ -5,9 +5,16 @@
 //! Bytes buffered in the pair are kept in both directions (see [`take_queues`]). Not kept: the
 //! index (a new pair gets whatever /dev/pts/N is free).
 
+mod ctty;
+pub(crate) use ctty::{
+    controlling_slave, is_device_tty_not_ctty, is_own_ctty, is_session_device_tty,
+    slaves_for_unheld_ctty,
+};
+use ctty::{device_tty, restore_controlling_tty};
+
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use super::kind::{Fd, FileKind, OpenCx, TaskCx};
@@ -117,6 +124,26 @@ fn fill_termios(tt: &mut libc::termios, t: &pb::TermiosEntry) {
     }
 }
 
+/// A terminal's termios, locked termios and window size (`what` names it in errors): CRIU's
+/// restore requires all three.
+fn settings(
+    fd: BorrowedFd<'_>,
+    what: &str,
+) -> Result<(pb::TermiosEntry, pb::TermiosEntry, pb::WinsizeEntry), PtyError> {
+    let termios = termios_of(fd).map_err(err(format!("termios of {what}")))?;
+    let locked = ioc::locked_termios(fd)
+        .map(|t| entry_of(Termios::from(t)))
+        .map_err(err(format!("locked termios of {what}")))?;
+    let ws = ioc::window_size(fd).map_err(err(format!("window size of {what}")))?;
+    let winsize = pb::WinsizeEntry {
+        ws_row: ws.ws_row as u32,
+        ws_col: ws.ws_col as u32,
+        ws_xpixel: ws.ws_xpixel as u32,
+        ws_ypixel: ws.ws_ypixel as u32,
+    };
+    Ok((termios, locked, winsize))
+}
+
 /// The state of pty `index`, read through a copy of its master.
 pub fn info(
     id: u32,
@@ -124,11 +151,7 @@ pub fn info(
     master: BorrowedFd<'_>,
     rdev: u32,
 ) -> Result<pb::TtyInfoEntry, PtyError> {
-    let termios = termios_of(master).map_err(err(format!("termios of pty {index}")))?;
-    // CRIU's restore requires all three of termios, locked termios and window size.
-    let locked_termios = ioc::locked_termios(master)
-        .map(|t| entry_of(Termios::from(t)))
-        .map_err(err(format!("locked termios of pty {index}")))?;
+    let (termios, locked_termios, winsize) = settings(master, &format!("pty {index}"))?;
     // The slave's owner (grantpt gives it to the user who opened the master; a program may
     // chown it): reached through the master, wherever its devpts is mounted.
     let slave_owner = if nix::sys::stat::major(rdev as libc::dev_t) == PTMX_MAJOR as u64 {
@@ -139,7 +162,6 @@ pub fn info(
     } else {
         None
     };
-    let ws = ioc::window_size(master).map_err(err(format!("window size of pty {index}")))?;
     // The lock and packet mode are the master's: a slave answers ENOTTY, and its entry
     // keeps them off, as CRIU's does.
     let mut locked = false;
@@ -159,12 +181,7 @@ pub fn info(
         rdev,
         termios: Some(termios),
         termios_locked: Some(locked_termios),
-        winsize: Some(pb::WinsizeEntry {
-            ws_row: ws.ws_row as u32,
-            ws_col: ws.ws_col as u32,
-            ws_xpixel: ws.ws_xpixel as u32,
-            ws_ypixel: ws.ws_ypixel as u32,
-        }),
+        winsize: Some(winsize),
         pty: Some(pb::TtyPtyEntry { index }),
         dev: None,
         uid: slave_owner.map(|(u, _)| u),
@@ -497,41 +514,6 @@ impl FileTable {
     }
 }
 
-/// Whether `fd` is `/dev/tty` naming a controlling terminal that is a pty of the tree (a
-/// program opened its own terminal so): saved as that path, and opened by the task itself
-/// once its session has the terminal again (see procfile.rs).
-pub(crate) fn is_own_ctty(cx: &DumpCx, fd: &Fd) -> bool {
-    if fd.link != "/dev/tty" {
-        return false;
-    }
-    let Ok(st) = crate::proc::stat(fd.pid) else {
-        return false;
-    };
-    let (major, minor) = ((st.tty_nr >> 8) & 0xfff, (st.tty_nr & 0xff) | ((st.tty_nr >> 12) & 0xfff00));
-    // Unix98 pty slaves: majors 136-143, 256 minors each.
-    (136..=143).contains(&major) && cx.img.tree_ptys.contains(&((major - 136) * 256 + minor))
-}
-
-/// Whether `fd` is the system console (5:1) or a virtual terminal (4:0-63) that is not its
-/// task's controlling terminal: a device reopened by its path, as CRIU's console and vt tty
-/// types are, not a shell's terminal that needs `--shell-job`.
-pub(crate) fn is_device_tty_not_ctty(fd: &Fd) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(md) = std::fs::metadata(fd.proc_path()) else {
-        return false;
-    };
-    let rdev = md.rdev();
-    let (major, minor) = (
-        nix::sys::stat::major(rdev as libc::dev_t),
-        nix::sys::stat::minor(rdev as libc::dev_t),
-    );
-    let device = (major, minor) == (5, 1) || (major == 4 && minor < 64);
-    let ctty = crate::proc::stat(fd.pid).map(|st| st.tty_nr as u64);
-    // tty_nr is the kernel's encoding: minor's low byte, major, minor's high bits.
-    let encoded = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
-    device && ctty.is_ok_and(|t| t != encoded)
-}
-
 /// The kind of ptys whose master is in the tree.
 pub struct Pty;
 
@@ -778,39 +760,6 @@ fn refill_pty(img: &DumpImage, index: u32, slave_path: &str) -> Result<(), PtyEr
     put_queues(slave.as_fd(), &q)
 }
 
-/// For a session leader whose controlling terminal was a pty slave of the tree: its fd of the
-/// slave, and the foreground group, when the leader holds the slave open.
-pub(crate) fn controlling_slave(t: &TaskImage, img: &DumpImage) -> Option<(RawFd, u32)> {
-    if t.pstree.sid != t.pid() || t.zombie_exit.is_some() {
-        return None;
-    }
-    t.fds.iter().find_map(|fd| {
-        let tty = img.files.get(&fd.id)?.tty.as_ref()?;
-        let info = img.tty_infos.get(&tty.tty_info_id)?;
-        (info.sid == t.pid() && !is_master_info(info)).then_some((fd.fd as RawFd, info.pgrp))
-    })
-}
-
-/// For a session leader whose controlling terminal is a pty of the tree that it holds no slave
-/// of (closed after TIOCSCTTY, or held by another session): the pty's index and the foreground
-/// group. The restorer opens a slave for its stub to acquire it with.
-pub(crate) fn unheld_controlling_pty(t: &TaskImage, img: &DumpImage) -> Option<(u32, u32)> {
-    if t.pstree.sid != t.pid() || t.zombie_exit.is_some() || controlling_slave(t, img).is_some()
-    {
-        return None;
-    }
-    let mut infos: Vec<&pb::TtyInfoEntry> = img
-        .tty_infos
-        .values()
-        .filter(|i| i.sid == t.pid() && i.pty.is_some())
-        .collect();
-    // The slave's info first, as the dump records it there when it can.
-    infos.sort_by_key(|i| is_master_info(i));
-    let info = infos.first()?;
-    let index = info.pty.as_ref()?.index;
-    master_in_images(img, index).then_some((index, info.pgrp))
-}
-
 fn is_master_info(info: &pb::TtyInfoEntry) -> bool {
     info.r#type == pb::TtyType::Pty as i32
         && nix::sys::stat::major(info.rdev as libc::dev_t) == PTMX_MAJOR as u64
@@ -825,31 +774,6 @@ fn device_key(rdev: u64) -> (u32, bool) {
     (0x4000_0000 | (major << 8) | minor, false)
 }
 
-/// Whether `fd` is a virtual terminal (4:0-63) or the console (5:1) that is its task's
-/// controlling terminal, in a session led by a task of the tree: the session gets it back (its
-/// leader's stub acquires it), as CRIU's VT and CONSOLE ttys do, with no `--shell-job`.
-pub(crate) fn is_session_device_tty(fd: &Fd, cx: &DumpCx) -> bool {
-    let Some((major, minor)) = device_tty(fd) else {
-        return false;
-    };
-    let Ok(st) = crate::proc::stat(fd.pid) else {
-        return false;
-    };
-    let encoded = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
-    st.tty_nr as u64 == encoded && cx.img.live_pids.contains(&st.sid)
-}
-
-/// (major, minor) of a virtual terminal (4:0-63) or the console (5:1) open at `fd`.
-fn device_tty(fd: &Fd) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let rdev = std::fs::metadata(fd.proc_path()).ok()?.rdev();
-    let (major, minor) = (
-        nix::sys::stat::major(rdev as libc::dev_t),
-        nix::sys::stat::minor(rdev as libc::dev_t),
-    );
-    ((major, minor) == (5, 1) || (major == 4 && minor < 64)).then_some((major, minor))
-}
-
 /// A virtual terminal's or the console's info: its termios and window size, as CRIU's. Its id
 /// is CRIU's, one per driver (CRIU's VT_INDEX 1004 and CONSOLE_INDEX 1002, times two), which
 /// CRIU checks against its limit.
@@ -859,11 +783,7 @@ fn device_info(
     rdev: u32,
     console: bool,
 ) -> Result<pb::TtyInfoEntry, PtyError> {
-    let termios = termios_of(fd).map_err(err("termios of a terminal device"))?;
-    let locked = ioc::locked_termios(fd)
-        .map(|t| entry_of(Termios::from(t)))
-        .map_err(err("locked termios of a terminal device"))?;
-    let ws = ioc::window_size(fd).map_err(err("window size of a terminal device"))?;
+    let (termios, locked, winsize) = settings(fd, "a terminal device")?;
     Ok(pb::TtyInfoEntry {
         id: if console { 1002 << 1 } else { 1004 << 1 },
         r#type: if console {
@@ -879,80 +799,12 @@ fn device_info(
         rdev,
         termios: Some(termios),
         termios_locked: Some(locked),
-        winsize: Some(pb::WinsizeEntry {
-            ws_row: ws.ws_row as u32,
-            ws_col: ws.ws_col as u32,
-            ws_xpixel: ws.ws_xpixel as u32,
-            ws_ypixel: ws.ws_ypixel as u32,
-        }),
+        winsize: Some(winsize),
         pty: None,
         dev: None,
         uid: None,
         gid: None,
     })
-}
-
-/// A slave of each pty that is a session leader's controlling terminal without the leader
-/// holding it (see [`unheld_controlling_pty`]), once the ptys are made: (leader's pid, fd).
-pub(crate) fn slaves_for_unheld_ctty(
-    img: &DumpImage,
-    slots: &mut crate::files::kind::Slots,
-) -> Result<Vec<(u32, OwnedFd)>, RestoreError> {
-    let mut out = Vec::new();
-    for t in &img.tasks {
-        let Some((index, _)) = unheld_controlling_pty(t, img) else {
-            continue;
-        };
-        let Some((_, path)) = slots.get::<Made>().0.get(&index) else {
-            continue;
-        };
-        let fd = open_slave(path, libc::O_RDWR as u32)
-            .map_err(|source| RestoreError::Pty { id: 0, source })?;
-        out.push((t.pid(), fd));
-    }
-    Ok(out)
-}
-
-/// The stub made the slave the session's controlling terminal before forking the session
-/// (a controlling terminal is inherited at fork, and only a leader can acquire one); now that
-/// every group exists, the leader puts the dumped foreground group back.
-fn restore_controlling_tty(r: &Remote, t: &TaskImage, img: &DumpImage) -> Result<(), RestoreError> {
-    let (fd, pgrp) = match controlling_slave(t, img) {
-        Some((fd, pgrp)) => (Some(fd), pgrp),
-        None => match unheld_controlling_pty(t, img) {
-            Some((_, pgrp)) => (None, pgrp),
-            None => return Ok(()),
-        },
-    };
-    // TIOCSCTTY put the leader's own group in the foreground.
-    if pgrp == t.pid() {
-        return Ok(());
-    }
-    // The group must be one of the session's. After TIOCSCTTY the leader's group is in the
-    // foreground, so the leader may hand it over without SIGTTOU.
-    if pgrp != 0
-        && img
-            .tasks
-            .iter()
-            .any(|o| o.pstree.pgid == pgrp && o.pstree.sid == t.pid())
-    {
-        let a = r.put(0, &(pgrp as i32).to_ne_bytes())?;
-        match fd {
-            Some(fd) => {
-                r.call(libc::SYS_ioctl, &[fd as u64, libc::TIOCSPGRP, a])?;
-            }
-            None => {
-                // No fd of its own on it: through /dev/tty, opened for the moment.
-                let path = r.put(64, b"/dev/tty\0")?;
-                let flags = (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
-                let tty = r.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, path, flags])?;
-                let set = r.call(libc::SYS_ioctl, &[tty as u64, libc::TIOCSPGRP, a]);
-                r.call(libc::SYS_close, &[tty as u64])?;
-                set?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Copies of the pty masters open in the tree's live tasks, by pts index. A master that

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod containers;
 pub mod fuzz;
+pub mod runc;
 mod servers;
 pub use servers::{redis_server, start_redis, Postgres, Redis};
 

@@ -4,311 +4,12 @@
 //! restored by runc.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stasis_tests::containers::*;
+use stasis_tests::runc::*;
 use stasis_tests::*;
-
-/// The container's shell: counts on stdout and into a file of its /tmp tmpfs, after leaving a
-/// file in /dev/shm.
-const SCRIPT: &str = "mkdir -p /dev/shm/x; echo kept > /dev/shm/x/f; \
-                      i=0; while true; do echo $i; echo $i > /tmp/count; i=$((i+1)); sleep 0.1; done";
-
-/// What a test's container is beside the defaults of `runc spec`.
-#[derive(Clone, Copy)]
-struct Shape<'a> {
-    /// The shell's script (the counter unless told).
-    script: &'a str,
-    /// The network namespace by path.
-    netns: Option<&'a str>,
-    /// The pid namespace by path (another process's: the container does not own it).
-    pidns: Option<&'a str>,
-    /// A cgroup namespace of its own.
-    cgroupns: bool,
-    /// A user namespace of its own: 0-65535 mapped to 100000-165535.
-    userns: bool,
-}
-
-const COUNTER: Shape<'static> = Shape {
-    script: SCRIPT,
-    netns: None,
-    pidns: None,
-    cgroupns: false,
-    userns: false,
-};
-
-/// The host uid and gid of root in a user namespace container.
-const USERNS_ROOT: u32 = 100_000;
-
-/// A bundle: busybox rootfs and a config whose process runs the shape's script, with a
-/// tmpfs at /tmp, in the namespaces it asks for.
-fn bundle(dir: &Path, shape: Shape<'_>) {
-    let Shape {
-        script,
-        netns,
-        pidns,
-        cgroupns,
-        userns,
-    } = shape;
-    let rootfs = dir.join("rootfs");
-    busybox_rootfs(
-        &rootfs,
-        &[
-            "sh", "sleep", "echo", "mkdir", "hostname", "cat", "nc", "id",
-        ],
-    );
-    let out = Command::new("runc")
-        .arg("spec")
-        .current_dir(dir)
-        .output()
-        .expect("runc spec");
-    assert!(out.status.success(), "runc spec");
-    let spec = std::fs::read_to_string(dir.join("config.json")).expect("config.json");
-    let tmpfs = r#"{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]},
-		{
-			"destination": "/proc","#;
-    let spec = spec
-        .replace("\"terminal\": true", "\"terminal\": false")
-        .replace("\"readonly\": true", "\"readonly\": false")
-        .replace(
-            "\"sh\"\n",
-            &format!("\"sh\", \"-c\", \"{}\"\n", script.replace('"', "\\\"")),
-        )
-        .replacen("{\n\t\t\t\"destination\": \"/proc\",", tmpfs, 1);
-    let spec = match netns {
-        Some(path) => spec.replacen(
-            "\"type\": \"network\"",
-            &format!("\"type\": \"network\", \"path\": \"{path}\""),
-            1,
-        ),
-        None => spec,
-    };
-    let spec = match pidns {
-        Some(path) => spec.replacen(
-            "\"type\": \"pid\"",
-            &format!("\"type\": \"pid\", \"path\": \"{path}\""),
-            1,
-        ),
-        None => spec,
-    };
-    let spec = if cgroupns {
-        spec.replacen(
-            "\"type\": \"mount\"",
-            "\"type\": \"mount\"\n\t\t\t},\n\t\t\t{\n\t\t\t\t\"type\": \"cgroup\"",
-            1,
-        )
-    } else {
-        spec
-    };
-    let spec = if userns {
-        let map = format!("[{{\"containerID\": 0, \"hostID\": {USERNS_ROOT}, \"size\": 65536}}]");
-        spec.replacen(
-            "\"type\": \"mount\"",
-            "\"type\": \"mount\"\n\t\t\t},\n\t\t\t{\n\t\t\t\t\"type\": \"user\"",
-            1,
-        )
-        .replacen(
-            "\"linux\": {",
-            &format!("\"linux\": {{\n\t\t\"uidMappings\": {map},\n\t\t\"gidMappings\": {map},"),
-            1,
-        )
-    } else {
-        spec
-    };
-    assert!(
-        spec.contains(script.split(' ').next().unwrap_or("sh"))
-            && spec.contains("\"/tmp\"")
-            && netns.is_none_or(|p| spec.contains(p))
-            && pidns.is_none_or(|p| spec.contains(p))
-            && (!cgroupns || spec.contains("\"cgroup\""))
-            && (!userns || spec.contains("uidMappings")),
-        "config.json changed shape: {spec}"
-    );
-    std::fs::write(dir.join("config.json"), spec).expect("write config.json");
-    if userns {
-        // Root inside owns the rootfs, as runc expects of a user namespace container.
-        let out = Command::new("chown")
-            .args(["-R", &format!("{USERNS_ROOT}:{USERNS_ROOT}")])
-            .arg(&rootfs)
-            .output()
-            .expect("chown");
-        assert!(out.status.success(), "chown of the rootfs");
-    }
-}
-
-fn runc(args: &[&str], dir: &Path) -> Output {
-    Command::new("runc")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run runc")
-}
-
-fn ok(what: &str, out: &Output, log: &Path) {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
-/// A running container; deleted whatever happens.
-struct Container {
-    id: &'static str,
-    dir: PathBuf,
-    criu: PathBuf,
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = runc(&["delete", "-f", self.id], &self.dir);
-    }
-}
-
-impl Container {
-    /// None (after saying why) when runc or busybox is missing.
-    fn start(test: &str, id: &'static str) -> Option<Container> {
-        Container::start_with(test, id, COUNTER)
-    }
-
-    /// [`Container::start`] of another shape.
-    fn start_with(test: &str, id: &'static str, shape: Shape<'_>) -> Option<Container> {
-        let c = Container::create(test, id, shape)?;
-        // stdout a host file, as a runtime's log is.
-        let status = c
-            .runc_cmd(&["run", "-d", "--pid-file", "pid", id])
-            .status()
-            .expect("runc run");
-        assert!(status.success(), "runc run -d");
-        if shape.script == SCRIPT {
-            c.wait_lines(3, T);
-        }
-        Some(c)
-    }
-
-    /// The bundle and our `criu`, the container not started.
-    fn create(test: &str, id: &'static str, shape: Shape<'_>) -> Option<Container> {
-        if missing_tools(test, &["runc"]) {
-            return None;
-        }
-        let dir = temp_dir(id);
-        bundle(&dir, shape);
-        // runc looks for `criu` in PATH; --criu names it outright.
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).expect("bin dir");
-        let criu = bin.join("criu");
-        std::os::unix::fs::symlink(stasis_bin(), &criu).expect("criu link");
-        let _ = runc(&["delete", "-f", id], &dir);
-        Some(Container { id, dir, criu })
-    }
-
-    fn runc_cmd(&self, args: &[&str]) -> Command {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("out.log"))
-            .expect("out.log");
-        let mut cmd = Command::new("runc");
-        cmd.arg("--criu")
-            .arg(&self.criu)
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out);
-        cmd
-    }
-
-    fn runc(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--criu", self.criu.to_str().expect("utf8")];
-        all.extend_from_slice(args);
-        runc(&all, &self.dir)
-    }
-
-    fn pid(&self, file: &str) -> u32 {
-        std::fs::read_to_string(self.dir.join(file))
-            .expect("pid file")
-            .trim()
-            .parse()
-            .expect("pid")
-    }
-
-    fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("out.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.parse::<u64>().is_ok())
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn wait_lines(&self, n: usize, timeout: Duration) -> Vec<String> {
-        let end = Instant::now() + timeout;
-        loop {
-            let l = self.lines();
-            if l.len() >= n || Instant::now() > end {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `runc checkpoint` into ckpt (work dir work), with `extra` flags; the old init reaped.
-    fn checkpoint(&self, extra: &[&str]) {
-        let mut args = vec!["checkpoint"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--image-path", "ckpt", "--work-path", "work", self.id]);
-        let out = self.runc(&args);
-        ok("runc checkpoint", &out, &self.dir.join("work/dump.log"));
-        // Reparented to us (the tests' subreaper) when `runc run` exited: its zombie holds
-        // its pid (in a namespace the restore may join) until reaped.
-        reap(self.pid("pid"));
-    }
-
-    /// `runc restore -d` of ckpt, with `extra` flags, its pid in `pid2`; that pid.
-    fn restore(&self, extra: &[&str]) -> u32 {
-        let mut args = vec!["restore", "-d"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[
-            "--image-path",
-            "ckpt",
-            "--work-path",
-            "work",
-            "--pid-file",
-            "pid2",
-            self.id,
-        ]);
-        let status = self.runc_cmd(&args).status().expect("runc restore");
-        assert!(
-            status.success(),
-            "runc restore: {}",
-            std::fs::read_to_string(self.dir.join("work/restore.log")).unwrap_or_default()
-        );
-        self.pid("pid2")
-    }
-
-    /// [`Container::checkpoint`] then [`Container::restore`]: the lines counted at the
-    /// checkpoint and the restored init's pid.
-    fn checkpoint_then_restore(&self) -> (usize, u32) {
-        self.checkpoint(&[]);
-        let dumped = self.lines().len();
-        (dumped, self.restore(&[]))
-    }
-
-    fn state(&self) -> String {
-        String::from_utf8_lossy(&self.runc(&["state", self.id]).stdout).into_owned()
-    }
-}
-
-fn read_in(pid: u32, path: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/root{path}"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
 
 #[test]
 fn runc_checkpoints_and_restores_a_busybox_container() {
@@ -978,4 +679,94 @@ fn runc_container_with_a_shared_bind_mount() {
     assert_eq!(read_in(restored, "/shared/f"), "in the bind");
     let after = c.wait_lines(dumped + 5, T);
     assert!(after.len() >= dumped + 5, "the counter goes on");
+}
+
+/// The propagation of the mounts at /pa to /pe, by mountpoint: each peer group named by the
+/// first mountpoint (in order) that is shared in it, so that two tables compare.
+fn peer_groups(pid: u32) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let mut rows: Vec<(String, Option<String>, Option<String>)> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let tag = |p: &str| {
+                f[6..]
+                    .iter()
+                    .take_while(|t| **t != "-")
+                    .find_map(|t| t.strip_prefix(p).map(str::to_string))
+            };
+            ["/pa", "/pb", "/pc", "/pd", "/pe"]
+                .contains(&f[4])
+                .then(|| (f[4].to_string(), tag("shared:"), tag("master:")))
+        })
+        .collect();
+    rows.sort();
+    let name = |g: &Option<String>| -> String {
+        g.as_ref().map_or("-".into(), |g| {
+            rows.iter()
+                .find(|r| r.1.as_ref() == Some(g))
+                .map_or("outside".into(), |r| r.0.clone())
+        })
+    };
+    rows.iter()
+        .map(|r| (r.0.clone(), name(&r.1), name(&r.2)))
+        .collect()
+}
+
+/// Peer groups of several mounts and slaves of them, made inside the container (a tmpfs made
+/// shared, binds of it, a slave, a slave that is shared in a group of its own): they come
+/// back with the same groups and masters, and a mount made afterwards propagates as before.
+#[test]
+fn runc_container_with_peer_groups_and_slaves_of_its_own() {
+    let _g = serial_root!();
+    let Some(c) = Container::start(test_name!(), "stasis-runc-peers") else {
+        return;
+    };
+    let script = "mkdir -p /pa /pb /pc /pd /pe && mount -t tmpfs pg /pa && mkdir /pa/sub && \
+                  echo kept > /pa/sub/f && mount --make-shared /pa && mount --bind /pa /pb && \
+                  mount --bind /pa /pc && mount --make-slave /pc && \
+                  mount --bind /pa/sub /pd && mount --make-slave /pd && \
+                  mount --make-shared /pd && mount --bind /pd /pe";
+    let out = c.runc(&["exec", "--cap", "CAP_SYS_ADMIN", c.id, "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "mounting inside: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = c.pid("pid");
+    let before = peer_groups(pid);
+    let expected: Vec<(String, String, String)> = [
+        ("/pa", "/pa", "-"),
+        ("/pb", "/pa", "-"),
+        ("/pc", "-", "/pa"),
+        ("/pd", "/pd", "/pa"),
+        ("/pe", "/pd", "/pa"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(before, expected, "the kernel made the groups asked for");
+    let (dumped, restored) = c.checkpoint_then_restore();
+    assert_eq!(peer_groups(restored), before, "the same groups and masters");
+    assert_eq!(read_in(restored, "/pe/f"), "kept");
+    // Propagation works as it did: into peers and slaves, not back from a slave.
+    let script = "mkdir /pa/new /pa/sub/new /pc/own && mount -t tmpfs n /pa/new && \
+                  mount -t tmpfs s /pa/sub/new && mount -t tmpfs o /pc/own";
+    let out = c.runc(&["exec", "--cap", "CAP_SYS_ADMIN", c.id, "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "mounting after restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(format!("/proc/{restored}/mountinfo")).expect("mountinfo");
+    let at: Vec<&str> = text.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    for mp in ["/pb/new", "/pc/new", "/pd/new", "/pe/new"] {
+        assert!(at.contains(&mp), "propagated to {mp}: {at:?}");
+    }
+    for mp in ["/pa/own", "/pb/own"] {
+        assert!(!at.contains(&mp), "nothing comes back from a slave: {mp}");
+    }
+    let lines = c.wait_lines(dumped + 5, T);
+    assert!(lines.len() >= dumped + 5, "the counter goes on");
+    counter_is_continuous(&lines);
 }

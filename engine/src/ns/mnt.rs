@@ -171,6 +171,11 @@ pub struct Planned {
 /// Virtual filesystems a restore mounts anew.
 const NEW_KINDS: &[&str] = &["proc", "sysfs", "devpts", "mqueue", "cgroup2"];
 
+/// Filesystems whose every whole mount is mounted anew, each showing the same thing again (a
+/// proc of the pid namespace, a cgroup hierarchy); another whole mount of any other filesystem
+/// is a bind of the first, sharing its files (two tmpfs mounts of one tmpfs stay one).
+const ANEW_WHOLE: &[&str] = &["proc", "sysfs", "cgroup", "cgroup2"];
+
 /// The order and the way to make every mount of `table` (a tree's mount namespace), parents
 /// before children. A filesystem type it cannot make is an error naming the mount.
 pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
@@ -237,7 +242,10 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
             Make::Root
         } else if m.ext_key.is_some() {
             Make::External
-        } else if let Some(&of) = whole.get(&m.dev).filter(|_| m.root != "/") {
+        } else if let Some(&of) = whole
+            .get(&m.dev)
+            .filter(|_| m.root != "/" || !ANEW_WHOLE.contains(&m.fstype.as_str()))
+        {
             Make::Bind {
                 of,
                 sub: m.root.clone(),
@@ -357,59 +365,6 @@ pub fn phases(plan: &[Planned]) -> Result<Vec<Phase>, MntError> {
         }
     }
     Ok(out)
-}
-
-/// The peer group a mount is shared in (`shared:N`), if it is.
-pub fn shared_group(m: &MountInfo) -> Option<u32> {
-    m.tags
-        .iter()
-        .find_map(|t| t.strip_prefix("shared:")?.parse().ok())
-}
-
-/// The peer group a mount receives propagation from (`master:N`), if it is a slave.
-pub fn master_group(m: &MountInfo) -> Option<u32> {
-    m.tags
-        .iter()
-        .find_map(|t| t.strip_prefix("master:")?.parse().ok())
-}
-
-/// Propagation a restore can make again: a shared mount alone in its peer group (a bind with
-/// `rshared` in a bundle, on a host whose mounts are private), made shared once every mount is
-/// there; a slave of a peer group outside the tree (runc makes a container's mounts `rslave`:
-/// on a host whose mounts are shared, as systemd makes them, they are slaves of the host's),
-/// made a slave of the peer group of its source on the host restored to. Refused by name: a
-/// slave of a group of the tree, a peer group of several mounts of the tree, and one shared
-/// with mounts outside the tree (`outside`: the groups of the dumper's own mounts), whose
-/// peers the restore could not join.
-pub fn check_propagation(table: &[MountInfo], outside: &HashSet<u32>) -> Result<(), MntError> {
-    let mut members: HashMap<u32, usize> = HashMap::new();
-    for g in table.iter().filter_map(shared_group) {
-        *members.entry(g).or_default() += 1;
-    }
-    for m in table {
-        let refuse = |what: String| MntError::Propagation {
-            id: m.id,
-            mountpoint: m.mountpoint.clone(),
-            what,
-        };
-        if let Some(g) = master_group(m).filter(|g| members.contains_key(g)) {
-            return Err(refuse(format!(
-                "master:{g}, a slave of a peer group of the tree"
-            )));
-        }
-        if let Some(g) = shared_group(m) {
-            if members[&g] > 1 {
-                return Err(refuse(format!(
-                    "shared:{g} with {} other mounts of the tree (a peer group)",
-                    members[&g] - 1
-                )));
-            }
-            if outside.contains(&g) {
-                return Err(refuse(format!("shared:{g} with mounts outside the tree")));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Per-mount options as mount(2) flags. mountinfo shows no atime option for strictatime
@@ -652,6 +607,33 @@ mod tests {
     }
 
     #[test]
+    fn a_second_whole_mount_of_a_tmpfs_is_a_bind_of_the_first() {
+        let t = parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 0:5 / /a rw - tmpfs t rw\n\
+             3 1 0:5 / /b rw - tmpfs t rw\n4 1 0:6 / /p rw - proc proc rw\n\
+             5 1 0:6 / /q rw - proc proc rw\n",
+        )
+        .unwrap();
+        let p = plan(&t).unwrap();
+        let make = |mp: &str| {
+            p.iter()
+                .find(|x| x.mount.mountpoint == mp)
+                .unwrap()
+                .make
+                .clone()
+        };
+        assert_eq!(make("/a"), Make::Tmpfs);
+        assert_eq!(
+            make("/b"),
+            Make::Bind {
+                of: 2,
+                sub: "/".into()
+            }
+        );
+        assert_eq!(make("/q"), Make::New, "a proc shows the same again");
+    }
+
+    #[test]
     fn escapes_orphans_and_unknown_kinds() {
         let t = parse_mountinfo(
             "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 0:5 / /a\\040b rw - tmpfs x rw\n",
@@ -780,37 +762,7 @@ mod tests {
             phases(&plan(&odd).unwrap()),
             Err(MntError::BindOfLate { id: 3, .. })
         ));
-        let none = HashSet::new();
-        let shared = parse_mountinfo("1 0 8:1 / / rw shared:1 - ext4 /dev/sda rw\n").unwrap();
-        assert!(
-            check_propagation(&shared, &none).is_ok(),
-            "alone in its group"
-        );
-        assert_eq!(shared_group(&shared[0]), Some(1));
-        assert!(
-            check_propagation(&shared, &HashSet::from([1])).is_err(),
-            "a peer outside"
-        );
-        let peers = parse_mountinfo(
-            "1 0 8:1 / / rw shared:1 - ext4 /dev/sda rw\n2 1 8:1 / /b rw shared:1 - ext4 /dev/sda rw\n",
-        )
-        .unwrap();
-        assert!(check_propagation(&peers, &none).is_err(), "a peer group");
-        let slave = parse_mountinfo("1 0 8:1 / / rw master:3 - ext4 /dev/sda rw\n").unwrap();
-        assert!(
-            check_propagation(&slave, &none).is_ok(),
-            "a slave of the host"
-        );
-        assert_eq!(master_group(&slave[0]), Some(3));
-        let inner = parse_mountinfo(
-            "1 0 8:1 / / rw shared:3 - ext4 /dev/sda rw\n2 1 8:1 / /b rw master:3 - ext4 /dev/sda rw\n",
-        )
-        .unwrap();
-        assert!(
-            check_propagation(&inner, &none).is_err(),
-            "a slave of the tree's own group"
-        );
-        assert!(check_propagation(&t, &none).is_ok());
+        assert!(crate::ns::propagation::plan(&t, &HashSet::new()).is_ok());
         assert_eq!(under("/run/x/criu-root/", "/proc"), "/run/x/criu-root/proc");
     }
 }

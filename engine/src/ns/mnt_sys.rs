@@ -15,6 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use super::mnt::{self, Make, MountInfo, Phase};
+use super::propagation;
 use crate::images::{magic, names, ImageKind, ImageWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +102,7 @@ pub fn tree_mounts(
         mnt::to_cgroupns_view(&mut table, &cg);
     }
     mnt::mark_external(&mut table, ext);
-    mnt::check_propagation(&table, &our_shared_groups())?;
+    propagation::plan(&table, &our_shared_groups())?;
     let plan = mnt::plan(&table)?;
     mnt::phases(&plan)?;
     if let Some(p) = plan
@@ -116,11 +117,20 @@ pub fn tree_mounts(
     Ok(Some(table))
 }
 
-/// The mountpoints the init makes shared after the pivot, parents first (the plan's order).
-fn shared_mountpoints(plan: &[mnt::Planned]) -> Result<Vec<CString>, MntNsError> {
-    plan.iter()
-        .filter(|p| mnt::shared_group(&p.mount).is_some())
-        .map(|p| cstr(&p.mount.mountpoint))
+/// The init's propagation steps after the pivot, as C strings.
+fn stub_steps(steps: &[propagation::Step]) -> Result<Vec<StubStep>, MntNsError> {
+    steps
+        .iter()
+        .map(|s| {
+            Ok(match s {
+                propagation::Step::Shared(p) => StubStep::Shared(cstr(p)?),
+                propagation::Step::Slave(p) => StubStep::Slave(cstr(p)?),
+                propagation::Step::SetGroup { from, to } => StubStep::SetGroup {
+                    from: cstr(from)?,
+                    to: cstr(to)?,
+                },
+            })
+        })
         .collect()
 }
 
@@ -130,7 +140,7 @@ fn our_shared_groups() -> std::collections::HashSet<u32> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|t| mnt::parse_mountinfo(&t).ok())
-        .map(|table| table.iter().filter_map(mnt::shared_group).collect())
+        .map(|table| table.iter().filter_map(propagation::shared_group).collect())
         .unwrap_or_default()
 }
 
@@ -182,8 +192,16 @@ pub struct StubMounts {
     /// The root directory, as the namespace sees it before the pivot.
     pub root: CString,
     pub late: Vec<LateMount>,
-    /// Mounts made shared once all are there, after the pivot (paths as the tree sees them).
-    pub shared: Vec<CString>,
+    /// Peer groups and slaves made once all mounts are there, after the pivot.
+    pub propagation: Vec<StubStep>,
+}
+
+/// [`propagation::Step`] with the paths (as the tree sees them) the init's syscalls take.
+#[derive(Clone)]
+pub enum StubStep {
+    Shared(CString),
+    SetGroup { from: CString, to: CString },
+    Slave(CString),
 }
 
 /// The namespace phase 1 made, held until the tree's init has entered it.
@@ -192,7 +210,7 @@ pub struct Early {
     ns: OwnedFd,
     root: CString,
     late: Vec<LateMount>,
-    shared: Vec<CString>,
+    propagation: Vec<StubStep>,
     /// Detached binds for the late external mounts: closed with us, after the fork.
     _trees: Vec<OwnedFd>,
 }
@@ -238,7 +256,7 @@ impl Early {
                     tree_fd: l.tree_fd,
                 })
                 .collect(),
-            shared: self.shared.clone(),
+            propagation: self.propagation.clone(),
         }
     }
 }
@@ -323,6 +341,8 @@ pub fn build(
     let root_s = root.to_str().ok_or(MntNsError::NoRoot)?.to_string();
     let plan = mnt::plan(table)?;
     let phases = mnt::phases(&plan)?;
+    // Groups outside the tree were refused at dump; CRIU's images are checked here.
+    let prop = propagation::plan(table, &Default::default())?;
     let back = Back::save()?;
     match existing {
         // A namespace the user namespace holder made (see ns::user); entering one needs
@@ -350,7 +370,7 @@ pub fn build(
         ),
         root: cstr(&root_s)?,
         late: Vec::new(),
-        shared: shared_mountpoints(&plan)?,
+        propagation: stub_steps(&prop.steps)?,
         _trees: Vec::new(),
     };
     // Nothing made here reaches the namespace we came from; what ours receive from the
@@ -392,7 +412,19 @@ pub fn build(
         };
         if phase == Phase::Late {
             let late = late_mount(p, &by_id, flags, &host_source, &mut early, &root_s, userns)?;
-            early.late.extend(late);
+            // A bind keeps its source's propagation: the dumped one is set after it.
+            if let Some(last) = late.last() {
+                let target = last.target.clone();
+                early.late.extend(late);
+                early.late.push(LateMount {
+                    source: None,
+                    target,
+                    fstype: None,
+                    flags: at_creation(&prop, m),
+                    data: None,
+                    tree_fd: None,
+                });
+            }
             continue;
         }
         match &p.make {
@@ -421,34 +453,7 @@ pub fn build(
                 )
                 .map_err(fail("mounting it"))?;
             }
-            Make::Tmpfs => {
-                ensure_dir(&target).map_err(fail("making its mountpoint"))?;
-                sys_mount(
-                    Some(&m.source),
-                    &target,
-                    Some("tmpfs"),
-                    flags & !libc::MS_RDONLY,
-                    Some(&mnt::fs_data(&m.super_opts)),
-                )
-                .map_err(fail("mounting it"))?;
-                let archive = images.join(names::tmpfs_dev(mnt::kdev(m.dev)));
-                if archive.exists() {
-                    super::tmpfs::load(&archive, Path::new(&target))?;
-                }
-                if m.super_opts.iter().any(|o| o == "ro") {
-                    // The filesystem itself read-only, as well as the mount.
-                    sys_mount(
-                        None,
-                        &target,
-                        None,
-                        libc::MS_REMOUNT | flags | libc::MS_RDONLY,
-                        Some(&mnt::fs_data(&m.super_opts)),
-                    )
-                    .map_err(fail("making it read-only"))?;
-                } else if flags & libc::MS_RDONLY != 0 {
-                    remount(&target, flags).map_err(fail("making it read-only"))?;
-                }
-            }
+            Make::Tmpfs => make_tmpfs(m, &target, flags, images)?,
             Make::Bind { of, sub } => {
                 let of = by_id.get(of).map_or("/", |o| o.mountpoint.as_str());
                 let source = mnt::under(&mnt::under(&root_s, of), sub);
@@ -464,7 +469,7 @@ pub fn build(
         } else {
             &target
         };
-        sys_mount(None, made_at, None, propagation(m), None)
+        sys_mount(None, made_at, None, at_creation(&prop, m), None)
             .map_err(fail("setting its propagation"))?;
     }
     if root_ro {
@@ -478,11 +483,51 @@ pub fn build(
     Ok(early)
 }
 
-/// The propagation a restored mount is given once made: a slave if it was one (of a peer
-/// group outside the tree, which a bind of a host path in our slave namespace is again; see
-/// mnt::check_propagation), else private (a shared one is made shared after the pivot).
-fn propagation(m: &MountInfo) -> u64 {
-    if mnt::master_group(m).is_some() {
+/// A tmpfs at `target`, filled from its archive, then read-only if it was.
+fn make_tmpfs(m: &MountInfo, target: &str, flags: u64, images: &Path) -> Result<(), MntNsError> {
+    let fail = |what: &str| {
+        let (id, target, what) = (m.id, target.to_string(), what.to_string());
+        move |source| MntNsError::Mount {
+            id,
+            target,
+            what,
+            source,
+        }
+    };
+    ensure_dir(target).map_err(fail("making its mountpoint"))?;
+    sys_mount(
+        Some(&m.source),
+        target,
+        Some("tmpfs"),
+        flags & !libc::MS_RDONLY,
+        Some(&mnt::fs_data(&m.super_opts)),
+    )
+    .map_err(fail("mounting it"))?;
+    let archive = images.join(names::tmpfs_dev(mnt::kdev(m.dev)));
+    if archive.exists() {
+        super::tmpfs::load(&archive, Path::new(target))?;
+    }
+    if m.super_opts.iter().any(|o| o == "ro") {
+        // The filesystem itself read-only, as well as the mount.
+        sys_mount(
+            None,
+            target,
+            None,
+            libc::MS_REMOUNT | flags | libc::MS_RDONLY,
+            Some(&mnt::fs_data(&m.super_opts)),
+        )
+        .map_err(fail("making it read-only"))?;
+    } else if flags & libc::MS_RDONLY != 0 {
+        remount(target, flags).map_err(fail("making it read-only"))?;
+    }
+    Ok(())
+}
+
+/// The propagation a restored mount is given once made: a slave if it was one of a peer group
+/// outside the tree (which a bind of a host path in our slave namespace is again), else
+/// private; peer groups and slaves of the tree's groups are made after the pivot.
+fn at_creation(prop: &propagation::Propagation, m: &MountInfo) -> u64 {
+    if prop.slave_at_creation.contains(&m.id) {
         libc::MS_SLAVE
     } else {
         libc::MS_PRIVATE
@@ -575,17 +620,6 @@ fn late_mount(
                 l.data = Some(cstr(&crate::ns::user::fs_opts_to_ns(d, maps))?);
             }
         }
-    }
-    // A bind keeps its source's propagation: the dumped one is set after it.
-    if !out.is_empty() {
-        out.push(LateMount {
-            source: None,
-            target,
-            fstype: None,
-            flags: propagation(m),
-            data: None,
-            tree_fd: None,
-        });
     }
     Ok(out)
 }

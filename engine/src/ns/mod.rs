@@ -5,6 +5,7 @@ pub mod mnt;
 pub mod mnt_sys;
 pub mod net;
 pub mod pid;
+pub mod propagation;
 pub mod time;
 pub mod tmpfs;
 pub mod user;

@@ -335,6 +335,8 @@ fn wait_ready(
                         4 => "detaching the old root".into(),
                         5 => "unsharing a cgroup namespace".into(),
                         6 => "making a mount shared again".into(),
+                        7 => "making a mount a slave again".into(),
+                        8 => "joining a mount to its peer group (MOVE_MOUNT_SET_GROUP)".into(),
                         n => format!("the init's mount #{} (see the debug log's list)", n - 16),
                     },
                     errno,

@@ -469,18 +469,27 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
         check(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH), 4);
         check(libc::syscall(libc::SYS_chdir, c"/".as_ptr()), 2);
         // Propagation last: every mount is there, and a shared root could not be pivoted.
-        for p in &m.shared {
-            check(
-                libc::syscall(
-                    libc::SYS_mount,
-                    null,
-                    p.as_ptr(),
-                    null,
-                    libc::MS_SHARED as libc::c_ulong,
-                    null,
+        let flag = |p: &std::ffi::CString, f: libc::c_ulong| {
+            libc::syscall(libc::SYS_mount, null, p.as_ptr(), null, f, null)
+        };
+        for s in &m.propagation {
+            use crate::ns::mnt_sys::StubStep;
+            let (r, step) = match s {
+                StubStep::Shared(p) => (flag(p, libc::MS_SHARED as libc::c_ulong), 6),
+                StubStep::Slave(p) => (flag(p, libc::MS_SLAVE as libc::c_ulong), 7),
+                StubStep::SetGroup { from, to } => (
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        libc::AT_FDCWD,
+                        from.as_ptr(),
+                        libc::AT_FDCWD,
+                        to.as_ptr(),
+                        libc::MOVE_MOUNT_SET_GROUP,
+                    ),
+                    8,
                 ),
-                6,
-            );
+            };
+            check(r, step);
         }
     }
 }

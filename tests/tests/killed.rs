@@ -329,16 +329,29 @@ fn sigterm_and_sigint_make_a_failed_dump() {
     w.wait_lines(2, Duration::from_secs(20));
     let img = w.dir.join("term-images");
     let before = snapshot(w.pid);
-    for (sig, leave_running) in [
-        (libc::SIGTERM, true),
-        (libc::SIGTERM, false),
-        (libc::SIGINT, false),
+    let pages = |img: &Path| -> u64 {
+        std::fs::read_dir(img)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    for (sig, leave_running, copying) in [
+        (libc::SIGTERM, true, false),
+        (libc::SIGTERM, false, false),
+        (libc::SIGINT, false, false),
+        (libc::SIGTERM, true, true),
     ] {
-        let what = format!("signal {sig}, -R {leave_running}, once seized");
+        let when = if copying { "copying memory" } else { "seized" };
+        let what = format!("signal {sig}, -R {leave_running}, once {when}");
         let child = spawn_dump(&w, &img, leave_running);
         // Once the tree is seized, the 192 MiB of memory still take a while to dump.
         let end = Instant::now() + Duration::from_secs(10);
-        while tracer_of(w.pid) == 0 && Instant::now() < end {
+        while (tracer_of(w.pid) == 0 || (copying && pages(&img) == 0)) && Instant::now() < end {
             std::thread::sleep(Duration::from_micros(200));
         }
         // SAFETY: kill(2) of our own child, not yet reaped.
@@ -353,6 +366,13 @@ fn sigterm_and_sigint_make_a_failed_dump() {
             "{what}: stderr {err}"
         );
         assert!(!img.join("inventory.img").exists(), "{what}: inventory.img");
+        // The copy of the task's memory stops within a buffer, not at the end of the task.
+        let copied = pages(&img);
+        eprintln!("{what}: {copied} bytes of pages written");
+        assert!(
+            copied < 160 << 20,
+            "{what}: {copied} bytes of the 192 MiB copied: the signal did not stop the copy"
+        );
         assert_untouched(&w, &before, &what);
     }
 }

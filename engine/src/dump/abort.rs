@@ -150,6 +150,12 @@ impl Drop for Dumping {
     }
 }
 
+/// Whether SIGTERM or SIGINT came during the dump: a long step (copying a task's memory) stops
+/// early on it, and the dump reports [`DumpError::Aborted`].
+pub(crate) fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst) != 0
+}
+
 /// Fails with [`DumpError::Aborted`] if SIGTERM or SIGINT came.
 pub(crate) fn check() -> Result<(), DumpError> {
     match REQUESTED.load(Ordering::SeqCst) {

@@ -323,7 +323,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             // looking restorable either.
             let _ = std::fs::remove_file(images_dir.join(names::INVENTORY));
             opts.notify.run_late(Script::NetworkUnlock, None);
-            return Err(e);
+            // A step that stopped early for SIGTERM/SIGINT (copying memory) says why.
+            return Err(abort::check().err().unwrap_or(e));
         }
     }
     stats.frozen_time_us = frozen_at.elapsed().as_micros() as u64;

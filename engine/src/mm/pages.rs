@@ -34,6 +34,8 @@ pub enum PagesError {
     Short { path: PathBuf },
     #[error(transparent)]
     Mem(#[from] crate::sys::mem::MemError),
+    #[error("copying memory stopped: the dump was asked to stop")]
+    Aborted,
 }
 
 /// A page-aligned buffer (whole pages in, whole pages out).
@@ -236,6 +238,10 @@ impl PageSink {
     pub fn copy_from(&mut self, pid: u32, addr: u64, len: u64) -> Result<(), PagesError> {
         let mut done = 0u64;
         while done < len {
+            // A dumper asked to stop lets the tree go within one buffer, not one task.
+            if crate::dump::abort::requested() {
+                return Err(PagesError::Aborted);
+            }
             let n = (len - done).min(BUF as u64) as usize;
             let mut buf = self.buffer()?;
             let t = Instant::now();
@@ -249,6 +255,9 @@ impl PageSink {
 
     /// Appends bytes we already hold (whole pages).
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), PagesError> {
+        if crate::dump::abort::requested() {
+            return Err(PagesError::Aborted);
+        }
         if self.to_writer.is_none() && data.len() <= DIRECT_WRITE_MAX {
             use std::os::unix::fs::FileExt;
             let t = Instant::now();

@@ -211,18 +211,44 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
     for m in bfs.iter().filter(|m| m.root == "/") {
         source.entry(m.dev).or_insert(m.id);
     }
+    // A mount whose path another mount covers without being its ancestor (propagation left
+    // a copy under a bind stacked later: zdtm's overmount_with_shared_parent) can only be
+    // reached before that one is made: it comes first.
+    let parent_of: HashMap<u32, u32> = table.iter().map(|m| (m.id, m.parent)).collect();
+    let is_ancestor = |a: u32, mut of: u32| {
+        while let Some(&p) = parent_of.get(&of) {
+            if p == a {
+                return true;
+            }
+            if p == of {
+                break;
+            }
+            of = p;
+        }
+        false
+    };
+    let covers = |y: &MountInfo, x: &MountInfo| {
+        y.id != x.id
+            && y.mountpoint != x.mountpoint
+            && super::propagation::holds(&y.mountpoint, &x.mountpoint)
+            && !is_ancestor(y.id, x.id)
+    };
     let mut order: Vec<&MountInfo> = Vec::with_capacity(bfs.len());
     let mut placed: HashSet<u32> = HashSet::new();
     let mut left = bfs;
     while !left.is_empty() {
         let before = left.len();
+        let waiting: Vec<&MountInfo> = left.clone();
         left.retain(|m| {
             let parent_ok = m.id == root.id || placed.contains(&m.parent);
             let source_ok = m.root == "/"
                 || source
                     .get(&m.dev)
                     .is_none_or(|s| *s == m.id || placed.contains(s));
-            if parent_ok && source_ok {
+            let covered_first = !waiting
+                .iter()
+                .any(|x| !placed.contains(&x.id) && covers(m, x));
+            if parent_ok && source_ok && covered_first {
                 placed.insert(m.id);
                 order.push(m);
                 false
@@ -256,6 +282,13 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
             Make::New
         } else if m.fstype == "cgroup" {
             Make::External
+        } else if let Some(sub) = (m.dev == root.dev)
+            .then(|| within(&root.root, &m.root))
+            .flatten()
+        {
+            // A bind of a directory of the root's filesystem the root shows (a container's
+            // `mount --bind /data /mnt`): made from the new root.
+            Make::Bind { of: root.id, sub }
         } else if m.root != "/" {
             return Err(MntError::Unsupported {
                 id: m.id,
@@ -540,6 +573,15 @@ pub fn mark_external(table: &mut [MountInfo], ext: &[(String, String)]) {
     }
 }
 
+/// `inner` as a path under `root` (both directories of one filesystem), if `root` holds it.
+fn within(root: &str, inner: &str) -> Option<String> {
+    if !super::propagation::holds(root, inner) {
+        return None;
+    }
+    let rest = inner[root.trim_end_matches('/').len()..].to_string();
+    Some(if rest.is_empty() { "/".into() } else { rest })
+}
+
 /// `/a/b` under `root`, without doubling the slash.
 pub fn under(root: &str, path: &str) -> String {
     format!(
@@ -631,6 +673,58 @@ mod tests {
             }
         );
         assert_eq!(make("/q"), Make::New, "a proc shows the same again");
+    }
+
+    #[test]
+    fn a_bind_of_a_directory_of_the_roots_filesystem_is_made_from_the_root() {
+        let t = parse_mountinfo(
+            "1 0 8:1 /b/rootfs / rw - ext4 /dev/sda rw\n2 1 8:1 /b/rootfs/data /mnt rw - ext4 /dev/sda rw\n\
+             3 1 8:1 /b/rootfs /again rw - ext4 /dev/sda rw\n",
+        )
+        .unwrap();
+        let p = plan(&t).unwrap();
+        assert_eq!(
+            p[1].make,
+            Make::Bind {
+                of: 1,
+                sub: "/data".into()
+            }
+        );
+        assert_eq!(
+            p[2].make,
+            Make::Bind {
+                of: 1,
+                sub: "/".into()
+            }
+        );
+        let outside = parse_mountinfo(
+            "1 0 8:1 /b/rootfs / rw - ext4 /dev/sda rw\n2 1 8:1 /b/other /mnt rw - ext4 /dev/sda rw\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            plan(&outside),
+            Err(MntError::Unsupported { id: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_mount_another_covers_is_made_before_it() {
+        // 78 (a propagated copy at /t/a/b/c, child of /t) lies under /t/a, a bind stacked on
+        // /t later; 77 is 76's own child.
+        let t = parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n75 1 8:1 /t /t rw - ext4 /dev/sda rw\n\
+             76 75 8:1 /t/a/b /t/a rw - ext4 /dev/sda rw\n77 76 8:1 /t/d /t/a/c rw - ext4 /dev/sda rw\n\
+             78 75 8:1 /t/d /t/a/b/c rw - ext4 /dev/sda rw\n",
+        )
+        .unwrap();
+        let p = plan(&t).unwrap();
+        let pos = |id: u32| p.iter().position(|x| x.mount.id == id).unwrap();
+        assert!(
+            pos(78) < pos(76),
+            "{:?}",
+            p.iter().map(|x| x.mount.id).collect::<Vec<_>>()
+        );
+        assert!(pos(75) < pos(78) && pos(76) < pos(77));
     }
 
     #[test]

@@ -117,17 +117,33 @@ pub fn tree_mounts(
     Ok(Some(table))
 }
 
-/// The init's propagation steps after the pivot, as C strings.
-fn stub_steps(steps: &[propagation::Step]) -> Result<Vec<StubStep>, MntNsError> {
+/// The init's propagation steps after the pivot: each mount by the fd the restorer took on it
+/// once made (a mount stacked on it later cannot stand in for it), or, made by the init
+/// itself, by its path as the tree sees it.
+fn stub_steps(
+    steps: &[propagation::Step],
+    table: &[MountInfo],
+    fds: &std::collections::HashMap<u32, OwnedFd>,
+) -> Result<Vec<StubStep>, MntNsError> {
+    let at = |id: u32| -> Result<StubMount, MntNsError> {
+        if let Some(fd) = fds.get(&id) {
+            return Ok(StubMount::Fd(fd.as_raw_fd()));
+        }
+        let m = table.iter().find(|m| m.id == id).ok_or(MntNsError::Ns {
+            what: format!("propagation of mount {id}, which is not in the table"),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        })?;
+        Ok(StubMount::Path(cstr(&m.mountpoint)?))
+    };
     steps
         .iter()
         .map(|s| {
-            Ok(match s {
-                propagation::Step::Shared(p) => StubStep::Shared(cstr(p)?),
-                propagation::Step::Slave(p) => StubStep::Slave(cstr(p)?),
+            Ok(match *s {
+                propagation::Step::Shared(m) => StubStep::Shared(at(m)?),
+                propagation::Step::Slave(m) => StubStep::Slave(at(m)?),
                 propagation::Step::SetGroup { from, to } => StubStep::SetGroup {
-                    from: cstr(from)?,
-                    to: cstr(to)?,
+                    from: at(from)?,
+                    to: at(to)?,
                 },
             })
         })
@@ -196,12 +212,19 @@ pub struct StubMounts {
     pub propagation: Vec<StubStep>,
 }
 
-/// [`propagation::Step`] with the paths (as the tree sees them) the init's syscalls take.
+/// [`propagation::Step`] as the init's syscalls take it.
 #[derive(Clone)]
 pub enum StubStep {
-    Shared(CString),
-    SetGroup { from: CString, to: CString },
-    Slave(CString),
+    Shared(StubMount),
+    SetGroup { from: StubMount, to: StubMount },
+    Slave(StubMount),
+}
+
+/// A mount the init acts on: an O_PATH fd on its root (the init closes it), or a path.
+#[derive(Clone)]
+pub enum StubMount {
+    Fd(RawFd),
+    Path(CString),
 }
 
 /// The namespace phase 1 made, held until the tree's init has entered it.
@@ -211,6 +234,8 @@ pub struct Early {
     root: CString,
     late: Vec<LateMount>,
     propagation: Vec<StubStep>,
+    /// O_PATH fds on the mounts the propagation steps act on, by dumped id.
+    mount_fds: std::collections::HashMap<u32, OwnedFd>,
     /// Detached binds for the late external mounts: closed with us, after the fork.
     _trees: Vec<OwnedFd>,
 }
@@ -343,6 +368,8 @@ pub fn build(
     let phases = mnt::phases(&plan)?;
     // Groups outside the tree were refused at dump; CRIU's images are checked here.
     let prop = propagation::plan(table, &Default::default())?;
+    let involved: std::collections::HashSet<u32> =
+        prop.steps.iter().flat_map(|s| s.mounts()).collect();
     let back = Back::save()?;
     match existing {
         // A namespace the user namespace holder made (see ns::user); entering one needs
@@ -370,7 +397,8 @@ pub fn build(
         ),
         root: cstr(&root_s)?,
         late: Vec::new(),
-        propagation: stub_steps(&prop.steps)?,
+        propagation: Vec::new(),
+        mount_fds: Default::default(),
         _trees: Vec::new(),
     };
     // Nothing made here reaches the namespace we came from; what ours receive from the
@@ -471,7 +499,17 @@ pub fn build(
         };
         sys_mount(None, made_at, None, at_creation(&prop, m), None)
             .map_err(fail("setting its propagation"))?;
+        if involved.contains(&m.id) {
+            let fd = nix::fcntl::open(
+                made_at.as_str(),
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| fail("opening it")(e.into()))?;
+            early.mount_fds.insert(m.id, fd);
+        }
     }
+    early.propagation = stub_steps(&prop.steps, table, &early.mount_fds)?;
     if root_ro {
         remount(&root_s, libc::MS_RDONLY).map_err(|source| MntNsError::Mount {
             id: plan[0].mount.id,

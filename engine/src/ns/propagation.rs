@@ -29,15 +29,25 @@ pub fn master_group(m: &MountInfo) -> Option<u32> {
         .find_map(|t| t.strip_prefix("master:")?.parse().ok())
 }
 
-/// One step the init takes after its pivot (paths as the tree sees them).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One step the init takes after its pivot, on mounts named by their dumped ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// `mount(MS_SHARED)`: a new peer group of one.
-    Shared(String),
+    /// `MS_SHARED`: a new peer group of one.
+    Shared(u32),
     /// `move_mount(MOVE_MOUNT_SET_GROUP)`: `to`, private, joins `from`'s peer group and master.
-    SetGroup { from: String, to: String },
-    /// `mount(MS_SLAVE)`: leaves its peer group for a slave of it.
-    Slave(String),
+    SetGroup { from: u32, to: u32 },
+    /// `MS_SLAVE`: leaves its peer group for a slave of it.
+    Slave(u32),
+}
+
+impl Step {
+    /// The mounts the step acts on.
+    pub fn mounts(&self) -> Vec<u32> {
+        match *self {
+            Step::Shared(m) | Step::Slave(m) => vec![m],
+            Step::SetGroup { from, to } => vec![from, to],
+        }
+    }
 }
 
 /// How a table's propagation is made again.
@@ -52,7 +62,7 @@ pub struct Propagation {
 }
 
 /// Whether `root` (a directory of a filesystem) holds `inner`.
-fn holds(root: &str, inner: &str) -> bool {
+pub(crate) fn holds(root: &str, inner: &str) -> bool {
     let r = root.trim_end_matches('/');
     inner == root
         || r.is_empty()
@@ -145,17 +155,17 @@ pub fn plan(table: &[MountInfo], outside: &HashSet<u32>) -> Result<Propagation, 
             }
             if let Some(g) = tree_master {
                 out.steps.push(Step::SetGroup {
-                    from: rep[&g].mountpoint.clone(),
-                    to: m.mountpoint.clone(),
+                    from: rep[&g].id,
+                    to: m.id,
                 });
-                out.steps.push(Step::Slave(m.mountpoint.clone()));
+                out.steps.push(Step::Slave(m.id));
             }
             if let Some(g) = shared_group(m) {
-                out.steps.push(Step::Shared(m.mountpoint.clone()));
+                out.steps.push(Step::Shared(m.id));
                 for o in groups[&g].iter().filter(|o| o.id != m.id) {
                     out.steps.push(Step::SetGroup {
-                        from: m.mountpoint.clone(),
-                        to: o.mountpoint.clone(),
+                        from: m.id,
+                        to: o.id,
                     });
                 }
                 done.insert(g);
@@ -177,8 +187,21 @@ mod tests {
     use super::*;
     use crate::ns::mnt::parse_mountinfo;
 
-    fn steps(text: &str) -> Result<Propagation, MntError> {
-        plan(&parse_mountinfo(text).unwrap(), &HashSet::new())
+    /// The plan of `text`, its steps written with mountpoints.
+    fn steps(text: &str) -> Result<(Propagation, Vec<String>), MntError> {
+        let t = parse_mountinfo(text).unwrap();
+        let p = plan(&t, &HashSet::new())?;
+        let mp = |id: u32| t.iter().find(|m| m.id == id).unwrap().mountpoint.clone();
+        let shown = p
+            .steps
+            .iter()
+            .map(|s| match *s {
+                Step::Shared(m) => format!("shared {}", mp(m)),
+                Step::Slave(m) => format!("slave {}", mp(m)),
+                Step::SetGroup { from, to } => format!("join {} to {}", mp(to), mp(from)),
+            })
+            .collect();
+        Ok((p, shown))
     }
 
     const ROOT: &str = "1 0 8:1 / / rw - ext4 /dev/sda rw\n";
@@ -187,7 +210,7 @@ mod tests {
     fn a_mount_alone_in_its_group_is_made_shared() {
         let t = parse_mountinfo("1 0 8:1 / / rw shared:1 - ext4 /dev/sda rw\n").unwrap();
         let p = plan(&t, &HashSet::new()).unwrap();
-        assert_eq!(p.steps, [Step::Shared("/".into())]);
+        assert_eq!(p.steps, [Step::Shared(1)]);
         assert!(p.slave_at_creation.is_empty());
         assert_eq!(shared_group(&t[0]), Some(1));
         assert!(plan(&t, &HashSet::from([1])).is_err(), "a peer outside");
@@ -195,25 +218,12 @@ mod tests {
 
     #[test]
     fn peers_join_the_member_holding_their_roots() {
-        let p = steps(&format!(
+        let (_, s) = steps(&format!(
             "{ROOT}2 1 0:5 /d /b rw shared:7 - tmpfs t rw\n\
              3 1 0:5 / /a rw shared:7 - tmpfs t rw\n4 1 0:5 /d/e /c rw shared:7 - tmpfs t rw\n"
         ))
         .unwrap();
-        assert_eq!(
-            p.steps,
-            [
-                Step::Shared("/a".into()),
-                Step::SetGroup {
-                    from: "/a".into(),
-                    to: "/b".into()
-                },
-                Step::SetGroup {
-                    from: "/a".into(),
-                    to: "/c".into()
-                },
-            ]
-        );
+        assert_eq!(s, ["shared /a", "join /b to /a", "join /c to /a"]);
         let apart = steps(&format!(
             "{ROOT}2 1 0:5 /x /b rw shared:7 - tmpfs t rw\n3 1 0:5 /y /a rw shared:7 - tmpfs t rw\n"
         ));
@@ -226,26 +236,22 @@ mod tests {
     #[test]
     fn slaves_of_a_tree_group_come_after_their_master() {
         // /s is a slave of /a's group and shared itself with /t; listed before its master.
-        let p = steps(&format!(
+        let (p, s) = steps(&format!(
             "{ROOT}5 1 0:5 / /s rw shared:9 master:7 - tmpfs t rw\n\
              6 1 0:5 / /t rw shared:9 master:7 - tmpfs t rw\n\
              3 1 0:5 / /a rw shared:7 - tmpfs t rw\n4 1 0:5 /sub /only rw master:7 - tmpfs t rw\n"
         ))
         .unwrap();
-        let set = |from: &str, to: &str| Step::SetGroup {
-            from: from.into(),
-            to: to.into(),
-        };
         assert_eq!(
-            p.steps,
+            s,
             [
-                Step::Shared("/a".into()),
-                set("/a", "/only"),
-                Step::Slave("/only".into()),
-                set("/a", "/s"),
-                Step::Slave("/s".into()),
-                Step::Shared("/s".into()),
-                set("/s", "/t"),
+                "shared /a",
+                "join /only to /a",
+                "slave /only",
+                "join /s to /a",
+                "slave /s",
+                "shared /s",
+                "join /t to /s",
             ]
         );
         assert!(p.slave_at_creation.is_empty());
@@ -257,32 +263,15 @@ mod tests {
 
     #[test]
     fn slaves_of_the_host_are_made_so_once_per_group() {
-        let p = steps(&format!(
+        let (p, s) = steps(&format!(
             "{ROOT}2 1 8:1 / /h rw master:3 - ext4 /dev/sda rw\n\
              3 1 8:1 /x /p rw shared:4 master:3 - ext4 /dev/sda rw\n\
              4 1 8:1 /x /q rw shared:4 master:3 - ext4 /dev/sda rw\n"
         ))
         .unwrap();
         assert_eq!(p.slave_at_creation, HashSet::from([2, 3]));
-        assert_eq!(
-            p.steps,
-            [
-                Step::Shared("/p".into()),
-                Step::SetGroup {
-                    from: "/p".into(),
-                    to: "/q".into()
-                }
-            ]
-        );
-        assert_eq!(
-            master_group(
-                &parse_mountinfo(&format!(
-                    "{ROOT}2 1 8:1 / /h rw master:3 - ext4 /dev/sda rw\n"
-                ))
-                .unwrap()[1]
-            ),
-            Some(3)
-        );
+        assert_eq!(s, ["shared /p", "join /q to /p"]);
+        assert_eq!(p.steps[1].mounts(), [3, 4]);
     }
 
     #[test]

@@ -469,28 +469,88 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
         check(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH), 4);
         check(libc::syscall(libc::SYS_chdir, c"/".as_ptr()), 2);
         // Propagation last: every mount is there, and a shared root could not be pivoted.
-        let flag = |p: &std::ffi::CString, f: libc::c_ulong| {
-            libc::syscall(libc::SYS_mount, null, p.as_ptr(), null, f, null)
-        };
         for s in &m.propagation {
             use crate::ns::mnt_sys::StubStep;
             let (r, step) = match s {
-                StubStep::Shared(p) => (flag(p, libc::MS_SHARED as libc::c_ulong), 6),
-                StubStep::Slave(p) => (flag(p, libc::MS_SLAVE as libc::c_ulong), 7),
-                StubStep::SetGroup { from, to } => (
-                    libc::syscall(
-                        libc::SYS_move_mount,
-                        libc::AT_FDCWD,
-                        from.as_ptr(),
-                        libc::AT_FDCWD,
-                        to.as_ptr(),
-                        libc::MOVE_MOUNT_SET_GROUP,
-                    ),
-                    8,
-                ),
+                StubStep::Shared(t) => (set_propagation(t, libc::MS_SHARED), 6),
+                StubStep::Slave(t) => (set_propagation(t, libc::MS_SLAVE), 7),
+                StubStep::SetGroup { from, to } => {
+                    let (fd, fp, ff) = mount_ref(from, libc::MOVE_MOUNT_F_EMPTY_PATH);
+                    let (td, tp, tf) = mount_ref(to, libc::MOVE_MOUNT_T_EMPTY_PATH);
+                    (
+                        libc::syscall(
+                            libc::SYS_move_mount,
+                            fd,
+                            fp,
+                            td,
+                            tp,
+                            libc::MOVE_MOUNT_SET_GROUP | ff | tf,
+                        ),
+                        8,
+                    )
+                }
             };
             check(r, step);
         }
+        for s in &m.propagation {
+            use crate::ns::mnt_sys::{StubMount, StubStep};
+            let (a, b) = match s {
+                StubStep::Shared(t) | StubStep::Slave(t) => (Some(t), None),
+                StubStep::SetGroup { from, to } => (Some(from), Some(to)),
+            };
+            for t in [a, b].into_iter().flatten() {
+                if let StubMount::Fd(fd) = t {
+                    // A second close of a shared fd fails with EBADF, harmlessly.
+                    libc::syscall(libc::SYS_close, *fd);
+                }
+            }
+        }
+    }
+}
+
+/// A mount for a *at syscall: (dirfd, path, the flag saying the path is empty) for an fd on
+/// its root, (AT_FDCWD, path, 0) for a path.
+fn mount_ref(
+    t: &crate::ns::mnt_sys::StubMount,
+    empty_flag: libc::c_uint,
+) -> (libc::c_int, *const libc::c_char, libc::c_uint) {
+    match t {
+        crate::ns::mnt_sys::StubMount::Fd(fd) => (*fd, c"".as_ptr(), empty_flag),
+        crate::ns::mnt_sys::StubMount::Path(p) => (libc::AT_FDCWD, p.as_ptr(), 0),
+    }
+}
+
+/// mount_setattr(2)'s argument (linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// The mount's propagation set to `kind` (MS_SHARED, MS_SLAVE) with mount_setattr(2), which
+/// takes an fd on the mount as well as a path. Async-signal-safe.
+fn set_propagation(t: &crate::ns::mnt_sys::StubMount, kind: u64) -> libc::c_long {
+    let (dfd, path, empty) = mount_ref(t, 1);
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: kind,
+        userns_fd: 0,
+    };
+    let flags = if empty != 0 { libc::AT_EMPTY_PATH } else { 0 };
+    // SAFETY: mount_setattr(2) reads the NUL-terminated path and `size` bytes of `attr`, both
+    // live for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dfd,
+            path,
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
     }
 }
 

@@ -39,10 +39,11 @@ for p in "${extra[@]}"; do
     echo "setup: $p did not install; its test will be skipped" >&2
   service "$p" stop >/dev/null 2>&1 || true
 done
-# podman with conmon and netavark, as Debian ships them (the tests give it a config of its own).
+# podman with conmon, netavark and catatonit (a pod's infra process), as Debian ships them (the
+# tests give it a config of its own).
 # netavark 1.4 sets up the bridge network's NAT by running iptables, which it does not depend on.
-if ! command -v podman >/dev/null || ! command -v iptables >/dev/null; then
-  apt-get install -y -qq --no-install-recommends podman conmon netavark iptables >/dev/null ||
+if ! command -v podman >/dev/null || ! command -v iptables >/dev/null || ! command -v catatonit >/dev/null; then
+  apt-get install -y -qq --no-install-recommends podman conmon netavark iptables catatonit >/dev/null ||
     echo "setup: podman did not install; its tests will be skipped" >&2
 fi
 if ! command -v cargo >/dev/null; then

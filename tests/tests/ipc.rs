@@ -4,6 +4,32 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A process outside the tree that has joined the IPC namespace of `pid`, until dropped.
+struct Intruder(std::process::Child);
+
+impl Intruder {
+    fn join(pid: u32) -> Intruder {
+        let child = Command::new("nsenter")
+            .arg(format!("--ipc=/proc/{pid}/ns/ipc"))
+            .args(["sleep", "60"])
+            .spawn()
+            .expect("nsenter");
+        let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/ipc")).ok();
+        let end = Instant::now() + T;
+        while ns(child.id()) != ns(pid) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Intruder(child)
+    }
+}
+
+impl Drop for Intruder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 use stasis_tests::*;
 
 #[test]
@@ -172,29 +198,6 @@ while True: time.sleep(1)
     w.wait_lines(1, T);
     let ns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/ipc")).unwrap();
     assert_ne!(ns_of(w.pid), ns_of(std::process::id()));
-
-    // Another process in the namespace, outside the tree: refused, and the tree runs on.
-    let mut intruder = Command::new("nsenter")
-        .arg(format!("--ipc=/proc/{}/ns/ipc", w.pid))
-        .args(["sleep", "60"])
-        .spawn()
-        .expect("nsenter");
-    let end = Instant::now() + T;
-    while std::fs::read_link(format!("/proc/{}/ns/ipc", intruder.id())).ok() != Some(ns_of(w.pid))
-        && Instant::now() < end
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let e = dump_must_fail(&w);
-    let _ = intruder.kill();
-    let _ = intruder.wait();
-    assert!(
-        e.contains(&format!(
-            "is also used by pid {}, outside the tree",
-            intruder.id()
-        )),
-        "{e}"
-    );
 
     let pids = dump_kill_restore(&w);
     assert!(w.images().join("ipcns-var-2.img").exists());
@@ -371,4 +374,52 @@ fn remove_sysv_by_key(key: u32) {
             }
         }
     }
+}
+
+/// A tree sharing its IPC namespace with a process outside it (a podman pod's container and the
+/// pod's infra container): dumped with a warning naming that process, as CRIU dumps it, and
+/// restored into that namespace again with --join-ns (runc's join_ns for a pod), where the
+/// objects that outlived the tree are found as they were.
+#[test]
+fn ipc_namespace_shared_with_a_process_outside_is_joined_again() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+class Msg(ctypes.Structure): _fields_ = [("mtype", ctypes.c_long), ("text", ctypes.c_char * 64)]
+assert libc.unshare(0x08000000) == 0, ctypes.get_errno()
+shm = libc.shmget(0x5161, 4096, 0o1000 | 0o600)
+a = libc.shmat(shm, None, 0); ctypes.memmove(a, b"pod", 3)
+q = libc.msgget(0x5162, 0o1000 | 0o600)
+m = Msg(7, b"left"); assert libc.msgsnd(q, ctypes.byref(m), 4, 0) == 0
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+m = Msg(); n = libc.msgrcv(q, ctypes.byref(m), 64, 0, 0o4000)
+print("got", ctypes.string_at(a, 3).decode(), m.mtype, m.text[:n].decode(), flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("ipc-shared", script);
+    w.wait_lines(1, T);
+    let infra = Intruder::join(w.pid);
+    let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/ipc")).expect("ns link");
+    let join = format!("ipc:/proc/{}/ns/ipc", infra.0.id());
+    let pids = dump_kill_restore_with(&w, &[], &["--join-ns", &join]);
+    let log = std::fs::read_to_string(w.images().join("dump.log")).expect("dump.log");
+    assert!(
+        log.contains(&format!(
+            "is also used by pid {}, outside the tree",
+            infra.0.id()
+        )),
+        "the dump names the process it shares the namespace with"
+    );
+    assert_eq!(
+        ns(w.pid),
+        ns(infra.0.id()),
+        "restored into the namespace it shared"
+    );
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "got pod 7 left");
 }

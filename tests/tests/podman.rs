@@ -330,3 +330,40 @@ fn podman_container_in_a_user_namespace() {
     counter_is_continuous(&lines);
     p.ok(&["stop", "-t", "0", "cu"]);
 }
+
+/// A container in a pod shares the IPC, UTS and network namespaces of the pod's infra
+/// container: the dump keeps them as CRIU does (the network as external), runc has the restore
+/// join them again, and the restored container is back in the pod's namespaces.
+#[test]
+fn podman_container_in_a_pod() {
+    let _g = serial_root!();
+    let Some(p) = Podman::new(test_name!()) else {
+        return;
+    };
+    if missing_tools(test_name!(), &["catatonit"]) {
+        return;
+    }
+    p.ok(&["pod", "create", "--name", "pod1"]);
+    p.start_counter_with("inpod", &["--pod", "pod1"]);
+    let infra = p.ok(&["pod", "inspect", "-f", "{{.InfraContainerID}}", "pod1"]);
+    let infra_pid: u32 = p
+        .inspect(infra.trim(), "{{.State.Pid}}")
+        .parse()
+        .expect("infra pid");
+    let ns = |pid: u32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+    p.ok(&["container", "checkpoint", "inpod"]);
+    let dumped = p.counts("inpod").len();
+    p.ok(&["container", "restore", "inpod"]);
+    let lines = p.wait_counts("inpod", dumped + 5);
+    assert!(lines.len() >= dumped + 5, "the counter runs on");
+    counter_is_continuous(&lines);
+    let pid: u32 = p.inspect("inpod", "{{.State.Pid}}").parse().expect("pid");
+    for kind in ["ipc", "uts", "net"] {
+        assert_eq!(
+            ns(pid, kind),
+            ns(infra_pid, kind),
+            "back in the pod's {kind} namespace"
+        );
+    }
+    p.ok(&["pod", "rm", "-f", "pod1"]);
+}

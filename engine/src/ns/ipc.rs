@@ -26,8 +26,6 @@ pub enum IpcNsError {
         pid_ns: String,
         root_ns: String,
     },
-    #[error("the tree's IPC namespace {ns} is also used by pid {pid}, outside the tree")]
-    Shared { ns: String, pid: u32 },
     #[error("reading {path} failed")]
     Read {
         path: String,
@@ -83,7 +81,7 @@ fn ns_ino(path: &str) -> Result<(u64, u64), IpcNsError> {
 }
 
 /// The tree's IPC namespace when it is not ours: open, ready for [`in_ns`]. Every live task must
-/// be in it, and no process outside the tree (the namespace dies with the tree).
+/// be in it; a process outside the tree in it too is named in a warning.
 pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, IpcNsError> {
     let root_path = format!("/proc/{root}/ns/ipc");
     let root_ns = ns_ino(&root_path)?;
@@ -115,10 +113,16 @@ pub fn tree_ns(root: u32, tasks: &[u32]) -> Result<Option<OwnedFd>, IpcNsError> 
         }
         // Zombies have no namespaces left; gone processes fail to stat: both are fine.
         if ns_ino(&format!("/proc/{pid}/ns/ipc")).ok() == Some(root_ns) {
-            return Err(IpcNsError::Shared {
-                ns: name(root),
-                pid,
-            });
+            // A podman pod's containers share their infra container's namespace: CRIU dumps
+            // it as the tree's, and runc has the restore join it again (join_ns), where the
+            // objects that outlived the tree are reused. Without a join, the restored tree
+            // gets a namespace of its own holding copies.
+            log::warn!(
+                "the tree's IPC namespace {} is also used by pid {pid}, outside the tree: \
+                 dumped as the tree's; a restore should join it again (--join-ns ipc:PATH)",
+                name(root)
+            );
+            break;
         }
     }
     let fd = std::fs::File::open(&root_path).map_err(read_err(root_path))?;

@@ -86,6 +86,14 @@ const REFREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Tree {
     /// Pids of the tasks that run (not zombies).
+    pub(crate) fn zombie_pids(&self) -> Vec<u32> {
+        self.tasks
+            .iter()
+            .filter(|t| t.zombie)
+            .map(|t| t.pid)
+            .collect()
+    }
+
     pub(crate) fn live_pids(&self) -> Vec<u32> {
         self.tasks
             .iter()

@@ -471,7 +471,7 @@ fn dump_frozen(
 ) -> Result<(), DumpError> {
     let live = tree.live_pids();
     let root = tree.tasks[0].pid;
-    let pids = crate::ns::pid::tree_view(root, &live, &opts.external_pidns)?;
+    let pids = crate::ns::pid::tree_view(root, &live, &tree.zombie_pids(), &opts.external_pidns)?;
     let own_net = crate::ns::net::tree_ns(root, &live)?;
     let own_time = crate::ns::time::tree_clocks(root, &live)?;
     let mut owned = Vec::new();

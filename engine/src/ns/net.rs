@@ -144,7 +144,10 @@ pub fn dump(ns: &OwnedFd, dir: &Path) -> Result<(), NetNsError> {
     write(dir, &names::route(id), &images.route)?;
     write(dir, &names::route6(id), &images.route6)?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::NETNS);
-    w.push(&pb::NetnsEntry::default());
+    w.push(&pb::NetnsEntry {
+        ipv4_sysctl: ipv4_sysctls(ns),
+        ..Default::default()
+    });
     write(dir, &names::netns(id), &w.into_bytes())?;
     log::info!(
         "network namespace: {} links, {} addresses, {} routes",
@@ -226,4 +229,49 @@ pub fn make(
     })?;
     stasis_netns::restore(ns.as_fd(), state, veth_pairs).map_err(NetNsError::Net)?;
     Ok(ns)
+}
+
+/// The namespace's IPv4 sysctls CRIU saves (`ipv4_sysctl`, in its order): who may open ICMP
+/// echo ("ping") sockets, which a new namespace forbids everyone. /proc/sys/net shows the
+/// reading thread's namespace: read from a thread that joined `ns`. Best effort: what cannot
+/// be read is left out, and the restore keeps the new namespace's default.
+fn ipv4_sysctls(ns: &OwnedFd) -> Vec<pb::SysctlEntry> {
+    let read = || std::fs::read_to_string(PING_GROUP_RANGE);
+    match crate::ns::ipc::in_ns_of(ns, libc::CLONE_NEWNET, read) {
+        Ok(Ok(v)) => vec![pb::SysctlEntry {
+            r#type: pb::SysctlType::CtlStr as i32,
+            iarg: None,
+            sarg: Some(v.trim().to_string()),
+        }],
+        Ok(Err(e)) => {
+            log::warn!("{PING_GROUP_RANGE} of the tree's network namespace: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            log::warn!("{PING_GROUP_RANGE} of the tree's network namespace: {e}");
+            Vec::new()
+        }
+    }
+}
+
+const PING_GROUP_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+/// Sets the saved IPv4 sysctls (see [`ipv4_sysctls`]) in the network namespace of the calling
+/// thread, one made anew for the tree. Best effort, logged: a namespace without them still
+/// works, as it did before they were saved.
+pub fn restore_ipv4_sysctls(dir: &Path, id: u32) {
+    let file = names::netns(id);
+    let Ok(bytes) = std::fs::read(dir.join(&file)) else {
+        return;
+    };
+    let entry = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::NETNS)
+        .and_then(|mut r| r.next_required::<pb::NetnsEntry>());
+    let Ok(e) = entry else {
+        return;
+    };
+    if let Some(v) = e.ipv4_sysctl.first().and_then(|s| s.sarg.as_deref()) {
+        if let Err(err) = std::fs::write(PING_GROUP_RANGE, v) {
+            log::warn!("setting {PING_GROUP_RANGE} to {v:?}: {err}");
+        }
+    }
 }

@@ -107,11 +107,13 @@ fn ns_id(path: &str) -> Result<(u64, u64), PidNsError> {
 /// The tree's view of pids when its root is the init of a pid namespace of its own (one level
 /// below ours), or in one declared external (`(inode, key)`, runc's extRootPidNS: then the
 /// root need not be the init and other processes may share it); identity when the tree is in
-/// ours. `live`: every live task; their threads are listed here. Refuses a namespace the tree
-/// does not wholly own and that is not declared external.
+/// ours. `live`: every live task; their threads are listed here. `zombies`: the tree's zombies
+/// (a zombie still has its pids until reaped). Refuses a namespace the tree does not wholly
+/// own and that is not declared external.
 pub fn tree_view(
     root: u32,
     live: &[u32],
+    zombies: &[u32],
     external: &[(u64, String)],
 ) -> Result<PidView, PidNsError> {
     let root_ns = ns_id(&format!("/proc/{root}/ns/pid"))?;
@@ -147,6 +149,29 @@ pub fn tree_view(
                         depth: v.len().saturating_sub(1),
                     })
                 }
+            }
+        }
+    }
+    for &pid in zombies {
+        let st = proc::status(pid).map_err(|source| PidNsError::Proc {
+            what: format!("status of zombie {pid}"),
+            source,
+        })?;
+        if let [host, inner] = st.nspid.as_slice() {
+            if *host == pid {
+                map.insert(pid, *inner);
+            }
+        }
+    }
+    // A process group or session whose leader is gone has no task to name it: its ids at
+    // both levels come from a member's status.
+    for &pid in live.iter().chain(zombies) {
+        let Ok(st) = proc::status(pid) else {
+            continue;
+        };
+        for ids in [&st.nspgid, &st.nssid] {
+            if let [host, inner] = ids.as_slice() {
+                map.entry(*host).or_insert(*inner);
             }
         }
     }

@@ -242,6 +242,9 @@ pub struct Status {
     pub shd_pnd: u64,
     pub sig_pnd: u64,
     pub nspid: Vec<u32>,
+    /// The process group and session ids at each pid namespace level, ours first.
+    pub nspgid: Vec<u32>,
+    pub nssid: Vec<u32>,
 }
 
 /// Parses `/proc/<pid>/status`.
@@ -286,11 +289,16 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
             "SigCgt" => st.sig_cgt = hex(v)?,
             "ShdPnd" => st.shd_pnd = hex(v)?,
             "SigPnd" => st.sig_pnd = hex(v)?,
-            "NSpid" => {
-                st.nspid = v
+            "NSpid" | "NSpgid" | "NSsid" => {
+                let ids = v
                     .split_whitespace()
-                    .map(|x| x.parse().map_err(|_| perr("status", "NSpid")))
-                    .collect::<Result<_, _>>()?
+                    .map(|x| x.parse().map_err(|_| perr("status", k.to_string())))
+                    .collect::<Result<_, _>>()?;
+                match k {
+                    "NSpid" => st.nspid = ids,
+                    "NSpgid" => st.nspgid = ids,
+                    _ => st.nssid = ids,
+                }
             }
             _ => {}
         }
@@ -625,7 +633,7 @@ VmFlags: rd mr mw me sd dd\n\
     #[test]
     fn status_fields() {
         let text = "Name:\tcat\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1001\t1002\t1003\n\
-Gid:\t65534\t65534\t65534\t65534\nGroups:\t4 24 27 \nNSpid:\t77\nSigPnd:\t0000000000000000\n\
+Gid:\t65534\t65534\t65534\t65534\nGroups:\t4 24 27 \nNSpid:\t77\nNSpgid:\t70\t6\nNSsid:\t60\t1\nSigPnd:\t0000000000000000\n\
 ShdPnd:\t0000000000000200\nSigBlk:\t0000000000010000\nCapInh:\t0000000000000000\n\
 CapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\nCapBnd:\t000001fffeffffff\n\
 CapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t0\n";
@@ -639,6 +647,10 @@ CapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t0\n";
         assert_eq!(s.shd_pnd, 0x200);
         assert_eq!(s.sig_blk, 0x10000);
         assert_eq!(s.nspid, vec![77]);
+        assert_eq!(
+            (s.nspgid.clone(), s.nssid.clone()),
+            (vec![70, 6], vec![60, 1])
+        );
         assert!(parse_status("Name: x\n").is_err());
     }
 

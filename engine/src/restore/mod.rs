@@ -591,10 +591,10 @@ impl Steps<'_> {
         }
         opts.notify.run(Script::PostRestore, Some(self.root_pid))?;
         // The connections exist again: let their peers' packets through (network-unlock).
-        // This thread is in the tree's network namespace if it has one; a namespace made
-        // anew never had the lock (it died with the old one).
+        // This thread is in the tree's network namespace if it has one (a namespace made
+        // anew was locked again when made, see lock_new_netns).
         let made_anew = matches!(img.net, Some(crate::ns::net::Saved::Own(_)));
-        if let Some(table) = img.net_lock.as_ref().filter(|_| !made_anew) {
+        if let Some(table) = img.net_lock.as_ref() {
             let mut result = stasis_netns::nftlock::unlock(table);
             if result.as_ref().is_err_and(|e| e.is_not_found()) {
                 // Images of an older stasis name its own table.
@@ -737,6 +737,10 @@ fn enter_tree_namespaces(img: &DumpImage, opts: &RestoreOptions) -> Result<Enter
         }
         None => {}
     }
+    if matches!(img.net, Some(crate::ns::net::Saved::Own(_))) && !joined.contains(&"net") {
+        crate::ns::net::restore_ipv4_sysctls(&img.dir, img.net_ns_id);
+        lock_new_netns(img)?;
+    }
     if let Some(clocks) = &img.time {
         // Children only (the root is forked next): held by them once they exist.
         drop(crate::ns::time::make_for_children(clocks)?);
@@ -759,6 +763,33 @@ fn enter_tree_namespaces(img: &DumpImage, opts: &RestoreOptions) -> Result<Enter
         crate::ns::uts::set_names(names)?;
     }
     Ok((entered, holder))
+}
+
+/// A network namespace made anew has none of the dump's lock: its connections are locked
+/// again until the restore ends (network-unlock), or the first end out of repair mode would
+/// talk to a peer not made yet and be reset (both ends of a loopback connection). This thread
+/// is in the new namespace.
+fn lock_new_netns(img: &DumpImage) -> Result<(), RestoreError> {
+    let Some(table) = &img.net_lock else {
+        return Ok(());
+    };
+    let conns: Vec<stasis_netns::nftlock::Conn> = img
+        .files
+        .values()
+        .filter_map(|f| f.isk.as_ref())
+        .filter(|e| img.tcp_streams.contains_key(&e.ino))
+        .map(|e| stasis_netns::nftlock::Conn {
+            local_port: e.src_port as u16,
+            remote_port: e.dst_port as u16,
+        })
+        .collect();
+    if conns.is_empty() {
+        return Ok(());
+    }
+    stasis_netns::nftlock::add(table, &conns, true).map_err(|e| RestoreError::Setup {
+        what: "locking the connections in the new network namespace".into(),
+        source: std::io::Error::other(e),
+    })
 }
 
 /// Seizes every live task, then rebuilds each one's memory, its files' in-task state and its

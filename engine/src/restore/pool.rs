@@ -52,6 +52,8 @@ impl Pool {
             owned: Vec::new(),
         };
         let (order, mapped) = files_to_make(img);
+        // Socket names are the tree's paths, under its root here.
+        let _names = crate::net::unix::root::TreeRoot::set(img.fs_root.as_deref());
         let mut cx = OpenCx {
             img,
             opts,

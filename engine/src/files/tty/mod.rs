@@ -58,6 +58,12 @@ pub fn master_index(fd: BorrowedFd<'_>) -> io::Result<u32> {
     ioc::pty_index(fd)
 }
 
+/// Whether an fd link names a pty master: /dev/ptmx, or /dev/pts/ptmx, which a container's
+/// /dev/ptmx (a symlink or bind to its own devpts's node) opens.
+pub fn is_ptmx(path: &str) -> bool {
+    path == "/dev/ptmx" || path == "/dev/pts/ptmx"
+}
+
 /// The pts index of a slave path (/dev/pts/N).
 pub fn slave_index(path: &str) -> Option<u32> {
     path.strip_prefix("/dev/pts/")?.parse().ok()
@@ -528,7 +534,7 @@ impl FileKind for Pty {
 
     fn claims(&self, fd: &Fd, cx: &DumpCx) -> bool {
         *fd.class == FdKind::Tty
-            && (fd.link == "/dev/ptmx"
+            && (is_ptmx(fd.link)
                 || hung_up_index(fd.link).is_some()
                 || is_session_device_tty(fd, cx)
                 || slave_index(fd.link)
@@ -544,7 +550,7 @@ impl FileKind for Pty {
                 fd: fd_no,
                 source,
             })?;
-        let master = link == "/dev/ptmx";
+        let master = is_ptmx(link);
         if let Some((major, _)) = device_tty(fd).filter(|_| !master) {
             let rdev = std::fs::metadata(fd.proc_path())
                 .map_err(|source| FilesError::Inspect {
@@ -702,7 +708,7 @@ impl FileKind for Pty {
             .files
             .get(&t.regf_id.unwrap_or(0))
             .and_then(|r| r.reg.as_ref())
-            .is_some_and(|r| r.name == "/dev/ptmx");
+            .is_some_and(|r| is_ptmx(&r.name));
         let fd = if is_master {
             super::reg::dup(master)?
         } else {
@@ -730,7 +736,7 @@ fn master_in_images(img: &DumpImage, index: u32) -> bool {
             .files
             .get(&t.regf_id.unwrap_or(0))
             .and_then(|r| r.reg.as_ref())
-            .is_some_and(|r| r.name == "/dev/ptmx");
+            .is_some_and(|r| is_ptmx(&r.name));
         is_index && is_master
     })
 }
@@ -818,7 +824,7 @@ pub(crate) fn tree_pty_masters(live: &[u32]) -> Result<HashMap<u32, OwnedFd>, Du
             let Ok(link) = crate::proc::readlink(pid, &format!("fd/{fd}")) else {
                 continue;
             };
-            if link != "/dev/ptmx" {
+            if !is_ptmx(&link) {
                 continue;
             }
             let inspect = |source| FilesError::Inspect { pid, fd, source };
@@ -860,6 +866,8 @@ mod tests {
     fn slave_paths() {
         assert_eq!(super::slave_index("/dev/pts/7"), Some(7));
         assert_eq!(super::slave_index("/dev/ptmx"), None);
+        assert!(super::is_ptmx("/dev/ptmx") && super::is_ptmx("/dev/pts/ptmx"));
+        assert!(!super::is_ptmx("/dev/pts/0"));
         assert_eq!(super::slave_index("/dev/pts/x"), None);
     }
 }

@@ -161,12 +161,14 @@ impl FileKind for UnixSocket {
             .unwrap_or(0);
         let flags = fd.info.flags & !(libc::O_CLOEXEC as u32);
         let cwd = crate::proc::readlink(pid, "cwd")?;
+        let root = format!("/proc/{pid}/root");
         let me = std::process::id();
         let dump_unix =
             |tree_sockets: &std::collections::HashSet<u32>,
              queued: &std::cell::OnceCell<std::collections::HashMap<u32, u32>>| {
                 let ucx = super::Context {
                     cwd: &cwd,
+                    root: &root,
                     in_flight,
                     nested: pid == me,
                     ext_unix_sk: cx.opts.ext_unix_sk,

@@ -4,6 +4,7 @@
 //! from a pidfd_getfd copy of the socket without consuming them.
 
 pub mod file;
+pub mod root;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -270,14 +271,6 @@ pub fn peek_all(fd: BorrowedFd<'_>, stream: bool) -> io::Result<Vec<Peeked>> {
     res.map(|_| out)
 }
 
-/// Returns to the directory a relative bind or connect left; a failure is logged (the
-/// restore goes on from where it is, as before).
-fn back_to(dir: &std::path::Path) {
-    if let Err(e) = std::env::set_current_dir(dir) {
-        log::warn!("returning to {}: {e}", dir.display());
-    }
-}
-
 /// The socket's type (SO_TYPE; 0 if it cannot be read).
 fn sock_type(fd: BorrowedFd<'_>) -> libc::c_int {
     getsockopt(&fd, SoType).unwrap_or(0)
@@ -340,6 +333,9 @@ pub struct Dumped {
 pub struct Context<'a> {
     /// The owning task's cwd (relative socket names were bound from there).
     pub cwd: &'a str,
+    /// The owning task's root as a path of ours (`/proc/<pid>/root`): a name is looked up
+    /// there, in the task's own mount namespace and chroot.
+    pub root: &'a str,
     /// fdinfo's `scm_fds`: file descriptors in flight on the socket.
     pub in_flight: u32,
     /// The socket is itself in flight on another (our copy came from peeking that one's queue).
@@ -453,11 +449,11 @@ pub fn dump(sock: &OwnedFd, ino: u32, flags: u32, cx: &Context) -> Result<Dumped
         name: d.name.clone(),
         // As CRIU's sk_shutdown: READ 1, WRITE 2, BOTH 3 (the kernel's bits, in the same order).
         shutdown: (d.shutdown != 0).then_some(d.shutdown as i32),
-        file_perms: socket_file_perms(&d.name, cwd),
+        file_perms: socket_file_perms(&d.name, cwd, cx.root),
         // Its file was unlinked (or replaced by another, as CRIU checks): the restore binds
         // the name, then unlinks it again.
         deleted: path_name(&d.name)
-            .map(|p| std::path::Path::new(cwd).join(p))
+            .map(|p| seen_from(cx.root, cwd, &p))
             .map(|p| name_is_gone(&p, d.vfs))
             .filter(|&gone| gone),
         ns_id: None,
@@ -605,11 +601,17 @@ fn new_socket(ty: u32) -> Result<OwnedFd, UnixError> {
     .map_err(sys("socket"))
 }
 
+/// A task's path `p` (relative ones from its `cwd`) as we reach it, through its `root`.
+fn seen_from(root: &str, cwd: &str, p: &std::path::Path) -> std::path::PathBuf {
+    let full = std::path::Path::new(cwd).join(p);
+    std::path::Path::new(root).join(full.strip_prefix("/").unwrap_or(&full))
+}
+
 /// The mode and owner of the socket file behind a path name (relative names from `cwd`).
-fn socket_file_perms(name: &[u8], cwd: &str) -> Option<pb::FilePermsEntry> {
+fn socket_file_perms(name: &[u8], cwd: &str, root: &str) -> Option<pb::FilePermsEntry> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let p = path_name(name)?;
-    let md = std::fs::symlink_metadata(std::path::Path::new(cwd).join(p)).ok()?;
+    let md = std::fs::symlink_metadata(seen_from(root, cwd, &p)).ok()?;
     md.file_type().is_socket().then(|| pb::FilePermsEntry {
         mode: md.mode() & 0o7777,
         uid: md.uid(),
@@ -680,23 +682,18 @@ pub fn restore_single_with(
         also_while_named()
     };
     if !e.name.is_empty() {
-        match &e.name_dir {
-            // A relative name is bound from its directory, so the socket keeps that name.
-            Some(dir) => {
-                let back = std::env::current_dir().map_err(sys("getcwd"))?;
-                std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
-                let r = bind_as_dumped(fd, e, &mut while_named);
-                back_to(&back);
-                r?;
-            }
-            None => bind_as_dumped(fd, e, &mut while_named)?,
-        }
+        // A relative name is bound from its directory, so the socket keeps that name.
+        root::in_tree(e.name_dir.as_deref(), || {
+            bind_as_dumped(fd, e, &mut while_named)
+        })?;
     }
     if e.state == 10 {
         crate::sys::socket::listen(fd, e.backlog.max(1)).map_err(sys("listen"))?;
     }
     if let Some(peer) = external_peer_name {
-        connect(fd.as_raw_fd(), &unix_addr(peer)).map_err(sys("connect to the external peer"))?;
+        root::in_tree(None, || {
+            connect(fd.as_raw_fd(), &unix_addr(peer)).map_err(sys("connect to the external peer"))
+        })?;
     }
     finish(sock, e)
 }
@@ -712,11 +709,9 @@ pub fn restore_connected_to(
     let Some(dir) = &peer.name_dir else {
         return restore_single(e, Some(&peer.name), queue, fd_of);
     };
-    let back = std::env::current_dir().map_err(sys("getcwd"))?;
-    std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
-    let r = restore_single(e, Some(&peer.name), queue, fd_of);
-    back_to(&back);
-    r
+    root::in_tree(Some(dir), || {
+        restore_single(e, Some(&peer.name), queue, fd_of)
+    })
 }
 
 /// Sends a bound datagram socket's queued messages again, to its name, from a new unnamed
@@ -726,17 +721,9 @@ fn requeue_by_name(e: &pb::UnixSkEntry, queue: &[Queued], fd_of: FdOf) -> Result
     let sender = new_socket(libc::SOCK_DGRAM as u32)?;
     let a = unix_addr(&e.name);
     let connect = || connect(sender.as_raw_fd(), &a);
-    let r = match &e.name_dir {
-        Some(dir) => {
-            let back = std::env::current_dir().map_err(sys("getcwd"))?;
-            std::env::set_current_dir(dir).map_err(sys(format!("chdir {dir}")))?;
-            let r = connect();
-            back_to(&back);
-            r
-        }
-        None => connect(),
-    };
-    r.map_err(sys("connecting to re-queue datagrams"))?;
+    root::in_tree(e.name_dir.as_deref(), || {
+        connect().map_err(sys("connecting to re-queue datagrams"))
+    })?;
     requeue(sender.as_fd(), queue, fd_of)
 }
 

@@ -105,6 +105,8 @@ pub struct DumpImage {
     /// The network namespace the tree owned: links, addresses, routes; or the key of the
     /// caller's namespace to join.
     pub net: Option<crate::ns::net::Saved>,
+    /// The image id of the tree's network namespace, when [`Self::net`] is set.
+    pub net_ns_id: u32,
     /// The clocks of the time namespace the tree owned, as they read at dump.
     pub time: Option<pb::TimensEntry>,
     /// tty_info id → the state of one end of a pty.
@@ -537,7 +539,10 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
     img.ipc_vars = ipc_vars;
     img.uts = uts;
     img.net = match tree_ns_id(&img.tasks, inv, "network", |i| i.net_ns_id)? {
-        (Some(id), true) => Some(crate::ns::net::load_saved(dir, id)?),
+        (Some(id), true) => {
+            img.net_ns_id = id;
+            Some(crate::ns::net::load_saved(dir, id)?)
+        }
         _ => None,
     };
     img.time = match tree_ns_id(&img.tasks, inv, "time", |i| i.time_ns_id)? {

@@ -82,10 +82,15 @@ impl FileKind for Regular {
             r.name = path;
             open_path(id, &r)?
         } else if cx.img.fs_root.is_some() {
-            // The tree's own mount namespace: its files are under its root here.
+            // The tree's own mount namespace: its files are under its root here. Its proc is
+            // mounted later, by its init: a sysctl file is opened through ours meanwhile (this
+            // thread is in the tree's network, IPC and UTS namespaces, which those show).
             let mut r = reg.clone();
             r.name = cx.img.path_of(reg).into_owned();
-            open_path(id, &r)?
+            match open_path(id, &r) {
+                Err(_) if reg.name.starts_with("/proc/sys/") => open_path(id, reg)?,
+                other => other?,
+            }
         } else {
             open_path(id, reg)?
         };

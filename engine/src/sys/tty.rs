@@ -37,13 +37,14 @@ pub fn set_locked_termios(fd: BorrowedFd<'_>, t: &libc::termios) -> io::Result<(
 
 /// An O_PATH fd of the slave of a pty master (TIOCGPTPEER), wherever its devpts is mounted.
 pub fn pty_peer_path(master: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    pty_peer(master, libc::O_PATH)
+}
+
+/// The slave of a pty master opened with `flags` (TIOCGPTPEER, plus O_NOCTTY and O_CLOEXEC):
+/// the pty's own slave whatever devpts instance it lives in (a container's pts/0 is not ours).
+pub fn pty_peer(master: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd, which we own.
-    let fd = unsafe {
-        tiocgptpeer(
-            master.as_raw_fd(),
-            libc::O_PATH | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    }?;
+    let fd = unsafe { tiocgptpeer(master.as_raw_fd(), flags | libc::O_NOCTTY | libc::O_CLOEXEC) }?;
     // SAFETY: the ioctl returned a new open fd that nothing else owns.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }

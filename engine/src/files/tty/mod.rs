@@ -843,10 +843,12 @@ pub(crate) fn tree_pty_masters(live: &[u32]) -> Result<HashMap<u32, OwnedFd>, Du
 /// Bytes buffered in the tree's ptys, read and put straight back (see `pty::take_queues`).
 pub(crate) fn dump_pty_queues(img: &mut crate::dump::Images) -> Result<(), DumpError> {
     for (index, master) in &img.pty_masters {
-        let path = format!("/dev/pts/{index}");
-        // Our own open of the slave: its flags are ours to set. A slave never unlocked has
-        // nothing buffered.
-        let Ok(slave) = open_slave(&path, (libc::O_RDWR | libc::O_NONBLOCK) as u32) else {
+        // Our own open of the slave, through its master: /dev/pts/N here may be another pty
+        // (the tree's devpts is a container's). Its flags are ours to set. A slave never
+        // unlocked has nothing buffered.
+        let Ok(slave) =
+            crate::sys::tty::pty_peer(master.as_fd(), libc::O_RDWR | libc::O_NONBLOCK)
+        else {
             continue;
         };
         let q = take_queues(master.as_fd(), slave.as_fd()).map_err(|source| {

@@ -95,8 +95,10 @@ fn mark(fd: &OwnedFd, flags: u32, mask: u32, path: &str) -> std::io::Result<()> 
     Ok(())
 }
 
-/// A new group like `e`, with its marks.
-pub fn create(e: &pb::FanotifyFileEntry) -> std::io::Result<OwnedFd> {
+/// A new group like `e`, with its marks. `root`: the tree's root here when it has a mount
+/// namespace of its own, under which a mount mark's mountpoint (the tree's view) lies; an
+/// inode mark's path is already ours (found from its file handle through our mounts).
+pub fn create(e: &pb::FanotifyFileEntry, root: Option<&str>) -> std::io::Result<OwnedFd> {
     // The group's flags exactly as dumped: FAN_CLOEXEC is one of them, which fdinfo shows (the
     // task's fd gets its own close-on-exec flag from fdinfo anyway).
     // SAFETY: fanotify_init(2) with integers; a non-negative result is a new fd we own.
@@ -108,11 +110,17 @@ pub fn create(e: &pb::FanotifyFileEntry) -> std::io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     for m in &e.mark {
         let (kind, path) = match (&m.ie, &m.me) {
-            (Some(ie), _) => (0, ie.f_handle.path.clone()),
-            (_, Some(me)) => (FAN_MARK_MOUNT, me.path.clone()),
+            (Some(ie), _) => (0, ie.f_handle.path.clone().unwrap_or_default()),
+            (_, Some(me)) => {
+                let p = me.path.clone().unwrap_or_default();
+                let p = match root {
+                    Some(r) => crate::ns::mnt::under(r, &p),
+                    None => p,
+                };
+                (FAN_MARK_MOUNT, p)
+            }
             _ => continue,
         };
-        let path = path.unwrap_or_default();
         if m.mask != 0 {
             mark(&fd, FAN_MARK_ADD | kind, m.mask, &path)?;
         }
@@ -181,11 +189,11 @@ impl FileKind for Fanotify {
 
     fn open(
         &self,
-        _cx: &mut OpenCx,
+        cx: &mut OpenCx,
         entry: &pb::FileEntry,
     ) -> Result<Option<OwnedFd>, RestoreError> {
         let e = entry.ffy.as_ref().expect("owned: ffy is set");
-        create(e).map(Some).map_err(|source| RestoreError::Setup {
+        create(e, cx.img.fs_root.as_deref()).map(Some).map_err(|source| RestoreError::Setup {
             what: format!("fanotify group (file id {})", entry.id),
             source,
         })

@@ -423,3 +423,38 @@ while True: time.sleep(1)
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(lines[1], "got pod 7 left");
 }
+
+/// System V objects of the tree's own IPC namespace keep their owner: made again by the
+/// restore (as root), they are given the dumped owner and mode, so a task of the tree running
+/// as that user can still remove them.
+#[test]
+fn sysv_objects_of_a_tree_namespace_keep_their_owner() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x08000000) == 0, ctypes.get_errno()
+def as_user(f):
+    pid = os.fork()
+    if pid == 0:
+        os.setgid(4321); os.setuid(4321)
+        os._exit(0 if f() >= 0 else 1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+assert as_user(lambda: libc.msgget(0x5171, 0o1000 | 0o600)) == 0
+assert as_user(lambda: libc.semget(0x5172, 1, 0o1000 | 0o600)) == 0
+assert as_user(lambda: libc.shmget(0x5173, 4096, 0o1000 | 0o600)) == 0
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+ids = [libc.msgget(0x5171, 0), libc.semget(0x5172, 0, 0), libc.shmget(0x5173, 0, 0)]
+rm = [lambda i=ids[0]: libc.msgctl(i, 0, None), lambda i=ids[1]: libc.semctl(i, 0, 0),
+      lambda i=ids[2]: libc.shmctl(i, 0, None)]
+print("got", [as_user(f) for f in rm], flush=True)
+while True: time.sleep(1)
+"#;
+    let w = Workload::python("ipc-owner", script);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(lines[1], "got [0, 0, 0]", "the owner removes each object");
+}

@@ -109,6 +109,8 @@ pub(crate) fn prepare(
                         d.id, d.key
                     ))(std::io::Error::last_os_error()));
                 }
+                crate::ipc::sysv::set_owner(crate::ipc::sysv::Object::Shm, got, d)
+                    .map_err(RestoreError::Ipc)?;
                 got
             }
         };

@@ -87,6 +87,13 @@ pub enum IpcError {
         #[source]
         source: std::io::Error,
     },
+    #[error("giving System V {kind} {id} its owner and mode failed")]
+    Owner {
+        kind: &'static str,
+        id: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("setting the values of semaphore set {id} failed")]
     SetValues {
         id: u32,
@@ -476,6 +483,7 @@ pub fn restore_msg(queues: &[Queue], made: &mut crate::ipc::Made) -> Result<(), 
         if got < 0 || got as u32 != d.id {
             return Err(create_error("message queue", d.id, d.key, got));
         }
+        set_owner(Object::Msg, got, d)?;
         for (mtype, text) in msgs {
             let mut b = mtype.to_ne_bytes().to_vec();
             b.extend_from_slice(text);
@@ -519,6 +527,7 @@ pub fn restore_sem(
             if got < 0 || got as u32 != d.id {
                 return Err(create_error("semaphore set", d.id, d.key, got));
             }
+            set_owner(Object::Sem, got, d)?;
             got
         };
         let mut v = vals.clone();
@@ -528,6 +537,68 @@ pub fn restore_sem(
                 id: d.id,
                 source: std::io::Error::last_os_error(),
             });
+        }
+    }
+    Ok(())
+}
+
+/// A kind of System V object, for [`set_owner`].
+#[derive(Clone, Copy)]
+pub(crate) enum Object {
+    Msg,
+    Sem,
+    Shm,
+}
+
+/// Gives an object the restore made the dumped owner and mode (IPC_SET): made by us, it was
+/// root's, and a task of the tree running as another user could not remove it (zdtm's msgque,
+/// sem, shm in a container). The creator (cuid, cgid) cannot be set and stays ours, as CRIU
+/// leaves it.
+pub(crate) fn set_owner(kind: Object, id: i32, d: &pb::IpcDescEntry) -> Result<(), IpcError> {
+    let fail = |name: &'static str| IpcError::Owner {
+        kind: name,
+        id: d.id,
+        source: std::io::Error::last_os_error(),
+    };
+    let fill = |p: &mut libc::ipc_perm| {
+        p.uid = d.uid;
+        p.gid = d.gid;
+        p.mode = (d.mode & 0o777) as _;
+    };
+    // SAFETY: each *ctl(2) call reads or writes the one kernel structure of its kind, a local
+    // zeroed (plain integers) then filled by IPC_STAT.
+    unsafe {
+        match kind {
+            Object::Msg => {
+                let mut ds: libc::msqid_ds = std::mem::zeroed();
+                if libc::msgctl(id, libc::IPC_STAT, &mut ds) < 0 {
+                    return Err(fail("message queue"));
+                }
+                fill(&mut ds.msg_perm);
+                if libc::msgctl(id, libc::IPC_SET, &mut ds) < 0 {
+                    return Err(fail("message queue"));
+                }
+            }
+            Object::Sem => {
+                let mut ds: libc::semid_ds = std::mem::zeroed();
+                if libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) < 0 {
+                    return Err(fail("semaphore set"));
+                }
+                fill(&mut ds.sem_perm);
+                if libc::semctl(id, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds) < 0 {
+                    return Err(fail("semaphore set"));
+                }
+            }
+            Object::Shm => {
+                let mut ds: libc::shmid_ds = std::mem::zeroed();
+                if libc::shmctl(id, libc::IPC_STAT, &mut ds) < 0 {
+                    return Err(fail("shared memory"));
+                }
+                fill(&mut ds.shm_perm);
+                if libc::shmctl(id, libc::IPC_SET, &mut ds) < 0 {
+                    return Err(fail("shared memory"));
+                }
+            }
         }
     }
     Ok(())

@@ -210,10 +210,16 @@ impl Drop for Unshared {
     }
 }
 
+/// A sysctl's value, read in one read(2): a sysctl file read in pieces may end early
+/// (kernel.sem with long values read as 32 bytes, then end of file, losing semmni), and
+/// read_to_string starts with a 32-byte probe.
 fn read_knob(path: &str) -> Result<String, IpcNsError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(read_err(path))
+    use std::io::Read;
+    let mut buf = vec![0u8; 4096];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut buf))
+        .map_err(read_err(path))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
 fn knob<T: std::str::FromStr>(path: &str) -> Result<T, IpcNsError> {

@@ -210,6 +210,8 @@ pub struct StubMounts {
     pub late: Vec<LateMount>,
     /// Peer groups and slaves made once all mounts are there, after the pivot.
     pub propagation: Vec<StubStep>,
+    /// The fds [`StubMount::Fd`] names, which the init closes after the steps.
+    pub mount_fds: Vec<RawFd>,
 }
 
 /// [`propagation::Step`] as the init's syscalls take it.
@@ -282,6 +284,7 @@ impl Early {
                 })
                 .collect(),
             propagation: self.propagation.clone(),
+            mount_fds: self.mount_fds.values().map(|f| f.as_raw_fd()).collect(),
         }
     }
 }

@@ -125,6 +125,8 @@ pub fn tree_view(
         .find(|(ino, _)| *ino == root_ns.1)
         .map(|(_, k)| k.clone());
     let mut map = HashMap::new();
+    // Each process's group and session ids at both levels (its main thread's status).
+    let mut groups = Vec::new();
     for &pid in live {
         if ns_id(&format!("/proc/{pid}/ns/pid"))? != root_ns {
             return Err(PidNsError::Mixed { pid });
@@ -138,6 +140,9 @@ pub fn tree_view(
                 what: format!("status of thread {tid}"),
                 source,
             })?;
+            if tid == pid {
+                groups.extend([st.nspgid.clone(), st.nssid.clone()]);
+            }
             match st.nspid.as_slice() {
                 [host, inner] if *host == tid => {
                     map.insert(tid, *inner);
@@ -162,17 +167,13 @@ pub fn tree_view(
                 map.insert(pid, *inner);
             }
         }
+        groups.extend([st.nspgid, st.nssid]);
     }
     // A process group or session whose leader is gone has no task to name it: its ids at
     // both levels come from a member's status.
-    for &pid in live.iter().chain(zombies) {
-        let Ok(st) = proc::status(pid) else {
-            continue;
-        };
-        for ids in [&st.nspgid, &st.nssid] {
-            if let [host, inner] = ids.as_slice() {
-                map.entry(*host).or_insert(*inner);
-            }
+    for ids in &groups {
+        if let [host, inner] = ids.as_slice() {
+            map.entry(*host).or_insert(*inner);
         }
     }
     if ext_key.is_some() {

@@ -492,18 +492,8 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
             };
             check(r, step);
         }
-        for s in &m.propagation {
-            use crate::ns::mnt_sys::{StubMount, StubStep};
-            let (a, b) = match s {
-                StubStep::Shared(t) | StubStep::Slave(t) => (Some(t), None),
-                StubStep::SetGroup { from, to } => (Some(from), Some(to)),
-            };
-            for t in [a, b].into_iter().flatten() {
-                if let StubMount::Fd(fd) = t {
-                    // A second close of a shared fd fails with EBADF, harmlessly.
-                    libc::syscall(libc::SYS_close, *fd);
-                }
-            }
+        for &fd in &m.mount_fds {
+            libc::syscall(libc::SYS_close, fd);
         }
     }
 }

@@ -62,16 +62,15 @@ pub fn in_tree<T>(
         .map_err(sys(format!("chdir {to}")))
         .and_then(|()| f());
     INSIDE.with(|i| i.set(inside));
-    // Back: our root first (through its fd, from inside the tree's), then our directory.
+    // Back: our root first (through its fd, from inside the tree's), then our directory. A
+    // thread left in the tree's root would open every later file at the wrong path: that
+    // fails the restore.
     if root.is_some() {
-        if let Err(e) =
-            nix::unistd::fchdir(back_root.as_fd()).and_then(|()| nix::unistd::chroot("."))
-        {
-            log::error!("returning to our root after a socket's name: {e}");
-        }
+        nix::unistd::fchdir(back_root.as_fd())
+            .and_then(|()| nix::unistd::chroot("."))
+            .map_err(sys("returning to our root after a socket's name"))?;
     }
-    if let Err(e) = nix::unistd::fchdir(back_cwd.as_fd()) {
-        log::warn!("returning to our directory after a socket's name: {e}");
-    }
+    nix::unistd::fchdir(back_cwd.as_fd())
+        .map_err(sys("returning to our directory after a socket's name"))?;
     r
 }

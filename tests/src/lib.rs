@@ -125,14 +125,54 @@ pub fn stasis_bin() -> PathBuf {
     );
 }
 
-/// A fresh directory under the system temp dir.
+/// A fresh directory under the system temp dir, removed when the test binary exits (image
+/// sets run to hundreds of MiB; left behind, repeated runs fill the disk). Set
+/// STASIS_KEEP_TEMP=1 to keep them for a post-mortem.
 pub fn temp_dir(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("stasis-test-{}-{name}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
+    remove_at_exit(&d);
     d
+}
+
+static TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn remove_at_exit(dir: &Path) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: atexit takes a plain extern "C" fn with no captured state.
+        unsafe { libc::atexit(remove_temp_dirs) };
+    });
+    TEMP_DIRS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.to_path_buf());
+}
+
+extern "C" fn remove_temp_dirs() {
+    if std::env::var_os("STASIS_KEEP_TEMP").is_some() {
+        return;
+    }
+    let dirs = std::mem::take(&mut *TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for dir in dirs {
+        // A mount left under it (a failed test's container rootfs with host binds) would
+        // have its contents deleted too: leave that directory alone.
+        let prefix = dir.to_string_lossy().into_owned();
+        let mounted = mountinfo.lines().any(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m == prefix || m.starts_with(&format!("{prefix}/")))
+        });
+        if mounted {
+            eprintln!("left {} in place: a mount is still under it", dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// Compiles `tests/workloads/<name>.c` once per test run; returns the binary.

@@ -131,6 +131,8 @@ pub fn stasis_bin() -> PathBuf {
 pub fn temp_dir(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // One directory, whatever the name holds (a '/' would nest it under one left behind).
+    let name = name.replace('/', "_");
     let d = std::env::temp_dir().join(format!("stasis-test-{}-{name}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");

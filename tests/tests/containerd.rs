@@ -97,10 +97,14 @@ impl Containerd {
         )
         .expect("config.toml");
         let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
+        // Its shim makes checkpoint dirs under TMPDIR and leaves them: keep them in ours.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp");
         let daemon = Command::new("containerd")
             .arg("--config")
             .arg(&config)
             .env("PATH", &path)
+            .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

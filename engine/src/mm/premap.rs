@@ -92,24 +92,20 @@ pub fn host_pid(root: u32, ns_pid: u32) -> Option<u32> {
 
 /// Per task (in image order), its premapped areas, laid out from `base` with a page before
 /// each area so that none merges with its neighbour. Empty for all when no live task has live
-/// children.
-pub fn plan(img: &DumpImage, base: u64) -> Vec<Vec<Premap>> {
+/// children. `parents[i]`: the task whose memory task `i` is forked with (its parent, or the
+/// forker of the session helper that forks it: see restore::sessions).
+pub fn plan(img: &DumpImage, base: u64, parents: &[Option<usize>]) -> Vec<Vec<Premap>> {
     let live = |i: usize| img.tasks[i].zombie_exit.is_none();
+    let parent_of = |i: usize| parents.get(i).copied().flatten().filter(|&p| p != i);
     let mut out: Vec<Vec<Premap>> = vec![Vec::new(); img.tasks.len()];
     let mut next = base + PAGE_SIZE;
-    for (i, t) in img.tasks.iter().enumerate() {
+    for i in parents_first(img.tasks.len(), parent_of) {
         if !live(i) {
             continue;
         }
-        let parent = (i > 0)
-            .then(|| img.tasks[..i].iter().position(|p| p.pid() == t.pstree.ppid))
-            .flatten()
-            .filter(|&p| live(p));
-        let has_children = img
-            .tasks
-            .iter()
-            .enumerate()
-            .any(|(j, c)| j != 0 && live(j) && c.pstree.ppid == t.pid());
+        let t = &img.tasks[i];
+        let parent = parent_of(i).filter(|&p| live(p));
+        let has_children = (1..img.tasks.len()).any(|j| live(j) && parent_of(j) == Some(i));
         let mut mine = Vec::new();
         for v in t.mm.vmas.iter().filter(|v| eligible(v)) {
             let len = v.end - v.start;
@@ -142,15 +138,34 @@ pub fn plan(img: &DumpImage, base: u64) -> Vec<Vec<Premap>> {
     out
 }
 
+/// Task indices, each after its parent (by depth; a cycle, which no image should have, ends
+/// the walk up at its length).
+fn parents_first(n: usize, parent_of: impl Fn(usize) -> Option<usize>) -> Vec<usize> {
+    let depth = |mut i: usize| {
+        let mut d = 0;
+        while let Some(p) = parent_of(i) {
+            d += 1;
+            i = p;
+            if d > n {
+                break;
+            }
+        }
+        d
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| depth(i));
+    order
+}
+
 /// The premapped areas of every task, laid out where nothing else is; none if no task has
 /// children or no room is found (the children then get copies).
-pub fn for_tree(img: &DumpImage, trampoline: u64) -> Vec<Vec<Premap>> {
-    let room = room(img);
+pub fn for_tree(img: &DumpImage, trampoline: u64, parents: &[Option<usize>]) -> Vec<Vec<Premap>> {
+    let room = room(img, parents);
     if room == 0 {
         return Vec::new();
     }
     match pick_base(img, room, trampoline) {
-        Some(base) => plan(img, base),
+        Some(base) => plan(img, base, parents),
         None => {
             log::info!("no room for {room} bytes of premapped memory: children get copies");
             Vec::new()
@@ -159,8 +174,8 @@ pub fn for_tree(img: &DumpImage, trampoline: u64) -> Vec<Vec<Premap>> {
 }
 
 /// The room the tasks' own areas need (0: none).
-pub fn room(img: &DumpImage) -> u64 {
-    let areas: u64 = plan(img, 0)
+pub fn room(img: &DumpImage, parents: &[Option<usize>]) -> u64 {
+    let areas: u64 = plan(img, 0, parents)
         .iter()
         .flatten()
         .filter(|p| p.own)
@@ -320,6 +335,19 @@ pub fn holes(t: &load::TaskImage, p: &Premap) -> Vec<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// Each task's parent in image order (its image parent), for trees forked without helpers.
+    fn image_parents(img: &DumpImage) -> Vec<Option<usize>> {
+        img.tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (i > 0)
+                    .then(|| img.tasks.iter().position(|p| p.pid() == t.pstree.ppid))
+                    .flatten()
+            })
+            .collect()
+    }
+
     fn vma(start: u64, end: u64) -> pb::VmaEntry {
         pb::VmaEntry {
             start,
@@ -380,7 +408,7 @@ mod tests {
             vec![vma(a, a + 0x4000), vma(a + 0x10000, a + 0x13000)],
             &[(a, 2)],
         ));
-        let plan = plan(&img, 0x5_0000_0000);
+        let plan = plan(&img, 0x5_0000_0000, &image_parents(&img));
         assert_eq!(
             plan[0].len(),
             2,
@@ -400,7 +428,10 @@ mod tests {
         );
         assert_eq!(plan[1].len(), 1, "only the same area is inherited");
         assert_eq!((plan[1][0].at, plan[1][0].own), (plan[0][0].at, false));
-        assert_eq!(room(&img), 0x4000 + 0x2000 + 3 * PAGE_SIZE);
+        assert_eq!(
+            room(&img, &image_parents(&img)),
+            0x4000 + 0x2000 + 3 * PAGE_SIZE
+        );
         // The child's image lacks pages 2 and 3 of what it inherited: they go.
         assert_eq!(
             holes(&img.tasks[1], &plan[1][0]),
@@ -447,7 +478,9 @@ mod tests {
             vec![vma(0x1000_0000, 0x1000_4000)],
             &[(0x1000_0000, 4)],
         ));
-        assert!(plan(&img, 0x5_0000_0000).iter().all(Vec::is_empty));
-        assert_eq!(room(&img), 0);
+        assert!(plan(&img, 0x5_0000_0000, &image_parents(&img))
+            .iter()
+            .all(Vec::is_empty));
+        assert_eq!(room(&img, &image_parents(&img)), 0);
     }
 }

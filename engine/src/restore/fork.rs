@@ -5,10 +5,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::pool::Pool;
+use super::sessions::{self, Child, Forker, Member, RootKind, SessionPlan};
 use super::{setup_err, stub, Created, DumpImage, PoolFds, RestoreError, RestoreOptions};
 use crate::mm::premap::Premap;
 use crate::proc;
-use crate::task::core::children_in_fork_order;
 
 /// The external pid namespace the caller handed over as `key` (`--inherit-fd fd[N]:KEY`, the
 /// RPC's inherit_fd), as a new fd of ours.
@@ -41,6 +41,47 @@ pub(super) struct Fork {
     pub(super) userns: Option<RawFd>,
     /// Per task, its areas mapped before its children are forked (see mm::premap).
     pub(super) premaps: Vec<Vec<Premap>>,
+    /// Who forks whom, and when, for the sessions to come back (see restore::sessions).
+    pub(super) sessions: SessionPlan,
+}
+
+/// The tree's tasks as the session plan sees them.
+pub(super) fn members(img: &DumpImage) -> Vec<Member> {
+    img.tasks
+        .iter()
+        .map(|t| Member {
+            pid: t.pid(),
+            ppid: t.pstree.ppid,
+            sid: t.pstree.sid,
+            shares_parent_files: t.shares_parent_files,
+        })
+        .collect()
+}
+
+/// What the root is to orphans: a new pid namespace's init, a child subreaper, or neither.
+fn root_kind(img: &DumpImage, own_pidns: bool) -> RootKind {
+    if own_pidns {
+        RootKind::PidNsInit
+    } else if img.tasks[0].tc().child_subreaper == Some(true) {
+        RootKind::Subreaper
+    } else {
+        RootKind::Plain
+    }
+}
+
+/// Per task, its premapped areas (see mm::premap), for the tree forked as `sessions` says.
+pub(super) fn premaps(
+    img: &DumpImage,
+    trampoline: u64,
+    sessions: &SessionPlan,
+) -> Vec<Vec<Premap>> {
+    let parents = sessions::memory_parents(&members(img), sessions);
+    crate::mm::premap::for_tree(img, trampoline, &parents)
+}
+
+/// The forks that bring every task back in its session (see restore::sessions).
+pub(super) fn plan_sessions(img: &DumpImage, own_pidns: bool) -> Result<SessionPlan, RestoreError> {
+    Ok(sessions::plan(&members(img), root_kind(img, own_pidns))?)
 }
 
 /// The stubs' gate words (see `stub::StubShared::gate`): a shared anonymous page, which the
@@ -108,6 +149,7 @@ pub(super) fn fork_tree(
         new_cgroupns,
         userns,
         premaps,
+        sessions,
     } = fork;
     let gate = if premaps.iter().any(|p| !p.is_empty()) {
         Some(Gate::new(img.tasks.len())?)
@@ -122,7 +164,7 @@ pub(super) fn fork_tree(
     drop(ready_w0);
     // Everything the stubs read is made before the fork: after it they allocate nothing.
     let shared = stub::StubShared {
-        tasks: stub_plans(img, &pool, &premaps)?,
+        tasks: stub_plans(img, &pool, &premaps, &sessions, own_pidns)?,
         ready_fd: ready_w.as_raw_fd(),
         pool_base: pool.base,
         trampoline,
@@ -363,11 +405,34 @@ fn stub_plans(
     img: &DumpImage,
     pool: &Pool,
     premaps: &[Vec<Premap>],
+    sessions: &SessionPlan,
+    own_pidns: bool,
 ) -> Result<Vec<stub::StubPlan>, RestoreError> {
     let mut plans = Vec::new();
     let no_premaps = Vec::new();
     let in_tree = |pid: u32| img.tasks.iter().any(|o| o.pid() == pid);
+    let helper_led = |sid: u32| sessions.helpers.iter().any(|h| h.pid == Some(sid));
     let root_pgid = img.tasks.first().map_or(0, |r| r.pstree.pgid);
+    let members = members(img);
+    let n = img.tasks.len();
+    let leads_group = |i: usize| {
+        img.tasks
+            .iter()
+            .any(|o| o.pstree.pgid == img.tasks[i].pid())
+    };
+    // Plan indices: the tasks, then the helpers.
+    let children = |f: Forker| {
+        let (kids, before) = sessions::fork_order(&members, sessions, f, leads_group);
+        let kids: Vec<usize> = kids
+            .into_iter()
+            .map(|c| match c {
+                Child::Task(i) => i,
+                Child::Helper(h) => n + h,
+            })
+            .collect();
+        (kids, before)
+    };
+    let subreaper_root = root_kind(img, own_pidns) == RootKind::Subreaper;
     for (i, t) in img.tasks.iter().enumerate() {
         let mine = premaps.get(i).unwrap_or(&no_premaps);
         let name = |id: u32| {
@@ -385,6 +450,7 @@ fn stub_plans(
         let mut c = [0u8; 16];
         let n = comm.len().min(15);
         c[..n].copy_from_slice(&comm[..n]);
+        let (kids, before_setsid) = children(Forker::Task(i));
         plans.push(stub::StubPlan {
             pid: t.pid(),
             pgid: t.pstree.pgid,
@@ -393,9 +459,13 @@ fn stub_plans(
             // the tree's own.
             pgid_leaderless: !in_tree(t.pstree.pgid)
                 && t.pstree.pgid != root_pgid
-                && in_tree(t.pstree.sid),
+                && (in_tree(t.pstree.sid) || helper_led(t.pstree.sid)),
             sid: t.pstree.sid,
-            children: children_in_fork_order(img, t),
+            children: kids,
+            before_setsid,
+            role: stub::Role::Task,
+            reparented: sessions.via_helper.get(i).copied().flatten().is_some(),
+            subreaper: i == 0 && subreaper_root,
             fds: t
                 .fds
                 .iter()
@@ -455,5 +525,59 @@ fn stub_plans(
                 }),
         });
     }
+    plans.extend(helper_plans(img, sessions, children));
     Ok(plans)
+}
+
+/// The session helpers' plans (see restore::sessions), after the tasks': `children` gives a
+/// forker's children in plan indices.
+fn helper_plans(
+    img: &DumpImage,
+    sessions: &SessionPlan,
+    children: impl Fn(Forker) -> (Vec<usize>, usize),
+) -> Vec<stub::StubPlan> {
+    let mut plans = Vec::new();
+    // A free pid for a helper that needs none in particular: above every pid of the tree, so
+    // that it takes none a task is forked with later.
+    let mut free = img
+        .tasks
+        .iter()
+        .flat_map(|t| t.threads.iter().map(|th| th.tid))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    for (h, helper) in sessions.helpers.iter().enumerate() {
+        let (kids, _) = children(Forker::Helper(h));
+        let pid = helper.pid.unwrap_or_else(|| {
+            free += 1;
+            free - 1
+        });
+        plans.push(stub::StubPlan {
+            pid,
+            pgid: 0,
+            pgid_in_tree: false,
+            pgid_leaderless: false,
+            sid: helper.sid,
+            children: kids,
+            before_setsid: 0,
+            role: stub::Role::Helper {
+                any_pid: helper.pid.is_none(),
+            },
+            reparented: false,
+            subreaper: false,
+            fds: Vec::new(),
+            ctty: None,
+            cwd: c"/".to_owned(),
+            cwd_fd: None,
+            root: None,
+            umask: 0o022,
+            comm: *b"stasis-helper\0\0\0",
+            zombie_exit: None,
+            clone_files: helper.clone_files,
+            premap: Vec::new(),
+            premap_wait: false,
+            table_shared: false,
+        });
+    }
+    plans
 }

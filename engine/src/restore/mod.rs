@@ -11,6 +11,7 @@ pub mod load;
 mod namespaces;
 mod pool;
 mod reap;
+pub(crate) mod sessions;
 pub(crate) mod stub;
 
 use fork::{external_pidns, fork_tree, wait_pid_free, Fork};
@@ -125,6 +126,8 @@ pub struct Restored {
 /// Why a restore failed. Every variant means no task of the tree is left behind.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    #[error(transparent)]
+    Sessions(#[from] sessions::SessionError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(
@@ -368,17 +371,23 @@ fn check_cpu_features(img: &DumpImage) -> Result<(), RestoreError> {
     Ok(())
 }
 
-pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
-    let t0 = Instant::now();
+/// The images, loaded and checked against this machine and the options.
+fn load_checked(opts: &RestoreOptions) -> Result<DumpImage, RestoreError> {
     if !opts.allow_shared_images_dir {
         check_images_dir(&opts.images_dir)?;
     }
     step("load")?;
-    let mut img = load::load(&opts.images_dir)?;
+    let img = load::load(&opts.images_dir)?;
     crate::net::inet::file::check_tcp_flags(&img, opts)?;
     if !opts.skip_cpu_check {
         check_cpu_features(&img)?;
     }
+    Ok(img)
+}
+
+pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let t0 = Instant::now();
+    let mut img = load_checked(opts)?;
     opts.notify.run(Script::PreRestore, None)?;
     // A root of pid 1 is a pid namespace's init: the tree gets a new namespace (see ns::pid),
     // where every pid is free.
@@ -389,6 +398,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         None => None,
     };
     let in_pidns = own_pidns || ext_pidns.is_some();
+    // Before anything is made: a tree whose sessions cannot be made again is refused here.
+    let sessions = fork::plan_sessions(&img, own_pidns)?;
     if in_pidns {
         // The worker inside has a /proc of its own: a /proc/<pid>/fd/N path (the RPC's
         // images_dir_fd) would not lead anywhere there.
@@ -450,7 +461,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         crate::ns::ipc::write_next_ids(vars)?;
     }
     let trampoline = pick_trampoline(&img)?;
-    let premaps = crate::mm::premap::for_tree(&img, trampoline);
+    let premaps = fork::premaps(&img, trampoline, &sessions);
     let stub_mounts = match mounts.as_mut() {
         Some(early) => {
             early.leave()?;
@@ -468,6 +479,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         new_cgroupns: img.own_cgroupns,
         userns: holder.as_ref().map(|h| h.user.as_raw_fd()),
         premaps: premaps.clone(),
+        sessions,
     };
     let (mut created, files, premapped_pages) = fork_tree(&img, pool, fork)?;
     drop(dead_proc_helpers);

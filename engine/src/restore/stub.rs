@@ -22,7 +22,18 @@ pub struct StubPlan {
     /// task leads): the stub makes the group again, with a short-lived helper of that pid.
     pub pgid_leaderless: bool,
     pub sid: u32,
+    /// Plan indices of the children it forks, in order.
     pub children: Vec<usize>,
+    /// How many of the first children are forked before its setsid: they were born in the
+    /// session it had then (see restore::sessions).
+    pub before_setsid: usize,
+    pub role: Role,
+    /// Forked by a session helper, which exits once its children are forked: it is then
+    /// reparented to the root, as it was before the dump.
+    pub reparented: bool,
+    /// Becomes a child subreaper before forking (the root, when dumped as one), so that the
+    /// children of session helpers are reparented to it.
+    pub subreaper: bool,
     /// (target fd, pool fd, close-on-exec) triples.
     pub fds: Vec<(RawFd, RawFd, bool)>,
     /// Pool fd of the pty slave to make the controlling terminal (session leaders only).
@@ -46,6 +57,16 @@ pub struct StubPlan {
     /// It has premapped areas (its own or its parent's): it reports, then waits for the
     /// restorer to fill them before it forks.
     pub premap_wait: bool,
+}
+
+/// What a plan entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A task of the tree.
+    Task,
+    /// A session helper (see restore::sessions): leads its session again if its pid is the
+    /// session's id, forks its children, exits. `any_pid`: its pid is only a first choice.
+    Helper { any_pid: bool },
 }
 
 /// One area a stub maps before forking: anonymous, or a pool fd's file at an offset.
@@ -224,19 +245,26 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
     // SAFETY: raw syscalls on integers and on buffers owned by the plan (or local), in a
     // single-threaded child; nothing here touches memory another thread could use.
     unsafe {
-        // If the restorer dies before seizing us, die too.
-        check(
-            libc::syscall(
-                libc::SYS_prctl,
-                libc::PR_SET_PDEATHSIG as libc::c_long,
-                libc::SIGKILL as libc::c_long,
-            ),
-            STUB_SETUP,
-        );
-        // The restorer (or our parent stub) died before the line above took effect: no one
-        // will ever seize us, and no signal will come. Go now.
-        if libc::getppid() != parent {
-            libc::_exit(1);
+        if t.reparented {
+            wait_reparented(sh, t, parent);
+        } else {
+            // If the restorer dies before seizing us, die too.
+            check(
+                libc::syscall(
+                    libc::SYS_prctl,
+                    libc::PR_SET_PDEATHSIG as libc::c_long,
+                    libc::SIGKILL as libc::c_long,
+                ),
+                STUB_SETUP,
+            );
+            // The restorer (or our parent stub) died before the line above took effect: no
+            // one will ever seize us, and no signal will come. Go now.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
+        if let Role::Helper { .. } = t.role {
+            run_helper(sh, t);
         }
         // The root enters the tree's mount namespace before forking: its children inherit it.
         if idx == 0 {
@@ -251,6 +279,18 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
                 enter_mounts(sh, pid, m);
             }
         }
+        if t.subreaper {
+            check(
+                libc::syscall(libc::SYS_prctl, libc::PR_SET_CHILD_SUBREAPER, 1),
+                STUB_SETUP,
+            );
+        }
+        // Before any fork: every child inherits the areas filled.
+        if t.premap_wait {
+            premap(sh, t, idx);
+        }
+        let (born_here, after) = t.children.split_at(t.before_setsid.min(t.children.len()));
+        fork_children(sh, t, born_here, pid as libc::pid_t);
         if t.sid == t.pid {
             check(libc::syscall(libc::SYS_setsid), STUB_SESSION);
         }
@@ -264,31 +304,7 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
         if t.pgid == t.pid && t.sid != t.pid {
             check(libc::syscall(libc::SYS_setpgid, 0, 0), STUB_SESSION);
         }
-        if t.premap_wait {
-            premap(sh, t, idx);
-        }
-        for &c in &t.children {
-            let Some(child) = sh.tasks.get(c) else {
-                fail(sh, pid, STUB_SETUP, libc::EINVAL as u32)
-            };
-            let flags = if child.clone_files {
-                libc::CLONE_FILES as u64
-            } else {
-                0
-            };
-            match fork_with_pid(child.pid, flags) {
-                0 => run(sh, c, pid as libc::pid_t),
-                r if r < 0 => fail(sh, child.pid, STUB_CLONE, (-r) as u32),
-                _ => {
-                    // Like a shell, make a group leader from both sides, so a sibling forked
-                    // next can join the group whichever of them runs first. Failure is fine
-                    // here: the child's own setpgid decides (and is checked).
-                    if child.pgid == child.pid && child.sid != child.pid {
-                        libc::syscall(libc::SYS_setpgid, child.pid, child.pid);
-                    }
-                }
-            }
-        }
+        fork_children(sh, t, after, pid as libc::pid_t);
         if t.pgid != t.pid
             && t.pgid_in_tree
             && check(libc::syscall(libc::SYS_getpgid, 0), STUB_SESSION) as u32 != t.pgid
@@ -311,6 +327,108 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
             die_as_zombie(sh, t, status);
         }
         settle(sh, t);
+    }
+}
+
+/// Forks `kids` (plan indices) with their pids; `me` is our pid as they see it. A session
+/// helper among them is waited for: it exits once it has forked its own. Async-signal-safe.
+fn fork_children(sh: &StubShared, t: &StubPlan, kids: &[usize], me: libc::pid_t) {
+    for &c in kids {
+        let Some(child) = sh.tasks.get(c) else {
+            fail(sh, t.pid, STUB_SETUP, libc::EINVAL as u32)
+        };
+        let flags = if child.clone_files {
+            libc::CLONE_FILES as u64
+        } else {
+            0
+        };
+        let mut want = child.pid;
+        // SAFETY: raw syscalls on integers (see the module's fork-safety rule).
+        unsafe {
+            let r = loop {
+                match fork_with_pid(want, flags) {
+                    // A helper that needs no pid in particular takes the next free one.
+                    r if r == -(libc::EEXIST as i64)
+                        && child.role == (Role::Helper { any_pid: true })
+                        && want < child.pid + 4096 =>
+                    {
+                        want += 1;
+                    }
+                    r => break r,
+                }
+            };
+            match r {
+                0 => run(sh, c, me),
+                r if r < 0 => fail(sh, child.pid, STUB_CLONE, (-r) as u32),
+                r => {
+                    if let Role::Helper { .. } = child.role {
+                        // Its children are forked when it exits; reaped here, it leaves no
+                        // trace.
+                        libc::syscall(
+                            libc::SYS_wait4,
+                            r,
+                            std::ptr::null_mut::<libc::c_int>(),
+                            libc::__WALL,
+                            std::ptr::null_mut::<libc::rusage>(),
+                        );
+                    } else if child.pgid == child.pid && child.sid != child.pid {
+                        // Like a shell, make a group leader from both sides, so a sibling
+                        // forked next can join the group whichever of them runs first.
+                        // Failure is fine here: the child's own setpgid decides (and is
+                        // checked).
+                        libc::syscall(libc::SYS_setpgid, child.pid, child.pid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A session helper's stub: leads the session again if it has the session's id, forks its
+/// children in it, exits (they are reparented to the root). Async-signal-safe.
+fn run_helper(sh: &StubShared, t: &StubPlan) -> ! {
+    // SAFETY: raw syscalls on integers (see the module's fork-safety rule).
+    unsafe {
+        if t.sid == t.pid {
+            check(sh, t.pid, libc::syscall(libc::SYS_setsid), STUB_SESSION);
+        }
+        let me = libc::syscall(libc::SYS_getpid) as libc::pid_t;
+        fork_children(sh, t, &t.children, me);
+        libc::_exit(0)
+    }
+}
+
+/// For a task forked by a session helper: waits until the helper has exited and the task is
+/// the root's child again, then arms the parent-death signal on the root. Should the root be
+/// gone by then (the restore failed), exits. Async-signal-safe.
+fn wait_reparented(sh: &StubShared, t: &StubPlan, helper: libc::pid_t) {
+    let root = sh.tasks.first().map_or(0, |r| r.pid) as libc::pid_t;
+    // SAFETY: raw syscalls on integers and on a local timespec.
+    unsafe {
+        while libc::syscall(libc::SYS_getppid) as libc::pid_t == helper {
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000,
+            };
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &pause,
+                std::ptr::null_mut::<libc::timespec>(),
+            );
+        }
+        check(
+            sh,
+            t.pid,
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG as libc::c_long,
+                libc::SIGKILL as libc::c_long,
+            ),
+            STUB_SETUP,
+        );
+        if libc::syscall(libc::SYS_getppid) as libc::pid_t != root {
+            libc::_exit(1);
+        }
     }
 }
 

@@ -788,22 +788,3 @@ pub(crate) fn pick_trampoline(img: &DumpImage) -> Result<u64, RestoreError> {
     }
     .into())
 }
-
-/// The children of `t`, group leaders first: a sibling that joins a group led by another
-/// (a shell pipeline: `a | b`, b in a's group) needs the leader to exist.
-pub(crate) fn children_in_fork_order(img: &DumpImage, t: &TaskImage) -> Vec<usize> {
-    let mut kids: Vec<usize> = img
-        .tasks
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.pstree.ppid == t.pid() && c.pid() != img.tasks[0].pid())
-        .map(|(i, _)| i)
-        .collect();
-    let leads = |i: &usize| {
-        img.tasks
-            .iter()
-            .any(|o| o.pstree.pgid == img.tasks[*i].pid())
-    };
-    kids.sort_by_key(|i| !leads(i));
-    kids
-}

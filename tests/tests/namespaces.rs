@@ -303,6 +303,21 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
     );
     assert_eq!(ask("10.79.0.2:7079"), Some(1), "the server answers before");
     let routes_before = ip_in(w.pid, &["-4", "route", "show"]);
+    // Device sysctls off their defaults (of `all`, `default`, the veth and lo) and a unix one.
+    let mut sysctls = vec![
+        ("ipv4/conf/all/log_martians", "1"),
+        ("ipv4/conf/default/arp_ignore", "2"),
+        ("ipv4/conf/stv0/rp_filter", "2"),
+        ("ipv4/conf/stv0/forwarding", "1"),
+        ("ipv4/conf/lo/route_localnet", "1"),
+        ("unix/max_dgram_qlen", "77"),
+    ];
+    if Path::new("/proc/sys/net/ipv6").exists() {
+        sysctls.push(("ipv6/conf/stv0/hop_limit", "33"));
+    }
+    for (key, value) in &sysctls {
+        assert_eq!(net_sysctl(w.pid, key, Some(value)), *value, "{key} set");
+    }
 
     let img = w.images();
     dump_to(&img, &pid, &[]);
@@ -323,10 +338,28 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
         assert!(link.contains("02:00:00:00:79:02"), "{link}");
         assert!(ip_in(w.pid, &["-o", "-4", "addr"]).contains("10.79.0.2/24"));
         assert_eq!(ip_in(w.pid, &["-4", "route", "show"]), routes_before);
+        for (key, value) in &sysctls {
+            assert_eq!(net_sysctl(w.pid, key, None), *value, "{key} after restore");
+        }
         // The same process, its count carried on, answering through the restored veth.
         assert_eq!(ask("10.79.0.2:7079"), Some(2));
     });
     kill_tree(&[w.pid]);
+}
+
+/// /proc/sys/net/`key` in `pid`'s network namespace, written first when a value is given.
+fn net_sysctl(pid: u32, key: &str, value: Option<&str>) -> String {
+    let path = format!("/proc/sys/net/{key}");
+    let script = match value {
+        Some(v) => format!("echo {v} > {path} && cat {path}"),
+        None => format!("cat {path}"),
+    };
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "sh", "-c", &script])
+        .output()
+        .expect("nsenter");
+    assert!(out.status.success(), "{script}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `stasis dump -t PID -D IMG -o dump.log -v4 EXTRA...`, which must succeed.

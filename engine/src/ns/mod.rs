@@ -4,6 +4,7 @@ pub mod ipc;
 pub mod mnt;
 pub mod mnt_sys;
 pub mod net;
+pub mod netconf;
 pub mod pid;
 pub mod propagation;
 pub mod time;

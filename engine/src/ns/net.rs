@@ -7,6 +7,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use super::netconf::{self, Family};
 use crate::images::{magic, names, pb, ImageKind, ImageReader, ImageWriter};
 
 /// Image ids: the dumper's network namespace and one the tree owns (after IPC's and UTS's).
@@ -36,6 +37,13 @@ pub enum NetNsError {
         file: String,
         #[source]
         source: crate::images::ImageError,
+    },
+    #[error("setting {path} to {value} in the tree's network namespace failed")]
+    Sysctl {
+        path: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("netdev entry {name:?} has an unknown type {kind}")]
     UnknownType { name: String, kind: i32 },
@@ -124,9 +132,21 @@ pub fn dump(ns: &OwnedFd, dir: &Path) -> Result<(), NetNsError> {
     let state = stasis_netns::dump(ns.as_fd()).map_err(NetNsError::Net)?;
     let images = state.to_images();
     let id = TREE_NS_ID;
+    let mut targets: Vec<&str> = vec!["all", "default"];
+    targets.extend(images.netdev.iter().map(|d| d.name.as_str()));
+    let confs = device_confs(ns, &targets);
+    let conf_of = |name: &str, family: Family| {
+        confs
+            .iter()
+            .find(|(t, f, _)| t == name && *f == family)
+            .map(|(_, _, e)| e.clone())
+            .unwrap_or_default()
+    };
     let mut w = ImageWriter::new(ImageKind::Normal, magic::NETDEV);
     for d in &images.netdev {
         w.push(&pb::NetDeviceEntry {
+            conf4: conf_of(&d.name, Family::V4),
+            conf6: conf_of(&d.name, Family::V6),
             r#type: d.kind as i32,
             ifindex: d.ifindex,
             mtu: d.mtu,
@@ -146,6 +166,11 @@ pub fn dump(ns: &OwnedFd, dir: &Path) -> Result<(), NetNsError> {
     let mut w = ImageWriter::new(ImageKind::Normal, magic::NETNS);
     w.push(&pb::NetnsEntry {
         ipv4_sysctl: ipv4_sysctls(ns),
+        def_conf4: conf_of("default", Family::V4),
+        all_conf4: conf_of("all", Family::V4),
+        def_conf6: conf_of("default", Family::V6),
+        all_conf6: conf_of("all", Family::V6),
+        unix_conf: conf_of("", Family::Unix),
         ..Default::default()
     });
     write(dir, &names::netns(id), &w.into_bytes())?;
@@ -274,4 +299,86 @@ pub fn restore_ipv4_sysctls(dir: &Path, id: u32) {
             log::warn!("setting {PING_GROUP_RANGE} to {v:?}: {err}");
         }
     }
+}
+
+/// The device sysctls (see ns::netconf) of each of `targets` ("all", "default", link names)
+/// in `ns`, and its unix ones (target ""), read from a thread that joined it: (target, family,
+/// entries). Best effort, as
+/// CRIU's: a file that cannot be read is an entry without a value.
+fn device_confs(ns: &OwnedFd, targets: &[&str]) -> Vec<(String, Family, Vec<pb::SysctlEntry>)> {
+    let read_all = || {
+        let mut out = Vec::new();
+        for t in targets {
+            for family in [Family::V4, Family::V6] {
+                let e = netconf::entries(family, |name| {
+                    std::fs::read_to_string(family.path(t, name)).ok()
+                });
+                out.push((t.to_string(), family, e));
+            }
+        }
+        let unix = netconf::entries(Family::Unix, |name| {
+            std::fs::read_to_string(Family::Unix.path("", name)).ok()
+        });
+        out.push((String::new(), Family::Unix, unix));
+        out
+    };
+    crate::ns::ipc::in_ns_of(ns, libc::CLONE_NEWNET, read_all).unwrap_or_else(|e| {
+        log::warn!("device sysctls of the tree's network namespace: {e}");
+        Vec::new()
+    })
+}
+
+/// Sets the saved device sysctls (see ns::netconf) in the network namespace of the calling
+/// thread, made anew for the tree with its links: `all`, then `default`, then each link. A
+/// value already in place is not written (some are read-only in a namespace); one that
+/// cannot be written fails the restore, naming it.
+pub fn restore_device_confs(dir: &Path, id: u32) -> Result<(), NetNsError> {
+    let read_image = |file: &str| -> Result<Vec<u8>, NetNsError> {
+        let path = dir.join(file);
+        std::fs::read(&path).map_err(|source| NetNsError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let img_err = |file: &str| {
+        let file = file.to_string();
+        move |source| NetNsError::Image { file, source }
+    };
+    let file = names::netns(id);
+    let bytes = read_image(&file)?;
+    let ns: pb::NetnsEntry = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::NETNS)
+        .and_then(|mut r| r.next_required())
+        .map_err(img_err(&file))?;
+    let file = names::netdev(id);
+    let bytes = read_image(&file)?;
+    let devices: Vec<pb::NetDeviceEntry> =
+        ImageReader::new(&file, &bytes, ImageKind::Normal, magic::NETDEV)
+            .and_then(|mut r| r.all())
+            .map_err(img_err(&file))?;
+    let mut plan: Vec<(&str, Family, &[pb::SysctlEntry])> = vec![
+        ("all", Family::V4, &ns.all_conf4),
+        ("default", Family::V4, &ns.def_conf4),
+        ("all", Family::V6, &ns.all_conf6),
+        ("default", Family::V6, &ns.def_conf6),
+        ("", Family::Unix, &ns.unix_conf),
+    ];
+    for d in &devices {
+        plan.push((&d.name, Family::V4, &d.conf4));
+        plan.push((&d.name, Family::V6, &d.conf6));
+    }
+    for (target, family, entries) in plan {
+        for (name, value) in netconf::writes(family, entries) {
+            let path = family.path(target, name);
+            let now = std::fs::read_to_string(&path).unwrap_or_default();
+            if now.trim() == value {
+                continue;
+            }
+            std::fs::write(&path, &value).map_err(|source| NetNsError::Sysctl {
+                path: path.clone(),
+                value: value.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }

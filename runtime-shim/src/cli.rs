@@ -63,6 +63,12 @@ pub struct Config {
     pub external_pidns: Vec<(u64, String)>,
     /// `--external mnt[KEY]:VAL`, `--ext-mount-map KEY:VAL`.
     pub ext_mounts: Vec<(String, String)>,
+    /// `--ext-mount-map auto`, `--external mnt[]`: mounts from outside found by themselves.
+    pub auto_ext_mounts: bool,
+    /// `--enable-external-sharing`, `mnt[]:s`.
+    pub ext_sharing: bool,
+    /// `--enable-external-masters`, `mnt[]:m`.
+    pub ext_masters: bool,
     /// `--root DIR`.
     pub root: Option<PathBuf>,
     /// `--manage-cgroups[=MODE]`.
@@ -108,6 +114,9 @@ impl Default for Config {
             external_netns: Vec::new(),
             external_pidns: Vec::new(),
             ext_mounts: Vec::new(),
+            auto_ext_mounts: false,
+            ext_sharing: false,
+            ext_masters: false,
             root: None,
             manage_cgroups: None,
             cgroup_roots: Vec::new(),
@@ -218,6 +227,11 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
                     External::Net(ino, key) => c.external_netns.push((ino, key)),
                     External::Pid(ino, key) => c.external_pidns.push((ino, key)),
                     External::Mnt(key, val) => c.ext_mounts.push((key, val)),
+                    External::MntAuto { sharing, masters } => {
+                        c.auto_ext_mounts = true;
+                        c.ext_sharing |= sharing;
+                        c.ext_masters |= masters;
+                    }
                 }
             }
             return Ok(());
@@ -274,7 +288,10 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "root" => c.root = Some(PathBuf::from(value(g))),
         "manage-cgroups" => c.manage_cgroups = Some(value(g).parse()?),
         "cgroup-root" => c.cgroup_roots.push(parse_cgroup_root(value(g))?),
+        "ext-mount-map" if value(g) == "auto" => c.auto_ext_mounts = on,
         "ext-mount-map" => c.ext_mounts.push(parse_ext_mount_map(value(g))?),
+        "enable-external-sharing" => c.ext_sharing = on,
+        "enable-external-masters" => c.ext_masters = on,
         "tcp-close" => c.tcp_close = on,
         "cpu-cap" => c.cpu_cap_fpu = parse_cpu_cap(value(g))?,
         "close" => c.close_fds.push(number(g)?),
@@ -378,6 +395,9 @@ pub enum External {
     /// `mnt[KEY]:VAL`: at dump, the mount at KEY is external under the name VAL; at restore,
     /// the mount named KEY comes from VAL.
     Mnt(String, String),
+    /// `mnt[]`, `mnt[]:s`, `mnt[]:m`: CRIU's auto-detected external mounts, with external
+    /// sharing or masters allowed.
+    MntAuto { sharing: bool, masters: bool },
 }
 
 /// `--external net[INODE]:KEY` or `mnt[KEY]:VAL`; CRIU's other external kinds are refused by
@@ -400,11 +420,32 @@ pub fn parse_external(s: &str) -> Result<External, String> {
             .map(|i| External::Pid(i, key.to_string()))
             .map_err(|_| format!("bad inode in --external {s}"));
     }
+    match s {
+        "mnt[]" => {
+            return Ok(External::MntAuto {
+                sharing: false,
+                masters: false,
+            })
+        }
+        "mnt[]:s" => {
+            return Ok(External::MntAuto {
+                sharing: true,
+                masters: false,
+            })
+        }
+        "mnt[]:m" => {
+            return Ok(External::MntAuto {
+                sharing: false,
+                masters: true,
+            })
+        }
+        _ => {}
+    }
     if let Some((key, val)) = split("mnt[") {
         return Ok(External::Mnt(key.to_string(), val.to_string()));
     }
     Err(format!(
-        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY and mnt[KEY]:VAL)"
+        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL and mnt[][:s|:m])"
     ))
 }
 
@@ -422,12 +463,8 @@ pub fn parse_cgroup_root(s: &str) -> Result<(Option<String>, String), String> {
     Ok((ctrl.filter(|c| !c.is_empty()), path.to_string()))
 }
 
-/// `--ext-mount-map KEY:VAL`; CRIU's `auto` (mounts from outside found by themselves) is not
-/// supported.
+/// `--ext-mount-map KEY:VAL` (`auto` is taken apart).
 pub fn parse_ext_mount_map(s: &str) -> Result<(String, String), String> {
-    if s == "auto" {
-        return Err("--ext-mount-map auto is not supported yet (declare each mount)".into());
-    }
     s.split_once(':')
         .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))

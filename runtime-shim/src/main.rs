@@ -148,6 +148,12 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
     opts.external_netns = c.external_netns.clone();
     opts.external_pidns = c.external_pidns.clone();
     opts.ext_mounts = c.ext_mounts.clone();
+    opts.auto_ext_mounts = c
+        .auto_ext_mounts
+        .then_some(stasis::ns::mnt_ext::AutoExternal {
+            sharing: c.ext_sharing,
+            masters: c.ext_masters,
+        });
     if let Some(secs) = c.timeout {
         stasis::sys::ptrace::set_stop_timeout(std::time::Duration::from_secs(secs));
     }
@@ -198,6 +204,7 @@ fn restore_options(c: &Config) -> RestoreOptions {
         pidfile: c.pidfile.clone(),
         root: c.root.clone(),
         ext_mounts: c.ext_mounts.clone(),
+        auto_ext_mounts: c.auto_ext_mounts,
         manage_cgroups: c
             .manage_cgroups
             .filter(|m| *m != stasis::cgroup::CgMode::Ignore),

@@ -297,10 +297,6 @@ fn unsupported_options_and_values_are_refused_by_name() {
             "bad value 'soon' for --timeout: expected a number",
         ),
         (
-            &["restore", "--ext-mount-map", "auto"],
-            "--ext-mount-map auto is not supported yet (declare each mount)",
-        ),
-        (
             &["restore", "--ext-mount-map", "nocolon"],
             "bad --ext-mount-map 'nocolon': expected KEY:VAL",
         ),
@@ -448,8 +444,41 @@ fn external_takes_network_and_pid_namespaces_and_mounts() {
     );
     assert_eq!(
         cli::parse_external("ipc[1]:x").unwrap_err(),
-        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY and mnt[KEY]:VAL)"
+        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL and mnt[][:s|:m])"
     );
+    assert_eq!(
+        cli::parse_external("mnt[]:s"),
+        Ok(cli::External::MntAuto {
+            sharing: true,
+            masters: false
+        })
+    );
+    assert!(cli::parse_external("mnt[]:x").is_err());
+    // CRIU's three spellings of auto-detected external mounts, and the two permissions.
+    for args in [
+        &[
+            "dump",
+            "-t1",
+            "--ext-mount-map",
+            "auto",
+            "--enable-external-masters",
+        ][..],
+        &["dump", "-t1", "--external", "mnt[]:m"][..],
+    ] {
+        let c = cli::parse(args).unwrap();
+        assert!(
+            c.auto_ext_mounts && c.ext_masters && !c.ext_sharing,
+            "{args:?}"
+        );
+    }
+    let c = cli::parse(&[
+        "restore",
+        "--external",
+        "mnt[]",
+        "--enable-external-sharing",
+    ])
+    .unwrap();
+    assert!(c.auto_ext_mounts && c.ext_sharing);
     let c = cli::parse(&[
         "restore",
         "--root",

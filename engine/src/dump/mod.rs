@@ -66,6 +66,9 @@ pub struct DumpOptions {
     pub freeze_cgroup: Option<PathBuf>,
     /// Mounts the caller declares external (`--external mnt[MOUNTPOINT]:KEY`, the RPC's
     /// ext_mnt): (mountpoint, key). The restore binds what the caller maps each key to.
+    /// Mounts bound in from outside found by themselves (`--ext-mount-map auto`): see
+    /// ns::mnt_ext.
+    pub auto_ext_mounts: Option<crate::ns::mnt_ext::AutoExternal>,
     pub ext_mounts: Vec<(String, String)>,
     /// A pty slave whose master is outside the tree (a container's console, held by runc's
     /// console socket) is saved; the restore makes a new pair (the RPC's orphan_pts_master).
@@ -94,6 +97,7 @@ impl DumpOptions {
             external_pidns: Vec::new(),
             freeze_cgroup: None,
             ext_mounts: Vec::new(),
+            auto_ext_mounts: None,
             orphan_pts_master: false,
         }
     }
@@ -464,6 +468,27 @@ fn write_external_pidns(dir: &Path, pids: &crate::ns::pid::PidView) -> Result<()
 
 /// Everything from a frozen tree to a complete image set: refusals first, then each task, the
 /// objects tasks share (files, IPC, namespaces), and inventory.img last.
+/// The tree's mount table when it owns its mount namespace ("mnt" is then added to `owned`).
+fn tree_mount_table(
+    root: u32,
+    live: &[u32],
+    opts: &DumpOptions,
+    own_cgroupns: bool,
+    owned: &mut Vec<&'static str>,
+) -> Result<Option<Vec<crate::ns::mnt::MountInfo>>, DumpError> {
+    let table = crate::ns::mnt_sys::tree_mounts(
+        root,
+        live,
+        &opts.ext_mounts,
+        opts.auto_ext_mounts,
+        own_cgroupns,
+    )?;
+    if table.is_some() {
+        owned.push("mnt");
+    }
+    Ok(table)
+}
+
 fn dump_frozen(
     tree: &mut Tree,
     opts: &DumpOptions,
@@ -505,10 +530,7 @@ fn dump_frozen(
     if own_cgroupns {
         owned.push("cgroup");
     }
-    let own_mnt = crate::ns::mnt_sys::tree_mounts(root, &live, &opts.ext_mounts, own_cgroupns)?;
-    if own_mnt.is_some() {
-        owned.push("mnt");
-    }
+    let own_mnt = tree_mount_table(root, &live, opts, own_cgroupns, &mut owned)?;
     refuse_foreign_namespaces(&live, &owned)?;
     crate::net::unix::set_diag_namespace(own_net.as_ref().and_then(|n| n.try_clone().ok()));
     // The TCP lock goes where the tree's connections are (see net::inet::file).

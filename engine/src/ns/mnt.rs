@@ -41,6 +41,9 @@ pub struct MountInfo {
     /// Set for a mount the caller declared external (`--external mnt[MOUNTPOINT]:KEY`, the
     /// RPC's ext_mnt): the restore binds what the caller maps KEY to.
     pub ext_key: Option<String>,
+    /// An auto-detected external mount (see ns::mnt_ext) that is shared, but in a peer group
+    /// of the tree's own rather than the host's (CRIU's `internal_sharing`).
+    pub internal_sharing: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,6 +142,7 @@ pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>, MntError> {
             source: unescape(r[1]),
             super_opts: r[2].split(',').map(str::to_string).collect(),
             ext_key: None,
+            internal_sharing: false,
         });
     }
     Ok(out)
@@ -211,6 +215,20 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
     for m in bfs.iter().filter(|m| m.root == "/") {
         source.entry(m.dev).or_insert(m.id);
     }
+    // A mount of a filesystem the tree only has from outside is a bind of the external mount
+    // whose root holds its own (zdtm's mnt_ext_manual: binds of a declared mount inside).
+    let external_source = |m: &MountInfo| {
+        (m.ext_key.is_none() && !source.contains_key(&m.dev))
+            .then(|| {
+                table.iter().find(|e| {
+                    e.ext_key.is_some()
+                        && e.id != m.id
+                        && e.dev == m.dev
+                        && super::propagation::holds(&e.root, &m.root)
+                })
+            })
+            .flatten()
+    };
     // A mount whose path another mount covers without being its ancestor (propagation left
     // a copy under a bind stacked later: zdtm's overmount_with_shared_parent) can only be
     // reached before that one is made: it comes first.
@@ -241,10 +259,11 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
         let waiting: Vec<&MountInfo> = left.clone();
         left.retain(|m| {
             let parent_ok = m.id == root.id || placed.contains(&m.parent);
-            let source_ok = m.root == "/"
+            let source_ok = (m.root == "/"
                 || source
                     .get(&m.dev)
-                    .is_none_or(|s| *s == m.id || placed.contains(s));
+                    .is_none_or(|s| *s == m.id || placed.contains(s)))
+                && external_source(m).is_none_or(|e| placed.contains(&e.id));
             let covered_first = !waiting
                 .iter()
                 .any(|x| !placed.contains(&x.id) && covers(m, x));
@@ -275,6 +294,11 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
             Make::Bind {
                 of,
                 sub: m.root.clone(),
+            }
+        } else if let Some(e) = external_source(m) {
+            Make::Bind {
+                of: e.id,
+                sub: within(&e.root, &m.root).unwrap_or_else(|| "/".into()),
             }
         } else if m.fstype == "cgroup" && m.root == "/" {
             // A whole hierarchy (of the tree's cgroup namespace, when it has one): mounted
@@ -505,7 +529,7 @@ pub fn to_entry(m: &MountInfo) -> pb::MntEntry {
         with_plugin: None,
         ext_mount: m.ext_key.as_ref().map(|_| true),
         fsname: Some(m.fstype.clone()),
-        internal_sharing: None,
+        internal_sharing: m.internal_sharing.then_some(true),
         deleted: None,
         sb_flags: Some(if m.super_opts.iter().any(|o| o == "ro") {
             libc::MS_RDONLY as u32
@@ -560,6 +584,7 @@ pub fn from_entry(e: &pb::MntEntry) -> MountInfo {
             .ext_key
             .clone()
             .or_else(|| e.ext_mount.filter(|&x| x).map(|_| e.mountpoint.clone())),
+        internal_sharing: e.internal_sharing.unwrap_or(false),
     }
 }
 

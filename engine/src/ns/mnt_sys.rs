@@ -48,6 +48,11 @@ pub enum MntNsError {
         mountpoint: String,
         key: String,
     },
+    #[error(
+        "mount {id} ({mountpoint}) was found external at dump (--ext-mount-map auto): restore \
+         with --ext-mount-map auto (or --external mnt[]) to bind the host path it showed"
+    )]
+    AutoExternal { id: u32, mountpoint: String },
     #[error("making mount {id} at {target}: {what}")]
     Mount {
         id: u32,
@@ -79,6 +84,7 @@ pub fn tree_mounts(
     root: u32,
     live: &[u32],
     ext: &[(String, String)],
+    auto: Option<super::mnt_ext::AutoExternal>,
     cgroupns: bool,
 ) -> Result<Option<Vec<MountInfo>>, MntNsError> {
     match super::tree_owns("mnt", root, live) {
@@ -102,6 +108,16 @@ pub fn tree_mounts(
         mnt::to_cgroupns_view(&mut table, &cg);
     }
     mnt::mark_external(&mut table, ext);
+    if let Some(auto) = auto {
+        let ours = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|source| MntNsError::Read {
+                path: "/proc/self/mountinfo".into(),
+                source,
+            })
+            .and_then(|t| Ok(mnt::parse_mountinfo(&t)?))?;
+        let n = super::mnt_ext::mark_auto(&mut table, &ours, auto);
+        log::info!("{n} mounts of the tree found external (--ext-mount-map auto)");
+    }
     propagation::plan(&table, &our_shared_groups())?;
     let plan = mnt::plan(&table)?;
     mnt::phases(&plan)?;
@@ -362,6 +378,7 @@ pub fn build(
     images: &Path,
     root: Option<&Path>,
     ext: &[(String, String)],
+    auto_ext: bool,
     existing: Option<std::os::fd::BorrowedFd<'_>>,
     userns: Option<&crate::images::pb::UsernsEntry>,
 ) -> Result<Early, MntNsError> {
@@ -373,6 +390,9 @@ pub fn build(
     let prop = propagation::plan(table, &Default::default())?;
     let involved: std::collections::HashSet<u32> =
         prop.steps.iter().flat_map(|s| s.mounts()).collect();
+    // Before we leave the host's namespace: the host mounts whose peer groups auto-detected
+    // external mounts join again (see ns::mnt_ext).
+    let host_groups = host_group_fds(table, &prop)?;
     let back = Back::save()?;
     match existing {
         // A namespace the user namespace holder made (see ns::user); entering one needs
@@ -430,17 +450,7 @@ pub fn build(
                 source,
             }
         };
-        let host_source = |key: &Option<String>| -> Result<String, MntNsError> {
-            let key = key.clone().unwrap_or_default();
-            ext.iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.clone())
-                .ok_or(MntNsError::Unmapped {
-                    id: m.id,
-                    mountpoint: m.mountpoint.clone(),
-                    key,
-                })
-        };
+        let host_source = |key: &Option<String>| external_source(m, key, ext, auto_ext);
         if phase == Phase::Late {
             let late = late_mount(p, &by_id, flags, &host_source, &mut early, &root_s, userns)?;
             // A bind keeps its source's propagation: the dumped one is set after it.
@@ -502,6 +512,9 @@ pub fn build(
         };
         sys_mount(None, made_at, None, at_creation(&prop, m), None)
             .map_err(fail("setting its propagation"))?;
+        if let Some(host) = host_groups.get(&m.id) {
+            join_host_group(host, made_at).map_err(fail("joining its host mount's peer group"))?;
+        }
         if involved.contains(&m.id) {
             let fd = nix::fcntl::open(
                 made_at.as_str(),
@@ -522,6 +535,102 @@ pub fn build(
         })?;
     }
     Ok(early)
+}
+
+/// What the external mount `m` (key `key`) binds here: the caller's mapping of its key, or,
+/// for one found external by itself (with `auto` allowed), the host path saved in its source.
+fn external_source(
+    m: &MountInfo,
+    key: &Option<String>,
+    ext: &[(String, String)],
+    auto: bool,
+) -> Result<String, MntNsError> {
+    let key = key.clone().unwrap_or_default();
+    if key == super::mnt_ext::AUTO_KEY {
+        return if auto {
+            Ok(m.source.clone())
+        } else {
+            Err(MntNsError::AutoExternal {
+                id: m.id,
+                mountpoint: m.mountpoint.clone(),
+            })
+        };
+    }
+    // A relative path is taken from the root, as CRIU does (zdtm's mnt_root_ext).
+    ext.iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| mnt::under("/", v))
+        .ok_or(MntNsError::Unmapped {
+            id: m.id,
+            mountpoint: m.mountpoint.clone(),
+            key,
+        })
+}
+
+/// For each auto-detected external mount that was a peer of its host mount, an O_PATH fd
+/// on the root of the host mount holding its source (the mount of the longest mountpoint
+/// above it in our mountinfo).
+fn host_group_fds(
+    table: &[MountInfo],
+    prop: &propagation::Propagation,
+) -> Result<std::collections::HashMap<u32, OwnedFd>, MntNsError> {
+    let mut out = std::collections::HashMap::new();
+    if prop.host_peers.is_empty() {
+        return Ok(out);
+    }
+    let ours = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|source| MntNsError::Read {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })
+        .and_then(|t| Ok(mnt::parse_mountinfo(&t)?))?;
+    for m in table.iter().filter(|m| prop.host_peers.contains(&m.id)) {
+        let Some(host) = ours
+            .iter()
+            .filter(|o| propagation::holds(&o.mountpoint, &m.source))
+            .max_by_key(|o| o.mountpoint.len())
+        else {
+            continue;
+        };
+        let fd = nix::fcntl::open(
+            host.mountpoint.as_str(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| MntNsError::Read {
+            path: host.mountpoint.clone(),
+            source: e.into(),
+        })?;
+        out.insert(m.id, fd);
+    }
+    Ok(out)
+}
+
+/// Puts the mount at `target` (private, just made) into the peer group of the host mount
+/// `host` (MOVE_MOUNT_SET_GROUP works across namespaces).
+fn join_host_group(host: &OwnedFd, target: &str) -> std::io::Result<()> {
+    let to = nix::fcntl::open(
+        target,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: move_mount(2) on two fds we own and empty NUL-terminated paths.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            host.as_raw_fd(),
+            c"".as_ptr(),
+            to.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_SET_GROUP
+                | libc::MOVE_MOUNT_F_EMPTY_PATH
+                | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A tmpfs at `target`, filled from its archive, then read-only if it was.

@@ -2,6 +2,7 @@
 
 pub mod ipc;
 pub mod mnt;
+pub mod mnt_ext;
 pub mod mnt_sys;
 pub mod net;
 pub mod netconf;

@@ -59,6 +59,16 @@ pub struct Propagation {
     pub slave_at_creation: HashSet<u32>,
     /// What the init does after the pivot, in order.
     pub steps: Vec<Step>,
+    /// Auto-detected external mounts that were peers of the host mount they bind (see
+    /// ns::mnt_ext): each joins that mount's group again once made.
+    pub host_peers: HashSet<u32>,
+}
+
+/// An auto-detected external mount in the host mount's own peer group.
+pub fn host_peer(m: &MountInfo) -> bool {
+    m.ext_key.as_deref() == Some(super::mnt_ext::AUTO_KEY)
+        && !m.internal_sharing
+        && shared_group(m).is_some()
 }
 
 /// Whether `root` (a directory of a filesystem) holds `inner`.
@@ -82,7 +92,12 @@ pub fn plan(table: &[MountInfo], outside: &HashSet<u32>) -> Result<Propagation, 
         what,
     };
     let mut groups: HashMap<u32, Vec<&MountInfo>> = HashMap::new();
+    let mut out = Propagation::default();
     for m in table {
+        if host_peer(m) {
+            out.host_peers.insert(m.id);
+            continue;
+        }
         if let Some(g) = shared_group(m) {
             if outside.contains(&g) {
                 return Err(refuse(
@@ -112,8 +127,7 @@ pub fn plan(table: &[MountInfo], outside: &HashSet<u32>) -> Result<Propagation, 
             })?;
         rep.insert(g, r);
     }
-    let mut out = Propagation::default();
-    for m in table {
+    for m in table.iter().filter(|m| !host_peer(m)) {
         let Some(master) = master_group(m) else {
             continue;
         };
@@ -136,7 +150,7 @@ pub fn plan(table: &[MountInfo], outside: &HashSet<u32>) -> Result<Propagation, 
     let mut done: HashSet<u32> = HashSet::new();
     let mut pending: Vec<&MountInfo> = Vec::new();
     let mut seen: HashSet<u32> = HashSet::new();
-    for m in table {
+    for m in table.iter().filter(|m| !host_peer(m)) {
         match shared_group(m) {
             Some(g) if seen.insert(g) => pending.push(rep[&g]),
             Some(_) => {}

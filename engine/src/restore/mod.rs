@@ -102,6 +102,9 @@ pub struct RestoreOptions {
     pub root: Option<PathBuf>,
     /// Where each external mount comes from here (`--external mnt[KEY]:PATH`, the RPC's
     /// ext_mnt): (key, path).
+    /// Bind the mounts the dump found external by themselves from the host paths they showed
+    /// (`--ext-mount-map auto`): see ns::mnt_ext.
+    pub auto_ext_mounts: bool,
     pub ext_mounts: Vec<(String, String)>,
     /// Make a new pair for a pty whose master was outside the tree, and hand the master to
     /// the caller (`orphan-pts-master` notification; the RPC's orphan_pts_master).
@@ -429,6 +432,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 &img.dir,
                 opts.root.as_deref(),
                 &opts.ext_mounts,
+                opts.auto_ext_mounts,
                 holder.as_ref().and_then(|h| h.get("mnt")),
                 img.userns.as_ref(),
             )?;

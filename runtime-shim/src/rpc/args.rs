@@ -364,6 +364,20 @@ mod tests {
     }
 
     #[test]
+    fn auto_external_mounts_reach_the_cli_and_are_taken() {
+        let o = CriuOpts {
+            auto_ext_mnt: Some(true),
+            ext_masters: Some(true),
+            ..dump_opts()
+        };
+        let a = map("dump", &o, 1).unwrap().args;
+        assert!(a.iter().any(|x| x == "--ext-mount-map=auto"), "{a:?}");
+        let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+        let c = crate::cli::parse(&argv).unwrap();
+        assert!(c.auto_ext_mounts && c.ext_masters && !c.ext_sharing);
+    }
+
+    #[test]
     fn missing_pid_or_images_dir_is_a_clear_error() {
         let o = CriuOpts {
             pid: None,

@@ -46,6 +46,12 @@ if ! command -v podman >/dev/null || ! command -v iptables >/dev/null || ! comma
   apt-get install -y -qq --no-install-recommends podman conmon netavark iptables catatonit >/dev/null ||
     echo "setup: podman did not install; its tests will be skipped" >&2
 fi
+# Docker (dockerd, which runs its own containerd and runc): the tests run a private dockerd.
+if ! command -v dockerd >/dev/null; then
+  apt-get install -y -qq --no-install-recommends docker.io >/dev/null ||
+    echo "setup: docker.io did not install; its test will be skipped" >&2
+  service docker stop >/dev/null 2>&1 || true
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1

@@ -422,6 +422,48 @@ impl NetState {
     pub fn link(&self, ifindex: u32) -> Option<&Link> {
         self.links.iter().find(|l| l.ifindex == ifindex)
     }
+
+    /// Only the loopback of this state, with its addresses and routes; `lo` up when the state
+    /// has none (a namespace whose contents the caller manages, CRIU's `--empty-ns net`:
+    /// what it adds comes later, but the tree's own localhost works from the start).
+    pub fn loopback_only(&self) -> NetState {
+        let lo: Vec<Link> = self
+            .links
+            .iter()
+            .filter(|l| l.kind == LinkKind::Loopback)
+            .cloned()
+            .collect();
+        if lo.is_empty() {
+            return NetState {
+                links: vec![Link {
+                    ifindex: 1,
+                    name: "lo".into(),
+                    kind: LinkKind::Loopback,
+                    mtu: 65536,
+                    mac: None,
+                    flags: IFF_UP | libc::IFF_LOOPBACK as u32 | libc::IFF_RUNNING as u32,
+                    master: None,
+                }],
+                ..Default::default()
+            };
+        }
+        let on_lo = |i: Option<u32>| i.is_some_and(|i| lo.iter().any(|l| l.ifindex == i));
+        NetState {
+            addrs: self
+                .addrs
+                .iter()
+                .filter(|a| on_lo(Some(a.ifindex)))
+                .cloned()
+                .collect(),
+            routes: self
+                .routes
+                .iter()
+                .filter(|r| on_lo(r.oif))
+                .cloned()
+                .collect(),
+            links: lo,
+        }
+    }
 }
 
 /// CRIU's `--veth-pair IN=OUT[@BRIDGE]`: the veth named `inside` in the namespace gets its
@@ -525,6 +567,43 @@ mod tests {
         assert!(!addr("127.0.0.2", 8, None).is_kernel_made(Some(&lo)));
         assert!(!addr("10.0.0.1", 8, None).is_kernel_made(None));
         assert_eq!(eui64_link_local(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn loopback_only_keeps_lo_and_its_addresses_or_makes_lo_up() {
+        let veth = Link {
+            ifindex: 2,
+            name: "eth0".into(),
+            kind: LinkKind::Veth {
+                peer_ifindex: 3,
+                peer_netnsid: Some(0),
+            },
+            mtu: 1500,
+            mac: None,
+            flags: IFF_UP,
+            master: None,
+        };
+        let lo = Link {
+            ifindex: 1,
+            name: "lo".into(),
+            kind: LinkKind::Loopback,
+            ..veth.clone()
+        };
+        let mut a2 = addr("127.0.0.2", 8, None);
+        a2.ifindex = 1;
+        let mut a3 = addr("10.0.0.2", 24, None);
+        a3.ifindex = 2;
+        let state = NetState {
+            links: vec![lo.clone(), veth],
+            addrs: vec![a2.clone(), a3],
+            routes: Vec::new(),
+        };
+        let only = state.loopback_only();
+        assert_eq!(only.links, vec![lo]);
+        assert_eq!(only.addrs, vec![a2]);
+        let made = NetState::default().loopback_only();
+        assert_eq!(made.links.len(), 1);
+        assert!(made.links[0].is_up() && made.links[0].kind == LinkKind::Loopback);
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct Config {
     pub ext_sharing: bool,
     /// `--enable-external-masters`, `mnt[]:m`.
     pub ext_masters: bool,
+    /// `--empty-ns net`.
+    pub empty_netns: bool,
     /// `--root DIR`.
     pub root: Option<PathBuf>,
     /// `--manage-cgroups[=MODE]`.
@@ -117,6 +119,7 @@ impl Default for Config {
             auto_ext_mounts: false,
             ext_sharing: false,
             ext_masters: false,
+            empty_netns: false,
             root: None,
             manage_cgroups: None,
             cgroup_roots: Vec::new(),
@@ -290,6 +293,14 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         "cgroup-root" => c.cgroup_roots.push(parse_cgroup_root(value(g))?),
         "ext-mount-map" if value(g) == "auto" => c.auto_ext_mounts = on,
         "ext-mount-map" => c.ext_mounts.push(parse_ext_mount_map(value(g))?),
+        "empty-ns" => match value(g) {
+            "net" | "network" => c.empty_netns = true,
+            v => {
+                return Err(format!(
+                    "--empty-ns {v} is not supported (only net: the network namespace)"
+                ))
+            }
+        },
         "enable-external-sharing" => c.ext_sharing = on,
         "enable-external-masters" => c.ext_masters = on,
         "tcp-close" => c.tcp_close = on,

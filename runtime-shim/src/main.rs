@@ -148,6 +148,7 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
     opts.external_netns = c.external_netns.clone();
     opts.external_pidns = c.external_pidns.clone();
     opts.ext_mounts = c.ext_mounts.clone();
+    opts.empty_netns = c.empty_netns;
     opts.auto_ext_mounts = c
         .auto_ext_mounts
         .then_some(stasis::ns::mnt_ext::AutoExternal {
@@ -205,6 +206,7 @@ fn restore_options(c: &Config) -> RestoreOptions {
         root: c.root.clone(),
         ext_mounts: c.ext_mounts.clone(),
         auto_ext_mounts: c.auto_ext_mounts,
+        empty_netns: c.empty_netns,
         manage_cgroups: c
             .manage_cgroups
             .filter(|m| *m != stasis::cgroup::CgMode::Ignore),

@@ -35,6 +35,7 @@ fn sample(long: &str) -> &'static str {
         "external" => "net[4026532177]:extRootNetNS",
         "ext-mount-map" => "/proc/keys:/dev/null",
         "cgroup-root" => "cpu:/x",
+        "empty-ns" => "net",
         _ => "x",
     }
 }

@@ -69,6 +69,9 @@ pub struct DumpOptions {
     /// Mounts bound in from outside found by themselves (`--ext-mount-map auto`): see
     /// ns::mnt_ext.
     pub auto_ext_mounts: Option<crate::ns::mnt_ext::AutoExternal>,
+    /// The caller manages the network namespace's contents (CRIU's `--empty-ns net`, which
+    /// runc always sends): only that the tree owns one is saved, not its links.
+    pub empty_netns: bool,
     pub ext_mounts: Vec<(String, String)>,
     /// A pty slave whose master is outside the tree (a container's console, held by runc's
     /// console socket) is saved; the restore makes a new pair (the RPC's orphan_pts_master).
@@ -98,6 +101,7 @@ impl DumpOptions {
             freeze_cgroup: None,
             ext_mounts: Vec::new(),
             auto_ext_mounts: None,
+            empty_netns: false,
             orphan_pts_master: false,
         }
     }
@@ -598,7 +602,7 @@ fn dump_frozen(
     if let Some(ns) = &own_net {
         match crate::ns::net::external_key(ns, &opts.external_netns)? {
             Some(key) => crate::ns::net::dump_external(&img.dir, key)?,
-            None => crate::ns::net::dump(ns, &img.dir)?,
+            None => crate::ns::net::dump(ns, &img.dir, opts.empty_netns)?,
         }
     }
     if let Some(table) = &own_mnt {

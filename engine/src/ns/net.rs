@@ -128,13 +128,23 @@ pub fn load_saved(dir: &Path, id: u32) -> Result<Saved, NetNsError> {
 }
 
 /// Saves the namespace `ns` as CRIU's images of id [`TREE_NS_ID`] in `dir`.
-pub fn dump(ns: &OwnedFd, dir: &Path) -> Result<(), NetNsError> {
-    let state = stasis_netns::dump(ns.as_fd()).map_err(NetNsError::Net)?;
+pub fn dump(ns: &OwnedFd, dir: &Path, empty: bool) -> Result<(), NetNsError> {
+    // The caller manages its contents (`--empty-ns net`): links it made are not ours to save
+    // (nor to refuse), as CRIU saves none then.
+    let state = if empty {
+        stasis_netns::NetState::default()
+    } else {
+        stasis_netns::dump(ns.as_fd()).map_err(NetNsError::Net)?
+    };
     let images = state.to_images();
     let id = TREE_NS_ID;
     let mut targets: Vec<&str> = vec!["all", "default"];
     targets.extend(images.netdev.iter().map(|d| d.name.as_str()));
-    let confs = device_confs(ns, &targets);
+    let confs = if empty {
+        Vec::new()
+    } else {
+        device_confs(ns, &targets)
+    };
     let conf_of = |name: &str, family: Family| {
         confs
             .iter()
@@ -165,7 +175,7 @@ pub fn dump(ns: &OwnedFd, dir: &Path) -> Result<(), NetNsError> {
     write(dir, &names::route6(id), &images.route6)?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::NETNS);
     w.push(&pb::NetnsEntry {
-        ipv4_sysctl: ipv4_sysctls(ns),
+        ipv4_sysctl: if empty { Vec::new() } else { ipv4_sysctls(ns) },
         def_conf4: conf_of("default", Family::V4),
         all_conf4: conf_of("all", Family::V4),
         def_conf6: conf_of("default", Family::V6),

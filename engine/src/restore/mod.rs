@@ -105,6 +105,10 @@ pub struct RestoreOptions {
     /// Bind the mounts the dump found external by themselves from the host paths they showed
     /// (`--ext-mount-map auto`): see ns::mnt_ext.
     pub auto_ext_mounts: bool,
+    /// The caller manages the network namespace's contents (CRIU's `--empty-ns net`): a new
+    /// one gets only the tree's loopback, up; the caller's hooks add the rest
+    /// (setup-namespaces).
+    pub empty_netns: bool,
     pub ext_mounts: Vec<(String, String)>,
     /// Make a new pair for a pty whose master was outside the tree, and hand the master to
     /// the caller (`orphan-pts-master` notification; the RPC's orphan_pts_master).

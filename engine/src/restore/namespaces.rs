@@ -62,7 +62,16 @@ pub(super) fn enter_tree_namespaces(
     };
     // A namespace of the holder's, entered by this thread instead of a new one.
     let held = |kind: &str| holder.as_ref().and_then(|h| h.get(kind));
-    match &img.net {
+    // The caller manages the namespace's contents (`--empty-ns net`): only loopback here.
+    let lo_only;
+    let net = match &img.net {
+        Some(crate::ns::net::Saved::Own(state)) if opts.empty_netns => {
+            lo_only = crate::ns::net::Saved::Own(state.loopback_only());
+            Some(&lo_only)
+        }
+        other => other.as_ref(),
+    };
+    match net {
         _ if joined.contains(&"net") => {}
         Some(crate::ns::net::Saved::Own(state)) => match held("net") {
             Some(ns) => {
@@ -101,8 +110,10 @@ pub(super) fn enter_tree_namespaces(
         None => {}
     }
     if matches!(img.net, Some(crate::ns::net::Saved::Own(_))) && !joined.contains(&"net") {
-        crate::ns::net::restore_ipv4_sysctls(&img.dir, img.net_ns_id);
-        crate::ns::net::restore_device_confs(&img.dir, img.net_ns_id)?;
+        if !opts.empty_netns {
+            crate::ns::net::restore_ipv4_sysctls(&img.dir, img.net_ns_id);
+            crate::ns::net::restore_device_confs(&img.dir, img.net_ns_id)?;
+        }
         lock_new_netns(img)?;
     }
     if let Some(clocks) = &img.time {

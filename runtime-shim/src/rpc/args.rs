@@ -211,10 +211,8 @@ fn map_numbers(m: &mut Mapped, o: &CriuOpts) -> Result<(), String> {
                 "empty_ns {ns:#x}: only the network namespace (CLONE_NEWNET) can be left empty"
             ));
         }
-        // runc sets it on every request; a tree without a network namespace of its own has
-        // nothing to leave empty.
-        m.notes
-            .push("empty_ns: network (no network namespace of the tree's own is dumped)".into());
+        // runc sets it on every request: the network namespace's contents are the caller's.
+        m.opt("empty-ns", "net");
     }
     if o.pre_dump_mode.is_some() && o.pre_dump_mode() == CriuPreDumpMode::VmRead {
         m.args.push("--pre-dump-mode=read".into());
@@ -312,12 +310,14 @@ mod tests {
                 "42",
                 "--leave-running",
                 "--tcp-established",
-                "--manage-cgroups=soft"
+                "--manage-cgroups=soft",
+                "--empty-ns",
+                "net"
             ]
         );
         assert!(m.notify);
         assert!(m.orphan_pts_master);
-        assert_eq!(m.notes.len(), 1, "{:?}", m.notes);
+        assert_eq!(m.notes.len(), 0, "{:?}", m.notes);
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! Debian's docker.io 20.10 (dockerd, its own containerd, runc) with stasis as the `criu` first
+//! in PATH: a dockerd of the test's own (data root, exec root and socket under a temp dir, no
+//! iptables, a bridge of the test's own), a busybox image imported from a rootfs the test
+//! builds, a container serving a count on its address. `docker checkpoint create` with and
+//! without `--leave-running`, then `docker start --checkpoint`.
+//!
+//! Docker's network namespace belongs to the container (runc makes it; docker's prestart hook
+//! moves eth0 in): runc asks that it be left empty (`empty_ns`), and the hook, run again at
+//! setup-namespaces, puts eth0 back. Restoring the dumped links instead made the hook fail
+//! ("renaming veth to eth0: file exists").
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use stasis_tests::containers::*;
+use stasis_tests::*;
+
+const IMAGE: &str = "stasis-bb:test";
+const NAME: &str = "stasis-dk";
+const BRIDGE: &str = "stasisdk0";
+const SUBNET: &str = "10.79.250";
+
+/// The container's shell: a server answering each connection with the next count, and a file
+/// in its tmpfs.
+const SCRIPT: &str = "echo kept > /scratch/f; i=0; \
+                      while true; do i=$((i+1)); echo \"n=$i\" | nc -l -p 8080; done";
+
+/// A dockerd of our own; stopped and cleaned up whatever happens.
+struct Dockerd {
+    dir: PathBuf,
+    daemon: Child,
+    path: String,
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = self.docker(&["rm", "-f", NAME]);
+        // SAFETY: kill(2) of the daemon we started.
+        unsafe { libc::kill(self.daemon.id() as libc::pid_t, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.daemon.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| std::path::Path::new(p).starts_with(&self.dir))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").arg("-l").arg(p).output();
+        }
+        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+    }
+}
+
+impl Dockerd {
+    /// None (after saying why) when docker, dockerd, runc or ip is missing.
+    fn start(test: &str) -> Option<Dockerd> {
+        if missing_tools(test, &["dockerd", "docker", "runc", "ip", "tar"]) {
+            return None;
+        }
+        let dir = temp_dir("docker");
+        let path = path_with_stasis_as_criu(&dir);
+        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+        for args in [
+            vec!["link", "add", BRIDGE, "type", "bridge"],
+            vec!["addr", "add", &format!("{SUBNET}.1/24"), "dev", BRIDGE],
+            vec!["link", "set", BRIDGE, "up"],
+        ] {
+            let out = Command::new("ip").args(&args).output().expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        }
+        let log = std::fs::File::create(dir.join("dockerd.log")).expect("log");
+        let d = dir.display();
+        let daemon = Command::new("dockerd")
+            .args([
+                "--experimental",
+                "--data-root",
+                &format!("{d}/root"),
+                "--exec-root",
+                &format!("{d}/exec"),
+                "--pidfile",
+                &format!("{d}/dockerd.pid"),
+                "-H",
+                &format!("unix://{d}/docker.sock"),
+                "--iptables=false",
+                "--ip-masq=false",
+                "--bridge",
+                BRIDGE,
+            ])
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let dk = Dockerd { dir, daemon, path };
+        let end = Instant::now() + Duration::from_secs(30);
+        while !dk.docker(&["version"]).status.success() {
+            assert!(
+                Instant::now() < end,
+                "dockerd did not come up: {}",
+                std::fs::read_to_string(dk.dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let rootfs = dk.dir.join("rootfs");
+        busybox_rootfs(&rootfs, &["sh", "echo", "nc", "cat", "sleep"]);
+        std::fs::create_dir_all(rootfs.join("scratch")).expect("scratch");
+        let tar = dk.dir.join("rootfs.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .expect("tar");
+        assert!(out.status.success(), "tar: {out:?}");
+        dk.ok(&["import", tar.to_str().expect("utf8"), IMAGE]);
+        Some(dk)
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}/docker.sock", self.dir.display()))
+            .args(args)
+            .env("PATH", &self.path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}{}\n(dockerd log: {})",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.dir.join("dockerd.log").display()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn address(&self) -> String {
+        self.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", NAME])
+    }
+}
+
+/// The count the container's server answers on `addr`:8080, retried while it re-listens.
+fn ask(addr: &str) -> Option<u64> {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(mut s) = TcpStream::connect_timeout(
+            &format!("{addr}:8080").parse().expect("address"),
+            Duration::from_secs(2),
+        ) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if let Some(n) = text.trim().strip_prefix("n=") {
+                return n.parse().ok();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn docker_checkpoint_and_start_from_it() {
+    let _g = serial_root!();
+    let Some(dk) = Dockerd::start(test_name!()) else {
+        return;
+    };
+    dk.ok(&[
+        "run", "-d", "--name", NAME, "--tmpfs", "/scratch", IMAGE, "sh", "-c", SCRIPT,
+    ]);
+    let addr = dk.address();
+    assert_eq!(ask(&addr), Some(1), "the server answers before");
+    dk.ok(&["checkpoint", "create", "--leave-running", NAME, "live"]);
+    assert_eq!(ask(&addr), Some(2), "left running, it answers on");
+    dk.ok(&["checkpoint", "create", NAME, "stopped"]);
+    let state = dk.ok(&["inspect", "-f", "{{.State.Running}}", NAME]);
+    assert_eq!(
+        state, "false",
+        "a checkpoint without --leave-running stops it"
+    );
+    dk.ok(&["start", "--checkpoint", "stopped", NAME]);
+    let addr = dk.address();
+    assert_eq!(ask(&addr), Some(3), "restored, its count goes on");
+    assert_eq!(dk.ok(&["exec", NAME, "cat", "/scratch/f"]), "kept");
+    let links = dk.ok(&["exec", NAME, "cat", "/proc/net/dev"]);
+    assert!(
+        links.contains("eth0:") && links.contains("lo:"),
+        "docker's eth0 is back: {links}"
+    );
+}

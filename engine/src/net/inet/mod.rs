@@ -388,6 +388,15 @@ fn peek_queue(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// `snd_wl1`, or `limit` when it lies after it in sequence space (which wraps).
+fn wl1_at_most(snd_wl1: u32, limit: u32) -> u32 {
+    if (snd_wl1.wrapping_sub(limit) as i32) > 0 {
+        limit
+    } else {
+        snd_wl1
+    }
+}
+
 fn queue_seq(fd: BorrowedFd<'_>, queue: i32) -> nix::Result<u32> {
     setsockopt(&fd, TcpRepairQueue, &queue)?;
     Ok(getsockopt(&fd, TcpQueueSeq)? as u32)
@@ -414,8 +423,14 @@ fn dump_stream(
         let mut locked = window;
         locked.rcv_wnd = 0;
         locked.rcv_wup = rcv_nxt;
+        // The kernel wants snd_wl1 (the sequence of the segment that last updated the send
+        // window) no later than rcv_nxt + rcv_wnd. A segment the full receive queue dropped
+        // still updated it past rcv_nxt (zdtm's socket-tcpbuf): with a zero window that is
+        // refused. An earlier snd_wl1 only lets the next window update through.
+        locked.snd_wl1 = wl1_at_most(locked.snd_wl1, rcv_nxt);
         match set_struct(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &locked) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && tries < 5 => {
+                log::debug!("zero window refused: {locked:?}, rcv_nxt {rcv_nxt}: read again");
                 tries += 1;
                 (window, rcv_nxt) = read_window()?;
             }
@@ -729,6 +744,9 @@ fn restore_stream(
     if let (Some(snd_wl1), Some(snd_wnd), Some(max_window), Some(rcv_wnd), Some(rcv_wup)) =
         (s.snd_wl1, s.snd_wnd, s.max_window, s.rcv_wnd, s.rcv_wup)
     {
+        // As at the dump's lock: a snd_wl1 past rcv_nxt + rcv_wnd (a segment the full queue
+        // dropped updated it) is refused; rcv_nxt is inq_seq once the queue is filled.
+        let snd_wl1 = wl1_at_most(snd_wl1, s.inq_seq.wrapping_add(rcv_wnd));
         let w = RepairWindow {
             snd_wl1,
             snd_wnd,
@@ -751,4 +769,19 @@ fn restore_stream(
     let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
     setsockopt(&fd, IpFreebind, &freebind).map_err(sys(ctx("IP_FREEBIND")))?;
     Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wl1_at_most;
+
+    #[test]
+    fn snd_wl1_is_kept_at_or_before_the_limit_across_the_wrap() {
+        assert_eq!(wl1_at_most(100, 200), 100);
+        assert_eq!(wl1_at_most(300, 200), 200);
+        assert_eq!(wl1_at_most(200, 200), 200);
+        // 5 is after u32::MAX - 10 once the sequence wraps.
+        assert_eq!(wl1_at_most(5, u32::MAX - 10), u32::MAX - 10);
+        assert_eq!(wl1_at_most(u32::MAX - 10, 5), u32::MAX - 10);
+    }
 }

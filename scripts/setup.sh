@@ -52,6 +52,13 @@ if ! command -v dockerd >/dev/null; then
     echo "setup: docker.io did not install; its test will be skipped" >&2
   service docker stop >/dev/null 2>&1 || true
 fi
+# LXC (lxc-checkpoint drives criu on its command line; its busybox template makes the rootfs).
+if ! command -v lxc-checkpoint >/dev/null; then
+  apt-get install -y -qq --no-install-recommends lxc >/dev/null ||
+    echo "setup: lxc did not install; its test will be skipped" >&2
+  service lxc stop >/dev/null 2>&1 || true
+  service lxc-net stop >/dev/null 2>&1 || true
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install the Rust toolchain (rustup) first" >&2
   exit 1

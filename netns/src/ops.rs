@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 
 use crate::error::NetnsError;
-use crate::model::{Link, LinkKind, NetState, VethPair, SETTABLE_FLAGS};
+use crate::model::{Link, LinkKind, NetState, VethPair, IFF_UP, SETTABLE_FLAGS};
 use crate::rtnl::{Rtnl, RtnlError};
 use crate::wire::{self, LinkBrief, VethRequest};
 
@@ -315,6 +315,11 @@ fn create_links(
                     )?;
                     host.call(wire::set_master(idx, master), 0)
                         .map_err(netlink("enslave the host end of", &object))?;
+                    // Enslaved to the caller's bridge, the end is brought up too, as CRIU
+                    // does (LXC configures nothing after a restore): without a bridge it is
+                    // left down for the caller's scripts.
+                    host.call(wire::set_link(idx, None, IFF_UP, IFF_UP), 0)
+                        .map_err(netlink("bring up the host end of", &object))?;
                 }
             }
         }

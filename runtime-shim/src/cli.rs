@@ -71,6 +71,10 @@ pub struct Config {
     pub ext_masters: bool,
     /// `--empty-ns net`.
     pub empty_netns: bool,
+    /// `--enable-fs FSNAMES`.
+    pub enable_fs: Vec<String>,
+    /// `--restore-sibling`.
+    pub restore_sibling: bool,
     /// `--root DIR`.
     pub root: Option<PathBuf>,
     /// `--manage-cgroups[=MODE]`.
@@ -120,6 +124,8 @@ impl Default for Config {
             ext_sharing: false,
             ext_masters: false,
             empty_netns: false,
+            enable_fs: Vec::new(),
+            restore_sibling: false,
             root: None,
             manage_cgroups: None,
             cgroup_roots: Vec::new(),
@@ -224,12 +230,28 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
         // --no-NAME is CRIU's default for every option stasis refuses.
         Support::No if on => return Err(format!("--{} is not supported yet", g.spec.long)),
         Support::No => return Ok(()),
+        Support::Some(_) if g.spec.long == "lsm-profile" => {
+            let v = value(g);
+            if on && !v.ends_with(":unconfined") {
+                return Err(format!(
+                    "--lsm-profile {v} is not supported yet (only TYPE:unconfined)"
+                ));
+            }
+            c.notes.push(format!(
+                "--lsm-profile={v}: accepted; the tasks keep the restorer's unconfined profile"
+            ));
+            return Ok(());
+        }
         Support::Some(_) if g.spec.long == "external" => {
             if on {
                 match parse_external(value(g))? {
                     External::Net(ino, key) => c.external_netns.push((ino, key)),
                     External::Pid(ino, key) => c.external_pidns.push((ino, key)),
                     External::Mnt(key, val) => c.ext_mounts.push((key, val)),
+                    External::Veth(pair) => c.veth_pairs.push(pair),
+                    External::Other(v) => c.notes.push(format!(
+                        "--external {v}: matches nothing; ignored, as CRIU does"
+                    )),
                     External::MntAuto { sharing, masters } => {
                         c.auto_ext_mounts = true;
                         c.ext_sharing |= sharing;
@@ -301,6 +323,13 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
                 ))
             }
         },
+        "enable-fs" => c.enable_fs.extend(
+            value(g)
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(str::to_string),
+        ),
+        "restore-sibling" => c.restore_sibling = on,
         "enable-external-sharing" => c.ext_sharing = on,
         "enable-external-masters" => c.ext_masters = on,
         "tcp-close" => c.tcp_close = on,
@@ -409,6 +438,11 @@ pub enum External {
     /// `mnt[]`, `mnt[]:s`, `mnt[]:m`: CRIU's auto-detected external mounts, with external
     /// sharing or masters allowed.
     MntAuto { sharing: bool, masters: bool },
+    /// Not of CRIU's `KIND[ID]:VALUE` form (LXC 5 sends `apparmor:unconfined` beside
+    /// `--lsm-profile`): CRIU keeps such a string and nothing ever matches it; so do we.
+    Other(String),
+    /// `veth[IN]:OUT[@BRIDGE]`: CRIU's newer spelling of `--veth-pair IN=OUT[@BRIDGE]`.
+    Veth(stasis_netns::VethPair),
 }
 
 /// `--external net[INODE]:KEY` or `mnt[KEY]:VAL`; CRIU's other external kinds are refused by
@@ -452,11 +486,20 @@ pub fn parse_external(s: &str) -> Result<External, String> {
         }
         _ => {}
     }
+    if let Some((inside, outside)) = split("veth[") {
+        return format!("{inside}={outside}")
+            .parse()
+            .map(External::Veth)
+            .map_err(|e: stasis_netns::VethPairError| e.to_string());
+    }
     if let Some((key, val)) = split("mnt[") {
         return Ok(External::Mnt(key.to_string(), val.to_string()));
     }
+    if !s.contains('[') {
+        return Ok(External::Other(s.to_string()));
+    }
     Err(format!(
-        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL and mnt[][:s|:m])"
+        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m] and veth[IN]:OUT[@BRIDGE])"
     ))
 }
 
@@ -475,9 +518,11 @@ pub fn parse_cgroup_root(s: &str) -> Result<(Option<String>, String), String> {
 }
 
 /// `--ext-mount-map KEY:VAL` (`auto` is taken apart).
+/// An empty VAL is taken, as CRIU takes it (LXC sends `console:` for a container without a
+/// console); a mount that needs it then finds no mapping.
 pub fn parse_ext_mount_map(s: &str) -> Result<(String, String), String> {
     s.split_once(':')
-        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("bad --ext-mount-map '{s}': expected KEY:VAL"))
 }

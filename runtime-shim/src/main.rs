@@ -149,6 +149,7 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
     opts.external_pidns = c.external_pidns.clone();
     opts.ext_mounts = c.ext_mounts.clone();
     opts.empty_netns = c.empty_netns;
+    opts.enable_fs = c.enable_fs.clone();
     opts.auto_ext_mounts = c
         .auto_ext_mounts
         .then_some(stasis::ns::mnt_ext::AutoExternal {
@@ -207,6 +208,8 @@ fn restore_options(c: &Config) -> RestoreOptions {
         ext_mounts: c.ext_mounts.clone(),
         auto_ext_mounts: c.auto_ext_mounts,
         empty_netns: c.empty_netns,
+        enable_fs: c.enable_fs.clone(),
+        sibling: c.restore_sibling,
         manage_cgroups: c
             .manage_cgroups
             .filter(|m| *m != stasis::cgroup::CgMode::Ignore),

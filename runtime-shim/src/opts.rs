@@ -81,7 +81,7 @@ pub static OPTIONS: &[Spec] = &[
     },
     Spec {
         short: Some('S'),
-        ..b("restore-sibling", Refused)
+        ..b("restore-sibling", Yes("restore the root as a child of our parent rather than ours (with --restore-detached; LXC's monitor waits for it)"))
     },
     b("daemon", Yes("same as --restore-detached")),
     o("images-dir", Some('D'), Req, Yes("images directory (default: .)")),
@@ -141,13 +141,13 @@ pub static OPTIONS: &[Spec] = &[
     o("inherit-fd", None, Req, Yes("restore: use our fd N for the file the images call KEY: fd[N]:KEY")),
     o("feature", None, Req, Yes("check: whether stasis and this kernel support a CRIU feature; 'list' lists them")),
     o("skip-mnt", None, Req, Refused),
-    o("enable-fs", None, Req, Refused),
+    o("enable-fs", None, Req, Yes("FSNAMES (comma-separated, or all): whole mounts of these filesystem types are mounted anew at restore by type, source and options (LXC passes hugetlbfs and tracefs)")),
     o("enable-external-sharing", None, N, Yes("with --ext-mount-map auto: a shared mount may be found external too (it joins its host mount's peer group again at restore); --external mnt[]:s likewise")),
     o("enable-external-masters", None, N, Yes("with --ext-mount-map auto: a slave of its host mount's group may be found external too; --external mnt[]:m likewise")),
     o("freeze-cgroup", None, Req, Yes("freeze this cgroup (v1 freezer or cgroup2 dir) while the tree is seized; all of its processes must be in the tree")),
     o("ghost-limit", None, Req, Yes("largest file deleted while open whose content is saved (SIZE[K|M|G]; default 1M)")),
     o("irmap-scan-path", None, Req, NoOp("no scan: a watch's path comes from its file handle")),
-    o("lsm-profile", None, Req, Refused),
+    o("lsm-profile", None, Req, Values("TYPE:unconfined (LXC's apparmor:unconfined): the tasks keep the restorer's unconfined profile; other profiles are refused")),
     o(
         "timeout",
         None,

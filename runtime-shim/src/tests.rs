@@ -36,6 +36,7 @@ fn sample(long: &str) -> &'static str {
         "ext-mount-map" => "/proc/keys:/dev/null",
         "cgroup-root" => "cpu:/x",
         "empty-ns" => "net",
+        "lsm-profile" => "apparmor:unconfined",
         _ => "x",
     }
 }
@@ -222,10 +223,9 @@ fn short_flags_cluster() {
     assert_eq!(c.verbosity, 4);
     let c = ok(&["dump", "-Rt9", "-x12,13"]);
     assert_eq!(c.ext_unix_sk, Some(vec![12, 13]));
-    assert_eq!(
-        err(&["dump", "-t1", "-jS"]),
-        "--restore-sibling is not supported yet"
-    );
+    let c = ok(&["restore", "-jdS"]);
+    assert!(c.shell_job && c.detach && c.restore_sibling);
+    assert_eq!(err(&["dump", "-t1", "-jM"]), "option -M needs a value");
     assert_eq!(err(&["dump", "-t1", "-q"]), "unknown option -q");
 }
 
@@ -445,7 +445,7 @@ fn external_takes_network_and_pid_namespaces_and_mounts() {
     );
     assert_eq!(
         cli::parse_external("ipc[1]:x").unwrap_err(),
-        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL and mnt[][:s|:m])"
+        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m] and veth[IN]:OUT[@BRIDGE])"
     );
     assert_eq!(
         cli::parse_external("mnt[]:s"),
@@ -455,6 +455,23 @@ fn external_takes_network_and_pid_namespaces_and_mounts() {
         })
     );
     assert!(cli::parse_external("mnt[]:x").is_err());
+    match cli::parse_external("veth[eth0]:vethAB12@lxcbr0") {
+        Ok(cli::External::Veth(p)) => {
+            assert_eq!(
+                (p.inside.as_str(), p.outside.as_str()),
+                ("eth0", "vethAB12")
+            );
+            assert_eq!(p.bridge.as_deref(), Some("lxcbr0"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = cli::parse(&["restore", "--lsm-profile", "apparmor:unconfined"]).unwrap();
+    assert_eq!(c.notes.len(), 1);
+    assert!(cli::parse(&["restore", "--lsm-profile", "apparmor:lxc-default"]).is_err());
+    assert_eq!(
+        cli::parse_external("apparmor:unconfined"),
+        Ok(cli::External::Other("apparmor:unconfined".into()))
+    );
     // CRIU's three spellings of auto-detected external mounts, and the two permissions.
     for args in [
         &[

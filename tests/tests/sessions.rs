@@ -104,6 +104,9 @@ fn sessions_of_a_pid_namespace_come_back_with_their_daemons_and_orphans() {
     let names = [
         "root", "early", "leader", "born", "daemon", "keeper", "orphan",
     ];
+    // Killed if the test fails before the dump: unshare's death leaves it running.
+    let init = init_of(w.pid);
+    let guard = KillOnDrop(init);
     let before = wait_for(&w, &names);
     let id = |name: &str| last(&before, name).expect("printed");
     let (root, keeper, daemon, orphan, early) = (
@@ -125,18 +128,6 @@ fn sessions_of_a_pid_namespace_come_back_with_their_daemons_and_orphans() {
         (1, keeper[0]),
         "the orphan went to the init and stays in keeper's session"
     );
-    let init = {
-        let end = Instant::now() + T;
-        loop {
-            let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.pid))
-                .unwrap_or_default();
-            if let Some(p) = kids.split_whitespace().next() {
-                break p.parse::<u32>().expect("pid");
-            }
-            assert!(Instant::now() < end, "unshare started no init");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
     let img = w.images();
     let img_s = img.to_str().expect("utf8");
     let out = stasis(&[
@@ -150,6 +141,8 @@ fn sessions_of_a_pid_namespace_come_back_with_their_daemons_and_orphans() {
         "-v4",
     ]);
     check_ok("dump", &out);
+    // Dumped, it is gone, and its pid may be anyone's next.
+    std::mem::forget(guard);
     reap(w.pid);
     let n = w.lines().len();
     let pidfile = img.join("restored.pid");
@@ -170,6 +163,7 @@ fn sessions_of_a_pid_namespace_come_back_with_their_daemons_and_orphans() {
         .trim()
         .parse()
         .expect("pid");
+    let _restored = KillOnDrop(restored);
     let end = Instant::now() + T;
     let after = loop {
         let l = w.lines();
@@ -179,6 +173,28 @@ fn sessions_of_a_pid_namespace_come_back_with_their_daemons_and_orphans() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    kill_tree(&[restored]);
     same_ids(&before, &after, &names);
+}
+
+/// The init `unshare --pid --fork` started.
+fn init_of(unshare: u32) -> u32 {
+    let end = Instant::now() + T;
+    loop {
+        let kids = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .unwrap_or_default();
+        if let Some(p) = kids.split_whitespace().next() {
+            return p.parse::<u32>().expect("pid");
+        }
+        assert!(Instant::now() < end, "unshare started no init");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills a pid namespace's init (and so all of it) when dropped, test failed or not.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_tree(&[self.0]);
+    }
 }

@@ -72,6 +72,8 @@ pub struct DumpOptions {
     /// The caller manages the network namespace's contents (CRIU's `--empty-ns net`, which
     /// runc always sends): only that the tree owns one is saved, not its links.
     pub empty_netns: bool,
+    /// Filesystem types mounted anew at restore (`--enable-fs`; see ns::mnt).
+    pub enable_fs: Vec<String>,
     pub ext_mounts: Vec<(String, String)>,
     /// A pty slave whose master is outside the tree (a container's console, held by runc's
     /// console socket) is saved; the restore makes a new pair (the RPC's orphan_pts_master).
@@ -102,6 +104,7 @@ impl DumpOptions {
             ext_mounts: Vec::new(),
             auto_ext_mounts: None,
             empty_netns: false,
+            enable_fs: Vec::new(),
             orphan_pts_master: false,
         }
     }
@@ -485,6 +488,7 @@ fn tree_mount_table(
         live,
         &opts.ext_mounts,
         opts.auto_ext_mounts,
+        &opts.enable_fs,
         own_cgroupns,
     )?;
     if table.is_some() {

@@ -44,6 +44,8 @@ pub struct MountInfo {
     /// An auto-detected external mount (see ns::mnt_ext) that is shared, but in a peer group
     /// of the tree's own rather than the host's (CRIU's `internal_sharing`).
     pub internal_sharing: bool,
+    /// Of a filesystem type the caller asked to be mounted anew (CRIU's `--enable-fs`).
+    pub anew: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -143,6 +145,7 @@ pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>, MntError> {
             super_opts: r[2].split(',').map(str::to_string).collect(),
             ext_key: None,
             internal_sharing: false,
+            anew: false,
         });
     }
     Ok(out)
@@ -321,7 +324,7 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
             });
         } else if m.fstype == "tmpfs" {
             Make::Tmpfs
-        } else if NEW_KINDS.contains(&m.fstype.as_str()) {
+        } else if m.anew || NEW_KINDS.contains(&m.fstype.as_str()) {
             Make::New
         } else {
             return Err(MntError::Unsupported {
@@ -585,6 +588,19 @@ pub fn from_entry(e: &pb::MntEntry) -> MountInfo {
             .clone()
             .or_else(|| e.ext_mount.filter(|&x| x).map(|_| e.mountpoint.clone())),
         internal_sharing: e.internal_sharing.unwrap_or(false),
+        anew: false,
+    }
+}
+
+/// Marks the whole mounts of the filesystem types the caller asked to be mounted anew by type,
+/// source and options (CRIU's `--enable-fs hugetlbfs,tracefs`, or `all`: every type stasis
+/// cannot make otherwise). A tmpfs keeps its content either way.
+pub fn mark_mount_anew(table: &mut [MountInfo], enable_fs: &[String]) {
+    let all = enable_fs.iter().any(|f| f == "all");
+    for m in table.iter_mut() {
+        if m.root == "/" && (all || enable_fs.contains(&m.fstype)) {
+            m.anew = true;
+        }
     }
 }
 
@@ -635,6 +651,20 @@ mod tests {
         let sys = t.iter().find(|m| m.mountpoint == "/sys").unwrap();
         assert!(sys.mount_opts.contains(&"ro".to_string()));
         assert_eq!(sys.super_opts, ["ro"]);
+    }
+
+    #[test]
+    fn enabled_filesystems_are_mounted_anew_and_others_refused() {
+        let text = "1 0 8:1 /r / rw - ext4 /dev/sda1 rw\n\
+                    2 1 0:50 / /dev/hugepages rw - hugetlbfs hugetlbfs rw,pagesize=2M\n";
+        let mut t = parse_mountinfo(text).unwrap();
+        assert!(matches!(plan(&t), Err(MntError::Unsupported { id: 2, .. })));
+        mark_mount_anew(&mut t, &["hugetlbfs".to_string(), "tracefs".to_string()]);
+        let p = plan(&t).unwrap();
+        assert_eq!(p[1].make, Make::New);
+        let mut t = parse_mountinfo(text).unwrap();
+        mark_mount_anew(&mut t, &["all".to_string()]);
+        assert_eq!(plan(&t).unwrap()[1].make, Make::New);
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub fn tree_mounts(
     live: &[u32],
     ext: &[(String, String)],
     auto: Option<super::mnt_ext::AutoExternal>,
+    enable_fs: &[String],
     cgroupns: bool,
 ) -> Result<Option<Vec<MountInfo>>, MntNsError> {
     match super::tree_owns("mnt", root, live) {
@@ -108,6 +109,7 @@ pub fn tree_mounts(
         mnt::to_cgroupns_view(&mut table, &cg);
     }
     mnt::mark_external(&mut table, ext);
+    mnt::mark_mount_anew(&mut table, enable_fs);
     if let Some(auto) = auto {
         let ours = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|source| MntNsError::Read {
@@ -558,7 +560,7 @@ fn external_source(
     }
     // A relative path is taken from the root, as CRIU does (zdtm's mnt_root_ext).
     ext.iter()
-        .find(|(k, _)| *k == key)
+        .find(|(k, v)| *k == key && !v.is_empty())
         .map(|(_, v)| mnt::under("/", v))
         .ok_or(MntNsError::Unmapped {
             id: m.id,

@@ -109,6 +109,8 @@ pub struct RestoreOptions {
     /// one gets only the tree's loopback, up; the caller's hooks add the rest
     /// (setup-namespaces).
     pub empty_netns: bool,
+    /// Filesystem types mounted anew (`--enable-fs`; see ns::mnt).
+    pub enable_fs: Vec<String>,
     pub ext_mounts: Vec<(String, String)>,
     /// Make a new pair for a pty whose master was outside the tree, and hand the master to
     /// the caller (`orphan-pts-master` notification; the RPC's orphan_pts_master).
@@ -428,6 +430,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let (_namespaces, holder) = namespaces::enter_tree_namespaces(&img, opts)?;
     // After the network and IPC namespaces: a sysfs and an mqueue show the namespaces of
     // whoever mounts them.
+    if let Some(table) = img.mounts.as_mut() {
+        crate::ns::mnt::mark_mount_anew(table, &opts.enable_fs);
+    }
     let mut mounts = match &img.mounts {
         Some(table) => {
             step("mounts")?;

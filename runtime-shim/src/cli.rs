@@ -75,6 +75,8 @@ pub struct Config {
     pub enable_fs: Vec<String>,
     /// `--restore-sibling`.
     pub restore_sibling: bool,
+    /// `--external tty[RDEV:DEV]`.
+    pub external_ttys: Vec<String>,
     /// `--root DIR`.
     pub root: Option<PathBuf>,
     /// `--manage-cgroups[=MODE]`.
@@ -126,6 +128,7 @@ impl Default for Config {
             empty_netns: false,
             enable_fs: Vec::new(),
             restore_sibling: false,
+            external_ttys: Vec::new(),
             root: None,
             manage_cgroups: None,
             cgroup_roots: Vec::new(),
@@ -249,6 +252,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
                     External::Pid(ino, key) => c.external_pidns.push((ino, key)),
                     External::Mnt(key, val) => c.ext_mounts.push((key, val)),
                     External::Veth(pair) => c.veth_pairs.push(pair),
+                    External::Tty(key) => c.external_ttys.push(key),
                     External::Other(v) => c.notes.push(format!(
                         "--external {v}: matches nothing; ignored, as CRIU does"
                     )),
@@ -443,6 +447,9 @@ pub enum External {
     Other(String),
     /// `veth[IN]:OUT[@BRIDGE]`: CRIU's newer spelling of `--veth-pair IN=OUT[@BRIDGE]`.
     Veth(stasis_netns::VethPair),
+    /// `tty[RDEV:DEV]` (hex): a terminal the caller hands over again at restore
+    /// (`--inherit-fd fd[N]:tty[RDEV:DEV]`), as LXC does with its console.
+    Tty(String),
 }
 
 /// `--external net[INODE]:KEY` or `mnt[KEY]:VAL`; CRIU's other external kinds are refused by
@@ -486,6 +493,13 @@ pub fn parse_external(s: &str) -> Result<External, String> {
         }
         _ => {}
     }
+    if let Some(ids) = s.strip_prefix("tty[").and_then(|r| r.strip_suffix(']')) {
+        let hex = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_hexdigit());
+        return match ids.split_once(':') {
+            Some((rdev, dev)) if hex(rdev) && hex(dev) => Ok(External::Tty(s.to_string())),
+            _ => Err(format!("bad --external {s}: expected tty[RDEV:DEV] in hex")),
+        };
+    }
     if let Some((inside, outside)) = split("veth[") {
         return format!("{inside}={outside}")
             .parse()
@@ -499,7 +513,7 @@ pub fn parse_external(s: &str) -> Result<External, String> {
         return Ok(External::Other(s.to_string()));
     }
     Err(format!(
-        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m] and veth[IN]:OUT[@BRIDGE])"
+        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m], veth[IN]:OUT[@BRIDGE] and tty[RDEV:DEV])"
     ))
 }
 

@@ -150,6 +150,7 @@ fn dump_options(c: &Config) -> Result<DumpOptions> {
     opts.ext_mounts = c.ext_mounts.clone();
     opts.empty_netns = c.empty_netns;
     opts.enable_fs = c.enable_fs.clone();
+    opts.external_ttys = c.external_ttys.clone();
     opts.auto_ext_mounts = c
         .auto_ext_mounts
         .then_some(stasis::ns::mnt_ext::AutoExternal {

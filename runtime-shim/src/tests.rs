@@ -445,7 +445,7 @@ fn external_takes_network_and_pid_namespaces_and_mounts() {
     );
     assert_eq!(
         cli::parse_external("ipc[1]:x").unwrap_err(),
-        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m] and veth[IN]:OUT[@BRIDGE])"
+        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m], veth[IN]:OUT[@BRIDGE] and tty[RDEV:DEV])"
     );
     assert_eq!(
         cli::parse_external("mnt[]:s"),
@@ -468,6 +468,11 @@ fn external_takes_network_and_pid_namespaces_and_mounts() {
     let c = cli::parse(&["restore", "--lsm-profile", "apparmor:unconfined"]).unwrap();
     assert_eq!(c.notes.len(), 1);
     assert!(cli::parse(&["restore", "--lsm-profile", "apparmor:lxc-default"]).is_err());
+    assert_eq!(
+        cli::parse_external("tty[8800:1a]"),
+        Ok(cli::External::Tty("tty[8800:1a]".into()))
+    );
+    assert!(cli::parse_external("tty[zz:1]").is_err());
     assert_eq!(
         cli::parse_external("apparmor:unconfined"),
         Ok(cli::External::Other("apparmor:unconfined".into()))

@@ -2,9 +2,10 @@
 //! with options no other client sends: `--ext-mount-map auto` with external sharing and
 //! masters, `--enable-fs hugetlbfs,tracefs`, a `--cgroup-root` per hierarchy,
 //! `--restore-sibling`, `--external veth[eth0]:HOST@BRIDGE`, `--lsm-profile` and
-//! `--external apparmor:unconfined`. A busybox container from LXC's own template, on a bridge
-//! of the test's own, serves a count; its console and ttys are off (they are ptys LXC holds,
-//! which LXC's checkpoint does not hand over).
+//! `--external apparmor:unconfined`, and its console handed over as `--external tty[RDEV:DEV]`
+//! then `--inherit-fd fd[N]:tty[RDEV:DEV]`. A busybox container from LXC's own template, on a
+//! bridge of the test's own, serves a count; its ttys are off (ptys LXC holds and does not
+//! hand over: the dump names them).
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use stasis::images::{magic, pb, ImageKind, ImageReader};
 use stasis_tests::containers::*;
 use stasis_tests::*;
 
@@ -77,7 +79,7 @@ impl Lxc {
             .collect();
         let net = format!(
             "lxc.net.0.type = veth\nlxc.net.0.link = {BRIDGE}\nlxc.net.0.flags = up\n\
-             lxc.apparmor.profile = unconfined\nlxc.tty.max = 0\nlxc.console.path = none"
+             lxc.apparmor.profile = unconfined\nlxc.tty.max = 0"
         );
         kept.push(&net);
         std::fs::write(&config, kept.join("\n") + "\n").expect("config");
@@ -175,6 +177,15 @@ fn lxc_checkpoint_and_restore_of_a_busybox_container() {
     let images = lxc.dir.join("stopped");
     let images_s = images.to_str().expect("utf8");
     lxc.ok("lxc-checkpoint", &["-s", "-D", images_s]);
+    let bytes = std::fs::read(images.join("tty-info.img")).expect("tty-info.img");
+    let infos: Vec<pb::TtyInfoEntry> =
+        ImageReader::new("tty-info.img", &bytes, ImageKind::Normal, magic::TTY_INFO)
+            .and_then(|mut r| r.all())
+            .expect("tty-info.img decodes");
+    assert!(
+        infos.iter().any(|i| i.r#type == pb::TtyType::ExtTty as i32),
+        "the console is saved as an external terminal: {infos:?}"
+    );
     assert!(lxc.state().contains("STOPPED"), "stopped by the checkpoint");
     lxc.ok("lxc-checkpoint", &["-r", "-D", images_s]);
     assert!(lxc.state().contains("RUNNING"), "restored");

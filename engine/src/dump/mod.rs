@@ -74,6 +74,9 @@ pub struct DumpOptions {
     pub empty_netns: bool,
     /// Filesystem types mounted anew at restore (`--enable-fs`; see ns::mnt).
     pub enable_fs: Vec<String>,
+    /// Terminals the caller hands over at restore (`--external tty[RDEV:DEV]`; see
+    /// files::tty::ext).
+    pub external_ttys: Vec<String>,
     pub ext_mounts: Vec<(String, String)>,
     /// A pty slave whose master is outside the tree (a container's console, held by runc's
     /// console socket) is saved; the restore makes a new pair (the RPC's orphan_pts_master).
@@ -105,6 +108,7 @@ impl DumpOptions {
             auto_ext_mounts: None,
             empty_netns: false,
             enable_fs: Vec::new(),
+            external_ttys: Vec::new(),
             orphan_pts_master: false,
         }
     }

@@ -6,6 +6,7 @@
 //! index (a new pair gets whatever /dev/pts/N is free).
 
 mod ctty;
+pub mod ext;
 pub(crate) use ctty::{
     controlling_slave, is_device_tty_not_ctty, is_own_ctty, is_session_device_tty,
     slaves_for_unheld_ctty,
@@ -534,7 +535,8 @@ impl FileKind for Pty {
 
     fn claims(&self, fd: &Fd, cx: &DumpCx) -> bool {
         *fd.class == FdKind::Tty
-            && (is_ptmx(fd.link)
+            && (ext::declared(fd, cx).is_some()
+                || is_ptmx(fd.link)
                 || hung_up_index(fd.link).is_some()
                 || is_session_device_tty(fd, cx)
                 || slave_index(fd.link)
@@ -543,6 +545,19 @@ impl FileKind for Pty {
 
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
         let (pid, fd_no, link) = (fd.pid, fd.fd, fd.link);
+        if let Some((_, rdev, dev)) = ext::declared(fd, cx) {
+            // Keyed apart from every pty index and device (CRIU's EXT_TTY).
+            let end = (0x2000_0000 | (rdev as u32 & 0xfffff), false);
+            let id = cx.img.files.add_pty(
+                pid,
+                fd_no,
+                link,
+                fd.flags(),
+                |id| Ok(ext::info(id, rdev, dev)),
+                end,
+            )?;
+            return Ok((pb::FdTypes::Tty, id));
+        }
         let copy = cx
             .copy_fd(pid, fd_no)
             .map_err(|source| FilesError::Inspect {
@@ -660,6 +675,11 @@ impl FileKind for Pty {
         let id = entry.id;
         let perr = |source| RestoreError::Pty { id, source };
         let info = &cx.img.tty_infos[&t.tty_info_id];
+        if info.r#type == pb::TtyType::ExtTty as i32 {
+            let fd = ext::open(cx, info)?;
+            super::reg::set_status_flags(&fd, t.flags)?;
+            return Ok(Some(fd));
+        }
         if info.r#type != pb::TtyType::Pty as i32 {
             // A virtual terminal or the console: the device again, by its path.
             let reg = cx

@@ -262,6 +262,39 @@ while True:
     assert!(left.is_empty(), "link remaps left: {left:?}");
 }
 
+/// The same, with the file's directory removed too (zdtm's unlink_regular00): the link goes
+/// into the nearest directory still there, and the restore opens the file through it.
+#[test]
+fn file_linked_elsewhere_whose_directory_is_gone_comes_back_with_link_remap() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+os.mkdir("sub")
+fd = os.open("sub/data", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+os.link("sub/data", "data.link"); os.unlink("sub/data"); os.rmdir("sub")
+i = 0
+while True:
+    os.write(fd, b"x")
+    print(i, os.fstat(fd).st_ino, flush=True)
+    i += 1; time.sleep(0.01)
+"#;
+    let w = Workload::python("linkremap-dir", script);
+    let first = w.wait_lines(3, T);
+    let pids = dump_kill_restore_with(&w, &["--link-remap"], &[]);
+    let n = w.lines().len();
+    let after = w.wait_lines(n + 5, T);
+    let size = std::fs::metadata(w.dir.join("data.link")).unwrap().len();
+    kill_tree(&pids);
+    counter_is_continuous(&after);
+    let ino = |l: &str| l.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(ino(after.last().unwrap()), ino(&first[0]), "same inode");
+    assert!(
+        size >= after.len() as u64,
+        "appends reach data.link: {size}"
+    );
+    assert!(!w.dir.join("sub").exists(), "its directory stays gone");
+}
+
 /// An inotify watch on a file deleted while open (held by an fd): the watch comes back on the
 /// same inode as the fd, so closing the fd after the restore is seen.
 #[test]

@@ -100,7 +100,8 @@ impl FileKind for Regular {
 
 /// File `id`, deleted while open but linked elsewhere, through the link the dump made
 /// (entry `link_id`). Opened by its old name, linked there for the moment, so that its fd reads
-/// "NAME (deleted)" again; by the link's name if the old one is taken now.
+/// "NAME (deleted)" again; by the link's name if the old one is taken now or its directory
+/// is gone.
 fn open_linked(
     img: &DumpImage,
     id: u32,
@@ -126,7 +127,9 @@ fn open_linked(
             }
             fd
         }
-        Err(nix::errno::Errno::EEXIST) => {
+        // The old name is taken, or its directory is gone too (zdtm's unlink_regular00):
+        // opened by the link's name, as CRIU opens it.
+        Err(nix::errno::Errno::EEXIST | nix::errno::Errno::ENOENT) => {
             r.name = link;
             open_path(id, &r)
         }

@@ -81,6 +81,9 @@ impl Dockerd {
             assert!(out.status.success(), "ip {args:?}: {out:?}");
         }
         let log = std::fs::File::create(dir.join("dockerd.log")).expect("log");
+        // Its containerd leaves ctrd-checkpoint dirs in TMPDIR: keep them in ours.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp");
         let d = dir.display();
         let daemon = Command::new("dockerd")
             .args([
@@ -99,6 +102,7 @@ impl Dockerd {
                 BRIDGE,
             ])
             .env("PATH", &path)
+            .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

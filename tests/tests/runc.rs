@@ -770,3 +770,43 @@ fn runc_container_with_peer_groups_and_slaves_of_its_own() {
     assert!(lines.len() >= dumped + 5, "the counter goes on");
     counter_is_continuous(&lines);
 }
+
+/// A file of the container's /tmp tmpfs hidden under a mount made on its directory: saved
+/// through a copy of the tmpfs without its submounts, it is there again once that mount goes.
+#[test]
+fn runc_container_keeps_tmpfs_files_hidden_under_a_mount() {
+    let _g = serial_root!();
+    let Some(c) = Container::start(test_name!(), "stasis-runc-hidden") else {
+        return;
+    };
+    let script = "mkdir -p /tmp/under && echo hidden > /tmp/under/f && \
+                  mount -t tmpfs over /tmp/under && echo top > /tmp/under/g";
+    let out = c.runc(&["exec", "--cap", "CAP_SYS_ADMIN", c.id, "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "mounting inside: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (dumped, restored) = c.checkpoint_then_restore();
+    assert_eq!(read_in(restored, "/tmp/under/g"), "top", "the mount on top");
+    // Unmounted from the host, in the container's mount namespace.
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &restored.to_string(),
+            "-m",
+            "/bin/busybox",
+            "umount",
+            "/tmp/under",
+        ])
+        .output()
+        .expect("nsenter");
+    assert!(out.status.success(), "umount: {out:?}");
+    assert_eq!(
+        read_in(restored, "/tmp/under/f"),
+        "hidden",
+        "the file under it"
+    );
+    let lines = c.wait_lines(dumped + 5, T);
+    assert!(lines.len() >= dumped + 5, "the counter goes on");
+}

@@ -192,10 +192,18 @@ pub fn dump(root: u32, table: &[MountInfo], dir: &Path) -> Result<(), MntNsError
     })?;
     for p in mnt::plan(table)?.iter().filter(|p| p.make == Make::Tmpfs) {
         use std::os::unix::fs::MetadataExt;
-        let at = PathBuf::from(mnt::under(
-            &format!("/proc/{root}/root"),
-            &p.mount.mountpoint,
-        ));
+        // Through a copy of the mount without what is mounted on it: files a submount hides
+        // are the tmpfs's too (zdtm's tempfs). The mounted path when no copy can be made.
+        let clone = clone_in_tree(root, &p.mount.mountpoint)
+            .map_err(|e| log::info!("{}: no copy of the mount ({e})", p.mount.mountpoint))
+            .ok();
+        let at = match &clone {
+            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            None => PathBuf::from(mnt::under(
+                &format!("/proc/{root}/root"),
+                &p.mount.mountpoint,
+            )),
+        };
         let dev = std::fs::metadata(&at)
             .map_err(|source| MntNsError::Read {
                 path: at.display().to_string(),
@@ -829,6 +837,22 @@ fn sys_mount(
         data.filter(|d| !d.is_empty()),
     )
     .map_err(Into::into)
+}
+
+/// A detached copy, without its submounts, of the mount at `mountpoint` of task `root`'s mount
+/// namespace, made from a thread that joined it (open_tree copies only mounts of the caller's
+/// namespace).
+fn clone_in_tree(root: u32, mountpoint: &str) -> std::io::Result<OwnedFd> {
+    let ns = std::fs::File::open(format!("/proc/{root}/ns/mnt"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)?;
+            open_tree(mountpoint)
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 /// A detached copy of the mount at `path` (open_tree(OPEN_TREE_CLONE)), which a task of

@@ -198,7 +198,8 @@ pub fn dump(root: u32, table: &[MountInfo], dir: &Path) -> Result<(), MntNsError
             .map_err(|e| log::info!("{}: no copy of the mount ({e})", p.mount.mountpoint))
             .ok();
         let at = match &clone {
-            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            // "/." so that the root's own metadata is the directory's, not the fd link's.
+            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd())),
             None => PathBuf::from(mnt::under(
                 &format!("/proc/{root}/root"),
                 &p.mount.mountpoint,

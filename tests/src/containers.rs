@@ -82,3 +82,25 @@ pub fn mounts(pid: u32) -> Vec<(String, String, String)> {
     v.sort();
     v
 }
+
+/// Waits (up to 5 s) until the network namespace of `pid` holds no TCP connection but
+/// listening sockets and TIME_WAIT leftovers: a server that has just answered (busybox `nc`
+/// closing after its reply) is not caught mid-close by a dump that is not asked to keep
+/// established connections, as docker and LXC checkpoint without `--tcp-established`.
+pub fn wait_connections_closed(pid: u32) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let busy = ["tcp", "tcp6"].iter().any(|f| {
+            std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(3))
+                .any(|st| st != "0A" && st != "06")
+        });
+        if !busy || std::time::Instant::now() > end {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

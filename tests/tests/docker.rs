@@ -158,6 +158,13 @@ impl Dockerd {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The container's init, as the host sees it.
+    fn pid(&self) -> u32 {
+        self.ok(&["inspect", "-f", "{{.State.Pid}}", NAME])
+            .parse()
+            .expect("pid")
+    }
+
     fn address(&self) -> String {
         self.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", NAME])
     }
@@ -194,15 +201,37 @@ fn docker_checkpoint_and_start_from_it() {
     ]);
     let addr = dk.address();
     assert_eq!(ask(&addr), Some(1), "the server answers before");
+    wait_connections_closed(dk.pid());
     dk.ok(&["checkpoint", "create", "--leave-running", NAME, "live"]);
     assert_eq!(ask(&addr), Some(2), "left running, it answers on");
+    wait_connections_closed(dk.pid());
     dk.ok(&["checkpoint", "create", NAME, "stopped"]);
     let state = dk.ok(&["inspect", "-f", "{{.State.Running}}", NAME]);
     assert_eq!(
         state, "false",
         "a checkpoint without --leave-running stops it"
     );
-    dk.ok(&["start", "--checkpoint", "stopped", NAME]);
+    let out = dk.docker(&["start", "--checkpoint", "stopped", NAME]);
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already exists") {
+        // Docker's own bug (moby#42900): the checkpoint it uploads back to containerd can be
+        // byte for byte the content containerd already holds, and the commit then fails.
+        // Touching one file of it changes the upload's digest.
+        eprintln!("docker start --checkpoint met moby#42900 (content already exists): retried");
+        let id = dk.ok(&["inspect", "-f", "{{.Id}}", NAME]);
+        let descriptors = dk.dir.join(format!(
+            "root/containers/{id}/checkpoints/stopped/descriptors.json"
+        ));
+        let text = std::fs::read(&descriptors).expect("descriptors.json");
+        std::thread::sleep(Duration::from_millis(1100));
+        std::fs::write(&descriptors, text).expect("descriptors.json");
+        dk.ok(&["start", "--checkpoint", "stopped", NAME]);
+    } else {
+        assert!(
+            out.status.success(),
+            "docker start --checkpoint: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let addr = dk.address();
     assert_eq!(ask(&addr), Some(3), "restored, its count goes on");
     assert_eq!(dk.ok(&["exec", NAME, "cat", "/scratch/f"]), "kept");

@@ -114,6 +114,14 @@ impl Lxc {
         text
     }
 
+    /// The container's init, as the host sees it.
+    fn pid(&self) -> u32 {
+        self.ok("lxc-info", &["-p", "-H"])
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
     fn state(&self) -> String {
         self.ok("lxc-info", &["-s"])
     }
@@ -170,10 +178,12 @@ fn lxc_checkpoint_and_restore_of_a_busybox_container() {
         ],
     );
     assert_eq!(ask(), Some(1), "the server answers before");
+    wait_connections_closed(lxc.pid());
     let live = lxc.dir.join("live");
     lxc.ok("lxc-checkpoint", &["-D", live.to_str().expect("utf8")]);
     assert!(lxc.state().contains("RUNNING"), "left running");
     assert_eq!(ask(), Some(2), "left running, it answers on");
+    wait_connections_closed(lxc.pid());
     let images = lxc.dir.join("stopped");
     let images_s = images.to_str().expect("utf8");
     lxc.ok("lxc-checkpoint", &["-s", "-D", images_s]);

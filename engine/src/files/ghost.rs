@@ -298,3 +298,44 @@ impl Drop for GhostFiles {
         }
     }
 }
+
+/// Links the open inode behind `open` (a `/proc/<pid>/fd/N` link) as `link_remap.<link_id>`
+/// beside `orig`, its old name; its directory may be gone too (zdtm's unlink_regular00): then
+/// in the nearest directory above that is still there, as CRIU does. Paths are the tree's,
+/// reached under `root` when it has a mount namespace of its own. Returns (the link's name
+/// as the tree sees it, its path here).
+pub(crate) fn make_link_remap(
+    open: &str,
+    orig: &str,
+    root: Option<&str>,
+    link_id: u32,
+) -> Result<(String, String), super::FilesError> {
+    let mut dir = Path::new(orig).parent().unwrap_or(Path::new("/"));
+    loop {
+        let name = dir.join(format!("link_remap.{link_id}"));
+        let name = name.to_string_lossy().into_owned();
+        let here = match root {
+            Some(root) => crate::ns::mnt::under(root, &name),
+            None => name.clone(),
+        };
+        // linkat of a /proc fd link (AT_SYMLINK_FOLLOW) names the open inode itself.
+        let made = nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            open,
+            nix::fcntl::AT_FDCWD,
+            here.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        );
+        match (made, dir.parent()) {
+            (Ok(()), _) => return Ok((name, here)),
+            (Err(nix::errno::Errno::ENOENT), Some(up)) => dir = up,
+            (Err(e), _) => {
+                return Err(super::FilesError::LinkRemap {
+                    path: orig.to_string(),
+                    link: name,
+                    source: e.into(),
+                })
+            }
+        }
+    }
+}

@@ -600,36 +600,7 @@ impl FileTable {
             return Ok(());
         }
         let link_id = self.next_id();
-        // Beside where it was; its directory may be gone too (zdtm's unlink_regular00): then
-        // in the nearest directory above that is still there, as CRIU does.
-        let mut dir = Path::new(orig).parent().unwrap_or(Path::new("/"));
-        let (name, here) = loop {
-            let name = dir.join(format!("link_remap.{link_id}"));
-            let name = name.to_string_lossy().into_owned();
-            let here = match &self.path_root {
-                Some(root) => crate::ns::mnt::under(root, &name),
-                None => name.clone(),
-            };
-            // linkat of a /proc fd link (AT_SYMLINK_FOLLOW) names the open inode itself.
-            let made = nix::unistd::linkat(
-                nix::fcntl::AT_FDCWD,
-                open,
-                nix::fcntl::AT_FDCWD,
-                here.as_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-            );
-            match (made, dir.parent()) {
-                (Ok(()), _) => break (name, here),
-                (Err(nix::errno::Errno::ENOENT), Some(up)) => dir = up,
-                (Err(e), _) => {
-                    return Err(FilesError::LinkRemap {
-                        path: orig.to_string(),
-                        link: name,
-                        source: e.into(),
-                    })
-                }
-            }
-        };
+        let (name, here) = ghost::make_link_remap(open, orig, self.path_root.as_deref(), link_id)?;
         self.made_links.push(PathBuf::from(&here));
         let got = self.push_reg(&name, libc::O_RDONLY as u32, 0, mnt_id, Some(md));
         debug_assert_eq!(got, link_id);

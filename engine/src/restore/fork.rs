@@ -410,27 +410,25 @@ fn stub_plans(
 ) -> Result<Vec<stub::StubPlan>, RestoreError> {
     let mut plans = Vec::new();
     let no_premaps = Vec::new();
-    let in_tree = |pid: u32| img.tasks.iter().any(|o| o.pid() == pid);
+    let pids: std::collections::HashSet<u32> = img.tasks.iter().map(|t| t.pid()).collect();
+    let in_tree = |pid: u32| pids.contains(&pid);
     let helper_led = |sid: u32| sessions.helpers.iter().any(|h| h.pid == Some(sid));
     let root_pgid = img.tasks.first().map_or(0, |r| r.pstree.pgid);
     let members = members(img);
     let n = img.tasks.len();
-    let leads_group = |i: usize| {
-        img.tasks
-            .iter()
-            .any(|o| o.pstree.pgid == img.tasks[i].pid())
-    };
+    let pgids: std::collections::HashSet<u32> = img.tasks.iter().map(|t| t.pstree.pgid).collect();
+    let orders = sessions::fork_orders(&members, sessions, |i| pgids.contains(&img.tasks[i].pid()));
     // Plan indices: the tasks, then the helpers.
     let children = |f: Forker| {
-        let (kids, before) = sessions::fork_order(&members, sessions, f, leads_group);
+        let (kids, before) = orders.of(f);
         let kids: Vec<usize> = kids
-            .into_iter()
-            .map(|c| match c {
+            .iter()
+            .map(|c| match *c {
                 Child::Task(i) => i,
                 Child::Helper(h) => n + h,
             })
             .collect();
-        (kids, before)
+        (kids, *before)
     };
     let subreaper_root = root_kind(img, own_pidns) == RootKind::Subreaper;
     for (i, t) in img.tasks.iter().enumerate() {

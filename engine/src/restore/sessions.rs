@@ -17,6 +17,8 @@
 //! Sessions led from outside the tree (the shell's a tree was started from) are all taken as
 //! one: the restorer's own, which the root is forked in.
 
+use std::collections::{HashMap, HashSet};
+
 /// What the plan needs of one task (index 0 is the root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
@@ -147,7 +149,9 @@ pub fn plan(tasks: &[Member], root: RootKind) -> Result<SessionPlan, SessionErro
             plan.via_helper[i] = Some(h);
         }
     }
-    let norm = |sid: u32| normalize(tasks, &plan, sid);
+    let led = led_sids(tasks, &plan);
+    let norm = |sid: u32| normalize(&led, sid);
+    let parents = fork_parents(tasks, &plan);
     let sid_of = |f: Option<Forker>| match f {
         Some(Forker::Task(p)) => norm(tasks[p].sid),
         Some(Forker::Helper(h)) => plan.helpers[h].sid,
@@ -159,7 +163,7 @@ pub fn plan(tasks: &[Member], root: RootKind) -> Result<SessionPlan, SessionErro
     let mut born_sid: Vec<Option<u32>> = vec![None; n];
     for (i, t) in tasks.iter().enumerate().skip(1) {
         let sid = norm(t.sid);
-        let parent = fork_parent(tasks, &plan, i);
+        let parent = parents[i];
         if t.sid == t.pid || sid_of(parent) == sid {
             continue;
         }
@@ -178,7 +182,7 @@ pub fn plan(tasks: &[Member], root: RootKind) -> Result<SessionPlan, SessionErro
                         }
                         _ => born_sid[p] = Some(sid),
                     }
-                    at = fork_parent(tasks, &plan, p);
+                    at = parents[p];
                 }
                 // Past the root: the restorer's session, which the root is forked in.
                 None if sid == OUTSIDE => break,
@@ -203,82 +207,118 @@ pub fn plan(tasks: &[Member], root: RootKind) -> Result<SessionPlan, SessionErro
     Ok(plan)
 }
 
+/// The sessions a task or a helper of the plan leads.
+fn led_sids(tasks: &[Member], plan: &SessionPlan) -> HashSet<u32> {
+    tasks
+        .iter()
+        .map(|t| t.pid)
+        .chain(plan.helpers.iter().filter_map(|h| h.pid))
+        .collect()
+}
+
 /// `sid`, or [`OUTSIDE`] when neither a task nor a helper leads it.
-fn normalize(tasks: &[Member], plan: &SessionPlan, sid: u32) -> u32 {
-    let led = tasks.iter().any(|t| t.pid == sid) || plan.helpers.iter().any(|h| h.pid == Some(sid));
-    if led {
+fn normalize(led: &HashSet<u32>, sid: u32) -> u32 {
+    if led.contains(&sid) {
         sid
     } else {
         OUTSIDE
     }
 }
 
-/// The task or helper that forks task `i` (None for the root).
-pub fn fork_parent(tasks: &[Member], plan: &SessionPlan, i: usize) -> Option<Forker> {
-    if i == 0 {
-        return None;
-    }
-    if let Some(h) = plan.via_helper.get(i).copied().flatten() {
-        return Some(Forker::Helper(h));
-    }
-    let ppid = tasks.get(i)?.ppid;
-    tasks
-        .iter()
-        .position(|p| p.pid == ppid)
-        .filter(|&p| p != i)
-        .map(Forker::Task)
+/// Per task, the task or helper that forks it (None for the root).
+pub fn fork_parents(tasks: &[Member], plan: &SessionPlan) -> Vec<Option<Forker>> {
+    let index: HashMap<u32, usize> = tasks.iter().enumerate().map(|(i, t)| (t.pid, i)).collect();
+    (0..tasks.len())
+        .map(|i| {
+            if i == 0 {
+                return None;
+            }
+            if let Some(h) = plan.via_helper.get(i).copied().flatten() {
+                return Some(Forker::Helper(h));
+            }
+            index
+                .get(&tasks[i].ppid)
+                .copied()
+                .filter(|&p| p != i)
+                .map(Forker::Task)
+        })
+        .collect()
 }
 
 /// Per task, the task whose memory it is forked with: its forker, or the forker of the helper
 /// that forks it (the helper forks nothing of its own in between).
 pub fn memory_parents(tasks: &[Member], plan: &SessionPlan) -> Vec<Option<usize>> {
-    (0..tasks.len())
-        .map(|i| match fork_parent(tasks, plan, i)? {
+    fork_parents(tasks, plan)
+        .into_iter()
+        .map(|f| match f? {
             Forker::Task(p) => Some(p),
             Forker::Helper(h) => plan.helpers.get(h).map(|h| h.forker),
         })
         .collect()
 }
 
-/// The children `forker` forks, in order, and how many of the first are forked before its
-/// setsid. `leads_group(i)`: task `i` leads a process group (those go first, so that a
-/// sibling forked next can join it).
-pub fn fork_order(
+/// Each forker's children in fork order, and how many of the first are forked before its
+/// setsid.
+#[derive(Debug, Default)]
+pub struct ForkOrders {
+    tasks: Vec<(Vec<Child>, usize)>,
+    helpers: Vec<(Vec<Child>, usize)>,
+}
+
+impl ForkOrders {
+    pub fn of(&self, forker: Forker) -> &(Vec<Child>, usize) {
+        const NONE: &(Vec<Child>, usize) = &(Vec::new(), 0);
+        match forker {
+            Forker::Task(i) => self.tasks.get(i),
+            Forker::Helper(h) => self.helpers.get(h),
+        }
+        .unwrap_or(NONE)
+    }
+}
+
+/// Every forker's children, in one pass: those born in its earlier session first (see
+/// [`SessionPlan::born_sid`]), then, within each, group leaders (`leads_group(i)`: a sibling
+/// forked next may join the group), then image order; a task's helpers last.
+pub fn fork_orders(
     tasks: &[Member],
     plan: &SessionPlan,
-    forker: Forker,
     leads_group: impl Fn(usize) -> bool,
-) -> (Vec<Child>, usize) {
-    let born = match forker {
-        Forker::Task(p) => plan.born_sid.get(p).copied().flatten(),
-        Forker::Helper(_) => None,
-    };
-    let mut kids: Vec<(bool, bool, Child)> = Vec::new();
-    for i in 1..tasks.len() {
-        if fork_parent(tasks, plan, i) != Some(forker) {
+) -> ForkOrders {
+    let led = led_sids(tasks, plan);
+    type Kid = (bool, bool, Child);
+    let mut by_task: Vec<Vec<Kid>> = vec![Vec::new(); tasks.len()];
+    let mut by_helper: Vec<Vec<Kid>> = vec![Vec::new(); plan.helpers.len()];
+    for (i, parent) in fork_parents(tasks, plan).into_iter().enumerate() {
+        let Some(parent) = parent else {
             continue;
-        }
-        let csid =
-            plan.born_sid
-                .get(i)
-                .copied()
-                .flatten()
-                .unwrap_or(normalize(tasks, plan, tasks[i].sid));
+        };
+        let csid = plan
+            .born_sid
+            .get(i)
+            .copied()
+            .flatten()
+            .unwrap_or_else(|| normalize(&led, tasks[i].sid));
+        let (bucket, born) = match parent {
+            Forker::Task(p) => (&mut by_task[p], plan.born_sid[p]),
+            Forker::Helper(h) => (&mut by_helper[h], None),
+        };
         let before = born == Some(csid);
-        kids.push((!before, !leads_group(i), Child::Task(i)));
+        bucket.push((!before, !leads_group(i), Child::Task(i)));
     }
-    if let Forker::Task(p) = forker {
-        for (h, helper) in plan.helpers.iter().enumerate() {
-            if helper.forker == p {
-                // A helper is in its forker's session after its setsid (or leads its own).
-                kids.push((true, true, Child::Helper(h)));
-            }
-        }
+    for (h, helper) in plan.helpers.iter().enumerate() {
+        // A helper is in its forker's session after its setsid (or leads its own).
+        by_task[helper.forker].push((true, true, Child::Helper(h)));
     }
-    // Stable: image order within each class.
-    kids.sort_by_key(|k| (k.0, k.1));
-    let before = kids.iter().filter(|k| !k.0).count();
-    (kids.into_iter().map(|k| k.2).collect(), before)
+    let order = |mut kids: Vec<Kid>| {
+        // Stable: image order within each class.
+        kids.sort_by_key(|k| (k.0, k.1));
+        let before = kids.iter().filter(|k| !k.0).count();
+        (kids.into_iter().map(|k| k.2).collect(), before)
+    };
+    ForkOrders {
+        tasks: by_task.into_iter().map(order).collect(),
+        helpers: by_helper.into_iter().map(order).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +335,7 @@ mod tests {
     }
 
     fn order(tasks: &[Member], plan: &SessionPlan, f: Forker) -> (Vec<Child>, usize) {
-        fork_order(tasks, plan, f, |_| false)
+        fork_orders(tasks, plan, |_| false).of(f).clone()
     }
 
     #[test]

@@ -291,26 +291,6 @@ fn ipv4_sysctls(ns: &OwnedFd) -> Vec<pb::SysctlEntry> {
 
 const PING_GROUP_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
 
-/// Sets the saved IPv4 sysctls (see [`ipv4_sysctls`]) in the network namespace of the calling
-/// thread, one made anew for the tree. Best effort, logged: a namespace without them still
-/// works, as it did before they were saved.
-pub fn restore_ipv4_sysctls(dir: &Path, id: u32) {
-    let file = names::netns(id);
-    let Ok(bytes) = std::fs::read(dir.join(&file)) else {
-        return;
-    };
-    let entry = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::NETNS)
-        .and_then(|mut r| r.next_required::<pb::NetnsEntry>());
-    let Ok(e) = entry else {
-        return;
-    };
-    if let Some(v) = e.ipv4_sysctl.first().and_then(|s| s.sarg.as_deref()) {
-        if let Err(err) = std::fs::write(PING_GROUP_RANGE, v) {
-            log::warn!("setting {PING_GROUP_RANGE} to {v:?}: {err}");
-        }
-    }
-}
-
 /// The device sysctls (see ns::netconf) of each of `targets` ("all", "default", link names)
 /// in `ns`, and its unix ones (target ""), read from a thread that joined it: (target, family,
 /// entries). Best effort, as
@@ -338,11 +318,13 @@ fn device_confs(ns: &OwnedFd, targets: &[&str]) -> Vec<(String, Family, Vec<pb::
     })
 }
 
-/// Sets the saved device sysctls (see ns::netconf) in the network namespace of the calling
-/// thread, made anew for the tree with its links: `all`, then `default`, then each link. A
-/// value already in place is not written (some are read-only in a namespace); one that
-/// cannot be written fails the restore, naming it.
-pub fn restore_device_confs(dir: &Path, id: u32) -> Result<(), NetNsError> {
+/// Sets the saved sysctls in the network namespace of the calling thread, made anew for the
+/// tree with its links. The IPv4 ones (see [`ipv4_sysctls`]) best effort, logged: a namespace
+/// without them still works, as it did before they were saved. Then the device ones (see
+/// ns::netconf): `all`, then `default`, then each link; a value already in place is not
+/// written (some are read-only in a namespace), one that cannot be written fails the restore,
+/// naming it.
+pub fn restore_sysctls(dir: &Path, id: u32) -> Result<(), NetNsError> {
     let read_image = |file: &str| -> Result<Vec<u8>, NetNsError> {
         let path = dir.join(file);
         std::fs::read(&path).map_err(|source| NetNsError::Read {
@@ -359,6 +341,11 @@ pub fn restore_device_confs(dir: &Path, id: u32) -> Result<(), NetNsError> {
     let ns: pb::NetnsEntry = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::NETNS)
         .and_then(|mut r| r.next_required())
         .map_err(img_err(&file))?;
+    if let Some(v) = ns.ipv4_sysctl.first().and_then(|s| s.sarg.as_deref()) {
+        if let Err(err) = std::fs::write(PING_GROUP_RANGE, v) {
+            log::warn!("setting {PING_GROUP_RANGE} to {v:?}: {err}");
+        }
+    }
     let file = names::netdev(id);
     let bytes = read_image(&file)?;
     let devices: Vec<pb::NetDeviceEntry> =

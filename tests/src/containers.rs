@@ -104,3 +104,43 @@ pub fn wait_connections_closed(pid: u32) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// The count a container's busybox server (`echo n=$i | nc -l -p PORT`) answers at `addr`,
+/// retried (10 s) while it re-listens between connections.
+pub fn ask_count(addr: &str) -> Option<u64> {
+    use std::io::Read;
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if let Ok(mut s) =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        {
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(3)));
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if let Some(n) = text.trim().strip_prefix("n=") {
+                return n.parse().ok();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
+/// Lazily unmounts whatever a daemon left mounted below `dir` (snapshots, shm), deepest
+/// first.
+pub fn unmount_below(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(p)
+            .output();
+    }
+}

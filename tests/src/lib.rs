@@ -878,3 +878,17 @@ pub fn flock_owner(path: &Path) -> Option<String> {
         })
         .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
 }
+
+/// The pid namespace's init under `unshare --pid --fork` (its only child), waited for (10 s).
+pub fn init_of(unshare: u32) -> u32 {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kids = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .unwrap_or_default();
+        if let Some(p) = kids.split_whitespace().next().and_then(|s| s.parse().ok()) {
+            return p;
+        }
+        assert!(Instant::now() < end, "unshare started no init");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

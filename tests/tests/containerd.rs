@@ -52,21 +52,6 @@ impl Drop for Containerd {
     }
 }
 
-/// Lazily unmounts whatever containerd left mounted below `dir` (snapshots, shm), deepest
-/// first.
-fn unmount_below(dir: &Path) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| Path::new(p).starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let _ = Command::new("umount").arg("-l").arg(p).output();
-    }
-}
-
 impl Containerd {
     /// None (after saying why) when containerd, its shim, runc or busybox is missing.
     fn start(test: &str) -> Option<Containerd> {

@@ -9,8 +9,6 @@
 //! setup-namespaces, puts eth0 back. Restoring the dumped links instead made the hook fail
 //! ("renaming veth to eth0: file exists").
 
-use std::io::Read;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -49,16 +47,7 @@ impl Drop for Dockerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| std::path::Path::new(p).starts_with(&self.dir))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            let _ = Command::new("umount").arg("-l").arg(p).output();
-        }
+        unmount_below(&self.dir);
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
     }
 }
@@ -170,26 +159,6 @@ impl Dockerd {
     }
 }
 
-/// The count the container's server answers on `addr`:8080, retried while it re-listens.
-fn ask(addr: &str) -> Option<u64> {
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        if let Ok(mut s) = TcpStream::connect_timeout(
-            &format!("{addr}:8080").parse().expect("address"),
-            Duration::from_secs(2),
-        ) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if let Some(n) = text.trim().strip_prefix("n=") {
-                return n.parse().ok();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 #[test]
 fn docker_checkpoint_and_start_from_it() {
     let _g = serial_root!();
@@ -200,10 +169,18 @@ fn docker_checkpoint_and_start_from_it() {
         "run", "-d", "--name", NAME, "--tmpfs", "/scratch", IMAGE, "sh", "-c", SCRIPT,
     ]);
     let addr = dk.address();
-    assert_eq!(ask(&addr), Some(1), "the server answers before");
+    assert_eq!(
+        ask_count(&format!("{addr}:8080")),
+        Some(1),
+        "the server answers before"
+    );
     wait_connections_closed(dk.pid());
     dk.ok(&["checkpoint", "create", "--leave-running", NAME, "live"]);
-    assert_eq!(ask(&addr), Some(2), "left running, it answers on");
+    assert_eq!(
+        ask_count(&format!("{addr}:8080")),
+        Some(2),
+        "left running, it answers on"
+    );
     wait_connections_closed(dk.pid());
     dk.ok(&["checkpoint", "create", NAME, "stopped"]);
     let state = dk.ok(&["inspect", "-f", "{{.State.Running}}", NAME]);
@@ -233,7 +210,11 @@ fn docker_checkpoint_and_start_from_it() {
         );
     }
     let addr = dk.address();
-    assert_eq!(ask(&addr), Some(3), "restored, its count goes on");
+    assert_eq!(
+        ask_count(&format!("{addr}:8080")),
+        Some(3),
+        "restored, its count goes on"
+    );
     assert_eq!(dk.ok(&["exec", NAME, "cat", "/scratch/f"]), "kept");
     let links = dk.ok(&["exec", NAME, "cat", "/proc/net/dev"]);
     assert!(

@@ -7,8 +7,6 @@
 //! bridge of the test's own, serves a count; its ttys are off (ptys LXC holds and does not
 //! hand over: the dump names them).
 
-use std::io::Read;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -127,24 +125,6 @@ impl Lxc {
     }
 }
 
-/// The count the container's server answers, retried while it re-listens.
-fn ask() -> Option<u64> {
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        let addr = format!("{SUBNET}.2:8080").parse().expect("address");
-        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if let Some(n) = text.trim().strip_prefix("n=") {
-                return n.parse().ok();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 #[test]
 fn lxc_checkpoint_and_restore_of_a_busybox_container() {
     let _g = serial_root!();
@@ -177,12 +157,20 @@ fn lxc_checkpoint_and_restore_of_a_busybox_container() {
              </dev/null >/dev/null 2>&1 &",
         ],
     );
-    assert_eq!(ask(), Some(1), "the server answers before");
+    assert_eq!(
+        ask_count(&format!("{SUBNET}.2:8080")),
+        Some(1),
+        "the server answers before"
+    );
     wait_connections_closed(lxc.pid());
     let live = lxc.dir.join("live");
     lxc.ok("lxc-checkpoint", &["-D", live.to_str().expect("utf8")]);
     assert!(lxc.state().contains("RUNNING"), "left running");
-    assert_eq!(ask(), Some(2), "left running, it answers on");
+    assert_eq!(
+        ask_count(&format!("{SUBNET}.2:8080")),
+        Some(2),
+        "left running, it answers on"
+    );
     wait_connections_closed(lxc.pid());
     let images = lxc.dir.join("stopped");
     let images_s = images.to_str().expect("utf8");
@@ -199,5 +187,9 @@ fn lxc_checkpoint_and_restore_of_a_busybox_container() {
     assert!(lxc.state().contains("STOPPED"), "stopped by the checkpoint");
     lxc.ok("lxc-checkpoint", &["-r", "-D", images_s]);
     assert!(lxc.state().contains("RUNNING"), "restored");
-    assert_eq!(ask(), Some(3), "restored, its count goes on");
+    assert_eq!(
+        ask_count(&format!("{SUBNET}.2:8080")),
+        Some(3),
+        "restored, its count goes on"
+    );
 }

@@ -7,20 +7,6 @@ use std::time::{Duration, Instant};
 use stasis_tests::containers::missing_tools;
 use stasis_tests::*;
 
-/// The pid namespace's init under `unshare --pid --fork` (its only child).
-fn init_of(unshare: u32) -> u32 {
-    let end = Instant::now() + T;
-    loop {
-        let kids = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
-            .unwrap_or_default();
-        if let Some(p) = kids.split_whitespace().next().and_then(|s| s.parse().ok()) {
-            return p;
-        }
-        assert!(Instant::now() < end, "unshare started no init");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn nspid(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

@@ -176,20 +176,6 @@ fn sessions_of_a_pid_namespace_come_back_with_their_daemons_and_orphans() {
     same_ids(&before, &after, &names);
 }
 
-/// The init `unshare --pid --fork` started.
-fn init_of(unshare: u32) -> u32 {
-    let end = Instant::now() + T;
-    loop {
-        let kids = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
-            .unwrap_or_default();
-        if let Some(p) = kids.split_whitespace().next() {
-            return p.parse::<u32>().expect("pid");
-        }
-        assert!(Instant::now() < end, "unshare started no init");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Kills a pid namespace's init (and so all of it) when dropped, test failed or not.
 struct KillOnDrop(u32);
 

@@ -55,6 +55,12 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NLMSG_ERROR: u16 = 2;
 const NF_INET_LOCAL_IN: u32 = 1;
 const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
+const NFT_META_MARK: u32 = 3;
+const NLM_F_APPEND: u16 = 0x800;
+/// The mark of the segments a restore injects into its own stack to put a half-closed
+/// connection's FINs back; CRIU's mark (SOCCR_MARK), which its own locks let through too.
+pub const INJECTED_MARK: u32 = 0xC114;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_REG_1: u32 = 1;
@@ -185,13 +191,43 @@ fn lock_batch(table: &str, conns: &[Conn], with_table: bool) -> Vec<u8> {
         m.end();
         m.str(7, "filter"); // NFTA_CHAIN_TYPE
         out.extend(m.finish());
+        seq += 1;
+        out.extend(accept_marked(table, seq, flags));
     }
+    // Appended: after the rule letting injected segments through.
     for c in conns {
         seq += 1;
-        out.extend(rule(table, c, seq, flags));
+        out.extend(rule(table, c, seq, flags | NLM_F_APPEND));
     }
     out.extend(batch_end(seq + 1));
     out
+}
+
+/// The chain's first rule: segments marked [`INJECTED_MARK`] pass.
+fn accept_marked(table: &str, seq: u32, flags: u16) -> Vec<u8> {
+    let mut m = Msg::new(nft(NFT_MSG_NEWRULE), flags, seq, NFPROTO_INET, 0);
+    m.str(1, table).str(2, "input"); // NFTA_RULE_TABLE, NFTA_RULE_CHAIN
+    m.begin(4); // NFTA_RULE_EXPRESSIONS
+    expr(&mut m, "meta", |m| {
+        m.u32be(2, NFT_META_MARK); // NFTA_META_KEY
+        m.u32be(1, NFT_REG_1); // NFTA_META_DREG
+    });
+    // The mark sits in the register in host order.
+    cmp_eq(&mut m, &INJECTED_MARK.to_ne_bytes());
+    verdict(&mut m, NF_ACCEPT);
+    m.end();
+    m.finish()
+}
+
+fn verdict(m: &mut Msg, code: u32) {
+    expr(m, "immediate", |m| {
+        m.u32be(1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
+        m.begin(2); // NFTA_IMMEDIATE_DATA
+        m.begin(2); // NFTA_DATA_VERDICT
+        m.u32be(1, code); // NFTA_VERDICT_CODE
+        m.end();
+        m.end();
+    });
 }
 
 /// A rule dropping the peer's packets of one connection.
@@ -214,14 +250,7 @@ fn rule(table: &str, c: &Conn, seq: u32, flags: u16) -> Vec<u8> {
     let mut ports = c.remote_port.to_be_bytes().to_vec();
     ports.extend_from_slice(&c.local_port.to_be_bytes());
     cmp_eq(&mut m, &ports);
-    expr(&mut m, "immediate", |m| {
-        m.u32be(1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
-        m.begin(2); // NFTA_IMMEDIATE_DATA
-        m.begin(2); // NFTA_DATA_VERDICT
-        m.u32be(1, NF_DROP); // NFTA_VERDICT_CODE
-        m.end();
-        m.end();
-    });
+    verdict(&mut m, NF_DROP);
     m.end();
     m.finish()
 }
@@ -403,7 +432,21 @@ mod tests {
             off += len;
         }
         assert_eq!(off, b.len());
-        assert_eq!(types, vec![0x10, 0x0a00, 0x0a03, 0x0a06, 0x11]);
+        assert_eq!(types, vec![0x10, 0x0a00, 0x0a03, 0x0a06, 0x0a06, 0x11]);
+        // The first rule accepts CRIU's mark (in host order); the drop rule is appended after.
+        assert!(b.windows(4).any(|w| w == 0xC114u32.to_ne_bytes()));
+        let flags: Vec<u16> = {
+            let mut off = 0;
+            let mut f = Vec::new();
+            while off < b.len() {
+                let len = u32::from_ne_bytes(b[off..off + 4].try_into().unwrap()) as usize;
+                f.push(u16::from_ne_bytes(b[off + 6..off + 8].try_into().unwrap()));
+                off += len;
+            }
+            f
+        };
+        assert_eq!(flags[3] & NLM_F_APPEND, 0);
+        assert_ne!(flags[4] & NLM_F_APPEND, 0);
         // The rule carries the ports, peer's first, in network order.
         let needle = [0x15, 0xb3, 0x00, 0x50];
         assert!(b.windows(4).any(|w| w == needle));

@@ -19,7 +19,7 @@ const FEATURES: &[(&str, Option<(u32, u32)>)] = &[
     ("loginuid", None),
     ("cgroupns", Some((4, 6))),
     ("autofs", None),
-    ("tcp_half_closed", None),
+    ("tcp_half_closed", Some((4, 11))),
     ("compat_cr", None),
     ("uffd", None),
     ("uffd-noncoop", None),

@@ -310,7 +310,9 @@ while True:
 }
 
 /// A TCP connection both sides shut down for writing is closed, and unhashed (sock_diag no
-/// longer lists it): it still reads end of file and refuses writes after the restore.
+/// longer lists it): it still reads end of file and refuses writes after the restore. With
+/// --tcp-established it is rebuilt through its FINs, as CRIU does, and keeps its peer's
+/// address (SO_PEERNAME); without, it comes back a closed socket without one.
 #[test]
 fn tcp_socket_closed_both_ways_still_reads_end_of_file() {
     let _g = serial_root!();
@@ -331,16 +333,117 @@ def state(k):
     except OSError as e:
         w = type(e).__name__
     return r + "/" + w
-print("before", state(c), state(s), flush=True)
+def peer(k):
+    try:
+        return k.getsockopt(socket.SOL_SOCKET, 28, 16)[:8].hex()  # SO_PEERNAME
+    except OSError as e:
+        return type(e).__name__
+print("before", state(c), state(s), peer(c), peer(s), flush=True)
 while not os.path.exists("go"):
     time.sleep(0.02)
-print("after", state(c), state(s), flush=True)
+print("after", state(c), state(s), peer(c), peer(s), flush=True)
 time.sleep(1e6)
 "#;
-    let w = Workload::python("tcp-closed-both", script);
-    let first = w.wait_lines(1, T);
-    assert_eq!(first[0], "before b''/BrokenPipeError b''/BrokenPipeError");
-    let pids = dump_kill_restore(&w);
-    let lines = w.go_and_collect(&pids, 2);
-    assert_eq!(lines[1], "after b''/BrokenPipeError b''/BrokenPipeError");
+    for flags in [&[][..], &["--tcp-established"]] {
+        let w = Workload::python("tcp-closed-both", script);
+        let first = w.wait_lines(1, T);
+        let before: Vec<&str> = first[0].split(' ').collect();
+        assert_eq!(
+            before[..3],
+            ["before", "b''/BrokenPipeError", "b''/BrokenPipeError"]
+        );
+        let pids = dump_kill_restore_with(&w, flags, flags);
+        let lines = w.go_and_collect(&pids, 2);
+        let after: Vec<&str> = lines[1].split(' ').collect();
+        assert_eq!(
+            after[..3],
+            ["after", "b''/BrokenPipeError", "b''/BrokenPipeError"],
+            "{flags:?}"
+        );
+        if flags.is_empty() {
+            assert_eq!(after[3..], ["OSError", "OSError"]);
+        } else {
+            assert_eq!(after[3..], before[3..], "the peers' addresses are kept");
+        }
+    }
+}
+
+/// Half-closed connections, the most common kind a server holds: a client that shut its side
+/// after its request (the server's socket in CLOSE_WAIT, request and end of file unread) and
+/// a server that shut its side after answering (FIN_WAIT2, the client may still send), with
+/// the test as the remote peer, and the same pair with both ends inside the tree. After the
+/// restore the states are the same, the server reads the request then end of file and
+/// answers, and the client's late bytes arrive.
+#[test]
+fn half_closed_tcp_connections_keep_their_state_and_data() {
+    use std::io::Write;
+    let _g = serial_root!();
+    let port = free_port();
+    let script = format!(
+        r#"
+import os, socket, struct, time
+def st(k): return struct.unpack("B", k.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1))[0]
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", {port})); l.listen(4)
+print("listening", flush=True)
+a = l.accept()[0]; b = l.accept()[0]
+b.sendall(b"bye"); b.shutdown(socket.SHUT_WR)
+lc = socket.create_connection(("127.0.0.1", {port})); ls = l.accept()[0]
+lc.sendall(b"inner"); lc.shutdown(socket.SHUT_WR)
+while (st(a), st(b), st(ls), st(lc)) != (8, 5, 8, 5):
+    time.sleep(0.01)
+print("before", st(a), st(b), st(ls), st(lc), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", st(a), st(b), st(ls), st(lc), flush=True)
+def drain(k):
+    got = b""
+    while True:
+        d = k.recv(100)
+        if not d: return got
+        got += d
+print("a", drain(a), flush=True)
+a.sendall(b"response"); a.close()
+print("b", b.recv(100), flush=True)
+print("inner", drain(ls), flush=True)
+ls.sendall(b"late"); print("lc", lc.recv(100), flush=True)
+time.sleep(1e6)
+"#
+    );
+    let w = Workload::python("tcp-half-closed", &script);
+    w.wait_lines(1, T);
+    let mut ca = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect a");
+    let mut cb = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect b");
+    for c in [&ca, &cb] {
+        c.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
+        cap_retransmission_timeout(c);
+    }
+    ca.write_all(b"request").unwrap();
+    ca.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut bye = Vec::new();
+    cb.read_to_end(&mut bye).unwrap();
+    assert_eq!(bye, b"bye");
+    let before = w.wait_lines(2, T);
+    assert_eq!(before.get(1).map(String::as_str), Some("before 8 5 8 5"));
+    let pids = dump_kill_restore_with(&w, &["--tcp-established"], &["--tcp-established"]);
+    // The restored server may still send to B's client, and B's client to it.
+    cb.write_all(b"more").unwrap();
+    std::fs::write(w.dir.join("go"), b"").expect("write go");
+    let lines = w.wait_lines(7, T);
+    let mut response = Vec::new();
+    let got = ca.read_to_end(&mut response);
+    kill_tree(&pids);
+    assert_eq!(
+        lines[2..],
+        [
+            "after 8 5 8 5",
+            "a b'request'",
+            "b b'more'",
+            "inner b'inner'",
+            "lc b'late'"
+        ],
+        "{lines:?}"
+    );
+    got.expect("the client of a reads the response and end of file");
+    assert_eq!(response, b"response");
 }

@@ -172,7 +172,10 @@ fn files_to_make(img: &DumpImage) -> (Vec<u32>, HashSet<u32>) {
         img.files
             .get(id)
             .and_then(|f| f.isk.as_ref())
-            .is_some_and(|i| i.proto == libc::IPPROTO_TCP as u32 && i.state == 1)
+            .is_some_and(|i| {
+                i.proto == libc::IPPROTO_TCP as u32
+                    && crate::net::inet::halfclose::is_connection(i.state)
+            })
     };
     let (conns, rest): (Vec<u32>, Vec<u32>) = ids.into_iter().partition(repaired);
     let mut ids = rest;

@@ -203,6 +203,72 @@ pub fn unix_addr(name: &[u8]) -> UnixAddr {
         .expect("a sockaddr_un of AF_UNIX within its size")
 }
 
+/// The peer's address through SO_PEERNAME, which, unlike getpeername(2), still answers for a
+/// TCP socket closed after it was connected. `family`: the socket's (the kernel refuses a
+/// buffer longer than the address).
+pub fn peer_name(fd: BorrowedFd<'_>, family: i32) -> io::Result<nix::sys::socket::SockaddrStorage> {
+    // SAFETY: sockaddr_storage is plain data, for which all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = match family {
+        libc::AF_INET => size_of::<libc::sockaddr_in>(),
+        _ => size_of::<libc::sockaddr_in6>(),
+    } as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ss` and the length into `len`.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERNAME,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    })?;
+    // SAFETY: the kernel initialized the first `len` bytes of `ss`, a sockaddr.
+    unsafe {
+        nix::sys::socket::SockaddrStorage::from_raw(
+            (&ss as *const libc::sockaddr_storage).cast(),
+            Some(len),
+        )
+    }
+    .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+/// Sends `packet`, a whole IP packet (header included), to `to` through a raw socket marked
+/// `mark` (SO_MARK, for a firewall rule to tell it apart). IPPROTO_RAW implies the header is
+/// the caller's, in both families (IPv6 since Linux 4.5).
+pub fn send_raw_ip(packet: &[u8], to: std::net::IpAddr, mark: u32) -> io::Result<()> {
+    use nix::sys::socket::{sendto, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+    use nix::sys::socket::{SockProtocol, SockType, SockaddrIn, SockaddrIn6};
+    let family = match to {
+        std::net::IpAddr::V4(_) => AddressFamily::Inet,
+        std::net::IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let raw = socket(
+        family,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Raw,
+    )?;
+    setsockopt(&raw, sockopt::Mark, &mark)?;
+    let sent = match to {
+        std::net::IpAddr::V4(a) => {
+            let dst = SockaddrIn::from(std::net::SocketAddrV4::new(a, 0));
+            sendto(raw.as_raw_fd(), packet, &dst, MsgFlags::empty())
+        }
+        std::net::IpAddr::V6(a) => {
+            let dst = SockaddrIn6::from(std::net::SocketAddrV6::new(a, 0, 0, 0));
+            sendto(raw.as_raw_fd(), packet, &dst, MsgFlags::empty())
+        }
+    }?;
+    if sent != packet.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("raw send: {sent} of {} bytes", packet.len()),
+        ));
+    }
+    Ok(())
+}
+
 nix::ioctl_read_bad!(siocinq, libc::FIONREAD, libc::c_int);
 nix::ioctl_read_bad!(siocoutq, libc::TIOCOUTQ, libc::c_int);
 nix::ioctl_read_bad!(siocoutqnsd, 0x894B, libc::c_int);

@@ -148,7 +148,8 @@ impl FileKind for InetSocket {
         let id = entry.id;
         let inet_err = |source| RestoreError::Socket { id, source };
         let stream = cx.img.tcp_streams.get(&e.ino);
-        let established = e.proto == libc::IPPROTO_TCP as u32 && e.state == 1;
+        let established =
+            e.proto == libc::IPPROTO_TCP as u32 && super::halfclose::is_connection(e.state);
         let fd = if established && cx.opts.tcp_close {
             // --tcp-close: the connection is gone; the task gets a closed socket.
             let closed = pb::InetSkEntry {
@@ -232,7 +233,7 @@ pub(crate) fn check_tcp_flags(
     }
     let unrestorable = img.files.values().filter_map(|f| f.isk.as_ref()).any(|e| {
         e.proto == libc::IPPROTO_TCP as u32
-            && e.state == 1
+            && super::halfclose::is_connection(e.state)
             && (!opts.tcp_established || !img.tcp_streams.contains_key(&e.ino))
     });
     if unrestorable {

@@ -8,9 +8,10 @@
 
 pub mod diag;
 pub mod file;
+pub mod halfclose;
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -42,7 +43,14 @@ pub enum InetError {
     },
     #[error("established TCP connection {local} -> {remote}: dump with --tcp-established")]
     EstablishedNeedsFlag { local: String, remote: String },
-    #[error("TCP socket {local} -> {remote} in state {state} (only listening, unconnected and established ones are supported)")]
+    #[error("TCP connection {local} -> {remote}: rebuilt in state {got}, not {want} (the peer's segment put back did not reach it)")]
+    HalfClose {
+        local: String,
+        remote: String,
+        want: u8,
+        got: u8,
+    },
+    #[error("TCP socket {local} -> {remote} in state {state} (only listening, unconnected, established and half-closed ones are supported)")]
     TcpState {
         local: String,
         remote: String,
@@ -84,16 +92,25 @@ fn addr_of(ss: &SockaddrStorage) -> (Vec<u32>, u32) {
     }
 }
 
-fn sockaddr(family: u32, addr: &[u32], port: u32) -> SockaddrStorage {
-    let sa = if family as i32 == libc::AF_INET {
-        let ip = Ipv4Addr::from(addr.first().copied().unwrap_or(0).to_ne_bytes());
-        SocketAddr::V4(SocketAddrV4::new(ip, port as u16))
+/// The address of an image's words (as [`addr_of`] stores it).
+fn ip_of(family: u32, addr: &[u32]) -> IpAddr {
+    if family as i32 == libc::AF_INET {
+        IpAddr::V4(Ipv4Addr::from(
+            addr.first().copied().unwrap_or(0).to_ne_bytes(),
+        ))
     } else {
         let mut b = [0u8; 16];
         for (i, w) in addr.iter().take(4).enumerate() {
             b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
         }
-        SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(b), port as u16, 0, 0))
+        IpAddr::V6(Ipv6Addr::from(b))
+    }
+}
+
+fn sockaddr(family: u32, addr: &[u32], port: u32) -> SockaddrStorage {
+    let sa = match ip_of(family, addr) {
+        IpAddr::V4(ip) => SocketAddr::V4(SocketAddrV4::new(ip, port as u16)),
+        IpAddr::V6(ip) => SocketAddr::V6(SocketAddrV6::new(ip, port as u16, 0, 0)),
     };
     SockaddrStorage::from(sa)
 }
@@ -109,9 +126,7 @@ fn show(family: u32, addr: &[u32], port: u32) -> String {
     }
 }
 
-const TCP_ESTABLISHED: u8 = 1;
-const TCP_CLOSE: u8 = 7;
-const TCP_LISTEN: u8 = 10;
+use halfclose::{is_connection, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 const TCP_RECV_QUEUE: i32 = 1;
 const TCP_SEND_QUEUE: i32 = 2;
 const TCPI_OPT_TIMESTAMPS: u32 = 1;
@@ -184,7 +199,7 @@ pub fn dump(
     let proto = getsockopt(&fd, SoProtocol).map_err(sys("SO_PROTOCOL"))? as u32;
     let (src, sport) =
         addr_of(&getsockname::<SockaddrStorage>(fd.as_raw_fd()).map_err(sys("getsockname"))?);
-    let (dst, dport) = match getpeername::<SockaddrStorage>(fd.as_raw_fd()) {
+    let (mut dst, mut dport) = match getpeername::<SockaddrStorage>(fd.as_raw_fd()) {
         Ok(ss) => addr_of(&ss),
         Err(_) => (vec![0; src.len()], 0),
     };
@@ -228,14 +243,29 @@ pub fn dump(
         }
     }
     let remote = show(family, &dst, dport);
-    if tcp && !matches!(state, TCP_LISTEN | TCP_CLOSE | TCP_ESTABLISHED) {
+    let connection = tcp && is_connection(state.into());
+    // A connection closed both ways keeps its peer's address (SO_PEERNAME): with
+    // --tcp-established it is read and rebuilt as CRIU does, to come back with it; else it is
+    // a closed socket without a peer, as before (an image naming a peer with no stream is one
+    // CRIU could not restore).
+    let closed_connection = tcp
+        && state == TCP_CLOSE
+        && established == Established::Repair
+        && match crate::sys::socket::peer_name(fd, family as i32) {
+            Ok(ss) => {
+                (dst, dport) = addr_of(&ss);
+                dport != 0
+            }
+            Err(_) => false,
+        };
+    if tcp && !connection && !matches!(state, TCP_LISTEN | TCP_CLOSE) {
         return Err(InetError::TcpState {
             local,
             remote,
             state,
         });
     }
-    if tcp && state == TCP_ESTABLISHED && established == Established::Refuse {
+    if connection && established == Established::Refuse {
         return Err(InetError::EstablishedNeedsFlag { local, remote });
     }
     let opts = sk_opts(fd, tcp);
@@ -277,10 +307,13 @@ pub fn dump(
         shutdown: shutdown_state(shutdowns, (family, proto, tcp, state), ino as u32, fd),
         tcp_opts,
     };
-    let stream = if tcp && state == TCP_ESTABLISHED && established == Established::Repair {
+    let stream = if connection && established == Established::Repair {
         lock(sport as u16, dport as u16)
             .map_err(sys(format!("locking the network for {local} -> {remote}")))?;
-        Some(dump_stream(sock)?)
+        Some(dump_stream(sock, state)?)
+    } else if closed_connection {
+        // Nothing can reach a closed socket: no lock.
+        Some(dump_stream(sock, state)?)
     } else {
         None
     };
@@ -405,6 +438,7 @@ fn queue_seq(fd: BorrowedFd<'_>, queue: i32) -> nix::Result<u32> {
 /// Locks the connection (repair mode, zero window) and reads its queues and sequence state.
 fn dump_stream(
     sock: OwnedFd,
+    state: u8,
 ) -> Result<(pb::TcpStreamEntry, Vec<u8>, Vec<u8>, TcpLock), InetError> {
     let fd = sock.as_fd();
     setsockopt(&fd, TcpRepair, &1).map_err(sys("TCP_REPAIR on"))?;
@@ -451,7 +485,12 @@ fn dump_stream(
         let inq_data = peek_queue(fd, inq).map_err(sys("reading the receive queue"))?;
         let write_seq = queue_seq(fd, TCP_SEND_QUEUE).map_err(sys("TCP_QUEUE_SEQ (send)"))?;
         let outq = queued(fd, Queue::Out).map_err(sys("SIOCOUTQ"))?;
-        let unsent = queued(fd, Queue::OutNotSent).map_err(sys("SIOCOUTQNSD"))?;
+        let mut unsent = queued(fd, Queue::OutNotSent).map_err(sys("SIOCOUTQNSD"))?;
+        // Our FIN, not sent yet, is no data (CRIU does not count it either). The queue sizes
+        // need no such care: they are what the peeks below return, data only.
+        if halfclose::fins(state).ours {
+            unsent = unsent.saturating_sub(1);
+        }
         let outq_data = peek_queue(fd, outq).map_err(sys("reading the send queue"))?;
         let info: libc::tcp_info =
             get_struct(fd, libc::IPPROTO_TCP, libc::TCP_INFO).map_err(sys("TCP_INFO"))?;
@@ -669,10 +708,14 @@ fn restore_stream(
     let t = libc::IPPROTO_TCP;
     let ctx = |what: &str| format!("{what} for {local} -> {remote}");
     setsockopt(&fd, TcpRepair, &1).map_err(sys(ctx("TCP_REPAIR on")))?;
+    // Built established at the sequence numbers without FINs; a half-closed connection gets
+    // its FINs back at the end (halfclose.rs).
+    let state = u8::try_from(e.state).unwrap_or(0);
+    let plan = halfclose::plan(state, s.inq_seq, s.outq_seq, s.outq_len);
     // Queue sequences are set to where the queued bytes start, then the bytes are re-queued.
     for (queue, seq, len) in [
-        (TCP_RECV_QUEUE, s.inq_seq, s.inq_len),
-        (TCP_SEND_QUEUE, s.outq_seq, s.outq_len),
+        (TCP_RECV_QUEUE, plan.rcv_nxt, s.inq_len),
+        (TCP_SEND_QUEUE, plan.write_seq, s.outq_len),
     ] {
         setsockopt(&fd, TcpRepairQueue, &queue).map_err(sys(ctx("TCP_REPAIR_QUEUE")))?;
         let start = seq.wrapping_sub(len) as i32;
@@ -744,9 +787,14 @@ fn restore_stream(
     if let (Some(snd_wl1), Some(snd_wnd), Some(max_window), Some(rcv_wnd), Some(rcv_wup)) =
         (s.snd_wl1, s.snd_wnd, s.max_window, s.rcv_wnd, s.rcv_wup)
     {
+        // The peer's FIN is not in yet: rcv_wup may not lie past rcv_nxt.
+        let (rcv_wup, rcv_wnd) = (
+            rcv_wup.wrapping_sub(plan.wup_back),
+            rcv_wnd.wrapping_add(plan.wup_back),
+        );
         // As at the dump's lock: a snd_wl1 past rcv_nxt + rcv_wnd (a segment the full queue
-        // dropped updated it) is refused; rcv_nxt is inq_seq once the queue is filled.
-        let snd_wl1 = wl1_at_most(snd_wl1, s.inq_seq.wrapping_add(rcv_wnd));
+        // dropped updated it) is refused; rcv_nxt is where the filled queue ends.
+        let snd_wl1 = wl1_at_most(snd_wl1, plan.rcv_nxt.wrapping_add(rcv_wnd));
         let w = RepairWindow {
             snd_wl1,
             snd_wnd,
@@ -756,6 +804,7 @@ fn restore_stream(
         };
         set_struct(fd, t, libc::TCP_REPAIR_WINDOW, &w).map_err(sys(ctx("TCP_REPAIR_WINDOW")))?;
     }
+    put_fins_back(fd, e, s, &plan, (local, remote))?;
     apply_opts(fd, e)?;
     // Leave repair mode with a window probe: it tells the peer our window is open again, so a
     // peer that saw it at zero (the dump's lock) leaves persist mode at once. Segments the lock
@@ -769,6 +818,74 @@ fn restore_stream(
     let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
     setsockopt(&fd, IpFreebind, &freebind).map_err(sys(ctx("IP_FREEBIND")))?;
     Ok(sock)
+}
+
+/// The FINs of a half-closed connection, put back as the kernel saw them ([`halfclose::plan`]),
+/// then the state checked: a segment the stack did not take (the local address is not ours
+/// here, a firewall dropped it) would leave the connection open where it was closed.
+fn put_fins_back(
+    fd: BorrowedFd<'_>,
+    e: &pb::InetSkEntry,
+    s: &pb::TcpStreamEntry,
+    plan: &halfclose::Plan,
+    (local, remote): (&str, &str),
+) -> Result<(), InetError> {
+    use halfclose::Step;
+    const TCP_NO_QUEUE: i32 = 0;
+    if plan.steps.is_empty() {
+        return Ok(());
+    }
+    let ctx = |what: &str| format!("{what} for {local} -> {remote}");
+    for step in &plan.steps {
+        match *step {
+            Step::ShutWrite { acked } => {
+                // Through the send queue the FIN counts as sent, so the ACK of it is taken.
+                let queue = if acked { TCP_SEND_QUEUE } else { TCP_NO_QUEUE };
+                setsockopt(&fd, TcpRepairQueue, &queue).map_err(sys(ctx("TCP_REPAIR_QUEUE")))?;
+                nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+                    .map_err(sys(ctx("shutdown (our FIN)")))?;
+                setsockopt(&fd, TcpRepairQueue, &TCP_NO_QUEUE)
+                    .map_err(sys(ctx("TCP_REPAIR_QUEUE")))?;
+            }
+            Step::Inject { fin, seq, ack } => {
+                let segment = halfclose::Segment {
+                    from: ip_of(e.family, &e.dst_addr),
+                    from_port: e.dst_port as u16,
+                    to: ip_of(e.family, &e.src_addr),
+                    to_port: e.src_port as u16,
+                    seq,
+                    ack,
+                    fin,
+                    // The peer's window as it advertised it (scaled by its factor).
+                    window: (s.snd_wnd.unwrap_or(0) >> s.snd_wscale.min(14)).min(0xffff) as u16,
+                };
+                let bad = || io::Error::from_raw_os_error(libc::EAFNOSUPPORT);
+                let packet = halfclose::packet(&segment).ok_or_else(|| sys(ctx("a FIN"))(bad()))?;
+                let to = halfclose::unmapped(segment.to);
+                crate::sys::socket::send_raw_ip(&packet, to, halfclose::INJECTED_MARK)
+                    .map_err(sys(ctx("putting the peer's FIN back (raw socket)")))?;
+            }
+        }
+    }
+    // A segment to a local address goes through loopback's backlog, at once as a rule.
+    let want = u8::try_from(e.state).unwrap_or(0);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let info: libc::tcp_info =
+            get_struct(fd, libc::IPPROTO_TCP, libc::TCP_INFO).map_err(sys(ctx("TCP_INFO")))?;
+        if info.tcpi_state == want {
+            return Ok(());
+        }
+        if std::time::Instant::now() > end {
+            return Err(InetError::HalfClose {
+                local: local.to_string(),
+                remote: remote.to_string(),
+                want,
+                got: info.tcpi_state,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 #[cfg(test)]

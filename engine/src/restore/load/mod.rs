@@ -461,16 +461,21 @@ fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// The state and queues of every established TCP connection.
+/// The state and queues of every TCP connection, established or half closed.
 fn load_tcp(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
     let mut tcp_streams = HashMap::new();
     for f in img.files.values() {
         let Some(isk) = &f.isk else { continue };
-        if isk.proto != libc::IPPROTO_TCP as u32 || isk.state != 1 {
+        let closed_connection =
+            isk.state == crate::net::inet::halfclose::TCP_CLOSE as u32 && isk.dst_port != 0;
+        if isk.proto != libc::IPPROTO_TCP as u32
+            || !(crate::net::inet::halfclose::is_connection(isk.state) || closed_connection)
+        {
             continue;
         }
         let file = names::tcp_stream(isk.ino);
-        // None: dumped with --tcp-close, to come back closed (the restore checks the flag).
+        // None: dumped with --tcp-close, to come back closed (the restore checks the flag),
+        // or a closed socket CRIU dumped without its queues.
         let Some(bytes) = read_optional(dir, &file)? else {
             continue;
         };

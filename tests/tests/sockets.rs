@@ -256,6 +256,59 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after lite True 136");
 }
 
+/// IP-level options come back, as CRIU keeps them: a UDP server that asked for packet info
+/// (as DNS servers do, to answer from the address asked) still gets it with each datagram,
+/// in IPv4 and IPv6; TOS and TTL; a raw ICMP socket's type filter and header inclusion. And a
+/// TCP connection the kernel autotunes stays autotuned (no buffer locked, SO_BUF_LOCK 0),
+/// while one whose sizes the program set keeps them locked.
+#[test]
+fn ip_options_and_buffer_autotuning_survive() {
+    let _g = serial_root!();
+    let script = r#"
+import os, socket, struct, time
+u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u4.bind(("127.0.0.1", 0))
+u4.setsockopt(socket.IPPROTO_IP, 8, 1)  # IP_PKTINFO
+u4.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x08)
+u4.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 33)
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u6.bind(("::1", 0))
+u6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+icmp.setsockopt(255, 1, struct.pack("I", 0xfffffff7))  # ICMP_FILTER: echo replies only
+icmp.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(2)
+auto = socket.create_connection(l.getsockname())
+fixed = socket.create_connection(l.getsockname())
+fixed.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+def opts():
+    return (u4.getsockopt(socket.IPPROTO_IP, 8),
+        u4.getsockopt(socket.IPPROTO_IP, socket.IP_TOS),
+        u4.getsockopt(socket.IPPROTO_IP, socket.IP_TTL),
+        u6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO),
+        hex(struct.unpack("I", icmp.getsockopt(255, 1, 4))[0]),
+        icmp.getsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL),
+        auto.getsockopt(socket.SOL_SOCKET, 72), fixed.getsockopt(socket.SOL_SOCKET, 72))
+def pktinfo(srv, fam):
+    c = socket.socket(fam, socket.SOCK_DGRAM); c.sendto(b"q", srv.getsockname())
+    srv.settimeout(2)
+    _, anc, _, _ = srv.recvmsg(10, 256)
+    return len(anc)
+print("before", *opts(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", *opts(), flush=True)
+print("pktinfo", pktinfo(u4, socket.AF_INET), pktinfo(u6, socket.AF_INET6), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("ip-opts", script);
+    let before = w.wait_lines(1, T)[0].replacen("before", "after", 1);
+    assert_eq!(before, "after 1 8 33 1 0xfffffff7 1 0 1");
+    let flags = ["--tcp-established"];
+    let pids = dump_kill_restore_with(&w, &flags, &flags);
+    let lines = w.go_and_collect(&pids, 3);
+    assert_eq!(lines[1], before);
+    assert_eq!(lines[2], "pktinfo 1 1");
+}
+
 /// A unix socket whose name now holds another file (unlinked, then a file made there): the
 /// restore binds the socket to its name with the file moved aside, then puts the file back.
 #[test]

@@ -58,6 +58,28 @@ sockopt_impl!(
     /// TCP_QUEUE_SEQ: the sequence number of the chosen queue (repair mode).
     TcpQueueSeq, Both, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, libc::c_int);
 
+sockopt_impl!(
+    /// IP_PKTINFO: IPv4 datagrams come with where they were addressed (IP_PKTINFO cmsgs).
+    IpPktInfo, Both, libc::IPPROTO_IP, libc::IP_PKTINFO, libc::c_int);
+sockopt_impl!(
+    /// IPV6_RECVPKTINFO: IPv6 datagrams come with where they were addressed.
+    Ipv6RecvPktInfo, Both, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, libc::c_int);
+sockopt_impl!(
+    /// IPV6_FREEBIND (Linux 4.15): a bind to an address not (yet) local.
+    Ipv6Freebind, Both, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, libc::c_int);
+sockopt_impl!(
+    /// IP_TOS
+    IpTos, Both, libc::IPPROTO_IP, libc::IP_TOS, libc::c_int);
+sockopt_impl!(
+    /// IP_TTL (reads the route's default when none was set).
+    IpTtl, Both, libc::IPPROTO_IP, libc::IP_TTL, libc::c_int);
+/// SO_BUF_LOCK (Linux 5.14; libc has no name for it): which buffer sizes are locked against
+/// the kernel's autotuning (1 send, 2 receive).
+pub const SO_BUF_LOCK: libc::c_int = 72;
+sockopt_impl!(
+    /// SO_BUF_LOCK
+    BufLock, Both, libc::SOL_SOCKET, SO_BUF_LOCK, libc::c_int);
+
 /// Marks a type as plain data: all-zero is a valid value and any bytes the kernel writes are.
 ///
 /// # Safety
@@ -71,6 +93,8 @@ unsafe impl Plain for libc::c_int {}
 unsafe impl Plain for RepairWindow {}
 // SAFETY: repr(C) of u32s.
 unsafe impl Plain for RepairOpt {}
+// SAFETY: an integer (the words of an ICMP type filter).
+unsafe impl Plain for u32 {}
 
 /// `struct tcp_repair_window` (TCP_REPAIR_WINDOW).
 #[repr(C)]

@@ -9,6 +9,7 @@
 pub mod diag;
 pub mod file;
 pub mod halfclose;
+mod ipopts;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -16,9 +17,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::sockopt::{
-    Broadcast, DontRoute, IpFreebind, Ipv6V6Only, KeepAlive, Linger, Mark, OobInline, PassCred,
-    Priority, RcvBuf, RcvBufForce, ReceiveTimeout, ReuseAddr, ReusePort, SendTimeout, SndBuf,
-    SndBufForce, TcpKeepCount, TcpKeepIdle, TcpKeepInterval, TcpMaxSeg, TcpNoDelay, TcpRepair,
+    Broadcast, DontRoute, Ipv6V6Only, KeepAlive, Linger, Mark, OobInline, PassCred, Priority,
+    RcvBuf, RcvBufForce, ReceiveTimeout, ReuseAddr, ReusePort, SendTimeout, SndBuf, SndBufForce,
+    TcpKeepCount, TcpKeepIdle, TcpKeepInterval, TcpMaxSeg, TcpNoDelay, TcpRepair,
 };
 use nix::sys::socket::{
     bind, connect, getpeername, getsockname, getsockopt, recv, send, setsockopt, AddressFamily,
@@ -278,13 +279,7 @@ pub fn dump(
     });
     let v6only =
         (family as i32 == libc::AF_INET6).then(|| getsockopt(&fd, Ipv6V6Only).unwrap_or(false));
-    // IP_FREEBIND (one flag for both families): a bind to an address not (yet) local.
-    let ip_opts = getsockopt(&fd, IpFreebind)
-        .unwrap_or(false)
-        .then_some(pb::IpOptsEntry {
-            freebind: Some(true),
-            ..Default::default()
-        });
+    let ip_opts = ipopts::read(fd, family, ty, proto);
     let entry = pb::InetSkEntry {
         id,
         ino: ino as u32,
@@ -398,7 +393,10 @@ fn sk_opts(fd: BorrowedFd<'_>, tcp: bool) -> pb::SkOptsEntry {
         tcp_keepintvl: tcp.then(|| getsockopt(&fd, TcpKeepInterval).unwrap_or(0)),
         so_oobinline: Some(getsockopt(&fd, OobInline).unwrap_or(false) as u32),
         so_linger: (linger.l_onoff != 0).then_some(linger.l_linger as u32),
-        so_buf_lock: None,
+        // A kernel before 5.14 has no such option: nothing to keep.
+        so_buf_lock: getsockopt(&fd, crate::sys::socket::BufLock)
+            .ok()
+            .map(|v| v as u32),
     }
 }
 
@@ -577,6 +575,18 @@ fn apply_opts(fd: BorrowedFd<'_>, e: &pb::InetSkEntry) -> Result<(), InetError> 
         };
         best_effort("SO_LINGER", setsockopt(&fd, Linger, &linger));
     }
+    // After the sizes, which lock what they set: the dumped locks (none for a socket the
+    // kernel autotunes) are put back, or the restored socket would never grow its buffers.
+    if let Some(lock) = o.so_buf_lock {
+        // A kernel before 5.14 cannot: the sizes stay locked, as they always were there.
+        best_effort(
+            "SO_BUF_LOCK",
+            setsockopt(&fd, crate::sys::socket::BufLock, &(lock as i32)),
+        );
+    }
+    if let Some(ip) = &e.ip_opts {
+        ipopts::apply(fd, e.family, e.proto, ip)?;
+    }
     if e.proto == libc::IPPROTO_TCP as u32 {
         if let Some(v) = o.tcp_keepcnt.filter(|v| *v != 0) {
             best_effort("TCP_KEEPCNT", setsockopt(&fd, TcpKeepCount, &v));
@@ -623,7 +633,9 @@ pub fn restore(
     // O_NONBLOCK is applied at the end.
     let sock = new_socket(e)?;
     let fd = sock.as_fd();
-    if e.family as i32 == libc::AF_INET6 {
+    // A raw socket is bound to its protocol from the start, and the kernel then refuses
+    // IPV6_V6ONLY: it keeps the default.
+    if e.family as i32 == libc::AF_INET6 && e.r#type as i32 != libc::SOCK_RAW {
         if let Some(v6) = e.v6only {
             setsockopt(&fd, Ipv6V6Only, &v6).map_err(sys("IPV6_V6ONLY"))?;
         }
@@ -647,7 +659,7 @@ pub fn restore(
     let closed_tcp = e.proto == libc::IPPROTO_TCP as u32 && e.state != TCP_LISTEN as u32;
     // Bound with IP_FREEBIND whatever the dump says, as CRIU does: the address may have
     // been bound under it and the flag cleared since. The dumped value is put back below.
-    setsockopt(&fd, IpFreebind, &true).map_err(sys("IP_FREEBIND"))?;
+    ipopts::set_freebind(fd, e.family, true).map_err(sys("IP_FREEBIND"))?;
     if e.src_port != 0 || e.src_addr.iter().any(|w| *w != 0) {
         if closed_tcp {
             setsockopt(&fd, TcpRepair, &1).map_err(sys("TCP_REPAIR on for bind"))?;
@@ -669,7 +681,7 @@ pub fn restore(
     let reuseport = e.opts.so_reuseport.unwrap_or(false);
     setsockopt(&fd, ReusePort, &reuseport).map_err(sys("SO_REUSEPORT"))?;
     let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
-    setsockopt(&fd, IpFreebind, &freebind).map_err(sys("IP_FREEBIND"))?;
+    ipopts::set_freebind(fd, e.family, freebind).map_err(sys("IP_FREEBIND"))?;
     // Shut as it was (a datagram socket, or a closed TCP one): the kernel marks an
     // unconnected socket too, answering ENOTCONN.
     let how = match e.shutdown.unwrap_or(0) {
@@ -722,7 +734,7 @@ fn restore_stream(
         setsockopt(&fd, TcpQueueSeq, &start).map_err(sys(ctx("TCP_QUEUE_SEQ")))?;
     }
     // Repair mode forces address reuse for the bind, not a non-local address.
-    setsockopt(&fd, IpFreebind, &true).map_err(sys(ctx("IP_FREEBIND")))?;
+    ipopts::set_freebind(fd, e.family, true).map_err(sys(ctx("IP_FREEBIND")))?;
     let src = sockaddr(e.family, &e.src_addr, e.src_port);
     bind(fd.as_raw_fd(), &src).map_err(sys(ctx("bind")))?;
     // Connect in repair mode sends no SYN: the socket is just marked established.
@@ -816,7 +828,7 @@ fn restore_stream(
     let reuse = e.opts.reuseaddr.unwrap_or(false);
     setsockopt(&fd, ReuseAddr, &reuse).map_err(sys("SO_REUSEADDR"))?;
     let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
-    setsockopt(&fd, IpFreebind, &freebind).map_err(sys(ctx("IP_FREEBIND")))?;
+    ipopts::set_freebind(fd, e.family, freebind).map_err(sys(ctx("IP_FREEBIND")))?;
     Ok(sock)
 }
 

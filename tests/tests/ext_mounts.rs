@@ -159,3 +159,134 @@ impl Drop for Restored {
 fn scopeguard(pid: u32) -> Restored {
     Restored(pid)
 }
+
+/// Mount info of task `pid` as it can be compared across a restore: mountpoint, root, type,
+/// source and the kinds of its propagation fields (shared, master), sorted.
+fn mounts_of(pid: u32) -> Vec<String> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    let mut out: Vec<String> = info
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-").unwrap_or(f.len() - 1);
+            let kinds: Vec<&str> = f[6..sep]
+                .iter()
+                .map(|o| o.split(':').next().unwrap_or(""))
+                .collect();
+            format!(
+                "{} {} {} {} {}",
+                f[4],
+                f[3],
+                f.get(sep + 1).unwrap_or(&""),
+                f.get(sep + 2).unwrap_or(&""),
+                kinds.join(",")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A host process in a mount namespace of its own, a copy of the host's made slave (as
+/// systemd makes a service's with PrivateTmp), with a tmpfs of its own holding a file and a
+/// shared bind of it: dumped with the host's mounts taken as external, killed, restored with
+/// `--root /`. Same pid, same mounts with the same propagation, the file, a mount inside
+/// still propagating to the bind, and a host mount still reaching it.
+#[test]
+fn host_process_in_a_mount_namespace_of_its_own_comes_back() {
+    let _g = serial_root!();
+    let dir = temp_dir("own-mntns");
+    let probe = Path::new("/run/stasis-probe");
+    let _cleanup = Unmount(vec![probe.to_path_buf()]);
+    sh("mkdir -p /run/stasis-probe && mount -t tmpfs probe-host /run/stasis-probe && mount --make-shared /run/stasis-probe");
+    let script = "mount -t tmpfs own /mnt && echo kept > /mnt/f && mount --make-shared /mnt \
+                  && mkdir /mnt/sub && mount --bind /mnt /mnt/sub && exec sleep 1000";
+    let mut child = Command::new("setsid")
+        .args([
+            "unshare",
+            "-m",
+            "--propagation",
+            "slave",
+            "sh",
+            "-c",
+            script,
+        ])
+        .spawn()
+        .expect("unshare");
+    let pid = child.id();
+    // A failed assertion must not leave it running.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            kill_tree(&[self.0]);
+        }
+    }
+    let _kill = Kill(pid);
+    let end = Instant::now() + T;
+    let cmdline = || std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    while !cmdline().starts_with("sleep") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = mounts_of(pid);
+    assert!(
+        before
+            .iter()
+            .any(|m| m.starts_with("/mnt/sub / tmpfs own shared")),
+        "{before:?}"
+    );
+    let img = dir.join("images");
+    std::fs::create_dir(&img).unwrap();
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let img_s = img.to_str().unwrap();
+    let ext = [
+        "--ext-mount-map",
+        "auto",
+        "--enable-external-masters",
+        "--enable-external-sharing",
+    ];
+    let pid_s = pid.to_string();
+    let plain = stasis(&["dump", "-t", &pid_s, "-D", img_s, "-R"]);
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && err.contains("--ext-mount-map auto"),
+        "{err}"
+    );
+    let mut args = vec!["dump", "-t", &pid_s, "-D", img_s];
+    args.extend(ext);
+    check_ok("dump", &stasis(&args));
+    let _ = child.wait();
+    let mut args = vec!["restore", "-D", img_s, "-d", "--root", "/"];
+    args.extend(ext);
+    check_ok("restore", &stasis(&args));
+    let after = mounts_of(pid);
+    let file = read_in(pid, "/mnt/f");
+    sh(&format!(
+        "nsenter -t {pid} -m sh -c 'mkdir -p /mnt/x && mount -t tmpfs inner /mnt/x'"
+    ));
+    sh("mkdir -p /run/stasis-probe/host && mount -t tmpfs host-late /run/stasis-probe/host");
+    let later = mounts_of(pid);
+    drop(_kill);
+    let leftovers: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".stasis-root"))
+        .collect();
+    assert_eq!(after, before);
+    assert_eq!(file.trim(), "kept");
+    assert!(
+        later
+            .iter()
+            .any(|m| m.starts_with("/mnt/sub/x / tmpfs inner")),
+        "{later:?}"
+    );
+    assert!(
+        later
+            .iter()
+            .any(|m| m.starts_with("/run/stasis-probe/host / tmpfs host-late")),
+        "{later:?}"
+    );
+    assert!(
+        leftovers.is_empty(),
+        "the restore's yard is removed: {leftovers:?}"
+    );
+}

@@ -58,7 +58,7 @@ pub enum MntError {
         mountpoint: String,
         parent: u32,
     },
-    #[error("mount {id} ({mountpoint}) of type {fstype} is not supported yet")]
+    #[error("mount {id} ({mountpoint}) of type {fstype} is not supported yet (one the dumper's namespace shows too is taken as external with --ext-mount-map auto; a slave of it also needs --enable-external-masters)")]
     Unsupported {
         id: u32,
         mountpoint: String,

@@ -40,7 +40,7 @@ pub enum MntNsError {
     },
     #[error("mount {id} ({mountpoint}) is a cgroup hierarchy from outside the tree: declare it external (--external mnt[{mountpoint}]:KEY, runc's ext_mnt)")]
     UndeclaredCgroup { id: u32, mountpoint: String },
-    #[error("the tree had a mount namespace of its own: the restore needs its root (--root, the RPC's root)")]
+    #[error("the tree had a mount namespace of its own: the restore needs its root (--root, the RPC's root; --root / for a host process whose namespace is a copy of the host's)")]
     NoRoot,
     #[error("mount {id} ({mountpoint}) was external with key '{key}': map it to a path here (--external mnt[{key}]:PATH, runc's ext_mnt)")]
     Unmapped {
@@ -267,6 +267,8 @@ pub struct Early {
     mount_fds: std::collections::HashMap<u32, OwnedFd>,
     /// Detached binds for the late external mounts: closed with us, after the fork.
     _trees: Vec<OwnedFd>,
+    /// The host directory a yard was mounted on (a tree rooted at /): removed with us.
+    yard: Option<PathBuf>,
 }
 
 impl Early {
@@ -277,6 +279,12 @@ impl Early {
             Some(b) => b.go_back(),
             None => Ok(()),
         }
+    }
+
+    /// Where the tree's root is while this thread is in the new namespace (a yard when the
+    /// tree's root is /): files of the tree are opened there.
+    pub fn root_path(&self) -> String {
+        self.root.to_string_lossy().into_owned()
     }
 
     pub fn stub_mounts(&self) -> StubMounts {
@@ -372,6 +380,13 @@ impl Drop for Early {
         if let Err(e) = self.leave() {
             log::error!("{e}");
         }
+        // Back in our namespace, the yard's directory is an empty one of the host's /tmp (the
+        // tasks' pivot detached what was mounted on it in theirs).
+        if let Some(yard) = self.yard.take() {
+            if let Err(e) = std::fs::remove_dir(&yard) {
+                log::warn!("removing the restore's yard {}: {e}", yard.display());
+            }
+        }
     }
 }
 
@@ -434,6 +449,7 @@ pub fn build(
         propagation: Vec::new(),
         mount_fds: Default::default(),
         _trees: Vec::new(),
+        yard: None,
     };
     // Nothing made here reaches the namespace we came from; what ours receive from the
     // host's peer groups still reaches them, as runc's rslave root does: a bind of a host
@@ -447,6 +463,11 @@ pub fn build(
     })?;
     let by_id: std::collections::HashMap<u32, &MountInfo> =
         table.iter().map(|m| (m.id, m)).collect();
+    let ext_sources = open_external_sources(&plan, &phases, ext, auto_ext)?;
+    // A tree whose root is our own / (a host process in a mount namespace of its own: a
+    // service's private /tmp) is built in a yard, as CRIU builds it: / itself cannot be
+    // pivoted into (a mount on / is not where a walk to / ends), a directory of a tmpfs can.
+    let (root_s, root_source) = yard_if_slash(&mut early, root_s)?;
     let mut root_ro = false;
     for (p, phase) in plan.iter().zip(phases) {
         let m = &p.mount;
@@ -482,7 +503,7 @@ pub fn build(
         match &p.make {
             Make::Root => {
                 // A mount of its own, whatever the caller made: the pivot needs one.
-                sys_mount(Some(&root_s), &root_s, None, libc::MS_BIND, None)
+                sys_mount(Some(&root_source), &root_s, None, libc::MS_BIND, None)
                     .map_err(fail("binding the root onto itself"))?;
                 root_ro = flags & libc::MS_RDONLY != 0;
             }
@@ -512,7 +533,10 @@ pub fn build(
                 bind(&source, &target, flags).map_err(fail("binding it"))?;
             }
             Make::External => {
-                let source = host_source(&m.ext_key)?;
+                let source = match ext_sources.get(&m.id) {
+                    Some(fd) => format!("/proc/thread-self/fd/{}", fd.as_raw_fd()),
+                    None => host_source(&m.ext_key)?,
+                };
                 bind(&source, &target, flags).map_err(fail("binding it from outside"))?;
             }
         }
@@ -546,6 +570,68 @@ pub fn build(
         })?;
     }
     Ok(early)
+}
+
+/// What external mounts bind, opened before anything is mounted: with the tree's root at /
+/// (a host process in a mount namespace of its own), the mounts made cover the host paths
+/// later ones bind (a bind of /sys hides /sys/fs/cgroup/cpu).
+fn open_external_sources(
+    plan: &[mnt::Planned],
+    phases: &[Phase],
+    ext: &[(String, String)],
+    auto_ext: bool,
+) -> Result<std::collections::HashMap<u32, OwnedFd>, MntNsError> {
+    let mut fds = std::collections::HashMap::new();
+    for (p, phase) in plan.iter().zip(phases.iter()) {
+        if p.make != Make::External || *phase == Phase::Late {
+            continue;
+        }
+        let m = &p.mount;
+        let source = external_source(m, &m.ext_key, ext, auto_ext)?;
+        let fd = nix::fcntl::open(
+            source.as_str(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| MntNsError::Mount {
+            id: m.id,
+            target: source.clone(),
+            what: "opening what it binds from outside".into(),
+            source: e.into(),
+        })?;
+        fds.insert(m.id, fd);
+    }
+    Ok(fds)
+}
+
+/// Where the tree is built, and what its root mount binds: `root` itself, or for `/` a yard.
+fn yard_if_slash(early: &mut Early, root: String) -> Result<(String, String), MntNsError> {
+    if root == "/" {
+        Ok((make_yard(early)?, root))
+    } else {
+        Ok((root.clone(), root))
+    }
+}
+
+/// A tmpfs on a new directory of /tmp, in this namespace only, with the directory the tree's
+/// root goes on; `early` removes the directory when done. Returns that root's path.
+fn make_yard(early: &mut Early) -> Result<String, MntNsError> {
+    let made = nix::unistd::mkdtemp("/tmp/.stasis-root.XXXXXX")
+        .map_err(std::io::Error::from)
+        .and_then(|yard| {
+            early.yard = Some(yard.clone());
+            let yard = yard.to_str().unwrap_or_default().to_string();
+            sys_mount(Some("none"), &yard, Some("tmpfs"), 0, Some("mode=700"))?;
+            let root = format!("{yard}/root");
+            std::fs::create_dir(&root)?;
+            Ok(root)
+        });
+    let root = made.map_err(|source| MntNsError::Ns {
+        what: "making a yard for a tree rooted at / (a tmpfs in /tmp)".into(),
+        source,
+    })?;
+    early.root = cstr(&root)?;
+    Ok(root)
 }
 
 /// What the external mount `m` (key `key`) binds here: the caller's mapping of its key, or,

@@ -445,7 +445,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 holder.as_ref().and_then(|h| h.get("mnt")),
                 img.userns.as_ref(),
             )?;
-            img.fs_root = opts.root.as_ref().map(|r| r.display().to_string());
+            img.fs_root = Some(early.root_path());
             Some(early)
         }
         None => None,

@@ -447,3 +447,53 @@ time.sleep(1e6)
     got.expect("the client of a reads the response and end of file");
     assert_eq!(response, b"response");
 }
+
+/// A connection whose SYN was not answered at the dump (the server's accept queue full): it
+/// is still connecting after the restore, from its own port, and completes (the queued
+/// connection that filled the queue is not kept, as with CRIU); its bytes arrive.
+#[test]
+fn connecting_tcp_socket_completes_after_restore() {
+    let _g = serial_root!();
+    let script = r#"
+import os, select, socket, struct, time
+def st(k): return struct.unpack("B", k.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1))[0]
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(0)
+first = socket.create_connection(l.getsockname())
+c = socket.socket(); c.setblocking(False)
+try:
+    c.connect(l.getsockname())
+except BlockingIOError:
+    pass
+time.sleep(0.2)
+port = c.getsockname()[1]
+print("before", st(first), st(c), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+print("after", st(first), st(c), c.getsockname()[1] == port, flush=True)
+# The queued connection of `first` is not kept (as with CRIU): c's SYN, sent again, is the
+# one the listener takes.
+s, peer = l.accept()
+_, w, _ = select.select([], [c], [], 30)
+print("connected", bool(w), c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), flush=True)
+c.setblocking(True); c.sendall(b"late hello")
+print("got", s.recv(20), peer[1] == port, flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("tcp-syn-sent", script);
+    let first = w.wait_lines(1, T);
+    assert_eq!(first[0], "before 1 2");
+    let flags = ["--tcp-established"];
+    let pids = dump_kill_restore_with(&w, &flags, &flags);
+    std::fs::write(w.dir.join("go"), b"").expect("write go");
+    let lines = w.wait_lines(4, Duration::from_secs(40));
+    kill_tree(&pids);
+    assert_eq!(
+        lines[1..],
+        [
+            "after 1 2 True",
+            "connected True 0",
+            "got b'late hello' True"
+        ],
+        "{lines:?}"
+    );
+}

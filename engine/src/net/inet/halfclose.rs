@@ -22,6 +22,7 @@
 use std::net::IpAddr;
 
 pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
 pub const TCP_FIN_WAIT1: u8 = 4;
 pub const TCP_FIN_WAIT2: u8 = 5;
 pub const TCP_CLOSE: u8 = 7;
@@ -34,11 +35,12 @@ pub const TCP_CLOSING: u8 = 11;
 pub use stasis_netns::nftlock::INJECTED_MARK;
 
 /// A state whose connection the dump reads through repair mode and the restore rebuilds:
-/// established, or half closed.
+/// established, half closed, or connecting (SYN sent, not answered yet).
 pub fn is_connection(state: u32) -> bool {
     matches!(
         u8::try_from(state),
         Ok(TCP_ESTABLISHED
+            | TCP_SYN_SENT
             | TCP_FIN_WAIT1
             | TCP_FIN_WAIT2
             | TCP_CLOSE_WAIT
@@ -96,7 +98,8 @@ pub enum Step {
 pub struct Plan {
     /// rcv_nxt without the peer's FIN: where the receive queue ends.
     pub rcv_nxt: u32,
-    /// write_seq without our FIN: where the send queue ends.
+    /// write_seq without our FIN (or SYN): where the send queue ends. For a connection in
+    /// SYN_SENT, the initial sequence number its SYN is sent again with.
     pub write_seq: u32,
     /// How much the saved rcv_wup counts the peer's FIN (taken off it, added to rcv_wnd, so
     /// the window's right edge stays): the kernel refuses a rcv_wup past rcv_nxt.
@@ -109,7 +112,8 @@ pub struct Plan {
 pub fn plan(state: u8, inq_seq: u32, outq_seq: u32, outq_len: u32) -> Plan {
     let f = fins(state);
     let rcv_nxt = inq_seq.wrapping_sub(f.peers as u32);
-    let write_seq = outq_seq.wrapping_sub(f.ours as u32);
+    let syn = state == TCP_SYN_SENT;
+    let write_seq = outq_seq.wrapping_sub(f.ours as u32 + syn as u32);
     let snd_una = write_seq.wrapping_sub(outq_len);
     let mut steps = Vec::new();
     if f.ours && !f.ours_last {
@@ -243,10 +247,10 @@ mod tests {
 
     #[test]
     fn connection_states_are_established_and_the_half_closed_ones() {
-        for s in [1, 4, 5, 8, 9, 11] {
+        for s in [1, 2, 4, 5, 8, 9, 11] {
             assert!(is_connection(s), "{s}");
         }
-        for s in [0, 2, 3, 6, 7, 10, 12, 300] {
+        for s in [0, 3, 6, 7, 10, 12, 300] {
             assert!(!is_connection(s), "{s}");
         }
     }
@@ -287,6 +291,13 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn syn_sent_starts_again_from_its_initial_sequence_number() {
+        let p = plan(TCP_SYN_SENT, 0, 5001, 0);
+        assert_eq!((p.write_seq, p.wup_back), (5000, 0));
+        assert!(p.steps.is_empty());
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub enum InetError {
         want: u8,
         got: u8,
     },
-    #[error("TCP socket {local} -> {remote} in state {state} (only listening, unconnected, established and half-closed ones are supported)")]
+    #[error("TCP socket {local} -> {remote} in state {state} (only listening, unconnected, connecting, established and half-closed ones are supported)")]
     TcpState {
         local: String,
         remote: String,
@@ -243,8 +243,13 @@ pub fn dump(
             log::warn!("UDP socket {local} has datagrams queued: they are not kept");
         }
     }
-    let remote = show(family, &dst, dport);
     let connection = tcp && is_connection(state.into());
+    // getpeername(2) refuses a socket still connecting; SO_PEERNAME does not.
+    if connection && dport == 0 {
+        if let Ok(ss) = crate::sys::socket::peer_name(fd, family as i32) {
+            (dst, dport) = addr_of(&ss);
+        }
+    }
     // A connection closed both ways keeps its peer's address (SO_PEERNAME): with
     // --tcp-established it is read and rebuilt as CRIU does, to come back with it; else it is
     // a closed socket without a peer, as before (an image naming a peer with no stream is one
@@ -259,6 +264,7 @@ pub fn dump(
             }
             Err(_) => false,
         };
+    let remote = show(family, &dst, dport);
     if tcp && !connection && !matches!(state, TCP_LISTEN | TCP_CLOSE) {
         return Err(InetError::TcpState {
             local,
@@ -737,6 +743,9 @@ fn restore_stream(
     ipopts::set_freebind(fd, e.family, true).map_err(sys(ctx("IP_FREEBIND")))?;
     let src = sockaddr(e.family, &e.src_addr, e.src_port);
     bind(fd.as_raw_fd(), &src).map_err(sys(ctx("bind")))?;
+    if state == halfclose::TCP_SYN_SENT {
+        return connect_again(sock, e, (local, remote));
+    }
     // Connect in repair mode sends no SYN: the socket is just marked established.
     let dst = sockaddr(e.family, &e.dst_addr, e.dst_port);
     connect(fd.as_raw_fd(), &dst).map_err(sys(ctx("connect (repair)")))?;
@@ -825,6 +834,34 @@ fn restore_stream(
     const TCP_REPAIR_OFF: u32 = 0;
     setsockopt(&fd, TcpRepair, &TCP_REPAIR_OFF).map_err(sys(ctx("TCP_REPAIR off")))?;
     // Leaving repair mode clears address reuse (the kernel resets sk_reuse): set it again.
+    let reuse = e.opts.reuseaddr.unwrap_or(false);
+    setsockopt(&fd, ReuseAddr, &reuse).map_err(sys("SO_REUSEADDR"))?;
+    let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
+    ipopts::set_freebind(fd, e.family, freebind).map_err(sys(ctx("IP_FREEBIND")))?;
+    Ok(sock)
+}
+
+/// A connection whose SYN was not answered at the dump (SYN_SENT): connected again out of
+/// repair mode, without waiting, as CRIU does. The SYN goes out from the initial sequence
+/// number set in repair mode; a task blocked in connect() waits on in it once restarted.
+fn connect_again(
+    sock: OwnedFd,
+    e: &pb::InetSkEntry,
+    (local, remote): (&str, &str),
+) -> Result<OwnedFd, InetError> {
+    let fd = sock.as_fd();
+    let ctx = |what: &str| format!("{what} for {local} -> {remote}");
+    setsockopt(&fd, TcpRepair, &0).map_err(sys(ctx("TCP_REPAIR off")))?;
+    apply_opts(fd, e)?;
+    fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(sys(ctx("O_NONBLOCK")))?;
+    let dst = sockaddr(e.family, &e.dst_addr, e.dst_port);
+    match connect(fd.as_raw_fd(), &dst) {
+        Ok(()) | Err(nix::Error::EINPROGRESS) => {}
+        Err(err) => return Err(sys(ctx("connect (SYN sent again)"))(err)),
+    }
+    // Blocking again unless the task had it so (set by the caller).
+    fcntl(fd, FcntlArg::F_SETFL(OFlag::empty())).map_err(sys(ctx("O_NONBLOCK off")))?;
+    // Leaving repair mode cleared address reuse (the kernel resets sk_reuse).
     let reuse = e.opts.reuseaddr.unwrap_or(false);
     setsockopt(&fd, ReuseAddr, &reuse).map_err(sys("SO_REUSEADDR"))?;
     let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);

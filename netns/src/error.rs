@@ -26,7 +26,7 @@ pub enum NetnsError {
         source: RtnlError,
     },
     /// A link of a kind stasis cannot recreate.
-    #[error("link {link} (ifindex {ifindex}) is of kind {kind}, which is not supported (only loopback and veth are)")]
+    #[error("link {link} (ifindex {ifindex}) is of kind {kind}, which is not supported (only loopback, veth and bridge are)")]
     UnsupportedLink {
         link: String,
         ifindex: u32,

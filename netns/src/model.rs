@@ -35,6 +35,9 @@ pub enum LinkKind {
         peer_ifindex: u32,
         peer_netnsid: Option<i32>,
     },
+    /// A bridge; its ports name it as their `master`. Its own settings (STP, forwarding
+    /// delay, VLAN filtering) are not kept, as CRIU keeps none.
+    Bridge,
 }
 
 impl LinkKind {
@@ -42,6 +45,7 @@ impl LinkKind {
         match self {
             LinkKind::Loopback => "loopback",
             LinkKind::Veth { .. } => "veth",
+            LinkKind::Bridge => "bridge",
         }
     }
 }
@@ -299,6 +303,7 @@ impl From<&Link> for NetDevice {
                 Some(peer_ifindex),
                 peer_netnsid.map(|n| n as u32),
             ),
+            LinkKind::Bridge => (nd_type::BRIDGE, None, None),
         };
         NetDevice {
             kind,
@@ -323,6 +328,7 @@ impl TryFrom<&NetDevice> for Link {
                 peer_ifindex: d.peer_ifindex.unwrap_or(0),
                 peer_netnsid: d.peer_nsid.map(|n| n as i32),
             },
+            nd_type::BRIDGE => LinkKind::Bridge,
             other => {
                 return Err(NetnsError::UnsupportedLink {
                     link: d.name.clone(),
@@ -651,9 +657,18 @@ mod tests {
         assert_eq!(Link::try_from(&d).unwrap(), l);
         let bridge = NetDevice {
             kind: nd_type::BRIDGE,
+            peer_ifindex: None,
+            peer_nsid: None,
+            ..d.clone()
+        };
+        let b = Link::try_from(&bridge).unwrap();
+        assert_eq!(b.kind, LinkKind::Bridge);
+        assert_eq!(NetDevice::from(&b), bridge);
+        let macvlan = NetDevice {
+            kind: nd_type::MACVLAN,
             ..d
         };
-        let e = Link::try_from(&bridge).unwrap_err().to_string();
-        assert!(e.contains("eth0") && e.contains("bridge"), "{e}");
+        let e = Link::try_from(&macvlan).unwrap_err().to_string();
+        assert!(e.contains("eth0") && e.contains("macvlan"), "{e}");
     }
 }

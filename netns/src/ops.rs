@@ -166,6 +166,16 @@ pub fn restore(
             })
     };
 
+    // Ports into their bridges, every link being there, before any is up.
+    for l in &state.links {
+        let Some(master) = l.master.filter(|m| state.link(*m).is_some()) else {
+            continue;
+        };
+        target
+            .call(wire::set_master(map[&l.ifindex], map[&master]), 0)
+            .map_err(netlink("enslave", format!("{l} to its bridge")))?;
+    }
+
     for a in &state.addrs {
         if a.is_kernel_made(state.link(a.ifindex)) {
             continue;
@@ -276,6 +286,14 @@ fn create_links(
                         .call(wire::set_link(idx, Some(peer.mtu), 0, 0), 0)
                         .map_err(netlink("set the MTU of", peer))?;
                 }
+            }
+            LinkKind::Bridge => {
+                target
+                    .call(
+                        wire::new_bridge(l, want(l.ifindex)),
+                        NLM_F_CREATE | NLM_F_EXCL,
+                    )
+                    .map_err(netlink("create", format!("bridge {l}")))?;
             }
             LinkKind::Veth { .. } => {
                 let pair = veth_pairs.iter().find(|p| p.inside == l.name);

@@ -83,7 +83,8 @@ fn route_addr(ip: IpAddr) -> RouteAddress {
 
 // ---- links ----
 
-/// A link of a `RTM_NEWLINK` dump answer. Kinds other than loopback and veth are refused.
+/// A link of a `RTM_NEWLINK` dump answer. Kinds other than loopback, veth and bridge are
+/// refused.
 pub(crate) fn link_from_raw(bytes: &[u8]) -> Result<Option<Link>, NetnsError> {
     match deserialize(bytes, "link dump")? {
         Some(RouteNetlinkMessage::NewLink(m)) => parse_link(&m).map(Some),
@@ -127,6 +128,7 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Result<Link, NetnsError> {
             peer_ifindex: peer.unwrap_or(0),
             peer_netnsid: netnsid,
         },
+        Some("bridge") => LinkKind::Bridge,
         other => {
             return Err(NetnsError::UnsupportedLink {
                 link: name,
@@ -217,6 +219,23 @@ pub(crate) fn new_veth(r: &VethRequest<'_>) -> RouteNetlinkMessage {
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
+    RouteNetlinkMessage::NewLink(m)
+}
+
+/// `RTM_NEWLINK` for a bridge named as `link`, with its MAC and MTU, at `ifindex` (0: the
+/// kernel chooses), where the socket is.
+pub(crate) fn new_bridge(link: &Link, ifindex: u32) -> RouteNetlinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.attributes.push(LinkAttribute::IfName(link.name.clone()));
+    m.attributes.push(LinkAttribute::Mtu(link.mtu));
+    if let Some(mac) = &link.mac {
+        m.attributes.push(LinkAttribute::Address(mac.clone()));
+    }
+    m.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Bridge,
+        )]));
     RouteNetlinkMessage::NewLink(m)
 }
 

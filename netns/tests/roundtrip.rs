@@ -68,7 +68,7 @@ fn snapshot(ns: &str) -> Vec<String> {
         let name = toks[1].trim_end_matches(':');
         let name = name.split('@').next().unwrap_or(name);
         let mut keep = vec![format!("link {name}"), toks[2].to_string()];
-        for key in ["mtu", "state", "link/ether", "link/loopback"] {
+        for key in ["mtu", "master", "state", "link/ether", "link/loopback"] {
             if let Some(i) = toks.iter().position(|t| *t == key) {
                 keep.push(format!("{key} {}", toks.get(i + 1).unwrap_or(&"")));
             }
@@ -161,6 +161,11 @@ fn make_fixture(src: &str, host_end: &str) {
         "link set inA up",
         "link set inB up",
         "route add 10.80.0.0/16 dev inA metric 7",
+        // A bridge with an address, and inB its port.
+        "link add br9 type bridge",
+        "link set inB master br9",
+        "addr add 10.82.0.1/24 dev br9",
+        "link set br9 up",
     ] {
         ipn(src, line);
     }
@@ -216,6 +221,9 @@ fn check_dump(state: &NetState) {
             peer_netnsid: None
         }
     );
+    let br9 = state.links.iter().find(|l| l.name == "br9").expect("br9");
+    assert_eq!(br9.kind, LinkKind::Bridge);
+    assert_eq!(in_b.master, Some(br9.ifindex));
     // The kernel's prefix routes are kept (as `ip route save` keeps them), marked as such.
     assert!(state.routes.iter().any(|r| r.is_kernel()));
 }
@@ -320,6 +328,17 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
     cleanup.dirs.push(dir.clone());
 
     make_fixture(&src, &old_host);
+    let link_locals = |ns: &str| {
+        ip(&["-n", ns, "-6", "-o", "addr", "show", "scope", "link"])
+            .lines()
+            .count()
+    };
+    wait_for("the original's link-local addresses", || {
+        link_locals(&src) == 4
+    });
+    wait_for("the original's br9 up", || {
+        ip(&["-n", &src, "-o", "link", "show", "br9"]).contains("state UP")
+    });
     let before = snapshot(&src);
 
     let state = {
@@ -362,11 +381,10 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
         ip(&["-n", &dst, "-o", "link", "show", "eth0"]).contains("LOWER_UP")
     });
     // The kernel's link-local addresses are back (left to it, not re-added).
-    wait_for("link-local addresses", || {
-        ip(&["-n", &dst, "-6", "-o", "addr", "show", "scope", "link"])
-            .lines()
-            .count()
-            == 3
+    wait_for("link-local addresses", || link_locals(&dst) == 4);
+    // A bridge's operational state follows its ports' a moment after it is up.
+    wait_for("br9 up", || {
+        ip(&["-n", &dst, "-o", "link", "show", "br9"]).contains("state UP")
     });
     let after = snapshot(&dst);
     assert_eq!(
@@ -417,11 +435,11 @@ fn unsupported_links_and_taken_names_are_errors_naming_them() {
     let host = |line: String| ip(&line.split_whitespace().collect::<Vec<_>>());
 
     ip(&["netns", "add", &a]);
-    ipn(&a, "link add br9 type bridge");
+    ipn(&a, "link add vx9 type vxlan id 9 dstport 4789");
     let ns = File::open(format!("/run/netns/{a}")).unwrap();
     let e = dump(ns.as_fd()).unwrap_err().to_string();
-    assert!(e.contains("br9") && e.contains("bridge"), "{e}");
-    ipn(&a, "link del br9");
+    assert!(e.contains("vx9") && e.contains("vxlan"), "{e}");
+    ipn(&a, "link del vx9");
 
     // A host-side name already in use: the kernel's EEXIST, with the link named.
     host(format!("link add {out} type veth peer name eth0 netns {a}"));

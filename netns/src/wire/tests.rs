@@ -69,10 +69,21 @@ fn links_parse_and_other_kinds_are_refused_by_name() {
         .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
             InfoKind::Bridge,
         )]));
-    let e = link_from_raw(&kernel_msg(RouteNetlinkMessage::NewLink(br.clone())))
+    let b = link_from_raw(&kernel_msg(RouteNetlinkMessage::NewLink(br.clone())))
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.kind, LinkKind::Bridge);
+    let mut mv = br.clone();
+    mv.attributes
+        .retain(|a| !matches!(a, LinkAttribute::LinkInfo(_)));
+    mv.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::MacVlan,
+        )]));
+    let e = link_from_raw(&kernel_msg(RouteNetlinkMessage::NewLink(mv)))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("eth0") && e.contains("bridge"), "{e}");
+    assert!(e.contains("eth0") && e.contains("macvlan"), "{e}");
     // A physical device: no link kind at all.
     br.attributes
         .retain(|a| !matches!(a, LinkAttribute::LinkInfo(_)));

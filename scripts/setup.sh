@@ -33,6 +33,9 @@ command -v runc >/dev/null || extra+=(runc)
 dpkg -s busybox-static >/dev/null 2>&1 || extra+=(busybox-static)
 # containerd (ctr, the runc v2 shim): the tests run a private instance of it.
 command -v containerd >/dev/null || extra+=(containerd)
+# nft writes and lists the firewall fixtures of the network-namespace tests (stasis itself
+# speaks nf_tables netlink).
+command -v nft >/dev/null || extra+=(nftables)
 for p in "${extra[@]}"; do
   apt-get update -qq
   apt-get install -y -qq "$p" >/dev/null ||

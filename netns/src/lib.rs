@@ -16,6 +16,7 @@ mod error;
 pub mod ipdump;
 pub mod iptlock;
 mod model;
+pub mod nftables;
 pub mod nftlock;
 mod nsenter;
 pub use nsenter::in_netns;

@@ -34,7 +34,7 @@ const FEATURES: &[(&str, Option<(u32, u32)>)] = &[
     ("external_net_ns", None),
     ("clone3_set_tid", Some((5, 5))),
     ("newifindex", None),
-    ("nftables", None),
+    ("nftables", Some((3, 13))),
     ("has_ipt_legacy", None),
     ("pidfd_store", None),
     ("ns_pid", Some((4, 1))),

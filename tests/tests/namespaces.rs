@@ -712,3 +712,75 @@ while True:
         );
     }
 }
+
+/// The firewall of a network namespace of the tree's own (nftables; iptables-nft's rules are
+/// nftables too) comes back: the same ruleset, counters included, and it still acts: a port
+/// it drops stays unreachable from inside while another answers.
+#[test]
+fn nftables_ruleset_of_the_trees_network_namespace_comes_back() {
+    let _g = serial_root!();
+    if missing_tools(test_name!(), &["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let script = r#"
+import ctypes, os, socket, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x40000000) == 0, ctypes.get_errno()
+assert os.system("ip link set lo up") == 0
+open_srv = socket.socket(); open_srv.bind(("127.0.0.1", 7091)); open_srv.listen(4)
+shut_srv = socket.socket(); shut_srv.bind(("127.0.0.1", 7092)); shut_srv.listen(4)
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+def reach(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return "open"
+    except OSError as e:
+        return type(e).__name__
+print("after", reach(7091), reach(7092), flush=True)
+time.sleep(1e6)
+"#;
+    let w = Workload::python("netns-nft", script);
+    w.wait_lines(1, T);
+    let pid = w.pid.to_string();
+    let nft = |args: &[&str], input: Option<&str>| -> String {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.args(["-t", &pid, "-n", "nft"]).args(args);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("nsenter nft");
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "nft {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    nft(
+        &["-f", "-"],
+        Some(
+            "table inet guard {\n\
+             set shut { type inet_service; elements = { 7092, 9999 } }\n\
+             chain input { type filter hook input priority 0; policy accept;\n\
+             tcp dport @shut counter packets 7 bytes 420 drop comment \"closed\"\n\
+             }\n\
+             }\n",
+        ),
+    );
+    let before = nft(&["list", "ruleset"], None);
+    let pids = dump_kill_restore(&w);
+    let pid = pids[0].to_string();
+    let after = {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-n", "nft", "list", "ruleset"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(after, before, "the same ruleset, counters included");
+    assert_eq!(lines[1], "after open TimeoutError");
+}

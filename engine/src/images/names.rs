@@ -162,6 +162,11 @@ pub fn netdev(id: u32) -> String {
 pub fn netns(id: u32) -> String {
     format!("netns-{id}.img")
 }
+/// The nftables ruleset of network namespace `id`, as nf_tables netlink objects (stasis's own
+/// file: CRIU saves `nft list ruleset` text in `nftables-<id>.img`, which it alone reads).
+pub fn nft_netlink(id: u32) -> String {
+    format!("nft-netlink-{id}.img")
+}
 pub fn ifaddr(id: u32) -> String {
     format!("ifaddr-{id}.img")
 }

@@ -47,6 +47,8 @@ pub enum NetNsError {
     },
     #[error("netdev entry {name:?} has an unknown type {kind}")]
     UnknownType { name: String, kind: i32 },
+    #[error("the nftables ruleset of the tree's network namespace")]
+    Nft(#[source] stasis_netns::nftables::NftError),
 }
 
 /// The tree's network namespace when it is not ours, open; every live task must be in it.
@@ -184,12 +186,54 @@ pub fn dump(ns: &OwnedFd, dir: &Path, empty: bool) -> Result<(), NetNsError> {
         ..Default::default()
     });
     write(dir, &names::netns(id), &w.into_bytes())?;
+    // Its firewall (nftables, and iptables-nft's rules, which are nftables): the network
+    // lock's own tables left out.
+    let rules = if empty {
+        Vec::new()
+    } else {
+        let lock = |t: &str| {
+            t.starts_with(crate::dump::NET_LOCK_TABLE_PREFIX)
+                || t.starts_with(crate::dump::OLD_NET_LOCK_TABLE_PREFIX)
+        };
+        stasis_netns::nftables::dump(ns.as_fd(), &lock).map_err(NetNsError::Nft)?
+    };
+    if !rules.is_empty() {
+        let image = stasis_netns::nftables::to_image(&rules);
+        write(dir, &names::nft_netlink(id), &image)?;
+    }
     log::info!(
-        "network namespace: {} links, {} addresses, {} routes",
+        "network namespace: {} links, {} addresses, {} routes, {} nftables objects",
         state.links.len(),
         state.addrs.len(),
-        state.routes.len()
+        state.routes.len(),
+        rules.len()
     );
+    Ok(())
+}
+
+/// Makes the namespace's saved nftables ruleset again in the namespace of the calling thread
+/// (the tree's new one), in one transaction. Images without one (CRIU's, ours of a namespace
+/// without tables) have nothing to make.
+pub fn restore_nftables(dir: &Path, id: u32) -> Result<(), NetNsError> {
+    let path = dir.join(names::nft_netlink(id));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(NetNsError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let rules = stasis_netns::nftables::from_image(&bytes).map_err(NetNsError::Nft)?;
+    let here = "/proc/thread-self/ns/net";
+    let ns = std::fs::File::open(here).map_err(|source| NetNsError::Read {
+        path: here.into(),
+        source,
+    })?;
+    stasis_netns::nftables::restore(ns.as_fd(), &rules).map_err(NetNsError::Nft)?;
+    log::info!("network namespace: {} nftables objects made", rules.len());
     Ok(())
 }
 

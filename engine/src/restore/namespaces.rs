@@ -112,6 +112,7 @@ pub(super) fn enter_tree_namespaces(
     if matches!(img.net, Some(crate::ns::net::Saved::Own(_))) && !joined.contains(&"net") {
         if !opts.empty_netns {
             crate::ns::net::restore_sysctls(&img.dir, img.net_ns_id)?;
+            crate::ns::net::restore_nftables(&img.dir, img.net_ns_id)?;
         }
         lock_new_netns(img)?;
     }

@@ -347,6 +347,11 @@ pub fn decode_mutant(img: &Image, bytes: &[u8], rng: &mut Rng) {
         ALL_TYPES[rng.below(ALL_TYPES.len())].1(&mut r, rng);
     }
     let body = bytes.get(img.header..).unwrap_or(&[]);
+    // The nftables ruleset decoder, behind its own magic.
+    let _ = stasis_netns::nftables::from_image(bytes);
+    let mut nft = b"STNFT01\n".to_vec();
+    nft.extend_from_slice(body);
+    let _ = stasis_netns::nftables::from_image(&nft);
     let other = LOADER_MAGICS[rng.below(LOADER_MAGICS.len())];
     let mut reheaded = Vec::with_capacity(8 + body.len());
     reheaded.extend_from_slice(&magic::IMG_COMMON.to_le_bytes());

@@ -66,18 +66,25 @@ fn has_pages(t: &load::TaskImage, v: &pb::VmaEntry) -> bool {
         .any(|e| e.vaddr < v.end && e.vaddr + load::nr_pages(e) * PAGE_SIZE > v.start)
 }
 
+/// The last field of `NSpid` of process `p` (its pid in its own pid namespace).
+fn inner_pid(p: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{p}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<u32>().ok())
+}
+
 /// The pid here of the task that is `ns_pid` in the pid namespace whose init is `root` (a pid
-/// here): found among `root`'s descendants by the last field of their `NSpid`.
+/// here): looked for among `root`'s descendants by the last field of their `NSpid`, then, if
+/// the walk missed it, among every process of `/proc` in `root`'s pid namespace. A walk can
+/// miss one: a session helper that exits while it is read has its children reparented to
+/// `root`, whose list was read already (seen once in CI).
 pub fn host_pid(root: u32, ns_pid: u32) -> Option<u32> {
     let mut queue = vec![root];
     while let Some(p) = queue.pop() {
-        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
-        let inner = status
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|n| n.parse::<u32>().ok());
-        if inner == Some(ns_pid) {
+        if inner_pid(p) == Some(ns_pid) {
             return Some(p);
         }
         let kids =
@@ -87,7 +94,18 @@ pub fn host_pid(root: u32, ns_pid: u32) -> Option<u32> {
                 .filter_map(|k| k.parse::<u32>().ok()),
         );
     }
-    None
+    use std::os::unix::fs::MetadataExt;
+    let ns_of = |p: u32| {
+        std::fs::metadata(format!("/proc/{p}/ns/pid"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let ns = ns_of(root)?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&p| inner_pid(p) == Some(ns_pid) && ns_of(p) == Some(ns))
 }
 
 /// Per task (in image order), its premapped areas, laid out from `base` with a page before

@@ -421,9 +421,12 @@ pub fn dump(ns: BorrowedFd<'_>, skip: &dyn Fn(&str) -> bool) -> Result<Vec<NftOb
     for _ in 0..3 {
         let before = match generation(&sock) {
             Ok(g) => g,
+            // No nf_tables in this kernel (nfnetlink answers that no subsystem takes it).
             Err(NftError::Netlink { source, .. })
-                if source.raw_os_error() == Some(libc::EPROTONOSUPPORT)
-                    || source.raw_os_error() == Some(libc::ENOENT) =>
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EPROTONOSUPPORT | libc::EOPNOTSUPP | libc::ENOENT)
+                ) =>
             {
                 return Ok(Vec::new())
             }

@@ -194,6 +194,31 @@ pub fn restore(
             .map_err(netlink("set the flags of", l))?;
     }
 
+    // A bridge without ports has no carrier, and the kernel then makes no IPv6 link-local
+    // address for it when it comes up (it does once a port brings the carrier): the dumped
+    // one is put back, as CRIU's `ip addr restore` puts back every address.
+    let portless = |l: &Link| {
+        l.kind == LinkKind::Bridge && !state.links.iter().any(|p| p.master == Some(l.ifindex))
+    };
+    for a in &state.addrs {
+        let link = state.link(a.ifindex);
+        let ll =
+            matches!(a.address, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        if !(ll && a.is_kernel_made(link) && link.is_some_and(portless)) {
+            continue;
+        }
+        let object = format!(
+            "link-local address {} of bridge {}",
+            a.address,
+            link.map_or("?", |l| l.name.as_str())
+        );
+        tolerate_exists(target.call(
+            wire::new_addr_dad(a, map[&a.ifindex], true),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ))
+        .map_err(netlink("add", object))?;
+    }
+
     // Device routes first, then those through a gateway.
     let mut routes: Vec<_> = state.routes.iter().filter(|r| !r.is_kernel()).collect();
     routes.sort_by_key(|r| r.gateway.is_some());

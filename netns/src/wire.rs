@@ -387,8 +387,14 @@ fn addr_message(a: &Addr, ifindex: u32, flags: u32) -> AddressMessage {
 /// restore they must be usable at once, not tentative for a second of duplicate detection
 /// (they were valid when dumped). Lifetimes are passed on when finite.
 pub(crate) fn new_addr(a: &Addr, ifindex: u32) -> RouteNetlinkMessage {
+    new_addr_dad(a, ifindex, false)
+}
+
+/// [`new_addr`], with duplicate address detection when `dad` (an address the kernel would
+/// have made tentative: a port-less bridge's link-local one, which stays so without carrier).
+pub(crate) fn new_addr_dad(a: &Addr, ifindex: u32, dad: bool) -> RouteNetlinkMessage {
     let mut flags = a.flags & IFA_USER_FLAGS;
-    if a.family() == Family::V6 {
+    if a.family() == Family::V6 && !dad {
         flags |= IFA_F_NODAD;
     }
     let mut m = addr_message(a, ifindex, flags);

@@ -290,3 +290,96 @@ fn host_process_in_a_mount_namespace_of_its_own_comes_back() {
         "the restore's yard is removed: {leftovers:?}"
     );
 }
+
+/// A file deleted while open on a tmpfs mount made read-only after it (a ghost on a read-only
+/// mount, zdtm's ghost_on_rofs), in a host process's mount namespace of its own: the restore
+/// makes the ghost before it makes the mount read-only again. The fd reads the file's bytes,
+/// the mount is still read-only.
+#[test]
+fn file_deleted_on_a_mount_made_read_only_after_it_comes_back() {
+    let _g = serial_root!();
+    let dir = temp_dir("ghost-rofs");
+    let go = dir.join("go");
+    let script = format!(
+        r#"
+import os, time
+assert os.system("mount -t tmpfs ro-later /mnt") == 0
+with open("/mnt/ghost", "w") as w:
+    w.write("kept")
+f = open("/mnt/ghost")  # read-only: one open for writing keeps the mount from going read-only
+os.unlink("/mnt/ghost")
+assert os.system("mount -o remount,bind,ro /mnt") == 0
+print("ready", flush=True)
+while not os.path.exists("{go}"):
+    time.sleep(0.02)
+f.seek(0)
+try:
+    open("/mnt/new", "w"); w = "written"
+except OSError as e:
+    w = type(e).__name__
+print("after", f.read(), w, flush=True)
+time.sleep(1e6)
+"#,
+        go = go.display()
+    );
+    let out = dir.join("out.txt");
+    let child = Command::new("setsid")
+        .args([
+            "unshare",
+            "-m",
+            "--propagation",
+            "slave",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(&script)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .expect("unshare");
+    let pid = child.id();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            kill_tree(&[self.0]);
+        }
+    }
+    let _kill = Kill(pid);
+    let lines = |n: usize| {
+        let end = Instant::now() + T;
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let l: Vec<String> = text.lines().map(str::to_string).collect();
+            if l.len() >= n || Instant::now() > end {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(lines(1).first().map(String::as_str), Some("ready"));
+    let img = dir.join("images");
+    std::fs::create_dir(&img).unwrap();
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let img_s = img.to_str().unwrap();
+    let ext = [
+        "--ext-mount-map",
+        "auto",
+        "--enable-external-masters",
+        "--enable-external-sharing",
+    ];
+    let pid_s = pid.to_string();
+    let mut args = vec!["dump", "-t", &pid_s, "-D", img_s];
+    args.extend(ext);
+    check_ok("dump", &stasis(&args));
+    let mut child = child;
+    let _ = child.wait();
+    let mut args = vec!["restore", "-D", img_s, "-d", "--root", "/"];
+    args.extend(ext);
+    check_ok("restore", &stasis(&args));
+    std::fs::write(&go, b"").unwrap();
+    let l = lines(2);
+    assert_eq!(
+        l.get(1).map(String::as_str),
+        Some("after kept OSError"),
+        "{l:?}"
+    );
+}

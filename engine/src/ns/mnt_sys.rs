@@ -15,6 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use super::mnt::{self, Make, MountInfo, Phase};
+use super::mnt_stage::{defer_read_only, open_external_sources, yard_if_slash, ReadOnly};
 use super::propagation;
 use crate::images::{magic, names, ImageKind, ImageWriter};
 
@@ -260,7 +261,7 @@ pub enum StubMount {
 pub struct Early {
     back: Option<Back>,
     ns: OwnedFd,
-    root: CString,
+    pub(super) root: CString,
     late: Vec<LateMount>,
     propagation: Vec<StubStep>,
     /// O_PATH fds on the mounts the propagation steps act on, by dumped id.
@@ -268,7 +269,9 @@ pub struct Early {
     /// Detached binds for the late external mounts: closed with us, after the fork.
     _trees: Vec<OwnedFd>,
     /// The host directory a yard was mounted on (a tree rooted at /): removed with us.
-    yard: Option<PathBuf>,
+    pub(super) yard: Option<PathBuf>,
+    /// Mounts made read-only only once the tree's files exist ([`Early::seal_read_only`]).
+    pub(super) read_only: Vec<ReadOnly>,
 }
 
 impl Early {
@@ -279,6 +282,31 @@ impl Early {
             Some(b) => b.go_back(),
             None => Ok(()),
         }
+    }
+
+    /// Makes read-only what was: the restore's files are made by now. A file deleted while open
+    /// on a mount made read-only after it (a ghost) is made again on it first.
+    pub fn seal_read_only(&mut self) -> Result<(), MntNsError> {
+        for r in self.read_only.drain(..) {
+            let path = format!("/proc/thread-self/fd/{}", r.fd.as_raw_fd());
+            let done = match &r.superblock {
+                Some(data) => sys_mount(
+                    None,
+                    &path,
+                    None,
+                    libc::MS_REMOUNT | r.flags | libc::MS_RDONLY,
+                    Some(data),
+                ),
+                None => remount(&path, r.flags | libc::MS_RDONLY),
+            };
+            done.map_err(|source| MntNsError::Mount {
+                id: r.id,
+                target: r.target.clone(),
+                what: "making it read-only".into(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Where the tree's root is while this thread is in the new namespace (a yard when the
@@ -390,7 +418,7 @@ impl Drop for Early {
     }
 }
 
-fn cstr(s: &str) -> Result<CString, MntNsError> {
+pub(super) fn cstr(s: &str) -> Result<CString, MntNsError> {
     CString::new(s).map_err(|_| MntNsError::Ns {
         what: format!("a NUL byte in {s:?}"),
         source: std::io::Error::from_raw_os_error(libc::EINVAL),
@@ -450,6 +478,7 @@ pub fn build(
         mount_fds: Default::default(),
         _trees: Vec::new(),
         yard: None,
+        read_only: Vec::new(),
     };
     // Nothing made here reaches the namespace we came from; what ours receive from the
     // host's peer groups still reaches them, as runc's rslave root does: a bind of a host
@@ -526,18 +555,19 @@ pub fn build(
                 )
                 .map_err(fail("mounting it"))?;
             }
-            Make::Tmpfs => make_tmpfs(m, &target, flags, images)?,
+            Make::Tmpfs => make_tmpfs(m, &target, flags, images, &mut early)?,
             Make::Bind { of, sub } => {
                 let of = by_id.get(of).map_or("/", |o| o.mountpoint.as_str());
                 let source = mnt::under(&mnt::under(&root_s, of), sub);
-                bind(&source, &target, flags).map_err(fail("binding it"))?;
+                bind(&source, &target, flags & !libc::MS_RDONLY).map_err(fail("binding it"))?;
             }
             Make::External => {
                 let source = match ext_sources.get(&m.id) {
                     Some(fd) => format!("/proc/thread-self/fd/{}", fd.as_raw_fd()),
                     None => host_source(&m.ext_key)?,
                 };
-                bind(&source, &target, flags).map_err(fail("binding it from outside"))?;
+                bind(&source, &target, flags & !libc::MS_RDONLY)
+                    .map_err(fail("binding it from outside"))?;
             }
         }
         let made_at = if p.make == Make::Root {
@@ -545,6 +575,9 @@ pub fn build(
         } else {
             &target
         };
+        if matches!(p.make, Make::Bind { .. } | Make::External) && flags & libc::MS_RDONLY != 0 {
+            defer_read_only(&mut early, m.id, made_at, flags, None)?;
+        }
         sys_mount(None, made_at, None, at_creation(&prop, m), None)
             .map_err(fail("setting its propagation"))?;
         if let Some(host) = host_groups.get(&m.id) {
@@ -562,81 +595,14 @@ pub fn build(
     }
     early.propagation = stub_steps(&prop.steps, table, &early.mount_fds)?;
     if root_ro {
-        remount(&root_s, libc::MS_RDONLY).map_err(|source| MntNsError::Mount {
-            id: plan[0].mount.id,
-            target: root_s.clone(),
-            what: "making it read-only".into(),
-            source,
-        })?;
+        defer_read_only(&mut early, plan[0].mount.id, &root_s, 0, None)?;
     }
     Ok(early)
 }
 
-/// What external mounts bind, opened before anything is mounted: with the tree's root at /
-/// (a host process in a mount namespace of its own), the mounts made cover the host paths
-/// later ones bind (a bind of /sys hides /sys/fs/cgroup/cpu).
-fn open_external_sources(
-    plan: &[mnt::Planned],
-    phases: &[Phase],
-    ext: &[(String, String)],
-    auto_ext: bool,
-) -> Result<std::collections::HashMap<u32, OwnedFd>, MntNsError> {
-    let mut fds = std::collections::HashMap::new();
-    for (p, phase) in plan.iter().zip(phases.iter()) {
-        if p.make != Make::External || *phase == Phase::Late {
-            continue;
-        }
-        let m = &p.mount;
-        let source = external_source(m, &m.ext_key, ext, auto_ext)?;
-        let fd = nix::fcntl::open(
-            source.as_str(),
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| MntNsError::Mount {
-            id: m.id,
-            target: source.clone(),
-            what: "opening what it binds from outside".into(),
-            source: e.into(),
-        })?;
-        fds.insert(m.id, fd);
-    }
-    Ok(fds)
-}
-
-/// Where the tree is built, and what its root mount binds: `root` itself, or for `/` a yard.
-fn yard_if_slash(early: &mut Early, root: String) -> Result<(String, String), MntNsError> {
-    if root == "/" {
-        Ok((make_yard(early)?, root))
-    } else {
-        Ok((root.clone(), root))
-    }
-}
-
-/// A tmpfs on a new directory of /tmp, in this namespace only, with the directory the tree's
-/// root goes on; `early` removes the directory when done. Returns that root's path.
-fn make_yard(early: &mut Early) -> Result<String, MntNsError> {
-    let made = nix::unistd::mkdtemp("/tmp/.stasis-root.XXXXXX")
-        .map_err(std::io::Error::from)
-        .and_then(|yard| {
-            early.yard = Some(yard.clone());
-            let yard = yard.to_str().unwrap_or_default().to_string();
-            sys_mount(Some("none"), &yard, Some("tmpfs"), 0, Some("mode=700"))?;
-            let root = format!("{yard}/root");
-            std::fs::create_dir(&root)?;
-            Ok(root)
-        });
-    let root = made.map_err(|source| MntNsError::Ns {
-        what: "making a yard for a tree rooted at / (a tmpfs in /tmp)".into(),
-        source,
-    })?;
-    early.root = cstr(&root)?;
-    Ok(root)
-}
-
 /// What the external mount `m` (key `key`) binds here: the caller's mapping of its key, or,
 /// for one found external by itself (with `auto` allowed), the host path saved in its source.
-fn external_source(
+pub(super) fn external_source(
     m: &MountInfo,
     key: &Option<String>,
     ext: &[(String, String)],
@@ -730,8 +696,15 @@ fn join_host_group(host: &OwnedFd, target: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A tmpfs at `target`, filled from its archive, then read-only if it was.
-fn make_tmpfs(m: &MountInfo, target: &str, flags: u64, images: &Path) -> Result<(), MntNsError> {
+/// A tmpfs at `target`, filled from its archive and left writable; made read-only, if it was,
+/// once the tree's files are made (`early`).
+fn make_tmpfs(
+    m: &MountInfo,
+    target: &str,
+    flags: u64,
+    images: &Path,
+    early: &mut Early,
+) -> Result<(), MntNsError> {
     let fail = |what: &str| {
         let (id, target, what) = (m.id, target.to_string(), what.to_string());
         move |source| MntNsError::Mount {
@@ -754,18 +727,11 @@ fn make_tmpfs(m: &MountInfo, target: &str, flags: u64, images: &Path) -> Result<
     if archive.exists() {
         super::tmpfs::load(&archive, Path::new(target))?;
     }
-    if m.super_opts.iter().any(|o| o == "ro") {
-        // The filesystem itself read-only, as well as the mount.
-        sys_mount(
-            None,
-            target,
-            None,
-            libc::MS_REMOUNT | flags | libc::MS_RDONLY,
-            Some(&mnt::fs_data(&m.super_opts)),
-        )
-        .map_err(fail("making it read-only"))?;
-    } else if flags & libc::MS_RDONLY != 0 {
-        remount(target, flags).map_err(fail("making it read-only"))?;
+    // Read-only (the filesystem itself, or the mount) once the tree's files are made.
+    let sb_ro = m.super_opts.iter().any(|o| o == "ro");
+    if sb_ro || flags & libc::MS_RDONLY != 0 {
+        let data = sb_ro.then(|| mnt::fs_data(&m.super_opts));
+        defer_read_only(early, m.id, target, flags, data)?;
     }
     Ok(())
 }
@@ -909,7 +875,7 @@ fn remount(target: &str, flags: u64) -> std::io::Result<()> {
     )
 }
 
-fn sys_mount(
+pub(super) fn sys_mount(
     source: Option<&str>,
     target: &str,
     fstype: Option<&str>,

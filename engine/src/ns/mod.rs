@@ -3,6 +3,7 @@
 pub mod ipc;
 pub mod mnt;
 pub mod mnt_ext;
+mod mnt_stage;
 pub mod mnt_sys;
 pub mod net;
 pub mod netconf;

@@ -477,6 +477,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let premaps = fork::premaps(&img, trampoline, &sessions);
     let stub_mounts = match mounts.as_mut() {
         Some(early) => {
+            // Every file of the tree is made (ghosts included): what was read-only is so again.
+            early.seal_read_only()?;
             early.leave()?;
             Some(early.stub_mounts())
         }

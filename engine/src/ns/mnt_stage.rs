@@ -1,0 +1,113 @@
+//! Staging a mount tree before it is pivoted into (`mnt_sys::build`'s helpers): what external
+//! mounts bind, opened before anything is mounted; the yard a tree rooted at `/` is built in;
+//! and the mounts to make read-only once the tree's files are made.
+
+use std::os::fd::OwnedFd;
+
+use super::mnt::{self, Make, Phase};
+use super::mnt_sys::{cstr, external_source, sys_mount, Early, MntNsError};
+
+/// A mount to make read-only later: an O_PATH fd on it (a path could name a mount covering
+/// it by then), its per-mount flags, and for a read-only filesystem its data.
+pub(super) struct ReadOnly {
+    pub(super) id: u32,
+    pub(super) target: String,
+    pub(super) fd: OwnedFd,
+    pub(super) flags: u64,
+    pub(super) superblock: Option<String>,
+}
+
+/// What external mounts bind, opened before anything is mounted: with the tree's root at /
+/// (a host process in a mount namespace of its own), the mounts made cover the host paths
+/// later ones bind (a bind of /sys hides /sys/fs/cgroup/cpu).
+pub(super) fn open_external_sources(
+    plan: &[mnt::Planned],
+    phases: &[Phase],
+    ext: &[(String, String)],
+    auto_ext: bool,
+) -> Result<std::collections::HashMap<u32, OwnedFd>, MntNsError> {
+    let mut fds = std::collections::HashMap::new();
+    for (p, phase) in plan.iter().zip(phases.iter()) {
+        if p.make != Make::External || *phase == Phase::Late {
+            continue;
+        }
+        let m = &p.mount;
+        let source = external_source(m, &m.ext_key, ext, auto_ext)?;
+        let fd = nix::fcntl::open(
+            source.as_str(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| MntNsError::Mount {
+            id: m.id,
+            target: source.clone(),
+            what: "opening what it binds from outside".into(),
+            source: e.into(),
+        })?;
+        fds.insert(m.id, fd);
+    }
+    Ok(fds)
+}
+
+/// Where the tree is built, and what its root mount binds: `root` itself, or for `/` a yard.
+pub(super) fn yard_if_slash(
+    early: &mut Early,
+    root: String,
+) -> Result<(String, String), MntNsError> {
+    if root == "/" {
+        Ok((make_yard(early)?, root))
+    } else {
+        Ok((root.clone(), root))
+    }
+}
+
+/// A tmpfs on a new directory of /tmp, in this namespace only, with the directory the tree's
+/// root goes on; `early` removes the directory when done. Returns that root's path.
+fn make_yard(early: &mut Early) -> Result<String, MntNsError> {
+    let made = nix::unistd::mkdtemp("/tmp/.stasis-root.XXXXXX")
+        .map_err(std::io::Error::from)
+        .and_then(|yard| {
+            early.yard = Some(yard.clone());
+            let yard = yard.to_str().unwrap_or_default().to_string();
+            sys_mount(Some("none"), &yard, Some("tmpfs"), 0, Some("mode=700"))?;
+            let root = format!("{yard}/root");
+            std::fs::create_dir(&root)?;
+            Ok(root)
+        });
+    let root = made.map_err(|source| MntNsError::Ns {
+        what: "making a yard for a tree rooted at / (a tmpfs in /tmp)".into(),
+        source,
+    })?;
+    early.root = cstr(&root)?;
+    Ok(root)
+}
+
+/// Records the mount at `target` (just made) to be made read-only by
+/// [`Early::seal_read_only`]: with `superblock`, its filesystem too.
+pub(super) fn defer_read_only(
+    early: &mut Early,
+    id: u32,
+    target: &str,
+    flags: u64,
+    superblock: Option<String>,
+) -> Result<(), MntNsError> {
+    let fd = nix::fcntl::open(
+        target,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| MntNsError::Mount {
+        id,
+        target: target.to_string(),
+        what: "opening it".into(),
+        source: e.into(),
+    })?;
+    early.read_only.push(ReadOnly {
+        id,
+        target: target.to_string(),
+        fd,
+        flags,
+        superblock,
+    });
+    Ok(())
+}

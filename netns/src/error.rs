@@ -8,6 +8,11 @@ use crate::rtnl::RtnlError;
 /// A dump or restore of a namespace's network failed. Each names the link, address or route.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
+    /// A macvlan's lower device is outside the namespace: the caller names it.
+    #[error(
+        "macvlan {link} needs its lower device: restore with --external macvlan[{link}]:HOSTDEV"
+    )]
+    NoMacvlanParent { link: String },
     /// No route netlink socket could be had in `ns` (entering it needs `CAP_SYS_ADMIN`; a file
     /// that is no network namespace is `EINVAL`).
     #[error("cannot open a route netlink socket in {ns}")]
@@ -26,7 +31,7 @@ pub enum NetnsError {
         source: RtnlError,
     },
     /// A link of a kind stasis cannot recreate.
-    #[error("link {link} (ifindex {ifindex}) is of kind {kind}, which is not supported (only loopback, veth and bridge are)")]
+    #[error("link {link} (ifindex {ifindex}) is of kind {kind}, which is not supported (only loopback, veth, bridge and macvlan are)")]
     UnsupportedLink {
         link: String,
         ifindex: u32,

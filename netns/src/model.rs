@@ -38,6 +38,9 @@ pub enum LinkKind {
     /// A bridge; its ports name it as their `master`. Its own settings (STP, forwarding
     /// delay, VLAN filtering) are not kept, as CRIU keeps none.
     Bridge,
+    /// A macvlan whose lower device is outside the namespace (given at restore as
+    /// `--external macvlan[NAME]:HOSTDEV`, as CRIU takes it): its mode and flags.
+    Macvlan { mode: u32, flags: Option<u32> },
 }
 
 impl LinkKind {
@@ -46,6 +49,7 @@ impl LinkKind {
             LinkKind::Loopback => "loopback",
             LinkKind::Veth { .. } => "veth",
             LinkKind::Bridge => "bridge",
+            LinkKind::Macvlan { .. } => "macvlan",
         }
     }
 }
@@ -289,6 +293,8 @@ pub struct NetDevice {
     /// The peer's netnsid, as `uint32` in CRIU's entry (the `i32` bit pattern).
     pub peer_nsid: Option<u32>,
     pub master: Option<u32>,
+    /// A macvlan's mode and flags (CRIU's `macvlan_link_entry`).
+    pub macvlan: Option<(u32, Option<u32>)>,
 }
 
 impl From<&Link> for NetDevice {
@@ -304,6 +310,11 @@ impl From<&Link> for NetDevice {
                 peer_netnsid.map(|n| n as u32),
             ),
             LinkKind::Bridge => (nd_type::BRIDGE, None, None),
+            LinkKind::Macvlan { .. } => (nd_type::MACVLAN, None, None),
+        };
+        let macvlan = match l.kind {
+            LinkKind::Macvlan { mode, flags } => Some((mode, flags)),
+            _ => None,
         };
         NetDevice {
             kind,
@@ -315,6 +326,7 @@ impl From<&Link> for NetDevice {
             peer_ifindex,
             peer_nsid,
             master: l.master,
+            macvlan,
         }
     }
 }
@@ -329,6 +341,14 @@ impl TryFrom<&NetDevice> for Link {
                 peer_netnsid: d.peer_nsid.map(|n| n as i32),
             },
             nd_type::BRIDGE => LinkKind::Bridge,
+            nd_type::MACVLAN => {
+                let (mode, flags) = d.macvlan.ok_or_else(|| NetnsError::UnsupportedLink {
+                    link: d.name.clone(),
+                    ifindex: d.ifindex,
+                    kind: "macvlan without its mode".into(),
+                })?;
+                LinkKind::Macvlan { mode, flags }
+            }
             other => {
                 return Err(NetnsError::UnsupportedLink {
                     link: d.name.clone(),

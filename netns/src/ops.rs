@@ -132,6 +132,7 @@ pub fn restore(
     ns: BorrowedFd<'_>,
     state: &NetState,
     veth_pairs: &[VethPair],
+    macvlan_parents: &[(String, String)],
 ) -> Result<Restored, NetnsError> {
     check(state)?;
     let mut target = Rtnl::in_netns(ns).map_err(|source| NetnsError::Open {
@@ -142,7 +143,13 @@ pub fn restore(
         ns: "the caller's namespace",
         source,
     })?;
-    create_links(&mut target, &mut host, ns, state, veth_pairs)?;
+    create_links(
+        &mut target,
+        &mut host,
+        ns,
+        state,
+        (veth_pairs, macvlan_parents),
+    )?;
 
     // The ifindexes now, by name.
     let now = dump_briefs(&mut target, "links of the restored namespace")?;
@@ -249,7 +256,7 @@ fn create_links(
     host: &mut Rtnl,
     ns: BorrowedFd<'_>,
     state: &NetState,
-    veth_pairs: &[VethPair],
+    (veth_pairs, macvlan_parents): (&[VethPair], &[(String, String)]),
 ) -> Result<(), NetnsError> {
     let existing = dump_briefs(target, "links of the namespace to restore")?;
     let mut taken: BTreeSet<u32> = existing.iter().map(|b| b.ifindex).collect();
@@ -311,6 +318,27 @@ fn create_links(
                         .call(wire::set_link(idx, Some(peer.mtu), 0, 0), 0)
                         .map_err(netlink("set the MTU of", peer))?;
                 }
+            }
+            LinkKind::Macvlan { .. } => {
+                // Made on its lower device, which the caller names, right into the namespace.
+                let lower = macvlan_parents
+                    .iter()
+                    .find(|(inside, _)| *inside == l.name)
+                    .map(|(_, outside)| outside.as_str())
+                    .ok_or_else(|| NetnsError::NoMacvlanParent {
+                        link: l.name.clone(),
+                    })?;
+                if host_links.is_none() {
+                    host_links = Some(dump_briefs(host, "links of the caller")?);
+                }
+                let lower = find(
+                    host_links.as_deref().unwrap_or_default(),
+                    lower,
+                    "the caller's namespace",
+                )?;
+                let req = wire::new_macvlan(l, lower, ns.as_raw_fd(), want(l.ifindex));
+                host.call(req, NLM_F_CREATE | NLM_F_EXCL)
+                    .map_err(netlink("create", format!("macvlan {l}")))?;
             }
             LinkKind::Bridge => {
                 target

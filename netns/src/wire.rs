@@ -10,7 +10,8 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope, CacheInfo,
 };
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType,
+    LinkMessage, MacVlanFlags,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
@@ -100,6 +101,7 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Result<Link, NetnsError> {
     let mut netnsid = None;
     let mut master = None;
     let mut kind: Option<String> = None;
+    let mut macvlan = (0u32, None);
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
@@ -110,8 +112,18 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Result<Link, NetnsError> {
             LinkAttribute::Controller(v) => master = Some(*v),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        kind = Some(k.to_string());
+                    match i {
+                        LinkInfo::Kind(k) => kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::MacVlan(d)) => {
+                            for x in d {
+                                match x {
+                                    InfoMacVlan::Mode(m) => macvlan.0 = u32::from(*m),
+                                    InfoMacVlan::Flags(f) => macvlan.1 = Some(f.bits() as u32),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -129,6 +141,10 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Result<Link, NetnsError> {
             peer_netnsid: netnsid,
         },
         Some("bridge") => LinkKind::Bridge,
+        Some("macvlan") => LinkKind::Macvlan {
+            mode: macvlan.0,
+            flags: macvlan.1,
+        },
         other => {
             return Err(NetnsError::UnsupportedLink {
                 link: name,
@@ -236,6 +252,37 @@ pub(crate) fn new_bridge(link: &Link, ifindex: u32) -> RouteNetlinkMessage {
         .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
             InfoKind::Bridge,
         )]));
+    RouteNetlinkMessage::NewLink(m)
+}
+
+/// `RTM_NEWLINK` for a macvlan named as `link` on the caller's device `lower`, made in the
+/// namespace `netns` at `ifindex` (0: the kernel chooses), with its MAC, MTU, mode and flags.
+pub(crate) fn new_macvlan(
+    link: &Link,
+    lower: u32,
+    netns: RawFd,
+    ifindex: u32,
+) -> RouteNetlinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.attributes.push(LinkAttribute::IfName(link.name.clone()));
+    m.attributes.push(LinkAttribute::Link(lower));
+    m.attributes.push(LinkAttribute::Mtu(link.mtu));
+    if let Some(mac) = &link.mac {
+        m.attributes.push(LinkAttribute::Address(mac.clone()));
+    }
+    m.attributes.push(LinkAttribute::NetNsFd(netns));
+    let mut data = Vec::new();
+    if let LinkKind::Macvlan { mode, flags } = link.kind {
+        data.push(InfoMacVlan::Mode(mode.into()));
+        if let Some(f) = flags {
+            data.push(InfoMacVlan::Flags(MacVlanFlags::from_bits_retain(f as u16)));
+        }
+    }
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::MacVlan),
+        LinkInfo::Data(InfoData::MacVlan(data)),
+    ]));
     RouteNetlinkMessage::NewLink(m)
 }
 

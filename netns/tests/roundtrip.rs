@@ -328,13 +328,27 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
     cleanup.dirs.push(dir.clone());
 
     make_fixture(&src, &old_host);
+    // A macvlan on the host end of the veth, moved in: made again on the new host end.
+    let mv = format!("snt{tag}m");
+    ip(&[
+        "link", "add", &mv, "link", &old_host, "mtu", "1400", "type", "macvlan", "mode", "bridge",
+    ]);
+    ip(&["link", "set", &mv, "netns", &src]);
+    for line in [
+        format!("link set {mv} name mv0"),
+        "link set mv0 address 02:7a:00:00:00:05".to_string(),
+        "addr add 10.83.0.2/24 dev mv0".to_string(),
+        "link set mv0 up".to_string(),
+    ] {
+        ipn(&src, &line);
+    }
     let link_locals = |ns: &str| {
         ip(&["-n", ns, "-6", "-o", "addr", "show", "scope", "link"])
             .lines()
             .count()
     };
     wait_for("the original's link-local addresses", || {
-        link_locals(&src) == 4
+        link_locals(&src) == 5
     });
     wait_for("the original's br9 up", || {
         ip(&["-n", &src, "-o", "link", "show", "br9"]).contains("state UP")
@@ -355,7 +369,8 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
     ip(&["netns", "add", &dst]);
     let ns = File::open(format!("/run/netns/{dst}")).unwrap();
     let pairs = [format!("eth0={new_host}").parse::<VethPair>().unwrap()];
-    let done: Restored = restore(ns.as_fd(), &back, &pairs).expect("restore");
+    let parents = [("mv0".to_string(), new_host.clone())];
+    let done: Restored = restore(ns.as_fd(), &back, &pairs, &parents).expect("restore");
     assert_eq!(done.host_ends, vec![("eth0".to_string(), new_host.clone())]);
     let eth0 = state.links.iter().find(|l| l.name == "eth0").unwrap();
     assert!(
@@ -381,7 +396,7 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
         ip(&["-n", &dst, "-o", "link", "show", "eth0"]).contains("LOWER_UP")
     });
     // The kernel's link-local addresses are back (left to it, not re-added).
-    wait_for("link-local addresses", || link_locals(&dst) == 4);
+    wait_for("link-local addresses", || link_locals(&dst) == 5);
     // A bridge's operational state follows its ports' a moment after it is up.
     wait_for("br9 up", || {
         ip(&["-n", &dst, "-o", "link", "show", "br9"]).contains("state UP")
@@ -452,7 +467,7 @@ fn unsupported_links_and_taken_names_are_errors_naming_them() {
         outside: taken.clone(),
         bridge: None,
     }];
-    let err = restore(fresh.as_fd(), &state, &pairs).unwrap_err();
+    let err = restore(fresh.as_fd(), &state, &pairs, &[]).unwrap_err();
     assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
     let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
     assert!(text.contains("eth0") && text.contains(&taken), "{text}");
@@ -460,7 +475,7 @@ fn unsupported_links_and_taken_names_are_errors_naming_them() {
     // IN=OUT@BRIDGE: the host end is enslaved to the bridge.
     host(format!("link add {bridge} type bridge"));
     let pairs = [format!("eth0={out2}@{bridge}").parse::<VethPair>().unwrap()];
-    let done = restore(fresh.as_fd(), &state, &pairs).expect("restore with a bridge");
+    let done = restore(fresh.as_fd(), &state, &pairs, &[]).expect("restore with a bridge");
     assert_eq!(done.host_ends, vec![("eth0".to_string(), out2.clone())]);
     let shown = ip(&["-o", "link", "show", &out2]);
     assert!(shown.contains(&format!("master {bridge}")), "{shown}");

@@ -85,6 +85,7 @@ pub struct Config {
     pub cgroup_roots: Vec<(Option<String>, String)>,
     /// `--veth-pair IN=OUT[@BRIDGE]`.
     pub veth_pairs: Vec<stasis_netns::VethPair>,
+    pub macvlan_parents: Vec<(String, String)>,
     /// `--timeout SECONDS`: how long a thread may take to stop when seized.
     pub timeout: Option<u64>,
     /// `--close FD`: fds of ours to close before anything else.
@@ -119,6 +120,7 @@ impl Default for Config {
             pidfile: None,
             inherit_fds: Vec::new(),
             veth_pairs: Vec::new(),
+            macvlan_parents: Vec::new(),
             external_netns: Vec::new(),
             external_pidns: Vec::new(),
             ext_mounts: Vec::new(),
@@ -252,6 +254,7 @@ fn apply(c: &mut Config, g: &Given) -> Result<(), String> {
                     External::Pid(ino, key) => c.external_pidns.push((ino, key)),
                     External::Mnt(key, val) => c.ext_mounts.push((key, val)),
                     External::Veth(pair) => c.veth_pairs.push(pair),
+                    External::Macvlan(inside, outside) => c.macvlan_parents.push((inside, outside)),
                     External::Tty(key) => c.external_ttys.push(key),
                     External::Other(v) => c.notes.push(format!(
                         "--external {v}: matches nothing; ignored, as CRIU does"
@@ -442,6 +445,9 @@ pub enum External {
     /// `mnt[]`, `mnt[]:s`, `mnt[]:m`: CRIU's auto-detected external mounts, with external
     /// sharing or masters allowed.
     MntAuto { sharing: bool, masters: bool },
+    /// `macvlan[NAME]:HOSTDEV`: the macvlan NAME of the tree's network namespace is made again
+    /// on the caller's device HOSTDEV.
+    Macvlan(String, String),
     /// Not of CRIU's `KIND[ID]:VALUE` form (LXC 5 sends `apparmor:unconfined` beside
     /// `--lsm-profile`): CRIU keeps such a string and nothing ever matches it; so do we.
     Other(String),
@@ -506,6 +512,14 @@ pub fn parse_external(s: &str) -> Result<External, String> {
             .map(External::Veth)
             .map_err(|e: stasis_netns::VethPairError| e.to_string());
     }
+    if let Some((inside, outside)) = split("macvlan[") {
+        if inside.is_empty() || outside.is_empty() {
+            return Err(format!(
+                "bad --external {s}: expected macvlan[NAME]:HOSTDEV"
+            ));
+        }
+        return Ok(External::Macvlan(inside.to_string(), outside.to_string()));
+    }
     if let Some((key, val)) = split("mnt[") {
         return Ok(External::Mnt(key.to_string(), val.to_string()));
     }
@@ -513,7 +527,7 @@ pub fn parse_external(s: &str) -> Result<External, String> {
         return Ok(External::Other(s.to_string()));
     }
     Err(format!(
-        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m], veth[IN]:OUT[@BRIDGE] and tty[RDEV:DEV])"
+        "--external {s} is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m], veth[IN]:OUT[@BRIDGE], macvlan[NAME]:HOSTDEV and tty[RDEV:DEV])"
     ))
 }
 

@@ -202,6 +202,7 @@ fn restore_options(c: &Config) -> RestoreOptions {
         skip_cpu_check: !c.cpu_cap_fpu,
         allow_shared_images_dir: allow_shared_images_dir(),
         veth_pairs: c.veth_pairs.clone(),
+        macvlan_parents: c.macvlan_parents.clone(),
         join_ns: c.join_ns.clone(),
         // Relative to the work directory, where CRIU has already chdir'ed.
         pidfile: c.pidfile.clone(),

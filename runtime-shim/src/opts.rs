@@ -158,7 +158,7 @@ pub static OPTIONS: &[Spec] = &[
         "external",
         None,
         Req,
-        Values("net[INODE]:KEY or pid[INODE]:KEY: the tree's network or pid namespace is the caller's, joined at restore through --inherit-fd fd[N]:KEY; mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore: a mount from outside the tree; mnt[], mnt[]:s, mnt[]:m: as --ext-mount-map auto (with external sharing, masters)"),
+        Values("net[INODE]:KEY or pid[INODE]:KEY: the tree's network or pid namespace is the caller's, joined at restore through --inherit-fd fd[N]:KEY; mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore: a mount from outside the tree; mnt[], mnt[]:s, mnt[]:m: as --ext-mount-map auto (with external sharing, masters); macvlan[NAME]:HOSTDEV at restore: the caller's device the tree's macvlan NAME is made on"),
     ),
     o("empty-ns", None, Req, Yes("net: the caller manages the network namespace's contents (runc sends it always): a namespace the tree owns is saved without its links, and made again with only its loopback, up, for the caller's hooks to fill")),
     o("lazy-pages", None, N, Refused),

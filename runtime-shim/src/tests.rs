@@ -445,7 +445,20 @@ fn external_takes_network_and_pid_namespaces_and_mounts() {
     );
     assert_eq!(
         cli::parse_external("ipc[1]:x").unwrap_err(),
-        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m], veth[IN]:OUT[@BRIDGE] and tty[RDEV:DEV])"
+        "--external ipc[1]:x is not supported yet (only net[INODE]:KEY, pid[INODE]:KEY, mnt[KEY]:VAL, mnt[][:s|:m], veth[IN]:OUT[@BRIDGE], macvlan[NAME]:HOSTDEV and tty[RDEV:DEV])"
+    );
+    assert_eq!(
+        cli::parse_external("macvlan[zdtmmvlan0]:zdtmbr0"),
+        Ok(cli::External::Macvlan(
+            "zdtmmvlan0".into(),
+            "zdtmbr0".into()
+        ))
+    );
+    assert!(cli::parse_external("macvlan[]:zdtmbr0").is_err());
+    let c = cli::parse(&["restore", "--external", "macvlan[mv0]:eth1"]).unwrap();
+    assert_eq!(
+        c.macvlan_parents,
+        vec![("mv0".to_string(), "eth1".to_string())]
     );
     assert_eq!(
         cli::parse_external("mnt[]:s"),

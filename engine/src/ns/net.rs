@@ -168,6 +168,9 @@ pub fn dump(ns: &OwnedFd, dir: &Path, empty: bool) -> Result<(), NetNsError> {
             peer_ifindex: d.peer_ifindex,
             peer_nsid: d.peer_nsid,
             master: d.master,
+            macvlan: d
+                .macvlan
+                .map(|(mode, flags)| pb::MacvlanLinkEntry { mode, flags }),
             ..Default::default()
         });
     }
@@ -271,6 +274,7 @@ pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
                 peer_ifindex: e.peer_ifindex,
                 peer_nsid: e.peer_nsid,
                 master: e.master,
+                macvlan: e.macvlan.map(|m| (m.mode, m.flags)),
             })
         })
         .collect::<Result<Vec<_>, NetNsError>>()?;
@@ -289,6 +293,7 @@ pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
 pub fn make(
     state: &stasis_netns::NetState,
     veth_pairs: &[stasis_netns::VethPair],
+    macvlan_parents: &[(String, String)],
 ) -> Result<OwnedFd, NetNsError> {
     let ns = std::thread::scope(|s| {
         s.spawn(|| -> Result<OwnedFd, NetNsError> {
@@ -306,7 +311,8 @@ pub fn make(
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })?;
-    stasis_netns::restore(ns.as_fd(), state, veth_pairs).map_err(NetNsError::Net)?;
+    stasis_netns::restore(ns.as_fd(), state, veth_pairs, macvlan_parents)
+        .map_err(NetNsError::Net)?;
     Ok(ns)
 }
 

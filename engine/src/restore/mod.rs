@@ -94,6 +94,9 @@ pub struct RestoreOptions {
     /// Names for the outer ends of the veths of a network namespace the tree owned
     /// (`--veth-pair IN=OUT[@BRIDGE]`).
     pub veth_pairs: Vec<stasis_netns::VethPair>,
+    /// The lower devices, in the caller's namespace, of the macvlans of a network namespace
+    /// the tree owned (`--external macvlan[NAME]:HOSTDEV`): (name inside, host device).
+    pub macvlan_parents: Vec<(String, String)>,
     /// Where the root's pid goes (`--pidfile`; a relative path is in the work dir). Written
     /// before the tasks are let go, so a restore that cannot write it leaves nothing running.
     pub pidfile: Option<PathBuf>,

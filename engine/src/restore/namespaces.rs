@@ -75,7 +75,7 @@ pub(super) fn enter_tree_namespaces(
         _ if joined.contains(&"net") => {}
         Some(crate::ns::net::Saved::Own(state)) => match held("net") {
             Some(ns) => {
-                stasis_netns::restore(ns, state, &opts.veth_pairs)
+                stasis_netns::restore(ns, state, &opts.veth_pairs, &opts.macvlan_parents)
                     .map_err(|e| RestoreError::from(crate::ns::net::NetNsError::Net(e)))?;
                 entered.push(crate::ns::ipc::Unshared::enter(
                     ns,
@@ -84,7 +84,7 @@ pub(super) fn enter_tree_namespaces(
                 )?);
             }
             None => {
-                let ns = crate::ns::net::make(state, &opts.veth_pairs)?;
+                let ns = crate::ns::net::make(state, &opts.veth_pairs, &opts.macvlan_parents)?;
                 entered.push(crate::ns::ipc::Unshared::enter(
                     ns.as_fd(),
                     libc::CLONE_NEWNET,

@@ -73,17 +73,36 @@ fn links_parse_and_other_kinds_are_refused_by_name() {
         .unwrap()
         .unwrap();
     assert_eq!(b.kind, LinkKind::Bridge);
-    let mut mv = br.clone();
-    mv.attributes
-        .retain(|a| !matches!(a, LinkAttribute::LinkInfo(_)));
-    mv.attributes
-        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
-            InfoKind::MacVlan,
-        )]));
-    let e = link_from_raw(&kernel_msg(RouteNetlinkMessage::NewLink(mv)))
+    // A macvlan: its mode and flags from its link info data.
+    let with_info = |info: Vec<LinkInfo>| {
+        let mut m = br.clone();
+        m.attributes
+            .retain(|a| !matches!(a, LinkAttribute::LinkInfo(_)));
+        m.attributes.push(LinkAttribute::LinkInfo(info));
+        m
+    };
+    let mv = with_info(vec![
+        LinkInfo::Kind(InfoKind::MacVlan),
+        LinkInfo::Data(InfoData::MacVlan(vec![
+            InfoMacVlan::Mode(4u32.into()),
+            InfoMacVlan::Flags(MacVlanFlags::from_bits_retain(1)),
+        ])),
+    ]);
+    let m = link_from_raw(&kernel_msg(RouteNetlinkMessage::NewLink(mv)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.kind,
+        LinkKind::Macvlan {
+            mode: 4,
+            flags: Some(1)
+        }
+    );
+    let vx = with_info(vec![LinkInfo::Kind(InfoKind::Vxlan)]);
+    let e = link_from_raw(&kernel_msg(RouteNetlinkMessage::NewLink(vx)))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("eth0") && e.contains("macvlan"), "{e}");
+    assert!(e.contains("eth0") && e.contains("vxlan"), "{e}");
     // A physical device: no link kind at all.
     br.attributes
         .retain(|a| !matches!(a, LinkAttribute::LinkInfo(_)));

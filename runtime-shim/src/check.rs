@@ -26,7 +26,7 @@ const FEATURES: &[(&str, Option<(u32, u32)>)] = &[
     ("can_map_vdso", None),
     ("sk_ns", None),
     ("sk_unix_file", None),
-    ("net_diag_raw", None),
+    ("net_diag_raw", Some((4, 14))),
     ("nsid", None),
     ("link_nsid", None),
     ("kcmp_epoll", Some((4, 13))),

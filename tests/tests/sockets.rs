@@ -256,7 +256,8 @@ time.sleep(1e6)
     assert_eq!(lines[1], "after lite True 136");
 }
 
-/// IP-level options come back, as CRIU keeps them: a UDP server that asked for packet info
+/// IP-level options come back, as CRIU keeps them (and a raw socket of protocol TCP, which
+/// has no TCP state to read, is kept as the raw socket it is): a UDP server that asked for packet info
 /// (as DNS servers do, to answer from the address asked) still gets it with each datagram,
 /// in IPv4 and IPv6; TOS and TTL; a raw ICMP socket's type filter and header inclusion. And a
 /// TCP connection the kernel autotunes stays autotuned (no buffer locked, SO_BUF_LOCK 0),
@@ -275,6 +276,7 @@ u6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
 icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 icmp.setsockopt(255, 1, struct.pack("I", 0xfffffff7))  # ICMP_FILTER: echo replies only
 icmp.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+rawtcp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)  # no TCP state
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(2)
 auto = socket.create_connection(l.getsockname())
 fixed = socket.create_connection(l.getsockname())
@@ -286,7 +288,8 @@ def opts():
         u6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO),
         hex(struct.unpack("I", icmp.getsockopt(255, 1, 4))[0]),
         icmp.getsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL),
-        auto.getsockopt(socket.SOL_SOCKET, 72), fixed.getsockopt(socket.SOL_SOCKET, 72))
+        auto.getsockopt(socket.SOL_SOCKET, 72), fixed.getsockopt(socket.SOL_SOCKET, 72),
+        rawtcp.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
 def pktinfo(srv, fam):
     c = socket.socket(fam, socket.SOCK_DGRAM); c.sendto(b"q", srv.getsockname())
     srv.settimeout(2)
@@ -301,7 +304,7 @@ time.sleep(1e6)
 "#;
     let w = Workload::python("ip-opts", script);
     let before = w.wait_lines(1, T)[0].replacen("before", "after", 1);
-    assert_eq!(before, "after 1 8 33 1 0xfffffff7 1 0 1");
+    assert_eq!(before, "after 1 8 33 1 0xfffffff7 1 0 1 6");
     let flags = ["--tcp-established"];
     let pids = dump_kill_restore_with(&w, &flags, &flags);
     let lines = w.go_and_collect(&pids, 3);

@@ -204,7 +204,8 @@ pub fn dump(
         Ok(ss) => addr_of(&ss),
         Err(_) => (vec![0; src.len()], 0),
     };
-    let tcp = proto == libc::IPPROTO_TCP as u32;
+    // A raw socket may be of protocol TCP too: it has no TCP state.
+    let tcp = proto == libc::IPPROTO_TCP as u32 && ty == libc::SOCK_STREAM as u32;
     let (state, backlog) = if tcp {
         let info: libc::tcp_info =
             get_struct(fd, libc::IPPROTO_TCP, libc::TCP_INFO).map_err(sys("TCP_INFO"))?;
@@ -593,7 +594,7 @@ fn apply_opts(fd: BorrowedFd<'_>, e: &pb::InetSkEntry) -> Result<(), InetError> 
     if let Some(ip) = &e.ip_opts {
         ipopts::apply(fd, e.family, e.proto, ip)?;
     }
-    if e.proto == libc::IPPROTO_TCP as u32 {
+    if is_tcp(e) {
         if let Some(v) = o.tcp_keepcnt.filter(|v| *v != 0) {
             best_effort("TCP_KEEPCNT", setsockopt(&fd, TcpKeepCount, &v));
         }
@@ -662,7 +663,7 @@ pub fn restore(
     setsockopt(&fd, ReusePort, &true).map_err(sys("SO_REUSEPORT"))?;
     // A TCP socket bound but not listening may share its port with a connection of the old
     // tree still in TIME_WAIT: repair mode binds it whatever holds the port, as CRIU does.
-    let closed_tcp = e.proto == libc::IPPROTO_TCP as u32 && e.state != TCP_LISTEN as u32;
+    let closed_tcp = is_tcp(e) && e.state != TCP_LISTEN as u32;
     // Bound with IP_FREEBIND whatever the dump says, as CRIU does: the address may have
     // been bound under it and the flag cleared since. The dumped value is put back below.
     ipopts::set_freebind(fd, e.family, true).map_err(sys("IP_FREEBIND"))?;
@@ -678,7 +679,7 @@ pub fn restore(
     }
     if e.state == TCP_LISTEN as u32 {
         crate::sys::socket::listen(fd, e.backlog.max(1)).map_err(sys(format!("listen {local}")))?;
-    } else if e.proto != libc::IPPROTO_TCP as u32 && e.dst_port != 0 {
+    } else if !is_tcp(e) && e.dst_port != 0 {
         let ss = sockaddr(e.family, &e.dst_addr, e.dst_port);
         connect(fd.as_raw_fd(), &ss).map_err(sys(format!("connect {local} -> {remote}")))?;
     }
@@ -696,14 +697,19 @@ pub fn restore(
         3 => Some(nix::sys::socket::Shutdown::Both),
         _ => None,
     };
-    let tcp_closed = e.proto == libc::IPPROTO_TCP as u32 && e.state == TCP_CLOSE as u32;
-    if let Some(how) = how.filter(|_| e.proto != libc::IPPROTO_TCP as u32 || tcp_closed) {
+    let tcp_closed = is_tcp(e) && e.state == TCP_CLOSE as u32;
+    if let Some(how) = how.filter(|_| !is_tcp(e) || tcp_closed) {
         match nix::sys::socket::shutdown(fd.as_raw_fd(), how) {
             Ok(()) | Err(nix::Error::ENOTCONN) => {}
             Err(err) => return Err(sys(format!("shutdown of {local}"))(err)),
         }
     }
     set_nonblock(sock, e.flags)
+}
+
+/// A TCP socket: of protocol TCP and a stream (a raw socket may be of protocol TCP too).
+fn is_tcp(e: &pb::InetSkEntry) -> bool {
+    e.proto == libc::IPPROTO_TCP as u32 && e.r#type == libc::SOCK_STREAM as u32
 }
 
 fn set_nonblock(sock: OwnedFd, flags: u32) -> Result<OwnedFd, InetError> {

@@ -187,6 +187,30 @@ fn mounts_of(pid: u32) -> Vec<String> {
     out
 }
 
+/// CRIU's options for a host process in a mount namespace of its own: the host's mounts
+/// (its namespace is a copy of ours, made slave) are taken as external, slaves and shared.
+const HOST_MOUNTS_EXTERNAL: [&str; 4] = [
+    "--ext-mount-map",
+    "auto",
+    "--enable-external-masters",
+    "--enable-external-sharing",
+];
+
+/// `cmd` in a mount namespace of its own whose mounts are slaves of ours, as systemd makes a
+/// service's with PrivateTmp (`unshare -m --propagation slave`).
+fn in_own_mount_namespace(name: &str, cmd: &[&str]) -> Workload {
+    let mut args = vec!["-m", "--propagation", "slave"];
+    args.extend_from_slice(cmd);
+    Workload::start(name, Path::new("/usr/bin/unshare"), &args)
+}
+
+/// Dumps `w` with the host's mounts external, kills it and restores it with `--root /`.
+fn dump_kill_restore_at_root(w: &Workload) -> Vec<u32> {
+    let mut restore = HOST_MOUNTS_EXTERNAL.to_vec();
+    restore.extend(["--root", "/"]);
+    dump_kill_restore_with(w, &HOST_MOUNTS_EXTERNAL, &restore)
+}
+
 /// A host process in a mount namespace of its own, a copy of the host's made slave (as
 /// systemd makes a service's with PrivateTmp), with a tmpfs of its own holding a file and a
 /// shared bind of it: dumped with the host's mounts taken as external, killed, restored with
@@ -195,38 +219,14 @@ fn mounts_of(pid: u32) -> Vec<String> {
 #[test]
 fn host_process_in_a_mount_namespace_of_its_own_comes_back() {
     let _g = serial_root!();
-    let dir = temp_dir("own-mntns");
     let probe = Path::new("/run/stasis-probe");
     let _cleanup = Unmount(vec![probe.to_path_buf()]);
     sh("mkdir -p /run/stasis-probe && mount -t tmpfs probe-host /run/stasis-probe && mount --make-shared /run/stasis-probe");
     let script = "mount -t tmpfs own /mnt && echo kept > /mnt/f && mount --make-shared /mnt \
-                  && mkdir /mnt/sub && mount --bind /mnt /mnt/sub && exec sleep 1000";
-    let mut child = Command::new("setsid")
-        .args([
-            "unshare",
-            "-m",
-            "--propagation",
-            "slave",
-            "sh",
-            "-c",
-            script,
-        ])
-        .spawn()
-        .expect("unshare");
-    let pid = child.id();
-    // A failed assertion must not leave it running.
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            kill_tree(&[self.0]);
-        }
-    }
-    let _kill = Kill(pid);
-    let end = Instant::now() + T;
-    let cmdline = || std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    while !cmdline().starts_with("sleep") && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+                  && mkdir /mnt/sub && mount --bind /mnt /mnt/sub && echo ready && exec sleep 1000";
+    let w = in_own_mount_namespace("own-mntns", &["sh", "-c", script]);
+    w.wait_lines(1, T);
+    let pid = w.pid;
     let before = mounts_of(pid);
     assert!(
         before
@@ -234,30 +234,21 @@ fn host_process_in_a_mount_namespace_of_its_own_comes_back() {
             .any(|m| m.starts_with("/mnt/sub / tmpfs own shared")),
         "{before:?}"
     );
-    let img = dir.join("images");
-    std::fs::create_dir(&img).unwrap();
-    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let img_s = img.to_str().unwrap();
-    let ext = [
-        "--ext-mount-map",
-        "auto",
-        "--enable-external-masters",
-        "--enable-external-sharing",
-    ];
-    let pid_s = pid.to_string();
-    let plain = stasis(&["dump", "-t", &pid_s, "-D", img_s, "-R"]);
+    let img = w.images();
+    let plain = stasis(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "-R",
+    ]);
     let err = String::from_utf8_lossy(&plain.stderr);
     assert!(
         !plain.status.success() && err.contains("--ext-mount-map auto"),
         "{err}"
     );
-    let mut args = vec!["dump", "-t", &pid_s, "-D", img_s];
-    args.extend(ext);
-    check_ok("dump", &stasis(&args));
-    let _ = child.wait();
-    let mut args = vec!["restore", "-D", img_s, "-d", "--root", "/"];
-    args.extend(ext);
-    check_ok("restore", &stasis(&args));
+    let pids = dump_kill_restore_at_root(&w);
     let after = mounts_of(pid);
     let file = read_in(pid, "/mnt/f");
     sh(&format!(
@@ -265,7 +256,7 @@ fn host_process_in_a_mount_namespace_of_its_own_comes_back() {
     ));
     sh("mkdir -p /run/stasis-probe/host && mount -t tmpfs host-late /run/stasis-probe/host");
     let later = mounts_of(pid);
-    drop(_kill);
+    kill_tree(&pids);
     let leftovers: Vec<_> = std::fs::read_dir("/tmp")
         .unwrap()
         .flatten()
@@ -298,10 +289,7 @@ fn host_process_in_a_mount_namespace_of_its_own_comes_back() {
 #[test]
 fn file_deleted_on_a_mount_made_read_only_after_it_comes_back() {
     let _g = serial_root!();
-    let dir = temp_dir("ghost-rofs");
-    let go = dir.join("go");
-    let script = format!(
-        r#"
+    let script = r#"
 import os, time
 assert os.system("mount -t tmpfs ro-later /mnt") == 0
 with open("/mnt/ghost", "w") as w:
@@ -310,7 +298,7 @@ f = open("/mnt/ghost")  # read-only: one open for writing keeps the mount from g
 os.unlink("/mnt/ghost")
 assert os.system("mount -o remount,bind,ro /mnt") == 0
 print("ready", flush=True)
-while not os.path.exists("{go}"):
+while not os.path.exists("go"):
     time.sleep(0.02)
 f.seek(0)
 try:
@@ -319,67 +307,17 @@ except OSError as e:
     w = type(e).__name__
 print("after", f.read(), w, flush=True)
 time.sleep(1e6)
-"#,
-        go = go.display()
-    );
-    let out = dir.join("out.txt");
-    let child = Command::new("setsid")
-        .args([
-            "unshare",
-            "-m",
-            "--propagation",
-            "slave",
-            "/usr/bin/python3",
-            "-c",
-        ])
-        .arg(&script)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .spawn()
-        .expect("unshare");
-    let pid = child.id();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            kill_tree(&[self.0]);
-        }
-    }
-    let _kill = Kill(pid);
-    let lines = |n: usize| {
-        let end = Instant::now() + T;
-        loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            let l: Vec<String> = text.lines().map(str::to_string).collect();
-            if l.len() >= n || Instant::now() > end {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    assert_eq!(lines(1).first().map(String::as_str), Some("ready"));
-    let img = dir.join("images");
-    std::fs::create_dir(&img).unwrap();
-    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let img_s = img.to_str().unwrap();
-    let ext = [
-        "--ext-mount-map",
-        "auto",
-        "--enable-external-masters",
-        "--enable-external-sharing",
-    ];
-    let pid_s = pid.to_string();
-    let mut args = vec!["dump", "-t", &pid_s, "-D", img_s];
-    args.extend(ext);
-    check_ok("dump", &stasis(&args));
-    let mut child = child;
-    let _ = child.wait();
-    let mut args = vec!["restore", "-D", img_s, "-d", "--root", "/"];
-    args.extend(ext);
-    check_ok("restore", &stasis(&args));
-    std::fs::write(&go, b"").unwrap();
-    let l = lines(2);
+"#;
+    let w = in_own_mount_namespace("ghost-rofs", &["/usr/bin/python3", "-c", script]);
     assert_eq!(
-        l.get(1).map(String::as_str),
+        w.wait_lines(1, T).first().map(String::as_str),
+        Some("ready")
+    );
+    let pids = dump_kill_restore_at_root(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    assert_eq!(
+        lines.get(1).map(String::as_str),
         Some("after kept OSError"),
-        "{l:?}"
+        "{lines:?}"
     );
 }

@@ -19,10 +19,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::sys::socket::{
-    recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
-    SockProtocol, SockType,
-};
+use nix::sys::socket::{recv, sendto, setsockopt, sockopt, MsgFlags, NetlinkAddr};
+
+use crate::rtnl::{self, Raw, RtnlError};
 
 /// Reading or restoring a ruleset failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +31,13 @@ pub enum NftError {
         what: String,
         #[source]
         source: io::Error,
+    },
+    /// The kernel refused a request, or answered what does not parse.
+    #[error("nftables netlink: {what}")]
+    Refused {
+        what: String,
+        #[source]
+        source: RtnlError,
     },
     #[error("nftables image: {0}")]
     Image(String),
@@ -279,77 +285,60 @@ pub fn from_image(mut b: &[u8]) -> Result<Vec<NftObject>, NftError> {
     Ok(out)
 }
 
-/// The messages of a netlink receive buffer: (type, flags, sequence, payload after the
-/// header). A malformed one ends the walk.
-fn messages(mut b: &[u8]) -> Vec<(u16, u16, u32, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 16 {
-        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        if len < 16 || len > b.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes([b[4], b[5]]);
-        let flags = u16::from_ne_bytes([b[6], b[7]]);
-        let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-        out.push((ty, flags, seq, &b[16..len]));
-        b = &b[((len + 3) & !3).min(b.len())..];
-    }
-    out
-}
-
 fn nl_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NftError {
     let what = what.into();
     move |source| NftError::Netlink { what, source }
 }
 
+fn refused(what: impl Into<String>) -> impl FnOnce(RtnlError) -> NftError {
+    let what = what.into();
+    move |source| NftError::Refused { what, source }
+}
+
+/// A netlink message's payload, after its header.
+fn payload<'a>(m: &Raw<'a>) -> &'a [u8] {
+    m.bytes.get(16..).unwrap_or_default()
+}
+
 fn nf_socket(ns: BorrowedFd<'_>, room: usize) -> Result<OwnedFd, NftError> {
-    let sock = crate::nsenter::in_netns(ns, || {
-        socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )
-        .map_err(io::Error::from)
-    })
-    .map_err(nl_err("socket in the namespace"))?;
+    let sock = crate::nsenter::in_netns(ns, crate::nftlock::nf_socket)
+        .map_err(nl_err("socket in the namespace"))?;
     // A whole ruleset goes in one datagram, and every object is acknowledged.
     let _ = setsockopt(&sock, sockopt::SndBufForce, &room);
     let _ = setsockopt(&sock, sockopt::RcvBufForce, &room);
     Ok(sock)
 }
 
-/// Sends `req` and collects the payloads of the answer's messages up to NLMSG_DONE: the
-/// objects of a dump, with their NEW type.
-fn dump_request(sock: &OwnedFd, req: &[u8], what: &str) -> Result<Vec<(u16, Vec<u8>)>, NftError> {
+fn send(sock: &OwnedFd, bytes: &[u8], what: &str) -> Result<(), NftError> {
     sendto(
         sock.as_raw_fd(),
-        req,
+        bytes,
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )
-    .map_err(|e| nl_err(format!("asking for {what}"))(e.into()))?;
+    .map(drop)
+    .map_err(|e| nl_err(format!("sending {what}"))(e.into()))
+}
+
+/// The messages of the next datagram of the answer.
+fn receive<'a>(sock: &OwnedFd, buf: &'a mut [u8], what: &str) -> Result<Vec<Raw<'a>>, NftError> {
+    let n = recv(sock.as_raw_fd(), buf, MsgFlags::empty())
+        .map_err(|e| nl_err(format!("reading the answer to {what}"))(e.into()))?;
+    rtnl::split(&buf[..n]).map_err(refused(format!("reading the answer to {what}")))
+}
+
+/// Sends `req` and collects the payloads of the answer's messages up to NLMSG_DONE: the
+/// objects of a dump, with their NEW type.
+fn dump_request(sock: &OwnedFd, req: &[u8], what: &str) -> Result<Vec<(u16, Vec<u8>)>, NftError> {
+    send(sock, req, what)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())
-            .map_err(|e| nl_err(format!("reading {what}"))(e.into()))?;
-        for (ty, _, _, payload) in messages(&buf[..n]) {
-            match ty {
+        for m in receive(sock, &mut buf, what)? {
+            match m.ty {
                 NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let code = payload
-                        .get(..4)
-                        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                        .unwrap_or(-libc::EIO);
-                    if code == 0 {
-                        continue;
-                    }
-                    return Err(nl_err(format!("reading {what}"))(
-                        io::Error::from_raw_os_error(-code),
-                    ));
-                }
-                t if t >> 8 == NFNL_SUBSYS_NFTABLES => out.push((t & 0xff, payload.to_vec())),
+                NLMSG_ERROR => rtnl::ack(m).map_err(refused(what))?,
+                t if t >> 8 == NFNL_SUBSYS_NFTABLES => out.push((t & 0xff, payload(&m).to_vec())),
                 _ => {}
             }
         }
@@ -377,37 +366,22 @@ fn str_attr(ty: u16, s: &str) -> Vec<u8> {
 }
 
 fn generation(sock: &OwnedFd) -> Result<Option<u32>, NftError> {
-    let mut buf = Vec::new();
+    let mut req = Vec::new();
     let ty = (NFNL_SUBSYS_NFTABLES << 8) | (NEWGEN + GET);
-    header(&mut buf, ty, NLM_F_REQUEST | NLM_F_ACK, 1, 0, 0);
-    finish(&mut buf, 0);
-    sendto(
-        sock.as_raw_fd(),
-        &buf,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .map_err(|e| nl_err("asking for the generation")(e.into()))?;
-    let mut rbuf = vec![0u8; 4096];
+    header(&mut req, ty, NLM_F_REQUEST | NLM_F_ACK, 1, 0, 0);
+    finish(&mut req, 0);
+    let what = "the ruleset's generation";
+    send(sock, &req, what)?;
+    let mut buf = vec![0u8; 4096];
     let mut gen = None;
     loop {
-        let n = recv(sock.as_raw_fd(), &mut rbuf, MsgFlags::empty())
-            .map_err(|e| nl_err("reading the generation")(e.into()))?;
-        for (ty, _, _, payload) in messages(&rbuf[..n]) {
-            if ty == (NFNL_SUBSYS_NFTABLES << 8) | NEWGEN {
-                gen = attr(payload.get(4..).unwrap_or_default(), 1)
+        for m in receive(sock, &mut buf, what)? {
+            if m.ty == (NFNL_SUBSYS_NFTABLES << 8) | NEWGEN {
+                gen = attr(payload(&m).get(4..).unwrap_or_default(), 1)
                     .and_then(|v| v.get(..4))
                     .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
-            } else if ty == NLMSG_ERROR {
-                let code = payload
-                    .get(..4)
-                    .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                    .unwrap_or(-libc::EIO);
-                if code != 0 {
-                    return Err(nl_err("asking for the generation")(
-                        io::Error::from_raw_os_error(-code),
-                    ));
-                }
+            } else if m.ty == NLMSG_ERROR {
+                rtnl::ack(m).map_err(refused(what))?;
                 return Ok(gen);
             }
         }
@@ -422,9 +396,9 @@ pub fn dump(ns: BorrowedFd<'_>, skip: &dyn Fn(&str) -> bool) -> Result<Vec<NftOb
         let before = match generation(&sock) {
             Ok(g) => g,
             // No nf_tables in this kernel (nfnetlink answers that no subsystem takes it).
-            Err(NftError::Netlink { source, .. })
+            Err(NftError::Refused { source, .. })
                 if matches!(
-                    source.raw_os_error(),
+                    source.errno(),
                     Some(libc::EPROTONOSUPPORT | libc::EOPNOTSUPP | libc::ENOENT)
                 ) =>
             {
@@ -494,36 +468,24 @@ pub fn restore(ns: BorrowedFd<'_>, objects: &[NftObject]) -> Result<(), NftError
     }
     let (batch, order) = restore_batch(objects);
     let sock = nf_socket(ns, batch.len() * 2 + (1 << 20))?;
-    sendto(
-        sock.as_raw_fd(),
-        &batch,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .map_err(|e| nl_err("sending the ruleset")(e.into()))?;
+    let what = "the ruleset";
+    send(&sock, &batch, what)?;
     let mut acked = 0;
     let mut buf = vec![0u8; 1 << 16];
     while acked < order.len() {
-        let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())
-            .map_err(|e| nl_err("reading the ruleset's acknowledgements")(e.into()))?;
-        for (ty, _, seq, payload) in messages(&buf[..n]) {
-            if ty != NLMSG_ERROR {
+        for m in receive(&sock, &mut buf, what)? {
+            if m.ty != NLMSG_ERROR {
                 continue;
             }
-            let code = payload
-                .get(..4)
-                .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                .unwrap_or(-libc::EIO);
-            if code != 0 {
+            let seq = m.seq;
+            rtnl::ack(m).map_err(|e| {
                 let object = (seq as usize)
                     .checked_sub(2)
                     .and_then(|k| order.get(k))
                     .map(|&i| describe(&objects[i]))
                     .unwrap_or_else(|| format!("message {seq}"));
-                return Err(nl_err(format!("making {object}"))(
-                    io::Error::from_raw_os_error(-code),
-                ));
-            }
+                refused(format!("making {object}"))(e)
+            })?;
             acked += 1;
         }
     }
@@ -602,16 +564,19 @@ mod tests {
         let objects = vec![rule("filter", "input"), table("filter", 0)];
         let (batch, order) = restore_batch(&objects);
         assert_eq!(order, vec![1, 0]);
-        let msgs = messages(&batch);
-        let types: Vec<u16> = msgs.iter().map(|m| m.0).collect();
+        let msgs = rtnl::split(&batch).unwrap();
+        let types: Vec<u16> = msgs.iter().map(|m| m.ty).collect();
         assert_eq!(types, vec![0x10, 0x0a00, 0x0a06, 0x11]);
-        assert_ne!(msgs[2].1 & NLM_F_APPEND, 0);
-        assert_eq!(msgs[1].1 & NLM_F_APPEND, 0);
-        let seqs: Vec<u32> = msgs.iter().map(|m| m.2).collect();
+        assert_ne!(msgs[2].flags & NLM_F_APPEND, 0);
+        assert_eq!(msgs[1].flags & NLM_F_APPEND, 0);
+        let seqs: Vec<u32> = msgs.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4]);
         // The batch header names nf_tables (res_id, big-endian).
-        assert_eq!(&msgs[0].3[2..4], &NFNL_SUBSYS_NFTABLES.to_be_bytes());
-        assert_eq!(msgs[1].3[0], 1, "the object's family");
+        assert_eq!(
+            &payload(&msgs[0])[2..4],
+            &NFNL_SUBSYS_NFTABLES.to_be_bytes()
+        );
+        assert_eq!(payload(&msgs[1])[0], 1, "the object's family");
     }
 
     #[test]

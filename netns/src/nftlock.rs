@@ -286,7 +286,8 @@ fn unlock_batch(table: &str) -> Vec<u8> {
     out
 }
 
-fn nf_socket() -> io::Result<OwnedFd> {
+/// A NETLINK_NETFILTER socket, in the calling thread's network namespace.
+pub(crate) fn nf_socket() -> io::Result<OwnedFd> {
     socket(
         AddressFamily::Netlink,
         SockType::Raw,

@@ -683,12 +683,9 @@ pub fn restore(
         let ss = sockaddr(e.family, &e.dst_addr, e.dst_port);
         connect(fd.as_raw_fd(), &ss).map_err(sys(format!("connect {local} -> {remote}")))?;
     }
-    let reuse = e.opts.reuseaddr.unwrap_or(false);
-    setsockopt(&fd, ReuseAddr, &reuse).map_err(sys("SO_REUSEADDR"))?;
     let reuseport = e.opts.so_reuseport.unwrap_or(false);
     setsockopt(&fd, ReusePort, &reuseport).map_err(sys("SO_REUSEPORT"))?;
-    let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
-    ipopts::set_freebind(fd, e.family, freebind).map_err(sys("IP_FREEBIND"))?;
+    dumped_reuse_and_freebind(fd, e)?;
     // Shut as it was (a datagram socket, or a closed TCP one): the kernel marks an
     // unconnected socket too, answering ENOTCONN.
     let how = match e.shutdown.unwrap_or(0) {
@@ -840,11 +837,17 @@ fn restore_stream(
     const TCP_REPAIR_OFF: u32 = 0;
     setsockopt(&fd, TcpRepair, &TCP_REPAIR_OFF).map_err(sys(ctx("TCP_REPAIR off")))?;
     // Leaving repair mode clears address reuse (the kernel resets sk_reuse): set it again.
+    dumped_reuse_and_freebind(fd, e)?;
+    Ok(sock)
+}
+
+/// Address reuse and IP_FREEBIND as dumped: a socket is bound with both on whatever the dump
+/// says, and leaving repair mode clears address reuse.
+fn dumped_reuse_and_freebind(fd: BorrowedFd<'_>, e: &pb::InetSkEntry) -> Result<(), InetError> {
     let reuse = e.opts.reuseaddr.unwrap_or(false);
     setsockopt(&fd, ReuseAddr, &reuse).map_err(sys("SO_REUSEADDR"))?;
     let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
-    ipopts::set_freebind(fd, e.family, freebind).map_err(sys(ctx("IP_FREEBIND")))?;
-    Ok(sock)
+    ipopts::set_freebind(fd, e.family, freebind).map_err(sys("IP_FREEBIND"))
 }
 
 /// A connection whose SYN was not answered at the dump (SYN_SENT): connected again out of
@@ -867,11 +870,7 @@ fn connect_again(
     }
     // Blocking again unless the task had it so (set by the caller).
     fcntl(fd, FcntlArg::F_SETFL(OFlag::empty())).map_err(sys(ctx("O_NONBLOCK off")))?;
-    // Leaving repair mode cleared address reuse (the kernel resets sk_reuse).
-    let reuse = e.opts.reuseaddr.unwrap_or(false);
-    setsockopt(&fd, ReuseAddr, &reuse).map_err(sys("SO_REUSEADDR"))?;
-    let freebind = e.ip_opts.as_ref().and_then(|o| o.freebind).unwrap_or(false);
-    ipopts::set_freebind(fd, e.family, freebind).map_err(sys(ctx("IP_FREEBIND")))?;
+    dumped_reuse_and_freebind(fd, e)?;
     Ok(sock)
 }
 

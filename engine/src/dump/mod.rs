@@ -439,6 +439,8 @@ pub(crate) struct Images {
     pub(crate) mqueues: Vec<(u32, i32, String, u32)>,
     /// Image ids of the namespaces the tree is in: ours, or the ones it owns (see `ns`).
     pub(crate) ns_ids: crate::task::core::NsIds,
+    /// Tasks in a mount namespace nested in the tree's: (its id, its root mount's id).
+    pub(crate) nested_mnt: HashMap<u32, (u32, i32)>,
     /// Files in flight on the tree's unix sockets, which peeking put in our table.
     pub(crate) in_flight: Vec<std::os::fd::OwnedFd>,
     /// Seccomp filters of every thread, each once.
@@ -477,8 +479,36 @@ fn write_external_pidns(dir: &Path, pids: &crate::ns::pid::PidView) -> Result<()
     )
 }
 
-/// Everything from a frozen tree to a complete image set: refusals first, then each task, the
-/// objects tasks share (files, IPC, namespaces), and inventory.img last.
+/// The tree's own mount namespace and the ones nested in it, in `img`: the ids, where the
+/// tree's paths are seen from, which tasks are nested.
+fn note_mount_namespaces(
+    img: &mut Images,
+    root: u32,
+    mounts: &crate::ns::mnt_dump::TreeMounts,
+    own_userns: bool,
+) -> Result<(), DumpError> {
+    img.ns_ids.mnt = Some(crate::ns::mnt::TREE_NS_ID);
+    // Paths the tree shows (its cwd, exe, mapped files) are under its own root.
+    img.files.path_root = Some(format!("/proc/{root}/root"));
+    if own_userns && !mounts.nested.is_empty() {
+        return Err(DumpError::Namespace {
+            pid: mounts.nested[0].pids[0],
+            kind: "mount",
+            ns: "a mount namespace nested in a tree with a user namespace of its own \
+                 (not supported yet)"
+                .into(),
+        });
+    }
+    for n in &mounts.nested {
+        let root_mount = n.table.iter().find(|m| m.mountpoint == "/").map(|m| m.id);
+        for &pid in &n.pids {
+            img.nested_mnt
+                .insert(pid, (n.id, root_mount.unwrap_or(0) as i32));
+        }
+    }
+    Ok(())
+}
+
 /// The tree's mount table when it owns its mount namespace ("mnt" is then added to `owned`).
 fn tree_mount_table(
     root: u32,
@@ -486,14 +516,16 @@ fn tree_mount_table(
     opts: &DumpOptions,
     own_cgroupns: bool,
     owned: &mut Vec<&'static str>,
-) -> Result<Option<Vec<crate::ns::mnt::MountInfo>>, DumpError> {
-    let table = crate::ns::mnt_sys::tree_mounts(
+) -> Result<Option<crate::ns::mnt_dump::TreeMounts>, DumpError> {
+    let table = crate::ns::mnt_dump::tree_mounts(
         root,
         live,
-        &opts.ext_mounts,
-        opts.auto_ext_mounts,
-        &opts.enable_fs,
-        own_cgroupns,
+        &crate::ns::mnt_dump::ReadOpts {
+            ext: &opts.ext_mounts,
+            auto: opts.auto_ext_mounts,
+            enable_fs: &opts.enable_fs,
+            cgroupns: own_cgroupns,
+        },
     )?;
     if table.is_some() {
         owned.push("mnt");
@@ -501,6 +533,8 @@ fn tree_mount_table(
     Ok(table)
 }
 
+/// Everything from a frozen tree to a complete image set: refusals first, then each task, the
+/// objects tasks share (files, IPC, namespaces), and inventory.img last.
 fn dump_frozen(
     tree: &mut Tree,
     opts: &DumpOptions,
@@ -538,7 +572,7 @@ fn dump_frozen(
     if own_userns.is_some() {
         owned.push("user");
     }
-    let own_cgroupns = crate::ns::mnt_sys::tree_cgroupns(root, &live)?;
+    let own_cgroupns = crate::ns::mnt_dump::tree_cgroupns(root, &live)?;
     if own_cgroupns {
         owned.push("cgroup");
     }
@@ -567,10 +601,8 @@ fn dump_frozen(
         )?;
         img.userns = own_userns.clone();
     }
-    if own_mnt.is_some() {
-        img.ns_ids.mnt = Some(crate::ns::mnt::TREE_NS_ID);
-        // Paths the tree shows (its cwd, exe, mapped files) are under its own root.
-        img.files.path_root = Some(format!("/proc/{root}/root"));
+    if let Some(mounts) = &own_mnt {
+        note_mount_namespaces(&mut img, root, mounts, own_userns.is_some())?;
     }
     if let Some(clocks) = &own_time {
         img.ns_ids.time = crate::ns::time::TREE_NS_ID;
@@ -614,7 +646,7 @@ fn dump_frozen(
         }
     }
     if let Some(table) = &own_mnt {
-        crate::ns::mnt_sys::dump(root, table, &img.dir)?;
+        crate::ns::mnt_dump::dump(root, table, &img.dir)?;
     }
     if let Some(ns) = &own_uts {
         let uts = crate::ns::ipc::in_ns_of(ns, libc::CLONE_NEWUTS, crate::ns::uts::names)??;
@@ -704,6 +736,7 @@ fn collect_start(
         cgroups: Default::default(),
         userns: None,
         files_owner: Vec::new(),
+        nested_mnt: HashMap::new(),
         ns_ids: crate::task::core::NsIds {
             uts: if own_uts {
                 crate::ns::uts::TREE_NS_ID

@@ -344,10 +344,13 @@ pub struct FileTable {
     /// shares an open file with one seen before takes a binary search, not a kcmp per fd (a
     /// task with 5000 fds on /dev/null took 25 s).
     seen_by_inode: HashMap<(u64, u64), Vec<usize>>,
-    by_path: HashMap<(String, u32), u32>,
+    by_path: HashMap<(String, u32, Option<i32>), u32>,
     /// Where the tree's paths are seen from here (`/proc/<root>/root`) when it has a mount
     /// namespace of its own; None when its paths are ours.
     pub path_root: Option<String>,
+    /// The mount id files known by path only are given: none in the tree's own mount
+    /// namespace, the root mount of a nested one (see ns::mnt_nested) for its tasks.
+    pub path_mnt: Option<i32>,
     /// What each kind keeps for its own images (pipe data, tty infos, queued messages...).
     pub slots: kind::Slots,
 }
@@ -447,6 +450,7 @@ impl FileTable {
             seen_by_inode: HashMap::new(),
             by_path: HashMap::new(),
             path_root: None,
+            path_mnt: None,
             slots: kind::Slots::default(),
         }
     }
@@ -728,7 +732,7 @@ impl FileTable {
             path: orig.to_string(),
             source,
         })?;
-        let id = self.push_reg(orig, libc::O_DIRECTORY as u32, 0, None, Some(&md));
+        let id = self.push_reg(orig, libc::O_DIRECTORY as u32, 0, self.path_mnt, Some(&md));
         self.deleted(id, open, orig, &md, None)?;
         Ok(id)
     }
@@ -774,7 +778,7 @@ impl FileTable {
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino(), flags)) {
             return Ok(id);
         }
-        let id = self.push_reg(orig, flags, 0, None, Some(&md));
+        let id = self.push_reg(orig, flags, 0, self.path_mnt, Some(&md));
         self.deleted(id, open, orig, &md, None)?;
         self.by_inode.insert((md.dev(), md.ino(), flags), id);
         Ok(id)
@@ -782,7 +786,7 @@ impl FileTable {
 
     /// A file known by path only (cwd, root, exe, mapped files), opened with `flags`.
     pub fn add_path(&mut self, path: &str, flags: u32) -> Result<u32, FilesError> {
-        if let Some(&id) = self.by_path.get(&(path.to_string(), flags)) {
+        if let Some(&id) = self.by_path.get(&(path.to_string(), flags, self.path_mnt)) {
             return Ok(id);
         }
         // Without a size (it cannot be stat'ed now) the restore skips the changed-file check;
@@ -791,8 +795,9 @@ impl FileTable {
             Some(root) => std::fs::metadata(crate::ns::mnt::under(root, path)).ok(),
             None => std::fs::metadata(path).ok(),
         };
-        let id = self.push_reg(path, flags, 0, None, md.as_ref());
-        self.by_path.insert((path.to_string(), flags), id);
+        let id = self.push_reg(path, flags, 0, self.path_mnt, md.as_ref());
+        self.by_path
+            .insert((path.to_string(), flags, self.path_mnt), id);
         Ok(id)
     }
 

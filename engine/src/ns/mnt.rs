@@ -166,6 +166,10 @@ pub enum Make {
     /// A mount the caller declared external (its `ext_key`), or a v1 cgroup hierarchy's
     /// directory, which only the caller can map (runc maps each to the container's cgroup).
     External,
+    /// In a nested mount namespace (see ns::mnt_nested): a copy of a filesystem another
+    /// namespace of the tree mounts too (its tmpfs, devpts), taken from there so that both
+    /// keep sharing it.
+    Elsewhere,
 }
 
 /// One step of the plan, parents first.
@@ -186,6 +190,16 @@ const ANEW_WHOLE: &[&str] = &["proc", "sysfs", "cgroup", "cgroup2"];
 /// The order and the way to make every mount of `table` (a tree's mount namespace), parents
 /// before children. A filesystem type it cannot make is an error naming the mount.
 pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
+    plan_with(table, &HashSet::new())
+}
+
+/// [`plan`] for a nested mount namespace: a mount of a filesystem in `elsewhere` (devices
+/// another namespace of the tree makes) that this table does not mount whole first is
+/// [`Make::Elsewhere`].
+pub fn plan_with(
+    table: &[MountInfo],
+    elsewhere: &HashSet<(u32, u32)>,
+) -> Result<Vec<Planned>, MntError> {
     let ids: HashSet<u32> = table.iter().map(|m| m.id).collect();
     let root = table
         .iter()
@@ -316,6 +330,10 @@ pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
             // A bind of a directory of the root's filesystem the root shows (a container's
             // `mount --bind /data /mnt`): made from the new root.
             Make::Bind { of: root.id, sub }
+        } else if elsewhere.contains(&m.dev)
+            && !(m.root == "/" && ANEW_WHOLE.contains(&m.fstype.as_str()))
+        {
+            Make::Elsewhere
         } else if m.root != "/" {
             return Err(MntError::Unsupported {
                 id: m.id,
@@ -615,7 +633,7 @@ pub fn mark_external(table: &mut [MountInfo], ext: &[(String, String)]) {
 }
 
 /// `inner` as a path under `root` (both directories of one filesystem), if `root` holds it.
-fn within(root: &str, inner: &str) -> Option<String> {
+pub(crate) fn within(root: &str, inner: &str) -> Option<String> {
     if !super::propagation::holds(root, inner) {
         return None;
     }

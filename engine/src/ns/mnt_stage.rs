@@ -5,7 +5,7 @@
 use std::os::fd::OwnedFd;
 
 use super::mnt::{self, Make, Phase};
-use super::mnt_sys::{cstr, external_source, sys_mount, Early, MntNsError};
+use super::mnt_sys::{cstr, external_source, sys_mount, Back, Early, MntNsError};
 
 /// A mount to make read-only later: an O_PATH fd on it (a path could name a mount covering
 /// it by then), its per-mount flags, and for a read-only filesystem its data.
@@ -110,4 +110,67 @@ pub(super) fn defer_read_only(
         superblock,
     });
     Ok(())
+}
+
+/// The calling thread in a new mount namespace (or the holder's, `existing`), every mount a
+/// slave of ours, with what it needs to come back; with `keep_host_root`, an fd on our root.
+pub(super) fn enter_new_namespace(
+    existing: Option<std::os::fd::BorrowedFd<'_>>,
+    root_s: &str,
+    keep_host_root: bool,
+) -> Result<Early, MntNsError> {
+    let back = Back::save()?;
+    let host_root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| MntNsError::Ns {
+        what: "opening our root".into(),
+        source: e.into(),
+    })?;
+    match existing {
+        // A namespace the user namespace holder made (see ns::user); entering one needs
+        // this thread's fs to itself.
+        Some(ns) => nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+            .and_then(|()| nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS))
+            .map_err(|e| MntNsError::Ns {
+                what: "entering the tree's new mount namespace".into(),
+                source: e.into(),
+            })?,
+        None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+            MntNsError::Ns {
+                what: "unsharing a mount namespace".into(),
+                source: e.into(),
+            }
+        })?,
+    }
+    let early = Early {
+        back: Some(back),
+        ns: OwnedFd::from(
+            std::fs::File::open("/proc/thread-self/ns/mnt").map_err(|source| MntNsError::Read {
+                path: "/proc/thread-self/ns/mnt".into(),
+                source,
+            })?,
+        ),
+        root: cstr(root_s)?,
+        late: Vec::new(),
+        propagation: Vec::new(),
+        mount_fds: Default::default(),
+        _trees: Vec::new(),
+        yard: None,
+        read_only: Vec::new(),
+        host_root: keep_host_root.then_some(host_root),
+    };
+    // Nothing made here reaches the namespace we came from; what ours receive from the
+    // host's peer groups still reaches them, as runc's rslave root does: a bind of a host
+    // path is then a slave of the host's group, as the dumped one was. Each mount is made
+    // private below unless it was such a slave.
+    sys_mount(None, "/", None, libc::MS_REC | libc::MS_SLAVE, None).map_err(|source| {
+        MntNsError::Ns {
+            what: "making our mounts slaves".into(),
+            source,
+        }
+    })?;
+    Ok(early)
 }

@@ -1,6 +1,6 @@
-//! Mount namespaces, the syscall part: the dump reads the tree's mount table and saves each
-//! tmpfs; the restore makes the table again under the caller's root in two phases (see
-//! ARCHITECTURE.md, "Mount namespaces"):
+//! Mount namespaces, the restore's syscall part (the dump's is `mnt_dump`): the restore makes
+//! the table again under the caller's root in two phases (see ARCHITECTURE.md, "Mount
+//! namespaces"):
 //! 1. [`build`]: the restoring thread unshares a mount namespace (a thread may: unshare
 //!    implies `CLONE_FS`), makes every mount private, binds the root onto itself and makes
 //!    every mount except a proc and what lies under it, with each tmpfs's content. The pool
@@ -15,9 +15,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use super::mnt::{self, Make, MountInfo, Phase};
-use super::mnt_stage::{defer_read_only, open_external_sources, yard_if_slash, ReadOnly};
+use super::mnt_stage::{
+    defer_read_only, enter_new_namespace, open_external_sources, yard_if_slash, ReadOnly,
+};
 use super::propagation;
-use crate::images::{magic, names, ImageKind, ImageWriter};
+use crate::images::names;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MntNsError {
@@ -25,6 +27,8 @@ pub enum MntNsError {
     Table(#[from] mnt::MntError),
     #[error(transparent)]
     Tmpfs(#[from] super::tmpfs::TmpfsError),
+    #[error(transparent)]
+    Nested(#[from] super::mnt_nested::NestedError),
     #[error("process {pid} is in another mount namespace than the tree's root")]
     Mixed { pid: u32 },
     #[error("reading {path}")]
@@ -70,83 +74,24 @@ pub enum MntNsError {
     },
 }
 
-/// Whether the tree owns its cgroup namespace.
-pub fn tree_cgroupns(root: u32, live: &[u32]) -> Result<bool, MntNsError> {
-    super::tree_owns("cgroup", root, live).map_err(|e| match e {
-        super::OwnsError::Mixed { pid } => MntNsError::Mixed { pid },
-        super::OwnsError::Read { path, source } => MntNsError::Read { path, source },
-    })
-}
-
-/// The tree's mount table, when it owns its mount namespace; its external mounts marked by
-/// `ext` (mountpoint, key) and checked to be restorable. With a cgroup namespace of its own
-/// (`cgroupns`), cgroup mounts are recorded as the tree sees them.
-pub fn tree_mounts(
-    root: u32,
-    live: &[u32],
-    ext: &[(String, String)],
-    auto: Option<super::mnt_ext::AutoExternal>,
-    enable_fs: &[String],
-    cgroupns: bool,
-) -> Result<Option<Vec<MountInfo>>, MntNsError> {
-    match super::tree_owns("mnt", root, live) {
-        Ok(false) => return Ok(None),
-        Ok(true) => {}
-        Err(super::OwnsError::Mixed { pid }) => return Err(MntNsError::Mixed { pid }),
-        Err(super::OwnsError::Read { path, source }) => {
-            return Err(MntNsError::Read { path, source })
-        }
-    }
-    let path = format!("/proc/{root}/mountinfo");
-    let text = std::fs::read_to_string(&path).map_err(|source| MntNsError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let mut table = mnt::parse_mountinfo(&text)?;
-    if cgroupns {
-        let path = format!("/proc/{root}/cgroup");
-        let cg =
-            std::fs::read_to_string(&path).map_err(|source| MntNsError::Read { path, source })?;
-        mnt::to_cgroupns_view(&mut table, &cg);
-    }
-    mnt::mark_external(&mut table, ext);
-    mnt::mark_mount_anew(&mut table, enable_fs);
-    if let Some(auto) = auto {
-        let ours = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|source| MntNsError::Read {
-                path: "/proc/self/mountinfo".into(),
-                source,
-            })
-            .and_then(|t| Ok(mnt::parse_mountinfo(&t)?))?;
-        let n = super::mnt_ext::mark_auto(&mut table, &ours, auto);
-        log::info!("{n} mounts of the tree found external (--ext-mount-map auto)");
-    }
-    propagation::plan(&table, &our_shared_groups())?;
-    let plan = mnt::plan(&table)?;
-    mnt::phases(&plan)?;
-    if let Some(p) = plan
-        .iter()
-        .find(|p| p.make == Make::External && p.mount.ext_key.is_none())
-    {
-        return Err(MntNsError::UndeclaredCgroup {
-            id: p.mount.id,
-            mountpoint: p.mount.mountpoint.clone(),
-        });
-    }
-    Ok(Some(table))
-}
-
 /// The init's propagation steps after the pivot: each mount by the fd the restorer took on it
 /// once made (a mount stacked on it later cannot stand in for it), or, made by the init
 /// itself, by its path as the tree sees it.
-fn stub_steps(
+pub(super) fn stub_steps(
     steps: &[propagation::Step],
     table: &[MountInfo],
     fds: &std::collections::HashMap<u32, OwnedFd>,
+    nested_ns: &std::collections::HashMap<u32, RawFd>,
 ) -> Result<Vec<StubStep>, MntNsError> {
     let at = |id: u32| -> Result<StubMount, MntNsError> {
         if let Some(fd) = fds.get(&id) {
-            return Ok(StubMount::Fd(fd.as_raw_fd()));
+            return Ok(match nested_ns.get(&id) {
+                Some(&ns_fd) => StubMount::Nested {
+                    fd: fd.as_raw_fd(),
+                    ns_fd,
+                },
+                None => StubMount::Fd(fd.as_raw_fd()),
+            });
         }
         let m = table.iter().find(|m| m.id == id).ok_or(MntNsError::Ns {
             what: format!("propagation of mount {id}, which is not in the table"),
@@ -169,57 +114,9 @@ fn stub_steps(
         .collect()
 }
 
-/// The peer groups of the dumper's own mounts: a tree's mount shared with one of them has
-/// peers outside the tree.
-fn our_shared_groups() -> std::collections::HashSet<u32> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|t| mnt::parse_mountinfo(&t).ok())
-        .map(|table| table.iter().filter_map(propagation::shared_group).collect())
-        .unwrap_or_default()
-}
-
-/// Writes `mountpoints-<id>.img` and each tmpfs's content, read through the root's
-/// `/proc/<root>/root`.
-pub fn dump(root: u32, table: &[MountInfo], dir: &Path) -> Result<(), MntNsError> {
-    let mut w = ImageWriter::new(ImageKind::Normal, magic::MNTS);
-    for m in table {
-        w.push(&mnt::to_entry(m));
-    }
-    let file = dir.join(names::mountpoints(mnt::TREE_NS_ID));
-    crate::private::write_private(&file, &w.into_bytes()).map_err(|source| MntNsError::Write {
-        path: file.display().to_string(),
-        source,
-    })?;
-    for p in mnt::plan(table)?.iter().filter(|p| p.make == Make::Tmpfs) {
-        use std::os::unix::fs::MetadataExt;
-        // Through a copy of the mount without what is mounted on it: files a submount hides
-        // are the tmpfs's too (zdtm's tempfs). The mounted path when no copy can be made.
-        let clone = clone_in_tree(root, &p.mount.mountpoint)
-            .map_err(|e| log::info!("{}: no copy of the mount ({e})", p.mount.mountpoint))
-            .ok();
-        let at = match &clone {
-            // "/." so that the root's own metadata is the directory's, not the fd link's.
-            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd())),
-            None => PathBuf::from(mnt::under(
-                &format!("/proc/{root}/root"),
-                &p.mount.mountpoint,
-            )),
-        };
-        let dev = std::fs::metadata(&at)
-            .map_err(|source| MntNsError::Read {
-                path: at.display().to_string(),
-                source,
-            })?
-            .dev();
-        let out = dir.join(names::tmpfs_dev(mnt::kdev(p.mount.dev)));
-        super::tmpfs::save(&at, dev, &out)?;
-    }
-    Ok(())
-}
-
 /// One mount the tree's init makes after it pivots (see the module comment). Every string is
 /// made before the fork: the stub only passes pointers.
+#[derive(Clone)]
 pub struct LateMount {
     pub source: Option<CString>,
     pub target: CString,
@@ -240,6 +137,15 @@ pub struct StubMounts {
     pub propagation: Vec<StubStep>,
     /// The fds [`StubMount::Fd`] names, which the init closes after the steps.
     pub mount_fds: Vec<RawFd>,
+    /// The nested namespaces (see ns::mnt_nested), in their images' order.
+    pub nested: Vec<NestedStub>,
+}
+
+/// A nested mount namespace as the stubs take it: every task of it enters it (the init's
+/// namespace too, for a task whose parent is nested), and the first makes its late mounts.
+pub struct NestedStub {
+    pub ns_fd: RawFd,
+    pub late: Vec<LateMount>,
 }
 
 /// [`propagation::Step`] as the init's syscalls take it.
@@ -254,24 +160,34 @@ pub enum StubStep {
 #[derive(Clone)]
 pub enum StubMount {
     Fd(RawFd),
+    /// A mount of a nested namespace (`ns_fd`): its propagation is set from inside it
+    /// (mount_setattr acts on mounts of the caller's namespace only).
+    Nested {
+        fd: RawFd,
+        ns_fd: RawFd,
+    },
     Path(CString),
 }
 
 /// The namespace phase 1 made, held until the tree's init has entered it.
 pub struct Early {
-    back: Option<Back>,
-    ns: OwnedFd,
+    pub(super) back: Option<Back>,
+    pub(super) ns: OwnedFd,
     pub(super) root: CString,
-    late: Vec<LateMount>,
-    propagation: Vec<StubStep>,
+    pub(super) late: Vec<LateMount>,
+    pub(super) propagation: Vec<StubStep>,
     /// O_PATH fds on the mounts the propagation steps act on, by dumped id.
-    mount_fds: std::collections::HashMap<u32, OwnedFd>,
+    pub(super) mount_fds: std::collections::HashMap<u32, OwnedFd>,
     /// Detached binds for the late external mounts: closed with us, after the fork.
-    _trees: Vec<OwnedFd>,
+    pub(super) _trees: Vec<OwnedFd>,
     /// The host directory a yard was mounted on (a tree rooted at /): removed with us.
     pub(super) yard: Option<PathBuf>,
     /// Mounts made read-only only once the tree's files exist ([`Early::seal_read_only`]).
     pub(super) read_only: Vec<ReadOnly>,
+    /// Our own root, for opening the host's files the tree holds on the host's mounts: by
+    /// path here they would be opened on this namespace's copies, which the init's pivot
+    /// detaches (a second dump would find them on no mount).
+    pub(super) host_root: Option<OwnedFd>,
 }
 
 impl Early {
@@ -315,7 +231,15 @@ impl Early {
         self.root.to_string_lossy().into_owned()
     }
 
-    pub fn stub_mounts(&self) -> StubMounts {
+    /// Where the host's files are opened from while this thread is in the new namespace.
+    pub fn host_root_path(&self) -> Option<String> {
+        self.host_root
+            .as_ref()
+            .map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    }
+
+    /// What the stubs need: the init's namespace and mounts, and each nested namespace's.
+    pub fn stub_mounts(&self, nested: &[super::mnt_nested_sys::NestedEarly]) -> StubMounts {
         for (i, l) in self.late.iter().enumerate() {
             log::debug!(
                 "init's mount #{i}: {:?} on {:?} ({:?}, flags {:#x}, {:?}){}",
@@ -334,32 +258,22 @@ impl Early {
         StubMounts {
             ns_fd: self.ns.as_raw_fd(),
             root: self.root.clone(),
-            late: self
-                .late
-                .iter()
-                .map(|l| LateMount {
-                    source: l.source.clone(),
-                    target: l.target.clone(),
-                    fstype: l.fstype.clone(),
-                    flags: l.flags,
-                    data: l.data.clone(),
-                    tree_fd: l.tree_fd,
-                })
-                .collect(),
+            late: self.late.clone(),
             propagation: self.propagation.clone(),
             mount_fds: self.mount_fds.values().map(|f| f.as_raw_fd()).collect(),
+            nested: nested.iter().map(|n| n.stub()).collect(),
         }
     }
 }
 
 /// The mount namespace and cwd this thread had; it goes back there when dropped.
-struct Back {
+pub(super) struct Back {
     ns: OwnedFd,
     cwd: OwnedFd,
 }
 
 impl Back {
-    fn save() -> Result<Back, MntNsError> {
+    pub(super) fn save() -> Result<Back, MntNsError> {
         let open = |path: &str, flags| {
             nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(|e| {
                 MntNsError::Ns {
@@ -425,71 +339,50 @@ pub(super) fn cstr(s: &str) -> Result<CString, MntNsError> {
     })
 }
 
+/// What [`build`] makes a namespace from.
+pub struct BuildOpts<'a> {
+    pub images: &'a Path,
+    pub root: Option<&'a Path>,
+    pub ext: &'a [(String, String)],
+    pub auto_ext: bool,
+    /// A namespace the user namespace holder made (see ns::user), to enter instead.
+    pub existing: Option<std::os::fd::BorrowedFd<'a>>,
+    pub userns: Option<&'a crate::images::pb::UsernsEntry>,
+    /// Every namespace's mounts (see ns::mnt_nested): peer groups span them.
+    pub all_mounts: &'a [MountInfo],
+    /// Set when building a nested namespace (see ns::mnt_nested_sys).
+    pub nested: Option<&'a super::mnt_nested_sys::NestedCx>,
+}
+
 /// Phase 1 (see the module comment): the calling thread ends up in a new mount namespace
-/// holding the tree's mounts under `root`, until [`Early::leave`].
-pub fn build(
-    table: &[MountInfo],
-    images: &Path,
-    root: Option<&Path>,
-    ext: &[(String, String)],
-    auto_ext: bool,
-    existing: Option<std::os::fd::BorrowedFd<'_>>,
-    userns: Option<&crate::images::pb::UsernsEntry>,
-) -> Result<Early, MntNsError> {
+/// holding the tree's mounts under `root`, until [`Early::leave`]. A nested namespace's late
+/// mounts are made after its pivot, at the paths the tree sees.
+pub fn build(table: &[MountInfo], o: &BuildOpts<'_>) -> Result<Early, MntNsError> {
+    let BuildOpts {
+        images,
+        root,
+        ext,
+        auto_ext,
+        existing,
+        userns,
+        all_mounts,
+        nested,
+    } = *o;
     let root = root.ok_or(MntNsError::NoRoot)?;
     let root_s = root.to_str().ok_or(MntNsError::NoRoot)?.to_string();
-    let plan = mnt::plan(table)?;
+    let plan = match nested {
+        Some(cx) => mnt::plan_with(table, &cx.elsewhere)?,
+        None => mnt::plan(table)?,
+    };
     let phases = mnt::phases(&plan)?;
     // Groups outside the tree were refused at dump; CRIU's images are checked here.
-    let prop = propagation::plan(table, &Default::default())?;
+    let prop = propagation::plan(all_mounts, &Default::default())?;
     let involved: std::collections::HashSet<u32> =
         prop.steps.iter().flat_map(|s| s.mounts()).collect();
     // Before we leave the host's namespace: the host mounts whose peer groups auto-detected
     // external mounts join again (see ns::mnt_ext).
     let host_groups = host_group_fds(table, &prop)?;
-    let back = Back::save()?;
-    match existing {
-        // A namespace the user namespace holder made (see ns::user); entering one needs
-        // this thread's fs to itself.
-        Some(ns) => nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
-            .and_then(|()| nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS))
-            .map_err(|e| MntNsError::Ns {
-                what: "entering the tree's new mount namespace".into(),
-                source: e.into(),
-            })?,
-        None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
-            MntNsError::Ns {
-                what: "unsharing a mount namespace".into(),
-                source: e.into(),
-            }
-        })?,
-    }
-    let mut early = Early {
-        back: Some(back),
-        ns: OwnedFd::from(
-            std::fs::File::open("/proc/thread-self/ns/mnt").map_err(|source| MntNsError::Read {
-                path: "/proc/thread-self/ns/mnt".into(),
-                source,
-            })?,
-        ),
-        root: cstr(&root_s)?,
-        late: Vec::new(),
-        propagation: Vec::new(),
-        mount_fds: Default::default(),
-        _trees: Vec::new(),
-        yard: None,
-        read_only: Vec::new(),
-    };
-    // Nothing made here reaches the namespace we came from; what ours receive from the
-    // host's peer groups still reaches them, as runc's rslave root does: a bind of a host
-    // path is then a slave of the host's group, as the dumped one was. Each mount is made
-    // private below unless it was such a slave.
-    sys_mount(None, "/", None, libc::MS_REC | libc::MS_SLAVE, None).map_err(|source| {
-        MntNsError::Ns {
-            what: "making our mounts slaves".into(),
-            source,
-        }
-    })?;
+    let mut early = enter_new_namespace(existing, &root_s, nested.is_none())?;
     let by_id: std::collections::HashMap<u32, &MountInfo> =
         table.iter().map(|m| (m.id, m)).collect();
     let ext_sources = open_external_sources(&plan, &phases, ext, auto_ext)?;
@@ -513,7 +406,16 @@ pub fn build(
         };
         let host_source = |key: &Option<String>| external_source(m, key, ext, auto_ext);
         if phase == Phase::Late {
-            let late = late_mount(p, &by_id, flags, &host_source, &mut early, &root_s, userns)?;
+            let late_root = if nested.is_some() { "/" } else { &root_s };
+            let late = late_mount(
+                p,
+                &by_id,
+                flags,
+                &host_source,
+                &mut early,
+                late_root,
+                userns,
+            )?;
             // A bind keeps its source's propagation: the dumped one is set after it.
             if let Some(last) = late.last() {
                 let target = last.target.clone();
@@ -561,6 +463,16 @@ pub fn build(
                 let source = mnt::under(&mnt::under(&root_s, of), sub);
                 bind(&source, &target, flags & !libc::MS_RDONLY).map_err(fail("binding it"))?;
             }
+            Make::Elsewhere => {
+                let fd = nested
+                    .and_then(|cx| cx.copies.get(&m.id))
+                    .ok_or(MntNsError::Ns {
+                        what: format!("mount {} has no copy to attach", m.id),
+                        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                    })?;
+                super::mnt_nested_sys::attach(fd.as_fd(), &target, flags & !libc::MS_RDONLY)
+                    .map_err(fail("attaching its copy from another namespace"))?;
+            }
             Make::External => {
                 let source = match ext_sources.get(&m.id) {
                     Some(fd) => format!("/proc/thread-self/fd/{}", fd.as_raw_fd()),
@@ -575,7 +487,9 @@ pub fn build(
         } else {
             &target
         };
-        if matches!(p.make, Make::Bind { .. } | Make::External) && flags & libc::MS_RDONLY != 0 {
+        if matches!(p.make, Make::Bind { .. } | Make::External | Make::Elsewhere)
+            && flags & libc::MS_RDONLY != 0
+        {
             defer_read_only(&mut early, m.id, made_at, flags, None)?;
         }
         sys_mount(None, made_at, None, at_creation(&prop, m), None)
@@ -584,16 +498,19 @@ pub fn build(
             join_host_group(host, made_at).map_err(fail("joining its host mount's peer group"))?;
         }
         if involved.contains(&m.id) {
-            let fd = nix::fcntl::open(
-                made_at.as_str(),
-                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .map_err(|e| fail("opening it")(e.into()))?;
+            let fd = open_path(made_at).map_err(fail("opening it"))?;
             early.mount_fds.insert(m.id, fd);
         }
     }
-    early.propagation = stub_steps(&prop.steps, table, &early.mount_fds)?;
+    // With nested namespaces, made again once their mounts are (mnt_nested_sys::build_nested).
+    if nested.is_none() {
+        early.propagation = stub_steps(
+            &prop.steps,
+            all_mounts,
+            &early.mount_fds,
+            &Default::default(),
+        )?;
+    }
     if root_ro {
         defer_read_only(&mut early, plan[0].mount.id, &root_s, 0, None)?;
     }
@@ -823,7 +740,7 @@ fn late_mount(
             early._trees.push(fd);
             out.push(remount_after(&target));
         }
-        Make::Root => {}
+        Make::Root | Make::Elsewhere => {}
     }
     // The init mounts these from inside the tree's user namespace, if any: ids in options as
     // it sees them.
@@ -837,7 +754,17 @@ fn late_mount(
     Ok(out)
 }
 
-fn ensure_dir(path: &str) -> std::io::Result<()> {
+/// An O_PATH fd on `path`.
+fn open_path(path: &str) -> std::io::Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(Into::into)
+}
+
+pub(super) fn ensure_dir(path: &str) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path),
@@ -865,7 +792,7 @@ fn bind(source: &str, target: &str, flags: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn remount(target: &str, flags: u64) -> std::io::Result<()> {
+pub(super) fn remount(target: &str, flags: u64) -> std::io::Result<()> {
     sys_mount(
         None,
         target,
@@ -892,25 +819,9 @@ pub(super) fn sys_mount(
     .map_err(Into::into)
 }
 
-/// A detached copy, without its submounts, of the mount at `mountpoint` of task `root`'s mount
-/// namespace, made from a thread that joined it (open_tree copies only mounts of the caller's
-/// namespace).
-fn clone_in_tree(root: u32, mountpoint: &str) -> std::io::Result<OwnedFd> {
-    let ns = std::fs::File::open(format!("/proc/{root}/ns/mnt"))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)?;
-            open_tree(mountpoint)
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
 /// A detached copy of the mount at `path` (open_tree(OPEN_TREE_CLONE)), which a task of
 /// another mount namespace can attach with move_mount.
-fn open_tree(path: &str) -> std::io::Result<OwnedFd> {
+pub(super) fn open_tree(path: &str) -> std::io::Result<OwnedFd> {
     let p = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_tree(2) reads the NUL-terminated path; the fd it returns is ours.
     let fd = unsafe {

@@ -2,7 +2,10 @@
 
 pub mod ipc;
 pub mod mnt;
+pub mod mnt_dump;
 pub mod mnt_ext;
+pub mod mnt_nested;
+pub mod mnt_nested_sys;
 mod mnt_stage;
 pub mod mnt_sys;
 pub mod net;

@@ -379,6 +379,12 @@ fn wait_ready(
                         6 => "making a mount shared again".into(),
                         7 => "making a mount a slave again".into(),
                         8 => "joining a mount to its peer group (MOVE_MOUNT_SET_GROUP)".into(),
+                        9 => "entering its nested mount namespace".into(),
+                        n if n >= 256 + 16 => format!(
+                            "nested mount namespace {}'s mount #{} (see the debug log's list)",
+                            (n - 16) >> 8,
+                            (n - 16) & 0xff
+                        ),
                         n => format!("the init's mount #{} (see the debug log's list)", n - 16),
                     },
                     errno,
@@ -431,6 +437,14 @@ fn stub_plans(
         (kids, *before)
     };
     let subreaper_root = root_kind(img, own_pidns) == RootKind::Subreaper;
+    // With nested mount namespaces every task but the root (which enters the tree's) enters
+    // its own: a task of the tree's may be the child of a nested one's.
+    let mntns = |i: usize, t: &crate::restore::load::TaskImage| {
+        (!img.nested_mounts.is_empty() && i > 0 && t.zombie_exit.is_none()).then(|| {
+            let id = t.threads[0].core.ids.as_ref().and_then(|ids| ids.mnt_ns_id);
+            crate::ns::mnt_nested_sys::index_of(&img.nested_mounts, id).map_or(0, |k| k + 1)
+        })
+    };
     for (i, t) in img.tasks.iter().enumerate() {
         let mine = premaps.get(i).unwrap_or(&no_premaps);
         let name = |id: u32| {
@@ -517,6 +531,7 @@ fn stub_plans(
                 })
                 .collect::<Result<_, RestoreError>>()?,
             premap_wait: !mine.is_empty(),
+            mntns: mntns(i, t),
             table_shared: t.zombie_exit.is_none()
                 && img.tasks.iter().any(|o| {
                     o.pid() != t.pid() && o.zombie_exit.is_none() && o.files_id == t.files_id
@@ -574,6 +589,7 @@ fn helper_plans(
             clone_files: helper.clone_files,
             premap: Vec::new(),
             premap_wait: false,
+            mntns: None,
             table_shared: false,
         });
     }

@@ -383,6 +383,63 @@ fn check_cpu_features(img: &DumpImage) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// The tree's mount namespace and the ones nested in it, made (see ns::mnt_sys); the paths
+/// of its files set in `img`.
+fn make_mounts(
+    img: &mut DumpImage,
+    opts: &RestoreOptions,
+    holder: Option<&crate::ns::user::Holder>,
+) -> Result<
+    (
+        Option<crate::ns::mnt_sys::Early>,
+        Vec<crate::ns::mnt_nested_sys::NestedEarly>,
+    ),
+    RestoreError,
+> {
+    if let Some(table) = img.mounts.as_mut() {
+        crate::ns::mnt::mark_mount_anew(table, &opts.enable_fs);
+    }
+    for (_, table) in img.nested_mounts.iter_mut() {
+        crate::ns::mnt::mark_mount_anew(table, &opts.enable_fs);
+    }
+    let mut nested_mounts = Vec::new();
+    let mounts = match &img.mounts {
+        Some(table) => {
+            step("mounts")?;
+            let all = crate::ns::mnt_nested::all_mounts(table, &img.nested_mounts);
+            let build_opts = crate::ns::mnt_sys::BuildOpts {
+                images: &img.dir,
+                root: opts.root.as_deref(),
+                ext: &opts.ext_mounts,
+                auto_ext: opts.auto_ext_mounts,
+                existing: holder.and_then(|h| h.get("mnt")),
+                userns: img.userns.as_ref(),
+                all_mounts: &all,
+                nested: None,
+            };
+            let mut early = crate::ns::mnt_sys::build(table, &build_opts)?;
+            if !img.nested_mounts.is_empty() {
+                step("nested mount namespaces")?;
+                nested_mounts = crate::ns::mnt_nested_sys::build_nested(
+                    &mut early,
+                    table,
+                    &img.nested_mounts,
+                    &build_opts,
+                )?;
+            }
+            img.fs_root = Some(early.root_path());
+            img.host_root = early.host_root_path();
+            Some(early)
+        }
+        None => None,
+    };
+    img.nested_roots = nested_mounts
+        .iter()
+        .map(|n| (n.id, n.root_path()))
+        .collect();
+    Ok((mounts, nested_mounts))
+}
+
 /// The images, loaded and checked against this machine and the options.
 fn load_checked(opts: &RestoreOptions) -> Result<DumpImage, RestoreError> {
     if !opts.allow_shared_images_dir {
@@ -433,26 +490,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let (_namespaces, holder) = namespaces::enter_tree_namespaces(&img, opts)?;
     // After the network and IPC namespaces: a sysfs and an mqueue show the namespaces of
     // whoever mounts them.
-    if let Some(table) = img.mounts.as_mut() {
-        crate::ns::mnt::mark_mount_anew(table, &opts.enable_fs);
-    }
-    let mut mounts = match &img.mounts {
-        Some(table) => {
-            step("mounts")?;
-            let early = crate::ns::mnt_sys::build(
-                table,
-                &img.dir,
-                opts.root.as_deref(),
-                &opts.ext_mounts,
-                opts.auto_ext_mounts,
-                holder.as_ref().and_then(|h| h.get("mnt")),
-                img.userns.as_ref(),
-            )?;
-            img.fs_root = Some(early.root_path());
-            Some(early)
-        }
-        None => None,
-    };
+    let (mut mounts, nested_mounts) = make_mounts(&mut img, opts, holder.as_ref())?;
     // Queues must exist before the pool opens their fds.
     step("message queues")?;
     let mut ipc_made = crate::ipc::Made::default();
@@ -483,7 +521,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             // Every file of the tree is made (ghosts included): what was read-only is so again.
             early.seal_read_only()?;
             early.leave()?;
-            Some(early.stub_mounts())
+            Some(early.stub_mounts(&nested_mounts))
         }
         None => None,
     };
@@ -503,6 +541,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     drop(dead_proc_helpers);
     // The init holds the namespaces now (or failed, and the restore with it).
     drop(mounts);
+    drop(nested_mounts);
     drop(holder);
     let forking_time_us = t0.elapsed().as_micros() as u64;
     // The root's pid as the caller sees it (the host's, for a tree with its own namespace).

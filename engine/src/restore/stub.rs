@@ -57,6 +57,9 @@ pub struct StubPlan {
     /// It has premapped areas (its own or its parent's): it reports, then waits for the
     /// restorer to fill them before it forks.
     pub premap_wait: bool,
+    /// With nested mount namespaces (see ns::mnt_nested): the one it enters before forking,
+    /// 0 the tree's, i + 1 the i-th nested.
+    pub mntns: Option<usize>,
 }
 
 /// What a plan entry is.
@@ -278,6 +281,9 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
             if let Some(m) = &sh.mounts {
                 enter_mounts(sh, pid, m);
             }
+        }
+        if let (Some(ns), Some(m)) = (t.mntns, &sh.mounts) {
+            enter_nested(sh, pid, m, ns);
         }
         if t.subreaper {
             check(
@@ -540,8 +546,6 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
     // The failing step travels in the code's high bits (see wait_ready).
     let check = |r: libc::c_long, step: u32| check(sh, pid, r, STUB_MOUNT | (step << 8));
     let dot = c".".as_ptr();
-    let null = std::ptr::null::<libc::c_char>();
-    let ptr = |s: &Option<std::ffi::CString>| s.as_ref().map_or(null, |c| c.as_ptr());
     // SAFETY: raw syscalls on integers and on NUL-terminated strings the plan owns, in a
     // single-threaded child that shares no fs struct (clone3 without CLONE_FS).
     unsafe {
@@ -549,49 +553,38 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
             libc::syscall(libc::SYS_setns, m.ns_fd, libc::CLONE_NEWNS),
             1,
         );
-        libc::syscall(libc::SYS_close, m.ns_fd);
+        // Kept for the tasks of nested namespaces' children (closed with the pool's fds).
+        if m.nested.is_empty() {
+            libc::syscall(libc::SYS_close, m.ns_fd);
+        }
         for (i, l) in m.late.iter().enumerate() {
-            let step = 16 + i as u32;
-            match l.tree_fd {
-                Some(fd) => {
-                    check(
-                        libc::syscall(
-                            libc::SYS_move_mount,
-                            fd,
-                            c"".as_ptr(),
-                            libc::AT_FDCWD,
-                            l.target.as_ptr(),
-                            libc::MOVE_MOUNT_F_EMPTY_PATH,
-                        ),
-                        step,
-                    );
-                    libc::syscall(libc::SYS_close, fd);
-                }
-                None => {
-                    check(
-                        libc::syscall(
-                            libc::SYS_mount,
-                            ptr(&l.source),
-                            l.target.as_ptr(),
-                            ptr(&l.fstype),
-                            l.flags as libc::c_ulong,
-                            ptr(&l.data),
-                        ),
-                        step,
-                    );
-                }
-            }
+            check(late_mount(l), 16 + i as u32);
         }
         check(libc::syscall(libc::SYS_chdir, m.root.as_ptr()), 2);
         check(libc::syscall(libc::SYS_pivot_root, dot, dot), 3);
         check(libc::syscall(libc::SYS_umount2, dot, libc::MNT_DETACH), 4);
         check(libc::syscall(libc::SYS_chdir, c"/".as_ptr()), 2);
+        // The nested namespaces' late mounts (their procs, of the pid namespace the init is
+        // in), before any peer group exists that would carry them elsewhere.
+        for (k, n) in m.nested.iter().enumerate() {
+            check(
+                libc::syscall(libc::SYS_setns, n.ns_fd, libc::CLONE_NEWNS),
+                9,
+            );
+            for (i, l) in n.late.iter().enumerate() {
+                check(late_mount(l), 16 + ((k as u32 + 1) << 8) + i as u32);
+            }
+            check(
+                libc::syscall(libc::SYS_setns, m.ns_fd, libc::CLONE_NEWNS),
+                1,
+            );
+        }
         // Propagation last: every mount is there, and a shared root could not be pivoted.
         for s in &m.propagation {
             use crate::ns::mnt_sys::StubStep;
             let (r, step) = match s {
-                StubStep::Shared(t) => (set_propagation(t, libc::MS_SHARED), 6),
-                StubStep::Slave(t) => (set_propagation(t, libc::MS_SLAVE), 7),
+                StubStep::Shared(t) => (set_propagation(t, libc::MS_SHARED, m.ns_fd), 6),
+                StubStep::Slave(t) => (set_propagation(t, libc::MS_SLAVE, m.ns_fd), 7),
                 StubStep::SetGroup { from, to } => {
                     let (fd, fp, ff) = mount_ref(from, libc::MOVE_MOUNT_F_EMPTY_PATH);
                     let (td, tp, tf) = mount_ref(to, libc::MOVE_MOUNT_T_EMPTY_PATH);
@@ -616,6 +609,55 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
     }
 }
 
+/// One late mount: a detached bind attached (its fd then closed), or a mount. Returns the
+/// syscall's result. Async-signal-safe.
+fn late_mount(l: &crate::ns::mnt_sys::LateMount) -> libc::c_long {
+    let null = std::ptr::null::<libc::c_char>();
+    let ptr = |s: &Option<std::ffi::CString>| s.as_ref().map_or(null, |c| c.as_ptr());
+    // SAFETY: raw syscalls on an fd and NUL-terminated strings the plan owns.
+    unsafe {
+        match l.tree_fd {
+            Some(fd) => {
+                let r = libc::syscall(
+                    libc::SYS_move_mount,
+                    fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    l.target.as_ptr(),
+                    libc::MOVE_MOUNT_F_EMPTY_PATH,
+                );
+                libc::syscall(libc::SYS_close, fd);
+                r
+            }
+            None => libc::syscall(
+                libc::SYS_mount,
+                ptr(&l.source),
+                l.target.as_ptr(),
+                ptr(&l.fstype),
+                l.flags as libc::c_ulong,
+                ptr(&l.data),
+            ),
+        }
+    }
+}
+
+/// Enters mount namespace `ns` of the tree (0 its own, i + 1 the i-th nested one, already
+/// pivoted into its root by the restorer and given its late mounts by the init).
+/// Async-signal-safe.
+fn enter_nested(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts, ns: usize) {
+    let fd = match ns {
+        0 => m.ns_fd,
+        i => match m.nested.get(i - 1) {
+            Some(n) => n.ns_fd,
+            None => fail(sh, pid, STUB_SETUP, 0),
+        },
+    };
+    // SAFETY: setns(2) on an fd the plan holds, in a single-threaded child that shares no fs
+    // struct.
+    let r = unsafe { libc::syscall(libc::SYS_setns, fd, libc::CLONE_NEWNS) };
+    check(sh, pid, r, STUB_MOUNT | (9 << 8));
+}
+
 /// A mount for a *at syscall: (dirfd, path, the flag saying the path is empty) for an fd on
 /// its root, (AT_FDCWD, path, 0) for a path.
 fn mount_ref(
@@ -623,7 +665,8 @@ fn mount_ref(
     empty_flag: libc::c_uint,
 ) -> (libc::c_int, *const libc::c_char, libc::c_uint) {
     match t {
-        crate::ns::mnt_sys::StubMount::Fd(fd) => (*fd, c"".as_ptr(), empty_flag),
+        crate::ns::mnt_sys::StubMount::Fd(fd)
+        | crate::ns::mnt_sys::StubMount::Nested { fd, .. } => (*fd, c"".as_ptr(), empty_flag),
         crate::ns::mnt_sys::StubMount::Path(p) => (libc::AT_FDCWD, p.as_ptr(), 0),
     }
 }
@@ -639,7 +682,23 @@ struct MountAttr {
 
 /// The mount's propagation set to `kind` (MS_SHARED, MS_SLAVE) with mount_setattr(2), which
 /// takes an fd on the mount as well as a path. Async-signal-safe.
-fn set_propagation(t: &crate::ns::mnt_sys::StubMount, kind: u64) -> libc::c_long {
+/// A nested namespace's mount is set from inside it, then the init goes back to `home`.
+fn set_propagation(t: &crate::ns::mnt_sys::StubMount, kind: u64, home: RawFd) -> libc::c_long {
+    if let crate::ns::mnt_sys::StubMount::Nested { ns_fd, .. } = t {
+        // SAFETY: setns(2) on fds the plan holds, in a single-threaded child with its own fs.
+        let r = unsafe { libc::syscall(libc::SYS_setns, *ns_fd, libc::CLONE_NEWNS) };
+        if r < 0 {
+            return r;
+        }
+        let set = set_propagation_here(t, kind);
+        // SAFETY: as above; the tree's namespace, whose root is the one pivoted into.
+        let back = unsafe { libc::syscall(libc::SYS_setns, home, libc::CLONE_NEWNS) };
+        return if set < 0 { set } else { back };
+    }
+    set_propagation_here(t, kind)
+}
+
+fn set_propagation_here(t: &crate::ns::mnt_sys::StubMount, kind: u64) -> libc::c_long {
     let (dfd, path, empty) = mount_ref(t, 1);
     let attr = MountAttr {
         attr_set: 0,

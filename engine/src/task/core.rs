@@ -82,9 +82,21 @@ pub(crate) fn dump_task(
     tc.child_subreaper = Some(subreaper);
     tc.membarrier_registration_mask = (membarrier != 0).then_some(membarrier);
 
-    // Files and fs.
-    dump_files_and_fs(tree, n, opts, img, stats)?;
-    let ids = ids_for(ord, files_ord(img, n), img.ns_ids);
+    // Files and fs, paths as the task's mount namespace shows them.
+    let nested = img.nested_mnt.get(&pid).copied();
+    let tree_paths = (img.files.path_root.clone(), img.files.path_mnt);
+    if nested.is_some() {
+        img.files.path_root = Some(format!("/proc/{pid}/root"));
+        img.files.path_mnt = nested.map(|(_, root_mount)| root_mount);
+    }
+    let done = dump_files_and_fs(tree, n, opts, img, stats);
+    (img.files.path_root, img.files.path_mnt) = tree_paths;
+    done?;
+    let mut ns = img.ns_ids;
+    if let Some((id, _)) = nested {
+        ns.mnt = Some(id);
+    }
+    let ids = ids_for(ord, files_ord(img, n), ns);
     let mut w = ImageWriter::new(ImageKind::Normal, magic::IDS);
     w.push(&ids);
     write_file(&img.dir.join(names::ids(img.pids.v(pid))), &w.into_bytes())?;

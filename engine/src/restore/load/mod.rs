@@ -139,6 +139,14 @@ pub struct DumpImage {
     pub ghosts: HashMap<u32, (pb::GhostFileEntry, Vec<DataChunk>)>,
     /// The mount table of the mount namespace the tree owned (`mountpoints-<id>.img`).
     pub mounts: Option<Vec<crate::ns::mnt::MountInfo>>,
+    /// Mount namespaces nested in the tree's (see ns::mnt_nested): (id, table).
+    pub nested_mounts: Vec<(u32, Vec<crate::ns::mnt::MountInfo>)>,
+    /// Set by the restore once they are made: where each nested namespace's root is reached
+    /// from the restorer, by namespace id.
+    pub nested_roots: HashMap<u32, String>,
+    /// Set by the restore with the tree's mounts: where the host's files (on mounts of no
+    /// table of the tree) are reached from the restorer.
+    pub host_root: Option<String>,
     /// Set by the restore once the tree's mounts are made under its root: where a file of
     /// the tree is reached from the restorer (see [`DumpImage::path_of`]).
     pub fs_root: Option<String>,
@@ -159,7 +167,7 @@ impl DumpImage {
     /// cwd), as it is for a file of ours (a host file the caller's runtime gave the
     /// container, such as its stdout log).
     pub fn path_of<'a>(&self, reg: &'a pb::RegFileEntry) -> std::borrow::Cow<'a, str> {
-        match self.tree_root_for(reg) {
+        match self.root_for(reg) {
             Some(root) => crate::ns::mnt::under(root, &reg.name).into(),
             None => reg.name.as_str().into(),
         }
@@ -167,20 +175,37 @@ impl DumpImage {
 
     /// [`Self::path_of`] for another name of the same file (its name before " (deleted)").
     pub fn path_of_name(&self, reg: &pb::RegFileEntry, name: &str) -> String {
-        match self.tree_root_for(reg) {
+        match self.root_for(reg) {
             Some(root) => crate::ns::mnt::under(root, name),
             None => name.to_string(),
+        }
+    }
+
+    /// The tree's root, a nested namespace's, or for a host file ours as the restore reaches
+    /// it (None: the path as it is).
+    fn root_for(&self, reg: &pb::RegFileEntry) -> Option<&str> {
+        if self.fs_root.is_some() {
+            self.tree_root_for(reg).or(self.host_root.as_deref())
+        } else {
+            None
         }
     }
 
     fn tree_root_for(&self, reg: &pb::RegFileEntry) -> Option<&str> {
         let root = self.fs_root.as_deref()?;
         let mounts = self.mounts.as_ref()?;
-        let ours = match reg.mnt_id {
-            Some(id) if id >= 0 => mounts.iter().any(|m| m.id == id as u32),
-            _ => true,
+        let id = match reg.mnt_id {
+            Some(id) if id >= 0 => id as u32,
+            _ => return Some(root),
         };
-        ours.then_some(root)
+        if mounts.iter().any(|m| m.id == id) {
+            return Some(root);
+        }
+        let (ns, _) = self
+            .nested_mounts
+            .iter()
+            .find(|(_, t)| t.iter().any(|m| m.id == id))?;
+        self.nested_roots.get(ns).map(String::as_str)
     }
 }
 
@@ -595,22 +620,32 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
         }
         _ => None,
     };
-    img.mounts = match tree_ns_id(&img.tasks, inv, "mount", |i| i.mnt_ns_id)? {
-        (Some(id), true) => {
+    let (root_mnt, nested) = mount_namespaces(&img.tasks, inv)?;
+    img.mounts = match root_mnt {
+        Some(id) => {
             let file = names::mountpoints(id);
-            let bytes = read(dir, &file)?;
-            let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::MNTS)?;
-            let table: Vec<_> = r
-                .all::<pb::MntEntry>()?
-                .iter()
-                .map(crate::ns::mnt::from_entry)
-                .collect();
+            let table = mount_table(dir, &file)?;
             // A table the restore could not make fails here, before anything is made.
             let plan = crate::ns::mnt::plan(&table).map_err(|e| invalid(&file, e.to_string()))?;
             crate::ns::mnt::phases(&plan).map_err(|e| invalid(&file, e.to_string()))?;
+            for id in nested {
+                let file = names::mountpoints(id);
+                img.nested_mounts.push((id, mount_table(dir, &file)?));
+            }
+            if !img.nested_mounts.is_empty() {
+                if img.userns.is_some() {
+                    return Err(invalid(
+                        &file,
+                        "mount namespaces nested in a tree with a user namespace of its own \
+                         are not supported yet",
+                    ));
+                }
+                crate::ns::mnt_nested::plan_all(&table, &img.nested_mounts)
+                    .map_err(|e| invalid(&file, e.to_string()))?;
+            }
             Some(table)
         }
-        _ => None,
+        None => None,
     };
     img.sysv_shm = sysv_shm;
     img.sysv_msg = sysv_msg;
@@ -832,6 +867,49 @@ fn in_flight_order(
 /// The root's namespace id of one kind (`get` picks it from the ids), and whether the tree
 /// owned that namespace (its id differs from the dumper's in `root_ids`). Every live process
 /// must share the root's.
+/// The root's mount namespace id when the tree owned it, and the ids of the namespaces
+/// nested in it (other tasks' namespaces, in tree order); tasks in other namespaces than the
+/// root's when it owned none are refused.
+fn mount_namespaces(
+    tasks: &[TaskImage],
+    inv: &pb::InventoryEntry,
+) -> Result<(Option<u32>, Vec<u32>), LoadError> {
+    let of = |t: &TaskImage| t.threads[0].core.ids.as_ref().and_then(|i| i.mnt_ns_id);
+    let root = of(&tasks[0]);
+    let host = inv.root_ids.as_ref().and_then(|i| i.mnt_ns_id);
+    let owned = matches!((root, host), (Some(a), Some(b)) if a != b);
+    let mut nested = Vec::new();
+    for t in tasks.iter().filter(|t| t.zombie_exit.is_none()) {
+        let id = of(t);
+        if id == root {
+            continue;
+        }
+        match id {
+            Some(id) if owned && Some(id) != host => {
+                if !nested.contains(&id) {
+                    nested.push(id);
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    &names::core(t.pid()),
+                    "the process is in another mount namespace than the root",
+                ))
+            }
+        }
+    }
+    Ok((root.filter(|_| owned), nested))
+}
+
+fn mount_table(dir: &Path, file: &str) -> Result<Vec<crate::ns::mnt::MountInfo>, LoadError> {
+    let bytes = read(dir, file)?;
+    let mut r = ImageReader::new(file, &bytes, ImageKind::Normal, magic::MNTS)?;
+    Ok(r.all::<pb::MntEntry>()?
+        .iter()
+        .map(crate::ns::mnt::from_entry)
+        .collect())
+}
+
 fn tree_ns_id(
     tasks: &[TaskImage],
     inv: &pb::InventoryEntry,

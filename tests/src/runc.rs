@@ -26,6 +26,8 @@ pub struct Shape<'a> {
     pub cgroupns: bool,
     /// A user namespace of its own: 0-65535 mapped to 100000-165535.
     pub userns: bool,
+    /// The process may mount and unshare (CAP_SYS_ADMIN).
+    pub admin: bool,
 }
 
 pub const COUNTER: Shape<'static> = Shape {
@@ -34,6 +36,7 @@ pub const COUNTER: Shape<'static> = Shape {
     pidns: None,
     cgroupns: false,
     userns: false,
+    admin: false,
 };
 
 /// The host uid and gid of root in a user namespace container.
@@ -48,12 +51,13 @@ pub fn bundle(dir: &Path, shape: Shape<'_>) {
         pidns,
         cgroupns,
         userns,
+        admin,
     } = shape;
     let rootfs = dir.join("rootfs");
     busybox_rootfs(
         &rootfs,
         &[
-            "sh", "sleep", "echo", "mkdir", "hostname", "cat", "nc", "id", "mount",
+            "sh", "sleep", "echo", "mkdir", "hostname", "cat", "nc", "id", "mount", "unshare",
         ],
     );
     let out = Command::new("runc")
@@ -114,8 +118,14 @@ pub fn bundle(dir: &Path, shape: Shape<'_>) {
     } else {
         spec
     };
+    let spec = if admin {
+        spec.replace("\"CAP_KILL\",", "\"CAP_KILL\",\n\t\t\t\t\"CAP_SYS_ADMIN\",")
+    } else {
+        spec
+    };
     assert!(
         spec.contains(script.split(' ').next().unwrap_or("sh"))
+            && (!admin || spec.contains("CAP_SYS_ADMIN"))
             && spec.contains("\"/tmp\"")
             && netns.is_none_or(|p| spec.contains(p))
             && pidns.is_none_or(|p| spec.contains(p))

@@ -810,3 +810,103 @@ fn runc_container_keeps_tmpfs_files_hidden_under_a_mount() {
     let lines = c.wait_lines(dumped + 5, T);
     assert!(lines.len() >= dumped + 5, "the counter goes on");
 }
+
+/// The children of `pid` (its main thread's).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn mnt_ns(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+        .map(|l| l.display().to_string())
+        .unwrap_or_default()
+}
+
+/// A task of the container in a mount namespace of its own (`unshare -m`, as systemd makes a
+/// service's PrivateTmp), with a tmpfs only it sees, a file of it open, and a copy of the
+/// container's /tmp: through two checkpoints and restores it keeps its namespace, its tmpfs
+/// and its open file, and its /tmp is still the container's (a file the container's /tmp gets
+/// after the restore is what it copies into its own tmpfs).
+#[test]
+fn runc_container_with_a_task_in_a_mount_namespace_of_its_own() {
+    let _g = serial_root!();
+    let Some(c) = Container::start_with(
+        test_name!(),
+        "stasis-runc-nested",
+        Shape {
+            script:
+                "echo first > /tmp/t; mkdir -p /tmp/p; \
+                     unshare -m sh -c 'mount -t tmpfs own /tmp/p && echo mine > /tmp/p/f && \
+                     exec 3</tmp/p/f; while true; do cat /tmp/t > /tmp/p/seen; sleep 0.1; done' & \
+                     i=0; while true; do echo $i; echo $i > /tmp/count; i=$((i+1)); sleep 0.1; done",
+            admin: true,
+            ..COUNTER
+        },
+    ) else {
+        return;
+    };
+    let wait_seen = |child: u32, want: &str| {
+        let t0 = Instant::now();
+        while read_in(child, "/tmp/p/seen").trim() != want && t0.elapsed() < T {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            read_in(child, "/tmp/p/seen").trim(),
+            want,
+            "the nested task copies /tmp/t"
+        );
+    };
+    // The init's child in a mount namespace of its own, with its tmpfs.
+    let nested_child = |init: u32| {
+        let t0 = Instant::now();
+        loop {
+            let nested: Vec<u32> = children_of(init)
+                .into_iter()
+                .filter(|&p| mnt_ns(p) != mnt_ns(init) && read_in(p, "/tmp/p/f") == "mine")
+                .collect();
+            if let [p] = nested[..] {
+                return p;
+            }
+            assert!(t0.elapsed() < T, "no task in a mount namespace of its own");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let child = nested_child(c.pid("pid"));
+    let vpid = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .and_then(|l| l.split_whitespace().last().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let inner = vpid(child);
+    wait_seen(child, "first");
+    let mut dumped = 0;
+    for round in ["second", "third"] {
+        let (d, init) = c.checkpoint_then_restore();
+        dumped = d;
+        let child = nested_child(init);
+        assert_eq!(vpid(child), inner, "the same nested task");
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{child}/fd/3"))
+                .map(|l| l.display().to_string())
+                .unwrap_or_default(),
+            "/tmp/p/f",
+            "its open file, on its own tmpfs"
+        );
+        assert!(
+            !Path::new(&format!("/proc/{init}/root/tmp/p/f")).exists(),
+            "the container does not see the nested tmpfs"
+        );
+        std::fs::write(format!("/proc/{init}/root/tmp/t"), round).expect("write /tmp/t");
+        wait_seen(child, round);
+    }
+    let lines = c.wait_lines(dumped + 5, T);
+    assert!(lines.len() >= dumped + 5, "the counter goes on");
+    counter_is_continuous(&lines);
+}

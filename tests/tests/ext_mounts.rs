@@ -321,3 +321,57 @@ time.sleep(1e6)
         "{lines:?}"
     );
 }
+
+/// zdtm's mntns_remap on a host process: a tmpfs moved onto a bind's parent covers the bind's
+/// children, whose copies (propagation) lie on both stacks, and a child in a mount namespace
+/// of its own holds copies of all of it. Binds are taken through the mount they come from,
+/// not its covered path; each namespace comes back with the same mounts and peer groups, and
+/// the two namespaces' copies are still peers (a mount made in one shows in the other).
+#[test]
+fn mounts_under_a_moved_mount_come_back_in_both_namespaces() {
+    let _g = serial_root!();
+    let dir = Path::new("/run/stasis-remap");
+    let _cleanup = Unmount(vec![dir.to_path_buf()]);
+    sh("mkdir -p /run/stasis-remap");
+    let script = "cd /run/stasis-remap && mount -t tmpfs remap . && cd /run/stasis-remap && \
+                  mkdir 1 2 && mount --bind 1 1 && mount --make-private 1 && \
+                  mount -t tmpfs moved 2 && mkdir 1/a 2/a && mount --bind 1/a 1/a && \
+                  mount --make-shared 1/a && mount --bind 1/a 2/a && mkdir 1/a/c && \
+                  mount -t tmpfs inner 1/a/c && mount --move 2 1 && cd / && \
+                  unshare -m --propagation unchanged sleep 1000 & sleep 0.5; echo ready; \
+                  exec sleep 1000";
+    let w = in_own_mount_namespace("remap", &["sh", "-c", script]);
+    w.wait_lines(1, T);
+    let child = || {
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .next()
+            .expect("the nested child")
+    };
+    let nested = child();
+    let (root_before, nested_before) = (mounts_of(w.pid), mounts_of(nested));
+    assert!(
+        nested_before
+            .iter()
+            .any(|m| m.contains("remap/1/a/c / tmpfs inner shared")),
+        "{nested_before:?}"
+    );
+    let pids = dump_kill_restore_at_root(&w);
+    let (root_after, nested_after) = (mounts_of(w.pid), mounts_of(child()));
+    sh(&format!(
+        "nsenter -t {} -m mount -t tmpfs late /run/stasis-remap/1/a/c",
+        w.pid
+    ));
+    let nested_later = mounts_of(child());
+    kill_tree(&pids);
+    assert_eq!(root_after, root_before);
+    assert_eq!(nested_after, nested_before);
+    assert!(
+        nested_later
+            .iter()
+            .any(|m| m.contains("remap/1/a/c / tmpfs late")),
+        "a mount made on the tree's peer shows in the nested copy: {nested_later:?}"
+    );
+}

@@ -249,25 +249,7 @@ pub fn plan_with(
     // A mount whose path another mount covers without being its ancestor (propagation left
     // a copy under a bind stacked later: zdtm's overmount_with_shared_parent) can only be
     // reached before that one is made: it comes first.
-    let parent_of: HashMap<u32, u32> = table.iter().map(|m| (m.id, m.parent)).collect();
-    let is_ancestor = |a: u32, mut of: u32| {
-        while let Some(&p) = parent_of.get(&of) {
-            if p == a {
-                return true;
-            }
-            if p == of {
-                break;
-            }
-            of = p;
-        }
-        false
-    };
-    let covers = |y: &MountInfo, x: &MountInfo| {
-        y.id != x.id
-            && y.mountpoint != x.mountpoint
-            && super::propagation::holds(&y.mountpoint, &x.mountpoint)
-            && !is_ancestor(y.id, x.id)
-    };
+    let tree = Covering::new(table);
     let mut order: Vec<&MountInfo> = Vec::with_capacity(bfs.len());
     let mut placed: HashSet<u32> = HashSet::new();
     let mut left = bfs;
@@ -283,7 +265,7 @@ pub fn plan_with(
                 && external_source(m).is_none_or(|e| placed.contains(&e.id));
             let covered_first = !waiting
                 .iter()
-                .any(|x| !placed.contains(&x.id) && covers(m, x));
+                .any(|x| !placed.contains(&x.id) && tree.covers(m, x));
             if parent_ok && source_ok && covered_first {
                 placed.insert(m.id);
                 order.push(m);
@@ -360,6 +342,70 @@ pub fn plan_with(
         });
     }
     Ok(out)
+}
+
+/// Which mount hides the path to which, in a table (see [`plan_with`]).
+struct Covering<'a> {
+    parent_of: HashMap<u32, u32>,
+    by_id: HashMap<u32, &'a MountInfo>,
+}
+
+impl<'a> Covering<'a> {
+    fn new(table: &'a [MountInfo]) -> Self {
+        Covering {
+            parent_of: table.iter().map(|m| (m.id, m.parent)).collect(),
+            by_id: table.iter().map(|m| (m.id, m)).collect(),
+        }
+    }
+
+    fn is_ancestor(&self, a: u32, mut of: u32) -> bool {
+        while let Some(&p) = self.parent_of.get(&of) {
+            if p == a {
+                return true;
+            }
+            if p == of {
+                break;
+            }
+            of = p;
+        }
+        false
+    }
+
+    /// x is reached through another branch than y's: a mount of x's chain that holds y's
+    /// mountpoint without being y's ancestor is stacked over y's (zdtm's mntns_remap: a tmpfs
+    /// moved onto a bind, with copies of the bind's children on both).
+    fn other_branch(&self, y: &MountInfo, x: &MountInfo) -> bool {
+        let mut of = x.id;
+        while let Some(&p) = self.parent_of.get(&of) {
+            if p == of {
+                break;
+            }
+            match self.by_id.get(&p) {
+                Some(z) if z.id != y.id => {
+                    if super::propagation::holds(&z.mountpoint, &y.mountpoint)
+                        && !self.is_ancestor(z.id, y.id)
+                    {
+                        return true;
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+            of = p;
+        }
+        false
+    }
+
+    /// A mount whose path y covers without being its ancestor (propagation left a copy under
+    /// a bind stacked later: zdtm's overmount_with_shared_parent) can only be reached before y
+    /// is made.
+    fn covers(&self, y: &MountInfo, x: &MountInfo) -> bool {
+        y.id != x.id
+            && y.mountpoint != x.mountpoint
+            && super::propagation::holds(&y.mountpoint, &x.mountpoint)
+            && !self.is_ancestor(y.id, x.id)
+            && !self.other_branch(y, x)
+    }
 }
 
 /// Which mounts a restore makes where (see ARCHITECTURE.md, "Mount namespaces").
@@ -798,6 +844,17 @@ mod tests {
             p.iter().map(|x| x.mount.id).collect::<Vec<_>>()
         );
         assert!(pos(75) < pos(78) && pos(76) < pos(77));
+        // zdtm's mntns_remap: 81 moved onto the bind 80 covers 82 (80's child), whose copy 84
+        // and their children 85, 86 lie on both; 86, reached through 81, does not wait for 82.
+        let t = parse_mountinfo(
+            "49 1 254:0 / / rw - ext4 /dev/vda rw\n78 49 0:40 / /m rw - tmpfs z rw\n\
+             80 78 0:40 /1 /m/1 rw - tmpfs z rw\n81 80 0:42 / /m/1 rw - tmpfs z rw\n\
+             82 80 0:40 /1/a /m/1/a rw - tmpfs z rw\n84 81 0:40 /1/a /m/1/a rw - tmpfs z rw\n\
+             85 82 0:44 / /m/1/a/c rw - tmpfs z rw\n86 84 0:44 / /m/1/a/c rw - tmpfs z rw\n",
+        )
+        .unwrap();
+        let order: Vec<u32> = plan(&t).unwrap().iter().map(|x| x.mount.id).collect();
+        assert_eq!(order, [49, 78, 80, 82, 85, 81, 84, 86]);
     }
 
     #[test]

@@ -191,6 +191,29 @@ fn copy_in(ns: BorrowedFd<'_>, path: &str) -> std::io::Result<OwnedFd> {
     })
 }
 
+/// Attaches the copy `nested` holds for mount `m` at `target` (see [`attach`]).
+pub(super) fn attach_copy(
+    nested: Option<&NestedCx>,
+    m: &MountInfo,
+    target: &str,
+    flags: u64,
+) -> Result<(), MntNsError> {
+    let err = |what: String, source| MntNsError::Mount {
+        id: m.id,
+        target: target.to_string(),
+        what,
+        source,
+    };
+    let fd = nested.and_then(|cx| cx.copies.get(&m.id)).ok_or_else(|| {
+        err(
+            "finding its copy".into(),
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
+    attach(fd.as_fd(), target, flags & !libc::MS_RDONLY)
+        .map_err(|e| err("attaching its copy from another namespace".into(), e))
+}
+
 /// Attaches the detached mount `fd` at `target` (made like it, a directory or a file), with
 /// per-mount `flags`.
 pub(super) fn attach(fd: BorrowedFd<'_>, target: &str, flags: u64) -> std::io::Result<()> {

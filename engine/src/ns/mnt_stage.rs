@@ -174,3 +174,73 @@ pub(super) fn enter_new_namespace(
     })?;
     Ok(early)
 }
+
+/// The mount id of what `path` names (statx).
+fn mount_id_of(path: &str) -> std::io::Result<u64> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: all-zero is a valid statx struct, which statx(2) fills.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx(2) reads the NUL-terminated path and writes into `st`, both live.
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_MNT_ID, &mut st) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.stx_mnt_id)
+}
+
+/// A private directory of /tmp that copies of mounts are attached on for a moment; removed
+/// when dropped.
+pub(super) struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Where a bind of `sub` inside the mount `of` (an O_PATH fd on it) is taken from: through the
+/// fd, unless a mount since made under it covers part of `sub` (zdtm's mntns_remap); then from
+/// a copy of that mount alone, attached on `scratch` for the bind (`then`).
+pub(super) fn bind_from_mount(
+    of: &OwnedFd,
+    sub: &str,
+    scratch: &mut Option<Scratch>,
+    then: impl FnOnce(&str) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let at = format!("/proc/thread-self/fd/{}", of.as_raw_fd());
+    let source = mnt::under(&at, sub);
+    if mount_id_of(&source)? == mount_id_of(&at)? {
+        return then(&source);
+    }
+    // SAFETY: open_tree(2) on our fd with an empty path; the fd it returns is ours.
+    let copy = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            of.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32)
+                as libc::c_uint,
+        )
+    };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let copy = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy as i32) };
+    if scratch.is_none() {
+        let dir = nix::unistd::mkdtemp("/tmp/.stasis-scratch.XXXXXX")?;
+        *scratch = Some(Scratch(dir));
+    }
+    let dir = scratch
+        .as_ref()
+        .and_then(|s| s.0.to_str())
+        .unwrap_or_default()
+        .to_string();
+    use std::os::fd::AsFd;
+    super::mnt_nested_sys::attach(copy.as_fd(), &dir, 0)?;
+    let made = then(&mnt::under(&dir, sub));
+    nix::mount::umount2(dir.as_str(), nix::mount::MntFlags::MNT_DETACH)?;
+    made
+}

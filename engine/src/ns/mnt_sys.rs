@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use super::mnt::{self, Make, MountInfo, Phase};
 use super::mnt_stage::{
-    defer_read_only, enter_new_namespace, open_external_sources, yard_if_slash, ReadOnly,
+    bind_from_mount, defer_read_only, enter_new_namespace, open_external_sources, yard_if_slash,
+    ReadOnly,
 };
 use super::propagation;
 use crate::images::names;
@@ -102,6 +103,7 @@ pub(super) fn stub_steps(
     steps
         .iter()
         .map(|s| {
+            log::debug!("propagation step: {s:?}");
             Ok(match *s {
                 propagation::Step::Shared(m) => StubStep::Shared(at(m)?),
                 propagation::Step::Slave(m) => StubStep::Slave(at(m)?),
@@ -391,6 +393,9 @@ pub fn build(table: &[MountInfo], o: &BuildOpts<'_>) -> Result<Early, MntNsError
     // pivoted into (a mount on / is not where a walk to / ends), a directory of a tmpfs can.
     let (root_s, root_source) = yard_if_slash(&mut early, root_s)?;
     let mut root_ro = false;
+    // An O_PATH fd on each mount made, which binds of it are made through.
+    let mut made: std::collections::HashMap<u32, OwnedFd> = Default::default();
+    let mut scratch = None;
     for (p, phase) in plan.iter().zip(phases) {
         let m = &p.mount;
         let flags = mnt::mount_flags(&m.mount_opts);
@@ -440,39 +445,24 @@ pub fn build(table: &[MountInfo], o: &BuildOpts<'_>) -> Result<Early, MntNsError
             }
             Make::New => {
                 ensure_dir(&target).map_err(fail("making its mountpoint"))?;
-                let mut data = mnt::fs_data(&m.super_opts);
-                if m.fstype == "devpts" && !data.split(',').any(|o| o == "newinstance") {
-                    data = if data.is_empty() {
-                        "newinstance".into()
-                    } else {
-                        format!("{data},newinstance")
-                    };
-                }
-                sys_mount(
-                    Some(&m.source),
-                    &target,
-                    Some(&m.fstype),
-                    flags,
-                    Some(&data),
-                )
-                .map_err(fail("mounting it"))?;
+                mount_new(m, &target, flags).map_err(fail("mounting it"))?;
             }
             Make::Tmpfs => make_tmpfs(m, &target, flags, images, &mut early)?,
+            // Through the mount itself, not its path (see bind_from_mount).
             Make::Bind { of, sub } => {
-                let of = by_id.get(of).map_or("/", |o| o.mountpoint.as_str());
-                let source = mnt::under(&mnt::under(&root_s, of), sub);
-                bind(&source, &target, flags & !libc::MS_RDONLY).map_err(fail("binding it"))?;
+                let flags = flags & !libc::MS_RDONLY;
+                match made.get(of) {
+                    Some(fd) => bind_from_mount(fd, sub, &mut scratch, |source| {
+                        bind(source, &target, flags)
+                    }),
+                    None => {
+                        let of = by_id.get(of).map_or("/", |o| o.mountpoint.as_str());
+                        bind(&mnt::under(&mnt::under(&root_s, of), sub), &target, flags)
+                    }
+                }
+                .map_err(fail("binding it"))?;
             }
-            Make::Elsewhere => {
-                let fd = nested
-                    .and_then(|cx| cx.copies.get(&m.id))
-                    .ok_or(MntNsError::Ns {
-                        what: format!("mount {} has no copy to attach", m.id),
-                        source: std::io::Error::from_raw_os_error(libc::EINVAL),
-                    })?;
-                super::mnt_nested_sys::attach(fd.as_fd(), &target, flags & !libc::MS_RDONLY)
-                    .map_err(fail("attaching its copy from another namespace"))?;
-            }
+            Make::Elsewhere => super::mnt_nested_sys::attach_copy(nested, m, &target, flags)?,
             Make::External => {
                 let source = match ext_sources.get(&m.id) {
                     Some(fd) => format!("/proc/thread-self/fd/{}", fd.as_raw_fd()),
@@ -497,10 +487,13 @@ pub fn build(table: &[MountInfo], o: &BuildOpts<'_>) -> Result<Early, MntNsError
         if let Some(host) = host_groups.get(&m.id) {
             join_host_group(host, made_at).map_err(fail("joining its host mount's peer group"))?;
         }
+        let fd = open_path(made_at).map_err(fail("opening it"))?;
         if involved.contains(&m.id) {
-            let fd = open_path(made_at).map_err(fail("opening it"))?;
-            early.mount_fds.insert(m.id, fd);
+            early
+                .mount_fds
+                .insert(m.id, fd.try_clone().map_err(fail("opening it"))?);
         }
+        made.insert(m.id, fd);
     }
     // With nested namespaces, made again once their mounts are (mnt_nested_sys::build_nested).
     if nested.is_none() {
@@ -752,6 +745,19 @@ fn late_mount(
         }
     }
     Ok(out)
+}
+
+/// A new instance of `m`'s filesystem at `target` (a devpts of its own: `newinstance`).
+fn mount_new(m: &MountInfo, target: &str, flags: u64) -> std::io::Result<()> {
+    let mut data = mnt::fs_data(&m.super_opts);
+    if m.fstype == "devpts" && !data.split(',').any(|o| o == "newinstance") {
+        data = if data.is_empty() {
+            "newinstance".into()
+        } else {
+            format!("{data},newinstance")
+        };
+    }
+    sys_mount(Some(&m.source), target, Some(&m.fstype), flags, Some(&data))
 }
 
 /// An O_PATH fd on `path`.

@@ -380,6 +380,15 @@ fn wait_ready(
                         7 => "making a mount a slave again".into(),
                         8 => "joining a mount to its peer group (MOVE_MOUNT_SET_GROUP)".into(),
                         9 => "entering its nested mount namespace".into(),
+                        n if n >= 1 << 16 => format!(
+                            "propagation step #{} ({}; see the debug log's list)",
+                            (n >> 4) & 0xfff,
+                            match n & 0xf {
+                                6 => "making a mount shared again",
+                                7 => "making a mount a slave again",
+                                _ => "joining a mount to its peer group (MOVE_MOUNT_SET_GROUP)",
+                            }
+                        ),
                         n if n >= 256 + 16 => format!(
                             "nested mount namespace {}'s mount #{} (see the debug log's list)",
                             (n - 16) >> 8,

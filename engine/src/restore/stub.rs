@@ -580,7 +580,7 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
             );
         }
         // Propagation last: every mount is there, and a shared root could not be pivoted.
-        for s in &m.propagation {
+        for (i, s) in m.propagation.iter().enumerate() {
             use crate::ns::mnt_sys::StubStep;
             let (r, step) = match s {
                 StubStep::Shared(t) => (set_propagation(t, libc::MS_SHARED, m.ns_fd), 6),
@@ -601,7 +601,8 @@ fn enter_mounts(sh: &StubShared, pid: u32, m: &crate::ns::mnt_sys::StubMounts) {
                     )
                 }
             };
-            check(r, step);
+            // The step's index too (see wait_ready), for the debug log's list.
+            check(r, step | (1 << 16) | ((i as u32 & 0xfff) << 4));
         }
         for &fd in &m.mount_fds {
             libc::syscall(libc::SYS_close, fd);

@@ -36,8 +36,28 @@ pub(crate) fn read_words<const N: usize>(pid: u32, addr: u64) -> Result<[u64; N]
     Ok(out)
 }
 
-/// Dumps live task `n` of the tree: its core and threads, files and fs, memory.
+/// Dumps live task `n` of the tree: its core and threads, files and fs, memory; paths (its
+/// cwd, mapped files) as its own mount namespace shows them.
 pub(crate) fn dump_task(
+    tree: &mut Tree,
+    n: usize,
+    opts: &DumpOptions,
+    img: &mut Images,
+    stats: &mut DumpStats,
+) -> Result<(), DumpError> {
+    let pid = tree.tasks[n].pid;
+    let Some(&(_, root_mount)) = img.nested_mnt.get(&pid) else {
+        return dump_task_here(tree, n, opts, img, stats);
+    };
+    let tree_paths = (img.files.path_root.clone(), img.files.path_mnt);
+    img.files.path_root = Some(format!("/proc/{pid}/root"));
+    img.files.path_mnt = Some(root_mount);
+    let done = dump_task_here(tree, n, opts, img, stats);
+    (img.files.path_root, img.files.path_mnt) = tree_paths;
+    done
+}
+
+fn dump_task_here(
     tree: &mut Tree,
     n: usize,
     opts: &DumpOptions,
@@ -82,18 +102,10 @@ pub(crate) fn dump_task(
     tc.child_subreaper = Some(subreaper);
     tc.membarrier_registration_mask = (membarrier != 0).then_some(membarrier);
 
-    // Files and fs, paths as the task's mount namespace shows them.
-    let nested = img.nested_mnt.get(&pid).copied();
-    let tree_paths = (img.files.path_root.clone(), img.files.path_mnt);
-    if nested.is_some() {
-        img.files.path_root = Some(format!("/proc/{pid}/root"));
-        img.files.path_mnt = nested.map(|(_, root_mount)| root_mount);
-    }
-    let done = dump_files_and_fs(tree, n, opts, img, stats);
-    (img.files.path_root, img.files.path_mnt) = tree_paths;
-    done?;
+    // Files and fs.
+    dump_files_and_fs(tree, n, opts, img, stats)?;
     let mut ns = img.ns_ids;
-    if let Some((id, _)) = nested {
+    if let Some(&(id, _)) = img.nested_mnt.get(&pid) {
         ns.mnt = Some(id);
     }
     let ids = ids_for(ord, files_ord(img, n), ns);

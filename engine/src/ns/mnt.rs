@@ -179,8 +179,16 @@ pub struct Planned {
     pub make: Make,
 }
 
-/// Virtual filesystems a restore mounts anew.
-const NEW_KINDS: &[&str] = &["proc", "sysfs", "devpts", "mqueue", "cgroup2"];
+/// Virtual filesystems a restore mounts anew. binfmt_misc's registered formats are the
+/// kernel's (of its user namespace), not saved: a new mount shows this host's.
+const NEW_KINDS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devpts",
+    "mqueue",
+    "cgroup2",
+    "binfmt_misc",
+];
 
 /// Filesystems whose every whole mount is mounted anew, each showing the same thing again (a
 /// proc of the pid namespace, a cgroup hierarchy); another whole mount of any other filesystem
@@ -249,7 +257,7 @@ pub fn plan_with(
     // A mount whose path another mount covers without being its ancestor (propagation left
     // a copy under a bind stacked later: zdtm's overmount_with_shared_parent) can only be
     // reached before that one is made: it comes first.
-    let tree = Covering::new(table);
+    let tree = super::mnt_cover::Covering::new(table);
     let mut order: Vec<&MountInfo> = Vec::with_capacity(bfs.len());
     let mut placed: HashSet<u32> = HashSet::new();
     let mut left = bfs;
@@ -342,70 +350,6 @@ pub fn plan_with(
         });
     }
     Ok(out)
-}
-
-/// Which mount hides the path to which, in a table (see [`plan_with`]).
-struct Covering<'a> {
-    parent_of: HashMap<u32, u32>,
-    by_id: HashMap<u32, &'a MountInfo>,
-}
-
-impl<'a> Covering<'a> {
-    fn new(table: &'a [MountInfo]) -> Self {
-        Covering {
-            parent_of: table.iter().map(|m| (m.id, m.parent)).collect(),
-            by_id: table.iter().map(|m| (m.id, m)).collect(),
-        }
-    }
-
-    fn is_ancestor(&self, a: u32, mut of: u32) -> bool {
-        while let Some(&p) = self.parent_of.get(&of) {
-            if p == a {
-                return true;
-            }
-            if p == of {
-                break;
-            }
-            of = p;
-        }
-        false
-    }
-
-    /// x is reached through another branch than y's: a mount of x's chain that holds y's
-    /// mountpoint without being y's ancestor is stacked over y's (zdtm's mntns_remap: a tmpfs
-    /// moved onto a bind, with copies of the bind's children on both).
-    fn other_branch(&self, y: &MountInfo, x: &MountInfo) -> bool {
-        let mut of = x.id;
-        while let Some(&p) = self.parent_of.get(&of) {
-            if p == of {
-                break;
-            }
-            match self.by_id.get(&p) {
-                Some(z) if z.id != y.id => {
-                    if super::propagation::holds(&z.mountpoint, &y.mountpoint)
-                        && !self.is_ancestor(z.id, y.id)
-                    {
-                        return true;
-                    }
-                }
-                Some(_) => {}
-                None => break,
-            }
-            of = p;
-        }
-        false
-    }
-
-    /// A mount whose path y covers without being its ancestor (propagation left a copy under
-    /// a bind stacked later: zdtm's overmount_with_shared_parent) can only be reached before y
-    /// is made.
-    fn covers(&self, y: &MountInfo, x: &MountInfo) -> bool {
-        y.id != x.id
-            && y.mountpoint != x.mountpoint
-            && super::propagation::holds(&y.mountpoint, &x.mountpoint)
-            && !self.is_ancestor(y.id, x.id)
-            && !self.other_branch(y, x)
-    }
 }
 
 /// Which mounts a restore makes where (see ARCHITECTURE.md, "Mount namespaces").
@@ -877,6 +821,11 @@ mod tests {
         ));
         assert!(parse_mountinfo("garbage").is_err());
         assert!(parse_mountinfo("1 0 8:1 / / rw - ext4").is_err());
+        let bin = "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 0:9 / /b rw - binfmt_misc b rw\n";
+        assert_eq!(
+            plan(&parse_mountinfo(bin).unwrap()).unwrap()[1].make,
+            Make::New
+        );
     }
 
     #[test]

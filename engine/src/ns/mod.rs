@@ -2,6 +2,7 @@
 
 pub mod ipc;
 pub mod mnt;
+mod mnt_cover;
 pub mod mnt_dump;
 pub mod mnt_ext;
 pub mod mnt_nested;

@@ -56,10 +56,15 @@ pub fn tree_mounts(
     };
     let table = read_table(root, o)?;
     let mut nested = Vec::new();
+    // A mountpoint the caller declared external names a mount of the tree's namespace; a
+    // nested namespace's mount there may be another (zdtm's mnt_ext_collision).
+    let nested_opts = ReadOpts { ext: &[], ..*o };
     for (i, pids) in groups.into_iter().skip(1).enumerate() {
+        let mut nested_table = read_table(pids[0], &nested_opts)?;
+        super::mnt_nested::inherit_external(&table, &mut nested_table);
         nested.push(super::mnt_nested_sys::NestedNs {
             id: super::mnt_nested::FIRST_NESTED_ID + i as u32,
-            table: read_table(pids[0], o)?,
+            table: nested_table,
             pids,
         });
     }

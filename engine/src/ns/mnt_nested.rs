@@ -189,6 +189,20 @@ pub fn plan_all(
     Ok(out)
 }
 
+/// A nested namespace's copies of the tree's external mounts (same filesystem, same root) are
+/// external under the same key; what a nested namespace mounted at an external mount's
+/// mountpoint is not.
+pub fn inherit_external(primary: &[MountInfo], nested: &mut [MountInfo]) {
+    for m in nested.iter_mut().filter(|m| m.ext_key.is_none()) {
+        if let Some(e) = primary
+            .iter()
+            .find(|e| e.ext_key.is_some() && e.dev == m.dev && e.root == m.root)
+        {
+            m.ext_key = e.ext_key.clone();
+        }
+    }
+}
+
 /// Every namespace's mounts in one table: peer groups span namespaces.
 pub fn all_mounts(primary: &[MountInfo], nested: &[(u32, Vec<MountInfo>)]) -> Vec<MountInfo> {
     let mut all = primary.to_vec();
@@ -291,6 +305,22 @@ mod tests {
                 sub: "/d".into()
             }]
         );
+    }
+
+    #[test]
+    fn only_copies_of_an_external_mount_are_external() {
+        let mut tree = table(TREE);
+        mnt::mark_external(&mut tree, &[("/dev".into(), "KEY".into())]);
+        let mut nested = table(
+            "\
+200 150 0:40 / / rw - overlay overlay rw
+203 200 0:43 / /dev rw - tmpfs tmpfs rw,mode=755
+204 200 0:44 / /dev rw - tmpfs tmpfs rw
+",
+        );
+        inherit_external(&tree, &mut nested);
+        assert_eq!(nested[1].ext_key.as_deref(), Some("KEY"), "the copy");
+        assert_eq!(nested[2].ext_key, None, "a tmpfs mounted over it");
     }
 
     #[test]

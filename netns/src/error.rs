@@ -31,11 +31,18 @@ pub enum NetnsError {
         source: RtnlError,
     },
     /// A link of a kind stasis cannot recreate.
-    #[error("link {link} (ifindex {ifindex}) is of kind {kind}, which is not supported (only loopback, veth, bridge and macvlan are)")]
+    #[error("link {link} (ifindex {ifindex}) is of kind {kind}, which is not supported (only loopback, veth, bridge, macvlan and tun/tap are)")]
     UnsupportedLink {
         link: String,
         ifindex: u32,
         kind: String,
+    },
+    /// Making a tun/tap device through /dev/net/tun failed.
+    #[error("making tun device {link}")]
+    Tun {
+        link: String,
+        #[source]
+        source: std::io::Error,
     },
     /// An address or route uses something stasis cannot recreate (multipath, encapsulation...).
     #[error("{object}: {what} is not supported")]

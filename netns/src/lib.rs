@@ -9,8 +9,9 @@
 //!   [`NetDevice`], for the engine to frame), `ifaddr-<id>.img`, `route-<id>.img` and
 //!   `route6-<id>.img` (raw `ip ... save` output, [`ipdump`]).
 //!
-//! Everything but the socket code (`rtnl`, `nsenter`, `ops`, and the sending part of
-//! [`nftlock`]) is pure and tested without privileges; `netns/tests/` has the privileged tests.
+//! Everything but the socket code (`rtnl`, `nsenter`, `ops`, `tun`'s ioctls, and the sending
+//! part of [`nftlock`]) is pure and tested without privileges; `netns/tests/` has the
+//! privileged tests.
 
 mod error;
 pub mod ipdump;
@@ -22,6 +23,7 @@ mod nsenter;
 pub use nsenter::in_netns;
 mod ops;
 mod rtnl;
+pub mod tun;
 pub mod wire;
 
 pub use error::NetnsError;

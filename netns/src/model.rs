@@ -41,6 +41,13 @@ pub enum LinkKind {
     /// A macvlan whose lower device is outside the namespace (given at restore as
     /// `--external macvlan[NAME]:HOSTDEV`, as CRIU takes it): its mode and flags.
     Macvlan { mode: u32, flags: Option<u32> },
+    /// A tun or tap device (`crate::tun`): its `IFF_*` flags (`IFF_PERSIST` among them), owner
+    /// and group. The queues are the tree's open files of `/dev/net/tun`.
+    Tun {
+        flags: u32,
+        owner: Option<u32>,
+        group: Option<u32>,
+    },
 }
 
 impl LinkKind {
@@ -50,6 +57,7 @@ impl LinkKind {
             LinkKind::Veth { .. } => "veth",
             LinkKind::Bridge => "bridge",
             LinkKind::Macvlan { .. } => "macvlan",
+            LinkKind::Tun { .. } => "tun",
         }
     }
 }
@@ -295,6 +303,8 @@ pub struct NetDevice {
     pub master: Option<u32>,
     /// A macvlan's mode and flags (CRIU's `macvlan_link_entry`).
     pub macvlan: Option<(u32, Option<u32>)>,
+    /// A tun device's `IFF_*` flags, owner and group, -1 for none (CRIU's `tun_link_entry`).
+    pub tun: Option<(u32, i32, i32)>,
 }
 
 impl From<&Link> for NetDevice {
@@ -311,6 +321,19 @@ impl From<&Link> for NetDevice {
             ),
             LinkKind::Bridge => (nd_type::BRIDGE, None, None),
             LinkKind::Macvlan { .. } => (nd_type::MACVLAN, None, None),
+            LinkKind::Tun { .. } => (nd_type::TUN, None, None),
+        };
+        let tun = match l.kind {
+            LinkKind::Tun {
+                flags,
+                owner,
+                group,
+            } => Some((
+                flags,
+                owner.map_or(-1, |o| o as i32),
+                group.map_or(-1, |g| g as i32),
+            )),
+            _ => None,
         };
         let macvlan = match l.kind {
             LinkKind::Macvlan { mode, flags } => Some((mode, flags)),
@@ -327,6 +350,7 @@ impl From<&Link> for NetDevice {
             peer_nsid,
             master: l.master,
             macvlan,
+            tun,
         }
     }
 }
@@ -348,6 +372,18 @@ impl TryFrom<&NetDevice> for Link {
                     kind: "macvlan without its mode".into(),
                 })?;
                 LinkKind::Macvlan { mode, flags }
+            }
+            nd_type::TUN => {
+                let (flags, owner, group) = d.tun.ok_or_else(|| NetnsError::UnsupportedLink {
+                    link: d.name.clone(),
+                    ifindex: d.ifindex,
+                    kind: "tun without its flags".into(),
+                })?;
+                LinkKind::Tun {
+                    flags,
+                    owner: (owner >= 0).then_some(owner as u32),
+                    group: (group >= 0).then_some(group as u32),
+                }
             }
             other => {
                 return Err(NetnsError::UnsupportedLink {

@@ -340,6 +340,22 @@ fn create_links(
                 host.call(req, NLM_F_CREATE | NLM_F_EXCL)
                     .map_err(netlink("create", format!("macvlan {l}")))?;
             }
+            LinkKind::Tun { flags, .. } => {
+                crate::tun::create(ns, l, want(l.ifindex))?;
+                let idx = find(
+                    &dump_briefs(target, "links of the restored namespace")?,
+                    &l.name,
+                    "the restored namespace",
+                )?;
+                // A tun device has no hardware address; a tap's is random unless set.
+                let mac = l
+                    .mac
+                    .as_deref()
+                    .filter(|_| flags & crate::tun::IFF_TAP != 0);
+                target
+                    .call(wire::set_mtu_and_mac(idx, l.mtu, mac), 0)
+                    .map_err(netlink("set the MTU and address of", l))?;
+            }
             LinkKind::Bridge => {
                 target
                     .call(

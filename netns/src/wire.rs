@@ -5,13 +5,13 @@
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope, CacheInfo,
 };
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType,
-    LinkMessage, MacVlanFlags,
+    InfoData, InfoKind, InfoMacVlan, InfoTun, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkLayerType, LinkMessage, MacVlanFlags,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
@@ -102,6 +102,7 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Result<Link, NetnsError> {
     let mut master = None;
     let mut kind: Option<String> = None;
     let mut macvlan = (0u32, None);
+    let mut tun_attrs: Vec<(u16, Vec<u8>)> = Vec::new();
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
@@ -114,6 +115,14 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Result<Link, NetnsError> {
                 for i in infos {
                     match i {
                         LinkInfo::Kind(k) => kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Tun(d)) => {
+                            for x in d {
+                                let InfoTun::Other(nla) = x else { continue };
+                                let mut v = vec![0u8; nla.value_len()];
+                                nla.emit_value(&mut v);
+                                tun_attrs.push((nla.kind(), v));
+                            }
+                        }
                         LinkInfo::Data(InfoData::MacVlan(d)) => {
                             for x in d {
                                 match x {
@@ -145,6 +154,7 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Result<Link, NetnsError> {
             mode: macvlan.0,
             flags: macvlan.1,
         },
+        Some("tun") => crate::tun::kind_from_attrs(&tun_attrs),
         other => {
             return Err(NetnsError::UnsupportedLink {
                 link: name,
@@ -300,6 +310,18 @@ pub(crate) fn set_link(
     m.header.change_mask = LinkFlags::from_bits_retain(mask);
     if let Some(mtu) = mtu {
         m.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    RouteNetlinkMessage::NewLink(m)
+}
+
+/// `RTM_NEWLINK` giving an existing link its MTU and hardware address (a tap device, made
+/// through /dev/net/tun with neither).
+pub(crate) fn set_mtu_and_mac(ifindex: u32, mtu: u32, mac: Option<&[u8]>) -> RouteNetlinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = ifindex;
+    m.attributes.push(LinkAttribute::Mtu(mtu));
+    if let Some(mac) = mac {
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
     }
     RouteNetlinkMessage::NewLink(m)
 }

@@ -784,3 +784,104 @@ time.sleep(1e6)
     assert_eq!(after, before, "the same ruleset, counters included");
     assert_eq!(lines[1], "after open TimeoutError");
 }
+
+/// A VPN client's tun device (openvpn, wireguard-go, tailscale) in the tree's network
+/// namespace: the device comes back with its flags, address and route, not persistent, and
+/// the restored process reads from its file the packets routed into it.
+#[test]
+fn tun_device_of_the_trees_network_namespace_keeps_delivering_packets() {
+    let _g = serial_root!();
+    if missing_tools(test_name!(), &["ip", "nsenter"]) {
+        return;
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        skip(test_name!(), "no /dev/net/tun");
+        return;
+    }
+    let script = r#"
+import ctypes, fcntl, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x40000000) == 0, ctypes.get_errno()
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", b"stun0", 0x0001 | 0x1000))
+assert os.system("ip link set lo up && ip addr add 10.77.0.1/24 dev stun0 && ip link set stun0 up") == 0
+print("ready", flush=True)
+while True:
+    pkt = os.read(fd, 4096)
+    if len(pkt) >= 28 and pkt[0] >> 4 == 4 and pkt[9] == 17:
+        ihl = (pkt[0] & 15) * 4
+        print(pkt[ihl + 8:].decode(errors="replace"), flush=True)
+"#;
+    let w = Workload::python("tun", script);
+    w.wait_lines(1, T);
+    let send = |pid: u32, what: &str| {
+        let code = format!(
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'{what}', ('10.77.0.2', 9999))"
+        );
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "python3", "-c", &code])
+            .output()
+            .expect("nsenter python3");
+        assert!(out.status.success(), "sending into the tun: {out:?}");
+    };
+    send(w.pid, "before");
+    assert_eq!(
+        w.wait_lines(2, T).get(1).map(String::as_str),
+        Some("before")
+    );
+    let kind = |pid: u32| {
+        let text = ip_in(pid, &["-d", "link", "show", "stun0"]);
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("tun "))
+            .map(|l| l.split(" addrgenmode").next().unwrap_or(l).to_string())
+            .unwrap_or_default()
+    };
+    let addrs = |pid: u32| ip_in(pid, &["-4", "-o", "addr", "show", "stun0"]);
+    let (kind_before, addrs_before) = (kind(w.pid), addrs(w.pid));
+    assert_eq!(kind_before, "type tun pi off vnet_hdr off persist off");
+    let pids = dump_kill_restore(&w);
+    let restored = pids[0];
+    let (kind_after, addrs_after) = (kind(restored), addrs(restored));
+    send(restored, "after");
+    let lines = w.wait_lines(3, T);
+    kill_tree(&pids);
+    assert_eq!(
+        kind_after, kind_before,
+        "the same kind of device, not persistent"
+    );
+    assert_eq!(addrs_after, addrs_before);
+    assert_eq!(lines.get(2).map(String::as_str), Some("after"), "{lines:?}");
+}
+
+/// A tun device of a network namespace the tree does not own (the host's) is refused by name,
+/// and the process runs on: nothing would make the device again.
+#[test]
+fn tun_device_outside_the_tree_is_refused_by_name() {
+    let _g = serial_root!();
+    if !Path::new("/dev/net/tun").exists() {
+        skip(test_name!(), "no /dev/net/tun");
+        return;
+    }
+    let script = r#"
+import fcntl, os, struct, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", b"stunhost9", 0x0001 | 0x1000))
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+    print("tick", flush=True)
+"#;
+    let w = Workload::python("tun-host", script);
+    w.wait_lines(1, T);
+    let img = w.images();
+    let out = stasis(&["dump", "-t", &w.pid.to_string(), "-D", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("tun device stunhost9 of a network namespace the tree does not own"),
+        "{err}"
+    );
+    let n = w.lines().len();
+    assert!(w.wait_lines(n + 2, T).len() >= n + 2, "the process runs on");
+    kill_tree(&[w.pid]);
+}

@@ -17,6 +17,7 @@ kind::file_kinds! {
         procfile => ProcFile,
         mqueue => Mqueue,
         tty => Pty,
+        tun => TunFile,
         reg => Regular,
         fifo => Fifo,
         pipe => Pipe,
@@ -144,6 +145,8 @@ pub enum FdKind {
     Pidfd,
     /// A namespace file (`/proc/<pid>/ns/<type>` opened).
     NsFile,
+    /// A file of `/dev/net/tun` (see files/tun.rs).
+    Tun,
     Socket(u64),
     Fifo(u64),
     /// A POSIX message queue.
@@ -202,6 +205,8 @@ pub fn classify(pid: u32, fd: i32, link: &str) -> Result<FdKind, FilesError> {
             let (major, minor) = (dev_major(md.rdev()), dev_minor(md.rdev()));
             if is_tty_major(major) {
                 FdKind::Tty
+            } else if (major, minor) == tun::TUN_DEVICE {
+                FdKind::Tun
             } else if is_stateless_char_device(major, minor) {
                 FdKind::CharDevice
             } else {
@@ -847,7 +852,22 @@ impl FileTable {
     pub fn write(&self, dir: &Path) -> Result<(), FilesError> {
         let mut w = ImageWriter::new(ImageKind::Normal, magic::FILES);
         for e in servers_first(&self.entries) {
-            w.push(e);
+            match (&e.reg, &e.tunf) {
+                // CRIU's form: the device node's regular-file entry, then the tun file's.
+                (Some(reg), Some(_)) => {
+                    w.push(&pb::FileEntry {
+                        r#type: pb::FdTypes::Reg as i32,
+                        id: e.id,
+                        reg: Some(reg.clone()),
+                        ..Default::default()
+                    });
+                    w.push(&pb::FileEntry {
+                        reg: None,
+                        ..e.clone()
+                    });
+                }
+                _ => w.push(e),
+            }
         }
         write(&dir.join(names::FILES), &w.into_bytes())?;
         // Always written, even empty: a stale one from an older dump must not apply.

@@ -171,6 +171,15 @@ pub fn dump(ns: &OwnedFd, dir: &Path, empty: bool) -> Result<(), NetNsError> {
             macvlan: d
                 .macvlan
                 .map(|(mode, flags)| pb::MacvlanLinkEntry { mode, flags }),
+            // The header size and send buffer are the kernel's defaults (not read: they need
+            // a queue of the device).
+            tun: d.tun.map(|(flags, owner, group)| pb::TunLinkEntry {
+                flags,
+                owner,
+                group,
+                vnethdr: TUN_VNET_HDR_DEFAULT,
+                sndbuf: i32::MAX as u32,
+            }),
             ..Default::default()
         });
     }
@@ -275,6 +284,7 @@ pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
                 peer_nsid: e.peer_nsid,
                 master: e.master,
                 macvlan: e.macvlan.map(|m| (m.mode, m.flags)),
+                tun: e.tun.map(|t| (t.flags, t.owner, t.group)),
             })
         })
         .collect::<Result<Vec<_>, NetNsError>>()?;
@@ -285,6 +295,26 @@ pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
         route6: read(names::route6(id))?,
     };
     stasis_netns::NetState::from_images(&images).map_err(NetNsError::Net)
+}
+
+/// `sizeof(struct virtio_net_hdr)`, a tun device's header size unless set.
+const TUN_VNET_HDR_DEFAULT: u32 = 10;
+
+/// The `IFF_*` flags of the tun device `name` of the tree's network namespace, from its
+/// `netdev-<id>.img` (the tree's tun files attach with them).
+pub fn tun_link(dir: &Path, name: &str) -> Result<u32, NetNsError> {
+    let state = load(dir, TREE_NS_ID)?;
+    state
+        .links
+        .iter()
+        .find_map(|l| match l.kind {
+            stasis_netns::LinkKind::Tun { flags, .. } if l.name == name => Some(flags),
+            _ => None,
+        })
+        .ok_or_else(|| NetNsError::Read {
+            path: format!("{} (no tun device {name} in it)", names::netdev(TREE_NS_ID)),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        })
 }
 
 /// A new network namespace holding `state`, made from a short-lived thread (the caller

@@ -336,9 +336,20 @@ fn open_mapped_files_as_their_mappings_need(img: &mut DumpImage) {
 /// files.img, pipe and FIFO data, and the shared memory every task maps; every file a task
 /// refers to must exist.
 fn load_files(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
-    let mut files = HashMap::new();
+    let mut files: HashMap<u32, pb::FileEntry> = HashMap::new();
     for f in all::<pb::FileEntry>(dir, names::FILES, magic::FILES)? {
-        files.insert(f.id, f);
+        match files.get_mut(&f.id) {
+            // A tun file comes as two entries of one id (CRIU's form): the device node's
+            // regular file, then the tun file. Kept as one.
+            Some(e) if f.tunf.is_some() && e.reg.is_some() && e.tunf.is_none() => {
+                e.r#type = f.r#type;
+                e.tunf = f.tunf;
+            }
+            Some(e) if f.reg.is_some() && e.tunf.is_some() && e.reg.is_none() => e.reg = f.reg,
+            _ => {
+                files.insert(f.id, f);
+            }
+        }
     }
     let mut pipes_data = HashMap::new();
     if let Some(bytes) = read_optional(dir, &names::pipes_data())? {

@@ -874,7 +874,13 @@ while True:
     let w = Workload::python("tun-host", script);
     w.wait_lines(1, T);
     let img = w.images();
-    let out = stasis(&["dump", "-t", &w.pid.to_string(), "-D", img.to_str().unwrap()]);
+    let out = stasis(&[
+        "dump",
+        "-t",
+        &w.pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

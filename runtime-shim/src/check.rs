@@ -10,7 +10,7 @@ const FEATURES: &[(&str, Option<(u32, u32)>)] = &[
     ("mem_dirty_track", None),
     ("aio_remap", None),
     ("timerfd", Some((3, 17))),
-    ("tun", None),
+    ("tun", Some((4, 15))),
     ("tun_ns", None),
     ("userns", Some((3, 8))),
     ("fdinfo_lock", Some((4, 1))),

@@ -32,7 +32,13 @@ impl FileKind for TunFile {
     }
 
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
-        let netdev = fd.info.extra.get("iff").map(|s| s.trim().to_string());
+        // Empty for a file attached to no device (nor a detached queue, which comes back so).
+        let netdev = fd
+            .info
+            .extra
+            .get("iff")
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
         if let Some(dev) = &netdev {
             if cx.img.ns_ids.net != crate::ns::net::TREE_NS_ID {
                 return Err(DumpError::UnsupportedFd {

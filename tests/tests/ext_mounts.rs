@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use stasis_tests::containers::BUSYBOX;
 use stasis_tests::runc::*;
 use stasis_tests::*;
 
@@ -373,5 +374,82 @@ fn mounts_under_a_moved_mount_come_back_in_both_namespaces() {
             .iter()
             .any(|m| m.contains("remap/1/a/c / tmpfs late")),
         "a mount made on the tree's peer shows in the nested copy: {nested_later:?}"
+    );
+}
+
+/// A child in a mount namespace of its own that pivoted into a tmpfs it mounted (a sandbox,
+/// a nested container): its namespace comes back rooted at that tmpfs, with its file, its
+/// open fd and its counter going on.
+#[test]
+fn child_pivoted_into_a_tmpfs_of_its_own_comes_back() {
+    let _g = serial_root!();
+    let dir = std::env::temp_dir().join(format!("stasis-jail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("script dir");
+    let inner = dir.join("inner.sh");
+    std::fs::write(
+        &inner,
+        // No command forked in the loop (a short-lived one would be in the dump).
+        "/busybox umount -l /old\n/busybox rmdir /old\n/busybox mkfifo /tick\nexec 4<>/tick\n\
+         echo kept > /f\nexec 3</f\n\
+         i=0\nwhile true; do echo $i > /count; i=$((i+1)); read -t 0.1 x <&4; done\n",
+    )
+    .expect("inner script");
+    let outer = dir.join("outer.sh");
+    std::fs::write(
+        &outer,
+        format!(
+            "set -e\nmount -t tmpfs jail /run/stasis-jail\ncp {BUSYBOX} /run/stasis-jail/busybox\n\
+             cp {} /run/stasis-jail/inner.sh\nmkdir /run/stasis-jail/old\ncd /run/stasis-jail\n\
+             /run/stasis-jail/busybox pivot_root . old\nexec /busybox sh /inner.sh\n",
+            inner.display()
+        ),
+    )
+    .expect("outer script");
+    let script = format!(
+        "mkdir -p /run/stasis-jail && unshare -m --propagation private sh {} & \
+         sleep 0.5; echo ready; exec sleep 1000",
+        outer.display()
+    );
+    let w = in_own_mount_namespace("jail", &["sh", "-c", &script]);
+    w.wait_lines(1, T);
+    let child = || {
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .next()
+            .expect("the pivoted child")
+    };
+    let count = |pid: u32| read_in(pid, "/count").trim().parse::<u64>().unwrap_or(0);
+    let wait_count = |pid: u32, above: u64| {
+        let t0 = Instant::now();
+        while count(pid) <= above && t0.elapsed() < T {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        count(pid)
+    };
+    let c = child();
+    let first = wait_count(c, 0);
+    assert_eq!(read_in(c, "/f").trim(), "kept");
+    let before = mounts_of(c);
+    assert!(
+        before.iter().any(|m| m.starts_with("/ / tmpfs jail")),
+        "{before:?}"
+    );
+    let pids = dump_kill_restore_at_root(&w);
+    let c = child();
+    let after = mounts_of(c);
+    let dumped = count(c);
+    let later = wait_count(c, dumped);
+    let fd = std::fs::read_link(format!("/proc/{c}/fd/3")).map(|l| l.display().to_string());
+    let file = read_in(c, "/f");
+    kill_tree(&pids);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(after, before, "the same mounts, rooted at its tmpfs");
+    assert_eq!(file.trim(), "kept");
+    assert_eq!(fd.ok().as_deref(), Some("/f"));
+    assert!(
+        dumped >= first && later > dumped,
+        "the counter goes on: {first} {dumped} {later}"
     );
 }

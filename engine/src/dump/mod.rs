@@ -499,6 +499,14 @@ fn note_mount_namespaces(
                 .into(),
         });
     }
+    if !mounts.nested.is_empty() {
+        img.files.tree_mount_ids = mounts
+            .table
+            .iter()
+            .chain(mounts.nested.iter().flat_map(|n| n.table.iter()))
+            .map(|m| m.id)
+            .collect();
+    }
     for n in &mounts.nested {
         let root_mount = n.table.iter().find(|m| m.mountpoint == "/").map(|m| m.id);
         for &pid in &n.pids {

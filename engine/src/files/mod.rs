@@ -356,6 +356,8 @@ pub struct FileTable {
     /// The mount id files known by path only are given: none in the tree's own mount
     /// namespace, the root mount of a nested one (see ns::mnt_nested) for its tasks.
     pub path_mnt: Option<i32>,
+    /// Every mount id of the tree's tables, with nested mount namespaces.
+    pub tree_mount_ids: std::collections::HashSet<u32>,
     /// What each kind keeps for its own images (pipe data, tty infos, queued messages...).
     pub slots: kind::Slots,
 }
@@ -456,6 +458,7 @@ impl FileTable {
             by_path: HashMap::new(),
             path_root: None,
             path_mnt: None,
+            tree_mount_ids: Default::default(),
             slots: kind::Slots::default(),
         }
     }
@@ -737,7 +740,13 @@ impl FileTable {
             path: orig.to_string(),
             source,
         })?;
-        let id = self.push_reg(orig, libc::O_DIRECTORY as u32, 0, self.path_mnt, Some(&md));
+        let id = self.push_reg(
+            orig,
+            libc::O_DIRECTORY as u32,
+            0,
+            self.mount_of(Some(open)),
+            Some(&md),
+        );
         self.deleted(id, open, orig, &md, None)?;
         Ok(id)
     }
@@ -774,7 +783,7 @@ impl FileTable {
     /// path ends in " (deleted)", whose content is then saved as a ghost.
     fn add_by_path(&mut self, open: &str, path: &str, flags: u32) -> Result<u32, FilesError> {
         let Some(orig) = path.strip_suffix(" (deleted)") else {
-            return self.add_path(path, flags);
+            return self.add_path_at(path, flags, Some(open));
         };
         let md = std::fs::metadata(open).map_err(|source| FilesError::Ghost {
             path: orig.to_string(),
@@ -783,7 +792,7 @@ impl FileTable {
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino(), flags)) {
             return Ok(id);
         }
-        let id = self.push_reg(orig, flags, 0, self.path_mnt, Some(&md));
+        let id = self.push_reg(orig, flags, 0, self.mount_of(Some(open)), Some(&md));
         self.deleted(id, open, orig, &md, None)?;
         self.by_inode.insert((md.dev(), md.ino(), flags), id);
         Ok(id)
@@ -791,19 +800,42 @@ impl FileTable {
 
     /// A file known by path only (cwd, root, exe, mapped files), opened with `flags`.
     pub fn add_path(&mut self, path: &str, flags: u32) -> Result<u32, FilesError> {
-        if let Some(&id) = self.by_path.get(&(path.to_string(), flags, self.path_mnt)) {
+        self.add_path_at(path, flags, None)
+    }
+
+    /// [`Self::add_path`], with `open` reaching the file itself (`/proc/<pid>/cwd`).
+    pub fn add_path_at(
+        &mut self,
+        path: &str,
+        flags: u32,
+        open: Option<&str>,
+    ) -> Result<u32, FilesError> {
+        let mnt = self.mount_of(open);
+        if let Some(&id) = self.by_path.get(&(path.to_string(), flags, mnt)) {
             return Ok(id);
         }
         // Without a size (it cannot be stat'ed now) the restore skips the changed-file check;
         // opening it will fail there anyway if it is gone.
-        let md = match &self.path_root {
-            Some(root) => std::fs::metadata(crate::ns::mnt::under(root, path)).ok(),
-            None => std::fs::metadata(path).ok(),
+        let md = match (&self.path_root, open) {
+            (_, Some(open)) if self.path_mnt.is_some() => std::fs::metadata(open).ok(),
+            (Some(root), _) => std::fs::metadata(crate::ns::mnt::under(root, path)).ok(),
+            (None, _) => std::fs::metadata(path).ok(),
         };
-        let id = self.push_reg(path, flags, 0, self.path_mnt, md.as_ref());
-        self.by_path
-            .insert((path.to_string(), flags, self.path_mnt), id);
+        let id = self.push_reg(path, flags, 0, mnt, md.as_ref());
+        self.by_path.insert((path.to_string(), flags, mnt), id);
         Ok(id)
+    }
+
+    /// The mount id a file known by path gets: for a task of a nested mount namespace, the
+    /// mount `open` reaches when it is one of the tree's (a task that pivoted elsewhere still
+    /// maps libraries of the tree's root, and the kernel shows their paths from there), else
+    /// its namespace's root mount; none for the tree's own namespace.
+    fn mount_of(&self, open: Option<&str>) -> Option<i32> {
+        let nested = self.path_mnt?;
+        let real = open
+            .and_then(|p| crate::ns::mount_id_of(p).ok())
+            .filter(|id| self.tree_mount_ids.contains(&(*id as u32)));
+        Some(real.map_or(nested, |id| id as i32))
     }
 
     pub(crate) fn push_reg(

@@ -143,7 +143,12 @@ pub fn dump(root: u32, mounts: &TreeMounts, dir: &Path) -> Result<(), MntNsError
     )?;
     let plans = super::mnt_nested::plan_all(&mounts.table, &mounts.nested_tables())?;
     for (n, p) in mounts.nested.iter().zip(&plans) {
-        write_table(n.pids[0], n.id, &n.table, &p.plan, dir, &mut saved)?;
+        // A root that is a tmpfs of its own is saved as any tmpfs.
+        let mut plan = p.plan.clone();
+        if p.root == super::mnt_nested::NestedRoot::Tmpfs {
+            plan[0].make = Make::Tmpfs;
+        }
+        write_table(n.pids[0], n.id, &n.table, &plan, dir, &mut saved)?;
     }
     Ok(())
 }

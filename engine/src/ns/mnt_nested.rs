@@ -19,7 +19,8 @@ pub enum NestedError {
     Table(#[from] mnt::MntError),
     #[error(
         "nested mount namespace {ns}: its root (mount {id}, {root} of device {major}:{minor}) \
-         is not the tree's root (a pivot_root inside the tree), which is not supported yet"
+         is neither the tree's root, a directory of it, a filesystem of the tree's nor a tmpfs \
+         of its own, which is not supported yet"
     )]
     OtherRoot {
         ns: u32,
@@ -59,10 +60,23 @@ pub struct CopyFrom {
     pub sub: String,
 }
 
+/// What a nested namespace's root is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NestedRoot {
+    /// The tree's root (a namespace `unshare` copied).
+    Tree,
+    /// A copy of a filesystem an earlier namespace makes, or of a directory of the tree's root
+    /// (a `pivot_root` into it), in `copies` under the root's id.
+    Copy,
+    /// A tmpfs of its own (a `pivot_root` into a tmpfs mounted there), its content saved.
+    Tmpfs,
+}
+
 /// One nested namespace's plan.
 #[derive(Debug, Clone)]
 pub struct NestedPlan {
     pub id: u32,
+    pub root: NestedRoot,
     pub plan: Vec<Planned>,
     pub phases: Vec<Phase>,
     pub copies: Vec<CopyFrom>,
@@ -120,7 +134,32 @@ pub fn plan_all(
     let mut late: HashSet<u32> = HashSet::new();
     for (i, (id, table)) in nested.iter().enumerate() {
         let r = table_root(table)?;
-        if r.dev != root.dev || r.root != root.root {
+        let mut copies = Vec::new();
+        let from_root = propagation::holds(&root.root, &r.root) && r.dev == root.dev;
+        let root_kind = if r.dev == root.dev && r.root == root.root {
+            NestedRoot::Tree
+        } else if let Some(from) = made
+            .iter()
+            .find(|s| s.dev == r.dev && propagation::holds(&s.root, &r.root))
+        {
+            copies.push(CopyFrom {
+                id: r.id,
+                ns: from.ns,
+                mountpoint: from.mountpoint.clone(),
+                sub: mnt::within(&from.root, &r.root).unwrap_or_else(|| "/".into()),
+            });
+            NestedRoot::Copy
+        } else if from_root {
+            copies.push(CopyFrom {
+                id: r.id,
+                ns: 0,
+                mountpoint: "/".into(),
+                sub: mnt::within(&root.root, &r.root).unwrap_or_else(|| "/".into()),
+            });
+            NestedRoot::Copy
+        } else if r.fstype == "tmpfs" && r.root == "/" {
+            NestedRoot::Tmpfs
+        } else {
             return Err(NestedError::OtherRoot {
                 ns: *id,
                 id: r.id,
@@ -128,11 +167,10 @@ pub fn plan_all(
                 major: r.dev.0,
                 minor: r.dev.1,
             });
-        }
+        };
         let elsewhere: HashSet<(u32, u32)> = made.iter().map(|m| m.dev).collect();
         let plan = mnt::plan_with(table, &elsewhere)?;
         let phases = mnt::phases(&plan)?;
-        let mut copies = Vec::new();
         for (p, ph) in plan.iter().zip(&phases) {
             let m = &p.mount;
             if *ph == Phase::Late {
@@ -162,8 +200,17 @@ pub fn plan_all(
             });
         }
         made.extend(made_by(i + 1, &plan, &phases, root.dev));
+        if root_kind != NestedRoot::Tree && r.dev != root.dev {
+            made.push(Made {
+                ns: i + 1,
+                dev: r.dev,
+                root: r.root.clone(),
+                mountpoint: "/".into(),
+            });
+        }
         out.push(NestedPlan {
             id: *id,
+            root: root_kind,
             plan,
             phases,
             copies,
@@ -324,10 +371,25 @@ mod tests {
     }
 
     #[test]
-    fn another_root_and_a_late_peer_are_refused() {
+    fn roots_of_their_own_are_made_and_others_refused_as_a_late_peer() {
         let pivoted = table("200 150 0:44 / / rw - tmpfs tmpfs rw\n");
+        assert_eq!(
+            plan_all(&table(TREE), &[(20, pivoted)]).unwrap()[0].root,
+            NestedRoot::Tmpfs
+        );
+        let into_tmp = table("200 150 0:42 /jail / rw - tmpfs tmpfs rw\n");
+        let p = &plan_all(&table(TREE), &[(20, into_tmp)]).unwrap()[0];
+        assert_eq!(p.root, NestedRoot::Copy);
+        assert_eq!(p.copies[0].sub, "/jail");
+        let into_dir = table("200 150 0:40 /srv/jail / rw - overlay overlay rw\n");
+        let p = &plan_all(&table(TREE), &[(20, into_dir)]).unwrap()[0];
+        assert_eq!(
+            (p.copies[0].mountpoint.as_str(), p.copies[0].sub.as_str()),
+            ("/", "/srv/jail")
+        );
+        let other = table("200 150 8:1 / / rw - ext4 /dev/sda rw\n");
         assert!(matches!(
-            plan_all(&table(TREE), &[(20, pivoted)]),
+            plan_all(&table(TREE), &[(20, other)]),
             Err(NestedError::OtherRoot {
                 ns: 20,
                 id: 200,

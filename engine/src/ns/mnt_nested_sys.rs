@@ -64,8 +64,11 @@ pub fn by_namespace(root: u32, live: &[u32]) -> Result<Option<Vec<Vec<u32>>>, Mn
 pub struct NestedCx {
     /// Devices other namespaces made first (see [`mnt::plan_with`]).
     pub elsewhere: HashSet<(u32, u32)>,
-    /// Per [`mnt::Make::Elsewhere`] mount, its detached copy.
+    /// Per [`mnt::Make::Elsewhere`] mount (and a root of [`mnt_nested::NestedRoot::Copy`]),
+    /// its detached copy.
     pub copies: HashMap<u32, OwnedFd>,
+    /// Its root is a tmpfs of its own.
+    pub root_tmpfs: bool,
 }
 
 /// A nested namespace made, held until its tasks have entered it.
@@ -120,6 +123,7 @@ pub fn build_nested(
         let cx = NestedCx {
             elsewhere: plan.elsewhere.clone(),
             copies,
+            root_tmpfs: plan.root == mnt_nested::NestedRoot::Tmpfs,
         };
         let nested_o = BuildOpts {
             existing: None,

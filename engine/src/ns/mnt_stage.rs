@@ -176,7 +176,7 @@ pub(super) fn enter_new_namespace(
 }
 
 /// The mount id of what `path` names (statx).
-fn mount_id_of(path: &str) -> std::io::Result<u64> {
+pub(crate) fn mount_id_of(path: &str) -> std::io::Result<u64> {
     let c = std::ffi::CString::new(path)
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: all-zero is a valid statx struct, which statx(2) fills.

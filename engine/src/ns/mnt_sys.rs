@@ -437,6 +437,14 @@ pub fn build(table: &[MountInfo], o: &BuildOpts<'_>) -> Result<Early, MntNsError
             continue;
         }
         match &p.make {
+            // A nested namespace's root may be another filesystem (see ns::mnt_nested).
+            Make::Root if nested.is_some_and(|cx| cx.root_tmpfs) => {
+                make_tmpfs(m, &root_s, flags, images, &mut early)?
+            }
+            Make::Root if nested.is_some_and(|cx| cx.copies.contains_key(&m.id)) => {
+                super::mnt_nested_sys::attach_copy(nested, m, &root_s, flags)?;
+                root_ro = flags & libc::MS_RDONLY != 0;
+            }
             Make::Root => {
                 // A mount of its own, whatever the caller made: the pivot needs one.
                 sys_mount(Some(&root_source), &root_s, None, libc::MS_BIND, None)

@@ -8,6 +8,7 @@ pub mod mnt_ext;
 pub mod mnt_nested;
 pub mod mnt_nested_sys;
 mod mnt_stage;
+pub(crate) use mnt_stage::mount_id_of;
 pub mod mnt_sys;
 pub mod net;
 pub mod netconf;

@@ -516,11 +516,17 @@ fn dump_files_and_fs(
         Some(orig) => img
             .files
             .add_deleted_dir(&format!("/proc/{pid}/cwd"), orig)?,
-        None => img.files.add_path(&cwd_link, libc::O_DIRECTORY as u32)?,
+        None => img.files.add_path_at(
+            &cwd_link,
+            libc::O_DIRECTORY as u32,
+            Some(&format!("/proc/{pid}/cwd")),
+        )?,
     };
-    let root = img
-        .files
-        .add_path(&dir_of("root")?, libc::O_DIRECTORY as u32)?;
+    let root = img.files.add_path_at(
+        &dir_of("root")?,
+        libc::O_DIRECTORY as u32,
+        Some(&format!("/proc/{pid}/root")),
+    )?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::FS);
     w.push(&pb::FsEntry {
         cwd_id: cwd,

@@ -453,3 +453,45 @@ fn child_pivoted_into_a_tmpfs_of_its_own_comes_back() {
         "the counter goes on: {first} {dumped} {later}"
     );
 }
+
+/// An inotify watch on a tmpfs only the tree mounts (a service watching its private /run):
+/// the watched directory is found through the tree's own mount of it, and after the restore
+/// the process still reads the events of files created there.
+#[test]
+fn inotify_watch_on_a_tmpfs_only_the_tree_mounts_still_reports() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+assert os.system("mount -t tmpfs watched /mnt") == 0
+fd = libc.inotify_init1(0)
+assert libc.inotify_add_watch(fd, b"/mnt", 0x100) >= 0, ctypes.get_errno()
+print("ready", flush=True)
+while True:
+    buf = os.read(fd, 4096)
+    off = 0
+    while off < len(buf):
+        wd, mask, cookie, ln = struct.unpack_from("iIII", buf, off)
+        print("created", buf[off + 16:off + 16 + ln].rstrip(b"\0").decode(), flush=True)
+        off += 16 + ln
+"#;
+    let w = in_own_mount_namespace("inotify-tmpfs", &["python3", "-c", script]);
+    w.wait_lines(1, T);
+    let create = |name: &str| {
+        std::fs::write(format!("/proc/{}/root/mnt/{name}", w.pid), "x").expect("create");
+    };
+    create("before");
+    assert_eq!(
+        w.wait_lines(2, T).get(1).map(String::as_str),
+        Some("created before")
+    );
+    let pids = dump_kill_restore_at_root(&w);
+    create("after");
+    let lines = w.wait_lines(3, T);
+    kill_tree(&pids);
+    assert_eq!(
+        lines.get(2).map(String::as_str),
+        Some("created after"),
+        "{lines:?}"
+    );
+}

@@ -490,6 +490,9 @@ fn note_mount_namespaces(
     img.ns_ids.mnt = Some(crate::ns::mnt::TREE_NS_ID);
     // Paths the tree shows (its cwd, exe, mapped files) are under its own root.
     img.files.path_root = Some(format!("/proc/{root}/root"));
+    img.files.mount_ns_pids = std::iter::once(root)
+        .chain(mounts.nested.iter().map(|n| n.pids[0]))
+        .collect();
     if own_userns && !mounts.nested.is_empty() {
         return Err(DumpError::Namespace {
             pid: mounts.nested[0].pids[0],

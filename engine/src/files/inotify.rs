@@ -93,12 +93,42 @@ fn open_handle(sdev: u32, fh: &pb::FhEntry) -> Option<OwnedFd> {
             .flatten()
     })?;
     let dir = std::fs::File::open(&mnt).ok()?;
+    open_by_handle(dir.as_fd(), fh)
+}
+
+/// open_by_handle_at of `fh` from the mount `dir` is on, O_PATH.
+fn open_by_handle(dir: std::os::fd::BorrowedFd<'_>, fh: &pb::FhEntry) -> Option<OwnedFd> {
     let mut buf: Vec<u8> = Vec::with_capacity(8 + fh.bytes as usize);
     buf.extend_from_slice(&fh.bytes.to_ne_bytes());
     buf.extend_from_slice(&(fh.r#type as i32).to_ne_bytes());
     let raw: Vec<u8> = fh.handle.iter().flat_map(|w| w.to_ne_bytes()).collect();
     buf.extend_from_slice(&raw[..(fh.bytes as usize).min(raw.len())]);
-    crate::sys::anon::open_by_handle_at(dir.as_fd(), &buf, libc::O_PATH | libc::O_CLOEXEC).ok()
+    crate::sys::anon::open_by_handle_at(dir, &buf, libc::O_PATH | libc::O_CLOEXEC).ok()
+}
+
+/// [`open_handle`], or for a filesystem only the tree mounts (a container's /run tmpfs, one of
+/// a nested mount namespace), through the mount of it a task of each of the tree's mount
+/// namespaces (`ns_pids`) shows: then also that mount's id, by which the restore knows the
+/// namespace the path is in.
+fn open_handle_in(sdev: u32, fh: &pb::FhEntry, ns_pids: &[u32]) -> Option<(OwnedFd, Option<u32>)> {
+    if let Some(fd) = open_handle(sdev, fh) {
+        return Some((fd, None));
+    }
+    let (major, minor) = (sdev >> 20, sdev & 0xfffff);
+    let dev = format!("{major}:{minor}");
+    ns_pids.iter().find_map(|pid| {
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+        let (id, mountpoint) = mountinfo.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&dev.as_str()) && f.get(3) == Some(&"/"))
+                .then(|| Some((f.first()?.parse::<u32>().ok()?, f.get(4)?.to_string())))
+                .flatten()
+        })?;
+        let at = crate::ns::mnt::under(&format!("/proc/{pid}/root"), &mountpoint);
+        let dir = std::fs::File::open(at).ok()?;
+        let fd = open_by_handle(dir.as_fd(), fh)?;
+        Some((fd, Some(id)))
+    })
 }
 
 /// A watch on an inode deleted since (a file still open somewhere): its content is saved as a
@@ -109,7 +139,7 @@ fn watch_deleted(
     w: &mut pb::InotifyWdEntry,
     orig: &str,
 ) -> Option<Result<(), FilesError>> {
-    let f = open_handle(w.s_dev, &w.f_handle)?;
+    let (f, _) = open_handle_in(w.s_dev, &w.f_handle, &files.mount_ns_pids)?;
     let open = format!("/proc/self/fd/{}", f.as_raw_fd());
     let md = std::fs::metadata(&open).ok()?;
     // Still linked elsewhere: a ghost would be another inode than the others see.
@@ -181,7 +211,12 @@ impl FileKind for Inotify {
         let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |files, id| {
             let mut wd = inotify_watches(&fd.info.raw, id);
             for w in &mut wd {
-                let path = path_of_handle(w.s_dev, &w.f_handle);
+                let found = open_handle_in(w.s_dev, &w.f_handle, &files.mount_ns_pids);
+                w.f_handle.mnt_id = found.as_ref().and_then(|(_, m)| *m);
+                let path = found.and_then(|(f, _)| {
+                    let p = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                    Some(p.ok()?.to_string_lossy().into_owned())
+                });
                 let deleted = path.as_deref().and_then(|p| p.strip_suffix(" (deleted)"));
                 if let Some(orig) = deleted {
                     match watch_deleted(files, w, orig) {
@@ -243,6 +278,9 @@ impl FileKind for Inotify {
                 let orig = w.f_handle.path.clone().unwrap_or_default();
                 let path = cx.slots.get::<super::ghost::GhostFiles>().create(gid, &orig, cx.img)?;
                 w.f_handle.path = Some(path);
+            } else if let (Some(mnt), Some(path)) = (w.f_handle.mnt_id, &w.f_handle.path) {
+                // On a filesystem only the tree mounts: through its namespace's root.
+                w.f_handle.path = Some(cx.img.path_on_mount(mnt, path));
             }
         }
         create_inotify(&e)

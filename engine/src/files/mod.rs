@@ -360,6 +360,8 @@ pub struct FileTable {
     pub path_mnt: Option<i32>,
     /// Every mount id of the tree's tables, with nested mount namespaces.
     pub tree_mount_ids: std::collections::HashSet<u32>,
+    /// A task of each mount namespace of the tree (its own first), when it owns one.
+    pub mount_ns_pids: Vec<u32>,
     /// What each kind keeps for its own images (pipe data, tty infos, queued messages...).
     pub slots: kind::Slots,
 }
@@ -461,6 +463,7 @@ impl FileTable {
             path_root: None,
             path_mnt: None,
             tree_mount_ids: Default::default(),
+            mount_ns_pids: Vec::new(),
             slots: kind::Slots::default(),
         }
     }

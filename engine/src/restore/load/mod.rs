@@ -181,6 +181,16 @@ impl DumpImage {
         }
     }
 
+    /// `path` as the restorer reaches it when it is on the tree's mount `mnt_id` (of its own
+    /// namespace or a nested one); as it is otherwise.
+    pub fn path_on_mount(&self, mnt_id: u32, path: &str) -> String {
+        let reg = pb::RegFileEntry {
+            mnt_id: Some(mnt_id as i32),
+            ..Default::default()
+        };
+        self.path_of_name(&reg, path)
+    }
+
     /// The tree's root, a nested namespace's, or for a host file ours as the restore reaches
     /// it (None: the path as it is).
     fn root_for(&self, reg: &pb::RegFileEntry) -> Option<&str> {

@@ -495,3 +495,60 @@ while True:
         "{lines:?}"
     );
 }
+
+/// A tmpfs only the tree mounts, holding a file with two names and a file deleted while open
+/// but linked elsewhere (`--link-remap`): the two names are one file again (a write through
+/// one shows through the other), the deleted file's fd reads it, and the link the dump made
+/// for it is gone once the restore succeeded (it is in no namespace but the tree's).
+#[test]
+fn hard_links_and_remap_links_on_the_trees_own_tmpfs() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+assert os.system("mount -t tmpfs own /mnt") == 0
+with open("/mnt/f", "w") as w:
+    w.write("one")
+os.link("/mnt/f", "/mnt/g")
+with open("/mnt/gone", "w") as w:
+    w.write("kept")
+os.link("/mnt/gone", "/mnt/elsewhere")
+f = open("/mnt/gone")
+os.unlink("/mnt/gone")
+print("ready", flush=True)
+while not os.path.exists("/mnt/go"):
+    time.sleep(0.05)
+print("read", f.read(), flush=True)
+time.sleep(1e6)
+"#;
+    let w = in_own_mount_namespace("tmpfs-links", &["python3", "-c", script]);
+    w.wait_lines(1, T);
+    let mut dump = HOST_MOUNTS_EXTERNAL.to_vec();
+    dump.push("--link-remap");
+    let mut restore = HOST_MOUNTS_EXTERNAL.to_vec();
+    restore.extend(["--root", "/"]);
+    let pids = dump_kill_restore_with(&w, &dump, &restore);
+    let at = |name: &str| format!("/proc/{}/root/mnt/{name}", w.pid);
+    use std::os::unix::fs::MetadataExt;
+    let ino = |name: &str| std::fs::metadata(at(name)).map(|m| m.ino()).unwrap_or(0);
+    let same = ino("f") != 0 && ino("f") == ino("g");
+    std::fs::write(at("g"), "two").expect("write through g");
+    let through_f = std::fs::read_to_string(at("f")).unwrap_or_default();
+    let leftovers: Vec<String> = std::fs::read_dir(at(""))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("link_remap"))
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::write(at("go"), "").expect("go");
+    let lines = w.wait_lines(2, T);
+    kill_tree(&pids);
+    assert!(same, "f and g are one file");
+    assert_eq!(through_f, "two");
+    assert!(
+        leftovers.is_empty(),
+        "the remap link is removed: {leftovers:?}"
+    );
+    assert_eq!(lines.get(1).map(String::as_str), Some("read kept"));
+}

@@ -503,11 +503,16 @@ fn note_mount_namespaces(
         });
     }
     if !mounts.nested.is_empty() {
-        img.files.tree_mount_ids = mounts
+        img.files.mount_owner = mounts
             .table
             .iter()
-            .chain(mounts.nested.iter().flat_map(|n| n.table.iter()))
-            .map(|m| m.id)
+            .map(|m| (m.id, root))
+            .chain(
+                mounts
+                    .nested
+                    .iter()
+                    .flat_map(|n| n.table.iter().map(|m| (m.id, n.pids[0]))),
+            )
             .collect();
     }
     for n in &mounts.nested {

@@ -83,7 +83,7 @@ impl FileTable {
         let nested = self.path_mnt?;
         let real = open
             .and_then(|p| crate::ns::mount_id_of(p).ok())
-            .filter(|id| self.tree_mount_ids.contains(&(*id as u32)));
+            .filter(|id| self.mount_owner.contains_key(&(*id as u32)));
         Some(real.map_or(nested, |id| id as i32))
     }
 }

@@ -339,7 +339,7 @@ pub struct FileTable {
     /// (file id, id of the file entry naming its link): deleted, but linked elsewhere.
     linked: Vec<(u32, u32)>,
     /// (dev, inode) → id of the entry naming its link, one link per inode.
-    links_by_inode: HashMap<(u64, u64), u32>,
+    links_by_inode: HashMap<(u64, u64, Option<i32>), u32>,
     /// Links made for `linked`, as paths here: removed again unless the dump succeeds.
     made_links: Vec<PathBuf>,
     /// Files known by inode and open flags only (mapped files, memfds of mappings).
@@ -358,8 +358,9 @@ pub struct FileTable {
     /// The mount id files known by path only are given: none in the tree's own mount
     /// namespace, the root mount of a nested one (see ns::mnt_nested) for its tasks.
     pub path_mnt: Option<i32>,
-    /// Every mount id of the tree's tables, with nested mount namespaces.
-    pub tree_mount_ids: std::collections::HashSet<u32>,
+    /// With nested mount namespaces, every mount id of the tree's tables and a task of the
+    /// namespace it is in.
+    pub mount_owner: HashMap<u32, u32>,
     /// A task of each mount namespace of the tree (its own first), when it owns one.
     pub mount_ns_pids: Vec<u32>,
     /// What each kind keeps for its own images (pipe data, tty infos, queued messages...).
@@ -462,7 +463,7 @@ impl FileTable {
             by_path: HashMap::new(),
             path_root: None,
             path_mnt: None,
-            tree_mount_ids: Default::default(),
+            mount_owner: HashMap::new(),
             mount_ns_pids: Vec::new(),
             slots: kind::Slots::default(),
         }
@@ -612,16 +613,24 @@ impl FileTable {
                 path: orig.to_string(),
             });
         }
-        if let Some(&link_id) = self.links_by_inode.get(&(md.dev(), md.ino())) {
+        // One link per mount: the restore links it at the old name on the same mount.
+        if let Some(&link_id) = self.links_by_inode.get(&(md.dev(), md.ino(), mnt_id)) {
             self.linked.push((id, link_id));
             return Ok(());
         }
         let link_id = self.next_id();
-        let (name, here) = ghost::make_link_remap(open, orig, self.path_root.as_deref(), link_id)?;
+        // Linked in the namespace whose mount the file is on (a nested task may hold a file of
+        // a mount its own namespace no longer has: zdtm's mntns_link_remap).
+        let root = match mnt_id.and_then(|m| self.mount_owner.get(&(m as u32))) {
+            Some(pid) => Some(format!("/proc/{pid}/root")),
+            None => self.path_root.clone(),
+        };
+        let (name, here) = ghost::make_link_remap(open, orig, root.as_deref(), link_id)?;
         self.made_links.push(PathBuf::from(&here));
         let got = self.push_reg(&name, libc::O_RDONLY as u32, 0, mnt_id, Some(md));
         debug_assert_eq!(got, link_id);
-        self.links_by_inode.insert((md.dev(), md.ino()), link_id);
+        self.links_by_inode
+            .insert((md.dev(), md.ino(), mnt_id), link_id);
         self.linked.push((id, link_id));
         Ok(())
     }

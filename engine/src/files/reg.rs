@@ -111,6 +111,7 @@ fn open_linked(
     let link_reg = img.files[&link_id].reg.as_ref().expect("checked at load");
     let link = img.path_of(link_reg).into_owned();
     let orig = img.path_of(reg).into_owned();
+    remember_link_dir(img, &link);
     let mut r = reg.clone();
     match nix::unistd::linkat(
         nix::fcntl::AT_FDCWD,
@@ -207,9 +208,46 @@ fn open_dead_proc(id: u32, reg: &pb::RegFileEntry, pid: u32) -> Result<OwnedFd, 
     open_path(id, &r)
 }
 
+/// Keeps the directory of the link at `link` open (O_PATH), so that it is found again once
+/// the restorer has left the tree's mount namespaces (a tmpfs of the tree's own is in no other).
+fn remember_link_dir(img: &DumpImage, link: &str) {
+    let path = std::path::Path::new(link);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let Ok(name) = std::ffi::CString::new(name.as_encoded_bytes()) else {
+        return;
+    };
+    let mut dirs = img.link_dirs.lock().unwrap_or_else(|p| p.into_inner());
+    if dirs.iter().any(|(_, n)| *n == name) {
+        return;
+    }
+    let opened = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    );
+    if let Ok(fd) = opened {
+        dirs.push((fd, name));
+    }
+}
+
 /// The links a dump made for files deleted while open (`--link-remap`): removed once the
 /// restore succeeded, as CRIU does; a failed restore leaves them for the next attempt.
 pub fn remove_links(img: &DumpImage) {
+    let dirs = std::mem::take(&mut *img.link_dirs.lock().unwrap_or_else(|p| p.into_inner()));
+    if !dirs.is_empty() {
+        for (dir, name) in dirs {
+            if let Err(e) = nix::unistd::unlinkat(
+                std::os::fd::AsFd::as_fd(&dir),
+                name.as_c_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                log::warn!("removing the link {name:?}: {e}");
+            }
+        }
+        return;
+    }
     let mut done = std::collections::HashSet::new();
     for link_id in img.linked.values().filter(|id| done.insert(**id)) {
         let Some(reg) = img.files.get(link_id).and_then(|f| f.reg.as_ref()) else {

@@ -42,7 +42,8 @@ pub fn save(dir: &Path, dev: u64, out: &Path) -> Result<(), TmpfsError> {
     b.follow_symlinks(false);
     let md = std::fs::symlink_metadata(dir).map_err(err("stat".into()))?;
     append_dir(&mut b, &md, Path::new(".")).map_err(err("adding the root directory".into()))?;
-    walk(&mut b, dir, Path::new(""), dev).map_err(err("adding its files".into()))?;
+    let mut seen = std::collections::HashMap::new();
+    walk(&mut b, dir, Path::new(""), dev, &mut seen).map_err(err("adding its files".into()))?;
     let gz = b
         .into_inner()
         .map_err(err("finishing the archive".into()))?;
@@ -63,11 +64,14 @@ fn append_dir<W: Write>(
     b.append_data(&mut h, name, std::io::empty())
 }
 
+/// `seen`: the first name of each file with several links, so that its other names are saved
+/// as hard links to it (as GNU tar does), not as copies that part at the first write.
 fn walk<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &Path,
     rel: &Path,
     dev: u64,
+    seen: &mut std::collections::HashMap<u64, PathBuf>,
 ) -> std::io::Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name()))
@@ -108,7 +112,7 @@ fn walk<W: Write>(
         };
         if ft.is_dir() {
             append_dir(b, &md, &rel)?;
-            walk(b, &path, &rel, dev)?;
+            walk(b, &path, &rel, dev, seen)?;
         } else if let Some(kind) = special {
             // By hand: the crate names a device entry by its path here, not by `rel`.
             let mut h = tar::Header::new_gnu();
@@ -119,7 +123,16 @@ fn walk<W: Write>(
             h.set_device_major(libc::major(rdev))?;
             h.set_device_minor(libc::minor(rdev))?;
             b.append_data(&mut h, &rel, std::io::empty())?;
+        } else if let Some(first) = seen.get(&md.ino()).filter(|_| ft.is_file()) {
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            b.append_link(&mut h, &rel, first)?;
         } else {
+            if ft.is_file() && md.nlink() > 1 {
+                seen.insert(md.ino(), rel.clone());
+            }
             b.append_path_with_name(&path, &rel)?;
         }
     }
@@ -246,6 +259,7 @@ mod tests {
         let src = base.join("src");
         std::fs::create_dir_all(src.join("d/e")).unwrap();
         std::fs::write(src.join("d/f"), b"hello").unwrap();
+        std::fs::hard_link(src.join("d/f"), src.join("d/e/hard")).unwrap();
         std::os::unix::fs::symlink("d/f", src.join("link")).unwrap();
         std::os::unix::fs::symlink("/proc/self/fd", src.join("fd")).unwrap();
         nix::unistd::mkfifo(
@@ -266,6 +280,13 @@ mod tests {
         std::fs::create_dir_all(&dst).unwrap();
         load(&img, &dst).unwrap();
         assert_eq!(std::fs::read(dst.join("d/f")).unwrap(), b"hello");
+        let ino = |p: &str| std::fs::metadata(dst.join(p)).unwrap().ino();
+        assert_eq!(ino("d/f"), ino("d/e/hard"), "a hard link stays one file");
+        assert_eq!(
+            std::fs::metadata(dst.join("d/f")).unwrap().nlink(),
+            2,
+            "with both names"
+        );
         assert_eq!(
             std::fs::read_link(dst.join("link")).unwrap(),
             PathBuf::from("d/f")

@@ -147,6 +147,10 @@ pub struct DumpImage {
     /// Set by the restore with the tree's mounts: where the host's files (on mounts of no
     /// table of the tree) are reached from the restorer.
     pub host_root: Option<String>,
+    /// The links of `--link-remap` as the pool found them: their directory (an O_PATH fd,
+    /// which reaches it in whatever mount namespace it is) and name, removed once the restore
+    /// succeeded (see files::reg::remove_links).
+    pub link_dirs: std::sync::Mutex<Vec<(std::os::fd::OwnedFd, std::ffi::CString)>>,
     /// Set by the restore once the tree's mounts are made under its root: where a file of
     /// the tree is reached from the restorer (see [`DumpImage::path_of`]).
     pub fs_root: Option<String>,

@@ -552,3 +552,33 @@ time.sleep(1e6)
     );
     assert_eq!(lines.get(1).map(String::as_str), Some("read kept"));
 }
+
+/// Binds whose source was deleted since (a directory and a file: mountinfo shows their roots
+/// as `//deleted`) come back the same, their sources made for the moment and removed again.
+#[test]
+fn binds_of_deleted_sources_come_back() {
+    let _g = serial_root!();
+    let script = "mount -t tmpfs own /mnt && mkdir /mnt/src /mnt/dst && echo in > /mnt/src/f && \
+                  touch /mnt/fsrc /mnt/fdst && mount --bind /mnt/src /mnt/dst && \
+                  mount --bind /mnt/fsrc /mnt/fdst && rm /mnt/src/f && rmdir /mnt/src && \
+                  rm /mnt/fsrc && echo ready && exec sleep 1000";
+    let w = in_own_mount_namespace("deleted-binds", &["sh", "-c", script]);
+    w.wait_lines(1, T);
+    let before = mounts_of(w.pid);
+    assert!(
+        before
+            .iter()
+            .any(|m| m.starts_with("/mnt/dst /src//deleted tmpfs")),
+        "{before:?}"
+    );
+    let pids = dump_kill_restore_at_root(&w);
+    let after = mounts_of(w.pid);
+    let gone = |p: &str| !Path::new(&format!("/proc/{}/root/mnt/{p}", w.pid)).exists();
+    let (src_gone, fsrc_gone) = (gone("src"), gone("fsrc"));
+    kill_tree(&pids);
+    assert_eq!(after, before);
+    assert!(
+        src_gone && fsrc_gone,
+        "the sources made for the binds are removed again"
+    );
+}

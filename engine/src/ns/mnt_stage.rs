@@ -205,14 +205,52 @@ impl Drop for Scratch {
 pub(super) fn bind_from_mount(
     of: &OwnedFd,
     sub: &str,
+    target: &str,
     scratch: &mut Option<Scratch>,
     then: impl FnOnce(&str) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    // A bind of a file or directory deleted since (mountinfo's "//deleted": zdtm's
+    // mntns_deleted) is made from one made again for the moment, like its target.
+    let (sub, deleted) = match sub.strip_suffix("//deleted") {
+        Some(s) => (s, true),
+        None => (sub, false),
+    };
     let at = format!("/proc/thread-self/fd/{}", of.as_raw_fd());
     let source = mnt::under(&at, sub);
-    if mount_id_of(&source)? == mount_id_of(&at)? {
-        return then(&source);
+    let made = deleted && std::fs::symlink_metadata(&source).is_err();
+    if made {
+        if std::fs::metadata(target)?.is_dir() {
+            std::fs::create_dir(&source)?;
+        } else {
+            std::fs::File::create(&source)?;
+        }
+    }
+    let done = bind_through(of, &at, &source, sub, scratch, then);
+    if made {
+        let gone = if std::fs::metadata(&source).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir(&source)
+        } else {
+            std::fs::remove_file(&source)
+        };
+        if let Err(e) = gone {
+            log::warn!("removing {source}, made again for a bind: {e}");
+        }
+    }
+    done
+}
+
+fn bind_through(
+    of: &OwnedFd,
+    at: &str,
+    source: &str,
+    sub: &str,
+    scratch: &mut Option<Scratch>,
+    then: impl FnOnce(&str) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if mount_id_of(source)? == mount_id_of(at)? {
+        return then(source);
     }
     // SAFETY: open_tree(2) on our fd with an empty path; the fd it returns is ours.
     let copy = unsafe {

@@ -460,7 +460,7 @@ pub fn build(table: &[MountInfo], o: &BuildOpts<'_>) -> Result<Early, MntNsError
             Make::Bind { of, sub } => {
                 let flags = flags & !libc::MS_RDONLY;
                 match made.get(of) {
-                    Some(fd) => bind_from_mount(fd, sub, &mut scratch, |source| {
+                    Some(fd) => bind_from_mount(fd, sub, &target, &mut scratch, |source| {
                         bind(source, &target, flags)
                     }),
                     None => {

@@ -582,3 +582,66 @@ fn binds_of_deleted_sources_come_back() {
         "the sources made for the binds are removed again"
     );
 }
+
+/// A file deleted while open through two mounts of one tmpfs in two mount namespaces (the
+/// tree's, and a child's bind of one of its directories): one ghost serves both, and each fd
+/// is again on its own mount (its link names the path its namespace saw), with the same inode
+/// and content.
+#[test]
+fn ghost_file_open_through_mounts_of_two_namespaces() {
+    let _g = serial_root!();
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert os.system("mount -t tmpfs shared /mnt && mkdir /mnt/a /mnt/b") == 0
+with open("/mnt/a/f", "w") as w:
+    w.write("ghost")
+r, wr = os.pipe()
+def report(who, f):
+    while not os.path.exists("/mnt/go"):
+        time.sleep(0.05)
+    st = os.fstat(f.fileno())
+    print(who, os.readlink(f"/proc/self/fd/{f.fileno()}"), st.st_ino, f.read(), flush=True)
+    time.sleep(1e6)
+if os.fork() == 0:
+    assert libc.unshare(0x20000) == 0, ctypes.get_errno()
+    assert os.system("mount --bind /mnt/a /mnt/b") == 0
+    f2 = open("/mnt/b/f")
+    os.write(wr, b"x")
+    report("child", f2)
+f1 = open("/mnt/a/f")
+os.read(r, 1)
+os.unlink("/mnt/a/f")
+print("ready", flush=True)
+report("parent", f1)
+"#;
+    let w = in_own_mount_namespace("ghost-2ns", &["python3", "-c", script]);
+    w.wait_lines(1, T);
+    let pids = dump_kill_restore_at_root(&w);
+    std::fs::write(format!("/proc/{}/root/mnt/go", w.pid), "").expect("go");
+    let lines = w.wait_lines(3, T);
+    kill_tree(&pids);
+    let of = |who: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(who))
+            .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let (parent, child) = (of("parent "), of("child "));
+    assert_eq!(
+        parent.get(1..3),
+        Some(&["/mnt/a/f".to_string(), "(deleted)".into()][..]),
+        "{lines:?}"
+    );
+    assert_eq!(
+        child.get(1..3),
+        Some(&["/mnt/b/f".to_string(), "(deleted)".into()][..]),
+        "{lines:?}"
+    );
+    assert_eq!(parent.get(3), child.get(3), "one inode");
+    assert_eq!(
+        (parent.get(4), child.get(4)),
+        (Some(&"ghost".to_string()), Some(&"ghost".to_string()))
+    );
+}

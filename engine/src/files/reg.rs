@@ -80,7 +80,12 @@ impl FileKind for Regular {
             let path = cx.slots.get::<GhostFiles>().create(*ghost, &at, cx.img)?;
             let mut r = reg.clone();
             r.name = path;
-            open_path(id, &r)?
+            let fd = open_path(id, &r)?;
+            if cx.img.fs_root.is_some() {
+                on_mount_of(id, fd, &at, &r)?
+            } else {
+                fd
+            }
         } else if cx.img.fs_root.is_some() {
             // The tree's own mount namespace: its files are under its root here. Its proc is
             // mounted later, by its init: a sysctl file is opened through ours meanwhile (this
@@ -96,6 +101,68 @@ impl FileKind for Regular {
         };
         Ok(Some(fd))
     }
+}
+
+/// `fd`, a ghost made once for every file of its inode, opened again through the mount the
+/// directory of `at` (this file's own path) is on when that is another: two mounts of one
+/// tmpfs in two namespaces each held it (zdtm's mntns_link_ghost). A file handle opened from
+/// a mount is a file of that mount.
+fn on_mount_of(
+    id: u32,
+    fd: OwnedFd,
+    at: &str,
+    reg: &pb::RegFileEntry,
+) -> Result<OwnedFd, RestoreError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let Some(dir) = std::path::Path::new(at).parent().and_then(|d| d.to_str()) else {
+        return Ok(fd);
+    };
+    let have = crate::ns::mount_id_of(&format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let want = crate::ns::mount_id_of(dir);
+    let (Ok(have), Ok(want)) = (have, want) else {
+        return Ok(fd);
+    };
+    if have == want {
+        return Ok(fd);
+    }
+    let err = |source| RestoreError::Open {
+        id,
+        path: at.to_string(),
+        source,
+    };
+    // struct file_handle: handle_bytes, handle_type, then up to MAX_HANDLE_SZ (128) bytes.
+    let mut handle = vec![0u8; 8 + 128];
+    handle[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: name_to_handle_at(2) on our fd with an empty path writes at most 8 + 128 bytes
+    // into `handle` and an int into `mount_id`, both live.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            handle.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // Not O_PATH: open_by_handle_at takes no O_PATH fd.
+    let dirfd = open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
+    let flags = (reg.flags as libc::c_int) & (libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK)
+        | libc::O_CLOEXEC;
+    let again = crate::sys::anon::open_by_handle_at(dirfd.as_fd(), &handle, flags).map_err(err)?;
+    if reg.pos != 0 {
+        lseek(&again, reg.pos as libc::off_t, Whence::SeekSet).map_err(|e| err(e.into()))?;
+    }
+    Ok(again)
 }
 
 /// File `id`, deleted while open but linked elsewhere, through the link the dump made

@@ -24,6 +24,20 @@ impl Drop for Unmount {
     }
 }
 
+/// Waits until `pid` runs `comm`: a script that says ready then execs is dumped once it has
+/// (before, the fingerprint of the shell would be compared with the program's).
+fn wait_exec(pid: u32, comm: &str) {
+    let t0 = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        != comm
+        && t0.elapsed() < T
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn sh(cmd: &str) {
     let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
     assert!(out.status.success(), "{cmd}: {out:?}");
@@ -227,6 +241,7 @@ fn host_process_in_a_mount_namespace_of_its_own_comes_back() {
                   && mkdir /mnt/sub && mount --bind /mnt /mnt/sub && echo ready && exec sleep 1000";
     let w = in_own_mount_namespace("own-mntns", &["sh", "-c", script]);
     w.wait_lines(1, T);
+    wait_exec(w.pid, "sleep");
     let pid = w.pid;
     let before = mounts_of(pid);
     assert!(
@@ -343,6 +358,7 @@ fn mounts_under_a_moved_mount_come_back_in_both_namespaces() {
                   exec sleep 1000";
     let w = in_own_mount_namespace("remap", &["sh", "-c", script]);
     w.wait_lines(1, T);
+    wait_exec(w.pid, "sleep");
     let child = || {
         std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid))
             .unwrap_or_default()
@@ -412,6 +428,7 @@ fn child_pivoted_into_a_tmpfs_of_its_own_comes_back() {
     );
     let w = in_own_mount_namespace("jail", &["sh", "-c", &script]);
     w.wait_lines(1, T);
+    wait_exec(w.pid, "sleep");
     let child = || {
         std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid))
             .unwrap_or_default()
@@ -564,6 +581,7 @@ fn binds_of_deleted_sources_come_back() {
                   rm /mnt/fsrc && echo ready && exec sleep 1000";
     let w = in_own_mount_namespace("deleted-binds", &["sh", "-c", script]);
     w.wait_lines(1, T);
+    wait_exec(w.pid, "sleep");
     let before = mounts_of(w.pid);
     assert!(
         before
@@ -601,7 +619,9 @@ def report(who, f):
     while not os.path.exists("/mnt/go"):
         time.sleep(0.05)
     st = os.fstat(f.fileno())
-    print(who, os.readlink(f"/proc/self/fd/{f.fileno()}"), st.st_ino, f.read(), flush=True)
+    # One write: the two processes share the output.
+    line = f"{who} {os.readlink(f'/proc/self/fd/{f.fileno()}')} {st.st_ino} {f.read()}\n"
+    os.write(1, line.encode())
     time.sleep(1e6)
 if os.fork() == 0:
     assert libc.unshare(0x20000) == 0, ctypes.get_errno()

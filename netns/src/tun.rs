@@ -17,8 +17,8 @@ pub const IFF_VNET_HDR: u32 = 0x4000;
 /// The flags `TUNSETIFF` takes to make or attach to a device.
 pub const SETIFF_FLAGS: u32 = IFF_TUN | IFF_TAP | IFF_MULTI_QUEUE | IFF_NO_PI | IFF_VNET_HDR;
 
-pub const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-pub const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
 const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const TUNSETIFINDEX: libc::c_ulong = 0x4004_54da;
@@ -107,6 +107,11 @@ pub fn attach(name: &str, flags: u32, ifindex: u32) -> std::io::Result<OwnedFd> 
     Ok(fd)
 }
 
+/// Makes the device `fd` is attached to persistent (it outlives its files) or not.
+pub fn set_persist(fd: BorrowedFd<'_>, persist: bool) -> std::io::Result<()> {
+    ioctl(fd, TUNSETPERSIST, persist as libc::c_ulong)
+}
+
 /// Makes the tun link `l` in namespace `ns`, persistent until the tree's own fds are
 /// attached (the engine then takes persistence back if it was not set).
 pub(crate) fn create(ns: BorrowedFd<'_>, l: &Link, ifindex: u32) -> Result<(), NetnsError> {
@@ -121,7 +126,7 @@ pub(crate) fn create(ns: BorrowedFd<'_>, l: &Link, ifindex: u32) -> Result<(), N
     let made = crate::nsenter::in_netns(ns, || {
         let fd = attach(&l.name, flags, ifindex)?;
         use std::os::fd::AsFd;
-        ioctl(fd.as_fd(), TUNSETPERSIST, 1)?;
+        set_persist(fd.as_fd(), true)?;
         if let Some(uid) = owner {
             ioctl(fd.as_fd(), TUNSETOWNER, uid as libc::c_ulong)?;
         }

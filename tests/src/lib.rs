@@ -909,13 +909,20 @@ pub fn flock_owner(path: &Path) -> Option<String> {
         .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
 }
 
+/// The children of `pid` (its main thread's).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// The pid namespace's init under `unshare --pid --fork` (its only child), waited for (10 s).
 pub fn init_of(unshare: u32) -> u32 {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let kids = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
-            .unwrap_or_default();
-        if let Some(p) = kids.split_whitespace().next().and_then(|s| s.parse().ok()) {
+        if let Some(&p) = children_of(unshare).first() {
             return p;
         }
         assert!(Instant::now() < end, "unshare started no init");

@@ -359,14 +359,7 @@ fn mounts_under_a_moved_mount_come_back_in_both_namespaces() {
     let w = in_own_mount_namespace("remap", &["sh", "-c", script]);
     w.wait_lines(1, T);
     wait_exec(w.pid, "sleep");
-    let child = || {
-        std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .next()
-            .expect("the nested child")
-    };
+    let child = || *children_of(w.pid).first().expect("the nested child");
     let nested = child();
     let (root_before, nested_before) = (mounts_of(w.pid), mounts_of(nested));
     assert!(
@@ -429,14 +422,7 @@ fn child_pivoted_into_a_tmpfs_of_its_own_comes_back() {
     let w = in_own_mount_namespace("jail", &["sh", "-c", &script]);
     w.wait_lines(1, T);
     wait_exec(w.pid, "sleep");
-    let child = || {
-        std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .next()
-            .expect("the pivoted child")
-    };
+    let child = || *children_of(w.pid).first().expect("the pivoted child");
     let count = |pid: u32| read_in(pid, "/count").trim().parse::<u64>().unwrap_or(0);
     let wait_count = |pid: u32, above: u64| {
         let t0 = Instant::now();

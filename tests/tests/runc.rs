@@ -811,15 +811,6 @@ fn runc_container_keeps_tmpfs_files_hidden_under_a_mount() {
     assert!(lines.len() >= dumped + 5, "the counter goes on");
 }
 
-/// The children of `pid` (its main thread's).
-fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 fn mnt_ns(pid: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
         .map(|l| l.display().to_string())

@@ -516,7 +516,7 @@ fn note_mount_namespaces(
             .collect();
     }
     for n in &mounts.nested {
-        let root_mount = n.table.iter().find(|m| m.mountpoint == "/").map(|m| m.id);
+        let root_mount = crate::ns::mnt::table_root(&n.table).map(|m| m.id).ok();
         for &pid in &n.pids {
             img.nested_mnt
                 .insert(pid, (n.id, root_mount.unwrap_or(0) as i32));

@@ -7,7 +7,7 @@
 //! was dumped are not kept (the network may drop any packet). A device of a network namespace
 //! the tree does not own is refused: nothing would make it again.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::kind::{Fd, FileKind, OpenCx};
 use super::FdKind;
@@ -114,15 +114,8 @@ impl FileKind for TunFile {
                 let fd = stasis_netns::tun::attach(dev, link, 0)
                     .map_err(err(format!("attaching to device {dev}")))?;
                 if link & stasis_netns::tun::IFF_PERSIST == 0 {
-                    // SAFETY: TUNSETPERSIST takes an integer; the fd is ours.
-                    let r = unsafe {
-                        libc::ioctl(fd.as_raw_fd(), stasis_netns::tun::TUNSETPERSIST, 0)
-                    };
-                    if r < 0 {
-                        return Err(err(format!("making {dev} not persistent again"))(
-                            std::io::Error::last_os_error(),
-                        ));
-                    }
+                    stasis_netns::tun::set_persist(fd.as_fd(), false)
+                        .map_err(err(format!("making {dev} not persistent again")))?;
                 }
                 fd
             }

@@ -195,6 +195,15 @@ const NEW_KINDS: &[&str] = &[
 /// is a bind of the first, sharing its files (two tmpfs mounts of one tmpfs stay one).
 const ANEW_WHOLE: &[&str] = &["proc", "sysfs", "cgroup", "cgroup2"];
 
+/// The root mount of a namespace's `table`: at `/`, its parent no mount of the table.
+pub fn table_root(table: &[MountInfo]) -> Result<&MountInfo, MntError> {
+    let ids: HashSet<u32> = table.iter().map(|m| m.id).collect();
+    table
+        .iter()
+        .find(|m| m.mountpoint == "/" && !ids.contains(&m.parent))
+        .ok_or(MntError::NoRoot)
+}
+
 /// The order and the way to make every mount of `table` (a tree's mount namespace), parents
 /// before children. A filesystem type it cannot make is an error naming the mount.
 pub fn plan(table: &[MountInfo]) -> Result<Vec<Planned>, MntError> {
@@ -209,10 +218,7 @@ pub fn plan_with(
     elsewhere: &HashSet<(u32, u32)>,
 ) -> Result<Vec<Planned>, MntError> {
     let ids: HashSet<u32> = table.iter().map(|m| m.id).collect();
-    let root = table
-        .iter()
-        .find(|m| m.mountpoint == "/" && !ids.contains(&m.parent))
-        .ok_or(MntError::NoRoot)?;
+    let root = table_root(table)?;
     let mut children: HashMap<u32, Vec<&MountInfo>> = HashMap::new();
     for m in table.iter().filter(|m| m.id != root.id) {
         if !ids.contains(&m.parent) {

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::mnt::{self, Make, MountInfo};
-use super::mnt_sys::{open_tree, MntNsError};
+use super::mnt_sys::{copy_in, MntNsError};
 use super::propagation;
 use crate::images::{magic, names, ImageKind, ImageWriter};
 
@@ -200,18 +200,8 @@ fn write_table(
     Ok(())
 }
 
-/// A detached copy, without its submounts, of the mount at `mountpoint` of task `root`'s mount
-/// namespace, made from a thread that joined it (open_tree copies only mounts of the caller's
-/// namespace).
-fn clone_in_tree(root: u32, mountpoint: &str) -> std::io::Result<OwnedFd> {
-    let ns = std::fs::File::open(format!("/proc/{root}/ns/mnt"))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)?;
-            open_tree(mountpoint)
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
+/// A copy, without its submounts, of the mount at `mountpoint` of task `pid`'s namespace.
+fn clone_in_tree(pid: u32, mountpoint: &str) -> std::io::Result<OwnedFd> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
+    copy_in(ns.as_fd(), mountpoint)
 }

@@ -112,28 +112,20 @@ fn made_by(ns: usize, plan: &[Planned], phases: &[Phase], root_dev: (u32, u32)) 
         .collect()
 }
 
-fn table_root(table: &[MountInfo]) -> Result<&MountInfo, mnt::MntError> {
-    let ids: HashSet<u32> = table.iter().map(|m| m.id).collect();
-    table
-        .iter()
-        .find(|m| m.mountpoint == "/" && !ids.contains(&m.parent))
-        .ok_or(mnt::MntError::NoRoot)
-}
-
 /// The plans of the nested namespaces `nested` ((id, table), in the order they are made) of a
 /// tree whose own namespace is `primary`; refused by name what the restore could not make.
 pub fn plan_all(
     primary: &[MountInfo],
     nested: &[(u32, Vec<MountInfo>)],
 ) -> Result<Vec<NestedPlan>, NestedError> {
-    let root = table_root(primary)?;
+    let root = mnt::table_root(primary)?;
     let plan0 = mnt::plan(primary)?;
     let phases0 = mnt::phases(&plan0)?;
     let mut made = made_by(0, &plan0, &phases0, root.dev);
     let mut out = Vec::with_capacity(nested.len());
     let mut late: HashSet<u32> = HashSet::new();
     for (i, (id, table)) in nested.iter().enumerate() {
-        let r = table_root(table)?;
+        let r = mnt::table_root(table)?;
         let mut copies = Vec::new();
         let from_root = propagation::holds(&root.root, &r.root) && r.dev == root.dev;
         let root_kind = if r.dev == root.dev && r.root == root.root {

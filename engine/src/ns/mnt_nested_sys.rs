@@ -6,14 +6,15 @@
 //! namespace holding them) for filesystems an earlier namespace mounts, then pivots into its
 //! root. Nothing but the namespace is left of it: its files are opened through an O_PATH fd on
 //! its root, its tasks `setns` into it, and its late mounts (its proc, of the tree's pid
-//! namespace) are made by its first task.
+//! namespace) are made by the tree's init, which enters it after its own pivot and before any
+//! peer group exists.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::mnt::{self, MountInfo};
 use super::mnt_nested;
-use super::mnt_sys::{build, ensure_dir, open_tree, remount, BuildOpts, Early, MntNsError};
+use super::mnt_sys::{build, copy_in, make_mountpoint, remount, BuildOpts, Early, MntNsError};
 
 /// A nested mount namespace at dump: its id in the images, its live tasks, its table.
 pub struct NestedNs {
@@ -181,20 +182,6 @@ fn make_one(table: &[MountInfo], o: &BuildOpts<'_>) -> Result<(Early, OwnedFd), 
     Ok((early, fd))
 }
 
-/// A detached copy of the mount at `path` of namespace `ns` (open_tree copies only mounts of
-/// the caller's namespace: a thread enters it for that).
-fn copy_in(ns: BorrowedFd<'_>, path: &str) -> std::io::Result<OwnedFd> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
-            open_tree(path)
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
 /// Attaches the copy `nested` holds for mount `m` at `target` (see [`attach`]).
 pub(super) fn attach_copy(
     nested: Option<&NestedCx>,
@@ -223,14 +210,7 @@ pub(super) fn attach_copy(
 pub(super) fn attach(fd: BorrowedFd<'_>, target: &str, flags: u64) -> std::io::Result<()> {
     if std::fs::symlink_metadata(target).is_err() {
         let st = nix::sys::stat::fstat(fd)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            ensure_dir(target)?;
-        } else {
-            if let Some(parent) = std::path::Path::new(target).parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::File::create(target)?;
-        }
+        make_mountpoint(target, st.st_mode & libc::S_IFMT == libc::S_IFDIR)?;
     }
     let t = std::ffi::CString::new(target)
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -248,25 +248,10 @@ fn bind_through(
     scratch: &mut Option<Scratch>,
     then: impl FnOnce(&str) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     if mount_id_of(source)? == mount_id_of(at)? {
         return then(source);
     }
-    // SAFETY: open_tree(2) on our fd with an empty path; the fd it returns is ours.
-    let copy = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            of.as_raw_fd(),
-            c"".as_ptr(),
-            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32)
-                as libc::c_uint,
-        )
-    };
-    if copy < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new fd that nothing else owns.
-    let copy = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy as i32) };
+    let copy = super::mnt_sys::open_tree_of(std::os::fd::AsFd::as_fd(of))?;
     if scratch.is_none() {
         let dir = nix::unistd::mkdtemp("/tmp/.stasis-scratch.XXXXXX")?;
         *scratch = Some(Scratch(dir));

@@ -144,7 +144,7 @@ pub struct StubMounts {
 }
 
 /// A nested mount namespace as the stubs take it: every task of it enters it (the init's
-/// namespace too, for a task whose parent is nested), and the first makes its late mounts.
+/// namespace too, for a task whose parent is nested); the init makes its late mounts.
 pub struct NestedStub {
     pub ns_fd: RawFd,
     pub late: Vec<LateMount>,
@@ -790,20 +790,24 @@ pub(super) fn ensure_dir(path: &str) -> std::io::Result<()> {
 /// then its per-mount flags.
 fn bind(source: &str, target: &str, flags: u64) -> std::io::Result<()> {
     if std::fs::symlink_metadata(target).is_err() {
-        if std::fs::metadata(source)?.is_dir() {
-            std::fs::create_dir_all(target)?;
-        } else {
-            if let Some(parent) = Path::new(target).parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::File::create(target)?;
-        }
+        make_mountpoint(target, std::fs::metadata(source)?.is_dir())?;
     }
     sys_mount(Some(source), target, None, libc::MS_BIND, None)?;
     if flags != 0 {
         remount(target, flags)?;
     }
     Ok(())
+}
+
+/// A missing mountpoint made for a mount of a directory (`dir`) or of a file.
+pub(super) fn make_mountpoint(target: &str, dir: bool) -> std::io::Result<()> {
+    if dir {
+        return std::fs::create_dir_all(target);
+    }
+    if let Some(parent) = Path::new(target).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::File::create(target).map(drop)
 }
 
 pub(super) fn remount(target: &str, flags: u64) -> std::io::Result<()> {
@@ -837,13 +841,26 @@ pub(super) fn sys_mount(
 /// another mount namespace can attach with move_mount.
 pub(super) fn open_tree(path: &str) -> std::io::Result<OwnedFd> {
     let p = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    open_tree_at(libc::AT_FDCWD, &p, 0)
+}
+
+/// A detached copy, without its submounts, of the mount `fd` is on.
+pub(super) fn open_tree_of(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    open_tree_at(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint)
+}
+
+fn open_tree_at(
+    dirfd: RawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_uint,
+) -> std::io::Result<OwnedFd> {
     // SAFETY: open_tree(2) reads the NUL-terminated path; the fd it returns is ours.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint,
+            dirfd,
+            path.as_ptr(),
+            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint | flags,
         )
     };
     if fd < 0 {
@@ -851,4 +868,18 @@ pub(super) fn open_tree(path: &str) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a new fd that nothing else owns.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
+/// A detached copy of the mount at `path` of namespace `ns` (open_tree copies only mounts of
+/// the caller's namespace: a thread enters it for that).
+pub(super) fn copy_in(ns: std::os::fd::BorrowedFd<'_>, path: &str) -> std::io::Result<OwnedFd> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+            open_tree(path)
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }

@@ -584,7 +584,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn usage() -> String {
     let mut s = String::from(
         "Usage:\n  stasis dump -t PID [-D DIR] [OPTIONS]\n  stasis restore [-D DIR] [OPTIONS]\n  \
-         stasis check [--feature NAME]\n  stasis swrk FD   (not implemented yet)\n  \
+         stasis check [--feature NAME]\n  stasis swrk FD   (CRIU's RPC on a SOCK_SEQPACKET fd, as runc and podman use it)\n  \
          stasis -V|--version\n\nCheckpoint/restore of Linux process trees with CRIU's command \
          line. Every CRIU option is\nread; options may come before or after the command.\n",
     );

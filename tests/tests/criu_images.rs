@@ -68,6 +68,39 @@ fn criu_4_2_images_of_a_go_program_restore() {
     );
 }
 
+/// A parent and child sharing a file they deleted, mapped shared, with a process-shared
+/// semaphore in it (python's multiprocessing holds its locks so): CRIU writes a ghost file
+/// under 12 KiB with no size, its contents to the end of the image. Read as empty, the
+/// mapping lay past the end of the file and the first sem_wait failed (EFAULT from futex).
+#[test]
+fn criu_4_2_images_of_a_shared_semaphore_in_a_deleted_file_restore() {
+    restore_fixture(
+        test_name!(),
+        &Fixture {
+            dir: "criu-4.2-semghost",
+            home: "/tmp/stasis-criu-fixture-semghost",
+            program: "semghost",
+            pid: 31537,
+            tids: &[31537, 31539],
+            carried_on: |lines| {
+                // "<i> <count> <checksum>": i counts up by one; the shared count grows as
+                // both processes bump it; the file read through the fd is the same.
+                let mut last = 0;
+                for (k, l) in lines.iter().enumerate() {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    assert_eq!(f.len(), 3, "line {k}: {l}");
+                    assert_eq!(f[0], k.to_string(), "line {k}: {l}");
+                    let count: u64 = f[1].parse().expect("count");
+                    assert!(count > last, "line {k}: the shared count went on: {l}");
+                    last = count;
+                    assert_eq!(f[2], "1624d44faff37383", "line {k}: the file's contents");
+                }
+            },
+            own_timens: false,
+        },
+    );
+}
+
 fn restore_fixture(test: &str, fx: &Fixture) {
     let _g = serial_root!();
     let (pid, home) = (fx.pid, fx.home);
@@ -134,7 +167,7 @@ fn restore_fixture(test: &str, fx: &Fixture) {
     let in_own_timens = timens(&pid.to_string()) != timens("self");
     let offsets =
         std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
-    kill_tree(&[pid]);
+    kill_tree(fx.tids);
     assert!(
         after.len() >= want,
         "the program carried on: {} lines, {} before (state {state})",

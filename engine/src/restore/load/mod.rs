@@ -485,7 +485,7 @@ fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
                 let file = names::ghost_file(e.remap_id);
                 let bytes = read(dir, &file)?;
                 let mut r = ImageReader::new(&file, &bytes, ImageKind::Normal, magic::GHOST_FILE)?;
-                let g: pb::GhostFileEntry = r.next_required()?;
+                let mut g: pb::GhostFileEntry = r.next_required()?;
                 let size = g.size.unwrap_or(0);
                 let mut chunks = Vec::new();
                 if g.chunks == Some(true) {
@@ -497,7 +497,10 @@ fn load_ghosts(dir: &Path, img: &mut DumpImage) -> Result<(), LoadError> {
                         chunks.push((c.off, r.raw(c.len)?.to_vec()));
                     }
                 } else {
-                    chunks.push((0, r.raw(size)?.to_vec()));
+                    // CRIU writes no size for a file under its chunk threshold (12 KiB):
+                    // the contents are the rest of the image.
+                    let len = *g.size.get_or_insert(r.remaining());
+                    chunks.push((0, r.raw(len)?.to_vec()));
                 }
                 slot.insert((g, chunks));
             }

@@ -164,3 +164,42 @@ fn a_zombie_s_thread_list_is_its_pid_whatever_criu_left_there() {
     assert!(load_pstree(&dir).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// CRIU writes a ghost file under 12 KiB with no size and no chunks: its contents are the
+/// rest of the image (a deleted POSIX semaphore of python's multiprocessing, 32 bytes).
+#[test]
+fn a_ghost_without_a_size_holds_the_rest_of_its_image() {
+    use crate::images::{magic, ImageKind, ImageWriter};
+    let dir = std::env::temp_dir().join(format!("stasis-ghost-nosize-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut remap = ImageWriter::new(ImageKind::Normal, magic::REMAP_FPATH);
+    remap.push(&pb::RemapFilePathEntry {
+        orig_id: 13,
+        remap_id: 1,
+        remap_type: Some(pb::RemapType::Ghost as i32),
+    });
+    std::fs::write(dir.join(names::REMAP_FPATH), remap.into_bytes()).unwrap();
+    let mut ghost = ImageWriter::new(ImageKind::Normal, magic::GHOST_FILE);
+    ghost.push(&pb::GhostFileEntry {
+        mode: libc::S_IFREG | 0o600,
+        ..Default::default()
+    });
+    let sem = [1u8, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0];
+    ghost.push_raw(&sem);
+    std::fs::write(dir.join(names::ghost_file(1)), ghost.into_bytes()).unwrap();
+    let mut img = DumpImage::default();
+    img.files.insert(
+        13,
+        pb::FileEntry {
+            id: 13,
+            reg: Some(Default::default()),
+            ..Default::default()
+        },
+    );
+    let loaded = load_ghosts(&dir, &mut img);
+    std::fs::remove_dir_all(&dir).unwrap();
+    loaded.unwrap();
+    let (entry, chunks) = &img.ghosts[&1];
+    assert_eq!(entry.size, Some(sem.len() as u64));
+    assert_eq!(chunks, &vec![(0, sem.to_vec())]);
+}

@@ -597,23 +597,11 @@ impl Tree {
         if let Err(e) = self.thaw_cgroup() {
             log::warn!("{e}");
         }
-        // Children before parents: a pid namespace's init, dying, waits until every task of
-        // its namespace is reaped, and a traced one is only once we have waited for it.
-        for task in self.tasks.iter().rev() {
-            // Non-leader threads first: waiting on a leader with live threads hangs.
-            for t in task.threads.iter().rev() {
-                loop {
-                    match ptrace::wait(t.tid) {
-                        Ok(ptrace::Stop::Exited(_)) | Err(_) => break,
-                        // Not dead yet: let it run into the SIGKILL. A failure means it is
-                        // gone already, which the next wait reports.
-                        Ok(_) => {
-                            let _ = ptrace::cont(t.tid, 0);
-                        }
-                    }
-                }
-            }
-        }
+        ptrace::reap_killed(
+            self.tasks
+                .iter()
+                .flat_map(|t| t.threads.iter().map(|t| t.tid)),
+        );
         // Now that no task holds them, closing our copies of locked connections (still in
         // repair mode) sends neither FIN nor RST.
         self.tcp_locks.clear();

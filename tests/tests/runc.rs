@@ -901,3 +901,106 @@ fn runc_container_with_a_task_in_a_mount_namespace_of_its_own() {
     assert!(lines.len() >= dumped + 5, "the counter goes on");
     counter_is_continuous(&lines);
 }
+
+/// A container whose init (pid 1 of its namespace) has threads, as a JVM, node, Go or a
+/// python with a pool has. Killing it after the dump: its last thread to die waits in the
+/// kernel (`zap_pid_ns_processes`) for every other pid of the namespace to be freed, its own
+/// dead threads included, which only their tracer frees by reaping them; a dumper waiting on
+/// that last thread first hung runc's checkpoint for ever. Two checkpoints and restores: the
+/// count goes on, and all five threads are back each time.
+#[test]
+fn runc_container_whose_init_has_threads() {
+    let _g = serial_root!();
+    let shape = Shape {
+        script: "exec /threadcounter",
+        ..COUNTER
+    };
+    let Some(c) = Container::create(test_name!(), "stasis-runc-thr", shape) else {
+        return;
+    };
+    let prog = workload_with("threadcounter", &["-static"]);
+    std::fs::copy(&prog, c.dir.join("rootfs/threadcounter")).expect("copy the program");
+    let status = c
+        .runc_cmd(&["run", "-d", "--pid-file", "pid", c.id])
+        .status()
+        .expect("runc run");
+    assert!(status.success(), "runc run -d");
+    c.wait_lines(3, T);
+    let mut pid = c.pid("pid");
+    let threads = |p: u32| {
+        std::fs::read_dir(format!("/proc/{p}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let end = Instant::now() + T;
+    while threads(pid) < 5 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        threads(pid),
+        5,
+        "the init runs four threads beside its main one"
+    );
+    for round in 0..2 {
+        checkpoint_within(&c, pid, Duration::from_secs(60));
+        assert!(
+            !alive(pid),
+            "round {round}: the checkpoint ends the container"
+        );
+        let dumped = c.lines().len();
+        pid = c.restore(&[]);
+        std::fs::rename(c.dir.join("pid2"), c.dir.join("pid")).expect("pid file");
+        let lines = c.wait_lines(dumped + 5, T);
+        assert!(
+            lines.len() >= dumped + 5,
+            "round {round}: the counter runs on after the restore"
+        );
+        counter_is_continuous(&lines);
+        assert_eq!(threads(pid), 5, "round {round}: all threads are back");
+    }
+    let out = std::fs::read_to_string(c.dir.join("out.log")).unwrap_or_default();
+    assert!(!out.contains("BAD"), "the workers' counts held: {out}");
+}
+
+/// [`Container::checkpoint`] that fails rather than hangs: after `limit`, runc and the dumper
+/// tracing `pid` are killed (the tree is let go) and the test fails saying so.
+fn checkpoint_within(c: &Container, pid: u32, limit: Duration) {
+    let args = [
+        "checkpoint",
+        "--image-path",
+        "ckpt",
+        "--work-path",
+        "work",
+        c.id,
+    ];
+    let mut runc = c.runc_cmd(&args).spawn().expect("runc checkpoint");
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = runc.try_wait().expect("wait for runc") {
+            assert!(
+                st.success(),
+                "runc checkpoint: {}",
+                std::fs::read_to_string(c.dir.join("work/dump.log")).unwrap_or_default()
+            );
+            reap(pid);
+            return;
+        }
+        if Instant::now() > end {
+            let _ = runc.kill();
+            let _ = runc.wait();
+            let tracer = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim().to_string()))
+                .unwrap_or_default();
+            if let Ok(t) = tracer.parse::<i32>() {
+                if t > 0 {
+                    // SAFETY: plain kill(2) of the hung dumper.
+                    unsafe { libc::kill(t, libc::SIGKILL) };
+                }
+            }
+            panic!("runc checkpoint hung for {limit:?} (the dumper, pid {tracer}, was killed)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

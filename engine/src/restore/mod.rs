@@ -334,16 +334,7 @@ impl Drop for Created {
             // SAFETY: plain kill(2) of a task we created.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
-        for &tid in self.traced.iter().rev() {
-            loop {
-                match ptrace::wait(tid) {
-                    Ok(ptrace::Stop::Exited(_)) | Err(_) => break,
-                    Ok(_) => {
-                        let _ = ptrace::cont(tid, 0);
-                    }
-                }
-            }
-        }
+        ptrace::reap_killed(self.traced.iter().rev().copied());
         if let Some(root) = self.root.filter(|_| self.root_is_child) {
             let mut st = 0;
             // SAFETY: waitpid on our own child.

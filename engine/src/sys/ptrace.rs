@@ -189,6 +189,66 @@ pub fn wait(tid: u32) -> Result<Stop, PtraceError> {
     }
 }
 
+/// waitpid(tid, __WALL | WNOHANG): `None` while `tid` has nothing to report.
+pub fn try_wait(tid: u32) -> Result<Option<Stop>, PtraceError> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into our local.
+        let r = unsafe { libc::waitpid(tid as pid_t, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == 0 {
+            return Ok(None);
+        }
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(PtraceError::Request {
+                op: "waitpid",
+                tid,
+                source: e,
+            });
+        }
+        return Ok(Some(if libc::WIFSTOPPED(status) {
+            Stop::Stopped {
+                sig: libc::WSTOPSIG(status),
+                event: status >> 16,
+            }
+        } else {
+            Stop::Exited(status)
+        }));
+    }
+}
+
+/// Waits until every thread of `tids` (killed, traced by us) has exited and been reaped, so
+/// their pids are free. No order of blocking waits works for every tree: a pid namespace's
+/// init whose last thread is not its leader waits in `zap_pid_ns_processes` for every other
+/// pid of its namespace to be freed, its own exited threads included, and a traced thread's
+/// pid is only freed once its tracer has reaped it; while waiting on that last thread would
+/// wait forever (runc's checkpoint of a container whose init is a multi-threaded python hung
+/// so). So every thread is polled and reaped as soon as it has exited.
+pub fn reap_killed(tids: impl Iterator<Item = u32>) {
+    let mut left: Vec<u32> = tids.collect();
+    let mut nap = std::time::Duration::from_micros(50);
+    while !left.is_empty() {
+        let before = left.len();
+        left.retain(|&tid| match try_wait(tid) {
+            Ok(None) => true,
+            Ok(Some(Stop::Exited(_))) | Err(_) => false,
+            // Not dead yet: let it run into the SIGKILL. A failure means it is gone
+            // already, which a later wait reports.
+            Ok(Some(Stop::Stopped { .. })) => {
+                let _ = cont(tid, 0);
+                true
+            }
+        });
+        if left.len() == before {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 /// Replaces the ptrace options of a stopped tracee.
 pub fn set_options(tid: u32, options: libc::c_int) -> Result<(), PtraceError> {
     ptrace::setoptions(pid(tid), ptrace::Options::from_bits_retain(options))

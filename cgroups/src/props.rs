@@ -162,7 +162,7 @@ pub fn read(dir: &Path, names: &[&str]) -> Result<Vec<Prop>, CgroupError> {
         match std::fs::read_to_string(&path) {
             Ok(text) => out.push(Prop {
                 name: name.to_string(),
-                value: text.trim_end().to_string(),
+                value: saved_form(name, &text),
                 perms: perms_of(&path),
             }),
             Err(e)
@@ -182,16 +182,28 @@ pub fn read(dir: &Path, names: &[&str]) -> Result<Vec<Prop>, CgroupError> {
     Ok(out)
 }
 
+/// A property's file content as cgroup.img holds it: trimmed, and for memory.oom_control
+/// only the setting, `oom_kill_disable`'s value, as CRIU saves it (CRIU writes the saved
+/// value back as it is, and the file takes "0" or "1", not what it reads).
+pub fn saved_form(name: &str, text: &str) -> String {
+    if name == "memory.oom_control" {
+        if let Some(v) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill_disable "))
+        {
+            return v.trim().to_string();
+        }
+    }
+    text.trim_end().to_string()
+}
+
 /// What to write to a property's file to set it to `saved`, the file's content when dumped;
 /// each line is one write. None for a saved value that is not written back as such.
 pub fn writes_for(name: &str, saved: &str) -> Vec<String> {
     match name {
-        // "oom_kill_disable 0\nunder_oom 0\n...": only the first is a setting.
-        "memory.oom_control" => saved
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill_disable "))
-            .map(|v| vec![v.trim().to_string()])
-            .unwrap_or_default(),
+        // CRIU's "0" or "1", or the whole file as older stasis images hold it
+        // ("oom_kill_disable 0\nunder_oom 0\n..."): only the first line is a setting.
+        "memory.oom_control" => vec![saved_form(name, saved)],
         // "cpu memory pids" enables with "+cpu +memory +pids".
         "cgroup.subtree_control" => {
             let on: Vec<String> = saved.split_whitespace().map(|c| format!("+{c}")).collect();
@@ -227,7 +239,8 @@ pub fn write(dir: &Path, props: &[Prop]) -> Result<(), CgroupError> {
             set_perms(&path, perms)?;
         }
         if PERMS_ONLY.contains(&p.name.as_str())
-            || std::fs::read_to_string(&path).is_ok_and(|now| now.trim_end() == p.value)
+            || std::fs::read_to_string(&path)
+                .is_ok_and(|now| saved_form(&p.name, &now) == saved_form(&p.name, &p.value))
         {
             continue;
         }
@@ -288,6 +301,16 @@ mod tests {
             ),
             ["1"]
         );
+        // CRIU's form, which stasis writes too.
+        assert_eq!(writes_for("memory.oom_control", "1"), ["1"]);
+        assert_eq!(
+            saved_form(
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n"
+            ),
+            "0"
+        );
+        assert_eq!(saved_form("pids.max", "max\n"), "max");
         assert_eq!(
             writes_for("cgroup.subtree_control", "cpu memory"),
             ["+cpu +memory"]

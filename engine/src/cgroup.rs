@@ -316,7 +316,7 @@ impl<'a> Saved<'a> {
             entry,
             root_set: None,
         };
-        saved.root_set = saved.set(img.tasks[0].tc().cg_set);
+        saved.root_set = saved.set(img.tasks[0].cg_set());
         Some(saved)
     }
 
@@ -364,7 +364,7 @@ pub fn restore_membership(
     let (root_set, set) = (saved.root_set, |id| saved.set(id));
     let mounts = membership::our_mounts().map_err(cg_err)?;
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-        let Some(s) = set(t.tc().cg_set) else {
+        let Some(s) = set(t.cg_set()) else {
             continue;
         };
         for m in &s.ctls {
@@ -403,7 +403,7 @@ pub fn restore_thread_cgroups(
     let (root_set, set) = (saved.root_set, |id| saved.set(id));
     let mut mounts = None;
     for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-        let own = t.tc().cg_set;
+        let own = t.cg_set();
         for th in t.threads.iter().skip(1) {
             let id = th.core.thread_core.as_ref().and_then(|c| c.cg_set);
             let Some(s) = set(id).filter(|_| id != own) else {

@@ -70,6 +70,12 @@ impl TaskImage {
     pub fn tc(&self) -> &pb::TaskCoreEntry {
         self.threads[0].core.tc.as_ref().expect("checked at load")
     }
+    /// The process's cgroup set: its main thread's (where CRIU writes it), else the task
+    /// core's (where stasis does), as CRIU's restore reads it.
+    pub fn cg_set(&self) -> Option<u32> {
+        let main = self.threads[0].core.thread_core.as_ref();
+        main.and_then(|c| c.cg_set).or(self.tc().cg_set)
+    }
 }
 
 /// A piece of a ghost file's data: its offset and bytes.
@@ -617,7 +623,7 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
             let mut r = ImageReader::new(names::CGROUP, &b, ImageKind::Normal, magic::CGROUP)?;
             let e = r.next_required::<pb::CgroupEntry>()?;
             for t in img.tasks.iter().filter(|t| t.zombie_exit.is_none()) {
-                if let Some(id) = t.tc().cg_set {
+                if let Some(id) = t.cg_set() {
                     if !e.sets.iter().any(|s| s.id == id) {
                         return Err(invalid(
                             &names::core(t.pid()),

@@ -203,3 +203,44 @@ fn a_ghost_without_a_size_holds_the_rest_of_its_image() {
     assert_eq!(entry.size, Some(sem.len() as u64));
     assert_eq!(chunks, &vec![(0, sem.to_vec())]);
 }
+
+/// CRIU 4.2 keeps a process's cgroup set in its main thread's core (`thread_core.cg_set`),
+/// stasis in the task core (`tc.cg_set`): either is the process's, the thread's first, as
+/// CRIU's restore reads them. Read from the task core only, CRIU's images of a container
+/// put no task into a cgroup and moved none under the new container's `--cgroup-root`.
+#[test]
+fn a_process_cgroup_set_is_read_where_criu_or_stasis_writes_it() {
+    let task = |thread_set: Option<u32>, task_set: Option<u32>| TaskImage {
+        pstree: Default::default(),
+        threads: vec![ThreadImage {
+            tid: 1,
+            core: pb::CoreEntry {
+                tc: Some(pb::TaskCoreEntry {
+                    cg_set: task_set,
+                    ..Default::default()
+                }),
+                thread_core: Some(pb::ThreadCoreEntry {
+                    cg_set: thread_set,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        }],
+        mm: Default::default(),
+        pagemap: Vec::new(),
+        pages_file: String::new(),
+        fds: Vec::new(),
+        fs: Default::default(),
+        zombie_exit: None,
+        files_id: 2,
+        shares_parent_files: false,
+    };
+    assert_eq!(task(Some(2), None).cg_set(), Some(2), "CRIU's");
+    assert_eq!(task(None, Some(3)).cg_set(), Some(3), "stasis's");
+    assert_eq!(
+        task(Some(2), Some(3)).cg_set(),
+        Some(2),
+        "the thread's first"
+    );
+    assert_eq!(task(None, None).cg_set(), None);
+}

@@ -518,6 +518,12 @@ const FSTYPES: &[(&str, pb::Fstype)] = &[
     ("mqueue", pb::Fstype::Mqueue),
     ("overlay", pb::Fstype::Overlayfs),
     ("cgroup2", pb::Fstype::Cgroup2),
+    ("pstore", pb::Fstype::Pstore),
+    ("securityfs", pb::Fstype::Securityfs),
+    ("fusectl", pb::Fstype::Fusectl),
+    ("debugfs", pb::Fstype::Debugfs),
+    ("autofs", pb::Fstype::Autofs),
+    ("tracefs", pb::Fstype::Tracefs),
 ];
 
 /// One mount as CRIU's `mnt_entry`.
@@ -527,10 +533,14 @@ pub fn to_entry(m: &MountInfo) -> pb::MntEntry {
             .iter()
             .find_map(|t| t.strip_prefix(p).and_then(|v| v.parse().ok()))
     };
-    let fstype = FSTYPES
-        .iter()
-        .find(|(n, _)| *n == m.fstype)
-        .map_or(pb::Fstype::Unsupported, |(_, t)| *t);
+    // As CRIU writes them: a type it numbers by its number alone; any other by name with
+    // AUTO when it is mounted anew by type (`--enable-fs`), else UNSUPPORTED with no name
+    // (an external mount or a bind): CRIU refuses a name on any but AUTO.
+    let (fstype, fsname) = match FSTYPES.iter().find(|(n, _)| *n == m.fstype) {
+        Some((_, t)) => (*t, None),
+        None if m.anew => (pb::Fstype::Auto, Some(m.fstype.clone())),
+        None => (pb::Fstype::Unsupported, None),
+    };
     pb::MntEntry {
         fstype: fstype as u32,
         mnt_id: m.id,
@@ -544,8 +554,9 @@ pub fn to_entry(m: &MountInfo) -> pb::MntEntry {
         shared_id: tag("shared:"),
         master_id: tag("master:"),
         with_plugin: None,
-        ext_mount: m.ext_key.as_ref().map(|_| true),
-        fsname: Some(m.fstype.clone()),
+        // The old form of `ext_key` (the key in `root`): CRIU refuses an entry with both.
+        ext_mount: None,
+        fsname,
         internal_sharing: m.internal_sharing.then_some(true),
         deleted: None,
         sb_flags: Some(if m.super_opts.iter().any(|o| o == "ro") {
@@ -600,9 +611,11 @@ pub fn from_entry(e: &pb::MntEntry) -> MountInfo {
         ext_key: e
             .ext_key
             .clone()
-            .or_else(|| e.ext_mount.filter(|&x| x).map(|_| e.mountpoint.clone())),
+            // CRIU's old form: the key in `root`.
+            .or_else(|| e.ext_mount.filter(|&x| x).map(|_| e.root.clone())),
         internal_sharing: e.internal_sharing.unwrap_or(false),
-        anew: false,
+        // CRIU's AUTO: mounted by its type's name (`--enable-fs` at the dump).
+        anew: e.fstype == pb::Fstype::Auto as u32 && e.root == "/",
     }
 }
 
@@ -679,6 +692,21 @@ mod tests {
         let mut t = parse_mountinfo(text).unwrap();
         mark_mount_anew(&mut t, &["all".to_string()]);
         assert_eq!(plan(&t).unwrap()[1].make, Make::New);
+    }
+
+    #[test]
+    fn a_mount_made_anew_by_type_is_written_auto_with_its_name() {
+        let mut t = parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 0:50 / /dev/hugepages rw - hugetlbfs none rw,pagesize=2M\n",
+        )
+        .unwrap();
+        mark_mount_anew(&mut t, &["hugetlbfs".to_string()]);
+        let e = to_entry(&t[1]);
+        assert_eq!(e.fstype, pb::Fstype::Auto as u32);
+        assert_eq!(e.fsname.as_deref(), Some("hugetlbfs"));
+        let back = from_entry(&e);
+        assert_eq!(back.fstype, "hugetlbfs");
+        assert!(back.anew, "AUTO is mounted anew by its name");
     }
 
     #[test]
@@ -850,8 +878,21 @@ mod tests {
             assert_eq!(back.parent, m.parent);
             assert_eq!(back.dev, m.dev);
             assert_eq!(back.root, m.root);
-            assert_eq!(back.fstype, m.fstype);
+            let entry = to_entry(m);
+            if FSTYPES.iter().any(|(n, _)| *n == m.fstype) {
+                assert_eq!(back.fstype, m.fstype);
+                assert_eq!(entry.fsname, None, "CRIU refuses a name on a numbered type");
+            } else {
+                // As CRIU: no name on an UNSUPPORTED one.
+                assert_eq!(entry.fstype, pb::Fstype::Unsupported as u32);
+                assert_eq!(entry.fsname, None);
+                assert_eq!(back.fstype, "unsupported");
+            }
             assert_eq!(back.ext_key, m.ext_key);
+            assert_eq!(
+                entry.ext_mount, None,
+                "CRIU refuses ext_mount beside ext_key"
+            );
             assert_eq!(
                 mount_flags(&back.mount_opts),
                 mount_flags(&m.mount_opts),

@@ -891,3 +891,56 @@ while True:
     assert!(w.wait_lines(n + 2, T).len() >= n + 2, "the process runs on");
     kill_tree(&[w.pid]);
 }
+
+/// runc asks for `empty_ns` (the network namespace) when hooks set the container's network
+/// up (podman's `--network none`, docker): the namespace's contents are the caller's, and
+/// CRIU writes no netns image at all. Such images restore with `--empty-ns net` into a new
+/// namespace with loopback alone; without it the restore fails naming the option, and leaves
+/// nothing behind. (Images of stasis's own had a netns image of nothing: taken away here, as
+/// CRIU 4.2 leaves it out; a podman archive CRIU made failed "netns-10.img: No such file".)
+#[test]
+fn network_namespace_left_to_the_caller_comes_back_empty() {
+    let _g = serial_root!();
+    if missing_tools(test_name!(), &["ip"]) {
+        return;
+    }
+    let script = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x40000000) == 0, ctypes.get_errno()
+assert os.system("ip link set lo up && ip link add vx0 type vxlan id 42 dstport 4789") == 0
+n = 0
+while True:
+    print(n, flush=True); n += 1
+    time.sleep(0.02)
+"#;
+    let w = Workload::python("netns-empty", script);
+    w.wait_lines(5, T);
+    let img = w.images();
+    let pids = dump_kill_then_restore(&w, &["--empty-ns", "net"], &["--empty-ns", "net"], || {
+        for e in std::fs::read_dir(&img).expect("images").flatten() {
+            if e.file_name().to_string_lossy().starts_with("netns-") {
+                std::fs::remove_file(e.path()).expect("remove the netns image");
+            }
+        }
+        let out = stasis(&["restore", "-D", img.to_str().expect("utf8"), "-d"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "restored without --empty-ns net");
+        assert!(err.contains("restore with --empty-ns net"), "{err}");
+        assert!(!alive(w.pid), "the failed restore left the root behind");
+    });
+    let n = w.lines().len();
+    let lines = w.wait_lines(n + 10, T);
+    let links = ip_in(w.pid, &["-o", "link"]);
+    let own = std::fs::read_link(format!("/proc/{}/ns/net", w.pid)).ok()
+        != std::fs::read_link("/proc/self/ns/net").ok();
+    kill_tree(&pids);
+    assert!(lines.len() >= n + 10, "the counter goes on");
+    counter_is_continuous(&lines);
+    assert!(own, "a network namespace of its own");
+    assert!(links.contains("lo:"), "loopback: {links}");
+    assert!(
+        !links.contains("vx0"),
+        "the caller's links are the caller's: {links}"
+    );
+}

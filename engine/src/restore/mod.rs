@@ -228,6 +228,8 @@ pub enum RestoreError {
     TimeNs(#[from] crate::ns::time::TimeNsError),
     #[error("the tree's network namespace was external (key {key}): give it with --inherit-fd fd[N]:{key}")]
     ExternalNetNs { key: String },
+    #[error("the images hold no contents of the tree's network namespace ({file} is missing: dumped with --empty-ns net, as runc asks when its hooks set the network up): restore with --empty-ns net")]
+    UnsavedNetNs { file: String },
     #[error(transparent)]
     Mqueue(#[from] crate::ipc::mqueue::MqError),
     #[error(transparent)]

@@ -62,6 +62,11 @@ pub(super) fn enter_tree_namespaces(
     };
     // A namespace of the holder's, entered by this thread instead of a new one.
     let held = |kind: &str| holder.as_ref().and_then(|h| h.get(kind));
+    if let Some(file) = img.net_unsaved.as_ref().filter(|_| !opts.empty_netns) {
+        if !joined.contains(&"net") {
+            return Err(RestoreError::UnsavedNetNs { file: file.clone() });
+        }
+    }
     // The caller manages the namespace's contents (`--empty-ns net`): only loopback here.
     let lo_only;
     let net = match &img.net {

@@ -113,6 +113,9 @@ pub struct DumpImage {
     pub net: Option<crate::ns::net::Saved>,
     /// The image id of the tree's network namespace, when [`Self::net`] is set.
     pub net_ns_id: u32,
+    /// The netns image that is missing when the dump saved none of the namespace's contents
+    /// (`--empty-ns net`); [`Self::net`] is then a namespace with nothing in it.
+    pub net_unsaved: Option<String>,
     /// The clocks of the time namespace the tree owned, as they read at dump.
     pub time: Option<pb::TimensEntry>,
     /// tty_info id → the state of one end of a pty.
@@ -603,6 +606,13 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
     img.ipc_vars = ipc_vars;
     img.uts = uts;
     img.net = match tree_ns_id(&img.tasks, inv, "network", |i| i.net_ns_id)? {
+        // CRIU writes no netns image when the caller manages the namespace's contents
+        // (runc's empty_ns): a new namespace with loopback alone, if the restore says so too.
+        (Some(id), true) if !dir.join(names::netns(id)).exists() => {
+            img.net_ns_id = id;
+            img.net_unsaved = Some(names::netns(id));
+            Some(crate::ns::net::Saved::Own(Default::default()))
+        }
         (Some(id), true) => {
             img.net_ns_id = id;
             Some(crate::ns::net::load_saved(dir, id)?)

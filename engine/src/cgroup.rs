@@ -351,6 +351,42 @@ pub fn prepare_cgroups(
     restore_properties(saved.entry, mode, roots, saved.root_set, &mounts).map_err(cg_err)
 }
 
+/// The `cgroup.procs` files the root must join before it unshares the tree's cgroup namespace,
+/// whose root is where the root task was (its dumped cgroups, moved as `roots` say): those
+/// of hierarchies where we are elsewhere. None when the tree owns no cgroup namespace, or the
+/// restore leaves cgroups alone; runc places us in the container's cgroups, so none then.
+pub fn cgroupns_root_procs(
+    img: &DumpImage,
+    mode: Option<CgMode>,
+    roots: &[(Option<String>, String)],
+) -> Result<Vec<std::path::PathBuf>, RestoreError> {
+    let Some(saved) = mode
+        .filter(|_| img.own_cgroupns)
+        .and_then(|m| Saved::of(img, m))
+    else {
+        return Ok(Vec::new());
+    };
+    let Some(root_set) = saved.root_set else {
+        return Ok(Vec::new());
+    };
+    let mounts = membership::our_mounts().map_err(cg_err)?;
+    let ours = membership::of_pid(std::process::id()).map_err(cg_err)?;
+    let mut out = Vec::new();
+    for m in &root_set.ctls {
+        let target = target_of(&m.name, &m.path, Some(root_set), roots);
+        if ours
+            .iter()
+            .any(|o| name_of(o) == m.name && o.path == target.path)
+        {
+            continue;
+        }
+        if let Some(dir) = stasis_cgroups::parse::locate(&target, &mounts) {
+            out.push(dir.join("cgroup.procs"));
+        }
+    }
+    Ok(out)
+}
+
 /// Puts every task into its dumped cgroups (made by [`prepare_cgroups`], or now as `mode`
 /// allows).
 pub fn restore_membership(

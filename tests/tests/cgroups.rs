@@ -708,3 +708,51 @@ while True:
     assert_eq!(got.1, format!("{}/new", base(&cpuset)), "in the new cpuset");
     assert!(more.last().is_some_and(|l| l.ends_with("True")), "{more:?}");
 }
+
+/// A process that moved into a cgroup and unshared a cgroup namespace there (`unshare -C`
+/// after joining a cgroup; zdtm's cgroupns; LXC's containers) comes back, with
+/// `--manage-cgroups`, in a namespace rooted at that cgroup again: it still reads `/` for its
+/// cgroup, and the host sees it in the test's cgroup. The restorer is elsewhere (at the
+/// hierarchy's root), where the new namespace was rooted before.
+#[test]
+fn a_cgroup_namespace_is_rooted_at_the_dumped_cgroup_again() {
+    let _g = serial_root!();
+    let Some(cg) = TestCgroup::new(V1, test_name!()) else {
+        return;
+    };
+    let script = format!(
+        r#"
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+open("{}/cgroup.procs", "w").write("0")
+assert libc.unshare(0x02000000) == 0, ctypes.get_errno()
+n = 0
+while True:
+    own = [l for l in open("/proc/self/cgroup").read().splitlines() if ":freezer:" in l][0]
+    print(n, own.split(":", 2)[2], flush=True)
+    n += 1
+    time.sleep(0.02)
+"#,
+        cg.arg()
+    );
+    let w = Workload::python("cgns-root", &script);
+    w.wait_lines(3, T);
+    let host_view = format!(
+        "/{}",
+        cg.path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+    );
+    assert_eq!(cgroup_of(w.pid, V1), host_view, "in the test's cgroup");
+    let pids = dump_kill_restore_with(&w, &[], &["--manage-cgroups"]);
+    let n = w.lines().len();
+    let lines = w.wait_lines(n + 5, T);
+    let host_after = cgroup_of(w.pid, V1);
+    kill_tree(&pids);
+    assert!(lines.len() >= n + 5, "it counts on");
+    for l in &lines {
+        assert!(
+            l.ends_with(" /"),
+            "its cgroup namespace is rooted at its cgroup: {l}"
+        );
+    }
+    assert_eq!(host_after, host_view, "back in the test's cgroup");
+}

@@ -37,6 +37,8 @@ pub(super) struct Fork {
     pub(super) mounts: Option<crate::ns::mnt_sys::StubMounts>,
     /// In a new cgroup namespace, rooted at our cgroup (where runc placed us).
     pub(super) new_cgroupns: bool,
+    /// What the root joins first, so that the namespace is rooted at its dumped cgroups.
+    pub(super) cgroupns_procs: Vec<std::ffi::CString>,
     /// The holder's user namespace (see ns::user), when the tree owned one.
     pub(super) userns: Option<RawFd>,
     /// Per task, its areas mapped before its children are forked (see mm::premap).
@@ -147,6 +149,7 @@ pub(super) fn fork_tree(
         ext_pidns,
         mounts,
         new_cgroupns,
+        cgroupns_procs,
         userns,
         premaps,
         sessions,
@@ -170,6 +173,7 @@ pub(super) fn fork_tree(
         trampoline,
         mounts,
         new_cgroupns,
+        cgroupns_procs,
         gate: gate.as_ref().map_or(0, |g| g.addr as u64),
     };
     let mut created = Created {
@@ -376,6 +380,7 @@ fn wait_ready(
                         3 => "pivot_root into the new root".into(),
                         4 => "detaching the old root".into(),
                         5 => "unsharing a cgroup namespace".into(),
+                        10 => "joining its dumped cgroups before its cgroup namespace".into(),
                         6 => "making a mount shared again".into(),
                         7 => "making a mount a slave again".into(),
                         8 => "joining a mount to its peer group (MOVE_MOUNT_SET_GROUP)".into(),

@@ -526,6 +526,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ext_pidns: ext_pidns.as_ref().map(|f| f.as_raw_fd()),
         mounts: stub_mounts,
         new_cgroupns: img.own_cgroupns,
+        cgroupns_procs: crate::cgroup::cgroupns_root_procs(
+            &img,
+            opts.manage_cgroups,
+            &opts.cgroup_roots,
+        )?
+        .into_iter()
+        .filter_map(|p| {
+            use std::os::unix::ffi::OsStringExt;
+            std::ffi::CString::new(p.into_os_string().into_vec()).ok()
+        })
+        .collect(),
         userns: holder.as_ref().map(|h| h.user.as_raw_fd()),
         premaps: premaps.clone(),
         sessions,

@@ -93,6 +93,9 @@ pub struct StubShared {
     pub mounts: Option<crate::ns::mnt_sys::StubMounts>,
     /// The root unshares a cgroup namespace, rooted where it is (the tree owned one).
     pub new_cgroupns: bool,
+    /// The `cgroup.procs` files (NUL-terminated) the root joins first, so that the namespace
+    /// is rooted at its dumped cgroups (see cgroup::cgroupns_root_procs).
+    pub cgroupns_procs: Vec<std::ffi::CString>,
     /// A shared page of one u32 per task: set by the restorer once it has filled that task's
     /// premapped areas (a futex word). 0 when nothing is premapped.
     pub gate: u64,
@@ -273,6 +276,23 @@ pub fn run(sh: &StubShared, idx: usize, parent: libc::pid_t) -> ! {
         if idx == 0 {
             // Before the mounts: a cgroup mount shows the namespace of whoever makes it.
             if sh.new_cgroupns {
+                for procs in &sh.cgroupns_procs {
+                    let fd = check(
+                        libc::syscall(
+                            libc::SYS_openat,
+                            libc::AT_FDCWD as libc::c_long,
+                            procs.as_ptr(),
+                            (libc::O_WRONLY | libc::O_CLOEXEC) as libc::c_long,
+                        ),
+                        STUB_MOUNT | (10 << 8),
+                    );
+                    // "0": the writer itself.
+                    check(
+                        libc::syscall(libc::SYS_write, fd, b"0".as_ptr(), 1usize),
+                        STUB_MOUNT | (10 << 8),
+                    );
+                    libc::syscall(libc::SYS_close, fd);
+                }
                 check(
                     libc::syscall(libc::SYS_unshare, libc::CLONE_NEWCGROUP),
                     STUB_MOUNT | (5 << 8),

@@ -185,16 +185,21 @@ impl Container {
     /// [`Container::start`] of another shape.
     pub fn start_with(test: &str, id: &'static str, shape: Shape<'_>) -> Option<Container> {
         let c = Container::create(test, id, shape)?;
-        // stdout a host file, as a runtime's log is.
-        let status = c
-            .runc_cmd(&["run", "-d", "--pid-file", "pid", id])
+        c.run_detached(shape.script == SCRIPT);
+        Some(c)
+    }
+
+    /// `runc run -d` of the bundle, its init's pid in `pid`, stdout a host file (as a
+    /// runtime's log is); with `counting`, until the counter has printed three lines.
+    pub fn run_detached(&self, counting: bool) {
+        let status = self
+            .runc_cmd(&["run", "-d", "--pid-file", "pid", self.id])
             .status()
             .expect("runc run");
         assert!(status.success(), "runc run -d");
-        if shape.script == SCRIPT {
-            c.wait_lines(3, T);
+        if counting {
+            self.wait_lines(3, T);
         }
-        Some(c)
     }
 
     /// The bundle and our `criu`, the container not started.

@@ -78,12 +78,7 @@ fn host_binds_found_external_by_themselves_come_back_bound() {
     let spec = spec.replacen("{\n\t\t\t\"destination\": \"/proc\",", &mounts, 1);
     assert!(spec.contains("/hostslave"), "config.json changed shape");
     std::fs::write(&config, spec).expect("config.json");
-    let status = c
-        .runc_cmd(&["run", "-d", "--pid-file", "pid", c.id])
-        .status()
-        .expect("runc run");
-    assert!(status.success(), "runc run -d");
-    c.wait_lines(3, T);
+    c.run_detached(true);
     let init = c.pid("pid");
     let img = c.dir.join("img");
     std::fs::create_dir_all(&img).expect("images dir");

@@ -645,12 +645,7 @@ fn runc_container_with_a_shared_bind_mount() {
     let spec = spec.replacen("{\n\t\t\t\"destination\": \"/proc\",", &mount, 1);
     assert!(spec.contains("rshared"), "config.json changed shape");
     std::fs::write(&config, spec).expect("config.json");
-    let status = c
-        .runc_cmd(&["run", "-d", "--pid-file", "pid", c.id])
-        .status()
-        .expect("runc run");
-    assert!(status.success(), "runc run -d");
-    c.wait_lines(3, T);
+    c.run_detached(true);
     let tags = |pid: u32| -> String {
         let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
         text.lines()
@@ -920,12 +915,7 @@ fn runc_container_whose_init_has_threads() {
     };
     let prog = workload_with("threadcounter", &["-static"]);
     std::fs::copy(&prog, c.dir.join("rootfs/threadcounter")).expect("copy the program");
-    let status = c
-        .runc_cmd(&["run", "-d", "--pid-file", "pid", c.id])
-        .status()
-        .expect("runc run");
-    assert!(status.success(), "runc run -d");
-    c.wait_lines(3, T);
+    c.run_detached(true);
     let mut pid = c.pid("pid");
     let threads = |p: u32| {
         std::fs::read_dir(format!("/proc/{p}/task"))

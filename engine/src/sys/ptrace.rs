@@ -74,28 +74,8 @@ fn wait_until(tid: u32, deadline: std::time::Instant) -> Result<Stop, PtraceErro
     let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(200);
     let mut nap = std::time::Duration::from_micros(50);
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes the status into our local.
-        let r = unsafe { libc::waitpid(tid as pid_t, &mut status, libc::__WALL | libc::WNOHANG) };
-        if r == tid as pid_t {
-            return Ok(if libc::WIFSTOPPED(status) {
-                Stop::Stopped {
-                    sig: libc::WSTOPSIG(status),
-                    event: status >> 16,
-                }
-            } else {
-                Stop::Exited(status)
-            });
-        }
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(PtraceError::Request {
-                    op: "waitpid",
-                    tid,
-                    source: e,
-                });
-            }
+        if let Some(stop) = try_wait(tid)? {
+            return Ok(stop);
         }
         if std::time::Instant::now() >= deadline {
             let state = std::fs::read_to_string(format!("/proc/{tid}/wchan"))
@@ -160,64 +140,52 @@ pub enum Stop {
     Exited(i32),
 }
 
-/// waitpid(tid, __WALL), retried on EINTR.
-pub fn wait(tid: u32) -> Result<Stop, PtraceError> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid writes the status into our local.
-        let r = unsafe { libc::waitpid(tid as pid_t, &mut status, libc::__WALL) };
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(PtraceError::Request {
-                op: "waitpid",
-                tid,
-                source: e,
-            });
-        }
-        break;
-    }
-    if libc::WIFSTOPPED(status) {
-        Ok(Stop::Stopped {
-            sig: libc::WSTOPSIG(status),
-            event: status >> 16,
-        })
-    } else {
-        Ok(Stop::Exited(status))
-    }
-}
-
-/// waitpid(tid, __WALL | WNOHANG): `None` while `tid` has nothing to report.
-pub fn try_wait(tid: u32) -> Result<Option<Stop>, PtraceError> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid writes the status into our local.
-        let r = unsafe { libc::waitpid(tid as pid_t, &mut status, libc::__WALL | libc::WNOHANG) };
-        if r == 0 {
-            return Ok(None);
-        }
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(PtraceError::Request {
-                op: "waitpid",
-                tid,
-                source: e,
-            });
-        }
-        return Ok(Some(if libc::WIFSTOPPED(status) {
+impl Stop {
+    /// What waitpid's `status` says.
+    fn of_status(status: libc::c_int) -> Stop {
+        if libc::WIFSTOPPED(status) {
             Stop::Stopped {
                 sig: libc::WSTOPSIG(status),
                 event: status >> 16,
             }
         } else {
             Stop::Exited(status)
-        }));
+        }
     }
+}
+
+/// waitpid(tid, __WALL | `flags`), retried on EINTR; `None` when WNOHANG found nothing.
+fn waitpid_stop(tid: u32, flags: libc::c_int) -> Result<Option<Stop>, PtraceError> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into our local.
+        let r = unsafe { libc::waitpid(tid as pid_t, &mut status, libc::__WALL | flags) };
+        match r {
+            0 => return Ok(None),
+            -1 => {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(PtraceError::Request {
+                        op: "waitpid",
+                        tid,
+                        source: e,
+                    });
+                }
+            }
+            _ => return Ok(Some(Stop::of_status(status))),
+        }
+    }
+}
+
+/// waitpid(tid, __WALL), retried on EINTR.
+pub fn wait(tid: u32) -> Result<Stop, PtraceError> {
+    // A blocking waitpid reports something or fails: it never finds nothing.
+    Ok(waitpid_stop(tid, 0)?.unwrap_or(Stop::Exited(0)))
+}
+
+/// waitpid(tid, __WALL | WNOHANG): `None` while `tid` has nothing to report.
+pub fn try_wait(tid: u32) -> Result<Option<Stop>, PtraceError> {
+    waitpid_stop(tid, libc::WNOHANG)
 }
 
 /// Waits until every thread of `tids` (killed, traced by us) has exited and been reaped, so

@@ -13,6 +13,9 @@ pub const IFADDR_MAGIC: u32 = 0x4736_1222;
 /// `route_dump_magic`).
 pub const ROUTE_MAGIC: u32 = 0x4531_1224;
 
+/// First word of `rule-<id>.img` (iproute2 `ip/iprule.c`, `rule_dump_magic`).
+pub const RULE_MAGIC: u32 = 0x7170_6986;
+
 /// Length of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;
 
@@ -49,6 +52,7 @@ pub enum IpImage {
     Ifaddr,
     Route,
     Route6,
+    Rule,
 }
 
 impl IpImage {
@@ -56,6 +60,7 @@ impl IpImage {
         match self {
             IpImage::Ifaddr => IFADDR_MAGIC,
             IpImage::Route | IpImage::Route6 => ROUTE_MAGIC,
+            IpImage::Rule => RULE_MAGIC,
         }
     }
     fn name(self) -> &'static str {
@@ -63,6 +68,7 @@ impl IpImage {
             IpImage::Ifaddr => "ifaddr image",
             IpImage::Route => "route image",
             IpImage::Route6 => "route6 image",
+            IpImage::Rule => "rule image",
         }
     }
 }

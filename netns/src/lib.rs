@@ -29,7 +29,7 @@ pub mod wire;
 pub use error::NetnsError;
 pub use model::{
     eui64_link_local, nd_type, Addr, Family, Link, LinkKind, NetDevice, NetImages, NetState, Route,
-    VethPair, VethPairError, IFA_PROTO_KERNEL_LL, IFA_PROTO_KERNEL_LO, IFF_UP, RTPROT_KERNEL,
+    Rule, VethPair, VethPairError, IFA_PROTO_KERNEL_LL, IFA_PROTO_KERNEL_LO, IFF_UP, RTPROT_KERNEL,
     RT_TABLE_MAIN, SETTABLE_FLAGS,
 };
 pub use ops::{dump, restore, Restored};

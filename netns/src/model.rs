@@ -21,6 +21,10 @@ pub const SETTABLE_FLAGS: u32 = (libc::IFF_UP
 
 /// The main routing table (`RT_TABLE_MAIN`): the one `ip route save` dumps and CRIU restores.
 pub const RT_TABLE_MAIN: u32 = 254;
+/// The local table (`RT_TABLE_LOCAL`): the kernel's, made from the addresses.
+pub const RT_TABLE_LOCAL: u32 = 255;
+/// The default table (`RT_TABLE_DEFAULT`).
+pub const RT_TABLE_DEFAULT: u32 = 253;
 /// `RTPROT_KERNEL`: a route the kernel made itself (the prefix route of an address).
 pub const RTPROT_KERNEL: u8 = 2;
 
@@ -248,15 +252,57 @@ impl fmt::Display for Route {
     }
 }
 
+/// A policy routing rule (`RTM_NEWRULE`, `ip rule`), kept as the kernel sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub family: Family,
+    pub priority: u32,
+    pub table: u32,
+    /// Its action is a table lookup (`FR_ACT_TO_TBL`).
+    pub to_table: bool,
+    /// How many selectors it has (addresses, marks, interfaces, ports...).
+    pub selectors: usize,
+    /// The whole message, header included: written to the image and sent back as it is.
+    pub raw: Vec<u8>,
+}
+
+impl Rule {
+    /// One of the rules every new namespace has (`0: lookup local`, `32766: lookup main`,
+    /// and for IPv4 `32767: lookup default`): there already, not added again.
+    pub fn is_default(&self) -> bool {
+        self.to_table
+            && self.selectors == 0
+            && matches!(
+                (self.priority, self.table, self.family),
+                (0, RT_TABLE_LOCAL, _)
+                    | (32766, RT_TABLE_MAIN, _)
+                    | (32767, RT_TABLE_DEFAULT, Family::V4)
+            )
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rule {}: {:?} lookup table {}",
+            self.priority, self.family, self.table
+        )
+    }
+}
+
 /// A namespace's network configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetState {
     pub links: Vec<Link>,
     /// Every address, kernel-made ones included (`lo`'s, IPv6 link-local), in dump order.
     pub addrs: Vec<Addr>,
-    /// The main table's routes, the kernel's prefix routes included (as `ip route save`
-    /// keeps them; a restore skips them, the addresses bring them back).
+    /// The routes of every table but the local one, the kernel's prefix routes included (as
+    /// `ip route save` keeps them; a restore skips them, the addresses bring them back).
     pub routes: Vec<Route>,
+    /// The policy routing rules, the defaults included (as `ip rule save` keeps them; a
+    /// restore adds only the others).
+    pub rules: Vec<Rule>,
 }
 
 /// CRIU's `nd_type` values (`netdev.proto`).
@@ -415,6 +461,8 @@ pub struct NetImages {
     pub route: Vec<u8>,
     /// `route6-<id>.img`.
     pub route6: Vec<u8>,
+    /// `rule-<id>.img`; empty when the images have none (CRIU's `ip rule save` may fail).
+    pub rule: Vec<u8>,
 }
 
 impl NetState {
@@ -440,12 +488,12 @@ impl NetState {
             ifaddr: ipdump::encode(IpImage::Ifaddr, addrs.iter().map(Vec::as_slice)),
             route: routes(Family::V4),
             route6: routes(Family::V6),
+            rule: ipdump::encode(IpImage::Rule, self.rules.iter().map(|r| r.raw.as_slice())),
         }
     }
 
-    /// The state back from its images. Routes are kept as `ip route save` would: main table
-    /// only, cached clones dropped (CRIU's images may hold nothing else, but a hand-made one
-    /// might). A link kind or route feature that cannot be restored is an error naming it.
+    /// The state back from its images. Routes of the local table and cached clones are
+    /// dropped (CRIU's images hold none, but a hand-made one might). A link kind or route feature that cannot be restored is an error naming it.
     pub fn from_images(images: &NetImages) -> Result<NetState, NetnsError> {
         let links = images
             .netdev
@@ -473,10 +521,19 @@ impl NetState {
                 }
             }
         }
+        let rules = if images.rule.is_empty() {
+            Vec::new()
+        } else {
+            ipdump::decode(IpImage::Rule, &images.rule)?
+                .into_iter()
+                .filter_map(|m| wire::rule_from_raw(m).transpose())
+                .collect::<Result<Vec<_>, _>>()?
+        };
         Ok(NetState {
             links,
             addrs,
             routes,
+            rules,
         })
     }
 
@@ -523,6 +580,8 @@ impl NetState {
                 .filter(|r| on_lo(r.oif))
                 .cloned()
                 .collect(),
+            // The caller's, as the links are.
+            rules: Vec::new(),
             links: lo,
         }
     }
@@ -659,6 +718,7 @@ mod tests {
             links: vec![lo.clone(), veth],
             addrs: vec![a2.clone(), a3],
             routes: Vec::new(),
+            rules: Vec::new(),
         };
         let only = state.loopback_only();
         assert_eq!(only.links, vec![lo]);

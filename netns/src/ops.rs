@@ -47,6 +47,12 @@ fn dump_with(sock: &mut Rtnl) -> Result<NetState, NetnsError> {
     {
         state.routes.extend(wire::route_from_raw(&raw)?);
     }
+    for raw in sock
+        .dump(wire::get_rules())
+        .map_err(netlink("dump", "policy routing rules"))?
+    {
+        state.rules.extend(wire::rule_from_raw(&raw)?);
+    }
     check(&state)?;
     Ok(state)
 }
@@ -238,6 +244,12 @@ pub fn restore(
         };
         tolerate_exists(target.call(wire::new_route(r, oif), NLM_F_CREATE | NLM_F_EXCL))
             .map_err(netlink("add", object))?;
+    }
+
+    // Policy routing rules; the defaults every namespace has are there already.
+    for r in state.rules.iter().filter(|r| !r.is_default()) {
+        tolerate_exists(target.call(wire::new_rule(r)?, NLM_F_CREATE | NLM_F_EXCL))
+            .map_err(netlink("add", r))?;
     }
 
     host_ends(&mut host, state, &now, map)

@@ -17,10 +17,11 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
     RoutePreference, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::NetnsError;
-use crate::model::{Addr, Family, Link, LinkKind, Route, RT_TABLE_MAIN};
+use crate::model::{Addr, Family, Link, LinkKind, Route, Rule, RT_TABLE_LOCAL};
 
 const IFA_F_NODAD: u32 = 0x02;
 const IFA_F_PERMANENT: u32 = 0x80;
@@ -493,8 +494,8 @@ pub(crate) fn get_addrs() -> RouteNetlinkMessage {
 // ---- routes ----
 
 /// A route of a `RTM_NEWROUTE` message (a dump answer or a `route`/`route6` image entry),
-/// `raw` kept for the image. `None` for routes `ip route save` leaves out: tables other than
-/// main, cached clones, and `NLMSG_DONE`. Multipath, encapsulated or MPLS routes are refused.
+/// `raw` kept for the image. `None` for the local table's routes, cached clones, and
+/// `NLMSG_DONE`. Multipath, encapsulated or MPLS routes are refused.
 pub fn route_from_raw(raw: &[u8]) -> Result<Option<Route>, NetnsError> {
     match deserialize(raw, "route message")? {
         Some(RouteNetlinkMessage::NewRoute(m)) => parse_route(&m, raw),
@@ -608,8 +609,11 @@ fn parse_route(m: &RouteMessage, raw: &[u8]) -> Result<Option<Route>, NetnsError
             _ => {}
         }
     }
-    // What `ip route save` leaves out is not looked at further.
-    if r.table != RT_TABLE_MAIN || r.flags & RTM_F_CLONED != 0 {
+    // The kernel's own (the local table, rebuilt from the addresses), the unspecified table
+    // and cached clones are not looked at further. Every other table is kept: `ip route
+    // save` keeps the main one only, but a VPN client's policy routing (tailscale's table
+    // 52, wg-quick's 51820) lives in others, and CRIU's `ip route restore` takes them too.
+    if r.table == RT_TABLE_LOCAL || r.table == 0 || r.flags & RTM_F_CLONED != 0 {
         return Ok(None);
     }
     let bad_addr = |a: &Option<IpAddr>| a.is_some_and(|a| Family::of(&a) != family);
@@ -695,6 +699,68 @@ pub(crate) fn route_image_msg(r: &Route) -> Vec<u8> {
 /// `RTM_GETROUTE` for a dump of every route of every family.
 pub(crate) fn get_routes() -> RouteNetlinkMessage {
     RouteNetlinkMessage::GetRoute(RouteMessage::default())
+}
+
+/// `RTM_GETRULE` for a dump of every policy routing rule of every family.
+pub(crate) fn get_rules() -> RouteNetlinkMessage {
+    RouteNetlinkMessage::GetRule(RuleMessage::default())
+}
+
+/// A policy routing rule of a `RTM_NEWRULE` message (a dump answer or a `rule` image entry),
+/// `raw` kept for the image and the restore. `None` for `NLMSG_DONE`.
+pub fn rule_from_raw(raw: &[u8]) -> Result<Option<Rule>, NetnsError> {
+    let m = match deserialize(raw, "rule message")? {
+        Some(RouteNetlinkMessage::NewRule(m)) => m,
+        None => return Ok(None),
+        Some(other) => {
+            return Err(NetnsError::Malformed {
+                what: "rule message".into(),
+                reason: format!("not a rule but message type {}", other.message_type()),
+            })
+        }
+    };
+    let family = match m.header.family {
+        AddressFamily::Inet => Family::V4,
+        AddressFamily::Inet6 => Family::V6,
+        other => {
+            return Err(NetnsError::Unsupported {
+                object: "a policy routing rule".into(),
+                what: format!("address family {other:?}"),
+            })
+        }
+    };
+    let mut rule = Rule {
+        family,
+        priority: 0,
+        table: u32::from(m.header.table),
+        to_table: m.header.action == RuleAction::ToTable,
+        selectors: 0,
+        raw: raw.to_vec(),
+    };
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Priority(p) => rule.priority = *p,
+            RuleAttribute::Table(t) => rule.table = *t,
+            // What the kernel reports of every rule: not a selector.
+            RuleAttribute::Protocol(_) | RuleAttribute::SuppressPrefixLen(_) => {}
+            _ => rule.selectors += 1,
+        }
+    }
+    if m.header.src_len != 0 || m.header.dst_len != 0 || m.header.tos != 0 {
+        rule.selectors += 1;
+    }
+    Ok(Some(rule))
+}
+
+/// `RTM_NEWRULE` adding `r` again, as it was dumped.
+pub(crate) fn new_rule(r: &Rule) -> Result<RouteNetlinkMessage, NetnsError> {
+    match deserialize(&r.raw, "rule message")? {
+        Some(RouteNetlinkMessage::NewRule(m)) => Ok(RouteNetlinkMessage::NewRule(m)),
+        _ => Err(NetnsError::Malformed {
+            what: r.to_string(),
+            reason: "not a rule message".into(),
+        }),
+    }
 }
 
 #[cfg(test)]

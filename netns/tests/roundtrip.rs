@@ -85,8 +85,15 @@ fn snapshot(ns: &str) -> Vec<String> {
         out.push(format!("addr {}", toks.join(" ").replace('\\', "")));
     }
     for fam in ["-4", "-6"] {
-        for line in ip(&["-n", ns, fam, "route", "show"]).lines() {
-            out.push(format!("route{fam} {line}"));
+        for line in ip(&["-n", ns, fam, "route", "show", "table", "all"]).lines() {
+            // The local table is the kernel's, made again from the addresses, in its own
+            // order; multicast routes likewise.
+            if !line.contains("table local") && !line.starts_with("multicast") {
+                out.push(format!("route{fam} {line}"));
+            }
+        }
+        for line in ip(&["-n", ns, fam, "rule", "show"]).lines() {
+            out.push(format!("rule{fam} {line}"));
         }
     }
     out.sort();
@@ -161,6 +168,11 @@ fn make_fixture(src: &str, host_end: &str) {
         "link set inA up",
         "link set inB up",
         "route add 10.80.0.0/16 dev inA metric 7",
+        // Policy routing, as a VPN client sets it up: a rule and a table of its own.
+        "route add 10.90.0.0/16 via 10.77.0.1 table 100",
+        "-6 route add fd90::/64 via fd77::1 table 100",
+        "rule add fwmark 0x9 lookup 100 priority 1000",
+        "-6 rule add from fd77::/64 lookup 100 priority 1001",
         // A bridge with an address, and inB its port.
         "link add br9 type bridge",
         "link set inB master br9",
@@ -196,6 +208,20 @@ fn check_dump(state: &NetState) {
         "{:#?}",
         state.addrs
     );
+    // The two rules the fixture added, the namespace's defaults told apart from them.
+    let added: Vec<(u32, u32)> = state
+        .rules
+        .iter()
+        .filter(|r| !r.is_default())
+        .map(|r| (r.priority, r.table))
+        .collect();
+    assert_eq!(added, vec![(1000, 100), (1001, 100)], "{:#?}", state.rules);
+    assert_eq!(
+        state.rules.len(),
+        2 + 3 + 2,
+        "the defaults: 3 for IPv4, 2 for IPv6"
+    );
+    assert!(state.routes.iter().any(|r| r.table == 100));
     let gw4 = "10.77.0.1".parse().ok();
     let defaults: Vec<_> = state.routes.iter().filter(|r| r.dst.is_none()).collect();
     assert!(defaults
@@ -237,6 +263,7 @@ fn images_round_trip(state: &NetState, dir: &std::path::Path) -> NetState {
         ("ifaddr-9.img", &images.ifaddr),
         ("route-9.img", &images.route),
         ("route6-9.img", &images.route6),
+        ("rule-9.img", &images.rule),
     ] {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
@@ -246,6 +273,7 @@ fn images_round_trip(state: &NetState, dir: &std::path::Path) -> NetState {
         ifaddr: read("ifaddr-9.img"),
         route: read("route-9.img"),
         route6: read("route6-9.img"),
+        rule: read("rule-9.img"),
     };
     assert_eq!(back, images);
     NetState::from_images(&back).expect("images read back")
@@ -296,8 +324,10 @@ fn images_match_iproute2(src: &str, state: &NetState) {
     let theirs = NetImages {
         netdev: images.netdev.clone(),
         ifaddr: ip_bytes(&["-n", src, "addr", "save"]),
-        route: ip_bytes(&["-n", src, "-4", "route", "save"]),
-        route6: ip_bytes(&["-n", src, "-6", "route", "save"]),
+        route: ip_bytes(&["-n", src, "-4", "route", "save", "table", "all"]),
+        route6: ip_bytes(&["-n", src, "-6", "route", "save", "table", "all"]),
+        // `ip rule save` saves IPv4 rules only (as CRIU's image holds them): ours has both.
+        rule: ip_bytes(&["-n", src, "-4", "rule", "save"]),
     };
     let mut theirs = NetState::from_images(&theirs).expect("ip's images");
     let mut ours = state.clone();
@@ -305,8 +335,12 @@ fn images_match_iproute2(src: &str, state: &NetState) {
     for s in [&mut theirs, &mut ours] {
         s.addrs.iter_mut().for_each(|a| a.raw.clear());
         s.routes.iter_mut().for_each(|r| r.raw.clear());
+        s.rules.iter_mut().for_each(|r| r.raw.clear());
+        s.routes
+            .sort_by_key(|r| (r.family == Family::V6, r.table, format!("{r}")));
     }
-    assert_eq!(theirs, ours, "ip addr/route save read back");
+    ours.rules.retain(|r| r.family == Family::V4);
+    assert_eq!(theirs, ours, "ip addr/route/rule save read back");
 }
 
 #[test]

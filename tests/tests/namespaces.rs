@@ -287,8 +287,29 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
             "50",
         ],
     );
+    // Policy routing, as a VPN client sets it up: a table of its own and a rule into it.
+    ip_in(
+        w.pid,
+        &[
+            "route",
+            "add",
+            "10.81.0.0/16",
+            "via",
+            "10.79.0.1",
+            "table",
+            "100",
+        ],
+    );
+    ip_in(
+        w.pid,
+        &[
+            "rule", "add", "fwmark", "0x9", "lookup", "100", "priority", "1000",
+        ],
+    );
     assert_eq!(ask("10.79.0.2:7079"), Some(1), "the server answers before");
-    let routes_before = ip_in(w.pid, &["-4", "route", "show"]);
+    let routes_before = ip_in(w.pid, &["-4", "route", "show", "table", "all"]);
+    let rules_before = ip_in(w.pid, &["rule", "show"]);
+    assert!(rules_before.contains("lookup 100"), "{rules_before}");
     // Device sysctls off their defaults (of `all`, `default`, the veth and lo) and a unix one.
     let mut sysctls = vec![
         ("ipv4/conf/all/log_martians", "1"),
@@ -308,7 +329,13 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
     let img = w.images();
     dump_to(&img, &pid, &[]);
     reap(w.pid);
-    for f in ["netdev-6.img", "ifaddr-6.img", "route-6.img", "netns-6.img"] {
+    for f in [
+        "netdev-6.img",
+        "ifaddr-6.img",
+        "route-6.img",
+        "rule-6.img",
+        "netns-6.img",
+    ] {
         assert!(img.join(f).exists(), "{f} written");
     }
     // The namespace died with the tree, and the veth pair with it.
@@ -323,7 +350,11 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
         assert!(link.contains("mtu 1400"), "{link}");
         assert!(link.contains("02:00:00:00:79:02"), "{link}");
         assert!(ip_in(w.pid, &["-o", "-4", "addr"]).contains("10.79.0.2/24"));
-        assert_eq!(ip_in(w.pid, &["-4", "route", "show"]), routes_before);
+        assert_eq!(
+            ip_in(w.pid, &["-4", "route", "show", "table", "all"]),
+            routes_before
+        );
+        assert_eq!(ip_in(w.pid, &["rule", "show"]), rules_before);
         for (key, value) in &sysctls {
             assert_eq!(net_sysctl(w.pid, key, None), *value, "{key} after restore");
         }

@@ -1,6 +1,6 @@
 //! A tree that owns its network namespace (as a container does): its links, addresses and
 //! routes are saved in CRIU's images (`netdev-<id>.img`, `ifaddr-<id>.img`, `route-<id>.img`,
-//! `route6-<id>.img`, `netns-<id>.img`) through `stasis_netns`, and the restore makes a new
+//! `route6-<id>.img`, `rule-<id>.img`, `netns-<id>.img`) through `stasis_netns`, and the restore makes a new
 //! namespace holding them before it forks the root, as for UTS and IPC. A veth's outer end is
 //! made in the restorer's namespace under the name `--veth-pair IN=OUT` gives.
 
@@ -187,6 +187,7 @@ pub fn dump(ns: &OwnedFd, dir: &Path, empty: bool) -> Result<(), NetNsError> {
     write(dir, &names::ifaddr(id), &images.ifaddr)?;
     write(dir, &names::route(id), &images.route)?;
     write(dir, &names::route6(id), &images.route6)?;
+    write(dir, &names::rule(id), &images.rule)?;
     let mut w = ImageWriter::new(ImageKind::Normal, magic::NETNS);
     w.push(&pb::NetnsEntry {
         ipv4_sysctl: if empty { Vec::new() } else { ipv4_sysctls(ns) },
@@ -293,6 +294,14 @@ pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
         ifaddr: read(names::ifaddr(id))?,
         route: read(names::route(id))?,
         route6: read(names::route6(id))?,
+        // Older images of ours have none; CRIU's may not (its `ip rule save` may fail).
+        rule: match std::fs::read(dir.join(names::rule(id))) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other.map_err(|source| NetNsError::Read {
+                path: dir.join(names::rule(id)).display().to_string(),
+                source,
+            })?,
+        },
     };
     stasis_netns::NetState::from_images(&images).map_err(NetNsError::Net)
 }

@@ -370,6 +370,7 @@ fn state_round_trips_through_images_built_from_fields() {
         links: vec![link],
         addrs: vec![addr],
         routes: vec![v4, v6],
+        rules: Vec::new(),
     };
     // Raw messages are kept byte for byte.
     assert_eq!(NetState::from_images(&state.to_images()).unwrap(), state);

@@ -488,12 +488,22 @@ impl NetState {
             ifaddr: ipdump::encode(IpImage::Ifaddr, addrs.iter().map(Vec::as_slice)),
             route: routes(Family::V4),
             route6: routes(Family::V6),
-            rule: ipdump::encode(IpImage::Rule, self.rules.iter().map(|r| r.raw.as_slice())),
+            // All IPv4 rules, as `ip rule save` writes them (`ip rule restore` skips the
+            // defaults), and the IPv6 ones but the defaults, which `ip rule restore` (CRIU's
+            // restore) would add a second time.
+            rule: ipdump::encode(
+                IpImage::Rule,
+                self.rules
+                    .iter()
+                    .filter(|r| r.family == Family::V4 || !r.is_default())
+                    .map(|r| r.raw.as_slice()),
+            ),
         }
     }
 
     /// The state back from its images. Routes of the local table and cached clones are
-    /// dropped (CRIU's images hold none, but a hand-made one might). A link kind or route feature that cannot be restored is an error naming it.
+    /// dropped (CRIU's images hold none, but a hand-made one might). A link kind or route
+    /// feature that cannot be restored is an error naming it.
     pub fn from_images(images: &NetImages) -> Result<NetState, NetnsError> {
         let links = images
             .netdev

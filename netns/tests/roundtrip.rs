@@ -395,7 +395,11 @@ fn veth_namespace_is_dumped_and_restored_with_addresses_and_routes() {
     };
     check_dump(&state);
     let back = images_round_trip(&state, &dir);
-    assert_eq!(back, state, "images round trip");
+    let mut kept = state.clone();
+    // The IPv6 defaults are not written: every namespace has them.
+    kept.rules
+        .retain(|r| r.family == Family::V4 || !r.is_default());
+    assert_eq!(back, kept, "images round trip");
     images_match_iproute2(&src, &state);
 
     // The original goes (its host end with it), a fresh namespace takes its place.

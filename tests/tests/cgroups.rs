@@ -415,12 +415,18 @@ while True:
 "#;
     let run = |restore: &[&str], remove: bool| {
         let w = Workload::python("cgmember", script);
-        let lines = w.wait_lines(4, T);
-        let child: u32 = lines
-            .iter()
-            .find(|l| l.starts_with("child "))
-            .and_then(|l| nums(l).first().copied())
-            .expect("the child's line") as u32;
+        // The parent may print several lines before the child is first scheduled.
+        let end = Instant::now() + T;
+        let child_line = || {
+            w.lines()
+                .iter()
+                .find(|l| l.starts_with("child "))
+                .and_then(|l| nums(l).first().copied())
+        };
+        while child_line().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let child = child_line().expect("the child's line") as u32;
         let sub = cg.path.join("sub");
         let _ = std::fs::create_dir(&sub);
         cg.add(w.pid);

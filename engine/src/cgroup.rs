@@ -351,7 +351,8 @@ pub fn prepare_cgroups(
     restore_properties(saved.entry, mode, roots, saved.root_set, &mounts).map_err(cg_err)
 }
 
-/// The `cgroup.procs` files the root must join before it unshares the tree's cgroup namespace,
+/// The `cgroup.procs` files (as C strings, for the root's stub) the root must join before it
+/// unshares the tree's cgroup namespace,
 /// whose root is where the root task was (its dumped cgroups, moved as `roots` say): those
 /// of hierarchies where we are elsewhere. None when the tree owns no cgroup namespace, or the
 /// restore leaves cgroups alone; runc places us in the container's cgroups, so none then.
@@ -359,7 +360,8 @@ pub fn cgroupns_root_procs(
     img: &DumpImage,
     mode: Option<CgMode>,
     roots: &[(Option<String>, String)],
-) -> Result<Vec<std::path::PathBuf>, RestoreError> {
+) -> Result<Vec<std::ffi::CString>, RestoreError> {
+    use std::os::unix::ffi::OsStringExt;
     let Some(saved) = mode
         .filter(|_| img.own_cgroupns)
         .and_then(|m| Saved::of(img, m))
@@ -381,7 +383,9 @@ pub fn cgroupns_root_procs(
             continue;
         }
         if let Some(dir) = stasis_cgroups::parse::locate(&target, &mounts) {
-            out.push(dir.join("cgroup.procs"));
+            let procs = dir.join("cgroup.procs").into_os_string().into_vec();
+            // A path from mountinfo and cgroup.img holds no NUL; one that did is skipped.
+            out.extend(std::ffi::CString::new(procs).ok());
         }
     }
     Ok(out)

@@ -530,13 +530,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &img,
             opts.manage_cgroups,
             &opts.cgroup_roots,
-        )?
-        .into_iter()
-        .filter_map(|p| {
-            use std::os::unix::ffi::OsStringExt;
-            std::ffi::CString::new(p.into_os_string().into_vec()).ok()
-        })
-        .collect(),
+        )?,
         userns: holder.as_ref().map(|h| h.user.as_raw_fd()),
         premaps: premaps.clone(),
         sessions,

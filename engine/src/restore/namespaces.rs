@@ -20,6 +20,14 @@ pub(super) fn enter_tree_namespaces(
     img: &DumpImage,
     opts: &RestoreOptions,
 ) -> Result<Entered, RestoreError> {
+    // Images with no contents of the namespace need the caller to manage it: said before
+    // anything is joined or made.
+    let joins_net = opts.join_ns.iter().any(|(kind, _)| kind == "net");
+    if let Some(file) = img.net_unsaved.as_ref() {
+        if !opts.empty_netns && !joins_net {
+            return Err(RestoreError::UnsavedNetNs { file: file.clone() });
+        }
+    }
     let mut entered = Vec::new();
     let mut joined = Vec::new();
     for (kind, file) in &opts.join_ns {
@@ -62,11 +70,6 @@ pub(super) fn enter_tree_namespaces(
     };
     // A namespace of the holder's, entered by this thread instead of a new one.
     let held = |kind: &str| holder.as_ref().and_then(|h| h.get(kind));
-    if let Some(file) = img.net_unsaved.as_ref().filter(|_| !opts.empty_netns) {
-        if !joined.contains(&"net") {
-            return Err(RestoreError::UnsavedNetNs { file: file.clone() });
-        }
-    }
     // The caller manages the namespace's contents (`--empty-ns net`): only loopback here.
     let lo_only;
     let net = match &img.net {

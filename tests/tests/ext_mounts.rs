@@ -333,6 +333,46 @@ time.sleep(1e6)
     );
 }
 
+/// Files of the proc filesystem held open by a tree with a mount namespace of its own: on
+/// /proc and on a second proc mounted elsewhere (zdtm's mountpoints; a monitor keeping
+/// /proc/stat open). The proc mounts are made by the tree's init once it has pivoted, so the
+/// task opens its files again itself: same paths, offsets and flags, and they read the kernel's
+/// figures again.
+#[test]
+fn proc_files_held_open_on_proc_mounts_come_back() {
+    let _g = serial_root!();
+    let script = r#"
+import os, time
+os.makedirs("/run/stasis-proc2", exist_ok=True)
+assert os.system("mount -t proc none /run/stasis-proc2") == 0
+a = open("/proc/meminfo")
+b = open("/run/stasis-proc2/uptime")
+a.readline()
+print("ready", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+links = [os.readlink(f"/proc/self/fd/{f.fileno()}") for f in (a, b)]
+second = a.readline().split(":")[0]
+b.seek(0)
+up = float(b.read().split()[0])
+print("after", *links, second, up > 0, flush=True)
+time.sleep(1e6)
+"#;
+    let w = in_own_mount_namespace("proc-files", &["/usr/bin/python3", "-c", script]);
+    assert_eq!(
+        w.wait_lines(1, T).first().map(String::as_str),
+        Some("ready")
+    );
+    let pids = dump_kill_restore_at_root(&w);
+    let lines = w.go_and_collect(&pids, 2);
+    let _ = std::fs::remove_dir("/run/stasis-proc2");
+    assert_eq!(
+        lines.get(1).map(String::as_str),
+        Some("after /proc/meminfo /run/stasis-proc2/uptime MemFree True"),
+        "{lines:?}"
+    );
+}
+
 /// zdtm's mntns_remap on a host process: a tmpfs moved onto a bind's parent covers the bind's
 /// children, whose copies (propagation) lie on both stacks, and a child in a mount namespace
 /// of its own holds copies of all of it. Binds are taken through the mount they come from,

@@ -1,8 +1,9 @@
-//! Files of /proc/<pid>/ of a task of the tree (a program watching its own stat), and
-//! `/dev/tty` when the tree's sessions have terminals of their own: dumped as regular files,
-//! but the restorer cannot open them before the tasks exist (and its /dev/tty is its own
-//! terminal), so each task opens its own, by an injected openat, at the same number, flags and
-//! offset.
+//! Files of /proc/<pid>/ of a task of the tree (a program watching its own stat), files on
+//! the mounts a tree's init makes once it has pivoted (a proc mounted elsewhere than /proc, a
+//! cgroup filesystem), and `/dev/tty` when the tree's sessions have terminals of their own:
+//! dumped as regular files, but the restorer cannot open them before the tasks or mounts
+//! exist (and its /dev/tty is its own terminal), so each task opens its own, by an injected
+//! openat, at the same number, flags and offset.
 
 use std::os::fd::OwnedFd;
 
@@ -37,6 +38,21 @@ fn tree_dev_tty(img: &DumpImage, path: &str) -> bool {
     path == "/dev/tty" && img.tty_infos.values().any(|i| i.sid != 0)
 }
 
+/// Whether file `id` is on a mount the tree's init makes late, its path as its task sees it
+/// (a deleted or remapped one is the regular files' kind).
+fn on_late_mount(img: &DumpImage, id: u32, reg: &pb::RegFileEntry) -> bool {
+    reg.mnt_id
+        .is_some_and(|m| u32::try_from(m).is_ok_and(|m| img.late_mounts.contains(&m)))
+        && !img.remaps.contains_key(&id)
+        && !img.linked.contains_key(&id)
+        && !img.dead_procs.contains_key(&id)
+}
+
+/// Whether the task opens file `id` itself.
+fn opened_by_task(img: &DumpImage, id: u32, reg: &pb::RegFileEntry) -> bool {
+    tree_proc_path(img, &reg.name) || tree_dev_tty(img, &reg.name) || on_late_mount(img, id, reg)
+}
+
 impl FileKind for ProcFile {
     fn name(&self) -> &'static str {
         "proc-file-of-the-tree"
@@ -54,7 +70,7 @@ impl FileKind for ProcFile {
         entry
             .reg
             .as_ref()
-            .is_some_and(|r| tree_proc_path(img, &r.name) || tree_dev_tty(img, &r.name))
+            .is_some_and(|r| opened_by_task(img, entry.id, r))
     }
 
     fn open(
@@ -71,7 +87,7 @@ impl FileKind for ProcFile {
             let Some(reg) = cx.img.files.get(&f.id).and_then(|e| e.reg.as_ref()) else {
                 continue;
             };
-            if !tree_proc_path(cx.img, &reg.name) && !tree_dev_tty(cx.img, &reg.name) {
+            if !opened_by_task(cx.img, f.id, reg) {
                 continue;
             }
             let mut path = reg.name.clone().into_bytes();

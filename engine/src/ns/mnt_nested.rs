@@ -112,6 +112,16 @@ fn made_by(ns: usize, plan: &[Planned], phases: &[Phase], root_dev: (u32, u32)) 
         .collect()
 }
 
+/// The mounts of `plan` its init makes late (after it pivoted): their files are opened by the
+/// tasks themselves.
+pub fn late_ids(plan: &[Planned], phases: &[Phase]) -> HashSet<u32> {
+    plan.iter()
+        .zip(phases)
+        .filter(|(_, ph)| **ph == Phase::Late)
+        .map(|(p, _)| p.mount.id)
+        .collect()
+}
+
 /// The plans of the nested namespaces `nested` ((id, table), in the order they are made) of a
 /// tree whose own namespace is `primary`; refused by name what the restore could not make.
 pub fn plan_all(

@@ -148,6 +148,10 @@ pub struct DumpImage {
     pub ghosts: HashMap<u32, (pb::GhostFileEntry, Vec<DataChunk>)>,
     /// The mount table of the mount namespace the tree owned (`mountpoints-<id>.img`).
     pub mounts: Option<Vec<crate::ns::mnt::MountInfo>>,
+    /// Ids of the tree's mounts its init makes once it has pivoted (a proc, what lies under
+    /// one, cgroup filesystems), in its own namespace or a nested one: their files are opened
+    /// by the tasks themselves (see files::procfile).
+    pub late_mounts: std::collections::HashSet<u32>,
     /// Mount namespaces nested in the tree's (see ns::mnt_nested): (id, table).
     pub nested_mounts: Vec<(u32, Vec<crate::ns::mnt::MountInfo>)>,
     /// Set by the restore once they are made: where each nested namespace's root is reached
@@ -671,7 +675,9 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
             let table = mount_table(dir, &file)?;
             // A table the restore could not make fails here, before anything is made.
             let plan = crate::ns::mnt::plan(&table).map_err(|e| invalid(&file, e.to_string()))?;
-            crate::ns::mnt::phases(&plan).map_err(|e| invalid(&file, e.to_string()))?;
+            let phases =
+                crate::ns::mnt::phases(&plan).map_err(|e| invalid(&file, e.to_string()))?;
+            img.late_mounts = crate::ns::mnt_nested::late_ids(&plan, &phases);
             for id in nested {
                 let file = names::mountpoints(id);
                 img.nested_mounts.push((id, mount_table(dir, &file)?));
@@ -684,8 +690,12 @@ fn load_ipc(dir: &Path, img: &mut DumpImage, inv: &pb::InventoryEntry) -> Result
                          are not supported yet",
                     ));
                 }
-                crate::ns::mnt_nested::plan_all(&table, &img.nested_mounts)
+                let plans = crate::ns::mnt_nested::plan_all(&table, &img.nested_mounts)
                     .map_err(|e| invalid(&file, e.to_string()))?;
+                for p in plans {
+                    img.late_mounts
+                        .extend(crate::ns::mnt_nested::late_ids(&p.plan, &p.phases));
+                }
             }
             Some(table)
         }

@@ -335,9 +335,9 @@ time.sleep(1e6)
 
 /// Files of the proc filesystem held open by a tree with a mount namespace of its own: on
 /// /proc and on a second proc mounted elsewhere (zdtm's mountpoints; a monitor keeping
-/// /proc/stat open). The proc mounts are made by the tree's init once it has pivoted, so the
-/// task opens its files again itself: same paths, offsets and flags, and they read the kernel's
-/// figures again.
+/// /proc/stat open), and a child's working directory in /proc. The proc mounts are made by the
+/// tree's init once it has pivoted, so the task opens its files again itself: same paths,
+/// offsets and flags, and they read the kernel's figures again; the child is in /proc/tty.
 #[test]
 fn proc_files_held_open_on_proc_mounts_come_back() {
     let _g = serial_root!();
@@ -348,9 +348,17 @@ assert os.system("mount -t proc none /run/stasis-proc2") == 0
 a = open("/proc/meminfo")
 b = open("/run/stasis-proc2/uptime")
 a.readline()
+here = os.getcwd()
+if os.fork() == 0:
+    os.chdir("/proc/tty")
+    while not os.path.exists(f"{here}/go"):
+        time.sleep(0.02)
+    print("child", os.getcwd(), "drivers" in os.listdir("."), flush=True)
+    time.sleep(1e6)
 print("ready", flush=True)
 while not os.path.exists("go"):
     time.sleep(0.02)
+time.sleep(0.2)
 links = [os.readlink(f"/proc/self/fd/{f.fileno()}") for f in (a, b)]
 second = a.readline().split(":")[0]
 b.seek(0)
@@ -364,11 +372,16 @@ time.sleep(1e6)
         Some("ready")
     );
     let pids = dump_kill_restore_at_root(&w);
-    let lines = w.go_and_collect(&pids, 2);
+    let lines = w.go_and_collect(&pids, 3);
     let _ = std::fs::remove_dir("/run/stasis-proc2");
     assert_eq!(
-        lines.get(1).map(String::as_str),
-        Some("after /proc/meminfo /run/stasis-proc2/uptime MemFree True"),
+        lines.get(1..3),
+        Some(
+            &[
+                "child /proc/tty True".to_string(),
+                "after /proc/meminfo /run/stasis-proc2/uptime MemFree True".into()
+            ][..]
+        ),
         "{lines:?}"
     );
 }

@@ -39,10 +39,21 @@ fn tree_dev_tty(img: &DumpImage, path: &str) -> bool {
 }
 
 /// Whether file `id` is on a mount the tree's init makes late, its path as its task sees it
-/// (a deleted or remapped one is the regular files' kind).
+/// (a deleted or remapped one is the regular files' kind). Files known by path (a cwd) carry
+/// no mount id in the tree's own namespace: the mount is then the one whose mountpoint holds
+/// the path, the last made of those that do.
 fn on_late_mount(img: &DumpImage, id: u32, reg: &pb::RegFileEntry) -> bool {
-    reg.mnt_id
-        .is_some_and(|m| u32::try_from(m).is_ok_and(|m| img.late_mounts.contains(&m)))
+    let mount = match reg.mnt_id {
+        Some(m) => u32::try_from(m).ok(),
+        None => img.mounts.as_ref().and_then(|table| {
+            table
+                .iter()
+                .filter(|m| crate::ns::mnt::within(&m.mountpoint, &reg.name).is_some())
+                .max_by_key(|m| m.mountpoint.len())
+                .map(|m| m.id)
+        }),
+    };
+    mount.is_some_and(|m| img.late_mounts.contains(&m))
         && !img.remaps.contains_key(&id)
         && !img.linked.contains_key(&id)
         && !img.dead_procs.contains_key(&id)

@@ -25,6 +25,7 @@ mod ops;
 mod rtnl;
 pub mod tun;
 pub mod wire;
+pub mod xtables;
 
 pub use error::NetnsError;
 pub use model::{

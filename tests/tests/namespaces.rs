@@ -745,12 +745,13 @@ while True:
 }
 
 /// The firewall of a network namespace of the tree's own (nftables; iptables-nft's rules are
-/// nftables too) comes back: the same ruleset, counters included, and it still acts: a port
-/// it drops stays unreachable from inside while another answers.
+/// nftables too; and iptables-legacy's tables) comes back: the same ruleset, counters
+/// included, the same legacy tables, and both still act: a port nftables drops stays
+/// unreachable from inside, one iptables-legacy rejects is refused, while another answers.
 #[test]
-fn nftables_ruleset_of_the_trees_network_namespace_comes_back() {
+fn firewall_of_the_trees_network_namespace_comes_back() {
     let _g = serial_root!();
-    if missing_tools(test_name!(), &["ip", "nft", "nsenter"]) {
+    if missing_tools(test_name!(), &["ip", "nft", "nsenter", "iptables-legacy"]) {
         return;
     }
     let script = r#"
@@ -760,6 +761,7 @@ assert libc.unshare(0x40000000) == 0, ctypes.get_errno()
 assert os.system("ip link set lo up") == 0
 open_srv = socket.socket(); open_srv.bind(("127.0.0.1", 7091)); open_srv.listen(4)
 shut_srv = socket.socket(); shut_srv.bind(("127.0.0.1", 7092)); shut_srv.listen(4)
+rej_srv = socket.socket(); rej_srv.bind(("127.0.0.1", 7093)); rej_srv.listen(4)
 print("ready", flush=True)
 while not os.path.exists("go"):
     time.sleep(0.02)
@@ -769,16 +771,16 @@ def reach(port):
         return "open"
     except OSError as e:
         return type(e).__name__
-print("after", reach(7091), reach(7092), flush=True)
+print("after", reach(7091), reach(7092), reach(7093), flush=True)
 time.sleep(1e6)
 "#;
     let w = Workload::python("netns-nft", script);
     w.wait_lines(1, T);
     let pid = w.pid.to_string();
-    let nft = |args: &[&str], input: Option<&str>| -> String {
+    let tool = |pid: &str, tool: &str, args: &[&str], input: Option<&str>| -> String {
         use std::io::Write;
         let mut cmd = std::process::Command::new("nsenter");
-        cmd.args(["-t", &pid, "-n", "nft"]).args(args);
+        cmd.args(["-t", pid, "-n", tool]).args(args);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("nsenter nft");
@@ -787,10 +789,12 @@ time.sleep(1e6)
         }
         drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "nft {args:?}: {out:?}");
+        assert!(out.status.success(), "{tool} {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    nft(
+    tool(
+        &pid,
+        "nft",
         &["-f", "-"],
         Some(
             "table inet guard {\n\
@@ -801,19 +805,29 @@ time.sleep(1e6)
              }\n",
         ),
     );
-    let before = nft(&["list", "ruleset"], None);
+    let reject = "-A INPUT -p tcp --dport 7093 -c 5 300 -j REJECT --reject-with tcp-reset";
+    tool(
+        &pid,
+        "iptables-legacy",
+        &reject.split(' ').collect::<Vec<_>>(),
+        None,
+    );
+    let legacy = |pid: &str| -> Vec<String> {
+        let saved = tool(pid, "iptables-legacy-save", &["-c"], None);
+        saved
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    let (before, legacy_before) = (tool(&pid, "nft", &["list", "ruleset"], None), legacy(&pid));
     let pids = dump_kill_restore(&w);
     let pid = pids[0].to_string();
-    let after = {
-        let out = std::process::Command::new("nsenter")
-            .args(["-t", &pid, "-n", "nft", "list", "ruleset"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let (after, legacy_after) = (tool(&pid, "nft", &["list", "ruleset"], None), legacy(&pid));
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(after, before, "the same ruleset, counters included");
-    assert_eq!(lines[1], "after open TimeoutError");
+    assert_eq!(legacy_after, legacy_before, "the same legacy tables");
+    assert_eq!(lines[1], "after open TimeoutError ConnectionRefusedError");
 }
 
 /// A VPN client's tun device (openvpn, wireguard-go, tailscale) in the tree's network

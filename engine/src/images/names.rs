@@ -167,6 +167,11 @@ pub fn netns(id: u32) -> String {
 pub fn nft_netlink(id: u32) -> String {
     format!("nft-netlink-{id}.img")
 }
+/// The iptables-legacy tables (x_tables) of network namespace `id`, as the kernel hands them
+/// out (stasis's own file: CRIU saves `iptables-save` text in `iptables-<id>.img`).
+pub fn xtables(id: u32) -> String {
+    format!("xtables-{id}.img")
+}
 pub fn ifaddr(id: u32) -> String {
     format!("ifaddr-{id}.img")
 }

@@ -49,6 +49,8 @@ pub enum NetNsError {
     UnknownType { name: String, kind: i32 },
     #[error("the nftables ruleset of the tree's network namespace")]
     Nft(#[source] stasis_netns::nftables::NftError),
+    #[error("the iptables-legacy tables of the tree's network namespace")]
+    Xtables(#[source] stasis_netns::xtables::XtError),
 }
 
 /// The tree's network namespace when it is not ours, open; every live task must be in it.
@@ -214,12 +216,24 @@ pub fn dump(ns: &OwnedFd, dir: &Path, empty: bool) -> Result<(), NetNsError> {
         let image = stasis_netns::nftables::to_image(&rules);
         write(dir, &names::nft_netlink(id), &image)?;
     }
+    // And iptables-legacy's (x_tables), which nf_tables does not show.
+    let legacy = if empty {
+        Vec::new()
+    } else {
+        stasis_netns::xtables::dump(ns.as_fd()).map_err(NetNsError::Xtables)?
+    };
+    if !legacy.is_empty() {
+        let image = stasis_netns::xtables::to_image(&legacy);
+        write(dir, &names::xtables(id), &image)?;
+    }
     log::info!(
-        "network namespace: {} links, {} addresses, {} routes, {} nftables objects",
+        "network namespace: {} links, {} addresses, {} routes, {} nftables objects, {} \
+         iptables-legacy tables",
         state.links.len(),
         state.addrs.len(),
         state.routes.len(),
-        rules.len()
+        rules.len(),
+        legacy.len()
     );
     Ok(())
 }
@@ -248,6 +262,87 @@ pub fn restore_nftables(dir: &Path, id: u32) -> Result<(), NetNsError> {
     stasis_netns::nftables::restore(ns.as_fd(), &rules).map_err(NetNsError::Nft)?;
     log::info!("network namespace: {} nftables objects made", rules.len());
     Ok(())
+}
+
+/// Makes the namespace's saved iptables-legacy tables again in the namespace of the calling
+/// thread (the tree's new one). Images without them (CRIU's, ours of a namespace without
+/// any) have nothing to make.
+pub fn restore_xtables(dir: &Path, id: u32) -> Result<(), NetNsError> {
+    let path = dir.join(names::xtables(id));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(NetNsError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let tables = stasis_netns::xtables::from_image(&bytes).map_err(NetNsError::Xtables)?;
+    let here = "/proc/thread-self/ns/net";
+    let ns = std::fs::File::open(here).map_err(|source| NetNsError::Read {
+        path: here.into(),
+        source,
+    })?;
+    stasis_netns::xtables::restore(ns.as_fd(), &tables).map_err(NetNsError::Xtables)?;
+    log::info!(
+        "network namespace: {} iptables-legacy tables made",
+        tables.len()
+    );
+    Ok(())
+}
+
+/// CRIU keeps a namespace's firewall as text for its iptables and nft binaries
+/// (`iptables-<id>.img`, `ip6tables-<id>.img`, `nftables-<id>.img`), which stasis does not
+/// run: rules found there are lost with its images, and the log says so.
+pub fn warn_criu_firewall_text(dir: &Path, id: u32) {
+    for file in [names::iptables(id), names::ip6tables(id)] {
+        let text = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+        if iptables_text_has_rules(&text) {
+            log::warn!(
+                "{file}: CRIU's iptables-save text of the network namespace holds rules \
+                 stasis does not restore (it runs no iptables): the namespace comes back \
+                 without them"
+            );
+        }
+    }
+    let file = names::nftables(id);
+    let text = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+    if nft_text_has_tables(&text) {
+        log::warn!(
+            "{file}: CRIU's nft ruleset text of the network namespace holds tables stasis does \
+             not restore (it runs no nft): the namespace comes back without them"
+        );
+    }
+}
+
+/// Whether `iptables-save` text holds a rule, a chain of its own or a policy other than
+/// ACCEPT (a table of built-in chains that accept everything is no firewall).
+fn iptables_text_has_rules(text: &str) -> bool {
+    text.lines().any(|l| {
+        l.starts_with("-A ")
+            || l.strip_prefix(':').is_some_and(|c| {
+                let mut f = c.split_whitespace();
+                f.next();
+                f.next() != Some("ACCEPT")
+            })
+    })
+}
+
+/// Whether `nft list ruleset` text holds a table other than CRIU's network lock (whose tables
+/// hold a chain named CRIU).
+fn nft_text_has_tables(text: &str) -> bool {
+    let mut tables = Vec::new();
+    for l in text.lines() {
+        if l.starts_with("table ") {
+            tables.push(String::new());
+        } else if let Some(t) = tables.last_mut() {
+            t.push_str(l.trim());
+            t.push('\n');
+        }
+    }
+    tables.iter().any(|t| !t.contains("chain CRIU {"))
 }
 
 /// Reads the namespace of id `id` back from `dir`.
@@ -467,4 +562,30 @@ pub fn restore_sysctls(dir: &Path, id: u32) -> Result<(), NetNsError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_firewall_text_with_rules_is_told_from_empty_tables_and_the_lock() {
+        let empty = "# Generated by iptables-save\n*filter\n:INPUT ACCEPT [0:0]\n\
+                     :OUTPUT ACCEPT [3:180]\nCOMMIT\n";
+        assert!(!iptables_text_has_rules(empty));
+        assert!(!iptables_text_has_rules(""));
+        assert!(iptables_text_has_rules(
+            &empty.replace("INPUT ACCEPT", "INPUT DROP")
+        ));
+        assert!(iptables_text_has_rules("*filter\n:web - [0:0]\nCOMMIT\n"));
+        assert!(iptables_text_has_rules(
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -j REJECT\nCOMMIT\n"
+        ));
+        let lock = "table ip filter {\n\tchain CRIU {\n\t\tcounter packets 0 bytes 0 drop\n\t}\n\
+                    \tchain INPUT {\n\t\tcounter packets 0 bytes 0 jump CRIU\n\t}\n}\n";
+        assert!(!nft_text_has_tables(lock));
+        assert!(!nft_text_has_tables(""));
+        let user = "table inet t {\n\tchain c {\n\t\ttcp dport 9 drop\n\t}\n}\n";
+        assert!(nft_text_has_tables(&format!("{user}{lock}")));
+    }
 }

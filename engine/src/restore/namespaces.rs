@@ -121,6 +121,8 @@ pub(super) fn enter_tree_namespaces(
         if !opts.empty_netns {
             crate::ns::net::restore_sysctls(&img.dir, img.net_ns_id)?;
             crate::ns::net::restore_nftables(&img.dir, img.net_ns_id)?;
+            crate::ns::net::restore_xtables(&img.dir, img.net_ns_id)?;
+            crate::ns::net::warn_criu_firewall_text(&img.dir, img.net_ns_id);
         }
         lock_new_netns(img)?;
     }

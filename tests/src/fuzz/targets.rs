@@ -352,6 +352,11 @@ pub fn decode_mutant(img: &Image, bytes: &[u8], rng: &mut Rng) {
     let mut nft = b"STNFT01\n".to_vec();
     nft.extend_from_slice(body);
     let _ = stasis_netns::nftables::from_image(&nft);
+    // The iptables-legacy decoder likewise.
+    let _ = stasis_netns::xtables::from_image(bytes);
+    let mut xt = b"STXTBL01".to_vec();
+    xt.extend_from_slice(body);
+    let _ = stasis_netns::xtables::from_image(&xt);
     let other = LOADER_MAGICS[rng.below(LOADER_MAGICS.len())];
     let mut reheaded = Vec::with_capacity(8 + body.len());
     reheaded.extend_from_slice(&magic::IMG_COMMON.to_le_bytes());

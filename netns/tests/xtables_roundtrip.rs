@@ -1,0 +1,172 @@
+//! Privileged: a network namespace's iptables-legacy and ip6tables-legacy tables (filter with
+//! a user chain, jumps, matches with options, a comment, a reject with its option; nat with
+//! masquerade and a DNAT; mangle) read with the kernel's socket options and made again in a
+//! fresh namespace read back the same in `iptables-legacy-save -c`, counters included; a namespace without tables
+//! gets none. Needs root, x_tables in the kernel and the iptables package's legacy binaries
+//! (to write and list the fixture): prints SKIP otherwise.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+
+use stasis_netns::xtables;
+
+struct DelNetns(Vec<String>);
+
+impl Drop for DelNetns {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+fn skip() -> Option<&'static str> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root");
+    }
+    if Command::new("iptables-legacy-save")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("no iptables-legacy binaries (package iptables) to write the fixture");
+    }
+    None
+}
+
+fn in_ns(ns: &str, cmd: &[&str], input: Option<&str>) -> String {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(cmd);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("ip netns exec");
+    if let Some(i) = input {
+        child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `*-save -c` output (counters included) without its comment lines (they carry the time).
+fn saved(ns: &str, cmd: &str) -> String {
+    in_ns(ns, &[cmd, "-c"], None)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const V4: &str = "*filter
+:INPUT DROP [12:720]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [3:180]
+:web - [0:0]
+[40:2400] -A INPUT -i lo -j ACCEPT
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 8080 -m comment --comment \"web traffic\" -j web
+-A INPUT -s 10.9.0.0/16 -p udp -m multiport --dports 53,5353 -j REJECT --reject-with icmp-port-unreachable
+-A web -m limit --limit 10/sec -j ACCEPT
+[7:420] -A web -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:8080
+-A POSTROUTING -o eth0 -j MASQUERADE
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A OUTPUT -p tcp -j MARK --set-xmark 0x2a/0xffffffff
+COMMIT
+";
+
+const V6: &str = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -s fd00::/8 -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -p ipv6-icmp -j ACCEPT
+COMMIT
+";
+
+#[test]
+fn legacy_tables_are_read_and_made_again_the_same() {
+    if let Some(why) = skip() {
+        eprintln!("SKIP legacy_tables_are_read_and_made_again_the_same: {why}");
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let (src, dst) = (format!("stasis-xt-a-{tag}"), format!("stasis-xt-b-{tag}"));
+    let _del = DelNetns(vec![src.clone(), dst.clone()]);
+    for n in [&src, &dst] {
+        let out = Command::new("ip")
+            .args(["netns", "add", n])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    // Counters as given (-c), kept through the round trip.
+    in_ns(&src, &["iptables-legacy-restore", "-c"], Some(V4));
+    in_ns(&src, &["ip6tables-legacy-restore", "-c"], Some(V6));
+    let before4 = saved(&src, "iptables-legacy-save");
+    let before6 = saved(&src, "ip6tables-legacy-save");
+    assert!(before4.contains("--comment \"web traffic\""), "{before4}");
+    assert!(before4.contains("[7:420] -A web -j DROP"), "{before4}");
+
+    let a = File::open(format!("/run/netns/{src}")).unwrap();
+    let tables = xtables::dump(a.as_fd()).expect("dump");
+    let mut names: Vec<_> = tables.iter().map(|t| (t.family, t.name.as_str())).collect();
+    names.sort_by_key(|(f, n)| (*f == xtables::XtFamily::V6, n.to_string()));
+    assert_eq!(
+        names,
+        [
+            (xtables::XtFamily::V4, "filter"),
+            (xtables::XtFamily::V4, "mangle"),
+            (xtables::XtFamily::V4, "nat"),
+            (xtables::XtFamily::V6, "filter"),
+        ]
+    );
+    let back = xtables::from_image(&xtables::to_image(&tables)).unwrap();
+    assert_eq!(back, tables);
+
+    let b = File::open(format!("/run/netns/{dst}")).unwrap();
+    xtables::restore(b.as_fd(), &back).expect("restore");
+    assert_eq!(saved(&dst, "iptables-legacy-save"), before4);
+    assert_eq!(saved(&dst, "ip6tables-legacy-save"), before6);
+}
+
+/// A namespace where no legacy table was ever made: none read, and reading makes none.
+#[test]
+fn namespace_without_legacy_tables_has_none() {
+    if let Some(why) = skip() {
+        eprintln!("SKIP namespace_without_legacy_tables_has_none: {why}");
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let n = format!("stasis-xt-e-{tag}");
+    let _del = DelNetns(vec![n.clone()]);
+    let out = Command::new("ip")
+        .args(["netns", "add", &n])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let ns = File::open(format!("/run/netns/{n}")).unwrap();
+    assert_eq!(xtables::dump(ns.as_fd()).expect("dump"), vec![]);
+    let names = Command::new("ip")
+        .args(["netns", "exec", &n, "cat", "/proc/net/ip_tables_names"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&names.stdout), "");
+    xtables::restore(ns.as_fd(), &[]).expect("nothing to make");
+}

@@ -35,7 +35,7 @@ const FEATURES: &[(&str, Option<(u32, u32)>)] = &[
     ("clone3_set_tid", Some((5, 5))),
     ("newifindex", None),
     ("nftables", Some((3, 13))),
-    ("has_ipt_legacy", None),
+    ("has_ipt_legacy", Some((2, 6))),
     ("pidfd_store", None),
     ("ns_pid", Some((4, 1))),
     ("apparmor_stacking", None),

@@ -450,7 +450,8 @@ time.sleep(1e6)
 
 /// A connection whose SYN was not answered at the dump (the server's accept queue full): it
 /// is still connecting after the restore, from its own port, and completes (the queued
-/// connection that filled the queue is not kept, as with CRIU); its bytes arrive.
+/// connection that filled the queue is not kept, as with CRIU: its client is reset); its
+/// bytes arrive.
 #[test]
 fn connecting_tcp_socket_completes_after_restore() {
     let _g = serial_root!();
@@ -470,7 +471,8 @@ print("before", st(first), st(c), flush=True)
 while not os.path.exists("go"):
     time.sleep(0.02)
 print("after", st(first), st(c), c.getsockname()[1] == port, flush=True)
-# The queued connection of `first` is not kept (as with CRIU): c's SYN, sent again, is the
+# The queued connection of `first` is not kept (as with CRIU): first's window probe, sent
+# once the lock is gone, is answered with a reset (state 7), and c's SYN, sent again, is the
 # one the listener takes.
 s, peer = l.accept()
 _, w, _ = select.select([], [c], [], 30)
@@ -490,7 +492,7 @@ time.sleep(1e6)
     assert_eq!(
         lines[1..],
         [
-            "after 1 2 True",
+            "after 7 2 True",
             "connected True 0",
             "got b'late hello' True"
         ],

@@ -687,6 +687,9 @@ impl Steps<'_> {
             crate::net::inet::file::remove_criu_iptables_lock(img);
         }
         opts.notify.run(Script::NetworkUnlock, None)?;
+        // Out of repair mode once the lock is gone, so that the answers to the window probes
+        // get through (as CRIU's restorer, after its network-unlock).
+        crate::net::inet::file::leave_repair_all(img)?;
         opts.notify.run(Script::PreResume, None)?;
         release_all(img)?;
         created.armed = false;

@@ -175,7 +175,17 @@ impl FileKind for InetSocket {
             fd
         } else {
             let s = stream.map(|(s, i, o)| (s, i.as_slice(), o.as_slice()));
-            super::restore(e, s).map_err(inet_err)?
+            let fd = super::restore(e, s).map_err(inet_err)?;
+            if s.is_some() {
+                let keep = fd.try_clone().map_err(|source| RestoreError::Setup {
+                    what: format!("dup of socket (file id {id})"),
+                    source,
+                })?;
+                if let Ok(mut v) = cx.img.in_repair.lock() {
+                    v.push((keep, id));
+                }
+            }
+            fd
         };
         Ok(Some(fd))
     }
@@ -240,6 +250,23 @@ pub(crate) fn check_tcp_flags(
         return Err(RestoreError::TcpNeedsFlag {
             pid: img.tasks[0].pid(),
         });
+    }
+    Ok(())
+}
+
+/// Takes every connection the restore rebuilt out of repair mode, once the network lock is
+/// gone (see [`super::leave_repair`]).
+pub(crate) fn leave_repair_all(img: &DumpImage) -> Result<(), RestoreError> {
+    let taken = img
+        .in_repair
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    for (fd, id) in taken {
+        let Some(e) = img.files.get(&id).and_then(|f| f.isk.as_ref()) else {
+            continue;
+        };
+        super::leave_repair(fd.as_fd(), e).map_err(|source| RestoreError::Socket { id, source })?;
     }
     Ok(())
 }

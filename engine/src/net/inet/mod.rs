@@ -631,7 +631,7 @@ fn new_socket(e: &pb::InetSkEntry) -> Result<OwnedFd, InetError> {
 }
 
 /// Re-creates a socket: bound, listening, connected (UDP) or, with `stream`, an established
-/// TCP connection rebuilt in repair mode.
+/// TCP connection rebuilt in repair mode, and left in it (see [`leave_repair`]).
 pub fn restore(
     e: &pb::InetSkEntry,
     stream: Option<(&pb::TcpStreamEntry, &[u8], &[u8])>,
@@ -830,15 +830,24 @@ fn restore_stream(
     }
     put_fins_back(fd, e, s, &plan, (local, remote))?;
     apply_opts(fd, e)?;
-    // Leave repair mode with a window probe: it tells the peer our window is open again, so a
-    // peer that saw it at zero (the dump's lock) leaves persist mode at once. Segments the lock
-    // dropped come back on the peer's retransmission timer, which backs off with the downtime
-    // (as with CRIU).
-    const TCP_REPAIR_OFF: u32 = 0;
-    setsockopt(&fd, TcpRepair, &TCP_REPAIR_OFF).map_err(sys(ctx("TCP_REPAIR off")))?;
-    // Leaving repair mode clears address reuse (the kernel resets sk_reuse): set it again.
-    dumped_reuse_and_freebind(fd, e)?;
+    // Left in repair mode: see [`leave_repair`].
     Ok(sock)
+}
+
+/// Takes a connection [`restore`] rebuilt out of repair mode, once the network lock is gone
+/// (as CRIU does): leaving sends a window probe, which tells the peer our window is open again
+/// (a peer that saw it at zero, the dump's lock, leaves persist mode at once), and its answer
+/// (an ACK, or a reset from a peer that closed meanwhile) must get through. Segments the lock
+/// dropped come back on the peer's retransmission timer, which backs off with the downtime.
+pub fn leave_repair(fd: BorrowedFd<'_>, e: &pb::InetSkEntry) -> Result<(), InetError> {
+    const TCP_REPAIR_OFF: u32 = 0;
+    setsockopt(&fd, TcpRepair, &TCP_REPAIR_OFF).map_err(sys(format!(
+        "TCP_REPAIR off for {} -> {}",
+        show(e.family, &e.src_addr, e.src_port),
+        show(e.family, &e.dst_addr, e.dst_port)
+    )))?;
+    // Leaving repair mode clears address reuse (the kernel resets sk_reuse): set it again.
+    dumped_reuse_and_freebind(fd, e)
 }
 
 /// Address reuse and IP_FREEBIND as dumped: a socket is bound with both on whatever the dump

@@ -154,6 +154,9 @@ pub struct DumpImage {
     pub late_mounts: std::collections::HashSet<u32>,
     /// Mount namespaces nested in the tree's (see ns::mnt_nested): (id, table).
     pub nested_mounts: Vec<(u32, Vec<crate::ns::mnt::MountInfo>)>,
+    /// TCP connections the restore rebuilt, still in repair mode until the network lock is
+    /// gone (a dup of each, and its file id; see net::inet::leave_repair).
+    pub in_repair: std::sync::Mutex<Vec<(std::os::fd::OwnedFd, u32)>>,
     /// Set by the restore once they are made: where each nested namespace's root is reached
     /// from the restorer, by namespace id.
     pub nested_roots: HashMap<u32, String>,

@@ -11,6 +11,8 @@ use crate::model::{Link, LinkKind};
 pub const IFF_TUN: u32 = 0x0001;
 pub const IFF_TAP: u32 = 0x0002;
 pub const IFF_MULTI_QUEUE: u32 = 0x0100;
+/// In `TUNGETIFF`'s answer: this queue of a multiqueue device is detached (`TUNSETQUEUE`).
+pub const IFF_DETACH_QUEUE: u32 = 0x0400;
 pub const IFF_PERSIST: u32 = 0x0800;
 pub const IFF_NO_PI: u32 = 0x1000;
 pub const IFF_VNET_HDR: u32 = 0x4000;
@@ -22,6 +24,8 @@ const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
 const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const TUNSETIFINDEX: libc::c_ulong = 0x4004_54da;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 
 // IFLA_TUN_* (linux/if_link.h).
 const IFLA_TUN_OWNER: u16 = 1;
@@ -105,6 +109,22 @@ pub fn attach(name: &str, flags: u32, ifindex: u32) -> std::io::Result<OwnedFd> 
     let req = ifreq(name, flags & SETIFF_FLAGS);
     ioctl(fd.as_fd(), TUNSETIFF, req.as_ptr() as libc::c_ulong)?;
     Ok(fd)
+}
+
+/// Whether `fd`, a file attached to a tun device, is a queue of it that was detached
+/// (`TUNSETQUEUE` with `IFF_DETACH_QUEUE`: a multiqueue device's spare queue). fdinfo does
+/// not show it; `TUNGETIFF` does.
+pub fn is_detached_queue(fd: BorrowedFd<'_>) -> std::io::Result<bool> {
+    let mut req = [0u8; 40];
+    ioctl(fd, TUNGETIFF, req.as_mut_ptr() as libc::c_ulong)?;
+    let flags = u16::from_ne_bytes([req[16], req[17]]) as u32;
+    Ok(flags & IFF_DETACH_QUEUE != 0)
+}
+
+/// Detaches the queue `fd` from its multiqueue device (it stays the device's, unused).
+pub fn detach_queue(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let req = ifreq("", IFF_DETACH_QUEUE);
+    ioctl(fd, TUNSETQUEUE, req.as_ptr() as libc::c_ulong)
 }
 
 /// Makes the device `fd` is attached to persistent (it outlives its files) or not.

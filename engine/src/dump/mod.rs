@@ -262,6 +262,14 @@ pub enum DumpError {
         "the cgroup {cgroup} holds the dumper itself (pid {pid}): freezing it would stop the dump"
     )]
     CgroupHoldsDumper { cgroup: PathBuf, pid: u32 },
+    #[error("pid {pid} fd {fd}: {what}")]
+    FdIo {
+        pid: u32,
+        fd: i32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot lock the network for the dumped TCP connections")]
     NetLock(#[source] stasis_netns::nftlock::LockError),
     #[error("pid {pid} fd {fd}")]

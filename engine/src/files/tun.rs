@@ -3,7 +3,8 @@
 //! entry of the device node and a `tunfile_entry` of the same id naming the device its fdinfo
 //! shows (`iff:`); the device itself is a link of the tree's network namespace (see
 //! stasis_netns::tun), made persistent by the restore until this file attaches to it again
-//! with `TUNSETIFF`, then given back its own persistence. Packets queued in the device when it
+//! with `TUNSETIFF` (a detached queue of a multiqueue device, which `TUNGETIFF` shows, is
+//! detached again), then given back its own persistence. Packets queued in the device when it
 //! was dumped are not kept (the network may drop any packet). A device of a network namespace
 //! the tree does not own is refused: nothing would make it again.
 
@@ -32,7 +33,7 @@ impl FileKind for TunFile {
     }
 
     fn dump(&self, cx: &mut DumpCx, fd: &Fd) -> Result<(pb::FdTypes, u32), DumpError> {
-        // Empty for a file attached to no device (nor a detached queue, which comes back so).
+        // Empty for a file attached to no device.
         let netdev = fd
             .info
             .extra
@@ -51,6 +52,24 @@ impl FileKind for TunFile {
                 });
             }
         }
+        // A detached queue of a multiqueue device (fdinfo names the device all the same).
+        let detached = match &netdev {
+            Some(_) => {
+                let io = |what| {
+                    move |source| DumpError::FdIo {
+                        pid: fd.pid,
+                        fd: fd.fd,
+                        what,
+                        source,
+                    }
+                };
+                let copy = cx.copy_fd(fd.pid, fd.fd).map_err(io("pidfd_getfd"))?;
+                let detached = stasis_netns::tun::is_detached_queue(copy.as_fd())
+                    .map_err(io("TUNGETIFF"))?;
+                detached.then_some(true)
+            }
+            None => None,
+        };
         let flags = fd.flags();
         let pos = fd.info.pos;
         let (id, _) = cx.img.files.add_entry(fd.pid, fd.fd, |_, id| {
@@ -69,7 +88,7 @@ impl FileKind for TunFile {
                 tunf: Some(pb::TunfileEntry {
                     id,
                     netdev: netdev.clone(),
-                    detached: None,
+                    detached,
                     ns_id: None,
                 }),
                 ..Default::default()
@@ -113,6 +132,12 @@ impl FileKind for TunFile {
                 // In the tree's network namespace, which this thread is in by now.
                 let fd = stasis_netns::tun::attach(dev, link, 0)
                     .map_err(err(format!("attaching to device {dev}")))?;
+                // Attached first, as every queue is made, then detached as it was (CRIU's
+                // order).
+                if t.detached == Some(true) {
+                    stasis_netns::tun::detach_queue(fd.as_fd())
+                        .map_err(err(format!("detaching a queue of {dev}")))?;
+                }
                 if link & stasis_netns::tun::IFF_PERSIST == 0 {
                     stasis_netns::tun::set_persist(fd.as_fd(), false)
                         .map_err(err(format!("making {dev} not persistent again")))?;

@@ -16,6 +16,7 @@
 mod error;
 pub mod ipdump;
 pub mod iptlock;
+pub mod iptlock_legacy;
 mod model;
 pub mod nftables;
 pub mod nftlock;

@@ -305,7 +305,7 @@ fn table_info(s: &OwnedFd, family: XtFamily, name: &str) -> io::Result<TableInfo
 }
 
 /// The tables of the calling thread's namespace for `family`: none when it has none.
-fn read_family(family: XtFamily) -> Result<Vec<XtTable>, XtError> {
+fn read_family(family: XtFamily, only: Option<&str>) -> Result<Vec<XtTable>, XtError> {
     let names = match std::fs::read_to_string(family.names_file()) {
         Ok(n) => n,
         // No x_tables of that family in the kernel: no tables.
@@ -319,7 +319,8 @@ fn read_family(family: XtFamily) -> Result<Vec<XtTable>, XtError> {
     };
     let mut out = Vec::new();
     let mut sock = None;
-    for name in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
+    let wanted = |n: &&str| !n.is_empty() && only.is_none_or(|o| o == *n);
+    for name in names.lines().map(str::trim).filter(wanted) {
         let err = |what, source| XtError::Table {
             family: family.name(),
             table: name.to_string(),
@@ -356,8 +357,8 @@ fn read_family(family: XtFamily) -> Result<Vec<XtTable>, XtError> {
 /// Every iptables-legacy and ip6tables-legacy table of network namespace `ns`.
 pub fn dump(ns: BorrowedFd<'_>) -> Result<Vec<XtTable>, XtError> {
     in_ns(ns, || {
-        let mut all = read_family(XtFamily::V4)?;
-        all.extend(read_family(XtFamily::V6)?);
+        let mut all = read_family(XtFamily::V4, None)?;
+        all.extend(read_family(XtFamily::V6, None)?);
         Ok(all)
     })
 }
@@ -408,6 +409,48 @@ fn restore_table(t: &XtTable) -> Result<(), XtError> {
     set(&s, t.family, SO_SET_REPLACE, &req).map_err(|e| err("replacing it", e))?;
     drop(counters);
     set(&s, t.family, SO_SET_ADD_COUNTERS, &add).map_err(|e| err("setting its counters", e))
+}
+
+/// Table filter of both families in the calling thread's namespace, where it exists.
+pub(crate) fn read_filter() -> Result<Vec<XtTable>, XtError> {
+    let mut all = read_family(XtFamily::V4, Some("filter"))?;
+    all.extend(read_family(XtFamily::V6, Some("filter"))?);
+    Ok(all)
+}
+
+/// Replaces table `old` (as read, in the calling thread's namespace) with `new`, whose
+/// entries are those of `old` at the indexes `kept`: each keeps the counters it had at the
+/// replace (the kernel hands the old ones back), so the rest of a host's firewall loses none.
+pub(crate) fn replace_keeping_counters(
+    old: &XtTable,
+    new: &XtTable,
+    kept: &[usize],
+) -> Result<(), XtError> {
+    let err = |what, source| XtError::Table {
+        family: old.family.name(),
+        table: old.name.clone(),
+        what,
+        source,
+    };
+    let s = raw_socket(old.family).map_err(|e| err("socket", e))?;
+    let mut counters = vec![0u8; 16 * old.num_entries.max(1) as usize];
+    let req = replace_request(new, old.num_entries, counters.as_mut_ptr() as u64)
+        .ok_or_else(|| err("encoding it", io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // EAGAIN if the table changed since it was read (its entry count differs): nothing done.
+    // The kernel writes the replaced table's counters into `counters`, which is that long and
+    // outlives the call.
+    set(&s, old.family, SO_SET_REPLACE, &req).map_err(|e| err("replacing it", e))?;
+    let back: Vec<[u8; 16]> = kept
+        .iter()
+        .filter_map(|i| counters.get(16 * i..16 * i + 16)?.try_into().ok())
+        .collect();
+    let add = add_counters_request(&new.name, &back).ok_or_else(|| {
+        err(
+            "encoding counters",
+            io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
+    set(&s, old.family, SO_SET_ADD_COUNTERS, &add).map_err(|e| err("setting its counters", e))
 }
 
 /// setsockopt of `opt` at `family`'s level with `req`.

@@ -170,3 +170,109 @@ fn namespace_without_legacy_tables_has_none() {
     assert_eq!(String::from_utf8_lossy(&names.stdout), "");
     xtables::restore(ns.as_fd(), &[]).expect("nothing to make");
 }
+
+/// CRIU's legacy iptables lock (its `iptables -I INPUT/OUTPUT --protocol tcp -m mark ! --mark
+/// 0xC114 --source ... -j DROP` per connection, here for a v4 and a v6 connection) among a
+/// firewall of its own (a user chain, a jump to it, counters): the lock rules go, every other
+/// rule stays where it was with its counters, and the jump still reaches its chain.
+#[test]
+fn criu_legacy_lock_rules_are_removed_and_the_rest_kept() {
+    if let Some(why) = skip() {
+        eprintln!("SKIP criu_legacy_lock_rules_are_removed_and_the_rest_kept: {why}");
+        return;
+    }
+    use stasis_netns::iptlock::LockedConn;
+    let tag = std::process::id() % 100_000;
+    let n = format!("stasis-xt-l-{tag}");
+    let _del = DelNetns(vec![n.clone()]);
+    let out = Command::new("ip")
+        .args(["netns", "add", &n])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let firewall = "*filter
+:INPUT ACCEPT [12:720]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [3:180]
+:web - [0:0]
+[40:2400] -A INPUT -i lo -j ACCEPT
+[5:300] -A INPUT -p tcp -m tcp --dport 8080 -j web
+[7:420] -A OUTPUT -p udp -j ACCEPT
+[2:120] -A web -j DROP
+COMMIT
+";
+    in_ns(&n, &["iptables-legacy-restore", "-c"], Some(firewall));
+    in_ns(
+        &n,
+        &["ip6tables-legacy-restore", "-c"],
+        Some("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n[9:540] -A INPUT -p ipv6-icmp -j ACCEPT\nCOMMIT\n"),
+    );
+    // CRIU's commands, for connection local:port -> remote:port (input, then output).
+    let lock = |cmd: &str, (l, lp): (&str, u16), (r, rp): (&str, u16)| {
+        for (chain, (s, sp), (d, dp)) in [("INPUT", (r, rp), (l, lp)), ("OUTPUT", (l, lp), (r, rp))]
+        {
+            let rule = format!(
+                "-w -t filter -I {chain} --protocol tcp -m mark ! --mark 0xC114 --source {s} \
+                 --sport {sp} --destination {d} --dport {dp} -j DROP"
+            );
+            let mut args = vec![cmd];
+            args.extend(rule.split(' '));
+            in_ns(&n, &args, None);
+        }
+    };
+    lock("iptables-legacy", ("10.0.0.1", 80), ("10.0.0.2", 5555));
+    lock("ip6tables-legacy", ("fd00::1", 443), ("fd00::2", 6666));
+    // What must stay: all but the lock rules, as they are now (iptables' own insert has reset
+    // the policies' counters, not us).
+    let unlocked = |cmd: &str| -> String {
+        let all = saved(&n, cmd);
+        assert!(all.contains("--mark 0xc114"), "{all}");
+        let kept: Vec<&str> = all
+            .lines()
+            .filter(|l| !l.contains("--mark 0xc114"))
+            .collect();
+        kept.join("\n")
+    };
+    let (before4, before6) = (
+        unlocked("iptables-legacy-save"),
+        unlocked("ip6tables-legacy-save"),
+    );
+    let conns = [
+        LockedConn {
+            local: vec![10, 0, 0, 1],
+            local_port: 80,
+            remote: vec![10, 0, 0, 2],
+            remote_port: 5555,
+        },
+        LockedConn {
+            local: "fd00::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec(),
+            local_port: 443,
+            remote: "fd00::2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec(),
+            remote_port: 6666,
+        },
+    ];
+    let ns = File::open(format!("/run/netns/{n}")).unwrap();
+    let removed = stasis_netns::in_netns(ns.as_fd(), || {
+        Ok(stasis_netns::iptlock_legacy::remove_criu_lock_rules(&conns))
+    })
+    .unwrap()
+    .expect("remove");
+    assert_eq!(removed, 4);
+    assert_eq!(saved(&n, "iptables-legacy-save"), before4);
+    assert_eq!(saved(&n, "ip6tables-legacy-save"), before6);
+    // Nothing left to remove.
+    let again = stasis_netns::in_netns(ns.as_fd(), || {
+        Ok(stasis_netns::iptlock_legacy::remove_criu_lock_rules(&conns))
+    })
+    .unwrap()
+    .expect("remove");
+    assert_eq!(again, 0);
+}

@@ -221,13 +221,20 @@ pub(crate) fn locked_conns(img: &DumpImage) -> Vec<stasis_netns::iptlock::Locked
 /// stay dropped. Best effort: a failure is logged.
 pub(crate) fn remove_criu_iptables_lock(img: &DumpImage) {
     let conns = locked_conns(img);
-    match stasis_netns::iptlock::remove_criu_lock_rules(None, &conns) {
-        Ok(0) => log::info!(
+    // iptables' nf_tables backend made them nftables rules; its legacy one, x_tables entries.
+    let nft = stasis_netns::iptlock::remove_criu_lock_rules(None, &conns)
+        .inspect_err(|e| log::warn!("cannot remove CRIU's iptables lock rules: {e}"));
+    let legacy = stasis_netns::iptlock_legacy::remove_criu_lock_rules(&conns)
+        .inspect_err(|e| log::warn!("cannot remove CRIU's iptables-legacy lock rules: {e}"));
+    match (nft, legacy) {
+        (Ok(0), Ok(0)) => log::info!(
             "CRIU's iptables lock: no rule of the restored connections here (dumped on another \
-             host, or by iptables' legacy backend, which stasis cannot reach)"
+             host)"
         ),
-        Ok(n) => log::info!("CRIU's iptables lock: {n} rules removed"),
-        Err(e) => log::warn!("cannot remove CRIU's iptables lock rules: {e}"),
+        (a, b) => log::info!(
+            "CRIU's iptables lock: {} rules removed",
+            a.unwrap_or(0) + b.unwrap_or(0)
+        ),
     }
 }
 

@@ -16,6 +16,10 @@ pub const ROUTE_MAGIC: u32 = 0x4531_1224;
 /// First word of `rule-<id>.img` (iproute2 `ip/iprule.c`, `rule_dump_magic`).
 pub const RULE_MAGIC: u32 = 0x7170_6986;
 
+/// First word of `neigh-<id>.img`, stasis's own file of permanent neighbour entries (iproute2
+/// has no `ip neigh save`, CRIU keeps none): "STNG".
+pub const NEIGH_MAGIC: u32 = 0x5354_4e47;
+
 /// Length of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;
 
@@ -53,6 +57,7 @@ pub enum IpImage {
     Route,
     Route6,
     Rule,
+    Neigh,
 }
 
 impl IpImage {
@@ -61,6 +66,7 @@ impl IpImage {
             IpImage::Ifaddr => IFADDR_MAGIC,
             IpImage::Route | IpImage::Route6 => ROUTE_MAGIC,
             IpImage::Rule => RULE_MAGIC,
+            IpImage::Neigh => NEIGH_MAGIC,
         }
     }
     fn name(self) -> &'static str {
@@ -69,6 +75,7 @@ impl IpImage {
             IpImage::Route => "route image",
             IpImage::Route6 => "route6 image",
             IpImage::Rule => "rule image",
+            IpImage::Neigh => "neigh image",
         }
     }
 }

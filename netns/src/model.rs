@@ -291,6 +291,24 @@ impl fmt::Display for Rule {
     }
 }
 
+/// A permanent neighbour entry (`ip neigh add ... nud permanent`: a static ARP or NDP entry,
+/// as some CNI plugins put in a container's namespace), kept as the kernel sent it. Entries
+/// the kernel learns are a cache, not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub dst: std::net::IpAddr,
+    /// The whole message, header included: written to the image and sent back, its link's
+    /// new index put in.
+    pub raw: Vec<u8>,
+}
+
+impl fmt::Display for Neighbour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "neighbour {} (link {})", self.dst, self.ifindex)
+    }
+}
+
 /// A namespace's network configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetState {
@@ -303,6 +321,8 @@ pub struct NetState {
     /// The policy routing rules, the defaults included (as `ip rule save` keeps them; a
     /// restore adds only the others).
     pub rules: Vec<Rule>,
+    /// The permanent neighbour entries.
+    pub neighbours: Vec<Neighbour>,
 }
 
 /// CRIU's `nd_type` values (`netdev.proto`).
@@ -463,6 +483,8 @@ pub struct NetImages {
     pub route6: Vec<u8>,
     /// `rule-<id>.img`; empty when the images have none (CRIU's `ip rule save` may fail).
     pub rule: Vec<u8>,
+    /// `neigh-<id>.img` (stasis's own); empty when the images have none (CRIU's, older ones).
+    pub neigh: Vec<u8>,
 }
 
 impl NetState {
@@ -498,6 +520,14 @@ impl NetState {
                     .filter(|r| r.family == Family::V4 || !r.is_default())
                     .map(|r| r.raw.as_slice()),
             ),
+            neigh: if self.neighbours.is_empty() {
+                Vec::new()
+            } else {
+                ipdump::encode(
+                    IpImage::Neigh,
+                    self.neighbours.iter().map(|n| n.raw.as_slice()),
+                )
+            },
         }
     }
 
@@ -539,11 +569,20 @@ impl NetState {
                 .filter_map(|m| wire::rule_from_raw(m).transpose())
                 .collect::<Result<Vec<_>, _>>()?
         };
+        let neighbours = if images.neigh.is_empty() {
+            Vec::new()
+        } else {
+            ipdump::decode(IpImage::Neigh, &images.neigh)?
+                .into_iter()
+                .filter_map(|m| wire::neighbour_from_raw(m).transpose())
+                .collect::<Result<Vec<_>, _>>()?
+        };
         Ok(NetState {
             links,
             addrs,
             routes,
             rules,
+            neighbours,
         })
     }
 
@@ -592,6 +631,12 @@ impl NetState {
                 .collect(),
             // The caller's, as the links are.
             rules: Vec::new(),
+            neighbours: self
+                .neighbours
+                .iter()
+                .filter(|n| on_lo(Some(n.ifindex)))
+                .cloned()
+                .collect(),
             links: lo,
         }
     }
@@ -729,6 +774,7 @@ mod tests {
             addrs: vec![a2.clone(), a3],
             routes: Vec::new(),
             rules: Vec::new(),
+            neighbours: Vec::new(),
         };
         let only = state.loopback_only();
         assert_eq!(only.links, vec![lo]);

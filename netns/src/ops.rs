@@ -53,6 +53,12 @@ fn dump_with(sock: &mut Rtnl) -> Result<NetState, NetnsError> {
     {
         state.rules.extend(wire::rule_from_raw(&raw)?);
     }
+    for raw in sock
+        .dump(wire::get_neighbours())
+        .map_err(netlink("dump", "neighbour entries"))?
+    {
+        state.neighbours.extend(wire::neighbour_from_raw(&raw)?);
+    }
     check(&state)?;
     Ok(state)
 }
@@ -76,6 +82,12 @@ fn check(state: &NetState) -> Result<(), NetnsError> {
                 ifindex: oif,
             });
         }
+    }
+    for n in state.neighbours.iter().filter(|n| !has(n.ifindex)) {
+        return Err(NetnsError::NoSuchLink {
+            object: n.to_string(),
+            ifindex: n.ifindex,
+        });
     }
     for l in &state.links {
         if let LinkKind::Veth {
@@ -250,6 +262,13 @@ pub fn restore(
     for r in state.rules.iter().filter(|r| !r.is_default()) {
         tolerate_exists(target.call(wire::new_rule(r)?, NLM_F_CREATE | NLM_F_EXCL))
             .map_err(netlink("add", r))?;
+    }
+
+    // Permanent neighbour entries, on their links' new indexes.
+    for n in &state.neighbours {
+        let idx = new_index(n.ifindex, &|| n.to_string())?;
+        tolerate_exists(target.call(wire::new_neighbour(n, idx)?, NLM_F_CREATE | NLM_F_EXCL))
+            .map_err(netlink("add", n))?;
     }
 
     host_ends(&mut host, state, &now, map)

@@ -13,6 +13,9 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, InfoTun, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
     LinkLayerType, LinkMessage, MacVlanFlags,
 };
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
     RoutePreference, RouteProtocol, RouteScope, RouteType,
@@ -21,7 +24,7 @@ use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::NetnsError;
-use crate::model::{Addr, Family, Link, LinkKind, Route, Rule, RT_TABLE_LOCAL};
+use crate::model::{Addr, Family, Link, LinkKind, Neighbour, Route, Rule, RT_TABLE_LOCAL};
 
 const IFA_F_NODAD: u32 = 0x02;
 const IFA_F_PERMANENT: u32 = 0x80;
@@ -759,6 +762,67 @@ pub(crate) fn new_rule(r: &Rule) -> Result<RouteNetlinkMessage, NetnsError> {
         _ => Err(NetnsError::Malformed {
             what: r.to_string(),
             reason: "not a rule message".into(),
+        }),
+    }
+}
+
+/// `RTM_GETNEIGH` for a dump of every neighbour entry of every family.
+pub(crate) fn get_neighbours() -> RouteNetlinkMessage {
+    RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default())
+}
+
+/// A permanent IPv4 or IPv6 neighbour entry of a `RTM_NEWNEIGH` message (a dump answer or a
+/// `neigh` image entry), `raw` kept; `None` for `NLMSG_DONE` and for what is not kept
+/// (learned entries, proxies, other families).
+pub fn neighbour_from_raw(raw: &[u8]) -> Result<Option<Neighbour>, NetnsError> {
+    let m = match deserialize(raw, "neighbour message")? {
+        Some(RouteNetlinkMessage::NewNeighbour(m)) => m,
+        None => return Ok(None),
+        Some(other) => {
+            return Err(NetnsError::Malformed {
+                what: "neighbour message".into(),
+                reason: format!("not a neighbour but message type {}", other.message_type()),
+            })
+        }
+    };
+    let kept = m.header.state == NeighbourState::Permanent
+        && !m.header.flags.contains(NeighbourFlags::Proxy)
+        && matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6);
+    if !kept {
+        return Ok(None);
+    }
+    let dst = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    });
+    Ok(dst.map(|dst| Neighbour {
+        ifindex: m.header.ifindex,
+        dst,
+        raw: raw.to_vec(),
+    }))
+}
+
+/// `RTM_NEWNEIGH` adding `n` again on link `ifindex`: its address, link-layer address, state
+/// and flags (what the kernel keeps of its own, such as cache times, left out).
+pub(crate) fn new_neighbour(
+    n: &Neighbour,
+    ifindex: u32,
+) -> Result<RouteNetlinkMessage, NetnsError> {
+    match deserialize(&n.raw, "neighbour message")? {
+        Some(RouteNetlinkMessage::NewNeighbour(mut m)) => {
+            m.header.ifindex = ifindex;
+            m.attributes.retain(|a| {
+                matches!(
+                    a,
+                    NeighbourAttribute::Destination(_) | NeighbourAttribute::LinkLayerAddress(_)
+                )
+            });
+            Ok(RouteNetlinkMessage::NewNeighbour(m))
+        }
+        _ => Err(NetnsError::Malformed {
+            what: n.to_string(),
+            reason: "not a neighbour message".into(),
         }),
     }
 }

@@ -95,6 +95,9 @@ fn snapshot(ns: &str) -> Vec<String> {
         for line in ip(&["-n", ns, fam, "rule", "show"]).lines() {
             out.push(format!("rule{fam} {line}"));
         }
+        for line in ip(&["-n", ns, fam, "neigh", "show", "nud", "permanent"]).lines() {
+            out.push(format!("neigh{fam} {line}"));
+        }
     }
     out.sort();
     out
@@ -178,6 +181,9 @@ fn make_fixture(src: &str, host_end: &str) {
         "link set inB master br9",
         "addr add 10.82.0.1/24 dev br9",
         "link set br9 up",
+        // Static neighbour entries, as some CNI plugins set a gateway's.
+        "neigh add 10.77.0.9 lladdr 02:77:00:00:00:09 dev eth0 nud permanent",
+        "-6 neigh add fd77::9 lladdr 02:77:00:00:00:09 dev eth0 nud permanent",
     ] {
         ipn(src, line);
     }
@@ -193,6 +199,11 @@ fn check_dump(state: &NetState) {
         }
     ));
     assert_eq!(eth0.mtu, 1400);
+    // The two static entries, none the kernel learned.
+    let mut neigh: Vec<String> = state.neighbours.iter().map(|n| n.dst.to_string()).collect();
+    neigh.sort();
+    assert_eq!(neigh, ["10.77.0.9", "fd77::9"], "{:?}", state.neighbours);
+    assert!(state.neighbours.iter().all(|n| n.ifindex == eth0.ifindex));
     assert_eq!(eth0.mac.as_deref(), Some(&[2, 0x77, 0, 0, 0, 2][..]));
     assert!(eth0.is_up());
     let lo = state.links.iter().find(|l| l.name == "lo").expect("lo");
@@ -264,6 +275,7 @@ fn images_round_trip(state: &NetState, dir: &std::path::Path) -> NetState {
         ("route-9.img", &images.route),
         ("route6-9.img", &images.route6),
         ("rule-9.img", &images.rule),
+        ("neigh-9.img", &images.neigh),
     ] {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
@@ -274,6 +286,7 @@ fn images_round_trip(state: &NetState, dir: &std::path::Path) -> NetState {
         route: read("route-9.img"),
         route6: read("route6-9.img"),
         rule: read("rule-9.img"),
+        neigh: read("neigh-9.img"),
     };
     assert_eq!(back, images);
     NetState::from_images(&back).expect("images read back")
@@ -328,6 +341,9 @@ fn images_match_iproute2(src: &str, state: &NetState) {
         route6: ip_bytes(&["-n", src, "-6", "route", "save", "table", "all"]),
         // `ip rule save` saves IPv4 rules only (as CRIU's image holds them): ours has both.
         rule: ip_bytes(&["-n", src, "-4", "rule", "save"]),
+        // No `ip neigh save`: the neighbour entries are checked against `ip neigh` after
+        // the restore.
+        neigh: Vec::new(),
     };
     let mut theirs = NetState::from_images(&theirs).expect("ip's images");
     let mut ours = state.clone();
@@ -340,6 +356,7 @@ fn images_match_iproute2(src: &str, state: &NetState) {
             .sort_by_key(|r| (r.family == Family::V6, r.table, format!("{r}")));
     }
     ours.rules.retain(|r| r.family == Family::V4);
+    ours.neighbours.clear();
     assert_eq!(theirs, ours, "ip addr/route/rule save read back");
 }
 

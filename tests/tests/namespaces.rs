@@ -306,6 +306,11 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
             "rule", "add", "fwmark", "0x9", "lookup", "100", "priority", "1000",
         ],
     );
+    // A static neighbour entry, as some CNI plugins set a gateway's.
+    let neigh = "neigh add 10.79.0.9 lladdr 02:00:00:00:79:09 dev stv0 nud permanent";
+    ip_in(w.pid, &neigh.split(' ').collect::<Vec<_>>());
+    let neigh_before = ip_in(w.pid, &["neigh", "show", "nud", "permanent"]);
+    assert!(neigh_before.contains("10.79.0.9"), "{neigh_before}");
     assert_eq!(ask("10.79.0.2:7079"), Some(1), "the server answers before");
     let routes_before = ip_in(w.pid, &["-4", "route", "show", "table", "all"]);
     let rules_before = ip_in(w.pid, &["rule", "show"]);
@@ -334,6 +339,7 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
         "ifaddr-6.img",
         "route-6.img",
         "rule-6.img",
+        "neigh-6.img",
         "netns-6.img",
     ] {
         assert!(img.join(f).exists(), "{f} written");
@@ -355,6 +361,10 @@ fn network_namespace_with_a_veth_comes_back_and_its_server_answers() {
             routes_before
         );
         assert_eq!(ip_in(w.pid, &["rule", "show"]), rules_before);
+        assert_eq!(
+            ip_in(w.pid, &["neigh", "show", "nud", "permanent"]),
+            neigh_before
+        );
         for (key, value) in &sysctls {
             assert_eq!(net_sysctl(w.pid, key, None), *value, "{key} after restore");
         }

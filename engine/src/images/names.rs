@@ -184,6 +184,11 @@ pub fn route6(id: u32) -> String {
 pub fn rule(id: u32) -> String {
     format!("rule-{id}.img")
 }
+/// The permanent neighbour entries of network namespace `id`, as `RTM_NEWNEIGH` messages
+/// behind a magic of ours (stasis's own file: CRIU keeps none).
+pub fn neigh(id: u32) -> String {
+    format!("neigh-{id}.img")
+}
 pub fn iptables(id: u32) -> String {
     format!("iptables-{id}.img")
 }

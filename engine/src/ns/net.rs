@@ -190,6 +190,9 @@ pub fn dump(ns: &OwnedFd, dir: &Path, empty: bool) -> Result<(), NetNsError> {
     write(dir, &names::route(id), &images.route)?;
     write(dir, &names::route6(id), &images.route6)?;
     write(dir, &names::rule(id), &images.rule)?;
+    if !images.neigh.is_empty() {
+        write(dir, &names::neigh(id), &images.neigh)?;
+    }
     let mut w = ImageWriter::new(ImageKind::Normal, magic::NETNS);
     w.push(&pb::NetnsEntry {
         ipv4_sysctl: if empty { Vec::new() } else { ipv4_sysctls(ns) },
@@ -354,6 +357,13 @@ pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
             source,
         })
     };
+    let optional = |file: String| match std::fs::read(dir.join(&file)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        other => other.map_err(|source| NetNsError::Read {
+            path: dir.join(&file).display().to_string(),
+            source,
+        }),
+    };
     let file = names::netdev(id);
     let bytes = read(file.clone())?;
     let img_err = |source| NetNsError::Image {
@@ -390,13 +400,9 @@ pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
         route: read(names::route(id))?,
         route6: read(names::route6(id))?,
         // Older images of ours have none; CRIU's may not (its `ip rule save` may fail).
-        rule: match std::fs::read(dir.join(names::rule(id))) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other.map_err(|source| NetNsError::Read {
-                path: dir.join(names::rule(id)).display().to_string(),
-                source,
-            })?,
-        },
+        rule: optional(names::rule(id))?,
+        // Ours only, when the namespace had permanent entries.
+        neigh: optional(names::neigh(id))?,
     };
     stasis_netns::NetState::from_images(&images).map_err(NetNsError::Net)
 }

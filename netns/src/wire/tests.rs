@@ -371,6 +371,7 @@ fn state_round_trips_through_images_built_from_fields() {
         addrs: vec![addr],
         routes: vec![v4, v6],
         rules: Vec::new(),
+        neighbours: Vec::new(),
     };
     // Raw messages are kept byte for byte.
     assert_eq!(NetState::from_images(&state.to_images()).unwrap(), state);
@@ -426,4 +427,67 @@ fn damaged_messages_are_errors_not_panics() {
     }
     assert!(route_from_raw(&[0; 3]).is_err());
     assert!(addr_from_raw(&msgs[0]).is_err(), "a link is no address");
+}
+
+fn neigh_msg(dst: IpAddr, state: NeighbourState, flags: NeighbourFlags) -> Vec<u8> {
+    let mut m = NeighbourMessage::default();
+    m.header.family = match dst {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    m.header.ifindex = 3;
+    m.header.state = state;
+    m.header.flags = flags;
+    m.attributes = vec![
+        NeighbourAttribute::Destination(match dst {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        }),
+        NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 9]),
+        NeighbourAttribute::Probes(0),
+    ];
+    kernel_msg(RouteNetlinkMessage::NewNeighbour(m))
+}
+
+#[test]
+fn permanent_neighbours_are_kept_and_made_again_on_their_new_link() {
+    let v4: IpAddr = "10.0.0.9".parse().unwrap();
+    let v6: IpAddr = "fd00::9".parse().unwrap();
+    for dst in [v4, v6] {
+        let raw = neigh_msg(dst, NeighbourState::Permanent, NeighbourFlags::empty());
+        let n = neighbour_from_raw(&raw).unwrap().expect("permanent: kept");
+        assert_eq!((n.ifindex, n.dst), (3, dst));
+        let RouteNetlinkMessage::NewNeighbour(m) = new_neighbour(&n, 7).unwrap() else {
+            panic!("not a neighbour message");
+        };
+        assert_eq!(m.header.ifindex, 7);
+        assert_eq!(m.header.state, NeighbourState::Permanent);
+        assert!(m.attributes.iter().all(|a| matches!(
+            a,
+            NeighbourAttribute::Destination(_) | NeighbourAttribute::LinkLayerAddress(_)
+        )));
+        assert_eq!(m.attributes.len(), 2);
+    }
+    // Learned entries and proxies are not kept.
+    let learned = neigh_msg(v4, NeighbourState::Reachable, NeighbourFlags::empty());
+    assert_eq!(neighbour_from_raw(&learned).unwrap(), None);
+    let proxy = neigh_msg(v4, NeighbourState::Permanent, NeighbourFlags::Proxy);
+    assert_eq!(neighbour_from_raw(&proxy).unwrap(), None);
+    // Through the image and back.
+    let n = neighbour_from_raw(&neigh_msg(
+        v6,
+        NeighbourState::Permanent,
+        NeighbourFlags::empty(),
+    ))
+    .unwrap()
+    .unwrap();
+    let state = NetState {
+        neighbours: vec![n],
+        ..Default::default()
+    };
+    let images = state.to_images();
+    assert_eq!(
+        NetState::from_images(&images).unwrap().neighbours,
+        state.neighbours
+    );
 }

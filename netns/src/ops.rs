@@ -83,7 +83,7 @@ fn check(state: &NetState) -> Result<(), NetnsError> {
             });
         }
     }
-    for n in state.neighbours.iter().filter(|n| !has(n.ifindex)) {
+    if let Some(n) = state.neighbours.iter().find(|n| !has(n.ifindex)) {
         return Err(NetnsError::NoSuchLink {
             object: n.to_string(),
             ifindex: n.ifindex,

@@ -22,6 +22,24 @@ impl Drop for DelNetns {
     }
 }
 
+/// New network namespaces named `stasis-xt-<kind>-<tag>`, deleted when the guard drops.
+fn fresh_netns(kinds: &[&str]) -> (Vec<String>, DelNetns) {
+    let tag = std::process::id() % 100_000;
+    let names: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("stasis-xt-{k}-{tag}"))
+        .collect();
+    let guard = DelNetns(names.clone());
+    for n in &names {
+        let out = Command::new("ip")
+            .args(["netns", "add", n])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    (names, guard)
+}
+
 fn skip() -> Option<&'static str> {
     if !nix::unistd::geteuid().is_root() {
         return Some("needs root");
@@ -106,16 +124,8 @@ fn legacy_tables_are_read_and_made_again_the_same() {
         eprintln!("SKIP legacy_tables_are_read_and_made_again_the_same: {why}");
         return;
     }
-    let tag = std::process::id() % 100_000;
-    let (src, dst) = (format!("stasis-xt-a-{tag}"), format!("stasis-xt-b-{tag}"));
-    let _del = DelNetns(vec![src.clone(), dst.clone()]);
-    for n in [&src, &dst] {
-        let out = Command::new("ip")
-            .args(["netns", "add", n])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
+    let (names, _del) = fresh_netns(&["a", "b"]);
+    let (src, dst) = (names[0].clone(), names[1].clone());
     // Counters as given (-c), kept through the round trip.
     in_ns(&src, &["iptables-legacy-restore", "-c"], Some(V4));
     in_ns(&src, &["ip6tables-legacy-restore", "-c"], Some(V6));
@@ -153,14 +163,8 @@ fn namespace_without_legacy_tables_has_none() {
         eprintln!("SKIP namespace_without_legacy_tables_has_none: {why}");
         return;
     }
-    let tag = std::process::id() % 100_000;
-    let n = format!("stasis-xt-e-{tag}");
-    let _del = DelNetns(vec![n.clone()]);
-    let out = Command::new("ip")
-        .args(["netns", "add", &n])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (names, _del) = fresh_netns(&["e"]);
+    let n = names[0].clone();
     let ns = File::open(format!("/run/netns/{n}")).unwrap();
     assert_eq!(xtables::dump(ns.as_fd()).expect("dump"), vec![]);
     let names = Command::new("ip")
@@ -182,14 +186,8 @@ fn criu_legacy_lock_rules_are_removed_and_the_rest_kept() {
         return;
     }
     use stasis_netns::iptlock::LockedConn;
-    let tag = std::process::id() % 100_000;
-    let n = format!("stasis-xt-l-{tag}");
-    let _del = DelNetns(vec![n.clone()]);
-    let out = Command::new("ip")
-        .args(["netns", "add", &n])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (names, _del) = fresh_netns(&["l"]);
+    let n = names[0].clone();
     let firewall = "*filter
 :INPUT ACCEPT [12:720]
 :FORWARD ACCEPT [0:0]

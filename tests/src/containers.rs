@@ -144,3 +144,18 @@ pub fn unmount_below(dir: &Path) {
             .output();
     }
 }
+
+/// `ip` inside the network namespace of `pid` (through nsenter); its output.
+pub fn ip_in(pid: u32, args: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "ip"])
+        .args(args)
+        .output()
+        .expect("run nsenter");
+    assert!(
+        out.status.success(),
+        "nsenter ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

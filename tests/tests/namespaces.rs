@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use stasis_tests::containers::missing_tools;
+use stasis_tests::containers::{ip_in, missing_tools};
 use stasis_tests::*;
 
 fn nspid(pid: u32) -> Vec<u32> {
@@ -125,21 +125,6 @@ fn ip(args: &[&str]) -> String {
     assert!(
         out.status.success(),
         "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ip` inside the network namespace of `pid`.
-fn ip_in(pid: u32, args: &[&str]) -> String {
-    let out = std::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "ip"])
-        .args(args)
-        .output()
-        .expect("run nsenter");
-    assert!(
-        out.status.success(),
-        "nsenter ip {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()

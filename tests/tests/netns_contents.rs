@@ -4,23 +4,8 @@
 
 use std::path::Path;
 
-use stasis_tests::containers::missing_tools;
+use stasis_tests::containers::{ip_in, missing_tools};
 use stasis_tests::*;
-
-/// `ip` inside the network namespace of `pid`.
-fn ip_in(pid: u32, args: &[&str]) -> String {
-    let out = std::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "ip"])
-        .args(args)
-        .output()
-        .expect("run nsenter");
-    assert!(
-        out.status.success(),
-        "nsenter ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The firewall of a network namespace of the tree's own (nftables; iptables-nft's rules are
 /// nftables too; and iptables-legacy's tables) comes back: the same ruleset, counters

@@ -245,24 +245,11 @@ pub fn dump(ns: &OwnedFd, dir: &Path, empty: bool) -> Result<(), NetNsError> {
 /// (the tree's new one), in one transaction. Images without one (CRIU's, ours of a namespace
 /// without tables) have nothing to make.
 pub fn restore_nftables(dir: &Path, id: u32) -> Result<(), NetNsError> {
-    let path = dir.join(names::nft_netlink(id));
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(NetNsError::Read {
-                path: path.display().to_string(),
-                source,
-            })
-        }
+    let Some(bytes) = read_if_there(&dir.join(names::nft_netlink(id)))? else {
+        return Ok(());
     };
     let rules = stasis_netns::nftables::from_image(&bytes).map_err(NetNsError::Nft)?;
-    let here = "/proc/thread-self/ns/net";
-    let ns = std::fs::File::open(here).map_err(|source| NetNsError::Read {
-        path: here.into(),
-        source,
-    })?;
-    stasis_netns::nftables::restore(ns.as_fd(), &rules).map_err(NetNsError::Nft)?;
+    stasis_netns::nftables::restore(this_netns()?.as_fd(), &rules).map_err(NetNsError::Nft)?;
     log::info!("network namespace: {} nftables objects made", rules.len());
     Ok(())
 }
@@ -271,29 +258,37 @@ pub fn restore_nftables(dir: &Path, id: u32) -> Result<(), NetNsError> {
 /// thread (the tree's new one). Images without them (CRIU's, ours of a namespace without
 /// any) have nothing to make.
 pub fn restore_xtables(dir: &Path, id: u32) -> Result<(), NetNsError> {
-    let path = dir.join(names::xtables(id));
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(NetNsError::Read {
-                path: path.display().to_string(),
-                source,
-            })
-        }
+    let Some(bytes) = read_if_there(&dir.join(names::xtables(id)))? else {
+        return Ok(());
     };
     let tables = stasis_netns::xtables::from_image(&bytes).map_err(NetNsError::Xtables)?;
-    let here = "/proc/thread-self/ns/net";
-    let ns = std::fs::File::open(here).map_err(|source| NetNsError::Read {
-        path: here.into(),
-        source,
-    })?;
-    stasis_netns::xtables::restore(ns.as_fd(), &tables).map_err(NetNsError::Xtables)?;
+    stasis_netns::xtables::restore(this_netns()?.as_fd(), &tables).map_err(NetNsError::Xtables)?;
     log::info!(
         "network namespace: {} iptables-legacy tables made",
         tables.len()
     );
     Ok(())
+}
+
+/// The bytes of an image the images may not have (None then).
+fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>, NetNsError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(NetNsError::Read {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The calling thread's network namespace, open.
+fn this_netns() -> Result<std::fs::File, NetNsError> {
+    let here = "/proc/thread-self/ns/net";
+    std::fs::File::open(here).map_err(|source| NetNsError::Read {
+        path: here.into(),
+        source,
+    })
 }
 
 /// CRIU keeps a namespace's firewall as text for its iptables and nft binaries
@@ -357,13 +352,7 @@ pub fn load(dir: &Path, id: u32) -> Result<stasis_netns::NetState, NetNsError> {
             source,
         })
     };
-    let optional = |file: String| match std::fs::read(dir.join(&file)) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        other => other.map_err(|source| NetNsError::Read {
-            path: dir.join(&file).display().to_string(),
-            source,
-        }),
-    };
+    let optional = |file: String| read_if_there(&dir.join(file)).map(Option::unwrap_or_default);
     let file = names::netdev(id);
     let bytes = read(file.clone())?;
     let img_err = |source| NetNsError::Image {

@@ -234,6 +234,12 @@ fn prepare_injection(tree: &mut Tree, n: usize, maps: &[Mapping]) -> Result<u64,
         });
         if let Some(at) = at {
             tree.tasks[n].stack_net = write_frame(pid, leader, at, xstate, code)?;
+        } else {
+            log::debug!(
+                "pid {pid}: the leader is not on its [stack] (sp {:#x}): the scratch page's \
+                 own two syscalls run without a net",
+                leader.regs.rsp
+            );
         }
     }
     let scratch = tree

@@ -11,6 +11,8 @@ use stasis_tests::*;
 /// nftables too; and iptables-legacy's tables) comes back: the same ruleset, counters
 /// included, the same legacy tables, and both still act: a port nftables drops stays
 /// unreachable from inside, one iptables-legacy rejects is refused, while another answers.
+/// The firewall is made once the sockets are: a half-closed connection on a port it drops
+/// gets its peer's FIN back (zdtm socket-tcp-closed-last-ack).
 #[test]
 fn firewall_of_the_trees_network_namespace_comes_back() {
     let _g = serial_root!();
@@ -25,6 +27,12 @@ assert os.system("ip link set lo up") == 0
 open_srv = socket.socket(); open_srv.bind(("127.0.0.1", 7091)); open_srv.listen(4)
 shut_srv = socket.socket(); shut_srv.bind(("127.0.0.1", 7092)); shut_srv.listen(4)
 rej_srv = socket.socket(); rej_srv.bind(("127.0.0.1", 7093)); rej_srv.listen(4)
+# A half-closed connection whose server port the firewall (made afterwards) drops: the
+# peer's FIN put back at restore must reach it all the same.
+half_srv = socket.socket(); half_srv.bind(("127.0.0.1", 7095)); half_srv.listen(1)
+half_cli = socket.create_connection(("127.0.0.1", 7095)); half, _ = half_srv.accept()
+half_cli.shutdown(socket.SHUT_WR)
+time.sleep(0.1)
 print("ready", flush=True)
 while not os.path.exists("go"):
     time.sleep(0.02)
@@ -34,7 +42,7 @@ def reach(port):
         return "open"
     except OSError as e:
         return type(e).__name__
-print("after", reach(7091), reach(7092), reach(7093), flush=True)
+print("after", reach(7091), reach(7092), reach(7093), half.recv(10) == b"", flush=True)
 time.sleep(1e6)
 "#;
     let w = Workload::python("netns-nft", script);
@@ -61,7 +69,7 @@ time.sleep(1e6)
         &["-f", "-"],
         Some(
             "table inet guard {\n\
-             set shut { type inet_service; elements = { 7092, 9999 } }\n\
+             set shut { type inet_service; elements = { 7092, 7095, 9999 } }\n\
              chain input { type filter hook input priority 0; policy accept;\n\
              tcp dport @shut counter packets 7 bytes 420 drop comment \"closed\"\n\
              }\n\
@@ -84,13 +92,17 @@ time.sleep(1e6)
             .collect()
     };
     let (before, legacy_before) = (tool(&pid, "nft", &["list", "ruleset"], None), legacy(&pid));
-    let pids = dump_kill_restore(&w);
+    let flags = ["--tcp-established"];
+    let pids = dump_kill_restore_with(&w, &flags, &flags);
     let pid = pids[0].to_string();
     let (after, legacy_after) = (tool(&pid, "nft", &["list", "ruleset"], None), legacy(&pid));
     let lines = w.go_and_collect(&pids, 2);
     assert_eq!(after, before, "the same ruleset, counters included");
     assert_eq!(legacy_after, legacy_before, "the same legacy tables");
-    assert_eq!(lines[1], "after open TimeoutError ConnectionRefusedError");
+    assert_eq!(
+        lines[1], "after open TimeoutError ConnectionRefusedError True",
+        "the half-closed connection's end of file came back through the firewall"
+    );
 }
 
 /// A VPN client's tun device (openvpn, wireguard-go, tailscale) in the tree's network

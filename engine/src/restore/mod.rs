@@ -657,6 +657,7 @@ impl Steps<'_> {
         if let Some(mode) = opts.manage_cgroups {
             crate::cgroup::restore_thread_cgroups(img, mode, &opts.cgroup_roots)?;
         }
+        namespaces::restore_firewall(img, opts)?;
         opts.notify.run(Script::PostRestore, Some(self.root_pid))?;
         // The connections exist again: let their peers' packets through (network-unlock).
         // This thread is in the tree's network namespace if it has one (a namespace made

@@ -120,9 +120,6 @@ pub(super) fn enter_tree_namespaces(
     if matches!(img.net, Some(crate::ns::net::Saved::Own(_))) && !joined.contains(&"net") {
         if !opts.empty_netns {
             crate::ns::net::restore_sysctls(&img.dir, img.net_ns_id)?;
-            crate::ns::net::restore_nftables(&img.dir, img.net_ns_id)?;
-            crate::ns::net::restore_xtables(&img.dir, img.net_ns_id)?;
-            crate::ns::net::warn_criu_firewall_text(&img.dir, img.net_ns_id);
         }
         lock_new_netns(img)?;
     }
@@ -148,6 +145,21 @@ pub(super) fn enter_tree_namespaces(
         crate::ns::uts::set_names(names)?;
     }
     Ok((entered, holder))
+}
+
+/// The firewall of a network namespace the restore made anew (nftables, iptables-legacy),
+/// made once the tree's sockets are: the segments a restore injects to put a half-closed
+/// connection's FINs back must reach their socket whatever the tree's own rules drop (a
+/// default-drop policy, a rule on the port). CRIU gets the same by its lock chain, which its
+/// images carry first in the same INPUT chain. This thread is in the new namespace.
+pub(super) fn restore_firewall(img: &DumpImage, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    let joins_net = opts.join_ns.iter().any(|(kind, _)| kind == "net");
+    if matches!(img.net, Some(crate::ns::net::Saved::Own(_))) && !joins_net && !opts.empty_netns {
+        crate::ns::net::restore_nftables(&img.dir, img.net_ns_id)?;
+        crate::ns::net::restore_xtables(&img.dir, img.net_ns_id)?;
+        crate::ns::net::warn_criu_firewall_text(&img.dir, img.net_ns_id);
+    }
+    Ok(())
 }
 
 /// A network namespace made anew has none of the dump's lock: its connections are locked

@@ -9,42 +9,7 @@
 use std::os::fd::AsRawFd;
 
 use crate::iptlock::LockedConn;
-use crate::xtables::{XtFamily, XtTable, HOOKS};
-
-/// Where an entry's fields lie, per family: (`target_offset`, `next_offset`, counters, size of
-/// the entry's fixed part; the address fields).
-struct Layout {
-    target_at: usize,
-    next_at: usize,
-    head: usize,
-    /// Source, destination and their masks: offsets and the address width.
-    addrs: (usize, usize, usize, usize, usize),
-    proto_at: usize,
-    invflags_at: usize,
-}
-
-fn layout(f: XtFamily) -> Layout {
-    match f {
-        // struct ipt_entry: struct ipt_ip (84 bytes), nfcache, offsets, comefrom, counters.
-        XtFamily::V4 => Layout {
-            target_at: 88,
-            next_at: 90,
-            head: 112,
-            addrs: (0, 4, 8, 12, 4),
-            proto_at: 80,
-            invflags_at: 83,
-        },
-        // struct ip6t_entry: struct ip6t_ip6 (136 bytes), then the same fields.
-        XtFamily::V6 => Layout {
-            target_at: 140,
-            next_at: 142,
-            head: 168,
-            addrs: (0, 16, 32, 48, 16),
-            proto_at: 128,
-            invflags_at: 132,
-        },
-    }
-}
+use crate::xtables::{entries, Entry, XtTable, HOOKS};
 
 /// `xt_entry_match` / `xt_entry_target`: size (u16), name (29 bytes), revision, then data.
 const XT_HEAD: usize = 32;
@@ -53,13 +18,6 @@ const NF_INET_LOCAL_OUT: usize = 3;
 /// A standard target's verdict for DROP (`-NF_DROP - 1`).
 const VERDICT_DROP: i32 = -1;
 const SOCCR_MARK: u32 = 0xC114;
-
-/// One entry: its offset and length in the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    at: usize,
-    len: usize,
-}
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
@@ -73,22 +31,6 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// The entries of `t`; None if they do not walk to its end.
-fn entries(t: &XtTable) -> Option<Vec<Entry>> {
-    let l = layout(t.family);
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < t.entries.len() {
-        let len = u16_at(&t.entries, at + l.next_at)? as usize;
-        if len < l.head || at + len > t.entries.len() {
-            return None;
-        }
-        out.push(Entry { at, len });
-        at += len;
-    }
-    Some(out)
-}
-
 /// The name of a match or target at `b` (NUL-terminated within 29 bytes).
 fn xt_name(b: &[u8]) -> &[u8] {
     let name = b.get(2..31).unwrap_or(&[]);
@@ -98,7 +40,7 @@ fn xt_name(b: &[u8]) -> &[u8] {
 
 /// Whether entry `e` of `t` is one of CRIU's lock rules of `c`, in either direction.
 fn is_lock_rule(t: &XtTable, e: Entry, c: &LockedConn) -> Option<bool> {
-    let l = layout(t.family);
+    let l = t.family.layout();
     let b = t.entries.get(e.at..e.at + e.len)?;
     let (src, dst, smsk, dmsk, w) = l.addrs;
     if c.local.len() != w || c.remote.len() != w {
@@ -175,7 +117,7 @@ fn lock_entries(t: &XtTable, conns: &[LockedConn]) -> Option<Vec<Entry>> {
 /// after it), and the indexes of the entries kept, in order.
 fn without(t: &XtTable, cut: &[Entry]) -> Option<(XtTable, Vec<usize>)> {
     let all = entries(t)?;
-    let l = layout(t.family);
+    let l = t.family.layout();
     let removed = |e: &Entry| cut.contains(e);
     // Old offset → new one, for every entry start and for the table's end.
     let mut moved = std::collections::BTreeMap::new();
@@ -285,6 +227,7 @@ fn unparsable(t: &XtTable) -> crate::xtables::XtError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xtables::XtFamily;
 
     /// A v4 entry: addresses, ports and mark as CRIU's lock writes them when `lock`, a plain
     /// ACCEPT otherwise; `verdict` for the standard target.

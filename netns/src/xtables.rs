@@ -72,12 +72,29 @@ impl XtFamily {
             XtFamily::V6 => "/proc/thread-self/net/ip6_tables_names",
         }
     }
-    /// Where an entry's `next_offset` (u16) and `counters` lie in it (`struct ipt_entry`,
-    /// `struct ip6t_entry`).
-    fn entry_layout(self) -> (usize, usize) {
+    /// Where an entry's fields lie in it (`struct ipt_entry`, `struct ip6t_entry`).
+    pub(crate) fn layout(self) -> Layout {
         match self {
-            XtFamily::V4 => (90, 96),
-            XtFamily::V6 => (142, 152),
+            // struct ipt_entry: struct ipt_ip (84 bytes), nfcache, offsets, comefrom, counters.
+            XtFamily::V4 => Layout {
+                target_at: 88,
+                next_at: 90,
+                counters_at: 96,
+                head: 112,
+                addrs: (0, 4, 8, 12, 4),
+                proto_at: 80,
+                invflags_at: 83,
+            },
+            // struct ip6t_entry: struct ip6t_ip6 (136 bytes), then the same fields.
+            XtFamily::V6 => Layout {
+                target_at: 140,
+                next_at: 142,
+                counters_at: 152,
+                head: 168,
+                addrs: (0, 16, 32, 48, 16),
+                proto_at: 128,
+                invflags_at: 132,
+            },
         }
     }
     fn socket_args(self) -> (libc::c_int, libc::c_int) {
@@ -86,6 +103,43 @@ impl XtFamily {
             XtFamily::V6 => (libc::AF_INET6, libc::IPPROTO_IPV6),
         }
     }
+}
+
+/// Where an entry's fields lie, per family: `target_offset` and `next_offset` (u16), the
+/// counters, the size of the entry's fixed part, and the address fields.
+pub(crate) struct Layout {
+    pub(crate) target_at: usize,
+    pub(crate) next_at: usize,
+    pub(crate) counters_at: usize,
+    pub(crate) head: usize,
+    /// Source, destination and their masks: offsets, and the address width.
+    pub(crate) addrs: (usize, usize, usize, usize, usize),
+    pub(crate) proto_at: usize,
+    pub(crate) invflags_at: usize,
+}
+
+/// One entry: its offset and length in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) at: usize,
+    pub(crate) len: usize,
+}
+
+/// The entries of `t`; None if they do not walk to its end.
+pub(crate) fn entries(t: &XtTable) -> Option<Vec<Entry>> {
+    let l = t.family.layout();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < t.entries.len() {
+        let next = t.entries.get(at + l.next_at..at + l.next_at + 2)?;
+        let len = u16::from_ne_bytes(next.try_into().ok()?) as usize;
+        if len < l.head || at + len > t.entries.len() {
+            return None;
+        }
+        out.push(Entry { at, len });
+        at += len;
+    }
+    Some(out)
 }
 
 /// One table as the kernel handed it out.
@@ -174,18 +228,11 @@ fn replace_request(t: &XtTable, old_entries: u32, counters: u64) -> Option<Vec<u
 /// The counters (packets, bytes) of each entry of `t`, in order: None if the entries do not
 /// walk to their end, or are not `num_entries`.
 fn entry_counters(t: &XtTable) -> Option<Vec<[u8; 16]>> {
-    let (next_at, counters_at) = t.family.entry_layout();
-    let mut out = Vec::with_capacity(t.num_entries as usize);
-    let mut at = 0usize;
-    while at < t.entries.len() {
-        let e = t.entries.get(at..)?;
-        let next = u16::from_ne_bytes(e.get(next_at..next_at + 2)?.try_into().ok()?) as usize;
-        if next < counters_at + 16 || next > e.len() {
-            return None;
-        }
-        out.push(e[counters_at..counters_at + 16].try_into().ok()?);
-        at += next;
-    }
+    let at = t.family.layout().counters_at;
+    let out: Vec<[u8; 16]> = entries(t)?
+        .iter()
+        .map(|e| t.entries[e.at + at..e.at + at + 16].try_into().ok())
+        .collect::<Option<_>>()?;
     (out.len() == t.num_entries as usize).then_some(out)
 }
 
